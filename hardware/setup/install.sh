@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs everything ShadowMesh needs on a Debian (bookworm) machine, as root:
+# system packages (swtpm, iproute2, iperf3, openvpn, nftables, Node.js), a Python
+# virtual environment in .venv with the project and its dev tools, and the npm
+# packages for the contracts (solc-js, Anvil, Hardhat with Node.js 22).
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+
+APT_PACKAGES=(
+  swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config gcc python3-dev python3-venv
+  iproute2 iputils-ping iperf3 openvpn nftables iptables ethtool procps psmisc
+  nodejs npm ca-certificates
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# The machine may already have a newer Node.js outside Debian's packages.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+# Same for Python: a python3 with venv and headers already present is enough.
+if python3 -c 'import venv, sysconfig, os; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null; then
+  missing=("${missing[@]/python3-dev}"); missing=("${missing[@]/python3-venv}")
+fi
+read -r -a missing <<<"${missing[*]}"
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Python environment.
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.shadowmesh-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: pip install -e .[dev]"
+  .venv/bin/pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"
+  touch "$stamp"
+fi
+
+# npm packages for the contracts and local chains (versions pinned in package.json).
+if [ -f contracts/package.json ]; then
+  nstamp=contracts/node_modules/.shadowmesh-installed
+  if [ ! -f "$nstamp" ] || [ contracts/package.json -nt "$nstamp" ]; then
+    echo "setup: npm install (contracts)"
+    (cd contracts && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+    touch "$nstamp"
+  fi
+fi
+echo "setup: done ($ROOT)"

@@ -1,0 +1,1 @@
+"""ShadowMesh l2bridge package."""
