@@ -1,0 +1,126 @@
+"""Prometheus metrics and the status snapshot shared by the client and the exit.
+
+One :class:`Metrics` per process, on its own registry (never the global one, so two
+nodes in one test process do not collide). The data path only bumps plain integers
+in :class:`Counters`; the Prometheus collector reads them when scraped, so a frame
+costs no lock and no label lookup.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+@dataclass(slots=True)
+class Counters:
+    """Plain counters bumped on the hot path (no locks: ints are updated under the GIL)."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    rekeys: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.drops[reason] += count
+
+
+class Metrics(Collector):
+    """The metrics of one node (``role`` is ``client`` or ``exit``).
+
+    ``gauges`` maps a gauge name to a callable returning its current value, or None
+    when unknown (e.g. no attestation yet); unknown gauges are left out of a scrape.
+    ``info`` holds plain facts for the status page (node id, exit url, clock source).
+    """
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.started = time.time()
+        self.counters = Counters()
+        self.gauges: dict[str, Callable[[], float | None]] = {}
+        self.info: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def set_gauge(self, name: str, read: Callable[[], float | None]) -> None:
+        with self._lock:
+            self.gauges[name] = read
+
+    def set_info(self, **facts: Any) -> None:
+        with self._lock:
+            self.info.update(facts)
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        c = self.counters
+        frames = CounterMetricFamily(
+            "shadowmesh_frames", "Ethernet frames carried", labels=["role", "direction"]
+        )
+        frames.add_metric([self.role, "in"], c.frames_in)
+        frames.add_metric([self.role, "out"], c.frames_out)
+        yield frames
+        octets = CounterMetricFamily(
+            "shadowmesh_bytes", "Frame bytes carried", labels=["role", "direction"]
+        )
+        octets.add_metric([self.role, "in"], c.bytes_in)
+        octets.add_metric([self.role, "out"], c.bytes_out)
+        yield octets
+        drops = CounterMetricFamily(
+            "shadowmesh_drops", "Frames or records dropped", labels=["role", "reason"]
+        )
+        for reason, n in sorted(c.drops.items()):
+            drops.add_metric([self.role, reason], n)
+        yield drops
+        rekeys = CounterMetricFamily(
+            "shadowmesh_rekeys", "Completed key rotations", labels=["role"]
+        )
+        rekeys.add_metric([self.role], c.rekeys)
+        yield rekeys
+        with self._lock:
+            gauges = list(self.gauges.items())
+        for name, read in gauges:
+            value = _safe_read(read)
+            if value is None:
+                continue
+            g = GaugeMetricFamily(f"shadowmesh_{name}", name.replace("_", " "), labels=["role"])
+            g.add_metric([self.role], value)
+            yield g
+
+    def prometheus_text(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The JSON document served at ``/status`` and printed by ``shadowmesh status``."""
+        c = self.counters
+        with self._lock:
+            gauges = {name: _safe_read(read) for name, read in self.gauges.items()}
+            info = dict(self.info)
+        return {
+            "role": self.role,
+            "uptime_s": round(time.time() - self.started, 3),
+            "frames": {"in": c.frames_in, "out": c.frames_out},
+            "bytes": {"in": c.bytes_in, "out": c.bytes_out},
+            "rekeys": c.rekeys,
+            "drops": dict(sorted(c.drops.items())),
+            "gauges": gauges,
+            "info": info,
+        }
+
+
+def _safe_read(read: Callable[[], float | None]) -> float | None:
+    # A gauge reader that fails must not break a scrape or the status page.
+    try:
+        value = read()
+    except Exception:
+        return None
+    return None if value is None else float(value)
