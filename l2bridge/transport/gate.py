@@ -1,0 +1,121 @@
+"""The exit's front door (sans-I/O): decide, from the first bytes of a
+connection, whether it is an authorised WebSocket upgrade or a visitor of the
+decoy site.
+
+``Gate.feed(data, now)`` returns one of:
+- ``Pending``: need more bytes (the driver arms the header timeout);
+- ``Answer(response)``: write these bytes, then close, exactly as the decoy
+  web server does for this request;
+- ``Admit(data, token)``: hand every byte received so far to the WebSocket
+  library, which performs the upgrade and echoes ``token`` as the subprotocol.
+
+A gate without a verifier never admits: that is the standalone decoy server.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from l2bridge.transport.decoy import DecoySite
+from l2bridge.transport.headers import (
+    Complete,
+    Incomplete,
+    Invalid,
+    RequestHead,
+    header_has_token,
+    scan_request_head,
+)
+from l2bridge.transport.token import TokenVerifier
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    response: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    data: bytes
+    token: str
+
+
+Decision = Pending | Answer | Admit
+
+
+def _valid_ws_key(value: str | None) -> bool:
+    if value is None:
+        return False
+    try:
+        return len(base64.b64decode(value.encode("ascii"), validate=True)) == 16
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return False
+
+
+def _offered_token(head: RequestHead, ws_path: str) -> str | None:
+    """The single subprotocol offered by a well-formed upgrade to ``ws_path``."""
+    if head.method != "GET" or head.version != "1.1" or head.path != ws_path:
+        return None
+    if head.count("Host") != 1 or head.count("Sec-WebSocket-Key") != 1:
+        return None
+    if not header_has_token(head.get("Upgrade"), "websocket"):
+        return None
+    if not header_has_token(head.get("Connection"), "upgrade"):
+        return None
+    if head.get("Sec-WebSocket-Version") != "13" or head.count("Sec-WebSocket-Version") != 1:
+        return None
+    if not _valid_ws_key(head.get("Sec-WebSocket-Key")):
+        return None
+    if head.count("Sec-WebSocket-Protocol") != 1:
+        return None
+    offered = head.get("Sec-WebSocket-Protocol") or ""
+    if "," in offered:
+        return None
+    return offered.strip() or None
+
+
+class Gate:
+    """Screens one connection. Not reusable: one decision per connection."""
+
+    def __init__(
+        self,
+        site: DecoySite,
+        *,
+        ws_path: str,
+        verifier: TokenVerifier | None,
+    ) -> None:
+        self._site = site
+        self._ws_path = ws_path
+        self._verifier = verifier
+        self._buffer = bytearray()
+        self.decision: Decision = Pending()
+
+    def feed(self, data: bytes, now: float) -> Decision:
+        if not isinstance(self.decision, Pending):
+            return self.decision
+        self._buffer += data
+        scan = scan_request_head(bytes(self._buffer))
+        if isinstance(scan, Incomplete):
+            return self.decision
+        if isinstance(scan, Invalid):
+            self.decision = Answer(self._site.error(scan.problem, now))
+        elif isinstance(scan, Complete):
+            self.decision = self._decide(scan.head, now)
+        if not isinstance(self.decision, Admit):
+            self._buffer.clear()
+        return self.decision
+
+    def _decide(self, head: RequestHead, now: float) -> Decision:
+        if self._verifier is not None:
+            token = _offered_token(head, self._ws_path)
+            if token is not None and self._verifier.check(token, now):
+                data = bytes(self._buffer)
+                self._buffer.clear()
+                return Admit(data, token)
+        return Answer(self._site.respond(head, now))
