@@ -1,0 +1,81 @@
+"""Every size, limit, identifier and timer of the attestation package."""
+
+from __future__ import annotations
+
+# --- TPM 2.0 identifiers (TCG TPM 2.0 Library, Part 2) ---
+TPM_GENERATED_VALUE = 0xFF544347
+TPM_ST_ATTEST_QUOTE = 0x8018
+TPM_ALG_SHA256 = 0x000B
+TPM_ALG_NULL = 0x0010
+TPM_ALG_ECDSA = 0x0018
+TPM_ALG_ECC = 0x0023
+TPM_ECC_NIST_P256 = 0x0003
+
+# TPMA_OBJECT bits an AK must (or must not) have.
+TPMA_FIXED_TPM = 0x00000002
+TPMA_FIXED_PARENT = 0x00000010
+TPMA_SENSITIVE_DATA_ORIGIN = 0x00000020
+TPMA_USER_WITH_AUTH = 0x00000040
+TPMA_RESTRICTED = 0x00010000
+TPMA_DECRYPT = 0x00020000
+TPMA_SIGN_ENCRYPT = 0x00040000
+AK_REQUIRED_ATTRIBUTES = (
+    TPMA_FIXED_TPM | TPMA_FIXED_PARENT | TPMA_SENSITIVE_DATA_ORIGIN | TPMA_RESTRICTED
+) | TPMA_SIGN_ENCRYPT
+
+SHA256_SIZE = 32
+P256_COORD_SIZE = 32
+PCR_COUNT = 24  # PC Client TPMs have 24 PCRs per bank
+PCR_SELECT_SIZE = 3  # bytes of bitmap for 24 PCRs
+
+# --- Quote format shared with the contracts engineer (do not change unilaterally) ---
+QUALIFYING_PREFIX = b"shadowmesh-attest-v1"
+NONCE_SIZE = 32
+NODE_ID_SIZE = 32
+
+# --- What is quoted and where the node measures itself ---
+MEASUREMENT_PCR = 23  # resettable from locality 0, free for applications
+DEFAULT_QUOTE_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, MEASUREMENT_PCR)
+MEASURE_PREFIX = b"shadowmesh-measure-v1"
+NODE_ID_ENTRY = "node-id"
+CONFIG_ENTRY = "config"
+SOFTWARE_ENTRY_PREFIX = "software:"
+
+# --- Evidence encoding ---
+EVIDENCE_MAGIC = b"SMEV"
+EVIDENCE_VERSION = 1
+MAX_EVIDENCE_SIZE = 16 * 1024  # must fit in one handshake message
+MAX_ATTEST_SIZE = 1024
+MAX_SIGNATURE_SIZE = 256
+MAX_PUBLIC_SIZE = 512
+MAX_MANIFEST_ENTRIES = 128
+MAX_ENTRY_NAME = 96
+MAX_TPM2B_SIZE = 1024  # any TPM2B inside a structure we parse
+
+# --- Verification ---
+DEFAULT_MAX_AGE_S = 300.0
+MAX_FUTURE_SKEW_S = 30.0  # evidence stamped this far ahead of our clock is refused
+POLICY_VERSION = 1
+
+# --- Exit-side provider and schedule ---
+DEFAULT_REATTEST_INTERVAL_S = 3600.0
+RATE_BURST = 4  # quotes answered back to back
+RATE_PER_SECOND = 2.0  # then this many per second
+REATTEST_RETRY_S = 60.0  # after a failed scheduled attestation
+
+# --- TPM objects ---
+EK_CERT_NV_RSA2048 = 0x01C00002
+EK_CERT_NV_ECC256 = 0x01C0000A
+CREDENTIAL_SIZE = 32  # secret sent through MakeCredential
+NV_READ_CHUNK = 512
+
+# --- TCG PC Client event log ---
+EVENT_LOG_PATH = "/sys/kernel/security/tpm0/binary_bios_measurements"
+MAX_EVENT_LOG_SIZE = 4 * 1024 * 1024
+MAX_EVENT_DATA = 1024 * 1024
+MAX_EVENT_DIGESTS = 8
+EV_NO_ACTION = 0x00000003
+SPEC_ID_SIGNATURE = b"Spec ID Event03\x00"
+STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\x00"
+# TCG algorithm id -> digest size, for the banks an event log may carry.
+EVENT_LOG_DIGEST_SIZES = {0x0004: 20, 0x000B: 32, 0x000C: 48, 0x000D: 64, 0x0012: 32}
