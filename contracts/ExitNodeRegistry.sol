@@ -1,0 +1,502 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.30;
+
+/// @title ShadowMesh exit-node registry
+/// @notice Exit nodes stake, publish an endpoint and prove with a TPM 2.0 quote that they run
+/// software whose PCR digest the owner approved. The contract checks the quote itself: the
+/// ECDSA P-256 signature through the P256VERIFY precompile (EIP-7951, address 0x100), the
+/// TPMS_ATTEST structure, a nonce derived from a recent block hash and the node id, and the
+/// PCR digest against the approved set. Stakes are slashed only on proofs verified here.
+/// @dev Quote format (shared with attestation/): TPMS_ATTEST big-endian, type TPM_ST_ATTEST_QUOTE;
+/// extraData = sha256("shadowmesh-attest-v1" || nonce || nodeId); signature (r, s) over
+/// sha256(TPMS_ATTEST). On chain the nonce is blockhash(nonceBlock).
+contract ExitNodeRegistry {
+    enum Status {
+        None,
+        Active,
+        Stale,
+        Unbonding
+    }
+
+    struct Node {
+        // slot 0
+        address operator;
+        uint64 lastAttestation;
+        uint16 reputation;
+        Status status;
+        // slots 1, 2: AK public key (x, y), big-endian
+        bytes32 akX;
+        bytes32 akY;
+        // slot 3
+        uint128 stake;
+        uint64 unbondingEnds;
+        uint64 missedSlashedFor; // lastAttestation whose missed window was already slashed
+        // slot 4
+        uint64 lastNonceBlock;
+        uint64 tpmClock; // TPM clock and reset count of the newest quote seen from this AK
+        uint32 tpmResetCount;
+        uint32 index; // position in nodeIds
+        // slot 5
+        bytes32 pcrDigest;
+        string endpoint;
+    }
+
+    /// @dev What getNode returns: the stored record plus the derived health flag.
+    struct NodeView {
+        bytes32 nodeId;
+        address operator;
+        string endpoint;
+        bytes32 akX;
+        bytes32 akY;
+        uint256 stake;
+        uint256 lastAttestation;
+        uint256 reputation;
+        Status status;
+        uint256 unbondingEnds;
+        bytes32 pcrDigest;
+        uint256 lastNonceBlock;
+        bool healthy;
+    }
+
+    struct Policy {
+        bool approved;
+        uint64 revokedAt;
+    }
+
+    /// @dev The fields of TPMS_ATTEST the registry uses.
+    struct Attest {
+        bytes32 extraData;
+        bytes32 pcrDigest;
+        uint64 clock;
+        uint32 resetCount;
+    }
+
+    address private constant P256VERIFY = address(0x100);
+    bytes private constant QUALIFYING_PREFIX = "shadowmesh-attest-v1";
+    uint32 private constant TPM_GENERATED = 0xFF544347;
+    uint16 private constant TPM_ST_ATTEST_QUOTE = 0x8018;
+    uint16 private constant TPM_ALG_SHA256 = 0x000B;
+    uint256 private constant MAX_ATTEST_BYTES = 1024;
+    uint256 private constant MAX_PCR_BANKS = 8;
+    uint256 private constant MAX_SELECT_BYTES = 8;
+    uint256 private constant MAX_ENDPOINT_BYTES = 256;
+    uint256 private constant MAX_PAGE = 500;
+
+    uint16 public constant REPUTATION_START = 500;
+    uint16 public constant REPUTATION_MAX = 1000;
+    uint16 public constant REPUTATION_FLOOR = 100; // below this a node is ejected
+    uint16 public constant REPUTATION_ON_TIME = 10;
+    uint16 public constant REPUTATION_STALE_PENALTY = 50;
+    uint16 public constant REPUTATION_MISSED_PENALTY = 100;
+    uint256 public constant POLICY_SLASH_BPS = 5000; // half the stake, as in the spec
+    uint256 public constant MISSED_SLASH_BPS = 1000;
+    uint256 public constant REPORTER_REWARD_BPS = 1000; // of the slashed amount
+    uint8 public constant MISBEHAVIOR_OUT_OF_POLICY = 1;
+    uint8 public constant MISBEHAVIOR_MISSED_WINDOW = 2;
+
+    address public owner;
+    uint256 public immutable minimumStake;
+    uint256 public immutable attestationInterval;
+    uint256 public immutable unbondingDelay;
+    uint256 public immutable freshnessBlocks;
+    uint256 public burned; // slashed wei not paid to reporters; locked here for good
+
+    mapping(bytes32 => Node) private nodes;
+    mapping(bytes32 => Policy) public policy;
+    mapping(bytes32 => bytes32) public nodeOfAk; // keccak256(akX, akY) => nodeId
+    bytes32[] private nodeIds;
+
+    event OwnershipTransferred(address indexed previousOwner, address indexed newOwner);
+    event DigestApproved(bytes32 indexed digest);
+    event DigestRevoked(bytes32 indexed digest);
+    event NodeRegistered(bytes32 indexed nodeId, address indexed operator, uint256 stake, string endpoint);
+    event AttestationUpdated(bytes32 indexed nodeId, uint256 timestamp, bytes32 pcrDigest, uint256 nonceBlock);
+    event ReputationChanged(bytes32 indexed nodeId, uint256 previous, uint256 current);
+    event EndpointUpdated(bytes32 indexed nodeId, string endpoint);
+    event NodeStale(bytes32 indexed nodeId, address indexed by);
+    event NodeSlashed(bytes32 indexed nodeId, uint8 kind, address indexed reporter, uint256 amount, uint256 reward);
+    event WithdrawalRequested(bytes32 indexed nodeId, uint256 availableAt);
+    event Withdrawn(bytes32 indexed nodeId, address indexed operator, uint256 amount);
+
+    modifier onlyOwner() {
+        require(msg.sender == owner, "not owner");
+        _;
+    }
+
+    constructor(uint256 minimumStake_, uint256 attestationInterval_, uint256 unbondingDelay_, uint256 freshnessBlocks_) {
+        require(attestationInterval_ > 0, "interval must be positive");
+        // blockhash only reaches back 256 blocks.
+        require(freshnessBlocks_ >= 1 && freshnessBlocks_ <= 256, "freshness must be 1..256 blocks");
+        require(minimumStake_ > 0 && minimumStake_ <= type(uint128).max, "minimum stake out of range");
+        minimumStake = minimumStake_;
+        attestationInterval = attestationInterval_;
+        unbondingDelay = unbondingDelay_;
+        freshnessBlocks = freshnessBlocks_;
+        owner = msg.sender;
+        emit OwnershipTransferred(address(0), msg.sender);
+    }
+
+    // ----- owner -----
+
+    function transferOwnership(address newOwner) external onlyOwner {
+        require(newOwner != address(0), "zero owner");
+        emit OwnershipTransferred(owner, newOwner);
+        owner = newOwner;
+    }
+
+    function approveDigest(bytes32 digest) external onlyOwner {
+        require(!policy[digest].approved, "digest already approved");
+        policy[digest] = Policy({approved: true, revokedAt: 0});
+        emit DigestApproved(digest);
+    }
+
+    /// @notice A revoked digest no longer passes attestation at once, but a quote showing it
+    /// becomes slashable only one attestation interval later, so honest nodes can upgrade.
+    function revokeDigest(bytes32 digest) external onlyOwner {
+        require(policy[digest].approved, "digest not approved");
+        policy[digest] = Policy({approved: false, revokedAt: uint64(block.timestamp)});
+        emit DigestRevoked(digest);
+    }
+
+    // ----- operators -----
+
+    function register(
+        bytes32 nodeId,
+        string calldata endpoint,
+        bytes32 akX,
+        bytes32 akY,
+        bytes calldata attest,
+        bytes32 r,
+        bytes32 s,
+        uint256 nonceBlock
+    ) external payable {
+        require(msg.value >= minimumStake, "stake below minimum");
+        require(msg.value <= type(uint128).max, "stake too large");
+        require(nodes[nodeId].status == Status.None, "node already registered");
+        bytes32 akHash = keccak256(abi.encodePacked(akX, akY));
+        require(nodeOfAk[akHash] == bytes32(0), "AK already registered");
+        _checkEndpoint(endpoint);
+        Attest memory q = _acceptQuote(nodeId, akX, akY, attest, r, s, nonceBlock);
+
+        Node storage n = nodes[nodeId];
+        n.operator = msg.sender;
+        n.lastAttestation = uint64(block.timestamp);
+        n.reputation = REPUTATION_START;
+        n.status = Status.Active;
+        n.akX = akX;
+        n.akY = akY;
+        n.stake = uint128(msg.value);
+        n.lastNonceBlock = uint64(nonceBlock);
+        n.tpmClock = q.clock;
+        n.tpmResetCount = q.resetCount;
+        n.index = uint32(nodeIds.length);
+        n.pcrDigest = q.pcrDigest;
+        n.endpoint = endpoint;
+        nodeIds.push(nodeId);
+        nodeOfAk[akHash] = nodeId;
+
+        emit NodeRegistered(nodeId, msg.sender, msg.value, endpoint);
+        emit AttestationUpdated(nodeId, block.timestamp, q.pcrDigest, nonceBlock);
+    }
+
+    /// @notice The operator's periodic attestation; also brings a stale node back.
+    function updateAttestation(bytes32 nodeId, bytes calldata attest, bytes32 r, bytes32 s, uint256 nonceBlock)
+        external
+    {
+        Node storage n = _operated(nodeId);
+        require(n.status == Status.Active || n.status == Status.Stale, "node not active");
+        // Each quote answers a newer challenge, so one quote cannot be replayed.
+        require(nonceBlock > n.lastNonceBlock, "nonce block not newer");
+        Attest memory q = _acceptQuote(nodeId, n.akX, n.akY, attest, r, s, nonceBlock);
+
+        bool onTime = block.timestamp <= uint256(n.lastAttestation) + attestationInterval;
+        n.lastAttestation = uint64(block.timestamp);
+        n.lastNonceBlock = uint64(nonceBlock);
+        n.pcrDigest = q.pcrDigest;
+        if (_tpmLater(q, n.tpmResetCount, n.tpmClock)) {
+            n.tpmClock = q.clock;
+            n.tpmResetCount = q.resetCount;
+        }
+        n.status = Status.Active;
+        if (onTime && n.reputation < REPUTATION_MAX) {
+            uint16 next = n.reputation + REPUTATION_ON_TIME;
+            _setReputation(nodeId, n, next > REPUTATION_MAX ? REPUTATION_MAX : next);
+        }
+        emit AttestationUpdated(nodeId, block.timestamp, q.pcrDigest, nonceBlock);
+    }
+
+    function updateEndpoint(bytes32 nodeId, string calldata endpoint) external {
+        Node storage n = _operated(nodeId);
+        require(n.status != Status.Unbonding, "node unbonding");
+        _checkEndpoint(endpoint);
+        n.endpoint = endpoint;
+        emit EndpointUpdated(nodeId, endpoint);
+    }
+
+    function requestWithdrawal(bytes32 nodeId) external {
+        Node storage n = _operated(nodeId);
+        require(n.status != Status.Unbonding, "already unbonding");
+        _startUnbonding(nodeId, n);
+    }
+
+    /// @notice Pays the stake back once the unbonding delay has passed and forgets the node.
+    function withdraw(bytes32 nodeId) external {
+        Node storage n = _operated(nodeId);
+        require(n.status == Status.Unbonding, "not unbonding");
+        require(block.timestamp >= n.unbondingEnds, "unbonding delay not over");
+        uint256 amount = n.stake;
+        address operator = n.operator;
+        delete nodeOfAk[keccak256(abi.encodePacked(n.akX, n.akY))];
+        _removeId(n.index);
+        delete nodes[nodeId];
+        emit Withdrawn(nodeId, operator, amount);
+        (bool ok,) = payable(operator).call{value: amount}("");
+        require(ok, "transfer failed");
+    }
+
+    // ----- anyone -----
+
+    function markStale(bytes32 nodeId) external {
+        Node storage n = _existing(nodeId);
+        require(n.status == Status.Active, "node not active");
+        require(block.timestamp > uint256(n.lastAttestation) + attestationInterval, "attestation window open");
+        n.status = Status.Stale;
+        emit NodeStale(nodeId, msg.sender);
+        _setReputation(nodeId, n, _minus(n.reputation, REPUTATION_STALE_PENALTY));
+    }
+
+    /// @notice Slashes a node on a proof checked here and pays the reporter.
+    /// kind 1 (out of policy): proof = abi.encode(bytes attest, bytes32 r, bytes32 s, bytes32 nonce),
+    ///   a quote bound to this node, signed by its AK, newer (TPM clock) than any quote the
+    ///   registry accepted from it, whose PCR digest is outside policy.
+    /// kind 2 (missed window): empty proof; the chain's own clock is the evidence.
+    function reportMisbehavior(bytes32 nodeId, uint8 kind, bytes calldata proof) external {
+        Node storage n = _existing(nodeId);
+        if (kind == MISBEHAVIOR_OUT_OF_POLICY) {
+            (bytes memory attest, bytes32 r, bytes32 s, bytes32 nonce) =
+                abi.decode(proof, (bytes, bytes32, bytes32, bytes32));
+            Attest memory q = _parse(attest);
+            require(q.extraData == _qualifyingData(nonce, nodeId), "nonce mismatch");
+            require(_p256(sha256(attest), r, s, n.akX, n.akY), "bad quote signature");
+            require(_outsidePolicy(q.pcrDigest), "digest within policy");
+            require(_tpmLater(q, n.tpmResetCount, n.tpmClock), "quote not newer");
+            n.tpmClock = q.clock;
+            n.tpmResetCount = q.resetCount;
+            _slash(nodeId, n, kind, POLICY_SLASH_BPS, n.reputation / 2);
+        } else if (kind == MISBEHAVIOR_MISSED_WINDOW) {
+            require(proof.length == 0, "unexpected proof");
+            require(n.status == Status.Active || n.status == Status.Stale, "node not active");
+            require(block.timestamp > uint256(n.lastAttestation) + attestationInterval, "attestation window open");
+            require(n.missedSlashedFor != n.lastAttestation, "window already slashed");
+            n.missedSlashedFor = n.lastAttestation;
+            if (n.status == Status.Active) {
+                n.status = Status.Stale;
+                emit NodeStale(nodeId, msg.sender);
+            }
+            _slash(nodeId, n, kind, MISSED_SLASH_BPS, _minus(n.reputation, REPUTATION_MISSED_PENALTY));
+        } else {
+            revert("unknown misbehavior kind");
+        }
+    }
+
+    // ----- views -----
+
+    function nodeCount() external view returns (uint256) {
+        return nodeIds.length;
+    }
+
+    function getNode(bytes32 nodeId) external view returns (NodeView memory v) {
+        Node storage n = _existing(nodeId);
+        v = NodeView({
+            nodeId: nodeId,
+            operator: n.operator,
+            endpoint: n.endpoint,
+            akX: n.akX,
+            akY: n.akY,
+            stake: n.stake,
+            lastAttestation: n.lastAttestation,
+            reputation: n.reputation,
+            status: n.status,
+            unbondingEnds: n.unbondingEnds,
+            pcrDigest: n.pcrDigest,
+            lastNonceBlock: n.lastNonceBlock,
+            healthy: _healthy(n, 0)
+        });
+    }
+
+    function isHealthy(bytes32 nodeId, uint256 minReputation) external view returns (bool) {
+        return _healthy(nodes[nodeId], minReputation);
+    }
+
+    /// @notice Scans nodeIds[cursor .. cursor + limit) and returns the healthy ones with at
+    /// least minReputation; next is the cursor of the following page, 0 once the end is reached.
+    /// Withdrawals move the last id into the freed slot, so a scan racing them may miss one.
+    function listHealthy(uint256 cursor, uint256 limit, uint256 minReputation)
+        external
+        view
+        returns (bytes32[] memory ids, uint256 next)
+    {
+        require(limit >= 1 && limit <= MAX_PAGE, "limit out of range");
+        uint256 total = nodeIds.length;
+        uint256 end = cursor >= total ? total : (total - cursor < limit ? total : cursor + limit);
+        ids = new bytes32[](end > cursor ? end - cursor : 0);
+        uint256 found;
+        for (uint256 i = cursor; i < end; ++i) {
+            bytes32 id = nodeIds[i];
+            if (_healthy(nodes[id], minReputation)) {
+                ids[found++] = id;
+            }
+        }
+        assembly {
+            mstore(ids, found) // shrink to the matches
+        }
+        next = end < total ? end : 0;
+    }
+
+    /// @notice The qualifying data a quote for (blockhash(nonceBlock), nodeId) must carry.
+    function expectedQualifyingData(uint256 nonceBlock, bytes32 nodeId) external view returns (bytes32) {
+        return _qualifyingData(blockhash(nonceBlock), nodeId);
+    }
+
+    // ----- internals -----
+
+    function _acceptQuote(
+        bytes32 nodeId,
+        bytes32 akX,
+        bytes32 akY,
+        bytes calldata attest,
+        bytes32 r,
+        bytes32 s,
+        uint256 nonceBlock
+    ) private view returns (Attest memory q) {
+        q = _parse(attest);
+        require(nonceBlock < block.number && block.number - nonceBlock <= freshnessBlocks, "nonce block not recent");
+        bytes32 nonce = blockhash(nonceBlock);
+        require(nonce != bytes32(0), "nonce block not recent");
+        require(q.extraData == _qualifyingData(nonce, nodeId), "nonce mismatch");
+        require(_p256(sha256(attest), r, s, akX, akY), "bad quote signature");
+        require(policy[q.pcrDigest].approved, "PCR digest not approved");
+    }
+
+    function _qualifyingData(bytes32 nonce, bytes32 nodeId) private pure returns (bytes32) {
+        return sha256(abi.encodePacked(QUALIFYING_PREFIX, nonce, nodeId));
+    }
+
+    /// @dev EIP-7951: 160 bytes in; 32 bytes holding 1 on success, empty output otherwise.
+    /// Before Osaka the address holds no code and the call "succeeds" with empty output,
+    /// which is why the length and value are both checked.
+    function _p256(bytes32 h, bytes32 r, bytes32 s, bytes32 x, bytes32 y) private view returns (bool) {
+        (bool ok, bytes memory out) = P256VERIFY.staticcall(abi.encodePacked(h, r, s, x, y));
+        return ok && out.length == 32 && abi.decode(out, (uint256)) == 1;
+    }
+
+    function _outsidePolicy(bytes32 digest) private view returns (bool) {
+        Policy memory p = policy[digest];
+        if (p.approved) return false;
+        return p.revokedAt == 0 || block.timestamp > uint256(p.revokedAt) + attestationInterval;
+    }
+
+    /// @dev TPM time only moves forward within a reset epoch; a new reset count starts a new one.
+    function _tpmLater(Attest memory q, uint32 resetCount, uint64 clock) private pure returns (bool) {
+        return q.resetCount > resetCount || (q.resetCount == resetCount && q.clock > clock);
+    }
+
+    function _healthy(Node storage n, uint256 minReputation) private view returns (bool) {
+        return n.status == Status.Active && block.timestamp <= uint256(n.lastAttestation) + attestationInterval
+            && n.reputation >= minReputation && n.stake >= minimumStake;
+    }
+
+    function _slash(bytes32 nodeId, Node storage n, uint8 kind, uint256 bps, uint16 reputation) private {
+        uint256 amount = (uint256(n.stake) * bps) / 10_000;
+        uint256 reward = (amount * REPORTER_REWARD_BPS) / 10_000;
+        n.stake -= uint128(amount);
+        burned += amount - reward;
+        emit NodeSlashed(nodeId, kind, msg.sender, amount, reward);
+        _setReputation(nodeId, n, reputation);
+        if (n.status != Status.Unbonding && (n.reputation < REPUTATION_FLOOR || n.stake < minimumStake)) {
+            _startUnbonding(nodeId, n); // ejected: the stake stays bonded (and slashable) a while
+        }
+        (bool ok,) = payable(msg.sender).call{value: reward}("");
+        require(ok, "transfer failed");
+    }
+
+    function _startUnbonding(bytes32 nodeId, Node storage n) private {
+        n.status = Status.Unbonding;
+        n.unbondingEnds = uint64(block.timestamp + unbondingDelay);
+        emit WithdrawalRequested(nodeId, n.unbondingEnds);
+    }
+
+    function _setReputation(bytes32 nodeId, Node storage n, uint16 value) private {
+        if (value != n.reputation) {
+            emit ReputationChanged(nodeId, n.reputation, value);
+            n.reputation = value;
+        }
+    }
+
+    function _minus(uint16 a, uint16 b) private pure returns (uint16) {
+        return a > b ? a - b : 0;
+    }
+
+    function _removeId(uint32 index) private {
+        uint256 last = nodeIds.length - 1;
+        if (index != last) {
+            bytes32 moved = nodeIds[last];
+            nodeIds[index] = moved;
+            nodes[moved].index = index;
+        }
+        nodeIds.pop();
+    }
+
+    function _existing(bytes32 nodeId) private view returns (Node storage n) {
+        n = nodes[nodeId];
+        require(n.status != Status.None, "unknown node");
+    }
+
+    function _operated(bytes32 nodeId) private view returns (Node storage n) {
+        n = _existing(nodeId);
+        require(msg.sender == n.operator, "not operator");
+    }
+
+    function _checkEndpoint(string calldata endpoint) private pure {
+        uint256 len = bytes(endpoint).length;
+        require(len > 0 && len <= MAX_ENDPOINT_BYTES, "endpoint length out of range");
+    }
+
+    /// @dev Reads a big-endian unsigned integer of len (1..32) bytes at off; the caller
+    /// has checked off + len <= a.length (mload may read past the end; those bits are shifted out).
+    function _be(bytes memory a, uint256 off, uint256 len) private pure returns (uint256 v) {
+        assembly {
+            v := shr(sub(256, mul(len, 8)), mload(add(add(a, 32), off)))
+        }
+    }
+
+    function _need(bool ok) private pure {
+        require(ok, "malformed quote");
+    }
+
+    /// @dev Parses TPMS_ATTEST for a quote; any deviation from the shared format reverts.
+    function _parse(bytes memory a) private pure returns (Attest memory q) {
+        uint256 len = a.length;
+        _need(len >= 8 && len <= MAX_ATTEST_BYTES);
+        _need(_be(a, 0, 4) == TPM_GENERATED && _be(a, 4, 2) == TPM_ST_ATTEST_QUOTE);
+        uint256 o = 6 + 2 + _be(a, 6, 2); // qualifiedSigner: TPM2B_NAME, skipped
+        _need(o + 2 + 32 + 25 <= len && _be(a, o, 2) == 32); // extraData, clockInfo, firmware
+        q.extraData = bytes32(_be(a, o + 2, 32));
+        o += 34;
+        q.clock = uint64(_be(a, o, 8));
+        q.resetCount = uint32(_be(a, o + 8, 4));
+        o += 17 + 8; // clock, resetCount, restartCount, safe; firmwareVersion
+        _need(o + 4 <= len);
+        uint256 banks = _be(a, o, 4);
+        _need(banks >= 1 && banks <= MAX_PCR_BANKS);
+        o += 4;
+        for (uint256 i = 0; i < banks; ++i) {
+            _need(o + 3 <= len && _be(a, o, 2) == TPM_ALG_SHA256);
+            uint256 sizeofSelect = _be(a, o + 2, 1);
+            _need(sizeofSelect >= 1 && sizeofSelect <= MAX_SELECT_BYTES);
+            o += 3 + sizeofSelect;
+        }
+        _need(o + 2 + 32 == len && _be(a, o, 2) == 32); // pcrDigest ends the structure
+        q.pcrDigest = bytes32(_be(a, o + 2, 32));
+    }
+}
