@@ -1,0 +1,21 @@
+"""Every size, limit and timer of the exit node, in one place."""
+
+from __future__ import annotations
+
+# Virtual switch.
+MAC_AGEING_S = 300.0  # as Linux bridges and most hardware switches
+MAX_MACS = 16384  # whole table; a full table floods instead of learning
+MAX_MACS_PER_PORT = 1024  # one device cannot evict everyone else's entries
+BROADCAST_RATE = 1000.0  # broadcast + multicast frames per second per ingress port
+BROADCAST_BURST = 200.0
+DEFAULT_MTU = 1500
+VLAN_MIN = 1
+VLAN_MAX = 4094
+AGE_SWEEP_S = 1.0  # how often the driver calls Switch.age
+
+# Exit server data path.
+PORT_QUEUE_FRAMES = 1024  # frames waiting for one client; beyond this they are dropped
+LOCAL_PORT = "local"
+TAP_NAME = "smx0"
+BRIDGE_NAME = "smbr0"
+STATS_INTERVAL_S = 10.0

@@ -1,0 +1,29 @@
+"""Errors of the exit node.
+
+Tree::
+
+    ExitError                 root; everything the exit package raises on purpose
+    ├── ExitConfigError       bad operator configuration (names the field and the reason)
+    ├── SwitchError           a local misuse of the virtual switch (unknown or duplicate port)
+    └── HostSetupError        the host could not be configured (bridge, TAP, masquerade)
+
+Frames from peers never raise: the switch drops them and counts the reason.
+"""
+
+from __future__ import annotations
+
+
+class ExitError(Exception):
+    """Root of the exit node's exceptions."""
+
+
+class ExitConfigError(ExitError):
+    """The operator's configuration is invalid."""
+
+
+class SwitchError(ExitError):
+    """The switch was driven wrongly by local code (never by a peer's frame)."""
+
+
+class HostSetupError(ExitError):
+    """Bridge, TAP or masquerade setup on the host failed."""

@@ -1,0 +1,172 @@
+"""The frame format carried through the tunnel, and the few header fields the switch needs.
+
+A *tunnel frame* is a 10-byte offload header followed by one Ethernet frame. The offload
+header is Linux's ``struct virtio_net_hdr`` (little-endian, as a TAP opened with
+``IFF_VNET_HDR`` hands it over on x86 and ARM): it says whether the frame is a GSO
+super-frame (one TCP segment of up to 64 KiB that the receiving kernel cuts into
+MSS-sized packets) and whether a checksum is still to be filled in. Carrying it lets both
+ends keep the kernel's offloads, which is where the data path's speed comes from; a TAP
+without offloads simply sends an all-zero header.
+
+Parsing is the fast path: ``struct`` and slicing only, no objects per field beyond the
+small frozen ``EthernetHeader``. scapy is for tests and diagnostics.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+OFFLOAD_HEADER = struct.Struct("<BBHHHH")
+OFFLOAD_HEADER_LEN = OFFLOAD_HEADER.size  # 10
+NO_OFFLOAD = bytes(OFFLOAD_HEADER_LEN)
+
+# virtio_net_hdr flags and GSO types (include/uapi/linux/virtio_net.h).
+NEEDS_CSUM = 0x01
+DATA_VALID = 0x02
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_UDP = 3
+GSO_TCPV6 = 4
+GSO_UDP_L4 = 5
+GSO_ECN = 0x80
+KNOWN_GSO_TYPES = frozenset({GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4})
+KNOWN_FLAGS = NEEDS_CSUM | DATA_VALID
+
+ETH_HEADER_LEN = 14
+VLAN_TAG_LEN = 4
+TPID_8021Q = 0x8100
+TPID_8021AD = 0x88A8
+VLAN_ID_MASK = 0x0FFF
+VLAN_ID_RESERVED = 0x0FFF
+UNTAGGED = 0  # VLAN id given to untagged and priority-tagged frames
+
+BROADCAST_MAC = b"\xff" * 6
+
+# Largest GSO super-frame: an IP packet of 64 KiB plus Ethernet and one VLAN tag.
+MAX_GSO_FRAME = 65535 + ETH_HEADER_LEN + VLAN_TAG_LEN
+
+
+@dataclass(frozen=True, slots=True)
+class EthernetHeader:
+    """What the switch needs from one tunnel frame."""
+
+    dst: bytes
+    src: bytes
+    vlan: int  # 0 = untagged (or priority-tagged)
+    ethertype: int
+    gso: bool  # a super-frame the receiving kernel segments
+
+
+class FrameError(ValueError):
+    """A frame that cannot be switched; ``reason`` is a short, stable drop-counter name."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse(frame: bytes | bytearray | memoryview, max_plain_frame: int) -> EthernetHeader:
+    """Parse the offload header and the Ethernet/802.1Q header of a tunnel frame.
+
+    ``max_plain_frame`` is the largest Ethernet frame (header included, no FCS) allowed when
+    the frame is not a GSO super-frame: MTU + 14 + 4. Raises ``FrameError`` with reason
+    ``short``, ``oversized``, ``bad_offload`` or ``bad_vlan``.
+    """
+    size = len(frame) - OFFLOAD_HEADER_LEN
+    if size < ETH_HEADER_LEN:
+        raise FrameError("short")
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = OFFLOAD_HEADER.unpack_from(
+        frame, 0
+    )
+    kind = gso_type & ~GSO_ECN
+    if flags & ~KNOWN_FLAGS or kind not in KNOWN_GSO_TYPES:
+        raise FrameError("bad_offload")
+    gso = kind != GSO_NONE
+    if gso:
+        if gso_size == 0 or size > MAX_GSO_FRAME:
+            raise FrameError("bad_offload" if gso_size == 0 else "oversized")
+    elif size > max_plain_frame:
+        raise FrameError("oversized")
+    if flags & NEEDS_CSUM and csum_start + csum_offset + 2 > size:
+        raise FrameError("bad_offload")
+    base = OFFLOAD_HEADER_LEN
+    ethertype = int.from_bytes(frame[base + 12 : base + 14], "big")
+    vlan = UNTAGGED
+    if ethertype == TPID_8021AD:
+        # Stacked (QinQ) tags are not switched: the allow-list would be ambiguous.
+        raise FrameError("bad_vlan")
+    if ethertype == TPID_8021Q:
+        if size < ETH_HEADER_LEN + VLAN_TAG_LEN:
+            raise FrameError("bad_vlan")
+        tci = int.from_bytes(frame[base + 14 : base + 16], "big")
+        vlan = tci & VLAN_ID_MASK
+        if vlan == VLAN_ID_RESERVED:
+            raise FrameError("bad_vlan")
+        ethertype = int.from_bytes(frame[base + 16 : base + 18], "big")
+        if ethertype in (TPID_8021Q, TPID_8021AD):
+            raise FrameError("bad_vlan")
+    return EthernetHeader(
+        dst=bytes(frame[base : base + 6]),
+        src=bytes(frame[base + 6 : base + 12]),
+        vlan=vlan,
+        ethertype=ethertype,
+        gso=gso,
+    )
+
+
+def is_group(mac: bytes) -> bool:
+    """Broadcast or multicast: the I/G bit of the first octet."""
+    return bool(mac[0] & 0x01)
+
+
+def offload_header(
+    *,
+    flags: int = 0,
+    gso_type: int = GSO_NONE,
+    hdr_len: int = 0,
+    gso_size: int = 0,
+    csum_start: int = 0,
+    csum_offset: int = 0,
+) -> bytes:
+    return OFFLOAD_HEADER.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+
+
+def internet_checksum(data: bytes | bytearray | memoryview) -> int:
+    """RFC 1071 one's-complement sum, folded and complemented.
+
+    Because 2**16 = 1 (mod 0xffff), the one's-complement sum of the 16-bit words equals the
+    whole buffer read as one big-endian integer, modulo 0xffff (with 0xffff for a non-zero
+    multiple): CPython does that in C. Only used when an offloaded frame has to be written to
+    a TAP that cannot finish it.
+    """
+    raw = bytes(data)
+    if len(raw) % 2:
+        raw += b"\x00"
+    value = int.from_bytes(raw, "big")
+    folded = value % 0xFFFF
+    if folded == 0 and value:
+        folded = 0xFFFF
+    return (~folded) & 0xFFFF
+
+
+UDP_CSUM_OFFSET = 6
+
+
+def finish_checksum(frame: bytearray) -> None:
+    """Complete a ``NEEDS_CSUM`` tunnel frame in place and clear the flag.
+
+    The sender's kernel stored the pseudo-header sum in the checksum field; the complemented
+    sum over everything from ``csum_start`` to the end is the final checksum.
+    """
+    flags, gso_type, hdr_len, gso_size, start, offset = OFFLOAD_HEADER.unpack_from(frame, 0)
+    if not flags & NEEDS_CSUM:
+        return
+    base = OFFLOAD_HEADER_LEN + start
+    csum = internet_checksum(memoryview(frame)[base:])
+    if csum == 0 and offset == UDP_CSUM_OFFSET:
+        csum = 0xFFFF  # UDP sends a computed zero as all ones (RFC 768)
+    struct.pack_into(">H", frame, base + offset, csum)
+    OFFLOAD_HEADER.pack_into(
+        frame, 0, flags & ~NEEDS_CSUM, gso_type, hdr_len, gso_size, start, offset
+    )

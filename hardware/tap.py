@@ -1,0 +1,246 @@
+"""TAP device adapter: a real Linux TAP (via python-pytun) and an in-memory fake beside it.
+
+Both hand over *tunnel frames* (``hardware.ethernet``: 10-byte offload header + Ethernet
+frame), so the layers above never care which mode a TAP is in:
+
+- plain (``IFF_TAP | IFF_NO_PI``, MTU 1500 or jumbo 9000): the adapter adds an all-zero
+  offload header on read and strips it on write. A super-frame arriving for a plain TAP
+  cannot be cut up here and is dropped and counted; a frame whose checksum the sender left
+  to offload is finished in software first.
+- offload (``IFF_VNET_HDR`` + ``TUNSETOFFLOAD`` checksum/TSO4/TSO6): the kernel's
+  ``virtio_net_hdr`` is the offload header, and TCP arrives as GSO super-frames of up to
+  64 KiB, so Python pays per 64 KiB instead of per 1500 bytes.
+
+Reads are non-blocking and batched until the device is empty (``EAGAIN``) or a batch limit
+is reached; the kernel's own transmit queue (``txqueuelen``) is the bounded queue in front
+of us, and it drops when we fall behind. Writes are one syscall per frame (a TAP takes one
+frame per ``write``); a frame the kernel refuses is dropped and counted, never raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import struct
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pytun
+
+from hardware import ethernet
+
+# linux/if_tun.h
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+
+PLAIN_MTU = 1500
+JUMBO_MTU = 9000
+MIN_MTU = 576
+MAX_MTU = 65521  # Linux's largest TAP MTU
+READ_SIZE = ethernet.OFFLOAD_HEADER_LEN + ethernet.MAX_GSO_FRAME + 64
+READ_BATCH_FRAMES = 64
+READ_BATCH_BYTES = 512 * 1024
+
+
+class TapError(Exception):
+    """A TAP device could not be opened or configured (local error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TapConfig:
+    name: str
+    mtu: int = PLAIN_MTU
+    offload: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.name) < 16:
+            raise TapError(f"tap name {self.name!r}: 1-15 characters")
+        if not MIN_MTU <= self.mtu <= MAX_MTU:
+            raise TapError(f"tap mtu {self.mtu}: must be {MIN_MTU}-{MAX_MTU}")
+
+
+@dataclass(slots=True)
+class TapStats:
+    frames_read: int = 0
+    bytes_read: int = 0
+    frames_written: int = 0
+    bytes_written: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+
+
+class FrameDevice:
+    """Batched, non-blocking frame I/O over one file descriptor (a TAP or a fake's socket).
+
+    ``read_batch`` returns tunnel frames; ``write_batch`` takes tunnel frames. Not
+    thread-safe per direction, but one reader thread and one writer thread may share it.
+    """
+
+    def __init__(self, fd: int, name: str, mtu: int, offload: bool) -> None:
+        self._fd = fd
+        self.name = name
+        self.mtu = mtu
+        self.offload = offload
+        self.stats = TapStats()
+        self._closed = False
+        # Plain mode reads into one reused buffer behind a reserved offload header.
+        self._buf = bytearray(READ_SIZE)
+        self._view = memoryview(self._buf)[ethernet.OFFLOAD_HEADER_LEN :]
+        os.set_blocking(fd, False)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def read_batch(
+        self, max_frames: int = READ_BATCH_FRAMES, max_bytes: int = READ_BATCH_BYTES
+    ) -> list[bytes]:
+        """Read frames until the device is empty or a limit is reached (maybe none)."""
+        frames: list[bytes] = []
+        total = 0
+        fd = self._fd
+        while len(frames) < max_frames and total < max_bytes:
+            try:
+                if self.offload:
+                    frame = os.read(fd, READ_SIZE)
+                    if not frame:
+                        break
+                else:
+                    n = os.readv(fd, [self._view])
+                    if n == 0:
+                        break
+                    self._buf[: ethernet.OFFLOAD_HEADER_LEN] = ethernet.NO_OFFLOAD
+                    frame = bytes(self._buf[: ethernet.OFFLOAD_HEADER_LEN + n])
+            except BlockingIOError:
+                break
+            frames.append(frame)
+            total += len(frame)
+        self.stats.frames_read += len(frames)
+        self.stats.bytes_read += total
+        return frames
+
+    def write_batch(self, frames: Iterable[bytes | bytearray | memoryview]) -> int:
+        """Write frames; returns how many went in. Refused frames are dropped and counted."""
+        written = 0
+        fd = self._fd
+        for frame in frames:
+            if len(frame) < ethernet.OFFLOAD_HEADER_LEN + ethernet.ETH_HEADER_LEN:
+                self.stats.drops["short"] += 1
+                continue
+            data: bytes | bytearray | memoryview = frame
+            if not self.offload:
+                prepared = self._for_plain(frame)
+                if prepared is None:
+                    continue
+                data = prepared
+            try:
+                os.write(fd, data)
+            except BlockingIOError:
+                self.stats.drops["device_busy"] += 1
+                continue
+            except OSError:
+                # EINVAL for an offload header the kernel rejects, EIO when the link is down.
+                self.stats.drops["rejected"] += 1
+                continue
+            written += 1
+            self.stats.bytes_written += len(data)
+        self.stats.frames_written += written
+        return written
+
+    def _for_plain(self, frame: bytes | bytearray | memoryview) -> memoryview | None:
+        flags, gso_type = frame[0], frame[1]
+        if gso_type & ~ethernet.GSO_ECN != ethernet.GSO_NONE:
+            self.stats.drops["gso_unsupported"] += 1
+            return None
+        if flags & ethernet.NEEDS_CSUM:
+            copy = bytearray(frame)
+            try:
+                ethernet.finish_checksum(copy)
+            except struct.error:
+                self.stats.drops["bad_offload"] += 1
+                return None
+            return memoryview(copy)[ethernet.OFFLOAD_HEADER_LEN :]
+        return memoryview(frame)[ethernet.OFFLOAD_HEADER_LEN :]
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+
+
+class LinuxTap(FrameDevice):
+    """A real TAP device. Needs ``CAP_NET_ADMIN`` in the current network namespace."""
+
+    def __init__(self, config: TapConfig) -> None:
+        flags = pytun.IFF_TAP | pytun.IFF_NO_PI
+        if config.offload:
+            flags |= pytun.IFF_VNET_HDR
+        try:
+            dev = pytun.TunTapDevice(name=config.name, flags=flags)
+        except (pytun.Error, OSError) as exc:
+            raise TapError(f"cannot open tap {config.name}: {exc}") from exc
+        # Keep our own duplicate of the fd so closing is ours; pytun closes its copy.
+        fd = os.dup(dev.fileno())
+        try:
+            if config.offload:
+                fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS)
+            dev.mtu = config.mtu
+            dev.up()
+        except (pytun.Error, OSError) as exc:
+            os.close(fd)
+            dev.close()
+            raise TapError(f"cannot configure tap {config.name}: {exc}") from exc
+        self._dev = dev
+        super().__init__(fd, dev.name, config.mtu, config.offload)
+
+    @property
+    def hwaddr(self) -> bytes:
+        return bytes(self._dev.hwaddr)
+
+    def close(self) -> None:
+        super().close()
+        with contextlib.suppress(Exception):
+            self._dev.close()
+
+
+def open_tap(config: TapConfig) -> LinuxTap:
+    return LinuxTap(config)
+
+
+class FakeTap(FrameDevice):
+    """An in-memory TAP: the "kernel side" is the other end of a SEQPACKET socket pair.
+
+    The device end goes through exactly the same batching code as a real TAP. Tests play
+    the kernel: ``inject`` hands a frame to the adapter as the kernel would (raw Ethernet in
+    plain mode, offload header + frame in offload mode) and ``delivered`` returns what the
+    adapter wrote, in the same form.
+    """
+
+    def __init__(self, name: str = "fake0", mtu: int = PLAIN_MTU, offload: bool = False) -> None:
+        device, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for sock in (device, kernel):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        self._kernel = kernel
+        self._kernel.setblocking(False)
+        super().__init__(device.detach(), name, mtu, offload)
+
+    def inject(self, frame: bytes) -> None:
+        self._kernel.send(frame)
+
+    def delivered(self) -> list[bytes]:
+        out: list[bytes] = []
+        while True:
+            try:
+                out.append(self._kernel.recv(READ_SIZE))
+            except BlockingIOError:
+                return out
+
+    def close(self) -> None:
+        super().close()
+        self._kernel.close()

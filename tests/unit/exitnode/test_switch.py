@@ -1,0 +1,175 @@
+"""The sans-I/O virtual switch: learning, ageing, flooding, VLANs, rate limits, drops."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import ICMP, IP
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+
+from exitnode.errors import SwitchError
+from exitnode.switch import PortPolicy, Switch, SwitchConfig
+from hardware import ethernet
+
+MAC = {n: f"02:00:00:00:00:{n:02x}" for n in range(1, 10)}
+BCAST = "ff:ff:ff:ff:ff:ff"
+TRUNK = PortPolicy(vlans=None)
+
+
+def frame(src: int, dst: int | str, vlan: int | None = None, tag: bytes = b"") -> bytes:
+    d = dst if isinstance(dst, str) else MAC[dst]
+    pkt = Ether(src=MAC[src], dst=d)
+    if vlan is not None:
+        pkt = pkt / Dot1Q(vlan=vlan)
+    return ethernet.NO_OFFLOAD + bytes(pkt / IP(dst="10.0.0.9") / ICMP() / tag)
+
+
+def switch(*ports: str, policy: PortPolicy = TRUNK, **cfg: float) -> Switch:
+    sw = Switch(SwitchConfig(**cfg))  # type: ignore[arg-type]
+    for p in ports:
+        sw.attach(p, policy, now=0.0)
+    return sw
+
+
+def test_unknown_unicast_floods_then_learned_mac_is_forwarded() -> None:
+    sw = switch("a", "b", "c")
+    f1 = frame(1, 2)
+    assert sw.forward("a", [f1], 0.0) == {"b": [f1], "c": [f1]}
+    f2 = frame(2, 1)
+    assert sw.forward("b", [f2], 0.1) == {"a": [f2]}  # 1 was learned on a
+    f3 = frame(1, 2)
+    assert sw.forward("a", [f3], 0.2) == {"b": [f3]}
+    assert sw.stats.flooded == 1 and sw.stats.forwarded == 2 and sw.stats.learned == 2
+
+
+def test_broadcast_and_multicast_flood_to_every_other_port() -> None:
+    sw = switch("a", "b", "c")
+    arp = ethernet.NO_OFFLOAD + bytes(Ether(src=MAC[1], dst=BCAST) / ARP())
+    mcast = frame(1, "01:00:5e:00:00:fb")
+    out = sw.forward("a", [arp, mcast], 0.0)
+    assert out == {"b": [arp, mcast], "c": [arp, mcast]}
+
+
+def test_frame_to_its_own_port_is_filtered_and_counted() -> None:
+    sw = switch("a", "b")
+    sw.forward("a", [frame(1, 9), frame(2, 9)], 0.0)
+    assert sw.forward("a", [frame(1, 2)], 0.1) == {}
+    assert sw.stats.drops["same_port"] == 1
+
+
+def test_mac_ageing_forgets_after_the_ageing_time() -> None:
+    sw = switch("a", "b", "c", ageing_s=10.0)
+    sw.forward("b", [frame(2, 1)], 0.0)
+    assert sw.lookup(bytes.fromhex("020000000002"), 0, 5.0) == "b"
+    assert sw.lookup(bytes.fromhex("020000000002"), 0, 10.5) is None  # lazily expired
+    assert sw.age(5.0) == 0 and len(sw) == 1  # only the source (2) is learned
+    assert sw.age(11.0) == 1 and len(sw) == 0
+    f = frame(1, 2)
+    assert sw.forward("a", [f], 11.0) == {"b": [f], "c": [f]}  # unknown again: flood
+
+
+def test_station_move_is_relearned() -> None:
+    sw = switch("a", "b", "c")
+    sw.forward("a", [frame(1, 9)], 0.0)
+    sw.forward("b", [frame(1, 9)], 1.0)
+    assert sw.lookup(bytes.fromhex("020000000001"), 0, 1.0) == "b"
+    assert sw.stats.moved == 1
+
+
+def test_vlan_allow_list_on_ingress_and_egress() -> None:
+    sw = Switch()
+    sw.attach("trunk", TRUNK, 0.0)
+    sw.attach("v10", PortPolicy(vlans=frozenset({10})), 0.0)
+    sw.attach("v20", PortPolicy(vlans=frozenset({0, 20})), 0.0)
+    t10 = frame(1, BCAST, vlan=10)
+    t20 = frame(1, BCAST, vlan=20)
+    untagged = frame(1, BCAST)
+    out = sw.forward("trunk", [t10, t20, untagged], 0.0)
+    assert out == {"v10": [t10], "v20": [t20, untagged]}
+    # A port may not send on a VLAN it is not allowed.
+    assert sw.forward("v10", [frame(2, BCAST, vlan=20), frame(2, BCAST)], 0.0) == {}
+    assert sw.stats.drops["vlan_denied"] == 2
+    ok = frame(2, BCAST, vlan=10)
+    assert sw.forward("v10", [ok], 0.0) == {"trunk": [ok]}
+
+
+def test_learning_is_per_vlan() -> None:
+    sw = switch("a", "b", "c")
+    sw.forward("b", [frame(2, 9, vlan=5)], 0.0)
+    f = frame(1, 2, vlan=6)  # same MAC on another VLAN is unknown
+    assert set(sw.forward("a", [f], 0.0)) == {"b", "c"}
+
+
+def test_broadcast_rate_limit_is_a_token_bucket() -> None:
+    sw = Switch()
+    sw.attach("a", PortPolicy(vlans=None, broadcast_rate=10.0, broadcast_burst=5.0), 0.0)
+    sw.attach("b", TRUNK, 0.0)
+    burst = [frame(1, BCAST, tag=bytes([i])) for i in range(8)]
+    assert len(sw.forward("a", burst, 0.0)["b"]) == 5
+    assert sw.stats.drops["rate_limited"] == 3
+    assert len(sw.forward("a", burst, 0.2)["b"]) == 2  # 0.2 s * 10/s refilled
+    unicast = [frame(1, 2) for _ in range(20)]  # unknown unicast is not rate limited
+    assert len(sw.forward("a", unicast, 0.2)["b"]) == 20
+
+
+def test_malformed_frames_and_group_sources_are_dropped_and_counted() -> None:
+    sw = switch("a", "b")
+    bad = [
+        b"\x00" * 12,
+        ethernet.NO_OFFLOAD + b"\x01" * 10,
+        ethernet.NO_OFFLOAD + bytes(Ether(src=MAC[1], dst=MAC[2], type=0x8100)),
+        ethernet.NO_OFFLOAD + bytes(Ether(src=MAC[1], dst=MAC[2]) / (b"x" * 1600)),
+        ethernet.NO_OFFLOAD + bytes(Ether(src=BCAST, dst=MAC[2]) / ARP()),
+        ethernet.offload_header(gso_type=42) + bytes(Ether(src=MAC[1], dst=MAC[2]) / ARP()),
+    ]
+    assert sw.forward("a", bad, 0.0) == {}
+    assert sw.stats.drops == {
+        "short": 2,
+        "bad_vlan": 1,
+        "oversized": 1,
+        "bad_source": 1,
+        "bad_offload": 1,
+    }
+    assert len(sw) == 0
+
+
+def test_jumbo_mtu_allows_9000_byte_frames() -> None:
+    sw = switch("a", "b", mtu=9000)
+    big = ethernet.NO_OFFLOAD + bytes(Ether(src=MAC[1], dst=MAC[2]) / (b"x" * 8986))
+    assert sw.forward("a", [big], 0.0) == {"b": [big]}
+
+
+def test_table_and_port_limits_stop_learning_but_not_forwarding() -> None:
+    sw = Switch(SwitchConfig(max_macs=3))
+    sw.attach("a", PortPolicy(vlans=None, max_macs=2), 0.0)
+    sw.attach("b", TRUNK, 0.0)
+    for n in range(1, 6):
+        assert "b" in sw.forward("a", [frame(n, 9)], 0.0)
+    assert len(sw) == 2 and sw.stats.not_learned == 3
+    sw.forward("b", [frame(6, 9), frame(7, 9)], 0.0)
+    assert len(sw) == 3  # the whole table is capped too
+
+
+def test_detach_forgets_the_ports_macs() -> None:
+    sw = switch("a", "b", "c")
+    sw.forward("b", [frame(2, 9)], 0.0)
+    sw.detach("b")
+    assert sw.lookup(bytes.fromhex("020000000002"), 0, 0.0) is None
+    assert sw.forward("a", [frame(1, 2)], 0.0).keys() == {"c"}
+
+
+def test_port_misuse_is_a_local_error() -> None:
+    sw = switch("a")
+    with pytest.raises(SwitchError):
+        sw.attach("a", TRUNK, 0.0)
+    with pytest.raises(SwitchError):
+        sw.forward("zz", [], 0.0)
+    with pytest.raises(SwitchError):
+        sw.detach("zz")
+    with pytest.raises(SwitchError):
+        PortPolicy(vlans=frozenset({4095}))
+
+
+def test_lonely_flood_is_counted() -> None:
+    sw = switch("a")
+    assert sw.forward("a", [frame(1, BCAST)], 0.0) == {}
+    assert sw.stats.drops["no_egress"] == 1
