@@ -81,6 +81,8 @@ ScanResult = Incomplete | Invalid | Complete
 
 def _first_line_prefix_ok(line: bytes) -> bool:
     """Can ``line`` (no CRLF yet) still become a valid request line?"""
+    if line.endswith(b"\r"):
+        line = line[:-1]  # the CR of a CRLF cut in two
     space = line.find(b" ")
     method = line if space < 0 else line[:space]
     if _METHOD_PREFIX.fullmatch(method) is None:
