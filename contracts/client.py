@@ -1,0 +1,403 @@
+"""Typed web3 client for ExitNodeRegistry.
+
+Every call returns a frozen dataclass; every revert raises ``RegistryReverted`` carrying the
+contract's reason string; transport failures raise ``ChainError``. Transactions are signed
+locally with the operator's key (``load_account``), so any RPC URL works, including a public
+node that holds no accounts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from eth_abi.abi import decode as abi_decode
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception
+
+from contracts.constants import (
+    ARTIFACT_PATH,
+    DEFAULT_ATTESTATION_INTERVAL_S,
+    DEFAULT_FRESHNESS_BLOCKS,
+    DEFAULT_MINIMUM_STAKE_WEI,
+    DEFAULT_PAGE,
+    DEFAULT_UNBONDING_DELAY_S,
+    KEY_ENV,
+    KEYSTORE_PASSWORD_ENV,
+    MAX_PAGE,
+    MISBEHAVIOR_MISSED_WINDOW,
+    MISBEHAVIOR_OUT_OF_POLICY,
+    NODE_ID_BYTES,
+    RECEIPT_TIMEOUT_S,
+    RPC_TIMEOUT_S,
+    SOURCE_PATH,
+    STATUS_NAMES,
+)
+from contracts.errors import ArtifactError, ChainError, KeyLoadError, RegistryReverted
+from contracts.quote import AkPublic, ContractQuote, misbehavior_proof, qualifying_data
+
+_ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    abi: list[dict[str, Any]]
+    bytecode: str
+    source_sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class TxResult:
+    tx_hash: str
+    block_number: int
+    gas_used: int
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    address: str
+    owner: str
+    minimum_stake_wei: int
+    attestation_interval_s: int
+    unbonding_delay_s: int
+    freshness_blocks: int
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """A block whose hash is the nonce of the next on-chain quote."""
+
+    block_number: int
+    block_hash: bytes
+    qualifying_data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    node_id: bytes
+    operator: str
+    endpoint: str
+    ak: AkPublic
+    stake_wei: int
+    last_attestation: int
+    reputation: int
+    status: str
+    unbonding_ends: int
+    pcr_digest: bytes
+    last_nonce_block: int
+    healthy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HealthyPage:
+    node_ids: tuple[bytes, ...]
+    next_cursor: int  # 0 once the end of the registry was reached
+
+
+def load_artifact(path: Path = ARTIFACT_PATH, *, source: Path | None = SOURCE_PATH) -> Artifact:
+    """The committed ABI and bytecode. With ``source``, the artifact must have been built
+    from exactly that file (``node contracts/compile.js`` rebuilds it). Raises ArtifactError."""
+    try:
+        data = json.loads(path.read_text())
+        artifact = Artifact(
+            abi=list(data["abi"]),
+            bytecode=str(data["bytecode"]),
+            source_sha256=str(data["sourceSha256"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"cannot read {path}: {exc}") from exc
+    if source is not None:
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        if digest != artifact.source_sha256:
+            raise ArtifactError(f"{path} is stale for {source}; run: node contracts/compile.js")
+    return artifact
+
+
+def load_account(
+    keystore: Path | None = None,
+    *,
+    password: str | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> LocalAccount:
+    """The operator's key: from an Ethereum keystore file (password given or in
+    $SHADOWMESH_KEYSTORE_PASSWORD), else a hex key in $SHADOWMESH_REGISTRY_KEY.
+    Raises KeyLoadError; the key itself never appears in the message."""
+    try:
+        if keystore is not None:
+            secret = password if password is not None else env.get(KEYSTORE_PASSWORD_ENV)
+            if secret is None:
+                raise KeyLoadError(f"keystore password missing: set {KEYSTORE_PASSWORD_ENV}")
+            key = Account.decrypt(json.loads(keystore.read_text()), secret)
+            account: LocalAccount = Account.from_key(key)
+            return account
+        raw = env.get(KEY_ENV)
+        if not raw:
+            raise KeyLoadError(f"no operator key: give a keystore file or set {KEY_ENV}")
+        account = Account.from_key(raw.strip())
+        return account
+    except KeyLoadError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise KeyLoadError(f"cannot load operator key: {type(exc).__name__}") from None
+
+
+def connect(rpc_url: str, *, timeout: float = RPC_TIMEOUT_S) -> Web3:
+    """A Web3 instance over HTTP(S); raises ChainError when the endpoint does not answer."""
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+    try:
+        w3.eth.chain_id  # noqa: B018 - a cheap call proves the endpoint is alive
+    except (requests.RequestException, Web3Exception, OSError, ValueError) as exc:
+        raise ChainError(f"no chain at {rpc_url}: {type(exc).__name__}") from exc
+    return w3
+
+
+def revert_reason(exc: ContractLogicError) -> str:
+    """The contract's revert string from a web3 ContractLogicError ("" when it gave none)."""
+    data = exc.data if isinstance(exc.data, str) else None
+    if data and data.startswith("0x") and bytes.fromhex(data[2:10]) == _ERROR_SELECTOR:
+        try:
+            (reason,) = abi_decode(["string"], bytes.fromhex(data[10:]))
+            return str(reason)
+        except (ValueError, TypeError, OverflowError):
+            pass
+    message = exc.message or ""
+    for prefix in ("execution reverted: ", "execution reverted"):
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
+
+
+def _node_id(node_id: bytes) -> bytes:
+    if len(node_id) != NODE_ID_BYTES:
+        raise ValueError("node id must be 32 bytes")
+    return bytes(node_id)
+
+
+class RegistryClient:
+    """One deployed registry, seen through ``w3``; ``account`` signs transactions."""
+
+    def __init__(
+        self,
+        w3: Web3,
+        address: str,
+        account: LocalAccount | None = None,
+        *,
+        artifact: Artifact | None = None,
+    ) -> None:
+        self.w3 = w3
+        self.artifact = artifact or load_artifact()
+        self.address = Web3.to_checksum_address(address)
+        self.contract = w3.eth.contract(address=self.address, abi=self.artifact.abi)
+        self.account = account
+
+    def with_account(self, account: LocalAccount) -> RegistryClient:
+        """The same registry, acting as another account."""
+        return RegistryClient(self.w3, self.address, account, artifact=self.artifact)
+
+    @classmethod
+    def deploy(
+        cls,
+        w3: Web3,
+        account: LocalAccount,
+        *,
+        minimum_stake_wei: int = DEFAULT_MINIMUM_STAKE_WEI,
+        attestation_interval_s: int = DEFAULT_ATTESTATION_INTERVAL_S,
+        unbonding_delay_s: int = DEFAULT_UNBONDING_DELAY_S,
+        freshness_blocks: int = DEFAULT_FRESHNESS_BLOCKS,
+        artifact: Artifact | None = None,
+    ) -> RegistryClient:
+        """Deploy a new registry owned by ``account``. Raises RegistryReverted, ChainError."""
+        artifact = artifact or load_artifact()
+        factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+        call = factory.constructor(
+            minimum_stake_wei, attestation_interval_s, unbonding_delay_s, freshness_blocks
+        )
+        receipt = _send(w3, account, call, 0)
+        address = receipt["contractAddress"]
+        if not address:
+            raise ChainError("deployment receipt has no contract address")
+        return cls(w3, address, account, artifact=artifact)
+
+    # ----- reads -----
+
+    def _call(self, name: str, *args: Any) -> Any:
+        try:
+            return getattr(self.contract.functions, name)(*args).call()
+        except ContractLogicError as exc:
+            raise RegistryReverted(revert_reason(exc)) from None
+        except (requests.RequestException, Web3Exception, OSError) as exc:
+            raise ChainError(f"{name}: {type(exc).__name__}: {exc}") from exc
+
+    def config(self) -> RegistryConfig:
+        return RegistryConfig(
+            address=self.address,
+            owner=str(self._call("owner")),
+            minimum_stake_wei=int(self._call("minimumStake")),
+            attestation_interval_s=int(self._call("attestationInterval")),
+            unbonding_delay_s=int(self._call("unbondingDelay")),
+            freshness_blocks=int(self._call("freshnessBlocks")),
+        )
+
+    def challenge(self, node_id: bytes) -> Challenge:
+        """The block before the latest as the nonce of the next quote for ``node_id``: calls
+        and gas estimates run in the latest block's context, where its own hash is unknown."""
+        latest = int(self.w3.eth.block_number)
+        if latest < 1:
+            raise ChainError("the chain has no block to take a nonce from yet")
+        block = self.w3.eth.get_block(latest - 1)
+        number, block_hash = int(block["number"]), bytes(block["hash"])
+        return Challenge(number, block_hash, qualifying_data(block_hash, _node_id(node_id)))
+
+    def node(self, node_id: bytes) -> NodeInfo:
+        v = self._call("getNode", _node_id(node_id))
+        return NodeInfo(
+            node_id=bytes(v[0]),
+            operator=str(v[1]),
+            endpoint=str(v[2]),
+            ak=AkPublic(x=bytes(v[3]), y=bytes(v[4])),
+            stake_wei=int(v[5]),
+            last_attestation=int(v[6]),
+            reputation=int(v[7]),
+            status=STATUS_NAMES[int(v[8])],
+            unbonding_ends=int(v[9]),
+            pcr_digest=bytes(v[10]),
+            last_nonce_block=int(v[11]),
+            healthy=bool(v[12]),
+        )
+
+    def node_count(self) -> int:
+        return int(self._call("nodeCount"))
+
+    def is_healthy(self, node_id: bytes, min_reputation: int = 0) -> bool:
+        return bool(self._call("isHealthy", _node_id(node_id), min_reputation))
+
+    def digest_approved(self, digest: bytes) -> bool:
+        return bool(self._call("policy", digest)[0])
+
+    def burned(self) -> int:
+        return int(self._call("burned"))
+
+    def healthy_page(
+        self, cursor: int = 0, limit: int = DEFAULT_PAGE, min_reputation: int = 0
+    ) -> HealthyPage:
+        ids, next_cursor = self._call("listHealthy", cursor, limit, min_reputation)
+        return HealthyPage(tuple(bytes(i) for i in ids), int(next_cursor))
+
+    def healthy_nodes(self, min_reputation: int = 0, page: int = DEFAULT_PAGE) -> Iterator[bytes]:
+        """Every healthy node id, one listHealthy page at a time."""
+        page = max(1, min(page, MAX_PAGE))
+        cursor = 0
+        while True:
+            result = self.healthy_page(cursor, page, min_reputation)
+            yield from result.node_ids
+            if result.next_cursor == 0:
+                return
+            cursor = result.next_cursor
+
+    # ----- writes -----
+
+    def _transact(self, name: str, *args: Any, value: int = 0) -> TxResult:
+        if self.account is None:
+            raise KeyLoadError("this client has no operator key")
+        call = getattr(self.contract.functions, name)(*args)
+        receipt = _send(self.w3, self.account, call, value)
+        return TxResult(
+            tx_hash="0x" + bytes(receipt["transactionHash"]).hex(),
+            block_number=int(receipt["blockNumber"]),
+            gas_used=int(receipt["gasUsed"]),
+        )
+
+    def register(
+        self,
+        node_id: bytes,
+        endpoint: str,
+        ak: AkPublic,
+        quote: ContractQuote,
+        nonce_block: int,
+        *,
+        stake_wei: int,
+    ) -> TxResult:
+        return self._transact(
+            "register", _node_id(node_id), endpoint, ak.x, ak.y,
+            quote.attest, quote.r, quote.s, nonce_block, value=stake_wei,
+        )  # fmt: skip
+
+    def attest(self, node_id: bytes, quote: ContractQuote, nonce_block: int) -> TxResult:
+        return self._transact(
+            "updateAttestation", _node_id(node_id), quote.attest, quote.r, quote.s, nonce_block
+        )
+
+    def attest_with(self, node_id: bytes, quote_for: Callable[[bytes], ContractQuote]) -> TxResult:
+        """Fetch a challenge, have ``quote_for(qualifying_data)`` quote it, submit the quote."""
+        challenge = self.challenge(node_id)
+        return self.attest(node_id, quote_for(challenge.qualifying_data), challenge.block_number)
+
+    def update_endpoint(self, node_id: bytes, endpoint: str) -> TxResult:
+        return self._transact("updateEndpoint", _node_id(node_id), endpoint)
+
+    def approve_digest(self, digest: bytes) -> TxResult:
+        return self._transact("approveDigest", digest)
+
+    def revoke_digest(self, digest: bytes) -> TxResult:
+        return self._transact("revokeDigest", digest)
+
+    def transfer_ownership(self, new_owner: str) -> TxResult:
+        return self._transact("transferOwnership", Web3.to_checksum_address(new_owner))
+
+    def mark_stale(self, node_id: bytes) -> TxResult:
+        return self._transact("markStale", _node_id(node_id))
+
+    def report_out_of_policy(self, node_id: bytes, quote: ContractQuote, nonce: bytes) -> TxResult:
+        proof = misbehavior_proof(quote, nonce)
+        kind = MISBEHAVIOR_OUT_OF_POLICY
+        return self._transact("reportMisbehavior", _node_id(node_id), kind, proof)
+
+    def report_missed_window(self, node_id: bytes) -> TxResult:
+        kind = MISBEHAVIOR_MISSED_WINDOW
+        return self._transact("reportMisbehavior", _node_id(node_id), kind, b"")
+
+    def request_withdrawal(self, node_id: bytes) -> TxResult:
+        return self._transact("requestWithdrawal", _node_id(node_id))
+
+    def withdraw(self, node_id: bytes) -> TxResult:
+        return self._transact("withdraw", _node_id(node_id))
+
+
+def _send(w3: Web3, account: LocalAccount, call: Any, value: int) -> Any:
+    """Estimate (which surfaces reverts with their reason), sign, send, wait for the receipt."""
+    try:
+        tx = call.build_transaction(
+            {
+                "from": account.address,
+                "value": value,
+                "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+                "chainId": w3.eth.chain_id,
+            }
+        )
+        signed = account.sign_transaction(tx)
+        tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
+    except ContractLogicError as exc:
+        raise RegistryReverted(revert_reason(exc)) from None
+    except TimeExhausted as exc:
+        raise ChainError("transaction not mined in time") from exc
+    except (requests.RequestException, Web3Exception, OSError) as exc:
+        raise ChainError(f"{type(exc).__name__}: {exc}") from exc
+    if receipt["status"] != 1:
+        # Mined but reverted (state changed after estimation): replay to learn why.
+        try:
+            replay: Any = dict(tx)
+            replay["gas"] = receipt["gasUsed"]
+            w3.eth.call(replay, receipt["blockNumber"] - 1)
+        except ContractLogicError as exc:
+            raise RegistryReverted(revert_reason(exc)) from None
+        raise RegistryReverted("")
+    return receipt

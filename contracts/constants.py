@@ -1,0 +1,51 @@
+"""Every size, limit and default of the registry client, in one place.
+
+Values that the contract also knows (quote format, qualifying-data prefix) must match
+``ExitNodeRegistry.sol``; the deployment defaults are the constructor arguments
+``RegistryClient.deploy`` uses when none are given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SOURCE_PATH = PACKAGE_DIR / "ExitNodeRegistry.sol"
+ARTIFACT_PATH = PACKAGE_DIR / "build" / "ExitNodeRegistry.json"
+NODE_MODULES = PACKAGE_DIR / "node_modules"
+
+WEI_PER_ETHER = 10**18
+
+# Deployment defaults (constructor arguments).
+DEFAULT_MINIMUM_STAKE_WEI = 10 * WEI_PER_ETHER  # the spec's MINIMUM_STAKE
+DEFAULT_ATTESTATION_INTERVAL_S = 3600  # hourly attestation
+DEFAULT_UNBONDING_DELAY_S = 7 * 24 * 3600
+DEFAULT_FRESHNESS_BLOCKS = 64  # a quote's nonce block must be at most this old (<= 256)
+MAX_FRESHNESS_BLOCKS = 256  # blockhash() reaches no further
+
+# Shared quote format (agreed with attestation/; see ExitNodeRegistry.sol).
+QUALIFYING_PREFIX = b"shadowmesh-attest-v1"
+TPM_GENERATED_VALUE = 0xFF544347
+TPM_ST_ATTEST_QUOTE = 0x8018
+TPM_ALG_SHA256 = 0x000B
+TPM_ALG_ECDSA = 0x0018
+NONCE_BYTES = 32
+NODE_ID_BYTES = 32
+P256_COORD_BYTES = 32
+MAX_ATTEST_BYTES = 1024  # the contract refuses larger TPMS_ATTEST blobs
+MAX_ENDPOINT_BYTES = 256
+
+# Misbehaviour kinds (ExitNodeRegistry.MISBEHAVIOR_*).
+MISBEHAVIOR_OUT_OF_POLICY = 1
+MISBEHAVIOR_MISSED_WINDOW = 2
+
+# Node status (ExitNodeRegistry.Status).
+STATUS_NAMES = ("none", "active", "stale", "unbonding")
+
+# Client behaviour.
+MAX_PAGE = 500  # the contract's limit per listHealthy call
+DEFAULT_PAGE = 100
+RECEIPT_TIMEOUT_S = 30.0
+RPC_TIMEOUT_S = 10.0
+KEY_ENV = "SHADOWMESH_REGISTRY_KEY"  # hex private key of the operator
+KEYSTORE_PASSWORD_ENV = "SHADOWMESH_KEYSTORE_PASSWORD"  # noqa: S105 - a variable name
