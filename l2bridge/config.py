@@ -1,0 +1,599 @@
+"""Node configuration: YAML (DESIGN section 7), loaded once, in layers.
+
+Layers, later wins: built-in defaults, the YAML file, environment variables
+``SHADOWMESH_<SECTION>__<FIELD>`` (values parsed as YAML scalars, e.g.
+``SHADOWMESH_SECURITY__KEY_ROTATION_INTERVAL=10s``). The result is a tree of
+frozen dataclasses. Every invalid value raises ConfigError naming the field
+path and the reason, e.g. ``security.key_rotation_interval: expected a
+duration like 10s, 1m or 1h, got 'soon'``.
+
+The spec's three configurations load as written. Features the spec names but
+this implementation does not have (SGX, multi-hop routing, steganography,
+cover traffic, SIEM export) are accepted; ``problems(config)`` lists them, and
+``ensure_startable`` refuses to start where running without them would be
+weaker than what the operator asked for (SGX required, multi-hop required).
+Relative paths are resolved against the configuration file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from l2bridge.errors import LocalError
+
+ENV_PREFIX = "SHADOWMESH_"
+MAX_CONFIG_BYTES = 1 << 20
+T = TypeVar("T")
+
+
+class ConfigError(LocalError):
+    """A configuration value is invalid; the message names the field and reason."""
+
+
+class CoverTraffic(Enum):
+    OFF = "off"
+    ON = "on"
+    AGGRESSIVE = "aggressive"
+
+
+TIME_SOURCE_KINDS = ("rubidium", "prs10", "gpsdo", "cesium", "system")
+PQ_MODES = ("hybrid", "pqc_only", "classical")
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    key_rotation_interval: float = 3600.0
+    post_quantum_mode: str = "hybrid"
+    attestation_required: bool = False
+    sgx_enclave: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    layer: int = 2
+    mtu: int = 1400
+    tap: str = "sm0"
+    bridge: str | None = None
+    vnet_hdr: bool = True
+    vlan_allow: tuple[int, ...] = ()  # empty: every VLAN (and untagged) passes
+
+
+@dataclass(frozen=True, slots=True)
+class ExitNodes:
+    multi_hop: bool = False
+    hops: int = 1
+    min_reputation: int = 500
+    geographic_diversity: bool = False
+    jurisdictional_diversity: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Obfuscation:
+    enabled: bool = True
+    protocol: str = "websocket"
+    cover_traffic: CoverTraffic = CoverTraffic.OFF
+    advanced_stego: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TimeSource:
+    kind: str
+    device: str | None  # None for the system clock
+
+
+@dataclass(frozen=True, slots=True)
+class AtomicTime:
+    enabled: bool = False
+    sources: tuple[TimeSource, ...] = ()
+    consensus_quorum: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Logging:
+    level: str = "info"
+    audit: bool = False
+    siem_export: bool = False
+    retention: float = 7 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    listen: tuple[str, int] | None = None  # exit: host, port
+    connect: str | None = None  # client: ws:// or wss:// URL
+    path: str = "/ws"
+    access_key_file: Path | None = None
+    exit_node_id: bytes | None = None  # client: pin the exit
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # client: trust this CA for wss://
+    decoy_dir: Path | None = None  # None: the built-in page
+    server_header: str = "nginx"
+    token_window: float = 60.0
+    header_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    identity: Path | None = None
+    admin_public: Path | None = None
+    certificate: Path | None = None
+    allow_list: Path | None = None
+    revocations: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tpm:
+    tcti: str = "device:/dev/tpmrm0"
+    ak_context: Path | None = None
+    ak_public: Path | None = None
+    golden_policy: Path | None = None
+    pcr: int = 23
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    rpc_url: str | None = None
+    contract_address: str | None = None
+    keystore: Path | None = None
+    attestation_interval: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    listen: tuple[str, int] = ("127.0.0.1", 9470)
+    metrics_listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    version: str = "1"
+    security: Security = field(default_factory=Security)
+    network: Network = field(default_factory=Network)
+    exit_nodes: ExitNodes = field(default_factory=ExitNodes)
+    obfuscation: Obfuscation = field(default_factory=Obfuscation)
+    atomic_time: AtomicTime = field(default_factory=AtomicTime)
+    logging: Logging = field(default_factory=Logging)
+    endpoints: Endpoints = field(default_factory=Endpoints)
+    keys: Keys = field(default_factory=Keys)
+    tpm: Tpm = field(default_factory=Tpm)
+    chain: Chain = field(default_factory=Chain)
+    status: Status = field(default_factory=Status)
+
+
+# --- value parsers: each takes (value, field path) and raises ConfigError --------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _fail(path: str, expected: str, value: object) -> ConfigError:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return ConfigError(f"{path}: expected {expected}, got {shown}")
+
+
+def parse_duration(value: object, path: str) -> float:
+    """``10s``, ``1m``, ``1h``, ``7d``, ``1h30m``, ``250ms`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise _fail(path, "a duration like 10s, 1m or 1h", value)
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and re.fullmatch(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+", value):
+        seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(value))
+    else:
+        raise _fail(path, "a duration like 10s, 1m or 1h", value)
+    if not 0 < seconds < float("inf"):  # also rejects NaN
+        raise ConfigError(f"{path}: must be a positive duration, got {value!r}")
+    return seconds
+
+
+def _bool(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(path, "true or false", value)
+    return value
+
+
+def _int_range(lo: int, hi: int) -> Callable[[object, str], int]:
+    def parse(value: object, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(path, f"an integer from {lo} to {hi}", value)
+        if not lo <= value <= hi:
+            raise ConfigError(f"{path}: must be from {lo} to {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _duration_range(lo: float, hi: float) -> Callable[[object, str], float]:
+    def parse(value: object, path: str) -> float:
+        seconds = parse_duration(value, path)
+        if not lo <= seconds <= hi:
+            raise ConfigError(f"{path}: must be from {lo:g}s to {hi:g}s, got {value!r}")
+        return seconds
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[object, str], str]:
+    def parse(value: object, path: str) -> str:
+        if not isinstance(value, str) or value not in options:
+            raise _fail(path, "one of " + ", ".join(options), value)
+        return value
+
+    return parse
+
+
+def _text(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 4096 or "\x00" in value:
+        raise _fail(path, "a non-empty string", value)
+    return value
+
+
+def _optional(parse: Callable[[object, str], T]) -> Callable[[object, str], T | None]:
+    def wrapped(value: object, path: str) -> T | None:
+        return None if value is None else parse(value, path)
+
+    return wrapped
+
+
+def _ifname(value: object, path: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", value):
+        raise _fail(path, "an interface name of 1-15 letters, digits, '.', '-' or '_'", value)
+    return value
+
+
+def _address(value: object, path: str) -> tuple[str, int]:
+    text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise _fail(path, "an address like 0.0.0.0:443 or [::1]:8443", value)
+    return host, int(port)
+
+
+def _ws_url(value: object, path: str) -> str:
+    parts = urllib.parse.urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise _fail(path, "a ws:// or wss:// URL", value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise _fail(path, "a ws:// or wss:// URL", value) from None
+    return str(value)
+
+
+def _http_url(value: object, path: str) -> str:
+    parts = urllib.parse.urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https", "ws", "wss") or not parts.netloc:
+        raise _fail(path, "an http(s):// or ws(s):// RPC URL", value)
+    return str(value)
+
+
+def _url_path(value: object, path: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"/[\x21-\x7e]{0,255}", value):
+        raise _fail(path, "a URL path starting with /", value)
+    if "?" in value or "#" in value:
+        raise ConfigError(f"{path}: must not contain a query or fragment, got {value!r}")
+    return value
+
+
+def _eth_address(value: object, path: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"0x[0-9a-fA-F]{40}", value):
+        raise _fail(path, "a 0x-prefixed 20-byte hex address", value)
+    return value
+
+
+def _node_id(value: object, path: str) -> bytes:
+    if not isinstance(value, str) or not re.fullmatch(r"(0x)?[0-9a-fA-F]{64}", value):
+        raise _fail(path, "a 32-byte node id in hex", value)
+    return bytes.fromhex(value.removeprefix("0x"))
+
+
+def _vlans(value: object, path: str) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise _fail(path, "a list of VLAN ids", value)
+    parse = _int_range(1, 4094)
+    return tuple(parse(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+
+def _cover(value: object, path: str) -> CoverTraffic:
+    if value is True:
+        return CoverTraffic.ON
+    if value is False:
+        return CoverTraffic.OFF
+    if isinstance(value, str) and value in ("off", "on", "aggressive"):
+        return CoverTraffic(value)
+    raise _fail(path, "true, false, 'on', 'off' or 'aggressive'", value)
+
+
+def _sources(value: object, path: str) -> tuple[TimeSource, ...]:
+    if not isinstance(value, list) or len(value) > 16:
+        raise _fail(path, "a list of at most 16 sources like '- rubidium: /dev/ttyUSB0'", value)
+    out = []
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        if item == "system":
+            out.append(TimeSource("system", None))
+            continue
+        if not isinstance(item, dict) or len(item) != 1:
+            raise _fail(where, "one 'kind: device' pair like 'rubidium: /dev/ttyUSB0'", item)
+        ((kind, device),) = item.items()
+        if kind not in TIME_SOURCE_KINDS:
+            raise _fail(where, "a source kind among " + ", ".join(TIME_SOURCE_KINDS), kind)
+        if kind == "system":
+            out.append(TimeSource("system", None))
+            continue
+        if not isinstance(device, str) or not device.startswith("/"):
+            raise _fail(f"{where}.{kind}", "a device path like /dev/ttyUSB0", device)
+        out.append(TimeSource(kind, device))
+    return tuple(out)
+
+
+def _version(value: object, path: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _fail(path, "a version number like 1.0", value)
+    text = str(value)
+    if text.split(".", 1)[0] != "1":
+        raise ConfigError(f"{path}: only configuration version 1 is understood, got {text!r}")
+    return text
+
+
+_Parser = Callable[[object, str], Any]
+_PATH = "path"  # marker: resolve against the config file's directory
+
+_SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
+    "security": (
+        Security,
+        {
+            "key_rotation_interval": _duration_range(1.0, 86400.0),
+            "post_quantum_mode": _choice(*PQ_MODES),
+            "attestation_required": _bool,
+            "sgx_enclave": _bool,
+        },
+    ),
+    "network": (
+        Network,
+        {
+            "layer": _int_range(2, 2),
+            "mtu": _int_range(576, 65535),
+            "tap": _ifname,
+            "bridge": _optional(_ifname),
+            "vnet_hdr": _bool,
+            "vlan_allow": _vlans,
+        },
+    ),
+    "exit_nodes": (
+        ExitNodes,
+        {
+            "multi_hop": _bool,
+            "hops": _int_range(1, 7),
+            "min_reputation": _int_range(0, 1000),
+            "geographic_diversity": _bool,
+            "jurisdictional_diversity": _bool,
+        },
+    ),
+    "obfuscation": (
+        Obfuscation,
+        {
+            "enabled": _bool,
+            "protocol": _choice("websocket"),
+            "cover_traffic": _cover,
+            "advanced_stego": _bool,
+        },
+    ),
+    "atomic_time": (
+        AtomicTime,
+        {"enabled": _bool, "sources": _sources, "consensus_quorum": _int_range(1, 16)},
+    ),
+    "logging": (
+        Logging,
+        {
+            "level": _choice("debug", "info", "warning", "error"),
+            "audit": _bool,
+            "siem_export": _bool,
+            "retention": _duration_range(60.0, 3650 * 86400.0),
+        },
+    ),
+    "endpoints": (
+        Endpoints,
+        {
+            "listen": _optional(_address),
+            "connect": _optional(_ws_url),
+            "path": _url_path,
+            "access_key_file": _PATH,
+            "exit_node_id": _optional(_node_id),
+            "tls_cert": _PATH,
+            "tls_key": _PATH,
+            "tls_ca": _PATH,
+            "decoy_dir": _PATH,
+            "server_header": _text,
+            "token_window": _duration_range(10.0, 3600.0),
+            "header_timeout": _duration_range(0.1, 300.0),
+        },
+    ),
+    "keys": (
+        Keys,
+        {
+            k: _PATH
+            for k in ("identity", "admin_public", "certificate", "allow_list", "revocations")
+        },
+    ),
+    "tpm": (
+        Tpm,
+        {
+            "tcti": _text,
+            "ak_context": _PATH,
+            "ak_public": _PATH,
+            "golden_policy": _PATH,
+            "pcr": _int_range(0, 23),
+        },
+    ),
+    "chain": (
+        Chain,
+        {
+            "rpc_url": _optional(_http_url),
+            "contract_address": _optional(_eth_address),
+            "keystore": _PATH,
+            "attestation_interval": _duration_range(60.0, 7 * 86400.0),
+        },
+    ),
+    "status": (Status, {"listen": _address, "metrics_listen": _optional(_address)}),
+}
+
+
+def _section(name: str, raw: object, base_dir: Path) -> Any:
+    cls, fields = _SCHEMA[name]
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise _fail(name, "a mapping of settings", raw)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"{name}.{key}"
+        parse = fields.get(key) if isinstance(key, str) else None
+        if parse is None:
+            raise ConfigError(f"{path}: unknown setting (known: {', '.join(fields)})")
+        if parse == _PATH:
+            values[key] = None if value is None else base_dir / _text(value, path)
+        else:
+            assert callable(parse)
+            values[key] = parse(value, path)
+    return cls(**values)
+
+
+def _env_layer(env: Mapping[str, str]) -> dict[str, dict[str, object]]:
+    layer: dict[str, dict[str, object]] = {}
+    for name, text in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if section not in _SCHEMA:
+            raise ConfigError(f"{name}: unknown section {section!r}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(
+                f"{section}.{key}: the value of {name} is not a YAML scalar"
+            ) from None
+        layer.setdefault(section, {})[key] = value
+    return layer
+
+
+def config_from_mapping(
+    data: object, *, base_dir: Path = Path("."), env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a parsed YAML document (plus environment overrides) into a Config."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise _fail("(top level)", "a mapping of sections", data)
+    merged: dict[str, object] = dict(data)
+    for section, values in _env_layer(env if env is not None else {}).items():
+        current = merged.get(section)
+        base = dict(current) if isinstance(current, dict) else {}
+        base.update(values)
+        merged[section] = base
+    sections: dict[str, Any] = {}
+    for key, raw in merged.items():
+        if key == "version":
+            sections["version"] = _version(raw, "version")
+        elif isinstance(key, str) and key in _SCHEMA:
+            sections[key] = _section(key, raw, base_dir)
+        else:
+            raise ConfigError(f"{key}: unknown section (known: version, {', '.join(_SCHEMA)})")
+    return Config(**sections)
+
+
+def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Load defaults, then ``path`` (if given), then the environment.
+
+    ``env`` defaults to ``os.environ``. Raises ConfigError for every problem,
+    including an unreadable or non-YAML file.
+    """
+    data: object = None
+    base_dir = Path(".")
+    if path is not None:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+        try:
+            data = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML{where}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: YAML nested too deeply") from None
+        base_dir = path.parent
+    return config_from_mapping(data, base_dir=base_dir, env=os.environ if env is None else env)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    field: str
+    message: str
+    refuse: bool  # True: running anyway would be weaker than what was asked
+
+
+def problems(config: Config) -> list[Problem]:
+    """Settings this implementation accepts but does not (fully) honour."""
+    out: list[Problem] = []
+    if config.security.sgx_enclave:
+        out.append(Problem("security.sgx_enclave", "Intel SGX enclaves are not supported", True))
+    if config.exit_nodes.multi_hop or config.exit_nodes.hops > 1:
+        out.append(
+            Problem(
+                "exit_nodes.multi_hop",
+                f"multi-hop routing ({config.exit_nodes.hops} hops) is not implemented; "
+                "set multi_hop: false and hops: 1 to run single-hop",
+                True,
+            )
+        )
+    for name in ("geographic_diversity", "jurisdictional_diversity"):
+        if getattr(config.exit_nodes, name):
+            out.append(Problem(f"exit_nodes.{name}", "only meaningful with multi-hop", False))
+    if config.obfuscation.advanced_stego:
+        out.append(Problem("obfuscation.advanced_stego", "steganography is not implemented", False))
+    if config.obfuscation.cover_traffic is not CoverTraffic.OFF:
+        out.append(Problem("obfuscation.cover_traffic", "cover traffic is not generated", False))
+    if not config.obfuscation.enabled:
+        out.append(
+            Problem("obfuscation.enabled", "the tunnel always looks like a WebSocket", False)
+        )
+    if config.logging.siem_export:
+        out.append(Problem("logging.siem_export", "SIEM export is not implemented", False))
+    time_cfg = config.atomic_time
+    if time_cfg.enabled and time_cfg.consensus_quorum > len(time_cfg.sources):
+        out.append(
+            Problem(
+                "atomic_time.consensus_quorum",
+                f"a quorum of {time_cfg.consensus_quorum} cannot be met by "
+                f"{len(time_cfg.sources)} sources; time stays in holdover",
+                False,
+            )
+        )
+    return out
+
+
+def ensure_startable(config: Config) -> list[Problem]:
+    """Raise ConfigError naming every refusal; return the warnings otherwise."""
+    found = problems(config)
+    refusals = [p for p in found if p.refuse]
+    if refusals:
+        raise ConfigError(
+            "refusing to start: " + "; ".join(f"{p.field}: {p.message}" for p in refusals)
+        )
+    return found

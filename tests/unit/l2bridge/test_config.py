@@ -1,0 +1,153 @@
+from pathlib import Path
+
+import pytest
+
+import l2bridge
+from l2bridge.config import (
+    Config,
+    ConfigError,
+    CoverTraffic,
+    TimeSource,
+    config_from_mapping,
+    ensure_startable,
+    load_config,
+    parse_duration,
+    problems,
+)
+
+EXAMPLES = Path(l2bridge.__file__).parent / "examples"
+SPEC = Path("/work/shared/spec/shadowmesh-spec.md")
+
+
+def test_examples_are_the_spec_blocks_verbatim():
+    if not SPEC.exists():
+        pytest.skip("spec not present in this checkout")  # examples still load below
+    text = SPEC.read_text()
+    for name in ("personal", "enterprise", "ultra-secure"):
+        assert (EXAMPLES / f"{name}.yaml").read_text() in text
+
+
+def test_personal():
+    config = load_config(EXAMPLES / "personal.yaml", env={})
+    assert config.version == "1.0"
+    assert config.security.key_rotation_interval == 3600
+    assert config.network.mtu == 1400
+    assert config.obfuscation.cover_traffic is CoverTraffic.ON
+    assert [p.field for p in ensure_startable(config)] == ["obfuscation.cover_traffic"]
+
+
+def test_enterprise():
+    config = load_config(EXAMPLES / "enterprise.yaml", env={})
+    assert config.security.key_rotation_interval == 60
+    assert config.network.mtu == 9000
+    assert config.atomic_time.sources == (
+        TimeSource("rubidium", "/dev/ttyUSB0"),
+        TimeSource("gpsdo", "/dev/ttyUSB1"),
+    )
+    fields = {p.field: p.refuse for p in problems(config)}
+    assert fields["exit_nodes.multi_hop"] is True
+    assert fields["atomic_time.consensus_quorum"] is False  # 3 of 2 sources
+    with pytest.raises(ConfigError, match=r"exit_nodes\.multi_hop"):
+        ensure_startable(config)
+
+
+def test_ultra_secure_refuses_without_sgx():
+    config = load_config(EXAMPLES / "ultra-secure.yaml", env={})
+    assert config.security.post_quantum_mode == "pqc_only"
+    assert config.security.key_rotation_interval == 10
+    assert config.obfuscation.cover_traffic is CoverTraffic.AGGRESSIVE
+    assert config.atomic_time.sources[0] == TimeSource("cesium", "/dev/ttyUSB0")
+    assert config.logging.retention == 7 * 86400
+    with pytest.raises(ConfigError, match=r"security\.sgx_enclave: Intel SGX"):
+        ensure_startable(config)
+
+
+def test_runnable_examples_start_and_resolve_paths():
+    exit_cfg = load_config(EXAMPLES / "exit.yaml", env={})
+    assert ensure_startable(exit_cfg) == []
+    assert exit_cfg.endpoints.listen == ("0.0.0.0", 8443)
+    assert exit_cfg.endpoints.access_key_file == EXAMPLES / "keys/access.key"
+    client_cfg = load_config(EXAMPLES / "client.yaml", env={})
+    assert ensure_startable(client_cfg) == []
+    assert client_cfg.endpoints.connect == "wss://exit.example.net:8443/ws"
+
+
+def test_defaults_and_environment_layer():
+    assert config_from_mapping(None) == Config()
+    config = config_from_mapping(
+        {"security": {"key_rotation_interval": "1h"}},
+        env={
+            "SHADOWMESH_SECURITY__KEY_ROTATION_INTERVAL": "10s",
+            "SHADOWMESH_NETWORK__MTU": "9000",
+            "SHADOWMESH_NETWORK__VLAN_ALLOW": "[10, 20]",
+            "UNRELATED": "x",
+        },
+    )
+    assert config.security.key_rotation_interval == 10
+    assert config.network.mtu == 9000
+    assert config.network.vlan_allow == (10, 20)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"security": {"key_rotation_interval": "soon"}},
+            "security.key_rotation_interval: expected a duration like 10s, 1m or 1h, got 'soon'",
+        ),
+        ({"security": {"key_rotation_interval": "0s"}}, "security.key_rotation_interval: must"),
+        ({"security": {"post_quantum_mode": "rsa"}}, "security.post_quantum_mode: expected one"),
+        ({"security": {"attestation_required": "yes"}}, "security.attestation_required: expected"),
+        ({"network": {"layer": 3}}, "network.layer: must be from 2 to 2"),
+        ({"network": {"mtu": 100}}, "network.mtu: must be from 576"),
+        ({"network": {"mtu": "big"}}, "network.mtu: expected an integer"),
+        ({"network": {"vlan_allow": [1, 5000]}}, r"network.vlan_allow\[1\]: must be"),
+        ({"network": {"tap": "a" * 16}}, "network.tap: expected an interface name"),
+        ({"network": {"colour": "red"}}, "network.colour: unknown setting"),
+        ({"exit_nodes": {"min_reputation": 1001}}, "exit_nodes.min_reputation: must"),
+        ({"obfuscation": {"protocol": "dns"}}, "obfuscation.protocol: expected one of websocket"),
+        ({"obfuscation": {"cover_traffic": "loud"}}, "obfuscation.cover_traffic: expected"),
+        ({"atomic_time": {"sources": [{"sundial": "/dev/x"}]}}, r"atomic_time.sources\[0\]"),
+        (
+            {"atomic_time": {"sources": [{"rubidium": "ttyUSB0"}]}},
+            r"atomic_time.sources\[0\].rubidium: expected a device path",
+        ),
+        ({"endpoints": {"listen": "nowhere"}}, "endpoints.listen: expected an address"),
+        ({"endpoints": {"connect": "http://x/ws"}}, "endpoints.connect: expected a ws://"),
+        ({"endpoints": {"path": "ws"}}, "endpoints.path: expected a URL path"),
+        ({"endpoints": {"exit_node_id": "abcd"}}, "endpoints.exit_node_id: expected a 32-byte"),
+        ({"chain": {"contract_address": "0x12"}}, "chain.contract_address: expected"),
+        ({"tpm": {"pcr": 24}}, "tpm.pcr: must be from 0 to 23"),
+        ({"security": ["a"]}, "security: expected a mapping"),
+        ({"bogus": {}}, "bogus: unknown section"),
+        ({"version": 2}, "version: only configuration version 1"),
+        ([1, 2], r"\(top level\): expected a mapping"),
+    ],
+)
+def test_invalid_values_name_field_and_reason(data, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_mapping(data)
+
+
+def test_environment_errors_name_the_variable():
+    with pytest.raises(ConfigError, match="SHADOWMESH_NOPE__X: unknown section"):
+        config_from_mapping({}, env={"SHADOWMESH_NOPE__X": "1"})
+    with pytest.raises(ConfigError, match=r"security\.key_rotation_interval"):
+        config_from_mapping({}, env={"SHADOWMESH_SECURITY__KEY_ROTATION_INTERVAL": "soon"})
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml", env={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("security: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad, env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("10s", 10), ("1m", 60), ("1h", 3600), ("7d", 604800), ("1h30m", 5400), ("250ms", 0.25)],
+)
+def test_durations(text, seconds):
+    assert parse_duration(text, "x") == seconds
