@@ -93,6 +93,7 @@ REPLAY_WINDOW_SIZE = (REPLAY_RING_BLOCKS - 1) * REPLAY_BLOCK_BITS
 REKEY_AFTER_RECORDS = 2**21
 REJECT_AFTER_RECORDS = 2**22
 REJECT_AFTER_SECONDS = 3 * 3600.0  # default; sessions take their own from config
+REKEY_AFTER_SECONDS = 2 * 3600.0  # needs_rekey() turns true (the clock usually rotates sooner)
 REKEY_GRACE_SECONDS = 2.0  # the previous epoch is still accepted this long
 REKEY_TIMEOUT_SECONDS = 10.0  # a pending rekey may be restarted after this
 MAX_EPOCH_SKEW = 1  # epochs either side of the exit's own clock epoch
