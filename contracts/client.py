@@ -55,10 +55,21 @@ class Artifact:
 
 
 @dataclass(frozen=True, slots=True)
+class RegistryEvent:
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class TxResult:
     tx_hash: str
     block_number: int
     gas_used: int
+    fee_wei: int
+    events: tuple[RegistryEvent, ...]
+
+    def event_names(self) -> list[str]:
+        return [e.name for e in self.events]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +186,10 @@ def revert_reason(exc: ContractLogicError) -> str:
     return message
 
 
+def _event_signature(item: dict[str, Any]) -> str:
+    return f"{item['name']}({','.join(i['type'] for i in item['inputs'])})"
+
+
 def _node_id(node_id: bytes) -> bytes:
     if len(node_id) != NODE_ID_BYTES:
         raise ValueError("node id must be 32 bytes")
@@ -197,6 +212,11 @@ class RegistryClient:
         self.address = Web3.to_checksum_address(address)
         self.contract = w3.eth.contract(address=self.address, abi=self.artifact.abi)
         self.account = account
+        self._event_names = {
+            Web3.keccak(text=_event_signature(item)): item["name"]
+            for item in self.artifact.abi
+            if item.get("type") == "event"
+        }
 
     def with_account(self, account: LocalAccount) -> RegistryClient:
         """The same registry, acting as another account."""
@@ -313,7 +333,20 @@ class RegistryClient:
             tx_hash="0x" + bytes(receipt["transactionHash"]).hex(),
             block_number=int(receipt["blockNumber"]),
             gas_used=int(receipt["gasUsed"]),
+            fee_wei=int(receipt["gasUsed"]) * int(receipt.get("effectiveGasPrice", 0)),
+            events=self._events(receipt),
         )
+
+    def _events(self, receipt: Any) -> tuple[RegistryEvent, ...]:
+        out = []
+        for log in receipt["logs"]:
+            if log["address"] != self.address or not log["topics"]:
+                continue
+            name = self._event_names.get(bytes(log["topics"][0]))
+            if name is not None:
+                decoded = getattr(self.contract.events, name)().process_log(log)
+                out.append(RegistryEvent(name, dict(decoded["args"])))
+        return tuple(out)
 
     def register(
         self,

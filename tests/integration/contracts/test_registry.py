@@ -1,0 +1,460 @@
+"""ExitNodeRegistry on Anvil (osaka): every function and every revert reason."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from web3 import Web3
+
+from contracts.client import RegistryClient
+from contracts.errors import RegistryReverted
+from contracts.quote import ContractQuote, build_attest, qualifying_data, sign_attest
+
+pytestmark = pytest.mark.integration
+
+
+def reverts(reason: str):  # type: ignore[no-untyped-def]
+    return pytest.raises(RegistryReverted, match=f"^{reason}$")
+
+
+# ----- deployment and owner -----
+
+
+def test_deploy_sets_parameters(deployed, accounts):
+    cfg = deployed.config()
+    assert cfg.owner == accounts[0].address
+    assert cfg.minimum_stake_wei == 10 * 10**18
+    assert (cfg.attestation_interval_s, cfg.unbonding_delay_s, cfg.freshness_blocks) == (
+        3600,
+        86_400,
+        64,
+    )
+    assert deployed.node_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        ((10, 0, 1, 64), "interval must be positive"),
+        ((10, 3600, 1, 0), "freshness must be 1..256 blocks"),
+        ((10, 3600, 1, 257), "freshness must be 1..256 blocks"),
+        ((0, 3600, 1, 64), "minimum stake out of range"),
+    ],
+)
+def test_deploy_rejects_bad_parameters(w3, accounts, args, reason):
+    with reverts(reason):
+        RegistryClient.deploy(
+            w3,
+            accounts[0],
+            minimum_stake_wei=args[0],
+            attestation_interval_s=args[1],
+            unbonding_delay_s=args[2],
+            freshness_blocks=args[3],
+        )
+
+
+def test_digest_policy_is_owner_only(owner, stranger, kit):
+    digest = os.urandom(32)
+    with reverts("not owner"):
+        stranger.approve_digest(digest)
+    assert owner.approve_digest(digest).event_names() == ["DigestApproved"]
+    assert owner.digest_approved(digest)
+    with reverts("digest already approved"):
+        owner.approve_digest(digest)
+    with reverts("not owner"):
+        stranger.revoke_digest(digest)
+    assert owner.revoke_digest(digest).event_names() == ["DigestRevoked"]
+    assert not owner.digest_approved(digest)
+    with reverts("digest not approved"):
+        owner.revoke_digest(digest)
+
+
+def test_transfer_ownership(owner, stranger, accounts):
+    with reverts("not owner"):
+        stranger.transfer_ownership(accounts[3].address)
+    with reverts("zero owner"):
+        owner.transfer_ownership("0x" + "00" * 20)
+    assert owner.transfer_ownership(accounts[3].address).event_names() == ["OwnershipTransferred"]
+    assert stranger.config().owner == accounts[3].address
+    stranger.approve_digest(os.urandom(32))  # the new owner may now set policy
+    with reverts("not owner"):
+        owner.approve_digest(os.urandom(32))
+
+
+# ----- registration -----
+
+
+def test_register_and_show(operator, accounts, kit):
+    node = kit.ExitNode.new()
+    quote, block = node.quote(operator)
+    result = operator.register(
+        node.node_id, "wss://exit.example/ws", node.ak, quote, block, stake_wei=12 * kit.ETHER
+    )
+    assert result.event_names() == ["NodeRegistered", "AttestationUpdated"]
+    assert result.events[0].args["stake"] == 12 * kit.ETHER
+    info = operator.node(node.node_id)
+    assert info.operator == accounts[1].address
+    assert (info.endpoint, info.status, info.reputation) == ("wss://exit.example/ws", "active", 500)
+    assert (info.ak, info.stake_wei, info.pcr_digest) == (node.ak, 12 * kit.ETHER, kit.GOOD)
+    assert info.last_nonce_block == block and info.healthy
+    assert operator.is_healthy(node.node_id, 500) and not operator.is_healthy(node.node_id, 501)
+    assert list(operator.healthy_nodes()) == [node.node_id]
+    assert operator.node_count() == 1
+
+
+def test_register_rejects_low_stake_duplicates_and_bad_endpoints(operator, kit):
+    node = kit.ExitNode.new()
+    quote, block = node.quote(operator)
+    with reverts("stake below minimum"):
+        operator.register(node.node_id, "e", node.ak, quote, block, stake_wei=10 * kit.ETHER - 1)
+    for endpoint in ("", "x" * 257):
+        with reverts("endpoint length out of range"):
+            operator.register(
+                node.node_id, endpoint, node.ak, quote, block, stake_wei=10 * kit.ETHER
+            )
+    node.register(operator)
+    quote, block = node.quote(operator)
+    with reverts("node already registered"):
+        operator.register(node.node_id, "e", node.ak, quote, block, stake_wei=10 * kit.ETHER)
+    other = kit.ExitNode(os.urandom(32), node.key)  # same AK, another node id
+    quote, block = other.quote(operator)
+    with reverts("AK already registered"):
+        operator.register(other.node_id, "e", other.ak, quote, block, stake_wei=10 * kit.ETHER)
+
+
+def _register(client: RegistryClient, node, quote: ContractQuote, block: int, kit) -> None:  # type: ignore[no-untyped-def]
+    client.register(node.node_id, "wss://e/ws", node.ak, quote, block, stake_wei=10 * kit.ETHER)
+
+
+def test_tampered_quote_byte_is_rejected(operator, kit):
+    node = kit.ExitNode.new()
+    quote, block = node.quote(operator)
+    attest = bytearray(quote.attest)
+    attest[-48] ^= 0x01  # inside firmwareVersion: still parses, signature no longer matches
+    with reverts("bad quote signature"):
+        _register(operator, node, ContractQuote(bytes(attest), quote.r, quote.s), block, kit)
+    with reverts("bad quote signature"):
+        _register(operator, node, ContractQuote(quote.attest, quote.s, quote.r), block, kit)
+    _register(operator, node, quote, block, kit)  # the untouched quote passes
+
+
+def test_quote_signed_by_another_key_is_rejected(operator, kit):
+    node, impostor = kit.ExitNode.new(), kit.ExitNode.new()
+    quote, block = impostor.quote(operator, node_id=node.node_id)
+    with reverts("bad quote signature"):
+        _register(operator, node, quote, block, kit)
+
+
+def test_wrong_nonce_is_rejected(operator, kit):
+    node = kit.ExitNode.new()
+    # Bound to another node id.
+    quote, block = node.quote(operator, node_id=os.urandom(32))
+    with reverts("nonce mismatch"):
+        _register(operator, node, quote, block, kit)
+    # A random nonce instead of the block hash.
+    quote = node.handshake_quote(os.urandom(32), kit.GOOD)
+    with reverts("nonce mismatch"):
+        _register(operator, node, quote, operator.challenge(node.node_id).block_number, kit)
+    # The right hash, but claimed for another block.
+    quote, block = node.quote(operator)
+    kit.mine(1)
+    with reverts("nonce mismatch"):
+        _register(operator, node, quote, block + 1, kit)
+
+
+def test_old_or_future_nonce_block_is_rejected(operator, kit):
+    node = kit.ExitNode.new()
+    quote, block = node.quote(operator)
+    kit.mine(kit.FRESHNESS + 1)
+    with reverts("nonce block not recent"):
+        _register(operator, node, quote, block, kit)
+    latest = operator.w3.eth.block_number
+    with reverts("nonce block not recent"):
+        _register(operator, node, quote, latest + 5, kit)
+
+
+def test_unapproved_digest_is_rejected(operator, kit):
+    node = kit.ExitNode.new()
+    quote, block = node.quote(operator, kit.BAD)
+    with reverts("PCR digest not approved"):
+        _register(operator, node, quote, block, kit)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"magic": 0xFF544348},
+        {"attest_type": 0x8014},
+        {"pcr_select": ((0x0004, b"\x00\x00\x80"),)},  # SHA-1 bank
+        {"pcr_select": ()},
+        {"pcr_select": ((0x000B, b""),)},
+        {"digest_size": 31},
+        {"extra_size": 31},
+        {"trailing": True},
+        {"truncate": True},
+    ],
+)
+def test_malformed_quote_is_rejected(operator, kit, change):
+    node = kit.ExitNode.new()
+    challenge = operator.challenge(node.node_id)
+    extra = challenge.qualifying_data[: change.get("extra_size", 32)]
+    digest = kit.GOOD[: change.get("digest_size", 32)]
+    kwargs = {k: v for k, v in change.items() if k in ("magic", "attest_type", "pcr_select")}
+    attest = build_attest(extra, digest, **kwargs)
+    if change.get("trailing"):
+        attest += b"\x00"
+    if change.get("truncate"):
+        attest = attest[:-1]
+    with reverts("malformed quote"):
+        _register(operator, node, sign_attest(node.key, attest), challenge.block_number, kit)
+
+
+# ----- attestation updates -----
+
+
+def test_only_operator_updates_and_reputation_grows(operator, stranger, kit):
+    node = kit.ExitNode.new()
+    node.register(operator)
+    quote, block = node.quote(operator)
+    with reverts("not operator"):
+        stranger.attest(node.node_id, quote, block)
+    result = operator.attest(node.node_id, quote, block)
+    assert result.event_names() == ["ReputationChanged", "AttestationUpdated"]
+    assert operator.node(node.node_id).reputation == 510
+    with reverts("nonce block not newer"):  # the same quote cannot be replayed
+        operator.attest(node.node_id, quote, block)
+    quote, block = node.quote(operator, kit.BAD)
+    with reverts("PCR digest not approved"):
+        operator.attest(node.node_id, quote, block)
+    with reverts("unknown node"):
+        operator.attest(os.urandom(32), quote, block)
+
+
+def test_attest_with_quote_callback(operator, kit):
+    node = kit.ExitNode.new()
+    node.register(operator)
+
+    def quote_for(qualifying: bytes) -> ContractQuote:
+        return sign_attest(node.key, build_attest(qualifying, kit.GOOD, clock=10**12))
+
+    assert operator.attest_with(node.node_id, quote_for).gas_used > 0
+
+
+def test_update_endpoint(operator, stranger, kit):
+    node = kit.ExitNode.new()
+    node.register(operator)
+    with reverts("not operator"):
+        stranger.update_endpoint(node.node_id, "wss://new/ws")
+    assert operator.update_endpoint(node.node_id, "wss://new/ws").event_names() == [
+        "EndpointUpdated"
+    ]
+    assert operator.node(node.node_id).endpoint == "wss://new/ws"
+    with reverts("endpoint length out of range"):
+        operator.update_endpoint(node.node_id, "")
+    operator.request_withdrawal(node.node_id)
+    with reverts("node unbonding"):
+        operator.update_endpoint(node.node_id, "wss://later/ws")
+
+
+# ----- staleness and slashing -----
+
+
+def test_mark_stale_after_window(operator, stranger, kit):
+    node = kit.ExitNode.new()
+    node.register(operator)
+    with reverts("attestation window open"):
+        stranger.mark_stale(node.node_id)
+    kit.advance(kit.INTERVAL + 1)
+    assert not operator.node(node.node_id).healthy  # unhealthy before anyone marks it
+    assert stranger.mark_stale(node.node_id).event_names() == ["NodeStale", "ReputationChanged"]
+    info = operator.node(node.node_id)
+    assert (info.status, info.reputation) == ("stale", 450)
+    with reverts("node not active"):
+        stranger.mark_stale(node.node_id)
+    with reverts("unknown node"):
+        stranger.mark_stale(os.urandom(32))
+    quote, block = node.quote(operator)  # a late attestation revives it, without a bonus
+    assert operator.attest(node.node_id, quote, block).event_names() == ["AttestationUpdated"]
+    info = operator.node(node.node_id)
+    assert (info.status, info.reputation, info.healthy) == ("active", 450, True)
+
+
+def test_missed_window_slashes_and_rewards(operator, reporter, kit):
+    node = kit.ExitNode.new()
+    node.register(operator, stake=20 * kit.ETHER)
+    with reverts("attestation window open"):
+        reporter.report_missed_window(node.node_id)
+    kit.advance(kit.INTERVAL + 1)
+    before = kit.balance(reporter.account.address)
+    result = reporter.report_missed_window(node.node_id)
+    assert result.event_names() == ["NodeStale", "NodeSlashed", "ReputationChanged"]
+    slashed = result.events[1].args
+    assert (slashed["amount"], slashed["reward"]) == (2 * kit.ETHER, kit.ETHER // 5)
+    assert kit.balance(reporter.account.address) - before == kit.ETHER // 5 - result.fee_wei
+    info = reporter.node(node.node_id)
+    assert (info.stake_wei, info.reputation, info.status) == (18 * kit.ETHER, 400, "stale")
+    assert reporter.burned() == 2 * kit.ETHER - kit.ETHER // 5
+    with reverts("window already slashed"):
+        reporter.report_missed_window(node.node_id)
+
+
+def test_missed_window_below_minimum_stake_ejects(operator, reporter, kit):
+    node = kit.ExitNode.new()
+    node.register(operator)  # exactly the minimum: any slash leaves it short
+    kit.advance(kit.INTERVAL + 1)
+    result = reporter.report_missed_window(node.node_id)
+    assert "WithdrawalRequested" in result.event_names()
+    assert reporter.node(node.node_id).status == "unbonding"
+    with reverts("node not active"):
+        reporter.report_missed_window(node.node_id)
+
+
+def test_misbehavior_kind_and_proof_shape(operator, reporter, kit):
+    node = kit.ExitNode.new()
+    node.register(operator)
+    with reverts("unknown misbehavior kind"):
+        reporter._transact("reportMisbehavior", node.node_id, 3, b"")
+    with reverts("unexpected proof"):
+        reporter._transact("reportMisbehavior", node.node_id, 2, b"\x01")
+    with reverts("unknown node"):
+        reporter.report_missed_window(os.urandom(32))
+
+
+def test_out_of_policy_quote_slashes(operator, reporter, kit):
+    node = kit.ExitNode.new()
+    node.register(operator, stake=40 * kit.ETHER)
+    nonce = os.urandom(32)
+    proof = node.handshake_quote(nonce, kit.BAD)  # what a client got in a handshake
+    before = kit.balance(reporter.account.address)
+    result = reporter.report_out_of_policy(node.node_id, proof, nonce)
+    assert result.event_names() == ["NodeSlashed", "ReputationChanged"]
+    assert (result.events[0].args["amount"], result.events[0].args["reward"]) == (
+        20 * kit.ETHER,
+        2 * kit.ETHER,
+    )
+    assert kit.balance(reporter.account.address) - before == 2 * kit.ETHER - result.fee_wei
+    info = reporter.node(node.node_id)
+    assert (info.stake_wei, info.reputation, info.status) == (20 * kit.ETHER, 250, "active")
+    with reverts("quote not newer"):  # the same proof cannot slash twice
+        reporter.report_out_of_policy(node.node_id, proof, nonce)
+
+
+def test_forged_proofs_do_not_slash(operator, reporter, kit):
+    node, impostor = kit.ExitNode.new(), kit.ExitNode.new()
+    node.register(operator)
+    nonce = os.urandom(32)
+    forged = impostor.handshake_quote(nonce, kit.BAD)  # right format, wrong key
+    forged = ContractQuote(
+        build_attest(qualifying_data(nonce, node.node_id), kit.BAD, clock=10**12),
+        forged.r,
+        forged.s,
+    )
+    with reverts("bad quote signature"):
+        reporter.report_out_of_policy(node.node_id, forged, nonce)
+    bound = build_attest(qualifying_data(nonce, node.node_id), kit.BAD, clock=10**12)
+    signed_by_impostor = sign_attest(impostor.key, bound)
+    with reverts("bad quote signature"):
+        reporter.report_out_of_policy(node.node_id, signed_by_impostor, nonce)
+    good = node.handshake_quote(nonce, kit.GOOD)
+    with reverts("digest within policy"):
+        reporter.report_out_of_policy(node.node_id, good, nonce)
+    with reverts("nonce mismatch"):
+        reporter.report_out_of_policy(
+            node.node_id, node.handshake_quote(nonce, kit.BAD), os.urandom(32)
+        )
+    old = node.handshake_quote(nonce, kit.BAD, clock=1)  # older than its on-chain attestation
+    with reverts("quote not newer"):
+        reporter.report_out_of_policy(node.node_id, old, nonce)
+    tampered = bytearray(node.handshake_quote(nonce, kit.BAD).attest)
+    with reverts("malformed quote"):
+        reporter.report_out_of_policy(
+            node.node_id, ContractQuote(bytes(tampered[:-1]), b"\x01" * 32, b"\x01" * 32), nonce
+        )
+    assert reporter.node(node.node_id).stake_wei == 10 * kit.ETHER
+
+
+def test_revoked_digest_becomes_slashable_after_grace(owner, operator, reporter, kit):
+    node = kit.ExitNode.new()
+    node.register(operator, stake=40 * kit.ETHER)
+    owner.revoke_digest(kit.GOOD)
+    nonce = os.urandom(32)
+    proof = node.handshake_quote(nonce, kit.GOOD)
+    with reverts("digest within policy"):  # an interval to upgrade before it counts
+        reporter.report_out_of_policy(node.node_id, proof, nonce)
+    quote, block = node.quote(operator)
+    with reverts("PCR digest not approved"):  # but it no longer attests
+        operator.attest(node.node_id, quote, block)
+    kit.advance(kit.INTERVAL + 1)
+    assert reporter.report_out_of_policy(node.node_id, proof, nonce).gas_used > 0
+
+
+def test_low_reputation_ejects(operator, reporter, kit):
+    node = kit.ExitNode.new()
+    node.register(operator, stake=1000 * kit.ETHER)
+    for _ in range(3):  # 500 -> 250 -> 125 -> 62: below the floor of 100
+        nonce = os.urandom(32)
+        result = reporter.report_out_of_policy(
+            node.node_id, node.handshake_quote(nonce, kit.BAD), nonce
+        )
+    assert "WithdrawalRequested" in result.event_names()
+    info = reporter.node(node.node_id)
+    assert (info.reputation, info.status, info.healthy) == (62, "unbonding", False)
+    nonce = os.urandom(32)  # still slashable while unbonding
+    reporter.report_out_of_policy(node.node_id, node.handshake_quote(nonce, kit.BAD), nonce)
+    assert reporter.node(node.node_id).stake_wei == 1000 * kit.ETHER // 16
+
+
+# ----- withdrawal -----
+
+
+def test_withdrawal_after_unbonding_delay(operator, stranger, kit):
+    node = kit.ExitNode.new()
+    node.register(operator, stake=15 * kit.ETHER)
+    with reverts("not unbonding"):
+        operator.withdraw(node.node_id)
+    with reverts("not operator"):
+        stranger.request_withdrawal(node.node_id)
+    result = operator.request_withdrawal(node.node_id)
+    assert result.event_names() == ["WithdrawalRequested"]
+    info = operator.node(node.node_id)
+    assert info.status == "unbonding" and not info.healthy
+    assert info.unbonding_ends == result.events[0].args["availableAt"]
+    with reverts("already unbonding"):
+        operator.request_withdrawal(node.node_id)
+    quote, block = node.quote(operator)
+    with reverts("node not active"):
+        operator.attest(node.node_id, quote, block)
+    with reverts("unbonding delay not over"):
+        operator.withdraw(node.node_id)
+    kit.advance(kit.UNBONDING - 60)
+    with reverts("unbonding delay not over"):
+        operator.withdraw(node.node_id)
+    kit.advance(60)
+    with reverts("not operator"):
+        stranger.withdraw(node.node_id)
+    before = kit.balance(operator.account.address)
+    result = operator.withdraw(node.node_id)
+    assert result.event_names() == ["Withdrawn"]
+    assert kit.balance(operator.account.address) - before == 15 * kit.ETHER - result.fee_wei
+    with reverts("unknown node"):
+        operator.node(node.node_id)
+    assert operator.node_count() == 0
+    node.register(operator)  # the id and the AK are free again
+
+
+def test_list_rejects_bad_limits(registry):
+    for limit in (0, 501):
+        with reverts("limit out of range"):
+            registry.healthy_page(0, limit)
+    page = registry.healthy_page(5, 10)
+    assert page.node_ids == () and page.next_cursor == 0
+
+
+def test_expected_qualifying_data_matches_python(registry, kit):
+    node_id = os.urandom(32)
+    challenge = registry.challenge(node_id)
+    on_chain = registry._call("expectedQualifyingData", challenge.block_number, node_id)
+    assert bytes(on_chain) == challenge.qualifying_data
+    assert challenge.block_hash == bytes(registry.w3.eth.get_block(challenge.block_number)["hash"])
+    assert Web3.is_address(registry.address)
