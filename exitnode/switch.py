@@ -22,10 +22,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from exitnode import constants
 from exitnode.errors import SwitchError
 from hardware import ethernet
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
 
 # Drop reasons (stable names: they become metric labels).
 DROP_VLAN_DENIED = "vlan_denied"
@@ -172,7 +175,7 @@ class Switch:
             return True
         return False
 
-    def forward(self, port: str, frames: Iterable[bytes], now: float) -> dict[str, list[bytes]]:
+    def forward(self, port: str, frames: Iterable[Buffer], now: float) -> dict[str, list[Buffer]]:
         """Switch a batch that arrived on ``port``; returns egress port -> frames (in order).
 
         Raises ``SwitchError`` only if ``port`` is not attached (a driver bug).
@@ -180,7 +183,7 @@ class Switch:
         state = self._ports.get(port)
         if state is None:
             raise SwitchError(f"port {port!r} is not attached")
-        out: dict[str, list[bytes]] = {}
+        out: dict[str, list[Buffer]] = {}
         drops = self.stats.drops
         stats = self.stats
         max_plain = self.config.max_plain_frame
@@ -215,7 +218,7 @@ class Switch:
                 stats.forwarded += 1
         return out
 
-    def _flood(self, ingress: str, vlan: int, frame: bytes, out: dict[str, list[bytes]]) -> None:
+    def _flood(self, ingress: str, vlan: int, frame: Buffer, out: dict[str, list[Buffer]]) -> None:
         sent = False
         for name, state in self._ports.items():
             if name != ingress and state.policy.allows(vlan):

@@ -100,11 +100,15 @@ class FrameDevice:
     def read_batch(
         self, max_frames: int = READ_BATCH_FRAMES, max_bytes: int = READ_BATCH_BYTES
     ) -> list[bytes]:
-        """Read frames until the device is empty or a limit is reached (maybe none)."""
+        """Read frames until the device is empty or a limit is reached (maybe none).
+
+        The batch never holds more than ``max_bytes``: reading stops while one more frame of
+        the largest size might not fit (so at least ``READ_SIZE`` is needed for one frame).
+        """
         frames: list[bytes] = []
         total = 0
         fd = self._fd
-        while len(frames) < max_frames and total < max_bytes:
+        while len(frames) < max_frames and total + READ_SIZE <= max_bytes:
             try:
                 if self.offload:
                     frame = os.read(fd, READ_SIZE)

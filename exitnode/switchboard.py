@@ -1,0 +1,198 @@
+"""The exit's data path: client links and the local TAP as ports of one virtual switch.
+
+Everything runs on one asyncio loop, so the sans-I/O ``Switch`` needs no lock.
+
+- A client port: a task receives batches from its link and switches them; frames switched
+  *to* a client wait in that port's bounded queue (frames and bytes), and a sender task
+  hands them to the link one batch (one record) at a time. A slow client fills its queue
+  and further frames for it are dropped and counted (``queue_full``); it never grows
+  memory and never stalls the other ports.
+- The local TAP port (in a Linux bridge, so an operator can add a NIC or an IP address):
+  read in batches when readable, written to directly.
+- Every ``AGE_SWEEP_S`` the MAC table is aged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeAlias
+
+from exitnode import constants
+from exitnode.switch import PortPolicy, Switch
+from hardware.tap import FrameDevice
+from l2bridge.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
+PORT_QUEUE_BYTES = 4 * 1024 * 1024
+SEND_BATCH_FRAMES = 64
+SEND_BATCH_BYTES = 200 * 1024
+DROP_QUEUE_FULL = "queue_full"
+
+
+class PortLink(Protocol):
+    """What the switchboard needs from one client's link (``l2bridge.link``)."""
+
+    async def send_frames(self, frames: Sequence[Buffer]) -> None: ...
+
+    async def recv_frames(self) -> Sequence[Buffer]: ...
+
+    async def close(self) -> None: ...
+
+
+class _Outbox:
+    """Frames waiting for one client, bounded in count and bytes."""
+
+    __slots__ = ("bytes", "frames", "ready")
+
+    def __init__(self) -> None:
+        self.frames: deque[bytes] = deque()
+        self.bytes = 0
+        self.ready = asyncio.Event()
+
+    def take(self) -> list[bytes]:
+        batch: list[bytes] = []
+        size = 0
+        while self.frames and len(batch) < SEND_BATCH_FRAMES:
+            nxt = len(self.frames[0])
+            if batch and size + nxt > SEND_BATCH_BYTES:
+                break
+            batch.append(self.frames.popleft())
+            size += nxt
+        self.bytes -= size
+        if not self.frames:
+            self.ready.clear()
+        return batch
+
+
+class Switchboard:
+    """Owns the switch, the local TAP and the client ports."""
+
+    def __init__(
+        self,
+        switch: Switch,
+        metrics: Metrics,
+        *,
+        local: FrameDevice | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        queue_frames: int = constants.PORT_QUEUE_FRAMES,
+        queue_bytes: int = PORT_QUEUE_BYTES,
+    ) -> None:
+        self.switch = switch
+        self.metrics = metrics
+        self.local = local
+        self._clock = clock
+        self._queue_frames = queue_frames
+        self._queue_bytes = queue_bytes
+        self._outboxes: dict[str, _Outbox] = {}
+        self._ids = itertools.count(1)
+        # One drop counter for the whole node: the switch's reasons and ours side by side.
+        switch.stats.drops = metrics.counters.drops
+        if local is not None:
+            local.stats.drops = metrics.counters.drops
+        metrics.set_gauge("clients", lambda: float(len(self._outboxes)))
+        metrics.set_gauge("mac_entries", lambda: float(len(self.switch)))
+
+    @property
+    def clients(self) -> list[str]:
+        return list(self._outboxes)
+
+    # -- driving ---------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve the local TAP and age the MAC table until ``stop`` is set."""
+        loop = asyncio.get_running_loop()
+        if self.local is not None:
+            self.switch.attach(constants.LOCAL_PORT, PortPolicy(vlans=None), self._clock())
+            loop.add_reader(self.local.fileno(), self._local_readable)
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), constants.AGE_SWEEP_S)
+                self.switch.age(self._clock())
+        finally:
+            if self.local is not None:
+                loop.remove_reader(self.local.fileno())
+                self.switch.detach(constants.LOCAL_PORT)
+
+    def _local_readable(self) -> None:
+        assert self.local is not None
+        frames = self.local.read_batch()
+        if frames:
+            self._deliver(self.switch.forward(constants.LOCAL_PORT, frames, self._clock()))
+
+    async def serve_link(self, link: PortLink, device: str, policy: PortPolicy) -> None:
+        """Run one client's port until its link fails or closes; then detach it."""
+        port = f"{device}#{next(self._ids)}"
+        outbox = _Outbox()
+        self.switch.attach(port, policy, self._clock())
+        self._outboxes[port] = outbox
+        log.info("port %s attached", port)
+        sender = asyncio.ensure_future(self._send_loop(link, outbox))
+        receiver = asyncio.ensure_future(self._receive_loop(link, port))
+        try:
+            waiting: set[asyncio.Future[Any]] = {sender, receiver}
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.info("port %s closed: %s", port, type(task.exception()).__name__)
+        finally:
+            for task in (sender, receiver):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            del self._outboxes[port]
+            self.switch.detach(port)
+            log.info("port %s detached", port)
+
+    async def _receive_loop(self, link: PortLink, port: str) -> None:
+        counters = self.metrics.counters
+        while True:
+            frames = await link.recv_frames()
+            if not frames:
+                continue
+            counters.frames_in += len(frames)
+            counters.bytes_in += sum(map(len, frames))
+            self._deliver(self.switch.forward(port, frames, self._clock()))
+
+    async def _send_loop(self, link: PortLink, outbox: _Outbox) -> None:
+        counters = self.metrics.counters
+        while True:
+            await outbox.ready.wait()
+            batch = outbox.take()
+            if batch:
+                await link.send_frames(batch)
+                counters.frames_out += len(batch)
+                counters.bytes_out += sum(map(len, batch))
+
+    def _deliver(self, out: dict[str, list[Buffer]]) -> None:
+        counters = self.metrics.counters
+        for port, frames in out.items():
+            if port == constants.LOCAL_PORT:
+                assert self.local is not None
+                self.local.write_batch(frames)  # refusals are counted by reason by the TAP
+                continue
+            outbox = self._outboxes.get(port)
+            if outbox is None:
+                continue
+            for frame in frames:
+                if (
+                    len(outbox.frames) >= self._queue_frames
+                    or outbox.bytes + len(frame) > self._queue_bytes
+                ):
+                    counters.drop(DROP_QUEUE_FULL)
+                    continue
+                # A copy: a received frame is a view into its whole decrypted record, which
+                # must not stay alive while the frame waits.
+                data = frame if isinstance(frame, bytes) else bytes(frame)
+                outbox.frames.append(data)
+                outbox.bytes += len(data)
+            if outbox.frames:
+                outbox.ready.set()
