@@ -121,11 +121,16 @@ def request(tpm: Tpm, ak: AkKey) -> EnrolmentRequest:
 def answer(tpm: Tpm, ak: AkKey, challenge: Challenge) -> bytes:
     """ActivateCredential with this TPM's EK and AK; EnrolmentError if it does not open."""
     handle = tpm.load_ak(ak.private, ak.public)
-    ek, _, _ = tpm.endorsement_key()
     try:
-        return tpm.activate_credential(handle, ek, challenge.credential_blob, challenge.secret)
-    except TpmError as exc:
-        raise EnrolmentError("credential activation failed: the AK is not in this TPM") from exc
+        ek, _, _ = tpm.endorsement_key()
+        try:
+            return tpm.activate_credential(handle, ek, challenge.credential_blob, challenge.secret)
+        except TpmError as exc:
+            raise EnrolmentError("credential activation failed: the AK is not in this TPM") from exc
+        finally:
+            tpm.flush(ek)
+    finally:
+        tpm.flush(handle)
 
 
 # --- verifier side (no TPM) ---

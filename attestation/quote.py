@@ -30,6 +30,7 @@ class Attester:
     ) -> None:
         if c.MEASUREMENT_PCR not in pcrs or list(pcrs) != sorted(set(pcrs)):
             raise MeasurementError("quoted PCRs must be ascending and include PCR 23")
+        self.tcti = tcti
         self.manifest = manifest
         self.pcrs = tuple(pcrs)
         self._ak = ak
