@@ -104,11 +104,23 @@ class DcdPps:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self.owns_fd = False
         self._edges: queue.Queue[PpsEdge | BaseException] = queue.Queue(maxsize=64)
         self._seq = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pps-dcd", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def open(cls, device: str) -> DcdPps:
+        """A reader on its own descriptor of ``device`` (modem lines are per tty, not per fd)."""
+        try:
+            fd = os.open(device, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise PpsError(f"cannot open {device}: {exc}") from exc
+        reader = cls(fd)
+        reader.owns_fd = True
+        return reader
 
     def _dcd(self) -> bool:
         buf = fcntl.ioctl(self._fd, termios.TIOCMGET, struct.pack("i", 0))
@@ -140,6 +152,9 @@ class DcdPps:
 
     def close(self) -> None:
         self._stop.set()
+        if self.owns_fd:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
 
 
 class FakePps:
