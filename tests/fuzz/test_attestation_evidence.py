@@ -1,0 +1,107 @@
+"""Corrupting evidence anywhere gives a clear verdict or error, never a crash."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attestation import constants as c
+from attestation import evidence as ev
+from attestation import measure, policy, tpms, verifier
+from attestation.errors import EventLogError, EvidenceError, PolicyError
+from attestation.evidence import ManifestEntry
+from attestation.fake import FakeAttester
+from attestation.policy import GoldenPolicy
+
+NODE_ID = hashlib.sha256(b"fuzzed exit").digest()
+NONCE = bytes(range(32))
+NOW = 1_800_000_000.0
+SOFTWARE = (ManifestEntry("software:l2bridge", hashlib.sha256(b"sw").digest()),)
+ATTESTER = FakeAttester((*SOFTWARE, ManifestEntry(c.NODE_ID_ENTRY, NODE_ID)))
+GOLDEN = GoldenPolicy(
+    pcrs=tuple((i, bytes(32)) for i in range(8)),
+    manifest=tuple((m.name, m.digest) for m in SOFTWARE),
+)
+VALID = ATTESTER.evidence(NONCE, NODE_ID, NOW)
+# produced_at is the one unsigned field: a small change to it only moves the age.
+PRODUCED_AT = range(4 + 1 + 32 + 32, 4 + 1 + 32 + 32 + 8)
+LOW_TIME_BYTES = set(PRODUCED_AT[-3:])
+
+
+def _verify(data: bytes) -> verifier.Verdict:
+    return verifier.verify(
+        data,
+        nonce=NONCE,
+        node_id=NODE_ID,
+        trusted_ak=ATTESTER.ak_public,
+        policy=GOLDEN,
+        previous=None,
+        now=NOW + 1,
+    )
+
+
+def test_the_valid_sample_passes():
+    assert _verify(VALID).ok
+
+
+def test_every_byte_flipped_is_refused():
+    for pos in range(len(VALID)):
+        data = VALID[:pos] + bytes([VALID[pos] ^ 0xFF]) + VALID[pos + 1 :]
+        verdict = _verify(data)
+        if pos not in LOW_TIME_BYTES:
+            assert not verdict.ok, pos
+            assert all(f.detail for f in verdict.failures)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pos=st.integers(0, len(VALID) - 1), flip=st.integers(1, 255))
+def test_random_corruption(pos, flip):
+    data = VALID[:pos] + bytes([VALID[pos] ^ flip]) + VALID[pos + 1 :]
+    if _verify(data).ok:  # only a small shift of the unsigned timestamp may pass
+        assert pos in LOW_TIME_BYTES
+
+
+@settings(max_examples=200, deadline=None)
+@given(cut=st.integers(0, len(VALID) - 1), junk=st.binary(max_size=64))
+def test_truncation_and_insertion(cut, junk):
+    assert not _verify(VALID[:cut]).ok
+    if junk:
+        assert not _verify(VALID[:cut] + junk + VALID[cut:]).ok
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=2048))
+def test_random_bytes(data):
+    assert not _verify(data).ok
+    for parse in (ev.decode, tpms.parse_attest, tpms.parse_public, tpms.parse_signature):
+        with contextlib.suppress(EvidenceError):
+            parse(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=2048))
+def test_evidence_prefix_then_random(data):
+    with contextlib.suppress(EvidenceError):
+        ev.decode(c.EVIDENCE_MAGIC + bytes([c.EVIDENCE_VERSION]) + data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=300))
+def test_policy_parser(text):
+    with contextlib.suppress(PolicyError):
+        policy.parse(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=1024))
+def test_event_log_parser(data):
+    header = bytes(8 + 20)  # pcr 0, type 0 (not EV_NO_ACTION), zero SHA-1 digest
+    for log in (data, header + data):
+        try:
+            events = measure.parse_event_log(log)
+            measure.replay_event_log(events)
+        except EventLogError:
+            pass
