@@ -30,6 +30,7 @@ from contracts.constants import (
     DEFAULT_MINIMUM_STAKE_WEI,
     DEFAULT_PAGE,
     DEFAULT_UNBONDING_DELAY_S,
+    GAS_HEADROOM_DIVISOR,
     KEY_ENV,
     KEYSTORE_PASSWORD_ENV,
     MAX_PAGE,
@@ -407,10 +408,14 @@ class RegistryClient:
 def _send(w3: Web3, account: LocalAccount, call: Any, value: int) -> Any:
     """Estimate (which surfaces reverts with their reason), sign, send, wait for the receipt."""
     try:
+        base = {"from": account.address, "value": value}
+        # Head-room over the estimate: some nodes (Hardhat's EDR) estimate to the exact
+        # gas, which the 63/64 rule of the P256VERIFY staticcall then leaves short.
+        gas = int(call.estimate_gas(base))
         tx = call.build_transaction(
             {
-                "from": account.address,
-                "value": value,
+                **base,
+                "gas": gas + gas // GAS_HEADROOM_DIVISOR,
                 "nonce": w3.eth.get_transaction_count(account.address, "pending"),
                 "chainId": w3.eth.chain_id,
             }

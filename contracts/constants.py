@@ -47,5 +47,6 @@ MAX_PAGE = 500  # the contract's limit per listHealthy call
 DEFAULT_PAGE = 100
 RECEIPT_TIMEOUT_S = 30.0
 RPC_TIMEOUT_S = 10.0
+GAS_HEADROOM_DIVISOR = 5  # send estimate + estimate/5 as the gas limit
 KEY_ENV = "SHADOWMESH_REGISTRY_KEY"  # hex private key of the operator
 KEYSTORE_PASSWORD_ENV = "SHADOWMESH_KEYSTORE_PASSWORD"  # noqa: S105 - a variable name
