@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import struct
 import time
 
 import pytest
@@ -200,6 +201,32 @@ def test_ek_certificate_must_chain_to_the_configured_ca(swtpm, trust):
     wrong = enrol.EnrolmentRequest(other_ek[:-8] + bytes(8), req.ek_certificate, req.ak_public)
     with pytest.raises(EnrolmentError, match="does not certify"):
         enrol.check_ek_certificate(wrong, *trust, _now())
+
+
+def _log_event(pcr: int, data: bytes) -> bytes:
+    digest = hashlib.sha256(data).digest()
+    return (
+        struct.pack("<III", pcr, 0x0D, 1)
+        + struct.pack("<H", 0x000B)
+        + digest
+        + struct.pack("<I", len(data))
+        + data
+    )
+
+
+def test_event_log_replays_against_the_tpm(attester):
+    spec = c.SPEC_ID_SIGNATURE + struct.pack("<IBBBBIHHB", 0, 0, 2, 0, 2, 1, 0x000B, 32, 0)
+    header = struct.pack("<II", 0, c.EV_NO_ACTION) + bytes(20) + struct.pack("<I", len(spec)) + spec
+    log = header + _log_event(16, b"kernel") + _log_event(16, b"initrd")
+    with Tpm(attester.tcti) as tpm:
+        tpm.reset_pcr(16)  # the debug PCR: resettable, not quoted
+        for data in (b"kernel", b"initrd"):
+            tpm.extend_pcr(16, hashlib.sha256(data).digest())
+    events = measure.parse_event_log(log)
+    assert attester.event_log_mismatches(events) == []
+    with Tpm(attester.tcti) as tpm:
+        tpm.extend_pcr(16, hashlib.sha256(b"unlogged").digest())
+    assert attester.event_log_mismatches(events) == [16]
 
 
 def test_stale_evidence(attester, enrolled):
