@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+from l2bridge.constants import Cipher, Mode
+from l2bridge.errors import (
+    AuthenticationFailed,
+    MalformedMessage,
+    NotAuthorized,
+    PeerError,
+    UnsupportedParameters,
+)
+from l2bridge.handshake import ClientHandshake, ClientHello, ServerHandshake, ServerHello
+from l2bridge.identity import AdminKey, AllowList, Authorizer, HybridSignature, HybridSigningKey
+from l2bridge.session import PeerAuthenticated
+
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture(scope="module")
+def keys():
+    client, exit_key, admin = (HybridSigningKey.generate() for _ in range(3))
+    admin = AdminKey(admin)
+    cert = admin.issue(client.public, "dev", "org", int(NOW) - 60, int(NOW) + 3600)
+    return client, exit_key, admin, cert
+
+
+def run(keys, mode=Mode.HYBRID, **client_kw):
+    client, exit_key, admin, cert = keys
+    hs = ClientHandshake(client, certificate=cert, mode=mode, **client_kw)
+    srv = ServerHandshake(exit_key, Authorizer([admin.public]), modes=list(Mode))
+    exit_session, reply = srv.receive(hs.hello(), NOW)
+    return hs, exit_session, reply
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+@pytest.mark.parametrize("cipher", list(Cipher))
+def test_round_trip_every_mode_and_cipher(keys, mode, cipher) -> None:
+    hs, exit_session, reply = run(keys, mode, ciphers=[cipher], pinned_node_id=keys[1].node_id)
+    client_session, finish = hs.receive(reply, NOW)
+    assert not exit_session.established
+    got = exit_session.receive(finish, NOW)
+    assert isinstance(got.events[0], PeerAuthenticated)
+    assert exit_session.established and client_session.established
+    assert (client_session.mode, client_session.cipher) == (mode, cipher)
+    assert client_session.peer == keys[1].public and exit_session.peer == keys[0].public
+    frames = [os.urandom(100), os.urandom(1500)]
+    assert [
+        bytes(f) for f in exit_session.receive(client_session.seal(frames, NOW), NOW).frames
+    ] == frames
+    assert [
+        bytes(f) for f in client_session.receive(exit_session.seal(frames, NOW), NOW).frames
+    ] == frames
+
+
+def test_hello_sizes_per_mode(keys) -> None:
+    sizes = {m: len(ClientHandshake(keys[0], mode=m).hello()) for m in Mode}
+    assert sizes[Mode.HYBRID] - sizes[Mode.PQC_ONLY] == 32
+    assert sizes[Mode.HYBRID] - sizes[Mode.CLASSICAL] == 1568
+
+
+def test_codecs_round_trip(keys) -> None:
+    hs, _, reply = run(keys, attestation_nonce=os.urandom(32), evidence_checker=lambda *a: None,
+                       pinned_node_id=keys[1].node_id)  # fmt: skip
+    assert ClientHello.decode(hs.hello()).encode() == hs.hello()
+    assert ServerHello.decode(reply).encode() == reply
+
+
+def _resign(reply: bytes, sig: HybridSignature) -> bytes:
+    sh = ServerHello.decode(reply)
+    return dataclasses.replace(sh, signature=sig).encode()
+
+
+def test_forged_ed25519_half_alone_fails(keys) -> None:
+    hs, _, reply = run(keys)
+    sh = ServerHello.decode(reply)
+    forged = bytearray(sh.signature.ed25519)
+    forged[0] ^= 1
+    with pytest.raises(AuthenticationFailed) as exc:
+        hs.receive(_resign(reply, HybridSignature(bytes(forged), sh.signature.mldsa)), NOW)
+    assert exc.value.detail == "ed25519 signature"
+
+
+def test_forged_mldsa_half_alone_fails(keys) -> None:
+    hs, _, reply = run(keys)
+    sh = ServerHello.decode(reply)
+    forged = bytearray(sh.signature.mldsa)
+    forged[-40] ^= 1
+    with pytest.raises(AuthenticationFailed) as exc:
+        hs.receive(_resign(reply, HybridSignature(sh.signature.ed25519, bytes(forged))), NOW)
+    assert exc.value.detail == "ml-dsa signature"
+
+
+def test_impostor_exit_with_its_own_valid_signature_fails_the_pin(keys) -> None:
+    client, exit_key, admin, cert = keys
+    hs = ClientHandshake(client, certificate=cert, pinned_node_id=exit_key.node_id)
+    impostor = HybridSigningKey.generate()
+    srv = ServerHandshake(impostor, Authorizer([admin.public]))
+    hello = bytearray(hs.hello())
+    hello[-32:] = impostor.node_id  # the impostor also rewrites the pin it was sent
+    _, reply = srv.receive(bytes(hello), NOW)
+    with pytest.raises(AuthenticationFailed) as exc:
+        hs.receive(reply, NOW)
+    assert "pinned" in exc.value.detail
+
+
+def test_tampered_client_hello_breaks_the_server_signature(keys) -> None:
+    client, exit_key, admin, cert = keys
+    hs = ClientHandshake(client, certificate=cert)
+    hello = bytearray(hs.hello())
+    hello[50] ^= 1  # inside the client's X25519 share / ML-KEM key
+    srv = ServerHandshake(exit_key, Authorizer([admin.public]))
+    try:
+        _, reply = srv.receive(bytes(hello), NOW)
+    except PeerError:
+        return  # the exit noticed first: fine
+    with pytest.raises(AuthenticationFailed):
+        hs.receive(reply, NOW)
+
+
+def test_any_tampered_server_hello_byte_fails(keys) -> None:
+    for i in (0, 3, 40, 1700, 3500, -10):
+        hs, _, reply = run(keys)
+        bad = bytearray(reply)
+        bad[i] ^= 0x20
+        with pytest.raises(PeerError):
+            hs.receive(bytes(bad), NOW)
+
+
+def test_forged_client_finish_is_refused(keys) -> None:
+    hs, exit_session, reply = run(keys)
+    client_session, _finish = hs.receive(reply, NOW)
+    # A finish signed by another key (an attacker who copied the hello).
+    other = HybridSigningKey.generate()
+    forged = client_session._keys.send
+    forged.next_counter = 0
+    bad = forged.seal_body(0x02, other.sign(b"client finish", b"x").encode())
+    with pytest.raises(AuthenticationFailed):
+        exit_session.receive(bad, NOW)
+    assert exit_session.closed
+
+
+def test_data_before_finish_is_a_protocol_violation(keys) -> None:
+    hs, exit_session, reply = run(keys)
+    client_session, _finish = hs.receive(reply, NOW)
+    data = client_session.seal([b"early"], NOW)
+    from l2bridge.errors import ProtocolViolation
+
+    with pytest.raises(ProtocolViolation):
+        exit_session.receive(data, NOW)
+
+
+def test_unauthorized_clients_are_refused_before_the_exit_signs(keys) -> None:
+    client, exit_key, admin, cert = keys
+    srv = ServerHandshake(exit_key, Authorizer([admin.public]))
+    stranger = ClientHandshake(HybridSigningKey.generate())
+    with pytest.raises(NotAuthorized, match=r"^not authorized$"):
+        srv.receive(stranger.hello(), NOW)
+    expired = ClientHandshake(client, certificate=cert)
+    with pytest.raises(NotAuthorized) as exc:
+        srv.receive(expired.hello(), NOW + 7200)
+    assert exc.value.detail == "certificate expired"
+    # ...and the allow-list admits a device without a certificate.
+    allow = ServerHandshake(exit_key, Authorizer(allow_list=AllowList().add(client.node_id, "x")))
+    allow.receive(ClientHandshake(client).hello(), NOW)
+
+
+def test_mode_and_cipher_negotiation_failures(keys) -> None:
+    client, exit_key, admin, cert = keys
+    hybrid_only = ServerHandshake(exit_key, Authorizer([admin.public]))
+    with pytest.raises(UnsupportedParameters):
+        hybrid_only.receive(
+            ClientHandshake(client, certificate=cert, mode=Mode.CLASSICAL).hello(), NOW
+        )
+    chacha_only = ServerHandshake(
+        exit_key, Authorizer([admin.public]), ciphers=[Cipher.CHACHA20_POLY1305]
+    )
+    with pytest.raises(UnsupportedParameters):
+        chacha_only.receive(
+            ClientHandshake(client, certificate=cert, ciphers=[Cipher.AES_256_GCM]).hello(), NOW
+        )
+
+
+def test_downgraded_mode_is_detected_by_the_client(keys) -> None:
+    client, exit_key, admin, cert = keys
+    hs = ClientHandshake(client, certificate=cert, mode=Mode.HYBRID)
+    hello = ClientHello.decode(hs.hello())
+    downgraded = dataclasses.replace(hello, mode=Mode.CLASSICAL, kem=b"").encode()
+    srv = ServerHandshake(exit_key, Authorizer([admin.public]), modes=list(Mode))
+    _, reply = srv.receive(downgraded, NOW)
+    with pytest.raises(PeerError):
+        hs.receive(reply, NOW)
+
+
+def test_attestation_nonce_evidence_flow(keys) -> None:
+    client, exit_key, admin, cert = keys
+    nonce = os.urandom(32)
+    calls = []
+
+    def provider(n: bytes, nid: bytes) -> bytes:
+        calls.append(("provide", n, nid))
+        return b"quote:" + n + nid
+
+    def checker(evidence: bytes, n: bytes, nid: bytes) -> None:
+        calls.append(("check", n, nid))
+        if evidence != b"quote:" + n + nid:
+            raise ValueError("bad quote")
+
+    hs = ClientHandshake(
+        client, certificate=cert, attestation_nonce=nonce, evidence_checker=checker
+    )
+    srv = ServerHandshake(exit_key, Authorizer([admin.public]), evidence_provider=provider)
+    _, reply = srv.receive(hs.hello(), NOW)
+    hs.receive(reply, NOW)
+    assert calls == [("provide", nonce, exit_key.node_id), ("check", nonce, exit_key.node_id)]
+    assert hs.evidence == b"quote:" + nonce + exit_key.node_id
+
+    # Evidence for another nonce (a replayed quote) is refused.
+    def stale_quote(n: bytes, nid: bytes) -> bytes:
+        return b"quote:" + bytes(32) + nid
+
+    stale = ServerHandshake(exit_key, Authorizer([admin.public]), evidence_provider=stale_quote)
+    hs2 = ClientHandshake(
+        client, certificate=cert, attestation_nonce=nonce, evidence_checker=checker
+    )
+    _, reply2 = stale.receive(hs2.hello(), NOW)
+    with pytest.raises(AuthenticationFailed) as exc:
+        hs2.receive(reply2, NOW)
+    assert "evidence" in exc.value.detail
+
+
+def test_client_argument_checks(keys) -> None:
+    with pytest.raises(ValueError):
+        ClientHandshake(keys[0], attestation_nonce=b"short", evidence_checker=lambda *a: None)
+    with pytest.raises(ValueError):
+        ClientHandshake(keys[0], attestation_nonce=bytes(32))
+    with pytest.raises(ValueError):
+        ClientHandshake(keys[0], pinned_node_id=b"x")
+
+
+def test_handshake_cannot_be_finished_twice(keys) -> None:
+    from l2bridge.errors import StateError
+
+    hs, _, reply = run(keys)
+    hs.receive(reply, NOW)
+    with pytest.raises(StateError):
+        hs.receive(reply, NOW)
+
+
+def test_garbage_hellos(keys) -> None:
+    srv = ServerHandshake(keys[1], Authorizer())
+    for junk in (b"", b"\x51", b"\x51\x02", b"\x51\x01\x07", os.urandom(5000), bytes(70000)):
+        with pytest.raises((MalformedMessage, UnsupportedParameters)):
+            srv.receive(junk, NOW)

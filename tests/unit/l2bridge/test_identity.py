@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from l2bridge.constants import Mode
+from l2bridge.errors import AuthenticationFailed, KeyFileError, NotAuthorized
+from l2bridge.identity import (
+    KIND_ADMIN,
+    KIND_IDENTITY,
+    AdminKey,
+    AllowList,
+    Authorizer,
+    DeviceCertificate,
+    HybridPublicKey,
+    HybridSignature,
+    HybridSigningKey,
+    RevocationList,
+    load_public,
+    node_id,
+    save_public,
+)
+
+NOW = 1_700_000_000
+
+
+@pytest.fixture(scope="module")
+def device() -> HybridSigningKey:
+    return HybridSigningKey.generate()
+
+
+@pytest.fixture(scope="module")
+def admin() -> AdminKey:
+    return AdminKey(HybridSigningKey.generate())
+
+
+@pytest.fixture(scope="module")
+def cert(device, admin) -> DeviceCertificate:
+    return admin.issue(device.public, "laptop-1", "Acme", NOW - 10, NOW + 3600)
+
+
+def test_node_id_is_sha256_of_canonical_public_keys(device) -> None:
+    import hashlib
+
+    enc = device.public.encode()
+    assert enc == b"\x01" + device.public.ed25519 + device.public.mldsa
+    assert node_id(device.public) == hashlib.sha256(enc).digest() == device.node_id
+    assert HybridPublicKey.decode(enc) == device.public
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_sign_verify_each_mode(device, mode) -> None:
+    sig = device.sign(b"label", b"msg", mode)
+    assert bool(sig.ed25519) == mode.uses_classical
+    assert bool(sig.mldsa) == mode.uses_pq
+    device.public.verify(b"label", b"msg", sig, mode)
+    with pytest.raises(AuthenticationFailed):
+        device.public.verify(b"other label", b"msg", sig, mode)
+    with pytest.raises(AuthenticationFailed):
+        device.public.verify(b"label", b"msg!", sig, mode)
+
+
+def test_a_forged_half_alone_fails_hybrid(device) -> None:
+    sig = device.sign(b"l", b"m")
+    other = HybridSigningKey.generate().sign(b"l", b"m")
+    with pytest.raises(AuthenticationFailed, match="authentication failed") as e1:
+        device.public.verify(b"l", b"m", HybridSignature(other.ed25519, sig.mldsa))
+    assert e1.value.detail == "ed25519 signature"
+    with pytest.raises(AuthenticationFailed) as e2:
+        device.public.verify(b"l", b"m", HybridSignature(sig.ed25519, other.mldsa))
+    assert e2.value.detail == "ml-dsa signature"
+    # A single-algorithm signature never passes where both are required.
+    with pytest.raises(AuthenticationFailed):
+        device.public.verify(b"l", b"m", HybridSignature(sig.ed25519, b""))
+    with pytest.raises(AuthenticationFailed):
+        device.public.verify(b"l", b"m", device.sign(b"l", b"m", Mode.CLASSICAL))
+    # ... nor does a hybrid one where a single algorithm is expected (no mix-ups).
+    with pytest.raises(AuthenticationFailed):
+        device.public.verify(b"l", b"m", sig, Mode.PQC_ONLY)
+
+
+def test_private_key_file_is_0600_and_round_trips(tmp_path, device) -> None:
+    path = tmp_path / "id.key"
+    device.save(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    loaded = HybridSigningKey.load(path)
+    assert loaded.public == device.public
+    with pytest.raises(KeyFileError, match="exists"):
+        device.save(path)
+    device.save(path, force=True)
+    with pytest.raises(KeyFileError, match="wrong key kind"):
+        HybridSigningKey.load(path, kind=KIND_ADMIN)
+
+
+def test_loose_permissions_and_garbage_are_refused(tmp_path, device) -> None:
+    path = tmp_path / "id.key"
+    device.save(path, kind=KIND_IDENTITY)
+    os.chmod(path, 0o644)
+    with pytest.raises(KeyFileError, match="permissions"):
+        HybridSigningKey.load(path)
+    bad = tmp_path / "bad.key"
+    fd = os.open(bad, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"not a key\n")
+    os.close(fd)
+    with pytest.raises(KeyFileError):
+        HybridSigningKey.load(bad)
+    with pytest.raises(KeyFileError):
+        HybridSigningKey.load(tmp_path / "missing")
+
+
+def test_wipe_zeroes_seeds() -> None:
+    key = HybridSigningKey.generate()
+    key.wipe()
+    assert key.encode_private(KIND_IDENTITY)[1:] == bytes(64)
+
+
+def test_public_file_round_trip(tmp_path, device) -> None:
+    save_public(device.public, tmp_path / "id.pub")
+    assert load_public(tmp_path / "id.pub") == device.public
+    (tmp_path / "x.pub").write_text("junk")
+    with pytest.raises(KeyFileError):
+        load_public(tmp_path / "x.pub")
+
+
+def test_certificate_codec_round_trip(cert) -> None:
+    assert DeviceCertificate.decode(cert.encode()) == cert
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.text(min_size=1, max_size=40),
+    org=st.text(min_size=1, max_size=40),
+    times=st.tuples(st.integers(0, 2**40), st.integers(1, 2**30)),
+)
+def test_certificate_fields_round_trip(device, admin, name, org, times) -> None:
+    issued, life = times
+    cert = admin.issue(device.public, name, org, issued, issued + life)
+    back = DeviceCertificate.decode(cert.encode())
+    assert back == cert
+    assert Authorizer([admin.public]).authorize(device.public, back, issued).name == name
+
+
+def test_authorizer_accepts_valid_certificate(device, admin, cert) -> None:
+    auth = Authorizer([admin.public]).authorize(device.public, cert, NOW)
+    assert (auth.method, auth.name, auth.organisation) == ("certificate", "laptop-1", "Acme")
+    assert auth.device_id == device.node_id
+
+
+@pytest.mark.parametrize(
+    ("when", "detail"),
+    [(NOW + 3600, "certificate expired"), (NOW - 10 - 301, "certificate not yet valid")],
+)
+def test_authorizer_refuses_outside_validity(device, admin, cert, when, detail) -> None:
+    with pytest.raises(NotAuthorized) as exc:
+        Authorizer([admin.public]).authorize(device.public, cert, when)
+    assert exc.value.detail == detail
+    assert str(exc.value) == "not authorized"
+
+
+def test_authorizer_refuses_wrong_admin_wrong_key_tampered_and_missing(device, admin, cert) -> None:
+    other_admin = AdminKey(HybridSigningKey.generate())
+    with pytest.raises(NotAuthorized, match="not authorized"):
+        Authorizer([other_admin.public]).authorize(device.public, cert, NOW)
+    stranger = HybridSigningKey.generate()
+    with pytest.raises(NotAuthorized):
+        Authorizer([admin.public]).authorize(stranger.public, cert, NOW)
+    import dataclasses
+
+    longer = dataclasses.replace(cert, expires=cert.expires + 10**6)
+    with pytest.raises(NotAuthorized) as exc:
+        Authorizer([admin.public]).authorize(device.public, longer, NOW)
+    assert exc.value.detail == "certificate signature invalid"
+    with pytest.raises(NotAuthorized):
+        Authorizer([admin.public]).authorize(device.public, None, NOW)
+
+
+def test_revocation(device, admin, cert) -> None:
+    rl = admin.revoke(None, cert.serial, "laptop stolen", NOW)
+    assert RevocationList.decode(rl.encode()) == rl
+    assert rl.entries[0].reason == "laptop stolen"
+    authorizer = Authorizer([admin.public], revocations=[rl])
+    with pytest.raises(NotAuthorized) as exc:
+        authorizer.authorize(device.public, cert, NOW)
+    assert exc.value.detail == "certificate revoked"
+    # An older list never replaces a newer one.
+    empty = admin.sign_list([], 0)
+    authorizer.update_revocations(empty)
+    with pytest.raises(NotAuthorized):
+        authorizer.authorize(device.public, cert, NOW)
+    # A list not signed by the admin is refused.
+    forged = RevocationList(rl.issuer, 99, (), HybridSigningKey.generate().sign(b"x", b"y"))
+    with pytest.raises(AuthenticationFailed):
+        authorizer.update_revocations(forged)
+
+
+def test_allow_list(device) -> None:
+    allow = AllowList().add(device.node_id, "lab box")
+    assert AllowList.parse(allow.format()) == allow
+    auth = Authorizer(allow_list=allow).authorize(device.public, None, NOW)
+    assert (auth.method, auth.name) == ("allow-list", "lab box")
+    with pytest.raises(NotAuthorized):
+        Authorizer(allow_list=allow).authorize(HybridSigningKey.generate().public, None, NOW)
+    with pytest.raises(ValueError, match="line 2"):
+        AllowList.parse("# comment\nzz name\n")

@@ -1,0 +1,254 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from l2bridge import kex
+from l2bridge.codec import u32
+from l2bridge.constants import (
+    MAX_FRAME_SIZE,
+    MAX_RECORD_PLAINTEXT,
+    RECORD_REKEY_INIT,
+    REKEY_TIMEOUT_SECONDS,
+    Mode,
+)
+from l2bridge.errors import KeyExpired, ProtocolViolation, StateError
+from l2bridge.identity import AdminKey, HybridSigningKey
+from l2bridge.pair import SessionPair
+from l2bridge.pq import default_backend
+from l2bridge.session import Closed, RekeyCompleted, SessionConfig
+
+T0 = 1_000_000.0
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return (
+        HybridSigningKey.generate(),
+        HybridSigningKey.generate(),
+        AdminKey(HybridSigningKey.generate()),
+    )
+
+
+def test_rekey_in_the_middle_of_a_stream_loses_no_record(keys) -> None:
+    """Records sealed in the old epoch are still in flight when the rekey happens."""
+    p = SessionPair.connect(T0, keys=keys)
+    up: list = []  # client -> exit, in transport order
+    down: list = []  # exit -> client
+    sent_up, sent_down, got_up, got_down = [], [], [], []
+
+    def pump_up(n: int) -> None:
+        for _ in range(n):
+            f = os.urandom(64)
+            sent_up.append(f)
+            up.append(p.client.seal([f], T0))
+
+    def pump_down(n: int) -> None:
+        for _ in range(n):
+            f = os.urandom(64)
+            sent_down.append(f)
+            down.append(p.exit.seal([f], T0))
+
+    def deliver_up() -> None:
+        while up:
+            got = p.exit.receive(up.pop(0), T0)
+            got_up.extend(bytes(f) for f in got.frames)
+            down.extend(got.replies)
+
+    def deliver_down() -> None:
+        while down:
+            got = p.client.receive(down.pop(0), T0)
+            got_down.extend(bytes(f) for f in got.frames)
+
+    pump_up(5)
+    pump_down(5)
+    up.append(p.client.start_rekey(7, T0))
+    pump_up(5)  # still the old epoch: the client switches only on the reply
+    pump_down(3)  # the exit has not seen the init yet
+    deliver_up()  # exit: installs next, replies, switches send
+    pump_down(4)  # new epoch, queued after the reply
+    deliver_down()  # client: old-epoch records, reply, new-epoch records
+    pump_up(6)  # new epoch
+    deliver_up()
+    assert got_up == sent_up and got_down == sent_down
+    assert p.client.epoch == p.exit.epoch == 7
+    assert p.exit.stats.drops == {} and p.client.stats.drops == {}
+    assert p.client.stats.rekeys == p.exit.stats.rekeys == 1
+
+
+def test_many_rekeys_chain_and_wipe_old_keys(keys) -> None:
+    p = SessionPair.connect(T0, keys=keys)
+    first_send = p.client._keys.send
+    first_chain = p.client._keys.chain
+    for i, epoch in enumerate(range(10, 15)):
+        now = T0 + i * 10
+        p.rekey(epoch, now)
+        assert p.client_to_exit([b"up%d" % epoch], now) == [b"up%d" % epoch]
+        assert p.exit_to_client([b"dn%d" % epoch], now) == [b"dn%d" % epoch]
+    assert first_send.wiped and first_send._key == bytearray(32)
+    assert first_chain == bytearray(48)
+    assert [e.epoch for n, e in p.events if n == "client" and isinstance(e, RekeyCompleted)] == [
+        10, 11, 12, 13, 14,
+    ]  # fmt: skip
+
+
+def test_previous_epoch_accepted_for_grace_then_wiped(keys) -> None:
+    # Over an unordered path (strict_order off) an old-epoch record may arrive after the switch.
+    p = SessionPair.connect(
+        T0, keys=keys, config=SessionConfig(grace_seconds=2.0, strict_order=False)
+    )
+    late = p.exit.seal([b"sealed before the rekey, sent after"], T0)
+    late2 = p.exit.seal([b"too late"], T0)
+    p.rekey(1, T0)
+    old = p.client._keys.previous
+    assert old is not None and not old.wiped
+    assert [bytes(f) for f in p.client.receive(late, T0 + 1).frames] == [
+        b"sealed before the rekey, sent after"
+    ]
+    assert p.client.receive(late2, T0 + 3).frames == []
+    assert p.client.stats.drops["unknown_epoch"] == 1
+    assert old.wiped and old._key == bytearray(32)
+
+
+def test_reject_after_time_and_records(keys) -> None:
+    cfg = SessionConfig(reject_after_seconds=100, rekey_after_seconds=50, reject_after_records=5,
+                        rekey_after_records=3)  # fmt: skip
+    p = SessionPair.connect(T0, keys=keys, config=cfg)
+    assert not p.client.needs_rekey(T0)
+    assert p.client.needs_rekey(T0 + 60)
+    with pytest.raises(KeyExpired):
+        p.client.seal([b"x"], T0 + 100)
+    assert p.client.stats.key_expired == 1
+    p.rekey(1, T0 + 99)  # a rekey restores sending
+    p.client.seal([b"x"], T0 + 150)
+    for _ in range(3):
+        p.exit.seal([b"x"], T0 + 150)
+    assert p.exit.needs_rekey(T0 + 150)
+    p.exit.seal([b"x"], T0 + 150)
+    p.exit.seal([b"x"], T0 + 150)
+    with pytest.raises(KeyExpired):
+        p.exit.seal([b"x"], T0 + 150)  # records 0..4 used: the sixth is refused
+
+
+def test_receiver_drops_records_of_an_expired_key(keys) -> None:
+    p = SessionPair.connect(
+        T0, keys=keys, config=SessionConfig(reject_after_seconds=10, grace_seconds=1)
+    )
+    record = p.client.seal([b"x"], T0 + 9)
+    assert p.exit.receive(record, T0 + 11.5).frames == []
+    assert p.exit.stats.drops["expired"] == 1
+
+
+def test_exit_refuses_epochs_that_go_backwards_or_jump(keys) -> None:
+    cfg = SessionConfig(rekey_interval=60.0)
+    now = 6000.0  # clock epoch 100
+    p = SessionPair.connect(now, keys=keys, config=cfg)
+    p.rekey(100, now)
+    init = p.client.start_rekey(100 + 50, now)
+    with pytest.raises(ProtocolViolation):
+        p.exit.receive(init, now)
+    assert p.exit.closed
+    p2 = SessionPair.connect(now, keys=keys)
+    p2.rekey(100, now)
+    # A client whose clock runs backwards asks for an epoch already used.
+    eph = kex.initiate(Mode.HYBRID, default_backend())
+    init = p2.client._seal_control(RECORD_REKEY_INIT, u32(100) + eph.shares(), now)
+    with pytest.raises(ProtocolViolation):
+        p2.exit.receive(init, now)
+
+
+def test_start_rekey_misuse(keys) -> None:
+    p = SessionPair.connect(T0, keys=keys)
+    with pytest.raises(StateError):
+        p.exit.start_rekey(3, T0)
+    with pytest.raises(StateError):
+        p.client.start_rekey(0, T0)
+    p.client.start_rekey(3, T0)
+    with pytest.raises(StateError):
+        p.client.start_rekey(4, T0 + 1)
+    # A rekey whose reply never came may be restarted after the timeout.
+    init = p.client.start_rekey(4, T0 + REKEY_TIMEOUT_SECONDS + 1)
+    got = p.exit.receive(init, T0 + 20)
+    p.client.receive(got.replies[0], T0 + 20)
+    assert p.client.epoch == 4
+
+
+def test_stale_rekey_reply_is_a_protocol_violation(keys) -> None:
+    p = SessionPair.connect(T0, keys=keys)
+    got = p.exit.receive(p.client.start_rekey(3, T0), T0)
+    p.client.receive(got.replies[0], T0)
+    # A second REKEY_REPLY without an INIT pending (forged or buggy exit).
+    reply = p.exit._seal_control(0x04, got.replies[0][:0] + bytes(4 + 32 + 1568), T0)
+    with pytest.raises(ProtocolViolation):
+        p.client.receive(reply, T0)
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_rekey_in_every_mode(keys, mode) -> None:
+    p = SessionPair.connect(T0, keys=keys, mode=mode)
+    p.rekey(2, T0)
+    assert p.client_to_exit([b"m"], T0) == [b"m"]
+
+
+def test_close_notice(keys) -> None:
+    p = SessionPair.connect(T0, keys=keys)
+    notice = p.client.close_notice(0)
+    assert p.client.closed
+    with pytest.raises(StateError):
+        p.client.seal([b"x"], T0)
+    got = p.exit.receive(notice, T0)
+    assert got.events == (Closed(0, by_peer=True),)
+    assert p.exit.closed and p.exit._keys.send.wiped
+    assert p.exit.receive(notice, T0).frames == []
+    assert p.exit.stats.drops["closed"] == 1
+
+
+def test_replayed_reordered_tampered_are_counted(keys) -> None:
+    p = SessionPair.connect(T0, keys=keys)
+    r1, r2 = p.client.seal([b"1"], T0), p.client.seal([b"2"], T0)
+    r3 = p.client.seal([b"3"], T0)
+    assert p.exit.receive(r2, T0).frames
+    assert not p.exit.receive(r2, T0).frames
+    assert not p.exit.receive(r1, T0).frames
+    bad = bytearray(r3)
+    bad[-1] ^= 1
+    assert not p.exit.receive(bad, T0).frames
+    assert not p.exit.receive(r3[:10], T0).frames
+    assert p.exit.receive(r3, T0).frames
+    assert p.exit.stats.drops == {"replayed": 1, "reordered": 1, "auth_failed": 1, "truncated": 1}
+    assert p.exit.stats.as_dict()["drop_replayed"] == 1
+
+
+def test_padding_hides_frame_sizes(keys) -> None:
+    p = SessionPair.connect(T0, keys=keys, config=SessionConfig(pad_to=256))
+    sizes = {len(p.client.seal([os.urandom(n)], T0)) for n in (1, 50, 200, 240)}
+    assert len(sizes) == 1
+    assert p.client_to_exit([b"a", b"bc"], T0) == [b"a", b"bc"]
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(sizes=st.lists(st.integers(1, MAX_FRAME_SIZE), max_size=12))
+def test_seal_batches_splits_long_batches(keys, sizes) -> None:
+    p = SessionPair.connect(T0, keys=keys, mode=Mode.CLASSICAL)
+    frames = [bytes([i % 256]) * n for i, n in enumerate(sizes)]
+    records = p.client.seal_batches(frames, T0)
+    assert all(len(r) <= MAX_RECORD_PLAINTEXT + 29 for r in records)
+    out = [bytes(f) for r in records for f in p.exit.receive(r, T0).frames]
+    assert out == frames
+
+
+def test_exit_cannot_send_before_the_client_finished(keys) -> None:
+    from l2bridge.handshake import ClientHandshake, ServerHandshake
+    from l2bridge.identity import Authorizer
+
+    client, exit_key, admin = keys
+    cert = admin.issue(client.public, "d", "o", int(T0) - 5, int(T0) + 60)
+    hs = ClientHandshake(client, certificate=cert)
+    exit_session, _ = ServerHandshake(exit_key, Authorizer([admin.public])).receive(hs.hello(), T0)
+    with pytest.raises(StateError):
+        exit_session.seal([b"x"], T0)
