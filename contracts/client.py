@@ -213,8 +213,8 @@ class RegistryClient:
         self.address = Web3.to_checksum_address(address)
         self.contract = w3.eth.contract(address=self.address, abi=self.artifact.abi)
         self.account = account
-        self._event_names = {
-            Web3.keccak(text=_event_signature(item)): item["name"]
+        self._event_names: dict[bytes, str] = {
+            bytes(Web3.keccak(text=_event_signature(item))): item["name"]
             for item in self.artifact.abi
             if item.get("type") == "event"
         }

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from contracts.client import RegistryClient, connect
 from contracts.errors import RegistryReverted
 from contracts.quote import ak_public, build_attest, pcr_digest, qualifying_data, sign_attest
-from hardware.chain import HardhatNode
+from hardware.chain import Anvil, ChainStartError, HardhatNode
 
 pytestmark = pytest.mark.integration
 
@@ -59,8 +59,9 @@ def test_main_path_on_hardhat(accounts):
     assert not chain.running
 
 
-def test_anvil_and_hardhat_stop_cleanly():
-    node = HardhatNode()
-    with pytest.raises(RuntimeError, match="did not start|install"):
-        HardhatNode(node_modules=node.node_modules / "missing").start()
-    assert node.port == 0 and not node.running
+def test_missing_node_modules_is_a_clear_error(tmp_path):
+    for kind in (HardhatNode, Anvil):
+        node = kind(node_modules=tmp_path / "missing")
+        with pytest.raises(ChainStartError, match=r"install\.sh"):
+            node.start()
+        assert not node.running
