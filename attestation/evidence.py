@@ -24,6 +24,7 @@ import struct
 from dataclasses import dataclass
 
 from attestation import constants as c
+from attestation import tpms
 from attestation.errors import EvidenceError
 
 
@@ -115,68 +116,46 @@ def encode(e: Evidence) -> bytes:
     return out
 
 
-class _Cursor:
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise EvidenceError("evidence truncated")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def sized(self, limit: int) -> bytes:
-        (size,) = struct.unpack(">H", self.take(2))
-        if size > limit:
-            raise EvidenceError("evidence field too large")
-        return self.take(int(size))
-
-
 def decode(data: bytes) -> Evidence:
     """Decode evidence bytes from a peer; raises EvidenceError on anything malformed."""
     if len(data) > c.MAX_EVIDENCE_SIZE:
         raise EvidenceError("evidence too large")
-    cur = _Cursor(bytes(data))
-    if cur.take(4) != c.EVIDENCE_MAGIC:
+    r = tpms.Reader(bytes(data))
+    if r.take(4, "magic") != c.EVIDENCE_MAGIC:
         raise EvidenceError("not ShadowMesh evidence")
-    if cur.take(1)[0] != c.EVIDENCE_VERSION:
+    if r.u8("version") != c.EVIDENCE_VERSION:
         raise EvidenceError("unsupported evidence version")
-    nonce = cur.take(c.NONCE_SIZE)
-    node_id = cur.take(c.NODE_ID_SIZE)
-    (produced,) = struct.unpack(">Q", cur.take(8))
-    attest = cur.sized(c.MAX_ATTEST_SIZE)
-    signature = cur.sized(c.MAX_SIGNATURE_SIZE)
-    ak_public = cur.sized(c.MAX_PUBLIC_SIZE)
-    count = cur.take(1)[0]
+    nonce = r.take(c.NONCE_SIZE, "nonce")
+    node_id = r.take(c.NODE_ID_SIZE, "nodeId")
+    produced = r.u64("produced_at")
+    attest = r.tpm2b("attest", c.MAX_ATTEST_SIZE)
+    signature = r.tpm2b("signature", c.MAX_SIGNATURE_SIZE)
+    ak_public = r.tpm2b("ak_public", c.MAX_PUBLIC_SIZE)
+    count = r.u8("PCR count")
     if count > c.PCR_COUNT:
         raise EvidenceError("too many PCRs")
     pcrs: list[tuple[int, bytes]] = []
     for _ in range(count):
-        index = cur.take(1)[0]
+        index = r.u8("PCR index")
         if index >= c.PCR_COUNT or (pcrs and index <= pcrs[-1][0]):
             raise EvidenceError("PCR indices must be unique, ascending and below 24")
-        pcrs.append((index, cur.take(c.SHA256_SIZE)))
-    count = cur.take(1)[0]
+        pcrs.append((index, r.take(c.SHA256_SIZE, "PCR value")))
+    count = r.u8("manifest count")
     if count > c.MAX_MANIFEST_ENTRIES:
         raise EvidenceError("manifest too long")
     manifest: list[ManifestEntry] = []
     for _ in range(count):
-        raw = cur.take(cur.take(1)[0])
+        raw = r.take(r.u8("manifest name size"), "manifest name")
         try:
             name = raw.decode()
         except UnicodeDecodeError:
             raise EvidenceError("manifest name is not UTF-8") from None
-        entry = ManifestEntry(name, cur.take(c.SHA256_SIZE))
+        entry = ManifestEntry(name, r.take(c.SHA256_SIZE, "manifest digest"))
         _check_entry(entry)
         if any(m.name == name for m in manifest):
             raise EvidenceError("duplicate manifest entry")
         manifest.append(entry)
-    if cur.pos != len(cur.data):
-        raise EvidenceError("trailing bytes after evidence")
+    r.end("evidence")
     return Evidence(
-        nonce, node_id, int(produced), attest, signature, ak_public, tuple(pcrs), tuple(manifest)
+        nonce, node_id, produced, attest, signature, ak_public, tuple(pcrs), tuple(manifest)
     )

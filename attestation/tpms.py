@@ -22,8 +22,8 @@ from attestation import constants as c
 from attestation.errors import EvidenceError
 
 
-class _Reader:
-    """Bounds-checked big-endian reader over one buffer."""
+class Reader:
+    """Bounds-checked big-endian reader over one buffer (TPM structures, evidence)."""
 
     __slots__ = ("_data", "_pos")
 
@@ -105,7 +105,7 @@ def pcr_digest(values: tuple[bytes, ...]) -> bytes:
 
 
 def parse_attest(data: bytes) -> QuoteAttest:
-    r = _Reader(data)
+    r = Reader(data)
     if r.u32("magic") != c.TPM_GENERATED_VALUE:
         raise EvidenceError("attest magic is not TPM_GENERATED_VALUE")
     if r.u16("type") != c.TPM_ST_ATTEST_QUOTE:
@@ -156,7 +156,7 @@ class EcdsaSignature:
 
 
 def parse_signature(data: bytes) -> EcdsaSignature:
-    rd = _Reader(data)
+    rd = Reader(data)
     if rd.u16("sigAlg") != c.TPM_ALG_ECDSA:
         raise EvidenceError("signature is not ECDSA")
     if rd.u16("signature hash") != c.TPM_ALG_SHA256:
@@ -202,7 +202,7 @@ class EccPublic:
 
 
 def parse_public(data: bytes) -> EccPublic:
-    r = _Reader(data)
+    r = Reader(data)
     if r.u16("type") != c.TPM_ALG_ECC:
         raise EvidenceError("public key is not ECC")
     name_alg = r.u16("nameAlg")
