@@ -153,8 +153,9 @@ class DisciplinedClock:
         with self._lock:
             src = self._source(sample.source)
             verdict = src.filter.update(sample.local, sample.offset, sample.sigma, sample.bias)
-            if verdict is not Verdict.OUTLIER:
-                src.last_local = sample.local
+            # heard from, even if its filter refused the value: a liar must stay a
+            # candidate so the vote can outvote and name it
+            src.last_local = max(sample.local, src.last_local or sample.local)
             selection = self._select(sample.local)
             if selection.ok and verdict is Verdict.ACCEPTED and src.selected:
                 self._ensemble.update(sample.local, sample.offset, sample.sigma, sample.bias)
