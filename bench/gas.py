@@ -1,0 +1,84 @@
+"""Gas used by the registry's operations on Anvil (osaka), one JSON line at the end.
+
+    python bench/gas.py
+
+Synthetic quotes in the shared TPMS_ATTEST format, signed with a software P-256 key, so the
+on-chain work (parsing, P256VERIFY, storage) is exactly what a TPM's quote costs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from eth_account import Account
+
+from contracts.client import RegistryClient, connect
+from contracts.quote import (
+    ak_public,
+    build_attest,
+    pcr_digest,
+    qualifying_data,
+    sign_attest,
+)
+from hardware.chain import Anvil
+
+MNEMONIC = "test test test test test test test test test test test junk"
+ETHER = 10**18
+GOOD = pcr_digest([b"\x01" * 32])
+BAD = pcr_digest([b"\x02" * 32])
+
+
+def main() -> None:
+    Account.enable_unaudited_hdwallet_features()
+    owner, operator, reporter = (
+        Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}") for i in range(3)
+    )
+    figures: dict[str, object] = {"chain": "anvil 1.7.1 --hardfork osaka"}
+    with Anvil() as chain:
+        w3 = connect(chain.rpc_url)
+        deployed = RegistryClient.deploy(w3, owner)
+        receipt = w3.eth.get_transaction_receipt(
+            w3.eth.get_block(w3.eth.block_number)["transactions"][0]
+        )
+        figures["deploy_gas"] = int(receipt["gasUsed"])
+        figures["approve_digest_gas"] = deployed.approve_digest(GOOD).gas_used
+        op, rep = deployed.with_account(operator), deployed.with_account(reporter)
+        key = ec.generate_private_key(ec.SECP256R1())
+        node_id = os.urandom(32)
+        clock = iter(range(1000, 10**9, 1000))
+
+        def quote(qualifying: bytes, digest: bytes = GOOD):  # type: ignore[no-untyped-def]
+            return sign_attest(key, build_attest(qualifying, digest, clock=next(clock)))
+
+        ch = op.challenge(node_id)
+        figures["register_gas"] = op.register(
+            node_id, "wss://exit.example:443/ws", ak_public(key.public_key()),
+            quote(ch.qualifying_data), ch.block_number, stake_wei=40 * ETHER,
+        ).gas_used  # fmt: skip
+        figures["update_attestation_gas"] = op.attest_with(node_id, quote).gas_used
+        chain.rpc("evm_increaseTime", [3601])
+        chain.rpc("evm_mine")
+        figures["mark_stale_gas"] = rep.mark_stale(node_id).gas_used
+        figures["slash_missed_window_gas"] = rep.report_missed_window(node_id).gas_used
+        figures["update_attestation_after_stale_gas"] = op.attest_with(node_id, quote).gas_used
+        nonce = os.urandom(32)
+        figures["slash_out_of_policy_gas"] = rep.report_out_of_policy(
+            node_id, quote(qualifying_data(nonce, node_id), BAD), nonce
+        ).gas_used
+        page = op.contract.functions.listHealthy(0, 100, 0)
+        figures["list_healthy_page_call_gas"] = int(page.estimate_gas())
+        figures["request_withdrawal_gas"] = op.request_withdrawal(node_id).gas_used
+        chain.rpc("evm_increaseTime", [7 * 24 * 3600])
+        chain.rpc("evm_mine")
+        figures["withdraw_gas"] = op.withdraw(node_id).gas_used
+    print(json.dumps(figures, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
