@@ -1,0 +1,78 @@
+"""ShadowMesh's exit and client as the benchmark's tunnel under test.
+
+With ``profile`` set, each node runs under ``py-spy record`` (sampling, native-free) and a
+summary of where the samples fell (by function, self time) is printed and returned.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from exitnode import provision, topology
+from hardware.netns import Lab
+
+PROFILE_RATE_HZ = 250
+TOP = 12
+
+
+def _command(role: str, config: Path, profile: Path | None) -> list[str]:
+    cmd = [sys.executable, "-m", "l2bridge.command", role, "--config", str(config), "--no-status"]
+    if profile is None:
+        return cmd
+    spy = shutil.which("py-spy")
+    if spy is None:
+        raise RuntimeError("--profile needs py-spy (pip install py-spy)")
+    out = profile / f"{role}.collapsed"
+    return [spy, "record", "-r", str(PROFILE_RATE_HZ), "-f", "raw", "-o", str(out), "--", *cmd]
+
+
+def summarize(path: Path, top: int = TOP) -> list[tuple[str, float]]:
+    """Share of samples by innermost function (self time), from py-spy's collapsed stacks."""
+    leaves: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        # Start-up (imports) is not the data path.
+        if not stack or not count.isdigit() or "importlib" in stack:
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        # "function (file.py:line)" -> "function (file.py)"
+        name = leaf.split(":")[0] + ")" if "(" in leaf else leaf
+        leaves[name] += int(count)
+        total += int(count)
+    return (
+        [(name, round(100 * n / total, 1)) for name, n in leaves.most_common(top)] if total else []
+    )
+
+
+@contextmanager
+def tunnel(
+    lab: Lab, topo: topology.Topology, tmp: Path, *, mode: str, profile: Path | None = None
+) -> Iterator[None]:
+    files = provision.provision(
+        tmp / "shadowmesh",
+        exit_host=topology.EXIT_WAN,
+        mtu=topo.mtu,
+        offload=mode == "offload",
+        bridge=topology.BRIDGE,
+    )
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+    exit_proc = lab.spawn(topo.exit, _command("exit", files.exit_config, profile))
+    client = lab.spawn(topo.client, _command("client", files.client_configs["client"], profile))
+    try:
+        yield
+    finally:
+        # SIGINT: the nodes shut down cleanly and py-spy writes its profile.
+        for proc in (client, exit_proc):
+            try:
+                lab.stop(proc, signal.SIGINT)
+            except subprocess.SubprocessError:
+                lab.stop(proc)
