@@ -33,11 +33,22 @@ def unique(prefix: str) -> str:
     return (prefix[: IFNAMSIZ - len(tail)] + tail)[:IFNAMSIZ]
 
 
-def run(args: Sequence[str], *, check: bool = True, timeout: float = COMMAND_TIMEOUT_S) -> str:
+def run(
+    args: Sequence[str],
+    *,
+    check: bool = True,
+    timeout: float = COMMAND_TIMEOUT_S,
+    stdin_text: str | None = None,
+) -> str:
     """Run a command in the current namespace; return its stdout."""
     try:
         proc = subprocess.run(
-            list(args), capture_output=True, text=True, timeout=timeout, check=False
+            list(args),
+            input=stdin_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise NetnsError(f"{' '.join(args)}: {exc}") from exc

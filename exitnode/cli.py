@@ -1,0 +1,80 @@
+"""``shadowmesh exit``: run an exit node until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from exitnode.errors import ExitError
+from exitnode.host import Masquerade
+from exitnode.server import ExitNode, ExitOptions
+from l2bridge.client_cli import (
+    add_network_overrides,
+    apply_overrides,
+    run_until_signalled,
+    setup_logging,
+)
+from l2bridge.config import ConfigError, ensure_startable, load_config
+from l2bridge.errors import L2BridgeError
+
+log = logging.getLogger("shadowmesh.exit")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML configuration (see exit.yaml)")
+    add_network_overrides(parser)
+    parser.add_argument("--listen", metavar="HOST:PORT", help="override endpoints.listen")
+    parser.add_argument(
+        "--device-vlans",
+        metavar="NAME=VID,...",
+        action="append",
+        default=[],
+        help="VLANs a device may use (0 = untagged); repeat per device",
+    )
+    parser.add_argument(
+        "--masquerade",
+        metavar="ADDR/PREFIX",
+        help="internet exit: give the bridge this address and masquerade its subnet",
+    )
+    parser.add_argument("--masquerade-backend", choices=["auto", "nft", "iptables"], default="auto")
+    parser.add_argument("--no-status", action="store_true", help="no local status endpoint")
+    parser.set_defaults(func=main)
+
+
+def parse_device_vlans(items: list[str]) -> dict[str, frozenset[int]]:
+    out: dict[str, frozenset[int]] = {}
+    for item in items:
+        name, sep, ids = item.partition("=")
+        try:
+            vids = frozenset(int(v) for v in ids.split(",") if v.strip())
+        except ValueError:
+            vids = frozenset({-1})
+        if not sep or not name or any(not 0 <= v <= 4094 for v in vids):
+            raise ConfigError(f"--device-vlans {item!r}: expected NAME=VID[,VID...] (0-4094)")
+        out[name] = vids
+    return out
+
+
+def main(ns: argparse.Namespace) -> int:
+    try:
+        config = apply_overrides(load_config(ns.config), ns)
+        setup_logging(config.logging.level)
+        for problem in ensure_startable(config):
+            log.warning("%s: %s", problem.field, problem.message)
+        masquerade = (
+            Masquerade(ns.masquerade, backend=ns.masquerade_backend) if ns.masquerade else None
+        )
+        options = ExitOptions(
+            device_vlans=parse_device_vlans(ns.device_vlans),
+            masquerade=masquerade,
+            status=not ns.no_status,
+        )
+        node = ExitNode(config, options)
+        asyncio.run(run_until_signalled(node.run))
+    except (ExitError, L2BridgeError) as exc:
+        print(f"shadowmesh exit: {exc}", file=sys.stderr)
+        return 1
+    return 0

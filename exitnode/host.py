@@ -1,0 +1,110 @@
+"""The exit's host plumbing: its TAP in a Linux bridge, and the optional internet exit.
+
+The internet exit gives the bridge an address and masquerades the clients' subnet out of
+the host's other interfaces with nftables (or iptables where nft is missing). The exit's
+kernel is then the only IP stack on the path; everything before it is Layer 2.
+Everything set up here is undone by ``HostSetup.close``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from exitnode.errors import HostSetupError
+from hardware import netns
+from hardware.tap import FrameDevice, TapConfig, TapError, open_tap
+
+NFT_TABLE = "shadowmesh"
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+
+
+@dataclass(frozen=True, slots=True)
+class Masquerade:
+    address: str  # the bridge's address with prefix, e.g. 10.77.0.254/24 (the LAN gateway)
+    backend: str = "auto"  # "nft", "iptables" or "auto"
+
+    def network(self) -> str:
+        try:
+            return str(ipaddress.ip_interface(self.address).network)
+        except ValueError:
+            raise HostSetupError(f"masquerade address {self.address!r}: not ADDR/PREFIX") from None
+
+
+class HostSetup:
+    """Opens the TAP, puts it in the bridge, sets up masquerading; undoes it all on close."""
+
+    def __init__(
+        self,
+        tap: TapConfig,
+        bridge: str | None,
+        *,
+        masquerade: Masquerade | None = None,
+    ) -> None:
+        self._undo: list[list[str]] = []
+        self._restore_forward: str | None = None
+        try:
+            self.tap: FrameDevice = open_tap(tap)
+        except TapError as exc:
+            raise HostSetupError(str(exc)) from exc
+        try:
+            if bridge is not None:
+                self._bridge(tap.name, bridge, tap.mtu)
+            if masquerade is not None:
+                if bridge is None:
+                    raise HostSetupError("the internet exit needs a bridge for its address")
+                self._masquerade(bridge, masquerade)
+        except (HostSetupError, netns.NetnsError) as exc:
+            self.close()
+            raise HostSetupError(str(exc)) from exc
+
+    def _bridge(self, tap: str, bridge: str, mtu: int) -> None:
+        if not netns.link_exists(None, bridge):
+            netns.bridge(None, bridge, mtu=mtu)
+            self._undo.append(["ip", "link", "del", bridge])
+        netns.attach(None, tap, bridge)
+
+    def _masquerade(self, bridge: str, m: Masquerade) -> None:
+        subnet = m.network()
+        netns.ip(None, "addr", "add", m.address, "dev", bridge)
+        self._undo.append(["ip", "addr", "del", m.address, "dev", bridge])
+        backend = m.backend
+        if backend == "auto":
+            backend = "nft" if shutil.which("nft") else "iptables"
+        if backend == "nft":
+            rules = (
+                f"table ip {NFT_TABLE} {{\n"
+                "  chain postrouting {\n"
+                "    type nat hook postrouting priority srcnat; policy accept;\n"
+                f'    ip saddr {subnet} oifname != "{bridge}" masquerade\n'
+                "  }\n"
+                "}\n"
+            )
+            netns.run(["nft", "-f", "-"], stdin_text=rules)
+            self._undo.append(["nft", "delete", "table", "ip", NFT_TABLE])
+        elif backend == "iptables":
+            rule = ["-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"]
+            netns.run(["iptables", "-t", "nat", "-A", "POSTROUTING", *rule])
+            self._undo.append(["iptables", "-t", "nat", "-D", "POSTROUTING", *rule])
+        else:
+            raise HostSetupError(f"masquerade backend {backend!r}: nft, iptables or auto")
+        try:
+            self._restore_forward = IP_FORWARD.read_text().strip()
+            IP_FORWARD.write_text("1\n")
+        except OSError as exc:
+            raise HostSetupError(f"cannot enable IPv4 forwarding: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        if self._restore_forward is not None:
+            with contextlib.suppress(OSError):
+                IP_FORWARD.write_text(self._restore_forward + "\n")
+            self._restore_forward = None
+        tap = getattr(self, "tap", None)
+        if tap is not None:
+            tap.close()
+        for cmd in reversed(self._undo):
+            netns.run(cmd, check=False)
+        self._undo.clear()

@@ -1,0 +1,187 @@
+"""The exit node: tunnels (``l2bridge.link.serve``) + virtual switch + local TAP + status.
+
+``run_exit(config, options, stop)`` loads the keys named in the config, opens the TAP in
+its bridge (and the optional internet exit), serves tunnels behind the decoy site, and
+attaches each authenticated device to the switch with its VLAN allow-list, until ``stop``.
+
+A device's VLANs come from ``options.device_vlans`` (by the name in its certificate or
+allow-list entry), else ``network.vlan_allow`` (empty: every VLAN and untagged).
+Attestation is a later layer: an ``evidence_provider`` may be passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exitnode import constants
+from exitnode.errors import ExitConfigError
+from exitnode.host import HostSetup, Masquerade
+from exitnode.switch import PortPolicy, Switch, SwitchConfig
+from exitnode.switchboard import Switchboard
+from hardware.tap import TapConfig
+from l2bridge import keyfiles
+from l2bridge import link as tunnel
+from l2bridge.config import Config
+from l2bridge.constants import Mode
+from l2bridge.errors import L2BridgeError
+from l2bridge.handshake import EvidenceProvider, ServerHandshake
+from l2bridge.identity import Authorizer, HybridSigningKey
+from l2bridge.metrics import Metrics
+from l2bridge.session import SessionConfig
+from l2bridge.status import StatusServer
+from l2bridge.transport.decoy import DecoySite
+from l2bridge.transport.server import ServerSettings
+from l2bridge.transport.token import AccessKey, TokenVerifier
+
+log = logging.getLogger(__name__)
+
+AUTH_POLL_S = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class ExitOptions:
+    """What the command line adds to (or overrides in) the config file."""
+
+    device_vlans: Mapping[str, frozenset[int]] = field(default_factory=dict)
+    masquerade: Masquerade | None = None
+    status: bool = True
+
+
+def vlan_policy(vlans: tuple[int, ...] | frozenset[int]) -> PortPolicy:
+    return PortPolicy(vlans=frozenset(vlans) if vlans else None)
+
+
+def load_authorizer(config: Config) -> Authorizer:
+    keys = config.keys
+    if keys.admin_public is None and keys.allow_list is None:
+        raise ExitConfigError("keys: an exit needs admin_public or allow_list to admit devices")
+    return keyfiles.load_authorizer(
+        [keys.admin_public] if keys.admin_public else [],
+        [keys.revocations] if keys.revocations else [],
+        keys.allow_list,
+    )
+
+
+def load_access_key(path: Path | None) -> AccessKey:
+    if path is None:
+        raise ExitConfigError("endpoints.access_key_file: required")
+    try:
+        return AccessKey.from_text(path.read_text("ascii"))
+    except (OSError, UnicodeDecodeError, L2BridgeError) as exc:
+        raise ExitConfigError(f"endpoints.access_key_file: {exc}") from None
+
+
+class ExitNode:
+    """One exit; build with the config, then ``await run(stop)``."""
+
+    def __init__(
+        self,
+        config: Config,
+        options: ExitOptions | None = None,
+        *,
+        evidence_provider: EvidenceProvider | None = None,
+    ) -> None:
+        self.config = config
+        self.options = options or ExitOptions()
+        net = config.network
+        ep = config.endpoints
+        if ep.listen is None:
+            raise ExitConfigError("endpoints.listen: required for an exit")
+        if config.keys.identity is None:
+            raise ExitConfigError("keys.identity: required for an exit")
+        self.identity = HybridSigningKey.load(config.keys.identity)
+        self.authorizer = load_authorizer(config)
+        access_key = load_access_key(ep.access_key_file)
+        site = (
+            DecoySite.from_directory(ep.decoy_dir, server=ep.server_header)
+            if ep.decoy_dir
+            else DecoySite.builtin(server=ep.server_header)
+        )
+        self.settings = ServerSettings(
+            site=site,
+            ws_path=ep.path,
+            verifier=TokenVerifier(
+                access_key, self.identity.node_id, window_s=int(ep.token_window)
+            ),
+            header_timeout=ep.header_timeout,
+        )
+        self.mode = Mode.from_name(config.security.post_quantum_mode)
+        self.session_config = SessionConfig(rekey_interval=config.security.key_rotation_interval)
+        self.evidence_provider = evidence_provider
+        self.tap_config = TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr)
+        self.default_policy = vlan_policy(net.vlan_allow)
+        self.metrics = Metrics("exit")
+        self.metrics.set_info(node_id=self.identity.node_id.hex(), listen=f"{ep.listen}")
+        self.board: Switchboard | None = None
+        self.listening = asyncio.Event()
+
+    def _handshake(self) -> ServerHandshake:
+        return ServerHandshake(
+            self.identity,
+            self.authorizer,
+            modes=(self.mode,),
+            evidence_provider=self.evidence_provider,
+            config=self.session_config,
+        )
+
+    def policy_for(self, name: str) -> PortPolicy:
+        vlans = self.options.device_vlans.get(name)
+        return self.default_policy if vlans is None else vlan_policy(vlans)
+
+    async def _on_link(self, link: tunnel.Link) -> None:
+        """Admit one tunnel once its device is authenticated, then switch its frames."""
+        assert self.board is not None
+        # The ClientFinish follows the hello at once; a link that never authenticates
+        # (or fails to) ends here with nothing switched.
+        async with asyncio.timeout(tunnel.HANDSHAKE_TIMEOUT_S):
+            while not link.peer_authenticated:
+                if link.close_reason is not None:
+                    return
+                await asyncio.sleep(AUTH_POLL_S)
+        auth = link.session.authorization
+        if auth is None:
+            return
+        log.info("device %s (%s) connected", auth.name, auth.device_id.hex()[:16])
+        name = auth.name or auth.device_id.hex()[:16]
+        await self.board.serve_link(link, name, self.policy_for(auth.name))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        ep = self.config.endpoints
+        assert ep.listen is not None
+        host = HostSetup(
+            self.tap_config, self.config.network.bridge, masquerade=self.options.masquerade
+        )
+        status: StatusServer | None = None
+        server = None
+        try:
+            self.board = Switchboard(
+                Switch(SwitchConfig(mtu=self.tap_config.mtu)), self.metrics, local=host.tap
+            )
+            server = await tunnel.serve(
+                self._on_link,
+                self.settings,
+                self._handshake,
+                host=ep.listen[0],
+                port=ep.listen[1],
+                clock=time.time,
+            )
+            if self.options.status:
+                status = StatusServer(self.metrics, *self.config.status.listen).start()
+            self.listening.set()
+            log.info("exit listening on %s:%d", *ep.listen)
+            await self.board.run(stop)
+        finally:
+            if server is not None:
+                server.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(server.wait_closed(), constants.STATS_INTERVAL_S)
+            if status is not None:
+                status.stop()
+            host.close()
+            self.identity.wipe()
