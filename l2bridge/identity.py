@@ -369,8 +369,8 @@ class AdminKey:
     def issue(
         self, device: HybridPublicKey, name: str, organisation: str, issued: int, expires: int
     ) -> DeviceCertificate:
-        if expires <= issued:
-            raise ValueError("a certificate must expire after it is issued")
+        if not 0 <= issued < expires < 2**64:
+            raise ValueError("need 0 <= issued < expires < 2**64 (unix seconds)")
         for value in (name, organisation):
             if not value or len(value.encode("utf-8")) > MAX_NAME_SIZE:
                 raise ValueError(f"name/organisation must be 1..{MAX_NAME_SIZE} bytes")

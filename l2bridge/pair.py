@@ -49,7 +49,9 @@ class SessionPair:
             HybridSigningKey.generate(),
             AdminKey(HybridSigningKey.generate()),
         )
-        cert = admin.issue(client_key.public, "device", "org", int(now) - 60, int(now) + 86400)
+        cert = admin.issue(
+            client_key.public, "device", "org", max(0, int(now) - 60), int(now) + 86400
+        )
         authorizer = Authorizer([admin.public])
         hs = ClientHandshake(
             client_key, certificate=cert, mode=mode, ciphers=ciphers,
