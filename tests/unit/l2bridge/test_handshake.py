@@ -4,6 +4,8 @@ import dataclasses
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from l2bridge.constants import Cipher, Mode
 from l2bridge.errors import (
@@ -255,3 +257,43 @@ def test_garbage_hellos(keys) -> None:
     for junk in (b"", b"\x51", b"\x51\x02", b"\x51\x01\x07", os.urandom(5000), bytes(70000)):
         with pytest.raises((MalformedMessage, UnsupportedParameters)):
             srv.receive(junk, NOW)
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    mode=st.sampled_from(list(Mode)),
+    cipher=st.sampled_from(list(Cipher)),
+    options=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+    frames=st.lists(st.binary(min_size=1, max_size=2000), min_size=1, max_size=5),
+)
+def test_handshake_round_trip_property(keys, mode, cipher, options, frames) -> None:
+    client, exit_key, admin, cert = keys
+    with_cert, with_nonce, with_pin = options
+    allow = AllowList() if with_cert else AllowList().add(client.node_id, "allowed")
+    hs = ClientHandshake(
+        client,
+        certificate=cert if with_cert else None,
+        mode=mode,
+        ciphers=[cipher],
+        pinned_node_id=exit_key.node_id if with_pin else None,
+        attestation_nonce=os.urandom(32) if with_nonce else None,
+        evidence_checker=(lambda ev, n, nid: None) if with_nonce else None,
+    )
+    srv = ServerHandshake(
+        exit_key, Authorizer([admin.public], allow_list=allow), modes=[mode],
+        evidence_provider=lambda n, nid: n + nid,
+    )  # fmt: skip
+    exit_session, reply = srv.receive(hs.hello(), NOW)
+    client_session, finish = hs.receive(reply, NOW)
+    (event,) = exit_session.receive(finish, NOW).events
+    assert isinstance(event, PeerAuthenticated)
+    assert event.authorization.method == ("certificate" if with_cert else "allow-list")
+    assert hs.evidence == (ClientHello.decode(hs.hello()).nonce or b"") + (
+        exit_key.node_id if with_nonce else b""
+    )
+    got = exit_session.receive(client_session.seal(frames, NOW), NOW).frames
+    assert [bytes(f) for f in got] == frames
+    back = client_session.receive(exit_session.seal(frames[::-1], NOW), NOW).frames
+    assert [bytes(f) for f in back] == frames[::-1]

@@ -208,3 +208,13 @@ def test_allow_list(device) -> None:
         Authorizer(allow_list=allow).authorize(HybridSigningKey.generate().public, None, NOW)
     with pytest.raises(ValueError, match="line 2"):
         AllowList.parse("# comment\nzz name\n")
+
+
+def test_issue_refuses_impossible_times(device, admin) -> None:
+    for issued, expires in ((-1, 10), (10, 10), (10, 2**64)):
+        with pytest.raises(ValueError):
+            admin.issue(device.public, "n", "o", issued, expires)
+    with pytest.raises(ValueError):
+        admin.issue(device.public, "", "o", 1, 2)
+    with pytest.raises(ValueError):
+        admin.issue(device.public, "n" * 256, "o", 1, 2)
