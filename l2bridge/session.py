@@ -180,9 +180,6 @@ class _PendingRekey:
     init_body: bytes
 
 
-_EMPTY = Received()
-
-
 class Session:
     """One end of an established tunnel.  Construct through handshake.py."""
 
@@ -330,7 +327,7 @@ class Session:
     def receive(self, record: Buffer, now: float) -> Received:
         if self.closed:
             self.stats.drops["closed"] += 1
-            return _EMPTY
+            return Received()
         keys = self._keys
         try:
             rtype, epoch, counter = parse_header(record)
@@ -346,7 +343,7 @@ class Session:
             plaintext = key.open(record, counter, cfg.strict_order)
         except RecordRejected as rejected:
             self.stats.drops[rejected.reason] += 1
-            return _EMPTY
+            return Received()
         keys.confirm(key, now)
         st = self.stats
         st.records_received += 1
@@ -357,7 +354,7 @@ class Session:
                     frames = split_frames(plaintext)
                 except RecordRejected as rejected:
                     st.drops[rejected.reason] += 1
-                    return _EMPTY
+                    return Received()
                 st.frames_received += len(frames)
                 return Received(frames)
             return self._control(rtype, plaintext, now)
