@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from exitnode import constants
 from exitnode.errors import ExitError
 from exitnode.host import Masquerade
 from exitnode.server import ExitNode, ExitOptions
@@ -40,6 +41,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="internet exit: give the bridge this address and masquerade its subnet",
     )
     parser.add_argument("--masquerade-backend", choices=["auto", "nft", "iptables"], default="auto")
+    parser.add_argument(
+        "--mac-ageing",
+        type=float,
+        default=constants.MAC_AGEING_S,
+        metavar="SECONDS",
+        help="forget a MAC address not seen for this long",
+    )
     parser.add_argument("--no-status", action="store_true", help="no local status endpoint")
     parser.set_defaults(func=main)
 
@@ -64,6 +72,8 @@ def main(ns: argparse.Namespace) -> int:
         setup_logging(config.logging.level)
         for problem in ensure_startable(config):
             log.warning("%s: %s", problem.field, problem.message)
+        if not 0 < ns.mac_ageing <= 86400:
+            raise ConfigError("--mac-ageing: must be 0-86400 seconds")
         masquerade = (
             Masquerade(ns.masquerade, backend=ns.masquerade_backend) if ns.masquerade else None
         )
@@ -71,6 +81,7 @@ def main(ns: argparse.Namespace) -> int:
             device_vlans=parse_device_vlans(ns.device_vlans),
             masquerade=masquerade,
             status=not ns.no_status,
+            mac_ageing_s=ns.mac_ageing,
         )
         node = ExitNode(config, options)
         asyncio.run(run_until_signalled(node.run))

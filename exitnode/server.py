@@ -51,6 +51,7 @@ class ExitOptions:
     device_vlans: Mapping[str, frozenset[int]] = field(default_factory=dict)
     masquerade: Masquerade | None = None
     status: bool = True
+    mac_ageing_s: float = constants.MAC_AGEING_S
 
 
 def vlan_policy(vlans: tuple[int, ...] | frozenset[int]) -> PortPolicy:
@@ -160,9 +161,10 @@ class ExitNode:
         status: StatusServer | None = None
         server = None
         try:
-            self.board = Switchboard(
-                Switch(SwitchConfig(mtu=self.tap_config.mtu)), self.metrics, local=host.tap
+            switch = Switch(
+                SwitchConfig(ageing_s=self.options.mac_ageing_s, mtu=self.tap_config.mtu)
             )
+            self.board = Switchboard(switch, self.metrics, local=host.tap)
             server = await tunnel.serve(
                 self._on_link,
                 self.settings,

@@ -47,6 +47,8 @@ def build(lab: Lab, mtu: int = 1500, *, extra_lan: bool = False) -> Topology:
     client = lab.namespace("client")
     exit_ = lab.namespace("exit")
     lan_b = lab.namespace("lan-b")
+    for ns in (lan_a, client, exit_, lan_b):
+        quiet(ns)
     lab.veth(lan_a, "eth0", client, "lan0", mtu=mtu)
     lab.veth(lan_b, "eth0", exit_, "lan0", mtu=mtu)
     lab.veth(client, "wan0", exit_, "wan0")
@@ -58,6 +60,17 @@ def build(lab: Lab, mtu: int = 1500, *, extra_lan: bool = False) -> Topology:
     client.ip("addr", "add", f"{CLIENT_WAN}/{WAN_PREFIX}", "dev", "wan0")
     exit_.ip("addr", "add", f"{EXIT_WAN}/{WAN_PREFIX}", "dev", "wan0")
     return Topology(lan_a, client, exit_, lan_b, mtu)
+
+
+def quiet(ns: Namespace) -> None:
+    """No IPv6 in the lab: its router solicitations and neighbour discovery would add
+    background frames to every capture and keep MAC entries alive."""
+    ns.run(
+        [
+            "sysctl", "-q", "-w",
+            "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
+        ]
+    )  # fmt: skip
 
 
 def ping(src: Namespace, dst_ip: str, count: int = 3, interval: float = 0.2) -> int:

@@ -94,6 +94,7 @@ class Client:
         self.connected = asyncio.Event()
         tap.stats.drops = metrics.counters.drops  # one drop counter per node
         self.metrics.set_gauge("connected", lambda: 1.0 if self._link is not None else 0.0)
+        self.metrics.set_gauge("connections", lambda: float(self.connections))
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()

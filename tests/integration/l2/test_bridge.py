@@ -1,0 +1,192 @@
+"""Two LANs bridged through a real exit and client in network namespaces (root)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
+
+from exitnode import provision, topology
+from hardware import netns
+from hardware.netns import Lab
+from tests.integration.l2 import helpers as h
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+]
+
+SIZE_200MB = 200 * 1000 * 1000
+SRC = "02:00:00:00:aa:01"  # the crafted frames' source MAC in lan-a
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with Lab() as lab:
+        yield lab
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("mode", ["offload", "plain", "jumbo"])
+def test_ping_and_200mb_transfer_arrive_intact(lab: Lab, tmp_path: Path, mode: str) -> None:
+    topo = topology.build(lab, 9000 if mode == "jumbo" else 1500)
+    h.start_pair(lab, topo, tmp_path, mode)
+    assert topology.ping(topo.lan_a, topology.HOST_B, count=3, interval=0.1) == 3
+    sent, received = h.transfer(lab, topo.lan_a, topo.lan_b, topology.HOST_B, SIZE_200MB)
+    assert sent == received
+
+
+def crafted() -> dict[str, bytes]:
+    ip = IP(src="10.77.0.1", dst="10.77.0.2") / UDP(sport=4000, dport=4001)
+    return {
+        "arp": bytes(
+            Ether(src=SRC, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc="10.77.0.1", pdst="10.77.0.9")
+        ),
+        "broadcast": bytes(Ether(src=SRC, dst="ff:ff:ff:ff:ff:ff") / ip / b"hello all"),
+        "multicast": bytes(
+            Ether(src=SRC, dst="01:00:5e:01:02:03") / IP(src="10.77.0.1", dst="239.1.2.3")
+            / UDP(sport=4000, dport=4001) / b"group"
+        ),
+        "vlan10": bytes(Ether(src=SRC, dst="ff:ff:ff:ff:ff:ff") / Dot1Q(vlan=10) / ip / b"v10"),
+        "vlan20": bytes(Ether(src=SRC, dst="ff:ff:ff:ff:ff:ff") / Dot1Q(vlan=20) / ip / b"v20"),
+        "vid4095": bytes(Ether(src=SRC, dst="ff:ff:ff:ff:ff:ff") / Dot1Q(vlan=4095) / ip / b"x"),
+        "qinq": bytes(
+            Ether(src=SRC, dst="ff:ff:ff:ff:ff:ff") / Dot1AD(vlan=10) / Dot1Q(vlan=10) / ip / b"q"
+        ),
+    }  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+def test_crafted_frames_cross_byte_for_byte_only_when_allowed(lab: Lab, tmp_path: Path) -> None:
+    topo = topology.build(lab)
+    # The client may use untagged frames and VLAN 10, nothing else.
+    h.start_pair(lab, topo, tmp_path, "offload", "--device-vlans", "client=0,10")
+    frames = crafted()
+    capture = h.Capture(lab, topo.lan_b, "eth0", 4.0)
+    h.inject(topo.lan_a, "eth0", list(frames.values()))
+    seen = [f for f in capture.frames() if f[6:12] == bytes.fromhex(SRC.replace(":", ""))]
+    expected = [frames[k] for k in ("arp", "broadcast", "multicast", "vlan10")]
+    assert seen == expected
+    drops = h.status(topo.exit, h.EXIT_STATUS)["drops"]
+    assert isinstance(drops, dict)
+    assert drops.get("vlan_denied") == 1  # VLAN 20
+    assert drops.get("bad_vlan") == 2  # VID 4095 and the stacked S-tag
+
+
+@pytest.mark.timeout(120)
+def test_two_clients_bridge_two_lans_through_one_exit(lab: Lab, tmp_path: Path) -> None:
+    topo = topology.build(lab)
+    client2, lan_c = lab.namespace("client2"), lab.namespace("lan-c")
+    for ns in (client2, lan_c):
+        topology.quiet(ns)
+    lab.veth(lan_c, "eth0", client2, "lan0")
+    lab.veth(client2, "wan0", topo.exit, "wan1")
+    netns.bridge(client2, topology.BRIDGE)
+    netns.attach(client2, "lan0", topology.BRIDGE)
+    lan_c.ip("addr", "add", "10.77.0.3/24", "dev", "eth0")
+    # The exit is reached from client2 over a second underlay link.
+    topo.exit.ip("addr", "add", "172.31.1.1/30", "dev", "wan1")
+    client2.ip("addr", "add", "172.31.1.2/30", "dev", "wan0")
+    files = provision.provision(
+        tmp_path,
+        exit_host="0.0.0.0",
+        clients=("client", "client2"),
+    )
+    for name, host in (("client", topology.EXIT_WAN), ("client2", "172.31.1.1")):
+        path = files.client_configs[name]
+        path.write_text(path.read_text().replace("ws://0.0.0.0:", f"ws://{host}:"))
+    h.node(lab, topo.exit, "exit", files.exit_config)
+    h.node(lab, topo.client, "client", files.client_configs["client"])
+    h.node(lab, client2, "client", files.client_configs["client2"])
+    h.wait_up(topo, topo.lan_a, "10.77.0.3")  # lan-a <-> lan-c, client to client
+    h.wait_up(topo, lan_c, topology.HOST_B)  # lan-c <-> the exit's own LAN
+    gauges = h.status(topo.exit, h.EXIT_STATUS)["gauges"]
+    assert isinstance(gauges, dict) and gauges["clients"] == 2
+
+
+@pytest.mark.timeout(120)
+def test_mac_entries_age_out(lab: Lab, tmp_path: Path) -> None:
+    topo = topology.build(lab)
+    h.start_pair(lab, topo, tmp_path, "offload", "--mac-ageing", "2")
+
+    def entries() -> float:
+        gauges = h.status(topo.exit, h.EXIT_STATUS)["gauges"]
+        assert isinstance(gauges, dict)
+        return float(gauges["mac_entries"])
+
+    assert topology.ping(topo.lan_a, topology.HOST_B, count=2, interval=0.1) == 2
+    assert entries() >= 2  # lan-a's host behind the client, lan-b's behind the local TAP
+    assert netns.wait_for(lambda: entries() == 0, 15.0, 0.5)
+    assert topology.ping(topo.lan_a, topology.HOST_B, count=2, interval=0.1) == 2  # relearned
+
+
+@pytest.mark.timeout(120)
+def test_device_without_valid_certificate_gets_no_frame_in(lab: Lab, tmp_path: Path) -> None:
+    topo = topology.build(lab)
+    files = provision.provision(
+        tmp_path, exit_host=topology.EXIT_WAN, clients=("client", "rogue"), certify=("client",)
+    )
+    h.node(lab, topo.exit, "exit", files.exit_config)
+    rogue = h.node(lab, topo.client, "client", files.client_configs["rogue"])
+    capture = h.Capture(lab, topo.lan_b, "eth0", 5.0)
+    time.sleep(1.0)
+    h.inject(topo.lan_a, "eth0", [crafted()["arp"], crafted()["broadcast"]] * 5)
+    assert topology.ping(topo.lan_a, topology.HOST_B, count=3, interval=0.3) == 0
+    a_mac = topo.lan_a.run(["cat", "/sys/class/net/eth0/address"]).strip()
+    srcs = {f[6:12].hex(":") for f in capture.frames()}
+    assert SRC not in srcs and a_mac not in srcs
+    status = h.status(topo.exit, h.EXIT_STATUS)
+    assert status["frames"] == {"in": 0, "out": 0}
+    assert rogue.poll() is None  # it keeps retrying; it does not crash
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.timeout(180)
+def test_exit_killed_mid_transfer_and_restarted(lab: Lab, tmp_path: Path) -> None:
+    topo = topology.build(lab)
+    files = h.start_pair(lab, topo, tmp_path, "plain")
+    client = lab.processes[-1]
+    rss_before = rss_kib(client.pid)
+    exit_proc = lab.processes[0]
+    recv = lab.spawn(topo.lan_b, ["python3", "-c", h.STREAM_RECV, "5601"], stdout=h.subprocess.PIPE)
+    assert recv.stdout is not None and recv.stdout.readline().strip() == b"ready"
+    sender = lab.spawn(
+        topo.lan_a,
+        ["python3", "-c", h.STREAM_SEND, topology.HOST_B, "5601", str(SIZE_200MB), "7"],
+        stdout=h.subprocess.PIPE,
+    )
+    time.sleep(1.0)
+    lab.stop(exit_proc, signal.SIGKILL)  # mid-transfer
+    lab.processes.remove(exit_proc)
+    # While the exit is gone the client drops what its TAP hands over, and stays up.
+    assert netns.wait_for(
+        lambda: h.status(topo.client, h.CLIENT_STATUS)["gauges"]["connected"] == 0,
+        10,
+        0.2,  # type: ignore[index]
+    )
+    topology.ping(topo.lan_a, topology.HOST_B, count=3, interval=0.2)
+    time.sleep(1.0)
+    h.node(lab, topo.exit, "exit", files.exit_config)
+    h.wait_up(topo)
+    sent_out, _ = sender.communicate(timeout=150)
+    recv_out, _ = recv.communicate(timeout=30)
+    total, digest = recv_out.decode().split()
+    assert int(total) == SIZE_200MB and digest == sent_out.decode().strip()
+    status = h.status(topo.client, h.CLIENT_STATUS)
+    assert status["gauges"]["connections"] >= 2  # type: ignore[index]
+    assert status["drops"]["link_down"] > 0  # type: ignore[index]
+    assert client.poll() is None
+    assert rss_kib(client.pid) < rss_before + 64 * 1024
