@@ -166,3 +166,34 @@ def transfer(
 
 def settle(seconds: float) -> None:
     time.sleep(seconds)
+
+
+# Runs in the client's namespace: an authenticated client that sends hand-made frames
+# straight into the tunnel (bypassing its TAP), as a misbehaving device would.
+RAW_CLIENT = """
+import asyncio, sys
+from pathlib import Path
+from l2bridge.client_cli import ClientNode
+from l2bridge.config import load_config
+
+async def main():
+    node = ClientNode(load_config(Path(sys.argv[1])), status=False)
+    link = await node.connect()
+    frames = [bytes.fromhex(line.strip()) for line in sys.stdin if line.strip()]
+    await link.send_frames(frames)
+    await asyncio.sleep(1.0)
+    await link.close()
+
+asyncio.run(main())
+"""
+
+
+def raw_client(ns: Namespace, config: Path, frames: list[bytes]) -> None:
+    data = "".join(f.hex() + "\n" for f in frames)
+    subprocess.run(
+        [*ns.prefix(), sys.executable, "-c", RAW_CLIENT, str(config)],
+        input=data.encode(),
+        check=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[3],
+    )

@@ -13,7 +13,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 
 from exitnode import provision, topology
-from hardware import netns
+from hardware import ethernet, netns
 from hardware.netns import Lab
 from tests.integration.l2 import helpers as h
 
@@ -190,3 +190,32 @@ def test_exit_killed_mid_transfer_and_restarted(lab: Lab, tmp_path: Path) -> Non
     assert status["drops"]["link_down"] > 0  # type: ignore[index]
     assert client.poll() is None
     assert rss_kib(client.pid) < rss_before + 64 * 1024
+
+
+@pytest.mark.timeout(120)
+def test_malformed_frames_from_a_device_are_dropped_and_counted(lab: Lab, tmp_path: Path) -> None:
+    topo = topology.build(lab)
+    files = provision.provision(tmp_path, exit_host=topology.EXIT_WAN, offload=False)
+    h.node(lab, topo.exit, "exit", files.exit_config)
+    assert netns.wait_for(lambda: netns.link_exists(topo.exit, "smx0"), 20, 0.1)
+    time.sleep(0.5)
+    capture = h.Capture(lab, topo.lan_b, "eth0", 4.0)
+    good = crafted()["broadcast"]
+    nohdr = ethernet.NO_OFFLOAD
+    h.raw_client(
+        topo.client,
+        files.client_configs["client"],
+        [
+            nohdr + good[:10],  # short: not even an Ethernet header
+            b"\x00\x00\x00",  # shorter than the offload header
+            nohdr + good[:12] + b"\x81\x00\x00",  # 802.1Q tag cut off
+            nohdr + good[:12] + b"\x81\x00\x0f\xff" + good[12:],  # VID 4095
+            nohdr + good + b"\x00" * 1600,  # oversized for MTU 1500, not a GSO frame
+            ethernet.offload_header(gso_type=0x42) + good,  # unknown offload type
+            nohdr + good,  # and one good frame, which crosses
+        ],
+    )
+    seen = [f for f in capture.frames() if f[6:12] == bytes.fromhex(SRC.replace(":", ""))]
+    assert seen == [good]
+    drops = h.status(topo.exit, h.EXIT_STATUS)["drops"]
+    assert drops == {"short": 2, "bad_vlan": 2, "oversized": 1, "bad_offload": 1}
