@@ -218,4 +218,7 @@ def test_malformed_frames_from_a_device_are_dropped_and_counted(lab: Lab, tmp_pa
     seen = [f for f in capture.frames() if f[6:12] == bytes.fromhex(SRC.replace(":", ""))]
     assert seen == [good]
     drops = h.status(topo.exit, h.EXIT_STATUS)["drops"]
-    assert drops == {"short": 2, "bad_vlan": 2, "oversized": 1, "bad_offload": 1}
+    assert isinstance(drops, dict)
+    # (A flood from the exit's own LAN before the device attached counts as no_egress.)
+    malformed = {k: v for k, v in drops.items() if k != "no_egress"}
+    assert malformed == {"short": 2, "bad_vlan": 2, "oversized": 1, "bad_offload": 1}
