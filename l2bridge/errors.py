@@ -16,6 +16,7 @@ local logs only.
     |   +-- KeyExpired            a key past its reject-after limit (time or records)
     |   +-- RecordTooLarge        a batch does not fit in one record
     |   +-- BackendUnavailable    a requested crypto backend cannot be loaded
+    |   +-- NoExitAvailable       no exit in the registry (or its cache) could be used
     +-- RecordRejected            a record dropped (reason = stats key); caught
     |                             inside the session, never reaches a driver
     +-- PeerError (fixed messages, safe to count and log)
@@ -93,3 +94,7 @@ class NotAuthorized(PeerError):
 
 class ProtocolViolation(PeerError):
     message = "protocol violation"
+
+
+class NoExitAvailable(LocalError):
+    """No usable exit: every registry candidate was refused, unreachable or unhealthy."""
