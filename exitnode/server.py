@@ -140,11 +140,15 @@ class ExitNode:
         assert self.board is not None
         # The ClientFinish follows the hello at once; a link that never authenticates
         # (or fails to) ends here with nothing switched.
-        async with asyncio.timeout(tunnel.HANDSHAKE_TIMEOUT_S):
-            while not link.peer_authenticated:
-                if link.close_reason is not None:
-                    return
-                await asyncio.sleep(AUTH_POLL_S)
+        try:
+            async with asyncio.timeout(tunnel.HANDSHAKE_TIMEOUT_S):
+                while not link.peer_authenticated:
+                    if link.close_reason is not None:
+                        return
+                    await asyncio.sleep(AUTH_POLL_S)
+        except TimeoutError:
+            log.info("tunnel closed: the device never finished its handshake")
+            return
         auth = link.session.authorization
         if auth is None:
             return

@@ -27,6 +27,7 @@ import struct
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytun
 
@@ -202,6 +203,10 @@ class LinuxTap(FrameDevice):
             raise TapError(f"cannot configure tap {config.name}: {exc}") from exc
         self._dev = dev
         super().__init__(fd, dev.name, config.mtu, config.offload)
+        # A TAP is a bridge port, not a host: no IPv6 link-local address, router
+        # solicitations or MLD reports of its own leaking into the bridged LAN.
+        with contextlib.suppress(OSError):
+            Path(f"/proc/sys/net/ipv6/conf/{dev.name}/disable_ipv6").write_text("1\n")
 
     @property
     def hwaddr(self) -> bytes:
