@@ -222,3 +222,15 @@ def test_malformed_frames_from_a_device_are_dropped_and_counted(lab: Lab, tmp_pa
     # (A flood from the exit's own LAN before the device attached counts as no_egress.)
     malformed = {k: v for k, v in drops.items() if k != "no_egress"}
     assert malformed == {"short": 2, "bad_vlan": 2, "oversized": 1, "bad_offload": 1}
+
+
+@pytest.mark.timeout(120)
+def test_internet_exit_masquerades_the_bridged_lan(lab: Lab, tmp_path: Path) -> None:
+    topo = topology.build(lab)
+    h.start_pair(lab, topo, tmp_path, "offload", "--masquerade", "10.77.0.254/24")
+    # lan-a's host leaves through the exit's bridge address; the exit's kernel is the only
+    # IP stack on the way and rewrites the source to its own underlay address.
+    topo.lan_a.ip("route", "add", "default", "via", "10.77.0.254")
+    assert topology.ping(topo.lan_a, topology.CLIENT_WAN, count=2, interval=0.1) == 2
+    rules = topo.exit.run(["nft", "list", "table", "ip", "shadowmesh"])
+    assert "masquerade" in rules and "10.77.0.0/24" in rules
