@@ -12,11 +12,13 @@ disciplined clock and calls the callbacks with the new epoch number.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from timing.constants import (
     EPOCH_ACCEPT_TOLERANCE,
@@ -24,7 +26,7 @@ from timing.constants import (
     MAX_ROTATION_INTERVAL,
     MIN_ROTATION_INTERVAL,
 )
-from timing.errors import ConfigError
+from timing.errors import ConfigError, TimingError
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,7 @@ class EpochScheduler:
         self._callbacks: list[Callback] = []
         self.fired: list[Fired] = []
         self.failures = 0
+        self.clock_failures = 0
         self.keep_history = 10_000
 
     @property
@@ -131,20 +134,40 @@ class EpochScheduler:
         return epoch_of(self._clock(), self.timer.interval)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Fire until ``stop`` is set (or forever)."""
+        """Fire until ``stop`` is set (or forever).
+
+        A clock that raises a TimingError (fallback ``refuse`` without quorum) skips
+        boundaries until it answers again: no rotation on a time nobody vouches for.
+        """
         stop = stop or asyncio.Event()
-        self.timer.start(self._clock())
-        while not stop.is_set():
-            now = self._clock()
+        # one watcher for the whole run: a new wait_for task per boundary costs CPU
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await self._loop(stopped)
+        finally:
+            stopped.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopped
+
+    async def _loop(self, stopped: asyncio.Task[Literal[True]]) -> None:
+        started = False
+        while not stopped.done():
+            try:
+                now = self._clock()
+            except TimingError:
+                self.clock_failures += 1
+                await asyncio.wait({stopped}, timeout=min(1.0, self.timer.interval))
+                continue
+            if not started:
+                self.timer.start(now)
+                started = True
             wait = self.timer.next_boundary(now) - now
             if wait > EPOCH_EARLY_WAKE:
                 # wake a little early, then sleep the (fresh) remainder: the loop's
                 # timers overshoot by up to a millisecond, never undershoot much
-                try:
-                    await asyncio.wait_for(stop.wait(), wait - EPOCH_EARLY_WAKE)
+                await asyncio.wait({stopped}, timeout=wait - EPOCH_EARLY_WAKE)
+                if stopped.done():
                     return
-                except TimeoutError:
-                    pass
                 now = self._clock()
                 remaining = self.timer.next_boundary(now) - now
                 if 0 < remaining <= 2 * EPOCH_EARLY_WAKE:
