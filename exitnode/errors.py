@@ -5,7 +5,8 @@ Tree::
     ExitError                 root; everything the exit package raises on purpose
     ├── ExitConfigError       bad operator configuration (names the field and the reason)
     ├── SwitchError           a local misuse of the virtual switch (unknown or duplicate port)
-    └── HostSetupError        the host could not be configured (bridge, TAP, masquerade)
+    ├── HostSetupError        the host could not be configured (bridge, TAP, masquerade)
+    └── AttestationUnavailable  the TPM cannot be reached or the AK cannot be enrolled
 
 Frames from peers never raise: the switch drops them and counts the reason.
 """
@@ -27,3 +28,7 @@ class SwitchError(ExitError):
 
 class HostSetupError(ExitError):
     """Bridge, TAP or masquerade setup on the host failed."""
+
+
+class AttestationUnavailable(ExitError):
+    """The exit cannot attest: TPM unreachable, no AK and nothing to enrol against."""

@@ -156,6 +156,11 @@ class ExitFinder:
             metrics.set_gauge("exit_attestation_age_s", self._attestation_age)
             metrics.set_gauge("exits_refused", lambda: float(len(self.refusals.refused_ids())))
 
+    @property
+    def link(self) -> tunnel.Link | None:
+        """The link handed out last (it may have ended since)."""
+        return self._link
+
     # --- status ---------------------------------------------------------------------------
 
     def _reachable_gauge(self) -> float | None:

@@ -1,0 +1,345 @@
+"""Attested exits from the registry serve a client; a changed PCR makes the client fail over.
+
+Real pieces: Anvil with the registry, one swtpm per exit (enrolment against its local EK
+CA, PCR 23 measurement, quotes), both exits serving tunnels on loopback, the client's data
+path (``l2bridge.client.Client`` over an in-memory TAP) with the registry-driven
+``ExitFinder`` and rotation on clock epochs. The failure modes (unreachable chain, stopped
+TPM) run against the same real components.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+
+from attestation import constants as ac
+from attestation import evidence as ev
+from attestation import tpms
+from attestation.checker import EvidenceChecker
+from attestation.errors import AttestationRefused
+from attestation.policy import GoldenPolicy
+from attestation.tpm import Tpm
+from contracts.client import RegistryClient, connect
+from exitnode.errors import AttestationUnavailable
+from exitnode.lifecycle import STATE_TPM_UNAVAILABLE, ExitLifecycle
+from exitnode.upkeep import RegistryUpkeep
+from hardware.chain import Anvil, free_port
+from hardware.tap import FakeTap
+from hardware.tpm import Swtpm
+from l2bridge import link as tunnel
+from l2bridge.client import Backoff, Client
+from l2bridge.errors import AuthenticationFailed, NoExitAvailable
+from l2bridge.failover import DialSettings, ExitFinder
+from l2bridge.handshake import ClientHandshake, ServerHandshake
+from l2bridge.identity import AllowList, Authorizer, HybridSigningKey
+from l2bridge.metrics import Metrics
+from l2bridge.rotation import RotationDriver, TunnelClock, exit_session_config
+from l2bridge.selection import SelectionPolicy
+from l2bridge.transport.decoy import DecoySite
+from l2bridge.transport.errors import TransportClosed
+from l2bridge.transport.server import ServerSettings
+from l2bridge.transport.token import AccessKey, TokenVerifier
+from timing.clock import DisciplinedClock
+from timing.sources import SystemClockSource
+
+pytestmark = pytest.mark.integration
+
+MNEMONIC = "test test test test test test test test test test test junk"
+ETHER = 10**18
+INTERVAL = 60  # the registry's attestation window (s)
+ROTATION_S = 1.0
+CHECK_S = 1.0  # the client re-checks its exit this often (well inside one interval)
+CLIENT = HybridSigningKey.generate()
+ACCESS = AccessKey.generate()
+
+
+def accounts(n: int):
+    Account.enable_unaudited_hdwallet_features()
+    return [Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}") for i in range(n)]
+
+
+@dataclass
+class Exit:
+    name: str
+    identity: HybridSigningKey
+    swtpm: Swtpm
+    lifecycle: ExitLifecycle
+    upkeep: RegistryUpkeep | None = None
+    url: str = ""
+    served: int = 0
+
+    @property
+    def node_id(self) -> bytes:
+        return self.identity.node_id
+
+
+def pcr_digest_of(lifecycle: ExitLifecycle) -> bytes:
+    e = ev.decode(lifecycle.attest(secrets.token_bytes(32)))
+    return tpms.parse_attest(e.attest).pcr_digest
+
+
+def golden_from(lifecycle: ExitLifecycle) -> GoldenPolicy:
+    e = ev.decode(lifecycle.attest(secrets.token_bytes(32)))
+    return GoldenPolicy(
+        pcrs=tuple((i, v) for i, v in e.pcrs if i != ac.MEASUREMENT_PCR),
+        manifest=tuple((m.name, m.digest) for m in e.manifest if m.name != ac.NODE_ID_ENTRY),
+    )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    software = base / "software" / "shadowmesh"
+    software.mkdir(parents=True)
+    (software / "exit.py").write_text("print('the exit software')\n")
+    config = base / "exit-policy.yaml"
+    config.write_text("security: {key_rotation_interval: 1s, attestation_required: true}\n")
+    with Anvil(accounts=4, balance_ether=1000) as chain:
+        w3 = connect(chain.rpc_url)
+        owner, *operators = accounts(3)
+        registry = RegistryClient.deploy(
+            w3, owner, minimum_stake_wei=10 * ETHER, attestation_interval_s=INTERVAL
+        )
+        exits: list[Exit] = []
+        try:
+            for i, name in enumerate(("exit-a", "exit-b")):
+                swtpm = Swtpm(directory=base / f"tpm-{name}").start()
+                identity = HybridSigningKey.generate()
+                life = ExitLifecycle(
+                    swtpm.tcti,
+                    identity.node_id,
+                    base / f"state-{name}",
+                    measured_config=config,
+                    software=[software],
+                    ek_anchors=[swtpm.root_ca],
+                    ek_intermediates=[swtpm.intermediate_ca],
+                )
+                exits.append(Exit(name, identity, swtpm, life))
+                life.start()
+                registry.approve_digest(pcr_digest_of(life))
+                exits[i].upkeep = None
+            golden = golden_from(exits[0].lifecycle)
+            yield chain, registry, operators, exits, golden
+        finally:
+            for x in exits:
+                x.lifecycle.close()
+                x.swtpm.stop()
+
+
+async def serve_exit(x: Exit) -> tunnel.Server:
+    allow = AllowList().add(CLIENT.node_id, "client-a")
+
+    async def on_link(link: tunnel.Link) -> None:
+        try:
+            while True:
+                frames = await link.recv_frames()
+                x.served += len(frames)
+                await link.send_frames(frames)
+        except TransportClosed:
+            return
+
+    settings = ServerSettings(
+        DecoySite.builtin(), "/ws", TokenVerifier(ACCESS, x.node_id), header_timeout=2.0
+    )
+    server = await tunnel.serve(
+        on_link,
+        settings,
+        lambda: ServerHandshake(
+            x.identity,
+            Authorizer(allow_list=allow),
+            evidence_provider=x.lifecycle.evidence,
+            config=exit_session_config(ROTATION_S),
+        ),
+        host="127.0.0.1",
+        port=0,
+    )
+    x.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+    return server
+
+
+def frame(tag: int) -> bytes:
+    return b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + tag.to_bytes(4, "big") * 20
+
+
+async def echoed(tap: FakeTap, tag: int, attempts: int = 40) -> bool:
+    """Send one frame with ``tag``; True if the exit's echo comes back (bounded wait)."""
+    tap.inject(frame(tag))
+    for _ in range(attempts):
+        await asyncio.sleep(0.05)
+        if any(f == frame(tag) for f in tap.delivered()):
+            return True
+    return False
+
+
+def test_client_picks_registry_exit_and_fails_over_on_pcr_change(world):
+    _chain, registry, operators, exits, golden = world
+
+    async def scenario() -> None:
+        servers: list[tunnel.Server] = []
+        for x in exits:
+            servers.append(await serve_exit(x))
+        for x, operator in zip(exits, operators, strict=True):
+            x.upkeep = RegistryUpkeep(
+                lambda op=operator: registry.with_account(op), x.lifecycle, x.url, interval=INTERVAL
+            )
+            assert await asyncio.to_thread(x.upkeep.step) == "registered"
+            # a second round answers a newer block: an ordinary on-chain attestation
+            assert await asyncio.to_thread(x.upkeep.step) == "attested"
+        reader = RegistryClient(registry.w3, registry.address)
+        metrics = Metrics("client")
+        finder = ExitFinder(
+            reader,
+            DialSettings(identity=CLIENT, access_key=ACCESS, policy=golden),
+            SelectionPolicy(min_reputation=500, max_attestation_age=INTERVAL),
+            metrics=metrics,
+            check_interval=CHECK_S,
+        )
+        expected_first = (await finder.ranking()).best
+        assert expected_first is not None
+        clock = DisciplinedClock()
+        source = SystemClockSource("system", clock, interval=0.2)
+        source.start()
+        tap = FakeTap()
+        client = Client(tap, finder.connect, metrics, backoff=Backoff(initial=0.05, maximum=0.2))
+        rotation = RotationDriver(TunnelClock(clock), ROTATION_S, lambda: finder.link, metrics)
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.ensure_future(client.run(stop)),
+            asyncio.ensure_future(finder.watch(stop)),
+            asyncio.ensure_future(rotation.run(stop)),
+        ]
+        try:
+            await asyncio.wait_for(client.connected.wait(), 10)
+            first = next(x for x in exits if x.node_id == finder.current.node_id)
+            other = next(x for x in exits if x is not first)
+            assert first.node_id == expected_first.node_id
+            assert await echoed(tap, 1)
+            assert first.served >= 1 and other.served == 0
+            # rotations on the clock's epoch boundaries complete in-band
+            for _ in range(60):
+                if finder.link is not None and finder.link.rekeys_completed >= 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert finder.link.rekeys_completed >= 1
+            assert await echoed(tap, 2)
+
+            # Someone extends the exit's measurement PCR: other software now runs there.
+            with Tpm(first.swtpm.tcti) as tpm:
+                tpm.extend_pcr(ac.MEASUREMENT_PCR, os.urandom(32))
+            for _ in range(100):  # the watch probes every CHECK_S
+                if finder.current.node_id == other.node_id and client.connected.is_set():
+                    break
+                await asyncio.sleep(0.1)
+            assert finder.current.node_id == other.node_id
+            refusal = finder.refusals.refusal(first.node_id)
+            assert refusal is not None and "PCR 23" in refusal.reason
+            assert finder.failovers == 1
+            assert await echoed(tap, 3)
+            assert other.served >= 1
+
+            # The changed exit cannot attest on chain any more, so it stays refused.
+            state = await asyncio.to_thread(first.upkeep.step)
+            assert state == "rejected" and first.upkeep.detail == "PCR digest not approved"
+            assert first.lifecycle.check_measurement() is False
+            again = await finder.ranking()
+            assert [c.node_id for c in again.order] == [other.node_id]
+            assert any(e.node_id == first.node_id for e in again.excluded)
+            assert metrics.counters.rekeys >= 1
+            snapshot = metrics.snapshot()
+            assert snapshot["gauges"]["registry_reachable"] == 1.0
+            assert snapshot["info"]["exit_node_id"] == other.node_id.hex()
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 15)
+            source.stop()
+            tap.close()
+            for server in servers:
+                server.close()
+                await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))
+
+
+def test_unreachable_chain_keeps_local_attestation_and_says_so(world):
+    _chain, _registry, _operators, exits, golden = world
+    x = next(x for x in exits if x.lifecycle.check_measurement())  # one left unchanged
+    dead = f"http://127.0.0.1:{free_port()}"
+    upkeep = RegistryUpkeep(
+        lambda: RegistryClient(connect(dead), "0x" + "11" * 20),
+        x.lifecycle,
+        "ws://127.0.0.1:1/ws",
+        interval=INTERVAL,
+        retry_s=1.0,
+    )
+    assert upkeep.step() == "unreachable"
+    assert upkeep.step() == "unreachable"
+    assert upkeep.next_wait() == 2.0  # backing off, bounded by the interval
+    # The exit still proves itself to clients in the handshake.
+    nonce = secrets.token_bytes(32)
+    checker = EvidenceChecker(golden, {x.node_id: x.lifecycle.ak_public})
+    checker(x.lifecycle.evidence(nonce, x.node_id), nonce, x.node_id)
+
+    class DeadRegistry:
+        def healthy_nodes(self, min_reputation: int = 0):
+            connect(dead)
+            return []
+
+        def node(self, node_id: bytes):
+            raise AssertionError("not reached")
+
+    finder = ExitFinder(
+        DeadRegistry(),
+        DialSettings(identity=CLIENT, access_key=ACCESS, policy=golden),
+        SelectionPolicy(max_attestation_age=INTERVAL),
+    )
+    with pytest.raises(NoExitAvailable, match="registry unreachable"):
+        asyncio.run(finder.connect())
+    assert finder.registry_state == "unreachable"
+
+
+def test_stopped_tpm_refuses_clean(tmp_path, world):
+    _chain, _registry, _operators, _exits, _golden = world
+    swtpm = Swtpm(directory=tmp_path / "tpm").start()
+    nowhere = f"swtpm:host=127.0.0.1,port={free_port()}"
+    with pytest.raises(AttestationUnavailable, match=r"^TPM at swtpm:host=127.0.0.1"):
+        ExitLifecycle(nowhere, os.urandom(32), tmp_path / "x", ek_anchors=[swtpm.root_ca]).start()
+    with pytest.raises(AttestationUnavailable, match=r"no AK at .* and no EK CA"):
+        ExitLifecycle(nowhere, os.urandom(32), tmp_path / "x").start()
+    identity = HybridSigningKey.generate()
+    life = ExitLifecycle(swtpm.tcti, identity.node_id, tmp_path / "state",
+                         software=[Path(__file__).parent], ek_anchors=[swtpm.root_ca],
+                         ek_intermediates=[swtpm.intermediate_ca])  # fmt: skip
+    try:
+        life.start()
+        assert (tmp_path / "state" / "ak.json").exists()
+        swtpm.stop()  # the TPM goes away under a running exit
+        assert life.evidence(secrets.token_bytes(32), identity.node_id) == b""
+        assert life.state == STATE_TPM_UNAVAILABLE
+        # A client that asks for evidence refuses the exit; the exit does not crash.
+        policy = GoldenPolicy(pcrs=(), manifest=())
+        client = ClientHandshake(
+            CLIENT,
+            pinned_node_id=identity.node_id,
+            attestation_nonce=secrets.token_bytes(32),
+            evidence_checker=EvidenceChecker(policy, {identity.node_id: life.ak_public}),
+        )
+        server = ServerHandshake(
+            identity,
+            Authorizer(allow_list=AllowList().add(CLIENT.node_id, "c")),
+            evidence_provider=life.evidence,
+        )
+        _session, reply = server.receive(client.hello(), 0.0)
+        with pytest.raises(AuthenticationFailed):
+            client.receive(reply, 0.0)
+        checker = EvidenceChecker(policy, {identity.node_id: life.ak_public})
+        with pytest.raises(AttestationRefused):
+            checker(b"", b"\0" * 32, identity.node_id)
+    finally:
+        life.close()
+        swtpm.stop()
