@@ -1,0 +1,110 @@
+"""Rotation glue: the tunnel clock's fallbacks, the epoch driver and the rekey tally."""
+
+from __future__ import annotations
+
+import asyncio
+
+from l2bridge.metrics import Metrics
+from l2bridge.rotation import RekeyTally, RotationDriver, TunnelClock, exit_session_config
+from l2bridge.session import SessionConfig
+from timing.clock import DisciplinedClock
+from timing.config import build, settings_from
+
+
+class FakeLink:
+    def __init__(self) -> None:
+        self.rekeys_completed = 0
+        self.asked: list[int] = []
+
+    def rekey(self, epoch: int) -> bool:
+        self.asked.append(epoch)
+        self.rekeys_completed += 1
+        return True
+
+
+def test_dead_source_falls_back_to_system_clock_and_says_so():
+    settings = settings_from({"enabled": True, "sources": [{"rubidium": "/dev/nonexistent-sm"}]})
+    clock, sources = build(settings)
+    for s in sources:
+        s.start()
+    try:
+        tc = TunnelClock(clock)
+        for _ in range(50):
+            status = clock.status()
+            if status.sources and status.sources[0].state == "disconnected":
+                break
+            asyncio.run(asyncio.sleep(0.02))
+        assert status.sources[0].state == "disconnected"
+        assert "nonexistent" in status.sources[0].detail
+        t = tc.now()
+        assert tc.mode == "system" and tc.epoch_time() is not None
+        assert t > 1.6e9
+        metrics = Metrics("exit")
+        tc.publish(metrics)
+        gauges = metrics.snapshot()["gauges"]
+        assert gauges["clock_mode"] == 2.0 and gauges["clock_uncertainty_s"] > 0
+    finally:
+        for s in sources:
+            s.stop()
+
+
+def test_refusing_clock_pauses_rotation_but_never_raises():
+    link = FakeLink()
+    tc = TunnelClock(DisciplinedClock(fallback="refuse"))
+    assert tc.now() > 1.6e9  # sessions still get a time
+    assert tc.epoch_time() is None and tc.mode == "unsynced"
+    driver = RotationDriver(tc, 1.0, lambda: link)
+    driver.on_epoch(7)
+    assert link.asked == [] and driver.paused == 1
+
+
+def test_driver_rekeys_current_link_and_tallies():
+    link = FakeLink()
+    metrics = Metrics("client")
+    current: list[FakeLink | None] = [None]
+    driver = RotationDriver(TunnelClock(None), 1.0, lambda: current[0], metrics)
+    driver.on_epoch(5)  # no link yet: nothing to do
+    current[0] = link
+    driver.on_epoch(6)
+    driver.on_epoch(7)
+    assert link.asked == [6, 7] and driver.started == [6, 7]
+    assert driver.tally is not None
+    driver.tally.fold()
+    assert metrics.counters.rekeys == 2
+
+
+def test_driver_fires_on_real_boundaries():
+    link = FakeLink()
+
+    async def scenario() -> None:
+        driver = RotationDriver(TunnelClock(None), 1.0, lambda: link)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(driver.run(stop))
+        for _ in range(40):
+            if len(link.asked) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    assert len(link.asked) >= 2 and link.asked[1] == link.asked[0] + 1
+
+
+def test_tally_counts_each_rekey_once():
+    metrics = Metrics("exit")
+    tally = RekeyTally(metrics.counters)
+    a, b = FakeLink(), FakeLink()
+    a.rekeys_completed = 3  # done before tracking: not ours to count
+    tally.track(a)
+    tally.track(b)
+    a.rekeys_completed += 2
+    b.rekeys_completed += 1
+    tally.fold()
+    tally.fold()
+    assert metrics.counters.rekeys == 3
+
+
+def test_exit_session_checks_epochs():
+    config = exit_session_config(10.0, SessionConfig(pad_to=64))
+    assert config.rekey_interval == 10.0 and config.pad_to == 64
