@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from exitnode import constants
+from exitnode.attested import AttestedExit
 from exitnode.errors import ExitError
 from exitnode.host import Masquerade
 from exitnode.server import ExitNode, ExitOptions
@@ -18,7 +19,7 @@ from l2bridge.client_cli import (
     run_until_signalled,
     setup_logging,
 )
-from l2bridge.config import ConfigError, ensure_startable, load_config
+from l2bridge.config import Config, ConfigError, ensure_startable, load_config
 from l2bridge.errors import L2BridgeError
 
 log = logging.getLogger("shadowmesh.exit")
@@ -41,6 +42,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="internet exit: give the bridge this address and masquerade its subnet",
     )
     parser.add_argument("--masquerade-backend", choices=["auto", "nft", "iptables"], default="auto")
+    parser.add_argument("--public-url", help="URL registered on chain (default ws://LISTEN/path)")
+    parser.add_argument(
+        "--state-dir", type=Path, help="AK and measured config (default: beside --config)"
+    )
+    parser.add_argument("--ek-ca", type=Path, action="append", default=[],
+                        help="TPM maker CA (PEM) to enrol the AK against; repeat")  # fmt: skip
+    parser.add_argument("--ek-intermediate", type=Path, action="append", default=[])
     parser.add_argument(
         "--mac-ageing",
         type=float,
@@ -66,6 +74,18 @@ def parse_device_vlans(items: list[str]) -> dict[str, frozenset[int]]:
     return out
 
 
+def attested_layers(config: Config, node: ExitNode, ns: argparse.Namespace) -> AttestedExit:
+    ep = config.endpoints
+    assert ep.listen is not None
+    public_url = ns.public_url or f"ws://{ep.listen[0]}:{ep.listen[1]}{ep.path}"
+    base = ns.config.parent if ns.config is not None else Path("/var/lib/shadowmesh")
+    return AttestedExit.from_config(
+        config, node.identity.node_id, node.metrics, public_url=public_url,
+        state_dir=ns.state_dir or base / "state",
+        ek_anchors=tuple(ns.ek_ca), ek_intermediates=tuple(ns.ek_intermediate),
+    )  # fmt: skip
+
+
 def main(ns: argparse.Namespace) -> int:
     try:
         config = apply_overrides(load_config(ns.config), ns)
@@ -84,6 +104,7 @@ def main(ns: argparse.Namespace) -> int:
             mac_ageing_s=ns.mac_ageing,
         )
         node = ExitNode(config, options)
+        node.attach(attested_layers(config, node, ns))
         asyncio.run(run_until_signalled(node.run))
     except (ExitError, L2BridgeError) as exc:
         print(f"shadowmesh exit: {exc}", file=sys.stderr)

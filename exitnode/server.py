@@ -15,11 +15,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from exitnode import constants
+from exitnode.attested import AttestedExit
 from exitnode.errors import ExitConfigError
 from exitnode.host import HostSetup, Masquerade
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
@@ -118,9 +119,17 @@ class ExitNode:
         self.tap_config = TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr)
         self.default_policy = vlan_policy(net.vlan_allow)
         self.metrics = Metrics("exit")
+        self.clock: Callable[[], float] = time.time
+        self.attested: AttestedExit | None = None
         self.metrics.set_info(node_id=self.identity.node_id.hex(), listen=f"{ep.listen}")
         self.board: Switchboard | None = None
         self.listening = asyncio.Event()
+
+    def attach(self, attested: AttestedExit) -> None:
+        """Serve with attestation evidence, registry upkeep and the disciplined clock."""
+        self.attested = attested
+        self.evidence_provider = attested.evidence_provider
+        self.clock = attested.clock.now
 
     def _handshake(self) -> ServerHandshake:
         return ServerHandshake(
@@ -154,6 +163,8 @@ class ExitNode:
             return
         log.info("device %s (%s) connected", auth.name, auth.device_id.hex()[:16])
         name = auth.name or auth.device_id.hex()[:16]
+        if self.attested is not None:
+            self.attested.tally.track(link)
         await self.board.serve_link(link, name, self.policy_for(auth.name))
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -175,13 +186,16 @@ class ExitNode:
                 self._handshake,
                 host=ep.listen[0],
                 port=ep.listen[1],
-                clock=time.time,
+                clock=self.clock,
             )
             if self.options.status:
                 status = StatusServer(self.metrics, *self.config.status.listen).start()
             self.listening.set()
             log.info("exit listening on %s:%d", *ep.listen)
-            await self.board.run(stop)
+            if self.attested is None:
+                await self.board.run(stop)
+            else:
+                await asyncio.gather(self.board.run(stop), self.attested.run(stop))
         finally:
             if server is not None:
                 server.close()

@@ -21,14 +21,17 @@ from pathlib import Path
 from hardware import netns
 from hardware.tap import FrameDevice, TapConfig, TapError, open_tap
 from l2bridge import link as tunnel
-from l2bridge.client import Client, FrameLink
+from l2bridge.client import Backoff, Client, FrameLink
+from l2bridge.client_layers import registry_finder, tunnel_clock
 from l2bridge.config import Config, ConfigError, ensure_startable, load_config
 from l2bridge.constants import Mode
 from l2bridge.errors import L2BridgeError
+from l2bridge.failover import DialSettings
 from l2bridge.handshake import ClientHandshake, EvidenceChecker
 from l2bridge.identity import HybridSigningKey
 from l2bridge.keyfiles import load_certificate
 from l2bridge.metrics import Metrics
+from l2bridge.rotation import RotationDriver
 from l2bridge.session import SessionConfig
 from l2bridge.status import StatusServer
 from l2bridge.transport.token import AccessKey
@@ -126,9 +129,12 @@ class ClientNode:
         status: bool = True,
     ) -> None:
         ep, keys = config.endpoints, config.keys
-        if ep.connect is None:
-            raise ConfigError("endpoints.connect: required for a client")
-        if ep.exit_node_id is None:
+        registry_mode = ep.exit_node_id is None and bool(
+            config.chain.rpc_url and config.chain.contract_address
+        )
+        if ep.connect is None and not registry_mode:
+            raise ConfigError("endpoints.connect: required for a client (or chain.* settings)")
+        if ep.exit_node_id is None and not registry_mode:
             raise ConfigError("endpoints.exit_node_id: required (the exit's node id)")
         if keys.identity is None:
             raise ConfigError("keys.identity: required for a client")
@@ -141,22 +147,40 @@ class ClientNode:
             self.access_key = AccessKey.from_text(ep.access_key_file.read_text("ascii"))
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"endpoints.access_key_file: {exc}") from None
-        parts = urllib.parse.urlsplit(ep.connect)
+        connect_url = ep.connect or ""
+        parts = urllib.parse.urlsplit(connect_url)
         self.url = (
-            ep.connect if parts.path not in ("", "/") else parts._replace(path=ep.path).geturl()
+            connect_url if parts.path not in ("", "/") else parts._replace(path=ep.path).geturl()
         )
-        self.exit_node_id = ep.exit_node_id
+        self.exit_node_id = ep.exit_node_id or b""
         self.mode = Mode.from_name(config.security.post_quantum_mode)
         self.session_config = SessionConfig(rekey_interval=config.security.key_rotation_interval)
         self.evidence_checker = evidence_checker
         self.status = status
         self.metrics = Metrics("client")
         self.metrics.set_info(
-            node_id=self.identity.node_id.hex(), exit=ep.connect, exit_node_id=ep.exit_node_id.hex()
+            node_id=self.identity.node_id.hex(),
+            exit=ep.connect,
+            exit_node_id=self.exit_node_id.hex(),
         )
         self.client: Client | None = None
+        self.link: tunnel.Link | None = None
+        self.clock, self.clock_sources = tunnel_clock(config)
+        self.clock.publish(self.metrics)
+        self.finder = registry_finder(
+            config,
+            lambda policy: DialSettings(
+                self.identity, self.access_key, policy, self.certificate, self.mode,
+                self.session_config, int(ep.token_window),
+            ),
+            self.metrics,
+            self.clock,
+        )  # fmt: skip
 
     async def connect(self) -> FrameLink:
+        if self.finder is not None:
+            self.link = await self.finder.connect()
+            return self.link
         handshake = ClientHandshake(
             self.identity,
             certificate=self.certificate,
@@ -165,13 +189,15 @@ class ClientNode:
             evidence_checker=self.evidence_checker,
             config=self.session_config,
         )
-        return await tunnel.connect(
+        self.link = await tunnel.connect(
             self.url,
             handshake,
             access_key=self.access_key,
             node_id=self.exit_node_id,
             token_window=int(self.config.endpoints.token_window),
+            clock=self.clock.now,
         )
+        return self.link
 
     def _open_tap(self) -> tuple[FrameDevice, list[list[str]]]:
         net = self.config.network
@@ -197,11 +223,24 @@ class ClientNode:
         tap, undo = self._open_tap()
         status = None
         try:
-            self.client = Client(tap, self.connect, self.metrics)
+            # A failover must not wait behind a long backoff: the finder already skips
+            # exits that refused or did not answer.
+            self.client = Client(tap, self.connect, self.metrics, backoff=Backoff(initial=0.1))
             if self.status:
                 status = StatusServer(self.metrics, *self.config.status.listen).start()
-            await self.client.run(stop)
+            rotation = RotationDriver(
+                self.clock, self.config.security.key_rotation_interval, lambda: self.link,
+                self.metrics,
+            )  # fmt: skip
+            for source in self.clock_sources:
+                source.start()
+            jobs = [self.client.run(stop), rotation.run(stop)]
+            if self.finder is not None:
+                jobs.append(self.finder.watch(stop))
+            await asyncio.gather(*jobs)
         finally:
+            for source in self.clock_sources:
+                source.stop()
             if status is not None:
                 status.stop()
             tap.close()

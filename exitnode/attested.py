@@ -1,0 +1,176 @@
+"""An exit's attestation, registry upkeep and disciplined clock, built from its config.
+
+``AttestedExit.from_config`` decides what runs:
+
+* TPM (``tpm.tcti``, AK kept at ``tpm.ak_context`` or ``<state dir>/ak.json``): when
+  ``security.attestation_required`` is true or ``tpm.ak_context`` is set. With
+  ``attestation_required`` a TPM that cannot be reached is a start-up error
+  (``AttestationUnavailable``); without it the exit starts, says so, and serves no evidence.
+* Registry upkeep: when ``chain.rpc_url`` and ``chain.contract_address`` are set (operator
+  key from ``chain.keystore`` or $SHADOWMESH_REGISTRY_KEY), every
+  ``chain.attestation_interval``.
+* Clock: the ``atomic_time`` sources when enabled (a dead source falls back per
+  ``timing.clock``, stated in the status page), else the system clock.
+
+What is measured as "config" is the behaviour-relevant part of the configuration
+(security, network, exit_nodes, obfuscation, atomic_time, chain interval) rendered as
+canonical JSON, not the file itself: per-node addresses and key paths differ between exits
+that run the same approved software and settings, and one golden policy must cover them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from contracts.client import RegistryClient, connect, load_account
+from exitnode.errors import AttestationUnavailable
+from exitnode.lifecycle import ExitLifecycle
+from exitnode.upkeep import RegistryUpkeep
+from l2bridge.config import Config
+from l2bridge.metrics import Metrics
+from l2bridge.rotation import RekeyTally, TunnelClock
+from timing.config import build, settings_from
+from timing.sources import Source
+
+log = logging.getLogger(__name__)
+
+MEASURED_CONFIG = "measured-config.json"
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "value") and not isinstance(value, int | float | str):
+        return value.value
+    return value
+
+
+def measured_config(config: Config, state_dir: Path) -> Path:
+    """Write the measured part of ``config`` as canonical JSON; return its path."""
+    net = config.network
+    doc = {
+        "security": _plain(config.security),
+        "network": {"layer": net.layer, "mtu": net.mtu, "vlan_allow": list(net.vlan_allow)},
+        "exit_nodes": _plain(config.exit_nodes),
+        "obfuscation": _plain(config.obfuscation),
+        "atomic_time": _plain(config.atomic_time),
+        "chain": {"attestation_interval": config.chain.attestation_interval},
+    }
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = state_dir / MEASURED_CONFIG
+    path.write_text(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
+    return path
+
+
+class AttestedExit:
+    """The optional layers of an exit; ``run`` drives them beside the exit's data path."""
+
+    def __init__(
+        self,
+        clock: TunnelClock,
+        metrics: Metrics,
+        *,
+        lifecycle: ExitLifecycle | None = None,
+        upkeep: RegistryUpkeep | None = None,
+        sources: list[Source] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.metrics = metrics
+        self.lifecycle = lifecycle
+        self.upkeep = upkeep
+        self.sources = sources or []
+        self.tally = RekeyTally(metrics.counters)
+        clock.publish(metrics)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        node_id: bytes,
+        metrics: Metrics,
+        *,
+        public_url: str,
+        state_dir: Path,
+        ek_anchors: tuple[Path, ...] = (),
+        ek_intermediates: tuple[Path, ...] = (),
+    ) -> AttestedExit:
+        """Raises AttestationUnavailable when attestation is required and impossible."""
+        time_settings = settings_from(config.atomic_time)
+        sources: list[Source] = []
+        if time_settings.enabled and time_settings.sources:
+            disciplined, sources = build(time_settings)
+            clock = TunnelClock(disciplined)
+        else:
+            clock = TunnelClock(None)
+        lifecycle = None
+        tpm = config.tpm
+        if config.security.attestation_required or tpm.ak_context is not None:
+            lifecycle = ExitLifecycle(
+                tpm.tcti,
+                node_id,
+                state_dir,
+                measured_config=measured_config(config, state_dir),
+                ek_anchors=ek_anchors,
+                ek_intermediates=ek_intermediates,
+                ak_file=tpm.ak_context,
+                clock=clock.now,
+                metrics=metrics,
+            )
+            try:
+                lifecycle.start()
+            except AttestationUnavailable as exc:
+                if config.security.attestation_required:
+                    raise
+                log.warning("serving WITHOUT attestation (not required here): %s", exc)
+                lifecycle = None
+        upkeep = None
+        chain = config.chain
+        if lifecycle is not None and chain.rpc_url and chain.contract_address:
+            rpc, address, keystore = chain.rpc_url, chain.contract_address, chain.keystore
+
+            def registry() -> RegistryClient:
+                return RegistryClient(connect(rpc), address, load_account(keystore))
+
+            upkeep = RegistryUpkeep(
+                registry,
+                lifecycle,
+                public_url,
+                interval=chain.attestation_interval,
+                clock=clock.now,
+                metrics=metrics,
+            )
+        metrics.set_info(
+            attestation="tpm" if lifecycle is not None else "none",
+            measured_pcr23=lifecycle.measured_value_hex if lifecycle is not None else "-",
+            registry="on" if upkeep is not None else "off",
+        )
+        return cls(clock, metrics, lifecycle=lifecycle, upkeep=upkeep, sources=sources)
+
+    @property
+    def evidence_provider(self) -> Any:
+        return self.lifecycle.evidence if self.lifecycle is not None else None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        for s in self.sources:
+            s.start()
+        tasks = [asyncio.ensure_future(self.tally.run(stop))]
+        if self.upkeep is not None:
+            tasks.append(asyncio.ensure_future(self.upkeep.run(stop)))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for s in self.sources:
+                s.stop()
+            if self.lifecycle is not None:
+                self.lifecycle.close()
