@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 import yaml
 
 from l2bridge.errors import LocalError
+from timing.config import TimeSettings, settings_from
+from timing.errors import ConfigError as TimingConfigError
 
 ENV_PREFIX = "SHADOWMESH_"
 MAX_CONFIG_BYTES = 1 << 20
@@ -45,7 +47,6 @@ class CoverTraffic(Enum):
     AGGRESSIVE = "aggressive"
 
 
-TIME_SOURCE_KINDS = ("rubidium", "prs10", "gpsdo", "cesium", "system")
 PQ_MODES = ("hybrid", "pqc_only", "classical")
 
 
@@ -84,17 +85,10 @@ class Obfuscation:
     advanced_stego: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class TimeSource:
-    kind: str
-    device: str | None  # None for the system clock
-
-
-@dataclass(frozen=True, slots=True)
-class AtomicTime:
-    enabled: bool = False
-    sources: tuple[TimeSource, ...] = ()
-    consensus_quorum: int = 1
+# The atomic_time section is parsed by the timing package itself (one parser for the
+# spec's short form ``- rubidium: /dev/ttyUSB0`` and the long form with serial settings,
+# PPS, fallback and the chrony socket), so the file and ``shadowmesh clock`` agree.
+AtomicTime = TimeSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +154,7 @@ class Config:
     network: Network = field(default_factory=Network)
     exit_nodes: ExitNodes = field(default_factory=ExitNodes)
     obfuscation: Obfuscation = field(default_factory=Obfuscation)
-    atomic_time: AtomicTime = field(default_factory=AtomicTime)
+    atomic_time: AtomicTime = field(default_factory=lambda: TimeSettings(False, ()))
     logging: Logging = field(default_factory=Logging)
     endpoints: Endpoints = field(default_factory=Endpoints)
     keys: Keys = field(default_factory=Keys)
@@ -316,27 +310,13 @@ def _cover(value: object, path: str) -> CoverTraffic:
     raise _fail(path, "true, false, 'on', 'off' or 'aggressive'", value)
 
 
-def _sources(value: object, path: str) -> tuple[TimeSource, ...]:
-    if not isinstance(value, list) or len(value) > 16:
-        raise _fail(path, "a list of at most 16 sources like '- rubidium: /dev/ttyUSB0'", value)
-    out = []
-    for i, item in enumerate(value):
-        where = f"{path}[{i}]"
-        if item == "system":
-            out.append(TimeSource("system", None))
-            continue
-        if not isinstance(item, dict) or len(item) != 1:
-            raise _fail(where, "one 'kind: device' pair like 'rubidium: /dev/ttyUSB0'", item)
-        ((kind, device),) = item.items()
-        if kind not in TIME_SOURCE_KINDS:
-            raise _fail(where, "a source kind among " + ", ".join(TIME_SOURCE_KINDS), kind)
-        if kind == "system":
-            out.append(TimeSource("system", None))
-            continue
-        if not isinstance(device, str) or not device.startswith("/"):
-            raise _fail(f"{where}.{kind}", "a device path like /dev/ttyUSB0", device)
-        out.append(TimeSource(kind, device))
-    return tuple(out)
+def _atomic_time(value: object, path: str) -> TimeSettings:
+    if not isinstance(value, dict):
+        raise _fail(path, "a mapping of settings", value)
+    try:
+        return settings_from(value)
+    except TimingConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _version(value: object, path: str) -> str:
@@ -391,10 +371,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "advanced_stego": _bool,
         },
     ),
-    "atomic_time": (
-        AtomicTime,
-        {"enabled": _bool, "sources": _sources, "consensus_quorum": _int_range(1, 16)},
-    ),
+    "atomic_time": (AtomicTime, {}),  # parsed whole by _atomic_time
     "logging": (
         Logging,
         {
@@ -453,6 +430,8 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
 
 def _section(name: str, raw: object, base_dir: Path) -> Any:
     cls, fields = _SCHEMA[name]
+    if name == "atomic_time":
+        return _atomic_time({} if raw is None else raw, name)
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
@@ -575,16 +554,8 @@ def problems(config: Config) -> list[Problem]:
         )
     if config.logging.siem_export:
         out.append(Problem("logging.siem_export", "SIEM export is not implemented", False))
-    time_cfg = config.atomic_time
-    if time_cfg.enabled and time_cfg.consensus_quorum > len(time_cfg.sources):
-        out.append(
-            Problem(
-                "atomic_time.consensus_quorum",
-                f"a quorum of {time_cfg.consensus_quorum} cannot be met by "
-                f"{len(time_cfg.sources)} sources; time stays in holdover",
-                False,
-            )
-        )
+    for warning in config.atomic_time.warnings():
+        out.append(Problem("atomic_time.consensus_quorum", warning, False))
     return out
 
 

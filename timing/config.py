@@ -38,6 +38,18 @@ from timing.errors import ConfigError
 from timing.sources import GpsdoSource, Prs10Source, ScpiSource, Source, SystemClockSource
 
 KINDS = ("rubidium", "cesium", "prs10", "gpsdo", "system")
+_SOURCE_KEYS = (
+    "kind",
+    "device",
+    "baudrate",
+    "bytesize",
+    "parity",
+    "stopbits",
+    "pps",
+    "delay",
+    "uncertainty",
+)
+_SECTION_KEYS = ("enabled", "sources", "consensus_quorum", "fallback", "chrony_socket")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +113,13 @@ def _source(item: object, where: str) -> SourceSpec:
         raise ConfigError(where, f"kind must be one of {', '.join(KINDS)}")
     if kind == "system":
         return SourceSpec("system", None)
-    if not isinstance(device, str) or not device:
+    if not isinstance(device, str) or not device.startswith("/"):
         raise ConfigError(where, "a device path like /dev/ttyUSB0")
+    unknown = sorted(str(k) for k in extra if k not in _SOURCE_KEYS)
+    if unknown:
+        raise ConfigError(
+            where, f"unknown setting {unknown[0]!r} (known: {', '.join(_SOURCE_KEYS)})"
+        )
     try:
         spec = SourceSpec(
             str(kind),
@@ -123,7 +140,15 @@ def _source(item: object, where: str) -> SourceSpec:
 
 def settings_from(section: object) -> TimeSettings:
     """Build settings from an AtomicTime dataclass or a mapping; ConfigError names the field."""
-    enabled = bool(_get(section, "enabled", False))
+    if isinstance(section, TimeSettings):
+        return section
+    if isinstance(section, Mapping):
+        unknown = sorted(str(k) for k in section if k not in _SECTION_KEYS)
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown setting (known: {', '.join(_SECTION_KEYS)})")
+    enabled = _get(section, "enabled", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError("enabled", "true or false")
     raw_sources = _get(section, "sources", ()) or ()
     if not isinstance(raw_sources, list | tuple):
         raise ConfigError("sources", "a list of sources")

@@ -7,7 +7,6 @@ from l2bridge.config import (
     Config,
     ConfigError,
     CoverTraffic,
-    TimeSource,
     config_from_mapping,
     ensure_startable,
     load_config,
@@ -40,10 +39,11 @@ def test_enterprise():
     config = load_config(EXAMPLES / "enterprise.yaml", env={})
     assert config.security.key_rotation_interval == 60
     assert config.network.mtu == 9000
-    assert config.atomic_time.sources == (
-        TimeSource("rubidium", "/dev/ttyUSB0"),
-        TimeSource("gpsdo", "/dev/ttyUSB1"),
-    )
+    assert [(s.kind, s.device) for s in config.atomic_time.sources] == [
+        ("rubidium", "/dev/ttyUSB0"),
+        ("gpsdo", "/dev/ttyUSB1"),
+    ]
+    assert config.atomic_time.quorum == 3
     fields = {p.field: p.refuse for p in problems(config)}
     assert fields["exit_nodes.multi_hop"] is True
     assert fields["atomic_time.consensus_quorum"] is False  # 3 of 2 sources
@@ -56,7 +56,8 @@ def test_ultra_secure_refuses_without_sgx():
     assert config.security.post_quantum_mode == "pqc_only"
     assert config.security.key_rotation_interval == 10
     assert config.obfuscation.cover_traffic is CoverTraffic.AGGRESSIVE
-    assert config.atomic_time.sources[0] == TimeSource("cesium", "/dev/ttyUSB0")
+    first = config.atomic_time.sources[0]
+    assert (first.kind, first.device, first.baudrate) == ("cesium", "/dev/ttyUSB0", 115200)
     assert config.logging.retention == 7 * 86400
     with pytest.raises(ConfigError, match=r"security\.sgx_enclave: Intel SGX"):
         ensure_startable(config)
@@ -110,7 +111,19 @@ def test_defaults_and_environment_layer():
         ({"atomic_time": {"sources": [{"sundial": "/dev/x"}]}}, r"atomic_time.sources\[0\]"),
         (
             {"atomic_time": {"sources": [{"rubidium": "ttyUSB0"}]}},
-            r"atomic_time.sources\[0\].rubidium: expected a device path",
+            r"atomic_time.sources\[0\]: a device path",
+        ),
+        (
+            {"atomic_time": {"sources": [{"kind": "gpsdo", "device": "/dev/x", "baud": 9600}]}},
+            r"atomic_time.sources\[0\]: unknown setting 'baud'",
+        ),
+        (
+            {"atomic_time": {"enabled": "yes"}},
+            r"atomic_time.enabled: true or false",
+        ),
+        (
+            {"atomic_time": {"fallback": "pray"}},
+            r"atomic_time.fallback: one of holdover",
         ),
         ({"endpoints": {"listen": "nowhere"}}, "endpoints.listen: expected an address"),
         ({"endpoints": {"connect": "http://x/ws"}}, "endpoints.connect: expected a ws://"),

@@ -5,7 +5,7 @@ import tempfile
 
 import pytest
 
-from l2bridge.config import AtomicTime, TimeSource
+from l2bridge.config import config_from_mapping
 from timing import chrony, consensus, epoch
 from timing import clock as clk
 from timing.config import settings_from
@@ -114,12 +114,19 @@ def test_chrony_sample_layout_and_feed():
 
 
 def test_settings_from_config_dataclass_and_mapping():
-    at = AtomicTime(
-        enabled=True,
-        sources=(TimeSource("rubidium", "/dev/ttyUSB0"), TimeSource("gpsdo", "/dev/ttyUSB1")),
-        consensus_quorum=3,
-    )
+    # The node's configuration file goes through the same parser, so both agree.
+    at = config_from_mapping(
+        {
+            "atomic_time": {
+                "enabled": True,
+                "sources": [{"rubidium": "/dev/ttyUSB0"}, {"gpsdo": "/dev/ttyUSB1"}],
+                "consensus_quorum": 3,
+            }
+        },
+        env={},
+    ).atomic_time
     s = settings_from(at)
+    assert s is at
     assert [x.kind for x in s.sources] == ["rubidium", "gpsdo"] and s.quorum == 3
     (warning,) = s.warnings()
     assert "quorum 3 exceeds the 2" in warning
