@@ -2,11 +2,13 @@
 
 Everything runs on one asyncio loop, so the sans-I/O ``Switch`` needs no lock.
 
-- A client port: a task receives batches from its link and switches them; frames switched
-  *to* a client wait in that port's bounded queue (frames and bytes), and a sender task
-  hands them to the link one batch (one record) at a time. A slow client fills its queue
-  and further frames for it are dropped and counted (``queue_full``); it never grows
-  memory and never stalls the other ports.
+- A client port: received batches are switched as they arrive (by a direct link, from
+  inside its socket callback: no task switch per record). Frames switched *to* a client go
+  straight out as one record when its link can take them at once (``send_now``); otherwise
+  they wait in that port's bounded queue (frames and bytes), and a sender task hands them
+  to the link one batch (one record) at a time. A slow client fills its queue and further
+  frames for it are dropped and counted (``queue_full``); it never grows memory and never
+  stalls the other ports.
 - The local TAP port (in a Linux bridge, so an operator can add a NIC or an IP address):
   read in batches when readable, written to directly.
 - Every ``AGE_SWEEP_S`` the MAC table is aged.
@@ -21,12 +23,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from exitnode import constants
 from exitnode.switch import PortPolicy, Switch
 from hardware.tap import FrameDevice
 from l2bridge.metrics import Metrics
+from l2bridge.transport.errors import TransportClosed
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +51,26 @@ class PortLink(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class DirectPortLink(PortLink, Protocol):
+    """A link that also sends and delivers synchronously (``l2bridge.link.Link``)."""
+
+    def send_now(self, frames: Sequence[Buffer]) -> bool: ...
+
+    def deliver_to(self, sink: Callable[[list[memoryview]], None]) -> None: ...
+
+
 class _Outbox:
     """Frames waiting for one client, bounded in count and bytes."""
 
-    __slots__ = ("bytes", "frames", "ready")
+    __slots__ = ("bytes", "direct", "frames", "ready")
 
-    def __init__(self) -> None:
+    def __init__(self, direct: DirectPortLink | None = None) -> None:
         self.frames: deque[bytes] = deque()
         self.bytes = 0
         self.ready = asyncio.Event()
+        # Frames may skip the queue and go out at once while it is empty.
+        self.direct = direct
 
     def take(self) -> list[bytes]:
         batch: list[bytes] = []
@@ -131,7 +145,7 @@ class Switchboard:
     async def serve_link(self, link: PortLink, device: str, policy: PortPolicy) -> None:
         """Run one client's port until its link fails or closes; then detach it."""
         port = f"{device}#{next(self._ids)}"
-        outbox = _Outbox()
+        outbox = _Outbox(link if isinstance(link, DirectPortLink) else None)
         self.switch.attach(port, policy, self._clock())
         self._outboxes[port] = outbox
         log.info("port %s attached", port)
@@ -153,14 +167,18 @@ class Switchboard:
             log.info("port %s detached", port)
 
     async def _receive_loop(self, link: PortLink, port: str) -> None:
-        counters = self.metrics.counters
-        while True:
-            frames = await link.recv_frames()
+        def switch_frames(frames: Sequence[Buffer]) -> None:
             if not frames:
-                continue
+                return
+            counters = self.metrics.counters
             counters.frames_in += len(frames)
             counters.bytes_in += sum(map(len, frames))
             self._deliver(self.switch.forward(port, frames, self._clock()))
+
+        if isinstance(link, DirectPortLink):
+            link.deliver_to(switch_frames)
+        while True:  # with a direct link this only waits for its end
+            switch_frames(await link.recv_frames())
 
     async def _send_loop(self, link: PortLink, outbox: _Outbox) -> None:
         counters = self.metrics.counters
@@ -182,6 +200,8 @@ class Switchboard:
             outbox = self._outboxes.get(port)
             if outbox is None:
                 continue
+            if outbox.direct is not None and not outbox.frames and self._send_now(outbox, frames):
+                continue
             for frame in frames:
                 if (
                     len(outbox.frames) >= self._queue_frames
@@ -196,3 +216,17 @@ class Switchboard:
                 outbox.bytes += len(data)
             if outbox.frames:
                 outbox.ready.set()
+
+    def _send_now(self, outbox: _Outbox, frames: list[Buffer]) -> bool:
+        assert outbox.direct is not None
+        try:
+            sent = outbox.direct.send_now(frames)
+        except TransportClosed:
+            # The port's tasks see the end and detach it; until then, queue as usual.
+            outbox.direct = None
+            return False
+        if sent:
+            counters = self.metrics.counters
+            counters.frames_out += len(frames)
+            counters.bytes_out += sum(map(len, frames))
+        return sent

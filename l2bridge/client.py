@@ -1,12 +1,17 @@
 """The client's data path: one TAP (usually in a Linux bridge) <-> one link to an exit.
 
-Two asyncio tasks per connection, one per direction:
+Per direction:
 
-- TAP -> link: wait until the TAP is readable, read a batch until it is empty, hand it to
-  ``link.send_frames`` (one record per batch) and only then read again. While a send waits
-  on a slow tunnel we stop reading, so the kernel's TAP queue (``txqueuelen``) is the one
-  bounded buffer and it drops when full: back-pressure, never memory growth.
-- link -> TAP: each received batch is written straight to the TAP.
+- TAP -> link: when the TAP is readable, read a batch until it is empty and hand each batch
+  to the link (one record per batch). With a link that can send synchronously
+  (``DirectLink``: ``l2bridge.link.Link``) this happens inside the reader callback, with no
+  task switch per frame (that switch was most of the tunnel's added latency). When the link
+  cannot take a batch at once (its socket is backed up), the reader callback is removed and
+  a task hands the batches to ``link.send_frames``, which waits; only after that does reading
+  resume. While we do not read, the kernel's TAP queue (``txqueuelen``) is the one bounded
+  buffer and it drops when full: back-pressure, never memory growth.
+- link -> TAP: each received batch is written straight to the TAP (by a direct link, from
+  inside its socket callback).
 
 When the link fails, the client reconnects with exponential backoff and jitter. During the
 outage the TAP keeps being drained and its frames are dropped and counted (``link_down``),
@@ -22,7 +27,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from hardware.tap import FrameDevice
 from l2bridge.metrics import Metrics
@@ -38,6 +43,8 @@ STABLE_AFTER_S = 10.0  # a connection that lived this long resets the backoff
 # Largest batch handed to one record: the session's record holds a few super-frames.
 BATCH_FRAMES = 64
 BATCH_BYTES = 200 * 1024
+# Batches one reader callback sends before it lets the loop run the other direction.
+CALLBACK_BATCHES = 4
 
 
 class FrameLink(Protocol):
@@ -48,6 +55,15 @@ class FrameLink(Protocol):
     async def recv_frames(self) -> Sequence[Buffer]: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class DirectLink(FrameLink, Protocol):
+    """A link that also sends and delivers synchronously (``l2bridge.link.Link``)."""
+
+    def send_now(self, frames: Sequence[Buffer]) -> bool: ...
+
+    def deliver_to(self, sink: Callable[[list[memoryview]], None]) -> None: ...
 
 
 Connect: TypeAlias = Callable[[], Awaitable[FrameLink]]
@@ -90,6 +106,9 @@ class Client:
         self._batch_bytes = batch_bytes
         self._readable = asyncio.Event()
         self._link: FrameLink | None = None
+        # Set while the reader callback sends straight to a direct link.
+        self._direct: DirectLink | None = None
+        self._held: list[bytes] | None = None  # read, but the link could not take it yet
         self.connections = 0  # successful connects, for status and tests
         self.connected = asyncio.Event()
         tap.stats.drops = metrics.counters.drops  # one drop counter per node
@@ -98,7 +117,7 @@ class Client:
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_reader(self.tap.fileno(), self._readable.set)
+        loop.add_reader(self.tap.fileno(), self._on_readable)
         try:
             await self._connect_loop(stop)
         finally:
@@ -139,6 +158,7 @@ class Client:
 
     async def _serve(self, link: FrameLink, stopping: asyncio.Future[Any]) -> None:
         self._link = link
+        self._direct = link if isinstance(link, DirectLink) else None
         self.connected.set()
         log.info("connected (connection %d)", self.connections)
         up = asyncio.ensure_future(self._tap_to_link(link))
@@ -150,6 +170,10 @@ class Client:
                     log.warning("link lost: %s", _why(task.exception()))
         finally:
             self._link = None
+            self._direct = None
+            self._held = None
+            # Reading may have been paused for back-pressure; the drain needs it.
+            asyncio.get_running_loop().add_reader(self.tap.fileno(), self._on_readable)
             self.connected.clear()
             for task in (up, down):
                 task.cancel()
@@ -158,29 +182,66 @@ class Client:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(link.close(), 5.0)
 
+    def _on_readable(self) -> None:
+        """The TAP's reader callback: send straight to a direct link, else wake a task."""
+        link = self._direct
+        if link is None:
+            self._readable.set()
+            return
+        counters = self.metrics.counters
+        for _ in range(CALLBACK_BATCHES):  # the loop calls again while the TAP is readable
+            frames = self.tap.read_batch(BATCH_FRAMES, self._batch_bytes)
+            if not frames:
+                return
+            try:
+                sent = link.send_now(frames)
+            except Exception:  # the link ended: the tasks notice and reconnect
+                counters.drop("link_down", len(frames))
+                self._direct = None
+                self._readable.set()
+                return
+            if not sent:
+                # Back-pressure: stop reading until the task has handed these over.
+                self._held = frames
+                self._direct = None
+                asyncio.get_running_loop().remove_reader(self.tap.fileno())
+                self._readable.set()
+                return
+            counters.frames_out += len(frames)
+            counters.bytes_out += sum(map(len, frames))
+
     async def _tap_to_link(self, link: FrameLink) -> None:
         counters = self.metrics.counters
         while True:
             await self._readable.wait()
             self._readable.clear()
+            held, self._held = self._held, None
             while True:
-                frames = self.tap.read_batch(BATCH_FRAMES, self._batch_bytes)
+                frames = held or self.tap.read_batch(BATCH_FRAMES, self._batch_bytes)
+                held = None
                 if not frames:
                     break
                 await link.send_frames(frames)
                 counters.frames_out += len(frames)
                 counters.bytes_out += sum(map(len, frames))
+            if isinstance(link, DirectLink) and self._direct is None:
+                # Caught up: the reader callback sends directly again.
+                self._direct = link
+                asyncio.get_running_loop().add_reader(self.tap.fileno(), self._on_readable)
 
     async def _link_to_tap(self, link: FrameLink) -> None:
-        counters = self.metrics.counters
-        tap = self.tap
+        if isinstance(link, DirectLink):
+            link.deliver_to(self._to_tap)
         while True:
-            frames = await link.recv_frames()
-            if not frames:
-                continue
-            counters.frames_in += len(frames)
-            counters.bytes_in += sum(map(len, frames))
-            tap.write_batch(frames)  # refusals are counted by reason by the TAP
+            self._to_tap(await link.recv_frames())
+
+    def _to_tap(self, frames: Sequence[Buffer]) -> None:
+        if not frames:
+            return
+        counters = self.metrics.counters
+        counters.frames_in += len(frames)
+        counters.bytes_in += sum(map(len, frames))
+        self.tap.write_batch(frames)  # refusals are counted by reason by the TAP
 
     async def _drain_while_down(self) -> None:
         """Frames read while no link is up are dropped and counted, never queued."""

@@ -7,20 +7,27 @@ Exit: ``await serve(on_link, settings, make_handshake, host=..., port=...)``
 answers everything else with the decoy site (transport.server) and calls
 ``on_link(link)`` for each authorised tunnel.
 
-A Link runs one task per direction:
-- writer: takes a batch from a bounded queue, seals it (one record per batch,
-  split only when a batch is larger than a record holds), sends each record as
-  one binary message. Control records (rekey init/reply) jump the data queue.
-  A full queue blocks ``send_frames``: a slow peer slows its sender, memory
-  does not grow.
-- reader: each message -> ``session.receive`` -> frames to a bounded inbound
-  queue (a full queue stops reading; websockets then pauses the socket), and
-  replies to the writer.
+The data path runs inside the event loop's callbacks, with no task switch per
+record (each one cost a loop iteration per hop, which was most of the added
+latency):
 
-Sealing and sending happen in the writer with no await in between, so records
-leave in counter order, which the ordered session requires. Rekeys are driven
-from outside: whoever owns the clock calls ``link.rekey(epoch)`` on epoch
-boundaries (the client starts them; the exit follows in-band).
+- send: ``send_now(frames)`` seals one record per batch and writes it to the
+  socket at once. When it cannot (the socket's write buffer is over its limit,
+  earlier batches are still queued, or the exit is still waiting for the
+  client's ClientFinish) it returns False and the caller uses ``send_frames``,
+  which queues the batch in a bounded queue that a writer task drains: a full
+  queue blocks the sender, so a slow peer slows its sender and memory does not
+  grow.
+- receive: each message goes through ``session.receive`` inside the socket's
+  ``data_received`` (transport.direct); the frames go to the sink set with
+  ``deliver_to`` or else to a bounded inbound queue read by ``recv_frames``
+  (a full queue pauses reading the socket).
+
+A record is always written in the same step that sealed it, so records leave
+in counter order, which the ordered session requires; control records (rekey
+init/reply, close notice) are written the moment they are sealed. Rekeys are
+driven from outside: whoever owns the clock calls ``link.rekey(epoch)`` on
+epoch boundaries (the client starts them; the exit follows in-band).
 """
 
 from __future__ import annotations
@@ -31,17 +38,16 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
-from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from l2bridge.constants import MAX_RECORD_SIZE
 from l2bridge.errors import KeyExpired, PeerError, StateError
 from l2bridge.records import Buffer
 from l2bridge.session import Closed, PeerAuthenticated, RekeyCompleted, Session
 from l2bridge.transport.client import open_transport
+from l2bridge.transport.direct import DirectMessages
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings, serve_exit
 from l2bridge.transport.token import AccessKey, mint_token
@@ -49,6 +55,7 @@ from l2bridge.transport.token import AccessKey, mint_token
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+FrameSink = Callable[[list[memoryview]], None]
 
 # Batches waiting in each direction. With batches of up to ~200 KiB this bounds
 # a link's buffered payload to a few MiB either way.
@@ -59,7 +66,6 @@ CLOSE_WAIT_S = 5.0
 MAX_MESSAGE_SIZE = MAX_RECORD_SIZE + 64
 
 _CLOSE = object()
-_WAKE = object()
 
 
 class ClientHandshakeLike(Protocol):
@@ -76,12 +82,37 @@ class ServerHandshakeLike(Protocol):
     def receive(self, data: bytes, now: float) -> tuple[Session, bytes]: ...
 
 
+class TunnelSocket(Protocol):
+    """A websockets connection with transport.direct's mixin, as the link uses it."""
+
+    write_paused: bool
+
+    @property
+    def is_open(self) -> bool: ...
+
+    def write_binary(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def deliver_to(self, sink: Callable[[Buffer | None], None]) -> None: ...
+
+    async def next_message(self) -> Buffer: ...
+
+    async def drain(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
 class Link:
     """One running tunnel over one WebSocket. Create with connect() or serve()."""
 
     def __init__(
         self,
-        ws: Connection,
+        ws: TunnelSocket,
         session: Session,
         *,
         is_client: bool,
@@ -92,13 +123,18 @@ class Link:
         self.session = session
         self.is_client = is_client
         self._clock = clock
+        self._queue_batches = queue_batches
         self._out: asyncio.Queue[object] = asyncio.Queue(queue_batches)
-        self._in: asyncio.Queue[list[memoryview] | None] = asyncio.Queue(queue_batches)
-        self._control: deque[bytearray] = deque()
+        self._in: deque[list[memoryview]] = deque()
+        self._in_ready = asyncio.Event()
+        self._in_paused = False
+        self._sink: FrameSink | None = None
         # The exit may seal only after the client's ClientFinish verified.
         self._authenticated = asyncio.Event()
         if is_client:
             self._authenticated.set()
+        self._writer_busy = False
+        self._waiting_senders = 0
         self._send_done = False
         self._recv_done = False
         self.rekeys_started = 0
@@ -108,9 +144,10 @@ class Link:
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
+        self._ws.deliver_to(self._on_message)
         self._tasks = [
             asyncio.create_task(self._writer(), name="link-writer"),
-            asyncio.create_task(self._reader(), name="link-reader"),
+            asyncio.create_task(self._watch(), name="link-watch"),
         ]
 
     @property
@@ -119,21 +156,66 @@ class Link:
 
     # --- public API ----------------------------------------------------------
 
-    async def send_frames(self, frames: Sequence[Buffer]) -> None:
-        """Queue one batch (waits while the queue is full). Raises TransportClosed."""
+    def send_now(self, frames: Sequence[Buffer]) -> bool:
+        """Seal ``frames`` and write them at once; False when they must wait.
+
+        False means: queued batches go first, the socket's write buffer is full,
+        or the exit still waits for ClientFinish; use ``send_frames`` then.
+        Raises TransportClosed once the link has ended.
+        """
         if self._send_done:
             raise TransportClosed("link closed")
+        if not self.ready_to_send:
+            return False
         if frames:
-            await self._out.put(list(frames))
+            self._seal_and_write(frames)
+        return True
+
+    @property
+    def ready_to_send(self) -> bool:
+        """Whether ``send_now`` would write right now."""
+        return (
+            not self._writer_busy
+            and not self._send_done
+            and self._out.empty()
+            and not self._waiting_senders
+            and not self._ws.write_paused
+            and self._authenticated.is_set()
+        )
+
+    async def send_frames(self, frames: Sequence[Buffer]) -> None:
+        """Send one batch, queueing it while it cannot go at once. Raises TransportClosed."""
+        if frames and not self.send_now(frames):
+            # Counted while waiting for room, so send_now cannot overtake this batch.
+            self._waiting_senders += 1
+            try:
+                await self._out.put(list(frames))
+            finally:
+                self._waiting_senders -= 1
+            if self._send_done:
+                raise TransportClosed("link closed")
+
+    def deliver_to(self, sink: FrameSink) -> None:
+        """Hand every received batch to ``sink`` synchronously from now on.
+
+        Batches already queued go first. ``recv_frames`` then only waits for the
+        end of the link (it raises TransportClosed).
+        """
+        self._sink = sink
+        while self._in:
+            sink(self._in.popleft())
+        self._resume_in()
 
     async def recv_frames(self) -> list[memoryview]:
         """Next received batch. Raises TransportClosed when the link has ended."""
-        if self._recv_done and self._in.empty():
-            raise TransportClosed("link closed")
-        batch = await self._in.get()
-        if batch is None:
-            self._in.put_nowait(None)  # wake the next waiter too
-            raise TransportClosed("link closed")
+        while not self._in:
+            if self._recv_done:
+                raise TransportClosed("link closed")
+            self._in_ready.clear()
+            await self._in_ready.wait()
+        batch = self._in.popleft()
+        if len(self._in) <= self._queue_batches // 2:
+            self._resume_in()
         return batch
 
     def rekey(self, epoch: int) -> bool:
@@ -151,7 +233,7 @@ class Link:
             self.rekeys_skipped += 1
             return False
         self.rekeys_started += 1
-        self._push_control(record)
+        self._write(record)
         return True
 
     def stats(self) -> dict[str, int]:
@@ -182,93 +264,131 @@ class Link:
         await self._ws.close()
         self.session.close()
 
-    # --- tasks -----------------------------------------------------------------
+    # --- sending -----------------------------------------------------------------
 
-    def _push_control(self, record: bytearray) -> None:
-        self._control.append(record)
-        # Wake the writer if it is waiting for data; if the queue is full it is
-        # busy and looks at the control records before its next batch anyway.
-        with contextlib.suppress(asyncio.QueueFull):
-            self._out.put_nowait(_WAKE)
+    def _write(self, record: bytearray) -> None:
+        if not self._ws.is_open:
+            self._end("connection closed")
+            raise TransportClosed("link closed")
+        self._ws.write_binary(record)
 
-    async def _send_control(self) -> None:
-        while self._control:
-            await self._ws.send(self._control.popleft())
-
-    async def _writer(self) -> None:
+    def _seal_and_write(self, frames: Sequence[Buffer]) -> None:
         try:
-            while True:
-                await self._send_control()
-                item = await self._out.get()
-                await self._send_control()
-                if item is _WAKE:
-                    continue
-                if item is _CLOSE:
-                    if self.session.established:
-                        await self._ws.send(self.session.close_notice(now=self._clock()))
-                    self.close_reason = self.close_reason or "closed"
-                    break
-                await self._authenticated.wait()
-                assert isinstance(item, list)
-                for record in self.session.seal_batches(item, self._clock()):
-                    await self._ws.send(record)
-        except ConnectionClosed:
-            self.close_reason = self.close_reason or "connection closed"
+            records = self.session.seal_batches(list(frames), self._clock())
         except (KeyExpired, StateError) as exc:
             # Never keep sending under a stale key: end the link instead.
             log.warning("link send stopped: %s", exc)
-            self.close_reason = self.close_reason or "key expired"
+            self._end("key expired")
+            raise TransportClosed("link closed") from None
+        for record in records:
+            self._write(record)
+
+    async def _writer(self) -> None:
+        """Drains batches that could not be sent at once, in order."""
+        try:
+            while True:
+                item = await self._out.get()
+                self._writer_busy = True
+                if self._send_done and item is not _CLOSE:
+                    break  # ended from the receiving side; the batch is dropped
+                if item is _CLOSE:
+                    if self.session.established and self._ws.is_open:
+                        self._write(self.session.close_notice(now=self._clock()))
+                    self.close_reason = self.close_reason or "closed"
+                    break
+                await self._authenticated.wait()
+                if self._ws.write_paused:
+                    await self._ws.drain()
+                assert isinstance(item, list)
+                self._seal_and_write(item)
+                self._writer_busy = False
+        except TransportClosed:
+            self.close_reason = self.close_reason or "connection closed"
         finally:
+            self._writer_busy = True
             self._send_done = True
             # Release senders blocked on a full queue; their frames are dropped.
             while not self._out.empty():
                 self._out.get_nowait()
             await self._ws.close()
 
-    async def _reader(self) -> None:
+    # --- receiving ---------------------------------------------------------------
+
+    def _on_message(self, message: Buffer | None) -> None:
+        """One WebSocket message, from inside the socket's data_received."""
+        if self._recv_done:
+            return
+        if message is None:
+            self._end("text message")
+            return
         try:
-            async for message in self._ws:
-                if isinstance(message, str):
-                    self.close_reason = "text message"
-                    break
-                received = self.session.receive(message, self._clock())
-                for reply in received.replies:
-                    self._push_control(reply)
-                ended = False
-                for event in received.events:
-                    if isinstance(event, PeerAuthenticated):
-                        self._authenticated.set()
-                    elif isinstance(event, RekeyCompleted):
-                        self.rekeys_completed += 1
-                    elif isinstance(event, Closed):
-                        self.close_reason = "closed by peer"
-                        ended = True
-                if received.frames:
-                    await self._in.put(received.frames)
-                if ended:
-                    break
-        except ConnectionClosed:
-            self.close_reason = self.close_reason or "connection closed"
+            received = self.session.receive(message, self._clock())
         except PeerError as exc:
             # Logged locally with its detail; the peer only sees the close.
             log.warning("link ended by protocol error: %s (%s)", exc, exc.detail)
-            self.close_reason = "protocol error"
-        finally:
-            self._recv_done = True
-            if self._in.empty():
-                self._in.put_nowait(None)
-            # Stop the writer too: nothing more can be acknowledged.
-            self._send_done = True
-            with contextlib.suppress(asyncio.QueueFull):
-                self._out.put_nowait(_CLOSE)
-            await self._ws.close()
+            self._end("protocol error")
+            return
+        try:
+            for reply in received.replies:
+                self._write(reply)
+        except TransportClosed:
+            return
+        ended = False
+        for event in received.events:
+            if isinstance(event, PeerAuthenticated):
+                self._authenticated.set()
+            elif isinstance(event, RekeyCompleted):
+                self.rekeys_completed += 1
+            elif isinstance(event, Closed):
+                ended = True
+        if received.frames:
+            self._frames_in(received.frames)
+        if ended:
+            self._end("closed by peer")
+
+    def _frames_in(self, frames: list[memoryview]) -> None:
+        sink = self._sink
+        if sink is None:
+            self._in.append(frames)
+            self._in_ready.set()
+            if len(self._in) >= self._queue_batches and not self._in_paused:
+                self._in_paused = True
+                self._ws.pause_reading()
+            return
+        try:
+            sink(frames)
+        except Exception:
+            # A sink's bug must not kill the socket's protocol callback silently.
+            log.exception("frame sink failed; ending the link")
+            self._end("local error")
+
+    def _resume_in(self) -> None:
+        if self._in_paused:
+            self._in_paused = False
+            self._ws.resume_reading()
+
+    def _end(self, reason: str) -> None:
+        """Stop both directions; the writer task closes the WebSocket."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._recv_done = True
+        self._in_ready.set()
+        self._send_done = True
+        self._writer_busy = True
+        self._resume_in()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._out.put_nowait(_CLOSE)
+
+    async def _watch(self) -> None:
+        """Notices the connection ending under us (peer gone, TCP reset)."""
+        await self._ws.wait_closed()
+        self._end("connection closed")
 
 
-async def _recv_binary(ws: Connection) -> bytes:
-    message = await ws.recv()
-    if isinstance(message, str):
-        raise TransportClosed("unexpected text message")
-    return message
+def _direct(ws: object) -> TunnelSocket:
+    # open_transport / serve_exit with direct=True make DirectMessages connections.
+    assert isinstance(ws, DirectMessages) and ws.direct_messages
+    return cast(TunnelSocket, ws)
 
 
 async def connect(
@@ -288,14 +408,26 @@ async def connect(
     PeerError (the handshake failed: wrong exit, bad evidence), TimeoutError.
     """
     token = mint_token(access_key, node_id, clock(), window_s=token_window)
-    ws = await open_transport(url, token, max_size=MAX_MESSAGE_SIZE, **transport_kwargs)  # type: ignore[arg-type]
+    ws = _direct(
+        await open_transport(
+            url,
+            token,
+            max_size=MAX_MESSAGE_SIZE,
+            direct=True,
+            **transport_kwargs,  # type: ignore[arg-type]
+        )
+    )
     try:
+        if not ws.is_open:
+            raise TransportClosed("closed")
+        ws.write_binary(handshake.hello())
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-            await ws.send(bytes(handshake.hello()))
-            server_hello = await _recv_binary(ws)
+            server_hello = bytes(await ws.next_message())
         session, finish = handshake.receive(server_hello, clock())
-        await ws.send(bytes(finish))
-    except ConnectionClosed:
+        if not ws.is_open:
+            raise TransportClosed("closed")
+        ws.write_binary(finish)
+    except TransportClosed:
         await ws.close()
         raise TransportClosed("exit closed the connection during the handshake") from None
     except BaseException:
@@ -323,13 +455,16 @@ async def serve(
     is disconnected without any explanation.
     """
 
-    async def handler(ws: ServerConnection) -> None:
+    async def handler(connection: ServerConnection) -> None:
+        ws = _direct(connection)
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-                hello = await _recv_binary(ws)
+                hello = bytes(await ws.next_message())
             session, server_hello = make_handshake().receive(hello, clock())
-            await ws.send(bytes(server_hello))
-        except (PeerError, TimeoutError, ConnectionClosed, TransportClosed) as exc:
+            if not ws.is_open:
+                raise TransportClosed("closed")
+            ws.write_binary(server_hello)
+        except (PeerError, TimeoutError, TransportClosed) as exc:
             log.info("tunnel handshake failed: %s", type(exc).__name__)
             return
         link = Link(ws, session, is_client=False, clock=clock, queue_batches=queue_batches)
@@ -345,5 +480,6 @@ async def serve(
         host=host,
         port=port,
         max_size=MAX_MESSAGE_SIZE,
+        direct=True,
         **transport_kwargs,  # type: ignore[arg-type]
     )

@@ -27,11 +27,12 @@ from l2bridge.transport.constants import (
     OPEN_TIMEOUT_S,
     WRITE_LIMIT_BYTES,
 )
+from l2bridge.transport.direct import DirectMessages
 from l2bridge.transport.errors import UpgradeRefused
 from l2bridge.transport.headers import BROWSER_USER_AGENT, browser_headers
 
 
-class BrowserLikeConnection(ClientConnection):
+class BrowserLikeConnection(DirectMessages, ClientConnection):
     """Rebuilds the handshake request in a browser's header order."""
 
     origin_header: str = ""
@@ -81,18 +82,24 @@ async def open_transport(
     ssl: ssl_module.SSLContext | None = None,
     max_size: int = MAX_MESSAGE_BYTES,
     open_timeout: float = OPEN_TIMEOUT_S,
+    direct: bool = False,
     **connect_kwargs: Any,
 ) -> ClientConnection:
     """Open the tunnel WebSocket to ``url`` (ws:// or wss://).
 
     Raises UpgradeRefused when the server answers like a web server (it does
     so for a wrong key, node id, path or a clock far off), OSError when the
-    TCP connection fails, TimeoutError when the handshake times out.
+    TCP connection fails, TimeoutError when the handshake times out. With ``direct`` the
+    connection delivers messages synchronously (``transport.direct``), not via ``recv()``.
     """
     connection_class = type(
         "TunnelClientConnection",
         (BrowserLikeConnection,),
-        {"origin_header": origin or default_origin(url), "user_agent": user_agent},
+        {
+            "origin_header": origin or default_origin(url),
+            "user_agent": user_agent,
+            "direct_messages": direct,
+        },
     )
     try:
         return await connect(

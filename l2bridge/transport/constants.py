@@ -43,3 +43,6 @@ CLOSE_TIMEOUT_S = 5.0
 OPEN_TIMEOUT_S = 15.0
 WRITE_LIMIT_BYTES = 1 << 20
 MAX_QUEUE_MESSAGES = 32
+# Messages a direct (tunnel) connection holds before the tunnel takes them over;
+# the handshake needs one or two. Past this, reading pauses.
+EARLY_MESSAGES = 8

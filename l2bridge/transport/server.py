@@ -32,6 +32,7 @@ from l2bridge.transport.constants import (
     WRITE_LIMIT_BYTES,
 )
 from l2bridge.transport.decoy import DecoySite
+from l2bridge.transport.direct import DirectMessages
 from l2bridge.transport.gate import Admit, Answer, Gate
 from l2bridge.transport.token import TokenVerifier
 
@@ -87,7 +88,7 @@ class _Screen:
             self._timer = None
 
 
-class GuardedConnection(ServerConnection):
+class GuardedConnection(DirectMessages, ServerConnection):
     """A websockets ServerConnection that sees only what the gate admits."""
 
     settings: ServerSettings  # set on the subclass made by serve_exit
@@ -174,14 +175,20 @@ async def serve_exit(
     ssl: ssl_module.SSLContext | None = None,
     max_size: int = MAX_MESSAGE_BYTES,
     ping_interval: float | None = SERVER_PING_INTERVAL_S,
+    direct: bool = False,
 ) -> Server:
     """Listen for tunnel clients behind the decoy site.
 
     ``handler`` runs for each admitted WebSocket (``connection.token`` holds the
     token it used). Returns the started websockets Server; close it with
-    ``close()`` + ``await wait_closed()``.
+    ``close()`` + ``await wait_closed()``. With ``direct`` the connections deliver
+    messages synchronously (``transport.direct``), not via ``recv()``.
     """
-    connection_class = type("ExitConnection", (GuardedConnection,), {"settings": settings})
+    connection_class = type(
+        "ExitConnection",
+        (GuardedConnection,),
+        {"settings": settings, "direct_messages": direct},
+    )
     return await serve(
         handler,
         host,
