@@ -59,6 +59,9 @@ MIN_ROTATION_INTERVAL = 1.0  # tests use 1 s; configuration validates its own ra
 MAX_ROTATION_INTERVAL = 7 * 24 * 3600.0
 EPOCH_ACCEPT_TOLERANCE = 0.5  # how far from a boundary a peer's epoch number may be off
 EPOCH_EARLY_WAKE = 0.002  # sleep until this long before a boundary, then finish exactly
+# Waits longer than this are split in two so the clock is read again near the boundary;
+# over a shorter wait a disciplined clock cannot drift by more than microseconds.
+EPOCH_TWO_STAGE = 1.5
 
 # --- chrony SOCK refclock ----------------------------------------------------------------
 CHRONY_SOCK_MAGIC = 0x534F434B

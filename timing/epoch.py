@@ -12,17 +12,16 @@ disciplined clock and calls the callbacks with the new epoch number.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from timing.constants import (
     EPOCH_ACCEPT_TOLERANCE,
     EPOCH_EARLY_WAKE,
+    EPOCH_TWO_STAGE,
     MAX_ROTATION_INTERVAL,
     MIN_ROTATION_INTERVAL,
 )
@@ -138,43 +137,54 @@ class EpochScheduler:
 
         A clock that raises a TimingError (fallback ``refuse`` without quorum) skips
         boundaries until it answers again: no rotation on a time nobody vouches for.
+
+        Each boundary costs one timer wake-up (two for waits over ``EPOCH_TWO_STAGE``,
+        where the clock is read again just before the boundary so a discipline step
+        during a long wait is honoured). Setting ``stop`` cancels the sleep rather than
+        racing a watcher task against every wait, which is what keeps rotation at a
+        one-second interval cheap.
         """
         stop = stop or asyncio.Event()
-        # one watcher for the whole run: a new wait_for task per boundary costs CPU
-        stopped = asyncio.ensure_future(stop.wait())
+        if stop.is_set():
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.ensure_future(stop.wait())
+        watcher.add_done_callback(lambda _w: task.cancel())
         try:
-            await self._loop(stopped)
+            await self._loop()
+        except asyncio.CancelledError:
+            if not stop.is_set():
+                raise
+            task.uncancel()
         finally:
-            stopped.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stopped
+            watcher.cancel()
 
-    async def _loop(self, stopped: asyncio.Task[Literal[True]]) -> None:
+    async def _loop(self) -> None:
         started = False
-        while not stopped.done():
+        while True:
             try:
                 now = self._clock()
             except TimingError:
                 self.clock_failures += 1
-                await asyncio.wait({stopped}, timeout=min(1.0, self.timer.interval))
+                await asyncio.sleep(min(1.0, self.timer.interval))
                 continue
             if not started:
                 self.timer.start(now)
                 started = True
             wait = self.timer.next_boundary(now) - now
-            if wait > EPOCH_EARLY_WAKE:
-                # wake a little early, then sleep the (fresh) remainder: the loop's
-                # timers overshoot by up to a millisecond, never undershoot much
-                await asyncio.wait({stopped}, timeout=wait - EPOCH_EARLY_WAKE)
-                if stopped.done():
-                    return
+            if wait > EPOCH_TWO_STAGE:
+                # wake a little early, then sleep the (fresh) remainder
+                await asyncio.sleep(wait - EPOCH_EARLY_WAKE)
                 now = self._clock()
-                remaining = self.timer.next_boundary(now) - now
-                if 0 < remaining <= 2 * EPOCH_EARLY_WAKE:
-                    await asyncio.sleep(remaining)
+                wait = self.timer.next_boundary(now) - now
+                if wait > 2 * EPOCH_EARLY_WAKE:
+                    continue  # the clock was stepped back: start over
+            if wait > 0:
+                # the loop's timers overshoot by up to a millisecond, never undershoot
+                await asyncio.sleep(wait)
             fired = self.timer.poll(self._clock())
             if fired is None:
-                await asyncio.sleep(0)
                 continue
             self._remember(fired)
             await self._fire(fired.epoch)

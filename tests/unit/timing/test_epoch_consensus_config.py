@@ -68,6 +68,31 @@ def test_scheduler_fires_on_boundaries_of_an_offset_clock():
     assert all(f.late >= 0 for f in scheduler.fired)
 
 
+def test_scheduler_stop_returns_and_outside_cancel_propagates():
+    async def main():
+        loop = asyncio.get_running_loop()
+        sched = epoch.EpochScheduler(lambda: loop.time() + 1000.5, 10.0)
+        stop = asyncio.Event()
+        task = asyncio.create_task(sched.run(stop))
+        await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 2)  # returns normally, no CancelledError
+        assert task.done() and not task.cancelled()
+
+        other = asyncio.create_task(sched.run(asyncio.Event()))
+        await asyncio.sleep(0.05)
+        other.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await other
+        assert other.cancelled()
+
+        already = asyncio.Event()
+        already.set()
+        await asyncio.wait_for(sched.run(already), 1)
+
+    asyncio.run(main())
+
+
 def test_marzullo_selection():
     a = consensus.Candidate("a", 0.0, 1.0)
     b = consensus.Candidate("b", 0.5, 1.0)
