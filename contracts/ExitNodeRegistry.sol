@@ -7,9 +7,16 @@ pragma solidity 0.8.30;
 /// ECDSA P-256 signature through the P256VERIFY precompile (EIP-7951, address 0x100), the
 /// TPMS_ATTEST structure, a nonce derived from a recent block hash and the node id, and the
 /// PCR digest against the approved set. Stakes are slashed only on proofs verified here.
+/// A quote proves nothing about where its key lives, so registration also needs an enrolment
+/// voucher: an owner-appointed enroller (a verifier that checked the node's EK certificate
+/// chain and ran MakeCredential/ActivateCredential for this AK off chain) signs
+/// (registry, chain, nodeId, AK) with its Ethereum key, and the contract recovers the signer.
 /// @dev Quote format (shared with attestation/): TPMS_ATTEST big-endian, type TPM_ST_ATTEST_QUOTE;
 /// extraData = sha256("shadowmesh-attest-v1" || nonce || nodeId); signature (r, s) over
 /// sha256(TPMS_ATTEST). On chain the nonce is blockhash(nonceBlock).
+/// Voucher format (shared with contracts/voucher.py): 65 bytes r || s || v, an EIP-191
+/// personal_sign signature over keccak256(abi.encode(address(this), block.chainid, nodeId, akX,
+/// akY)); v is 27 or 28 and s in the lower half of the curve order (no malleable twin).
 contract ExitNodeRegistry {
     enum Status {
         None,
@@ -81,6 +88,9 @@ contract ExitNodeRegistry {
     uint256 private constant MAX_SELECT_BYTES = 8;
     uint256 private constant MAX_ENDPOINT_BYTES = 256;
     uint256 private constant MAX_PAGE = 500;
+    uint256 private constant VOUCHER_BYTES = 65;
+    // secp256k1 order / 2: signatures with a larger s are the malleable twin of a valid one.
+    uint256 private constant SECP256K1_HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
 
     uint16 public constant REPUTATION_START = 500;
     uint16 public constant REPUTATION_MAX = 1000;
@@ -105,10 +115,17 @@ contract ExitNodeRegistry {
     mapping(bytes32 => Policy) public policy;
     mapping(bytes32 => bytes32) public nodeOfAk; // keccak256(akX, akY) => nodeId
     bytes32[] private nodeIds;
+    /// @notice Accounts whose vouchers admit new nodes. Removing one stops its future vouchers
+    /// only: nodes it admitted stay (see setEnroller).
+    mapping(address => bool) public isEnroller;
 
     event OwnershipTransferred(address indexed previousOwner, address indexed newOwner);
     event DigestApproved(bytes32 indexed digest);
     event DigestRevoked(bytes32 indexed digest);
+    event EnrollerSet(address indexed enroller, bool appointed);
+    /// @dev Which enroller admitted a node: if an enroller is later found careless or
+    /// compromised, clients can find and distrust the nodes it vouched for from the logs.
+    event NodeEnrolled(bytes32 indexed nodeId, address indexed enroller);
     event NodeRegistered(bytes32 indexed nodeId, address indexed operator, uint256 stake, string endpoint);
     event AttestationUpdated(bytes32 indexed nodeId, uint256 timestamp, bytes32 pcrDigest, uint256 nonceBlock);
     event ReputationChanged(bytes32 indexed nodeId, uint256 previous, uint256 current);
@@ -158,6 +175,19 @@ contract ExitNodeRegistry {
         emit DigestRevoked(digest);
     }
 
+    /// @notice Appoints (or removes) an enroller. Removal does not unregister the nodes it
+    /// vouched for: a voucher records a check that was true when it was made (this AK was in
+    /// a TPM with a genuine EK), and retiring or rotating a verifier's key does not make it
+    /// false. Evicting staked nodes on the owner's word alone would also break the rule that
+    /// only proofs checked here take stake away. Nodes of a distrusted enroller are found
+    /// through NodeEnrolled and fall out by the usual means (digest revocation, slashing).
+    function setEnroller(address enroller, bool appointed) external onlyOwner {
+        require(enroller != address(0), "zero enroller");
+        require(isEnroller[enroller] != appointed, appointed ? "already an enroller" : "not an enroller");
+        isEnroller[enroller] = appointed;
+        emit EnrollerSet(enroller, appointed);
+    }
+
     // ----- operators -----
 
     function register(
@@ -168,33 +198,17 @@ contract ExitNodeRegistry {
         bytes calldata attest,
         bytes32 r,
         bytes32 s,
-        uint256 nonceBlock
+        uint256 nonceBlock,
+        bytes calldata enrolmentVoucher
     ) external payable {
         require(msg.value >= minimumStake, "stake below minimum");
         require(msg.value <= type(uint128).max, "stake too large");
         require(nodes[nodeId].status == Status.None, "node already registered");
-        bytes32 akHash = keccak256(abi.encodePacked(akX, akY));
-        require(nodeOfAk[akHash] == bytes32(0), "AK already registered");
+        require(nodeOfAk[keccak256(abi.encodePacked(akX, akY))] == bytes32(0), "AK already registered");
         _checkEndpoint(endpoint);
+        _checkVoucher(nodeId, akX, akY, enrolmentVoucher);
         Attest memory q = _acceptQuote(nodeId, akX, akY, attest, r, s, nonceBlock);
-
-        Node storage n = nodes[nodeId];
-        n.operator = msg.sender;
-        n.lastAttestation = uint64(block.timestamp);
-        n.reputation = REPUTATION_START;
-        n.status = Status.Active;
-        n.akX = akX;
-        n.akY = akY;
-        n.stake = uint128(msg.value);
-        n.lastNonceBlock = uint64(nonceBlock);
-        n.tpmClock = q.clock;
-        n.tpmResetCount = q.resetCount;
-        n.index = uint32(nodeIds.length);
-        n.pcrDigest = q.pcrDigest;
-        n.endpoint = endpoint;
-        nodeIds.push(nodeId);
-        nodeOfAk[akHash] = nodeId;
-
+        _admit(nodeId, endpoint, akX, akY, q, nonceBlock);
         emit NodeRegistered(nodeId, msg.sender, msg.value, endpoint);
         emit AttestationUpdated(nodeId, block.timestamp, q.pcrDigest, nonceBlock);
     }
@@ -353,6 +367,11 @@ contract ExitNodeRegistry {
         next = end < total ? end : 0;
     }
 
+    /// @notice The hash an enroller signs (EIP-191 personal_sign) to vouch for (nodeId, AK).
+    function voucherDigest(bytes32 nodeId, bytes32 akX, bytes32 akY) public view returns (bytes32) {
+        return keccak256(abi.encode(address(this), block.chainid, nodeId, akX, akY));
+    }
+
     /// @notice The qualifying data a quote for (blockhash(nonceBlock), nodeId) must carry.
     function expectedQualifyingData(uint256 nonceBlock, bytes32 nodeId) external view returns (bytes32) {
         return _qualifyingData(blockhash(nonceBlock), nodeId);
@@ -376,6 +395,49 @@ contract ExitNodeRegistry {
         require(q.extraData == _qualifyingData(nonce, nodeId), "nonce mismatch");
         require(_p256(sha256(attest), r, s, akX, akY), "bad quote signature");
         require(policy[q.pcrDigest].approved, "PCR digest not approved");
+    }
+
+    /// @dev "malformed enrolment voucher" unless it is exactly 65 bytes with v in {27, 28} and
+    /// a low s. A signature over other data (another node, AK, registry or chain) recovers
+    /// some unrelated address, or none (address(0), never an enroller): both are refused.
+    function _checkVoucher(bytes32 nodeId, bytes32 akX, bytes32 akY, bytes calldata voucher) private {
+        require(voucher.length == VOUCHER_BYTES, "malformed enrolment voucher");
+        bytes32 r = bytes32(voucher[0:32]);
+        bytes32 s = bytes32(voucher[32:64]);
+        uint8 v = uint8(voucher[64]);
+        require((v == 27 || v == 28) && uint256(s) <= SECP256K1_HALF_ORDER, "malformed enrolment voucher");
+        bytes32 signed =
+            keccak256(abi.encodePacked("\x19Ethereum Signed Message:\n32", voucherDigest(nodeId, akX, akY)));
+        address enroller = ecrecover(signed, v, r, s);
+        require(isEnroller[enroller], "voucher not from an enroller");
+        emit NodeEnrolled(nodeId, enroller);
+    }
+
+    /// @dev Stores a new node (a separate function: register's arguments fill the stack).
+    function _admit(
+        bytes32 nodeId,
+        string calldata endpoint,
+        bytes32 akX,
+        bytes32 akY,
+        Attest memory q,
+        uint256 nonceBlock
+    ) private {
+        Node storage n = nodes[nodeId];
+        n.operator = msg.sender;
+        n.lastAttestation = uint64(block.timestamp);
+        n.reputation = REPUTATION_START;
+        n.status = Status.Active;
+        n.akX = akX;
+        n.akY = akY;
+        n.stake = uint128(msg.value);
+        n.lastNonceBlock = uint64(nonceBlock);
+        n.tpmClock = q.clock;
+        n.tpmResetCount = q.resetCount;
+        n.index = uint32(nodeIds.length);
+        n.pcrDigest = q.pcrDigest;
+        n.endpoint = endpoint;
+        nodeIds.push(nodeId);
+        nodeOfAk[keccak256(abi.encodePacked(akX, akY))] = nodeId;
     }
 
     function _qualifyingData(bytes32 nonce, bytes32 nodeId) private pure returns (bytes32) {

@@ -7,6 +7,12 @@ from ``--keystore`` (password in $SHADOWMESH_KEYSTORE_PASSWORD) or $SHADOWMESH_R
 On-chain attestation in three steps: ``registry challenge --node-id ID`` prints a block and
 the qualifying data; the TPM quotes that (``shadowmesh attest``); ``registry attest`` (or
 ``register``) submits the TPMS_ATTEST and signature files with ``--nonce-block``.
+
+Registration also needs an enrolment voucher (``contracts.voucher``). The owner appoints
+enrollers (``registry enroller add ADDRESS``); an enroller who ran a node's enrolment (EK
+chain and credential activation: ``attestation.enrol``) signs a voucher for that record
+with ``registry vouch --enrolment FILE --node-id ID --out FILE``; the operator passes the
+file to ``register --voucher`` (or the exit reads it from ``chain.enrolment_voucher``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from web3 import Web3
+
+from attestation import tpms
+from attestation.enrol import Enrolment
+from attestation.errors import AttestationError
 from contracts.client import RegistryClient, connect, load_account
 from contracts.constants import (
     DEFAULT_ATTESTATION_INTERVAL_S,
@@ -31,8 +42,9 @@ from contracts.constants import (
     NODE_ID_BYTES,
     WEI_PER_ETHER,
 )
-from contracts.errors import RegistryError
-from contracts.quote import ContractQuote, ak_public
+from contracts.errors import RegistryError, VoucherError
+from contracts.quote import AkPublic, ContractQuote, ak_public
+from contracts.voucher import Voucher
 
 RPC_ENV = "SHADOWMESH_RPC_URL"
 REGISTRY_ENV = "SHADOWMESH_REGISTRY"
@@ -47,6 +59,12 @@ def _hex32(text: str) -> bytes:
     if len(value) != NODE_ID_BYTES:
         raise argparse.ArgumentTypeError("expected 32 bytes of hex")
     return value
+
+
+def _address(text: str) -> str:
+    if not Web3.is_address(text):
+        raise argparse.ArgumentTypeError("expected an Ethereum address (0x + 40 hex digits)")
+    return str(Web3.to_checksum_address(text))
 
 
 def _ether(text: str) -> int:
@@ -125,10 +143,79 @@ def cmd_register(ns: argparse.Namespace) -> int:
         ak = ak_public(ns.ak_pub.read_bytes())
     except OSError as exc:
         raise RegistryError(f"cannot read AK public key: {exc}") from None
+    voucher = read_voucher(ns.voucher)
+    voucher.check_for(client.address, client.chain_id(), ns.node_id, ak)
     result = client.register(
-        ns.node_id, ns.endpoint, ak, _quote(ns), ns.nonce_block, stake_wei=ns.stake
+        ns.node_id,
+        ns.endpoint,
+        ak,
+        _quote(ns),
+        ns.nonce_block,
+        stake_wei=ns.stake,
+        voucher=voucher.signature,
     )
     _print(_tx(result))
+    return 0
+
+
+def read_voucher(path: Path) -> Voucher:
+    """A voucher file (``registry vouch --out``). Raises VoucherError."""
+    try:
+        return Voucher.parse(path.read_bytes())
+    except OSError as exc:
+        raise VoucherError(f"cannot read voucher {path}: {exc.strerror or exc}") from None
+
+
+def enrolment_ak(text: str) -> AkPublic:
+    """The AK of an enrolment record (``attestation.enrol.Enrolment``), as the contract
+    stores it. Raises RegistryError for a record that is not one."""
+    try:
+        public = tpms.parse_public(Enrolment.parse(text).ak_public)
+    except AttestationError as exc:
+        raise RegistryError(f"not an enrolment record: {exc}") from None
+    if not public.is_restricted_signing_key:
+        raise RegistryError("the enrolled AK is not a restricted signing key")
+    return ak_public(public.public_key())
+
+
+def cmd_enroller(ns: argparse.Namespace) -> int:
+    client = _client(ns, signer=True)
+    result = client.set_enroller(ns.address, ns.change == "add")
+    _print({**_tx(result), "enroller": ns.address, "appointed": client.is_enroller(ns.address)})
+    return 0
+
+
+def cmd_vouch(ns: argparse.Namespace) -> int:
+    """The enroller's command: vouch for the AK of an enrolment it ran, for one node id."""
+    try:
+        ak = enrolment_ak(ns.enrolment.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"cannot read enrolment record {ns.enrolment}: {exc}") from None
+    account = load_account(ns.keystore)
+    if not ns.registry:
+        raise RegistryError(f"no registry address: give --registry or set {REGISTRY_ENV}")
+    appointed: bool | None = None
+    if ns.chain_id is None:  # online: take the chain id from the node, and say if we count
+        client = RegistryClient(connect(ns.rpc), ns.registry)
+        chain_id = client.chain_id()
+        appointed = client.is_enroller(account.address)
+    else:
+        chain_id = ns.chain_id
+    voucher = Voucher.make(account, ns.registry, chain_id, ns.node_id, ak)
+    try:
+        ns.out.write_text(voucher.dump())
+    except OSError as exc:
+        raise RegistryError(f"cannot write voucher {ns.out}: {exc.strerror or exc}") from None
+    _print(
+        {
+            "voucher": str(ns.out),
+            "registry": voucher.contract,
+            "chain_id": chain_id,
+            "node_id": voucher.node_id,
+            "enroller": voucher.enroller,
+            "enroller_appointed": appointed,
+        }
+    )
     return 0
 
 
@@ -217,6 +304,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--ak-pub", type=Path, required=True, help="AK public key (PEM or DER)")
     p.add_argument("--nonce-block", type=int, required=True)
     p.add_argument("--stake", type=_ether, default=DEFAULT_MINIMUM_STAKE_WEI, help="ether")
+    p.add_argument("--voucher", type=Path, required=True, help="enrolment voucher file")
+    p = add("enroller", cmd_enroller, "appoint (add) or remove an enroller (owner only)")
+    p.add_argument("change", choices=("add", "remove"))
+    p.add_argument("address", type=_address)
+    p = add("vouch", cmd_vouch, "as an enroller, vouch for an enrolled AK and node id", node)
+    p.add_argument("--enrolment", type=Path, required=True, help="enrolment record (JSON)")
+    p.add_argument("--out", type=Path, required=True, help="voucher file to write")
+    p.add_argument("--chain-id", type=int, help="sign offline for this chain id")
     p = add("attest", cmd_attest, "submit the periodic attestation", node, quote)
     p.add_argument("--nonce-block", type=int, required=True)
     p = add("list", cmd_list, "healthy exit nodes")

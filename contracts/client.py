@@ -267,6 +267,19 @@ class RegistryClient:
             freshness_blocks=int(self._call("freshnessBlocks")),
         )
 
+    def chain_id(self) -> int:
+        try:
+            return int(self.w3.eth.chain_id)
+        except (requests.RequestException, Web3Exception, OSError, ValueError) as exc:
+            raise ChainError(f"chain id: {type(exc).__name__}: {exc}") from exc
+
+    def is_enroller(self, address: str) -> bool:
+        return bool(self._call("isEnroller", Web3.to_checksum_address(address)))
+
+    def voucher_digest(self, node_id: bytes, ak: AkPublic) -> bytes:
+        """The hash the contract expects an enroller to have signed for (node_id, ak)."""
+        return bytes(self._call("voucherDigest", _node_id(node_id), ak.x, ak.y))
+
     def challenge(self, node_id: bytes) -> Challenge:
         """The block before the latest as the nonce of the next quote for ``node_id``: calls
         and gas estimates run in the latest block's context, where its own hash is unknown."""
@@ -358,10 +371,13 @@ class RegistryClient:
         nonce_block: int,
         *,
         stake_wei: int,
+        voucher: bytes,
     ) -> TxResult:
+        """``voucher``: an appointed enroller's 65-byte signature over (registry, chain,
+        node_id, ak) (``contracts.voucher``)."""
         return self._transact(
             "register", _node_id(node_id), endpoint, ak.x, ak.y,
-            quote.attest, quote.r, quote.s, nonce_block, value=stake_wei,
+            quote.attest, quote.r, quote.s, nonce_block, bytes(voucher), value=stake_wei,
         )  # fmt: skip
 
     def attest(self, node_id: bytes, quote: ContractQuote, nonce_block: int) -> TxResult:
@@ -382,6 +398,10 @@ class RegistryClient:
 
     def revoke_digest(self, digest: bytes) -> TxResult:
         return self._transact("revokeDigest", digest)
+
+    def set_enroller(self, address: str, appointed: bool = True) -> TxResult:
+        """Appoint (or, with ``appointed=False``, remove) an enroller; owner only."""
+        return self._transact("setEnroller", Web3.to_checksum_address(address), appointed)
 
     def transfer_ownership(self, new_owner: str) -> TxResult:
         return self._transact("transferOwnership", Web3.to_checksum_address(new_owner))

@@ -3,6 +3,7 @@
 RegistryError                 root of everything raised by ``contracts``
 ├── ArtifactError             the committed build artifact is missing, unreadable or stale
 ├── QuoteFormatError          a quote, signature or key cannot be encoded for the contract
+├── VoucherError              an enrolment voucher is malformed, unreadable or for another node
 ├── KeyLoadError              no operator key, or the keystore could not be decrypted
 ├── ChainError                the RPC endpoint is unreachable or answered nonsense
 └── RegistryReverted          the contract refused a call; ``reason`` is its revert string
@@ -21,6 +22,11 @@ class ArtifactError(RegistryError):
 
 class QuoteFormatError(RegistryError):
     """A quote, signature or public key is not in the shared format."""
+
+
+class VoucherError(RegistryError):
+    """An enrolment voucher is malformed, cannot be read, or vouches for another
+    (registry, chain, node, AK) than the one it is used for."""
 
 
 class KeyLoadError(RegistryError):

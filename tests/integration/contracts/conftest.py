@@ -2,7 +2,8 @@
 
 Quotes here are synthetic TPMS_ATTEST blobs in the shared format, signed with software
 P-256 keys (the swtpm module uses a real TPM). The dev mnemonic's accounts play the owner,
-operators and reporters.
+operators and reporters; its account 6 is the enroller the owner appointed, whose vouchers
+admit the synthetic nodes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from contracts.client import RegistryClient, connect
+from contracts.voucher import vouch_for
 from contracts.quote import (
     AkPublic,
     ContractQuote,
@@ -47,6 +49,9 @@ def dev_accounts(n: int) -> list[LocalAccount]:
     return [
         Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}") for i in range(n)
     ]
+
+
+ENROLLER = dev_accounts(7)[6]  # signs vouchers only: needs no ether
 
 
 def rpc(w3: Web3, method: str, *params: object) -> object:
@@ -110,6 +115,10 @@ class ExitNode:
         )
         return sign_attest(self.key, attest)
 
+    def voucher(self, client: RegistryClient, enroller: LocalAccount = ENROLLER) -> bytes:
+        """``enroller``'s voucher for this node's id and AK on ``client``'s registry."""
+        return vouch_for(enroller, client, self.node_id, self.ak)
+
     def register(self, client: RegistryClient, stake: int = 10 * ETHER, endpoint: str = "") -> None:
         quote, block = self.quote(client)
         client.register(
@@ -119,6 +128,7 @@ class ExitNode:
             quote,
             block,
             stake_wei=stake,
+            voucher=self.voucher(client),
         )
 
 
@@ -149,6 +159,7 @@ def deployed(w3: Web3, accounts: list[LocalAccount]) -> RegistryClient:
         freshness_blocks=FRESHNESS,
     )
     client.approve_digest(GOOD_DIGEST)
+    client.set_enroller(ENROLLER.address)
     return client
 
 
@@ -192,6 +203,7 @@ class Kit:
     INTERVAL = INTERVAL
     UNBONDING = UNBONDING
     FRESHNESS = FRESHNESS
+    ENROLLER = ENROLLER
     dev_accounts = staticmethod(dev_accounts)
 
     def __init__(self, w3: Web3) -> None:

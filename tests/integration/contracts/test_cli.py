@@ -1,4 +1,5 @@
-"""``shadowmesh registry ...`` against Anvil, operator key from the environment."""
+"""``shadowmesh registry ...`` against Anvil, operator key from the environment; the
+enroller's ``vouch`` turns an enrolment record into the voucher ``register`` submits."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from attestation import constants as ac
+from attestation import tpms
+from attestation.enrol import Enrolment
 from contracts.quote import build_attest, sign_attest
 from l2bridge.command import main
 
@@ -17,6 +21,19 @@ pytestmark = pytest.mark.integration
 def run(capsys, *args: str) -> dict:  # type: ignore[no-untyped-def]
     assert main(["registry", *args]) == 0, capsys.readouterr().err
     return json.loads(capsys.readouterr().out)
+
+
+def enrolment_record(key: ec.EllipticCurvePrivateKey) -> str:
+    """What a verifier keeps after enrolling ``key`` as a (software stand-in) AK."""
+    numbers = key.public_key().public_numbers()
+    public = tpms.EccPublic(
+        ac.TPM_ALG_SHA256,
+        ac.AK_REQUIRED_ATTRIBUTES | ac.TPMA_USER_WITH_AUTH,
+        b"",
+        numbers.x.to_bytes(32, "big"),
+        numbers.y.to_bytes(32, "big"),
+    )
+    return Enrolment(tpms.encode_public(public), bytes(32)).dump()
 
 
 def test_registry_commands(accounts, kit, tmp_path, monkeypatch, capsys):
@@ -29,6 +46,8 @@ def test_registry_commands(accounts, kit, tmp_path, monkeypatch, capsys):
         monkeypatch.setenv("SHADOWMESH_REGISTRY", cfg["address"])
         approved = run(capsys, "approve", kit.GOOD.hex())
         assert approved["events"][0]["name"] == "DigestApproved"
+        added = run(capsys, "enroller", "add", kit.ENROLLER.address)
+        assert added["appointed"] is True and added["events"][0]["name"] == "EnrollerSet"
 
         node = kit.ExitNode.new()
         node_id = node.node_id.hex()
@@ -44,10 +63,39 @@ def test_registry_commands(accounts, kit, tmp_path, monkeypatch, capsys):
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         )
-        reg = run(capsys, "register", "--node-id", node_id, "--endpoint", "wss://cli/ws",
-                  "--ak-pub", str(ak), "--attest", str(attest), "--signature", str(sig),
-                  "--nonce-block", str(challenge["block_number"]), "--stake", "2")  # fmt: skip
-        assert reg["events"][0]["name"] == "NodeRegistered"
+        record, voucher = tmp_path / "enrolment.json", tmp_path / "voucher.json"
+        record.write_text(enrolment_record(node.key))
+        operator_key = accounts[4].key.hex()
+        monkeypatch.setenv("SHADOWMESH_REGISTRY_KEY", kit.ENROLLER.key.hex())
+        vouch = ["vouch", "--node-id", node_id, "--enrolment", str(record), "--out"]
+        vouched = run(capsys, *vouch, str(voucher))
+        assert vouched["enroller"] == kit.ENROLLER.address and vouched["enroller_appointed"]
+        chain_id = str(kit.w3.eth.chain_id)
+        offline = tmp_path / "offline.json"
+        assert run(capsys, *vouch, str(offline), "--chain-id", chain_id)["enroller_appointed"] is None
+        assert offline.read_text() == voucher.read_text()  # RFC 6979: same key, same voucher
+        (tmp_path / "junk.json").write_text('{"ak_public": "00"}')
+        assert main(["registry", "vouch", "--node-id", node_id, "--out", str(offline),
+                     "--enrolment", str(tmp_path / "junk.json")]) == 1  # fmt: skip
+        assert "malformed enrolment record" in capsys.readouterr().err
+        monkeypatch.setenv("SHADOWMESH_REGISTRY_KEY", operator_key)
+
+        register = ["register", "--endpoint", "wss://cli/ws", "--ak-pub", str(ak),
+                    "--attest", str(attest), "--signature", str(sig),
+                    "--nonce-block", str(challenge["block_number"]), "--stake", "2"]  # fmt: skip
+        other_id = kit.ExitNode.new().node_id.hex()
+        assert main(["registry", *register, "--node-id", other_id, "--voucher", str(voucher)]) == 1
+        assert "voucher is for another node id" in capsys.readouterr().err
+        missing = str(tmp_path / "none.json")
+        assert main(["registry", *register, "--node-id", node_id, "--voucher", missing]) == 1
+        assert "cannot read voucher" in capsys.readouterr().err
+        reg = run(capsys, *register, "--node-id", node_id, "--voucher", str(voucher))
+        assert [e["name"] for e in reg["events"]][:2] == ["NodeEnrolled", "NodeRegistered"]
+        assert reg["events"][0]["args"]["enroller"] == kit.ENROLLER.address
+        removed = run(capsys, "enroller", "remove", kit.ENROLLER.address)
+        assert removed["appointed"] is False
+        assert main(["registry", "enroller", "remove", kit.ENROLLER.address]) == 1
+        assert "registry: not an enroller" in capsys.readouterr().err
         listed = run(capsys, "list")
         assert listed == {"count": 1, "healthy": ["0x" + node_id], "registered": 1}
         shown = run(capsys, "show", "--node-id", node_id)

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from contracts.client import RegistryClient, connect
 from contracts.errors import RegistryReverted
 from contracts.quote import ak_public, build_attest, pcr_digest, qualifying_data, sign_attest
+from contracts.voucher import vouch_for
 from hardware.chain import Anvil, ChainStartError, HardhatNode
 
 pytestmark = pytest.mark.integration
@@ -26,6 +27,7 @@ def test_main_path_on_hardhat(accounts):
             w3, accounts[0], attestation_interval_s=3600, unbonding_delay_s=600
         )
         owner.approve_digest(GOOD)
+        owner.set_enroller(accounts[3].address)
         operator = owner.with_account(accounts[1])
         reporter = owner.with_account(accounts[2])
         key = ec.generate_private_key(ec.SECP256R1())
@@ -35,10 +37,11 @@ def test_main_path_on_hardhat(accounts):
         def quote_for(qualifying: bytes, digest: bytes = GOOD):  # type: ignore[no-untyped-def]
             return sign_attest(key, build_attest(qualifying, digest, clock=next(clock)))
 
+        ak = ak_public(key.public_key())
         challenge = operator.challenge(node_id)
-        operator.register(node_id, "wss://hh/ws", ak_public(key.public_key()),
-                          quote_for(challenge.qualifying_data), challenge.block_number,
-                          stake_wei=20 * ETHER)  # fmt: skip
+        operator.register(node_id, "wss://hh/ws", ak, quote_for(challenge.qualifying_data),
+                          challenge.block_number, stake_wei=20 * ETHER,
+                          voucher=vouch_for(accounts[3], owner, node_id, ak))  # fmt: skip
         operator.attest_with(node_id, quote_for)
         assert list(reporter.healthy_nodes()) == [node_id]
         with pytest.raises(RegistryReverted, match=r"^attestation window open$"):

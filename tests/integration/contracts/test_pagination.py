@@ -15,8 +15,9 @@ def test_pagination_over_200_nodes(operator, reporter, kit):
     for node in nodes:
         quote, block = node.quote(operator)
         operator.register(
-            node.node_id, "wss://e/ws", node.ak, quote, block, stake_wei=10 * kit.ETHER
-        )
+            node.node_id, "wss://e/ws", node.ak, quote, block,
+            stake_wei=10 * kit.ETHER, voucher=node.voucher(operator),
+        )  # fmt: skip
     assert operator.node_count() == NODES
     everyone = [n.node_id for n in nodes]
     assert list(operator.healthy_nodes(page=37)) == everyone

@@ -13,6 +13,7 @@ from web3.exceptions import ContractLogicError
 
 from contracts.client import revert_reason
 from contracts.quote import ak_public, build_attest, pcr_digest, qualifying_data, sign_attest
+from contracts.voucher import vouch_for
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +22,7 @@ KEY = ec.generate_private_key(ec.SECP256R1())
 NODE_ID = os.urandom(32)
 
 
-def test_mutated_quotes_are_refused(deployed, accounts):
+def test_mutated_quotes_are_refused(deployed, accounts, kit):
     w3 = deployed.w3
     block = w3.eth.block_number - 1
     block_hash = bytes(w3.eth.get_block(block)["hash"])
@@ -30,10 +31,11 @@ def test_mutated_quotes_are_refused(deployed, accounts):
     attest = build_attest(qualifying_data(block_hash, NODE_ID), digest)
     quote = sign_attest(KEY, attest)
     ak = ak_public(KEY.public_key())
+    voucher = vouch_for(kit.ENROLLER, deployed, NODE_ID, ak)  # genuine: the quote is under test
 
     def submit(blob: bytes) -> str:
         call = deployed.contract.functions.register(
-            NODE_ID, "wss://f/ws", ak.x, ak.y, blob, quote.r, quote.s, block
+            NODE_ID, "wss://f/ws", ak.x, ak.y, blob, quote.r, quote.s, block, voucher
         )
         try:
             call.call({"from": accounts[5].address, "value": 10 * 10**18})

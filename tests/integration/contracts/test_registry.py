@@ -89,10 +89,12 @@ def test_register_and_show(operator, accounts, kit):
     node = kit.ExitNode.new()
     quote, block = node.quote(operator)
     result = operator.register(
-        node.node_id, "wss://exit.example/ws", node.ak, quote, block, stake_wei=12 * kit.ETHER
-    )
-    assert result.event_names() == ["NodeRegistered", "AttestationUpdated"]
-    assert result.events[0].args["stake"] == 12 * kit.ETHER
+        node.node_id, "wss://exit.example/ws", node.ak, quote, block,
+        stake_wei=12 * kit.ETHER, voucher=node.voucher(operator),
+    )  # fmt: skip
+    assert result.event_names() == ["NodeEnrolled", "NodeRegistered", "AttestationUpdated"]
+    assert result.events[0].args["enroller"] == kit.ENROLLER.address
+    assert result.events[1].args["stake"] == 12 * kit.ETHER
     info = operator.node(node.node_id)
     assert info.operator == accounts[1].address
     assert (info.endpoint, info.status, info.reputation) == ("wss://exit.example/ws", "active", 500)
@@ -107,24 +109,29 @@ def test_register_rejects_low_stake_duplicates_and_bad_endpoints(operator, kit):
     node = kit.ExitNode.new()
     quote, block = node.quote(operator)
     with reverts("stake below minimum"):
-        operator.register(node.node_id, "e", node.ak, quote, block, stake_wei=10 * kit.ETHER - 1)
+        operator.register(node.node_id, "e", node.ak, quote, block, stake_wei=10 * kit.ETHER - 1,
+                          voucher=node.voucher(operator))  # fmt: skip
     for endpoint in ("", "x" * 257):
         with reverts("endpoint length out of range"):
             operator.register(
-                node.node_id, endpoint, node.ak, quote, block, stake_wei=10 * kit.ETHER
-            )
+                node.node_id, endpoint, node.ak, quote, block,
+                stake_wei=10 * kit.ETHER, voucher=node.voucher(operator),
+            )  # fmt: skip
     node.register(operator)
     quote, block = node.quote(operator)
     with reverts("node already registered"):
-        operator.register(node.node_id, "e", node.ak, quote, block, stake_wei=10 * kit.ETHER)
+        operator.register(node.node_id, "e", node.ak, quote, block, stake_wei=10 * kit.ETHER,
+                          voucher=node.voucher(operator))  # fmt: skip
     other = kit.ExitNode(os.urandom(32), node.key)  # same AK, another node id
     quote, block = other.quote(operator)
     with reverts("AK already registered"):
-        operator.register(other.node_id, "e", other.ak, quote, block, stake_wei=10 * kit.ETHER)
+        operator.register(other.node_id, "e", other.ak, quote, block, stake_wei=10 * kit.ETHER,
+                          voucher=other.voucher(operator))  # fmt: skip
 
 
 def _register(client: RegistryClient, node, quote: ContractQuote, block: int, kit) -> None:  # type: ignore[no-untyped-def]
-    client.register(node.node_id, "wss://e/ws", node.ak, quote, block, stake_wei=10 * kit.ETHER)
+    client.register(node.node_id, "wss://e/ws", node.ak, quote, block, stake_wei=10 * kit.ETHER,
+                    voucher=node.voucher(client))  # fmt: skip
 
 
 def test_tampered_quote_byte_is_rejected(operator, kit):

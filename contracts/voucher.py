@@ -1,0 +1,200 @@
+"""Enrolment vouchers: an enroller's on-chain-checkable word that an AK lives in a real TPM.
+
+A quote signed by a P-256 key proves nothing about where the key lives, so the registry
+takes new nodes only with a voucher from an owner-appointed enroller: a verifier that ran
+the off-chain enrolment (``attestation.enrol``: EK certificate chain, then MakeCredential /
+ActivateCredential bound to this AK) and then signed
+
+    keccak256(abi.encode(registry, chainId, nodeId, akX, akY))
+
+with its Ethereum key as an EIP-191 ``personal_sign`` message. The registry recovers the
+signer with ``ecrecover`` (65 bytes ``r || s || v``, ``v`` in {27, 28}, low ``s``) and
+requires it to be an appointed enroller. Binding the registry and chain id stops a voucher
+from being replayed on another deployment; binding nodeId and the AK stops it from
+admitting another node or another key.
+
+The voucher file (``Voucher.dump``) is JSON naming what it vouches for, so an exit can tell
+"this voucher is for another AK" apart from "the contract refused it".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from eth_abi.abi import encode as abi_encode
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_account.signers.local import LocalAccount
+from eth_utils.address import is_address, to_checksum_address
+from eth_utils.crypto import keccak
+
+from contracts.constants import (
+    MAX_VOUCHER_FILE_BYTES,
+    NODE_ID_BYTES,
+    P256_COORD_BYTES,
+    SECP256K1_HALF_ORDER,
+    VOUCHER_BYTES,
+    VOUCHER_V_VALUES,
+)
+from contracts.errors import VoucherError
+from contracts.quote import AkPublic
+
+if TYPE_CHECKING:
+    from contracts.client import RegistryClient
+
+
+def _checked(contract: str, chain_id: int, node_id: bytes, ak: AkPublic) -> str:
+    if not is_address(contract):
+        raise VoucherError("registry address is not an Ethereum address")
+    if isinstance(chain_id, bool) or not isinstance(chain_id, int) or not 0 < chain_id < 2**256:
+        raise VoucherError("chain id must be a positive integer")
+    if len(node_id) != NODE_ID_BYTES:
+        raise VoucherError("node id must be 32 bytes")
+    if len(ak.x) != P256_COORD_BYTES or len(ak.y) != P256_COORD_BYTES:
+        raise VoucherError("AK coordinates must be 32 bytes each")
+    return str(to_checksum_address(contract))
+
+
+def voucher_digest(contract: str, chain_id: int, node_id: bytes, ak: AkPublic) -> bytes:
+    """keccak256(abi.encode(contract, chainId, nodeId, akX, akY)): what an enroller signs
+    (as ExitNodeRegistry.voucherDigest computes it)."""
+    address = _checked(contract, chain_id, node_id, ak)
+    encoded = abi_encode(
+        ["address", "uint256", "bytes32", "bytes32", "bytes32"],
+        [address, chain_id, node_id, ak.x, ak.y],
+    )
+    return bytes(keccak(encoded))
+
+
+def sign_voucher(
+    account: LocalAccount, contract: str, chain_id: int, node_id: bytes, ak: AkPublic
+) -> bytes:
+    """The 65-byte voucher (r || s || v) signed by the enroller's ``account``."""
+    digest = voucher_digest(contract, chain_id, node_id, ak)
+    signed = account.sign_message(encode_defunct(primitive=digest))
+    signature = bytes(signed.signature)
+    _check_shape(signature)  # eth_keys already gives low s and v in {27, 28}; never send less
+    return signature
+
+
+def _check_shape(signature: bytes) -> None:
+    if len(signature) != VOUCHER_BYTES:
+        raise VoucherError(f"a voucher is {VOUCHER_BYTES} bytes, got {len(signature)}")
+    if signature[64] not in VOUCHER_V_VALUES:
+        raise VoucherError("voucher v must be 27 or 28")
+    if int.from_bytes(signature[32:64], "big") > SECP256K1_HALF_ORDER:
+        raise VoucherError("voucher s is in the upper half of the curve order")
+
+
+def recover_voucher(
+    signature: bytes, contract: str, chain_id: int, node_id: bytes, ak: AkPublic
+) -> str:
+    """The checksummed address that signed ``signature`` for these values, under the
+    contract's rules. A voucher made for other values recovers some unrelated address, as
+    on chain. Raises VoucherError for a malformed or unrecoverable signature."""
+    _check_shape(signature)
+    digest = voucher_digest(contract, chain_id, node_id, ak)
+    try:
+        signer = Account.recover_message(encode_defunct(primitive=digest), signature=signature)
+    except (ValueError, TypeError) as exc:
+        raise VoucherError(f"voucher does not recover to any key: {type(exc).__name__}") from None
+    return str(signer)
+
+
+@dataclass(frozen=True, slots=True)
+class Voucher:
+    """A voucher and what it vouches for, as stored in a voucher file."""
+
+    contract: str
+    chain_id: int
+    node_id: bytes
+    ak: AkPublic
+    enroller: str
+    signature: bytes
+
+    @classmethod
+    def make(
+        cls, account: LocalAccount, contract: str, chain_id: int, node_id: bytes, ak: AkPublic
+    ) -> Voucher:
+        signature = sign_voucher(account, contract, chain_id, node_id, ak)
+        address = _checked(contract, chain_id, node_id, ak)
+        return cls(address, chain_id, bytes(node_id), ak, str(account.address), signature)
+
+    def dump(self) -> str:
+        doc = {
+            "registry": self.contract,
+            "chain_id": self.chain_id,
+            "node_id": "0x" + self.node_id.hex(),
+            "ak_x": "0x" + self.ak.x.hex(),
+            "ak_y": "0x" + self.ak.y.hex(),
+            "enroller": self.enroller,
+            "signature": "0x" + self.signature.hex(),
+        }
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> Voucher:
+        """A voucher file; its signature must recover to the enroller it names.
+        Raises VoucherError."""
+        if len(text) > MAX_VOUCHER_FILE_BYTES:
+            raise VoucherError("voucher file is too large")
+        try:
+            doc = json.loads(text)
+            if not isinstance(doc, dict):
+                raise TypeError("not an object")
+            voucher = cls(
+                contract=_address(doc["registry"]),
+                chain_id=_int(doc["chain_id"]),
+                node_id=_hex(doc["node_id"]),
+                ak=AkPublic(_hex(doc["ak_x"]), _hex(doc["ak_y"])),
+                enroller=_address(doc["enroller"]),
+                signature=_hex(doc["signature"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise VoucherError(f"malformed voucher file: {type(exc).__name__}: {exc}") from None
+        signer = recover_voucher(
+            voucher.signature, voucher.contract, voucher.chain_id, voucher.node_id, voucher.ak
+        )
+        if signer != voucher.enroller:
+            raise VoucherError("voucher signature is not the named enroller's")
+        return voucher
+
+    def check_for(self, contract: str, chain_id: int, node_id: bytes, ak: AkPublic) -> None:
+        """Raise VoucherError naming what differs unless this voucher is for exactly these."""
+        if _checked(contract, chain_id, node_id, ak) != self.contract:
+            raise VoucherError(f"voucher is for registry {self.contract}, not {contract}")
+        if chain_id != self.chain_id:
+            raise VoucherError(f"voucher is for chain {self.chain_id}, not {chain_id}")
+        if node_id != self.node_id:
+            raise VoucherError("voucher is for another node id")
+        if ak != self.ak:
+            raise VoucherError("voucher is for another AK")
+
+
+def vouch_for(
+    enroller: LocalAccount, registry: RegistryClient, node_id: bytes, ak: AkPublic
+) -> bytes:
+    """The 65-byte voucher ``enroller`` gives (node_id, ak) on ``registry``'s deployment:
+    one call for code (demo, tests, benches) that registers nodes. Raises ChainError when
+    the chain id cannot be read."""
+    return sign_voucher(enroller, registry.address, registry.chain_id(), node_id, ak)
+
+
+def _hex(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise TypeError("expected a hex string")
+    return bytes.fromhex(value.removeprefix("0x"))
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("expected an integer")
+    return value
+
+
+def _address(value: Any) -> str:
+    if not isinstance(value, str) or not is_address(value):
+        raise ValueError("expected an Ethereum address")
+    return str(to_checksum_address(value))
