@@ -127,7 +127,6 @@ class Client:
         stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
-                drain = asyncio.ensure_future(self._drain_while_down())
                 try:
                     link = await _first(self._connect(), stopping)
                 except asyncio.CancelledError:
@@ -135,10 +134,6 @@ class Client:
                 except Exception as exc:  # any failure to connect is retried
                     link = None
                     log.warning("connect failed: %s", _why(exc))
-                finally:
-                    drain.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await drain
                 if link is None:
                     if stop.is_set():
                         return
@@ -172,7 +167,7 @@ class Client:
             self._link = None
             self._direct = None
             self._held = None
-            # Reading may have been paused for back-pressure; the drain needs it.
+            # Reading may have been paused for back-pressure; while down it drops.
             asyncio.get_running_loop().add_reader(self.tap.fileno(), self._on_readable)
             self.connected.clear()
             for task in (up, down):
@@ -184,11 +179,19 @@ class Client:
 
     def _on_readable(self) -> None:
         """The TAP's reader callback: send straight to a direct link, else wake a task."""
+        counters = self.metrics.counters
+        if self._link is None:
+            # Frames read while no link is up are dropped and counted, never queued.
+            while frames := self.tap.read_batch():
+                counters.drop("link_down", len(frames))
+            return
         link = self._direct
         if link is None:
+            # The task reads; until it has caught up the loop must not call us again
+            # (the TAP stays readable, and the callback would spin).
+            asyncio.get_running_loop().remove_reader(self.tap.fileno())
             self._readable.set()
             return
-        counters = self.metrics.counters
         for _ in range(CALLBACK_BATCHES):  # the loop calls again while the TAP is readable
             frames = self.tap.read_batch(BATCH_FRAMES, self._batch_bytes)
             if not frames:
@@ -224,10 +227,10 @@ class Client:
                 await link.send_frames(frames)
                 counters.frames_out += len(frames)
                 counters.bytes_out += sum(map(len, frames))
-            if isinstance(link, DirectLink) and self._direct is None:
-                # Caught up: the reader callback sends directly again.
+            # Caught up: read in the callback again (sending directly if the link can).
+            if isinstance(link, DirectLink):
                 self._direct = link
-                asyncio.get_running_loop().add_reader(self.tap.fileno(), self._on_readable)
+            asyncio.get_running_loop().add_reader(self.tap.fileno(), self._on_readable)
 
     async def _link_to_tap(self, link: FrameLink) -> None:
         if isinstance(link, DirectLink):
@@ -242,14 +245,6 @@ class Client:
         counters.frames_in += len(frames)
         counters.bytes_in += sum(map(len, frames))
         self.tap.write_batch(frames)  # refusals are counted by reason by the TAP
-
-    async def _drain_while_down(self) -> None:
-        """Frames read while no link is up are dropped and counted, never queued."""
-        while True:
-            await self._readable.wait()
-            self._readable.clear()
-            while frames := self.tap.read_batch():
-                self.metrics.counters.drop("link_down", len(frames))
 
 
 async def _first(work: Awaitable[FrameLink], stopping: asyncio.Future[Any]) -> FrameLink | None:
