@@ -54,6 +54,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _time_settings(settings: Any) -> dict[str, Any]:
+    """The clock settings without per-node paths: two exits with the same kinds of time
+    sources on different serial devices run the same approved configuration."""
+    doc = _plain(settings)
+    if not isinstance(doc, dict):
+        return {"value": doc}
+    doc.pop("chrony_socket", None)
+    for source in doc.get("sources", []):
+        if isinstance(source, dict):
+            source.pop("device", None)
+            source["pps"] = source.get("pps") is not None
+    return dict(doc)
+
+
 def measured_config(config: Config, state_dir: Path) -> Path:
     """Write the measured part of ``config`` as canonical JSON; return its path."""
     net = config.network
@@ -62,7 +76,7 @@ def measured_config(config: Config, state_dir: Path) -> Path:
         "network": {"layer": net.layer, "mtu": net.mtu, "vlan_allow": list(net.vlan_allow)},
         "exit_nodes": _plain(config.exit_nodes),
         "obfuscation": _plain(config.obfuscation),
-        "atomic_time": _plain(config.atomic_time),
+        "atomic_time": _time_settings(config.atomic_time),
         "chain": {"attestation_interval": config.chain.attestation_interval},
     }
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -10,6 +10,11 @@ stopped (terminate, then kill) by ``stop()`` or on leaving the ``with`` block. I
 to a log file in a private temporary directory, removed on stop; the tail of that log is in
 the error when the node fails to start. Operators of a real deployment point the client at
 any RPC URL instead; nothing here is needed then.
+
+``netns=NAME, host=ADDR`` runs the node inside that network namespace (``ip netns exec``),
+listening on ``ADDR:8545`` there, for labs whose nodes reach the chain over veth links.
+Readiness is then checked with ``ss -N NAME`` (this process is not in that namespace, so
+``rpc()`` cannot reach it; use ``rpc_url`` from inside the namespace).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ LOG_TAIL_BYTES = 2000
 ANVIL_HARDFORK = "osaka"
 DEFAULT_ACCOUNTS = 10
 DEFAULT_BALANCE_ETHER = 10_000
+NETNS_PORT = 8545  # the usual JSON-RPC port; free in a namespace of our own
 
 
 class ChainStartError(RuntimeError):
@@ -58,15 +64,19 @@ class LocalChain:
 
     name = "chain"
 
-    def __init__(self, *, node_modules: Path = NODE_MODULES) -> None:
+    def __init__(
+        self, *, node_modules: Path = NODE_MODULES, netns: str | None = None, host: str = HOST
+    ) -> None:
         self.node_modules = node_modules
+        self.netns = netns
+        self.host = host
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
 
     @property
     def rpc_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -89,11 +99,12 @@ class LocalChain:
         last = ""
         try:
             for _ in range(START_ATTEMPTS):
-                self.port = free_port()
+                self.port = NETNS_PORT if self.netns is not None else free_port()
+                prefix = ["ip", "netns", "exec", self.netns] if self.netns is not None else []
                 log = self._dir / "node.log"
                 with log.open("wb") as out:
                     self._proc = subprocess.Popen(
-                        self._command(self.port),
+                        [*prefix, *self._command(self.port)],
                         cwd=self._cwd(),
                         env=self._environment(self._dir),
                         stdin=subprocess.DEVNULL,
@@ -119,10 +130,24 @@ class LocalChain:
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
                 return False
-            with contextlib.suppress(OSError, ValueError):
-                if self.rpc("eth_chainId") is not None:
+            if self.netns is not None:
+                if self._listening_in_netns():
                     return True
+            else:
+                with contextlib.suppress(OSError, ValueError):
+                    if self.rpc("eth_chainId") is not None:
+                        return True
             time.sleep(POLL_INTERVAL_S)
+        return False
+
+    def _listening_in_netns(self) -> bool:
+        assert self.netns is not None
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            out = subprocess.run(
+                ["ss", "-N", self.netns, "-Hltn", f"sport = :{self.port}"],
+                capture_output=True, text=True, timeout=5, check=False,
+            )  # fmt: skip
+            return bool(out.stdout.strip())
         return False
 
     def rpc(self, method: str, params: list[Any] | None = None) -> Any:
@@ -182,8 +207,10 @@ class Anvil(LocalChain):
         accounts: int = DEFAULT_ACCOUNTS,
         balance_ether: int = DEFAULT_BALANCE_ETHER,
         gas_limit: int | None = None,
+        netns: str | None = None,
+        host: str = HOST,
     ) -> None:
-        super().__init__(node_modules=node_modules)
+        super().__init__(node_modules=node_modules, netns=netns, host=host)
         self.accounts = accounts
         self.balance_ether = balance_ether
         self.gas_limit = gas_limit
@@ -192,7 +219,7 @@ class Anvil(LocalChain):
         binary = self.node_modules / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
         argv = [
             str(binary),
-            "--host", HOST, "--port", str(port),
+            "--host", self.host, "--port", str(port),
             "--hardfork", ANVIL_HARDFORK,
             "--accounts", str(self.accounts),
             "--balance", str(self.balance_ether),
@@ -215,7 +242,7 @@ class HardhatNode(LocalChain):
     def _command(self, port: int) -> list[str]:
         node = self.node_modules / "node" / "bin" / "node"
         cli = self.node_modules / "hardhat" / "dist" / "src" / "cli.js"
-        return [str(node), str(cli), "node", "--hostname", HOST, "--port", str(port)]
+        return [str(node), str(cli), "node", "--hostname", self.host, "--port", str(port)]
 
     def _environment(self, scratch: Path) -> dict[str, str]:
         env = dict(os.environ)

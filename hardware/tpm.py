@@ -5,6 +5,10 @@ Nothing above this module starts swtpm or names a TPM device; they get a TCTI st
 --create-ek-cert``; the EK certificate is issued by a local CA created in the same
 directory (standing in for the TPM maker's CA, never the machine's /etc/swtpm-localca),
 then serves it with ``swtpm socket`` on two free loopback ports.
+
+With ``netns=NAME`` the process runs inside that network namespace (``ip netns exec``) on
+the standard ports 2321/2322 of its loopback, so only processes in that namespace (the
+exit it belongs to) reach it; ``tcti`` is then meant to be used from inside it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ DEVICE_PATH = "/dev/tpmrm0"
 START_TIMEOUT_S = 10.0
 SETUP_TIMEOUT_S = 60.0
 PORT_ATTEMPTS = 20
+NETNS_PORT = 2321  # swtpm's usual server port; its control port is the next one
 
 
 def device_tcti(path: str = DEVICE_PATH) -> str:
@@ -49,8 +54,9 @@ def _free_port_pair() -> int:
 class Swtpm:
     """A manufactured software TPM process. Use as a context manager or call stop()."""
 
-    def __init__(self, *, directory: Path | None = None) -> None:
+    def __init__(self, *, directory: Path | None = None, netns: str | None = None) -> None:
         self._own_dir = directory is None
+        self.netns = netns
         self.dir = Path(tempfile.mkdtemp(prefix="swtpm-")) if directory is None else directory
         self.state_dir = self.dir / "state"
         self.ca_dir = self.dir / "ca"
@@ -104,9 +110,11 @@ class Swtpm:
         if self._proc is not None:
             return self
         for _ in range(PORT_ATTEMPTS):
-            port = _free_port_pair()
+            # A namespace of our own has every port free; the root namespace is shared.
+            port = NETNS_PORT if self.netns is not None else _free_port_pair()
+            prefix = ["ip", "netns", "exec", self.netns] if self.netns is not None else []
             cmd = [
-                "swtpm", "socket", "--tpm2",
+                *prefix, "swtpm", "socket", "--tpm2",
                 "--tpmstate", f"dir={self.state_dir}",
                 "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
                 "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
@@ -118,18 +126,30 @@ class Swtpm:
                 self._proc, self.port = proc, port
                 return self
             _stop(proc)  # lost the port race; try another pair
-        raise RuntimeError("swtpm did not start")
+            if self.netns is not None:
+                break  # no race inside our own namespace: it failed for a real reason
+        raise RuntimeError(f"swtpm did not start (log: {self.dir / 'swtpm.log'})")
 
-    @staticmethod
-    def _wait_listening(proc: subprocess.Popen[bytes], port: int) -> bool:
+    def _listening(self, port: int) -> bool:
+        if self.netns is not None:
+            out = subprocess.run(
+                ["ss", "-N", self.netns, "-Hltn", f"sport = :{port}"],
+                capture_output=True, text=True, timeout=5, check=False,
+            )  # fmt: skip
+            return bool(out.stdout.strip())
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.2),
+        ):
+            return True
+        return False
+
+    def _wait_listening(self, proc: subprocess.Popen[bytes], port: int) -> bool:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 return False
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", port + 1), timeout=0.2),
-            ):
+            if self._listening(port + 1):
                 return True
             time.sleep(0.02)
         return False
