@@ -27,8 +27,10 @@ from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
+from eth_keys.exceptions import BadSignature
 from eth_utils.address import is_address, to_checksum_address
 from eth_utils.crypto import keccak
+from eth_utils.exceptions import ValidationError as EthKeysValidationError
 
 from contracts.constants import (
     MAX_VOUCHER_FILE_BYTES,
@@ -98,7 +100,7 @@ def recover_voucher(
     digest = voucher_digest(contract, chain_id, node_id, ak)
     try:
         signer = Account.recover_message(encode_defunct(primitive=digest), signature=signature)
-    except (ValueError, TypeError) as exc:
+    except (BadSignature, EthKeysValidationError, ValueError, TypeError) as exc:
         raise VoucherError(f"voucher does not recover to any key: {type(exc).__name__}") from None
     return str(signer)
 

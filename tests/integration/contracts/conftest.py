@@ -21,7 +21,6 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from contracts.client import RegistryClient, connect
-from contracts.voucher import vouch_for
 from contracts.quote import (
     AkPublic,
     ContractQuote,
@@ -31,6 +30,7 @@ from contracts.quote import (
     qualifying_data,
     sign_attest,
 )
+from contracts.voucher import vouch_for
 from hardware.chain import Anvil
 
 DEV_MNEMONIC = "test test test test test test test test test test test junk"

@@ -72,7 +72,8 @@ def test_registry_commands(accounts, kit, tmp_path, monkeypatch, capsys):
         assert vouched["enroller"] == kit.ENROLLER.address and vouched["enroller_appointed"]
         chain_id = str(kit.w3.eth.chain_id)
         offline = tmp_path / "offline.json"
-        assert run(capsys, *vouch, str(offline), "--chain-id", chain_id)["enroller_appointed"] is None
+        signed_offline = run(capsys, *vouch, str(offline), "--chain-id", chain_id)
+        assert signed_offline["enroller_appointed"] is None
         assert offline.read_text() == voucher.read_text()  # RFC 6979: same key, same voucher
         (tmp_path / "junk.json").write_text('{"ak_public": "00"}')
         assert main(["registry", "vouch", "--node-id", node_id, "--out", str(offline),
