@@ -212,6 +212,10 @@ class Client:
                 return
             counters.frames_out += len(frames)
             counters.bytes_out += sum(map(len, frames))
+            if len(frames) < BATCH_FRAMES:
+                # The read stopped at an empty device (or the byte limit, and then the
+                # loop calls us again): no extra read just to hear EAGAIN.
+                return
 
     async def _tap_to_link(self, link: FrameLink) -> None:
         counters = self.metrics.counters
