@@ -47,8 +47,10 @@ async def one_run(world, check: float, tag: int) -> tuple[float, float]:
         x.lifecycle._open()  # reset + re-extend PCR 23 (as at the exit's start)
     servers = [await e2e.serve_exit(x) for x in exits]
     for x, op in zip(exits, operators, strict=True):
+        if not x.voucher.exists():
+            e2e.vouch(registry, x)  # the enroller vouches once; later runs are registered
         x.upkeep = RegistryUpkeep(lambda op=op: registry.with_account(op), x.lifecycle, x.url,
-                                  interval=e2e.INTERVAL)  # fmt: skip
+                                  interval=e2e.INTERVAL, voucher=x.voucher)  # fmt: skip
         await asyncio.to_thread(x.upkeep.step)
     finder = ExitFinder(
         e2e.RegistryClient(registry.w3, registry.address),

@@ -3,7 +3,9 @@
     python bench/gas.py
 
 Synthetic quotes in the shared TPMS_ATTEST format, signed with a software P-256 key, so the
-on-chain work (parsing, P256VERIFY, storage) is exactly what a TPM's quote costs.
+on-chain work (parsing, P256VERIFY, storage) is exactly what a TPM's quote costs. Every
+registration carries an appointed enroller's voucher (65-byte signature, ecrecover), as
+the contract requires; ``register_gas`` includes checking it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from contracts.quote import (
     qualifying_data,
     sign_attest,
 )
+from contracts.voucher import vouch_for
 from hardware.chain import Anvil
 
 MNEMONIC = "test test test test test test test test test test test junk"
@@ -36,8 +39,8 @@ BAD = pcr_digest([b"\x02" * 32])
 
 def main() -> None:
     Account.enable_unaudited_hdwallet_features()
-    owner, operator, reporter = (
-        Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}") for i in range(3)
+    owner, operator, reporter, enroller = (
+        Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}") for i in range(4)
     )
     figures: dict[str, object] = {"chain": "anvil 1.7.1 --hardfork osaka"}
     with Anvil() as chain:
@@ -48,6 +51,7 @@ def main() -> None:
         )
         figures["deploy_gas"] = int(receipt["gasUsed"])
         figures["approve_digest_gas"] = deployed.approve_digest(GOOD).gas_used
+        figures["set_enroller_gas"] = deployed.set_enroller(enroller.address).gas_used
         op, rep = deployed.with_account(operator), deployed.with_account(reporter)
         key = ec.generate_private_key(ec.SECP256R1())
         node_id = os.urandom(32)
@@ -56,10 +60,11 @@ def main() -> None:
         def quote(qualifying: bytes, digest: bytes = GOOD):  # type: ignore[no-untyped-def]
             return sign_attest(key, build_attest(qualifying, digest, clock=next(clock)))
 
+        ak = ak_public(key.public_key())
         ch = op.challenge(node_id)
         figures["register_gas"] = op.register(
-            node_id, "wss://exit.example:443/ws", ak_public(key.public_key()),
-            quote(ch.qualifying_data), ch.block_number, stake_wei=40 * ETHER,
+            node_id, "wss://exit.example:443/ws", ak, quote(ch.qualifying_data), ch.block_number,
+            stake_wei=40 * ETHER, voucher=vouch_for(enroller, op, node_id, ak),
         ).gas_used  # fmt: skip
         figures["update_attestation_gas"] = op.attest_with(node_id, quote).gas_used
         chain.rpc("evm_increaseTime", [3601])

@@ -8,7 +8,8 @@
   (``AttestationUnavailable``); without it the exit starts, says so, and serves no evidence.
 * Registry upkeep: when ``chain.rpc_url`` and ``chain.contract_address`` are set (operator
   key from ``chain.keystore`` or $SHADOWMESH_REGISTRY_KEY), every
-  ``chain.attestation_interval``.
+  ``chain.attestation_interval``; the first registration needs the enroller's voucher at
+  ``chain.enrolment_voucher`` (``exitnode.upkeep``).
 * Clock: the ``atomic_time`` sources when enabled (a dead source falls back per
   ``timing.clock``, stated in the status page), else the system clock.
 
@@ -159,6 +160,7 @@ class AttestedExit:
                 lifecycle,
                 public_url,
                 interval=chain.attestation_interval,
+                voucher=chain.enrolment_voucher,
                 clock=clock.now,
                 metrics=metrics,
             )

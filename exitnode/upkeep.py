@@ -5,6 +5,12 @@ anyone can check the quote is fresh), have the TPM quote it for our nodeId, and 
 with ``register`` (stake = ``stake_wei``, default the registry's minimum) the first time
 and ``updateAttestation`` after that. The endpoint on chain is corrected if it differs.
 
+Registration needs an enrolment voucher (``contracts.voucher``): an appointed enroller's
+signature that this nodeId's AK was enrolled in a real TPM. It is read from ``voucher``
+(``chain.enrolment_voucher``) at every registration attempt, so a voucher written while
+the exit runs (an enroller runs ``shadowmesh registry vouch --enrolment
+<state>/enrolment.json``) is picked up at the next retry. Once registered it is not needed.
+
 ``state`` (also a gauge and status info) is one of:
 
 * ``registered`` / ``attested``: the last round went through;
@@ -16,6 +22,10 @@ and ``updateAttestation`` after that. The endpoint on chain is corrected if it d
   after the software changed); retried each ``retry_s`` in case the owner approves;
 * ``tpm-unavailable``: no quote could be made (see ``exitnode.lifecycle``);
 * ``no-operator-key``: no key to sign transactions with; registry upkeep is off.
+* ``no-voucher``: not registered yet and no usable enrolment voucher (none configured,
+  unreadable, or made for another node, AK, registry or chain: the detail says which);
+  retried with backoff. A voucher the contract refuses (its signer is not, or no longer,
+  an enroller) is ``rejected: voucher not from an enroller``.
 
 The chain calls block, so they run in a worker thread; the loop itself is asyncio.
 """
@@ -28,13 +38,21 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from attestation import tpms
 from attestation.errors import AttestationError
 from contracts.client import RegistryClient
-from contracts.errors import ChainError, KeyLoadError, RegistryError, RegistryReverted
+from contracts.errors import (
+    ChainError,
+    KeyLoadError,
+    RegistryError,
+    RegistryReverted,
+    VoucherError,
+)
 from contracts.quote import AkPublic, ContractQuote, ak_public
-from exitnode.lifecycle import ExitLifecycle
+from contracts.voucher import Voucher
+from exitnode.lifecycle import ENROLMENT_FILE, ExitLifecycle
 from l2bridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -48,7 +66,9 @@ STATE_CODES = {
     "rejected": 3.0,
     "tpm-unavailable": 4.0,
     "no-operator-key": 5.0,
+    "no-voucher": 6.0,
 }
+MAX_VOUCHER_READ = 1 << 16  # far above any voucher file; a bigger one is refused unread
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +87,14 @@ class RegistryUpkeep:
         *,
         interval: float,
         stake_wei: int | None = None,
+        voucher: Path | None = None,
         retry_s: float = RETRY_S,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
     ) -> None:
         """``registry`` makes the client (called again after a failure, so a node that was
-        unreachable at start is reached once it answers)."""
+        unreachable at start is reached once it answers). ``voucher``: the enrolment
+        voucher file used to register (``chain.enrolment_voucher``)."""
         self._make_registry = registry
         self._registry: RegistryClient | None = None
         self.lifecycle = lifecycle
@@ -80,6 +102,7 @@ class RegistryUpkeep:
         self.endpoint = endpoint
         self.interval = interval
         self.stake_wei = stake_wei
+        self.voucher_path = voucher
         self._retry = retry_s
         self._clock = clock
         self.state = "starting"
@@ -112,6 +135,26 @@ class RegistryUpkeep:
         attest, signature = self.lifecycle.quote_for(qualifying_nonce)
         return ContractQuote.from_parts(attest, signature)
 
+    def _voucher(self, reg: RegistryClient, ak: AkPublic) -> bytes:
+        """The voucher's signature, once it is known to be for this node, AK and registry.
+        Raises VoucherError saying what is missing or wrong."""
+        enrolment = self.lifecycle.state_dir / ENROLMENT_FILE
+        ask = (
+            f"have an enroller run `shadowmesh registry vouch --enrolment {enrolment} "
+            f"--node-id {self.node_id.hex()} --registry {reg.address} --out FILE`"
+        )
+        if self.voucher_path is None:
+            raise VoucherError(f"no enrolment voucher configured (chain.enrolment_voucher): {ask}")
+        try:
+            with self.voucher_path.open("rb") as f:
+                text = f.read(MAX_VOUCHER_READ)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise VoucherError(f"cannot read {self.voucher_path}: {reason}; {ask}") from None
+        voucher = Voucher.parse(text)
+        voucher.check_for(reg.address, reg.chain_id(), self.node_id, ak)
+        return voucher.signature
+
     def _status(self, reg: RegistryClient) -> str:
         try:
             return reg.node(self.node_id).status
@@ -128,20 +171,24 @@ class RegistryUpkeep:
             reg = self._registry
             self.lifecycle.check_measurement()
             status = self._status(reg)
-            challenge = reg.challenge(self.node_id)
-            quote = self._quote(challenge.block_hash)
             if status == "none":
+                ak = self._ak_point()
+                voucher = self._voucher(reg, ak)  # before quoting: no TPM work in vain
                 stake = self.stake_wei or reg.config().minimum_stake_wei
+                challenge = reg.challenge(self.node_id)
                 result = reg.register(
                     self.node_id,
                     self.endpoint,
-                    self._ak_point(),
-                    quote,
+                    ak,
+                    self._quote(challenge.block_hash),
                     challenge.block_number,
                     stake_wei=stake,
+                    voucher=voucher,
                 )
                 state = "registered"
             else:
+                challenge = reg.challenge(self.node_id)
+                quote = self._quote(challenge.block_hash)
                 result = reg.attest(self.node_id, quote, challenge.block_number)
                 state = "attested"
                 if reg.node(self.node_id).endpoint != self.endpoint:
@@ -150,6 +197,8 @@ class RegistryUpkeep:
             self._set("no-operator-key", str(exc))
         except RegistryReverted as exc:
             self._set("rejected", exc.reason or "reverted")
+        except VoucherError as exc:
+            self._set("no-voucher", str(exc))
         except ChainError as exc:
             self._registry = None
             self._set("unreachable", type(exc.__cause__ or exc).__name__)

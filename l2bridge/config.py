@@ -139,6 +139,7 @@ class Chain:
     contract_address: str | None = None
     keystore: Path | None = None
     attestation_interval: float = 3600.0
+    enrolment_voucher: Path | None = None  # an enroller's voucher, needed to register
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +422,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "rpc_url": _optional(_http_url),
             "contract_address": _optional(_eth_address),
             "keystore": _PATH,
+            "enrolment_voucher": _PATH,
             # seconds are for labs and CI (the registry's window is set at deployment)
             "attestation_interval": _duration_range(1.0, 7 * 86400.0),
         },

@@ -1,7 +1,9 @@
 """Attested exits from the registry serve a client; a changed PCR makes the client fail over.
 
 Real pieces: Anvil with the registry, one swtpm per exit (enrolment against its local EK
-CA, PCR 23 measurement, quotes), both exits serving tunnels on loopback, the client's data
+CA, PCR 23 measurement, quotes; an appointed enroller vouches for the enrolment record the
+exit wrote, and the exit registers with that voucher), both exits serving tunnels on
+loopback, the client's data
 path (``l2bridge.client.Client`` over an in-memory TAP) with the registry-driven
 ``ExitFinder`` and rotation on clock epochs. The failure modes (unreachable chain, stopped
 TPM) run against the same real components.
@@ -25,9 +27,11 @@ from attestation.checker import EvidenceChecker
 from attestation.errors import AttestationRefused
 from attestation.policy import GoldenPolicy
 from attestation.tpm import Tpm
+from contracts.cli import enrolment_ak
 from contracts.client import RegistryClient, connect
+from contracts.voucher import Voucher
 from exitnode.errors import AttestationUnavailable
-from exitnode.lifecycle import STATE_TPM_UNAVAILABLE, ExitLifecycle
+from exitnode.lifecycle import ENROLMENT_FILE, STATE_TPM_UNAVAILABLE, ExitLifecycle
 from exitnode.upkeep import RegistryUpkeep
 from hardware.chain import Anvil, free_port
 from hardware.tap import FakeTap
@@ -57,6 +61,7 @@ ROTATION_S = 1.0
 CHECK_S = 1.0  # the client re-checks its exit this often (well inside one interval)
 CLIENT = HybridSigningKey.generate()
 ACCESS = AccessKey.generate()
+ENROLLER_INDEX = 3  # a dev account the owner appoints; it only signs vouchers
 
 
 def accounts(n: int):
@@ -73,10 +78,21 @@ class Exit:
     upkeep: RegistryUpkeep | None = None
     url: str = ""
     served: int = 0
+    voucher: Path | None = None  # chain.enrolment_voucher: written once an enroller vouched
 
     @property
     def node_id(self) -> bytes:
         return self.identity.node_id
+
+
+def vouch(registry: RegistryClient, x: Exit) -> None:
+    """The enroller's side: vouch for the enrolment record this exit's lifecycle wrote
+    (EK chain checked, credential activated), as ``registry vouch --enrolment`` does."""
+    assert x.voucher is not None
+    ak = enrolment_ak((x.lifecycle.state_dir / ENROLMENT_FILE).read_text())
+    enroller = accounts(ENROLLER_INDEX + 1)[ENROLLER_INDEX]
+    voucher = Voucher.make(enroller, registry.address, registry.chain_id(), x.node_id, ak)
+    x.voucher.write_text(voucher.dump())
 
 
 def pcr_digest_of(lifecycle: ExitLifecycle) -> bytes:
@@ -106,6 +122,7 @@ def world(tmp_path_factory):
         registry = RegistryClient.deploy(
             w3, owner, minimum_stake_wei=10 * ETHER, attestation_interval_s=INTERVAL
         )
+        registry.set_enroller(accounts(ENROLLER_INDEX + 1)[ENROLLER_INDEX].address)
         exits: list[Exit] = []
         try:
             for i, name in enumerate(("exit-a", "exit-b")):
@@ -120,7 +137,7 @@ def world(tmp_path_factory):
                     ek_anchors=[swtpm.root_ca],
                     ek_intermediates=[swtpm.intermediate_ca],
                 )
-                exits.append(Exit(name, identity, swtpm, life))
+                exits.append(Exit(name, identity, swtpm, life, voucher=base / f"{name}.voucher"))
                 life.start()
                 registry.approve_digest(pcr_digest_of(life))
                 exits[i].upkeep = None
@@ -186,8 +203,14 @@ def test_client_picks_registry_exit_and_fails_over_on_pcr_change(world):
             servers.append(await serve_exit(x))
         for x, operator in zip(exits, operators, strict=True):
             x.upkeep = RegistryUpkeep(
-                lambda op=operator: registry.with_account(op), x.lifecycle, x.url, interval=INTERVAL
-            )
+                lambda op=operator: registry.with_account(op), x.lifecycle, x.url,
+                interval=INTERVAL, voucher=x.voucher,
+            )  # fmt: skip
+            # Not vouched for yet: the exit says so and what to run, and keeps retrying.
+            assert await asyncio.to_thread(x.upkeep.step) == "no-voucher"
+            assert "registry vouch --enrolment" in x.upkeep.detail
+            assert x.upkeep.next_wait() < INTERVAL
+            vouch(registry, x)
             assert await asyncio.to_thread(x.upkeep.step) == "registered"
             # a second round answers a newer block: an ordinary on-chain attestation
             assert await asyncio.to_thread(x.upkeep.step) == "attested"
