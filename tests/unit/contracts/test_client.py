@@ -20,6 +20,11 @@ def test_committed_artifact_matches_source_hash():
     artifact = load_artifact()
     names = {item.get("name") for item in artifact.abi}
     assert {"register", "updateAttestation", "markStale", "reportMisbehavior", "withdraw"} <= names
+    assert {"setEnroller", "isEnroller", "voucherDigest", "NodeEnrolled", "EnrollerSet"} <= names
+    register = next(i for i in artifact.abi if i.get("name") == "register")
+    assert register["inputs"][-1] == {
+        "internalType": "bytes", "name": "enrolmentVoucher", "type": "bytes"
+    }  # fmt: skip
     assert artifact.bytecode.startswith("0x") and len(artifact.bytecode) > 1000
 
 
