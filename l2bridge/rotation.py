@@ -5,6 +5,10 @@ Epoch ``e`` is ``[e*T, (e+1)*T)`` of disciplined UTC seconds, ``T`` being
 
 * Client: :class:`RotationDriver` runs a ``timing.epoch.EpochScheduler`` on the clock and,
   at every boundary, starts an in-band rekey of the link in use to the new epoch number.
+  Between boundaries it also rekeys on volume: once a second it asks the session whether
+  a key in use (its own or the exit's, which only a client rekey replaces) nears its
+  reject-after limits, and rekeys early in the same clock epoch, so a busy tunnel is never
+  torn down by a key running out.
 * Exit: it never starts a rekey; its session checks that a client's rekey epoch is within
   one epoch of its own clock's (``SessionConfig.rekey_interval`` + the link's clock, see
   :func:`exit_session_config`), so two clocks that agree to well under a second agree on
@@ -38,12 +42,20 @@ log = logging.getLogger(__name__)
 
 MODE_CODES = {"synced": 0.0, "holdover": 1.0, "system": 2.0, "unsynced": 3.0}
 TALLY_INTERVAL_S = 1.0
+VOLUME_CHECK_S = 1.0  # far inside the margin between rekey-after and reject-after
+
+
+class RekeyingSession(Protocol):
+    def needs_rekey(self, now: float) -> bool: ...
 
 
 class RekeyingLink(Protocol):
     """What rotation needs from ``l2bridge.link.Link``."""
 
     rekeys_completed: int
+
+    @property
+    def session(self) -> RekeyingSession: ...
 
     def rekey(self, epoch: int) -> bool: ...
 
@@ -151,6 +163,7 @@ class RotationDriver:
         self.tally = RekeyTally(metrics.counters) if metrics is not None else None
         self.started: list[int] = []
         self.paused = 0
+        self.volume_rekeys = 0
 
     def _epoch_clock(self) -> float:
         # The scheduler needs a number; while the clock is refused we keep it moving on
@@ -171,8 +184,30 @@ class RotationDriver:
             self.started.append(epoch)
             del self.started[:-1000]
 
+    def check_volume(self) -> bool:
+        """Rekey the link in use now if one of its keys nears its limits; True if started."""
+        link = self._current()
+        if link is None or self._clock.epoch_time() is None:
+            return False
+        if not link.session.needs_rekey(self._clock.now()):
+            return False
+        if link.rekey(self.scheduler.current_epoch()):
+            self.volume_rekeys += 1
+            return True
+        return False
+
+    async def _watch_volume(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), VOLUME_CHECK_S)
+            except TimeoutError:
+                self.check_volume()
+
     async def run(self, stop: asyncio.Event) -> None:
-        tasks = [asyncio.ensure_future(self.scheduler.run(stop))]
+        tasks = [
+            asyncio.ensure_future(self.scheduler.run(stop)),
+            asyncio.ensure_future(self._watch_volume(stop)),
+        ]
         if self.tally is not None:
             tasks.append(asyncio.ensure_future(self.tally.run(stop)))
         try:

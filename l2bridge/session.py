@@ -27,8 +27,13 @@ its keys wiped.  ``seal`` raises ``KeyExpired`` past the reject-after limits
 (time or record count) rather than use a stale key, and ``StateError`` when
 the session is closed or (on the exit) not yet authenticated.
 
-Rekey (client starts, ordered transport): REKEY_INIT carries the epoch and
-fresh shares, sealed in the old epoch.  The exit installs its new receive key
+Rekey (client starts, ordered transport): REKEY_INIT carries the next key
+generation (the epoch id in record headers, always the current one plus one),
+the clock epoch it was started for, and fresh shares, sealed in the old
+generation.  The clock epoch never goes backwards and, on an exit with
+``rekey_interval``, must be within one epoch of the exit's own clock; several
+rekeys may share a clock epoch, so a busy tunnel can rekey on volume
+(``needs_rekey``) between clock boundaries.  The exit installs its new receive key
 as ``next``, answers REKEY_REPLY (still in the old epoch) and switches its
 send key; the client installs both new keys on the reply.  The exit promotes
 ``next`` at the first authentic record in the new epoch; the old receive key
@@ -121,7 +126,8 @@ class PeerAuthenticated:
 
 @dataclass(frozen=True, slots=True)
 class RekeyCompleted:
-    epoch: int
+    epoch: int  # the clock epoch the rekey was started for
+    generation: int  # the key generation now in use (record header epoch id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +180,8 @@ class FinishCheck:
 
 @dataclass(slots=True)
 class _PendingRekey:
-    epoch: int
+    generation: int
+    clock_epoch: int
     started: float
     ephemeral: kex.Ephemeral
     init_body: bytes
@@ -208,6 +215,7 @@ class Session:
         self._keys = KeySlots(cipher, keys, 0, now, config.grace_seconds)
         self._finish = finish_check
         self._pending: _PendingRekey | None = None
+        self._clock_epoch = 0  # the clock epoch of the newest completed rekey
 
     # -- state ---------------------------------------------------------------
     @property
@@ -217,14 +225,26 @@ class Session:
 
     @property
     def epoch(self) -> int:
-        """The epoch this end currently sends in (0 = handshake keys)."""
+        """The key generation this end currently sends in (0 = handshake keys)."""
         return self._keys.send.epoch
 
+    @property
+    def clock_epoch(self) -> int:
+        """The clock epoch of the newest completed rekey (0 before the first)."""
+        return self._clock_epoch
+
     def needs_rekey(self, now: float) -> bool:
-        send = self._keys.send
+        """Whether a key in use (ours to send, or the peer's we receive) nears its limits.
+
+        The client checks this and rekeys early, so the exit's send key, which only the
+        client can replace, never reaches its reject-after limit either.
+        """
+        cfg = self.config
+        send, recv = self._keys.send, self._keys.current
         return (
-            send.next_counter >= self.config.rekey_after_records
-            or now - send.created >= self.config.rekey_after_seconds
+            send.next_counter >= cfg.rekey_after_records
+            or recv.records >= cfg.rekey_after_records
+            or now - send.created >= cfg.rekey_after_seconds
         )
 
     # -- sending -------------------------------------------------------------
@@ -288,21 +308,28 @@ class Session:
         return self._seal_control(RECORD_FINISH, signature.encode(), now)
 
     def start_rekey(self, epoch: int, now: float) -> bytearray:
-        """Client: a REKEY_INIT record for ``epoch`` (the clock's epoch number)."""
+        """Client: a REKEY_INIT record, started for the clock's epoch number ``epoch``.
+
+        ``epoch`` may repeat the last one (a rekey on volume between boundaries) but
+        never go backwards; the new keys get the next generation.
+        """
         if not self.is_client:
             raise StateError("only the client starts a rekey")
-        if not 0 < epoch <= MAX_EPOCH or epoch <= self.epoch:
-            raise StateError(f"epoch {epoch} does not move forward from {self.epoch}")
+        if not 0 < epoch <= MAX_EPOCH or epoch < self._clock_epoch:
+            raise StateError(f"clock epoch {epoch} goes back from {self._clock_epoch}")
+        generation = self.epoch + 1
+        if generation > MAX_EPOCH:
+            raise StateError("key generations exhausted: reconnect")
         pending = self._pending
         if pending is not None and now - pending.started < REKEY_TIMEOUT_SECONDS:
             raise StateError("a rekey is already in progress")
         self._send_key_checked(now)
         eph = kex.initiate(self.mode, self._backend)
-        body = u32(epoch) + eph.shares()
+        body = u32(generation) + u32(epoch) + eph.shares()
         record = self._seal_control(RECORD_REKEY_INIT, body, now)
         if pending is not None:
             pending.ephemeral.forget()
-        self._pending = _PendingRekey(epoch, now, eph, body)
+        self._pending = _PendingRekey(generation, epoch, now, eph, body)
         return record
 
     def close_notice(self, reason: int = CLOSE_NORMAL, now: float = 0.0) -> bytearray:
@@ -388,9 +415,11 @@ class Session:
         self._finish = None
         return Received(events=(PeerAuthenticated(self.authorization),))
 
-    def _check_epoch(self, epoch: int, now: float) -> None:
-        if epoch <= self.epoch:
-            raise ProtocolViolation(f"rekey epoch {epoch} not after {self.epoch}")
+    def _check_epoch(self, generation: int, epoch: int, now: float) -> None:
+        if generation != self.epoch + 1:
+            raise ProtocolViolation(f"rekey generation {generation} after {self.epoch}")
+        if epoch < self._clock_epoch:
+            raise ProtocolViolation(f"rekey epoch {epoch} before {self._clock_epoch}")
         interval = self.config.rekey_interval
         if interval is not None and abs(epoch - int(now // interval)) > MAX_EPOCH_SKEW:
             raise ProtocolViolation(f"rekey epoch {epoch} far from clock epoch")
@@ -404,38 +433,41 @@ class Session:
 
     def _on_rekey_init(self, body: bytes, now: float) -> Received:
         r = Reader(body)
+        generation = r.u32()
         epoch = r.u32()
         x_pub, kem_pub = kex.read_initiator_shares(r, self.mode)
         r.end()
-        self._check_epoch(epoch, now)
+        self._check_epoch(generation, epoch, now)
         x_mine, ciphertext, ikm = kex.respond(self.mode, self._backend, x_pub, kem_pub)
-        reply_body = u32(epoch) + x_mine + ciphertext
+        reply_body = u32(generation) + x_mine + ciphertext
         keys = self._rekey_keys(ikm, body, reply_body)
-        # Accept the new epoch before the client can use it, answer in the old
-        # epoch, then switch: the transport is ordered, so nothing is lost.
-        self._keys.install_next(keys, epoch, now)
+        # Accept the new generation before the client can use it, answer in the old
+        # one, then switch: the transport is ordered, so nothing is lost.
+        self._keys.install_next(keys, generation, now)
         reply = self._seal_control(RECORD_REKEY_REPLY, reply_body, now)
-        self._keys.switch_send(keys, epoch, now)
+        self._keys.switch_send(keys, generation, now)
         self._keys.replace_chain(keys.chain)
+        self._clock_epoch = epoch
         self.stats.rekeys += 1
-        return Received(replies=(reply,), events=(RekeyCompleted(epoch),))
+        return Received(replies=(reply,), events=(RekeyCompleted(epoch, generation),))
 
     def _on_rekey_reply(self, body: bytes, now: float) -> Received:
         pending = self._pending
         r = Reader(body)
-        epoch = r.u32()
+        generation = r.u32()
         x_pub, ciphertext = kex.read_responder_shares(r, self.mode)
         r.end()
-        if pending is None or epoch != pending.epoch:
+        if pending is None or generation != pending.generation:
             raise ProtocolViolation("rekey reply without a matching init")
         self._pending = None
         ikm = kex.complete(pending.ephemeral, x_pub, ciphertext)
         keys = self._rekey_keys(ikm, pending.init_body, body)
-        self._keys.install_current(keys, epoch, now)
-        self._keys.switch_send(keys, epoch, now)
+        self._keys.install_current(keys, generation, now)
+        self._keys.switch_send(keys, generation, now)
         self._keys.replace_chain(keys.chain)
+        self._clock_epoch = pending.clock_epoch
         self.stats.rekeys += 1
-        return Received(events=(RekeyCompleted(epoch),))
+        return Received(events=(RekeyCompleted(pending.clock_epoch, generation),))
 
 
 __all__ = [

@@ -89,13 +89,14 @@ async def _transfer(exit_key, client_key, client_clock, exit_clock):
     done = asyncio.Event()
 
     async def on_link(link: Link) -> None:
-        epoch = link.session.epoch
+        generation = link.session.epoch
         try:
             while len(received) < FRAMES:
                 for frame in await link.recv_frames():
                     received.append(struct.unpack_from("!I", frame)[0])
-                if link.session.epoch != epoch:
-                    epoch = link.session.epoch
+                if link.session.epoch != generation:
+                    generation = link.session.epoch
+                    epoch = link.session.clock_epoch
                     # the exit checks the client's epoch against its own clock
                     ok = epoch_matches(epoch, exit_clock.now(), INTERVAL, TOLERANCE)
                     exit_epochs.append((epoch, ok))

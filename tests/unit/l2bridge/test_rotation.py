@@ -11,10 +11,19 @@ from timing.clock import DisciplinedClock
 from timing.config import build, settings_from
 
 
+class FakeSession:
+    def __init__(self) -> None:
+        self.due = False
+
+    def needs_rekey(self, now: float) -> bool:
+        return self.due
+
+
 class FakeLink:
     def __init__(self) -> None:
         self.rekeys_completed = 0
         self.asked: list[int] = []
+        self.session = FakeSession()
 
     def rekey(self, epoch: int) -> bool:
         self.asked.append(epoch)
@@ -108,3 +117,18 @@ def test_tally_counts_each_rekey_once():
 def test_exit_session_checks_epochs():
     config = exit_session_config(10.0, SessionConfig(pad_to=64))
     assert config.rekey_interval == 10.0 and config.pad_to == 64
+
+
+def test_volume_rekey_between_boundaries_only_when_a_key_is_due():
+    link = FakeLink()
+    tc = TunnelClock()  # system clock
+    driver = RotationDriver(tc, 3600.0, lambda: link)
+    assert driver.check_volume() is False and link.asked == []
+    link.session.due = True
+    assert driver.check_volume() is True
+    # started in the current clock epoch, not the next boundary's
+    assert link.asked == [driver.scheduler.current_epoch()]
+    assert driver.volume_rekeys == 1
+    paused = RotationDriver(TunnelClock(DisciplinedClock(fallback="refuse")), 60.0, lambda: link)
+    assert paused.check_volume() is False and len(link.asked) == 1
+    assert RotationDriver(tc, 60.0, lambda: None).check_volume() is False

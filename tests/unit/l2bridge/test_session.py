@@ -74,7 +74,8 @@ def test_rekey_in_the_middle_of_a_stream_loses_no_record(keys) -> None:
     pump_up(6)  # new epoch
     deliver_up()
     assert got_up == sent_up and got_down == sent_down
-    assert p.client.epoch == p.exit.epoch == 7
+    assert p.client.clock_epoch == p.exit.clock_epoch == 7
+    assert p.client.epoch == p.exit.epoch == 1  # the first new key generation
     assert p.exit.stats.drops == {} and p.client.stats.drops == {}
     assert p.client.stats.rekeys == p.exit.stats.rekeys == 1
 
@@ -90,9 +91,9 @@ def test_many_rekeys_chain_and_wipe_old_keys(keys) -> None:
         assert p.exit_to_client([b"dn%d" % epoch], now) == [b"dn%d" % epoch]
     assert first_send.wiped and first_send._key == bytearray(32)
     assert first_chain == bytearray(48)
-    assert [e.epoch for n, e in p.events if n == "client" and isinstance(e, RekeyCompleted)] == [
-        10, 11, 12, 13, 14,
-    ]  # fmt: skip
+    done = [e for n, e in p.events if n == "client" and isinstance(e, RekeyCompleted)]
+    assert [e.epoch for e in done] == [10, 11, 12, 13, 14]
+    assert [e.generation for e in done] == [1, 2, 3, 4, 5]
 
 
 def test_previous_epoch_accepted_for_grace_then_wiped(keys) -> None:
@@ -153,11 +154,57 @@ def test_exit_refuses_epochs_that_go_backwards_or_jump(keys) -> None:
     assert p.exit.closed
     p2 = SessionPair.connect(now, keys=keys)
     p2.rekey(100, now)
-    # A client whose clock runs backwards asks for an epoch already used.
+    # A client whose clock runs backwards asks for an epoch before the last one.
     eph = kex.initiate(Mode.HYBRID, default_backend())
-    init = p2.client._seal_control(RECORD_REKEY_INIT, u32(100) + eph.shares(), now)
+    init = p2.client._seal_control(RECORD_REKEY_INIT, u32(2) + u32(99) + eph.shares(), now)
     with pytest.raises(ProtocolViolation):
         p2.exit.receive(init, now)
+    # A generation that skips ahead (or repeats) is refused too.
+    p3 = SessionPair.connect(now, keys=keys)
+    p3.rekey(100, now)
+    for generation in (1, 3):
+        eph = kex.initiate(Mode.HYBRID, default_backend())
+        body = u32(generation) + u32(100) + eph.shares()
+        init = p3.client._seal_control(RECORD_REKEY_INIT, body, now)
+        with pytest.raises(ProtocolViolation):
+            p3.exit.receive(init, now)
+        p3 = SessionPair.connect(now, keys=keys)
+        p3.rekey(100, now)
+    with pytest.raises(StateError):
+        p3.client.start_rekey(99, now)  # the client itself refuses to go back
+
+
+def test_volume_rekeys_share_a_clock_epoch_and_keep_the_tunnel_alive(keys) -> None:
+    # Record limits far below the defaults: a busy tunnel must rekey between clock
+    # boundaries, in the same clock epoch, and never hit reject-after.
+    cfg = SessionConfig(rekey_interval=60.0, rekey_after_records=8, reject_after_records=16)
+    now = 6000.0  # clock epoch 100
+    p = SessionPair.connect(now, keys=keys, config=cfg)
+    p.rekey(100, now)
+    sent = got = 0
+    for i in range(200):
+        frame = b"frame %d" % i
+        assert p.client_to_exit([frame], now) == [frame]
+        assert p.exit_to_client([frame], now) == [frame]  # the exit's send key ages too
+        sent += 2
+        got += 2
+        if p.client.needs_rekey(now):
+            p.rekey(100, now)
+    assert got == sent == 400
+    assert p.client.clock_epoch == p.exit.clock_epoch == 100
+    assert p.client.epoch == p.exit.epoch > 20
+    assert p.client.stats.key_expired == p.exit.stats.key_expired == 0
+    assert p.exit.stats.drops == {} and p.client.stats.drops == {}
+
+
+def test_needs_rekey_counts_the_peers_send_key(keys) -> None:
+    cfg = SessionConfig(rekey_after_records=4, reject_after_records=8)
+    p = SessionPair.connect(T0, keys=keys, config=cfg)
+    for _ in range(4):
+        p.exit_to_client([b"down"], T0)
+    # The client sent nothing, yet the exit's key (which only a client rekey replaces)
+    # is due: the client must notice through its receive key.
+    assert p.client.needs_rekey(T0)
 
 
 def test_start_rekey_misuse(keys) -> None:
@@ -173,7 +220,7 @@ def test_start_rekey_misuse(keys) -> None:
     init = p.client.start_rekey(4, T0 + REKEY_TIMEOUT_SECONDS + 1)
     got = p.exit.receive(init, T0 + 20)
     p.client.receive(got.replies[0], T0 + 20)
-    assert p.client.epoch == 4
+    assert p.client.clock_epoch == 4 and p.client.epoch == 1
 
 
 def test_stale_rekey_reply_is_a_protocol_violation(keys) -> None:
