@@ -109,6 +109,10 @@ class KeySlots:
         retire the current key.  Returns True when a promotion happened.
         """
         if key is not self.next:
+            # Retire the previous epoch on ordinary traffic too, not only when a record
+            # for an unknown epoch happens to arrive: it must not outlive its grace.
+            if self.previous is not None and now >= self.previous_until:
+                self.expire(now)
             return False
         self._retire_current(now)
         self.current, self.next = key, None

@@ -299,3 +299,14 @@ def test_exit_cannot_send_before_the_client_finished(keys) -> None:
     exit_session, _ = ServerHandshake(exit_key, Authorizer([admin.public])).receive(hs.hello(), T0)
     with pytest.raises(StateError):
         exit_session.seal([b"x"], T0)
+
+
+def test_previous_key_is_wiped_by_ordinary_traffic_after_grace(keys) -> None:
+    p = SessionPair.connect(T0, keys=keys, config=SessionConfig(grace_seconds=2.0))
+    p.rekey(1, T0)
+    old = p.client._keys.previous
+    assert old is not None and not old.wiped
+    assert p.exit_to_client([b"within grace"], T0 + 1) == [b"within grace"]
+    assert not old.wiped
+    assert p.exit_to_client([b"after grace"], T0 + 3) == [b"after grace"]
+    assert old.wiped and p.client._keys.previous is None
