@@ -1,19 +1,30 @@
-"""``shadowmesh demo``: two LANs bridged through an exit, end to end, then torn down.
+"""``shadowmesh demo``: two LANs bridged through attested, registered exits, then torn down.
 
-Builds the namespaces lan-a, client, exit and lan-b (exitnode.topology), provisions keys
-and configs, starts ``shadowmesh exit`` and ``shadowmesh client``, then shows a ping and a
-file transfer (checked by SHA-256) from a host in lan-a to a host in lan-b.
+The full demo (default; steps in ``exitnode.demo_steps``, network in ``exitnode.demo_net``):
+namespaces for two LANs, each with its client, two exits each with its own swtpm, one
+Anvil with the registry, and a simulated GPSDO on a pty disciplining every node's clock.
+The operator enrols each exit's AK, takes a golden policy, approves the exits' PCR
+digests; the exits register and attest on chain; the clients pick the best exit from the
+registry, verify its evidence and connect; a ping and a SHA-256-checked file transfer
+cross from lan-a to lan-b while keys rotate on the clocks' epoch boundaries. Then PCR 23
+of the exit in use is extended: both clients refuse it and fail over to the other exit
+while a TCP transfer keeps running, and the registry refuses the changed exit's quotes.
 
-The demo is a list of named steps run in order; each records what it showed. A failed
-step stops the run, every step's outcome is printed in a summary, the namespaces and
-processes are always removed, and the exit status is non-zero on any failure. Later layers
-(attestation, registry, clocks) add their own steps to ``STEPS``.
+``--simple`` runs the first version instead: one client, one exit, no TPM/chain/clocks
+(lan-a, client, exit, lan-b namespaces from ``exitnode.topology``).
+
+Either way the demo is a list of named steps run in order; each says what it showed. A
+failed step stops the run (the nodes' last log lines are printed), every step's outcome is
+printed in a summary, namespaces and processes are always removed, and the exit status is
+non-zero on any failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -23,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from exitnode import provision, topology
 from hardware import netns
@@ -81,7 +93,10 @@ class Demo:
 @dataclass(frozen=True, slots=True)
 class Step:
     name: str
-    run: Callable[[Demo], str]  # returns what it showed; raises on failure
+    run: Callable[[Any], str]  # takes the demo's state; returns what it showed; raises on failure
+
+
+Result = tuple[str, bool, str, float]  # step name, ok, what it showed, seconds
 
 
 def step_namespaces(d: Demo) -> str:
@@ -162,8 +177,8 @@ STEPS: list[Step] = [
 ]
 
 
-def run(steps: list[Step], demo: Demo) -> list[tuple[str, bool, str, float]]:
-    results: list[tuple[str, bool, str, float]] = []
+def run(steps: list[Step], demo: object) -> list[Result]:
+    results: list[Result] = []
     for step in steps:
         started = time.monotonic()
         try:
@@ -178,26 +193,89 @@ def run(steps: list[Step], demo: Demo) -> list[tuple[str, bool, str, float]]:
     return results
 
 
+def run_full(settings: Any, workdir: Path) -> tuple[list[Result], dict[str, Any]]:
+    """Run the full demo's steps, then tear everything down. Returns the step results (the
+    last one is the teardown) and the figures the steps recorded."""
+    from exitnode import demo_steps  # noqa: PLC0415 - web3 & co. only for the full demo
+    from exitnode.demo_world import World  # noqa: PLC0415
+
+    steps = [Step(name, func) for name, func in demo_steps.STEPS]
+    with Lab() as lab:
+        world = World(lab, workdir, settings)
+        try:
+            results = run(steps, world)
+            if not all(ok for _, ok, _, _ in results):
+                print("\nlast lines of the nodes' logs:\n" + world.tails(), flush=True)
+        finally:
+            world.facts.pop("paced_transfer", None)
+            for name in list(world.nodes):
+                world.stop_node(name)
+            for cleanup in reversed(world.cleanups):
+                with contextlib.suppress(Exception):
+                    cleanup()
+        namespaces = world.mesh.namespaces if world.mesh is not None else ()
+    left = [n.name for n in namespaces if n.exists()]
+    results.append(("teardown", not left, f"left behind: {left}" if left else "all removed", 0))
+    if len(results) != len(steps) + 1:
+        results.append(
+            ("(not run)", False, ", ".join(n for n, _ in demo_steps.STEPS[len(results) - 1 :]), 0)
+        )
+    return results, world.facts
+
+
+def run_simple(ns: argparse.Namespace, workdir: Path) -> list[Result]:
+    with Lab() as lab:
+        demo = Demo(lab, workdir, ns.mode, ns.size_mib, ns.verbose)
+        results = run(STEPS, demo)
+    left = [n.name for n in demo.topo.namespaces if n.exists()] if demo.topo else []
+    results.append(("teardown", not left, f"left behind: {left}" if left else "all removed", 0))
+    if len(results) != len(STEPS) + 1:
+        results.append(("(not run)", False, "the steps after the failed one", 0))
+    return results
+
+
 def register(parser: argparse.ArgumentParser) -> None:
+    simple = "first version: one client, one exit, no TPM/chain/clocks"
+    parser.add_argument("--simple", action="store_true", help=simple)
     parser.add_argument("--mode", choices=["offload", "plain", "jumbo"], default="offload")
-    parser.add_argument("--size-mib", type=int, default=50, help="file transfer size")
+    parser.add_argument("--size-mib", type=int, default=20, help="file transfer size")
+    rotation = "key rotation interval (full demo)"
+    parser.add_argument("--rotation", type=float, default=3.0, metavar="S", help=rotation)
+    window = "registry attestation window = the clients' re-check interval (full demo)"
+    parser.add_argument("--window", type=int, default=8, metavar="S", help=window)
     parser.add_argument("--verbose", action="store_true", help="show the nodes' logs")
     parser.set_defaults(func=main)
+
+
+def summary(results: list[Result], facts: dict[str, Any]) -> None:
+    print("\nsummary:")
+    for name, ok, shown, secs in results:
+        print(f"  {'ok    ' if ok else 'FAILED'} {name:<15} {secs:6.2f} s  {shown}")
+    if facts:
+        print("figures: " + json.dumps(facts, sort_keys=True, default=str))
 
 
 def main(ns: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("shadowmesh demo: needs root (network namespaces)", file=sys.stderr)
         return 1
+    if not 1 <= ns.size_mib <= 4096 or not 1 <= ns.rotation <= 3600 or not 4 <= ns.window <= 3600:
+        print(
+            "shadowmesh demo: --size-mib 1-4096, --rotation 1-3600, --window 4-3600",
+            file=sys.stderr,
+        )
+        return 2
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="shadowmesh-demo-") as tmp:
-        with Lab() as lab:
-            demo = Demo(lab, Path(tmp), ns.mode, ns.size_mib, ns.verbose)
-            results = run(STEPS, demo)
-        left = [n.name for n in demo.topo.namespaces if n.exists()] if demo.topo else []
-        results.append(("teardown", not left, f"left behind: {left}" if left else "all removed", 0))
-    print("\nsummary:")
-    for name, ok, shown, secs in results:
-        print(f"  {'ok    ' if ok else 'FAILED'} {name:<14} {secs:6.2f} s  {shown}")
+        facts: dict[str, Any] = {}
+        if ns.simple:
+            results = run_simple(ns, Path(tmp))
+        else:
+            from exitnode.demo_world import Settings  # noqa: PLC0415
+
+            settings = Settings(ns.rotation, ns.window, ns.size_mib, ns.mode, ns.verbose)
+            results, facts = run_full(settings, Path(tmp))
+    summary(results, facts)
     failed = [r for r in results if not r[1]]
-    complete = len(results) == len(STEPS) + 1
-    return 0 if complete and not failed else 1
+    print(f"{'FAILED' if failed else 'all steps ok'} in {time.monotonic() - started:.0f} s")
+    return 1 if failed else 0
