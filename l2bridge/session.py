@@ -74,6 +74,7 @@ from l2bridge.errors import (
     AuthenticationFailed,
     KeyExpired,
     MalformedMessage,
+    NotAuthorized,
     PeerError,
     ProtocolViolation,
     RecordRejected,
@@ -216,6 +217,10 @@ class Session:
         self._finish = finish_check
         self._pending: _PendingRekey | None = None
         self._clock_epoch = 0  # the clock epoch of the newest completed rekey
+        # Exit: who was admitted, kept so every rekey asks the Authorizer again (a
+        # revoked or expired device does not keep its tunnel by rekeying).
+        self._admitted: FinishCheck | None = None
+        self._expires: float | None = None
 
     # -- state ---------------------------------------------------------------
     @property
@@ -357,6 +362,8 @@ class Session:
             return Received()
         keys = self._keys
         try:
+            if self._expires is not None and now >= self._expires:
+                raise NotAuthorized("device certificate expired during the session")
             rtype, epoch, counter = parse_header(record)
             key = keys.lookup(epoch, now)
             if key is None:
@@ -371,6 +378,9 @@ class Session:
         except RecordRejected as rejected:
             self.stats.drops[rejected.reason] += 1
             return Received()
+        except PeerError:
+            self.close()
+            raise
         keys.confirm(key, now)
         st = self.stats
         st.records_received += 1
@@ -413,6 +423,8 @@ class Session:
         check.client.verify(FINISH_LABEL, check.transcript, signature, self.mode)
         self.authorization = check.authorizer.authorize(check.client, check.certificate, now)
         self._finish = None
+        self._admitted = check
+        self._expires = self.authorization.expires
         return Received(events=(PeerAuthenticated(self.authorization),))
 
     def _check_epoch(self, generation: int, epoch: int, now: float) -> None:
@@ -438,6 +450,11 @@ class Session:
         x_pub, kem_pub = kex.read_initiator_shares(r, self.mode)
         r.end()
         self._check_epoch(generation, epoch, now)
+        admitted = self._admitted
+        if admitted is not None:
+            self.authorization = admitted.authorizer.authorize(
+                admitted.client, admitted.certificate, now
+            )
         x_mine, ciphertext, ikm = kex.respond(self.mode, self._backend, x_pub, kem_pub)
         reply_body = u32(generation) + x_mine + ciphertext
         keys = self._rekey_keys(ikm, body, reply_body)

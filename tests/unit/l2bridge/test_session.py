@@ -15,7 +15,7 @@ from l2bridge.constants import (
     REKEY_TIMEOUT_SECONDS,
     Mode,
 )
-from l2bridge.errors import KeyExpired, ProtocolViolation, StateError
+from l2bridge.errors import KeyExpired, NotAuthorized, ProtocolViolation, StateError
 from l2bridge.identity import AdminKey, HybridSigningKey
 from l2bridge.pair import SessionPair
 from l2bridge.pq import default_backend
@@ -310,3 +310,25 @@ def test_previous_key_is_wiped_by_ordinary_traffic_after_grace(keys) -> None:
     assert not old.wiped
     assert p.exit_to_client([b"after grace"], T0 + 3) == [b"after grace"]
     assert old.wiped and p.client._keys.previous is None
+
+
+def test_rekey_asks_the_authorizer_again(keys) -> None:
+    p = SessionPair.connect(T0, keys=keys)
+    p.rekey(1, T0)  # still admitted
+    cert = p.exit._admitted.certificate
+    p.authorizer.update_revocations(p.admin.revoke(None, cert.serial, "lost laptop", int(T0)))
+    init = p.client.start_rekey(2, T0 + 1)
+    with pytest.raises(NotAuthorized):
+        p.exit.receive(init, T0 + 1)
+    assert p.exit.closed
+
+
+def test_session_ends_when_the_device_certificate_expires(keys) -> None:
+    long_keys = SessionConfig(reject_after_seconds=3 * 86400.0, rekey_after_seconds=86400.0)
+    p = SessionPair.connect(T0, keys=keys, config=long_keys)
+    expires = p.exit.authorization.expires
+    assert expires is not None
+    assert p.client_to_exit([b"before"], expires - 1) == [b"before"]
+    with pytest.raises(NotAuthorized):
+        p.client_to_exit([b"after"], expires)
+    assert p.exit.closed
