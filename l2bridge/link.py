@@ -62,6 +62,11 @@ FrameSink = Callable[[list[memoryview]], None]
 LINK_QUEUE_BATCHES = 16
 HANDSHAKE_TIMEOUT_S = 15.0
 CLOSE_WAIT_S = 5.0
+# A batch sent within this long after the previous record waits one loop iteration so
+# that what else arrives meanwhile joins its record: an idle link (a ping) sends at once,
+# a busy one (1500-byte frames one by one) makes few large records, not one per frame.
+COALESCE_S = 0.0005
+COALESCE_FRAMES = 64
 # Room for the WebSocket frame header on top of the largest record.
 MAX_MESSAGE_SIZE = MAX_RECORD_SIZE + 64
 
@@ -134,6 +139,9 @@ class Link:
         if is_client:
             self._authenticated.set()
         self._writer_busy = False
+        self._pending: list[Buffer] = []  # coalescing: sealed at the next loop iteration
+        self._flush_scheduled = False
+        self._last_write = 0.0
         self._waiting_senders = 0
         self._send_done = False
         self._recv_done = False
@@ -167,8 +175,17 @@ class Link:
             raise TransportClosed("link closed")
         if not self.ready_to_send:
             return False
-        if frames:
-            self._seal_and_write(frames)
+        if not frames:
+            return True
+        if self._pending or time.monotonic() - self._last_write < COALESCE_S:
+            self._pending.extend(frames)
+            if len(self._pending) >= COALESCE_FRAMES:
+                self._flush_pending()
+            elif not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._scheduled_flush)
+            return True
+        self._seal_and_write(frames)
         return True
 
     @property
@@ -272,6 +289,16 @@ class Link:
             raise TransportClosed("link closed")
         self._ws.write_binary(record)
 
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        with contextlib.suppress(TransportClosed):  # the link ended meanwhile
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        frames, self._pending = self._pending, []
+        if frames and not self._send_done:
+            self._seal_and_write(frames)
+
     def _seal_and_write(self, frames: Sequence[Buffer]) -> None:
         try:
             records = self.session.seal_batches(list(frames), self._clock())
@@ -282,6 +309,7 @@ class Link:
             raise TransportClosed("link closed") from None
         for record in records:
             self._write(record)
+        self._last_write = time.monotonic()
 
     async def _writer(self) -> None:
         """Drains batches that could not be sent at once, in order."""
@@ -292,6 +320,7 @@ class Link:
                 if self._send_done and item is not _CLOSE:
                     break  # ended from the receiving side; the batch is dropped
                 if item is _CLOSE:
+                    self._flush_pending()
                     if self.session.established and self._ws.is_open:
                         self._write(self.session.close_notice(now=self._clock()))
                     self.close_reason = self.close_reason or "closed"
@@ -300,6 +329,7 @@ class Link:
                 if self._ws.write_paused:
                     await self._ws.drain()
                 assert isinstance(item, list)
+                self._flush_pending()  # batches taken by send_now went first
                 self._seal_and_write(item)
                 self._writer_busy = False
         except TransportClosed:
