@@ -439,11 +439,12 @@ def step_failover(w: World) -> str:
     flag = w.workdir / "stop-paced-transfer"
     recv, send = _transfer(w, FAILOVER_PORT, "-", flag, limit=PACED_LIMIT, pace=PACE_S)
     w.facts["paced_transfer"] = (recv, send, flag)
+    w.marks["paced transfer started"] = time.monotonic()
     time.sleep(1.0)  # the transfer is under way
     if send.poll() is not None:
         raise StepFailed("the transfer ended before the failover")
     w.python(w.ns(old), EXTEND_PCR, w.tctis[old], "23")
-    changed = time.monotonic()
+    w.marks["PCR changed"] = changed = time.monotonic()
     new_id = _exit_id(w, new)
     moved: dict[str, float] = {}
     deadline = changed + 2 * w.settings.window_s + 15
@@ -458,6 +459,7 @@ def step_failover(w: World) -> str:
                 w.facts.setdefault("refused_count", {})[name] = _gauge(doc, "exits_refused")
         time.sleep(0.2)
     w.facts["failover_s"] = moved
+    w.marks["clients moved"] = time.monotonic()
     if len(moved) < len(w.client_names):
         raise StepFailed(f"clients on {new} after the PCR change: {sorted(moved)} only")
     shown = ", ".join(f"{n} after {s:.1f} s" for n, s in moved.items())
@@ -479,8 +481,16 @@ def step_after_failover(w: World) -> str:
     replies = topology.ping(lan_a, host_b, count=3)
     recv, send, flag = w.facts.pop("paced_transfer")
     flag.touch()
+    stopped = time.monotonic()
     size, digest, gap = _finish(recv, send)
-    w.facts["failover_transfer"] = {"bytes": size, "sha256": digest, "longest_pause_s": gap}
+    m = w.marks
+    w.facts["failover_transfer"] = {
+        "bytes": size,
+        "sha256": digest,
+        "longest_pause_s": gap,
+        "started_before_pcr_change_s": round(m["PCR changed"] - m["paced transfer started"], 2),
+        "stopped_after_clients_moved_s": round(stopped - m["clients moved"], 2),
+    }
     if replies != 3:
         raise StepFailed(f"ping after the failover: {replies}/3 replies")
     return (
