@@ -19,6 +19,7 @@ Behaviour, as an 802.1Q learning bridge with independent VLAN learning:
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import TypeAlias
 
 from exitnode import constants
 from exitnode.errors import SwitchError
+from exitnode.ratelimit import TokenBucket
 from hardware import ethernet
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -36,6 +38,10 @@ DROP_BAD_SOURCE = "bad_source"
 DROP_RATE_LIMITED = "rate_limited"
 DROP_SAME_PORT = "same_port"
 DROP_NO_EGRESS = "no_egress"
+
+
+def _bucket_ok(rate: float, burst: float) -> bool:
+    return math.isfinite(rate) and rate > 0 and math.isfinite(burst) and burst >= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +58,7 @@ class PortPolicy:
             for vid in self.vlans:
                 if vid != ethernet.UNTAGGED and not constants.VLAN_MIN <= vid <= constants.VLAN_MAX:
                     raise SwitchError(f"vlan {vid}: must be 0 (untagged) or 1-4094")
-        if self.broadcast_rate <= 0 or self.broadcast_burst < 1 or self.max_macs < 0:
+        if not _bucket_ok(self.broadcast_rate, self.broadcast_burst) or self.max_macs < 0:
             raise SwitchError("broadcast rate/burst must be positive, max_macs not negative")
 
     def allows(self, vlan: int) -> bool:
@@ -85,8 +91,7 @@ class SwitchStats:
 @dataclass(slots=True)
 class _Port:
     policy: PortPolicy
-    tokens: float
-    refilled: float
+    broadcasts: TokenBucket
     macs: int = 0
 
 
@@ -104,7 +109,8 @@ class Switch:
     def attach(self, port: str, policy: PortPolicy, now: float) -> None:
         if port in self._ports:
             raise SwitchError(f"port {port!r} already attached")
-        self._ports[port] = _Port(policy, tokens=policy.broadcast_burst, refilled=now)
+        broadcasts = TokenBucket(policy.broadcast_rate, policy.broadcast_burst, now)
+        self._ports[port] = _Port(policy, broadcasts)
 
     def detach(self, port: str) -> None:
         """Remove a port and forget every MAC learned on it."""
@@ -165,16 +171,6 @@ class Switch:
         self.stats.learned += 1
 
     # -- forwarding ----------------------------------------------------------------------
-    def _take_token(self, state: _Port, now: float) -> bool:
-        policy = state.policy
-        elapsed = max(0.0, now - state.refilled)
-        state.tokens = min(policy.broadcast_burst, state.tokens + elapsed * policy.broadcast_rate)
-        state.refilled = now
-        if state.tokens >= 1.0:
-            state.tokens -= 1.0
-            return True
-        return False
-
     def forward(self, port: str, frames: Iterable[Buffer], now: float) -> dict[str, list[Buffer]]:
         """Switch a batch that arrived on ``port``; returns egress port -> frames (in order).
 
@@ -203,7 +199,7 @@ class Switch:
                 continue
             self._learn(port, state, (vlan, header.src), now)
             if ethernet.is_group(header.dst):
-                if not self._take_token(state, now):
+                if not state.broadcasts.take(now):
                     drops[DROP_RATE_LIMITED] += 1
                     continue
                 self._flood(port, vlan, frame, out)
