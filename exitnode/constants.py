@@ -8,6 +8,10 @@ MAX_MACS = 16384  # whole table; a full table floods instead of learning
 MAX_MACS_PER_PORT = 1024  # one device cannot evict everyone else's entries
 BROADCAST_RATE = 1000.0  # broadcast + multicast frames per second per ingress port
 BROADCAST_BURST = 200.0
+# Unknown-unicast floods per second per ingress port: its own bucket, so random destination
+# MACs cannot flood every port unchecked, nor use up the ARP/ND (broadcast) budget.
+UNKNOWN_UNICAST_RATE = 1000.0
+UNKNOWN_UNICAST_BURST = 200.0
 DEFAULT_MTU = 1500
 VLAN_MIN = 1
 VLAN_MAX = 4094

@@ -9,7 +9,8 @@ Behaviour, as an 802.1Q learning bridge with independent VLAN learning:
   ``ageing_s``; a station that moves is re-learned on its new port; the table and each port
   have a size limit, beyond which frames are still forwarded (flooded) but not learned;
 - broadcast, multicast and unknown unicast are flooded to every other port allowed on the
-  frame's VLAN; broadcast and multicast are rate-limited per ingress port (token bucket);
+  frame's VLAN; each ingress port has two token buckets, one for broadcast + multicast and
+  one for unknown-unicast floods (so random destination MACs cannot flood everyone);
 - each port has a VLAN allow-list (0 = untagged); a frame on a VLAN its ingress port may not
   use is dropped, and a port only receives frames of its VLANs;
 - malformed frames (short, oversized, bad offload header, bad VLAN header), group source
@@ -35,7 +36,8 @@ Buffer: TypeAlias = bytes | bytearray | memoryview
 # Drop reasons (stable names: they become metric labels).
 DROP_VLAN_DENIED = "vlan_denied"
 DROP_BAD_SOURCE = "bad_source"
-DROP_RATE_LIMITED = "rate_limited"
+DROP_RATE_LIMITED = "rate_limited"  # broadcast or multicast over the port's rate
+DROP_FLOOD_LIMITED = "unknown_unicast_limited"  # unknown unicast over the port's flood rate
 DROP_SAME_PORT = "same_port"
 DROP_NO_EGRESS = "no_egress"
 
@@ -52,6 +54,8 @@ class PortPolicy:
     broadcast_rate: float = constants.BROADCAST_RATE
     broadcast_burst: float = constants.BROADCAST_BURST
     max_macs: int = constants.MAX_MACS_PER_PORT
+    flood_rate: float = constants.UNKNOWN_UNICAST_RATE
+    flood_burst: float = constants.UNKNOWN_UNICAST_BURST
 
     def __post_init__(self) -> None:
         if self.vlans is not None:
@@ -60,6 +64,8 @@ class PortPolicy:
                     raise SwitchError(f"vlan {vid}: must be 0 (untagged) or 1-4094")
         if not _bucket_ok(self.broadcast_rate, self.broadcast_burst) or self.max_macs < 0:
             raise SwitchError("broadcast rate/burst must be positive, max_macs not negative")
+        if not _bucket_ok(self.flood_rate, self.flood_burst):
+            raise SwitchError("unknown-unicast flood rate/burst must be positive")
 
     def allows(self, vlan: int) -> bool:
         return self.vlans is None or vlan in self.vlans
@@ -92,6 +98,7 @@ class SwitchStats:
 class _Port:
     policy: PortPolicy
     broadcasts: TokenBucket
+    floods: TokenBucket  # unknown unicast
     macs: int = 0
 
 
@@ -110,7 +117,8 @@ class Switch:
         if port in self._ports:
             raise SwitchError(f"port {port!r} already attached")
         broadcasts = TokenBucket(policy.broadcast_rate, policy.broadcast_burst, now)
-        self._ports[port] = _Port(policy, broadcasts)
+        floods = TokenBucket(policy.flood_rate, policy.flood_burst, now)
+        self._ports[port] = _Port(policy, broadcasts, floods)
 
     def detach(self, port: str) -> None:
         """Remove a port and forget every MAC learned on it."""
@@ -206,6 +214,9 @@ class Switch:
                 continue
             egress = self.lookup(header.dst, vlan, now)
             if egress is None:
+                if not state.floods.take(now):
+                    drops[DROP_FLOOD_LIMITED] += 1
+                    continue
                 self._flood(port, vlan, frame, out)
             elif egress == port:
                 drops[DROP_SAME_PORT] += 1

@@ -12,7 +12,7 @@ from hardware.tap import FakeTap
 
 DROP_REASONS = {
     "short", "oversized", "bad_offload", "bad_vlan", "vlan_denied", "bad_source",
-    "rate_limited", "same_port", "no_egress",
+    "rate_limited", "same_port", "no_egress", "unknown_unicast_limited",
 }  # fmt: skip
 
 # Frames near the interesting shapes: an offload header, two MACs, maybe 802.1Q tags.

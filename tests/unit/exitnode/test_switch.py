@@ -107,8 +107,33 @@ def test_broadcast_rate_limit_is_a_token_bucket() -> None:
     assert len(sw.forward("a", burst, 0.0)["b"]) == 5
     assert sw.stats.drops["rate_limited"] == 3
     assert len(sw.forward("a", burst, 0.2)["b"]) == 2  # 0.2 s * 10/s refilled
-    unicast = [frame(1, 2) for _ in range(20)]  # unknown unicast is not rate limited
+    unicast = [frame(1, 2) for _ in range(20)]  # unknown unicast has a bucket of its own
     assert len(sw.forward("a", unicast, 0.2)["b"]) == 20
+
+
+def test_unknown_unicast_floods_are_rate_limited_per_port_by_their_own_bucket() -> None:
+    sw = Switch()
+    sw.attach("a", PortPolicy(vlans=None, flood_rate=10.0, flood_burst=5.0), 0.0)
+    sw.attach("b", TRUNK, 0.0)
+    sw.attach("c", TRUNK, 0.0)
+    sw.forward("c", [frame(3, BCAST)], 0.0)  # 3 is known (on c)
+    # Random destinations: each one unknown, each a flood to b and c.
+    spray = [frame(1, f"02:aa:00:00:00:{i:02x}") for i in range(8)]
+    out = sw.forward("a", spray, 0.0)
+    assert out == {"b": spray[:5], "c": spray[:5]}
+    assert sw.stats.drops["unknown_unicast_limited"] == 3 and sw.stats.flooded == 6
+    # Known unicast and broadcast are not charged to the flood bucket.
+    known = [frame(1, 3, tag=bytes([i])) for i in range(10)]
+    assert sw.forward("a", known, 0.0) == {"c": known}
+    assert len(sw.forward("a", [frame(1, BCAST)], 0.0)["b"]) == 1
+    assert len(sw.forward("a", spray, 0.3)["b"]) == 3  # 0.3 s * 10/s refilled
+    # Another port's bucket is its own.
+    assert sw.forward("b", spray[:1], 0.3) == {"a": spray[:1], "c": spray[:1]}
+    assert sw.stats.drops["unknown_unicast_limited"] == 8
+    with pytest.raises(SwitchError):
+        PortPolicy(flood_rate=0.0)
+    with pytest.raises(SwitchError):
+        PortPolicy(broadcast_rate=float("nan"))
 
 
 def test_malformed_frames_and_group_sources_are_dropped_and_counted() -> None:
