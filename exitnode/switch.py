@@ -7,7 +7,13 @@ the frames to send out of each other port; nothing here touches a device or a cl
 Behaviour, as an 802.1Q learning bridge with independent VLAN learning:
 - source MACs are learned per (VLAN, MAC) with the time last seen, and age out after
   ``ageing_s``; a station that moves is re-learned on its new port; the table and each port
-  have a size limit, beyond which frames are still forwarded (flooded) but not learned;
+  have a size limit, beyond which frames are still forwarded (flooded) but not learned
+  (or, with ``enforce_max_macs``, dropped);
+- MACs live on a protected port (``SwitchConfig.protected_ports``: the exit's LAN, so its
+  gateway) or on a port with ``sticky_macs`` do not move: a frame from another port with
+  such a source is dropped as ``mac_spoof``, so a client cannot take over the gateway's MAC
+  and receive everyone's traffic. The protection lasts while the entry is live: a station
+  silent for ``ageing_s`` is forgotten and may then be learned anywhere (a real move);
 - broadcast, multicast and unknown unicast are flooded to every other port allowed on the
   frame's VLAN; each ingress port has two token buckets, one for broadcast + multicast and
   one for unknown-unicast floods (so random destination MACs cannot flood everyone);
@@ -40,6 +46,8 @@ DROP_RATE_LIMITED = "rate_limited"  # broadcast or multicast over the port's rat
 DROP_FLOOD_LIMITED = "unknown_unicast_limited"  # unknown unicast over the port's flood rate
 DROP_SAME_PORT = "same_port"
 DROP_NO_EGRESS = "no_egress"
+DROP_MAC_SPOOF = "mac_spoof"  # source MAC live on a protected or sticky port elsewhere
+DROP_MAC_LIMIT = "mac_limit"  # a new source MAC on a port at its enforced max_macs
 
 
 def _bucket_ok(rate: float, burst: float) -> bool:
@@ -56,6 +64,13 @@ class PortPolicy:
     max_macs: int = constants.MAX_MACS_PER_PORT
     flood_rate: float = constants.UNKNOWN_UNICAST_RATE
     flood_burst: float = constants.UNKNOWN_UNICAST_BURST
+    # Port security (off by default: a client may bridge a whole LAN that moves around).
+    # sticky_macs: a MAC learned here stays here until it ages out or the port detaches;
+    # another port sending from it meanwhile is dropped (mac_spoof).
+    sticky_macs: bool = False
+    # enforce_max_macs: past max_macs, frames from new source MACs are dropped (mac_limit)
+    # instead of being forwarded unlearned.
+    enforce_max_macs: bool = False
 
     def __post_init__(self) -> None:
         if self.vlans is not None:
@@ -76,6 +91,10 @@ class SwitchConfig:
     ageing_s: float = constants.MAC_AGEING_S
     max_macs: int = constants.MAX_MACS
     mtu: int = constants.DEFAULT_MTU  # largest non-GSO payload a port may send
+    # Ports whose live MACs never move to another port (a frame from one elsewhere is
+    # dropped as mac_spoof), and which take a MAC back from any port. The switchboard names
+    # the exit's TAP (its LAN, with the gateway) LOCAL_PORT.
+    protected_ports: frozenset[str] = frozenset({constants.LOCAL_PORT})
 
     @property
     def max_plain_frame(self) -> int:
@@ -153,30 +172,60 @@ class Switch:
     def __len__(self) -> int:
         return len(self._table)
 
-    def _learn(self, port: str, state: _Port, key: tuple[int, bytes], now: float) -> None:
+    def _learn(self, port: str, state: _Port, key: tuple[int, bytes], now: float) -> str | None:
+        """Learn (or refresh) ``key`` on ``port``; a drop reason if the frame must go."""
         entry = self._table.get(key)
+        if entry is not None and entry[0] != port and now - entry[1] > self.config.ageing_s:
+            self._forget(key, entry[0])  # expired, not yet swept: as if never seen
+            self.stats.aged += 1
+            entry = None
         if entry is not None:
             old = entry[0]
             if old != port:
-                old_state = self._ports.get(old)
-                if old_state is not None:
-                    old_state.macs -= 1
+                if not self._may_move(old, port):
+                    return DROP_MAC_SPOOF
                 if state.macs >= state.policy.max_macs:
+                    if state.policy.enforce_max_macs:
+                        return DROP_MAC_LIMIT
                     # The station claims to have moved onto a full port: forget the old
                     # place too, so frames for it flood rather than go to the wrong device.
-                    del self._table[key]
+                    self._forget(key, old)
                     self.stats.not_learned += 1
-                    return
+                    return None
+                self._forget(key, old)
                 state.macs += 1
                 self.stats.moved += 1
             self._table[key] = (port, now)
-            return
-        if len(self._table) >= self.config.max_macs or state.macs >= state.policy.max_macs:
+            return None
+        if state.macs >= state.policy.max_macs:
+            if state.policy.enforce_max_macs:
+                return DROP_MAC_LIMIT
             self.stats.not_learned += 1
-            return
+            return None
+        # Clients filling the whole table must not keep the LAN's stations (the gateway)
+        # from being learned and so protected: a protected port has only its own limit.
+        if len(self._table) >= self.config.max_macs and port not in self.config.protected_ports:
+            self.stats.not_learned += 1
+            return None
         self._table[key] = (port, now)
         state.macs += 1
         self.stats.learned += 1
+        return None
+
+    def _may_move(self, old: str, new: str) -> bool:
+        """Whether a live entry on ``old`` may move to ``new`` (the station moved)."""
+        if new in self.config.protected_ports:
+            return True  # the exit's own LAN is authoritative for its stations
+        if old in self.config.protected_ports:
+            return False  # e.g. the LAN gateway: a client sending from it is spoofing
+        old_state = self._ports.get(old)
+        return old_state is None or not old_state.policy.sticky_macs
+
+    def _forget(self, key: tuple[int, bytes], port: str) -> None:
+        del self._table[key]
+        state = self._ports.get(port)
+        if state is not None:
+            state.macs -= 1
 
     # -- forwarding ----------------------------------------------------------------------
     def forward(self, port: str, frames: Iterable[Buffer], now: float) -> dict[str, list[Buffer]]:
@@ -205,7 +254,10 @@ class Switch:
             if ethernet.is_group(header.src):
                 drops[DROP_BAD_SOURCE] += 1
                 continue
-            self._learn(port, state, (vlan, header.src), now)
+            refused = self._learn(port, state, (vlan, header.src), now)
+            if refused is not None:
+                drops[refused] += 1
+                continue
             if ethernet.is_group(header.dst):
                 if not state.broadcasts.take(now):
                     drops[DROP_RATE_LIMITED] += 1

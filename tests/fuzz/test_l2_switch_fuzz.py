@@ -13,6 +13,7 @@ from hardware.tap import FakeTap
 DROP_REASONS = {
     "short", "oversized", "bad_offload", "bad_vlan", "vlan_denied", "bad_source",
     "rate_limited", "same_port", "no_egress", "unknown_unicast_limited",
+    "mac_spoof",
 }  # fmt: skip
 
 # Frames near the interesting shapes: an offload header, two MACs, maybe 802.1Q tags.
@@ -35,7 +36,15 @@ shaped = st.builds(
     ),
     st.binary(max_size=1600),
 )
-frames = st.lists(st.one_of(st.binary(max_size=64), shaped), max_size=30)
+GATEWAY = bytes.fromhex("020000000001")
+# A client sending from the gateway's MAC (learned on the local port) to anyone.
+spoofed = st.builds(
+    lambda h, dst, rest: h + dst + GATEWAY + rest,
+    header,
+    st.sampled_from([b"\xff" * 6, bytes.fromhex("020000000002"), bytes.fromhex("01005e0000fb")]),
+    st.binary(max_size=64),
+)
+frames = st.lists(st.one_of(st.binary(max_size=64), shaped, spoofed), max_size=30)
 
 
 @settings(max_examples=300, deadline=None)
@@ -44,6 +53,8 @@ def test_switch_never_raises_on_client_frames(batches: list[list[bytes]], vlans:
     sw = Switch(SwitchConfig(max_macs=64))
     sw.attach("client", PortPolicy(vlans=frozenset(vlans) or None, max_macs=16), 0.0)
     sw.attach("local", PortPolicy(vlans=None), 0.0)
+    gw_frame = ethernet.NO_OFFLOAD + b"\xff" * 6 + GATEWAY + b"\x08\x06" + bytes(28)
+    sw.forward("local", [gw_frame], 0.0)
     now = 0.0
     for batch in batches:
         out = sw.forward("client", batch, now)
@@ -51,8 +62,9 @@ def test_switch_never_raises_on_client_frames(batches: list[list[bytes]], vlans:
         assert all(f in batch for f in out.get("local", []))
         now += 0.5
     assert set(sw.stats.drops) <= DROP_REASONS
-    assert len(sw) <= 16
-    assert sw.stats.frames_in == sum(len(b) for b in batches)
+    assert len(sw) <= 17  # 16 for the client, and the gateway
+    assert sw.stats.frames_in == 1 + sum(len(b) for b in batches)
+    assert sw.lookup(GATEWAY, 0, now) == "local"  # whatever the client sent
 
 
 @settings(max_examples=150, deadline=None)

@@ -198,3 +198,78 @@ def test_lonely_flood_is_counted() -> None:
     sw = switch("a")
     assert sw.forward("a", [frame(1, BCAST)], 0.0) == {}
     assert sw.stats.drops["no_egress"] == 1
+
+
+GW = 8  # the exit LAN's gateway, learned on the local (protected) port
+
+
+def test_client_cannot_take_over_the_gateways_mac() -> None:
+    sw = switch("local", "a", "b")
+    gw = bytes.fromhex("020000000008")
+    sw.forward("local", [frame(GW, BCAST)], 0.0)  # the gateway's ARP
+    assert sw.lookup(gw, 0, 0.0) == "local"
+    spoof = frame(GW, BCAST)
+    assert sw.forward("a", [spoof, frame(GW, 2)], 1.0) == {}
+    assert sw.stats.drops["mac_spoof"] == 2 and sw.stats.moved == 0
+    assert sw.lookup(gw, 0, 1.0) == "local"
+    # Frames for the gateway still go to the LAN only, never to the spoofer.
+    to_gw = frame(2, GW)
+    assert sw.forward("b", [to_gw], 1.5) == {"local": [to_gw]}
+    # The spoofer did not refresh the entry either: it ages from the gateway's last frame.
+    assert sw.age(300.5) == 1 and sw.lookup(gw, 0, 300.5) is None
+
+
+def test_the_lan_takes_back_a_mac_a_client_claimed_first() -> None:
+    sw = switch("local", "a", "b")
+    sw.forward("a", [frame(GW, 9)], 0.0)  # before the gateway ever spoke
+    reply = frame(GW, 1)
+    sw.forward("local", [reply], 0.5)
+    assert sw.lookup(bytes.fromhex("020000000008"), 0, 0.5) == "local"
+    assert sw.forward("a", [frame(GW, 2)], 0.6) == {}
+    assert sw.stats.drops["mac_spoof"] == 1
+    # Clients filling the whole table do not keep the LAN's stations from being learned.
+    full = switch("local", "a", max_macs=2)
+    full.forward("a", [frame(1, 9), frame(2, 9), frame(3, 9)], 0.0)
+    assert len(full) == 2 and full.stats.not_learned == 1
+    full.forward("local", [frame(GW, BCAST)], 0.0)
+    assert full.lookup(bytes.fromhex("020000000008"), 0, 0.0) == "local"
+    assert full.forward("a", [frame(GW, 9)], 0.1) == {}
+    # The protected set is configurable: with none, the old learning-bridge behaviour.
+    open_sw = switch("local", "a", protected_ports=frozenset())  # type: ignore[arg-type]
+    open_sw.forward("local", [frame(GW, BCAST)], 0.0)
+    open_sw.forward("a", [frame(GW, BCAST)], 1.0)
+    assert open_sw.lookup(bytes.fromhex("020000000008"), 0, 1.0) == "a"
+
+
+def test_sticky_client_ports_keep_their_macs_until_aged_out_then_a_move_works() -> None:
+    sticky = PortPolicy(vlans=None, sticky_macs=True)
+    sw = switch("a", "b", "c", policy=sticky, ageing_s=10.0)
+    mac1 = bytes.fromhex("020000000001")
+    sw.forward("a", [frame(1, 9)], 0.0)
+    assert sw.forward("b", [frame(1, 9)], 5.0) == {}  # not a move: a spoof
+    assert sw.stats.drops["mac_spoof"] == 1 and sw.lookup(mac1, 0, 5.0) == "a"
+    to_1 = frame(3, 1)
+    assert sw.forward("c", [to_1], 5.0) == {"a": [to_1]}
+    # The station really moved to b: after ageing (swept or not) b may learn it.
+    moved = frame(1, 9)
+    assert set(sw.forward("b", [moved], 10.5)) == {"a", "c"}
+    assert sw.lookup(mac1, 0, 10.5) == "b"
+    assert sw.forward("c", [to_1], 11.0) == {"b": [to_1]}
+    assert sw.stats.aged == 1 and sw.stats.drops["mac_spoof"] == 1
+    # The counts of MACs per port followed: a holds none, b holds 1.
+    sw.detach("b")
+    assert sw.lookup(mac1, 0, 11.0) is None
+
+
+def test_enforced_mac_limit_drops_new_sources_and_keeps_known_ones() -> None:
+    sw = Switch()
+    sw.attach("a", PortPolicy(vlans=None, max_macs=2, enforce_max_macs=True), 0.0)
+    sw.attach("b", TRUNK, 0.0)
+    out = sw.forward("a", [frame(1, 9), frame(2, 9), frame(3, 9), frame(1, 9)], 0.0)
+    assert len(out["b"]) == 3  # 1, 2, then 1 again; 3 refused
+    assert sw.stats.drops["mac_limit"] == 1 and len(sw) == 2
+    # A station moving onto the full port is refused too, and stays where it was.
+    sw.forward("b", [frame(4, 9)], 0.0)
+    assert sw.forward("a", [frame(4, 9)], 1.0) == {}
+    assert sw.stats.drops["mac_limit"] == 2
+    assert sw.lookup(bytes.fromhex("020000000004"), 0, 1.0) == "b"
