@@ -23,6 +23,7 @@ clock catches up, so epoch numbers never repeat.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter
@@ -34,6 +35,7 @@ from timing.constants import (
     DEFAULT_FALLBACK,
     FALLBACK_CHOICES,
     MAX_HOLDOVER_UNCERTAINTY,
+    REASON_BAD_SAMPLE,
     SOURCE_STALE_AFTER,
     SYSTEM_CLOCK_UNCERTAINTY,
 )
@@ -98,6 +100,18 @@ class _Source:
         self.selected = False
 
 
+def _finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def _sane(sample: Sample) -> bool:
+    return (
+        _finite(sample.local, sample.offset, sample.sigma, sample.bias)
+        and sample.sigma >= 0
+        and sample.bias >= 0
+    )
+
+
 class DisciplinedClock:
     def __init__(
         self,
@@ -152,6 +166,11 @@ class DisciplinedClock:
         """Feed one measurement; returns what the source's own filter made of it."""
         with self._lock:
             src = self._source(sample.source)
+            if not _sane(sample):
+                # e.g. a negative configured uncertainty: it would poison the filter and
+                # then weigh without bound in the vote
+                src.rejected[REASON_BAD_SAMPLE] += 1
+                return Verdict.OUTLIER
             verdict = src.filter.update(sample.local, sample.offset, sample.sigma, sample.bias)
             # heard from, even if its filter refused the value: a liar must stay a
             # candidate so the vote can outvote and name it
@@ -174,7 +193,7 @@ class DisciplinedClock:
             if not src.locked or src.last_local is None or local - src.last_local > self._stale:
                 continue
             est = src.filter.estimate(local)
-            if est is not None:
+            if est is not None and _finite(est.offset, est.uncertainty):
                 out.append(consensus.Candidate(src.name, est.offset, est.uncertainty))
         return out
 

@@ -17,10 +17,15 @@ What the quorum means here, precisely:
 
 The chosen offset is the inverse-variance mean of the agreeing sources, clipped into the
 intersection; its uncertainty reaches to the far edge of the intersection.
+
+A candidate's offset must be finite and its uncertainty finite and not negative: a negative
+one would otherwise pass the intersection (which takes the width) yet dominate the
+weighted mean, so :class:`Candidate` refuses it (``ValueError``, a caller's bug).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +39,12 @@ class Candidate:
     name: str
     offset: float
     uncertainty: float
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.offset):
+            raise ValueError(f"candidate {self.name}: offset must be finite")
+        if not (math.isfinite(self.uncertainty) and self.uncertainty >= 0):
+            raise ValueError(f"candidate {self.name}: uncertainty must be finite and >= 0")
 
 
 @dataclass(frozen=True, slots=True)

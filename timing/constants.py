@@ -78,3 +78,4 @@ REASON_BAD_FIELD = "bad-field"
 REASON_EMPTY = "empty"
 REASON_UNEXPECTED = "unexpected-reply"
 REASON_DEVICE_ERROR = "device-error"
+REASON_BAD_SAMPLE = "bad-sample"  # a source's sample with a non-finite or negative field
