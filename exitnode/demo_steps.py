@@ -27,6 +27,7 @@ from hardware import netns
 from hardware.chain import Anvil
 from hardware.tpm import Swtpm
 from l2bridge.config import load_config
+from l2bridge.selection import REPUTATION_BAND
 
 CLOCK_KIND = "gpsdo"
 UP_TIMEOUT_S = 45.0
@@ -36,7 +37,6 @@ TRANSFER_TIMEOUT_S = 120.0
 PACE_S = 0.02  # the transfer during the failover: 64 KiB every 20 ms (~3 MB/s)
 PACED_LIMIT = 512 << 20  # and never more than this
 MIN_REKEYS = 2
-REPUTATION_BAND = 50
 VOUCHER = "voucher.json"
 
 RECEIVE = """
@@ -316,10 +316,9 @@ def reputations(w: World) -> dict[str, int]:
     return out
 
 
-def best_exit(w: World, reps: dict[str, int]) -> str:
-    """What every client's ranking must pick: highest reputation band, then lowest nodeId."""
-    assert w.keys is not None
-    ids = w.keys.exit_ids
+def best_exit(reps: dict[str, int], ids: dict[str, bytes]) -> str:
+    """What every client's ranking (``l2bridge.selection.rank``) picks among fresh, healthy
+    exits: the highest reputation band, then the lowest nodeId."""
     return min(reps, key=lambda n: (-(reps[n] // REPUTATION_BAND), ids[n]))
 
 
@@ -335,7 +334,8 @@ def step_clients(w: World) -> str:
         doc = w.wait_status(name, lambda d: _info(d, "exit_event") == "connected", 10, "a link")
         chosen[name] = w.exit_name(_info(doc, "exit_node_id"))
     reps = reputations(w)
-    best = best_exit(w, reps)
+    assert w.keys is not None
+    best = best_exit(reps, w.keys.exit_ids)
     w.facts.update(first_exits=chosen, reputations_at_connect=reps, best_exit=best)
     if set(chosen.values()) != {best}:
         raise StepFailed(f"clients chose {chosen}; the best exit is {best} ({reps})")
@@ -371,8 +371,11 @@ def _transfer(
     return recv, send
 
 
-def _finish(recv: subprocess.Popen[bytes], send: subprocess.Popen[bytes]) -> tuple[int, str, float]:
-    """(bytes, SHA-256 hex, longest pause at the receiver) once both ends are done."""
+def _finish(
+    recv: subprocess.Popen[bytes], send: subprocess.Popen[bytes]
+) -> tuple[int, str, str, float]:
+    """(bytes, sent SHA-256, received SHA-256, longest pause at the receiver) once both
+    ends are done; raises unless both ends counted the same bytes with the same SHA-256."""
     try:
         sent_out, sent_err = send.communicate(timeout=TRANSFER_TIMEOUT_S)
         got_out, got_err = recv.communicate(timeout=TRANSFER_TIMEOUT_S)
@@ -385,7 +388,7 @@ def _finish(recv: subprocess.Popen[bytes], send: subprocess.Popen[bytes]) -> tup
     got_n, got_hex, gap = got_out.decode().split()
     if int(sent_n) != int(got_n) or sent_hex != got_hex:
         raise StepFailed(f"sent {sent_n} B {sent_hex[:16]}..., got {got_n} B {got_hex[:16]}...")
-    return int(got_n), got_hex, float(gap)
+    return int(got_n), sent_hex, got_hex, float(gap)
 
 
 def step_transfer(w: World) -> str:
@@ -398,7 +401,7 @@ def step_transfer(w: World) -> str:
             f.write(chunk)
     started = time.monotonic()
     recv, send = _transfer(w, TRANSFER_PORT, str(src), w.workdir / "never", limit=1 << 40, pace=0.0)
-    size, got_hex, _gap = _finish(recv, send)
+    size, _sent_hex, got_hex, _gap = _finish(recv, send)
     elapsed = time.monotonic() - started
     if got_hex != digest.hexdigest() or size != w.settings.size_mib << 20:
         raise StepFailed("the file received is not the file written (SHA-256 differs)")
@@ -423,11 +426,13 @@ def step_rotations(w: World) -> str:
     counts[used], modes[used] = _rekeys(doc), _gauge(doc, "clock_mode")
     w.facts["rekeys"] = counts
     w.facts["clock_modes"] = modes
-    synced = [n for n, m in modes.items() if m == 0.0]
+    synced = [n for n, m in modes.items() if m in (0.0, 1.0)]  # synced or holding over
+    if len(synced) != len(modes):
+        raise StepFailed(f"clocks not disciplined by their GPSDO (0 synced, 1 holdover): {modes}")
     shown = ", ".join(f"{n} {c}" for n, c in counts.items())
     return (
         f"rekeys every {w.settings.rotation_s:g} s on epoch boundaries: {shown} "
-        f"(clock synced to its GPSDO on {len(synced)}/{len(modes)} nodes)"
+        f"(clock disciplined by its GPSDO on {len(synced)}/{len(modes)} nodes)"
     )
 
 
@@ -482,11 +487,12 @@ def step_after_failover(w: World) -> str:
     recv, send, flag = w.facts.pop("paced_transfer")
     flag.touch()
     stopped = time.monotonic()
-    size, digest, gap = _finish(recv, send)
+    size, sent_hex, got_hex, gap = _finish(recv, send)
     m = w.marks
     w.facts["failover_transfer"] = {
         "bytes": size,
-        "sha256": digest,
+        "sent_sha256": sent_hex,
+        "received_sha256": got_hex,
         "longest_pause_s": gap,
         "started_before_pcr_change_s": round(m["PCR changed"] - m["paced transfer started"], 2),
         "stopped_after_clients_moved_s": round(stopped - m["clients moved"], 2),
