@@ -18,7 +18,15 @@ Fallback when the quorum is not met (``fallback``):
 * ``refuse``: hold over as above, then make ``now()`` raise NoQuorumError.
 
 ``now()`` never goes backwards: a correction that would step time back is held until the
-clock catches up, so epoch numbers never repeat.
+clock catches up, so epoch numbers never repeat. Nor does it leap far forward: corrections
+beyond ``max_step`` are slewed at ``max_slew`` unless confirmed by at least two agreeing
+sources or held for ``step_confirm`` seconds (:mod:`timing.slew`), so one bad source
+cannot carry the output (and the epochs cut from it) seconds ahead at once. While the
+output lags the estimate, the reported uncertainty includes the gap.
+
+With a quorum of 1 a lying source cannot be outvoted: the slew only bounds how fast its lie
+is taken, and a lie held for ``step_confirm`` seconds is stepped to. Use three or more
+sources and a quorum that makes one liar a minority.
 """
 
 from __future__ import annotations
@@ -34,13 +42,17 @@ from timing import consensus
 from timing.constants import (
     DEFAULT_FALLBACK,
     FALLBACK_CHOICES,
+    MAX_FORWARD_STEP,
     MAX_HOLDOVER_UNCERTAINTY,
+    MAX_SLEW_RATE,
     REASON_BAD_SAMPLE,
     SOURCE_STALE_AFTER,
+    STEP_CONFIRM_AFTER,
     SYSTEM_CLOCK_UNCERTAINTY,
 )
 from timing.discipline import ClockFilter, FilterParams, Sample, Verdict
 from timing.errors import ConfigError, NoQuorumError
+from timing.slew import StepLimiter
 
 SYNCED = "synced"
 HOLDOVER = "holdover"
@@ -124,6 +136,9 @@ class DisciplinedClock:
         max_holdover_uncertainty: float = MAX_HOLDOVER_UNCERTAINTY,
         system_uncertainty: float = SYSTEM_CLOCK_UNCERTAINTY,
         params: FilterParams | None = None,
+        max_step: float = MAX_FORWARD_STEP,
+        max_slew: float = MAX_SLEW_RATE,
+        step_confirm: float = STEP_CONFIRM_AFTER,
     ) -> None:
         if quorum < 1:
             raise ConfigError("consensus_quorum", "must be at least 1")
@@ -143,6 +158,10 @@ class DisciplinedClock:
         self._selection: consensus.Selection | None = None
         self._last_selected_local: float | None = None
         self._last_now = float("-inf")
+        try:
+            self._limiter = StepLimiter(max_step, max_slew, step_confirm)
+        except ValueError as exc:
+            raise ConfigError("max_step", str(exc)) from None
 
     # --- what sources call ---------------------------------------------------------------
 
@@ -223,23 +242,33 @@ class DisciplinedClock:
             raise NoQuorumError(selection.message)
         return SYSTEM, self._system() - self.local(), self._system_uncertainty
 
+    def _output(self, local: float) -> tuple[str, float, float]:
+        """(mode, time, uncertainty) as handed out: leaps bounded, never back; lock held."""
+        mode, target, u = self._reading(local)
+        applied = self._limiter.follow(
+            local, target, disciplined=mode != SYSTEM, confirmed=self._confirms(mode, target)
+        )
+        t = max(local + applied, self._last_now)
+        self._last_now = t
+        return mode, t, u + abs(t - (local + target))
+
+    def _confirms(self, mode: str, target: float) -> bool:
+        """Whether two or more agreeing sources put the time at ``target`` (lock held)."""
+        sel = self._selection
+        if mode != SYNCED or sel is None or len(sel.truechimers) < 2:
+            return False
+        assert sel.offset is not None and sel.uncertainty is not None
+        return abs(sel.offset - target) <= sel.uncertainty + self._limiter.max_step
+
     def now(self) -> float:
         """Disciplined UTC seconds. Raises NoQuorumError only with fallback ``refuse``."""
         with self._lock:
-            local = self.local()
-            _mode, offset, _u = self._reading(local)
-            t = max(local + offset, self._last_now)
-            self._last_now = t
-            return t
+            return self._output(self.local())[1]
 
     def reading(self) -> tuple[str, float, float]:
         """(mode, disciplined time, uncertainty) in one consistent look."""
         with self._lock:
-            local = self.local()
-            mode, offset, u = self._reading(local)
-            t = max(local + offset, self._last_now)
-            self._last_now = t
-            return mode, t, u
+            return self._output(self.local())
 
     def status(self) -> ClockStatus:
         with self._lock:
@@ -271,6 +300,11 @@ class DisciplinedClock:
                         detail=src.detail,
                     )
                 )
+            message = sel.message
+            held = self._limiter.held_back(offset) if math.isfinite(offset) else 0.0
+            due = self._limiter.confirm_in(local)
+            if held > 0 and due is not None:
+                message += f"; forward leap of {held:.3f} s slewed (stepped in {due:.0f} s)"
             return ClockStatus(
                 mode=mode,
                 offset=offset,
@@ -281,6 +315,6 @@ class DisciplinedClock:
                 agreeing=len(sel.truechimers),
                 quorum_met=sel.ok,
                 fallback=self.fallback,
-                message=sel.message,
+                message=message,
                 sources=tuple(sources),
             )

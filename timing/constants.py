@@ -53,6 +53,14 @@ MAX_HOLDOVER_UNCERTAINTY = 0.010  # beyond this, holdover gives way to the fallb
 SYSTEM_CLOCK_UNCERTAINTY = 0.050  # assumed error bound of the host clock as a last resort
 FALLBACK_CHOICES = ("holdover", "system", "refuse")
 DEFAULT_FALLBACK = "holdover"
+# Forward leaps of the clock's output (timing.slew): corrections up to MAX_FORWARD_STEP are
+# taken at once (ntpd's step threshold); larger ones are slewed at MAX_SLEW_RATE (the
+# kernel's 500 ppm) unless confirmed by two agreeing sources or persisting for
+# STEP_CONFIRM_AFTER (ntpd's stepout). Unconfirmed, the output can gain at most
+# 0.125 + 300 * 500e-6 = 0.275 s: less than EPOCH_ACCEPT_TOLERANCE.
+MAX_FORWARD_STEP = 0.125
+MAX_SLEW_RATE = 500e-6
+STEP_CONFIRM_AFTER = 300.0
 
 # --- epochs ------------------------------------------------------------------------------
 MIN_ROTATION_INTERVAL = 1.0  # tests use 1 s; configuration validates its own range
