@@ -32,7 +32,7 @@ from l2bridge.config import Config
 from l2bridge.constants import Mode
 from l2bridge.errors import L2BridgeError
 from l2bridge.handshake import EvidenceProvider, ServerHandshake
-from l2bridge.identity import Authorizer, HybridSigningKey
+from l2bridge.identity import Authorizer, HybridSigningKey, read_private_file
 from l2bridge.metrics import Metrics
 from l2bridge.session import SessionConfig
 from l2bridge.status import StatusServer
@@ -74,8 +74,9 @@ def load_access_key(path: Path | None) -> AccessKey:
     if path is None:
         raise ExitConfigError("endpoints.access_key_file: required")
     try:
-        return AccessKey.from_text(path.read_text("ascii"))
-    except (OSError, UnicodeDecodeError, L2BridgeError) as exc:
+        # A secret like the identity: refused when group or others may read it.
+        return AccessKey.from_text(read_private_file(path))
+    except L2BridgeError as exc:
         raise ExitConfigError(f"endpoints.access_key_file: {exc}") from None
 
 

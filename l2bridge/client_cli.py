@@ -28,7 +28,7 @@ from l2bridge.constants import Mode
 from l2bridge.errors import L2BridgeError
 from l2bridge.failover import DialSettings
 from l2bridge.handshake import ClientHandshake, EvidenceChecker
-from l2bridge.identity import HybridSigningKey
+from l2bridge.identity import HybridSigningKey, read_private_file
 from l2bridge.keyfiles import load_certificate
 from l2bridge.metrics import Metrics
 from l2bridge.rotation import RotationDriver
@@ -144,8 +144,9 @@ class ClientNode:
         self.identity = HybridSigningKey.load(keys.identity)
         self.certificate = load_certificate(keys.certificate) if keys.certificate else None
         try:
-            self.access_key = AccessKey.from_text(ep.access_key_file.read_text("ascii"))
-        except (OSError, UnicodeDecodeError) as exc:
+            # A secret like the identity: refused when group or others may read it.
+            self.access_key = AccessKey.from_text(read_private_file(ep.access_key_file))
+        except L2BridgeError as exc:
             raise ConfigError(f"endpoints.access_key_file: {exc}") from None
         connect_url = ep.connect or ""
         parts = urllib.parse.urlsplit(connect_url)
