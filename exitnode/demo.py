@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -255,6 +256,10 @@ def summary(results: list[Result], facts: dict[str, Any]) -> None:
         print("figures: " + json.dumps(facts, sort_keys=True, default=str))
 
 
+def _interrupted(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(ns: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("shadowmesh demo: needs root (network namespaces)", file=sys.stderr)
@@ -265,6 +270,8 @@ def main(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    # SIGTERM tears down like Ctrl-C: namespaces and processes never outlive the demo.
+    signal.signal(signal.SIGTERM, _interrupted)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="shadowmesh-demo-") as tmp:
         facts: dict[str, Any] = {}
