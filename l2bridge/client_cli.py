@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
 import signal
 import sys
 import urllib.parse
@@ -22,9 +23,9 @@ from hardware import netns
 from hardware.tap import FrameDevice, TapConfig, TapError, open_tap
 from l2bridge import link as tunnel
 from l2bridge.client import Backoff, Client, FrameLink
-from l2bridge.client_layers import registry_finder, tunnel_clock
+from l2bridge.client_layers import pinned_attestation, registry_finder, tunnel_clock
 from l2bridge.config import Config, ConfigError, ensure_startable, load_config
-from l2bridge.constants import Mode
+from l2bridge.constants import ATTESTATION_NONCE_SIZE, Mode
 from l2bridge.errors import L2BridgeError
 from l2bridge.failover import DialSettings
 from l2bridge.handshake import ClientHandshake, EvidenceChecker
@@ -168,6 +169,8 @@ class ClientNode:
         self.link: tunnel.Link | None = None
         self.clock, self.clock_sources = tunnel_clock(config)
         self.clock.publish(self.metrics)
+        # attestation_required with a pinned exit: a nonce and a checked answer every dial.
+        self.attestation = pinned_attestation(config, self.clock.now)
         self.finder = registry_finder(
             config,
             lambda policy: DialSettings(
@@ -182,12 +185,19 @@ class ClientNode:
         if self.finder is not None:
             self.link = await self.finder.connect()
             return self.link
+        nonce: bytes | None = None
+        checker = self.evidence_checker
+        if self.attestation is not None:
+            nonce, checker = await self.attestation.prepare()
+        elif checker is not None:
+            nonce = secrets.token_bytes(ATTESTATION_NONCE_SIZE)
         handshake = ClientHandshake(
             self.identity,
             certificate=self.certificate,
             mode=self.mode,
             pinned_node_id=self.exit_node_id,
-            evidence_checker=self.evidence_checker,
+            attestation_nonce=nonce,
+            evidence_checker=checker,
             config=self.session_config,
         )
         self.link = await tunnel.connect(

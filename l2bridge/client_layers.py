@@ -6,24 +6,35 @@
   exit's fresh evidence against ``tpm.golden_policy`` (required then) and the AK on chain,
   re-checks the exit in use every ``chain.attestation_interval`` at most, and fails over.
   web3 is imported only in this mode, on first use.
+* Pinned exit with ``security.attestation_required``: every dial sends a fresh nonce and
+  checks the evidence against ``tpm.golden_policy`` and the exit's enrolled AK, read from
+  its enrolment record (``tpm.exit_enrolment``) or else from its registry record (chain
+  settings); with neither the client refuses to start.
 * Clock: the ``atomic_time`` sources when enabled, else the system clock; rotations run on
   its epoch boundaries every ``security.key_rotation_interval``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from attestation import policy as golden
-from attestation.errors import PolicyError
+from attestation.checker import EvidenceChecker
+from attestation.enrol import Enrolment
+from attestation.errors import EnrolmentError, PolicyError
 from l2bridge.config import Config, ConfigError
-from l2bridge.failover import DialSettings, ExitFinder
+from l2bridge.constants import ATTESTATION_NONCE_SIZE
+from l2bridge.errors import NoExitAvailable
+from l2bridge.failover import ChainBoundChecker, DialSettings, ExitFinder
+from l2bridge.handshake import EvidenceChecker as CheckEvidence
 from l2bridge.metrics import Metrics
 from l2bridge.rotation import TunnelClock
-from l2bridge.selection import NodeRecord, SelectionPolicy
+from l2bridge.selection import Candidate, NodeRecord, SelectionPolicy
 from timing.config import build, settings_from
 from timing.sources import Source
 
@@ -70,9 +81,11 @@ def tunnel_clock(config: Config) -> tuple[TunnelClock, list[Source]]:
     return TunnelClock(None), []
 
 
-def load_policy(path: Path | None) -> golden.GoldenPolicy:
+def load_policy(
+    path: Path | None, what: str = "exits chosen from the registry"
+) -> golden.GoldenPolicy:
     if path is None:
-        raise ConfigError("tpm.golden_policy: required to check exits chosen from the registry")
+        raise ConfigError(f"tpm.golden_policy: required to check {what}")
     try:
         return golden.parse(path.read_bytes())
     except OSError as exc:
@@ -102,4 +115,84 @@ def registry_finder(
         selection,
         metrics=metrics,
         clock=clock.now,
+    )
+
+
+def load_enrolled_ak(path: Path) -> bytes:
+    """The AK (TPMT_PUBLIC) of an enrolment record written by ``shadowmesh attest enroll``."""
+    try:
+        return Enrolment.parse(path.read_text("ascii")).ak_public
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"tpm.exit_enrolment: cannot read {path}: {exc}") from None
+    except EnrolmentError as exc:
+        raise ConfigError(f"tpm.exit_enrolment: {exc}") from None
+
+
+class PinnedAttestation:
+    """Evidence checking for a client pinned to one exit (``attestation_required``).
+
+    One ``EvidenceChecker`` for the node's lifetime, so the exit's TPM counters are
+    followed from dial to dial (a replayed or rolled-back TPM is noticed).
+    """
+
+    def __init__(
+        self,
+        node_id: bytes,
+        policy: golden.GoldenPolicy,
+        *,
+        enrolled_ak: bytes | None = None,
+        registry: ChainRegistry | None = None,
+        clock: Callable[[], float],
+    ) -> None:
+        if enrolled_ak is None and registry is None:
+            raise ValueError("an enrolled AK or a registry is needed")
+        self.node_id = node_id
+        self._aks: dict[bytes, bytes] = {}
+        if enrolled_ak is not None:
+            self._aks[node_id] = enrolled_ak
+        self._registry = None if enrolled_ak is not None else registry
+        self._verifier = EvidenceChecker(policy, self._aks.get, clock=clock)
+
+    async def prepare(self) -> tuple[bytes, CheckEvidence]:
+        """A fresh nonce and the checker for the next dial's evidence.
+
+        With the registry as the AK's source the exit's record is read first (off the
+        event loop); a chain that does not answer raises NoExitAvailable (retried).
+        """
+        nonce = secrets.token_bytes(ATTESTATION_NONCE_SIZE)
+        registry = self._registry
+        if registry is None:
+            return nonce, self._verifier
+        try:
+            record = await asyncio.to_thread(registry.node, self.node_id)
+        except Exception as exc:  # web3 raises many types; all mean "no answer now"
+            raise NoExitAvailable(
+                f"registry unreachable ({type(exc).__name__}): cannot read the exit's AK"
+            ) from None
+        cand = Candidate(
+            self.node_id, record.endpoint, record.reputation, float(record.last_attestation),
+            bytes(record.ak.x), bytes(record.ak.y),
+        )  # fmt: skip
+        return nonce, ChainBoundChecker(cand, self._verifier, self._aks)
+
+
+def pinned_attestation(config: Config, clock: Callable[[], float]) -> PinnedAttestation | None:
+    """The pinned exit's evidence check when ``security.attestation_required`` asks for it.
+
+    Raises ConfigError when the golden policy or the exit's AK source is missing.
+    """
+    node_id = config.endpoints.exit_node_id
+    if not config.security.attestation_required or node_id is None:
+        return None
+    policy = load_policy(config.tpm.golden_policy, "the pinned exit's evidence")
+    if config.tpm.exit_enrolment is not None:
+        ak = load_enrolled_ak(config.tpm.exit_enrolment)
+        return PinnedAttestation(node_id, policy, enrolled_ak=ak, clock=clock)
+    chain = config.chain
+    if chain.rpc_url and chain.contract_address:
+        registry = ChainRegistry(chain.rpc_url, chain.contract_address)
+        return PinnedAttestation(node_id, policy, registry=registry, clock=clock)
+    raise ConfigError(
+        "security.attestation_required: the pinned exit's AK is unknown: set "
+        "tpm.exit_enrolment or chain.rpc_url and chain.contract_address"
     )

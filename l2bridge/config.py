@@ -131,6 +131,8 @@ class Tpm:
     ak_public: Path | None = None
     golden_policy: Path | None = None
     pcr: int = 23
+    # client: the pinned exit's enrolment record (its AK), for attestation_required
+    exit_enrolment: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +416,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "ak_public": _PATH,
             "golden_policy": _PATH,
             "pcr": _int_range(0, 23),
+            "exit_enrolment": _PATH,
         },
     ),
     "chain": (
@@ -544,6 +547,7 @@ def problems(config: Config) -> list[Problem]:
                 True,
             )
         )
+    out.extend(_pinned_attestation(config))
     for name in ("geographic_diversity", "jurisdictional_diversity"):
         if getattr(config.exit_nodes, name):
             out.append(Problem(f"exit_nodes.{name}", "only meaningful with multi-hop", False))
@@ -559,6 +563,28 @@ def problems(config: Config) -> list[Problem]:
         out.append(Problem("logging.siem_export", "SIEM export is not implemented", False))
     for warning in config.atomic_time.warnings():
         out.append(Problem("atomic_time.consensus_quorum", warning, False))
+    return out
+
+
+def _pinned_attestation(config: Config) -> list[Problem]:
+    """A client pinned to one exit with attestation_required needs what checks its evidence."""
+    if not config.security.attestation_required or config.endpoints.exit_node_id is None:
+        return []
+    out = []
+    if config.tpm.golden_policy is None:
+        out.append(
+            Problem("tpm.golden_policy", "required to check the pinned exit's evidence", True)
+        )
+    chain = config.chain
+    if config.tpm.exit_enrolment is None and not (chain.rpc_url and chain.contract_address):
+        out.append(
+            Problem(
+                "security.attestation_required",
+                "the pinned exit's AK is unknown: set tpm.exit_enrolment (its enrolment "
+                "record) or chain.rpc_url and chain.contract_address (the registry)",
+                True,
+            )
+        )
     return out
 
 

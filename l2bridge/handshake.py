@@ -226,6 +226,9 @@ class ClientHandshake:
             raise ValueError("attestation nonce must be 32 bytes")
         if attestation_nonce is not None and evidence_checker is None:
             raise ValueError("an attestation nonce needs an evidence_checker")
+        if evidence_checker is not None and attestation_nonce is None:
+            # Without a nonce no evidence is asked for, so the checker would never run.
+            raise ValueError("an evidence_checker needs an attestation nonce")
         if pinned_node_id is not None and len(pinned_node_id) != NODE_ID_SIZE:
             raise ValueError("pinned node id must be 32 bytes")
         prefs = tuple(ciphers) if ciphers else default_cipher_preference()
