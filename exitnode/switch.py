@@ -240,6 +240,7 @@ class Switch:
         drops = self.stats.drops
         stats = self.stats
         max_plain = self.config.max_plain_frame
+        table = self._table
         for frame in frames:
             stats.frames_in += 1
             try:
@@ -254,10 +255,15 @@ class Switch:
             if ethernet.is_group(header.src):
                 drops[DROP_BAD_SOURCE] += 1
                 continue
-            refused = self._learn(port, state, (vlan, header.src), now)
-            if refused is not None:
-                drops[refused] += 1
-                continue
+            key = (vlan, header.src)
+            known = table.get(key)
+            if known is not None and known[0] == port:
+                table[key] = (port, now)  # the common case: a station seen here before
+            else:
+                refused = self._learn(port, state, key, now)
+                if refused is not None:
+                    drops[refused] += 1
+                    continue
             if ethernet.is_group(header.dst):
                 if not state.broadcasts.take(now):
                     drops[DROP_RATE_LIMITED] += 1
