@@ -48,7 +48,7 @@ async def one_run(world, check: float, tag: int) -> tuple[float, float]:
     servers = [await e2e.serve_exit(x) for x in exits]
     for x, op in zip(exits, operators, strict=True):
         if not x.voucher.exists():
-            e2e.vouch(registry, x)  # the enroller vouches once; later runs are registered
+            e2e.vouch(registry, x, op.address)  # vouched once; later runs are registered
         x.upkeep = RegistryUpkeep(lambda op=op: registry.with_account(op), x.lifecycle, x.url,
                                   interval=e2e.INTERVAL, voucher=x.voucher)  # fmt: skip
         await asyncio.to_thread(x.upkeep.step)

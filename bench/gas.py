@@ -64,7 +64,8 @@ def main() -> None:
         ch = op.challenge(node_id)
         figures["register_gas"] = op.register(
             node_id, "wss://exit.example:443/ws", ak, quote(ch.qualifying_data), ch.block_number,
-            stake_wei=40 * ETHER, voucher=vouch_for(enroller, op, node_id, ak),
+            stake_wei=40 * ETHER,
+            voucher=vouch_for(enroller, op, node_id, ak, operator=operator.address),
         ).gas_used  # fmt: skip
         figures["update_attestation_gas"] = op.attest_with(node_id, quote).gas_used
         chain.rpc("evm_increaseTime", [3601])

@@ -10,13 +10,22 @@ pragma solidity 0.8.30;
 /// A quote proves nothing about where its key lives, so registration also needs an enrolment
 /// voucher: an owner-appointed enroller (a verifier that checked the node's EK certificate
 /// chain and ran MakeCredential/ActivateCredential for this AK off chain) signs
-/// (registry, chain, nodeId, AK) with its Ethereum key, and the contract recovers the signer.
+/// (registry, chain, operator, nodeId, AK) with its Ethereum key, and the contract recovers the
+/// signer. The voucher names the operator account because everything else register needs is
+/// public calldata: without it anyone could copy a pending registration into their own
+/// transaction and become the node's operator.
 /// @dev Quote format (shared with attestation/): TPMS_ATTEST big-endian, type TPM_ST_ATTEST_QUOTE;
-/// extraData = sha256("shadowmesh-attest-v1" || nonce || nodeId); signature (r, s) over
-/// sha256(TPMS_ATTEST). On chain the nonce is blockhash(nonceBlock).
+/// extraData = sha256("shadowmesh-attest-v1" || nonce || nodeId); exactly one PCR selection,
+/// the SHA-256 bank with a 3-byte bitmap equal to PCR_SELECTION (PCRs 0-7 and 23, what
+/// attestation.constants.DEFAULT_QUOTE_PCRS quotes); signature (r, s) over sha256(TPMS_ATTEST).
+/// On chain the nonce is blockhash(nonceBlock). The selection is fixed because an approved
+/// digest means something only over the PCRs it was computed from: with a free selection an
+/// exit could extend the golden measurement into PCR 16 and quote {0-7, 16} while PCR 23 holds
+/// what really runs, and an honest node's quote of any other selection would be a slashing proof.
 /// Voucher format (shared with contracts/voucher.py): 65 bytes r || s || v, an EIP-191
-/// personal_sign signature over keccak256(abi.encode(address(this), block.chainid, nodeId, akX,
-/// akY)); v is 27 or 28 and s in the lower half of the curve order (no malleable twin).
+/// personal_sign signature over keccak256(abi.encode(address(this), block.chainid, operator,
+/// nodeId, akX, akY)); v is 27 or 28 and s in the lower half of the curve order (no malleable
+/// twin).
 contract ExitNodeRegistry {
     enum Status {
         None,
@@ -43,7 +52,12 @@ contract ExitNodeRegistry {
         uint64 tpmClock; // TPM clock and reset count of the newest quote seen from this AK
         uint32 tpmResetCount;
         uint32 index; // position in nodeIds
-        // slot 5
+        uint64 attestedWindow; // block.timestamp / attestationInterval of the last accepted quote
+        // slot 5: the (reset, clock) a proof of a never-approved digest must be later than:
+        // the registration quote, raised to each quote that slashed (see reportMisbehavior)
+        uint64 floorClock;
+        uint32 floorResetCount;
+        // slot 6
         bytes32 pcrDigest;
         string endpoint;
     }
@@ -83,9 +97,8 @@ contract ExitNodeRegistry {
     uint32 private constant TPM_GENERATED = 0xFF544347;
     uint16 private constant TPM_ST_ATTEST_QUOTE = 0x8018;
     uint16 private constant TPM_ALG_SHA256 = 0x000B;
+    uint256 private constant PCR_SELECT_BYTES = 3; // sizeofSelect for 24 PCRs
     uint256 private constant MAX_ATTEST_BYTES = 1024;
-    uint256 private constant MAX_PCR_BANKS = 8;
-    uint256 private constant MAX_SELECT_BYTES = 8;
     uint256 private constant MAX_ENDPOINT_BYTES = 256;
     uint256 private constant MAX_PAGE = 500;
     uint256 private constant VOUCHER_BYTES = 65;
@@ -103,6 +116,9 @@ contract ExitNodeRegistry {
     uint256 public constant REPORTER_REWARD_BPS = 1000; // of the slashed amount
     uint8 public constant MISBEHAVIOR_OUT_OF_POLICY = 1;
     uint8 public constant MISBEHAVIOR_MISSED_WINDOW = 2;
+    /// @notice The PCR bitmap every quote must select in the SHA-256 bank: byte i bit j is
+    /// PCR 8i + j, so 0xFF 0x00 0x80 is PCRs 0-7 (firmware, boot) and 23 (the measurement).
+    bytes3 public constant PCR_SELECTION = 0xFF0080;
 
     address public owner;
     uint256 public immutable minimumStake;
@@ -206,14 +222,19 @@ contract ExitNodeRegistry {
         require(nodes[nodeId].status == Status.None, "node already registered");
         require(nodeOfAk[keccak256(abi.encodePacked(akX, akY))] == bytes32(0), "AK already registered");
         _checkEndpoint(endpoint);
-        _checkVoucher(nodeId, akX, akY, enrolmentVoucher);
+        _checkVoucher(nodeId, akX, akY, enrolmentVoucher); // signed for msg.sender only
         Attest memory q = _acceptQuote(nodeId, akX, akY, attest, r, s, nonceBlock);
         _admit(nodeId, endpoint, akX, akY, q, nonceBlock);
         emit NodeRegistered(nodeId, msg.sender, msg.value, endpoint);
         emit AttestationUpdated(nodeId, block.timestamp, q.pcrDigest, nonceBlock);
     }
 
-    /// @notice The operator's periodic attestation; also brings a stale node back.
+    /// @notice The operator's periodic attestation; also brings a stale node back. The on-time
+    /// bonus is paid at most once per attestation window (block.timestamp / attestationInterval)
+    /// and not in the window of a late attestation, so calling this every block earns nothing.
+    /// The quote must be later in TPM time than every quote seen from this AK: a TPM's
+    /// (resetCount, clock) only goes back through TPM2_Clear, which would otherwise let a node
+    /// make its later quotes look older than the ones a reporter holds.
     function updateAttestation(bytes32 nodeId, bytes calldata attest, bytes32 r, bytes32 s, uint256 nonceBlock)
         external
     {
@@ -222,17 +243,19 @@ contract ExitNodeRegistry {
         // Each quote answers a newer challenge, so one quote cannot be replayed.
         require(nonceBlock > n.lastNonceBlock, "nonce block not newer");
         Attest memory q = _acceptQuote(nodeId, n.akX, n.akY, attest, r, s, nonceBlock);
+        require(_tpmLater(q, n.tpmResetCount, n.tpmClock), "quote not newer");
 
+        uint64 window = uint64(block.timestamp / attestationInterval);
         bool onTime = block.timestamp <= uint256(n.lastAttestation) + attestationInterval;
+        bool newWindow = window > n.attestedWindow;
         n.lastAttestation = uint64(block.timestamp);
         n.lastNonceBlock = uint64(nonceBlock);
+        n.attestedWindow = window;
         n.pcrDigest = q.pcrDigest;
-        if (_tpmLater(q, n.tpmResetCount, n.tpmClock)) {
-            n.tpmClock = q.clock;
-            n.tpmResetCount = q.resetCount;
-        }
+        n.tpmClock = q.clock;
+        n.tpmResetCount = q.resetCount;
         n.status = Status.Active;
-        if (onTime && n.reputation < REPUTATION_MAX) {
+        if (onTime && newWindow && n.reputation < REPUTATION_MAX) {
             uint16 next = n.reputation + REPUTATION_ON_TIME;
             _setReputation(nodeId, n, next > REPUTATION_MAX ? REPUTATION_MAX : next);
         }
@@ -281,8 +304,20 @@ contract ExitNodeRegistry {
 
     /// @notice Slashes a node on a proof checked here and pays the reporter.
     /// kind 1 (out of policy): proof = abi.encode(bytes attest, bytes32 r, bytes32 s, bytes32 nonce),
-    ///   a quote bound to this node, signed by its AK, newer (TPM clock) than any quote the
-    ///   registry accepted from it, whose PCR digest is outside policy.
+    ///   a quote bound to this node, signed by its AK, with the registry's PCR selection, whose
+    ///   PCR digest is outside policy, and later in TPM time (resetCount, clock) than:
+    ///   - for a digest never approved: the node's registration quote and any quote that
+    ///     slashed it before. No honest node ran such a digest while registered, so attesting
+    ///     an approved digest afterwards (say after a reboot) does not make the quote go away.
+    ///   - for a revoked digest: every quote the registry has seen from the node (accepted or
+    ///     slashing). Limit, by design: an accepted newer attestation forgives earlier quotes
+    ///     of a revoked digest, including ones made after the grace period, because a quote
+    ///     carries TPM time but no chain time, and only that rule lets an honest node that
+    ///     upgraded after a revocation shed the quotes it legitimately made before. So a quote
+    ///     of a revoked digest slashes only while it is newer than the node's last accepted
+    ///     attestation; reporters must submit it before the node attests again.
+    ///   Each slash raises both bounds to the quote used, so a quote slashes once, and proofs
+    ///   of one node count in TPM-time order.
     /// kind 2 (missed window): empty proof; the chain's own clock is the evidence.
     function reportMisbehavior(bytes32 nodeId, uint8 kind, bytes calldata proof) external {
         Node storage n = _existing(nodeId);
@@ -292,10 +327,20 @@ contract ExitNodeRegistry {
             Attest memory q = _parse(attest);
             require(q.extraData == _qualifyingData(nonce, nodeId), "nonce mismatch");
             require(_p256(sha256(attest), r, s, n.akX, n.akY), "bad quote signature");
-            require(_outsidePolicy(q.pcrDigest), "digest within policy");
-            require(_tpmLater(q, n.tpmResetCount, n.tpmClock), "quote not newer");
-            n.tpmClock = q.clock;
-            n.tpmResetCount = q.resetCount;
+            Policy memory p = policy[q.pcrDigest];
+            require(_outsidePolicy(p), "digest within policy");
+            bool later = _tpmLater(q, n.tpmResetCount, n.tpmClock);
+            if (p.revokedAt == 0) {
+                require(_tpmLater(q, n.floorResetCount, n.floorClock), "quote not newer");
+            } else {
+                require(later, "quote not newer");
+            }
+            n.floorClock = q.clock; // the floor never passes the newest quote seen
+            n.floorResetCount = q.resetCount;
+            if (later) {
+                n.tpmClock = q.clock;
+                n.tpmResetCount = q.resetCount;
+            }
             _slash(nodeId, n, kind, POLICY_SLASH_BPS, n.reputation / 2);
         } else if (kind == MISBEHAVIOR_MISSED_WINDOW) {
             require(proof.length == 0, "unexpected proof");
@@ -367,9 +412,14 @@ contract ExitNodeRegistry {
         next = end < total ? end : 0;
     }
 
-    /// @notice The hash an enroller signs (EIP-191 personal_sign) to vouch for (nodeId, AK).
-    function voucherDigest(bytes32 nodeId, bytes32 akX, bytes32 akY) public view returns (bytes32) {
-        return keccak256(abi.encode(address(this), block.chainid, nodeId, akX, akY));
+    /// @notice The hash an enroller signs (EIP-191 personal_sign) to vouch for (nodeId, AK)
+    /// registered by the account operator.
+    function voucherDigest(address operator, bytes32 nodeId, bytes32 akX, bytes32 akY)
+        public
+        view
+        returns (bytes32)
+    {
+        return keccak256(abi.encode(address(this), block.chainid, operator, nodeId, akX, akY));
     }
 
     /// @notice The qualifying data a quote for (blockhash(nonceBlock), nodeId) must carry.
@@ -398,8 +448,8 @@ contract ExitNodeRegistry {
     }
 
     /// @dev "malformed enrolment voucher" unless it is exactly 65 bytes with v in {27, 28} and
-    /// a low s. A signature over other data (another node, AK, registry or chain) recovers
-    /// some unrelated address, or none (address(0), never an enroller): both are refused.
+    /// a low s. A signature over other data (another operator, node, AK, registry or chain)
+    /// recovers some unrelated address, or none (address(0), never an enroller): both are refused.
     function _checkVoucher(bytes32 nodeId, bytes32 akX, bytes32 akY, bytes calldata voucher) private {
         require(voucher.length == VOUCHER_BYTES, "malformed enrolment voucher");
         bytes32 r = bytes32(voucher[0:32]);
@@ -407,7 +457,7 @@ contract ExitNodeRegistry {
         uint8 v = uint8(voucher[64]);
         require((v == 27 || v == 28) && uint256(s) <= SECP256K1_HALF_ORDER, "malformed enrolment voucher");
         bytes32 signed =
-            keccak256(abi.encodePacked("\x19Ethereum Signed Message:\n32", voucherDigest(nodeId, akX, akY)));
+            keccak256(abi.encodePacked("\x19Ethereum Signed Message:\n32", voucherDigest(msg.sender, nodeId, akX, akY)));
         address enroller = ecrecover(signed, v, r, s);
         require(isEnroller[enroller], "voucher not from an enroller");
         emit NodeEnrolled(nodeId, enroller);
@@ -433,6 +483,9 @@ contract ExitNodeRegistry {
         n.lastNonceBlock = uint64(nonceBlock);
         n.tpmClock = q.clock;
         n.tpmResetCount = q.resetCount;
+        n.floorClock = q.clock;
+        n.floorResetCount = q.resetCount;
+        n.attestedWindow = uint64(block.timestamp / attestationInterval);
         n.index = uint32(nodeIds.length);
         n.pcrDigest = q.pcrDigest;
         n.endpoint = endpoint;
@@ -452,8 +505,7 @@ contract ExitNodeRegistry {
         return ok && out.length == 32 && abi.decode(out, (uint256)) == 1;
     }
 
-    function _outsidePolicy(bytes32 digest) private view returns (bool) {
-        Policy memory p = policy[digest];
+    function _outsidePolicy(Policy memory p) private view returns (bool) {
         if (p.approved) return false;
         return p.revokedAt == 0 || block.timestamp > uint256(p.revokedAt) + attestationInterval;
     }
@@ -548,16 +600,11 @@ contract ExitNodeRegistry {
         q.clock = uint64(_be(a, o, 8));
         q.resetCount = uint32(_be(a, o + 8, 4));
         o += 17 + 8; // clock, resetCount, restartCount, safe; firmwareVersion
-        _need(o + 4 <= len);
-        uint256 banks = _be(a, o, 4);
-        _need(banks >= 1 && banks <= MAX_PCR_BANKS);
-        o += 4;
-        for (uint256 i = 0; i < banks; ++i) {
-            _need(o + 3 <= len && _be(a, o, 2) == TPM_ALG_SHA256);
-            uint256 sizeofSelect = _be(a, o + 2, 1);
-            _need(sizeofSelect >= 1 && sizeofSelect <= MAX_SELECT_BYTES);
-            o += 3 + sizeofSelect;
-        }
+        // TPML_PCR_SELECTION: count 1, then hash, sizeofSelect, bitmap (10 bytes in all).
+        _need(o + 10 <= len && _be(a, o, 4) == 1);
+        _need(_be(a, o + 4, 2) == TPM_ALG_SHA256 && _be(a, o + 6, 1) == PCR_SELECT_BYTES);
+        require(bytes3(uint24(_be(a, o + 7, 3))) == PCR_SELECTION, "PCR selection mismatch");
+        o += 10;
         _need(o + 2 + 32 == len && _be(a, o, 2) == 32); // pcrDigest ends the structure
         q.pcrDigest = bytes32(_be(a, o + 2, 32));
     }

@@ -11,8 +11,10 @@ the qualifying data; the TPM quotes that (``shadowmesh attest``); ``registry att
 Registration also needs an enrolment voucher (``contracts.voucher``). The owner appoints
 enrollers (``registry enroller add ADDRESS``); an enroller who ran a node's enrolment (EK
 chain and credential activation: ``attestation.enrol``) signs a voucher for that record
-with ``registry vouch --enrolment FILE --node-id ID --out FILE``; the operator passes the
-file to ``register --voucher`` (or the exit reads it from ``chain.enrolment_voucher``).
+and the operator account that will register it with ``registry vouch --enrolment FILE
+--node-id ID --operator ADDRESS --out FILE``; the operator passes the file to ``register
+--voucher`` (or the exit reads it from ``chain.enrolment_voucher``). A voucher for another
+operator is refused on chain, so a copied registration cannot take the node over.
 """
 
 from __future__ import annotations
@@ -144,7 +146,10 @@ def cmd_register(ns: argparse.Namespace) -> int:
     except OSError as exc:
         raise RegistryError(f"cannot read AK public key: {exc}") from None
     voucher = read_voucher(ns.voucher)
-    voucher.check_for(client.address, client.chain_id(), ns.node_id, ak)
+    if client.account is None:  # not reached: signer=True loads the key or raises
+        raise RegistryError("no operator key")
+    operator = client.account.address
+    voucher.check_for(client.address, client.chain_id(), ns.node_id, ak, operator=operator)
     result = client.register(
         ns.node_id,
         ns.endpoint,
@@ -201,7 +206,7 @@ def cmd_vouch(ns: argparse.Namespace) -> int:
         appointed = client.is_enroller(account.address)
     else:
         chain_id = ns.chain_id
-    voucher = Voucher.make(account, ns.registry, chain_id, ns.node_id, ak)
+    voucher = Voucher.make(account, ns.registry, chain_id, ns.node_id, ak, operator=ns.operator)
     try:
         ns.out.write_text(voucher.dump())
     except OSError as exc:
@@ -211,6 +216,7 @@ def cmd_vouch(ns: argparse.Namespace) -> int:
             "voucher": str(ns.out),
             "registry": voucher.contract,
             "chain_id": chain_id,
+            "operator": voucher.operator,
             "node_id": voucher.node_id,
             "enroller": voucher.enroller,
             "enroller_appointed": appointed,
@@ -310,6 +316,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("address", type=_address)
     p = add("vouch", cmd_vouch, "as an enroller, vouch for an enrolled AK and node id", node)
     p.add_argument("--enrolment", type=Path, required=True, help="enrolment record (JSON)")
+    p.add_argument(
+        "--operator", type=_address, required=True, help="account that will send register"
+    )
     p.add_argument("--out", type=Path, required=True, help="voucher file to write")
     p.add_argument("--chain-id", type=int, help="sign offline for this chain id")
     p = add("attest", cmd_attest, "submit the periodic attestation", node, quote)

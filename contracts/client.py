@@ -4,6 +4,21 @@ Every call returns a frozen dataclass; every revert raises ``RegistryReverted`` 
 contract's reason string; transport failures raise ``ChainError``. Transactions are signed
 locally with the operator's key (``load_account``), so any RPC URL works, including a public
 node that holds no accounts.
+
+What the contract enforces, in short (details in ExitNodeRegistry.sol):
+
+* quotes select exactly PCRs 0-7 and 23 of the SHA-256 bank (``PCR_SELECT_BITMAP``);
+  anything else reverts "PCR selection mismatch", in registration, attestation and proofs;
+* ``register`` needs a voucher signed for the sending account (the operator), so a copied
+  registration from another sender reverts "voucher not from an enroller";
+* ``attest`` must carry a quote later in TPM time than any seen from the AK; the on-time
+  reputation bonus is paid at most once per attestation window;
+* out-of-policy proofs (``report_out_of_policy``) count in TPM-time order. A quote of a
+  never-approved digest stays slashable after the node attests again (say after a reboot):
+  it only has to be later than the registration quote and earlier slashes. Known limit: a
+  quote of a *revoked* digest must be later than every quote the registry has seen from the
+  node, so the node's next accepted attestation forgives it, even one made after the grace
+  period; report such quotes before the node attests again (within its interval).
 """
 
 from __future__ import annotations
@@ -276,9 +291,15 @@ class RegistryClient:
     def is_enroller(self, address: str) -> bool:
         return bool(self._call("isEnroller", Web3.to_checksum_address(address)))
 
-    def voucher_digest(self, node_id: bytes, ak: AkPublic) -> bytes:
-        """The hash the contract expects an enroller to have signed for (node_id, ak)."""
-        return bytes(self._call("voucherDigest", _node_id(node_id), ak.x, ak.y))
+    def voucher_digest(self, node_id: bytes, ak: AkPublic, *, operator: str) -> bytes:
+        """The hash the contract expects an enroller to have signed for (node_id, ak)
+        registered by the account ``operator``."""
+        address = Web3.to_checksum_address(operator)
+        return bytes(self._call("voucherDigest", address, _node_id(node_id), ak.x, ak.y))
+
+    def pcr_selection(self) -> bytes:
+        """The PCR bitmap (SHA-256 bank) every quote must select (``PCR_SELECTION``)."""
+        return bytes(self._call("PCR_SELECTION"))
 
     def challenge(self, node_id: bytes) -> Challenge:
         """The block before the latest as the nonce of the next quote for ``node_id``: calls
@@ -374,7 +395,7 @@ class RegistryClient:
         voucher: bytes,
     ) -> TxResult:
         """``voucher``: an appointed enroller's 65-byte signature over (registry, chain,
-        node_id, ak) (``contracts.voucher``)."""
+        this client's account as operator, node_id, ak) (``contracts.voucher``)."""
         return self._transact(
             "register", _node_id(node_id), endpoint, ak.x, ak.y,
             quote.attest, quote.r, quote.s, nonce_block, bytes(voucher), value=stake_wei,

@@ -34,6 +34,10 @@ NODE_ID_BYTES = 32
 P256_COORD_BYTES = 32
 MAX_ATTEST_BYTES = 1024  # the contract refuses larger TPMS_ATTEST blobs
 MAX_ENDPOINT_BYTES = 256
+# The one PCR selection the contract takes (ExitNodeRegistry.PCR_SELECTION): SHA-256 bank,
+# PCRs 0-7 and 23, as attestation.constants.DEFAULT_QUOTE_PCRS (byte i bit j = PCR 8i + j).
+QUOTED_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 23)
+PCR_SELECT_BITMAP = bytes([0xFF, 0x00, 0x80])
 
 # Enrolment vouchers (ExitNodeRegistry._checkVoucher): r || s || v, EIP-191 personal_sign.
 VOUCHER_BYTES = 65

@@ -26,6 +26,7 @@ from contracts.constants import (
     NODE_ID_BYTES,
     NONCE_BYTES,
     P256_COORD_BYTES,
+    PCR_SELECT_BITMAP,
     QUALIFYING_PREFIX,
     TPM_ALG_ECDSA,
     TPM_ALG_SHA256,
@@ -35,7 +36,7 @@ from contracts.constants import (
 from contracts.errors import QuoteFormatError
 
 _DER_SEQUENCE = 0x30
-_DEFAULT_PCR_SELECT = ((TPM_ALG_SHA256, bytes([0x00, 0x00, 0x80])),)  # PCR 23, SHA-256 bank
+_DEFAULT_PCR_SELECT = ((TPM_ALG_SHA256, PCR_SELECT_BITMAP),)  # the registry's selection
 
 
 @dataclass(frozen=True, slots=True)

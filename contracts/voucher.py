@@ -5,16 +5,18 @@ takes new nodes only with a voucher from an owner-appointed enroller: a verifier
 the off-chain enrolment (``attestation.enrol``: EK certificate chain, then MakeCredential /
 ActivateCredential bound to this AK) and then signed
 
-    keccak256(abi.encode(registry, chainId, nodeId, akX, akY))
+    keccak256(abi.encode(registry, chainId, operator, nodeId, akX, akY))
 
 with its Ethereum key as an EIP-191 ``personal_sign`` message. The registry recovers the
-signer with ``ecrecover`` (65 bytes ``r || s || v``, ``v`` in {27, 28}, low ``s``) and
-requires it to be an appointed enroller. Binding the registry and chain id stops a voucher
-from being replayed on another deployment; binding nodeId and the AK stops it from
-admitting another node or another key.
+signer with ``ecrecover`` (65 bytes ``r || s || v``, ``v`` in {27, 28}, low ``s``), taking
+``operator`` to be the account sending ``register``, and requires the signer to be an
+appointed enroller. Binding the registry and chain id stops a voucher from being replayed
+on another deployment; binding nodeId and the AK stops it from admitting another node or
+another key; binding the operator stops anyone who sees a pending registration (all of it
+is public calldata) from copying it into their own transaction and taking the node over.
 
 The voucher file (``Voucher.dump``) is JSON naming what it vouches for, so an exit can tell
-"this voucher is for another AK" apart from "the contract refused it".
+"this voucher is for another AK or operator" apart from "the contract refused it".
 """
 
 from __future__ import annotations
@@ -47,34 +49,49 @@ if TYPE_CHECKING:
     from contracts.client import RegistryClient
 
 
-def _checked(contract: str, chain_id: int, node_id: bytes, ak: AkPublic) -> str:
+def _checked(
+    contract: str, chain_id: int, operator: str, node_id: bytes, ak: AkPublic
+) -> tuple[str, str]:
+    """Checksummed (registry, operator) once every value has the contract's shape."""
     if not is_address(contract):
         raise VoucherError("registry address is not an Ethereum address")
+    if not is_address(operator):
+        raise VoucherError("operator is not an Ethereum address")
     if isinstance(chain_id, bool) or not isinstance(chain_id, int) or not 0 < chain_id < 2**256:
         raise VoucherError("chain id must be a positive integer")
     if len(node_id) != NODE_ID_BYTES:
         raise VoucherError("node id must be 32 bytes")
     if len(ak.x) != P256_COORD_BYTES or len(ak.y) != P256_COORD_BYTES:
         raise VoucherError("AK coordinates must be 32 bytes each")
-    return str(to_checksum_address(contract))
+    return str(to_checksum_address(contract)), str(to_checksum_address(operator))
 
 
-def voucher_digest(contract: str, chain_id: int, node_id: bytes, ak: AkPublic) -> bytes:
-    """keccak256(abi.encode(contract, chainId, nodeId, akX, akY)): what an enroller signs
-    (as ExitNodeRegistry.voucherDigest computes it)."""
-    address = _checked(contract, chain_id, node_id, ak)
+def voucher_digest(
+    contract: str, chain_id: int, node_id: bytes, ak: AkPublic, *, operator: str
+) -> bytes:
+    """keccak256(abi.encode(contract, chainId, operator, nodeId, akX, akY)): what an
+    enroller signs (as ExitNodeRegistry.voucherDigest computes it). ``operator`` is the
+    account that will send ``register``."""
+    address, operator = _checked(contract, chain_id, operator, node_id, ak)
     encoded = abi_encode(
-        ["address", "uint256", "bytes32", "bytes32", "bytes32"],
-        [address, chain_id, node_id, ak.x, ak.y],
+        ["address", "uint256", "address", "bytes32", "bytes32", "bytes32"],
+        [address, chain_id, operator, node_id, ak.x, ak.y],
     )
     return bytes(keccak(encoded))
 
 
 def sign_voucher(
-    account: LocalAccount, contract: str, chain_id: int, node_id: bytes, ak: AkPublic
+    account: LocalAccount,
+    contract: str,
+    chain_id: int,
+    node_id: bytes,
+    ak: AkPublic,
+    *,
+    operator: str,
 ) -> bytes:
-    """The 65-byte voucher (r || s || v) signed by the enroller's ``account``."""
-    digest = voucher_digest(contract, chain_id, node_id, ak)
+    """The 65-byte voucher (r || s || v) signed by the enroller's ``account``, valid only
+    in a ``register`` sent by ``operator``."""
+    digest = voucher_digest(contract, chain_id, node_id, ak, operator=operator)
     signed = account.sign_message(encode_defunct(primitive=digest))
     signature = bytes(signed.signature)
     _check_shape(signature)  # eth_keys already gives low s and v in {27, 28}; never send less
@@ -91,13 +108,19 @@ def _check_shape(signature: bytes) -> None:
 
 
 def recover_voucher(
-    signature: bytes, contract: str, chain_id: int, node_id: bytes, ak: AkPublic
+    signature: bytes,
+    contract: str,
+    chain_id: int,
+    node_id: bytes,
+    ak: AkPublic,
+    *,
+    operator: str,
 ) -> str:
     """The checksummed address that signed ``signature`` for these values, under the
     contract's rules. A voucher made for other values recovers some unrelated address, as
     on chain. Raises VoucherError for a malformed or unrecoverable signature."""
     _check_shape(signature)
-    digest = voucher_digest(contract, chain_id, node_id, ak)
+    digest = voucher_digest(contract, chain_id, node_id, ak, operator=operator)
     try:
         signer = Account.recover_message(encode_defunct(primitive=digest), signature=signature)
     except (BadSignature, EthKeysValidationError, ValueError, TypeError) as exc:
@@ -111,6 +134,7 @@ class Voucher:
 
     contract: str
     chain_id: int
+    operator: str
     node_id: bytes
     ak: AkPublic
     enroller: str
@@ -118,16 +142,25 @@ class Voucher:
 
     @classmethod
     def make(
-        cls, account: LocalAccount, contract: str, chain_id: int, node_id: bytes, ak: AkPublic
+        cls,
+        account: LocalAccount,
+        contract: str,
+        chain_id: int,
+        node_id: bytes,
+        ak: AkPublic,
+        *,
+        operator: str,
     ) -> Voucher:
-        signature = sign_voucher(account, contract, chain_id, node_id, ak)
-        address = _checked(contract, chain_id, node_id, ak)
-        return cls(address, chain_id, bytes(node_id), ak, str(account.address), signature)
+        signature = sign_voucher(account, contract, chain_id, node_id, ak, operator=operator)
+        address, operator = _checked(contract, chain_id, operator, node_id, ak)
+        enroller = str(account.address)
+        return cls(address, chain_id, operator, bytes(node_id), ak, enroller, signature)
 
     def dump(self) -> str:
         doc = {
             "registry": self.contract,
             "chain_id": self.chain_id,
+            "operator": self.operator,
             "node_id": "0x" + self.node_id.hex(),
             "ak_x": "0x" + self.ak.x.hex(),
             "ak_y": "0x" + self.ak.y.hex(),
@@ -146,9 +179,15 @@ class Voucher:
             doc = json.loads(text)
             if not isinstance(doc, dict):
                 raise TypeError("not an object")
+            if "operator" not in doc:
+                raise VoucherError(
+                    "voucher file names no operator (made before vouchers were bound to the "
+                    "operator account): have the enroller vouch again with --operator"
+                )
             voucher = cls(
                 contract=_address(doc["registry"]),
                 chain_id=_int(doc["chain_id"]),
+                operator=_address(doc["operator"]),
                 node_id=_hex(doc["node_id"]),
                 ak=AkPublic(_hex(doc["ak_x"]), _hex(doc["ak_y"])),
                 enroller=_address(doc["enroller"]),
@@ -157,18 +196,30 @@ class Voucher:
         except (ValueError, KeyError, TypeError) as exc:
             raise VoucherError(f"malformed voucher file: {type(exc).__name__}: {exc}") from None
         signer = recover_voucher(
-            voucher.signature, voucher.contract, voucher.chain_id, voucher.node_id, voucher.ak
+            voucher.signature,
+            voucher.contract,
+            voucher.chain_id,
+            voucher.node_id,
+            voucher.ak,
+            operator=voucher.operator,
         )
         if signer != voucher.enroller:
             raise VoucherError("voucher signature is not the named enroller's")
         return voucher
 
-    def check_for(self, contract: str, chain_id: int, node_id: bytes, ak: AkPublic) -> None:
+    def check_for(
+        self, contract: str, chain_id: int, node_id: bytes, ak: AkPublic, *, operator: str
+    ) -> None:
         """Raise VoucherError naming what differs unless this voucher is for exactly these."""
-        if _checked(contract, chain_id, node_id, ak) != self.contract:
+        address, operator = _checked(contract, chain_id, operator, node_id, ak)
+        if address != self.contract:
             raise VoucherError(f"voucher is for registry {self.contract}, not {contract}")
         if chain_id != self.chain_id:
             raise VoucherError(f"voucher is for chain {self.chain_id}, not {chain_id}")
+        if operator != self.operator:
+            raise VoucherError(
+                f"voucher is for operator {self.operator}, not this key's {operator}"
+            )
         if node_id != self.node_id:
             raise VoucherError("voucher is for another node id")
         if ak != self.ak:
@@ -176,12 +227,18 @@ class Voucher:
 
 
 def vouch_for(
-    enroller: LocalAccount, registry: RegistryClient, node_id: bytes, ak: AkPublic
+    enroller: LocalAccount,
+    registry: RegistryClient,
+    node_id: bytes,
+    ak: AkPublic,
+    *,
+    operator: str,
 ) -> bytes:
-    """The 65-byte voucher ``enroller`` gives (node_id, ak) on ``registry``'s deployment:
-    one call for code (demo, tests, benches) that registers nodes. Raises ChainError when
-    the chain id cannot be read."""
-    return sign_voucher(enroller, registry.address, registry.chain_id(), node_id, ak)
+    """The 65-byte voucher ``enroller`` gives (node_id, ak) on ``registry``'s deployment,
+    for a ``register`` sent by the account ``operator``: one call for code (demo, tests,
+    benches) that registers nodes. Raises ChainError when the chain id cannot be read."""
+    chain_id = registry.chain_id()
+    return sign_voucher(enroller, registry.address, chain_id, node_id, ak, operator=operator)
 
 
 def _hex(value: Any) -> bytes:

@@ -6,10 +6,12 @@ with ``register`` (stake = ``stake_wei``, default the registry's minimum) the fi
 and ``updateAttestation`` after that. The endpoint on chain is corrected if it differs.
 
 Registration needs an enrolment voucher (``contracts.voucher``): an appointed enroller's
-signature that this nodeId's AK was enrolled in a real TPM. It is read from ``voucher``
+signature that this nodeId's AK was enrolled in a real TPM, made out to the operator
+account that sends ``register`` (ours). It is read from ``voucher``
 (``chain.enrolment_voucher``) at every registration attempt, so a voucher written while
 the exit runs (an enroller runs ``shadowmesh registry vouch --enrolment
-<state>/enrolment.json``) is picked up at the next retry. Once registered it is not needed.
+<state>/enrolment.json --operator <our address>``) is picked up at the next retry. Once
+registered it is not needed.
 
 ``state`` (also a gauge and status info) is one of:
 
@@ -23,7 +25,8 @@ the exit runs (an enroller runs ``shadowmesh registry vouch --enrolment
 * ``tpm-unavailable``: no quote could be made (see ``exitnode.lifecycle``);
 * ``no-operator-key``: no key to sign transactions with; registry upkeep is off.
 * ``no-voucher``: not registered yet and no usable enrolment voucher (none configured,
-  unreadable, or made for another node, AK, registry or chain: the detail says which);
+  unreadable, or made for another operator, node, AK, registry or chain: the detail says
+  which);
   retried with backoff. A voucher the contract refuses (its signer is not, or no longer,
   an enroller) is ``rejected: voucher not from an enroller``.
 
@@ -136,12 +139,17 @@ class RegistryUpkeep:
         return ContractQuote.from_parts(attest, signature)
 
     def _voucher(self, reg: RegistryClient, ak: AkPublic) -> bytes:
-        """The voucher's signature, once it is known to be for this node, AK and registry.
-        Raises VoucherError saying what is missing or wrong."""
+        """The voucher's signature, once it is known to be for this node, AK, registry and
+        operator. Raises VoucherError saying what is missing or wrong, KeyLoadError when
+        there is no operator key to register with."""
+        if reg.account is None:
+            raise KeyLoadError("no operator key: registration is signed by the operator")
+        operator = str(reg.account.address)
         enrolment = self.lifecycle.state_dir / ENROLMENT_FILE
         ask = (
             f"have an enroller run `shadowmesh registry vouch --enrolment {enrolment} "
-            f"--node-id {self.node_id.hex()} --registry {reg.address} --out FILE`"
+            f"--node-id {self.node_id.hex()} --operator {operator} --registry {reg.address} "
+            "--out FILE`"
         )
         if self.voucher_path is None:
             raise VoucherError(f"no enrolment voucher configured (chain.enrolment_voucher): {ask}")
@@ -152,7 +160,7 @@ class RegistryUpkeep:
             reason = exc.strerror or type(exc).__name__
             raise VoucherError(f"cannot read {self.voucher_path}: {reason}; {ask}") from None
         voucher = Voucher.parse(text)
-        voucher.check_for(reg.address, reg.chain_id(), self.node_id, ak)
+        voucher.check_for(reg.address, reg.chain_id(), self.node_id, ak, operator=operator)
         return voucher.signature
 
     def _status(self, reg: RegistryClient) -> str:

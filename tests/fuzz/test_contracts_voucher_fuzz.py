@@ -16,7 +16,12 @@ from contracts.voucher import Voucher, recover_voucher
 ENROLLER = Account.from_key("0x" + "33" * 32)
 GOOD = json.loads(
     Voucher.make(
-        ENROLLER, "0x" + "44" * 20, 1, b"\x05" * 32, AkPublic(b"\x06" * 32, b"\x07" * 32)
+        ENROLLER,
+        "0x" + "44" * 20,
+        1,
+        b"\x05" * 32,
+        AkPublic(b"\x06" * 32, b"\x07" * 32),
+        operator="0x" + "55" * 20,
     ).dump()
 )
 JSON_VALUES = st.recursive(
@@ -52,7 +57,12 @@ def test_parse_total_on_one_changed_field(key, value):
 def test_recover_total(signature):
     try:
         signer = recover_voucher(
-            signature, GOOD["registry"], 1, b"\x05" * 32, AkPublic(b"\x06" * 32, b"\x07" * 32)
+            signature,
+            GOOD["registry"],
+            1,
+            b"\x05" * 32,
+            AkPublic(b"\x06" * 32, b"\x07" * 32),
+            operator=GOOD["operator"],
         )
     except VoucherError:
         return

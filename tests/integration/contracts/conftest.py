@@ -21,6 +21,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from contracts.client import RegistryClient, connect
+from contracts.constants import PCR_SELECT_BITMAP, TPM_ALG_SHA256
 from contracts.quote import (
     AkPublic,
     ContractQuote,
@@ -95,29 +96,45 @@ class ExitNode:
         nonce_block: int | None = None,
         node_id: bytes | None = None,
         clock: int | None = None,
+        reset_count: int = 0,
     ) -> tuple[ContractQuote, int]:
         """A quote answering the registry's challenge (or block ``nonce_block``)."""
         if nonce_block is None:
             nonce_block = client.challenge(self.node_id).block_number
         block_hash = bytes(client.w3.eth.get_block(nonce_block)["hash"])
         extra = qualifying_data(block_hash, node_id or self.node_id)
-        attest = build_attest(extra, digest, clock=next(_clock) if clock is None else clock)
+        attest = build_attest(
+            extra,
+            digest,
+            clock=next(_clock) if clock is None else clock,
+            reset_count=reset_count,
+        )
         return sign_attest(self.key, attest), nonce_block
 
     def handshake_quote(
-        self, nonce: bytes, digest: bytes, clock: int | None = None
+        self,
+        nonce: bytes,
+        digest: bytes,
+        clock: int | None = None,
+        *,
+        reset_count: int = 0,
+        pcr_select: tuple[tuple[int, bytes], ...] = ((TPM_ALG_SHA256, PCR_SELECT_BITMAP),),
     ) -> ContractQuote:
         """A quote as a client receives it in a handshake (its own random nonce)."""
         attest = build_attest(
             qualifying_data(nonce, self.node_id),
             digest,
             clock=next(_clock) if clock is None else clock,
+            reset_count=reset_count,
+            pcr_select=pcr_select,
         )
         return sign_attest(self.key, attest)
 
     def voucher(self, client: RegistryClient, enroller: LocalAccount = ENROLLER) -> bytes:
-        """``enroller``'s voucher for this node's id and AK on ``client``'s registry."""
-        return vouch_for(enroller, client, self.node_id, self.ak)
+        """``enroller``'s voucher for this node's id and AK on ``client``'s registry, made
+        out to ``client``'s account as the operator that registers."""
+        assert client.account is not None
+        return vouch_for(enroller, client, self.node_id, self.ak, operator=client.account.address)
 
     def register(self, client: RegistryClient, stake: int = 10 * ETHER, endpoint: str = "") -> None:
         quote, block = self.quote(client)
@@ -211,6 +228,12 @@ class Kit:
 
     def advance(self, seconds: int) -> None:
         advance(self.w3, seconds)
+
+    def to_window(self, offset: int, windows: int = 1) -> None:
+        """Move chain time to ``offset`` seconds into the ``windows``-th attestation window
+        (block.timestamp // INTERVAL) after the current one."""
+        now = int(self.w3.eth.get_block("latest")["timestamp"])
+        advance(self.w3, (now // INTERVAL + windows) * INTERVAL + offset - now)
 
     def mine(self, blocks: int) -> None:
         mine(self.w3, blocks)

@@ -67,9 +67,16 @@ def test_registry_commands(accounts, kit, tmp_path, monkeypatch, capsys):
         record.write_text(enrolment_record(node.key))
         operator_key = accounts[4].key.hex()
         monkeypatch.setenv("SHADOWMESH_REGISTRY_KEY", kit.ENROLLER.key.hex())
-        vouch = ["vouch", "--node-id", node_id, "--enrolment", str(record), "--out"]
+        vouch = ["vouch", "--node-id", node_id, "--enrolment", str(record),
+                 "--operator", accounts[4].address, "--out"]  # fmt: skip
         vouched = run(capsys, *vouch, str(voucher))
         assert vouched["enroller"] == kit.ENROLLER.address and vouched["enroller_appointed"]
+        assert vouched["operator"] == accounts[4].address
+        elsewhere = tmp_path / "theirs.json"
+        run(capsys, *vouch[:-3], "--operator", accounts[3].address, "--out", str(elsewhere))
+        with pytest.raises(SystemExit):  # the operator is not optional
+            main(["registry", *vouch[:5], "--out", str(elsewhere)])
+        capsys.readouterr()
         chain_id = str(kit.w3.eth.chain_id)
         offline = tmp_path / "offline.json"
         signed_offline = run(capsys, *vouch, str(offline), "--chain-id", chain_id)
@@ -77,6 +84,7 @@ def test_registry_commands(accounts, kit, tmp_path, monkeypatch, capsys):
         assert offline.read_text() == voucher.read_text()  # RFC 6979: same key, same voucher
         (tmp_path / "junk.json").write_text('{"ak_public": "00"}')
         assert main(["registry", "vouch", "--node-id", node_id, "--out", str(offline),
+                     "--operator", accounts[4].address,
                      "--enrolment", str(tmp_path / "junk.json")]) == 1  # fmt: skip
         assert "malformed enrolment record" in capsys.readouterr().err
         monkeypatch.setenv("SHADOWMESH_REGISTRY_KEY", operator_key)
@@ -87,6 +95,8 @@ def test_registry_commands(accounts, kit, tmp_path, monkeypatch, capsys):
         other_id = kit.ExitNode.new().node_id.hex()
         assert main(["registry", *register, "--node-id", other_id, "--voucher", str(voucher)]) == 1
         assert "voucher is for another node id" in capsys.readouterr().err
+        assert main(["registry", *register, "--node-id", node_id, "--voucher", str(elsewhere)]) == 1
+        assert f"voucher is for operator {accounts[3].address}" in capsys.readouterr().err
         missing = str(tmp_path / "none.json")
         assert main(["registry", *register, "--node-id", node_id, "--voucher", missing]) == 1
         assert "cannot read voucher" in capsys.readouterr().err

@@ -41,7 +41,8 @@ def test_main_path_on_hardhat(accounts):
         challenge = operator.challenge(node_id)
         operator.register(node_id, "wss://hh/ws", ak, quote_for(challenge.qualifying_data),
                           challenge.block_number, stake_wei=20 * ETHER,
-                          voucher=vouch_for(accounts[3], owner, node_id, ak))  # fmt: skip
+                          voucher=vouch_for(accounts[3], owner, node_id, ak,
+                                            operator=accounts[1].address))  # fmt: skip
         operator.attest_with(node_id, quote_for)
         assert list(reporter.healthy_nodes()) == [node_id]
         with pytest.raises(RegistryReverted, match=r"^attestation window open$"):

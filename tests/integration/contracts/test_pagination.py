@@ -11,6 +11,7 @@ NODES = 200
 
 def test_pagination_over_200_nodes(operator, reporter, kit):
     nodes = [kit.ExitNode.new() for _ in range(NODES)]
+    kit.to_window(60)  # all register early in one attestation window
     # One nonce block for the whole batch: it stays within the freshness window.
     for node in nodes:
         quote, block = node.quote(operator)
@@ -24,6 +25,7 @@ def test_pagination_over_200_nodes(operator, reporter, kit):
     # Make some unhealthy: ten leave, and one loses reputation.
     for node in nodes[::20]:
         operator.request_withdrawal(node.node_id)
+    kit.to_window(5)  # the next window, still on time for every node
     quote, block = nodes[7].quote(operator)
     operator.attest(nodes[7].node_id, quote, block)  # 510 reputation
     healthy = [n.node_id for i, n in enumerate(nodes) if i % 20]

@@ -17,7 +17,13 @@ from contracts.voucher import vouch_for
 
 pytestmark = pytest.mark.integration
 
-REASONS = {"malformed quote", "nonce mismatch", "bad quote signature", "PCR digest not approved"}
+REASONS = {
+    "malformed quote",
+    "PCR selection mismatch",
+    "nonce mismatch",
+    "bad quote signature",
+    "PCR digest not approved",
+}
 KEY = ec.generate_private_key(ec.SECP256R1())
 NODE_ID = os.urandom(32)
 
@@ -31,14 +37,15 @@ def test_mutated_quotes_are_refused(deployed, accounts, kit):
     attest = build_attest(qualifying_data(block_hash, NODE_ID), digest)
     quote = sign_attest(KEY, attest)
     ak = ak_public(KEY.public_key())
-    voucher = vouch_for(kit.ENROLLER, deployed, NODE_ID, ak)  # genuine: the quote is under test
+    sender = accounts[5].address
+    voucher = vouch_for(kit.ENROLLER, deployed, NODE_ID, ak, operator=sender)  # genuine
 
     def submit(blob: bytes) -> str:
         call = deployed.contract.functions.register(
             NODE_ID, "wss://f/ws", ak.x, ak.y, blob, quote.r, quote.s, block, voucher
         )
         try:
-            call.call({"from": accounts[5].address, "value": 10 * 10**18})
+            call.call({"from": sender, "value": 10 * 10**18})
         except ContractLogicError as exc:
             return revert_reason(exc)
         return "accepted"

@@ -8,6 +8,7 @@ import pytest
 from web3 import Web3
 
 from contracts.client import RegistryClient
+from contracts.constants import PCR_SELECT_BITMAP, TPM_ALG_SHA256
 from contracts.errors import RegistryReverted
 from contracts.quote import ContractQuote, build_attest, qualifying_data, sign_attest
 
@@ -193,9 +194,11 @@ def test_unapproved_digest_is_rejected(operator, kit):
     [
         {"magic": 0xFF544348},
         {"attest_type": 0x8014},
-        {"pcr_select": ((0x0004, b"\x00\x00\x80"),)},  # SHA-1 bank
+        {"pcr_select": ((0x0004, b"\xff\x00\x80"),)},  # SHA-1 bank
         {"pcr_select": ()},
         {"pcr_select": ((0x000B, b""),)},
+        {"pcr_select": ((0x000B, b"\xff\x00\x80\x00"),)},  # 32 PCRs' worth of bitmap
+        {"pcr_select": ((0x000B, b"\xff\x00\x80"), (0x000B, b"\xff\x00\x80"))},  # two banks
         {"digest_size": 31},
         {"extra_size": 31},
         {"trailing": True},
@@ -217,12 +220,52 @@ def test_malformed_quote_is_rejected(operator, kit, change):
         _register(operator, node, sign_attest(node.key, attest), challenge.block_number, kit)
 
 
+# PCR 16 extended with the golden measurement while PCR 23 holds what really runs: the
+# digest over {0-7, 16} can equal an approved one, so only the selection tells them apart.
+OTHER_SELECTIONS = [
+    b"\xff\x00\x81",  # 0-7, 16, 23
+    b"\xff\x00\x01",  # 0-7, 16
+    b"\x00\x00\x80",  # 23 alone
+    b"\xff\xff\xff",  # all 24
+]
+
+
+@pytest.mark.parametrize("bitmap", OTHER_SELECTIONS)
+def test_approved_digest_over_another_selection_is_refused(operator, kit, bitmap):
+    node = kit.ExitNode.new()
+    challenge = operator.challenge(node.node_id)
+    select = ((TPM_ALG_SHA256, bitmap),)
+    attest = build_attest(challenge.qualifying_data, kit.GOOD, pcr_select=select)
+    with reverts("PCR selection mismatch"):
+        _register(operator, node, sign_attest(node.key, attest), challenge.block_number, kit)
+    node.register(operator)
+    challenge = operator.challenge(node.node_id)
+    attest = build_attest(challenge.qualifying_data, kit.GOOD, clock=10**12, pcr_select=select)
+    with reverts("PCR selection mismatch"):
+        operator.attest(node.node_id, sign_attest(node.key, attest), challenge.block_number)
+    assert operator._call("PCR_SELECTION") == PCR_SELECT_BITMAP == operator.pcr_selection()
+
+
+def test_out_of_policy_quote_over_another_selection_does_not_slash(operator, reporter, kit):
+    node = kit.ExitNode.new()
+    node.register(operator, stake=40 * kit.ETHER)
+    for bitmap in OTHER_SELECTIONS:
+        nonce = os.urandom(32)
+        proof = node.handshake_quote(nonce, kit.BAD, pcr_select=((TPM_ALG_SHA256, bitmap),))
+        with reverts("PCR selection mismatch"):
+            reporter.report_out_of_policy(node.node_id, proof, nonce)
+    info = reporter.node(node.node_id)
+    assert (info.stake_wei, info.reputation) == (40 * kit.ETHER, 500)
+
+
 # ----- attestation updates -----
 
 
 def test_only_operator_updates_and_reputation_grows(operator, stranger, kit):
     node = kit.ExitNode.new()
+    kit.to_window(60)
     node.register(operator)
+    kit.to_window(5)  # the next window, within the interval: on time
     quote, block = node.quote(operator)
     with reverts("not operator"):
         stranger.attest(node.node_id, quote, block)
@@ -236,6 +279,41 @@ def test_only_operator_updates_and_reputation_grows(operator, stranger, kit):
         operator.attest(node.node_id, quote, block)
     with reverts("unknown node"):
         operator.attest(os.urandom(32), quote, block)
+
+
+def test_reputation_is_credited_once_per_window(operator, kit):
+    """Pumping: updates every block add the on-time bonus once per attestation window."""
+    node = kit.ExitNode.new()
+    kit.to_window(60)
+    node.register(operator)
+    for _ in range(6):  # the registration's window: no bonus at all
+        quote, block = node.quote(operator)
+        assert operator.attest(node.node_id, quote, block).event_names() == ["AttestationUpdated"]
+    kit.to_window(5)
+    for i in range(6):
+        quote, block = node.quote(operator)
+        names = operator.attest(node.node_id, quote, block).event_names()
+        assert names == (["ReputationChanged"] if i == 0 else []) + ["AttestationUpdated"]
+    assert operator.node(node.node_id).reputation == 510
+    kit.to_window(5)  # one interval on: the next window pays again
+    quote, block = node.quote(operator)
+    operator.attest(node.node_id, quote, block)
+    quote, block = node.quote(operator)
+    operator.attest(node.node_id, quote, block)
+    assert operator.node(node.node_id).reputation == 520
+
+
+def test_attestation_older_in_tpm_time_is_refused(operator, kit):
+    """TPM time only goes back through TPM2_Clear; such quotes cannot update a node."""
+    node = kit.ExitNode.new()
+    quote, block = node.quote(operator, clock=50_000, reset_count=2)
+    _register(operator, node, quote, block, kit)
+    for clock, resets in ((50_000, 2), (49_999, 2), (10**15, 1), (1, 0)):
+        quote, block = node.quote(operator, clock=clock, reset_count=resets)
+        with reverts("quote not newer"):
+            operator.attest(node.node_id, quote, block)
+    quote, block = node.quote(operator, clock=5, reset_count=3)  # a reboot: a new reset epoch
+    operator.attest(node.node_id, quote, block)
 
 
 def test_attest_with_quote_callback(operator, kit):
@@ -285,6 +363,9 @@ def test_mark_stale_after_window(operator, stranger, kit):
     assert operator.attest(node.node_id, quote, block).event_names() == ["AttestationUpdated"]
     info = operator.node(node.node_id)
     assert (info.status, info.reputation, info.healthy) == ("active", 450, True)
+    quote, block = node.quote(operator)  # nor does an on-time one in the late one's window
+    assert operator.attest(node.node_id, quote, block).event_names() == ["AttestationUpdated"]
+    assert operator.node(node.node_id).reputation == 450
 
 
 def test_missed_window_slashes_and_rewards(operator, reporter, kit):
@@ -394,6 +475,58 @@ def test_revoked_digest_becomes_slashable_after_grace(owner, operator, reporter,
         operator.attest(node.node_id, quote, block)
     kit.advance(kit.INTERVAL + 1)
     assert reporter.report_out_of_policy(node.node_id, proof, nonce).gas_used > 0
+
+
+def test_reboot_and_good_attestation_do_not_clear_an_unapproved_quote(operator, reporter, kit):
+    """Slashing dodged by rebooting: an unapproved digest quoted after registration stays a
+    proof after the node reboots (new reset count) and attests an approved digest again."""
+    node = kit.ExitNode.new()
+    quote, block = node.quote(operator, clock=1_000, reset_count=4)
+    operator.register(node.node_id, "wss://e/ws", node.ak, quote, block,
+                      stake_wei=40 * kit.ETHER, voucher=node.voucher(operator))  # fmt: skip
+    nonce = os.urandom(32)
+    bad = node.handshake_quote(nonce, kit.BAD, clock=90_000, reset_count=4)  # a client kept it
+    for clock in (10, 20):  # reboot, then attest approved software, twice
+        quote, block = node.quote(operator, clock=clock, reset_count=5)
+        operator.attest(node.node_id, quote, block)
+    result = reporter.report_out_of_policy(node.node_id, bad, nonce)
+    assert result.event_names() == ["NodeSlashed", "ReputationChanged"]
+    with reverts("quote not newer"):  # once only
+        reporter.report_out_of_policy(node.node_id, bad, nonce)
+    # Quotes from before the registration are not proofs (set-up before it was approved),
+    # nor are ones older than the quote that already slashed.
+    for clock, resets in ((999, 4), (500, 3), (80_000, 4)):
+        nonce = os.urandom(32)
+        early = node.handshake_quote(nonce, kit.BAD, clock=clock, reset_count=resets)
+        with reverts("quote not newer"):
+            reporter.report_out_of_policy(node.node_id, early, nonce)
+    nonce = os.urandom(32)  # a later one in the new epoch still counts
+    later = node.handshake_quote(nonce, kit.BAD, clock=30, reset_count=5)
+    assert reporter.report_out_of_policy(node.node_id, later, nonce).gas_used > 0
+    assert reporter.node(node.node_id).stake_wei == 10 * kit.ETHER
+
+
+def test_revoked_digest_quote_is_forgiven_by_a_newer_attestation(owner, operator, reporter, kit):
+    """The documented limit: for a revoked digest the registry cannot tell a quote made
+    during the grace period from one made after it, so a newer accepted attestation forgives
+    both; the quote slashes only while it is newer than everything accepted."""
+    node = kit.ExitNode.new()
+    node.register(operator, stake=40 * kit.ETHER)
+    old = os.urandom(32)
+    owner.approve_digest(old)
+    quote, block = node.quote(operator, old, clock=2_000, reset_count=1)
+    operator.attest(node.node_id, quote, block)  # running `old`, approved then
+    owner.revoke_digest(old)
+    kit.advance(kit.INTERVAL + 1)  # grace over: `old` is now out of policy
+    nonce = os.urandom(32)
+    bad = node.handshake_quote(nonce, old, clock=3_000, reset_count=1)
+    quote, block = node.quote(operator, clock=10, reset_count=2)  # reboot into approved software
+    operator.attest(node.node_id, quote, block)
+    with reverts("quote not newer"):
+        reporter.report_out_of_policy(node.node_id, bad, nonce)
+    nonce = os.urandom(32)  # after the last accepted attestation it slashes
+    bad = node.handshake_quote(nonce, old, clock=20, reset_count=2)
+    assert reporter.report_out_of_policy(node.node_id, bad, nonce).gas_used > 0
 
 
 def test_low_reputation_ejects(operator, reporter, kit):

@@ -12,6 +12,7 @@ import os
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from attestation import constants as ac
 from attestation import enrol, tpms
 from attestation.tpm import Tpm
 from contracts.cli import enrolment_ak
@@ -23,6 +24,7 @@ from hardware.tpm import Swtpm
 pytestmark = pytest.mark.integration
 
 PCR = 23
+QUOTED = ac.DEFAULT_QUOTE_PCRS  # PCRs 0-7 and 23: the registry's selection
 
 
 def enrolled_voucher(tpm: Tpm, swtpm: Swtpm, node_id: bytes, registry, enroller):  # type: ignore[no-untyped-def]
@@ -35,7 +37,9 @@ def enrolled_voucher(tpm: Tpm, swtpm: Swtpm, node_id: bytes, registry, enroller)
     challenge, expected = enrol.make_challenge(request)
     record = enrol.finish(request, expected, enrol.answer(tpm, ak, challenge))
     ak_pub = enrolment_ak(record.dump())  # what `registry vouch --enrolment` reads
-    voucher = Voucher.make(enroller, registry.address, registry.chain_id(), node_id, ak_pub)
+    operator = registry.account.address  # the account that will send register
+    chain_id = registry.chain_id()
+    voucher = Voucher.make(enroller, registry.address, chain_id, node_id, ak_pub, operator=operator)
     return ak, ak_pub, Voucher.parse(voucher.dump()).signature
 
 
@@ -48,13 +52,21 @@ def test_genuine_swtpm_quote(owner, operator, reporter, kit):
         tpm.reset_pcr(PCR)
         tpm.extend_pcr(PCR, os.urandom(32))
 
-        def quote(qualifying: bytes) -> ContractQuote:
-            attest, signature = tpm.quote(handle, [PCR], qualifying)
+        def quote(qualifying: bytes, pcrs: tuple[int, ...] = QUOTED) -> ContractQuote:
+            attest, signature = tpm.quote(handle, list(pcrs), qualifying)
             return ContractQuote.from_parts(attest, signature)
 
         challenge = operator.challenge(node_id)
         first = quote(challenge.qualifying_data)
         digest = tpms.parse_attest(first.attest).pcr_digest
+        # The same TPM quoting only PCR 23: a genuine signature over another selection,
+        # refused whatever its digest (approved below for that very selection).
+        only_23 = quote(challenge.qualifying_data, (PCR,))
+        assert tpms.parse_attest(only_23.attest).pcrs == (PCR,)
+        owner.approve_digest(tpms.parse_attest(only_23.attest).pcr_digest)
+        with pytest.raises(RegistryReverted, match=r"^PCR selection mismatch$"):
+            operator.register(node_id, "wss://tpm/ws", ak_pub, only_23, challenge.block_number,
+                              stake_wei=20 * kit.ETHER, voucher=voucher)  # fmt: skip
         with pytest.raises(RegistryReverted, match=r"^PCR digest not approved$"):
             operator.register(node_id, "wss://tpm/ws", ak_pub, first, challenge.block_number,
                               stake_wei=20 * kit.ETHER, voucher=voucher)  # fmt: skip

@@ -1,6 +1,7 @@
 """Enrolment vouchers on chain: only an appointed enroller's low-s signature over exactly
-(this registry, this chain, the node id, the AK) admits a node; each bad voucher is refused
-with its reason, and removing an enroller stops its new vouchers but keeps its nodes."""
+(this registry, this chain, the sending operator, the node id, the AK) admits a node; each
+bad voucher is refused with its reason, a registration copied by another sender is refused,
+and removing an enroller stops its new vouchers but keeps its nodes."""
 
 from __future__ import annotations
 
@@ -45,11 +46,15 @@ def plain_ecrecover(message_hash: bytes, signature: bytes) -> str:
     return str(public.to_checksum_address())
 
 
-def test_python_digest_is_the_contracts(operator, kit):
+def test_python_digest_is_the_contracts(operator, accounts, kit):
     node = kit.ExitNode.new()
     chain_id = operator.chain_id()
-    assert voucher_digest(operator.address, chain_id, node.node_id, node.ak) == (
-        operator.voucher_digest(node.node_id, node.ak)
+    for who in (accounts[1].address, accounts[3].address):
+        assert voucher_digest(operator.address, chain_id, node.node_id, node.ak, operator=who) == (
+            operator.voucher_digest(node.node_id, node.ak, operator=who)
+        )
+    assert operator.voucher_digest(node.node_id, node.ak, operator=accounts[1].address) != (
+        operator.voucher_digest(node.node_id, node.ak, operator=accounts[3].address)
     )
 
 
@@ -63,12 +68,15 @@ def test_malformed_vouchers_are_refused(operator, kit):
     twin = high_s(good)
     # The twin is a valid signature by the enroller (plain ecrecover, no low-s rule, accepts
     # it); the contract still refuses it.
-    prefixed = encode_defunct(primitive=operator.voucher_digest(node.node_id, node.ak))
+    me = operator.account.address
+    prefixed = encode_defunct(primitive=operator.voucher_digest(node.node_id, node.ak, operator=me))
     assert plain_ecrecover(_hash_eip191_message(prefixed), twin) == kit.ENROLLER.address
     with reverts(MALFORMED):
         submit(operator, node, twin, kit)
     with pytest.raises(VoucherError, match="upper half"):
-        recover_voucher(twin, operator.address, operator.chain_id(), node.node_id, node.ak)
+        recover_voucher(
+            twin, operator.address, operator.chain_id(), node.node_id, node.ak, operator=me
+        )
     garbage = os.urandom(32) + (1).to_bytes(32, "big") + b"\x1b"  # well formed, signs nothing
     with reverts(NOT_ENROLLER):
         submit(operator, node, garbage, kit)
@@ -83,26 +91,54 @@ def test_vouchers_for_anything_else_are_refused(operator, stranger, accounts, ki
     chain_id = operator.chain_id()
     enroller = kit.ENROLLER
     here, elsewhere = operator.address, "0x" + os.urandom(20).hex()
-    wrong = {  # what differs: (signer, registry, chain id, node id, AK)
-        "by a non-enroller": (accounts[3], here, chain_id, node.node_id, node.ak),
-        "for another node id": (enroller, here, chain_id, other.node_id, node.ak),
-        "for another AK": (enroller, here, chain_id, node.node_id, other.ak),
-        "for another registry": (enroller, elsewhere, chain_id, node.node_id, node.ak),
-        "for another chain": (enroller, here, chain_id + 1, node.node_id, node.ak),
+    me, them = accounts[1].address, accounts[3].address
+    wrong = {  # what differs: (signer, registry, chain id, node id, AK), operator
+        "by a non-enroller": ((accounts[3], here, chain_id, node.node_id, node.ak), me),
+        "for another operator": ((enroller, here, chain_id, node.node_id, node.ak), them),
+        "for another node id": ((enroller, here, chain_id, other.node_id, node.ak), me),
+        "for another AK": ((enroller, here, chain_id, node.node_id, other.ak), me),
+        "for another registry": ((enroller, elsewhere, chain_id, node.node_id, node.ak), me),
+        "for another chain": ((enroller, here, chain_id + 1, node.node_id, node.ak), me),
     }
-    for what, args in wrong.items():
-        voucher = sign_voucher(*args)
-        signer = recover_voucher(voucher, operator.address, chain_id, node.node_id, node.ak)
+    for what, (args, who) in wrong.items():
+        voucher = sign_voucher(*args, operator=who)
+        signer = recover_voucher(
+            voucher, operator.address, chain_id, node.node_id, node.ak, operator=me
+        )
         assert signer != enroller.address, what
         with reverts(NOT_ENROLLER):
             submit(operator, node, voucher, kit)
     # Swapping the AK's coordinates is another AK too.
     swapped = AkPublic(node.ak.y, node.ak.x)
-    voucher = sign_voucher(enroller, operator.address, chain_id, node.node_id, swapped)
+    voucher = sign_voucher(enroller, operator.address, chain_id, node.node_id, swapped, operator=me)
     with reverts(NOT_ENROLLER):
         submit(operator, node, voucher, kit)
-    submit(stranger, node, node.voucher(operator), kit)  # any operator may use a good one
-    assert operator.node(node.node_id).operator == accounts[3].address
+    submit(operator, node, node.voucher(operator), kit)
+    assert operator.node(node.node_id).operator == me
+
+
+def test_copied_registration_from_another_sender_is_refused(operator, stranger, accounts, kit):
+    """Front-running: everything register takes is public calldata. A stranger who copies a
+    pending registration byte for byte into their own transaction is refused, because the
+    voucher names the operator; the genuine one then goes through."""
+    node = kit.ExitNode.new()
+    quote, block = node.quote(operator)
+    args = (node.node_id, "wss://v/ws", node.ak, quote, block)
+    voucher = node.voucher(operator)
+    with reverts(NOT_ENROLLER):
+        stranger.register(*args, stake_wei=10 * kit.ETHER, voucher=voucher)
+    with reverts(NOT_ENROLLER):  # a bigger stake buys nothing either
+        stranger.register(*args, stake_wei=50 * kit.ETHER, voucher=voucher)
+    assert operator.node_count() == 0
+    operator.register(*args, stake_wei=10 * kit.ETHER, voucher=voucher)
+    assert operator.node(node.node_id).operator == accounts[1].address
+    # A voucher made out to the stranger admits the node for the stranger only.
+    node2 = kit.ExitNode.new()
+    theirs = node2.voucher(stranger)
+    with reverts(NOT_ENROLLER):
+        submit(operator, node2, theirs, kit)
+    submit(stranger, node2, theirs, kit)
+    assert operator.node(node2.node_id).operator == accounts[3].address
 
 
 def test_enroller_appointment_and_removal(owner, operator, stranger, accounts, kit):

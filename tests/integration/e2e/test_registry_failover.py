@@ -85,13 +85,15 @@ class Exit:
         return self.identity.node_id
 
 
-def vouch(registry: RegistryClient, x: Exit) -> None:
+def vouch(registry: RegistryClient, x: Exit, operator: str) -> None:
     """The enroller's side: vouch for the enrolment record this exit's lifecycle wrote
-    (EK chain checked, credential activated), as ``registry vouch --enrolment`` does."""
+    (EK chain checked, credential activated), for the account ``operator`` that registers
+    it, as ``registry vouch --enrolment --operator`` does."""
     assert x.voucher is not None
     ak = enrolment_ak((x.lifecycle.state_dir / ENROLMENT_FILE).read_text())
     enroller = accounts(ENROLLER_INDEX + 1)[ENROLLER_INDEX]
-    voucher = Voucher.make(enroller, registry.address, registry.chain_id(), x.node_id, ak)
+    chain_id = registry.chain_id()
+    voucher = Voucher.make(enroller, registry.address, chain_id, x.node_id, ak, operator=operator)
     x.voucher.write_text(voucher.dump())
 
 
@@ -209,8 +211,9 @@ def test_client_picks_registry_exit_and_fails_over_on_pcr_change(world):
             # Not vouched for yet: the exit says so and what to run, and keeps retrying.
             assert await asyncio.to_thread(x.upkeep.step) == "no-voucher"
             assert "registry vouch --enrolment" in x.upkeep.detail
+            assert f"--operator {operator.address}" in x.upkeep.detail
             assert x.upkeep.next_wait() < INTERVAL
-            vouch(registry, x)
+            vouch(registry, x, operator.address)
             assert await asyncio.to_thread(x.upkeep.step) == "registered"
             # a second round answers a newer block: an ordinary on-chain attestation
             assert await asyncio.to_thread(x.upkeep.step) == "attested"

@@ -11,6 +11,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from eth_abi.abi import decode as abi_decode
 
+from attestation import constants as ac
+from attestation import tpms
+from contracts.constants import PCR_SELECT_BITMAP, QUOTED_PCRS, SOURCE_PATH
 from contracts.errors import QuoteFormatError
 from contracts.quote import (
     ContractQuote,
@@ -95,7 +98,19 @@ def test_build_attest_layout():
     clock, resets, restarts, safe = struct.unpack(">QIIB", blob[o + 34 : o + 51])
     assert (clock, resets, restarts, safe) == (7, 3, 0, 1)
     assert struct.unpack(">Q", blob[o + 51 : o + 59])[0] == 9
-    assert blob[o + 59 :] == bytes.fromhex("00000001000b03000080") + b"\x00\x20" + digest
+    # One selection: SHA-256 bank, 3-byte bitmap of PCRs 0-7 and 23 (the registry's).
+    assert blob[o + 59 :] == bytes.fromhex("00000001000b03ff0080") + b"\x00\x20" + digest
+
+
+def test_registry_selection_is_what_the_exit_quotes():
+    """The contract's fixed PCR_SELECTION, the client's copy and attestation/'s default
+    quote selection are one and the same, so a real exit's quote passes on chain."""
+    assert PCR_SELECT_BITMAP == tpms.pcr_bitmap(ac.DEFAULT_QUOTE_PCRS) == bytes.fromhex("ff0080")
+    assert QUOTED_PCRS == ac.DEFAULT_QUOTE_PCRS
+    parsed = tpms.parse_attest(build_attest(b"\x11" * 32, b"\x22" * 32))
+    assert parsed.pcrs == ac.DEFAULT_QUOTE_PCRS
+    source = SOURCE_PATH.read_text()
+    assert "bytes3 public constant PCR_SELECTION = 0xFF0080;" in source
 
 
 def test_sign_attest_verifies_and_proof_encodes():

@@ -18,6 +18,7 @@ from contracts.quote import AkPublic
 from contracts.voucher import Voucher, recover_voucher, sign_voucher, vouch_for, voucher_digest
 
 ENROLLER = Account.from_key("0x" + "11" * 32)
+OPERATOR = Account.from_key("0x" + "12" * 32).address
 REGISTRY = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 CHAIN = 31337
 NODE = bytes(range(32))
@@ -26,54 +27,64 @@ AK = AkPublic(b"\x01" * 32, b"\x02" * 32)
 
 def test_digest_is_keccak_of_the_abi_encoding():
     head = bytes(12) + bytes.fromhex(REGISTRY[2:])
-    encoded = head + CHAIN.to_bytes(32, "big") + NODE + AK.x + AK.y
+    operator = bytes(12) + bytes.fromhex(OPERATOR[2:])
+    encoded = head + CHAIN.to_bytes(32, "big") + operator + NODE + AK.x + AK.y
     assert encoded == abi_encode(
-        ["address", "uint256", "bytes32", "bytes32", "bytes32"], [REGISTRY, CHAIN, NODE, AK.x, AK.y]
+        ["address", "uint256", "address", "bytes32", "bytes32", "bytes32"],
+        [REGISTRY, CHAIN, OPERATOR, NODE, AK.x, AK.y],
     )
-    assert voucher_digest(REGISTRY, CHAIN, NODE, AK) == keccak(encoded)
-    # A lower-case address is the same registry.
-    assert voucher_digest(REGISTRY.lower(), CHAIN, NODE, AK) == keccak(encoded)
+    assert voucher_digest(REGISTRY, CHAIN, NODE, AK, operator=OPERATOR) == keccak(encoded)
+    # Lower-case addresses are the same registry and operator.
+    assert voucher_digest(REGISTRY.lower(), CHAIN, NODE, AK, operator=OPERATOR.lower()) == keccak(
+        encoded
+    )
 
 
 @pytest.mark.parametrize(
-    ("registry", "chain", "node", "ak"),
+    ("registry", "chain", "operator", "node", "ak"),
     [
-        ("0x1234", CHAIN, NODE, AK),
-        (REGISTRY, 0, NODE, AK),
-        (REGISTRY, True, NODE, AK),
-        (REGISTRY, 2**256, NODE, AK),
-        (REGISTRY, CHAIN, NODE[:31], AK),
-        (REGISTRY, CHAIN, NODE, AkPublic(b"\x01" * 31, AK.y)),
+        ("0x1234", CHAIN, OPERATOR, NODE, AK),
+        (REGISTRY, 0, OPERATOR, NODE, AK),
+        (REGISTRY, True, OPERATOR, NODE, AK),
+        (REGISTRY, 2**256, OPERATOR, NODE, AK),
+        (REGISTRY, CHAIN, "0x1234", NODE, AK),
+        (REGISTRY, CHAIN, "", NODE, AK),
+        (REGISTRY, CHAIN, OPERATOR, NODE[:31], AK),
+        (REGISTRY, CHAIN, OPERATOR, NODE, AkPublic(b"\x01" * 31, AK.y)),
     ],
 )
-def test_digest_refuses_bad_inputs(registry, chain, node, ak):
+def test_digest_refuses_bad_inputs(registry, chain, operator, node, ak):
     with pytest.raises(VoucherError):
-        voucher_digest(registry, chain, node, ak)
+        voucher_digest(registry, chain, node, ak, operator=operator)
 
 
 def test_sign_and_recover_round_trip_with_contract_rules():
     for i in range(40):  # many signatures: always low s and v in {27, 28}
         node = i.to_bytes(32, "big")
-        voucher = sign_voucher(ENROLLER, REGISTRY, CHAIN, node, AK)
+        voucher = sign_voucher(ENROLLER, REGISTRY, CHAIN, node, AK, operator=OPERATOR)
         assert len(voucher) == 65 and voucher[64] in (27, 28)
         assert int.from_bytes(voucher[32:64], "big") <= SECP256K1_HALF_ORDER
-        assert recover_voucher(voucher, REGISTRY, CHAIN, node, AK) == ENROLLER.address
+        assert (
+            recover_voucher(voucher, REGISTRY, CHAIN, node, AK, operator=OPERATOR)
+            == ENROLLER.address
+        )
 
 
 def test_any_other_value_recovers_someone_else():
-    voucher = sign_voucher(ENROLLER, REGISTRY, CHAIN, NODE, AK)
+    voucher = sign_voucher(ENROLLER, REGISTRY, CHAIN, NODE, AK, operator=OPERATOR)
     others = [
-        ("0x" + "ab" * 20, CHAIN, NODE, AK),
-        (REGISTRY, CHAIN + 1, NODE, AK),
-        (REGISTRY, CHAIN, os.urandom(32), AK),
-        (REGISTRY, CHAIN, NODE, AkPublic(AK.y, AK.x)),
+        (("0x" + "ab" * 20, CHAIN, NODE, AK), OPERATOR),
+        ((REGISTRY, CHAIN + 1, NODE, AK), OPERATOR),
+        ((REGISTRY, CHAIN, NODE, AK), ENROLLER.address),  # copied by another sender
+        ((REGISTRY, CHAIN, os.urandom(32), AK), OPERATOR),
+        ((REGISTRY, CHAIN, NODE, AkPublic(AK.y, AK.x)), OPERATOR),
     ]
-    for args in others:
-        assert recover_voucher(voucher, *args) != ENROLLER.address
+    for args, who in others:
+        assert recover_voucher(voucher, *args, operator=who) != ENROLLER.address
 
 
 def test_malformed_signatures_are_refused():
-    voucher = sign_voucher(ENROLLER, REGISTRY, CHAIN, NODE, AK)
+    voucher = sign_voucher(ENROLLER, REGISTRY, CHAIN, NODE, AK, operator=OPERATOR)
     s = int.from_bytes(voucher[32:64], "big")
     twin = voucher[:32] + (SECP256K1_ORDER - s).to_bytes(32, "big") + bytes([55 - voucher[64]])
     cases = {
@@ -84,13 +95,13 @@ def test_malformed_signatures_are_refused():
     for reason, bad in cases.items():
         for signature in bad:
             with pytest.raises(VoucherError, match=reason):
-                recover_voucher(signature, REGISTRY, CHAIN, NODE, AK)
+                recover_voucher(signature, REGISTRY, CHAIN, NODE, AK, operator=OPERATOR)
     with pytest.raises(VoucherError, match="does not recover"):
-        recover_voucher(bytes(64) + b"\x1b", REGISTRY, CHAIN, NODE, AK)  # r = 0
+        recover_voucher(bytes(64) + b"\x1b", REGISTRY, CHAIN, NODE, AK, operator=OPERATOR)  # r = 0
 
 
 def test_voucher_file_round_trip_and_tampering():
-    voucher = Voucher.make(ENROLLER, REGISTRY.lower(), CHAIN, NODE, AK)
+    voucher = Voucher.make(ENROLLER, REGISTRY.lower(), CHAIN, NODE, AK, operator=OPERATOR)
     assert voucher.contract == REGISTRY and voucher.enroller == ENROLLER.address
     text = voucher.dump()
     assert Voucher.parse(text) == voucher
@@ -100,6 +111,7 @@ def test_voucher_file_round_trip_and_tampering():
         ("enroller", Account.from_key("0x" + "22" * 32).address),  # names someone else
         ("node_id", "0x" + "00" * 32),  # the signature no longer matches it
         ("chain_id", 1),
+        ("operator", ENROLLER.address),
     ):
         with pytest.raises(VoucherError, match="not the named enroller"):
             Voucher.parse(json.dumps({**doc, key: value}))
@@ -110,28 +122,33 @@ def test_voucher_file_round_trip_and_tampering():
         json.dumps({**doc, "chain_id": "31337"}),
         json.dumps({**doc, "chain_id": True}),
         json.dumps({**doc, "registry": "0x1234"}),
+        json.dumps({**doc, "operator": "0x1234"}),
         json.dumps({**doc, "signature": "0xzz"}),
         json.dumps({**doc, "ak_x": 5}),
     ]
     for bad in bad_docs:
         with pytest.raises(VoucherError):
             Voucher.parse(bad)
+    older = json.dumps({k: v for k, v in doc.items() if k != "operator"})
+    with pytest.raises(VoucherError, match=r"names no operator.*--operator"):
+        Voucher.parse(older)
     with pytest.raises(VoucherError, match="too large"):
         Voucher.parse(" " * 5000 + text)
 
 
 def test_check_for_names_what_differs():
-    voucher = Voucher.make(ENROLLER, REGISTRY, CHAIN, NODE, AK)
-    voucher.check_for(REGISTRY.lower(), CHAIN, NODE, AK)
+    voucher = Voucher.make(ENROLLER, REGISTRY, CHAIN, NODE, AK, operator=OPERATOR)
+    voucher.check_for(REGISTRY.lower(), CHAIN, NODE, AK, operator=OPERATOR)
     differs = [
-        (("0x" + "ab" * 20, CHAIN, NODE, AK), "for registry"),
-        ((REGISTRY, 1, NODE, AK), "for chain 31337"),
-        ((REGISTRY, CHAIN, bytes(32), AK), "another node id"),
-        ((REGISTRY, CHAIN, NODE, AkPublic(AK.y, AK.x)), "another AK"),
+        (("0x" + "ab" * 20, CHAIN, NODE, AK), OPERATOR, "for registry"),
+        ((REGISTRY, 1, NODE, AK), OPERATOR, "for chain 31337"),
+        ((REGISTRY, CHAIN, NODE, AK), ENROLLER.address, f"for operator {OPERATOR}"),
+        ((REGISTRY, CHAIN, bytes(32), AK), OPERATOR, "another node id"),
+        ((REGISTRY, CHAIN, NODE, AkPublic(AK.y, AK.x)), OPERATOR, "another AK"),
     ]
-    for args, reason in differs:
+    for args, who, reason in differs:
         with pytest.raises(VoucherError, match=reason):
-            voucher.check_for(*args)
+            voucher.check_for(*args, operator=who)
 
 
 @dataclass
@@ -143,7 +160,9 @@ class FakeRegistry:
         return self.chain
 
 
-def test_vouch_for_takes_address_and_chain_from_the_registry():
+def test_vouch_for_takes_address_and_chain_from_the_registry_and_needs_the_operator():
     registry = FakeRegistry(REGISTRY, CHAIN)
-    voucher = vouch_for(ENROLLER, registry, NODE, AK)  # type: ignore[arg-type]
-    assert voucher == sign_voucher(ENROLLER, REGISTRY, CHAIN, NODE, AK)
+    voucher = vouch_for(ENROLLER, registry, NODE, AK, operator=OPERATOR)  # type: ignore[arg-type]
+    assert voucher == sign_voucher(ENROLLER, REGISTRY, CHAIN, NODE, AK, operator=OPERATOR)
+    with pytest.raises(TypeError):
+        vouch_for(ENROLLER, registry, NODE, AK)  # type: ignore[arg-type,call-arg]

@@ -25,6 +25,7 @@ from l2bridge.metrics import Metrics
 
 ENROLLER = Account.from_key("0x" + "51" * 32)
 STRANGER = Account.from_key("0x" + "52" * 32)
+OPERATOR = Account.from_key("0x" + "53" * 32)
 ADDRESS = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 CHAIN = 31337
 DIGEST = hashlib.sha256(b"approved").digest()
@@ -68,6 +69,7 @@ class FakeRegistry:
     """Keeps the contract's voucher rule: the signer must be an appointed enroller."""
 
     address: str = ADDRESS
+    account: object = OPERATOR  # the key register is sent with: vouchers name it
     enrollers: set[str] = field(default_factory=lambda: {ENROLLER.address})
     nodes: dict[bytes, Registered] = field(default_factory=dict)
     vouchers: list[bytes] = field(default_factory=list)
@@ -89,7 +91,9 @@ class FakeRegistry:
 
     def register(self, node_id, endpoint, ak, quote, block, *, stake_wei, voucher):  # type: ignore[no-untyped-def]
         assert isinstance(quote, ContractQuote) and stake_wei == 10
-        signer = recover_voucher(voucher, self.address, CHAIN, node_id, ak)
+        signer = recover_voucher(
+            voucher, self.address, CHAIN, node_id, ak, operator=OPERATOR.address
+        )
         if signer not in self.enrollers:
             raise RegistryReverted("voucher not from an enroller")
         self.vouchers.append(voucher)
@@ -111,7 +115,8 @@ def upkeep(tmp_path: Path, voucher: Path | None, registry: FakeRegistry | None =
 
 def write_voucher(path: Path, life: FakeLifecycle, **changes: object) -> Path:
     args: dict[str, object] = {"account": ENROLLER, "contract": ADDRESS, "chain_id": CHAIN,
-                               "node_id": life.node_id, "ak": life.ak}  # fmt: skip
+                               "operator": OPERATOR.address, "node_id": life.node_id,
+                               "ak": life.ak}  # fmt: skip
     args.update(changes)
     path.write_text(Voucher.make(**args).dump())  # type: ignore[arg-type]
     return path
@@ -123,6 +128,7 @@ def test_no_voucher_configured_says_what_to_run(tmp_path):
     assert "chain.enrolment_voucher" in u.detail
     assert f"registry vouch --enrolment {life.state_dir / 'enrolment.json'}" in u.detail
     assert life.node_id.hex() in u.detail and ADDRESS in u.detail
+    assert f"--operator {OPERATOR.address}" in u.detail
     assert life.quotes == 0 and reg.nodes == {}  # no TPM work, nothing sent
     assert metrics.snapshot()["gauges"]["registry_state"] == 6.0
     assert u.next_wait() == 1.0 and (u.step(), u.next_wait()) == ("no-voucher", 2.0)
@@ -145,6 +151,7 @@ def test_unusable_voucher_files_are_no_voucher(tmp_path):
         ({"ak": AkPublic(life.ak.y, life.ak.x)}, "another AK"),
         ({"contract": "0x" + "ab" * 20}, "voucher is for registry"),
         ({"chain_id": 1}, "for chain 1"),
+        ({"operator": STRANGER.address}, f"for operator {STRANGER.address}"),
     ):
         write_voucher(missing, life, **changes)
         assert u.step() == "no-voucher" and reason in u.detail, reason
