@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from l2bridge.session import SessionConfig
 from l2bridge.status import StatusServer
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.server import ServerSettings
+from l2bridge.transport.tls import TlsError, server_context
 from l2bridge.transport.token import AccessKey, TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,19 @@ def load_authorizer(config: Config) -> Authorizer:
         [keys.revocations] if keys.revocations else [],
         keys.allow_list,
     )
+
+
+def load_tls(config: Config) -> ssl.SSLContext | None:
+    """The TLS context for wss:// when endpoints.tls_cert and tls_key are set, else None."""
+    ep = config.endpoints
+    if ep.tls_cert is None and ep.tls_key is None:
+        return None
+    if ep.tls_cert is None or ep.tls_key is None:
+        raise ExitConfigError("endpoints.tls_cert and endpoints.tls_key: set both or neither")
+    try:
+        return server_context(ep.tls_cert, ep.tls_key)
+    except TlsError as exc:
+        raise ExitConfigError(f"endpoints.tls_cert: {exc}") from None
 
 
 def load_access_key(path: Path | None) -> AccessKey:
@@ -101,6 +116,7 @@ class ExitNode:
         self.identity = HybridSigningKey.load(config.keys.identity)
         self.authorizer = load_authorizer(config)
         access_key = load_access_key(ep.access_key_file)
+        self.tls = load_tls(config)
         site = (
             DecoySite.from_directory(ep.decoy_dir, server=ep.server_header)
             if ep.decoy_dir
@@ -188,11 +204,12 @@ class ExitNode:
                 host=ep.listen[0],
                 port=ep.listen[1],
                 clock=self.clock,
+                ssl=self.tls,
             )
             if self.options.status:
                 status = StatusServer(self.metrics, *self.config.status.listen).start()
             self.listening.set()
-            log.info("exit listening on %s:%d", *ep.listen)
+            log.info("exit listening on %s:%d (%s)", *ep.listen, "wss" if self.tls else "ws")
             if self.attested is None:
                 await self.board.run(stop)
             else:

@@ -35,6 +35,7 @@ from l2bridge.metrics import Metrics
 from l2bridge.rotation import RotationDriver
 from l2bridge.session import SessionConfig
 from l2bridge.status import StatusServer
+from l2bridge.transport.tls import TlsError, client_context
 from l2bridge.transport.token import AccessKey
 
 log = logging.getLogger("shadowmesh.client")
@@ -155,6 +156,11 @@ class ClientNode:
             connect_url if parts.path not in ("", "/") else parts._replace(path=ep.path).geturl()
         )
         self.exit_node_id = ep.exit_node_id or b""
+        # wss:// (here or in the registry's endpoints): the system CAs, or only endpoints.tls_ca
+        try:
+            self.tls = client_context(ep.tls_ca)
+        except TlsError as exc:
+            raise ConfigError(f"endpoints.tls_ca: {exc}") from None
         self.mode = Mode.from_name(config.security.post_quantum_mode)
         self.session_config = SessionConfig(rekey_interval=config.security.key_rotation_interval)
         self.evidence_checker = evidence_checker
@@ -175,7 +181,7 @@ class ClientNode:
             config,
             lambda policy: DialSettings(
                 self.identity, self.access_key, policy, self.certificate, self.mode,
-                self.session_config, int(ep.token_window),
+                self.session_config, int(ep.token_window), self.tls,
             ),
             self.metrics,
             self.clock,
@@ -207,6 +213,7 @@ class ClientNode:
             node_id=self.exit_node_id,
             token_window=int(self.config.endpoints.token_window),
             clock=self.clock.now,
+            ssl=self.tls if self.url.startswith("wss:") else None,
         )
         return self.link
 

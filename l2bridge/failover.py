@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ class DialSettings:
     mode: Mode = Mode.HYBRID
     session_config: SessionConfig | None = None
     token_window: int = 60
+    tls: ssl.SSLContext | None = None  # for wss:// endpoints (None: the system's CAs)
 
 
 class ExitFinder:
@@ -240,6 +242,7 @@ class ExitFinder:
                     node_id=cand.node_id,
                     token_window=self.settings.token_window,
                     clock=self._clock,
+                    ssl=self.settings.tls if cand.endpoint.startswith("wss:") else None,
                 )
         except PeerError:
             self._refuse(cand, "; ".join(checker.reasons) or "handshake failed")
