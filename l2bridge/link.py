@@ -62,6 +62,9 @@ FrameSink = Callable[[list[memoryview]], None]
 LINK_QUEUE_BATCHES = 16
 HANDSHAKE_TIMEOUT_S = 15.0
 CLOSE_WAIT_S = 5.0
+# Exit: handshakes computed at the same time in worker threads (TPM quote + signatures).
+HANDSHAKE_WORKERS = 4
+CLOSE_INTERNAL_ERROR = 1011  # WebSocket close code; no reason text goes with it
 # A batch sent within this long after the previous record waits one loop iteration so
 # that what else arrives meanwhile joins its record: an idle link (a ping) sends at once,
 # a busy one (1500-byte frames one by one) makes few large records, not one per frame.
@@ -358,6 +361,13 @@ class Link:
             log.warning("link ended by protocol error: %s (%s)", exc, exc.detail)
             self._end("protocol error")
             return
+        except Exception as exc:
+            # A local failure while answering the peer (a key past its limit when a rekey
+            # init arrives, a failing authorizer): end this link only, never the socket's
+            # callback; the peer sees a close and nothing else.
+            log.error("link ended by local error: %s: %s", type(exc).__name__, exc)
+            self._end("local error")
+            return
         try:
             for reply in received.replies:
                 self._write(reply)
@@ -477,6 +487,7 @@ async def serve(
     port: int,
     clock: Clock = time.time,
     queue_batches: int = LINK_QUEUE_BATCHES,
+    handshake_workers: int = HANDSHAKE_WORKERS,
     **transport_kwargs: object,
 ) -> Server:
     """Serve tunnels behind the decoy site; ``on_link`` runs per tunnel.
@@ -485,22 +496,44 @@ async def serve(
     is disconnected without any explanation.
     """
 
+    # Handshakes answered at once; more wait (within the handshake timeout) for a worker.
+    workers = asyncio.Semaphore(handshake_workers)
+
     async def handler(connection: ServerConnection) -> None:
         ws = _direct(connection)
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
                 hello = bytes(await ws.next_message())
-            session, server_hello = make_handshake().receive(hello, clock())
+                await workers.acquire()
+            try:
+                # In a worker thread: the evidence step waits for a TPM quote (tens to
+                # hundreds of ms) and the signature costs too; every other tunnel's
+                # records keep flowing on the loop meanwhile. The TPM's own rate limit
+                # (the evidence provider) still applies.
+                session, server_hello = await asyncio.to_thread(
+                    make_handshake().receive, hello, clock()
+                )
+            finally:
+                workers.release()
             if not ws.is_open:
+                session.close()
                 raise TransportClosed("closed")
             ws.write_binary(server_hello)
         except (PeerError, TimeoutError, TransportClosed) as exc:
             log.info("tunnel handshake failed: %s", type(exc).__name__)
             return
+        except Exception as exc:
+            # Ours, not the peer's (oversized evidence, a TPM error): logged here, the
+            # client only sees the connection close with "internal error" and no text.
+            log.error("tunnel handshake failed locally: %s: %s", type(exc).__name__, exc)
+            await connection.close(code=CLOSE_INTERNAL_ERROR)
+            return
         link = Link(ws, session, is_client=False, clock=clock, queue_batches=queue_batches)
         link.start()
         try:
             await on_link(link)
+        except Exception:
+            log.exception("tunnel handler failed; closing the link")
         finally:
             await link.close()
 

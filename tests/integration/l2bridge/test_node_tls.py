@@ -112,7 +112,7 @@ def test_tunnel_over_wss_with_private_ca(tmp_path: Path, fake_host: None) -> Non
                 ssl_object = link._ws.transport.get_extra_info("ssl_object")  # type: ignore[attr-defined]
                 assert ssl_object is not None
                 assert ssl_object.version() in ("TLSv1.2", "TLSv1.3")
-                assert link.session.established
+                assert client.link is not None and client.link.session.established
             finally:
                 await link.close()
             with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
