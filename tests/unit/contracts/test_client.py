@@ -25,6 +25,12 @@ def test_committed_artifact_matches_source_hash():
     assert register["inputs"][-1] == {
         "internalType": "bytes", "name": "enrolmentVoucher", "type": "bytes"
     }  # fmt: skip
+    digest = next(i for i in artifact.abi if i.get("name") == "voucherDigest")
+    assert [(i["name"], i["type"]) for i in digest["inputs"]] == [
+        ("operator", "address"), ("nodeId", "bytes32"), ("akX", "bytes32"), ("akY", "bytes32")
+    ]  # fmt: skip
+    selection = next(i for i in artifact.abi if i.get("name") == "PCR_SELECTION")
+    assert selection["outputs"][0]["type"] == "bytes3"
     assert artifact.bytecode.startswith("0x") and len(artifact.bytecode) > 1000
 
 

@@ -184,3 +184,11 @@ def test_config_carries_the_voucher_path(tmp_path):
     config = config_from_mapping(raw, base_dir=tmp_path)
     assert config.chain.enrolment_voucher == tmp_path / "keys" / "voucher.json"
     assert config_from_mapping({}).chain.enrolment_voucher is None
+
+
+def test_no_operator_key_is_said_before_any_voucher_or_quote(tmp_path):
+    path = tmp_path / "voucher.json"
+    u, life, reg, _ = upkeep(tmp_path, path, FakeRegistry(account=None))
+    write_voucher(path, life)
+    assert u.step() == "no-operator-key" and "operator" in u.detail
+    assert life.quotes == 0 and reg.nodes == {}
