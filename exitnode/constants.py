@@ -23,3 +23,4 @@ LOCAL_PORT = "local"
 TAP_NAME = "smx0"
 BRIDGE_NAME = "smbr0"
 STATS_INTERVAL_S = 10.0
+REVOCATION_POLL_S = 3.0  # how often the exit looks for a changed revocation list file

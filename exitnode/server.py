@@ -24,6 +24,7 @@ from exitnode import constants
 from exitnode.attested import AttestedExit
 from exitnode.errors import ExitConfigError
 from exitnode.host import HostSetup, Masquerade
+from exitnode.revocations import RevocationWatch
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import Switchboard
 from hardware.tap import TapConfig
@@ -55,6 +56,7 @@ class ExitOptions:
     masquerade: Masquerade | None = None
     status: bool = True
     mac_ageing_s: float = constants.MAC_AGEING_S
+    revocation_poll_s: float = constants.REVOCATION_POLL_S
 
 
 def vlan_policy(vlans: tuple[int, ...] | frozenset[int]) -> PortPolicy:
@@ -115,6 +117,11 @@ class ExitNode:
             raise ExitConfigError("keys.identity: required for an exit")
         self.identity = HybridSigningKey.load(config.keys.identity)
         self.authorizer = load_authorizer(config)
+        self.revocations = RevocationWatch(
+            self.authorizer,
+            [config.keys.revocations] if config.keys.revocations else [],
+            self.options.revocation_poll_s,
+        )
         access_key = load_access_key(ep.access_key_file)
         self.tls = load_tls(config)
         site = (
@@ -210,10 +217,10 @@ class ExitNode:
                 status = StatusServer(self.metrics, *self.config.status.listen).start()
             self.listening.set()
             log.info("exit listening on %s:%d (%s)", *ep.listen, "wss" if self.tls else "ws")
-            if self.attested is None:
-                await self.board.run(stop)
-            else:
-                await asyncio.gather(self.board.run(stop), self.attested.run(stop))
+            jobs = [self.board.run(stop), self.revocations.run(stop)]
+            if self.attested is not None:
+                jobs.append(self.attested.run(stop))
+            await asyncio.gather(*jobs)
         finally:
             if server is not None:
                 server.close()
