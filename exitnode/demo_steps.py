@@ -224,9 +224,15 @@ def step_approve(w: World) -> str:
     return f"owner approved {len(digests)} PCR digests ({', '.join(d[:12] for d in digests)}...)"
 
 
+def operator_of(w: World, name: str) -> int:
+    """The Anvil account that operates exit ``name`` (account 0 deploys and enrols)."""
+    return w.exit_names.index(name) + 1
+
+
 def step_vouch(w: World) -> str:
     """The deployer is also the enroller: appointed by the owner, it vouches on chain-
-    checkable terms for each AK whose enrolment it ran (step "enrol")."""
+    checkable terms for each AK whose enrolment it ran (step "enrol"), and for the
+    operator account that will register it."""
     assert w.keys is not None
     enroller = chain_address(0)
     common = ("--rpc", w.rpc_url, "--registry", w.contract)
@@ -235,32 +241,34 @@ def step_vouch(w: World) -> str:
         state = state_dir(w, name)
         w.shadowmesh(
             w.ns("wan"), "registry", "vouch", "--enrolment", str(state / "enrolment.json"),
-            "--node-id", w.keys.exit_ids[name].hex(), "--out", str(state / VOUCHER), *common,
-            key=chain_key(0),
+            "--node-id", w.keys.exit_ids[name].hex(), "--out", str(state / VOUCHER),
+            "--operator", chain_address(operator_of(w, name)), *common, key=chain_key(0),
         )  # fmt: skip
-    return f"enroller {enroller[:10]}... appointed; it vouched for both exits' AKs"
+    return f"enroller {enroller[:10]}... appointed; it vouched for both exits' AKs and operators"
 
 
-def _start_exit(w: World, name: str, operator: int) -> str:
+def _start_exit(w: World, name: str) -> str:
     assert w.mesh is not None
     site = next(s for s in w.mesh.exits if s.name == name)
     root, intermediate = w.ek_cas[name]
     public = f"ws://{site.wan_ip}:{demo_config.EXIT_PORT}{demo_config.PATH}"
     w.node(name, "exit", "--state-dir", str(state_dir(w, name)), "--public-url", public,
            "--ek-ca", str(root), "--ek-intermediate", str(intermediate),
-           SHADOWMESH_REGISTRY_KEY=chain_key(operator))  # fmt: skip
-    try:
-        w.wait_status(
-            name,
-            lambda d: _info(d, "registry_state").startswith(("registered", "attested")),
-            UP_TIMEOUT_S,
-            "registration on chain",
-        )
-    except StepFailed:
-        _explain_measurement(w, name)
-        raise
-    w.marks[f"registered {name}"] = time.monotonic()
+           SHADOWMESH_REGISTRY_KEY=chain_key(operator_of(w, name)))  # fmt: skip
     return public
+
+
+def _registered(w: World, name: str) -> None:
+    doc = w.wait_status(
+        name,
+        lambda d: _info(d, "registry_state").startswith(("registered", "attested", "rejected")),
+        UP_TIMEOUT_S,
+        "registration on chain",
+    )
+    state = _info(doc, "registry_state")
+    if state.startswith("rejected"):  # the contract's verdict on this exit: final here
+        _explain_measurement(w, name)
+        raise StepFailed(f"{name}: the registry refused it: {state}")
 
 
 def _explain_measurement(w: World, name: str) -> None:
@@ -276,20 +284,13 @@ def _explain_measurement(w: World, name: str) -> None:
         )
 
 
-def step_first_exit(w: World) -> str:
-    name = w.exit_names[0]
-    url = _start_exit(w, name, 1)
-    return f"{name} serves {url}, attests to its TPM and registered with 10 ETH stake"
-
-
-def step_second_exit(w: World) -> str:
-    first, name = w.exit_names
-    since = time.monotonic() - w.marks[f"registered {first}"]
-    time.sleep(max(0.0, w.settings.head_start_s - since))
-    url = _start_exit(w, name, 2)
-    lead = w.marks[f"registered {name}"] - w.marks[f"registered {first}"]
-    w.facts["second_exit_after_s"] = round(lead, 1)
-    return f"{name} serves {url}, registered {lead:.0f} s after {first} (which leads in reputation)"
+def step_exits(w: World) -> str:
+    """Both exits start together: each measures itself into PCR 23, registers with its
+    voucher and stake, then attests every upkeep period."""
+    urls = [_start_exit(w, name) for name in w.exit_names]
+    for name in w.exit_names:
+        _registered(w, name)
+    return f"{', '.join(urls)}: measured, registered with 10 ETH stake each, attesting"
 
 
 # --- the clients and their traffic -------------------------------------------------------
@@ -323,6 +324,12 @@ def best_exit(reps: dict[str, int], ids: dict[str, bytes]) -> str:
 
 
 def step_clients(w: World) -> str:
+    """Both clients rank the registry's exits (reputation band, freshness, nodeId) and must
+    agree: exits registered together earn the same on-time bonus per window, so their
+    order cannot flip while the clients connect (a band is 5 windows wide)."""
+    assert w.keys is not None
+    before = reputations(w)
+    best = best_exit(before, w.keys.exit_ids)
     for name in w.client_names:
         w.node(name, "client")
     lan_a, host_b = w.ns("lan-a"), topology.HOST_B
@@ -333,14 +340,18 @@ def step_clients(w: World) -> str:
     for name in w.client_names:
         doc = w.wait_status(name, lambda d: _info(d, "exit_event") == "connected", 10, "a link")
         chosen[name] = w.exit_name(_info(doc, "exit_node_id"))
-    reps = reputations(w)
-    assert w.keys is not None
-    best = best_exit(reps, w.keys.exit_ids)
-    w.facts.update(first_exits=chosen, reputations_at_connect=reps, best_exit=best)
+    w.facts.update(
+        first_exits=chosen,
+        reputations_at_connect=before,
+        exit_ids={n: i.hex() for n, i in w.keys.exit_ids.items()},
+        best_exit=best,
+    )
     if set(chosen.values()) != {best}:
-        raise StepFailed(f"clients chose {chosen}; the best exit is {best} ({reps})")
-    shown = ", ".join(f"{n} {r}" for n, r in reps.items())
-    return f"both clients chose {best} from the registry (reputation {shown}); lan-a <-> lan-b up"
+        raise StepFailed(f"clients chose {chosen}; the best exit is {best} ({before})")
+    shown = ", ".join(f"{n} {r}" for n, r in before.items())
+    tie = len({r // REPUTATION_BAND for r in before.values()}) == 1
+    why = "same reputation band, so the lowest nodeId" if tie else "highest reputation band"
+    return f"both clients chose {best} from the registry ({why}; {shown}); lan-a <-> lan-b up"
 
 
 def step_ping(w: World) -> str:
@@ -530,8 +541,7 @@ STEPS = [
     ("enrol + golden", step_enrol),
     ("approve", step_approve),
     ("vouch", step_vouch),
-    ("exit-1", step_first_exit),
-    ("exit-2", step_second_exit),
+    ("exits", step_exits),
     ("clients", step_clients),
     ("ping", step_ping),
     ("file transfer", step_transfer),

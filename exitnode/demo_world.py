@@ -49,12 +49,6 @@ class Settings:
         return self.window_s / 4
 
     @property
-    def head_start_s(self) -> float:
-        # Reputation grows 10 per on-time attestation and clients rank by bands of 50:
-        # seven rounds ahead keeps exit-1 a band ahead however the rounds interleave.
-        return 7 * self.upkeep_s
-
-    @property
     def mtu(self) -> int:
         return 9000 if self.mode == "jumbo" else 1500
 

@@ -27,6 +27,7 @@ from exitnode.demo_world import REPO, Settings
 from hardware import netns
 from hardware.netns import Lab, Namespace
 from hardware.tpm import Swtpm
+from l2bridge.selection import REPUTATION_BAND
 
 pytestmark = [
     pytest.mark.integration,
@@ -36,7 +37,6 @@ pytestmark = [
 
 SHORT = Settings(rotation_s=2.0, window_s=6, size_mib=8)
 DIAL_ALLOWANCE_S = 3.0  # after the re-check that refuses: one probe, one refused dial, one dial
-BAND = 50
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,9 @@ def test_both_clients_first_choose_the_best_exit(demo):
     best = facts["best_exit"]
     assert set(facts["first_exits"].values()) == {best}
     reps = facts["reputations_at_connect"]
-    other = next(name for name in reps if name != best)
-    assert reps[best] // BAND > reps[other] // BAND  # exit-1 registered first: a band ahead
+    ids = {name: bytes.fromhex(node_id) for name, node_id in facts["exit_ids"].items()}
+    # the clients' ranking: highest reputation band first, then the lowest nodeId
+    assert best == min(reps, key=lambda n: (-(reps[n] // REPUTATION_BAND), ids[n]))
 
 
 def test_rotations_complete_on_both_ends_on_disciplined_clocks(demo):

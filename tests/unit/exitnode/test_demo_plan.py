@@ -2,7 +2,7 @@
 
 ``best_exit`` is the demo's statement of which exit every client must pick; it must agree
 with the clients' ranking (``l2bridge.selection.rank``) for fresh, healthy exits, and the
-demo's timers must keep exits fresh and the first exit a reputation band ahead.
+lab's configurations must load, and both exits must measure the same configuration.
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
+from exitnode import demo_config
+from exitnode.attested import measured_config
 from exitnode.demo_steps import best_exit
 from exitnode.demo_world import Settings
-from l2bridge.selection import REPUTATION_BAND, Refusals, SelectionPolicy, rank
+from l2bridge.config import load_config
+from l2bridge.selection import Refusals, SelectionPolicy, rank
 
 NOW = 1_000_000
 
@@ -52,13 +55,32 @@ def test_best_exit_is_what_the_clients_rank_first(reps, ids, ages):
     assert ids[names.index(chosen)] == ranked.best.node_id
 
 
-def test_timers_keep_exits_fresh_and_the_first_exit_a_band_ahead():
-    for window in (4, 6, 8, 60):
-        s = Settings(window_s=window)
-        # attested at most one upkeep period (+ a round's time) ago: younger than half a
-        # window, so freshness never reorders the exits
-        assert s.upkeep_s < window / 2
-        # 10 reputation per on-time round: the head start outlasts one band (5 rounds)
-        # even if the second exit gains a round on the first
-        rounds_ahead = s.head_start_s / s.upkeep_s
-        assert (rounds_ahead - 1) * 10 >= REPUTATION_BAND
+def test_lab_configs_load_and_both_exits_measure_the_same_configuration(tmp_path):
+    """One golden policy covers both exits only if their measured configuration is equal:
+    they differ in address, TPM, clock device and voucher, never in behaviour."""
+    settings = Settings(window_s=6)
+    keys = demo_config.make_keys(tmp_path, ("exit-1", "exit-2"), ("client-a",))
+    measured = []
+    for i, name in enumerate(("exit-1", "exit-2")):
+        path = demo_config.exit_config(
+            keys, name, listen_ip=f"172.31.0.{i + 1}", tcti=f"swtpm:port={2321 + i}",
+            rpc_url="http://172.31.0.254:8545", contract="0x" + "ab" * 20,
+            clock_device=tmp_path / f"clock-{name}", voucher=tmp_path / f"v-{name}.json",
+            timers=settings.timers(),
+        )  # fmt: skip
+        config = load_config(path)
+        assert config.chain.attestation_interval == settings.upkeep_s
+        assert config.security.attestation_required
+        measured.append(measured_config(config, tmp_path / f"state-{name}").read_bytes())
+    assert measured[0] == measured[1]
+    client = load_config(
+        demo_config.client_config(
+            keys, "client-a", rpc_url="http://172.31.0.254:8545", contract="0x" + "ab" * 20,
+            golden_policy=tmp_path / "golden.json", clock_device=tmp_path / "clock-client-a",
+            timers=settings.timers(),
+        )
+    )  # fmt: skip
+    # the clients re-check their exit once per registry window, which the exits attest
+    # in four times over: never stale, always younger than half a window
+    assert client.chain.attestation_interval == settings.window_s == 4 * settings.upkeep_s
+    assert client.endpoints.exit_node_id is None  # registry mode
