@@ -32,6 +32,7 @@ from l2bridge import keyfiles
 from l2bridge import link as tunnel
 from l2bridge.config import Config
 from l2bridge.constants import Mode
+from l2bridge.cover import obfuscation_settings
 from l2bridge.errors import L2BridgeError
 from l2bridge.handshake import EvidenceProvider, ServerHandshake
 from l2bridge.identity import Authorizer, HybridSigningKey, read_private_file
@@ -138,7 +139,10 @@ class ExitNode:
             header_timeout=ep.header_timeout,
         )
         self.mode = Mode.from_name(config.security.post_quantum_mode)
-        self.session_config = SessionConfig(rekey_interval=config.security.key_rotation_interval)
+        pad_to, self.cover = obfuscation_settings(config.obfuscation)
+        self.session_config = SessionConfig(
+            rekey_interval=config.security.key_rotation_interval, pad_to=pad_to
+        )
         self.evidence_provider = evidence_provider
         self.tap_config = TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr)
         self.default_policy = vlan_policy(net.vlan_allow)
@@ -212,6 +216,7 @@ class ExitNode:
                 port=ep.listen[1],
                 clock=self.clock,
                 ssl=self.tls,
+                cover=self.cover,
             )
             if self.options.status:
                 status = StatusServer(self.metrics, *self.config.status.listen).start()

@@ -26,6 +26,7 @@ from l2bridge.client import Backoff, Client, FrameLink
 from l2bridge.client_layers import pinned_attestation, registry_finder, tunnel_clock
 from l2bridge.config import Config, ConfigError, ensure_startable, load_config
 from l2bridge.constants import ATTESTATION_NONCE_SIZE, Mode
+from l2bridge.cover import obfuscation_settings
 from l2bridge.errors import L2BridgeError
 from l2bridge.failover import DialSettings
 from l2bridge.handshake import ClientHandshake, EvidenceChecker
@@ -162,7 +163,10 @@ class ClientNode:
         except TlsError as exc:
             raise ConfigError(f"endpoints.tls_ca: {exc}") from None
         self.mode = Mode.from_name(config.security.post_quantum_mode)
-        self.session_config = SessionConfig(rekey_interval=config.security.key_rotation_interval)
+        pad_to, self.cover = obfuscation_settings(config.obfuscation)
+        self.session_config = SessionConfig(
+            rekey_interval=config.security.key_rotation_interval, pad_to=pad_to
+        )
         self.evidence_checker = evidence_checker
         self.status = status
         self.metrics = Metrics("client")
@@ -181,7 +185,7 @@ class ClientNode:
             config,
             lambda policy: DialSettings(
                 self.identity, self.access_key, policy, self.certificate, self.mode,
-                self.session_config, int(ep.token_window), self.tls,
+                self.session_config, int(ep.token_window), self.tls, self.cover,
             ),
             self.metrics,
             self.clock,
@@ -214,6 +218,7 @@ class ClientNode:
             token_window=int(self.config.endpoints.token_window),
             clock=self.clock.now,
             ssl=self.tls if self.url.startswith("wss:") else None,
+            cover=self.cover,
         )
         return self.link
 

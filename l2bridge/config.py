@@ -9,7 +9,7 @@ duration like 10s, 1m or 1h, got 'soon'``.
 
 The spec's three configurations load as written. Features the spec names but
 this implementation does not have (SGX, multi-hop routing, steganography,
-cover traffic, SIEM export) are accepted; ``problems(config)`` lists them, and
+SIEM export) are accepted; ``problems(config)`` lists them, and
 ``ensure_startable`` refuses to start where running without them would be
 weaker than what the operator asked for (SGX required, multi-hop required).
 Relative paths are resolved against the configuration file's directory.
@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from l2bridge.constants import DEFAULT_PAD_TO
 from l2bridge.errors import LocalError
 from timing.config import TimeSettings, settings_from
 from timing.errors import ConfigError as TimingConfigError
@@ -83,6 +84,7 @@ class Obfuscation:
     protocol: str = "websocket"
     cover_traffic: CoverTraffic = CoverTraffic.OFF
     advanced_stego: bool = False
+    padding: int = DEFAULT_PAD_TO  # records padded to multiples of this (0: none)
 
 
 # The atomic_time section is parsed by the timing package itself (one parser for the
@@ -372,6 +374,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "protocol": _choice("websocket"),
             "cover_traffic": _cover,
             "advanced_stego": _bool,
+            "padding": _int_range(0, 16384),
         },
     ),
     "atomic_time": (AtomicTime, {}),  # parsed whole by _atomic_time
@@ -553,8 +556,10 @@ def problems(config: Config) -> list[Problem]:
             out.append(Problem(f"exit_nodes.{name}", "only meaningful with multi-hop", False))
     if config.obfuscation.advanced_stego:
         out.append(Problem("obfuscation.advanced_stego", "steganography is not implemented", False))
-    if config.obfuscation.cover_traffic is not CoverTraffic.OFF:
-        out.append(Problem("obfuscation.cover_traffic", "cover traffic is not generated", False))
+    if config.obfuscation.cover_traffic is not CoverTraffic.OFF and not config.obfuscation.enabled:
+        out.append(
+            Problem("obfuscation.cover_traffic", "needs obfuscation.enabled: none is sent", False)
+        )
     if not config.obfuscation.enabled:
         out.append(
             Problem("obfuscation.enabled", "the tunnel always looks like a WebSocket", False)

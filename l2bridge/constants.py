@@ -110,3 +110,9 @@ CERT_SERIAL_SIZE = 16
 MAX_NAME_SIZE = 255
 MAX_REASON_SIZE = 255
 MAX_LIST_ENTRIES = 100_000
+
+# Cover traffic (l2bridge.cover): mean records/s, padding bytes min..max, byte budget per
+# second, idle time before cover starts. Sizes stay under one Ethernet frame.
+COVER_ON = (1.0, 64, 1200, 4096.0, 1.0)
+COVER_AGGRESSIVE = (10.0, 64, 1400, 32768.0, 0.2)
+DEFAULT_PAD_TO = 256  # obfuscation.padding: records padded to multiples of this

@@ -43,6 +43,7 @@ from attestation.errors import AttestationRefused, EvidenceError
 from attestation.policy import GoldenPolicy
 from l2bridge import link as tunnel
 from l2bridge.constants import Mode
+from l2bridge.cover import CoverPlan
 from l2bridge.errors import L2BridgeError, NoExitAvailable, PeerError
 from l2bridge.handshake import ClientHandshake
 from l2bridge.identity import DeviceCertificate, HybridSigningKey
@@ -119,6 +120,7 @@ class DialSettings:
     session_config: SessionConfig | None = None
     token_window: int = 60
     tls: ssl.SSLContext | None = None  # for wss:// endpoints (None: the system's CAs)
+    cover: CoverPlan | None = None  # cover traffic on idle links (obfuscation.cover_traffic)
 
 
 class ExitFinder:
@@ -243,6 +245,7 @@ class ExitFinder:
                     token_window=self.settings.token_window,
                     clock=self._clock,
                     ssl=self.settings.tls if cand.endpoint.startswith("wss:") else None,
+                    cover=self.settings.cover,
                 )
         except PeerError:
             self._refuse(cand, "; ".join(checker.reasons) or "handshake failed")

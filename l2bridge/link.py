@@ -28,6 +28,9 @@ in counter order, which the ordered session requires; control records (rekey
 init/reply, close notice) are written the moment they are sealed. Rekeys are
 driven from outside: whoever owns the clock calls ``link.rekey(epoch)`` on
 epoch boundaries (the client starts them; the exit follows in-band).
+
+With a ``cover`` plan (l2bridge.cover) an idle link also sends padding-only records at
+random intervals within a byte budget, written like any other record.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -43,6 +47,7 @@ from typing import Protocol, cast
 from websockets.asyncio.server import Server, ServerConnection
 
 from l2bridge.constants import MAX_RECORD_SIZE
+from l2bridge.cover import CoverPlan
 from l2bridge.errors import KeyExpired, PeerError, StateError
 from l2bridge.records import Buffer
 from l2bridge.session import Closed, PeerAuthenticated, RekeyCompleted, Session
@@ -126,8 +131,12 @@ class Link:
         is_client: bool,
         clock: Clock = time.time,
         queue_batches: int = LINK_QUEUE_BATCHES,
+        cover: CoverPlan | None = None,
     ) -> None:
         self._ws = ws
+        self._cover = cover
+        self._ended = asyncio.Event()  # set once sending has stopped for good
+        self.cover_sent = 0
         self.session = session
         self.is_client = is_client
         self._clock = clock
@@ -160,6 +169,8 @@ class Link:
             asyncio.create_task(self._writer(), name="link-writer"),
             asyncio.create_task(self._watch(), name="link-watch"),
         ]
+        if self._cover is not None:
+            self._tasks.append(asyncio.create_task(self._send_cover(self._cover), name="cover"))
 
     @property
     def peer_authenticated(self) -> bool:
@@ -340,6 +351,7 @@ class Link:
         finally:
             self._writer_busy = True
             self._send_done = True
+            self._ended.set()
             # Release senders blocked on a full queue; their frames are dropped.
             while not self._out.empty():
                 self._out.get_nowait()
@@ -414,10 +426,38 @@ class Link:
         self._recv_done = True
         self._in_ready.set()
         self._send_done = True
+        self._ended.set()
         self._writer_busy = True
         self._resume_in()
         with contextlib.suppress(asyncio.QueueFull):
             self._out.put_nowait(_CLOSE)
+
+    # --- cover traffic ------------------------------------------------------------
+
+    async def _send_cover(self, plan: CoverPlan) -> None:
+        """Padding-only records at random intervals while no data goes out (l2bridge.cover)."""
+        rng = random.SystemRandom()  # intervals and sizes an observer cannot predict
+        tokens, last = plan.budget, time.monotonic()
+        while not self._ended.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), plan.next_delay(rng))
+                return
+            now = time.monotonic()
+            tokens = min(plan.budget, tokens + (now - last) * plan.budget)
+            last = now
+            # ready_to_send is False until the exit has the client's ClientFinish.
+            if now - self._last_write < plan.idle_s or self._pending or not self.ready_to_send:
+                continue  # data is flowing (or waiting): it is its own cover
+            size = plan.size(rng)
+            if size > tokens:
+                continue
+            try:
+                record = self.session.seal_cover(size, self._clock())
+                self._write(record)
+            except (KeyExpired, StateError, TransportClosed):
+                return  # the data path notices and ends the link
+            tokens -= len(record)
+            self.cover_sent += 1
 
     async def _watch(self) -> None:
         """Notices the connection ending under us (peer gone, TCP reset)."""
@@ -440,6 +480,7 @@ async def connect(
     token_window: int = 60,
     clock: Clock = time.time,
     queue_batches: int = LINK_QUEUE_BATCHES,
+    cover: CoverPlan | None = None,
     **transport_kwargs: object,
 ) -> Link:
     """Open a tunnel to the exit ``node_id`` at ``url``.
@@ -473,7 +514,7 @@ async def connect(
     except BaseException:
         await ws.close()
         raise
-    link = Link(ws, session, is_client=True, clock=clock, queue_batches=queue_batches)
+    link = Link(ws, session, is_client=True, clock=clock, queue_batches=queue_batches, cover=cover)
     link.start()
     return link
 
@@ -487,6 +528,7 @@ async def serve(
     port: int,
     clock: Clock = time.time,
     queue_batches: int = LINK_QUEUE_BATCHES,
+    cover: CoverPlan | None = None,
     handshake_workers: int = HANDSHAKE_WORKERS,
     **transport_kwargs: object,
 ) -> Server:
@@ -528,7 +570,10 @@ async def serve(
             log.error("tunnel handshake failed locally: %s: %s", type(exc).__name__, exc)
             await connection.close(code=CLOSE_INTERNAL_ERROR)
             return
-        link = Link(ws, session, is_client=False, clock=clock, queue_batches=queue_batches)
+        link = Link(
+            ws, session, is_client=False, clock=clock, queue_batches=queue_batches,
+            cover=cover,
+        )  # fmt: skip
         link.start()
         try:
             await on_link(link)

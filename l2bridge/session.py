@@ -151,12 +151,14 @@ class SessionStats:
     """Counters a driver exports as metrics; ``drops`` is keyed by reason."""
 
     __slots__ = (
-        "bytes_received", "bytes_sent", "drops", "frames_received", "frames_sent",
-        "key_expired", "records_received", "records_sent", "rekeys",
+        "bytes_received", "bytes_sent", "cover_received", "cover_sent", "drops",
+        "frames_received", "frames_sent", "key_expired", "records_received", "records_sent",
+        "rekeys",
     )  # fmt: skip
 
     def __init__(self) -> None:
         self.records_sent = self.records_received = 0
+        self.cover_sent = self.cover_received = 0  # padding-only DATA records
         self.frames_sent = self.frames_received = 0
         self.bytes_sent = self.bytes_received = 0
         self.rekeys = 0
@@ -280,6 +282,24 @@ class Session:
         st.bytes_sent += len(record)
         return record
 
+    def seal_cover(self, size: int, now: float) -> bytearray:
+        """A padding-only DATA record (cover traffic): no frames, ``size`` bytes of padding
+        rounded up to ``pad_to``. The peer drops it after authenticating it and counts it."""
+        if not self.established:
+            raise StateError("session not established")
+        if not 0 <= size <= MAX_RECORD_PLAINTEXT // 2:
+            raise ValueError("cover size out of range")
+        self._send_key_checked(now)
+        padding = size
+        if self.config.pad_to:
+            padding += (-(size + FRAME_LENGTH_SIZE)) % self.config.pad_to
+        record = self._keys.send.seal_frames((), padding)
+        st = self.stats
+        st.records_sent += 1
+        st.cover_sent += 1
+        st.bytes_sent += len(record)
+        return record
+
     def seal_batches(
         self, frames: list[Buffer] | tuple[Buffer, ...], now: float
     ) -> list[bytearray]:
@@ -391,6 +411,9 @@ class Session:
                     frames = split_frames(plaintext)
                 except RecordRejected as rejected:
                     st.drops[rejected.reason] += 1
+                    return Received()
+                if not frames:
+                    st.cover_received += 1  # cover traffic: authentic, nothing to deliver
                     return Received()
                 st.frames_received += len(frames)
                 return Received(frames)
