@@ -472,17 +472,29 @@ def step_failover(w: World) -> str:
                 continue
             if _info(doc, "exit_node_id") == new_id and _info(doc, "exit_event") == "connected":
                 moved[name] = round(time.monotonic() - changed, 2)
-                w.facts.setdefault("refused_count", {})[name] = _gauge(doc, "exits_refused")
         time.sleep(0.2)
     w.facts["failover_s"] = moved
     w.marks["clients moved"] = time.monotonic()
+    w.facts["refusals"] = {n: refusal_reason(w, n, _exit_id(w, old)[:16]) for n in w.client_names}
     if len(moved) < len(w.client_names):
         raise StepFailed(f"clients on {new} after the PCR change: {sorted(moved)} only")
+    unrefused = [n for n, why in w.facts["refusals"].items() if not why]
+    if unrefused:
+        raise StepFailed(f"{unrefused} moved without logging a refusal of {old}")
     shown = ", ".join(f"{n} after {s:.1f} s" for n, s in moved.items())
     return (
         f"PCR 23 of {old} extended; both clients refused it and moved to {new}: {shown} "
         f"(re-check every {w.settings.window_s} s)"
     )
+
+
+def refusal_reason(w: World, client: str, short_id: str) -> str:
+    """The first reason ``client`` logged for refusing the exit ``short_id`` ("" if none)."""
+    marker = f"exit {short_id} refused: "
+    for line in w.log(client).read_text(errors="replace").splitlines():
+        if marker in line:
+            return line.split(marker, 1)[1].strip()
+    return ""
 
 
 def _exit_id(w: World, name: str) -> str:
