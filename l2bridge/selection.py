@@ -159,11 +159,16 @@ class Refusals:
         return self._refused.get(node_id)
 
     def blocks(self, candidate: Candidate) -> str | None:
-        """Why ``candidate`` stays refused, or None. A newer on-chain attestation lifts it."""
+        """Why ``candidate`` stays refused, or None.
+
+        Only an on-chain attestation made after the refusal lifts it. One that is merely
+        newer than the record we dialled from may have been made before the exit changed
+        (it attests every few seconds), so it proves nothing about what runs now.
+        """
         refusal = self._refused.get(candidate.node_id)
         if refusal is None:
             return None
-        if candidate.attested_at > refusal.attested_at:
+        if candidate.attested_at > max(refusal.attested_at, refusal.at):
             del self._refused[candidate.node_id]
             return None
         return f"refused: {refusal.reason}"

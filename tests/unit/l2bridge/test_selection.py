@@ -82,8 +82,13 @@ def test_refused_until_it_attests_on_chain_again():
     assert "PCR 23 changed" in ranking.excluded[0].reason
     # same on-chain attestation: still refused, even after a long time
     assert ids(rank([first], POLICY, refusals, NOW + 100)) == []
-    # a newer on-chain attestation lifts the refusal
-    newer = replace(first, last_attestation=first.last_attestation + 30)
+    # an attestation newer than the one we dialled from but made before we refused
+    # (the exit attests every few seconds) does not lift it
+    racing = replace(first, last_attestation=NOW - 0.5)
+    assert racing.last_attestation > first.last_attestation
+    assert ids(rank([racing], POLICY, refusals, NOW + 100)) == []
+    # an on-chain attestation made after the refusal lifts it
+    newer = replace(first, last_attestation=NOW + 30)
     assert ids(rank([newer, Record(nid(2))], POLICY, refusals, NOW + 100)) == [nid(1), nid(2)]
     assert refusals.refusal(nid(1)) is None
 
