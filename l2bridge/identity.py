@@ -41,6 +41,7 @@ from l2bridge.constants import (
     MAX_LIST_ENTRIES,
     MAX_NAME_SIZE,
     MAX_REASON_SIZE,
+    MAX_VERIFIED_CERTIFICATES,
     MLDSA_PUBLIC_SIZE,
     MLDSA_SEED_SIZE,
     MLDSA_SIGNATURE_SIZE,
@@ -458,6 +459,11 @@ class Authorizer:
         self._admins = {node_id(k): k for k in admin_keys}
         self._allow = allow_list or AllowList()
         self._lists: dict[bytes, RevocationList] = {}
+        # Certificates whose admin signature already verified (SHA-256 of the whole
+        # encoding). A certificate is immutable, so a session's re-authorisation at every
+        # rekey checks expiry, revocation and the allow-list without spending another
+        # ML-DSA verification; bounded, and cleared rather than grown.
+        self._verified: set[bytes] = set()
         for rl in revocations:
             self.update_revocations(rl)
 
@@ -486,10 +492,15 @@ class Authorizer:
         admin = self._admins.get(certificate.issuer)
         if admin is None:
             raise NotAuthorized("certificate from an unknown admin")
-        try:
-            admin.verify(CERT_LABEL, certificate.signed_part(), certificate.signature)
-        except AuthenticationFailed:
-            raise NotAuthorized("certificate signature invalid") from None
+        digest = hashlib.sha256(certificate.encode()).digest()
+        if digest not in self._verified:
+            try:
+                admin.verify(CERT_LABEL, certificate.signed_part(), certificate.signature)
+            except AuthenticationFailed:
+                raise NotAuthorized("certificate signature invalid") from None
+            if len(self._verified) >= MAX_VERIFIED_CERTIFICATES:
+                self._verified.clear()
+            self._verified.add(digest)
         if now + CERT_ISSUE_SKEW_SECONDS < certificate.issued:
             raise NotAuthorized("certificate not yet valid")
         if now >= certificate.expires:

@@ -218,3 +218,34 @@ def test_issue_refuses_impossible_times(device, admin) -> None:
         admin.issue(device.public, "", "o", 1, 2)
     with pytest.raises(ValueError):
         admin.issue(device.public, "n" * 256, "o", 1, 2)
+
+
+def test_authorizer_verifies_a_certificate_signature_once_but_rechecks_the_rest(
+    device, admin, cert, monkeypatch
+) -> None:
+    import dataclasses
+
+    authorizer = Authorizer([admin.public])
+    calls = []
+    real_verify = type(admin.public).verify
+
+    def counting_verify(self, *args, **kwargs):
+        calls.append(args[0])
+        return real_verify(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(admin.public), "verify", counting_verify)
+    authorizer.authorize(device.public, cert, NOW)
+    authorizer.authorize(device.public, cert, NOW + 1)
+    assert len(calls) == 1  # the second admission (a rekey) spends no signature check
+    # what can change is checked every time: expiry and revocation
+    with pytest.raises(NotAuthorized, match="not authorized"):
+        authorizer.authorize(device.public, cert, cert.expires)
+    authorizer.update_revocations(admin.revoke(None, cert.serial, "stolen", NOW))
+    with pytest.raises(NotAuthorized) as exc:
+        authorizer.authorize(device.public, cert, NOW + 2)
+    assert exc.value.detail == "certificate revoked"
+    # a certificate that differs in any byte (here: a tampered expiry) is verified anew
+    longer = dataclasses.replace(cert, expires=cert.expires + 10**6)
+    with pytest.raises(NotAuthorized) as exc:
+        Authorizer([admin.public]).authorize(device.public, longer, NOW)
+    assert exc.value.detail == "certificate signature invalid"
