@@ -34,7 +34,7 @@ from timing.constants import (
     REASON_UNEXPECTED,
 )
 from timing.errors import Prs10Error
-from timing.lines import LineSplitter, Overlong
+from timing.lines import Line, QueryClient
 
 MAX_REPLY = 64
 ST5_PLL_ACTIVE = 0x04
@@ -165,48 +165,26 @@ def encode_time_tag(seconds: float) -> bytes:
     return f"{round(seconds * 1e9)}\r".encode()
 
 
-class Prs10Client:
+class Prs10Client(QueryClient[Command, Event]):
     """One outstanding query at a time, replies matched in order."""
 
     def __init__(self, reply_timeout: float = PRS10_REPLY_TIMEOUT) -> None:
-        self._timeout = reply_timeout
-        self._lines = LineSplitter(MAX_REPLY)
-        self._pending: tuple[Command, float] | None = None
+        super().__init__(reply_timeout, MAX_REPLY)
 
-    @property
-    def busy(self) -> bool:
-        return self._pending is not None
-
-    def request(self, command: Command, now: float) -> bytes:
-        if self._pending is not None:
-            raise Prs10Error(REASON_UNEXPECTED, "query outstanding")
-        self._pending = (command, now)
+    def _encode(self, command: Command) -> bytes:
         return command.value.encode() + b"?\r"
 
-    def feed(self, data: bytes, now: float) -> list[Event]:
-        out: list[Event] = []
-        for item in self._lines.feed(data, now):
-            pending = self._pending
-            self._pending = None
-            if isinstance(item, Overlong):
-                out.append(Rejected(REASON_TOO_LONG, pending[0] if pending else None))
-            elif pending is None:
-                out.append(Rejected(REASON_UNEXPECTED, None))
-            else:
-                try:
-                    out.append(parse_reply(pending[0], item.data, item.received))
-                except Prs10Error as exc:
-                    out.append(Rejected(exc.reason, pending[0]))
-        return out
+    def _busy_error(self) -> Exception:
+        return Prs10Error(REASON_UNEXPECTED, "query outstanding")
 
-    def expire(self, now: float) -> list[Event]:
-        if self._pending is not None and now - self._pending[1] > self._timeout:
-            command = self._pending[0]
-            self._pending = None
-            self._lines.reset()
-            return [TimedOut(command)]
-        return []
+    def _reply(self, command: Command, sent: float, line: Line) -> Event:
+        try:
+            return parse_reply(command, line.data, line.received)
+        except Prs10Error as exc:
+            return Rejected(exc.reason, command)
 
-    def reset(self) -> None:
-        self._pending = None
-        self._lines.reset()
+    def _rejected(self, reason: str, command: Command | None) -> Event:
+        return Rejected(reason, command)
+
+    def _timed_out(self, command: Command) -> Event:
+        return TimedOut(command)

@@ -34,7 +34,7 @@ from timing.constants import (
     SCPI_REPLY_TIMEOUT,
 )
 from timing.errors import ScpiError
-from timing.lines import Line, LineSplitter, Overlong
+from timing.lines import Line, QueryClient
 
 MAX_REPLY = 128
 _SECONDS_PER_DAY = 86400
@@ -241,57 +241,29 @@ def parse_command(line: bytes) -> Query:
 # --- the client state machine --------------------------------------------------------------
 
 
-class ScpiClient:
+class ScpiClient(QueryClient[Query, Event]):
     """One outstanding query at a time; bytes out from :meth:`request`, events from :meth:`feed`."""
 
     def __init__(self, reply_timeout: float = SCPI_REPLY_TIMEOUT) -> None:
-        self._timeout = reply_timeout
-        self._lines = LineSplitter(MAX_REPLY)
-        self._pending: tuple[Query, float] | None = None
+        super().__init__(reply_timeout, MAX_REPLY)
 
-    @property
-    def busy(self) -> bool:
-        return self._pending is not None
-
-    def request(self, query: Query, now: float) -> bytes:
-        """Bytes to write for ``query``; ScpiError if a query is still outstanding."""
-        if self._pending is not None:
-            raise ScpiError(REASON_UNEXPECTED, "query outstanding")
-        self._pending = (query, now)
+    def _encode(self, query: Query) -> bytes:
         return query.value.encode() + b"\n"
 
-    def feed(self, data: bytes, now: float) -> list[Event]:
-        out: list[Event] = []
-        for item in self._lines.feed(data, now):
-            pending = self._pending
-            self._pending = None
-            if isinstance(item, Overlong):
-                out.append(Rejected(REASON_TOO_LONG, pending[0] if pending else None))
-                continue
-            if pending is None:
-                out.append(Rejected(REASON_UNEXPECTED, None))
-                continue
-            out.append(self._reply(pending, item))
-        return out
+    def _busy_error(self) -> Exception:
+        return ScpiError(REASON_UNEXPECTED, "query outstanding")
 
-    def _reply(self, pending: tuple[Query, float], item: Line) -> Event:
-        query, sent = pending
+    def _reply(self, query: Query, sent: float, line: Line) -> Event:
         try:
-            reply = parse_reply(query, item.data)
+            reply = parse_reply(query, line.data)
         except ScpiError as exc:
             return Rejected(exc.reason, query)
         if isinstance(reply, TimeOfDay):
-            return TimeOfDay(reply.seconds_of_day, sent, item.received)
+            return TimeOfDay(reply.seconds_of_day, sent, line.received)
         return reply
 
-    def expire(self, now: float) -> list[Event]:
-        if self._pending is not None and now - self._pending[1] > self._timeout:
-            query = self._pending[0]
-            self._pending = None
-            self._lines.reset()
-            return [TimedOut(query)]
-        return []
+    def _rejected(self, reason: str, query: Query | None) -> Event:
+        return Rejected(reason, query)
 
-    def reset(self) -> None:
-        self._pending = None
-        self._lines.reset()
+    def _timed_out(self, query: Query) -> Event:
+        return TimedOut(query)
