@@ -107,10 +107,10 @@ def split_frames(plaintext: bytes) -> list[memoryview]:
     return frames
 
 
-class SendKey:
-    """One direction's sealing key for one epoch; counters start at 0 and never repeat."""
+class _EpochKey:
+    """One direction's AEAD key and IV for one key generation; ``wipe`` zeroes them."""
 
-    __slots__ = ("_aead", "_iv", "_iv_int", "_key", "created", "epoch", "next_counter")
+    __slots__ = ("_aead", "_iv", "_iv_int", "_key", "created", "epoch")
 
     def __init__(self, cipher: Cipher, key: bytearray, iv: bytearray, epoch: int, now: float):
         self._key, self._iv = key, iv
@@ -118,6 +118,25 @@ class SendKey:
         self._iv_int = int.from_bytes(iv, "big")
         self.epoch = epoch
         self.created = now
+
+    @property
+    def wiped(self) -> bool:
+        return self._aead is None
+
+    def wipe(self) -> None:
+        wipe(self._key)
+        wipe(self._iv)
+        self._aead = None
+        self._iv_int = 0
+
+
+class SendKey(_EpochKey):
+    """One direction's sealing key for one epoch; counters start at 0 and never repeat."""
+
+    __slots__ = ("next_counter",)
+
+    def __init__(self, cipher: Cipher, key: bytearray, iv: bytearray, epoch: int, now: float):
+        super().__init__(cipher, key, iv, epoch, now)
         self.next_counter = 0
 
     def _start(self, rtype: int, body_size: int) -> tuple[bytearray, bytes, Aead]:
@@ -165,28 +184,14 @@ class SendKey:
                           view[:RECORD_HEADER_SIZE], view[RECORD_HEADER_SIZE:])  # fmt: skip
         return out
 
-    @property
-    def wiped(self) -> bool:
-        return self._aead is None
 
-    def wipe(self) -> None:
-        wipe(self._key)
-        wipe(self._iv)
-        self._aead = None
-        self._iv_int = 0
-
-
-class RecvKey:
+class RecvKey(_EpochKey):
     """One direction's opening key for one epoch, with its own replay window."""
 
-    __slots__ = ("_aead", "_iv", "_iv_int", "_key", "created", "epoch", "records", "window")
+    __slots__ = ("records", "window")
 
     def __init__(self, cipher: Cipher, key: bytearray, iv: bytearray, epoch: int, now: float):
-        self._key, self._iv = key, iv
-        self._aead: Aead | None = make_aead(cipher, key)
-        self._iv_int = int.from_bytes(iv, "big")
-        self.epoch = epoch
-        self.created = now
+        super().__init__(cipher, key, iv, epoch, now)
         self.records = 0
         self.window = ReplayWindow()
 
@@ -210,13 +215,3 @@ class RecvKey:
         self.window.commit(counter)
         self.records += 1
         return plaintext
-
-    @property
-    def wiped(self) -> bool:
-        return self._aead is None
-
-    def wipe(self) -> None:
-        wipe(self._key)
-        wipe(self._iv)
-        self._aead = None
-        self._iv_int = 0
