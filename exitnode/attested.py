@@ -35,7 +35,8 @@ from exitnode.upkeep import RegistryUpkeep
 from l2bridge.config import Config
 from l2bridge.metrics import Metrics
 from l2bridge.rotation import RekeyTally, TunnelClock
-from timing.config import build, settings_from
+from timing.chrony import ChronyFeeder
+from timing.config import build, feeders, settings_from
 from timing.sources import Source
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class AttestedExit:
         *,
         lifecycle: ExitLifecycle | None = None,
         upkeep: RegistryUpkeep | None = None,
-        sources: list[Source] | None = None,
+        sources: list[Source | ChronyFeeder] | None = None,
     ) -> None:
         self.clock = clock
         self.metrics = metrics
@@ -120,9 +121,10 @@ class AttestedExit:
     ) -> AttestedExit:
         """Raises AttestationUnavailable when attestation is required and impossible."""
         time_settings = settings_from(config.atomic_time)
-        sources: list[Source] = []
+        sources: list[Source | ChronyFeeder] = []
         if time_settings.enabled and time_settings.sources:
-            disciplined, sources = build(time_settings)
+            disciplined, clock_sources = build(time_settings)
+            sources = [*clock_sources, *feeders(time_settings, disciplined)]
             clock = TunnelClock(disciplined)
         else:
             clock = TunnelClock(None)

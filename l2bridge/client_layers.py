@@ -35,7 +35,8 @@ from l2bridge.handshake import EvidenceChecker as CheckEvidence
 from l2bridge.metrics import Metrics
 from l2bridge.rotation import TunnelClock
 from l2bridge.selection import Candidate, NodeRecord, SelectionPolicy
-from timing.config import build, settings_from
+from timing.chrony import ChronyFeeder
+from timing.config import build, feeders, settings_from
 from timing.sources import Source
 
 
@@ -72,12 +73,12 @@ class ChainRegistry:
         return record
 
 
-def tunnel_clock(config: Config) -> tuple[TunnelClock, list[Source]]:
-    """The clock rotations run on, and its (not yet started) sources."""
+def tunnel_clock(config: Config) -> tuple[TunnelClock, list[Source | ChronyFeeder]]:
+    """The clock rotations run on, its (not yet started) sources and its chrony feed."""
     settings = settings_from(config.atomic_time)
     if settings.enabled and settings.sources:
         clock, sources = build(settings)
-        return TunnelClock(clock), sources
+        return TunnelClock(clock), [*sources, *feeders(settings, clock)]
     return TunnelClock(None), []
 
 

@@ -9,17 +9,20 @@ system time), ``int pulse`` (1 if only the offset within the second is known), `
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 
 from timing.clock import DisciplinedClock
-from timing.constants import CHRONY_SOCK_MAGIC
+from timing.constants import CHRONY_FEED_INTERVAL, CHRONY_SOCK_MAGIC
 from timing.errors import SourceError, TimingError
 
 SOCK_SAMPLE = struct.Struct("@qqdiiii")
+log = logging.getLogger(__name__)
 
 
 def pack_sample(system_time: float, offset: float, pulse: bool = False, leap: int = 0) -> bytes:
@@ -77,3 +80,43 @@ class ChronyFeed:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.close()
+
+
+class ChronyFeeder:
+    """Runs a :class:`ChronyFeed` in a daemon thread, one sample every ``interval`` seconds.
+
+    Started and stopped like a time source (``start``/``stop`` are idempotent). A socket
+    that is not there yet (chronyd not started) is retried quietly; the first failure of a
+    run is logged once, so an operator sees why chrony hears nothing.
+    """
+
+    def __init__(self, feed: ChronyFeed, interval: float = CHRONY_FEED_INTERVAL) -> None:
+        self.feed = feed
+        self.interval = interval
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="chrony-feed", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        warned = False
+        while not self._stop.wait(self.interval):
+            try:
+                self.feed.send()
+            except SourceError as exc:
+                self.failures += 1
+                if not warned:
+                    log.warning("%s (will keep trying)", exc)
+                    warned = True
+            else:
+                warned = False
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.feed.close()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from hardware.pps import DcdPps, KernelPps, PpsReader
 from hardware.serial_port import PySerialPort, SerialSettings
+from timing.chrony import ChronyFeed, ChronyFeeder
 from timing.clock import DisciplinedClock
 from timing.constants import (
     DEFAULT_BAUDRATE,
@@ -205,3 +206,14 @@ def build(
         else:
             sources.append(ScpiSource(name, clock, port))
     return clock, sources
+
+
+def feeders(settings: TimeSettings, clock: DisciplinedClock) -> list[ChronyFeeder]:
+    """What the running node feeds from its clock: chronyd's SOCK refclock when configured.
+
+    Started and stopped beside the sources by the node (not by ``shadowmesh clock status``,
+    which only looks).
+    """
+    if not settings.enabled or settings.chrony_socket is None:
+        return []
+    return [ChronyFeeder(ChronyFeed(settings.chrony_socket, clock))]

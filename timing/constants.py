@@ -72,6 +72,7 @@ EPOCH_EARLY_WAKE = 0.002  # sleep until this long before a boundary, then finish
 EPOCH_TWO_STAGE = 1.5
 
 # --- chrony SOCK refclock ----------------------------------------------------------------
+CHRONY_FEED_INTERVAL = 1.0  # seconds between samples sent to chronyd
 CHRONY_SOCK_MAGIC = 0x534F434B
 
 # --- parse-error reasons (stable codes for counters) -------------------------------------

@@ -2,6 +2,7 @@ import asyncio
 import os
 import socket
 import tempfile
+import time
 
 import pytest
 
@@ -178,3 +179,54 @@ def test_settings_from_config_dataclass_and_mapping():
         with pytest.raises(ConfigError) as info:
             settings_from(bad)
         assert info.value.field == field
+
+
+def test_node_feeds_chrony_when_configured_and_survives_a_missing_socket():
+    from l2bridge.client_layers import tunnel_clock
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "chrony.sock")
+        cfg = config_from_mapping(
+            {
+                "atomic_time": {
+                    "enabled": True,
+                    "sources": [{"gpsdo": "/dev/nonexistent-sm-gps"}],
+                    "consensus_quorum": 1,
+                    "chrony_socket": path,
+                }
+            },
+            env={},
+        )
+        _clock, runners = tunnel_clock(cfg)
+        feeders = [r for r in runners if isinstance(r, chrony.ChronyFeeder)]
+        assert len(feeders) == 1 and feeders[0].feed.path == path
+        feeders[0].stop()  # never started: stopping closes its socket
+        # without chrony_socket there is no feeder; `clock status` (build) never feeds
+        plain = config_from_mapping(
+            {"atomic_time": {"enabled": True, "sources": [{"gpsdo": "/dev/x"}]}}, env={}
+        )
+        assert not any(isinstance(r, chrony.ChronyFeeder) for r in tunnel_clock(plain)[1])
+
+        local = [100.0]
+        c = clk.DisciplinedClock(local_clock=lambda: local[0], system_clock=lambda: local[0])
+        c.note("s", "ok", True)
+        c.ingest(Sample("s", 100.0, 0.5, 1e-6))
+        # chronyd not started yet: the feeder keeps trying and never raises
+        early = chrony.ChronyFeeder(chrony.ChronyFeed(path, c, system=lambda: local[0]), 0.01)
+        early.start()
+        deadline = time.monotonic() + 5
+        while early.failures < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        early.stop()
+        assert early.failures >= 2
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        server.bind(path)
+        server.settimeout(5)
+        feeder = chrony.ChronyFeeder(chrony.ChronyFeed(path, c, system=lambda: local[0]), 0.01)
+        try:
+            feeder.start()
+            _t, offset, _p, _l = chrony.unpack_sample(server.recv(64))
+            assert offset == pytest.approx(0.5)
+        finally:
+            feeder.stop()
+            server.close()
