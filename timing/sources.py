@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from hardware.pps import PpsError, PpsReader
@@ -151,7 +152,56 @@ def label_pps(edge_local: float, fix: nmea.GnssTime, delay: float) -> float | No
     return fix.label + whole
 
 
-class GpsdoSource(SerialSource):
+class PpsSerialSource(SerialSource, ABC):
+    """A serial source that may also read a 1 PPS edge (DCD line or /dev/ppsN).
+
+    The edge thread is the same for every device; what a second is called (``_label``)
+    is the device's own business: NMEA's last fix for a GPSDO, the disciplined clock for
+    a rubidium that only says it is locked.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        clock: DisciplinedClock,
+        port: SerialPort,
+        *,
+        pps: PpsReader | None,
+        pps_jitter: float,
+        realtime: Callable[[], float],
+    ) -> None:
+        super().__init__(name, clock, port)
+        self.pps = pps
+        self.pps_jitter = pps_jitter
+        self._realtime = realtime
+
+    def start(self) -> None:
+        if not self._threads:
+            self._spawn(self._run, "serial")
+            if self.pps is not None:
+                self._spawn(self._pps_run, "pps")
+
+    @abstractmethod
+    def _label(self, local: float) -> Sample | None:
+        """The sample for an edge seen at local time ``local``, or None to skip it."""
+
+    def _pps_run(self) -> None:
+        assert self.pps is not None
+        while not self._stop.is_set():
+            try:
+                edge = self.pps.wait(0.5)
+            except PpsError as exc:
+                self.clock.note(self.name, "pps-lost", False, str(exc)[:120])
+                self._stop.wait(REOPEN_INTERVAL)
+                continue
+            if edge is None:
+                continue
+            sample = self._label(edge.realtime - (self._realtime() - self.clock.local()))
+            if sample is not None:
+                self.clock.ingest(sample)
+
+
+class GpsdoSource(PpsSerialSource):
     kind = "gpsdo"
 
     def __init__(
@@ -166,22 +216,13 @@ class GpsdoSource(SerialSource):
         pps_jitter: float = PPS_JITTER_DEFAULT,
         realtime: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(name, clock, port)
+        super().__init__(name, clock, port, pps=pps, pps_jitter=pps_jitter, realtime=realtime)
         self.delay = delay
         self.uncertainty = uncertainty
-        self.pps = pps
-        self.pps_jitter = pps_jitter
-        self._realtime = realtime
         self._lines = LineSplitter()
         self._tracker = nmea.NmeaTimeTracker()
         self._fix: nmea.GnssTime | None = None
         self._fix_lock = threading.Lock()
-
-    def start(self) -> None:
-        if not self._threads:
-            self._spawn(self._run, "serial")
-            if self.pps is not None:
-                self._spawn(self._pps_run, "pps")
 
     def on_open(self) -> None:
         self._lines.reset()
@@ -218,25 +259,15 @@ class GpsdoSource(SerialSource):
                 Sample(self.name, fix.received, offset, self.uncertainty / 4, self.uncertainty)
             )
 
-    def _pps_run(self) -> None:
-        assert self.pps is not None
-        while not self._stop.is_set():
-            try:
-                edge = self.pps.wait(0.5)
-            except PpsError as exc:
-                self.clock.note(self.name, "pps-lost", False, str(exc)[:120])
-                self._stop.wait(REOPEN_INTERVAL)
-                continue
-            if edge is None:
-                continue
-            local = edge.realtime - (self._realtime() - self.clock.local())
-            with self._fix_lock:
-                fix = self._fix
-            if fix is None or not fix.valid:
-                continue
-            label = label_pps(local, fix, self.delay)
-            if label is not None:
-                self.clock.ingest(Sample(self.name, local, label - local, self.pps_jitter, 0.0))
+    def _label(self, local: float) -> Sample | None:
+        with self._fix_lock:
+            fix = self._fix
+        if fix is None or not fix.valid:
+            return None
+        label = label_pps(local, fix, self.delay)
+        if label is None:
+            return None
+        return Sample(self.name, local, label - local, self.pps_jitter, 0.0)
 
 
 class ScpiSource(SerialSource):
@@ -305,7 +336,7 @@ class ScpiSource(SerialSource):
             self.clock.ingest(Sample(self.name, mid, utc - mid, max(half_rtt / 2, 1e-6), bias))
 
 
-class Prs10Source(SerialSource):
+class Prs10Source(PpsSerialSource):
     kind = "rubidium-prs10"
 
     def __init__(
@@ -319,11 +350,8 @@ class Prs10Source(SerialSource):
         pps_jitter: float = PPS_JITTER_DEFAULT,
         realtime: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(name, clock, port)
+        super().__init__(name, clock, port, pps=pps, pps_jitter=pps_jitter, realtime=realtime)
         self.poll_interval = poll_interval
-        self.pps = pps
-        self.pps_jitter = pps_jitter
-        self._realtime = realtime
         self._client = prs10.Prs10Client()
         self._queue: list[prs10.Command] = []
         self._next_poll = 0.0
@@ -331,12 +359,6 @@ class Prs10Source(SerialSource):
         self.time_tag: float | None = None
         self._status: prs10.StatusBytes | None = None
         self._locked = False
-
-    def start(self) -> None:
-        if not self._threads:
-            self._spawn(self._run, "serial")
-            if self.pps is not None:
-                self._spawn(self._pps_run, "pps")
 
     def on_open(self) -> None:
         self._client.reset()
@@ -375,28 +397,20 @@ class Prs10Source(SerialSource):
         elif isinstance(event, prs10.TimeTag):
             self.time_tag = event.seconds
 
-    def _pps_run(self) -> None:
-        assert self.pps is not None
-        while not self._stop.is_set():
-            try:
-                edge = self.pps.wait(0.5)
-            except PpsError as exc:
-                self.clock.note(self.name, "pps-lost", False, str(exc)[:120])
-                self._stop.wait(REOPEN_INTERVAL)
-                continue
-            if edge is None or not self._locked:
-                continue
-            local = edge.realtime - (self._realtime() - self.clock.local())
-            try:
-                mode, t, _u = self.clock.reading()
-            except TimingError:
-                continue  # fallback 'refuse' and nothing to label with
-            if mode == "system" and self.clock.quorum > 1:
-                continue  # an unchecked host clock must not label a rubidium
-            est = t - (self.clock.local() - local)
-            label = round(est)
-            if abs(est - label) <= PPS_MAX_LABEL_ERROR:
-                self.clock.ingest(Sample(self.name, local, label - local, self.pps_jitter))
+    def _label(self, local: float) -> Sample | None:
+        if not self._locked:
+            return None
+        try:
+            mode, t, _u = self.clock.reading()
+        except TimingError:
+            return None  # fallback 'refuse' and nothing to label with
+        if mode == "system" and self.clock.quorum > 1:
+            return None  # an unchecked host clock must not label a rubidium
+        est = t - (self.clock.local() - local)
+        label = round(est)
+        if abs(est - label) > PPS_MAX_LABEL_ERROR:
+            return None
+        return Sample(self.name, local, label - local, self.pps_jitter)
 
 
 class SystemClockSource(Source):
