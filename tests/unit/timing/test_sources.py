@@ -168,3 +168,40 @@ def test_fake_serial_port_contract():
         port.read(1)
     with pytest.raises(OSError):
         port.open()
+
+
+def test_prs10_with_pps_labels_edges_only_while_locked():
+    locked = [False]
+
+    def respond(data: bytes) -> bytes:
+        command, _ = prs10.parse_command(data)
+        return {
+            prs10.Command.ID: prs10.encode_identity(prs10.Identity("3.24", "9")),
+            prs10.Command.ST: prs10.encode_status((0, 0, 0, 0, 4, 0)),
+            prs10.Command.LO: prs10.encode_lock(locked[0]),
+            prs10.Command.TT: prs10.encode_time_tag(12e-9),
+        }[command]
+
+    def edge_on_whole_second():
+        # the host clock labels the edge (quorum 1): put it on a whole system second
+        return c.local() - (time.time() % 1.0)
+
+    c = clk.DisciplinedClock()
+    port = FakeSerialPort(SerialSettings("fake-prs", timeout=0.05), respond)
+    pps = FakePps()
+    src = Prs10Source("prs", c, port, poll_interval=0.1, pps=pps, realtime=c.local)
+    src.start()
+    try:
+        assert _wait(lambda: _status(c, "prs").state == "unlocked")
+        pps.pulse(edge_on_whole_second())
+        time.sleep(0.3)
+        assert _status(c, "prs").samples == 0  # unlocked: its edges name no second
+        locked[0] = True
+        assert _wait(lambda: _status(c, "prs").locked)
+        for _ in range(3):
+            pps.pulse(edge_on_whole_second())
+            time.sleep(0.1)
+        assert _wait(lambda: _status(c, "prs").samples >= 1)
+        assert "no PPS" not in _status(c, "prs").detail
+    finally:
+        src.stop()
