@@ -22,13 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from l2bridge import kex
 from l2bridge.constants import Cipher, Mode
-from l2bridge.handshake import ClientHandshake, ServerHandshake
-from l2bridge.identity import AdminKey, Authorizer, HybridSigningKey
-from l2bridge.keyslots import derive
-from l2bridge.pq import cpu_has_aes, default_backend
-from l2bridge.records import RecvKey, SendKey, parse_header
+from l2bridge.crypto.pq import cpu_has_aes, default_backend
+from l2bridge.identity.keys import AdminKey, Authorizer, HybridSigningKey
+from l2bridge.protocol import kex
+from l2bridge.protocol.handshake import ClientHandshake, ServerHandshake
+from l2bridge.protocol.keyslots import derive
+from l2bridge.protocol.records import RecvKey, SendKey, parse_header
 
 SIZES = (64, 1500, 9000, 65536)
 

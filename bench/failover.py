@@ -34,10 +34,10 @@ from attestation import constants as ac  # noqa: E402
 from attestation.tpm import Tpm  # noqa: E402
 from exitnode.upkeep import RegistryUpkeep  # noqa: E402
 from hardware.tap import FakeTap  # noqa: E402
-from l2bridge.client import Backoff, Client  # noqa: E402
-from l2bridge.failover import DialSettings, ExitFinder  # noqa: E402
-from l2bridge.metrics import Metrics  # noqa: E402
-from l2bridge.selection import SelectionPolicy  # noqa: E402
+from l2bridge.client.failover import DialSettings, ExitFinder  # noqa: E402
+from l2bridge.client.pump import Backoff, Client  # noqa: E402
+from l2bridge.client.selection import SelectionPolicy  # noqa: E402
+from l2bridge.node.metrics import Metrics  # noqa: E402
 
 
 async def one_run(world, check: float, tag: int) -> tuple[float, float]:

@@ -2,7 +2,7 @@
 
 Run as root: ``python bench/l2.py [--seconds 5] [--mode offload|plain|jumbo] [--profile DIR]``.
 
-One topology (exitnode.topology: lan-a, client, exit, lan-b). Each contender joins the
+One topology (lab.topology: lan-a, client, exit, lan-b). Each contender joins the
 client's and the exit's bridges in turn, and the same measurements run host to host
 (10.77.0.1 -> 10.77.0.2): ping RTT (idle) and iperf3 TCP with 1 and 4 streams.
 
@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import l2_openvpn, l2_shadowmesh  # noqa: E402
-from exitnode import topology  # noqa: E402
 from hardware import netns  # noqa: E402
 from hardware.netns import Lab  # noqa: E402
+from lab import topology  # noqa: E402
 
 PING_COUNT = 50
 PING_INTERVAL_S = 0.02

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from exitnode import topology
 from hardware import netns
 from hardware.netns import Lab
+from lab import topology
 
 PORT = 11940
 TAP = "ovpn0"

@@ -15,15 +15,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from exitnode import provision, topology
 from hardware.netns import Lab
+from lab import provision, topology
 
 PROFILE_RATE_HZ = 250
 TOP = 12
 
 
 def _command(role: str, config: Path, profile: Path | None) -> list[str]:
-    cmd = [sys.executable, "-m", "l2bridge.command", role, "--config", str(config), "--no-status"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "l2bridge.commands.main",
+        role,
+        "--config",
+        str(config),
+        "--no-status",
+    ]
     if profile is None:
         return cmd
     spy = shutil.which("py-spy")

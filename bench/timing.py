@@ -26,9 +26,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hardware.clocksim import ClockModel, GpsdoSim
 from hardware.serial_port import PySerialPort, SerialSettings
-from l2bridge.pair import SessionPair
+from l2bridge.protocol.pair import SessionPair
+from lab.clocksim import ClockModel, GpsdoSim
 from timing import clock as clk
 from timing.discipline import Sample
 from timing.epoch import EpochScheduler

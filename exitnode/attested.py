@@ -32,9 +32,9 @@ from contracts.client import RegistryClient, connect, load_account
 from exitnode.errors import AttestationUnavailable
 from exitnode.lifecycle import ExitLifecycle
 from exitnode.upkeep import RegistryUpkeep
-from l2bridge.config import Config
-from l2bridge.metrics import Metrics
-from l2bridge.rotation import RekeyTally, TunnelClock
+from l2bridge.node.config import Config
+from l2bridge.node.metrics import Metrics
+from l2bridge.node.rotation import RekeyTally, TunnelClock
 from timing.chrony import ChronyFeeder
 from timing.config import build, feeders, settings_from
 from timing.sources import Source

@@ -13,14 +13,14 @@ from exitnode.attested import AttestedExit
 from exitnode.errors import ExitError
 from exitnode.host import Masquerade
 from exitnode.server import ExitNode, ExitOptions
-from l2bridge.client_cli import (
+from l2bridge.commands.common import (
     add_network_overrides,
     apply_overrides,
     run_until_signalled,
     setup_logging,
 )
-from l2bridge.config import Config, ConfigError, ensure_startable, load_config
 from l2bridge.errors import L2BridgeError
+from l2bridge.node.config import Config, ConfigError, ensure_startable, load_config
 
 log = logging.getLogger("shadowmesh.exit")
 

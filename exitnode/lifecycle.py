@@ -46,7 +46,7 @@ from attestation.errors import AttestationError, RateLimited, TpmError
 from attestation.provider import EvidenceProvider
 from attestation.quote import Attester
 from exitnode.errors import AttestationUnavailable
-from l2bridge.metrics import Metrics
+from l2bridge.node.metrics import Metrics
 from l2bridge.transport.errors import TransportClosed
 
 log = logging.getLogger(__name__)

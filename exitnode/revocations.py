@@ -19,8 +19,8 @@ from pathlib import Path
 
 from exitnode.constants import REVOCATION_POLL_S
 from l2bridge.errors import AuthenticationFailed, KeyFileError
-from l2bridge.identity import Authorizer
-from l2bridge.keyfiles import load_revocations
+from l2bridge.identity.keyfiles import load_revocations
+from l2bridge.identity.keys import Authorizer
 
 log = logging.getLogger(__name__)
 

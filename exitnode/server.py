@@ -1,4 +1,4 @@
-"""The exit node: tunnels (``l2bridge.link.serve``) + virtual switch + local TAP + status.
+"""The exit node: tunnels (``l2bridge.node.link.serve``) + virtual switch + local TAP + status.
 
 ``run_exit(config, options, stop)`` loads the keys named in the config, opens the TAP in
 its bridge (and the optional internet exit), serves tunnels behind the decoy site, and
@@ -28,17 +28,17 @@ from exitnode.revocations import RevocationWatch
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import Switchboard
 from hardware.tap import TapConfig
-from l2bridge import keyfiles
-from l2bridge import link as tunnel
-from l2bridge.config import Config
 from l2bridge.constants import Mode
-from l2bridge.cover import obfuscation_settings
 from l2bridge.errors import L2BridgeError
-from l2bridge.handshake import EvidenceProvider, ServerHandshake
-from l2bridge.identity import Authorizer, HybridSigningKey, read_private_file
-from l2bridge.metrics import Metrics
-from l2bridge.session import SessionConfig
-from l2bridge.status import StatusServer
+from l2bridge.identity import keyfiles
+from l2bridge.identity.keys import Authorizer, HybridSigningKey, read_private_file
+from l2bridge.node import link as tunnel
+from l2bridge.node.config import Config
+from l2bridge.node.cover import obfuscation_settings
+from l2bridge.node.metrics import Metrics
+from l2bridge.node.status import StatusServer
+from l2bridge.protocol.handshake import EvidenceProvider, ServerHandshake
+from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.server import ServerSettings
 from l2bridge.transport.tls import TlsError, server_context

@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 from exitnode import constants
 from exitnode.switch import PortPolicy, Switch
 from hardware.tap import FrameDevice
-from l2bridge.metrics import Metrics
+from l2bridge.node.metrics import Metrics
 from l2bridge.transport.errors import TransportClosed
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ DROP_QUEUE_FULL = "queue_full"
 
 
 class PortLink(Protocol):
-    """What the switchboard needs from one client's link (``l2bridge.link``)."""
+    """What the switchboard needs from one client's link (``l2bridge.node.link``)."""
 
     async def send_frames(self, frames: Sequence[Buffer]) -> None: ...
 
@@ -53,7 +53,7 @@ class PortLink(Protocol):
 
 @runtime_checkable
 class DirectPortLink(PortLink, Protocol):
-    """A link that also sends and delivers synchronously (``l2bridge.link.Link``)."""
+    """A link that also sends and delivers synchronously (``l2bridge.node.link.Link``)."""
 
     def send_now(self, frames: Sequence[Buffer]) -> bool: ...
 

@@ -56,7 +56,7 @@ from contracts.errors import (
 from contracts.quote import AkPublic, ContractQuote, ak_public
 from contracts.voucher import Voucher
 from exitnode.lifecycle import ENROLMENT_FILE, ExitLifecycle
-from l2bridge.metrics import Metrics
+from l2bridge.node.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -112,7 +112,7 @@ MAX_VERIFIED_CERTIFICATES = 4096  # the Authorizer remembers this many verified 
 MAX_REASON_SIZE = 255
 MAX_LIST_ENTRIES = 100_000
 
-# Cover traffic (l2bridge.cover): mean records/s, padding bytes min..max, byte budget per
+# Cover traffic (l2bridge.node.cover): mean records/s, padding bytes min..max, byte budget per
 # second, idle time before cover starts. Sizes stay under one Ethernet frame.
 COVER_ON = (1.0, 64, 1200, 4096.0, 1.0)
 COVER_AGGRESSIVE = (10.0, 64, 1400, 32768.0, 0.2)

@@ -1,9 +1,9 @@
-"""``shadowmesh clock status|simulate``.
+"""``shadowmesh clock status``.
 
 ``status`` starts the configured sources (from ``--config`` or ``--source KIND:DEVICE``),
 listens for ``--duration`` seconds, then prints each source's state, offset, uncertainty
 and whether it was selected or outvoted, and the quorum. Exit status 0 when the quorum
-was met, 1 when not. ``simulate`` runs one simulated device on a pseudo-terminal.
+was met, 1 when not. The simulators are ``shadowmesh simulate`` (lab.clocksim).
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from hardware.clocksim.__main__ import add_arguments, run
-from l2bridge.config import load_config
+from l2bridge.node.config import load_config
 from timing.clock import ClockStatus
 from timing.config import TimeSettings, build, settings_from
 from timing.errors import ConfigError
@@ -38,10 +37,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     st.add_argument("--duration", type=float, default=5.0, help="seconds to listen")
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st.set_defaults(func=_status)
-
-    sim = sub.add_parser("simulate", help="run a simulated rubidium or GPSDO on a pty")
-    add_arguments(sim)
-    sim.set_defaults(func=run)
 
 
 def _settings(ns: argparse.Namespace) -> TimeSettings:

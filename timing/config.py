@@ -1,6 +1,6 @@
 """Glue from the ``atomic_time`` configuration to a running clock.
 
-Accepts the config engineer's ``l2bridge.config.AtomicTime`` (``enabled``, ``sources`` of
+Accepts the config engineer's ``l2bridge.node.config.AtomicTime`` (``enabled``, ``sources`` of
 ``TimeSource(kind, device)``, ``consensus_quorum``) or a plain mapping in the YAML's shape,
 which may also carry what a real installation needs beyond the spec's example::
 

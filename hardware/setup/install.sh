@@ -49,9 +49,11 @@ fi
 # npm packages for the contracts and local chains (versions pinned in package.json).
 if [ -f contracts/package.json ]; then
   nstamp=contracts/node_modules/.shadowmesh-installed
-  if [ ! -f "$nstamp" ] || [ contracts/package.json -nt "$nstamp" ]; then
-    echo "setup: npm install (contracts)"
-    (cd contracts && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+  if [ ! -f "$nstamp" ] || [ contracts/package.json -nt "$nstamp" ] \
+     || [ contracts/package-lock.json -nt "$nstamp" ]; then
+    # npm ci installs exactly what the committed lock file says and never rewrites it.
+    echo "setup: npm ci (contracts)"
+    (cd contracts && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
     touch "$nstamp"
   fi
 fi

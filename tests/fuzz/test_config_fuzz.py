@@ -6,7 +6,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l2bridge.config import Config, ConfigError, config_from_mapping, load_config
+from l2bridge.node.config import Config, ConfigError, config_from_mapping, load_config
 
 SECTIONS = ["security", "network", "exit_nodes", "obfuscation", "atomic_time", "endpoints"]
 KEYS = [

@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 from l2bridge import codec
 from l2bridge.constants import RECORD_CLOSE, RECORD_FINISH, RECORD_REKEY_INIT, RECORD_REKEY_REPLY
 from l2bridge.errors import MalformedMessage, PeerError, RecordRejected, UnsupportedParameters
-from l2bridge.handshake import ClientHandshake, ClientHello, ServerHandshake, ServerHello
-from l2bridge.identity import (
+from l2bridge.identity.keys import (
     AdminKey,
     AllowList,
     Authorizer,
@@ -19,8 +18,9 @@ from l2bridge.identity import (
     HybridSigningKey,
     RevocationList,
 )
-from l2bridge.pair import SessionPair
-from l2bridge.records import split_frames
+from l2bridge.protocol.handshake import ClientHandshake, ClientHello, ServerHandshake, ServerHello
+from l2bridge.protocol.pair import SessionPair
+from l2bridge.protocol.records import split_frames
 
 NOW = 1_000_000.0
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hardware.tpm import Swtpm
-from l2bridge.command import main
+from l2bridge.commands.main import main
 
 pytestmark = pytest.mark.integration
 

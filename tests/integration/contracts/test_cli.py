@@ -13,7 +13,7 @@ from attestation import constants as ac
 from attestation import tpms
 from attestation.enrol import Enrolment
 from contracts.quote import build_attest, sign_attest
-from l2bridge.command import main
+from l2bridge.commands.main import main
 
 pytestmark = pytest.mark.integration
 

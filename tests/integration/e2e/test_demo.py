@@ -1,7 +1,7 @@
 """The demo's path end to end, with short timers, in network namespaces; and how the real
 ``shadowmesh exit`` / ``shadowmesh client`` processes behave without chain, TPM or clock.
 
-The first group runs the full demo once (``exitnode.demo.run_full``: real swtpm per exit,
+The first group runs the full demo once (``lab.demo.run_full``: real swtpm per exit,
 Anvil, clock simulators on ptys, the CLI processes) and checks what it recorded, not just
 that it passed: both clients start on the registry's best exit, rotations complete on both
 ends, after a PCR change both clients sit on the same healthy exit within one attestation
@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exitnode import demo_steps, provision, topology
-from exitnode.demo import run_full
-from exitnode.demo_world import REPO, Settings
 from hardware import netns
 from hardware.netns import Lab, Namespace
 from hardware.tpm import Swtpm
-from l2bridge.selection import REPUTATION_BAND
+from l2bridge.client.selection import REPUTATION_BAND
+from lab import demo_steps, provision, topology
+from lab.demo import run_full
+from lab.demo_world import REPO, Settings
 
 pytestmark = [
     pytest.mark.integration,
@@ -104,7 +104,7 @@ def env() -> dict[str, str]:
 
 def status(ns: Namespace, port: int) -> dict | None:
     out = subprocess.run(
-        [*ns.prefix(), sys.executable, "-m", "l2bridge.command", "status", "--json",
+        [*ns.prefix(), sys.executable, "-m", "l2bridge", "status", "--json",
          "--url", f"http://127.0.0.1:{port}", "--timeout", "2"],
         capture_output=True, text=True, env=env(), timeout=15, check=False,
     )  # fmt: skip
@@ -133,7 +133,7 @@ def edit(path: Path, **sections: dict) -> Path:
 
 def start(lab: Lab, ns: Namespace, log: Path, *args: str) -> subprocess.Popen:
     with log.open("ab") as out:
-        return lab.spawn(ns, [sys.executable, "-m", "l2bridge.command", *args],
+        return lab.spawn(ns, [sys.executable, "-m", "l2bridge", *args],
                          stdout=out.fileno(), stderr=out.fileno(), env=env())  # fmt: skip
 
 
@@ -216,7 +216,7 @@ def test_exit_and_client_without_chain_tpm_or_clock(tmp_path):
             # The TPM goes away; an exit that must attest refuses to start, clearly.
             tpm.stop()
             again = subprocess.run(
-                [*topo.exit.prefix(), sys.executable, "-m", "l2bridge.command", *exit_args],
+                [*topo.exit.prefix(), sys.executable, "-m", "l2bridge", *exit_args],
                 capture_output=True, text=True, env=env(), timeout=60, check=False,
             )  # fmt: skip
             assert again.returncode == 1

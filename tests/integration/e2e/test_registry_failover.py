@@ -4,7 +4,7 @@ Real pieces: Anvil with the registry, one swtpm per exit (enrolment against its 
 CA, PCR 23 measurement, quotes; an appointed enroller vouches for the enrolment record the
 exit wrote, and the exit registers with that voucher), both exits serving tunnels on
 loopback, the client's data
-path (``l2bridge.client.Client`` over an in-memory TAP) with the registry-driven
+path (``l2bridge.client.pump.Client`` over an in-memory TAP) with the registry-driven
 ``ExitFinder`` and rotation on clock epochs. The failure modes (unreachable chain, stopped
 TPM) run against the same real components.
 """
@@ -36,15 +36,15 @@ from exitnode.upkeep import RegistryUpkeep
 from hardware.chain import Anvil, free_port
 from hardware.tap import FakeTap
 from hardware.tpm import Swtpm
-from l2bridge import link as tunnel
-from l2bridge.client import Backoff, Client
+from l2bridge.client.failover import DialSettings, ExitFinder
+from l2bridge.client.pump import Backoff, Client
+from l2bridge.client.selection import SelectionPolicy
 from l2bridge.errors import AuthenticationFailed, NoExitAvailable
-from l2bridge.failover import DialSettings, ExitFinder
-from l2bridge.handshake import ClientHandshake, ServerHandshake
-from l2bridge.identity import AllowList, Authorizer, HybridSigningKey
-from l2bridge.metrics import Metrics
-from l2bridge.rotation import RotationDriver, TunnelClock, exit_session_config
-from l2bridge.selection import SelectionPolicy
+from l2bridge.identity.keys import AllowList, Authorizer, HybridSigningKey
+from l2bridge.node import link as tunnel
+from l2bridge.node.metrics import Metrics
+from l2bridge.node.rotation import RotationDriver, TunnelClock, exit_session_config
+from l2bridge.protocol.handshake import ClientHandshake, ServerHandshake
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings

@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from exitnode import provision, topology
 from hardware import netns
 from hardware.netns import Lab, Namespace
+from lab import provision, topology
 
 UP_TIMEOUT_S = 30.0
 EXIT_STATUS = "http://127.0.0.1:9470/status"
@@ -94,7 +94,7 @@ print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())
 
 
 def node(lab: Lab, ns: Namespace, role: str, config: Path, *extra: str) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "l2bridge.command", role, "--config", str(config), *extra]
+    cmd = [sys.executable, "-m", "l2bridge", role, "--config", str(config), *extra]
     return lab.spawn(ns, cmd, stderr=None if "-v" in sys.argv else subprocess.DEVNULL)
 
 
@@ -173,8 +173,8 @@ def settle(seconds: float) -> None:
 RAW_CLIENT = """
 import asyncio, sys
 from pathlib import Path
-from l2bridge.client_cli import ClientNode
-from l2bridge.config import load_config
+from l2bridge.client.node import ClientNode
+from l2bridge.node.config import load_config
 
 async def main():
     node = ClientNode(load_config(Path(sys.argv[1])), status=False)

@@ -12,9 +12,9 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 
-from exitnode import provision, topology
 from hardware import ethernet, netns
 from hardware.netns import Lab
+from lab import provision, topology
 from tests.integration.l2 import helpers as h
 
 pytestmark = [

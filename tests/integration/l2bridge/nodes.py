@@ -1,4 +1,4 @@
-"""Real ExitNode / ClientNode objects on loopback, with keys from exitnode.provision.
+"""Real ExitNode / ClientNode objects on loopback, with keys from lab.provision.
 
 The exit's TAP and bridge (exitnode.host.HostSetup) are replaced by an in-memory FakeTap,
 so these tests need neither root nor namespaces; everything else (config loading, key
@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import yaml
 
-from exitnode import provision
 from exitnode import server as exit_server
 from exitnode.server import ExitNode, ExitOptions
 from hardware.chain import free_port
 from hardware.tap import FakeTap
-from l2bridge.config import Config, load_config
+from l2bridge.node.config import Config, load_config
+from lab import provision
 
 
 class FakeHost:

@@ -7,11 +7,11 @@ import asyncio
 
 import pytest
 
-from l2bridge.cover import CoverPlan
-from l2bridge.handshake import ClientHandshake, ServerHandshake
-from l2bridge.identity import AllowList, Authorizer, HybridSigningKey
-from l2bridge.link import Link, connect, serve
-from l2bridge.session import SessionConfig
+from l2bridge.identity.keys import AllowList, Authorizer, HybridSigningKey
+from l2bridge.node.cover import CoverPlan
+from l2bridge.node.link import Link, connect, serve
+from l2bridge.protocol.handshake import ClientHandshake, ServerHandshake
+from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings

@@ -21,10 +21,10 @@ import pytest
 
 from attestation.errors import TpmError
 from l2bridge.constants import MAX_EVIDENCE_SIZE
-from l2bridge.handshake import ClientHandshake, EvidenceProvider, ServerHandshake
-from l2bridge.identity import AllowList, Authorizer, HybridSigningKey
-from l2bridge.link import Link, connect, serve
-from l2bridge.session import SessionConfig
+from l2bridge.identity.keys import AllowList, Authorizer, HybridSigningKey
+from l2bridge.node.link import Link, connect, serve
+from l2bridge.protocol.handshake import ClientHandshake, EvidenceProvider, ServerHandshake
+from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings
@@ -140,7 +140,7 @@ def test_provider_failure_ends_only_that_connection(
             server.close()
             await server.wait_closed()
 
-    with caplog.at_level(logging.ERROR, logger="l2bridge.link"):
+    with caplog.at_level(logging.ERROR, logger="l2bridge.node.link"):
         asyncio.run(asyncio.wait_for(scenario(), 30))
     assert any("handshake failed locally" in r.getMessage() for r in caplog.records)
 

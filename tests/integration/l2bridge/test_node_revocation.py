@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from exitnode.server import ExitNode, ExitOptions
-from l2bridge.client_cli import ClientNode
-from l2bridge.keyfiles import load_certificate, save_revocations
-from l2bridge.link import Link
+from l2bridge.client.node import ClientNode
+from l2bridge.identity.keyfiles import load_certificate, save_revocations
+from l2bridge.node.link import Link
 from l2bridge.transport.errors import TransportClosed
 from tests.integration.l2bridge import nodes
 

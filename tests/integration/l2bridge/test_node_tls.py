@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from exitnode.errors import ExitConfigError
 from exitnode.server import ExitNode, ExitOptions
-from l2bridge.client_cli import ClientNode
+from l2bridge.client.node import ClientNode
 from l2bridge.transport.errors import UpgradeRefused
 from tests.integration.l2bridge import nodes
 

@@ -20,9 +20,9 @@ from attestation import policy as golden
 from attestation.enrol import Enrolment
 from attestation.evidence import ManifestEntry
 from attestation.fake import FakeAttester
-from l2bridge.client_cli import ClientNode
-from l2bridge.config import ConfigError, ensure_startable
+from l2bridge.client.node import ClientNode
 from l2bridge.errors import AuthenticationFailed
+from l2bridge.node.config import ConfigError, ensure_startable
 from tests.integration.l2bridge import nodes
 
 pytestmark = pytest.mark.integration

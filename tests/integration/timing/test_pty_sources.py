@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from hardware.clocksim import ClockModel, GpsdoSim, Prs10Sim, ScpiSim, Window
 from hardware.serial_port import PySerialPort, SerialSettings
+from lab.clocksim import ClockModel, GpsdoSim, Prs10Sim, ScpiSim, Window
 from timing import clock as clk
 from timing.sources import GpsdoSource, Prs10Source, ScpiSource
 

@@ -16,15 +16,15 @@ import time
 
 import pytest
 
-from hardware.clocksim import ClockModel, GpsdoSim, ScpiSim
 from hardware.serial_port import PySerialPort, SerialSettings
-from l2bridge.handshake import ClientHandshake, ServerHandshake
-from l2bridge.identity import AllowList, Authorizer, HybridSigningKey
-from l2bridge.link import Link, connect, serve
+from l2bridge.identity.keys import AllowList, Authorizer, HybridSigningKey
+from l2bridge.node.link import Link, connect, serve
+from l2bridge.protocol.handshake import ClientHandshake, ServerHandshake
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings
 from l2bridge.transport.token import AccessKey, TokenVerifier
+from lab.clocksim import ClockModel, GpsdoSim, ScpiSim
 from timing import clock as clk
 from timing.epoch import EpochScheduler, epoch_matches
 from timing.sources import GpsdoSource, ScpiSource

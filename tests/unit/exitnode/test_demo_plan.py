@@ -1,7 +1,7 @@
 """The demo's expectations match what the clients really do.
 
 ``best_exit`` is the demo's statement of which exit every client must pick; it must agree
-with the clients' ranking (``l2bridge.selection.rank``) for fresh, healthy exits, and the
+with the clients' ranking (``l2bridge.client.selection.rank``) for fresh, healthy exits, and the
 lab's configurations must load, and both exits must measure the same configuration.
 """
 
@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exitnode import demo_config
 from exitnode.attested import measured_config
-from exitnode.demo_steps import best_exit
-from exitnode.demo_world import Settings
-from l2bridge.config import load_config
-from l2bridge.selection import Refusals, SelectionPolicy, rank
+from l2bridge.client.selection import Refusals, SelectionPolicy, rank
+from l2bridge.node.config import load_config
+from lab import demo_config
+from lab.demo_steps import best_exit
+from lab.demo_world import Settings
 
 NOW = 1_000_000
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from exitnode.attested import measured_config
-from l2bridge.config import ConfigError, config_from_mapping
+from l2bridge.node.config import ConfigError, config_from_mapping
 
 
 def exit_config(device: str, *, quorum: int = 1, interval: str = "2s") -> dict[str, object]:

@@ -12,7 +12,7 @@ from exitnode.switch import PortPolicy, Switch
 from exitnode.switchboard import Switchboard
 from hardware import ethernet
 from hardware.tap import FakeTap
-from l2bridge.metrics import Metrics
+from l2bridge.node.metrics import Metrics
 from tests.unit.exitnode.fakelink import FakeLink, link_pair
 
 A, B, H = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:01"

@@ -20,8 +20,8 @@ from contracts.errors import RegistryReverted
 from contracts.quote import AkPublic, ContractQuote, ak_public, build_attest, qualifying_data
 from contracts.voucher import Voucher, recover_voucher
 from exitnode.upkeep import RegistryUpkeep
-from l2bridge.config import config_from_mapping
-from l2bridge.metrics import Metrics
+from l2bridge.node.config import config_from_mapping
+from l2bridge.node.metrics import Metrics
 
 ENROLLER = Account.from_key("0x" + "51" * 32)
 STRANGER = Account.from_key("0x" + "52" * 32)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from l2bridge.command import COMMANDS
+from l2bridge.commands.main import COMMANDS
 
 UNITS = sorted((Path(__file__).resolve().parents[3] / "hardware" / "units").glob("*.service"))
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from exitnode import provision
 from exitnode.errors import ExitConfigError
 from exitnode.server import ExitNode, ExitOptions
-from l2bridge.client_cli import ClientNode
-from l2bridge.config import ConfigError, load_config
+from l2bridge.client.node import ClientNode
+from l2bridge.node.config import ConfigError, load_config
+from lab import provision
 
 
 @pytest.fixture

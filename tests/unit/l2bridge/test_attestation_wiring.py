@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from l2bridge.config import config_from_mapping, ensure_startable, problems
-from l2bridge.handshake import ClientHandshake
-from l2bridge.identity import HybridSigningKey
+from l2bridge.identity.keys import HybridSigningKey
+from l2bridge.node.config import config_from_mapping, ensure_startable, problems
+from l2bridge.protocol.handshake import ClientHandshake
 
 KEY = HybridSigningKey.generate()
 PIN = os.urandom(32).hex()

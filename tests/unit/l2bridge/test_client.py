@@ -9,8 +9,8 @@ from scapy.layers.l2 import ARP, Ether
 
 from hardware import ethernet
 from hardware.tap import FakeTap
-from l2bridge.client import Backoff, Client
-from l2bridge.metrics import Metrics
+from l2bridge.client.pump import Backoff, Client
+from l2bridge.node.metrics import Metrics
 from tests.unit.exitnode.fakelink import FakeLink, link_pair
 
 TIMEOUT = 5.0

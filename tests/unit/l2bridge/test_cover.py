@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from l2bridge.config import config_from_mapping, problems
-from l2bridge.cover import CoverPlan, obfuscation_settings
-from l2bridge.pair import SessionPair
-from l2bridge.session import SessionConfig
+from l2bridge.node.config import config_from_mapping, problems
+from l2bridge.node.cover import CoverPlan, obfuscation_settings
+from l2bridge.protocol.pair import SessionPair
+from l2bridge.protocol.session import SessionConfig
 
 NOW = 1_700_000_000.0
 OVERHEAD = 13 + 16  # record header + AEAD tag

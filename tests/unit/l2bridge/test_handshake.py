@@ -15,9 +15,15 @@ from l2bridge.errors import (
     PeerError,
     UnsupportedParameters,
 )
-from l2bridge.handshake import ClientHandshake, ClientHello, ServerHandshake, ServerHello
-from l2bridge.identity import AdminKey, AllowList, Authorizer, HybridSignature, HybridSigningKey
-from l2bridge.session import PeerAuthenticated
+from l2bridge.identity.keys import (
+    AdminKey,
+    AllowList,
+    Authorizer,
+    HybridSignature,
+    HybridSigningKey,
+)
+from l2bridge.protocol.handshake import ClientHandshake, ClientHello, ServerHandshake, ServerHello
+from l2bridge.protocol.session import PeerAuthenticated
 
 NOW = 1_700_000_000.0
 

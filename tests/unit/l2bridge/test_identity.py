@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from l2bridge.constants import Mode
 from l2bridge.errors import AuthenticationFailed, KeyFileError, NotAuthorized
-from l2bridge.identity import (
+from l2bridge.identity.keys import (
     KIND_ADMIN,
     KIND_IDENTITY,
     AdminKey,

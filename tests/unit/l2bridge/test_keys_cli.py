@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from l2bridge.command import main
+from l2bridge.commands.main import main
 from l2bridge.errors import KeyFileError, NotAuthorized
-from l2bridge.identity import HybridSigningKey, load_public
-from l2bridge.keyfiles import load_authorizer, load_certificate, load_revocations
+from l2bridge.identity.keyfiles import load_authorizer, load_certificate, load_revocations
+from l2bridge.identity.keys import HybridSigningKey, load_public
 
 NOW = 1_700_000_000
 

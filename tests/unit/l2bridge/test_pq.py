@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from l2bridge.constants import Cipher
-from l2bridge.errors import BackendUnavailable
-from l2bridge.pq import (
+from l2bridge.crypto.pq import (
     CryptographyBackend,
     available_backends,
     cpu_has_aes,
@@ -17,6 +16,7 @@ from l2bridge.pq import (
     default_cipher_preference,
     get_backend,
 )
+from l2bridge.errors import BackendUnavailable
 
 VECTORS = json.loads((Path(__file__).parent / "pq_vectors.json").read_text())
 BACKENDS = available_backends()

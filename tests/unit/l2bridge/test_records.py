@@ -15,8 +15,8 @@ from l2bridge.constants import (
     Cipher,
 )
 from l2bridge.errors import RecordRejected, RecordTooLarge
-from l2bridge.records import RecvKey, SendKey, parse_header, split_frames
-from l2bridge.replay import ReplayWindow, Verdict
+from l2bridge.protocol.records import RecvKey, SendKey, parse_header, split_frames
+from l2bridge.protocol.replay import ReplayWindow, Verdict
 
 
 def pair(cipher: Cipher = Cipher.AES_256_GCM, epoch: int = 3) -> tuple[SendKey, RecvKey]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from l2bridge.metrics import Metrics
-from l2bridge.rotation import RekeyTally, RotationDriver, TunnelClock, exit_session_config
-from l2bridge.session import SessionConfig
+from l2bridge.node.metrics import Metrics
+from l2bridge.node.rotation import RekeyTally, RotationDriver, TunnelClock, exit_session_config
+from l2bridge.protocol.session import SessionConfig
 from timing.clock import DisciplinedClock
 from timing.config import build, settings_from
 

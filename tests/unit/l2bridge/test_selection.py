@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from l2bridge.selection import (
+from l2bridge.client.selection import (
     Refusals,
     SelectionPolicy,
     candidate_from,

@@ -6,7 +6,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from l2bridge import kex
 from l2bridge.codec import u32
 from l2bridge.constants import (
     MAX_FRAME_SIZE,
@@ -15,11 +14,12 @@ from l2bridge.constants import (
     REKEY_TIMEOUT_SECONDS,
     Mode,
 )
+from l2bridge.crypto.pq import default_backend
 from l2bridge.errors import KeyExpired, NotAuthorized, ProtocolViolation, StateError
-from l2bridge.identity import AdminKey, HybridSigningKey
-from l2bridge.pair import SessionPair
-from l2bridge.pq import default_backend
-from l2bridge.session import Closed, RekeyCompleted, SessionConfig
+from l2bridge.identity.keys import AdminKey, HybridSigningKey
+from l2bridge.protocol import kex
+from l2bridge.protocol.pair import SessionPair
+from l2bridge.protocol.session import Closed, RekeyCompleted, SessionConfig
 
 T0 = 1_000_000.0
 
@@ -290,8 +290,8 @@ def test_seal_batches_splits_long_batches(keys, sizes) -> None:
 
 
 def test_exit_cannot_send_before_the_client_finished(keys) -> None:
-    from l2bridge.handshake import ClientHandshake, ServerHandshake
-    from l2bridge.identity import Authorizer
+    from l2bridge.identity.keys import Authorizer
+    from l2bridge.protocol.handshake import ClientHandshake, ServerHandshake
 
     client, exit_key, admin = keys
     cert = admin.issue(client.public, "d", "o", int(T0) - 5, int(T0) + 60)

@@ -1,10 +1,10 @@
 import json
 import urllib.request
 
-from l2bridge import status_cli
-from l2bridge.command import main
-from l2bridge.metrics import Metrics
-from l2bridge.status import StatusServer
+from l2bridge.commands import status as status_cli
+from l2bridge.commands.main import main
+from l2bridge.node.metrics import Metrics
+from l2bridge.node.status import StatusServer
 
 
 def test_status_endpoint_serves_snapshot_metrics_and_cli(capsys):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from l2bridge.config import config_from_mapping
+from l2bridge.node.config import config_from_mapping
 from timing import chrony, consensus, epoch
 from timing import clock as clk
 from timing.config import settings_from
@@ -182,7 +182,7 @@ def test_settings_from_config_dataclass_and_mapping():
 
 
 def test_node_feeds_chrony_when_configured_and_survives_a_missing_socket():
-    from l2bridge.client_layers import tunnel_clock
+    from l2bridge.client.layers import tunnel_clock
 
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "chrony.sock")

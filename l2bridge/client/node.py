@@ -1,0 +1,186 @@
+"""The client process: its TAP in a Linux bridge, links to the exit, a status endpoint.
+
+The TAP joins the Linux bridge the operator names (created when missing), so every host
+on that bridge's LAN reaches the far side. The link is re-established with backoff
+whenever the exit goes away. ``shadowmesh client`` (l2bridge.commands.client) runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import urllib.parse
+
+from hardware import netns
+from hardware.tap import FrameDevice, TapConfig, TapError, open_tap
+from l2bridge.client.failover import DialSettings
+from l2bridge.client.layers import pinned_attestation, registry_finder, tunnel_clock
+from l2bridge.client.pump import Backoff, Client, FrameLink
+from l2bridge.constants import ATTESTATION_NONCE_SIZE, Mode
+from l2bridge.errors import L2BridgeError
+from l2bridge.identity.keyfiles import load_certificate
+from l2bridge.identity.keys import HybridSigningKey, read_private_file
+from l2bridge.node import link as tunnel
+from l2bridge.node.config import Config, ConfigError
+from l2bridge.node.cover import obfuscation_settings
+from l2bridge.node.metrics import Metrics
+from l2bridge.node.rotation import RotationDriver
+from l2bridge.node.status import StatusServer
+from l2bridge.protocol.handshake import ClientHandshake, EvidenceChecker
+from l2bridge.protocol.session import SessionConfig
+from l2bridge.transport.tls import TlsError, client_context
+from l2bridge.transport.token import AccessKey
+
+log = logging.getLogger("shadowmesh.client")
+
+
+class ClientNode:
+    """The client process: TAP in its bridge, links to the exit, status endpoint."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        evidence_checker: EvidenceChecker | None = None,
+        status: bool = True,
+    ) -> None:
+        ep, keys = config.endpoints, config.keys
+        registry_mode = ep.exit_node_id is None and bool(
+            config.chain.rpc_url and config.chain.contract_address
+        )
+        if ep.connect is None and not registry_mode:
+            raise ConfigError("endpoints.connect: required for a client (or chain.* settings)")
+        if ep.exit_node_id is None and not registry_mode:
+            raise ConfigError("endpoints.exit_node_id: required (the exit's node id)")
+        if keys.identity is None:
+            raise ConfigError("keys.identity: required for a client")
+        if ep.access_key_file is None:
+            raise ConfigError("endpoints.access_key_file: required")
+        self.config = config
+        self.identity = HybridSigningKey.load(keys.identity)
+        self.certificate = load_certificate(keys.certificate) if keys.certificate else None
+        try:
+            # A secret like the identity: refused when group or others may read it.
+            self.access_key = AccessKey.from_text(read_private_file(ep.access_key_file))
+        except L2BridgeError as exc:
+            raise ConfigError(f"endpoints.access_key_file: {exc}") from None
+        connect_url = ep.connect or ""
+        parts = urllib.parse.urlsplit(connect_url)
+        self.url = (
+            connect_url if parts.path not in ("", "/") else parts._replace(path=ep.path).geturl()
+        )
+        self.exit_node_id = ep.exit_node_id or b""
+        # wss:// (here or in the registry's endpoints): the system CAs, or only endpoints.tls_ca
+        try:
+            self.tls = client_context(ep.tls_ca)
+        except TlsError as exc:
+            raise ConfigError(f"endpoints.tls_ca: {exc}") from None
+        self.mode = Mode.from_name(config.security.post_quantum_mode)
+        pad_to, self.cover = obfuscation_settings(config.obfuscation)
+        self.session_config = SessionConfig(
+            rekey_interval=config.security.key_rotation_interval, pad_to=pad_to
+        )
+        self.evidence_checker = evidence_checker
+        self.status = status
+        self.metrics = Metrics("client")
+        self.metrics.set_info(
+            node_id=self.identity.node_id.hex(),
+            exit=ep.connect,
+            exit_node_id=self.exit_node_id.hex(),
+        )
+        self.client: Client | None = None
+        self.link: tunnel.Link | None = None
+        self.clock, self.clock_sources = tunnel_clock(config)
+        self.clock.publish(self.metrics)
+        # attestation_required with a pinned exit: a nonce and a checked answer every dial.
+        self.attestation = pinned_attestation(config, self.clock.now)
+        self.finder = registry_finder(
+            config,
+            lambda policy: DialSettings(
+                self.identity, self.access_key, policy, self.certificate, self.mode,
+                self.session_config, int(ep.token_window), self.tls, self.cover,
+            ),
+            self.metrics,
+            self.clock,
+        )  # fmt: skip
+
+    async def connect(self) -> FrameLink:
+        if self.finder is not None:
+            self.link = await self.finder.connect()
+            return self.link
+        nonce: bytes | None = None
+        checker = self.evidence_checker
+        if self.attestation is not None:
+            nonce, checker = await self.attestation.prepare()
+        elif checker is not None:
+            nonce = secrets.token_bytes(ATTESTATION_NONCE_SIZE)
+        handshake = ClientHandshake(
+            self.identity,
+            certificate=self.certificate,
+            mode=self.mode,
+            pinned_node_id=self.exit_node_id,
+            attestation_nonce=nonce,
+            evidence_checker=checker,
+            config=self.session_config,
+        )
+        self.link = await tunnel.connect(
+            self.url,
+            handshake,
+            access_key=self.access_key,
+            node_id=self.exit_node_id,
+            token_window=int(self.config.endpoints.token_window),
+            clock=self.clock.now,
+            ssl=self.tls if self.url.startswith("wss:") else None,
+            cover=self.cover,
+        )
+        return self.link
+
+    def _open_tap(self) -> tuple[FrameDevice, list[list[str]]]:
+        net = self.config.network
+        undo: list[list[str]] = []
+        try:
+            tap = open_tap(TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr))
+        except TapError as exc:
+            raise ConfigError(f"network.tap: {exc}") from None
+        try:
+            if net.bridge is not None:
+                if not netns.link_exists(None, net.bridge):
+                    netns.bridge(None, net.bridge, mtu=net.mtu)
+                    undo.append(["ip", "link", "del", net.bridge])
+                netns.attach(None, tap.name, net.bridge)
+        except netns.NetnsError as exc:
+            tap.close()
+            for cmd in reversed(undo):
+                netns.run(cmd, check=False)
+            raise ConfigError(f"network.bridge: {exc}") from None
+        return tap, undo
+
+    async def run(self, stop: asyncio.Event) -> None:
+        tap, undo = self._open_tap()
+        status = None
+        try:
+            # A failover must not wait behind a long backoff: the finder already skips
+            # exits that refused or did not answer.
+            self.client = Client(tap, self.connect, self.metrics, backoff=Backoff(initial=0.1))
+            if self.status:
+                status = StatusServer(self.metrics, *self.config.status.listen).start()
+            rotation = RotationDriver(
+                self.clock, self.config.security.key_rotation_interval, lambda: self.link,
+                self.metrics,
+            )  # fmt: skip
+            for source in self.clock_sources:
+                source.start()
+            jobs = [self.client.run(stop), rotation.run(stop)]
+            if self.finder is not None:
+                jobs.append(self.finder.watch(stop))
+            await asyncio.gather(*jobs)
+        finally:
+            for source in self.clock_sources:
+                source.stop()
+            if status is not None:
+                status.stop()
+            tap.close()
+            for cmd in reversed(undo):
+                netns.run(cmd, check=False)
+            self.identity.wipe()

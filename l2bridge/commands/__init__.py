@@ -1,0 +1,1 @@
+"""The ``shadowmesh`` command and the subcommands of the l2bridge package."""

@@ -1,0 +1,77 @@
+"""Pieces the ``client`` and ``exit`` commands share: network overrides, logging, signals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from l2bridge.node.config import Config, ConfigError
+
+
+def add_network_overrides(parser: argparse.ArgumentParser) -> None:
+    """Options the client and the exit share: where the TAP goes and how it runs."""
+    parser.add_argument("--tap", help="TAP device name (network.tap)")
+    parser.add_argument("--bridge", help="Linux bridge for the TAP, created if missing")
+    parser.add_argument("--mtu", type=int, help="TAP MTU: 1500, or 9000 for jumbo frames")
+    offload = parser.add_mutually_exclusive_group()
+    offload.add_argument(
+        "--offload", dest="vnet_hdr", action="store_true", default=None,
+        help="vnet_hdr + checksum/TSO offloads (64 KiB super-frames)",
+    )  # fmt: skip
+    offload.add_argument("--no-offload", dest="vnet_hdr", action="store_false")
+    parser.add_argument("--status-listen", metavar="HOST:PORT", help="override status.listen")
+
+
+def parse_address(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what}: expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an exit listens publicly
+
+
+def apply_overrides(config: Config, ns: argparse.Namespace) -> Config:
+    """The config file's values, with whatever the command line set on top."""
+    changes = {
+        k: v
+        for k, v in vars(ns).items()
+        if k in ("tap", "bridge", "mtu", "vnet_hdr") and v is not None
+    }
+    config = dataclasses.replace(config, network=dataclasses.replace(config.network, **changes))
+    ep = config.endpoints
+    if getattr(ns, "listen", None):
+        ep = dataclasses.replace(ep, listen=parse_address(ns.listen, "--listen"))
+    if getattr(ns, "connect", None):
+        ep = dataclasses.replace(ep, connect=ns.connect)
+    if getattr(ns, "exit_node_id", None):
+        try:
+            ep = dataclasses.replace(ep, exit_node_id=bytes.fromhex(ns.exit_node_id))
+        except ValueError:
+            raise ConfigError("--exit-node-id: not hex") from None
+    config = dataclasses.replace(config, endpoints=ep)
+    if ns.status_listen:
+        listen = parse_address(ns.status_listen, "--status-listen")
+        config = dataclasses.replace(
+            config, status=dataclasses.replace(config.status, listen=listen)
+        )
+    return config
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def run_until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run(stop)

@@ -1,0 +1,89 @@
+"""Files for certificates, revocation lists and allow-lists, and an Authorizer built from them.
+
+Private and public key files live in identity.py (``HybridSigningKey.save/load``,
+``save_public``/``load_public``).  Every loader raises ``KeyFileError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from l2bridge import codec
+from l2bridge.errors import AuthenticationFailed, KeyFileError, MalformedMessage
+from l2bridge.identity.keys import (
+    AllowList,
+    Authorizer,
+    DeviceCertificate,
+    RevocationList,
+    load_public,
+)
+
+CERT_LABEL = "DEVICE CERTIFICATE"
+CRL_LABEL = "REVOCATION LIST"
+PathLike = str | os.PathLike[str]
+
+
+def _read(path: PathLike) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"{path}: {exc.__class__.__name__}") from None
+
+
+def _write(path: PathLike, text: str) -> None:
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+
+
+def save_certificate(cert: DeviceCertificate, path: PathLike) -> None:
+    _write(path, codec.armor(CERT_LABEL, cert.encode()))
+
+
+def load_certificate(path: PathLike) -> DeviceCertificate:
+    try:
+        return DeviceCertificate.decode(codec.dearmor(CERT_LABEL, _read(path)))
+    except MalformedMessage as exc:
+        raise KeyFileError(f"{path}: not a certificate ({exc.detail})") from None
+
+
+def save_revocations(rl: RevocationList, path: PathLike) -> None:
+    _write(path, codec.armor(CRL_LABEL, rl.encode()))
+
+
+def load_revocations(path: PathLike) -> RevocationList:
+    try:
+        return RevocationList.decode(codec.dearmor(CRL_LABEL, _read(path)))
+    except MalformedMessage as exc:
+        raise KeyFileError(f"{path}: not a revocation list ({exc.detail})") from None
+
+
+def save_allow_list(allow: AllowList, path: PathLike) -> None:
+    _write(path, "# shadowmesh allow-list: <device node id (hex)> <name>\n" + allow.format())
+
+
+def load_allow_list(path: PathLike) -> AllowList:
+    try:
+        return AllowList.parse(_read(path))
+    except ValueError as exc:
+        raise KeyFileError(f"{path}: {exc}") from None
+
+
+def load_authorizer(
+    admin_public_files: Sequence[PathLike] = (),
+    revocation_files: Sequence[PathLike] = (),
+    allow_list_file: PathLike | None = None,
+) -> Authorizer:
+    """The exit's Authorizer from its files; a list not signed by a listed admin is an error."""
+    admins = [load_public(p) for p in admin_public_files]
+    allow = load_allow_list(allow_list_file) if allow_list_file is not None else None
+    authorizer = Authorizer(admins, allow_list=allow)
+    for path in revocation_files:
+        try:
+            authorizer.update_revocations(load_revocations(path))
+        except AuthenticationFailed as exc:
+            raise KeyFileError(f"{path}: {exc.detail}") from None
+    return authorizer

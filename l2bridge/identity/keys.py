@@ -1,0 +1,517 @@
+"""Identities: hybrid signing keys, node ids, device certificates, revocation and allow-lists.
+
+- ``HybridSigningKey``: an Ed25519 key and an ML-DSA-87 key (seed form), kept in
+  one file with 0600 permissions.  Signatures carry both halves (per ``Mode``:
+  hybrid needs both, pqc_only only ML-DSA, classical only Ed25519).
+- ``HybridPublicKey`` and ``node_id(public)`` = SHA-256 of its canonical encoding
+  (version byte, Ed25519 key, ML-DSA key; fixed sizes, so it is unambiguous).
+- ``AdminKey`` issues ``DeviceCertificate`` s and signs ``RevocationList`` s.
+- ``Authorizer`` decides whether a device may use an exit: allow-listed, or a
+  certificate from a known admin key that verifies, is current and is not revoked.
+
+Every message is signed under a label (``label || 0x00 || message``; ML-DSA also
+gets a context string) so a signature made for one purpose cannot be replayed
+as another.  Decoders raise ``MalformedMessage``; checks raise
+``AuthenticationFailed`` / ``NotAuthorized`` with fixed messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from l2bridge import codec
+from l2bridge.codec import Reader
+from l2bridge.constants import (
+    CERT_SERIAL_SIZE,
+    CERT_VERSION,
+    ED25519_PUBLIC_SIZE,
+    ED25519_SEED_SIZE,
+    ED25519_SIGNATURE_SIZE,
+    MAX_LIST_ENTRIES,
+    MAX_NAME_SIZE,
+    MAX_REASON_SIZE,
+    MAX_VERIFIED_CERTIFICATES,
+    MLDSA_PUBLIC_SIZE,
+    MLDSA_SEED_SIZE,
+    MLDSA_SIGNATURE_SIZE,
+    NODE_ID_SIZE,
+    Mode,
+)
+from l2bridge.crypto.pq import Signer, default_backend
+from l2bridge.crypto.secret import wipe
+from l2bridge.errors import (
+    AuthenticationFailed,
+    KeyFileError,
+    MalformedMessage,
+    NotAuthorized,
+)
+
+_PUBLIC_VERSION = 1
+_MLDSA_CONTEXT = b"shadowmesh"
+CERT_LABEL = b"device certificate"
+REVOCATION_LABEL = b"revocation list"
+KIND_IDENTITY = 1
+KIND_ADMIN = 2
+# A certificate issued slightly "in the future" by a skewed admin clock still counts.
+CERT_ISSUE_SKEW_SECONDS = 300.0
+
+
+def _labelled(label: bytes, message: bytes) -> bytes:
+    return label + b"\x00" + message
+
+
+@functools.lru_cache(maxsize=256)
+def _ed25519_public(raw: bytes) -> ed25519.Ed25519PublicKey:
+    return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class HybridSignature:
+    """Both halves of a hybrid signature; a half is ``b""`` when the mode omits it."""
+
+    ed25519: bytes
+    mldsa: bytes
+
+    def encode(self) -> bytes:
+        return codec.var16(self.ed25519) + codec.var16(self.mldsa)
+
+    @classmethod
+    def read(cls, r: Reader) -> HybridSignature:
+        ed = r.var16(ED25519_SIGNATURE_SIZE)
+        ml = r.var16(MLDSA_SIGNATURE_SIZE)
+        if len(ed) not in (0, ED25519_SIGNATURE_SIZE) or len(ml) not in (0, MLDSA_SIGNATURE_SIZE):
+            raise MalformedMessage("bad signature size")
+        return cls(ed, ml)
+
+
+@dataclass(frozen=True, slots=True)
+class HybridPublicKey:
+    ed25519: bytes
+    mldsa: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.ed25519) != ED25519_PUBLIC_SIZE or len(self.mldsa) != MLDSA_PUBLIC_SIZE:
+            raise MalformedMessage("bad public key size")
+
+    def encode(self) -> bytes:
+        """Canonical encoding (the input of ``node_id``)."""
+        return bytes((_PUBLIC_VERSION,)) + self.ed25519 + self.mldsa
+
+    @classmethod
+    def read(cls, r: Reader) -> HybridPublicKey:
+        if r.u8() != _PUBLIC_VERSION:
+            raise MalformedMessage("unknown public key version")
+        return cls(r.take(ED25519_PUBLIC_SIZE), r.take(MLDSA_PUBLIC_SIZE))
+
+    @classmethod
+    def decode(cls, data: bytes) -> HybridPublicKey:
+        r = Reader(data)
+        key = cls.read(r)
+        r.end()
+        return key
+
+    @property
+    def node_id(self) -> bytes:
+        return node_id(self)
+
+    def verify(
+        self, label: bytes, message: bytes, signature: HybridSignature, mode: Mode = Mode.HYBRID
+    ) -> None:
+        """Check every half ``mode`` requires; raise ``AuthenticationFailed`` otherwise.
+
+        A half the mode does not use must be absent, so a classical signature
+        can never be passed off where a hybrid one is required.
+        """
+        signed = _labelled(label, message)
+        if mode.uses_classical:
+            try:
+                _ed25519_public(self.ed25519).verify(signature.ed25519, signed)
+            except (InvalidSignature, ValueError):
+                raise AuthenticationFailed("ed25519 signature") from None
+        elif signature.ed25519:
+            raise AuthenticationFailed("unexpected ed25519 half")
+        if mode.uses_pq:
+            if not default_backend().sig_verify(
+                self.mldsa, signature.mldsa, signed, _MLDSA_CONTEXT
+            ):
+                raise AuthenticationFailed("ml-dsa signature")
+        elif signature.mldsa:
+            raise AuthenticationFailed("unexpected ml-dsa half")
+
+
+def node_id(public: HybridPublicKey) -> bytes:
+    """SHA-256 over the canonical encoding of all the public keys (the registry's nodeId)."""
+    return hashlib.sha256(public.encode()).digest()
+
+
+class HybridSigningKey:
+    """Ed25519 + ML-DSA-87 private keys.  Seeds live in bytearrays; ``wipe()`` zeroes them."""
+
+    __slots__ = ("_ed", "_ed_seed", "_ml", "_ml_seed", "public")
+
+    def __init__(self, ed25519_seed: bytes | bytearray, mldsa_seed: bytes | bytearray) -> None:
+        if len(ed25519_seed) != ED25519_SEED_SIZE or len(mldsa_seed) != MLDSA_SEED_SIZE:
+            raise KeyFileError("bad private key size")
+        self._ed_seed = bytearray(ed25519_seed)
+        self._ml_seed = bytearray(mldsa_seed)
+        self._ed = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(self._ed_seed))
+        self._ml: Signer = default_backend().sig_load_signer(bytes(self._ml_seed))
+        self.public = HybridPublicKey(
+            self._ed.public_key().public_bytes_raw(), self._ml.public_bytes
+        )
+
+    @classmethod
+    def generate(cls) -> HybridSigningKey:
+        return cls(secrets.token_bytes(ED25519_SEED_SIZE), secrets.token_bytes(MLDSA_SEED_SIZE))
+
+    @property
+    def node_id(self) -> bytes:
+        return node_id(self.public)
+
+    def sign(self, label: bytes, message: bytes, mode: Mode = Mode.HYBRID) -> HybridSignature:
+        signed = _labelled(label, message)
+        ed = self._ed.sign(signed) if mode.uses_classical else b""
+        ml = self._ml.sign(signed, _MLDSA_CONTEXT) if mode.uses_pq else b""
+        return HybridSignature(ed, ml)
+
+    def wipe(self) -> None:
+        """Zero our copies of the seeds (the library's own copies go with the objects)."""
+        wipe(self._ed_seed)
+        wipe(self._ml_seed)
+
+    def encode_private(self, kind: int) -> bytes:
+        return bytes((kind,)) + bytes(self._ed_seed) + bytes(self._ml_seed)
+
+    @classmethod
+    def decode_private(cls, data: bytes) -> tuple[int, HybridSigningKey]:
+        r = Reader(data)
+        kind = r.u8()
+        key = cls(r.take(ED25519_SEED_SIZE), r.take(MLDSA_SEED_SIZE))
+        r.end()
+        if kind not in (KIND_IDENTITY, KIND_ADMIN):
+            raise KeyFileError("unknown key kind")
+        return kind, key
+
+    def save(
+        self, path: str | os.PathLike[str], kind: int = KIND_IDENTITY, force: bool = False
+    ) -> None:
+        """Write the private key with mode 0600 (created that way, never chmod-ed after)."""
+        write_private_file(path, codec.armor("PRIVATE KEY", self.encode_private(kind)), force)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], kind: int = KIND_IDENTITY) -> HybridSigningKey:
+        """Read a private key file; refuse one readable by group or others."""
+        text = read_private_file(path)
+        try:
+            got, key = cls.decode_private(codec.dearmor("PRIVATE KEY", text))
+        except MalformedMessage as exc:
+            raise KeyFileError(f"{path}: not a private key file ({exc.detail})") from None
+        if got != kind:
+            raise KeyFileError(f"{path}: wrong key kind")
+        return key
+
+
+def write_private_file(path: str | os.PathLike[str], text: str, force: bool = False) -> None:
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    if target.exists() and not force:
+        raise KeyFileError(f"{target}: exists (use --force to replace)")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_private_file(path: str | os.PathLike[str]) -> str:
+    try:
+        st = os.stat(path)
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyFileError(f"{path}: permissions too open (must be 0600)")
+        return Path(path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"{path}: {exc.__class__.__name__}") from None
+
+
+def save_public(public: HybridPublicKey, path: str | os.PathLike[str]) -> None:
+    Path(path).write_text(codec.armor("PUBLIC KEY", public.encode()), encoding="ascii")
+
+
+def load_public(path: str | os.PathLike[str]) -> HybridPublicKey:
+    try:
+        return HybridPublicKey.decode(codec.dearmor("PUBLIC KEY", Path(path).read_text("ascii")))
+    except (OSError, UnicodeDecodeError, MalformedMessage) as exc:
+        raise KeyFileError(f"{path}: not a public key file ({exc.__class__.__name__})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCertificate:
+    serial: bytes
+    device: HybridPublicKey
+    name: str
+    organisation: str
+    issued: int  # unix seconds
+    expires: int
+    issuer: bytes  # node_id of the admin public key
+    signature: HybridSignature
+
+    def signed_part(self) -> bytes:
+        return b"".join(
+            [
+                b"SMCERT",
+                codec.u8(CERT_VERSION),
+                self.serial,
+                self.device.encode(),
+                codec.text(self.name),
+                codec.text(self.organisation),
+                codec.u64(self.issued),
+                codec.u64(self.expires),
+                self.issuer,
+            ]
+        )
+
+    def encode(self) -> bytes:
+        return self.signed_part() + self.signature.encode()
+
+    @classmethod
+    def read(cls, r: Reader) -> DeviceCertificate:
+        if r.take(6) != b"SMCERT" or r.u8() != CERT_VERSION:
+            raise MalformedMessage("not a certificate")
+        return cls(
+            serial=r.take(CERT_SERIAL_SIZE),
+            device=HybridPublicKey.read(r),
+            name=r.text(MAX_NAME_SIZE),
+            organisation=r.text(MAX_NAME_SIZE),
+            issued=r.u64(),
+            expires=r.u64(),
+            issuer=r.take(NODE_ID_SIZE),
+            signature=HybridSignature.read(r),
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> DeviceCertificate:
+        r = Reader(data)
+        cert = cls.read(r)
+        r.end()
+        return cert
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    serial: bytes
+    revoked_at: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationList:
+    """Revoked certificate serials, signed by the admin key; ``sequence`` only grows."""
+
+    issuer: bytes
+    sequence: int
+    entries: tuple[Revocation, ...]
+    signature: HybridSignature
+
+    def signed_part(self) -> bytes:
+        parts = [b"SMCRL", self.issuer, codec.u64(self.sequence), codec.u32(len(self.entries))]
+        for e in self.entries:
+            parts += [e.serial, codec.u64(e.revoked_at), codec.text(e.reason)]
+        return b"".join(parts)
+
+    def encode(self) -> bytes:
+        return self.signed_part() + self.signature.encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> RevocationList:
+        r = Reader(data)
+        if r.take(5) != b"SMCRL":
+            raise MalformedMessage("not a revocation list")
+        issuer, sequence, count = r.take(NODE_ID_SIZE), r.u64(), r.u32()
+        if count > MAX_LIST_ENTRIES:
+            raise MalformedMessage("too many entries")
+        entries = tuple(
+            Revocation(r.take(CERT_SERIAL_SIZE), r.u64(), r.text(MAX_REASON_SIZE))
+            for _ in range(count)
+        )
+        signature = HybridSignature.read(r)
+        r.end()
+        return cls(issuer, sequence, entries, signature)
+
+    def revoked(self) -> frozenset[bytes]:
+        return frozenset(e.serial for e in self.entries)
+
+
+class AdminKey:
+    """An organisation's admin key: issues certificates and signs revocation lists."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: HybridSigningKey) -> None:
+        self.key = key
+
+    @property
+    def public(self) -> HybridPublicKey:
+        return self.key.public
+
+    def issue(
+        self, device: HybridPublicKey, name: str, organisation: str, issued: int, expires: int
+    ) -> DeviceCertificate:
+        if not 0 <= issued < expires < 2**64:
+            raise ValueError("need 0 <= issued < expires < 2**64 (unix seconds)")
+        for value in (name, organisation):
+            if not value or len(value.encode("utf-8")) > MAX_NAME_SIZE:
+                raise ValueError(f"name/organisation must be 1..{MAX_NAME_SIZE} bytes")
+        unsigned = DeviceCertificate(
+            secrets.token_bytes(CERT_SERIAL_SIZE), device, name, organisation, issued, expires,
+            self.key.node_id, HybridSignature(b"", b""),
+        )  # fmt: skip
+        signature = self.key.sign(CERT_LABEL, unsigned.signed_part())
+        return dataclasses.replace(unsigned, signature=signature)
+
+    def revoke(
+        self, current: RevocationList | None, serial: bytes, reason: str, now: int
+    ) -> RevocationList:
+        """A new list with ``serial`` added and the sequence number bumped."""
+        if len(serial) != CERT_SERIAL_SIZE:
+            raise ValueError("bad certificate serial")
+        if len(reason.encode("utf-8")) > MAX_REASON_SIZE:
+            raise ValueError(f"reason longer than {MAX_REASON_SIZE} bytes")
+        entries = current.entries if current else ()
+        if serial not in {e.serial for e in entries}:
+            entries = (*entries, Revocation(serial, now, reason))
+        return self.sign_list(entries, (current.sequence + 1) if current else 1)
+
+    def sign_list(self, entries: Iterable[Revocation], sequence: int) -> RevocationList:
+        unsigned = RevocationList(
+            self.key.node_id, sequence, tuple(entries), HybridSignature(b"", b"")
+        )
+        signature = self.key.sign(REVOCATION_LABEL, unsigned.signed_part())
+        return RevocationList(unsigned.issuer, sequence, unsigned.entries, signature)
+
+
+@dataclass(frozen=True, slots=True)
+class AllowList:
+    """Device node ids an exit accepts without a certificate (``hex-id name`` per line)."""
+
+    entries: tuple[tuple[bytes, str], ...] = ()
+
+    def ids(self) -> frozenset[bytes]:
+        return frozenset(i for i, _ in self.entries)
+
+    def add(self, device_id: bytes, name: str) -> AllowList:
+        if device_id in self.ids():
+            return self
+        return AllowList((*self.entries, (device_id, name)))
+
+    def format(self) -> str:
+        return "".join(f"{i.hex()} {n}\n" for i, n in self.entries)
+
+    @classmethod
+    def parse(cls, text: str) -> AllowList:
+        entries: list[tuple[bytes, str]] = []
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            hex_id, _, name = line.partition(" ")
+            try:
+                device_id = bytes.fromhex(hex_id)
+            except ValueError:
+                raise ValueError(f"allow-list line {number}: not a hex node id") from None
+            if len(device_id) != NODE_ID_SIZE:
+                raise ValueError(f"allow-list line {number}: node id must be 32 bytes")
+            entries.append((device_id, name.strip()))
+        return cls(tuple(entries))
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    device_id: bytes
+    name: str
+    organisation: str
+    method: str  # "allow-list" or "certificate"
+    expires: int | None
+
+
+class Authorizer:
+    """The exit's admission decision: allow-list, or a valid, current, unrevoked certificate."""
+
+    def __init__(
+        self,
+        admin_keys: Sequence[HybridPublicKey] = (),
+        revocations: Sequence[RevocationList] = (),
+        allow_list: AllowList | None = None,
+    ) -> None:
+        self._admins = {node_id(k): k for k in admin_keys}
+        self._allow = allow_list or AllowList()
+        self._lists: dict[bytes, RevocationList] = {}
+        # Certificates whose admin signature already verified (SHA-256 of the whole
+        # encoding). A certificate is immutable, so a session's re-authorisation at every
+        # rekey checks expiry, revocation and the allow-list without spending another
+        # ML-DSA verification; bounded, and cleared rather than grown.
+        self._verified: set[bytes] = set()
+        for rl in revocations:
+            self.update_revocations(rl)
+
+    def update_revocations(self, rl: RevocationList) -> None:
+        """Install a newer list; raises ``AuthenticationFailed`` if it is not the admin's."""
+        admin = self._admins.get(rl.issuer)
+        if admin is None:
+            raise AuthenticationFailed("revocation list from an unknown admin")
+        admin.verify(REVOCATION_LABEL, rl.signed_part(), rl.signature)
+        old = self._lists.get(rl.issuer)
+        if old is None or rl.sequence > old.sequence:
+            self._lists[rl.issuer] = rl
+
+    def authorize(
+        self, device: HybridPublicKey, certificate: DeviceCertificate | None, now: float
+    ) -> Authorization:
+        """Return who the device is, or raise ``NotAuthorized`` (reason in ``detail``)."""
+        device_id = node_id(device)
+        for allowed_id, name in self._allow.entries:
+            if allowed_id == device_id:
+                return Authorization(device_id, name, "", "allow-list", None)
+        if certificate is None:
+            raise NotAuthorized("no certificate and not on the allow-list")
+        if certificate.device != device:
+            raise NotAuthorized("certificate is for another key")
+        admin = self._admins.get(certificate.issuer)
+        if admin is None:
+            raise NotAuthorized("certificate from an unknown admin")
+        digest = hashlib.sha256(certificate.encode()).digest()
+        if digest not in self._verified:
+            try:
+                admin.verify(CERT_LABEL, certificate.signed_part(), certificate.signature)
+            except AuthenticationFailed:
+                raise NotAuthorized("certificate signature invalid") from None
+            if len(self._verified) >= MAX_VERIFIED_CERTIFICATES:
+                self._verified.clear()
+            self._verified.add(digest)
+        if now + CERT_ISSUE_SKEW_SECONDS < certificate.issued:
+            raise NotAuthorized("certificate not yet valid")
+        if now >= certificate.expires:
+            raise NotAuthorized("certificate expired")
+        rl = self._lists.get(certificate.issuer)
+        if rl is not None and certificate.serial in rl.revoked():
+            raise NotAuthorized("certificate revoked")
+        return Authorization(
+            device_id,
+            certificate.name,
+            certificate.organisation,
+            "certificate",
+            certificate.expires,
+        )

@@ -1,0 +1,593 @@
+"""The tunnel link: WebSocket transport + handshake + Session, driven by asyncio.
+
+Client: ``link = await connect(url, handshake, access_key=..., node_id=...)``
+mints a single-use token, opens the browser-like WebSocket, sends the hello,
+takes the exit's answer, sends ClientFinish, and returns a running Link.
+Exit: ``await serve(on_link, settings, make_handshake, host=..., port=...)``
+answers everything else with the decoy site (transport.server) and calls
+``on_link(link)`` for each authorised tunnel.
+
+The data path runs inside the event loop's callbacks, with no task switch per
+record (each one cost a loop iteration per hop, which was most of the added
+latency):
+
+- send: ``send_now(frames)`` seals one record per batch and writes it to the
+  socket at once. When it cannot (the socket's write buffer is over its limit,
+  earlier batches are still queued, or the exit is still waiting for the
+  client's ClientFinish) it returns False and the caller uses ``send_frames``,
+  which queues the batch in a bounded queue that a writer task drains: a full
+  queue blocks the sender, so a slow peer slows its sender and memory does not
+  grow.
+- receive: each message goes through ``session.receive`` inside the socket's
+  ``data_received`` (transport.direct); the frames go to the sink set with
+  ``deliver_to`` or else to a bounded inbound queue read by ``recv_frames``
+  (a full queue pauses reading the socket).
+
+A record is always written in the same step that sealed it, so records leave
+in counter order, which the ordered session requires; control records (rekey
+init/reply, close notice) are written the moment they are sealed. Rekeys are
+driven from outside: whoever owns the clock calls ``link.rekey(epoch)`` on
+epoch boundaries (the client starts them; the exit follows in-band).
+
+With a ``cover`` plan (l2bridge.node.cover) an idle link also sends padding-only records at
+random intervals within a byte budget, written like any other record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, cast
+
+from websockets.asyncio.server import Server, ServerConnection
+
+from l2bridge.constants import MAX_RECORD_SIZE
+from l2bridge.errors import KeyExpired, PeerError, StateError
+from l2bridge.node.cover import CoverPlan
+from l2bridge.protocol.records import Buffer
+from l2bridge.protocol.session import Closed, PeerAuthenticated, RekeyCompleted, Session
+from l2bridge.transport.client import open_transport
+from l2bridge.transport.direct import DirectMessages
+from l2bridge.transport.errors import TransportClosed
+from l2bridge.transport.server import ServerSettings, serve_exit
+from l2bridge.transport.token import AccessKey, mint_token
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+FrameSink = Callable[[list[memoryview]], None]
+
+# Batches waiting in each direction. With batches of up to ~200 KiB this bounds
+# a link's buffered payload to a few MiB either way.
+LINK_QUEUE_BATCHES = 16
+HANDSHAKE_TIMEOUT_S = 15.0
+CLOSE_WAIT_S = 5.0
+# Exit: handshakes computed at the same time in worker threads (TPM quote + signatures).
+HANDSHAKE_WORKERS = 4
+CLOSE_INTERNAL_ERROR = 1011  # WebSocket close code; no reason text goes with it
+# A batch sent within this long after the previous record waits one loop iteration so
+# that what else arrives meanwhile joins its record: an idle link (a ping) sends at once,
+# a busy one (1500-byte frames one by one) makes few large records, not one per frame.
+COALESCE_S = 0.0005
+COALESCE_FRAMES = 64
+# Room for the WebSocket frame header on top of the largest record.
+MAX_MESSAGE_SIZE = MAX_RECORD_SIZE + 64
+
+_CLOSE = object()
+
+
+class ClientHandshakeLike(Protocol):
+    """l2bridge.protocol.handshake.ClientHandshake, as the link uses it."""
+
+    def hello(self) -> bytes: ...
+
+    def receive(self, data: bytes, now: float) -> tuple[Session, bytearray]: ...
+
+
+class ServerHandshakeLike(Protocol):
+    """l2bridge.protocol.handshake.ServerHandshake, as the link uses it."""
+
+    def receive(self, data: bytes, now: float) -> tuple[Session, bytes]: ...
+
+
+class TunnelSocket(Protocol):
+    """A websockets connection with transport.direct's mixin, as the link uses it."""
+
+    write_paused: bool
+
+    @property
+    def is_open(self) -> bool: ...
+
+    def write_binary(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def deliver_to(self, sink: Callable[[Buffer | None], None]) -> None: ...
+
+    async def next_message(self) -> Buffer: ...
+
+    async def drain(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class Link:
+    """One running tunnel over one WebSocket. Create with connect() or serve()."""
+
+    def __init__(
+        self,
+        ws: TunnelSocket,
+        session: Session,
+        *,
+        is_client: bool,
+        clock: Clock = time.time,
+        queue_batches: int = LINK_QUEUE_BATCHES,
+        cover: CoverPlan | None = None,
+    ) -> None:
+        self._ws = ws
+        self._cover = cover
+        self._ended = asyncio.Event()  # set once sending has stopped for good
+        self.cover_sent = 0
+        self.session = session
+        self.is_client = is_client
+        self._clock = clock
+        self._queue_batches = queue_batches
+        self._out: asyncio.Queue[object] = asyncio.Queue(queue_batches)
+        self._in: deque[list[memoryview]] = deque()
+        self._in_ready = asyncio.Event()
+        self._in_paused = False
+        self._sink: FrameSink | None = None
+        # The exit may seal only after the client's ClientFinish verified.
+        self._authenticated = asyncio.Event()
+        if is_client:
+            self._authenticated.set()
+        self._writer_busy = False
+        self._pending: list[Buffer] = []  # coalescing: sealed at the next loop iteration
+        self._flush_scheduled = False
+        self._last_write = 0.0
+        self._waiting_senders = 0
+        self._send_done = False
+        self._recv_done = False
+        self.rekeys_started = 0
+        self.rekeys_skipped = 0
+        self.rekeys_completed = 0
+        self.close_reason: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._ws.deliver_to(self._on_message)
+        self._tasks = [
+            asyncio.create_task(self._writer(), name="link-writer"),
+            asyncio.create_task(self._watch(), name="link-watch"),
+        ]
+        if self._cover is not None:
+            self._tasks.append(asyncio.create_task(self._send_cover(self._cover), name="cover"))
+
+    @property
+    def peer_authenticated(self) -> bool:
+        return self._authenticated.is_set()
+
+    # --- public API ----------------------------------------------------------
+
+    def send_now(self, frames: Sequence[Buffer]) -> bool:
+        """Seal ``frames`` and write them at once; False when they must wait.
+
+        False means: queued batches go first, the socket's write buffer is full,
+        or the exit still waits for ClientFinish; use ``send_frames`` then.
+        Raises TransportClosed once the link has ended.
+        """
+        if self._send_done:
+            raise TransportClosed("link closed")
+        if not self.ready_to_send:
+            return False
+        if not frames:
+            return True
+        if self._pending or time.monotonic() - self._last_write < COALESCE_S:
+            self._pending.extend(frames)
+            if len(self._pending) >= COALESCE_FRAMES:
+                self._flush_pending()
+            elif not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._scheduled_flush)
+            return True
+        self._seal_and_write(frames)
+        return True
+
+    @property
+    def ready_to_send(self) -> bool:
+        """Whether ``send_now`` would write right now."""
+        return (
+            not self._writer_busy
+            and not self._send_done
+            and self._out.empty()
+            and not self._waiting_senders
+            and not self._ws.write_paused
+            and self._authenticated.is_set()
+        )
+
+    async def send_frames(self, frames: Sequence[Buffer]) -> None:
+        """Send one batch, queueing it while it cannot go at once. Raises TransportClosed."""
+        if frames and not self.send_now(frames):
+            # Counted while waiting for room, so send_now cannot overtake this batch.
+            self._waiting_senders += 1
+            try:
+                await self._out.put(list(frames))
+            finally:
+                self._waiting_senders -= 1
+            if self._send_done:
+                raise TransportClosed("link closed")
+
+    def deliver_to(self, sink: FrameSink) -> None:
+        """Hand every received batch to ``sink`` synchronously from now on.
+
+        Batches already queued go first. ``recv_frames`` then only waits for the
+        end of the link (it raises TransportClosed).
+        """
+        self._sink = sink
+        while self._in:
+            sink(self._in.popleft())
+        self._resume_in()
+
+    async def recv_frames(self) -> list[memoryview]:
+        """Next received batch. Raises TransportClosed when the link has ended."""
+        while not self._in:
+            if self._recv_done:
+                raise TransportClosed("link closed")
+            self._in_ready.clear()
+            await self._in_ready.wait()
+        batch = self._in.popleft()
+        if len(self._in) <= self._queue_batches // 2:
+            self._resume_in()
+        return batch
+
+    def rekey(self, epoch: int) -> bool:
+        """Start an in-band rekey to ``epoch`` (client). Returns True when started.
+
+        The exit never starts one (it answers the client's), so on the exit this
+        returns False. A rekey still in flight or an epoch not ahead of the
+        current one is skipped and counted, not raised: the caller is a clock.
+        """
+        if not self.is_client or self._send_done:
+            return False
+        try:
+            record = self.session.start_rekey(epoch, self._clock())
+        except (StateError, KeyExpired):
+            self.rekeys_skipped += 1
+            return False
+        self.rekeys_started += 1
+        self._write(record)
+        return True
+
+    def stats(self) -> dict[str, int]:
+        out = self.session.stats.as_dict()
+        out.update(
+            rekeys_started=self.rekeys_started,
+            rekeys_skipped=self.rekeys_skipped,
+            rekeys_completed=self.rekeys_completed,
+            epoch=self.session.epoch,
+        )
+        return out
+
+    async def close(self) -> None:
+        """Send what is queued, a close notice, close the WebSocket, wipe keys."""
+        if not self._send_done:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_WAIT_S):
+                    await self._out.put(_CLOSE)
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=CLOSE_WAIT_S * 2)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        await self._ws.close()
+        self.session.close()
+
+    # --- sending -----------------------------------------------------------------
+
+    def _write(self, record: bytearray) -> None:
+        if not self._ws.is_open:
+            self._end("connection closed")
+            raise TransportClosed("link closed")
+        self._ws.write_binary(record)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        with contextlib.suppress(TransportClosed):  # the link ended meanwhile
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        frames, self._pending = self._pending, []
+        if frames and not self._send_done:
+            self._seal_and_write(frames)
+
+    def _seal_and_write(self, frames: Sequence[Buffer]) -> None:
+        try:
+            records = self.session.seal_batches(list(frames), self._clock())
+        except (KeyExpired, StateError) as exc:
+            # Never keep sending under a stale key: end the link instead.
+            log.warning("link send stopped: %s", exc)
+            self._end("key expired")
+            raise TransportClosed("link closed") from None
+        for record in records:
+            self._write(record)
+        self._last_write = time.monotonic()
+
+    async def _writer(self) -> None:
+        """Drains batches that could not be sent at once, in order."""
+        try:
+            while True:
+                item = await self._out.get()
+                self._writer_busy = True
+                if self._send_done and item is not _CLOSE:
+                    break  # ended from the receiving side; the batch is dropped
+                if item is _CLOSE:
+                    self._flush_pending()
+                    if self.session.established and self._ws.is_open:
+                        self._write(self.session.close_notice(now=self._clock()))
+                    self.close_reason = self.close_reason or "closed"
+                    break
+                await self._authenticated.wait()
+                if self._ws.write_paused:
+                    await self._ws.drain()
+                assert isinstance(item, list)
+                self._flush_pending()  # batches taken by send_now went first
+                self._seal_and_write(item)
+                self._writer_busy = False
+        except TransportClosed:
+            self.close_reason = self.close_reason or "connection closed"
+        finally:
+            self._writer_busy = True
+            self._send_done = True
+            self._ended.set()
+            # Release senders blocked on a full queue; their frames are dropped.
+            while not self._out.empty():
+                self._out.get_nowait()
+            await self._ws.close()
+
+    # --- receiving ---------------------------------------------------------------
+
+    def _on_message(self, message: Buffer | None) -> None:
+        """One WebSocket message, from inside the socket's data_received."""
+        if self._recv_done:
+            return
+        if message is None:
+            self._end("text message")
+            return
+        try:
+            received = self.session.receive(message, self._clock())
+        except PeerError as exc:
+            # Logged locally with its detail; the peer only sees the close.
+            log.warning("link ended by protocol error: %s (%s)", exc, exc.detail)
+            self._end("protocol error")
+            return
+        except Exception as exc:
+            # A local failure while answering the peer (a key past its limit when a rekey
+            # init arrives, a failing authorizer): end this link only, never the socket's
+            # callback; the peer sees a close and nothing else.
+            log.error("link ended by local error: %s: %s", type(exc).__name__, exc)
+            self._end("local error")
+            return
+        try:
+            for reply in received.replies:
+                self._write(reply)
+        except TransportClosed:
+            return
+        ended = False
+        for event in received.events:
+            if isinstance(event, PeerAuthenticated):
+                self._authenticated.set()
+            elif isinstance(event, RekeyCompleted):
+                self.rekeys_completed += 1
+            elif isinstance(event, Closed):
+                ended = True
+        if received.frames:
+            self._frames_in(received.frames)
+        if ended:
+            self._end("closed by peer")
+
+    def _frames_in(self, frames: list[memoryview]) -> None:
+        sink = self._sink
+        if sink is None:
+            self._in.append(frames)
+            self._in_ready.set()
+            if len(self._in) >= self._queue_batches and not self._in_paused:
+                self._in_paused = True
+                self._ws.pause_reading()
+            return
+        try:
+            sink(frames)
+        except Exception:
+            # A sink's bug must not kill the socket's protocol callback silently.
+            log.exception("frame sink failed; ending the link")
+            self._end("local error")
+
+    def _resume_in(self) -> None:
+        if self._in_paused:
+            self._in_paused = False
+            self._ws.resume_reading()
+
+    def _end(self, reason: str) -> None:
+        """Stop both directions; the writer task closes the WebSocket."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._recv_done = True
+        self._in_ready.set()
+        self._send_done = True
+        self._ended.set()
+        self._writer_busy = True
+        self._resume_in()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._out.put_nowait(_CLOSE)
+
+    # --- cover traffic ------------------------------------------------------------
+
+    async def _send_cover(self, plan: CoverPlan) -> None:
+        """Padding-only records at random intervals while no data goes out (l2bridge.node.cover)."""
+        rng = random.SystemRandom()  # intervals and sizes an observer cannot predict
+        tokens, last = plan.budget, time.monotonic()
+        while not self._ended.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), plan.next_delay(rng))
+                return
+            now = time.monotonic()
+            tokens = min(plan.budget, tokens + (now - last) * plan.budget)
+            last = now
+            # ready_to_send is False until the exit has the client's ClientFinish.
+            if now - self._last_write < plan.idle_s or self._pending or not self.ready_to_send:
+                continue  # data is flowing (or waiting): it is its own cover
+            size = plan.size(rng)
+            if size > tokens:
+                continue
+            try:
+                record = self.session.seal_cover(size, self._clock())
+                self._write(record)
+            except (KeyExpired, StateError, TransportClosed):
+                return  # the data path notices and ends the link
+            tokens -= len(record)
+            self.cover_sent += 1
+
+    async def _watch(self) -> None:
+        """Notices the connection ending under us (peer gone, TCP reset)."""
+        await self._ws.wait_closed()
+        self._end("connection closed")
+
+
+def _direct(ws: object) -> TunnelSocket:
+    # open_transport / serve_exit with direct=True make DirectMessages connections.
+    assert isinstance(ws, DirectMessages) and ws.direct_messages
+    return cast(TunnelSocket, ws)
+
+
+async def connect(
+    url: str,
+    handshake: ClientHandshakeLike,
+    *,
+    access_key: AccessKey,
+    node_id: bytes,
+    token_window: int = 60,
+    clock: Clock = time.time,
+    queue_batches: int = LINK_QUEUE_BATCHES,
+    cover: CoverPlan | None = None,
+    **transport_kwargs: object,
+) -> Link:
+    """Open a tunnel to the exit ``node_id`` at ``url``.
+
+    Raises UpgradeRefused (the exit answered as a web server), TransportClosed,
+    PeerError (the handshake failed: wrong exit, bad evidence), TimeoutError.
+    """
+    token = mint_token(access_key, node_id, clock(), window_s=token_window)
+    ws = _direct(
+        await open_transport(
+            url,
+            token,
+            max_size=MAX_MESSAGE_SIZE,
+            direct=True,
+            **transport_kwargs,  # type: ignore[arg-type]
+        )
+    )
+    try:
+        if not ws.is_open:
+            raise TransportClosed("closed")
+        ws.write_binary(handshake.hello())
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            server_hello = bytes(await ws.next_message())
+        session, finish = handshake.receive(server_hello, clock())
+        if not ws.is_open:
+            raise TransportClosed("closed")
+        ws.write_binary(finish)
+    except TransportClosed:
+        await ws.close()
+        raise TransportClosed("exit closed the connection during the handshake") from None
+    except BaseException:
+        await ws.close()
+        raise
+    link = Link(ws, session, is_client=True, clock=clock, queue_batches=queue_batches, cover=cover)
+    link.start()
+    return link
+
+
+async def serve(
+    on_link: Callable[[Link], Awaitable[None]],
+    settings: ServerSettings,
+    make_handshake: Callable[[], ServerHandshakeLike],
+    *,
+    host: str,
+    port: int,
+    clock: Clock = time.time,
+    queue_batches: int = LINK_QUEUE_BATCHES,
+    cover: CoverPlan | None = None,
+    handshake_workers: int = HANDSHAKE_WORKERS,
+    **transport_kwargs: object,
+) -> Server:
+    """Serve tunnels behind the decoy site; ``on_link`` runs per tunnel.
+
+    The link is closed when ``on_link`` returns. A client whose handshake fails
+    is disconnected without any explanation.
+    """
+
+    # Handshakes answered at once; more wait (within the handshake timeout) for a worker.
+    workers = asyncio.Semaphore(handshake_workers)
+
+    async def handler(connection: ServerConnection) -> None:
+        ws = _direct(connection)
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                hello = bytes(await ws.next_message())
+                await workers.acquire()
+            try:
+                # In a worker thread: the evidence step waits for a TPM quote (tens to
+                # hundreds of ms) and the signature costs too; every other tunnel's
+                # records keep flowing on the loop meanwhile. The TPM's own rate limit
+                # (the evidence provider) still applies.
+                session, server_hello = await asyncio.to_thread(
+                    make_handshake().receive, hello, clock()
+                )
+            finally:
+                workers.release()
+            if not ws.is_open:
+                session.close()
+                raise TransportClosed("closed")
+            ws.write_binary(server_hello)
+        except (PeerError, TimeoutError, TransportClosed) as exc:
+            log.info("tunnel handshake failed: %s", type(exc).__name__)
+            return
+        except Exception as exc:
+            # Ours, not the peer's (oversized evidence, a TPM error): logged here, the
+            # client only sees the connection close with "internal error" and no text.
+            log.error("tunnel handshake failed locally: %s: %s", type(exc).__name__, exc)
+            await connection.close(code=CLOSE_INTERNAL_ERROR)
+            return
+        link = Link(
+            ws, session, is_client=False, clock=clock, queue_batches=queue_batches,
+            cover=cover,
+        )  # fmt: skip
+        link.start()
+        try:
+            await on_link(link)
+        except Exception:
+            log.exception("tunnel handler failed; closing the link")
+        finally:
+            await link.close()
+
+    return await serve_exit(
+        handler,
+        settings,
+        host=host,
+        port=port,
+        max_size=MAX_MESSAGE_SIZE,
+        direct=True,
+        **transport_kwargs,  # type: ignore[arg-type]
+    )

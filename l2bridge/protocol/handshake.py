@@ -1,0 +1,352 @@
+"""The 1-round-trip hybrid handshake (sans-I/O), client first.
+
+ClientHello::
+
+    0x51 | version u8 | mode u8 | n u8 | n x cipher u8 (preference order) | flags u8
+    | [X25519 public 32]        (not in pqc_only)
+    | [ML-KEM-1024 ek 1568]     (not in classical)
+    | random 32
+    | [attestation nonce 32]    (flags & 1)
+    | client HybridPublicKey (1 + 32 + 2592)
+    | [u16 length | DeviceCertificate]  (flags & 2)
+    | [pinned exit node id 32]  (flags & 4)
+
+ServerHello::
+
+    0x52 | version u8 | mode u8 | cipher u8
+    | [X25519 public 32] | [ML-KEM ciphertext 1568] | random 32
+    | exit HybridPublicKey | u32 length | evidence (opaque, <= 32 KiB)
+    | HybridSignature over H1 (label "server hello")
+
+    H1 = SHA-384("shadowmesh v1 hs" | u32 len | ClientHello | ServerHello up to the signature)
+    H2 = SHA-384("shadowmesh v1 hs" | u32 len | ClientHello | the whole ServerHello)
+    keys = HKDF-SHA-384(salt = H2, ikm = X25519 secret || ML-KEM secret)   (keyslots.derive)
+
+The client then sends ClientFinish, its first record (epoch 0, counter 0): its
+HybridSignature over H2 (label "client finish").  The exit admits no frame
+before that signature verifies and the ``Authorizer`` agrees again.
+
+The exit runs the Authorizer already on the ClientHello, before it spends an
+ML-DSA signature on an unknown client.  Every peer-caused failure raises one
+of ``MalformedMessage``, ``UnsupportedParameters``, ``AuthenticationFailed``,
+``NotAuthorized`` (fixed messages; see errors.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+from l2bridge.codec import Reader, u8, u32, var16, var32
+from l2bridge.constants import (
+    ATTESTATION_NONCE_SIZE,
+    MAX_CERTIFICATE_SIZE,
+    MAX_CIPHER_CHOICES,
+    MAX_EVIDENCE_SIZE,
+    MAX_HANDSHAKE_MESSAGE_SIZE,
+    MSG_CLIENT_HELLO,
+    MSG_SERVER_HELLO,
+    NODE_ID_SIZE,
+    PROTOCOL_VERSION,
+    RANDOM_SIZE,
+    Cipher,
+    Mode,
+)
+from l2bridge.crypto.pq import Backend, default_backend, default_cipher_preference
+from l2bridge.crypto.secret import wipe
+from l2bridge.errors import (
+    AuthenticationFailed,
+    MalformedMessage,
+    StateError,
+    UnsupportedParameters,
+)
+from l2bridge.identity.keys import (
+    Authorizer,
+    DeviceCertificate,
+    HybridPublicKey,
+    HybridSignature,
+    HybridSigningKey,
+    node_id,
+)
+from l2bridge.protocol import kex
+from l2bridge.protocol.keyslots import derive
+from l2bridge.protocol.session import FINISH_LABEL, FinishCheck, Session, SessionConfig
+
+SERVER_LABEL = b"server hello"
+_TRANSCRIPT_PREFIX = b"shadowmesh v1 hs"
+_KEYS_INFO = b"shadowmesh v1 handshake keys"
+_FLAG_NONCE, _FLAG_CERT, _FLAG_PIN = 1, 2, 4
+
+EvidenceProvider = Callable[[bytes, bytes], bytes]
+EvidenceChecker = Callable[[bytes, bytes, bytes], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    mode: Mode
+    ciphers: tuple[Cipher, ...]
+    x25519: bytes
+    kem: bytes
+    random: bytes
+    nonce: bytes | None
+    identity: HybridPublicKey
+    certificate: DeviceCertificate | None
+    pinned: bytes | None
+
+    def encode(self) -> bytes:
+        flags = (
+            (_FLAG_NONCE if self.nonce is not None else 0)
+            | (_FLAG_CERT if self.certificate is not None else 0)
+            | (_FLAG_PIN if self.pinned is not None else 0)
+        )
+        parts = [
+            bytes((MSG_CLIENT_HELLO, PROTOCOL_VERSION, self.mode, len(self.ciphers))),
+            bytes(self.ciphers),
+            u8(flags),
+            self.x25519,
+            self.kem,
+            self.random,
+            self.nonce or b"",
+            self.identity.encode(),
+            var16(self.certificate.encode()) if self.certificate is not None else b"",
+            self.pinned or b"",
+        ]
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, data: bytes) -> ClientHello:
+        """Parse; ``MalformedMessage`` / ``UnsupportedParameters`` on bad input."""
+        if len(data) > MAX_HANDSHAKE_MESSAGE_SIZE:
+            raise MalformedMessage("hello too large")
+        r = Reader(data)
+        if r.u8() != MSG_CLIENT_HELLO:
+            raise MalformedMessage("not a ClientHello")
+        if r.u8() != PROTOCOL_VERSION:
+            raise UnsupportedParameters("version")
+        mode = _mode(r.u8())
+        count = r.u8()
+        if not 0 < count <= MAX_CIPHER_CHOICES:
+            raise MalformedMessage("cipher list")
+        # Unknown cipher codes are skipped: a newer client may offer more.
+        ciphers = tuple(Cipher(c) for c in r.take(count) if c in Cipher._value2member_map_)
+        flags = r.u8()
+        if flags & ~(_FLAG_NONCE | _FLAG_CERT | _FLAG_PIN):
+            raise MalformedMessage("flags")
+        x25519, kem = kex.read_initiator_shares(r, mode)
+        random = r.take(RANDOM_SIZE)
+        nonce = r.take(ATTESTATION_NONCE_SIZE) if flags & _FLAG_NONCE else None
+        identity = HybridPublicKey.read(r)
+        certificate = None
+        if flags & _FLAG_CERT:
+            certificate = DeviceCertificate.decode(r.var16(MAX_CERTIFICATE_SIZE))
+        pinned = r.take(NODE_ID_SIZE) if flags & _FLAG_PIN else None
+        r.end()
+        return cls(mode, ciphers, x25519, kem, random, nonce, identity, certificate, pinned)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerHello:
+    mode: Mode
+    cipher: Cipher
+    x25519: bytes
+    ciphertext: bytes
+    random: bytes
+    identity: HybridPublicKey
+    evidence: bytes
+    signature: HybridSignature
+
+    def signed_part(self) -> bytes:
+        return b"".join(
+            [
+                bytes((MSG_SERVER_HELLO, PROTOCOL_VERSION, self.mode, self.cipher)),
+                self.x25519,
+                self.ciphertext,
+                self.random,
+                self.identity.encode(),
+                var32(self.evidence),
+            ]
+        )
+
+    def encode(self) -> bytes:
+        return self.signed_part() + self.signature.encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> ServerHello:
+        if len(data) > MAX_HANDSHAKE_MESSAGE_SIZE:
+            raise MalformedMessage("hello too large")
+        r = Reader(data)
+        if r.u8() != MSG_SERVER_HELLO:
+            raise MalformedMessage("not a ServerHello")
+        if r.u8() != PROTOCOL_VERSION:
+            raise UnsupportedParameters("version")
+        mode = _mode(r.u8())
+        code = r.u8()
+        if code not in Cipher._value2member_map_:
+            raise UnsupportedParameters("cipher")
+        x25519, ciphertext = kex.read_responder_shares(r, mode)
+        random = r.take(RANDOM_SIZE)
+        identity = HybridPublicKey.read(r)
+        evidence = r.var32(MAX_EVIDENCE_SIZE)
+        signature = HybridSignature.read(r)
+        r.end()
+        return cls(mode, Cipher(code), x25519, ciphertext, random, identity, evidence, signature)
+
+
+def _mode(code: int) -> Mode:
+    if code not in Mode._value2member_map_:
+        raise UnsupportedParameters("mode")
+    return Mode(code)
+
+
+def _transcript(client_hello: bytes, server_part: bytes) -> bytes:
+    return hashlib.sha384(
+        _TRANSCRIPT_PREFIX + u32(len(client_hello)) + client_hello + server_part
+    ).digest()
+
+
+class ClientHandshake:
+    """Client side.  ``hello()`` -> send; ``receive(server_hello, now)`` -> (Session, finish)."""
+
+    def __init__(
+        self,
+        identity: HybridSigningKey,
+        *,
+        certificate: DeviceCertificate | None = None,
+        mode: Mode = Mode.HYBRID,
+        ciphers: Sequence[Cipher] | None = None,
+        pinned_node_id: bytes | None = None,
+        attestation_nonce: bytes | None = None,
+        evidence_checker: EvidenceChecker | None = None,
+        config: SessionConfig | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        if attestation_nonce is not None and len(attestation_nonce) != ATTESTATION_NONCE_SIZE:
+            raise ValueError("attestation nonce must be 32 bytes")
+        if attestation_nonce is not None and evidence_checker is None:
+            raise ValueError("an attestation nonce needs an evidence_checker")
+        if evidence_checker is not None and attestation_nonce is None:
+            # Without a nonce no evidence is asked for, so the checker would never run.
+            raise ValueError("an evidence_checker needs an attestation nonce")
+        if pinned_node_id is not None and len(pinned_node_id) != NODE_ID_SIZE:
+            raise ValueError("pinned node id must be 32 bytes")
+        prefs = tuple(ciphers) if ciphers else default_cipher_preference()
+        if not 0 < len(prefs) <= MAX_CIPHER_CHOICES:
+            raise ValueError("between 1 and 4 ciphers")
+        self._identity = identity
+        self._mode = mode
+        self._pinned = pinned_node_id
+        self._nonce = attestation_nonce
+        self._checker = evidence_checker
+        self._config = config or SessionConfig()
+        self._backend = backend or default_backend()
+        self._eph: kex.Ephemeral | None = kex.initiate(mode, self._backend)
+        self._hello = ClientHello(
+            mode, prefs, self._eph.x25519_public, self._eph.kem_public,
+            secrets.token_bytes(RANDOM_SIZE), attestation_nonce, identity.public,
+            certificate, pinned_node_id,
+        ).encode()  # fmt: skip
+        self.exit_identity: HybridPublicKey | None = None
+        self.evidence: bytes = b""
+
+    def hello(self) -> bytes:
+        return self._hello
+
+    def receive(self, data: bytes, now: float) -> tuple[Session, bytearray]:
+        """Check the ServerHello; return the session and the ClientFinish record to send."""
+        eph = self._eph
+        if eph is None:
+            raise StateError("handshake already finished")
+        self._eph = None
+        try:
+            sh = ServerHello.decode(data)
+            hello = ClientHello.decode(self._hello)
+            if sh.mode is not self._mode or sh.cipher not in hello.ciphers:
+                raise UnsupportedParameters("exit chose parameters we did not offer")
+            exit_id = node_id(sh.identity)
+            if self._pinned is not None and exit_id != self._pinned:
+                raise AuthenticationFailed("exit node id differs from the pinned one")
+            h1 = _transcript(self._hello, sh.signed_part())
+            sh.identity.verify(SERVER_LABEL, h1, sh.signature, self._mode)
+            if self._nonce is not None:
+                assert self._checker is not None
+                try:
+                    self._checker(sh.evidence, self._nonce, exit_id)
+                except Exception as exc:  # any checker failure refuses the exit
+                    raise AuthenticationFailed(f"evidence: {exc.__class__.__name__}") from None
+            ikm = kex.complete(eph, sh.x25519, sh.ciphertext)
+        finally:
+            eph.forget()
+        h2 = _transcript(self._hello, data)
+        try:
+            keys = derive(ikm, h2, _KEYS_INFO, is_client=True)
+        finally:
+            wipe(ikm)
+        self.exit_identity, self.evidence = sh.identity, sh.evidence
+        session = Session(
+            is_client=True, mode=self._mode, cipher=sh.cipher, keys=keys, peer=sh.identity,
+            now=now, config=self._config, backend=self._backend,
+        )  # fmt: skip
+        finish = session.seal_finish(self._identity.sign(FINISH_LABEL, h2, self._mode), now)
+        return session, finish
+
+
+class ServerHandshake:
+    """Exit side.  ``receive(client_hello, now)`` -> (Session awaiting ClientFinish, reply)."""
+
+    def __init__(
+        self,
+        identity: HybridSigningKey,
+        authorizer: Authorizer,
+        *,
+        modes: Collection[Mode] = (Mode.HYBRID,),
+        ciphers: Sequence[Cipher] = (Cipher.AES_256_GCM, Cipher.CHACHA20_POLY1305),
+        evidence_provider: EvidenceProvider | None = None,
+        config: SessionConfig | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        self._identity = identity
+        self._authorizer = authorizer
+        self._modes = frozenset(modes)
+        self._ciphers = tuple(ciphers)
+        self._provider = evidence_provider
+        self._config = config or SessionConfig()
+        self._backend = backend or default_backend()
+        self.node_id = identity.node_id
+
+    def receive(self, data: bytes, now: float) -> tuple[Session, bytes]:
+        ch = ClientHello.decode(data)
+        if ch.mode not in self._modes:
+            raise UnsupportedParameters("mode not allowed here")
+        cipher = next((c for c in ch.ciphers if c in self._ciphers), None)
+        if cipher is None:
+            raise UnsupportedParameters("no common cipher")
+        if ch.pinned is not None and ch.pinned != self.node_id:
+            raise AuthenticationFailed("client expects another exit")
+        # Refuse unknown clients before paying for a signature.
+        self._authorizer.authorize(ch.identity, ch.certificate, now)
+        evidence = b""
+        if ch.nonce is not None and self._provider is not None:
+            evidence = self._provider(ch.nonce, self.node_id)
+            if len(evidence) > MAX_EVIDENCE_SIZE:
+                raise ValueError("evidence larger than MAX_EVIDENCE_SIZE")
+        x_pub, ciphertext, ikm = kex.respond(ch.mode, self._backend, ch.x25519, ch.kem)
+        try:
+            unsigned = ServerHello(
+                ch.mode, cipher, x_pub, ciphertext, secrets.token_bytes(RANDOM_SIZE),
+                self._identity.public, evidence, HybridSignature(b"", b""),
+            )  # fmt: skip
+            h1 = _transcript(data, unsigned.signed_part())
+            signature = self._identity.sign(SERVER_LABEL, h1, ch.mode)
+            reply = unsigned.signed_part() + signature.encode()
+            h2 = _transcript(data, reply)
+            keys = derive(ikm, h2, _KEYS_INFO, is_client=False)
+        finally:
+            wipe(ikm)
+        session = Session(
+            is_client=False, mode=ch.mode, cipher=cipher, keys=keys, peer=ch.identity, now=now,
+            config=self._config, backend=self._backend,
+            finish_check=FinishCheck(h2, ch.identity, ch.certificate, self._authorizer),
+        )  # fmt: skip
+        return session, reply

@@ -1,0 +1,564 @@
+"""The full demo's steps, in order: build, attest and register, connect, rotate, fail over.
+
+Each step takes the :class:`~lab.demo_world.World`, returns one line saying what it
+showed, records its figures in ``world.facts`` and raises when it did not see what it
+should. The end-to-end test runs the same steps with shorter timers and checks the facts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from attestation import evidence as ev
+from attestation import tpms, verifier
+from attestation.enrol import Enrolment
+from attestation.policy import parse as parse_policy
+from exitnode.attested import measured_config
+from hardware import netns
+from hardware.chain import Anvil
+from hardware.tpm import Swtpm
+from l2bridge.client.selection import REPUTATION_BAND
+from l2bridge.node.config import load_config
+from lab import demo_config, demo_net, topology
+from lab.demo_world import StepFailed, World, chain_address, chain_key
+
+CLOCK_KIND = "gpsdo"
+UP_TIMEOUT_S = 45.0
+TRANSFER_PORT = 5555
+FAILOVER_PORT = 5556
+TRANSFER_TIMEOUT_S = 120.0
+PACE_S = 0.02  # the transfer during the failover: 64 KiB every 20 ms (~3 MB/s)
+PACED_LIMIT = 512 << 20  # and never more than this
+MIN_REKEYS = 2
+VOUCHER = "voucher.json"
+
+RECEIVE = """
+import hashlib, socket, sys, time
+srv = socket.create_server(("0.0.0.0", int(sys.argv[1])))
+srv.settimeout(float(sys.argv[2]))
+conn, _ = srv.accept()
+conn.settimeout(float(sys.argv[2]))
+h, n, last, gap = hashlib.sha256(), 0, None, 0.0
+while chunk := conn.recv(1 << 16):
+    now = time.monotonic()
+    gap = gap if last is None else max(gap, now - last)
+    last = now
+    h.update(chunk)
+    n += len(chunk)
+print(n, h.hexdigest(), f"{gap:.3f}", flush=True)
+"""
+SEND = """
+import hashlib, os, socket, sys, time
+host, port, flag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+limit, pace, path = int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
+for _ in range(100):
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit("no connection to the receiver")
+s.settimeout(60)
+h, sent = hashlib.sha256(), 0
+source = open(path, "rb") if path != "-" else None
+while sent < limit and not os.path.exists(flag):
+    chunk = source.read(1 << 20) if source else os.urandom(1 << 16)
+    if not chunk:
+        break
+    s.sendall(chunk)
+    h.update(chunk)
+    sent += len(chunk)
+    time.sleep(pace)
+s.close()
+print(sent, h.hexdigest(), flush=True)
+"""
+EXTEND_PCR = """
+import os, sys
+from attestation.tpm import Tpm
+with Tpm(sys.argv[1]) as tpm:
+    tpm.extend_pcr(int(sys.argv[2]), os.urandom(32))
+"""
+
+
+def _info(doc: dict[str, object], key: str) -> str:
+    info = doc.get("info")
+    return str(info.get(key, "")) if isinstance(info, dict) else ""
+
+
+def _gauge(doc: dict[str, object], key: str) -> float | None:
+    gauges = doc.get("gauges")
+    value = gauges.get(key) if isinstance(gauges, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _rekeys(doc: dict[str, object]) -> int:
+    value = doc.get("rekeys", 0)
+    return value if isinstance(value, int) else 0
+
+
+# --- building the world ------------------------------------------------------------------
+
+
+def step_network(w: World) -> str:
+    w.mesh = demo_net.build(w.lab, w.settings.mtu)
+    return f"{len(w.mesh.namespaces)} namespaces: wan, 2 exits, 2 clients, lan-a, lan-b"
+
+
+def step_clocks(w: World) -> str:
+    assert w.mesh is not None
+    names = (*w.exit_names, *w.client_names)
+    for name in names:
+        link = w.workdir / "clocks" / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        w.clocks[name] = link
+        sim = [sys.executable, "-m", "lab.clocksim", CLOCK_KIND, "--link", str(link)]
+        w.spawn(f"clock-{name}", None, sim)
+    if not netns.wait_for(lambda: all(p.exists() for p in w.clocks.values()), 15.0, 0.1):
+        raise StepFailed("the clock simulators did not create their ptys")
+    return f"{len(names)} simulated GPSDOs (NMEA on ptys), one per exit and client"
+
+
+def step_chain(w: World) -> str:
+    chain = Anvil(accounts=4, balance_ether=1000, netns=w.ns("wan").name, host=demo_net.CHAIN_IP)
+    chain.start()
+    w.cleanups.append(chain.stop)
+    w.rpc_url = chain.rpc_url
+    out = w.shadowmesh(
+        w.ns("wan"), "registry", "deploy", "--rpc", w.rpc_url,
+        "--interval", str(w.settings.window_s), "--minimum-stake", "10", key=chain_key(0),
+    )  # fmt: skip
+    w.contract = json.loads(out)["address"]
+    return f"Anvil at {w.rpc_url}, registry {w.contract} (window {w.settings.window_s} s)"
+
+
+def step_tpms(w: World) -> str:
+    for name in w.exit_names:
+        tpm = Swtpm(directory=w.workdir / f"tpm-{name}", netns=w.ns(name).name)
+        w.cleanups.append(tpm.stop)
+        tpm.start()
+        w.tctis[name] = tpm.tcti
+        w.ek_cas[name] = (tpm.root_ca, tpm.intermediate_ca)
+    return "one swtpm per exit, on that exit's own loopback, EK certified by a local CA"
+
+
+def step_keys(w: World) -> str:
+    assert w.mesh is not None
+    w.keys = keys = demo_config.make_keys(w.workdir / "keys", w.exit_names, w.client_names)
+    w.golden = keys.directory / "golden.json"
+    offload, timers = w.settings.mode == "offload", w.settings.timers()
+    for site in w.mesh.exits:
+        w.configs[site.name] = demo_config.exit_config(
+            keys, site.name, listen_ip=site.wan_ip, tcti=w.tctis[site.name],
+            rpc_url=w.rpc_url, contract=w.contract, clock_device=w.clocks[site.name],
+            voucher=state_dir(w, site.name) / VOUCHER, timers=timers, mtu=w.settings.mtu,
+            offload=offload,
+        )  # fmt: skip
+    for site in w.mesh.clients:
+        w.configs[site.name] = demo_config.client_config(
+            keys, site.name, rpc_url=w.rpc_url, contract=w.contract, golden_policy=w.golden,
+            clock_device=w.clocks[site.name], timers=timers, mtu=w.settings.mtu,
+            offload=offload,
+        )  # fmt: skip
+    return "admin key, access key, 2 exit identities, 2 client certificates, node configs"
+
+
+def state_dir(w: World, name: str) -> Path:
+    assert w.keys is not None
+    return w.keys.directory / f"state-{name}"
+
+
+def step_enrol(w: World) -> str:
+    """The operator's steps before an exit joins: enrol its AK, quote it, take the golden
+    policy from a known-good exit, and check the other exit against it."""
+    assert w.keys is not None and w.golden is not None
+    for name in w.exit_names:
+        state = state_dir(w, name)
+        state.mkdir(mode=0o700, exist_ok=True)
+        root, intermediate = w.ek_cas[name]
+        w.shadowmesh(
+            w.ns(name), "attest", "enroll", "--tcti", w.tctis[name], "--ca", str(root),
+            "--intermediate", str(intermediate), "--ak-out", str(state / "ak.json"),
+            "--record-out", str(state / "enrolment.json"),
+        )  # fmt: skip
+        config = measured_config(load_config(w.configs[name]), state)
+        w.shadowmesh(
+            w.ns(name), "attest", "quote", "--tcti", w.tctis[name], "--ak", str(state / "ak.json"),
+            "--node-id", w.keys.exit_ids[name].hex(), "--config", str(config), "--measure",
+            "--out", str(state / "evidence.bin"),
+        )  # fmt: skip
+    first = state_dir(w, w.exit_names[0])
+    w.shadowmesh(
+        None, "attest", "golden", "--evidence", str(first / "evidence.bin"),
+        "--enrolment", str(first / "enrolment.json"), "--out", str(w.golden),
+    )  # fmt: skip
+    policy = parse_policy(w.golden.read_bytes())
+    digests = {}
+    for name in w.exit_names:
+        state = state_dir(w, name)
+        data = (state / "evidence.bin").read_bytes()
+        e = ev.decode(data)
+        ak = Enrolment.parse((state / "enrolment.json").read_text()).ak_public
+        verdict = verifier.verify(
+            data, nonce=e.nonce, node_id=e.node_id, trusted_ak=ak, policy=policy,
+            previous=None, now=time.time(),
+        )  # fmt: skip
+        if not verdict.ok:
+            raise StepFailed(f"{name} fails the golden policy: {'; '.join(verdict.reasons)}")
+        digests[name] = tpms.parse_attest(e.attest).pcr_digest.hex()
+    w.facts["pcr_digests"] = digests
+    return "AKs enrolled (EK chain + credential activation), PCR 23 measured, golden policy written"
+
+
+def step_approve(w: World) -> str:
+    digests = list(w.facts["pcr_digests"].values())
+    w.shadowmesh(w.ns("wan"), "registry", "approve", *digests, "--rpc", w.rpc_url,
+                 "--registry", w.contract, key=chain_key(0))  # fmt: skip
+    return f"owner approved {len(digests)} PCR digests ({', '.join(d[:12] for d in digests)}...)"
+
+
+def operator_of(w: World, name: str) -> int:
+    """The Anvil account that operates exit ``name`` (account 0 deploys and enrols)."""
+    return w.exit_names.index(name) + 1
+
+
+def step_vouch(w: World) -> str:
+    """The deployer is also the enroller: appointed by the owner, it vouches on chain-
+    checkable terms for each AK whose enrolment it ran (step "enrol"), and for the
+    operator account that will register it."""
+    assert w.keys is not None
+    enroller = chain_address(0)
+    common = ("--rpc", w.rpc_url, "--registry", w.contract)
+    w.shadowmesh(w.ns("wan"), "registry", "enroller", "add", enroller, *common, key=chain_key(0))
+    for name in w.exit_names:
+        state = state_dir(w, name)
+        w.shadowmesh(
+            w.ns("wan"), "registry", "vouch", "--enrolment", str(state / "enrolment.json"),
+            "--node-id", w.keys.exit_ids[name].hex(), "--out", str(state / VOUCHER),
+            "--operator", chain_address(operator_of(w, name)), *common, key=chain_key(0),
+        )  # fmt: skip
+    return f"enroller {enroller[:10]}... appointed; it vouched for both exits' AKs and operators"
+
+
+def _start_exit(w: World, name: str) -> str:
+    assert w.mesh is not None
+    site = next(s for s in w.mesh.exits if s.name == name)
+    root, intermediate = w.ek_cas[name]
+    public = f"ws://{site.wan_ip}:{demo_config.EXIT_PORT}{demo_config.PATH}"
+    w.node(name, "exit", "--state-dir", str(state_dir(w, name)), "--public-url", public,
+           "--ek-ca", str(root), "--ek-intermediate", str(intermediate),
+           SHADOWMESH_REGISTRY_KEY=chain_key(operator_of(w, name)))  # fmt: skip
+    return public
+
+
+def _registered(w: World, name: str) -> None:
+    doc = w.wait_status(
+        name,
+        lambda d: _info(d, "registry_state").startswith(("registered", "attested", "rejected")),
+        UP_TIMEOUT_S,
+        "registration on chain",
+    )
+    state = _info(doc, "registry_state")
+    if state.startswith("rejected"):  # the contract's verdict on this exit: final here
+        _explain_measurement(w, name)
+        raise StepFailed(f"{name}: the registry refused it: {state}")
+
+
+def _explain_measurement(w: World, name: str) -> None:
+    """Say so when the running exit measured something else than the operator quoted."""
+    doc = w.status(name)
+    running = _info(doc, "measured_pcr23") if doc else ""
+    quoted = dict(ev.decode((state_dir(w, name) / "evidence.bin").read_bytes()).pcrs).get(23)
+    if running and quoted is not None and running != quoted.hex():
+        raise StepFailed(
+            f"{name} measured PCR 23 = {running[:16]}... but the operator's quote had "
+            f"{quoted.hex()[:16]}...: the software or configuration changed in between "
+            "(was the checkout edited during the demo?)"
+        )
+
+
+def step_exits(w: World) -> str:
+    """Both exits start together: each measures itself into PCR 23, registers with its
+    voucher and stake, then attests every upkeep period."""
+    urls = [_start_exit(w, name) for name in w.exit_names]
+    for name in w.exit_names:
+        _registered(w, name)
+    return f"{', '.join(urls)}: measured, registered with 10 ETH stake each, attesting"
+
+
+# --- the clients and their traffic -------------------------------------------------------
+
+
+def reputations(w: World) -> dict[str, int]:
+    assert w.keys is not None
+    out = {}
+    for name, node_id in w.keys.exit_ids.items():
+        doc = json.loads(
+            w.shadowmesh(
+                w.ns("wan"),
+                "registry",
+                "show",
+                "--node-id",
+                node_id.hex(),
+                "--rpc",
+                w.rpc_url,
+                "--registry",
+                w.contract,
+            )
+        )
+        out[name] = int(doc["reputation"])
+    return out
+
+
+def best_exit(reps: dict[str, int], ids: dict[str, bytes]) -> str:
+    """What every client's ranking (``l2bridge.client.selection.rank``) picks among fresh, healthy
+    exits: the highest reputation band, then the lowest nodeId."""
+    return min(reps, key=lambda n: (-(reps[n] // REPUTATION_BAND), ids[n]))
+
+
+def step_clients(w: World) -> str:
+    """Both clients rank the registry's exits (reputation band, freshness, nodeId) and must
+    agree: exits registered together earn the same on-time bonus per window, so their
+    order cannot flip while the clients connect (a band is 5 windows wide)."""
+    assert w.keys is not None
+    before = reputations(w)
+    best = best_exit(before, w.keys.exit_ids)
+    for name in w.client_names:
+        w.node(name, "client")
+    lan_a, host_b = w.ns("lan-a"), topology.HOST_B
+    if not netns.wait_for(lambda: topology.ping(lan_a, host_b, count=1) == 1, UP_TIMEOUT_S, 0.2):
+        w.check_alive()
+        raise StepFailed("lan-a cannot reach lan-b through the tunnels")
+    chosen = {}
+    for name in w.client_names:
+        doc = w.wait_status(name, lambda d: _info(d, "exit_event") == "connected", 10, "a link")
+        chosen[name] = w.exit_name(_info(doc, "exit_node_id"))
+    w.facts.update(
+        first_exits=chosen,
+        reputations_at_connect=before,
+        exit_ids={n: i.hex() for n, i in w.keys.exit_ids.items()},
+        best_exit=best,
+    )
+    if set(chosen.values()) != {best}:
+        raise StepFailed(f"clients chose {chosen}; the best exit is {best} ({before})")
+    shown = ", ".join(f"{n} {r}" for n, r in before.items())
+    tie = len({r // REPUTATION_BAND for r in before.values()}) == 1
+    why = "same reputation band, so the lowest nodeId" if tie else "highest reputation band"
+    return f"both clients chose {best} from the registry ({why}; {shown}); lan-a <-> lan-b up"
+
+
+def step_ping(w: World) -> str:
+    out = w.ns("lan-a").run(["ping", "-c", "5", "-i", "0.2", "-q", topology.HOST_B], timeout=20)
+    match = re.search(r"(\d+) received.*?= [\d.]+/([\d.]+)/", out, re.S)
+    if not match or match.group(1) != "5":
+        raise StepFailed(f"ping lost packets: {out.strip().splitlines()[-2:]}")
+    w.facts["ping_avg_ms"] = float(match.group(2))
+    return f"{topology.HOST_A} -> {topology.HOST_B}: 5/5 replies, avg {match.group(2)} ms"
+
+
+def _transfer(
+    w: World, port: int, source: str, flag: Path, *, limit: int, pace: float
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """Start a receiver in lan-b and a sender in lan-a (``source`` a file, or ``-`` for
+    paced random data until ``flag`` exists)."""
+    pipe = subprocess.PIPE
+    recv = w.lab.spawn(
+        w.ns("lan-b"), [sys.executable, "-c", RECEIVE, str(port), str(TRANSFER_TIMEOUT_S)],
+        stdout=pipe, stderr=pipe,
+    )  # fmt: skip
+    send = w.lab.spawn(
+        w.ns("lan-a"),
+        [sys.executable, "-c", SEND, topology.HOST_B, str(port), str(flag), str(limit),
+         str(pace), source],
+        stdout=pipe, stderr=pipe,
+    )  # fmt: skip
+    return recv, send
+
+
+def _finish(
+    recv: subprocess.Popen[bytes], send: subprocess.Popen[bytes]
+) -> tuple[int, str, str, float]:
+    """(bytes, sent SHA-256, received SHA-256, longest pause at the receiver) once both
+    ends are done; raises unless both ends counted the same bytes with the same SHA-256."""
+    try:
+        sent_out, sent_err = send.communicate(timeout=TRANSFER_TIMEOUT_S)
+        got_out, got_err = recv.communicate(timeout=TRANSFER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise StepFailed("the transfer did not finish in time") from None
+    if send.returncode != 0 or recv.returncode != 0:
+        err = (sent_err or got_err or b"").decode(errors="replace").strip().splitlines()
+        raise StepFailed(f"transfer failed: {err[-1] if err else 'no output'}")
+    sent_n, sent_hex = sent_out.decode().split()
+    got_n, got_hex, gap = got_out.decode().split()
+    if int(sent_n) != int(got_n) or sent_hex != got_hex:
+        raise StepFailed(f"sent {sent_n} B {sent_hex[:16]}..., got {got_n} B {got_hex[:16]}...")
+    return int(got_n), sent_hex, got_hex, float(gap)
+
+
+def step_transfer(w: World) -> str:
+    src = w.workdir / "payload.bin"
+    digest = hashlib.sha256()
+    with src.open("wb") as f:
+        for _ in range(w.settings.size_mib):
+            chunk = os.urandom(1 << 20)
+            digest.update(chunk)
+            f.write(chunk)
+    started = time.monotonic()
+    recv, send = _transfer(w, TRANSFER_PORT, str(src), w.workdir / "never", limit=1 << 40, pace=0.0)
+    size, _sent_hex, got_hex, _gap = _finish(recv, send)
+    elapsed = time.monotonic() - started
+    if got_hex != digest.hexdigest() or size != w.settings.size_mib << 20:
+        raise StepFailed("the file received is not the file written (SHA-256 differs)")
+    rate = size * 8 / max(elapsed, 1e-6) / 1e6
+    w.facts["transfer"] = {"bytes": size, "seconds": round(elapsed, 2), "mbit_s": round(rate)}
+    return f"{size >> 20} MiB lan-a -> lan-b in {elapsed:.2f} s ({rate:.0f} Mbit/s), SHA-256 equal"
+
+
+# --- rotation, PCR change, failover ------------------------------------------------------
+
+
+def step_rotations(w: World) -> str:
+    """Rekeys complete on both ends of every link, on the simulated clocks' epochs."""
+    used = w.facts["best_exit"]
+    timeout = w.settings.rotation_s * (MIN_REKEYS + 2) + 15
+    counts, modes = {}, {}
+    for name in w.client_names:
+        doc = w.wait_status(name, lambda d: _rekeys(d) >= MIN_REKEYS, timeout, "rekeys")
+        counts[name], modes[name] = _rekeys(doc), _gauge(doc, "clock_mode")
+    need = MIN_REKEYS * len(w.client_names)
+    doc = w.wait_status(used, lambda d: _rekeys(d) >= need, timeout, "rekeys at the exit")
+    counts[used], modes[used] = _rekeys(doc), _gauge(doc, "clock_mode")
+    w.facts["rekeys"] = counts
+    w.facts["clock_modes"] = modes
+    synced = [n for n, m in modes.items() if m in (0.0, 1.0)]  # synced or holding over
+    if len(synced) != len(modes):
+        raise StepFailed(f"clocks not disciplined by their GPSDO (0 synced, 1 holdover): {modes}")
+    shown = ", ".join(f"{n} {c}" for n, c in counts.items())
+    return (
+        f"rekeys every {w.settings.rotation_s:g} s on epoch boundaries: {shown} "
+        f"(clock disciplined by its GPSDO on {len(synced)}/{len(modes)} nodes)"
+    )
+
+
+def step_failover(w: World) -> str:
+    """Change PCR 23 on the exit in use while a TCP transfer runs between the LANs; both
+    clients must refuse that exit and move to the other, and the transfer must survive."""
+    old = w.facts["best_exit"]
+    new = next(n for n in w.exit_names if n != old)
+    flag = w.workdir / "stop-paced-transfer"
+    recv, send = _transfer(w, FAILOVER_PORT, "-", flag, limit=PACED_LIMIT, pace=PACE_S)
+    w.facts["paced_transfer"] = (recv, send, flag)
+    w.marks["paced transfer started"] = time.monotonic()
+    time.sleep(1.0)  # the transfer is under way
+    if send.poll() is not None:
+        raise StepFailed("the transfer ended before the failover")
+    w.python(w.ns(old), EXTEND_PCR, w.tctis[old], "23")
+    w.marks["PCR changed"] = changed = time.monotonic()
+    new_id = _exit_id(w, new)
+    moved: dict[str, float] = {}
+    deadline = changed + 2 * w.settings.window_s + 15
+    while len(moved) < len(w.client_names) and time.monotonic() < deadline:
+        w.check_alive()
+        for name in w.client_names:
+            doc = w.status(name) if name not in moved else None
+            if doc is None:
+                continue
+            if _info(doc, "exit_node_id") == new_id and _info(doc, "exit_event") == "connected":
+                moved[name] = round(time.monotonic() - changed, 2)
+        time.sleep(0.2)
+    w.facts["failover_s"] = moved
+    w.marks["clients moved"] = time.monotonic()
+    w.facts["refusals"] = {n: refusal_reason(w, n, _exit_id(w, old)[:16]) for n in w.client_names}
+    if len(moved) < len(w.client_names):
+        raise StepFailed(f"clients on {new} after the PCR change: {sorted(moved)} only")
+    unrefused = [n for n, why in w.facts["refusals"].items() if not why]
+    if unrefused:
+        raise StepFailed(f"{unrefused} moved without logging a refusal of {old}")
+    shown = ", ".join(f"{n} after {s:.1f} s" for n, s in moved.items())
+    return (
+        f"PCR 23 of {old} extended; both clients refused it and moved to {new}: {shown} "
+        f"(re-check every {w.settings.window_s} s)"
+    )
+
+
+def refusal_reason(w: World, client: str, short_id: str) -> str:
+    """The first reason ``client`` logged for refusing the exit ``short_id`` ("" if none)."""
+    marker = f"exit {short_id} refused: "
+    for line in w.log(client).read_text(errors="replace").splitlines():
+        if marker in line:
+            return line.split(marker, 1)[1].strip()
+    return ""
+
+
+def _exit_id(w: World, name: str) -> str:
+    assert w.keys is not None
+    return w.keys.exit_ids[name].hex()
+
+
+def step_after_failover(w: World) -> str:
+    lan_a, host_b = w.ns("lan-a"), topology.HOST_B
+    if not netns.wait_for(lambda: topology.ping(lan_a, host_b, count=1) == 1, UP_TIMEOUT_S, 0.2):
+        raise StepFailed("lan-a cannot reach lan-b after the failover")
+    replies = topology.ping(lan_a, host_b, count=3)
+    recv, send, flag = w.facts.pop("paced_transfer")
+    flag.touch()
+    stopped = time.monotonic()
+    size, sent_hex, got_hex, gap = _finish(recv, send)
+    m = w.marks
+    w.facts["failover_transfer"] = {
+        "bytes": size,
+        "sent_sha256": sent_hex,
+        "received_sha256": got_hex,
+        "longest_pause_s": gap,
+        "started_before_pcr_change_s": round(m["PCR changed"] - m["paced transfer started"], 2),
+        "stopped_after_clients_moved_s": round(stopped - m["clients moved"], 2),
+    }
+    if replies != 3:
+        raise StepFailed(f"ping after the failover: {replies}/3 replies")
+    return (
+        f"ping 3/3; the TCP transfer running through the move delivered {size / 2**20:.1f} MiB "
+        f"intact (SHA-256 equal), longest pause {gap:.1f} s"
+    )
+
+
+def step_registry(w: World) -> str:
+    """The changed exit cannot attest on chain any more: the contract refuses its quote."""
+    old = w.facts["best_exit"]
+    doc = w.wait_status(
+        old,
+        lambda d: _info(d, "registry_state").startswith("rejected"),
+        w.settings.upkeep_s * 3 + 10,
+        "the registry refusing the changed exit",
+    )
+    state = _info(doc, "registry_state")
+    w.facts["changed_exit_registry_state"] = state
+    reps = reputations(w)
+    w.facts["reputations_at_end"] = reps
+    return f"{old} on chain: {state}; reputations now {reps}"
+
+
+STEPS = [
+    ("network", step_network),
+    ("clocks", step_clocks),
+    ("chain", step_chain),
+    ("TPMs", step_tpms),
+    ("keys", step_keys),
+    ("enrol + golden", step_enrol),
+    ("approve", step_approve),
+    ("vouch", step_vouch),
+    ("exits", step_exits),
+    ("clients", step_clients),
+    ("ping", step_ping),
+    ("file transfer", step_transfer),
+    ("rotations", step_rotations),
+    ("PCR change", step_failover),
+    ("after failover", step_after_failover),
+    ("registry", step_registry),
+]

@@ -1,0 +1,105 @@
+"""Keys and configuration files for a lab exit and its clients (demo, tests, benchmark).
+
+``provision(dir, ...)`` makes an organisation admin key, the exit's identity and access
+key, and one certified identity per client, then writes ready-to-run YAML files for
+``shadowmesh exit`` and ``shadowmesh client``. Private files are created mode 0600.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from l2bridge.identity.keyfiles import save_certificate
+from l2bridge.identity.keys import KIND_ADMIN, AdminKey, HybridSigningKey, save_public
+from l2bridge.identity.keys import write_private_file as _write_private
+from l2bridge.transport.token import AccessKey
+
+EXIT_PORT = 8443
+CERT_LIFETIME_S = 7 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Lab:
+    exit_config: Path
+    client_configs: dict[str, Path]
+    exit_node_id: bytes
+    admin: AdminKey
+    directory: Path
+
+
+def _network(tap: str, bridge: str, mtu: int, offload: bool) -> dict[str, object]:
+    return {"layer": 2, "mtu": mtu, "tap": tap, "bridge": bridge, "vnet_hdr": offload}
+
+
+def provision(
+    directory: Path,
+    *,
+    exit_host: str,
+    clients: tuple[str, ...] = ("client",),
+    mtu: int = 1500,
+    offload: bool = True,
+    bridge: str = "br0",
+    port: int = EXIT_PORT,
+    mode: str = "hybrid",
+    rotation: str = "1h",
+    certify: tuple[str, ...] | None = None,
+) -> Lab:
+    """Write keys and configs under ``directory``. ``certify`` lists the clients that get
+    a certificate (default: all); the others have an identity the exit does not admit."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = int(time.time())
+    admin = AdminKey(HybridSigningKey.generate())
+    admin.key.save(directory / "admin.key", kind=KIND_ADMIN)
+    save_public(admin.public, directory / "admin.pub")
+    exit_key = HybridSigningKey.generate()
+    exit_key.save(directory / "exit.identity")
+    _write_private(directory / "access.key", AccessKey.generate().to_text() + "\n")
+    security = {"key_rotation_interval": rotation, "post_quantum_mode": mode}
+    exit_cfg = {
+        "version": "1.0",
+        "security": security,
+        "network": _network("smx0", bridge, mtu, offload),
+        "endpoints": {
+            "listen": f"{exit_host}:{port}",
+            "path": "/ws",
+            "access_key_file": "access.key",
+        },
+        "keys": {"identity": "exit.identity", "admin_public": "admin.pub"},
+        "status": {"listen": "127.0.0.1:9470"},
+        "logging": {"level": "info"},
+    }
+    exit_path = directory / "exit.yaml"
+    exit_path.write_text(yaml.safe_dump(exit_cfg, sort_keys=False))
+    client_paths: dict[str, Path] = {}
+    for name in clients:
+        key = HybridSigningKey.generate()
+        key.save(directory / f"{name}.identity")
+        keys = {"identity": f"{name}.identity"}
+        if certify is None or name in certify:
+            cert = admin.issue(key.public, name, "lab", now - 60, now + CERT_LIFETIME_S)
+            save_certificate(cert, directory / f"{name}.cert")
+            keys["certificate"] = f"{name}.cert"
+        key.wipe()
+        cfg = {
+            "version": "1.0",
+            "security": security,
+            "network": _network("smc0", bridge, mtu, offload),
+            "endpoints": {
+                "connect": f"ws://{exit_host}:{port}/ws",
+                "access_key_file": "access.key",
+                "exit_node_id": exit_key.node_id.hex(),
+            },
+            "keys": keys,
+            "status": {"listen": "127.0.0.1:9480"},
+            "logging": {"level": "info"},
+        }
+        path = directory / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        client_paths[name] = path
+    node_id = exit_key.node_id
+    exit_key.wipe()
+    return Lab(exit_path, client_paths, node_id, admin, directory)
