@@ -5,7 +5,7 @@
 Figures are medians over repeated runs (this machine is shared; medians resist
 noise), in milliseconds, and MB/s (10**6 bytes/s) for seal/open.  A readable
 table goes to stderr; the last stdout line is one JSON object with every figure.
-Targets (spec section 8 and DESIGN.md): each key exchange step < 1 ms, the whole
+Targets (the README's figures table): each key exchange step < 1 ms, the whole
 hybrid exchange < 0.5 ms (our goal), hybrid sign < 2 ms, hybrid verify < 1 ms.
 """
 

@@ -2,7 +2,7 @@
 
 Figures (one JSON line at the end):
 - rotation CPU per rekey (both ends, in-memory SessionPair, hybrid mode) and the
-  overhead it implies at 1-minute and 1-second intervals (spec: under 0.1 %), plus the
+  overhead it implies at 1-minute and 1-second intervals (target: under 0.1 %), plus the
   epoch scheduler's own cost per boundary;
 - clock accuracy in virtual time with 1 µs PPS jitter: p99/max offset error after
   convergence, convergence time, holdover uncertainty growth and recovery;

@@ -17,7 +17,7 @@ NODE_MODULES = PACKAGE_DIR / "node_modules"
 WEI_PER_ETHER = 10**18
 
 # Deployment defaults (constructor arguments).
-DEFAULT_MINIMUM_STAKE_WEI = 10 * WEI_PER_ETHER  # the spec's MINIMUM_STAKE
+DEFAULT_MINIMUM_STAKE_WEI = 10 * WEI_PER_ETHER  # the registry's MINIMUM_STAKE
 DEFAULT_ATTESTATION_INTERVAL_S = 3600  # hourly attestation
 DEFAULT_UNBONDING_DELAY_S = 7 * 24 * 3600
 DEFAULT_FRESHNESS_BLOCKS = 64  # a quote's nonce block must be at most this old (<= 256)

@@ -2,7 +2,7 @@
 
 Accepts the config engineer's ``l2bridge.node.config.AtomicTime`` (``enabled``, ``sources`` of
 ``TimeSource(kind, device)``, ``consensus_quorum``) or a plain mapping in the YAML's shape,
-which may also carry what a real installation needs beyond the spec's example::
+which may also carry what a real installation needs beyond the examples' short form::
 
     atomic_time:
       enabled: true

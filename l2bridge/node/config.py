@@ -1,4 +1,4 @@
-"""Node configuration: YAML (DESIGN section 7), loaded once, in layers.
+"""Node configuration: YAML (every field in docs/configuration.md), loaded once, in layers.
 
 Layers, later wins: built-in defaults, the YAML file, environment variables
 ``SHADOWMESH_<SECTION>__<FIELD>`` (values parsed as YAML scalars, e.g.
@@ -7,8 +7,8 @@ frozen dataclasses. Every invalid value raises ConfigError naming the field
 path and the reason, e.g. ``security.key_rotation_interval: expected a
 duration like 10s, 1m or 1h, got 'soon'``.
 
-The spec's three configurations load as written. Features the spec names but
-this implementation does not have (SGX, multi-hop routing, steganography,
+The example configurations in ``l2bridge/examples/`` load as written. Features a
+configuration may name but this implementation does not have (SGX, multi-hop routing, steganography,
 SIEM export) are accepted; ``problems(config)`` lists them, and
 ``ensure_startable`` refuses to start where running without them would be
 weaker than what the operator asked for (SGX required, multi-hop required).
@@ -88,7 +88,7 @@ class Obfuscation:
 
 
 # The atomic_time section is parsed by the timing package itself (one parser for the
-# spec's short form ``- rubidium: /dev/ttyUSB0`` and the long form with serial settings,
+# examples' short form ``- rubidium: /dev/ttyUSB0`` and the long form with serial settings,
 # PPS, fallback and the chrony socket), so the file and ``shadowmesh clock`` agree.
 AtomicTime = TimeSettings
 
