@@ -3,10 +3,15 @@
 * ``docs/configuration.md`` lists exactly the configuration fields the loader accepts, and
   each default it states is the code's default (the written value is put through the real
   loader and compared with what an empty configuration gives).
+* Each byte-layout table in ``docs/wire-protocol.md`` (marked ``<!-- layout: name -->``) tiles
+  a message built by the real encoder: offsets contiguous, sizes summing to the message's
+  length, and each field's bytes the ones the encoder wrote. Limits quoted in its text are
+  the constants.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import re
 from pathlib import Path
@@ -14,8 +19,17 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from l2bridge import constants as l2_constants
+from l2bridge.constants import RECORD_CLOSE, Cipher, Mode
+from l2bridge.identity.keys import AdminKey, HybridSigningKey
 from l2bridge.node import config as node_config
+from l2bridge.protocol.handshake import ClientHello, ServerHello
+from l2bridge.protocol.pair import SessionPair
+from l2bridge.protocol.records import SendKey
+from l2bridge.transport import constants as transport_constants
+from l2bridge.transport import token
 from timing import config as time_config
 
 REPO = Path(__file__).resolve().parents[1].parent
@@ -180,3 +194,285 @@ def test_a_wrong_default_is_caught(field: str, wrong: str) -> None:
     problems = default_problems("\n".join(lines))
     assert len(problems) == 1
     assert problems[0].startswith(field)
+
+
+# --- wire-protocol.md: every layout table matches the encoders ----------------------------
+
+WIRE = REPO / "docs" / "wire-protocol.md"
+_LAYOUT = re.compile(r"<!-- layout: (\w+) -->")
+_LAYOUT_ROW = re.compile(r"^\|\s*([^|]+?)\s*\|\s*([^|]+?)\s*\|\s*`(\w+)`\s*\|")
+
+
+def layout_tables(text: str) -> dict[str, list[tuple[str, str, str]]]:
+    """``name -> [(offset, size, field)]`` for each table after a ``layout`` marker."""
+    tables: dict[str, list[tuple[str, str, str]]] = {}
+    current: list[tuple[str, str, str]] | None = None
+    for line in text.splitlines():
+        marker = _LAYOUT.search(line)
+        if marker is not None:
+            current = tables.setdefault(marker[1], [])
+            continue
+        if current is None:
+            continue
+        if not line.startswith("|"):
+            if current:
+                current = None
+            continue
+        row = _LAYOUT_ROW.match(line)
+        if row is not None and row[1] != "Offset":
+            current.append((row[1], row[2], row[3]))
+    return tables
+
+
+def _value(expr: str, names: dict[str, int]) -> int:
+    """``2652 + N + O`` with ``names`` bound; only sums of numbers and names."""
+    total = 0
+    for part in expr.split("+"):
+        term = part.strip()
+        total += int(term) if term.isdigit() else names[term]
+    return total
+
+
+def layout_problems(
+    rows: list[tuple[str, str, str]],
+    message: bytes,
+    fields: dict[str, bytes | None],
+    names: dict[str, int],
+) -> list[str]:
+    """Rows must tile ``message`` exactly, and each named field hold the expected bytes."""
+    problems = []
+    position = 0
+    for offset_expr, size_expr, field in rows:
+        offset, size = _value(offset_expr, names), _value(size_expr, names)
+        if offset != position:
+            problems.append(f"{field}: offset {offset}, but the previous field ends at {position}")
+        expected = fields.get(field, b"")
+        if field not in fields:
+            problems.append(f"{field}: not a field of this message")
+        elif expected is not None and message[offset : offset + size] != expected:
+            problems.append(f"{field}: bytes {offset}..{offset + size} differ from the encoder's")
+        position = offset + size
+    if position != len(message):
+        problems.append(f"the table covers {position} bytes, the message has {len(message)}")
+    missing = set(fields) - {f for _, _, f in rows}
+    if missing:
+        problems.append(f"fields not in the table: {sorted(missing)}")
+    return problems
+
+
+def _examples() -> dict[str, tuple[bytes, dict[str, bytes | None], dict[str, int]]]:
+    """Each documented message built by the code, with what each field must hold."""
+
+    def u(n: int, size: int) -> bytes:
+        return n.to_bytes(size, "big")
+
+    out: dict[str, tuple[bytes, dict[str, bytes | None], dict[str, int]]] = {}
+
+    key = token.AccessKey(bytes(range(32)))
+    node = bytes(32)
+    nonce16 = b"\x01" * 16
+    text = token.mint_token(key, node, 1_000_000.0, window_s=60, nonce=nonce16)
+    raw = base64.urlsafe_b64decode(text + "=")
+    mac = token._mac(key, node, token.window_of(1_000_000.0, 60), nonce16)
+    out["token"] = (raw, {"nonce": nonce16, "mac": mac[:16]}, {})
+
+    device, admin_key = HybridSigningKey.generate(), HybridSigningKey.generate()
+    pub = device.public
+    out["public_key"] = (
+        pub.encode(),
+        {"version": b"\x01", "ed25519": pub.ed25519, "mldsa": pub.mldsa},
+        {},
+    )
+    sig = device.sign(b"label", b"message")
+    out["signature"] = (
+        sig.encode(),
+        {
+            "ed25519_length": u(len(sig.ed25519), 2),
+            "ed25519": sig.ed25519,
+            "mldsa_length": u(len(sig.mldsa), 2),
+            "mldsa": sig.mldsa,
+        },
+        {},
+    )
+    cert = AdminKey(admin_key).issue(pub, "laptop", "acme", 1_700_000_000, 1_800_000_000)
+    out["certificate"] = (
+        cert.encode(),
+        {
+            "magic": b"SMCERT",
+            "version": b"\x01",
+            "serial": cert.serial,
+            "device": pub.encode(),
+            "name_length": u(6, 2),
+            "name": b"laptop",
+            "organisation_length": u(4, 2),
+            "organisation": b"acme",
+            "issued": u(1_700_000_000, 8),
+            "expires": u(1_800_000_000, 8),
+            "issuer": admin_key.node_id,
+            "signature": cert.signature.encode(),
+        },
+        {"N": 6, "O": 4},
+    )
+
+    x, kem, rnd, nonce = b"\x11" * 32, b"\x22" * 1568, b"\x33" * 32, b"\x44" * 32
+    ciphers = (Cipher.AES_256_GCM, Cipher.CHACHA20_POLY1305)
+    hello = ClientHello(Mode.HYBRID, ciphers, x, kem, rnd, nonce, pub, None, None)
+    out["client_hello"] = (
+        hello.encode(),
+        {
+            "type": b"\x51",
+            "version": b"\x01",
+            "mode": b"\x00",
+            "cipher_count": b"\x02",
+            "ciphers": b"\x01\x02",
+            "flags": b"\x01",
+            "x25519": x,
+            "mlkem": kem,
+            "random": rnd,
+            "nonce": nonce,
+            "identity": pub.encode(),
+        },
+        {},
+    )
+    evidence = b"\x55" * 100
+    reply = ServerHello(Mode.HYBRID, Cipher.AES_256_GCM, x, kem, rnd, pub, evidence, sig)
+    out["server_hello"] = (
+        reply.encode(),
+        {
+            "type": b"\x52",
+            "version": b"\x01",
+            "mode": b"\x00",
+            "cipher": b"\x01",
+            "x25519": x,
+            "mlkem": kem,
+            "random": rnd,
+            "identity": pub.encode(),
+            "evidence_length": u(100, 4),
+            "evidence": evidence,
+            "signature": sig.encode(),
+        },
+        {"E": 100},
+    )
+
+    send = SendKey(Cipher.AES_256_GCM, bytearray(32), bytearray(12), 7, 0.0)
+    send.next_counter = 5
+    record = bytes(send.seal_body(RECORD_CLOSE, b"\x00"))
+    out["record"] = (
+        record,
+        {
+            "type": b"\x05",
+            "epoch": u(7, 4),
+            "counter": u(5, 8),
+            "ciphertext": None,
+            "tag": None,
+        },
+        {"n": 1},
+    )
+
+    pair = SessionPair.connect(now=0.0)
+    init = pair.client.start_rekey(3, 1.0)
+    pending = pair.client._pending
+    assert pending is not None
+    out["rekey_init"] = (
+        pending.init_body,
+        {
+            "generation": u(1, 4),
+            "clock_epoch": u(3, 4),
+            "x25519": pending.ephemeral.x25519_public,
+            "mlkem": pending.ephemeral.kem_public,
+        },
+        {},
+    )
+    replies: list[bytes] = []
+    client = pair.client
+    on_reply = client._on_rekey_reply
+
+    def capture(body: bytes, now: float) -> Any:
+        replies.append(bytes(body))
+        return on_reply(body, now)
+
+    client._on_rekey_reply = capture  # type: ignore[method-assign]
+    [reply_record] = pair.exit.receive(init, 1.0).replies
+    client.receive(reply_record, 1.0)
+    [reply_body] = replies
+    assert client.epoch == 1
+    out["rekey_reply"] = (
+        reply_body,
+        {"generation": u(1, 4), "x25519": None, "mlkem": None},
+        {},
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def examples() -> dict[str, tuple[bytes, dict[str, bytes | None], dict[str, int]]]:
+    return _examples()
+
+
+def test_every_layout_table_matches_the_encoder(examples: dict[str, Any]) -> None:
+    tables = layout_tables(WIRE.read_text(encoding="utf-8"))
+    assert set(tables) == set(examples), "a layout table without an example, or the reverse"
+    problems = {
+        name: layout_problems(tables[name], *examples[name])
+        for name in tables
+        if layout_problems(tables[name], *examples[name])
+    }
+    assert problems == {}
+
+
+def test_the_record_example_opens_with_its_header_as_associated_data(
+    examples: dict[str, Any],
+) -> None:
+    record = examples["record"][0]
+    nonce = (5).to_bytes(12, "big")  # IV of zeros XOR counter 5
+    assert AESGCM(bytes(32)).decrypt(nonce, record[13:], record[:13]) == b"\x00"
+
+
+def test_a_wrong_offset_or_size_is_caught(examples: dict[str, Any]) -> None:
+    rows = layout_tables(WIRE.read_text(encoding="utf-8"))["client_hello"]
+    message, fields, names = examples["client_hello"]
+    shifted = [(o, s, f) if f != "random" else (o, "31", f) for o, s, f in rows]
+    assert layout_problems(shifted, message, fields, names)
+    swapped = [(o, s, {"random": "nonce", "nonce": "random"}.get(f, f)) for o, s, f in rows]
+    assert layout_problems(swapped, message, fields, names)
+    dropped = [r for r in rows if r[2] != "flags"]
+    assert layout_problems(dropped, message, fields, names)
+
+
+@pytest.mark.parametrize(
+    ("phrase", "value", "actual"),
+    [
+        ("266 541 bytes", 266_541, "MAX_RECORD_SIZE"),
+        ("1984 counters", 1984, "REPLAY_WINDOW_SIZE"),
+        ("1 ≤ length ≤ 65 600", 65_600, "MAX_FRAME_SIZE"),
+        ("at most 2^22 records", 2**22, "REJECT_AFTER_RECORDS"),
+        ("2^21 records", 2**21, "REKEY_AFTER_RECORDS"),
+        ("lives at most\n3 hours", 3 * 3600, "REJECT_AFTER_SECONDS"),
+        ("or 2 hours", 2 * 3600, "REKEY_AFTER_SECONDS"),
+        ("keeps the old receive key 2\nseconds", 2, "REKEY_GRACE_SECONDS"),
+        ("restarted\nafter 10 seconds", 10, "REKEY_TIMEOUT_SECONDS"),
+        ("at\nmost 32 KiB", 32 * 1024, "MAX_EVIDENCE_SIZE"),
+        ("at most 64 KiB", 64 * 1024, "MAX_HANDSHAKE_MESSAGE_SIZE"),
+    ],
+)
+def test_numbers_in_the_text_are_the_constants(phrase: str, value: int, actual: str) -> None:
+    assert getattr(l2_constants, actual) == value
+    text = " ".join(WIRE.read_text(encoding="utf-8").split())
+    assert " ".join(phrase.split()) in text
+
+
+@pytest.mark.parametrize(
+    ("phrase", "value", "actual"),
+    [
+        ("at most\n100 000 per window", 100_000, "REPLAY_CACHE_PER_WINDOW"),
+        ("pings every 25 s", 25, "SERVER_PING_INTERVAL_S"),
+        ("limited to 4 MiB", 4 << 20, "MAX_MESSAGE_BYTES"),
+        ("43-character", 43, "TOKEN_TEXT_LENGTH"),
+    ],
+)
+def test_transport_numbers_in_the_text_are_the_constants(
+    phrase: str, value: int, actual: str
+) -> None:
+    assert getattr(transport_constants, actual) == value
+    text = " ".join(WIRE.read_text(encoding="utf-8").split())
+    assert " ".join(phrase.split()) in text
