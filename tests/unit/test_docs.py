@@ -7,6 +7,8 @@
   a message built by the real encoder: offsets contiguous, sizes summing to the message's
   length, and each field's bytes the ones the encoder wrote. Limits quoted in its text are
   the constants.
+* The four documents exist, and every relative link in README, CONTRIBUTING and ``docs/``
+  points at a file that exists.
 """
 
 from __future__ import annotations
@@ -476,3 +478,35 @@ def test_transport_numbers_in_the_text_are_the_constants(
     assert getattr(transport_constants, actual) == value
     text = " ".join(WIRE.read_text(encoding="utf-8").split())
     assert " ".join(phrase.split()) in text
+
+
+# --- links --------------------------------------------------------------------------------
+
+_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def _markdown_files() -> list[Path]:
+    return [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def test_the_four_documents_exist() -> None:
+    names = {p.name for p in (REPO / "docs").glob("*.md")}
+    assert {"architecture.md", "threat-model.md", "wire-protocol.md", "configuration.md"} <= names
+
+
+def test_relative_links_resolve() -> None:
+    broken = []
+    for page in _markdown_files():
+        for target in _LINK.findall(page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):
+                continue  # http:, https:, mailto:
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO)}: {target}")
+    assert broken == []
+
+
+def test_a_broken_link_is_caught(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("[ok](page.md) [web](https://example.org) [gone](docs/nothing.md#part)\n")
+    targets = [t for t in _LINK.findall(page.read_text()) if not re.match(r"[a-z]+:", t)]
+    assert [t for t in targets if not (tmp_path / t).exists()] == ["docs/nothing.md"]
