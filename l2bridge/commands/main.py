@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "exit": ("exitnode.cli", "run an exit node"),
     "attest": ("attestation.cli", "TPM enrolment, quotes, golden policy, verification"),
     "registry": ("contracts.cli", "the on-chain exit-node registry"),
-    "clock": ("timing.cli", "atomic clock sources and their discipline"),
+    "clock": ("l2bridge.commands.clock", "atomic clock sources and their discipline"),
     "simulate": ("lab.clocksim.cli", "a simulated rubidium or GPSDO on a pseudo-terminal"),
     "status": ("l2bridge.commands.status", "read a running client's or exit's status"),
     "demo": ("lab.demo", "two LANs bridged through attested, registered exits"),

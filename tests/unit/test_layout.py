@@ -84,12 +84,7 @@ IO_MODULES = frozenset(
 )
 
 # (importing module, imported module) -> why it is still there.
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("timing.cli", "l2bridge.node.config"): (
-        "'shadowmesh clock status --config' reads the atomic_time section through the node's "
-        "config loader (layers, environment overrides); the command belongs above l2bridge"
-    ),
-}
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True, slots=True)
