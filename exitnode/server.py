@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import ssl
 import time
@@ -27,6 +28,7 @@ from exitnode.host import HostSetup, Masquerade
 from exitnode.revocations import RevocationWatch
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import Switchboard
+from hardware import ethernet
 from hardware.tap import TapConfig
 from l2bridge.constants import Mode
 from l2bridge.errors import L2BridgeError
@@ -168,6 +170,16 @@ class ExitNode:
             config=self.session_config,
         )
 
+    def switch_config(self) -> SwitchConfig:
+        net = self.config.network
+        tpids = {ethernet.TPID_8021Q} | ({ethernet.TPID_8021AD} if net.service_tags else set())
+        return SwitchConfig(
+            ageing_s=self.options.mac_ageing_s,
+            mtu=self.tap_config.mtu,
+            protected_ips=frozenset(ipaddress.ip_address(ip).packed for ip in net.gateway_ips),
+            tag_tpids=frozenset(tpids),
+        )
+
     def policy_for(self, name: str) -> PortPolicy:
         vlans = self.options.device_vlans.get(name)
         return self.default_policy if vlans is None else vlan_policy(vlans)
@@ -193,7 +205,9 @@ class ExitNode:
         name = auth.name or auth.device_id.hex()[:16]
         if self.attested is not None:
             self.attested.tally.track(link)
-        await self.board.serve_link(link, name, self.policy_for(auth.name))
+        await self.board.serve_link(
+            link, name, self.policy_for(auth.name), owner=auth.device_id.hex()
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         ep = self.config.endpoints
@@ -204,9 +218,7 @@ class ExitNode:
         status: StatusServer | None = None
         server = None
         try:
-            switch = Switch(
-                SwitchConfig(ageing_s=self.options.mac_ageing_s, mtu=self.tap_config.mtu)
-            )
+            switch = Switch(self.switch_config())
             self.board = Switchboard(switch, self.metrics, local=host.tap)
             server = await tunnel.serve(
                 self._on_link,

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from exitnode import constants
+from exitnode.errors import PortRefused
 from exitnode.switch import PortPolicy, Switch
 from hardware.tap import FrameDevice
 from l2bridge.node.metrics import Metrics
@@ -142,11 +143,24 @@ class Switchboard:
         if frames:
             self._deliver(self.switch.forward(constants.LOCAL_PORT, frames, self._clock()))
 
-    async def serve_link(self, link: PortLink, device: str, policy: PortPolicy) -> None:
-        """Run one client's port until its link fails or closes; then detach it."""
+    async def serve_link(
+        self, link: PortLink, device: str, policy: PortPolicy, *, owner: str | None = None
+    ) -> None:
+        """Run one client's port until its link fails or closes; then detach it.
+
+        ``owner`` names the device for the switch's per-device limits (its tunnel count,
+        MACs, addresses and flood budgets): the device id, since display names may repeat.
+        A device over its tunnel limit (or a switch out of room) gets no port: the link is
+        closed and the refusal counted.
+        """
         port = f"{device}#{next(self._ids)}"
         outbox = _Outbox(link if isinstance(link, DirectPortLink) else None)
-        self.switch.attach(port, policy, self._clock())
+        try:
+            self.switch.attach(port, policy, self._clock(), device=owner or device)
+        except PortRefused as refused:
+            log.warning("device %s gets no port: %s", device, refused.reason)
+            await link.close()
+            return
         self._outboxes[port] = outbox
         log.info("port %s attached", port)
         sender = asyncio.ensure_future(self._send_loop(link, outbox))

@@ -68,7 +68,7 @@ def test_frames_cross_between_clients_and_the_local_tap_byte_for_byte() -> None:
     async def body(b: Bench) -> None:
         ca, cb = b.client("a"), b.client("b")
         await b.until(lambda: len(b.board.clients) == 2)
-        arp = bytes(Ether(src=A, dst=BCAST) / ARP(pdst="10.0.0.2"))
+        arp = bytes(Ether(src=A, dst=BCAST) / ARP(hwsrc=A, psrc="10.0.0.1", pdst="10.0.0.2"))
         await ca.send_frames([ethernet.NO_OFFLOAD + arp])
         got = await asyncio.wait_for(cb.recv_frames(), TIMEOUT)
         assert got == [ethernet.NO_OFFLOAD + arp]
