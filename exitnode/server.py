@@ -25,7 +25,7 @@ from exitnode import constants
 from exitnode.attested import AttestedExit
 from exitnode.errors import ExitConfigError
 from exitnode.host import HostSetup, Masquerade
-from exitnode.revocations import RevocationWatch
+from exitnode.revocations import LiveSessions, RevocationWatch
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import Switchboard
 from hardware import ethernet
@@ -124,7 +124,10 @@ class ExitNode:
             self.authorizer,
             [config.keys.revocations] if config.keys.revocations else [],
             self.options.revocation_poll_s,
+            allow_list=config.keys.allow_list,
         )
+        # Admitted tunnels, re-authorised after every list reload and periodically.
+        self.sessions = LiveSessions(config.security.reauth_interval)
         access_key = load_access_key(ep.access_key_file)
         self.tls = load_tls(config)
         site = (
@@ -205,9 +208,14 @@ class ExitNode:
         name = auth.name or auth.device_id.hex()[:16]
         if self.attested is not None:
             self.attested.tally.track(link)
-        await self.board.serve_link(
-            link, name, self.policy_for(auth.name), owner=auth.device_id.hex()
-        )
+        if not self.sessions.add(link, name, self.clock()):
+            return  # refused since its handshake (a list reloaded meanwhile)
+        try:
+            await self.board.serve_link(
+                link, name, self.policy_for(auth.name), owner=auth.device_id.hex()
+            )
+        finally:
+            self.sessions.discard(link)
 
     async def run(self, stop: asyncio.Event) -> None:
         ep = self.config.endpoints
@@ -234,7 +242,10 @@ class ExitNode:
                 status = StatusServer(self.metrics, *self.config.status.listen).start()
             self.listening.set()
             log.info("exit listening on %s:%d (%s)", *ep.listen, "wss" if self.tls else "ws")
-            jobs = [self.board.run(stop), self.revocations.run(stop)]
+            jobs = [
+                self.board.run(stop),
+                self.revocations.run(stop, self.sessions, self.clock),
+            ]
             if self.attested is not None:
                 jobs.append(self.attested.run(stop))
             await asyncio.gather(*jobs)

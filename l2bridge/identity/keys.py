@@ -477,6 +477,10 @@ class Authorizer:
         if old is None or rl.sequence > old.sequence:
             self._lists[rl.issuer] = rl
 
+    def update_allow_list(self, allow: AllowList) -> None:
+        """Replace the allow-list (a reloaded file); later decisions use only the new one."""
+        self._allow = allow
+
     def authorize(
         self, device: HybridPublicKey, certificate: DeviceCertificate | None, now: float
     ) -> Authorization:
