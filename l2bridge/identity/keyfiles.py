@@ -18,6 +18,7 @@ from l2bridge.identity.keys import (
     DeviceCertificate,
     RevocationList,
     load_public,
+    read_checked_file,
 )
 
 CERT_LABEL = "DEVICE CERTIFICATE"
@@ -66,9 +67,12 @@ def save_allow_list(allow: AllowList, path: PathLike) -> None:
 
 
 def load_allow_list(path: PathLike) -> AllowList:
+    """The allow-list admits devices without a certificate, so whoever may write it may
+    admit anyone: read like a key file (no symlink, owned by this user or root) and refused
+    when group or others may write it."""
     try:
-        return AllowList.parse(_read(path))
-    except ValueError as exc:
+        return AllowList.parse(read_checked_file(path, private=False).decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError included
         raise KeyFileError(f"{path}: {exc}") from None
 
 
