@@ -31,7 +31,8 @@ from exitnode.switchboard import Switchboard
 from hardware import ethernet
 from hardware.tap import TapConfig
 from l2bridge.constants import Mode
-from l2bridge.errors import L2BridgeError
+from l2bridge.crypto.pq import get_backend
+from l2bridge.errors import BackendUnavailable, L2BridgeError
 from l2bridge.identity import keyfiles
 from l2bridge.identity.keys import Authorizer, HybridSigningKey, read_private_file
 from l2bridge.node import link as tunnel
@@ -144,6 +145,10 @@ class ExitNode:
             header_timeout=ep.header_timeout,
         )
         self.mode = Mode.from_name(config.security.post_quantum_mode)
+        try:
+            self.backend = get_backend(config.security.pq_backend)
+        except BackendUnavailable as exc:
+            raise ExitConfigError(f"security.pq_backend: {exc}") from None
         pad_to, self.cover = obfuscation_settings(config.obfuscation)
         self.session_config = SessionConfig(
             rekey_interval=config.security.key_rotation_interval, pad_to=pad_to
@@ -171,6 +176,7 @@ class ExitNode:
             modes=(self.mode,),
             evidence_provider=self.evidence_provider,
             config=self.session_config,
+            backend=self.backend,
         )
 
     def switch_config(self) -> SwitchConfig:

@@ -54,6 +54,7 @@ from l2bridge.client.selection import (
     rank,
 )
 from l2bridge.constants import Mode
+from l2bridge.crypto.pq import Backend
 from l2bridge.errors import L2BridgeError, NoExitAvailable, PeerError
 from l2bridge.identity.keys import DeviceCertificate, HybridSigningKey
 from l2bridge.node import link as tunnel
@@ -131,6 +132,7 @@ class DialSettings:
     token_window: int = 60
     tls: ssl.SSLContext | None = None  # for wss:// endpoints (None: the system's CAs)
     cover: CoverPlan | None = None  # cover traffic on idle links (obfuscation.cover_traffic)
+    backend: Backend | None = None  # ML-KEM/ML-DSA for the handshake (security.pq_backend)
 
 
 class ExitFinder:
@@ -244,6 +246,7 @@ class ExitFinder:
             attestation_nonce=secrets.token_bytes(32),
             evidence_checker=checker,
             config=s.session_config,
+            backend=s.backend,
         )
         return hs, checker
 
