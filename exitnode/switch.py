@@ -358,11 +358,15 @@ class Switch:
                 if not (state.protected or old is None or old.device == state.device):
                     return DROP_IP_SPOOF
             fresh.append(key)
-        if not state.protected:
-            if state.dev.ips + len(fresh) > state.policy.max_ips:
-                return DROP_IP_LIMIT
-            if len(self._ips) + len(fresh) > self.config.max_ip_bindings:
-                return DROP_IP_TABLE_FULL
+        # Addresses new to this device, and new to the table, count against the limits.
+        new_to_device = sum(1 for key in fresh if self._ip_device(key) is not state.dev)
+        new_to_table = sum(1 for key in fresh if key not in self._ips)
+        if len(self._ips) + new_to_table > self.config.max_ip_bindings:
+            if state.protected:
+                return None  # the LAN is not refused; its addresses just go unbound
+            return DROP_IP_TABLE_FULL
+        if not state.protected and state.dev.ips + new_to_device > state.policy.max_ips:
+            return DROP_IP_LIMIT
         for key in fresh:
             entry = self._ips.get(key)
             if entry is not None:
@@ -371,6 +375,11 @@ class Switch:
         for ip in claim.addresses:
             self._ips[(vlan, ip)] = (state.name, now)
         return None
+
+    def _ip_device(self, key: Key) -> _Device | None:
+        entry = self._ips.get(key)
+        owner = None if entry is None else self._ports.get(entry[0])
+        return None if owner is None else owner.dev
 
     def _unbind(self, key: Key, port: str) -> None:
         del self._ips[key]

@@ -125,7 +125,10 @@ class Switchboard:
         """Serve the local TAP and age the MAC table until ``stop`` is set."""
         loop = asyncio.get_running_loop()
         if self.local is not None:
-            self.switch.attach(constants.LOCAL_PORT, PortPolicy(vlans=None), self._clock())
+            # The exit's LAN: every VLAN, the whole table, and stations beyond it forwarded
+            # unlearned rather than dropped (a site's LAN is not a client to contain).
+            lan = PortPolicy(vlans=None, max_macs=constants.MAX_MACS, enforce_max_macs=False)
+            self.switch.attach(constants.LOCAL_PORT, lan, self._clock())
             loop.add_reader(self.local.fileno(), self._local_readable)
         try:
             while not stop.is_set():

@@ -244,3 +244,22 @@ def test_frames_with_unknown_tag_types_are_dropped_not_switched_untagged() -> No
     qinq.attach("trunk", PortPolicy(vlans=frozenset({20})), 0.0)
     s_tagged = pkt(Ether(src=EVIL, dst=GW_MAC, type=0x88A8) / inner)
     assert qinq.forward("trunk", [s_tagged], 1.0) == {LAN: [s_tagged]}
+
+
+def test_one_device_cannot_fill_the_address_table() -> None:
+    sw = lan_with_gateway()
+    sw.attach("evil#1", PortPolicy(max_ips=4), 0.0, device="evil")
+    sw.attach("evil#2", PortPolicy(max_ips=4), 0.0, device="evil")
+    claims = [arp_reply(EVIL, f"10.0.1.{n}") for n in range(1, 7)]
+    sw.forward("evil#1", claims[:3], 1.0)
+    sw.forward("evil#2", claims[3:], 1.0)  # the limit is the device's, over its tunnels
+    assert sw.stats.drops["ip_limit"] == 2
+    assert [sw.owner(bytes([10, 0, 1, n]), 0, 1.0) for n in range(1, 7)] == [
+        "evil#1", "evil#1", "evil#1", "evil#2", None, None
+    ]  # fmt: skip
+    # Re-claiming its own addresses (from either tunnel) costs nothing; they age out.
+    assert sw.forward("evil#2", [claims[0]], 2.0)
+    assert sw.owner(bytes([10, 0, 1, 1]), 0, 2.0) == "evil#2"
+    sw.age(2.0 + constants.MAC_AGEING_S + 1)
+    assert sw.owner(bytes([10, 0, 1, 1]), 0, 400.0) is None
+    assert sw.forward("evil#1", claims[4:], 400.0)  # room again
