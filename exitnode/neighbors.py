@@ -45,6 +45,7 @@ OPT_TARGET_LL = 2
 # Hop-by-hop, routing, destination options (walked); fragment (44) handled apart.
 EXTENSION_HEADERS = frozenset({0, 43, 60})
 FRAGMENT = 44
+MAY_CARRY_ND = EXTENSION_HEADERS | {ICMPV6, FRAGMENT}
 MAX_EXTENSION_HEADERS = 8
 UNSPECIFIED_V4 = bytes(4)
 UNSPECIFIED_V6 = bytes(16)
@@ -104,6 +105,8 @@ def _ipv6(frame: Buffer, at: int, src: bytes) -> Claim:
     if len(frame) - at < IPV6_HEADER_LEN:
         return NO_CLAIM  # not ND; a short IPv6 packet is the receiver's to drop
     nxt = frame[at + 6]
+    if nxt not in MAY_CARRY_ND:
+        return NO_CLAIM  # the common case (TCP, UDP): nothing to read
     source = bytes(frame[at + 8 : at + 24])
     pos = at + IPV6_HEADER_LEN
     for _ in range(MAX_EXTENSION_HEADERS):
