@@ -156,9 +156,11 @@ class LiveSessions:
     def _check(self, link: AdmittedLink, name: str, now: float) -> bool:
         try:
             link.session.reauthorize(now)
-        except (NotAuthorized, StateError) as exc:
-            reason = getattr(exc, "detail", None) or type(exc).__name__
-            log.warning("device %s no longer admitted (%s): closing its tunnel", name, reason)
+        except StateError:
+            self._links.pop(link, None)  # the session ended already: its link is ending
+            return True
+        except NotAuthorized as exc:
+            log.warning("device %s no longer admitted (%s): closing its tunnel", name, exc.detail)
             self._links.pop(link, None)
             self.refused += 1
             # Keys wiped now: nothing more is sealed or opened for this device, whatever

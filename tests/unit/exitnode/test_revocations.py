@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from exitnode.revocations import LiveSessions, RevocationWatch
-from l2bridge.errors import NotAuthorized
+from l2bridge.errors import NotAuthorized, StateError
 from l2bridge.identity.keyfiles import save_allow_list
 from l2bridge.identity.keys import AllowList, Authorization, Authorizer, HybridSigningKey
 
@@ -21,6 +21,8 @@ class FakeSession:
 
     def reauthorize(self, now: float) -> Authorization:
         self.asked.append(now)
+        if self.closed:
+            raise StateError("session closed")
         return self.authorizer.authorize(self.key.public, None, now)
 
     def close(self) -> None:
@@ -84,6 +86,10 @@ def test_refused_sessions_are_wiped_and_closed_the_others_kept(device: HybridSig
         assert not live.add(late, "laptop", 4.0)
         await asyncio.sleep(0)
         assert late.session.closed and len(live) == 1
+        # A session that ended by itself is dropped from the set, not counted as refused.
+        kept.session.closed = True
+        assert live.recheck(5.0) == 0 and len(live) == 0 and live.refused == 2
+        assert kept.close_calls == 0
 
     asyncio.run(body())
 
