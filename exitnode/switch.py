@@ -276,6 +276,11 @@ class Switch:
     def __len__(self) -> int:
         return len(self._table)
 
+    @property
+    def bindings(self) -> int:
+        """Addresses bound to ports by ARP/ND inspection (live or not yet swept)."""
+        return len(self._ips)
+
     def _learn(self, state: _Port, key: Key, now: float) -> str | None:
         """Learn (or refresh) ``key`` on ``state``'s port; a drop reason if the frame must go."""
         entry = self._table.get(key)

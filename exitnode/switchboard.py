@@ -115,6 +115,7 @@ class Switchboard:
             local.stats.drops = metrics.counters.drops
         metrics.set_gauge("clients", lambda: float(len(self._outboxes)))
         metrics.set_gauge("mac_entries", lambda: float(len(self.switch)))
+        metrics.set_gauge("ip_bindings", lambda: float(self.switch.bindings))
 
     @property
     def clients(self) -> list[str]:

@@ -136,7 +136,7 @@ def test_arp_spoofing_the_gateway_or_another_client_is_dropped() -> None:
     sw = lan_with_gateway(protected_ips=frozenset({bytes([10, 0, 0, 254])}))
     sw.attach("victim", PortPolicy(), 0.0)
     sw.attach("evil", PortPolicy(), 0.0)
-    assert sw.owner(gw_ip, 0, 0.0) == LAN
+    assert sw.owner(gw_ip, 0, 0.0) == LAN and sw.bindings == 1
     # Claiming the gateway's address from the attacker's own MAC (cache poisoning).
     assert sw.forward("evil", [arp_reply(EVIL, GW_IP)], 1.0) == {}
     # Claiming the configured gateway address the LAN has not used yet.
