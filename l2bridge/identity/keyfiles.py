@@ -34,10 +34,18 @@ def _read(path: PathLike) -> str:
 
 
 def _write(path: PathLike, text: str) -> None:
+    """Replace ``path`` atomically with a 0644 file (never group/other-writable, whatever
+    the umask: ``load_allow_list`` refuses such a file)."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_certificate(cert: DeviceCertificate, path: PathLike) -> None:

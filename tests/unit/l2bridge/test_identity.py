@@ -155,7 +155,12 @@ def test_a_fifo_or_directory_in_the_keys_place_is_refused_without_hanging(tmp_pa
 
 def test_allow_list_file_is_refused_when_others_may_write_it_or_it_is_a_link(tmp_path) -> None:
     path = tmp_path / "allowed.txt"
-    save_allow_list(AllowList(((b"\x01" * 32, "laptop"),)), path)
+    old_umask = os.umask(0o002)  # a umask that would make files group-writable
+    try:
+        save_allow_list(AllowList(((b"\x01" * 32, "laptop"),)), path)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     assert load_allow_list(path).entries == ((b"\x01" * 32, "laptop"),)
     os.chmod(path, 0o664)
     with pytest.raises(KeyFileError, match="writable by group or others"):
