@@ -132,15 +132,18 @@ def test_broadcast_budget_is_per_device_not_per_tunnel() -> None:
 
 
 def test_arp_spoofing_the_gateway_or_another_client_is_dropped() -> None:
-    gw_ip = bytes([10, 0, 0, 1])
-    sw = lan_with_gateway(protected_ips=frozenset({bytes([10, 0, 0, 254])}))
+    sw = lan_with_gateway()
     sw.attach("victim", PortPolicy(), 0.0)
     sw.attach("evil", PortPolicy(), 0.0)
-    assert sw.owner(gw_ip, 0, 0.0) == LAN and sw.bindings == 1
     # Claiming the gateway's address from the attacker's own MAC (cache poisoning).
     assert sw.forward("evil", [arp_reply(EVIL, GW_IP)], 1.0) == {}
-    # Claiming the configured gateway address the LAN has not used yet.
-    assert sw.forward("evil", [arp_reply(EVIL, "10.0.0.254")], 1.0) == {}
+    assert sw.owner(bytes([10, 0, 0, 1]), 0, 1.0) == LAN and sw.bindings == 1
+    # Claiming a configured gateway address the LAN has not used yet.
+    configured = lan_with_gateway(protected_ips=frozenset({bytes([10, 0, 0, 254])}))
+    configured.attach("evil", PortPolicy(), 0.0)
+    assert configured.forward("evil", [arp_reply(EVIL, "10.0.0.254")], 1.0) == {}
+    assert configured.stats.drops["ip_spoof"] == 1
+    assert sw.forward("evil", [arp_reply(EVIL, GW_IP)], 1.0) == {}
     assert sw.stats.drops["ip_spoof"] == 2
     # Another client's address: first claim wins while it is live.
     claim = arp_reply(VICTIM, "10.0.0.7")
