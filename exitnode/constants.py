@@ -12,6 +12,13 @@ BROADCAST_BURST = 200.0
 # MACs cannot flood every port unchecked, nor use up the ARP/ND (broadcast) budget.
 UNKNOWN_UNICAST_RATE = 1000.0
 UNKNOWN_UNICAST_BURST = 200.0
+# Isolation between devices (a device = one client identity, whatever its tunnel count).
+MAX_TUNNELS_PER_DEVICE = 4  # ports one device may hold at once (failover overlaps)
+MAX_PORTS = 1024  # client ports (tunnels) one exit switches at once
+RESERVED_MACS_PER_PORT = 8  # table entries kept for each of MAX_PORTS, so a full table
+# never makes another port's stations unknown (and their unicast flood); the rest is shared
+MAX_IPS_PER_DEVICE = 64  # addresses one device may claim through ARP/ND
+MAX_IP_BINDINGS = 16384  # whole ARP/ND binding table
 DEFAULT_MTU = 1500
 VLAN_MIN = 1
 VLAN_MAX = 4094
@@ -23,4 +30,5 @@ LOCAL_PORT = "local"
 TAP_NAME = "smx0"
 BRIDGE_NAME = "smbr0"
 STATS_INTERVAL_S = 10.0
-REVOCATION_POLL_S = 3.0  # how often the exit looks for a changed revocation list file
+REVOCATION_POLL_S = 0.5  # how often the exit looks for a changed revocation/allow-list file
+REAUTH_INTERVAL_S = 60.0  # live sessions re-authorised at least this often (no file change)

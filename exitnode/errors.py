@@ -5,6 +5,7 @@ Tree::
     ExitError                 root; everything the exit package raises on purpose
     ├── ExitConfigError       bad operator configuration (names the field and the reason)
     ├── SwitchError           a local misuse of the virtual switch (unknown or duplicate port)
+    ├── PortRefused           a device may not have another port (tunnel limit, switch full)
     ├── HostSetupError        the host could not be configured (bridge, TAP, masquerade)
     └── AttestationUnavailable  the TPM cannot be reached or the AK cannot be enrolled
 
@@ -24,6 +25,14 @@ class ExitConfigError(ExitError):
 
 class SwitchError(ExitError):
     """The switch was driven wrongly by local code (never by a peer's frame)."""
+
+
+class PortRefused(ExitError):
+    """A device's new tunnel gets no switch port: ``reason`` is its drop-counter name."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class HostSetupError(ExitError):

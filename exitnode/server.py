@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import ssl
 import time
@@ -24,12 +25,14 @@ from exitnode import constants
 from exitnode.attested import AttestedExit
 from exitnode.errors import ExitConfigError
 from exitnode.host import HostSetup, Masquerade
-from exitnode.revocations import RevocationWatch
+from exitnode.revocations import LiveSessions, RevocationWatch
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import Switchboard
+from hardware import ethernet
 from hardware.tap import TapConfig
 from l2bridge.constants import Mode
-from l2bridge.errors import L2BridgeError
+from l2bridge.crypto.pq import get_backend
+from l2bridge.errors import BackendUnavailable, L2BridgeError
 from l2bridge.identity import keyfiles
 from l2bridge.identity.keys import Authorizer, HybridSigningKey, read_private_file
 from l2bridge.node import link as tunnel
@@ -122,7 +125,10 @@ class ExitNode:
             self.authorizer,
             [config.keys.revocations] if config.keys.revocations else [],
             self.options.revocation_poll_s,
+            allow_list=config.keys.allow_list,
         )
+        # Admitted tunnels, re-authorised after every list reload and periodically.
+        self.sessions = LiveSessions(config.security.reauth_interval)
         access_key = load_access_key(ep.access_key_file)
         self.tls = load_tls(config)
         site = (
@@ -139,6 +145,10 @@ class ExitNode:
             header_timeout=ep.header_timeout,
         )
         self.mode = Mode.from_name(config.security.post_quantum_mode)
+        try:
+            self.backend = get_backend(config.security.pq_backend)
+        except BackendUnavailable as exc:
+            raise ExitConfigError(f"security.pq_backend: {exc}") from None
         pad_to, self.cover = obfuscation_settings(config.obfuscation)
         self.session_config = SessionConfig(
             rekey_interval=config.security.key_rotation_interval, pad_to=pad_to
@@ -166,6 +176,17 @@ class ExitNode:
             modes=(self.mode,),
             evidence_provider=self.evidence_provider,
             config=self.session_config,
+            backend=self.backend,
+        )
+
+    def switch_config(self) -> SwitchConfig:
+        net = self.config.network
+        tpids = {ethernet.TPID_8021Q} | ({ethernet.TPID_8021AD} if net.service_tags else set())
+        return SwitchConfig(
+            ageing_s=self.options.mac_ageing_s,
+            mtu=self.tap_config.mtu,
+            protected_ips=frozenset(ipaddress.ip_address(ip).packed for ip in net.gateway_ips),
+            tag_tpids=frozenset(tpids),
         )
 
     def policy_for(self, name: str) -> PortPolicy:
@@ -193,7 +214,14 @@ class ExitNode:
         name = auth.name or auth.device_id.hex()[:16]
         if self.attested is not None:
             self.attested.tally.track(link)
-        await self.board.serve_link(link, name, self.policy_for(auth.name))
+        if not self.sessions.add(link, name, self.clock()):
+            return  # refused since its handshake (a list reloaded meanwhile)
+        try:
+            await self.board.serve_link(
+                link, name, self.policy_for(auth.name), owner=auth.device_id.hex()
+            )
+        finally:
+            self.sessions.discard(link)
 
     async def run(self, stop: asyncio.Event) -> None:
         ep = self.config.endpoints
@@ -204,9 +232,7 @@ class ExitNode:
         status: StatusServer | None = None
         server = None
         try:
-            switch = Switch(
-                SwitchConfig(ageing_s=self.options.mac_ageing_s, mtu=self.tap_config.mtu)
-            )
+            switch = Switch(self.switch_config())
             self.board = Switchboard(switch, self.metrics, local=host.tap)
             server = await tunnel.serve(
                 self._on_link,
@@ -222,7 +248,10 @@ class ExitNode:
                 status = StatusServer(self.metrics, *self.config.status.listen).start()
             self.listening.set()
             log.info("exit listening on %s:%d (%s)", *ep.listen, "wss" if self.tls else "ws")
-            jobs = [self.board.run(stop), self.revocations.run(stop)]
+            jobs = [
+                self.board.run(stop),
+                self.revocations.run(stop, self.sessions, self.clock),
+            ]
             if self.attested is not None:
                 jobs.append(self.attested.run(stop))
             await asyncio.gather(*jobs)

@@ -1,27 +1,37 @@
 """The exit's virtual Layer-2 switch, sans-I/O.
 
-Ports are named by strings (a client session, the local TAP). ``forward(port, frames, now)``
-takes a batch of tunnel frames (``hardware.ethernet``) that arrived on one port and returns
-the frames to send out of each other port; nothing here touches a device or a clock.
+Ports are named by strings (a client session, the local TAP) and belong to a *device* (a
+client identity; the TAP is its own device). ``forward(port, frames, now)`` takes a batch
+of tunnel frames (``hardware.ethernet``) that arrived on one port and returns the frames
+to send out of each other port; nothing here touches a device or a clock.
 
-Behaviour, as an 802.1Q learning bridge with independent VLAN learning:
+Behaviour, as an 802.1Q learning bridge with independent VLAN learning, built so that one
+client cannot reach into another client's traffic:
 - source MACs are learned per (VLAN, MAC) with the time last seen, and age out after
-  ``ageing_s``; a station that moves is re-learned on its new port; the table and each port
-  have a size limit, beyond which frames are still forwarded (flooded) but not learned
-  (or, with ``enforce_max_macs``, dropped);
-- MACs live on a protected port (``SwitchConfig.protected_ports``: the exit's LAN, so its
-  gateway) or on a port with ``sticky_macs`` do not move: a frame from another port with
-  such a source is dropped as ``mac_spoof``, so a client cannot take over the gateway's MAC
-  and receive everyone's traffic. The protection lasts while the entry is live: a station
-  silent for ``ageing_s`` is forgotten and may then be learned anywhere (a real move);
+  ``ageing_s``; a station moving between ports of the same device is re-learned;
+- MACs are sticky (port security) by default: a MAC live on one device's port does not
+  move to another device's port (that frame is dropped as ``mac_spoof``), and MACs of a
+  protected port (``SwitchConfig.protected_ports``: the exit's LAN, with its gateway)
+  never move to a client; the LAN takes any MAC back. A MAC silent for ``ageing_s`` is
+  forgotten and may then be learned anywhere;
+- a device has at most ``max_tunnels_per_device`` ports and ``PortPolicy.max_macs`` MACs
+  over all of them; past that, new source MACs are dropped (``mac_limit``). Every client
+  port has ``reserved_macs`` table entries of its own; the rest of the table is shared,
+  and when the shared part is full only reserved space is learned (``mac_table_full``),
+  so one device filling the table cannot make other clients' unicast flood;
+- ARP and Neighbor Discovery are inspected (``exitnode.neighbors``): an address claimed
+  in ARP/ND is bound to the first device that claimed it while live (``ageing_s``), a
+  device has at most ``max_ips`` of them, the LAN's addresses and
+  ``SwitchConfig.protected_ips`` (the gateway) can only be claimed by the LAN, link-layer
+  addresses inside must be the frame's source, and clients send no Router Advertisements;
 - broadcast, multicast and unknown unicast are flooded to every other port allowed on the
-  frame's VLAN; each ingress port has two token buckets, one for broadcast + multicast and
-  one for unknown-unicast floods (so random destination MACs cannot flood everyone);
+  frame's VLAN; each *device* has two token buckets (shared by all its tunnels), one for
+  broadcast + multicast and one for unknown-unicast floods;
 - each port has a VLAN allow-list (0 = untagged); a frame on a VLAN its ingress port may not
   use is dropped, and a port only receives frames of its VLANs;
-- malformed frames (short, oversized, bad offload header, bad VLAN header), group source
-  MACs and frames addressed back to their own port are dropped, and every drop is counted
-  by reason.
+- malformed frames (short, oversized, a virtio_net_hdr that does not describe the frame,
+  bad VLAN header, tag types not configured), group source MACs and frames addressed back
+  to their own port are dropped, and every drop is counted by reason.
 """
 
 from __future__ import annotations
@@ -32,22 +42,29 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from exitnode import constants
-from exitnode.errors import SwitchError
+from exitnode import constants, neighbors
+from exitnode.errors import PortRefused, SwitchError
 from exitnode.ratelimit import TokenBucket
 from hardware import ethernet
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
+Key: TypeAlias = tuple[int, bytes]  # (vlan, MAC or IP address)
 
 # Drop reasons (stable names: they become metric labels).
 DROP_VLAN_DENIED = "vlan_denied"
 DROP_BAD_SOURCE = "bad_source"
-DROP_RATE_LIMITED = "rate_limited"  # broadcast or multicast over the port's rate
-DROP_FLOOD_LIMITED = "unknown_unicast_limited"  # unknown unicast over the port's flood rate
+DROP_RATE_LIMITED = "rate_limited"  # broadcast or multicast over the device's rate
+DROP_FLOOD_LIMITED = "unknown_unicast_limited"  # unknown unicast over the device's flood rate
 DROP_SAME_PORT = "same_port"
 DROP_NO_EGRESS = "no_egress"
-DROP_MAC_SPOOF = "mac_spoof"  # source MAC live on a protected or sticky port elsewhere
-DROP_MAC_LIMIT = "mac_limit"  # a new source MAC on a port at its enforced max_macs
+DROP_MAC_SPOOF = "mac_spoof"  # source MAC live on another device's or the LAN's port
+DROP_MAC_LIMIT = "mac_limit"  # a new source MAC from a device at its max_macs
+DROP_MAC_TABLE_FULL = "mac_table_full"  # shared table full and the port's reserve used
+DROP_IP_SPOOF = "ip_spoof"  # ARP/ND claim of an address bound elsewhere or protected
+DROP_IP_LIMIT = "ip_limit"  # a device claiming more than max_ips addresses
+DROP_IP_TABLE_FULL = "ip_table_full"
+DROP_TUNNEL_LIMIT = "tunnel_limit"  # a port refused: the device has max tunnels already
+DROP_SWITCH_FULL = "switch_full"  # a port refused: max_ports client ports attached
 
 
 def _bucket_ok(rate: float, burst: float) -> bool:
@@ -56,7 +73,11 @@ def _bucket_ok(rate: float, burst: float) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class PortPolicy:
-    """What one port may do. ``vlans`` None means every VLAN (a trunk, e.g. the local TAP)."""
+    """What one port may do. ``vlans`` None means every VLAN (a trunk, e.g. the local TAP).
+
+    ``max_macs``, ``max_ips`` and the two rates are per device: every port of a device
+    shares them (the first port's policy sets the device's buckets).
+    """
 
     vlans: frozenset[int] | None = frozenset({ethernet.UNTAGGED})
     broadcast_rate: float = constants.BROADCAST_RATE
@@ -64,13 +85,14 @@ class PortPolicy:
     max_macs: int = constants.MAX_MACS_PER_PORT
     flood_rate: float = constants.UNKNOWN_UNICAST_RATE
     flood_burst: float = constants.UNKNOWN_UNICAST_BURST
-    # Port security (off by default: a client may bridge a whole LAN that moves around).
+    max_ips: int = constants.MAX_IPS_PER_DEVICE
     # sticky_macs: a MAC learned here stays here until it ages out or the port detaches;
-    # another port sending from it meanwhile is dropped (mac_spoof).
-    sticky_macs: bool = False
-    # enforce_max_macs: past max_macs, frames from new source MACs are dropped (mac_limit)
-    # instead of being forwarded unlearned.
-    enforce_max_macs: bool = False
+    # another device sending from it meanwhile is dropped (mac_spoof). Off only for a
+    # port that must let stations roam to other devices.
+    sticky_macs: bool = True
+    # enforce_max_macs: past max_macs (or the table's room), frames from new source MACs
+    # are dropped; off, they are forwarded unlearned (their replies flood).
+    enforce_max_macs: bool = True
 
     def __post_init__(self) -> None:
         if self.vlans is not None:
@@ -81,6 +103,8 @@ class PortPolicy:
             raise SwitchError("broadcast rate/burst must be positive, max_macs not negative")
         if not _bucket_ok(self.flood_rate, self.flood_burst):
             raise SwitchError("unknown-unicast flood rate/burst must be positive")
+        if self.max_ips < 0:
+            raise SwitchError("max_ips must not be negative")
 
     def allows(self, vlan: int) -> bool:
         return self.vlans is None or vlan in self.vlans
@@ -91,10 +115,37 @@ class SwitchConfig:
     ageing_s: float = constants.MAC_AGEING_S
     max_macs: int = constants.MAX_MACS
     mtu: int = constants.DEFAULT_MTU  # largest non-GSO payload a port may send
-    # Ports whose live MACs never move to another port (a frame from one elsewhere is
-    # dropped as mac_spoof), and which take a MAC back from any port. The switchboard names
-    # the exit's TAP (its LAN, with the gateway) LOCAL_PORT.
+    # Ports whose live MACs and addresses never move to another port (a frame from one
+    # elsewhere is dropped), and which take a MAC or address back from any port. The
+    # switchboard names the exit's TAP (its LAN, with the gateway) LOCAL_PORT.
     protected_ports: frozenset[str] = frozenset({constants.LOCAL_PORT})
+    # Addresses (4-byte IPv4 / 16-byte IPv6) only a protected port may claim in ARP/ND,
+    # seen or not: the LAN gateway's.
+    protected_ips: frozenset[bytes] = frozenset()
+    max_tunnels_per_device: int = constants.MAX_TUNNELS_PER_DEVICE
+    # Table entries reserved for each of up to max_ports client ports (attached or not);
+    # only the rest of max_macs is shared, so a port always has room for its first few.
+    max_ports: int = constants.MAX_PORTS
+    reserved_macs: int = constants.RESERVED_MACS_PER_PORT
+    max_ip_bindings: int = constants.MAX_IP_BINDINGS
+    # Tag protocol ids read as a VLAN tag; any other tag type is dropped (unknown_tpid).
+    tag_tpids: frozenset[int] = frozenset({ethernet.TPID_8021Q})
+
+    def __post_init__(self) -> None:
+        if self.max_tunnels_per_device < 1 or self.reserved_macs < 0 or self.max_ports < 1:
+            raise SwitchError("max_tunnels_per_device, max_ports >= 1; reserved_macs >= 0")
+        if self.shared_macs < 0:
+            raise SwitchError("max_macs must hold reserved_macs for each of max_ports")
+        if ethernet.TPID_8021Q not in self.tag_tpids or not self.tag_tpids <= ethernet.TAG_TPIDS:
+            raise SwitchError("tag_tpids: 0x8100 and known tag types (0x88a8, 0x9100-0x9300)")
+        for ip in self.protected_ips:
+            if len(ip) not in (4, 16):
+                raise SwitchError("protected_ips: 4-byte IPv4 or 16-byte IPv6 addresses")
+
+    @property
+    def shared_macs(self) -> int:
+        """Table entries beyond the ports' reserves, learned first come first served."""
+        return self.max_macs - self.max_ports * self.reserved_macs
 
     @property
     def max_plain_frame(self) -> int:
@@ -109,15 +160,26 @@ class SwitchStats:
     learned: int = 0
     moved: int = 0
     aged: int = 0
-    not_learned: int = 0  # table or port limit reached
+    not_learned: int = 0  # table or device limit reached (enforce_max_macs off)
     drops: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class _Device:
+    broadcasts: TokenBucket
+    floods: TokenBucket  # unknown unicast
+    ports: set[str]
+    macs: int = 0
+    ips: int = 0
 
 
 @dataclass(slots=True)
 class _Port:
     policy: PortPolicy
-    broadcasts: TokenBucket
-    floods: TokenBucket  # unknown unicast
+    name: str
+    device: str
+    dev: _Device
+    protected: bool
     macs: int = 0
 
 
@@ -128,27 +190,63 @@ class Switch:
         self.config = config or SwitchConfig()
         self.stats = SwitchStats()
         self._ports: dict[str, _Port] = {}
-        # (vlan, mac) -> (port, last seen)
-        self._table: dict[tuple[int, bytes], tuple[str, float]] = {}
+        self._devices: dict[str, _Device] = {}
+        self._table: dict[Key, tuple[str, float]] = {}  # (vlan, MAC) -> (port, last seen)
+        self._ips: dict[Key, tuple[str, float]] = {}  # (vlan, IP) -> (port, last seen)
+        self._shared_used = 0  # entries of client ports beyond their reserve
+        self._clients = 0  # client (not protected) ports attached
 
     # -- ports ---------------------------------------------------------------------------
-    def attach(self, port: str, policy: PortPolicy, now: float) -> None:
+    def attach(self, port: str, policy: PortPolicy, now: float, device: str | None = None) -> None:
+        """Add ``port`` for ``device`` (default: a device of its own).
+
+        Raises ``PortRefused`` when the device already has ``max_tunnels_per_device``
+        ports, or ``max_ports`` client ports are attached.
+        """
         if port in self._ports:
             raise SwitchError(f"port {port!r} already attached")
-        broadcasts = TokenBucket(policy.broadcast_rate, policy.broadcast_burst, now)
-        floods = TokenBucket(policy.flood_rate, policy.flood_burst, now)
-        self._ports[port] = _Port(policy, broadcasts, floods)
+        owner = port if device is None else device
+        protected = port in self.config.protected_ports
+        dev = self._devices.get(owner)
+        if dev is not None and len(dev.ports) >= self.config.max_tunnels_per_device:
+            self.stats.drops[DROP_TUNNEL_LIMIT] += 1
+            raise PortRefused(DROP_TUNNEL_LIMIT)
+        if not protected and self._clients >= self.config.max_ports:
+            self.stats.drops[DROP_SWITCH_FULL] += 1
+            raise PortRefused(DROP_SWITCH_FULL)
+        if dev is None:
+            dev = _Device(
+                TokenBucket(policy.broadcast_rate, policy.broadcast_burst, now),
+                TokenBucket(policy.flood_rate, policy.flood_burst, now),
+                set(),
+            )
+            self._devices[owner] = dev
+        dev.ports.add(port)
+        self._clients += not protected
+        self._ports[port] = _Port(policy, port, owner, dev, protected)
 
     def detach(self, port: str) -> None:
-        """Remove a port and forget every MAC learned on it."""
-        if self._ports.pop(port, None) is None:
+        """Remove a port and forget every MAC and address learned on it."""
+        state = self._ports.get(port)
+        if state is None:
             raise SwitchError(f"port {port!r} is not attached")
         for key in [k for k, (p, _) in self._table.items() if p == port]:
-            del self._table[key]
+            self._forget(key, port)
+        for key in [k for k, (p, _) in self._ips.items() if p == port]:
+            self._unbind(key, port)
+        del self._ports[port]
+        self._clients -= not state.protected
+        state.dev.ports.discard(port)
+        if not state.dev.ports:
+            del self._devices[state.device]
 
     @property
     def ports(self) -> list[str]:
         return list(self._ports)
+
+    def device_ports(self, device: str) -> int:
+        dev = self._devices.get(device)
+        return 0 if dev is None else len(dev.ports)
 
     # -- MAC table -----------------------------------------------------------------------
     def lookup(self, mac: bytes, vlan: int, now: float) -> str | None:
@@ -157,75 +255,142 @@ class Switch:
             return None
         return entry[0]
 
+    def owner(self, ip: bytes, vlan: int, now: float) -> str | None:
+        """The port an address is bound to (ARP/ND), or None."""
+        entry = self._ips.get((vlan, ip))
+        if entry is None or now - entry[1] > self.config.ageing_s:
+            return None
+        return entry[0]
+
     def age(self, now: float) -> int:
-        """Drop entries not seen for ``ageing_s``; returns how many went."""
+        """Drop MAC entries and address bindings not seen for ``ageing_s``; MACs gone."""
         limit = now - self.config.ageing_s
-        stale = [k for k, (_, seen) in self._table.items() if seen < limit]
-        for key in stale:
-            port, _ = self._table.pop(key)
-            state = self._ports.get(port)
-            if state is not None:
-                state.macs -= 1
+        stale = [(k, p) for k, (p, seen) in self._table.items() if seen < limit]
+        for key, port in stale:
+            self._forget(key, port)
+        for key, port in [(k, p) for k, (p, seen) in self._ips.items() if seen < limit]:
+            self._unbind(key, port)
         self.stats.aged += len(stale)
         return len(stale)
 
     def __len__(self) -> int:
         return len(self._table)
 
-    def _learn(self, port: str, state: _Port, key: tuple[int, bytes], now: float) -> str | None:
-        """Learn (or refresh) ``key`` on ``port``; a drop reason if the frame must go."""
+    @property
+    def bindings(self) -> int:
+        """Addresses bound to ports by ARP/ND inspection (live or not yet swept)."""
+        return len(self._ips)
+
+    def _learn(self, state: _Port, key: Key, now: float) -> str | None:
+        """Learn (or refresh) ``key`` on ``state``'s port; a drop reason if the frame must go."""
         entry = self._table.get(key)
-        if entry is not None and entry[0] != port and now - entry[1] > self.config.ageing_s:
+        if entry is not None and now - entry[1] > self.config.ageing_s:
             self._forget(key, entry[0])  # expired, not yet swept: as if never seen
             self.stats.aged += 1
             entry = None
+        old = None if entry is None else self._ports.get(entry[0])
+        if entry is not None and not self._may_move(old, state):
+            return DROP_MAC_SPOOF
+        refused = self._room(state, old)
+        if refused is not None and state.policy.enforce_max_macs:
+            return refused  # a station moving onto a full port stays where it was
         if entry is not None:
-            old = entry[0]
-            if old != port:
-                if not self._may_move(old, port):
-                    return DROP_MAC_SPOOF
-                if state.macs >= state.policy.max_macs:
-                    if state.policy.enforce_max_macs:
-                        return DROP_MAC_LIMIT
-                    # The station claims to have moved onto a full port: forget the old
-                    # place too, so frames for it flood rather than go to the wrong device.
-                    self._forget(key, old)
-                    self.stats.not_learned += 1
-                    return None
-                self._forget(key, old)
-                state.macs += 1
-                self.stats.moved += 1
-            self._table[key] = (port, now)
+            # The station moved: its old place is wrong either way.
+            self._forget(key, entry[0])
+            self.stats.moved += 1
+        if refused is not None:
+            self.stats.not_learned += 1  # forwarded unlearned (replies flood)
             return None
-        if state.macs >= state.policy.max_macs:
-            if state.policy.enforce_max_macs:
-                return DROP_MAC_LIMIT
-            self.stats.not_learned += 1
-            return None
-        # Clients filling the whole table must not keep the LAN's stations (the gateway)
-        # from being learned and so protected: a protected port has only its own limit.
-        if len(self._table) >= self.config.max_macs and port not in self.config.protected_ports:
-            self.stats.not_learned += 1
-            return None
-        self._table[key] = (port, now)
+        self._table[key] = (state.name, now)
+        if not state.protected and state.macs >= self.config.reserved_macs:
+            self._shared_used += 1
         state.macs += 1
-        self.stats.learned += 1
+        state.dev.macs += 1
+        if entry is None:
+            self.stats.learned += 1
         return None
 
-    def _may_move(self, old: str, new: str) -> bool:
-        """Whether a live entry on ``old`` may move to ``new`` (the station moved)."""
-        if new in self.config.protected_ports:
-            return True  # the exit's own LAN is authoritative for its stations
-        if old in self.config.protected_ports:
-            return False  # e.g. the LAN gateway: a client sending from it is spoofing
-        old_state = self._ports.get(old)
-        return old_state is None or not old_state.policy.sticky_macs
+    def _room(self, state: _Port, leaving: _Port | None) -> str | None:
+        """Why ``state``'s port may not learn one more MAC (which ``leaving`` gives up)."""
+        dev_macs = state.dev.macs - (leaving is not None and leaving.dev is state.dev)
+        if dev_macs >= state.policy.max_macs:
+            return DROP_MAC_LIMIT
+        if state.protected or state.macs < self.config.reserved_macs:
+            return None  # the LAN has only its own limit; a port always has its reserve
+        freed = (
+            leaving is not None
+            and not leaving.protected
+            and leaving.macs > self.config.reserved_macs
+        )
+        if self._shared_used - freed >= self.config.shared_macs:
+            return DROP_MAC_TABLE_FULL
+        return None
 
-    def _forget(self, key: tuple[int, bytes], port: str) -> None:
+    def _may_move(self, old: _Port | None, new: _Port) -> bool:
+        """Whether a live entry on ``old`` may move to ``new`` (the station moved)."""
+        if new.protected or old is None:
+            return True  # the exit's own LAN is authoritative for its stations
+        if old.protected:
+            return False  # e.g. the LAN gateway: a client sending from it is spoofing
+        if old.device == new.device:
+            return True  # one device's tunnels (a failover overlap)
+        return not old.policy.sticky_macs
+
+    def _forget(self, key: Key, port: str) -> None:
         del self._table[key]
         state = self._ports.get(port)
         if state is not None:
             state.macs -= 1
+            state.dev.macs -= 1
+            if not state.protected and state.macs >= self.config.reserved_macs:
+                self._shared_used -= 1
+
+    # -- ARP / ND bindings ---------------------------------------------------------------
+    def _claim(self, state: _Port, vlan: int, claim: neighbors.Claim, now: float) -> str | None:
+        """Check then bind every address ``claim`` holds; a drop reason if refused."""
+        if claim.router and not state.protected:
+            return neighbors.DROP_ND_ROUTER
+        fresh: list[Key] = []
+        for ip in claim.addresses:
+            key = (vlan, ip)
+            if ip in self.config.protected_ips and not state.protected:
+                return DROP_IP_SPOOF
+            entry = self._ips.get(key)
+            if entry is not None and now - entry[1] <= self.config.ageing_s:
+                if entry[0] == state.name:
+                    continue
+                old = self._ports.get(entry[0])
+                if not (state.protected or old is None or old.device == state.device):
+                    return DROP_IP_SPOOF
+            fresh.append(key)
+        # Addresses new to this device, and new to the table, count against the limits.
+        new_to_device = sum(1 for key in fresh if self._ip_device(key) is not state.dev)
+        new_to_table = sum(1 for key in fresh if key not in self._ips)
+        if len(self._ips) + new_to_table > self.config.max_ip_bindings:
+            if state.protected:
+                return None  # the LAN is not refused; its addresses just go unbound
+            return DROP_IP_TABLE_FULL
+        if not state.protected and state.dev.ips + new_to_device > state.policy.max_ips:
+            return DROP_IP_LIMIT
+        for key in fresh:
+            entry = self._ips.get(key)
+            if entry is not None:
+                self._unbind(key, entry[0])
+            state.dev.ips += 1
+        for ip in claim.addresses:
+            self._ips[(vlan, ip)] = (state.name, now)
+        return None
+
+    def _ip_device(self, key: Key) -> _Device | None:
+        entry = self._ips.get(key)
+        owner = None if entry is None else self._ports.get(entry[0])
+        return None if owner is None else owner.dev
+
+    def _unbind(self, key: Key, port: str) -> None:
+        del self._ips[key]
+        state = self._ports.get(port)
+        if state is not None:
+            state.dev.ips -= 1
 
     # -- forwarding ----------------------------------------------------------------------
     def forward(self, port: str, frames: Iterable[Buffer], now: float) -> dict[str, list[Buffer]]:
@@ -240,11 +405,14 @@ class Switch:
         drops = self.stats.drops
         stats = self.stats
         max_plain = self.config.max_plain_frame
+        tpids = self.config.tag_tpids
         table = self._table
+        dev = state.dev
+        inspected = (ethernet.ETHERTYPE_ARP, ethernet.ETHERTYPE_IPV6)
         for frame in frames:
             stats.frames_in += 1
             try:
-                header = ethernet.parse(frame, max_plain)
+                header = ethernet.parse(frame, max_plain, tpids)
             except ethernet.FrameError as exc:
                 drops[exc.reason] += 1
                 continue
@@ -257,22 +425,36 @@ class Switch:
                 continue
             key = (vlan, header.src)
             known = table.get(key)
-            if known is not None and known[0] == port:
+            if known is not None and known[0] == port and now - known[1] <= self.config.ageing_s:
                 table[key] = (port, now)  # the common case: a station seen here before
             else:
-                refused = self._learn(port, state, key, now)
+                refused = self._learn(state, key, now)
                 if refused is not None:
                     drops[refused] += 1
                     continue
+            if header.ethertype in inspected:
+                try:
+                    claim = neighbors.claims(frame, header)
+                except neighbors.Refused as bad:
+                    # The LAN is trusted as it is: its odd ARP is not ours to judge.
+                    if not state.protected:
+                        drops[bad.reason] += 1
+                        continue
+                    claim = neighbors.NO_CLAIM
+                if claim is not neighbors.NO_CLAIM:
+                    refused = self._claim(state, vlan, claim, now)
+                    if refused is not None:
+                        drops[refused] += 1
+                        continue
             if ethernet.is_group(header.dst):
-                if not state.broadcasts.take(now):
+                if not dev.broadcasts.take(now):
                     drops[DROP_RATE_LIMITED] += 1
                     continue
                 self._flood(port, vlan, frame, out)
                 continue
             egress = self.lookup(header.dst, vlan, now)
             if egress is None:
-                if not state.floods.take(now):
+                if not dev.floods.take(now):
                     drops[DROP_FLOOD_LIMITED] += 1
                     continue
                 self._flood(port, vlan, frame, out)

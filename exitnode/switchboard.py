@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from exitnode import constants
+from exitnode.errors import PortRefused
 from exitnode.switch import PortPolicy, Switch
 from hardware.tap import FrameDevice
 from l2bridge.node.metrics import Metrics
@@ -114,6 +115,7 @@ class Switchboard:
             local.stats.drops = metrics.counters.drops
         metrics.set_gauge("clients", lambda: float(len(self._outboxes)))
         metrics.set_gauge("mac_entries", lambda: float(len(self.switch)))
+        metrics.set_gauge("ip_bindings", lambda: float(self.switch.bindings))
 
     @property
     def clients(self) -> list[str]:
@@ -124,7 +126,10 @@ class Switchboard:
         """Serve the local TAP and age the MAC table until ``stop`` is set."""
         loop = asyncio.get_running_loop()
         if self.local is not None:
-            self.switch.attach(constants.LOCAL_PORT, PortPolicy(vlans=None), self._clock())
+            # The exit's LAN: every VLAN, the whole table, and stations beyond it forwarded
+            # unlearned rather than dropped (a site's LAN is not a client to contain).
+            lan = PortPolicy(vlans=None, max_macs=constants.MAX_MACS, enforce_max_macs=False)
+            self.switch.attach(constants.LOCAL_PORT, lan, self._clock())
             loop.add_reader(self.local.fileno(), self._local_readable)
         try:
             while not stop.is_set():
@@ -142,11 +147,24 @@ class Switchboard:
         if frames:
             self._deliver(self.switch.forward(constants.LOCAL_PORT, frames, self._clock()))
 
-    async def serve_link(self, link: PortLink, device: str, policy: PortPolicy) -> None:
-        """Run one client's port until its link fails or closes; then detach it."""
+    async def serve_link(
+        self, link: PortLink, device: str, policy: PortPolicy, *, owner: str | None = None
+    ) -> None:
+        """Run one client's port until its link fails or closes; then detach it.
+
+        ``owner`` names the device for the switch's per-device limits (its tunnel count,
+        MACs, addresses and flood budgets): the device id, since display names may repeat.
+        A device over its tunnel limit (or a switch out of room) gets no port: the link is
+        closed and the refusal counted.
+        """
         port = f"{device}#{next(self._ids)}"
         outbox = _Outbox(link if isinstance(link, DirectPortLink) else None)
-        self.switch.attach(port, policy, self._clock())
+        try:
+            self.switch.attach(port, policy, self._clock(), device=owner or device)
+        except PortRefused as refused:
+            log.warning("device %s gets no port: %s", device, refused.reason)
+            await link.close()
+            return
         self._outboxes[port] = outbox
         log.info("port %s attached", port)
         sender = asyncio.ensure_future(self._send_loop(link, outbox))

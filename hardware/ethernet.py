@@ -30,13 +30,26 @@ GSO_UDP = 3
 GSO_TCPV6 = 4
 GSO_UDP_L4 = 5
 GSO_ECN = 0x80
-KNOWN_GSO_TYPES = frozenset({GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4})
+# Accepted GSO types. GSO_UDP (legacy UDP fragmentation offload, UFO) is refused: Linux
+# dropped UFO in 4.14 and a peer has no business asking the exit's kernel to fragment.
+KNOWN_GSO_TYPES = frozenset({GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4})
 KNOWN_FLAGS = NEEDS_CSUM | DATA_VALID
+# Where a partial checksum may be completed, from csum_start: TCP and UDP checksum fields.
+TCP_CSUM_OFFSET = 16
+UDP_CSUM_OFFSET = 6
+CSUM_OFFSETS = frozenset({TCP_CSUM_OFFSET, UDP_CSUM_OFFSET})
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_ARP = 0x0806
+ETHERTYPE_IPV6 = 0x86DD
 
 ETH_HEADER_LEN = 14
 VLAN_TAG_LEN = 4
 TPID_8021Q = 0x8100
 TPID_8021AD = 0x88A8
+# Tag protocol ids in use for stacked or vendor VLAN tags. A frame whose outer (or inner)
+# ethertype is one of these and not accepted as a tag is refused, never switched as an
+# "untagged" frame of an odd ethertype: a kernel or a switch downstream may read the tag.
+TAG_TPIDS = frozenset({TPID_8021Q, TPID_8021AD, 0x9100, 0x9200, 0x9300})
 VLAN_ID_MASK = 0x0FFF
 VLAN_ID_RESERVED = 0x0FFF
 UNTAGGED = 0  # VLAN id given to untagged and priority-tagged frames
@@ -56,6 +69,7 @@ class EthernetHeader:
     vlan: int  # 0 = untagged (or priority-tagged)
     ethertype: int
     gso: bool  # a super-frame the receiving kernel segments
+    l3: int = 0  # offset in the tunnel frame of the payload after the last tag
 
 
 class FrameError(ValueError):
@@ -66,53 +80,119 @@ class FrameError(ValueError):
         self.reason = reason
 
 
-def parse(frame: bytes | bytearray | memoryview, max_plain_frame: int) -> EthernetHeader:
-    """Parse the offload header and the Ethernet/802.1Q header of a tunnel frame.
+def parse(
+    frame: bytes | bytearray | memoryview,
+    max_plain_frame: int,
+    tag_tpids: frozenset[int] = frozenset({TPID_8021Q}),
+) -> EthernetHeader:
+    """Parse and check the offload header and the Ethernet/VLAN header of a tunnel frame.
 
     ``max_plain_frame`` is the largest Ethernet frame (header included, no FCS) allowed when
-    the frame is not a GSO super-frame: MTU + 14 + 4. Raises ``FrameError`` with reason
-    ``short``, ``oversized``, ``bad_offload`` or ``bad_vlan``.
+    the frame is not a GSO super-frame: MTU + 14 + 4. ``tag_tpids`` are the tag protocol ids
+    read as the frame's VLAN tag (802.1Q always; 802.1ad's 0x88a8 when configured, whose
+    inner tag is then payload). Raises ``FrameError`` with reason ``short``, ``oversized``,
+    ``bad_offload``, ``bad_vlan`` or ``unknown_tpid``.
     """
     size = len(frame) - OFFLOAD_HEADER_LEN
     if size < ETH_HEADER_LEN:
         raise FrameError("short")
-    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = OFFLOAD_HEADER.unpack_from(
-        frame, 0
-    )
-    kind = gso_type & ~GSO_ECN
-    if flags & ~KNOWN_FLAGS or kind not in KNOWN_GSO_TYPES:
-        raise FrameError("bad_offload")
-    gso = kind != GSO_NONE
-    if gso:
-        if gso_size == 0 or size > MAX_GSO_FRAME:
-            raise FrameError("bad_offload" if gso_size == 0 else "oversized")
-    elif size > max_plain_frame:
-        raise FrameError("oversized")
-    if flags & NEEDS_CSUM and csum_start + csum_offset + 2 > size:
-        raise FrameError("bad_offload")
     base = OFFLOAD_HEADER_LEN
     ethertype = int.from_bytes(frame[base + 12 : base + 14], "big")
     vlan = UNTAGGED
-    if ethertype == TPID_8021AD:
-        # Stacked (QinQ) tags are not switched: the allow-list would be ambiguous.
-        raise FrameError("bad_vlan")
-    if ethertype == TPID_8021Q:
+    l3 = base + ETH_HEADER_LEN
+    if ethertype in TAG_TPIDS:
+        if ethertype not in tag_tpids:
+            raise FrameError("unknown_tpid")
         if size < ETH_HEADER_LEN + VLAN_TAG_LEN:
             raise FrameError("bad_vlan")
+        outer = ethertype
         tci = int.from_bytes(frame[base + 14 : base + 16], "big")
         vlan = tci & VLAN_ID_MASK
         if vlan == VLAN_ID_RESERVED:
             raise FrameError("bad_vlan")
         ethertype = int.from_bytes(frame[base + 16 : base + 18], "big")
-        if ethertype in (TPID_8021Q, TPID_8021AD):
-            raise FrameError("bad_vlan")
+        l3 += VLAN_TAG_LEN
+        # A second tag is payload only under an 802.1ad service tag; under 802.1Q a stacked
+        # tag would make the VLAN allow-list ambiguous.
+        if ethertype in TAG_TPIDS:
+            if outer == TPID_8021Q or ethertype != TPID_8021Q:
+                raise FrameError("bad_vlan" if ethertype in tag_tpids else "unknown_tpid")
+            if size < ETH_HEADER_LEN + 2 * VLAN_TAG_LEN:
+                raise FrameError("bad_vlan")
+            # The customer tag travels inside the service VLAN; what it carries is still
+            # read (ARP/ND inspection must not be skipped by adding a tag).
+            ethertype = int.from_bytes(frame[base + 20 : base + 22], "big")
+            l3 += VLAN_TAG_LEN
+            if ethertype in TAG_TPIDS:
+                raise FrameError("bad_vlan")
+    gso = _check_offload(frame, size, max_plain_frame, ethertype, l3 - base)
     return EthernetHeader(
         dst=bytes(frame[base : base + 6]),
         src=bytes(frame[base + 6 : base + 12]),
         vlan=vlan,
         ethertype=ethertype,
         gso=gso,
+        l3=l3,
     )
+
+
+def _check_offload(
+    frame: bytes | bytearray | memoryview,
+    size: int,
+    max_plain_frame: int,
+    ethertype: int,
+    l2_len: int,
+) -> bool:
+    """Validate the virtio_net_hdr against the frame; whether it is a GSO super-frame.
+
+    The exit's kernel trusts these fields when it writes the frame to its TAP (it cuts GSO
+    frames and fills checksums where they say), so everything is checked against the frame
+    it describes: the kernel's own checks are the last line, not the only one.
+    """
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = OFFLOAD_HEADER.unpack_from(
+        frame, 0
+    )
+    kind = gso_type & ~GSO_ECN
+    if flags & ~KNOWN_FLAGS or kind not in KNOWN_GSO_TYPES:
+        raise FrameError("bad_offload")
+    if flags & NEEDS_CSUM and flags & DATA_VALID:
+        raise FrameError("bad_offload")  # "fill in the checksum" and "it is verified"
+    if hdr_len > size:
+        raise FrameError("bad_offload")
+    if flags & NEEDS_CSUM:
+        if (
+            csum_offset not in CSUM_OFFSETS
+            or csum_start < l2_len
+            or csum_start + csum_offset + 2 > size
+        ):
+            raise FrameError("bad_offload")
+    elif csum_start or csum_offset:
+        raise FrameError("bad_offload")
+    if kind == GSO_NONE:
+        if gso_type & GSO_ECN or gso_size:
+            raise FrameError("bad_offload")
+        if size > max_plain_frame:
+            raise FrameError("oversized")
+        return False
+    if size > MAX_GSO_FRAME:
+        raise FrameError("oversized")
+    # A super-frame: the kernel segments it, so it needs a segment size, a partial
+    # checksum of its own protocol, headers that fit before the payload, and an L3 that
+    # matches its type.
+    wanted = UDP_CSUM_OFFSET if kind == GSO_UDP_L4 else TCP_CSUM_OFFSET
+    if (
+        gso_size == 0
+        or gso_size > size
+        or not flags & NEEDS_CSUM
+        or csum_offset != wanted
+        or hdr_len < l2_len
+        or (gso_type & GSO_ECN and kind == GSO_UDP_L4)
+        or (kind == GSO_TCPV4 and ethertype != ETHERTYPE_IPV4)
+        or (kind == GSO_TCPV6 and ethertype != ETHERTYPE_IPV6)
+        or (kind == GSO_UDP_L4 and ethertype not in (ETHERTYPE_IPV4, ETHERTYPE_IPV6))
+    ):
+        raise FrameError("bad_offload")
+    return True
 
 
 def is_group(mac: bytes) -> bool:
@@ -148,9 +228,6 @@ def internet_checksum(data: bytes | bytearray | memoryview) -> int:
     if folded == 0 and value:
         folded = 0xFFFF
     return (~folded) & 0xFFFF
-
-
-UDP_CSUM_OFFSET = 6
 
 
 def finish_checksum(frame: bytearray) -> None:

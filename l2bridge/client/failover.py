@@ -18,7 +18,9 @@ not answer goes last for a few seconds.
 attestation interval): it asks for fresh evidence with a probe handshake that never
 finishes (the exit admits nothing from it) and re-reads the node's registry record. When
 either fails, the exit is refused and its link closed; the client's next ``connect`` lands
-on the next healthy exit.
+on the next healthy exit. The re-check fails closed: a probe with no answer is retried
+until ``recheck_window`` ends, and silence for the whole window is a refusal too, after
+which the exit is not dialled again before a backoff (doubling while it stays silent).
 
 Fallback when the chain is unreachable: the last ranking read is used (and the status
 says ``registry: unreachable (cached)``); with no ranking ever read, ``NoExitAvailable``
@@ -52,6 +54,7 @@ from l2bridge.client.selection import (
     rank,
 )
 from l2bridge.constants import Mode
+from l2bridge.crypto.pq import Backend
 from l2bridge.errors import L2BridgeError, NoExitAvailable, PeerError
 from l2bridge.identity.keys import DeviceCertificate, HybridSigningKey
 from l2bridge.node import link as tunnel
@@ -67,6 +70,14 @@ log = logging.getLogger(__name__)
 DIAL_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 5.0
 REGISTRY_TIMEOUT_S = 10.0
+# A re-check retries a probe that gets no answer until this window ends; silence for the
+# whole window is a refusal (an exit could otherwise dodge re-checks by dropping probes).
+RECHECK_WINDOW_S = 15.0
+RECHECK_RETRY_S = 1.0
+# After a silent re-check the exit is not dialled again for this long, doubled at each
+# silent re-check in a row (up to the maximum): it may just be down, or dodging checks.
+SILENT_BACKOFF_S = 10.0
+SILENT_BACKOFF_MAX_S = 600.0
 
 Clock = Callable[[], float]
 
@@ -121,6 +132,7 @@ class DialSettings:
     token_window: int = 60
     tls: ssl.SSLContext | None = None  # for wss:// endpoints (None: the system's CAs)
     cover: CoverPlan | None = None  # cover traffic on idle links (obfuscation.cover_traffic)
+    backend: Backend | None = None  # ML-KEM/ML-DSA for the handshake (security.pq_backend)
 
 
 class ExitFinder:
@@ -136,6 +148,10 @@ class ExitFinder:
         clock: Clock = time.time,
         check_interval: float | None = None,
         dial_timeout: float = DIAL_TIMEOUT_S,
+        probe_timeout: float = PROBE_TIMEOUT_S,
+        recheck_window: float = RECHECK_WINDOW_S,
+        recheck_retry: float = RECHECK_RETRY_S,
+        silent_backoff: float = SILENT_BACKOFF_S,
     ) -> None:
         self.registry = registry
         self.settings = settings
@@ -147,6 +163,12 @@ class ExitFinder:
         self._verifier = EvidenceChecker(settings.policy, self._aks.get, clock=clock)
         self.check_interval = check_interval or selection.max_attestation_age
         self._dial_timeout = dial_timeout
+        self._probe_timeout = probe_timeout
+        self.recheck_window = recheck_window
+        self._recheck_retry = recheck_retry
+        self._silent_backoff = silent_backoff
+        self._silences: dict[bytes, int] = {}  # silent re-checks in a row, per exit
+        self._redial_at: dict[bytes, float] = {}  # no dial to that exit before then
         self._cache: Ranking | None = None
         self._cache_at: float | None = None
         self.registry_state = "unknown"
@@ -224,6 +246,7 @@ class ExitFinder:
             attestation_nonce=secrets.token_bytes(32),
             evidence_checker=checker,
             config=s.session_config,
+            backend=s.backend,
         )
         return hs, checker
 
@@ -262,6 +285,10 @@ class ExitFinder:
         ranking = await self.ranking()
         tried: list[str] = []
         for cand in ranking.order:
+            wait = self._redial_at.get(cand.node_id, 0.0) - self._clock()
+            if wait > 0:
+                tried.append(f"{cand.short}: silent at its last re-check (dial in {wait:.0f} s)")
+                continue
             try:
                 link = await self.dial(cand)
             except (PeerError, OSError, TimeoutError, L2BridgeError) as exc:
@@ -293,7 +320,7 @@ class ExitFinder:
             self._clock(),
             window_s=self.settings.token_window,
         )
-        async with asyncio.timeout(PROBE_TIMEOUT_S):
+        async with asyncio.timeout(self._probe_timeout):
             ws = await open_transport(cand.endpoint, token, max_size=tunnel.MAX_MESSAGE_SIZE)
             try:
                 await ws.send(hs.hello())
@@ -310,26 +337,51 @@ class ExitFinder:
                 await ws.close()
 
     async def check_current(self) -> bool:
-        """Re-check the exit in use (registry record + fresh evidence). False = dropped."""
+        """Re-check the exit in use (registry record + fresh evidence). False = dropped.
+
+        Fails closed: no answer to the probe within ``recheck_window`` is a refusal, and
+        the exit is then not dialled again before its backoff has passed.
+        """
         cand, link = self.current, self._link
         if cand is None or link is None:
             return True
         reason = await self._registry_reason(cand)
         if reason is None:
-            try:
-                await self.probe(cand)
-            except PeerError as exc:
-                why = "; ".join(self.probe_reasons) or exc.detail or type(exc).__name__
-                reason = f"fresh evidence failed ({why})"
-            except (OSError, TimeoutError, L2BridgeError) as exc:
-                # Not answering is the link's business: it ends and the client reconnects.
-                log.info("probe of exit %s got no answer: %s", cand.short, type(exc).__name__)
-                return True
+            reason = await self._probe_within_window(cand)
         if reason is None:
+            self._silences.pop(cand.node_id, None)
             return True
         self._refuse(cand, reason)
         await link.close()
         return False
+
+    async def _probe_within_window(self, cand: Candidate) -> str | None:
+        """Why ``cand`` fails its re-check, or None once fresh evidence passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.recheck_window
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                await self.probe(cand)
+            except PeerError as exc:
+                why = "; ".join(self.probe_reasons) or exc.detail or type(exc).__name__
+                return f"fresh evidence failed ({why})"
+            except (OSError, TimeoutError, L2BridgeError) as exc:
+                log.info("probe of exit %s got no answer: %s", cand.short, type(exc).__name__)
+                left = deadline - loop.time()
+                if left > 0:
+                    await asyncio.sleep(min(self._recheck_retry, left))
+                    continue
+                silences = self._silences.get(cand.node_id, 0) + 1
+                self._silences[cand.node_id] = silences
+                backoff = min(self._silent_backoff * 2 ** (silences - 1), SILENT_BACKOFF_MAX_S)
+                self._redial_at[cand.node_id] = self._clock() + backoff
+                return (
+                    f"no answer to the re-check within {self.recheck_window:g} s "
+                    f"({tries} tries, last: {type(exc).__name__}); next dial in {backoff:g} s"
+                )
+            return None
 
     async def _registry_reason(self, cand: Candidate) -> str | None:
         try:

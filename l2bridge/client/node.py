@@ -18,7 +18,8 @@ from l2bridge.client.failover import DialSettings
 from l2bridge.client.layers import pinned_attestation, registry_finder, tunnel_clock
 from l2bridge.client.pump import Backoff, Client, FrameLink
 from l2bridge.constants import ATTESTATION_NONCE_SIZE, Mode
-from l2bridge.errors import L2BridgeError
+from l2bridge.crypto.pq import get_backend
+from l2bridge.errors import BackendUnavailable, L2BridgeError
 from l2bridge.identity.keyfiles import load_certificate
 from l2bridge.identity.keys import HybridSigningKey, read_private_file
 from l2bridge.node import link as tunnel
@@ -77,6 +78,10 @@ class ClientNode:
         except TlsError as exc:
             raise ConfigError(f"endpoints.tls_ca: {exc}") from None
         self.mode = Mode.from_name(config.security.post_quantum_mode)
+        try:
+            self.backend = get_backend(config.security.pq_backend)
+        except BackendUnavailable as exc:
+            raise ConfigError(f"security.pq_backend: {exc}") from None
         pad_to, self.cover = obfuscation_settings(config.obfuscation)
         self.session_config = SessionConfig(
             rekey_interval=config.security.key_rotation_interval, pad_to=pad_to
@@ -100,6 +105,7 @@ class ClientNode:
             lambda policy: DialSettings(
                 self.identity, self.access_key, policy, self.certificate, self.mode,
                 self.session_config, int(ep.token_window), self.tls, self.cover,
+                self.backend,
             ),
             self.metrics,
             self.clock,
@@ -123,6 +129,7 @@ class ClientNode:
             attestation_nonce=nonce,
             evidence_checker=checker,
             config=self.session_config,
+            backend=self.backend,
         )
         self.link = await tunnel.connect(
             self.url,

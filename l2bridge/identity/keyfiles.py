@@ -18,6 +18,7 @@ from l2bridge.identity.keys import (
     DeviceCertificate,
     RevocationList,
     load_public,
+    read_checked_file,
 )
 
 CERT_LABEL = "DEVICE CERTIFICATE"
@@ -33,10 +34,18 @@ def _read(path: PathLike) -> str:
 
 
 def _write(path: PathLike, text: str) -> None:
+    """Replace ``path`` atomically with a 0644 file (never group/other-writable, whatever
+    the umask: ``load_allow_list`` refuses such a file)."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_certificate(cert: DeviceCertificate, path: PathLike) -> None:
@@ -66,9 +75,12 @@ def save_allow_list(allow: AllowList, path: PathLike) -> None:
 
 
 def load_allow_list(path: PathLike) -> AllowList:
+    """The allow-list admits devices without a certificate, so whoever may write it may
+    admit anyone: read like a key file (no symlink, owned by this user or root) and refused
+    when group or others may write it."""
     try:
-        return AllowList.parse(_read(path))
-    except ValueError as exc:
+        return AllowList.parse(read_checked_file(path, private=False).decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError included
         raise KeyFileError(f"{path}: {exc}") from None
 
 

@@ -18,6 +18,7 @@ as another.  Decoders raise ``MalformedMessage``; checks raise
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import os
@@ -237,14 +238,60 @@ def write_private_file(path: str | os.PathLike[str], text: str, force: bool = Fa
         raise
 
 
-def read_private_file(path: str | os.PathLike[str]) -> str:
+MAX_KEY_FILE_SIZE = 1 << 20  # far above any key, list or allow-list file
+
+
+def read_checked_file(path: str | os.PathLike[str], *, private: bool) -> bytes:
+    """Read a file an attacker must not be able to swap or change, checking what was opened.
+
+    The file is opened once, with ``O_NOFOLLOW`` (a symbolic link as the last component is
+    refused, so a link planted in the key's place cannot point us at another file) and
+    ``O_NONBLOCK`` (a FIFO cannot hang us), and the checks run on that open file
+    (``fstat``), not on the path, so nothing can be switched between check and read. It
+    must be a regular file owned by this user or root and no larger than
+    ``MAX_KEY_FILE_SIZE``; a ``private`` file (keys, access keys) must have no permission
+    for group or others (0600), any other (an allow-list) no write permission for them.
+    Raises ``KeyFileError`` naming the file and the reason.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     try:
-        st = os.stat(path)
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyFileError(f"{path}: permissions too open (must be 0600)")
-        return Path(path).read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as exc:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KeyFileError(f"{path}: is a symbolic link (refused)") from None
         raise KeyFileError(f"{path}: {exc.__class__.__name__}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{path}: not a regular file")
+        if st.st_uid not in (os.geteuid(), 0):
+            raise KeyFileError(f"{path}: owned by uid {st.st_uid}, not by this user or root")
+        if private and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyFileError(f"{path}: permissions too open (must be 0600)")
+        if not private and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise KeyFileError(f"{path}: writable by group or others")
+        if st.st_size > MAX_KEY_FILE_SIZE:
+            raise KeyFileError(f"{path}: larger than {MAX_KEY_FILE_SIZE} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 65536):
+            size += len(chunk)
+            if size > MAX_KEY_FILE_SIZE:
+                raise KeyFileError(f"{path}: larger than {MAX_KEY_FILE_SIZE} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: {exc.__class__.__name__}") from None
+    finally:
+        os.close(fd)
+
+
+def read_private_file(path: str | os.PathLike[str]) -> str:
+    """A private key or access key file's text (see ``read_checked_file``: 0600, no link)."""
+    try:
+        return read_checked_file(path, private=True).decode("ascii")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{path}: not ASCII text") from None
 
 
 def save_public(public: HybridPublicKey, path: str | os.PathLike[str]) -> None:
@@ -476,6 +523,10 @@ class Authorizer:
         old = self._lists.get(rl.issuer)
         if old is None or rl.sequence > old.sequence:
             self._lists[rl.issuer] = rl
+
+    def update_allow_list(self, allow: AllowList) -> None:
+        """Replace the allow-list (a reloaded file); later decisions use only the new one."""
+        self._allow = allow
 
     def authorize(
         self, device: HybridPublicKey, certificate: DeviceCertificate | None, now: float

@@ -17,6 +17,7 @@ Relative paths are resolved against the configuration file's directory.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import urllib.parse
@@ -57,6 +58,11 @@ class Security:
     post_quantum_mode: str = "hybrid"
     attestation_required: bool = False
     sgx_enclave: bool = False
+    # ML-KEM/ML-DSA implementation for the handshake's ephemeral keys (l2bridge.crypto.pq).
+    pq_backend: str = "cryptography"
+    # Exit: every live session is re-authorised (revocations, allow-list, expiry) at
+    # least this often, besides at once after a list file changes.
+    reauth_interval: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,10 @@ class Network:
     bridge: str | None = None
     vnet_hdr: bool = True
     vlan_allow: tuple[int, ...] = ()  # empty: every VLAN (and untagged) passes
+    # Exit: addresses of the LAN's gateway(s); no client may claim them in ARP/ND.
+    gateway_ips: tuple[str, ...] = ()
+    # Exit: read 802.1ad (0x88a8) service tags as the VLAN tag; off, they are dropped.
+    service_tags: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +315,18 @@ def _vlans(value: object, path: str) -> tuple[int, ...]:
     return tuple(parse(v, f"{path}[{i}]") for i, v in enumerate(value))
 
 
+def _ip_list(value: object, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _fail(path, "a list of IP addresses", value)
+    out: list[str] = []
+    for i, item in enumerate(value):
+        try:
+            out.append(str(ipaddress.ip_address(item if isinstance(item, str) else "")))
+        except ValueError:
+            raise _fail(f"{path}[{i}]", "an IPv4 or IPv6 address", item) from None
+    return tuple(out)
+
+
 def _cover(value: object, path: str) -> CoverTraffic:
     if value is True:
         return CoverTraffic.ON
@@ -344,6 +366,8 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "post_quantum_mode": _choice(*PQ_MODES),
             "attestation_required": _bool,
             "sgx_enclave": _bool,
+            "pq_backend": _choice("cryptography", "liboqs"),
+            "reauth_interval": _duration_range(1.0, 86400.0),
         },
     ),
     "network": (
@@ -355,6 +379,8 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "bridge": _optional(_ifname),
             "vnet_hdr": _bool,
             "vlan_allow": _vlans,
+            "gateway_ips": _ip_list,
+            "service_tags": _bool,
         },
     ),
     "exit_nodes": (

@@ -450,6 +450,20 @@ class Session:
         self._expires = self.authorization.expires
         return Received(events=(PeerAuthenticated(self.authorization),))
 
+    def reauthorize(self, now: float) -> Authorization:
+        """Exit: ask the Authorizer again about the admitted device (a revocation list or
+        the allow-list changed, or the periodic re-check). Returns the new decision, or
+        raises ``NotAuthorized``; the caller ends the tunnel then. ``StateError`` before
+        the device was admitted (or on the client)."""
+        admitted = self._admitted
+        if admitted is None or self.closed:
+            raise StateError("no admitted device to re-authorise")
+        self.authorization = admitted.authorizer.authorize(
+            admitted.client, admitted.certificate, now
+        )
+        self._expires = self.authorization.expires
+        return self.authorization
+
     def _check_epoch(self, generation: int, epoch: int, now: float) -> None:
         if generation != self.epoch + 1:
             raise ProtocolViolation(f"rekey generation {generation} after {self.epoch}")

@@ -13,7 +13,8 @@ from hardware.tap import FakeTap
 DROP_REASONS = {
     "short", "oversized", "bad_offload", "bad_vlan", "vlan_denied", "bad_source",
     "rate_limited", "same_port", "no_egress", "unknown_unicast_limited",
-    "mac_spoof",
+    "mac_spoof", "mac_limit", "mac_table_full", "unknown_tpid", "arp_malformed",
+    "arp_mac_mismatch", "nd_malformed", "nd_mac_mismatch", "nd_router", "ip_spoof", "ip_limit",
 }  # fmt: skip
 
 # Frames near the interesting shapes: an offload header, two MACs, maybe 802.1Q tags.
@@ -50,7 +51,7 @@ frames = st.lists(st.one_of(st.binary(max_size=64), shaped, spoofed), max_size=3
 @settings(max_examples=300, deadline=None)
 @given(batches=st.lists(frames, min_size=1, max_size=4), vlans=st.sets(st.integers(0, 20)))
 def test_switch_never_raises_on_client_frames(batches: list[list[bytes]], vlans: set[int]) -> None:
-    sw = Switch(SwitchConfig(max_macs=64))
+    sw = Switch(SwitchConfig(max_macs=64, reserved_macs=0))
     sw.attach("client", PortPolicy(vlans=frozenset(vlans) or None, max_macs=16), 0.0)
     sw.attach("local", PortPolicy(vlans=None), 0.0)
     gw_frame = ethernet.NO_OFFLOAD + b"\xff" * 6 + GATEWAY + b"\x08\x06" + bytes(28)

@@ -44,7 +44,7 @@ def test_priority_tag_is_untagged() -> None:
         (b"\x00" * 5, "short"),
         (tf(Ether(src=A, dst=B, type=0x8100) / b"\x00\x05"), "bad_vlan"),  # truncated tag
         (tf(Ether(src=A, dst=B) / Dot1Q(vlan=4095) / ARP()), "bad_vlan"),
-        (tf(Ether(src=A, dst=B) / Dot1AD(vlan=5) / Dot1Q(vlan=6) / ARP()), "bad_vlan"),
+        (tf(Ether(src=A, dst=B) / Dot1AD(vlan=5) / Dot1Q(vlan=6) / ARP()), "unknown_tpid"),
         (tf(Ether(src=A, dst=B) / Dot1Q(vlan=5) / Dot1Q(vlan=6) / ARP()), "bad_vlan"),
         (tf(Ether(src=A, dst=B) / (b"x" * 1505)), "oversized"),
         (tf(Ether(src=A, dst=B) / ARP(), ethernet.offload_header(gso_type=9)), "bad_offload"),
@@ -63,7 +63,14 @@ def test_malformed_frames_name_their_reason(frame: bytes, reason: str) -> None:
 
 
 def test_gso_super_frame_may_exceed_mtu_up_to_64k() -> None:
-    hdr = ethernet.offload_header(gso_type=ethernet.GSO_TCPV4 | ethernet.GSO_ECN, gso_size=1448)
+    hdr = ethernet.offload_header(
+        flags=ethernet.NEEDS_CSUM,
+        gso_type=ethernet.GSO_TCPV4 | ethernet.GSO_ECN,
+        hdr_len=54,
+        gso_size=1448,
+        csum_start=34,
+        csum_offset=16,
+    )
     big = tf(Ether(src=A, dst=B) / IP() / TCP() / (b"x" * 60000), hdr)
     assert ethernet.parse(big, MAX).gso
     too_big = hdr + bytes(ethernet.MAX_GSO_FRAME + 1)
@@ -82,3 +89,10 @@ def test_offload_header_round_trip() -> None:
 def test_internet_checksum_rfc1071_example() -> None:
     assert ethernet.internet_checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0x220D
     assert ethernet.internet_checksum(b"\x00\x01\xf2") == (~(0x0001 + 0xF200)) & 0xFFFF
+
+
+def test_service_tags_are_read_only_when_configured() -> None:
+    qinq = tf(Ether(src=A, dst=B) / Dot1AD(vlan=5) / Dot1Q(vlan=6) / ARP())
+    h = ethernet.parse(qinq, MAX, frozenset({ethernet.TPID_8021Q, ethernet.TPID_8021AD}))
+    # The service VLAN is the frame's; the customer tag is carried, its ARP still read.
+    assert (h.vlan, h.ethertype, h.l3) == (5, 0x0806, ethernet.OFFLOAD_HEADER_LEN + 22)

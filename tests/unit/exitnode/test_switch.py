@@ -43,7 +43,9 @@ def test_unknown_unicast_floods_then_learned_mac_is_forwarded() -> None:
 
 def test_broadcast_and_multicast_flood_to_every_other_port() -> None:
     sw = switch("a", "b", "c")
-    arp = ethernet.NO_OFFLOAD + bytes(Ether(src=MAC[1], dst=BCAST) / ARP())
+    arp = ethernet.NO_OFFLOAD + bytes(
+        Ether(src=MAC[1], dst=BCAST) / ARP(hwsrc=MAC[1], psrc="10.0.0.1", pdst="10.0.0.2")
+    )
     mcast = frame(1, "01:00:5e:00:00:fb")
     out = sw.forward("a", [arp, mcast], 0.0)
     assert out == {"b": [arp, mcast], "c": [arp, mcast]}
@@ -68,7 +70,7 @@ def test_mac_ageing_forgets_after_the_ageing_time() -> None:
 
 
 def test_station_move_is_relearned() -> None:
-    sw = switch("a", "b", "c")
+    sw = switch("a", "b", "c", policy=PortPolicy(vlans=None, sticky_macs=False))
     sw.forward("a", [frame(1, 9)], 0.0)
     sw.forward("b", [frame(1, 9)], 1.0)
     assert sw.lookup(bytes.fromhex("020000000001"), 0, 1.0) == "b"
@@ -128,7 +130,8 @@ def test_unknown_unicast_floods_are_rate_limited_per_port_by_their_own_bucket() 
     assert len(sw.forward("a", [frame(1, BCAST)], 0.0)["b"]) == 1
     assert len(sw.forward("a", spray, 0.3)["b"]) == 3  # 0.3 s * 10/s refilled
     # Another port's bucket is its own.
-    assert sw.forward("b", spray[:1], 0.3) == {"a": spray[:1], "c": spray[:1]}
+    own = [frame(2, "02:aa:00:00:00:00")]
+    assert sw.forward("b", own, 0.3) == {"a": own, "c": own}
     assert sw.stats.drops["unknown_unicast_limited"] == 8
     with pytest.raises(SwitchError):
         PortPolicy(flood_rate=0.0)
@@ -164,8 +167,8 @@ def test_jumbo_mtu_allows_9000_byte_frames() -> None:
 
 
 def test_table_and_port_limits_stop_learning_but_not_forwarding() -> None:
-    sw = Switch(SwitchConfig(max_macs=3))
-    sw.attach("a", PortPolicy(vlans=None, max_macs=2), 0.0)
+    sw = Switch(SwitchConfig(max_macs=3, reserved_macs=0))
+    sw.attach("a", PortPolicy(vlans=None, max_macs=2, enforce_max_macs=False), 0.0)
     sw.attach("b", TRUNK, 0.0)
     for n in range(1, 6):
         assert "b" in sw.forward("a", [frame(n, 9)], 0.0)
@@ -228,14 +231,16 @@ def test_the_lan_takes_back_a_mac_a_client_claimed_first() -> None:
     assert sw.forward("a", [frame(GW, 2)], 0.6) == {}
     assert sw.stats.drops["mac_spoof"] == 1
     # Clients filling the whole table do not keep the LAN's stations from being learned.
-    full = switch("local", "a", max_macs=2)
+    lax = PortPolicy(vlans=None, enforce_max_macs=False)
+    full = switch("local", "a", policy=lax, max_macs=2, reserved_macs=0)
     full.forward("a", [frame(1, 9), frame(2, 9), frame(3, 9)], 0.0)
     assert len(full) == 2 and full.stats.not_learned == 1
     full.forward("local", [frame(GW, BCAST)], 0.0)
     assert full.lookup(bytes.fromhex("020000000008"), 0, 0.0) == "local"
     assert full.forward("a", [frame(GW, 9)], 0.1) == {}
     # The protected set is configurable: with none, the old learning-bridge behaviour.
-    open_sw = switch("local", "a", protected_ports=frozenset())  # type: ignore[arg-type]
+    roaming = PortPolicy(vlans=None, sticky_macs=False)
+    open_sw = switch("local", "a", policy=roaming, protected_ports=frozenset())  # type: ignore[arg-type]
     open_sw.forward("local", [frame(GW, BCAST)], 0.0)
     open_sw.forward("a", [frame(GW, BCAST)], 1.0)
     assert open_sw.lookup(bytes.fromhex("020000000008"), 0, 1.0) == "a"
@@ -264,7 +269,7 @@ def test_sticky_client_ports_keep_their_macs_until_aged_out_then_a_move_works() 
 def test_enforced_mac_limit_drops_new_sources_and_keeps_known_ones() -> None:
     sw = Switch()
     sw.attach("a", PortPolicy(vlans=None, max_macs=2, enforce_max_macs=True), 0.0)
-    sw.attach("b", TRUNK, 0.0)
+    sw.attach("b", PortPolicy(vlans=None, sticky_macs=False), 0.0)
     out = sw.forward("a", [frame(1, 9), frame(2, 9), frame(3, 9), frame(1, 9)], 0.0)
     assert len(out["b"]) == 3  # 1, 2, then 1 again; 3 refused
     assert sw.stats.drops["mac_limit"] == 1 and len(sw) == 2

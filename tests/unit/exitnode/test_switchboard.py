@@ -8,6 +8,7 @@ from collections.abc import Callable
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
+from exitnode import constants
 from exitnode.switch import PortPolicy, Switch
 from exitnode.switchboard import Switchboard
 from hardware import ethernet
@@ -68,7 +69,7 @@ def test_frames_cross_between_clients_and_the_local_tap_byte_for_byte() -> None:
     async def body(b: Bench) -> None:
         ca, cb = b.client("a"), b.client("b")
         await b.until(lambda: len(b.board.clients) == 2)
-        arp = bytes(Ether(src=A, dst=BCAST) / ARP(pdst="10.0.0.2"))
+        arp = bytes(Ether(src=A, dst=BCAST) / ARP(hwsrc=A, psrc="10.0.0.1", pdst="10.0.0.2"))
         await ca.send_frames([ethernet.NO_OFFLOAD + arp])
         got = await asyncio.wait_for(cb.recv_frames(), TIMEOUT)
         assert got == [ethernet.NO_OFFLOAD + arp]
@@ -160,5 +161,28 @@ def test_malformed_frames_from_a_client_are_dropped_and_counted() -> None:
             "bad_source": 1,
         }
         assert b.tap.delivered() == [] and len(b.board.switch) == 0
+
+    run(body)
+
+
+def test_a_device_over_its_tunnel_limit_is_closed_and_counted() -> None:
+    async def body(b: Bench) -> None:
+        links = []
+        for _ in range(constants.MAX_TUNNELS_PER_DEVICE + 1):
+            ours, theirs = link_pair(64)
+            b.tasks.append(
+                asyncio.ensure_future(b.board.serve_link(theirs, "laptop", ANY, owner="id-1"))
+            )
+            links.append(ours)
+        await b.until(links[-1].closed.is_set)
+        assert len(b.board.clients) == constants.MAX_TUNNELS_PER_DEVICE
+        assert b.metrics.counters.drops["tunnel_limit"] == 1
+        # Another device with the same display name is a device of its own.
+        other, theirs = link_pair(64)
+        b.tasks.append(
+            asyncio.ensure_future(b.board.serve_link(theirs, "laptop", ANY, owner="id-2"))
+        )
+        await b.until(lambda: len(b.board.clients) == constants.MAX_TUNNELS_PER_DEVICE + 1)
+        assert not other.closed.is_set()
 
     run(body)

@@ -123,6 +123,10 @@ def test_defaults_and_environment_layer():
         ({"chain": {"contract_address": "0x12"}}, "chain.contract_address: expected"),
         ({"tpm": {"pcr": 24}}, "tpm.pcr: must be from 0 to 23"),
         ({"security": ["a"]}, "security: expected a mapping"),
+        ({"security": {"pq_backend": "openssl"}}, "security.pq_backend: expected one of"),
+        ({"security": {"reauth_interval": "0s"}}, "security.reauth_interval"),
+        ({"network": {"gateway_ips": ["10.0.0.300"]}}, r"network.gateway_ips\[0\]: expected an"),
+        ({"network": {"gateway_ips": "10.0.0.1"}}, "network.gateway_ips: expected a list"),
         ({"bogus": {}}, "bogus: unknown section"),
         ({"version": 2}, "version: only configuration version 1"),
         ([1, 2], r"\(top level\): expected a mapping"),
@@ -155,3 +159,17 @@ def test_file_errors(tmp_path):
 )
 def test_durations(text, seconds):
     assert parse_duration(text, "x") == seconds
+
+
+def test_isolation_settings():
+    cfg = config_from_mapping(
+        {
+            "security": {"pq_backend": "liboqs", "reauth_interval": "30s"},
+            "network": {"gateway_ips": ["10.0.0.1", "FE80::1"], "service_tags": True},
+        }
+    )
+    assert (cfg.security.pq_backend, cfg.security.reauth_interval) == ("liboqs", 30.0)
+    assert cfg.network.gateway_ips == ("10.0.0.1", "fe80::1")
+    assert cfg.network.service_tags
+    default = config_from_mapping({})
+    assert default.security.pq_backend == "cryptography" and default.network.gateway_ips == ()

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from l2bridge.constants import Mode
 from l2bridge.errors import AuthenticationFailed, KeyFileError, NotAuthorized
+from l2bridge.identity.keyfiles import load_allow_list, save_allow_list
 from l2bridge.identity.keys import (
     KIND_ADMIN,
     KIND_IDENTITY,
@@ -22,6 +23,7 @@ from l2bridge.identity.keys import (
     RevocationList,
     load_public,
     node_id,
+    read_private_file,
     save_public,
 )
 
@@ -110,6 +112,64 @@ def test_loose_permissions_and_garbage_are_refused(tmp_path, device) -> None:
         HybridSigningKey.load(bad)
     with pytest.raises(KeyFileError):
         HybridSigningKey.load(tmp_path / "missing")
+
+
+def test_a_symlink_in_the_keys_place_is_refused_even_to_a_good_key(tmp_path, device) -> None:
+    real = tmp_path / "real.key"
+    device.save(real)
+    link = tmp_path / "id.key"
+    link.symlink_to(real)
+    with pytest.raises(KeyFileError, match="symbolic link"):
+        HybridSigningKey.load(link)
+    assert HybridSigningKey.load(real).public == device.public
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_a_key_owned_by_another_user_is_refused(tmp_path, device) -> None:
+    path = tmp_path / "id.key"
+    device.save(path)
+    os.chown(path, 4242, 4242)
+    with pytest.raises(KeyFileError, match="owned by uid 4242"):
+        HybridSigningKey.load(path)
+    os.chown(path, 0, 0)
+    assert HybridSigningKey.load(path).public == device.public
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o700 | 0o007])
+def test_any_group_or_other_permission_on_a_key_is_refused(tmp_path, device, mode) -> None:
+    path = tmp_path / "id.key"
+    device.save(path)
+    os.chmod(path, mode)
+    with pytest.raises(KeyFileError, match="permissions too open"):
+        HybridSigningKey.load(path)
+
+
+def test_a_fifo_or_directory_in_the_keys_place_is_refused_without_hanging(tmp_path) -> None:
+    fifo = tmp_path / "id.key"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(KeyFileError, match="not a regular file"):
+        read_private_file(fifo)
+    with pytest.raises(KeyFileError, match="not a regular file"):
+        read_private_file(tmp_path)
+
+
+def test_allow_list_file_is_refused_when_others_may_write_it_or_it_is_a_link(tmp_path) -> None:
+    path = tmp_path / "allowed.txt"
+    old_umask = os.umask(0o002)  # a umask that would make files group-writable
+    try:
+        save_allow_list(AllowList(((b"\x01" * 32, "laptop"),)), path)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert load_allow_list(path).entries == ((b"\x01" * 32, "laptop"),)
+    os.chmod(path, 0o664)
+    with pytest.raises(KeyFileError, match="writable by group or others"):
+        load_allow_list(path)
+    os.chmod(path, 0o644)
+    link = tmp_path / "link.txt"
+    link.symlink_to(path)
+    with pytest.raises(KeyFileError, match="symbolic link"):
+        load_allow_list(link)
 
 
 def test_wipe_zeroes_seeds() -> None:

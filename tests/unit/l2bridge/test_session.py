@@ -332,3 +332,14 @@ def test_session_ends_when_the_device_certificate_expires(keys) -> None:
     with pytest.raises(NotAuthorized):
         p.client_to_exit([b"after"], expires)
     assert p.exit.closed
+
+
+def test_reauthorize_asks_again_without_a_rekey(keys) -> None:
+    p = SessionPair.connect(T0, keys=keys)
+    assert p.exit.reauthorize(T0 + 1).name == p.exit.authorization.name
+    cert = p.exit._admitted.certificate
+    p.authorizer.update_revocations(p.admin.revoke(None, cert.serial, "lost laptop", int(T0)))
+    with pytest.raises(NotAuthorized):
+        p.exit.reauthorize(T0 + 2)
+    with pytest.raises(StateError):
+        p.client.reauthorize(T0 + 2)  # only the exit admitted anyone
