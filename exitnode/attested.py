@@ -140,6 +140,7 @@ class AttestedExit:
                 ek_intermediates=ek_intermediates,
                 ak_file=tpm.ak_context,
                 clock=clock.now,
+                timeout_s=tpm.timeout,
                 metrics=metrics,
             )
             try:

@@ -135,6 +135,8 @@ class Tpm:
     pcr: int = 23
     # client: the pinned exit's enrolment record (its AK), for attestation_required
     exit_enrolment: Path | None = None
+    # exit: deadline of one TPM command (a quote); past it the TPM counts as lost
+    timeout: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,6 +422,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "golden_policy": _PATH,
             "pcr": _int_range(0, 23),
             "exit_enrolment": _PATH,
+            "timeout": _duration_range(0.05, 300.0),
         },
     ),
     "chain": (

@@ -36,6 +36,7 @@ random intervals within a byte budget, written like any other record.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import random
@@ -47,8 +48,10 @@ from typing import Protocol, cast
 from websockets.asyncio.server import Server, ServerConnection
 
 from l2bridge.constants import MAX_RECORD_SIZE
-from l2bridge.errors import KeyExpired, PeerError, StateError
+from l2bridge.errors import KeyExpired, L2BridgeError, PeerError, StateError
 from l2bridge.node.cover import CoverPlan
+from l2bridge.node.logsummary import Summary
+from l2bridge.protocol.handshake import ClientHello
 from l2bridge.protocol.records import Buffer
 from l2bridge.protocol.session import Closed, PeerAuthenticated, RekeyCompleted, Session
 from l2bridge.transport.client import open_transport
@@ -79,6 +82,8 @@ COALESCE_FRAMES = 64
 MAX_MESSAGE_SIZE = MAX_RECORD_SIZE + 64
 
 _CLOSE = object()
+# Tasks that live as long as a server (a reference keeps them from being collected).
+server_tasks: set[asyncio.Future[None]] = set()
 
 
 class ClientHandshakeLike(Protocol):
@@ -539,30 +544,39 @@ async def serve(
     """
 
     # Handshakes answered at once; more wait (within the handshake timeout) for a worker.
-    workers = asyncio.Semaphore(handshake_workers)
+    # Those that ask for evidence have slots of their own: a slow or hung TPM (the
+    # evidence provider has its own deadline) then never delays a plain handshake.
+    plain_slots = asyncio.Semaphore(handshake_workers)
+    attested_slots = asyncio.Semaphore(handshake_workers)
+    # A pool of our own: the loop's default executor is shared and small (cores + 4).
+    pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=2 * handshake_workers, thread_name_prefix="handshake"
+    )
+    loop = asyncio.get_running_loop()
+    handshake_failures = Summary(log, "tunnel handshakes failed")
 
     async def handler(connection: ServerConnection) -> None:
         ws = _direct(connection)
         try:
+            # One deadline over reading the hello, waiting for a slot and answering it.
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
                 hello = bytes(await ws.next_message())
-                await workers.acquire()
-            try:
-                # In a worker thread: the evidence step waits for a TPM quote (tens to
-                # hundreds of ms) and the signature costs too; every other tunnel's
-                # records keep flowing on the loop meanwhile. The TPM's own rate limit
-                # (the evidence provider) still applies.
-                session, server_hello = await asyncio.to_thread(
-                    make_handshake().receive, hello, clock()
-                )
-            finally:
-                workers.release()
+                slots = attested_slots if _asks_for_evidence(hello) else plain_slots
+                async with slots:
+                    # In a worker thread: the evidence step waits for a TPM quote (tens
+                    # to hundreds of ms) and the signature costs too; every other
+                    # tunnel's records keep flowing on the loop meanwhile. The slot is
+                    # freed when the deadline passes even if the thread is still busy.
+                    session, server_hello = await loop.run_in_executor(
+                        pool, make_handshake().receive, hello, clock()
+                    )
             if not ws.is_open:
                 session.close()
                 raise TransportClosed("closed")
             ws.write_binary(server_hello)
         except (PeerError, TimeoutError, TransportClosed) as exc:
-            log.info("tunnel handshake failed: %s", type(exc).__name__)
+            log.debug("tunnel handshake failed: %s", type(exc).__name__)
+            handshake_failures.note(type(exc).__name__)
             return
         except Exception as exc:
             # Ours, not the peer's (oversized evidence, a TPM error): logged here, the
@@ -582,7 +596,7 @@ async def serve(
         finally:
             await link.close()
 
-    return await serve_exit(
+    server = await serve_exit(
         handler,
         settings,
         host=host,
@@ -591,3 +605,21 @@ async def serve(
         direct=True,
         **transport_kwargs,  # type: ignore[arg-type]
     )
+    server_tasks.add(asyncio.ensure_future(_release_pool(server, pool)))
+    return server
+
+
+async def _release_pool(server: Server, pool: concurrent.futures.Executor) -> None:
+    """Free the handshake threads once the server has closed (never waits for them)."""
+    try:
+        await server.wait_closed()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _asks_for_evidence(hello: bytes) -> bool:
+    """Whether a ClientHello asks for attestation (malformed: no; its handshake fails)."""
+    try:
+        return ClientHello.decode(hello).nonce is not None
+    except L2BridgeError:
+        return False
