@@ -217,6 +217,8 @@ class ExitNode:
                 clock=self.clock,
                 ssl=self.tls,
                 cover=self.cover,
+                keepalive_s=ep.keepalive_interval,
+                liveness_s=ep.liveness_timeout,
             )
             if self.options.status:
                 status = StatusServer(self.metrics, *self.config.status.listen).start()

@@ -115,6 +115,19 @@ class Endpoints:
     server_header: str = "nginx"
     token_window: float = 60.0
     header_timeout: float = 10.0
+    # liveness, both ends: a keepalive record after this long idle (jittered), and the
+    # link is dropped (client: reconnect / fail over) after liveness_timeout of silence
+    keepalive_interval: float = 5.0
+    liveness_timeout: float = 15.0
+    # exit: the tunnel port's listen backlog (SYN floods, reconnect storms)
+    listen_backlog: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.liveness_timeout < 2 * self.keepalive_interval:
+            raise ConfigError(
+                "endpoints.liveness_timeout: must be at least twice "
+                "endpoints.keepalive_interval (one lost keepalive must not end a link)"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +417,9 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "server_header": _text,
             "token_window": _duration_range(10.0, 3600.0),
             "header_timeout": _duration_range(0.1, 300.0),
+            "keepalive_interval": _duration_range(0.1, 3600.0),
+            "liveness_timeout": _duration_range(0.2, 7200.0),
+            "listen_backlog": _int_range(16, 65535),
         },
     ),
     "keys": (

@@ -31,6 +31,13 @@ epoch boundaries (the client starts them; the exit follows in-band).
 
 With a ``cover`` plan (l2bridge.node.cover) an idle link also sends padding-only records at
 random intervals within a byte budget, written like any other record.
+
+Liveness, both ways and on both ends: a side that has written nothing for about
+``keepalive_s`` (jittered) sends a small padding-only record, which looks like any other
+record on the wire (browsers cannot send WebSocket pings, so the client never does), and a
+side that has heard no record from its peer for ``liveness_s`` ends the link with reason
+"peer silent" and drops the connection without a closing handshake (the path is dead, so
+nothing would answer it). The client then reconnects or fails over.
 """
 
 from __future__ import annotations
@@ -80,6 +87,11 @@ COALESCE_S = 0.0005
 COALESCE_FRAMES = 64
 # Room for the WebSocket frame header on top of the largest record.
 MAX_MESSAGE_SIZE = MAX_RECORD_SIZE + 64
+# Liveness (see the module docstring); endpoints.keepalive_interval / liveness_timeout.
+KEEPALIVE_S = 5.0
+LIVENESS_S = 15.0
+KEEPALIVE_JITTER = 0.5  # the idle time before a keepalive is uniform in [0.5, 1] x interval
+KEEPALIVE_MAX_PADDING = 96  # a keepalive's padding is random in [0, this] bytes
 
 _CLOSE = object()
 # Tasks that live as long as a server (a reference keeps them from being collected).
@@ -124,6 +136,8 @@ class TunnelSocket(Protocol):
 
     def resume_reading(self) -> None: ...
 
+    def abort(self) -> None: ...
+
 
 class Link:
     """One running tunnel over one WebSocket. Create with connect() or serve()."""
@@ -137,8 +151,15 @@ class Link:
         clock: Clock = time.time,
         queue_batches: int = LINK_QUEUE_BATCHES,
         cover: CoverPlan | None = None,
+        keepalive_s: float | None = KEEPALIVE_S,
+        liveness_s: float | None = LIVENESS_S,
     ) -> None:
+        """``keepalive_s`` / ``liveness_s``: None turns that side of liveness off."""
         self._ws = ws
+        self._keepalive_s = keepalive_s
+        self._liveness_s = liveness_s
+        self._last_heard = time.monotonic()  # the handshake was heard just now
+        self.keepalives_sent = 0
         self._cover = cover
         self._ended = asyncio.Event()  # set once sending has stopped for good
         self.cover_sent = 0
@@ -176,6 +197,13 @@ class Link:
         ]
         if self._cover is not None:
             self._tasks.append(asyncio.create_task(self._send_cover(self._cover), name="cover"))
+        if self._keepalive_s is not None or self._liveness_s is not None:
+            self._tasks.append(asyncio.create_task(self._liveness(), name="link-liveness"))
+
+    @property
+    def silent_for(self) -> float:
+        """Seconds since the last record from the peer (or since the handshake)."""
+        return time.monotonic() - self._last_heard
 
     @property
     def peer_authenticated(self) -> bool:
@@ -373,6 +401,7 @@ class Link:
             return
         try:
             received = self.session.receive(message, self._clock())
+            self._last_heard = time.monotonic()  # only authenticated records count
         except PeerError as exc:
             # Logged locally with its detail; the peer only sees the close.
             log.warning("link ended by protocol error: %s (%s)", exc, exc.detail)
@@ -464,6 +493,41 @@ class Link:
             tokens -= len(record)
             self.cover_sent += 1
 
+    async def _liveness(self) -> None:
+        """Keepalives when idle; ends the link when the peer has been silent too long."""
+        rng = random.SystemRandom()
+        keepalive, deadline = self._keepalive_s, self._liveness_s
+        tick = min(x for x in (keepalive, deadline) if x is not None) / 4
+        idle_needed = keepalive * rng.uniform(KEEPALIVE_JITTER, 1.0) if keepalive else 0.0
+        while not self._ended.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), tick)
+                return
+            now = time.monotonic()
+            if deadline is not None and now - self._last_heard > deadline:
+                log.warning(
+                    "peer silent for %.1f s (liveness deadline %g s): dropping the link",
+                    now - self._last_heard,
+                    deadline,
+                )
+                self._end("peer silent")
+                self._ws.abort()
+                return
+            if keepalive is None or now - self._last_write < idle_needed:
+                continue
+            if self._pending or not self.ready_to_send:
+                continue  # data is waiting to go: it is its own keepalive
+            try:
+                record = self.session.seal_cover(
+                    rng.randint(0, KEEPALIVE_MAX_PADDING), self._clock()
+                )
+                self._write(record)
+            except (KeyExpired, StateError, TransportClosed):
+                return  # the data path notices and ends the link
+            self._last_write = now
+            self.keepalives_sent += 1
+            idle_needed = keepalive * rng.uniform(KEEPALIVE_JITTER, 1.0)
+
     async def _watch(self) -> None:
         """Notices the connection ending under us (peer gone, TCP reset)."""
         await self._ws.wait_closed()
@@ -486,6 +550,8 @@ async def connect(
     clock: Clock = time.time,
     queue_batches: int = LINK_QUEUE_BATCHES,
     cover: CoverPlan | None = None,
+    keepalive_s: float | None = KEEPALIVE_S,
+    liveness_s: float | None = LIVENESS_S,
     **transport_kwargs: object,
 ) -> Link:
     """Open a tunnel to the exit ``node_id`` at ``url``.
@@ -519,7 +585,10 @@ async def connect(
     except BaseException:
         await ws.close()
         raise
-    link = Link(ws, session, is_client=True, clock=clock, queue_batches=queue_batches, cover=cover)
+    link = Link(
+        ws, session, is_client=True, clock=clock, queue_batches=queue_batches, cover=cover,
+        keepalive_s=keepalive_s, liveness_s=liveness_s,
+    )  # fmt: skip
     link.start()
     return link
 
@@ -535,6 +604,8 @@ async def serve(
     queue_batches: int = LINK_QUEUE_BATCHES,
     cover: CoverPlan | None = None,
     handshake_workers: int = HANDSHAKE_WORKERS,
+    keepalive_s: float | None = KEEPALIVE_S,
+    liveness_s: float | None = LIVENESS_S,
     **transport_kwargs: object,
 ) -> Server:
     """Serve tunnels behind the decoy site; ``on_link`` runs per tunnel.
@@ -586,7 +657,7 @@ async def serve(
             return
         link = Link(
             ws, session, is_client=False, clock=clock, queue_batches=queue_batches,
-            cover=cover,
+            cover=cover, keepalive_s=keepalive_s, liveness_s=liveness_s,
         )  # fmt: skip
         link.start()
         try:
