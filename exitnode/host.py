@@ -4,19 +4,29 @@ The internet exit gives the bridge an address and masquerades the clients' subne
 the host's other interfaces with nftables (or iptables where nft is missing). The exit's
 kernel is then the only IP stack on the path; everything before it is Layer 2.
 Everything set up here is undone by ``HostSetup.close``.
+
+With a MAC in the TAP's config (the exit's: ``network.mac`` or derived from its nodeId,
+``hardware.announce.stable_mac``) the TAP and the bridge keep the same address across
+restarts: a Linux bridge otherwise takes the lowest MAC among its ports, which a new TAP's
+random one changes, and the LAN keeps sending to the old gateway MAC until its ARP entries
+go stale. The bridge's addresses are then announced (gratuitous ARP, unsolicited NA).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from exitnode.errors import HostSetupError
 from hardware import netns
+from hardware.announce import AnnounceError, addresses_of, announce, format_mac
 from hardware.tap import FrameDevice, TapConfig, TapError, open_tap
+
+log = logging.getLogger(__name__)
 
 NFT_TABLE = "shadowmesh"
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
@@ -50,9 +60,15 @@ class HostSetup:
             self.tap: FrameDevice = open_tap(tap)
         except TapError as exc:
             raise HostSetupError(str(exc)) from exc
+        self.bridge_mac: bytes | None = None
+        self.announced = 0  # announcements sent at start
         try:
             if bridge is not None:
                 self._bridge(tap.name, bridge, tap.mtu)
+                if tap.mac is not None:
+                    # Set explicitly, a bridge's MAC no longer follows its ports.
+                    netns.ip(None, "link", "set", bridge, "address", format_mac(tap.mac))
+                    self.bridge_mac = tap.mac
             if masquerade is not None:
                 if bridge is None:
                     raise HostSetupError("the internet exit needs a bridge for its address")
@@ -60,6 +76,19 @@ class HostSetup:
         except (HostSetupError, netns.NetnsError) as exc:
             self.close()
             raise HostSetupError(str(exc)) from exc
+        if bridge is not None and self.bridge_mac is not None:
+            self._announce(bridge, self.bridge_mac)
+
+    def _announce(self, bridge: str, mac: bytes) -> None:
+        try:
+            self.announced = announce(bridge, mac, addresses_of(bridge))
+        except AnnounceError as exc:
+            log.warning("%s (the LAN learns the gateway MAC when its ARP entries expire)", exc)
+            return
+        if self.announced:
+            log.info(
+                "announced %d address(es) of %s at %s", self.announced, bridge, format_mac(mac)
+            )
 
     def _bridge(self, tap: str, bridge: str, mtu: int) -> None:
         if not netns.link_exists(None, bridge):
@@ -69,13 +98,16 @@ class HostSetup:
 
     def _masquerade(self, bridge: str, m: Masquerade) -> None:
         subnet = m.network()
-        netns.ip(None, "addr", "add", m.address, "dev", bridge)
+        # "replace": after a crash (kill -9) the address and rules are still there.
+        netns.ip(None, "addr", "replace", m.address, "dev", bridge)
         self._undo.append(["ip", "addr", "del", m.address, "dev", bridge])
         backend = m.backend
         if backend == "auto":
             backend = "nft" if shutil.which("nft") else "iptables"
         if backend == "nft":
             rules = (
+                # Declare, delete, re-create: one atomic transaction, also over a crash's table.
+                f"table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n"
                 f"table ip {NFT_TABLE} {{\n"
                 "  chain postrouting {\n"
                 "    type nat hook postrouting priority srcnat; policy accept;\n"
@@ -87,7 +119,10 @@ class HostSetup:
             self._undo.append(["nft", "delete", "table", "ip", NFT_TABLE])
         elif backend == "iptables":
             rule = ["-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"]
-            netns.run(["iptables", "-t", "nat", "-A", "POSTROUTING", *rule])
+            try:  # already there after a crash: -C succeeds, nothing to add
+                netns.run(["iptables", "-t", "nat", "-C", "POSTROUTING", *rule])
+            except netns.NetnsError:
+                netns.run(["iptables", "-t", "nat", "-A", "POSTROUTING", *rule])
             self._undo.append(["iptables", "-t", "nat", "-D", "POSTROUTING", *rule])
         else:
             raise HostSetupError(f"masquerade backend {backend!r}: nft, iptables or auto")

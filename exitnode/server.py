@@ -27,6 +27,7 @@ from exitnode.host import HostSetup, Masquerade
 from exitnode.revocations import RevocationWatch
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import Switchboard
+from hardware.announce import stable_mac
 from hardware.tap import TapConfig
 from l2bridge.constants import Mode
 from l2bridge.errors import L2BridgeError
@@ -144,7 +145,9 @@ class ExitNode:
             rekey_interval=config.security.key_rotation_interval, pad_to=pad_to
         )
         self.evidence_provider = evidence_provider
-        self.tap_config = TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr)
+        # The same MAC at every start: the LAN's ARP entries for the gateway stay right.
+        mac = net.mac or stable_mac(self.identity.node_id)
+        self.tap_config = TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr, mac=mac)
         self.default_policy = vlan_policy(net.vlan_allow)
         self.metrics = Metrics("exit")
         self.clock: Callable[[], float] = time.time

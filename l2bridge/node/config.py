@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from hardware.announce import parse_mac
 from l2bridge.constants import DEFAULT_PAD_TO
 from l2bridge.errors import LocalError
 from timing.config import TimeSettings, settings_from
@@ -67,6 +68,7 @@ class Network:
     bridge: str | None = None
     vnet_hdr: bool = True
     vlan_allow: tuple[int, ...] = ()  # empty: every VLAN (and untagged) passes
+    mac: bytes | None = None  # exit: TAP and bridge MAC (None: derived from the nodeId)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +211,13 @@ def parse_duration(value: object, path: str) -> float:
     if not 0 < seconds < float("inf"):  # also rejects NaN
         raise ConfigError(f"{path}: must be a positive duration, got {value!r}")
     return seconds
+
+
+def _mac(value: object, path: str) -> bytes:
+    try:
+        return parse_mac(value) if isinstance(value, str) else parse_mac("")
+    except ValueError as exc:
+        raise _fail(path, str(exc), value) from None
 
 
 def _bool(value: object, path: str) -> bool:
@@ -370,6 +379,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "bridge": _optional(_ifname),
             "vnet_hdr": _bool,
             "vlan_allow": _vlans,
+            "mac": _optional(_mac),
         },
     ),
     "exit_nodes": (
