@@ -6,7 +6,8 @@ Tree::
     ├── ExitConfigError       bad operator configuration (names the field and the reason)
     ├── SwitchError           a local misuse of the virtual switch (unknown or duplicate port)
     ├── HostSetupError        the host could not be configured (bridge, TAP, masquerade)
-    └── AttestationUnavailable  the TPM cannot be reached or the AK cannot be enrolled
+    ├── AttestationUnavailable  the TPM cannot be reached or the AK cannot be enrolled
+    └── StateFileError        a state file cannot be written, or is empty or damaged
 
 Frames from peers never raise: the switch drops them and counts the reason.
 """
@@ -32,3 +33,7 @@ class HostSetupError(ExitError):
 
 class AttestationUnavailable(ExitError):
     """The exit cannot attest: TPM unreachable, no AK and nothing to enrol against."""
+
+
+class StateFileError(ExitError):
+    """A state file (AK, enrolment record) cannot be written, or what is there is damaged."""

@@ -38,6 +38,7 @@ Failure modes and their documented fallback:
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import threading
 import time
@@ -47,12 +48,19 @@ from pathlib import Path
 from cryptography import x509
 
 from attestation import constants as ac
-from attestation import enrol, measure
+from attestation import enrol, measure, tpms
 from attestation import evidence as ev
-from attestation.errors import AttestationError, RateLimited, TpmError
+from attestation.errors import (
+    AttestationError,
+    EnrolmentError,
+    EvidenceError,
+    RateLimited,
+    TpmError,
+)
 from attestation.provider import EvidenceProvider
 from attestation.quote import Attester
-from exitnode.errors import AttestationUnavailable
+from exitnode.errors import AttestationUnavailable, StateFileError
+from exitnode.statefile import read_state, write_atomic
 from exitnode.tpmthread import TpmThread
 from l2bridge.node.metrics import Metrics
 from l2bridge.transport.errors import TransportClosed
@@ -132,9 +140,25 @@ class ExitLifecycle:
 
     # --- start --------------------------------------------------------------------------
 
+    def _load_ak(self) -> enrol.AkKey:
+        """The stored AK, checked against the stored enrolment record when there is one.
+
+        Raises StateFileError for an empty, damaged or mismatched file (never enrols
+        over it: that would change the node's AK behind the registry's back).
+        """
+        ak = read_state(self.ak_file, _parse_ak, (ValueError, KeyError, TypeError, EvidenceError))
+        record_path = self.state_dir / ENROLMENT_FILE
+        if record_path.exists():
+            record = read_state(record_path, enrol.Enrolment.parse, (EnrolmentError,))
+            if record.ak_public != ak.tpmt_public:
+                raise StateFileError(
+                    f"{record_path} is the record of another AK than {self.ak_file}"
+                )
+        return ak
+
     def _load_or_enrol(self) -> enrol.AkKey:
         if self.ak_file.exists():
-            return enrol.AkKey.load(self.ak_file)
+            return self._load_ak()
         if not self._anchors:
             raise AttestationUnavailable(
                 f"no AK at {self.ak_file} and no EK CA to enrol against: run "
@@ -150,9 +174,11 @@ class ExitLifecycle:
             )
         finally:
             thread.retire()
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        ak.save(self.ak_file)
-        (self.state_dir / ENROLMENT_FILE).write_text(record.dump())
+        # The record first, the AK last: an AK file on disk means both are complete.
+        write_atomic(self.state_dir / ENROLMENT_FILE, record.dump())
+        write_atomic(
+            self.ak_file, json.dumps({"private": ak.private.hex(), "public": ak.public.hex()})
+        )
         log.info("enrolled a new AK (EK cert sha256 %s)", record.ek_certificate_sha256.hex())
         return ak
 
@@ -302,8 +328,9 @@ class ExitLifecycle:
         threading.Thread(target=self.recover, name="tpm-recover", daemon=True).start()
 
     def _acquire(self) -> bool:
-        # Another quote holds the TPM for at most its deadline: wait that long, no more.
-        return self._lock.acquire(timeout=self._timeout)
+        # Another quote holds the TPM for at most its deadline (plus the bookkeeping of
+        # declaring the TPM lost): waiting twice that long is enough unless it is busy.
+        return self._lock.acquire(timeout=2 * self._timeout)
 
     def check_measurement(self) -> bool:
         """Whether PCR 23 still holds exactly our measurement (False also when unknown)."""
@@ -355,7 +382,7 @@ class ExitLifecycle:
     def evidence(self, nonce: bytes, node_id: bytes) -> bytes:
         """The handshake's evidence_provider; see the module docstring for failures.
 
-        Returns within about twice ``timeout_s`` whatever the TPM does: empty evidence
+        Returns within about three times ``timeout_s`` whatever the TPM does: empty evidence
         when the TPM is lost (or is lost now), TransportClosed when it is busy.
         """
         if not self._acquire():
@@ -392,3 +419,11 @@ class _OnThread:
         return self._thread.call(
             self._attester.evidence, nonce, node_id, now, timeout=self._timeout
         )
+
+
+def _parse_ak(text: str) -> enrol.AkKey:
+    """ak.json (as ``AkKey.save`` writes it); ValueError/KeyError/TypeError when damaged."""
+    doc = json.loads(text)
+    ak = enrol.AkKey(bytes.fromhex(doc["private"]), bytes.fromhex(doc["public"]))
+    tpms.parse_public(ak.tpmt_public)  # EvidenceError when it is not a TPMT_PUBLIC
+    return ak

@@ -129,7 +129,9 @@ def test_hung_tpm_blocks_no_plain_handshake(
             )
             attested, plain = results[:6], results[6:]
             assert plain == ["connected"] * 3
-            assert set(attested) == {"refused"}, attested
+            # Refused for empty evidence ("TPM lost"); one that found the TPM still held
+            # by another quote past its wait is closed as busy. Never a timeout.
+            assert set(attested) <= {"refused", "closed"} and "refused" in attested, attested
             assert lifecycle.state == STATE_TPM_UNAVAILABLE
             health = lifecycle.health()
             assert health["ok"] is False and health["timeouts"] == 1
