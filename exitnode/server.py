@@ -41,7 +41,7 @@ from l2bridge.node.status import StatusServer
 from l2bridge.protocol.handshake import EvidenceProvider, ServerHandshake
 from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.decoy import DecoySite
-from l2bridge.transport.server import ServerSettings
+from l2bridge.transport.server import ServerSettings, screening_summary
 from l2bridge.transport.tls import TlsError, server_context
 from l2bridge.transport.token import AccessKey, TokenVerifier
 
@@ -155,6 +155,8 @@ class ExitNode:
         self.metrics.set_info(node_id=self.identity.node_id.hex(), listen=f"{ep.listen}")
         self.board: Switchboard | None = None
         self.listening = asyncio.Event()
+        # How connections to the tunnel port were screened (counts by kind, for status).
+        self.screening = screening_summary()
 
     def attach(self, attested: AttestedExit) -> None:
         """Serve with attestation evidence, registry upkeep and the disciplined clock."""
@@ -222,6 +224,8 @@ class ExitNode:
                 cover=self.cover,
                 keepalive_s=ep.keepalive_interval,
                 liveness_s=ep.liveness_timeout,
+                backlog=ep.listen_backlog,
+                summary=self.screening,
             )
             if self.options.status:
                 status = StatusServer(self.metrics, *self.config.status.listen).start()

@@ -56,8 +56,8 @@ from websockets.asyncio.server import Server, ServerConnection
 
 from l2bridge.constants import MAX_RECORD_SIZE
 from l2bridge.errors import KeyExpired, L2BridgeError, PeerError, StateError
+from l2bridge.logsummary import Summary
 from l2bridge.node.cover import CoverPlan
-from l2bridge.node.logsummary import Summary
 from l2bridge.protocol.handshake import ClientHello
 from l2bridge.protocol.records import Buffer
 from l2bridge.protocol.session import Closed, PeerAuthenticated, RekeyCompleted, Session

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from l2bridge.node.logsummary import Summary
+from l2bridge.logsummary import Summary
 
 
 def test_one_line_per_interval(caplog: pytest.LogCaptureFixture) -> None:
