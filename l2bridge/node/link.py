@@ -92,6 +92,7 @@ KEEPALIVE_S = 5.0
 LIVENESS_S = 15.0
 KEEPALIVE_JITTER = 0.5  # the idle time before a keepalive is uniform in [0.5, 1] x interval
 KEEPALIVE_MAX_PADDING = 96  # a keepalive's padding is random in [0, this] bytes
+LIVENESS_MIN_SLEEP_S = 0.01
 
 _CLOSE = object()
 # Tasks that live as long as a server (a reference keeps them from being collected).
@@ -494,17 +495,26 @@ class Link:
             self.cover_sent += 1
 
     async def _liveness(self) -> None:
-        """Keepalives when idle; ends the link when the peer has been silent too long."""
+        """Keepalives when idle; ends the link when the peer has been silent too long.
+
+        Wakes exactly when the next keepalive is due or the deadline would pass, so a
+        silent peer is noticed ``liveness_s`` after the last record heard, not later.
+        """
         rng = random.SystemRandom()
         keepalive, deadline = self._keepalive_s, self._liveness_s
-        tick = min(x for x in (keepalive, deadline) if x is not None) / 4
         idle_needed = keepalive * rng.uniform(KEEPALIVE_JITTER, 1.0) if keepalive else 0.0
+        deferred = time.monotonic()  # idle is counted from the later of this and a write
         while not self._ended.is_set():
+            now = time.monotonic()
+            wake = [self._last_heard + deadline] if deadline is not None else []
+            if keepalive is not None:
+                wake.append(max(self._last_write, deferred) + idle_needed)
+            delay = max(min(wake) - now, LIVENESS_MIN_SLEEP_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ended.wait(), tick)
+                await asyncio.wait_for(self._ended.wait(), delay)
                 return
             now = time.monotonic()
-            if deadline is not None and now - self._last_heard > deadline:
+            if deadline is not None and now - self._last_heard >= deadline:
                 log.warning(
                     "peer silent for %.1f s (liveness deadline %g s): dropping the link",
                     now - self._last_heard,
@@ -513,18 +523,17 @@ class Link:
                 self._end("peer silent")
                 self._ws.abort()
                 return
-            if keepalive is None or now - self._last_write < idle_needed:
+            if keepalive is None or now - max(self._last_write, deferred) < idle_needed:
                 continue
             if self._pending or not self.ready_to_send:
-                continue  # data is waiting to go: it is its own keepalive
+                deferred = now  # data is waiting to go: it is its own keepalive
+                continue
             try:
-                record = self.session.seal_cover(
-                    rng.randint(0, KEEPALIVE_MAX_PADDING), self._clock()
-                )
-                self._write(record)
+                size = rng.randint(0, KEEPALIVE_MAX_PADDING)
+                self._write(self.session.seal_cover(size, self._clock()))
             except (KeyExpired, StateError, TransportClosed):
                 return  # the data path notices and ends the link
-            self._last_write = now
+            self._last_write = deferred = now
             self.keepalives_sent += 1
             idle_needed = keepalive * rng.uniform(KEEPALIVE_JITTER, 1.0)
 
