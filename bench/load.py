@@ -271,11 +271,11 @@ class Run:
             f" tcp dport {PORT} drop; }}\n chain o {{ type filter hook output priority 0;"
             f" policy accept; tcp sport {PORT} drop; }}\n}}\n"
         )
-        self.clients.ask(f"mark {time.monotonic()}")
         subprocess.run(
             [*ns["eb"].prefix(), "nft", "-f", "-"], input=rules, text=True, check=True, timeout=10
         )
-        holed = time.monotonic()
+        holed = time.monotonic()  # counted from here: the drop rules are in place
+        self.clients.ask(f"mark {holed}")
         moves = self.clients.ask(f"moves {self.args.fault_s + 15}")
         time.sleep(max(0.0, self.args.fault_s - (time.monotonic() - holed)))
         ns["eb"].run(["nft", "delete", "table", "inet", "loadbh"])
@@ -290,8 +290,14 @@ class Run:
         """A device with a tunnel sends garbage records at line rate: dropped, A lives on."""
         self.clients.ask("phase 5")
         garbage = self.clients.ask("garbage 0")
+        self.clients.ask("phase 6")
+        time.sleep(1.0)  # in flight
+        sent = self.clients.ask("counts")["sent"].get("5", 0)
+        got = self.sink.ask("report 5")
         self.out.update({k: v for k, v in garbage.items() if k != "event"})
         self.out["exit_a_alive_after_garbage"] = os.path.exists(f"/proc/{self.pid_a}")
+        # The others' frames meanwhile (they were all on A again after the black hole).
+        self.out["lost_frames_during_garbage"] = sent - got["distinct"]
 
     def finish(self) -> dict[str, Any]:
         final = self.clients.ask("counts")

@@ -105,7 +105,7 @@ class LoadClient:
     def watch(self) -> None:
         link = self.link
         if link is not None and link.close_reason is not None:
-            self.ends.append((time.monotonic(), link.close_reason))
+            self.ends.append((link.ended_at or time.monotonic(), link.close_reason))
             self.link = None
 
     def frame(self, phase: int) -> bytes:
@@ -192,8 +192,9 @@ async def garbage(plan: dict[str, Any], exit_: Exit, key: AccessKey, seconds: fl
             await asyncio.sleep(0)
     dropped_after = time.monotonic() - start
     await link.close()
-    return {"garbage_records_sent": sent, "garbage_dropped_by_exit": link.close_reason != "closed",
-            "garbage_dropped_ms": round(dropped_after * 1000, 1)}  # fmt: skip
+    ended_by_exit = link.close_reason != "closed"
+    return {"garbage_records_sent": sent, "garbage_link_ended_by_exit": ended_by_exit,
+            "garbage_s": round(dropped_after, 2)}  # fmt: skip
 
 
 async def main(plan_path: str) -> None:

@@ -146,11 +146,16 @@ class Client:
                 started = time.monotonic()
                 await self._serve(link, stopping)
                 if time.monotonic() - started >= STABLE_AFTER_S:
+                    # A working link was lost (its exit died, say): come back soon, at a
+                    # random point of the first backoff step, so that all the exit's
+                    # clients do not dial the next exit in the same instant.
                     self.backoff.reset()
+                    delay = random.uniform(0.0, self.backoff.initial)
+                else:
+                    # An exit that accepts and then fails at once must not be hammered.
+                    delay = self.backoff.next_delay()
                 if not stop.is_set():
-                    # Even after a drop, wait a little: an exit that accepts and then fails
-                    # at once must not be hammered.
-                    await _sleep_or_stop(self.backoff.next_delay(), stop)
+                    await _sleep_or_stop(delay, stop)
         finally:
             stopping.cancel()
 

@@ -188,6 +188,7 @@ class Link:
         self.rekeys_skipped = 0
         self.rekeys_completed = 0
         self.close_reason: str | None = None
+        self.ended_at: float | None = None  # time.monotonic() when the link ended
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -458,6 +459,8 @@ class Link:
         """Stop both directions; the writer task closes the WebSocket."""
         if self.close_reason is None:
             self.close_reason = reason
+        if self.ended_at is None:
+            self.ended_at = time.monotonic()
         self._recv_done = True
         self._in_ready.set()
         self._send_done = True
