@@ -9,7 +9,8 @@ rate; each carries (phase, client, seq, CLOCK_MONOTONIC ns) for the sink.
 Talks to the orchestrator in lines: JSON events on stdout, commands on stdin:
 ``phase N`` (label frames from now on), ``probe EXIT K ATTEST`` (K extra connects, their
 times), ``mark`` (remember now; later ``moves`` report per-client link ends and new
-connections after it), ``moves SECONDS``, ``garbage EXIT``, ``counts``, ``quit``.
+connections after it), ``moves SECONDS``, ``gone CLIENT SECONDS`` (until that client's
+link ends), ``garbage EXIT``, ``counts``, ``quit``.
 """
 
 from __future__ import annotations
@@ -254,6 +255,16 @@ async def main(plan_path: str) -> None:
                      moved_ms_max=percentile([m * 1000 for m in moved], 1.0),
                      on_exit=[sum(c.exit_index == i and c.link is not None for c in clients)
                               for i in range(len(exits))])  # fmt: skip
+            elif cmd == "gone":
+                # Until client I's link ends (its certificate was just revoked), at most S s.
+                c, since = clients[int(line[1])], time.monotonic()
+                limit = since + float(line[2])
+                while time.monotonic() < limit and not any(t > since for t, _ in c.ends):
+                    await asyncio.sleep(0.02)
+                ended = [t for t, _ in c.ends if t > since]
+                await asyncio.sleep(2.0)  # does it get back in?
+                emit(event="gone", ms=round((ended[0] - since) * 1000, 1) if ended else None,
+                     reconnected=any(t > since for t, _ in c.connects))  # fmt: skip
             elif cmd == "garbage":
                 emit(event="garbage", **await garbage(plan, exits[int(line[1])], key, 2.0))
             elif cmd == "quit":
