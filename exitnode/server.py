@@ -158,6 +158,22 @@ class ExitNode:
         # How connections to the tunnel port were screened (counts by kind, for status).
         self.screening = screening_summary()
 
+    def tunnel_health(self) -> dict[str, object]:
+        """The tunnel port for a status page (plain JSON values): listening, devices
+        attached, and how connections to the port were screened since start."""
+        return {
+            "ok": self.listening.is_set(),
+            "listening": self.listening.is_set(),
+            "devices": len(self.board.clients) if self.board is not None else 0,
+            "screened": dict(self.screening.total),
+        }
+
+    def tpm_health(self) -> dict[str, object] | None:
+        """``ExitLifecycle.health()`` when this exit attests, else None."""
+        if self.attested is None or self.attested.lifecycle is None:
+            return None
+        return self.attested.lifecycle.health()
+
     def attach(self, attested: AttestedExit) -> None:
         """Serve with attestation evidence, registry upkeep and the disciplined clock."""
         self.attested = attested
@@ -240,6 +256,7 @@ class ExitNode:
                 server.close()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(server.wait_closed(), constants.STATS_INTERVAL_S)
+            self.listening.clear()
             if status is not None:
                 status.stop()
             host.close()
