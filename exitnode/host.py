@@ -9,7 +9,8 @@ With a MAC in the TAP's config (the exit's: ``network.mac`` or derived from its 
 ``hardware.announce.stable_mac``) the TAP and the bridge keep the same address across
 restarts: a Linux bridge otherwise takes the lowest MAC among its ports, which a new TAP's
 random one changes, and the LAN keeps sending to the old gateway MAC until its ARP entries
-go stale. The bridge's addresses are then announced (gratuitous ARP, unsolicited NA).
+go stale. A bridge we created or whose gateway address we hold gets the same MAC
+explicitly, and its addresses are announced (gratuitous ARP, unsolicited NA).
 """
 
 from __future__ import annotations
@@ -64,9 +65,11 @@ class HostSetup:
         self.announced = 0  # announcements sent at start
         try:
             if bridge is not None:
-                self._bridge(tap.name, bridge, tap.mtu)
-                if tap.mac is not None:
-                    # Set explicitly, a bridge's MAC no longer follows its ports.
+                created = self._bridge(tap.name, bridge, tap.mtu)
+                if tap.mac is not None and (created or masquerade is not None):
+                    # Ours (we made it, or it carries our gateway address): set explicitly,
+                    # its MAC no longer follows its ports. An operator's own bridge keeps
+                    # its address; with the TAP's MAC stable, it is stable too.
                     netns.ip(None, "link", "set", bridge, "address", format_mac(tap.mac))
                     self.bridge_mac = tap.mac
             if masquerade is not None:
@@ -90,11 +93,14 @@ class HostSetup:
                 "announced %d address(es) of %s at %s", self.announced, bridge, format_mac(mac)
             )
 
-    def _bridge(self, tap: str, bridge: str, mtu: int) -> None:
-        if not netns.link_exists(None, bridge):
+    def _bridge(self, tap: str, bridge: str, mtu: int) -> bool:
+        """Put the TAP in ``bridge`` (created when missing); whether it was created."""
+        created = not netns.link_exists(None, bridge)
+        if created:
             netns.bridge(None, bridge, mtu=mtu)
             self._undo.append(["ip", "link", "del", bridge])
         netns.attach(None, tap, bridge)
+        return created
 
     def _masquerade(self, bridge: str, m: Masquerade) -> None:
         subnet = m.network()
