@@ -16,7 +16,9 @@ own certified identity) in a namespace routed to both exits; the sink
 4. A restarted (same bridge/TAP MAC?), then B black-holed (nft drop in its namespace)
    for ``--fault-s``: time until each client noticed (liveness) and moved to A;
 5. a device with a tunnel sending garbage records at line rate: the others' losses;
-6. one client's certificate revoked (a new signed list in the exit's revocation file):
+6. ``--flood`` connections opened at once to exit A (a stranger's flood): how many
+   got the decoy's answer, and the others' losses meanwhile;
+7. one client's certificate revoked (a new signed list in the exit's revocation file):
    time until its tunnel is gone, and whether it gets back in.
 
 Not covered here: a stopped chain (no registry in this setup). Ends with one line of JSON.
@@ -176,6 +178,7 @@ def bench(args: argparse.Namespace, d: Path, lab: Lab) -> dict[str, Any]:
         run.start((prov.exit_node_id, b_key.node_id))
         for phase in (run.steady, run.hung_tpm, run.kill_a, run.blackhole_b, run.garbage):
             phase()
+        run.flood()
         run.revoke(prov.admin)
         return run.finish()
     finally:
@@ -309,6 +312,17 @@ class Run:
         # The others' frames meanwhile (they were all on A again after the black hole).
         self.out["lost_frames_during_garbage"] = sent - got["distinct"]
 
+    def flood(self) -> None:
+        """Many connections at once to A's tunnel port: answered as the decoy, others fine."""
+        self.clients.ask("phase 7")
+        result = self.clients.ask(f"flood 0 {self.args.flood}")
+        self.clients.ask("phase 8")
+        time.sleep(1.0)  # in flight
+        sent = self.clients.ask("counts")["sent"].get("7", 0)
+        got = self.sink.ask("report 7")
+        self.out.update({k: v for k, v in result.items() if k != "event"})
+        self.out["lost_frames_during_flood"] = sent - got["distinct"]
+
     def revoke(self, admin: AdminKey) -> None:
         """Client 0's certificate revoked: time until the exit has dropped its tunnel."""
         current = load_revocations(self.d / "revoked.list")
@@ -336,6 +350,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="frames/s, all clients")
     parser.add_argument("--load-s", type=float, default=10.0)
     parser.add_argument("--fault-s", type=float, default=10.0, help="TPM stop, black hole")
+    parser.add_argument("--flood", type=int, default=2000, help="connections opened at once")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args()
     if os.geteuid() != 0:

@@ -10,7 +10,7 @@ Talks to the orchestrator in lines: JSON events on stdout, commands on stdin:
 ``phase N`` (label frames from now on), ``probe EXIT K ATTEST`` (K extra connects, their
 times), ``mark`` (remember now; later ``moves`` report per-client link ends and new
 connections after it), ``moves SECONDS``, ``gone CLIENT SECONDS`` (until that client's
-link ends), ``garbage EXIT``, ``counts``, ``quit``.
+link ends), ``garbage EXIT``, ``flood EXIT N``, ``counts``, ``quit``.
 """
 
 from __future__ import annotations
@@ -198,6 +198,30 @@ async def garbage(plan: dict[str, Any], exit_: Exit, key: AccessKey, seconds: fl
             "garbage_s": round(dropped_after, 2)}  # fmt: skip
 
 
+async def flood(exit_: Exit, count: int) -> dict[str, Any]:
+    """``count`` connections opened at once, each asking for the site's front page."""
+    host, port = exit_.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+
+    async def one() -> str:
+        try:
+            async with asyncio.timeout(15):
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                line = await reader.readline()
+                writer.close()
+                return "answered" if line.startswith(b"HTTP/1.1 ") else "closed"
+        except TimeoutError:
+            return "timeout"
+        except OSError as exc:
+            return type(exc).__name__
+
+    start = time.monotonic()
+    results = await asyncio.gather(*(one() for _ in range(count)))
+    counts = {k: results.count(k) for k in sorted(set(results))}
+    return {"flood_connects": count, "flood_outcomes": counts,
+            "flood_s": round(time.monotonic() - start, 2)}  # fmt: skip
+
+
 async def main(plan_path: str) -> None:
     plan = json.loads(Path(plan_path).read_text())
     key = AccessKey.from_text((Path(plan["dir"]) / "access.key").read_text())
@@ -265,6 +289,8 @@ async def main(plan_path: str) -> None:
                 await asyncio.sleep(2.0)  # does it get back in?
                 emit(event="gone", ms=round((ended[0] - since) * 1000, 1) if ended else None,
                      reconnected=any(t > since for t, _ in c.connects))  # fmt: skip
+            elif cmd == "flood":
+                emit(event="flood", **await flood(exits[int(line[1])], int(line[2])))
             elif cmd == "garbage":
                 emit(event="garbage", **await garbage(plan, exits[int(line[1])], key, 2.0))
             elif cmd == "quit":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -97,6 +98,16 @@ def load_access_key(path: Path | None) -> AccessKey:
         return AccessKey.from_text(read_private_file(path))
     except L2BridgeError as exc:
         raise ExitConfigError(f"endpoints.access_key_file: {exc}") from None
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard one (often 1,024 vs 524,288 under
+    systemd): every connection, idle or flooding, is a file descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.debug("open files limit raised from %d to %d", soft, hard)
 
 
 class ExitNode:
@@ -219,6 +230,7 @@ class ExitNode:
     async def run(self, stop: asyncio.Event) -> None:
         ep = self.config.endpoints
         assert ep.listen is not None
+        raise_open_files_limit()
         host = HostSetup(
             self.tap_config, self.config.network.bridge, masquerade=self.options.masquerade
         )
