@@ -635,7 +635,6 @@ async def serve(
     pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=2 * handshake_workers, thread_name_prefix="handshake"
     )
-    loop = asyncio.get_running_loop()
     handshake_failures = Summary(log, "tunnel handshakes failed")
 
     async def handler(connection: ServerConnection) -> None:
@@ -650,9 +649,12 @@ async def serve(
                     # to hundreds of ms) and the signature costs too; every other
                     # tunnel's records keep flowing on the loop meanwhile. The slot is
                     # freed when the deadline passes even if the thread is still busy.
-                    session, server_hello = await loop.run_in_executor(
-                        pool, make_handshake().receive, hello, clock()
-                    )
+                    work = pool.submit(make_handshake().receive, hello, clock())
+                    try:
+                        session, server_hello = await asyncio.wrap_future(work)
+                    except asyncio.CancelledError:
+                        work.add_done_callback(_wipe_late_session)  # past the deadline
+                        raise
             if not ws.is_open:
                 session.close()
                 raise TransportClosed("closed")
@@ -698,6 +700,12 @@ async def _release_pool(server: Server, pool: concurrent.futures.Executor) -> No
         await server.wait_closed()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _wipe_late_session(work: concurrent.futures.Future[tuple[Session, bytes]]) -> None:
+    """A handshake answered after its deadline: nobody will use its keys."""
+    if not work.cancelled() and work.exception() is None:
+        work.result()[0].close()
 
 
 def _asks_for_evidence(hello: bytes) -> bool:
