@@ -31,6 +31,7 @@ from typing import Any
 from contracts.client import RegistryClient, connect, load_account
 from exitnode.errors import AttestationUnavailable
 from exitnode.lifecycle import ExitLifecycle
+from exitnode.statefile import write_atomic
 from exitnode.upkeep import RegistryUpkeep
 from l2bridge.node.config import Config
 from l2bridge.node.metrics import Metrics
@@ -71,7 +72,9 @@ def _time_settings(settings: Any) -> dict[str, Any]:
 
 
 def measured_config(config: Config, state_dir: Path) -> Path:
-    """Write the measured part of ``config`` as canonical JSON; return its path."""
+    """Write the measured part of ``config`` as canonical JSON; return its path.
+
+    Raises StateFileError (one line) when it cannot be written."""
     net = config.network
     doc = {
         "security": _plain(config.security),
@@ -81,9 +84,8 @@ def measured_config(config: Config, state_dir: Path) -> Path:
         "atomic_time": _time_settings(config.atomic_time),
         "chain": {"attestation_interval": config.chain.attestation_interval},
     }
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = state_dir / MEASURED_CONFIG
-    path.write_text(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
+    write_atomic(path, json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n", mode=0o644)
     return path
 
 
@@ -140,6 +142,7 @@ class AttestedExit:
                 ek_intermediates=ek_intermediates,
                 ak_file=tpm.ak_context,
                 clock=clock.now,
+                timeout_s=tpm.timeout,
                 metrics=metrics,
             )
             try:

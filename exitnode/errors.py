@@ -7,7 +7,8 @@ Tree::
     ├── SwitchError           a local misuse of the virtual switch (unknown or duplicate port)
     ├── PortRefused           a device may not have another port (tunnel limit, switch full)
     ├── HostSetupError        the host could not be configured (bridge, TAP, masquerade)
-    └── AttestationUnavailable  the TPM cannot be reached or the AK cannot be enrolled
+    ├── AttestationUnavailable  the TPM cannot be reached or the AK cannot be enrolled
+    └── StateFileError        a state file cannot be written, or is empty or damaged
 
 Frames from peers never raise: the switch drops them and counts the reason.
 """
@@ -41,3 +42,7 @@ class HostSetupError(ExitError):
 
 class AttestationUnavailable(ExitError):
     """The exit cannot attest: TPM unreachable, no AK and nothing to enrol against."""
+
+
+class StateFileError(ExitError):
+    """A state file (AK, enrolment record) cannot be written, or what is there is damaged."""

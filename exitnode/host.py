@@ -4,19 +4,30 @@ The internet exit gives the bridge an address and masquerades the clients' subne
 the host's other interfaces with nftables (or iptables where nft is missing). The exit's
 kernel is then the only IP stack on the path; everything before it is Layer 2.
 Everything set up here is undone by ``HostSetup.close``.
+
+With a MAC in the TAP's config (the exit's: ``network.mac`` or derived from its nodeId,
+``hardware.announce.stable_mac``) the TAP and the bridge keep the same address across
+restarts: a Linux bridge otherwise takes the lowest MAC among its ports, which a new TAP's
+random one changes, and the LAN keeps sending to the old gateway MAC until its ARP entries
+go stale. A bridge we created or whose gateway address we hold gets the same MAC
+explicitly, and its addresses are announced (gratuitous ARP, unsolicited NA).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from exitnode.errors import HostSetupError
 from hardware import netns
+from hardware.announce import AnnounceError, addresses_of, announce, format_mac
 from hardware.tap import FrameDevice, TapConfig, TapError, open_tap
+
+log = logging.getLogger(__name__)
 
 NFT_TABLE = "shadowmesh"
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
@@ -50,9 +61,17 @@ class HostSetup:
             self.tap: FrameDevice = open_tap(tap)
         except TapError as exc:
             raise HostSetupError(str(exc)) from exc
+        self.bridge_mac: bytes | None = None
+        self.announced = 0  # announcements sent at start
         try:
             if bridge is not None:
-                self._bridge(tap.name, bridge, tap.mtu)
+                created = self._bridge(tap.name, bridge, tap.mtu)
+                if tap.mac is not None and (created or masquerade is not None):
+                    # Ours (we made it, or it carries our gateway address): set explicitly,
+                    # its MAC no longer follows its ports. An operator's own bridge keeps
+                    # its address; with the TAP's MAC stable, it is stable too.
+                    netns.ip(None, "link", "set", bridge, "address", format_mac(tap.mac))
+                    self.bridge_mac = tap.mac
             if masquerade is not None:
                 if bridge is None:
                     raise HostSetupError("the internet exit needs a bridge for its address")
@@ -60,22 +79,41 @@ class HostSetup:
         except (HostSetupError, netns.NetnsError) as exc:
             self.close()
             raise HostSetupError(str(exc)) from exc
+        if bridge is not None and self.bridge_mac is not None:
+            self._announce(bridge, self.bridge_mac)
 
-    def _bridge(self, tap: str, bridge: str, mtu: int) -> None:
-        if not netns.link_exists(None, bridge):
+    def _announce(self, bridge: str, mac: bytes) -> None:
+        try:
+            self.announced = announce(bridge, mac, addresses_of(bridge))
+        except AnnounceError as exc:
+            log.warning("%s (the LAN learns the gateway MAC when its ARP entries expire)", exc)
+            return
+        if self.announced:
+            log.info(
+                "announced %d address(es) of %s at %s", self.announced, bridge, format_mac(mac)
+            )
+
+    def _bridge(self, tap: str, bridge: str, mtu: int) -> bool:
+        """Put the TAP in ``bridge`` (created when missing); whether it was created."""
+        created = not netns.link_exists(None, bridge)
+        if created:
             netns.bridge(None, bridge, mtu=mtu)
             self._undo.append(["ip", "link", "del", bridge])
         netns.attach(None, tap, bridge)
+        return created
 
     def _masquerade(self, bridge: str, m: Masquerade) -> None:
         subnet = m.network()
-        netns.ip(None, "addr", "add", m.address, "dev", bridge)
+        # "replace": after a crash (kill -9) the address and rules are still there.
+        netns.ip(None, "addr", "replace", m.address, "dev", bridge)
         self._undo.append(["ip", "addr", "del", m.address, "dev", bridge])
         backend = m.backend
         if backend == "auto":
             backend = "nft" if shutil.which("nft") else "iptables"
         if backend == "nft":
             rules = (
+                # Declare, delete, re-create: one atomic transaction, also over a crash's table.
+                f"table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n"
                 f"table ip {NFT_TABLE} {{\n"
                 "  chain postrouting {\n"
                 "    type nat hook postrouting priority srcnat; policy accept;\n"
@@ -87,7 +125,10 @@ class HostSetup:
             self._undo.append(["nft", "delete", "table", "ip", NFT_TABLE])
         elif backend == "iptables":
             rule = ["-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"]
-            netns.run(["iptables", "-t", "nat", "-A", "POSTROUTING", *rule])
+            try:  # already there after a crash: -C succeeds, nothing to add
+                netns.run(["iptables", "-t", "nat", "-C", "POSTROUTING", *rule])
+            except netns.NetnsError:
+                netns.run(["iptables", "-t", "nat", "-A", "POSTROUTING", *rule])
             self._undo.append(["iptables", "-t", "nat", "-D", "POSTROUTING", *rule])
         else:
             raise HostSetupError(f"masquerade backend {backend!r}: nft, iptables or auto")

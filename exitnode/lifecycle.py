@@ -16,13 +16,20 @@ Failure modes and their documented fallback:
   and the cause. The caller refuses to start when ``security.attestation_required`` is
   true; otherwise it serves without evidence (clients that ask for attestation refuse it,
   and it never reaches the registry, which only takes quotes).
-* TPM lost while running: the handshake hook answers with *empty* evidence, so clients
-  that require attestation refuse this exit and fail over, while the lifecycle re-opens the
-  TPM every ``retry_s`` and re-measures it once it answers (a restarted TPM has PCR 23
-  reset). ``state`` says ``tpm-unavailable`` meanwhile; the on-chain attestation stops, so
-  the registry marks the node stale after its window.
-* Too many handshake quotes: the connection is closed before the exit's hello (the client
-  sees a busy exit and tries the next one), never a queue behind the TPM.
+* TPM lost while running (a command fails, or does not answer within ``timeout_s``: a
+  hung TPM blocks its caller for ever, so every command runs on the context's own
+  ``exitnode.tpmthread.TpmThread`` under a deadline): the handshake hook answers with
+  *empty* evidence, so clients that require attestation refuse this exit and fail over,
+  while the lifecycle re-opens the TPM every ``retry_s`` (in the background, never inside
+  a handshake) and re-measures it once it answers (a restarted TPM has PCR 23 reset).
+  ``state`` says ``tpm-unavailable`` meanwhile; the on-chain attestation stops, so the
+  registry marks the node stale after its window. A command stuck in a hung TPM keeps its
+  thread until the TPM answers or its connection breaks; no new context is opened before
+  then, so a hung TPM costs at most two threads. Handshakes that ask for no evidence never
+  touch the TPM or this lifecycle.
+* Too many handshake quotes (the rate limit, or another quote holding the TPM for longer
+  than ``timeout_s``): the connection is closed before the exit's hello (the client sees a
+  busy exit and tries the next one), never a queue behind the TPM.
 * PCR 23 changed under us (someone extended it): nothing is re-measured to hide it;
   ``state`` says ``measurement-changed`` and the quotes carry the changed value, which
   clients and the registry then refuse.
@@ -31,6 +38,7 @@ Failure modes and their documented fallback:
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import threading
 import time
@@ -40,12 +48,20 @@ from pathlib import Path
 from cryptography import x509
 
 from attestation import constants as ac
-from attestation import enrol, measure
+from attestation import enrol, measure, tpms
 from attestation import evidence as ev
-from attestation.errors import AttestationError, RateLimited, TpmError
+from attestation.errors import (
+    AttestationError,
+    EnrolmentError,
+    EvidenceError,
+    RateLimited,
+    TpmError,
+)
 from attestation.provider import EvidenceProvider
 from attestation.quote import Attester
-from exitnode.errors import AttestationUnavailable
+from exitnode.errors import AttestationUnavailable, StateFileError
+from exitnode.statefile import read_state, write_atomic
+from exitnode.tpmthread import TpmThread
 from l2bridge.node.metrics import Metrics
 from l2bridge.transport.errors import TransportClosed
 
@@ -54,6 +70,10 @@ log = logging.getLogger(__name__)
 AK_FILE = "ak.json"
 ENROLMENT_FILE = "enrolment.json"
 TPM_RETRY_S = 5.0
+# Deadline of one handshake quote or PCR read (swtpm answers in milliseconds, chips in
+# tens to hundreds); opening, enrolling and measuring get the longer one.
+TPM_TIMEOUT_S = 3.0
+TPM_OPEN_TIMEOUT_S = 30.0
 
 STATE_STARTING = "starting"
 STATE_OK = "ok"
@@ -78,6 +98,8 @@ class ExitLifecycle:
         pcrs: Sequence[int] = ac.DEFAULT_QUOTE_PCRS,
         clock: Callable[[], float] = time.time,
         retry_s: float = TPM_RETRY_S,
+        timeout_s: float = TPM_TIMEOUT_S,
+        open_timeout_s: float = TPM_OPEN_TIMEOUT_S,
         metrics: Metrics | None = None,
     ) -> None:
         self.tcti = tcti
@@ -91,7 +113,13 @@ class ExitLifecycle:
         self._pcrs = tuple(pcrs)
         self._clock = clock
         self._retry_s = retry_s
+        self._timeout = timeout_s
+        self._open_timeout = max(open_timeout_s, timeout_s)
         self._lock = threading.RLock()  # one TPM context: every use is serialised
+        self._thread: TpmThread | None = None  # runs every command of _attester
+        self._stuck: list[TpmThread] = []  # retired with a command still in the TPM
+        self._recovering = False
+        self.timeouts = 0  # TPM commands that overran their deadline
         self._attester: Attester | None = None
         self._provider: EvidenceProvider | None = None
         self._ak: enrol.AkKey | None = None
@@ -112,9 +140,25 @@ class ExitLifecycle:
 
     # --- start --------------------------------------------------------------------------
 
+    def _load_ak(self) -> enrol.AkKey:
+        """The stored AK, checked against the stored enrolment record when there is one.
+
+        Raises StateFileError for an empty, damaged or mismatched file (never enrols
+        over it: that would change the node's AK behind the registry's back).
+        """
+        ak = read_state(self.ak_file, _parse_ak, (ValueError, KeyError, TypeError, EvidenceError))
+        record_path = self.state_dir / ENROLMENT_FILE
+        if record_path.exists():
+            record = read_state(record_path, enrol.Enrolment.parse, (EnrolmentError,))
+            if record.ak_public != ak.tpmt_public:
+                raise StateFileError(
+                    f"{record_path} is the record of another AK than {self.ak_file}"
+                )
+        return ak
+
     def _load_or_enrol(self) -> enrol.AkKey:
         if self.ak_file.exists():
-            return enrol.AkKey.load(self.ak_file)
+            return self._load_ak()
         if not self._anchors:
             raise AttestationUnavailable(
                 f"no AK at {self.ak_file} and no EK CA to enrol against: run "
@@ -123,27 +167,71 @@ class ExitLifecycle:
         anchors = enrol.load_certificates(list(self._anchors))
         intermediates: list[x509.Certificate] = enrol.load_certificates(list(self._intermediates))
         now = datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)
-        ak, record = enrol.enrol(self.tcti, anchors, intermediates, now)
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        ak.save(self.ak_file)
-        (self.state_dir / ENROLMENT_FILE).write_text(record.dump())
+        thread = TpmThread("tpm-enrol")
+        try:
+            ak, record = thread.call(
+                enrol.enrol, self.tcti, anchors, intermediates, now, timeout=self._open_timeout
+            )
+        finally:
+            thread.retire()
+        # The record first, the AK last: an AK file on disk means both are complete.
+        write_atomic(self.state_dir / ENROLMENT_FILE, record.dump())
+        write_atomic(
+            self.ak_file, json.dumps({"private": ak.private.hex(), "public": ak.public.hex()})
+        )
         log.info("enrolled a new AK (EK cert sha256 %s)", record.ek_certificate_sha256.hex())
         return ak
 
     def _open(self) -> None:
-        """Open the TPM, load the AK, measure. Raises AttestationError."""
+        """Open the TPM on a new thread, load the AK, measure, and swap it in.
+
+        Raises AttestationError (TpmError when the TPM did not answer in time).
+        """
         assert self._ak is not None
-        attester = Attester(self.tcti, self._ak, self.manifest, self._pcrs)
+        ak, manifest, pcrs = self._ak, self.manifest, self._pcrs
+        thread = TpmThread("tpm")
+        opened: list[Attester] = []
+
+        def open_and_measure() -> bytes:
+            attester = Attester(self.tcti, ak, manifest, pcrs)
+            try:
+                value = attester.measure()
+            except AttestationError:
+                attester.close()
+                raise
+            opened.append(attester)
+            return value
+
         try:
-            self.measured_value = attester.measure()
+            value = thread.call(open_and_measure, timeout=self._open_timeout)
         except AttestationError:
-            attester.close()
+            if thread.wedged:
+                self.timeouts += 1
+
+            def close_late() -> None:
+                for attester in opened:  # what a late answer opened
+                    attester.close()
+
+            thread.retire(close_late)
+            if thread.alive:
+                self._stuck.append(thread)
             raise
-        old, self._attester = self._attester, attester
-        if old is not None:
-            old.close()
-        self._provider = EvidenceProvider(attester, self.node_id, clock=self._clock)
-        self.state, self.detail = STATE_OK, ""
+        with self._lock:
+            self._retire_current()
+            self._thread, self._attester = thread, opened[0]
+            self.measured_value = value
+            source = _OnThread(thread, opened[0], self._timeout)
+            self._provider = EvidenceProvider(source, self.node_id, clock=self._clock)
+            self.state, self.detail = STATE_OK, ""
+
+    def _retire_current(self) -> None:
+        """Stop using the current context; it is closed once its thread is free."""
+        thread, attester = self._thread, self._attester
+        self._thread, self._attester, self._provider = None, None, None
+        if thread is not None:
+            thread.retire(attester.close if attester is not None else None)
+            if thread.wedged and thread.alive:
+                self._stuck.append(thread)
 
     def start(self) -> None:
         """Enrol (or reuse the AK), measure, get ready to quote. Raises AttestationUnavailable."""
@@ -172,46 +260,94 @@ class ExitLifecycle:
         return self._ak.tpmt_public
 
     def close(self) -> None:
+        """Close the TPM context (never waits for a TPM that does not answer)."""
         with self._lock:
-            if self._attester is not None:
-                self._attester.close()
-                self._attester = None
-                self._provider = None
+            self._retire_current()
+
+    def health(self) -> dict[str, object]:
+        """The TPM's state for a status page: plain JSON values."""
+        self._stuck = [t for t in self._stuck if t.alive]
+        return {
+            "ok": self.state == STATE_OK,
+            "state": self.state,
+            "detail": self.detail,
+            "evidence_age_s": self._evidence_age(),
+            "timeouts": self.timeouts,
+            "stuck_commands": len(self._stuck),
+            "empty_answers": self.empty_answers,
+        }
 
     # --- quoting ------------------------------------------------------------------------
 
     def _lost(self, exc: Exception) -> None:
+        if self._thread is not None and self._thread.wedged:
+            self.timeouts += 1
         if self.state != STATE_TPM_UNAVAILABLE:
             log.error("TPM lost (%s): serving empty evidence until it is back", exc)
         self.state, self.detail = STATE_TPM_UNAVAILABLE, str(exc)
         self._next_retry = time.monotonic() + self._retry_s
+        self._retire_current()
+
+    def _may_retry(self) -> bool:
+        self._stuck = [t for t in self._stuck if t.alive]
+        # A command still stuck in the TPM means it still does not answer.
+        return (
+            self._ak is not None
+            and not self._stuck
+            and not self._recovering
+            and time.monotonic() >= self._next_retry
+        )
 
     def recover(self) -> bool:
-        """Re-open and re-measure a lost TPM (at most every ``retry_s``). True when usable."""
+        """Re-open and re-measure a lost TPM (at most every ``retry_s``). True when usable.
+
+        Blocks for at most the open deadline; handshakes are answered meanwhile.
+        """
         with self._lock:
             if self.state != STATE_TPM_UNAVAILABLE:
                 return True
-            if self._ak is None or time.monotonic() < self._next_retry:
+            if not self._may_retry():
                 return False
-            try:
-                self._open()
-            except AttestationError as exc:
+            self._recovering = True
+        try:
+            self._open()
+        except AttestationError as exc:
+            with self._lock:
                 self._lost(exc)
-                return False
+            return False
+        finally:
+            self._recovering = False
         log.info("TPM back; re-measured PCR %d", ac.MEASUREMENT_PCR)
         return True
 
+    def _recover_soon(self) -> None:
+        """Start ``recover`` on a thread of its own when a retry is due (never waits)."""
+        with self._lock:
+            if not self._may_retry():
+                return
+        threading.Thread(target=self.recover, name="tpm-recover", daemon=True).start()
+
+    def _acquire(self) -> bool:
+        # Another quote holds the TPM for at most its deadline (plus the bookkeeping of
+        # declaring the TPM lost): waiting twice that long is enough unless it is busy.
+        return self._lock.acquire(timeout=2 * self._timeout)
+
     def check_measurement(self) -> bool:
         """Whether PCR 23 still holds exactly our measurement (False also when unknown)."""
-        with self._lock:
-            attester = self._attester
-            if attester is None or self.state == STATE_TPM_UNAVAILABLE:
+        if not self._acquire():
+            return False
+        try:
+            thread, attester = self._thread, self._attester
+            if thread is None or attester is None or self.state == STATE_TPM_UNAVAILABLE:
                 return False
             try:
-                value = dict(attester.read_pcrs())[ac.MEASUREMENT_PCR]
+                pcrs = thread.call(attester.read_pcrs, timeout=self._timeout)
+                value = dict(pcrs)[ac.MEASUREMENT_PCR]
             except AttestationError as exc:
                 self._lost(exc)
                 return False
+        finally:
+            self._lock.release()
         if value != self.measured_value:
             if self.state != STATE_MEASUREMENT_CHANGED:
                 log.error("PCR %d no longer holds our measurement", ac.MEASUREMENT_PCR)
@@ -221,8 +357,10 @@ class ExitLifecycle:
 
     def attest(self, nonce: bytes) -> bytes:
         """Evidence for ``nonce`` (own schedule, no rate limit). Raises AttestationError."""
-        with self._lock:
-            self.recover()
+        self.recover()
+        if not self._acquire():
+            raise TpmError("TPM busy")
+        try:
             provider = self._provider
             if provider is None or self.state == STATE_TPM_UNAVAILABLE:
                 raise TpmError(f"TPM unavailable: {self.detail}")
@@ -231,6 +369,8 @@ class ExitLifecycle:
             except TpmError as exc:
                 self._lost(exc)
                 raise
+        finally:
+            self._lock.release()
         self.last_evidence_at = self._clock()
         return data
 
@@ -240,12 +380,18 @@ class ExitLifecycle:
         return e.attest, e.signature
 
     def evidence(self, nonce: bytes, node_id: bytes) -> bytes:
-        """The handshake's evidence_provider; see the module docstring for failures."""
-        with self._lock:
-            self.recover()
+        """The handshake's evidence_provider; see the module docstring for failures.
+
+        Returns within about three times ``timeout_s`` whatever the TPM does: empty evidence
+        when the TPM is lost (or is lost now), TransportClosed when it is busy.
+        """
+        if not self._acquire():
+            raise TransportClosed("attestation busy")
+        try:
             provider = self._provider
             if provider is None or self.state == STATE_TPM_UNAVAILABLE:
                 self.empty_answers += 1
+                self._recover_soon()
                 return b""
             try:
                 data = provider(nonce, node_id)
@@ -255,5 +401,29 @@ class ExitLifecycle:
                 self._lost(exc)
                 self.empty_answers += 1
                 return b""
+        finally:
+            self._lock.release()
         self.last_evidence_at = self._clock()
         return data
+
+
+class _OnThread:
+    """An Attester's quotes run on its TPM thread under the deadline (a QuoteSource)."""
+
+    def __init__(self, thread: TpmThread, attester: Attester, timeout: float) -> None:
+        self._thread = thread
+        self._attester = attester
+        self._timeout = timeout
+
+    def evidence(self, nonce: bytes, node_id: bytes, now: float) -> bytes:
+        return self._thread.call(
+            self._attester.evidence, nonce, node_id, now, timeout=self._timeout
+        )
+
+
+def _parse_ak(text: str) -> enrol.AkKey:
+    """ak.json (as ``AkKey.save`` writes it); ValueError/KeyError/TypeError when damaged."""
+    doc = json.loads(text)
+    ak = enrol.AkKey(bytes.fromhex(doc["private"]), bytes.fromhex(doc["public"]))
+    tpms.parse_public(ak.tpmt_public)  # EvidenceError when it is not a TPMT_PUBLIC
+    return ak

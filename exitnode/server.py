@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import resource
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ from exitnode.revocations import LiveSessions, RevocationWatch
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import Switchboard
 from hardware import ethernet
+from hardware.announce import stable_mac
 from hardware.tap import TapConfig
 from l2bridge.constants import Mode
 from l2bridge.crypto.pq import get_backend
@@ -43,7 +45,7 @@ from l2bridge.node.status import StatusServer
 from l2bridge.protocol.handshake import EvidenceProvider, ServerHandshake
 from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.decoy import DecoySite
-from l2bridge.transport.server import ServerSettings
+from l2bridge.transport.server import ServerSettings, screening_summary
 from l2bridge.transport.tls import TlsError, server_context
 from l2bridge.transport.token import AccessKey, TokenVerifier
 
@@ -101,6 +103,16 @@ def load_access_key(path: Path | None) -> AccessKey:
         raise ExitConfigError(f"endpoints.access_key_file: {exc}") from None
 
 
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard one (often 1,024 vs 524,288 under
+    systemd): every connection, idle or flooding, is a file descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.debug("open files limit raised from %d to %d", soft, hard)
+
+
 class ExitNode:
     """One exit; build with the config, then ``await run(stop)``."""
 
@@ -154,7 +166,9 @@ class ExitNode:
             rekey_interval=config.security.key_rotation_interval, pad_to=pad_to
         )
         self.evidence_provider = evidence_provider
-        self.tap_config = TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr)
+        # The same MAC at every start: the LAN's ARP entries for the gateway stay right.
+        mac = net.mac or stable_mac(self.identity.node_id)
+        self.tap_config = TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr, mac=mac)
         self.default_policy = vlan_policy(net.vlan_allow)
         self.metrics = Metrics("exit")
         self.clock: Callable[[], float] = time.time
@@ -162,6 +176,24 @@ class ExitNode:
         self.metrics.set_info(node_id=self.identity.node_id.hex(), listen=f"{ep.listen}")
         self.board: Switchboard | None = None
         self.listening = asyncio.Event()
+        # How connections to the tunnel port were screened (counts by kind, for status).
+        self.screening = screening_summary()
+
+    def tunnel_health(self) -> dict[str, object]:
+        """The tunnel port for a status page (plain JSON values): listening, devices
+        attached, and how connections to the port were screened since start."""
+        return {
+            "ok": self.listening.is_set(),
+            "listening": self.listening.is_set(),
+            "devices": len(self.board.clients) if self.board is not None else 0,
+            "screened": dict(self.screening.total),
+        }
+
+    def tpm_health(self) -> dict[str, object] | None:
+        """``ExitLifecycle.health()`` when this exit attests, else None."""
+        if self.attested is None or self.attested.lifecycle is None:
+            return None
+        return self.attested.lifecycle.health()
 
     def attach(self, attested: AttestedExit) -> None:
         """Serve with attestation evidence, registry upkeep and the disciplined clock."""
@@ -226,6 +258,7 @@ class ExitNode:
     async def run(self, stop: asyncio.Event) -> None:
         ep = self.config.endpoints
         assert ep.listen is not None
+        raise_open_files_limit()
         host = HostSetup(
             self.tap_config, self.config.network.bridge, masquerade=self.options.masquerade
         )
@@ -243,6 +276,10 @@ class ExitNode:
                 clock=self.clock,
                 ssl=self.tls,
                 cover=self.cover,
+                keepalive_s=ep.keepalive_interval,
+                liveness_s=ep.liveness_timeout,
+                backlog=ep.listen_backlog,
+                summary=self.screening,
             )
             if self.options.status:
                 status = StatusServer(self.metrics, *self.config.status.listen).start()
@@ -260,6 +297,7 @@ class ExitNode:
                 server.close()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(server.wait_closed(), constants.STATS_INTERVAL_S)
+            self.listening.clear()
             if status is not None:
                 status.stop()
             host.close()

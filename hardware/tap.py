@@ -59,10 +59,13 @@ class TapConfig:
     name: str
     mtu: int = PLAIN_MTU
     offload: bool = False
+    mac: bytes | None = None  # None: the kernel's random one (a new one every open)
 
     def __post_init__(self) -> None:
         if not 0 < len(self.name) < 16:
             raise TapError(f"tap name {self.name!r}: 1-15 characters")
+        if self.mac is not None and (len(self.mac) != 6 or self.mac[0] & 1):
+            raise TapError("tap mac: 6 bytes, unicast")
         if not MIN_MTU <= self.mtu <= MAX_MTU:
             raise TapError(f"tap mtu {self.mtu}: must be {MIN_MTU}-{MAX_MTU}")
 
@@ -196,6 +199,8 @@ class LinuxTap(FrameDevice):
             if config.offload:
                 fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS)
             dev.mtu = config.mtu
+            if config.mac is not None:
+                dev.hwaddr = config.mac
             dev.up()
         except (pytun.Error, OSError) as exc:
             os.close(fd)
@@ -231,7 +236,14 @@ class FakeTap(FrameDevice):
     adapter wrote, in the same form.
     """
 
-    def __init__(self, name: str = "fake0", mtu: int = PLAIN_MTU, offload: bool = False) -> None:
+    def __init__(
+        self,
+        name: str = "fake0",
+        mtu: int = PLAIN_MTU,
+        offload: bool = False,
+        mac: bytes = bytes.fromhex("020000000001"),
+    ) -> None:
+        self.hwaddr = mac
         device, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for sock in (device, kernel):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)

@@ -133,6 +133,8 @@ class DialSettings:
     tls: ssl.SSLContext | None = None  # for wss:// endpoints (None: the system's CAs)
     cover: CoverPlan | None = None  # cover traffic on idle links (obfuscation.cover_traffic)
     backend: Backend | None = None  # ML-KEM/ML-DSA for the handshake (security.pq_backend)
+    keepalive_s: float = tunnel.KEEPALIVE_S  # endpoints.keepalive_interval
+    liveness_s: float = tunnel.LIVENESS_S  # endpoints.liveness_timeout
 
 
 class ExitFinder:
@@ -269,6 +271,8 @@ class ExitFinder:
                     clock=self._clock,
                     ssl=self.settings.tls if cand.endpoint.startswith("wss:") else None,
                     cover=self.settings.cover,
+                    keepalive_s=self.settings.keepalive_s,
+                    liveness_s=self.settings.liveness_s,
                 )
         except PeerError:
             self._refuse(cand, "; ".join(checker.reasons) or "handshake failed")

@@ -106,6 +106,7 @@ class ClientNode:
                 self.identity, self.access_key, policy, self.certificate, self.mode,
                 self.session_config, int(ep.token_window), self.tls, self.cover,
                 self.backend,
+                ep.keepalive_interval, ep.liveness_timeout,
             ),
             self.metrics,
             self.clock,
@@ -140,6 +141,8 @@ class ClientNode:
             clock=self.clock.now,
             ssl=self.tls if self.url.startswith("wss:") else None,
             cover=self.cover,
+            keepalive_s=self.config.endpoints.keepalive_interval,
+            liveness_s=self.config.endpoints.liveness_timeout,
         )
         return self.link
 

@@ -13,7 +13,10 @@ Per direction:
 - link -> TAP: each received batch is written straight to the TAP (by a direct link, from
   inside its socket callback).
 
-When the link fails, the client reconnects with exponential backoff and jitter. During the
+When the link fails, the client reconnects with exponential backoff and jitter. A link
+fails also when the exit falls silent: no record from it within the link's liveness
+deadline (``endpoints.liveness_timeout``; both ends send keepalive records when idle, see
+``l2bridge.node.link``), so a black-holed exit is left within that deadline. During the
 outage the TAP keeps being drained and its frames are dropped and counted (``link_down``),
 so nothing stale is delivered later and nothing accumulates.
 """
@@ -143,11 +146,16 @@ class Client:
                 started = time.monotonic()
                 await self._serve(link, stopping)
                 if time.monotonic() - started >= STABLE_AFTER_S:
+                    # A working link was lost (its exit died, say): come back soon, at a
+                    # random point of the first backoff step, so that all the exit's
+                    # clients do not dial the next exit in the same instant.
                     self.backoff.reset()
+                    delay = random.uniform(0.0, self.backoff.initial)
+                else:
+                    # An exit that accepts and then fails at once must not be hammered.
+                    delay = self.backoff.next_delay()
                 if not stop.is_set():
-                    # Even after a drop, wait a little: an exit that accepts and then fails
-                    # at once must not be hammered.
-                    await _sleep_or_stop(self.backoff.next_delay(), stop)
+                    await _sleep_or_stop(delay, stop)
         finally:
             stopping.cancel()
 
@@ -160,9 +168,10 @@ class Client:
         down = asyncio.ensure_future(self._link_to_tap(link))
         try:
             done, _ = await asyncio.wait({up, down, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            reason = getattr(link, "close_reason", None)
             for task in done:
                 if task is not stopping and task.exception() is not None:
-                    log.warning("link lost: %s", _why(task.exception()))
+                    log.warning("link lost (%s): %s", reason or "?", _why(task.exception()))
         finally:
             self._link = None
             self._direct = None

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from hardware.announce import parse_mac
 from l2bridge.constants import DEFAULT_PAD_TO
 from l2bridge.errors import LocalError
 from timing.config import TimeSettings, settings_from
@@ -77,6 +78,7 @@ class Network:
     gateway_ips: tuple[str, ...] = ()
     # Exit: read 802.1ad (0x88a8) service tags as the VLAN tag; off, they are dropped.
     service_tags: bool = False
+    mac: bytes | None = None  # exit: TAP and bridge MAC (None: derived from the nodeId)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,19 @@ class Endpoints:
     server_header: str = "nginx"
     token_window: float = 60.0
     header_timeout: float = 10.0
+    # liveness, both ends: a keepalive record after this long idle (jittered), and the
+    # link is dropped (client: reconnect / fail over) after liveness_timeout of silence
+    keepalive_interval: float = 5.0
+    liveness_timeout: float = 15.0
+    # exit: the tunnel port's listen backlog (SYN floods, reconnect storms)
+    listen_backlog: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.liveness_timeout < 2 * self.keepalive_interval:
+            raise ConfigError(
+                "endpoints.liveness_timeout: must be at least twice "
+                "endpoints.keepalive_interval (one lost keepalive must not end a link)"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +160,8 @@ class Tpm:
     pcr: int = 23
     # client: the pinned exit's enrolment record (its AK), for attestation_required
     exit_enrolment: Path | None = None
+    # exit: deadline of one TPM command (a quote); past it the TPM counts as lost
+    timeout: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +221,13 @@ def parse_duration(value: object, path: str) -> float:
     if not 0 < seconds < float("inf"):  # also rejects NaN
         raise ConfigError(f"{path}: must be a positive duration, got {value!r}")
     return seconds
+
+
+def _mac(value: object, path: str) -> bytes:
+    try:
+        return parse_mac(value) if isinstance(value, str) else parse_mac("")
+    except ValueError as exc:
+        raise _fail(path, str(exc), value) from None
 
 
 def _bool(value: object, path: str) -> bool:
@@ -381,6 +405,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "vlan_allow": _vlans,
             "gateway_ips": _ip_list,
             "service_tags": _bool,
+            "mac": _optional(_mac),
         },
     ),
     "exit_nodes": (
@@ -428,6 +453,9 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "server_header": _text,
             "token_window": _duration_range(10.0, 3600.0),
             "header_timeout": _duration_range(0.1, 300.0),
+            "keepalive_interval": _duration_range(0.1, 3600.0),
+            "liveness_timeout": _duration_range(0.2, 7200.0),
+            "listen_backlog": _int_range(16, 65535),
         },
     ),
     "keys": (
@@ -446,6 +474,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "golden_policy": _PATH,
             "pcr": _int_range(0, 23),
             "exit_enrolment": _PATH,
+            "timeout": _duration_range(0.05, 300.0),
         },
     ),
     "chain": (

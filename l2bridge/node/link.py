@@ -31,11 +31,19 @@ epoch boundaries (the client starts them; the exit follows in-band).
 
 With a ``cover`` plan (l2bridge.node.cover) an idle link also sends padding-only records at
 random intervals within a byte budget, written like any other record.
+
+Liveness, both ways and on both ends: a side that has written nothing for about
+``keepalive_s`` (jittered) sends a small padding-only record, which looks like any other
+record on the wire (browsers cannot send WebSocket pings, so the client never does), and a
+side that has heard no record from its peer for ``liveness_s`` ends the link with reason
+"peer silent" and drops the connection without a closing handshake (the path is dead, so
+nothing would answer it). The client then reconnects or fails over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import random
@@ -47,8 +55,10 @@ from typing import Protocol, cast
 from websockets.asyncio.server import Server, ServerConnection
 
 from l2bridge.constants import MAX_RECORD_SIZE
-from l2bridge.errors import KeyExpired, PeerError, StateError
+from l2bridge.errors import KeyExpired, L2BridgeError, PeerError, StateError
+from l2bridge.logsummary import Summary
 from l2bridge.node.cover import CoverPlan
+from l2bridge.protocol.handshake import ClientHello
 from l2bridge.protocol.records import Buffer
 from l2bridge.protocol.session import Closed, PeerAuthenticated, RekeyCompleted, Session
 from l2bridge.transport.client import open_transport
@@ -77,8 +87,16 @@ COALESCE_S = 0.0005
 COALESCE_FRAMES = 64
 # Room for the WebSocket frame header on top of the largest record.
 MAX_MESSAGE_SIZE = MAX_RECORD_SIZE + 64
+# Liveness (see the module docstring); endpoints.keepalive_interval / liveness_timeout.
+KEEPALIVE_S = 5.0
+LIVENESS_S = 15.0
+KEEPALIVE_JITTER = 0.5  # the idle time before a keepalive is uniform in [0.5, 1] x interval
+KEEPALIVE_MAX_PADDING = 96  # a keepalive's padding is random in [0, this] bytes
+LIVENESS_MIN_SLEEP_S = 0.01
 
 _CLOSE = object()
+# Tasks that live as long as a server (a reference keeps them from being collected).
+server_tasks: set[asyncio.Future[None]] = set()
 
 
 class ClientHandshakeLike(Protocol):
@@ -119,6 +137,8 @@ class TunnelSocket(Protocol):
 
     def resume_reading(self) -> None: ...
 
+    def abort(self) -> None: ...
+
 
 class Link:
     """One running tunnel over one WebSocket. Create with connect() or serve()."""
@@ -132,8 +152,15 @@ class Link:
         clock: Clock = time.time,
         queue_batches: int = LINK_QUEUE_BATCHES,
         cover: CoverPlan | None = None,
+        keepalive_s: float | None = KEEPALIVE_S,
+        liveness_s: float | None = LIVENESS_S,
     ) -> None:
+        """``keepalive_s`` / ``liveness_s``: None turns that side of liveness off."""
         self._ws = ws
+        self._keepalive_s = keepalive_s
+        self._liveness_s = liveness_s
+        self._last_heard = time.monotonic()  # the handshake was heard just now
+        self.keepalives_sent = 0
         self._cover = cover
         self._ended = asyncio.Event()  # set once sending has stopped for good
         self.cover_sent = 0
@@ -161,6 +188,7 @@ class Link:
         self.rekeys_skipped = 0
         self.rekeys_completed = 0
         self.close_reason: str | None = None
+        self.ended_at: float | None = None  # time.monotonic() when the link ended
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -171,6 +199,13 @@ class Link:
         ]
         if self._cover is not None:
             self._tasks.append(asyncio.create_task(self._send_cover(self._cover), name="cover"))
+        if self._keepalive_s is not None or self._liveness_s is not None:
+            self._tasks.append(asyncio.create_task(self._liveness(), name="link-liveness"))
+
+    @property
+    def silent_for(self) -> float:
+        """Seconds since the last record from the peer (or since the handshake)."""
+        return time.monotonic() - self._last_heard
 
     @property
     def peer_authenticated(self) -> bool:
@@ -368,6 +403,7 @@ class Link:
             return
         try:
             received = self.session.receive(message, self._clock())
+            self._last_heard = time.monotonic()  # only authenticated records count
         except PeerError as exc:
             # Logged locally with its detail; the peer only sees the close.
             log.warning("link ended by protocol error: %s (%s)", exc, exc.detail)
@@ -423,6 +459,8 @@ class Link:
         """Stop both directions; the writer task closes the WebSocket."""
         if self.close_reason is None:
             self.close_reason = reason
+        if self.ended_at is None:
+            self.ended_at = time.monotonic()
         self._recv_done = True
         self._in_ready.set()
         self._send_done = True
@@ -459,6 +497,49 @@ class Link:
             tokens -= len(record)
             self.cover_sent += 1
 
+    async def _liveness(self) -> None:
+        """Keepalives when idle; ends the link when the peer has been silent too long.
+
+        Wakes exactly when the next keepalive is due or the deadline would pass, so a
+        silent peer is noticed ``liveness_s`` after the last record heard, not later.
+        """
+        rng = random.SystemRandom()
+        keepalive, deadline = self._keepalive_s, self._liveness_s
+        idle_needed = keepalive * rng.uniform(KEEPALIVE_JITTER, 1.0) if keepalive else 0.0
+        deferred = time.monotonic()  # idle is counted from the later of this and a write
+        while not self._ended.is_set():
+            now = time.monotonic()
+            wake = [self._last_heard + deadline] if deadline is not None else []
+            if keepalive is not None:
+                wake.append(max(self._last_write, deferred) + idle_needed)
+            delay = max(min(wake) - now, LIVENESS_MIN_SLEEP_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), delay)
+                return
+            now = time.monotonic()
+            if deadline is not None and now - self._last_heard >= deadline:
+                log.warning(
+                    "peer silent for %.1f s (liveness deadline %g s): dropping the link",
+                    now - self._last_heard,
+                    deadline,
+                )
+                self._end("peer silent")
+                self._ws.abort()
+                return
+            if keepalive is None or now - max(self._last_write, deferred) < idle_needed:
+                continue
+            if self._pending or not self.ready_to_send:
+                deferred = now  # data is waiting to go: it is its own keepalive
+                continue
+            try:
+                size = rng.randint(0, KEEPALIVE_MAX_PADDING)
+                self._write(self.session.seal_cover(size, self._clock()))
+            except (KeyExpired, StateError, TransportClosed):
+                return  # the data path notices and ends the link
+            self._last_write = deferred = now
+            self.keepalives_sent += 1
+            idle_needed = keepalive * rng.uniform(KEEPALIVE_JITTER, 1.0)
+
     async def _watch(self) -> None:
         """Notices the connection ending under us (peer gone, TCP reset)."""
         await self._ws.wait_closed()
@@ -481,6 +562,8 @@ async def connect(
     clock: Clock = time.time,
     queue_batches: int = LINK_QUEUE_BATCHES,
     cover: CoverPlan | None = None,
+    keepalive_s: float | None = KEEPALIVE_S,
+    liveness_s: float | None = LIVENESS_S,
     **transport_kwargs: object,
 ) -> Link:
     """Open a tunnel to the exit ``node_id`` at ``url``.
@@ -514,7 +597,10 @@ async def connect(
     except BaseException:
         await ws.close()
         raise
-    link = Link(ws, session, is_client=True, clock=clock, queue_batches=queue_batches, cover=cover)
+    link = Link(
+        ws, session, is_client=True, clock=clock, queue_batches=queue_batches, cover=cover,
+        keepalive_s=keepalive_s, liveness_s=liveness_s,
+    )  # fmt: skip
     link.start()
     return link
 
@@ -530,6 +616,8 @@ async def serve(
     queue_batches: int = LINK_QUEUE_BATCHES,
     cover: CoverPlan | None = None,
     handshake_workers: int = HANDSHAKE_WORKERS,
+    keepalive_s: float | None = KEEPALIVE_S,
+    liveness_s: float | None = LIVENESS_S,
     **transport_kwargs: object,
 ) -> Server:
     """Serve tunnels behind the decoy site; ``on_link`` runs per tunnel.
@@ -539,30 +627,41 @@ async def serve(
     """
 
     # Handshakes answered at once; more wait (within the handshake timeout) for a worker.
-    workers = asyncio.Semaphore(handshake_workers)
+    # Those that ask for evidence have slots of their own: a slow or hung TPM (the
+    # evidence provider has its own deadline) then never delays a plain handshake.
+    plain_slots = asyncio.Semaphore(handshake_workers)
+    attested_slots = asyncio.Semaphore(handshake_workers)
+    # A pool of our own: the loop's default executor is shared and small (cores + 4).
+    pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=2 * handshake_workers, thread_name_prefix="handshake"
+    )
+    handshake_failures = Summary(log, "tunnel handshakes failed")
 
     async def handler(connection: ServerConnection) -> None:
         ws = _direct(connection)
         try:
+            # One deadline over reading the hello, waiting for a slot and answering it.
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
                 hello = bytes(await ws.next_message())
-                await workers.acquire()
-            try:
-                # In a worker thread: the evidence step waits for a TPM quote (tens to
-                # hundreds of ms) and the signature costs too; every other tunnel's
-                # records keep flowing on the loop meanwhile. The TPM's own rate limit
-                # (the evidence provider) still applies.
-                session, server_hello = await asyncio.to_thread(
-                    make_handshake().receive, hello, clock()
-                )
-            finally:
-                workers.release()
+                slots = attested_slots if _asks_for_evidence(hello) else plain_slots
+                async with slots:
+                    # In a worker thread: the evidence step waits for a TPM quote (tens
+                    # to hundreds of ms) and the signature costs too; every other
+                    # tunnel's records keep flowing on the loop meanwhile. The slot is
+                    # freed when the deadline passes even if the thread is still busy.
+                    work = pool.submit(make_handshake().receive, hello, clock())
+                    try:
+                        session, server_hello = await asyncio.wrap_future(work)
+                    except asyncio.CancelledError:
+                        work.add_done_callback(_wipe_late_session)  # past the deadline
+                        raise
             if not ws.is_open:
                 session.close()
                 raise TransportClosed("closed")
             ws.write_binary(server_hello)
         except (PeerError, TimeoutError, TransportClosed) as exc:
-            log.info("tunnel handshake failed: %s", type(exc).__name__)
+            log.debug("tunnel handshake failed: %s", type(exc).__name__)
+            handshake_failures.note(type(exc).__name__)
             return
         except Exception as exc:
             # Ours, not the peer's (oversized evidence, a TPM error): logged here, the
@@ -572,7 +671,7 @@ async def serve(
             return
         link = Link(
             ws, session, is_client=False, clock=clock, queue_batches=queue_batches,
-            cover=cover,
+            cover=cover, keepalive_s=keepalive_s, liveness_s=liveness_s,
         )  # fmt: skip
         link.start()
         try:
@@ -582,7 +681,7 @@ async def serve(
         finally:
             await link.close()
 
-    return await serve_exit(
+    server = await serve_exit(
         handler,
         settings,
         host=host,
@@ -591,3 +690,27 @@ async def serve(
         direct=True,
         **transport_kwargs,  # type: ignore[arg-type]
     )
+    server_tasks.add(asyncio.ensure_future(_release_pool(server, pool)))
+    return server
+
+
+async def _release_pool(server: Server, pool: concurrent.futures.Executor) -> None:
+    """Free the handshake threads once the server has closed (never waits for them)."""
+    try:
+        await server.wait_closed()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _wipe_late_session(work: concurrent.futures.Future[tuple[Session, bytes]]) -> None:
+    """A handshake answered after its deadline: nobody will use its keys."""
+    if not work.cancelled() and work.exception() is None:
+        work.result()[0].close()
+
+
+def _asks_for_evidence(hello: bytes) -> bool:
+    """Whether a ClientHello asks for attestation (malformed: no; its handshake fails)."""
+    try:
+        return ClientHello.decode(hello).nonce is not None
+    except L2BridgeError:
+        return False

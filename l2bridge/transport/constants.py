@@ -31,6 +31,12 @@ DEFAULT_SERVER_HEADER = "nginx"
 MAX_DECOY_FILES = 256
 MAX_DECOY_FILE_BYTES = 1 << 20
 
+# --- listening ----------------------------------------------------------------
+# Pending connections the kernel queues per listening socket (capped by
+# net.core.somaxconn, 4096 on current kernels). 100 dropped 69-212 of 2,000
+# simultaneous connects; a reconnect storm of every client at once must fit.
+DEFAULT_BACKLOG = 4096
+
 # --- WebSocket ----------------------------------------------------------------
 DEFAULT_WS_PATH = "/ws"
 # One record per message; a batch of frames may reach a few hundred KiB.

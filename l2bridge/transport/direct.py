@@ -135,6 +135,10 @@ class DirectMessages:
     def pause_reading(self) -> None:
         self.transport.pause_reading()
 
+    def abort(self) -> None:
+        """Drop the connection at once: no closing handshake (the peer is unreachable)."""
+        self.transport.abort()
+
     def resume_reading(self) -> None:
         self.transport.resume_reading()
 

@@ -10,13 +10,28 @@ decoy site.
   library, which performs the upgrade and echoes ``token`` as the subprotocol.
 
 A gate without a verifier never admits: that is the standalone decoy server.
+
+Before a token is checked (and so spent), the request must pass the WebSocket
+library's own handshake rules, applied by the library itself (``library_accepts``:
+its request parser and ``ServerProtocol.accept``, sans-I/O, configured as the
+exit's server is). Anything it would refuse (``Upgrade: websocket, h2c``, a body
+on the GET, ``Transfer-Encoding``, two Origin headers...) is answered by the decoy
+like any other request, instead of being admitted, spending the token, and then
+closed by the library without a word.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.headers import (
@@ -80,6 +95,32 @@ def _offered_token(head: RequestHead, ws_path: str) -> str | None:
     return offered.strip() or None
 
 
+# The check below is not a connection: it must not log the request (with its token).
+_QUIET = logging.getLogger(__name__ + ".library_check")
+_QUIET.disabled = True
+
+
+def library_accepts(head: bytes, token: str) -> bool:
+    """Whether websockets' server handshake accepts the request ``head`` and selects
+    ``token`` as its subprotocol (as ``transport.server`` configures it: no extensions,
+    no origin list). Pure: no I/O, nothing logged, nothing spent."""
+
+    def select(_protocol: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+        return Subprotocol(token) if token in offered else None
+
+    protocol = ServerProtocol(select_subprotocol=select, logger=_QUIET)
+    protocol.receive_data(head)
+    events = protocol.events_received()
+    if protocol.handshake_exc is not None or len(events) != 1:
+        return False
+    request = events[0]
+    if not isinstance(request, Request):
+        return False
+    response = protocol.accept(request)
+    headers: Headers = response.headers
+    return response.status_code == 101 and headers.get("Sec-WebSocket-Protocol") == token
+
+
 class Gate:
     """Screens one connection. Not reusable: one decision per connection."""
 
@@ -106,15 +147,19 @@ class Gate:
         if isinstance(scan, Invalid):
             self.decision = Answer(self._site.error(scan.problem, now))
         elif isinstance(scan, Complete):
-            self.decision = self._decide(scan.head, now)
+            self.decision = self._decide(scan.head, scan.consumed, now)
         if not isinstance(self.decision, Admit):
             self._buffer.clear()
         return self.decision
 
-    def _decide(self, head: RequestHead, now: float) -> Decision:
+    def _decide(self, head: RequestHead, consumed: int, now: float) -> Decision:
         if self._verifier is not None:
             token = _offered_token(head, self._ws_path)
-            if token is not None and self._verifier.check(token, now):
+            if (
+                token is not None
+                and library_accepts(bytes(self._buffer[:consumed]), token)
+                and self._verifier.check(token, now)  # last: it spends the token
+            ):
                 data = bytes(self._buffer)
                 self._buffer.clear()
                 return Admit(data, token)

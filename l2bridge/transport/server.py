@@ -6,11 +6,18 @@ decides: an authorised upgrade is handed to the library unchanged (it speaks
 RFC 6455 from there: framing, masking checks, pings, close); anything else is
 answered by the decoy site and closed by us, so the library never writes a
 byte of its own error pages.
+
+Strangers can open connections at line rate, so nothing is logged per connection
+above DEBUG (the library's own per-connection INFO lines are demoted too); a
+``Summary`` line per minute at INFO counts how connections were screened. The
+listen backlog is sized for floods and reconnect storms (``DEFAULT_BACKLOG``; the
+kernel caps it at net.core.somaxconn).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl as ssl_module
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,8 +29,10 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from l2bridge.logsummary import Summary
 from l2bridge.transport.constants import (
     CLOSE_TIMEOUT_S,
+    DEFAULT_BACKLOG,
     DEFAULT_HEADER_TIMEOUT_S,
     MAX_MESSAGE_BYTES,
     MAX_QUEUE_MESSAGES,
@@ -38,6 +47,20 @@ from l2bridge.transport.token import TokenVerifier
 
 Clock = Callable[[], float]
 
+log = logging.getLogger(__name__)
+
+
+class _QuietPerConnection(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The library's logger with its per-connection INFO lines ("connection closed")
+    demoted to DEBUG; warnings and errors pass unchanged."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: object) -> None:
+        super().log(logging.DEBUG if level == logging.INFO else level, msg, *args, **kwargs)  # type: ignore[arg-type]
+
+
+def screening_summary() -> Summary:
+    return Summary(log, "connections screened")
+
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
@@ -51,8 +74,11 @@ class ServerSettings:
 class _Screen:
     """Gate + header timer for one connection, shared by both server kinds."""
 
-    def __init__(self, settings: ServerSettings, transport: asyncio.Transport) -> None:
+    def __init__(
+        self, settings: ServerSettings, transport: asyncio.Transport, summary: Summary
+    ) -> None:
         self.gate = Gate(settings.site, ws_path=settings.ws_path, verifier=settings.verifier)
+        self._summary = summary
         self._clock = settings.clock
         self._transport = transport
         loop = asyncio.get_running_loop()
@@ -66,6 +92,7 @@ class _Screen:
         self._timer = None
         if self.open:
             self.open = False
+            self._summary.note("header timeout")
             self._transport.close()
 
     def feed(self, data: bytes) -> Admit | None:
@@ -73,13 +100,21 @@ class _Screen:
         decision = self.gate.feed(data, self._clock())
         if isinstance(decision, Answer):
             self.stop()
+            self._summary.note("answered as the decoy")
             self._transport.write(decision.response)
             self._transport.close()
             return None
         if isinstance(decision, Admit):
             self.stop()
+            self._summary.note("admitted")
             return decision
         return None
+
+    def hung_up(self) -> None:
+        """The peer closed before a decision."""
+        if self.open:
+            self._summary.note("closed before a request")
+        self.stop()
 
     def stop(self) -> None:
         self.open = False
@@ -92,6 +127,7 @@ class GuardedConnection(DirectMessages, ServerConnection):
     """A websockets ServerConnection that sees only what the gate admits."""
 
     settings: ServerSettings  # set on the subclass made by serve_exit
+    summary: Summary  # likewise, one per server
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -102,7 +138,7 @@ class GuardedConnection(DirectMessages, ServerConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         assert isinstance(transport, asyncio.Transport)
-        self._screen = _Screen(self.settings, transport)
+        self._screen = _Screen(self.settings, transport, self.summary)
 
     def data_received(self, data: bytes) -> None:
         screen = self._screen
@@ -119,7 +155,7 @@ class GuardedConnection(DirectMessages, ServerConnection):
 
     def eof_received(self) -> None:
         if self._screen is not None:
-            self._screen.stop()
+            self._screen.hung_up()
             self.transport.close()
             return
         super().eof_received()
@@ -176,18 +212,25 @@ async def serve_exit(
     max_size: int = MAX_MESSAGE_BYTES,
     ping_interval: float | None = SERVER_PING_INTERVAL_S,
     direct: bool = False,
+    backlog: int = DEFAULT_BACKLOG,
+    summary: Summary | None = None,
 ) -> Server:
     """Listen for tunnel clients behind the decoy site.
 
     ``handler`` runs for each admitted WebSocket (``connection.token`` holds the
     token it used). Returns the started websockets Server; close it with
     ``close()`` + ``await wait_closed()``. With ``direct`` the connections deliver
-    messages synchronously (``transport.direct``), not via ``recv()``.
+    messages synchronously (``transport.direct``), not via ``recv()``. ``summary``
+    counts how connections were screened (a new one per server by default).
     """
     connection_class = type(
         "ExitConnection",
         (GuardedConnection,),
-        {"settings": settings, "direct_messages": direct},
+        {
+            "settings": settings,
+            "direct_messages": direct,
+            "summary": summary or screening_summary(),
+        },
     )
     return await serve(
         handler,
@@ -208,19 +251,22 @@ async def serve_exit(
         max_queue=MAX_QUEUE_MESSAGES,
         write_limit=WRITE_LIMIT_BYTES,
         create_connection=connection_class,
+        logger=_QuietPerConnection(logging.getLogger("websockets.server")),
+        backlog=backlog,
     )
 
 
 class DecoyProtocol(asyncio.Protocol):
     """A plain web server serving only the decoy site (no WebSocket at all)."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, summary: Summary) -> None:
         self._settings = settings
+        self._summary = summary
         self._screen: _Screen | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self._screen = _Screen(self._settings, transport)
+        self._screen = _Screen(self._settings, transport, self._summary)
 
     def data_received(self, data: bytes) -> None:
         if self._screen is not None and self._screen.open:
@@ -228,7 +274,7 @@ class DecoyProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         if self._screen is not None and self._screen.open:
-            self._screen.stop()
+            self._screen.hung_up()
         return None  # asyncio closes the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -244,10 +290,14 @@ async def serve_decoy(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_S,
     ssl: ssl_module.SSLContext | None = None,
     clock: Clock = time.time,
+    backlog: int = DEFAULT_BACKLOG,
 ) -> asyncio.Server:
     """Serve only the decoy site: the reference a prober compares the exit with."""
     settings = ServerSettings(
         site, ws_path="", verifier=None, header_timeout=header_timeout, clock=clock
     )
+    summary = screening_summary()
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: DecoyProtocol(settings), host, port, ssl=ssl)
+    return await loop.create_server(
+        lambda: DecoyProtocol(settings, summary), host, port, ssl=ssl, backlog=backlog
+    )

@@ -51,7 +51,7 @@ PRODUCT = frozenset({"hardware", "timing", "attestation", "contracts", "l2bridge
 
 # Inside l2bridge, bottom to top; names in one tuple share a rank.
 L2BRIDGE_ORDER: tuple[tuple[str, ...], ...] = (
-    ("__init__", "codec", "constants", "errors"),
+    ("__init__", "codec", "constants", "errors", "logsummary"),
     ("crypto",),
     ("identity",),
     ("protocol",),

@@ -12,9 +12,12 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import logging
 import re
 import ssl
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -22,7 +25,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from l2bridge.logsummary import Summary
 from l2bridge.transport.client import open_transport
+from l2bridge.transport.constants import DEFAULT_BACKLOG
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import UpgradeRefused
 from l2bridge.transport.headers import browser_headers
@@ -223,3 +228,56 @@ async def _tls_exit_upgrade_and_decoy(tmp_path):
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_upgrades_the_library_refuses_are_answered_as_the_decoy():
+    asyncio.run(asyncio.wait_for(_library_refusals(), 30))
+
+
+async def _library_refusals():
+    async with servers() as (key, (exit_port, decoy_port)):
+        token = mint_token(key, NODE, time.time())
+        good = upgrade_request(token)[:-2]  # the head without its final CRLF
+        probes = {
+            "h2c": good.replace(b"Upgrade: websocket", b"Upgrade: websocket, h2c") + b"\r\n",
+            "body": good + b"Content-Length: 5\r\n\r\nhello",
+            "chunked": good + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        }
+        for name, data in probes.items():
+            from_exit, from_decoy = await asyncio.gather(
+                probe(exit_port, data), probe(decoy_port, data)
+            )
+            assert from_exit == from_decoy, name
+            assert from_exit[0].startswith(b"HTTP/1.1 "), name  # an answer, not silence
+        # None of them spent the token: it still opens the WebSocket.
+        ws = await open_transport(f"ws://127.0.0.1:{exit_port}/ws", token)
+        await ws.send(b"ping")
+        assert await ws.recv() == b"ping"
+        await ws.close()
+
+
+def test_flood_is_summarised_not_logged_per_connection(caplog):
+    asyncio.run(asyncio.wait_for(_flood_summary(caplog), 30))
+
+
+async def _flood_summary(caplog):
+    summary = Summary(logging.getLogger("test.screened"), "connections screened", interval_s=3600)
+    settings = ServerSettings(DecoySite.builtin(), "/ws", TokenVerifier(AccessKey.generate(), NODE))
+    server = await serve_exit(lambda ws: ws.wait_closed(), settings, host="127.0.0.1", port=0,
+                              summary=summary)  # fmt: skip
+    port = server.sockets[0].getsockname()[1]
+    try:
+        listening = subprocess.run(
+            ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+        assert int(listening[2]) == min(DEFAULT_BACKLOG, somaxconn)  # Send-Q: the backlog
+        with caplog.at_level(logging.INFO):
+            await asyncio.gather(*(probe(port, upgrade_request("A" * 43)) for _ in range(40)))
+            assert [r for r in caplog.records if r.levelno >= logging.INFO] == []
+            summary.flush()
+    finally:
+        server.close()
+        await server.wait_closed()
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(lines) == 1 and lines[0].endswith(": answered as the decoy 40")

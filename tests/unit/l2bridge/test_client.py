@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
 from scapy.layers.l2 import ARP, Ether
 
 from hardware import ethernet
 from hardware.tap import FakeTap
+from l2bridge.client import pump
 from l2bridge.client.pump import Backoff, Client
 from l2bridge.node.metrics import Metrics
 from tests.unit.exitnode.fakelink import FakeLink, link_pair
@@ -109,3 +111,39 @@ def test_backoff_grows_to_its_maximum_and_resets() -> None:
     assert b.next_delay() == 1.0
     j = Backoff(initial=1.0, maximum=8.0, jitter=0.2)
     assert all(0.8 <= j.next_delay() / base <= 1.2 for base in (1.0, 2.0, 4.0))
+
+
+def test_after_a_stable_link_the_first_retry_is_a_random_part_of_the_first_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    delays: list[float] = []
+    real_sleep = pump._sleep_or_stop
+
+    async def recorded(delay: float, stop: asyncio.Event) -> None:
+        delays.append(delay)
+        await real_sleep(0.0, stop)
+
+    monkeypatch.setattr(pump, "_sleep_or_stop", recorded)
+    monkeypatch.setattr(pump.random, "uniform", lambda lo, hi: (lo + hi) / 4)
+
+    async def main() -> None:
+        tap, ex = FakeTap(), Exit()
+        client = Client(tap, ex.connect, Metrics("client"), backoff=Backoff(8.0, 64.0, 0.0))
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(client.run(stop))
+        try:
+            await until(client.connected.is_set)
+            monkeypatch.setattr(pump, "STABLE_AFTER_S", 0.0)  # this link counts as stable
+            await ex.far[0].close()
+            await until(lambda: client.connections == 2)
+            monkeypatch.setattr(pump, "STABLE_AFTER_S", 3600.0)  # the next one does not
+            await ex.far[1].close()
+            await until(lambda: client.connections == 3)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, TIMEOUT)
+            tap.close()
+
+    asyncio.run(main())
+    # Stable link lost: uniform(0, initial) (patched to a quarter); then the backoff's steps.
+    assert delays == [2.0, 8.0]

@@ -173,3 +173,20 @@ def test_isolation_settings():
     assert cfg.network.service_tags
     default = config_from_mapping({})
     assert default.security.pq_backend == "cryptography" and default.network.gateway_ips == ()
+
+
+def test_fault_settings_parse_and_check() -> None:
+    cfg = config_from_mapping(
+        {
+            "network": {"mac": "02:aa:bb:cc:dd:ee"},
+            "endpoints": {"keepalive_interval": "2s", "liveness_timeout": "6s"},
+            "tpm": {"timeout": "500ms"},
+        }
+    )
+    assert cfg.network.mac == bytes.fromhex("02aabbccddee")
+    assert (cfg.endpoints.keepalive_interval, cfg.endpoints.liveness_timeout) == (2.0, 6.0)
+    assert cfg.tpm.timeout == 0.5
+    with pytest.raises(ConfigError, match=r"network\.mac"):
+        config_from_mapping({"network": {"mac": "01:00:5e:00:00:01"}})
+    with pytest.raises(ConfigError, match="liveness_timeout: must be at least twice"):
+        config_from_mapping({"endpoints": {"keepalive_interval": "5s", "liveness_timeout": "6s"}})

@@ -75,3 +75,51 @@ def test_decoy_only_gate_never_admits():
 def test_garbage_answered_400():
     decision = make_gate().feed(b"\x16\x03\x01", NOW)
     assert isinstance(decision, Answer) and decision.response.startswith(b"HTTP/1.1 400")
+
+
+class CountingVerifier(TokenVerifier):
+    """Counts the tokens checked (and so spent)."""
+
+    def __init__(self):
+        super().__init__(KEY, NODE)
+        self.checked = 0
+
+    def check(self, text, now):
+        self.checked += 1
+        return super().check(text, now)
+
+
+def with_headers(raw, *extra, replace=None):
+    head, _, _ = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    if replace is not None:
+        name, value = replace
+        lines = [
+            name + b": " + value if line.lower().startswith(name.lower() + b":") else line
+            for line in lines
+        ]
+    return b"\r\n".join(lines + list(extra)) + b"\r\n\r\n"
+
+
+def test_upgrades_the_library_refuses_get_the_decoy_and_keep_the_token():
+    token = mint_token(KEY, NODE, NOW)
+    good = upgrade(token)
+    site = DecoySite.builtin()
+    cases = {
+        "h2c offered too": with_headers(good, replace=(b"Upgrade", b"websocket, h2c")),
+        "two Upgrade headers": with_headers(good, b"Upgrade: h2c"),
+        "a body on the GET": with_headers(good, b"Content-Length: 5") + b"hello",
+        "chunked": with_headers(good, b"Transfer-Encoding: chunked") + b"0\r\n\r\n",
+        "two Origin headers": with_headers(good, b"Origin: https://other.example"),
+        "versioned upgrade": with_headers(good, replace=(b"Upgrade", b"websocket/13")),
+    }
+    verifier = CountingVerifier()
+    for why, raw in cases.items():
+        decision = Gate(site, ws_path="/ws", verifier=verifier).feed(raw, NOW)
+        expected = Gate(site, ws_path="/ws", verifier=None).feed(raw, NOW)
+        assert isinstance(decision, Answer) and decision == expected, why
+    assert verifier.checked == 0  # no token was spent on any of them
+    # The same token still opens the tunnel, and an empty body is fine as for the library.
+    ok = with_headers(good, b"Content-Length: 0")
+    assert isinstance(Gate(site, ws_path="/ws", verifier=verifier).feed(ok, NOW), Admit)
+    assert verifier.checked == 1
