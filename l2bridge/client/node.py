@@ -15,6 +15,7 @@ import urllib.parse
 from hardware import netns
 from hardware.tap import FrameDevice, TapConfig, TapError, open_tap
 from l2bridge.client.failover import DialSettings
+from l2bridge.client.lan import LanAttachment, LanError
 from l2bridge.client.layers import pinned_attestation, registry_finder, tunnel_clock
 from l2bridge.client.pump import Backoff, Client, FrameLink
 from l2bridge.constants import ATTESTATION_NONCE_SIZE, Mode
@@ -136,28 +137,35 @@ class ClientNode:
         )
         return self.link
 
-    def _open_tap(self) -> tuple[FrameDevice, list[list[str]]]:
+    def _open_tap(self) -> tuple[FrameDevice, list[list[str]], LanAttachment | None]:
         net = self.config.network
         undo: list[list[str]] = []
+        if net.lan_interfaces and net.bridge is None:
+            raise ConfigError("network.lan_interfaces: needs network.bridge (the bridge to join)")
         try:
             tap = open_tap(TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr))
         except TapError as exc:
             raise ConfigError(f"network.tap: {exc}") from None
+        lan = None
         try:
             if net.bridge is not None:
                 if not netns.link_exists(None, net.bridge):
                     netns.bridge(None, net.bridge, mtu=net.mtu)
                     undo.append(["ip", "link", "del", net.bridge])
                 netns.attach(None, tap.name, net.bridge)
-        except netns.NetnsError as exc:
+                if net.lan_interfaces:
+                    lan = LanAttachment(net.bridge, net.lan_interfaces)
+                    lan.attach()
+        except (netns.NetnsError, LanError) as exc:
             tap.close()
             for cmd in reversed(undo):
                 netns.run(cmd, check=False)
-            raise ConfigError(f"network.bridge: {exc}") from None
-        return tap, undo
+            what = "network.bridge: " if isinstance(exc, netns.NetnsError) else ""
+            raise ConfigError(f"{what}{exc}") from None
+        return tap, undo, lan
 
     async def run(self, stop: asyncio.Event) -> None:
-        tap, undo = self._open_tap()
+        tap, undo, lan = self._open_tap()
         status = None
         try:
             # A failover must not wait behind a long backoff: the finder already skips
@@ -180,6 +188,8 @@ class ClientNode:
                 source.stop()
             if status is not None:
                 status.stop()
+            if lan is not None:
+                lan.restore()  # before the bridge goes: the LAN keeps its addresses
             tap.close()
             for cmd in reversed(undo):
                 netns.run(cmd, check=False)

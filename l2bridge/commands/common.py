@@ -17,7 +17,9 @@ def add_network_overrides(parser: argparse.ArgumentParser) -> None:
     """Options the client and the exit share: where the TAP goes and how it runs."""
     parser.add_argument("--tap", help="TAP device name (network.tap)")
     parser.add_argument("--bridge", help="Linux bridge for the TAP, created if missing")
-    parser.add_argument("--mtu", type=int, help="TAP MTU: 1500, or 9000 for jumbo frames")
+    parser.add_argument(
+        "--mtu", type=int, help="TAP MTU (network.mtu; default 1500, 9000 for jumbo frames)"
+    )
     offload = parser.add_mutually_exclusive_group()
     offload.add_argument(
         "--offload", dest="vnet_hdr", action="store_true", default=None,

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("l2bridge.commands.init", "set up an exit or a client in one step (start here)"),
     "keys": ("l2bridge.commands.keys", "identities, admin key, device certificates"),
     "client": ("l2bridge.commands.client", "bridge a LAN to an exit node"),
     "exit": ("exitnode.cli", "run an exit node"),

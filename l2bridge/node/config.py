@@ -62,11 +62,13 @@ class Security:
 @dataclass(frozen=True, slots=True)
 class Network:
     layer: int = 2
-    mtu: int = 1400
+    mtu: int = 1500  # the LAN's: a bridged LAN's frames must fit the TAP unfragmented
     tap: str = "sm0"
     bridge: str | None = None
     vnet_hdr: bool = True
     vlan_allow: tuple[int, ...] = ()  # empty: every VLAN (and untagged) passes
+    # client: LAN interfaces put into ``bridge`` at start and given back at stop
+    lan_interfaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,7 @@ class Endpoints:
     server_header: str = "nginx"
     token_window: float = 60.0
     header_timeout: float = 10.0
+    public_url: str | None = None  # exit: the URL clients dial (join bundles, registry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,8 @@ class Chain:
 class Status:
     listen: tuple[str, int] = ("127.0.0.1", 9470)
     metrics_listen: tuple[str, int] | None = None
+    # the management API's bearer credential (required when listen is not loopback)
+    admin_token_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +310,15 @@ def _vlans(value: object, path: str) -> tuple[int, ...]:
     return tuple(parse(v, f"{path}[{i}]") for i, v in enumerate(value))
 
 
+def _ifnames(value: object, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _fail(path, "a list of interface names", value)
+    names = tuple(_ifname(v, f"{path}[{i}]") for i, v in enumerate(value))
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: an interface is listed twice")
+    return names
+
+
 def _cover(value: object, path: str) -> CoverTraffic:
     if value is True:
         return CoverTraffic.ON
@@ -355,6 +369,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "bridge": _optional(_ifname),
             "vnet_hdr": _bool,
             "vlan_allow": _vlans,
+            "lan_interfaces": _ifnames,
         },
     ),
     "exit_nodes": (
@@ -402,6 +417,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "server_header": _text,
             "token_window": _duration_range(10.0, 3600.0),
             "header_timeout": _duration_range(0.1, 300.0),
+            "public_url": _optional(_ws_url),
         },
     ),
     "keys": (
@@ -433,7 +449,10 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "attestation_interval": _duration_range(1.0, 7 * 86400.0),
         },
     ),
-    "status": (Status, {"listen": _address, "metrics_listen": _optional(_address)}),
+    "status": (
+        Status,
+        {"listen": _address, "metrics_listen": _optional(_address), "admin_token_file": _PATH},
+    ),
 }
 
 
