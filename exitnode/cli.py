@@ -102,6 +102,7 @@ def main(ns: argparse.Namespace) -> int:
             masquerade=masquerade,
             status=not ns.no_status,
             mac_ageing_s=ns.mac_ageing,
+            config_path=ns.config,
         )
         node = ExitNode(config, options)
         node.attach(attested_layers(config, node, ns))

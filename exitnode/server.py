@@ -19,24 +19,27 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from exitnode import constants
 from exitnode.attested import AttestedExit
 from exitnode.errors import ExitConfigError
 from exitnode.host import HostSetup, Masquerade
+from exitnode.peers import ExitManagement, PeerTable
 from exitnode.revocations import RevocationWatch
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import Switchboard
 from hardware.tap import TapConfig
 from l2bridge.constants import Mode
-from l2bridge.errors import L2BridgeError
+from l2bridge.errors import AuthenticationFailed, KeyFileError, L2BridgeError
 from l2bridge.identity import keyfiles
-from l2bridge.identity.keys import Authorizer, HybridSigningKey, read_private_file
+from l2bridge.identity.keys import Authorizer, HybridSigningKey, load_public, read_private_file
 from l2bridge.node import link as tunnel
-from l2bridge.node.config import Config
+from l2bridge.node.config import Config, load_config, naming
 from l2bridge.node.cover import obfuscation_settings
+from l2bridge.node.health import components
 from l2bridge.node.metrics import Metrics
-from l2bridge.node.status import StatusServer
+from l2bridge.node.status import StatusServer, read_token
 from l2bridge.protocol.handshake import EvidenceProvider, ServerHandshake
 from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.decoy import DecoySite
@@ -58,6 +61,7 @@ class ExitOptions:
     status: bool = True
     mac_ageing_s: float = constants.MAC_AGEING_S
     revocation_poll_s: float = constants.REVOCATION_POLL_S
+    config_path: Path | None = None  # re-read by the management API's reload
 
 
 def vlan_policy(vlans: tuple[int, ...] | frozenset[int]) -> PortPolicy:
@@ -65,14 +69,23 @@ def vlan_policy(vlans: tuple[int, ...] | frozenset[int]) -> PortPolicy:
 
 
 def load_authorizer(config: Config) -> Authorizer:
+    """Each file's failure is one line naming its setting (keys.admin_public, ...)."""
     keys = config.keys
     if keys.admin_public is None and keys.allow_list is None:
         raise ExitConfigError("keys: an exit needs admin_public or allow_list to admit devices")
-    return keyfiles.load_authorizer(
-        [keys.admin_public] if keys.admin_public else [],
-        [keys.revocations] if keys.revocations else [],
-        keys.allow_list,
-    )
+    with naming("keys.admin_public"):
+        admins = [load_public(keys.admin_public)] if keys.admin_public else []
+    with naming("keys.allow_list"):
+        allow = keyfiles.load_allow_list(keys.allow_list) if keys.allow_list else None
+    authorizer = Authorizer(admins, allow_list=allow)
+    if keys.revocations is not None:
+        with naming("keys.revocations"):
+            rl = keyfiles.load_revocations(keys.revocations)
+            try:
+                authorizer.update_revocations(rl)
+            except AuthenticationFailed as exc:
+                raise KeyFileError(f"{keys.revocations}: {exc.detail}") from None
+    return authorizer
 
 
 def load_tls(config: Config) -> ssl.SSLContext | None:
@@ -116,7 +129,8 @@ class ExitNode:
             raise ExitConfigError("endpoints.listen: required for an exit")
         if config.keys.identity is None:
             raise ExitConfigError("keys.identity: required for an exit")
-        self.identity = HybridSigningKey.load(config.keys.identity)
+        with naming("keys.identity"):
+            self.identity = HybridSigningKey.load(config.keys.identity)
         self.authorizer = load_authorizer(config)
         self.revocations = RevocationWatch(
             self.authorizer,
@@ -151,6 +165,7 @@ class ExitNode:
         self.attested: AttestedExit | None = None
         self.metrics.set_info(node_id=self.identity.node_id.hex(), listen=f"{ep.listen}")
         self.board: Switchboard | None = None
+        self.peers = PeerTable()
         self.listening = asyncio.Event()
 
     def attach(self, attested: AttestedExit) -> None:
@@ -158,6 +173,40 @@ class ExitNode:
         self.attested = attested
         self.evidence_provider = attested.evidence_provider
         self.clock = attested.clock.now
+
+    def _status_server(self) -> StatusServer:
+        cfg = self.config.status
+        token = read_token(cfg.admin_token_file) if cfg.admin_token_file else None
+        api = ExitManagement(
+            self.peers, self.authorizer, self.config.keys.revocations,
+            attestation_age=self._evidence_age,
+            reload=self.reload,
+        )  # fmt: skip
+        atomic = bool(self.config.atomic_time.enabled)
+        return StatusServer(
+            self.metrics, *cfg.listen, token=token, api=api,
+            api_loop=asyncio.get_running_loop(),
+            health=lambda: components(self.metrics.snapshot(), atomic_time=atomic),
+        ).start()  # fmt: skip
+
+    def _evidence_age(self) -> float | None:
+        # Published by the TPM lifecycle when there is one (exitnode.lifecycle).
+        read = self.metrics.gauges.get("evidence_age_s")
+        return None if read is None else read()
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read what changes without a restart: the revocation lists (and, with the
+        config file known, logging.level)."""
+        changed = self.revocations.check()
+        out: dict[str, Any] = {"revocation_lists_reloaded": changed}
+        path = self.options.config_path
+        if path is not None:
+            with naming(str(path)):
+                fresh = load_config(path)
+            logging.getLogger().setLevel(fresh.logging.level.upper())
+            out["logging.level"] = fresh.logging.level
+        log.info("reloaded by the operator: %s", out)
+        return out
 
     def _handshake(self) -> ServerHandshake:
         return ServerHandshake(
@@ -193,7 +242,12 @@ class ExitNode:
         name = auth.name or auth.device_id.hex()[:16]
         if self.attested is not None:
             self.attested.tally.track(link)
-        await self.board.serve_link(link, name, self.policy_for(auth.name))
+        policy = self.policy_for(auth.name)
+        peer = self.peers.add(name, auth, link, policy)
+        try:
+            await self.board.serve_link(link, name, policy)
+        finally:
+            self.peers.remove(peer)
 
     async def run(self, stop: asyncio.Event) -> None:
         ep = self.config.endpoints
@@ -208,18 +262,20 @@ class ExitNode:
                 SwitchConfig(ageing_s=self.options.mac_ageing_s, mtu=self.tap_config.mtu)
             )
             self.board = Switchboard(switch, self.metrics, local=host.tap)
-            server = await tunnel.serve(
-                self._on_link,
-                self.settings,
-                self._handshake,
-                host=ep.listen[0],
-                port=ep.listen[1],
-                clock=self.clock,
-                ssl=self.tls,
-                cover=self.cover,
-            )
+            with naming(f"endpoints.listen ({ep.listen[0]}:{ep.listen[1]})"):
+                server = await tunnel.serve(
+                    self._on_link,
+                    self.settings,
+                    self._handshake,
+                    host=ep.listen[0],
+                    port=ep.listen[1],
+                    clock=self.clock,
+                    ssl=self.tls,
+                    cover=self.cover,
+                )
+            self.metrics.set_gauge("tunnel_listening", lambda: 1.0 if server.is_serving() else 0.0)
             if self.options.status:
-                status = StatusServer(self.metrics, *self.config.status.listen).start()
+                status = self._status_server()
             self.listening.set()
             log.info("exit listening on %s:%d (%s)", *ep.listen, "wss" if self.tls else "ws")
             jobs = [self.board.run(stop), self.revocations.run(stop)]

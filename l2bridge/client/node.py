@@ -23,11 +23,12 @@ from l2bridge.errors import L2BridgeError
 from l2bridge.identity.keyfiles import load_certificate
 from l2bridge.identity.keys import HybridSigningKey, read_private_file
 from l2bridge.node import link as tunnel
-from l2bridge.node.config import Config, ConfigError
+from l2bridge.node.config import Config, ConfigError, naming
 from l2bridge.node.cover import obfuscation_settings
+from l2bridge.node.health import components
 from l2bridge.node.metrics import Metrics
 from l2bridge.node.rotation import RotationDriver
-from l2bridge.node.status import StatusServer
+from l2bridge.node.status import StatusServer, read_token
 from l2bridge.protocol.handshake import ClientHandshake, EvidenceChecker
 from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.tls import TlsError, client_context
@@ -59,8 +60,10 @@ class ClientNode:
         if ep.access_key_file is None:
             raise ConfigError("endpoints.access_key_file: required")
         self.config = config
-        self.identity = HybridSigningKey.load(keys.identity)
-        self.certificate = load_certificate(keys.certificate) if keys.certificate else None
+        with naming("keys.identity"):
+            self.identity = HybridSigningKey.load(keys.identity)
+        with naming("keys.certificate"):
+            self.certificate = load_certificate(keys.certificate) if keys.certificate else None
         try:
             # A secret like the identity: refused when group or others may read it.
             self.access_key = AccessKey.from_text(read_private_file(ep.access_key_file))
@@ -172,7 +175,13 @@ class ClientNode:
             # exits that refused or did not answer.
             self.client = Client(tap, self.connect, self.metrics, backoff=Backoff(initial=0.1))
             if self.status:
-                status = StatusServer(self.metrics, *self.config.status.listen).start()
+                cfg = self.config.status
+                token = read_token(cfg.admin_token_file) if cfg.admin_token_file else None
+                atomic = bool(self.config.atomic_time.enabled)
+                status = StatusServer(
+                    self.metrics, *cfg.listen, token=token,
+                    health=lambda: components(self.metrics.snapshot(), atomic_time=atomic),
+                ).start()  # fmt: skip
             rotation = RotationDriver(
                 self.clock, self.config.security.key_rotation_interval, lambda: self.link,
                 self.metrics,

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "clock": ("timing.cli", "atomic clock sources and their discipline"),
     "simulate": ("lab.clocksim.cli", "a simulated rubidium or GPSDO on a pseudo-terminal"),
     "status": ("l2bridge.commands.status", "read a running client's or exit's status"),
+    "peers": ("l2bridge.commands.peers", "list, disconnect or revoke an exit's devices"),
     "demo": ("lab.demo", "two LANs bridged through attested, registered exits"),
 }
 

@@ -52,6 +52,7 @@ from l2bridge.crypto.pq import Signer, default_backend
 from l2bridge.crypto.secret import wipe
 from l2bridge.errors import (
     AuthenticationFailed,
+    CertificateRevoked,
     KeyFileError,
     MalformedMessage,
     NotAuthorized,
@@ -244,7 +245,8 @@ def read_private_file(path: str | os.PathLike[str]) -> str:
             raise KeyFileError(f"{path}: permissions too open (must be 0600)")
         return Path(path).read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"{path}: {exc.__class__.__name__}") from None
+        reason = getattr(exc, "strerror", None) or "not a text file"
+        raise KeyFileError(f"{path}: {reason}") from None
 
 
 def save_public(public: HybridPublicKey, path: str | os.PathLike[str]) -> None:
@@ -255,7 +257,8 @@ def load_public(path: str | os.PathLike[str]) -> HybridPublicKey:
     try:
         return HybridPublicKey.decode(codec.dearmor("PUBLIC KEY", Path(path).read_text("ascii")))
     except (OSError, UnicodeDecodeError, MalformedMessage) as exc:
-        raise KeyFileError(f"{path}: not a public key file ({exc.__class__.__name__})") from None
+        reason = getattr(exc, "strerror", None) or "not a public key file"
+        raise KeyFileError(f"{path}: {reason}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,7 +510,7 @@ class Authorizer:
             raise NotAuthorized("certificate expired")
         rl = self._lists.get(certificate.issuer)
         if rl is not None and certificate.serial in rl.revoked():
-            raise NotAuthorized("certificate revoked")
+            raise CertificateRevoked("certificate revoked")
         return Authorization(
             device_id,
             certificate.name,

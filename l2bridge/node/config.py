@@ -17,10 +17,11 @@ Relative paths are resolved against the configuration file's directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -610,6 +611,20 @@ def _pinned_attestation(config: Config) -> list[Problem]:
             )
         )
     return out
+
+
+@contextlib.contextmanager
+def naming(field: str) -> Iterator[None]:
+    """Re-raise a file, format or bind error inside the block as one ConfigError line that
+    names the setting: ``keys.identity: /etc/x/id.key: No such file or directory``."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"{field}: {exc.strerror or type(exc).__name__}") from None
+    except (LocalError, ValueError) as exc:
+        raise ConfigError(f"{field}: {exc}") from None
 
 
 def ensure_startable(config: Config) -> list[Problem]:

@@ -314,9 +314,13 @@ class ServerHandshake:
         self._config = config or SessionConfig()
         self._backend = backend or default_backend()
         self.node_id = identity.node_id
+        # Who the last hello claimed to be, for the exit's own log of a refusal.
+        self.peer_label: str | None = None
 
     def receive(self, data: bytes, now: float) -> tuple[Session, bytes]:
         ch = ClientHello.decode(data)
+        device = node_id(ch.identity).hex()[:16]
+        self.peer_label = f"{ch.certificate.name} ({device})" if ch.certificate else device
         if ch.mode not in self._modes:
             raise UnsupportedParameters("mode not allowed here")
         cipher = next((c for c in ch.ciphers if c in self._ciphers), None)

@@ -226,6 +226,12 @@ class Session:
 
     # -- state ---------------------------------------------------------------
     @property
+    def peer_certificate(self) -> DeviceCertificate | None:
+        """Exit: the certificate the admitted device presented (None: allow-list or not yet)."""
+        admitted = self._admitted
+        return None if admitted is None else admitted.certificate
+
+    @property
     def established(self) -> bool:
         """Client: at once.  Exit: once the client's ClientFinish verified."""
         return not self.closed and (self.is_client or self._finish is None)
