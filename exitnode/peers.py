@@ -26,6 +26,7 @@ from l2bridge import codec
 from l2bridge.errors import AuthenticationFailed, KeyFileError, MalformedMessage
 from l2bridge.identity.keyfiles import CRL_LABEL, load_revocations, save_revocations
 from l2bridge.identity.keys import Authorization, Authorizer, RevocationList
+from l2bridge.node.audit import audit
 from l2bridge.node.status import ManagementError
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,10 @@ class PeerTable:
     def named(self, name: str) -> list[Peer]:
         return [p for p in self._peers.values() if p.name == name]
 
+    def of_device(self, device_id: bytes) -> list[Peer]:
+        """The device's tunnels, oldest first."""
+        return [p for p in self._peers.values() if p.authorization.device_id == device_id]
+
     def with_serials(self, serials: frozenset[bytes]) -> list[Peer]:
         return [p for p in self._peers.values() if p.serial is not None and p.serial in serials]
 
@@ -143,6 +148,7 @@ class ExitManagement:
         await asyncio.gather(*(p.link.close(revoked=revoked) for p in peers))
         if peers:
             log.info("device %s disconnected by the operator (%d tunnel(s))", name, len(peers))
+            audit("device_disconnected", device=name, tunnels=len(peers), by="operator")
         return len(peers)
 
     async def install_revocations(self, armored: str) -> dict[str, Any]:
@@ -168,6 +174,7 @@ class ExitManagement:
             ended = self.table.with_serials(revoked)
             await asyncio.gather(*(p.link.close(revoked=True) for p in ended))
         names = sorted({p.name for p in ended})
+        audit("revocations_installed", sequence=new.sequence, revoked=len(revoked), ended=names)
         log.warning("revocation list #%d installed by the operator; ended: %s", new.sequence,
                     ", ".join(names) or "none")  # fmt: skip
         return {"sequence": new.sequence, "revoked": len(revoked), "disconnected": names}

@@ -25,7 +25,7 @@ from exitnode import constants
 from exitnode.attested import AttestedExit
 from exitnode.errors import ExitConfigError
 from exitnode.host import HostSetup, Masquerade
-from exitnode.peers import ExitManagement, PeerTable
+from exitnode.peers import ExitManagement, Peer, PeerTable
 from exitnode.revocations import RevocationWatch
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import Switchboard
@@ -35,6 +35,7 @@ from l2bridge.errors import AuthenticationFailed, KeyFileError, L2BridgeError
 from l2bridge.identity import keyfiles
 from l2bridge.identity.keys import Authorizer, HybridSigningKey, load_public, read_private_file
 from l2bridge.node import link as tunnel
+from l2bridge.node.audit import audit
 from l2bridge.node.config import Config, load_config, naming
 from l2bridge.node.cover import obfuscation_settings
 from l2bridge.node.health import components
@@ -189,10 +190,42 @@ class ExitNode:
             health=lambda: components(self.metrics.snapshot(), atomic_time=atomic),
         ).start()  # fmt: skip
 
+    def _check_mtu(self, name: str, link: tunnel.Link) -> None:
+        theirs = getattr(link.session, "peer_mtu", None)
+        ours = self.tap_config.mtu
+        if theirs is not None and theirs != ours:
+            log.warning(
+                "device %s: its network.mtu is %d, this exit's is %d: frames larger than %d "
+                "bytes are dropped on the way; set the same network.mtu on both",
+                name, theirs, ours, min(theirs, ours),
+            )  # fmt: skip
+
+    async def _one_tunnel_per_device(self, peer: Peer) -> None:
+        """Past security.tunnels_per_device, the device's oldest tunnels end (the newest
+        wins: a client that lost its network and reconnects must not be locked out)."""
+        limit = self.config.security.tunnels_per_device
+        same = self.peers.of_device(peer.authorization.device_id)
+        for old in same[: max(0, len(same) - limit)]:
+            log.warning("device %s: a newer tunnel replaces the one from %s "
+                        "(security.tunnels_per_device: %d)", old.name,
+                        old.link.remote_address, limit)  # fmt: skip
+            audit("tunnel_replaced", device=old.name, address=old.link.remote_address)
+            await old.link.close()
+
     def _evidence_age(self) -> float | None:
         # Published by the TPM lifecycle when there is one (exitnode.lifecycle).
         read = self.metrics.gauges.get("evidence_age_s")
         return None if read is None else read()
+
+    def _metrics_server(self) -> StatusServer | None:
+        listen = self.config.status.metrics_listen
+        if listen is None:
+            return None
+        atomic = bool(self.config.atomic_time.enabled)
+        return StatusServer(
+            self.metrics, *listen, metrics_only=True, setting="status.metrics_listen",
+            health=lambda: components(self.metrics.snapshot(), atomic_time=atomic),
+        ).start()  # fmt: skip
 
     async def reload(self) -> dict[str, Any]:
         """Re-read what changes without a restart: the revocation lists (and, with the
@@ -243,7 +276,11 @@ class ExitNode:
         if self.attested is not None:
             self.attested.tally.track(link)
         policy = self.policy_for(auth.name)
+        self._check_mtu(name, link)
         peer = self.peers.add(name, auth, link, policy)
+        audit("device_admitted", device=name, device_id=auth.device_id.hex(),
+              admitted_by=auth.method, address=link.remote_address)  # fmt: skip
+        await self._one_tunnel_per_device(peer)
         try:
             await self.board.serve_link(link, name, policy)
         finally:
@@ -256,6 +293,7 @@ class ExitNode:
             self.tap_config, self.config.network.bridge, masquerade=self.options.masquerade
         )
         status: StatusServer | None = None
+        metrics_only: StatusServer | None = None
         server = None
         try:
             switch = Switch(
@@ -276,6 +314,7 @@ class ExitNode:
             self.metrics.set_gauge("tunnel_listening", lambda: 1.0 if server.is_serving() else 0.0)
             if self.options.status:
                 status = self._status_server()
+                metrics_only = self._metrics_server()
             self.listening.set()
             log.info("exit listening on %s:%d (%s)", *ep.listen, "wss" if self.tls else "ws")
             jobs = [self.board.run(stop), self.revocations.run(stop)]
@@ -287,7 +326,8 @@ class ExitNode:
                 server.close()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(server.wait_closed(), constants.STATS_INTERVAL_S)
-            if status is not None:
-                status.stop()
+            for listener in (status, metrics_only):
+                if listener is not None:
+                    listener.stop()
             host.close()
             self.identity.wipe()

@@ -127,6 +127,7 @@ class ClientNode:
             attestation_nonce=nonce,
             evidence_checker=checker,
             config=self.session_config,
+            mtu=self.config.network.mtu,
         )
         self.link = await tunnel.connect(
             self.url,
@@ -169,7 +170,7 @@ class ClientNode:
 
     async def run(self, stop: asyncio.Event) -> None:
         tap, undo, lan = self._open_tap()
-        status = None
+        status = metrics_only = None
         try:
             # A failover must not wait behind a long backoff: the finder already skips
             # exits that refused or did not answer.
@@ -178,10 +179,14 @@ class ClientNode:
                 cfg = self.config.status
                 token = read_token(cfg.admin_token_file) if cfg.admin_token_file else None
                 atomic = bool(self.config.atomic_time.enabled)
-                status = StatusServer(
-                    self.metrics, *cfg.listen, token=token,
-                    health=lambda: components(self.metrics.snapshot(), atomic_time=atomic),
-                ).start()  # fmt: skip
+                health = lambda: components(self.metrics.snapshot(), atomic_time=atomic)  # noqa: E731
+                status = StatusServer(self.metrics, *cfg.listen, token=token, health=health)
+                status.start()
+                if cfg.metrics_listen is not None:
+                    metrics_only = StatusServer(
+                        self.metrics, *cfg.metrics_listen, health=health, metrics_only=True,
+                        setting="status.metrics_listen",
+                    ).start()  # fmt: skip
             rotation = RotationDriver(
                 self.clock, self.config.security.key_rotation_interval, lambda: self.link,
                 self.metrics,
@@ -195,8 +200,9 @@ class ClientNode:
         finally:
             for source in self.clock_sources:
                 source.stop()
-            if status is not None:
-                status.stop()
+            for listener in (status, metrics_only):
+                if listener is not None:
+                    listener.stop()
             if lan is not None:
                 lan.restore()  # before the bridge goes: the LAN keeps its addresses
             tap.close()

@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+from l2bridge.node import audit as audit_log
 from l2bridge.node.config import Config, ConfigError
 
 
@@ -63,12 +64,14 @@ def apply_overrides(config: Config, ns: argparse.Namespace) -> Config:
     return config
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, *, audit: bool = False) -> None:
+    """``logging.level`` for the node's lines; ``logging.audit`` turns the audit trail on."""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    audit_log.configure(audit)
 
 
 async def run_until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -58,6 +58,8 @@ class Security:
     post_quantum_mode: str = "hybrid"
     attestation_required: bool = False
     sgx_enclave: bool = False
+    # exit: tunnels one device identity may hold at once; a newer one ends the oldest
+    tunnels_per_device: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +101,9 @@ AtomicTime = TimeSettings
 @dataclass(frozen=True, slots=True)
 class Logging:
     level: str = "info"
-    audit: bool = False
+    audit: bool = False  # security events as JSON lines on the "shadowmesh.audit" logger
     siem_export: bool = False
-    retention: float = 7 * 86400.0
+    retention: float | None = None  # accepted (the spec's files set it), warned: not applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +136,7 @@ class Keys:
 class Tpm:
     tcti: str = "device:/dev/tpmrm0"
     ak_context: Path | None = None
-    ak_public: Path | None = None
     golden_policy: Path | None = None
-    pcr: int = 23
     # client: the pinned exit's enrolment record (its AK), for attestation_required
     exit_enrolment: Path | None = None
 
@@ -348,6 +348,14 @@ def _version(value: object, path: str) -> str:
     return text
 
 
+# Settings that were accepted and then ignored: refused now, saying what to do instead.
+_REMOVED = {
+    "tpm.pcr": "no longer a setting: which PCRs a quote covers is fixed by the attestation "
+    "policy (tpm.golden_policy); remove it",
+    "tpm.ak_public": "no longer a setting: the AK's public part is kept with tpm.ak_context "
+    "(or in the exit's state directory) and published by enrolment; remove it",
+}
+
 _Parser = Callable[[object, str], Any]
 _PATH = "path"  # marker: resolve against the config file's directory
 
@@ -359,6 +367,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "post_quantum_mode": _choice(*PQ_MODES),
             "attestation_required": _bool,
             "sgx_enclave": _bool,
+            "tunnels_per_device": _int_range(1, 64),
         },
     ),
     "network": (
@@ -433,9 +442,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
         {
             "tcti": _text,
             "ak_context": _PATH,
-            "ak_public": _PATH,
             "golden_policy": _PATH,
-            "pcr": _int_range(0, 23),
             "exit_enrolment": _PATH,
         },
     ),
@@ -469,6 +476,8 @@ def _section(name: str, raw: object, base_dir: Path) -> Any:
     for key, value in raw.items():
         path = f"{name}.{key}"
         parse = fields.get(key) if isinstance(key, str) else None
+        if path in _REMOVED:
+            raise ConfigError(f"{path}: {_REMOVED[path]}")
         if parse is None:
             raise ConfigError(f"{path}: unknown setting (known: {', '.join(fields)})")
         if parse == _PATH:
@@ -586,6 +595,15 @@ def problems(config: Config) -> list[Problem]:
         )
     if config.logging.siem_export:
         out.append(Problem("logging.siem_export", "SIEM export is not implemented", False))
+    if config.logging.retention is not None:
+        out.append(
+            Problem(
+                "logging.retention",
+                "not applied: logs go to stderr, where journald's own retention "
+                "(MaxRetentionSec in journald.conf) decides how long they are kept",
+                False,
+            )
+        )
     for warning in config.atomic_time.warnings():
         out.append(Problem("atomic_time.consensus_quorum", warning, False))
     return out
@@ -627,9 +645,81 @@ def naming(field: str) -> Iterator[None]:
         raise ConfigError(f"{field}: {exc}") from None
 
 
-def ensure_startable(config: Config) -> list[Problem]:
-    """Raise ConfigError naming every refusal; return the warnings otherwise."""
-    found = problems(config)
+# Which role reads each setting (the others are warned about when set): "exit", "client",
+# or both. tests/unit/l2bridge/test_every_setting.py checks that this lists every field
+# and proves each one changes behaviour or is refused.
+BOTH = ("exit", "client")
+FIELD_ROLES: dict[str, tuple[str, ...]] = {
+    "version": BOTH,
+    **{f"security.{k}": BOTH for k in
+       ("key_rotation_interval", "post_quantum_mode", "attestation_required", "sgx_enclave")},
+    "security.tunnels_per_device": ("exit",),
+    **{f"network.{k}": BOTH for k in ("layer", "mtu", "tap", "bridge", "vnet_hdr")},
+    "network.vlan_allow": ("exit",),
+    "network.lan_interfaces": ("client",),
+    "exit_nodes.multi_hop": BOTH,
+    "exit_nodes.hops": BOTH,
+    "exit_nodes.min_reputation": ("client",),
+    "exit_nodes.geographic_diversity": BOTH,
+    "exit_nodes.jurisdictional_diversity": BOTH,
+    **{f"obfuscation.{k}": BOTH for k in
+       ("enabled", "protocol", "cover_traffic", "advanced_stego", "padding")},
+    "atomic_time": BOTH,
+    **{f"logging.{k}": BOTH for k in ("level", "audit", "siem_export", "retention")},
+    "endpoints.listen": ("exit",),
+    "endpoints.connect": ("client",),
+    "endpoints.path": BOTH,
+    "endpoints.access_key_file": BOTH,
+    "endpoints.exit_node_id": ("client",),
+    "endpoints.tls_cert": ("exit",),
+    "endpoints.tls_key": ("exit",),
+    "endpoints.tls_ca": ("client",),
+    "endpoints.decoy_dir": ("exit",),
+    "endpoints.server_header": ("exit",),
+    "endpoints.token_window": BOTH,
+    "endpoints.header_timeout": ("exit",),
+    "endpoints.public_url": ("exit",),
+    "keys.identity": BOTH,
+    "keys.admin_public": ("exit",),
+    "keys.certificate": ("client",),
+    "keys.allow_list": ("exit",),
+    "keys.revocations": ("exit",),
+    "tpm.tcti": ("exit",),
+    "tpm.ak_context": ("exit",),
+    "tpm.golden_policy": ("client",),
+    "tpm.exit_enrolment": ("client",),
+    "chain.rpc_url": BOTH,
+    "chain.contract_address": BOTH,
+    "chain.keystore": ("exit",),
+    "chain.attestation_interval": ("exit",),
+    "chain.enrolment_voucher": ("exit",),
+    "status.listen": BOTH,
+    "status.metrics_listen": BOTH,
+    "status.admin_token_file": BOTH,
+}  # fmt: skip
+
+
+def _value(config: Config, path: str) -> object:
+    value: object = config
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def role_problems(config: Config, role: str) -> list[Problem]:
+    """Warnings for settings changed from their defaults that ``role`` does not read."""
+    default = Config()
+    out = []
+    for path, roles in FIELD_ROLES.items():
+        if role not in roles and _value(config, path) != _value(default, path):
+            out.append(Problem(path, f"ignored here: only the {roles[0]} reads it", False))
+    return out
+
+
+def ensure_startable(config: Config, role: str | None = None) -> list[Problem]:
+    """Raise ConfigError naming every refusal; return the warnings otherwise (with
+    ``role``, also the settings that role does not read)."""
+    found = problems(config) + (role_problems(config, role) if role else [])
     refusals = [p for p in found if p.refuse]
     if refusals:
         raise ConfigError(

@@ -46,6 +46,7 @@ from typing import Protocol, cast
 
 from websockets.asyncio.server import Server, ServerConnection
 
+from l2bridge.constants import CLOSE_REVOKED as RECORD_REVOKED
 from l2bridge.constants import MAX_RECORD_SIZE
 from l2bridge.errors import (
     CertificateRevoked,
@@ -54,6 +55,7 @@ from l2bridge.errors import (
     PeerError,
     StateError,
 )
+from l2bridge.node.audit import audit
 from l2bridge.node.cover import CoverPlan
 from l2bridge.protocol.records import Buffer
 from l2bridge.protocol.session import Closed, PeerAuthenticated, RekeyCompleted, Session
@@ -364,7 +366,8 @@ class Link:
                 if item is _CLOSE:
                     self._flush_pending()
                     if self.session.established and self._ws.is_open:
-                        self._write(self.session.close_notice(now=self._clock()))
+                        reason = RECORD_REVOKED if self._close_code == CLOSE_REVOKED else 0
+                        self._write(self.session.close_notice(reason, now=self._clock()))
                     self.close_reason = self.close_reason or "closed"
                     break
                 await self._authenticated.wait()
@@ -418,7 +421,7 @@ class Link:
                 self._write(reply)
         except TransportClosed:
             return
-        ended = False
+        ended: str | None = None
         for event in received.events:
             if isinstance(event, PeerAuthenticated):
                 self._authenticated.set()
@@ -426,11 +429,11 @@ class Link:
                 self.rekeys_completed += 1
                 self.last_handshake = time.monotonic()
             elif isinstance(event, Closed):
-                ended = True
+                ended = "revoked" if event.reason == RECORD_REVOKED else "closed by peer"
         if received.frames:
             self._frames_in(received.frames)
         if ended:
-            self._end("closed by peer")
+            self._end(ended)
 
     def _frames_in(self, frames: list[memoryview]) -> None:
         sink = self._sink
@@ -502,6 +505,11 @@ class Link:
 def is_revoked(exc: BaseException) -> bool:
     """Whether the Authorizer refused because the device's certificate is revoked."""
     return isinstance(exc, CertificateRevoked)
+
+
+def _address(connection: object) -> str | None:
+    address = getattr(connection, "remote_address", None)
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else None
 
 
 def _direct(ws: object) -> TunnelSocket:
@@ -616,6 +624,8 @@ async def serve(
             who = getattr(handshake, "peer_label", None) or "unknown device"
             if isinstance(exc, PeerError):
                 log.warning("tunnel refused: %s: %s (%s)", who, exc, exc.detail)
+                audit("tunnel_refused", device=who, reason=f"{exc}: {exc.detail}",
+                      address=_address(connection))  # fmt: skip
             else:
                 log.info("tunnel handshake failed: %s: %s", who, type(exc).__name__)
             if is_revoked(exc):

@@ -124,10 +124,12 @@ class StatusServer:
         api_loop: asyncio.AbstractEventLoop | None = None,
         health: Callable[[], list[Component]] | None = None,
         setting: str = "status.listen",
+        metrics_only: bool = False,
     ) -> None:
         self.metrics = metrics
         self.local = is_loopback(host)
-        if not self.local and token is None:
+        self.metrics_only = metrics_only  # status.metrics_listen: /metrics and /health only
+        if not self.local and token is None and not metrics_only:
             raise ConfigError(
                 f"{setting}: {host} is not a loopback address, so status.admin_token_file "
                 "is required (the management API must not be open to the network)"
@@ -251,6 +253,8 @@ class StatusServer:
             return _json(code, doc)
         if path == "/metrics":
             return 200, "text/plain; version=0.0.4", self.metrics.prometheus_text()
+        if self.metrics_only:
+            return _json(404, {"error": "not found"})
         if path == "/status":
             if not self._authorised(auth, admin=False):
                 return _json(401, {"error": "admin credential required"})

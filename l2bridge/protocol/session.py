@@ -213,6 +213,7 @@ class Session:
         self.config = config
         self.stats = SessionStats()
         self.authorization: Authorization | None = None
+        self.peer_mtu: int | None = None  # exit: the MTU the client's hello announced
         self.closed = False
         self._backend = backend
         self._keys = KeySlots(cipher, keys, 0, now, config.grace_seconds)
