@@ -691,7 +691,7 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "chain.rpc_url": BOTH,
     "chain.contract_address": BOTH,
     "chain.keystore": ("exit",),
-    "chain.attestation_interval": ("exit",),
+    "chain.attestation_interval": BOTH,  # client: the oldest on-chain attestation it accepts
     "chain.enrolment_voucher": ("exit",),
     "status.listen": BOTH,
     "status.metrics_listen": BOTH,
