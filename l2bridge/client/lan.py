@@ -38,9 +38,9 @@ class _Saved:
     addresses: tuple[_Address, ...]
 
 
-def _show(name: str) -> dict[str, object]:
+def _show(ns: netns.Namespace | None, name: str) -> dict[str, object]:
     try:
-        out = netns.run(["ip", "-j", "addr", "show", "dev", name])
+        out = netns.ip(ns, "-j", "addr", "show", "dev", name)
         docs = json.loads(out)
     except (netns.NetnsError, ValueError):
         raise LanError(f"network.lan_interfaces: {name}: no such interface") from None
@@ -61,14 +61,17 @@ def _addresses(doc: dict[str, object]) -> tuple[_Address, ...]:
 class LanAttachment:
     """Attach with :meth:`attach` (all or nothing); undo with :meth:`restore`."""
 
-    def __init__(self, bridge: str, names: tuple[str, ...]) -> None:
+    def __init__(
+        self, bridge: str, names: tuple[str, ...], ns: netns.Namespace | None = None
+    ) -> None:
+        self.ns = ns  # None: this process's network namespace
         self.bridge = bridge
         self.names = names
         self._saved: list[_Saved] = []
 
     def attach(self) -> None:
         """Raises LanError, with every interface already attached given back."""
-        docs = {name: _show(name) for name in self.names}  # all checked before any change
+        docs = {name: _show(self.ns, name) for name in self.names}  # all checked before any change
         for name, doc in docs.items():
             master = doc.get("master")
             if master is not None and master != self.bridge:
@@ -82,11 +85,11 @@ class LanAttachment:
                 saved = _Saved(name, "UP" in flags, _addresses(doc))  # type: ignore[operator]
                 self._saved.append(saved)
                 for addr in saved.addresses:
-                    netns.run(["ip", "addr", "del", addr.cidr, "dev", name], check=False)
-                netns.attach(None, name, self.bridge)
-                netns.ip(None, "link", "set", name, "up")
+                    netns.ip(self.ns, "addr", "del", addr.cidr, "dev", name, check=False)
+                netns.attach(self.ns, name, self.bridge)
+                netns.ip(self.ns, "link", "set", name, "up")
                 for addr in saved.addresses:
-                    netns.ip(None, "addr", "replace", addr.cidr, "dev", self.bridge)
+                    netns.ip(self.ns, "addr", "replace", addr.cidr, "dev", self.bridge)
                 log.info(
                     "LAN interface %s joined %s (%d address(es) moved)",
                     name, self.bridge, len(saved.addresses),
@@ -100,10 +103,10 @@ class LanAttachment:
         while self._saved:
             saved = self._saved.pop()
             name = saved.name
-            netns.run(["ip", "link", "set", name, "nomaster"], check=False)
+            netns.ip(self.ns, "link", "set", name, "nomaster", check=False)
             for addr in saved.addresses:
-                netns.run(["ip", "addr", "del", addr.cidr, "dev", self.bridge], check=False)
-                netns.run(["ip", "addr", "replace", addr.cidr, "dev", name], check=False)
+                netns.ip(self.ns, "addr", "del", addr.cidr, "dev", self.bridge, check=False)
+                netns.ip(self.ns, "addr", "replace", addr.cidr, "dev", name, check=False)
             state = "up" if saved.was_up else "down"
-            netns.run(["ip", "link", "set", name, state], check=False)
+            netns.ip(self.ns, "link", "set", name, state, check=False)
             log.info("LAN interface %s left %s", name, self.bridge)
