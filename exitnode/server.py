@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 import time
@@ -26,6 +27,7 @@ from exitnode.attested import AttestedExit
 from exitnode.errors import ExitConfigError
 from exitnode.host import HostSetup, Masquerade
 from exitnode.peers import ExitManagement, Peer, PeerTable
+from exitnode.policy import HOURS_CHECK_S, RateLimitedLink, hours_text, port_policy, within_hours
 from exitnode.revocations import RevocationWatch
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import Switchboard
@@ -227,9 +229,26 @@ class ExitNode:
             health=lambda: components(self.metrics.snapshot(), atomic_time=atomic),
         ).start()  # fmt: skip
 
+    async def _watch_hours(self, stop: asyncio.Event) -> None:
+        """Ends the tunnels of devices whose allowed hours are over."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), HOURS_CHECK_S)
+                return
+            now = time.time()
+            for peer in self.peers:
+                device = self.config.device(peer.authorization.name)
+                if not within_hours(device, now):
+                    assert device is not None
+                    log.warning("device %s: its hours (%s) are over; tunnel ended",
+                                peer.name, hours_text(device))  # fmt: skip
+                    audit("device_disconnected", device=peer.name, by="hours")
+                    await peer.link.close()
+
     async def reload(self) -> dict[str, Any]:
-        """Re-read what changes without a restart: the revocation lists (and, with the
-        config file known, logging.level)."""
+        """Re-read what changes without a restart: the revocation lists and, with the
+        config file known, logging.level and the ``devices`` policies (a connected device
+        whose policy changed has its tunnel ended: it comes back under the new one)."""
         changed = self.revocations.check()
         out: dict[str, Any] = {"revocation_lists_reloaded": changed}
         path = self.options.config_path
@@ -238,6 +257,14 @@ class ExitNode:
                 fresh = load_config(path)
             logging.getLogger().setLevel(fresh.logging.level.upper())
             out["logging.level"] = fresh.logging.level
+            old, self.config = self.config, dataclasses.replace(self.config, devices=fresh.devices)
+            ended = []
+            for peer in self.peers:
+                name = peer.authorization.name
+                if old.device(name) != self.config.device(name):
+                    ended.append(peer.name)
+                    await peer.link.close()
+            out["policy_changed"] = sorted(set(ended))
         log.info("reloaded by the operator: %s", out)
         return out
 
@@ -251,8 +278,11 @@ class ExitNode:
         )
 
     def policy_for(self, name: str) -> PortPolicy:
+        """--device-vlans, else the config's ``devices`` entry, else the default."""
         vlans = self.options.device_vlans.get(name)
-        return self.default_policy if vlans is None else vlan_policy(vlans)
+        if vlans is not None:
+            return vlan_policy(vlans)
+        return port_policy(self.config.device(name), self.default_policy)
 
     async def _on_link(self, link: tunnel.Link) -> None:
         """Admit one tunnel once its device is authenticated, then switch its frames."""
@@ -275,14 +305,23 @@ class ExitNode:
         name = auth.name or auth.device_id.hex()[:16]
         if self.attested is not None:
             self.attested.tally.track(link)
+        device = self.config.device(auth.name)
+        if not within_hours(device, time.time()):
+            assert device is not None
+            log.warning("device %s refused: outside its hours (%s)", name, hours_text(device))
+            audit("tunnel_refused", device=name, reason="outside its hours")
+            return
         policy = self.policy_for(auth.name)
         self._check_mtu(name, link)
+        port_link: Any = link
+        if device is not None and device.rate is not None:
+            port_link = RateLimitedLink(link, device.rate, self.metrics)
         peer = self.peers.add(name, auth, link, policy)
         audit("device_admitted", device=name, device_id=auth.device_id.hex(),
               admitted_by=auth.method, address=link.remote_address)  # fmt: skip
         await self._one_tunnel_per_device(peer)
         try:
-            await self.board.serve_link(link, name, policy)
+            await self.board.serve_link(port_link, name, policy)
         finally:
             self.peers.remove(peer)
 
@@ -317,7 +356,7 @@ class ExitNode:
                 metrics_only = self._metrics_server()
             self.listening.set()
             log.info("exit listening on %s:%d (%s)", *ep.listen, "wss" if self.tls else "ws")
-            jobs = [self.board.run(stop), self.revocations.run(stop)]
+            jobs = [self.board.run(stop), self.revocations.run(stop), self._watch_hours(stop)]
             if self.attested is not None:
                 jobs.append(self.attested.run(stop))
             await asyncio.gather(*jobs)

@@ -159,6 +159,19 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
+class DevicePolicy:
+    """exit: what one device (by its certificate or allow-list name) may do.
+
+    None leaves the exit's default: ``network.vlan_allow``, no rate limit, any hour."""
+
+    name: str
+    vlans: tuple[int, ...] | None = None  # 0 = untagged
+    rate: float | None = None  # bytes per second from this device
+    broadcast_rate: float | None = None  # broadcast + multicast frames per second
+    hours: tuple[int, int] | None = None  # allowed minutes of the day (UTC), may wrap
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     version: str = "1"
     security: Security = field(default_factory=Security)
@@ -172,6 +185,10 @@ class Config:
     tpm: Tpm = field(default_factory=Tpm)
     chain: Chain = field(default_factory=Chain)
     status: Status = field(default_factory=Status)
+    devices: tuple[DevicePolicy, ...] = ()
+
+    def device(self, name: str) -> DevicePolicy | None:
+        return next((d for d in self.devices if d.name == name), None)
 
 
 # --- value parsers: each takes (value, field path) and raises ConfigError --------
@@ -328,6 +345,65 @@ def _cover(value: object, path: str) -> CoverTraffic:
     if isinstance(value, str) and value in ("off", "on", "aggressive"):
         return CoverTraffic(value)
     raise _fail(path, "true, false, 'on', 'off' or 'aggressive'", value)
+
+
+_RATE = re.compile(r"(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)")
+_RATE_UNITS = {"bit": 1 / 8, "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8}
+
+
+def _rate(value: object, path: str) -> float:
+    """``10mbit``, ``512kbit`` or a number of bytes per second."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    match = _RATE.fullmatch(value.strip().lower()) if isinstance(value, str) else None
+    if match is None or float(match[1]) <= 0:
+        raise _fail(path, "a rate like 10mbit, 512kbit or bytes per second", value)
+    return float(match[1]) * _RATE_UNITS[match[2]]
+
+
+def _hours(value: object, path: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d\d):(\d\d)-(\d\d):(\d\d)", value) if isinstance(value, str) else None
+    if match is None:
+        raise _fail(path, "a window like 08:00-18:00 (UTC)", value)
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 == 24 and m2) or (h1, m1) == (h2, m2):
+        raise _fail(path, "a window like 08:00-18:00 (UTC)", value)
+    return h1 * 60 + m1, h2 * 60 + m2
+
+
+def _devices(value: object, path: str) -> tuple[DevicePolicy, ...]:
+    if not isinstance(value, dict):
+        raise _fail(path, "a mapping of device name to its policy", value)
+    out = []
+    for name, raw in value.items():
+        where = f"{path}.{name}"
+        if not isinstance(name, str) or not name or len(name) > 255:
+            raise _fail(path, "device names as keys", name)
+        if not isinstance(raw, dict):
+            raise _fail(where, "a mapping (vlans, rate, broadcast_rate, hours)", raw)
+        known = {"vlans", "rate", "broadcast_rate", "hours"}
+        for key in raw:
+            if key not in known:
+                raise ConfigError(
+                    f"{where}.{key}: unknown setting (known: {', '.join(sorted(known))})"
+                )
+        vlans = raw.get("vlans")
+        if vlans is not None:
+            if not isinstance(vlans, list):
+                raise _fail(f"{where}.vlans", "a list of VLAN ids (0 = untagged)", vlans)
+            parse = _int_range(0, 4094)
+            vlans = tuple(parse(v, f"{where}.vlans[{i}]") for i, v in enumerate(vlans))
+        out.append(
+            DevicePolicy(
+                name,
+                vlans,
+                None if raw.get("rate") is None else _rate(raw["rate"], f"{where}.rate"),
+                None if raw.get("broadcast_rate") is None
+                else float(_int_range(1, 100000)(raw["broadcast_rate"], f"{where}.broadcast_rate")),
+                None if raw.get("hours") is None else _hours(raw["hours"], f"{where}.hours"),
+            )
+        )  # fmt: skip
+    return tuple(out)
 
 
 def _atomic_time(value: object, path: str) -> TimeSettings:
@@ -524,10 +600,14 @@ def config_from_mapping(
     for key, raw in merged.items():
         if key == "version":
             sections["version"] = _version(raw, "version")
+        elif key == "devices":
+            sections["devices"] = () if raw is None else _devices(raw, "devices")
         elif isinstance(key, str) and key in _SCHEMA:
             sections[key] = _section(key, raw, base_dir)
         else:
-            raise ConfigError(f"{key}: unknown section (known: version, {', '.join(_SCHEMA)})")
+            raise ConfigError(
+                f"{key}: unknown section (known: version, {', '.join(_SCHEMA)}, devices)"
+            )
     return Config(**sections)
 
 
@@ -696,6 +776,7 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "status.listen": BOTH,
     "status.metrics_listen": BOTH,
     "status.admin_token_file": BOTH,
+    "devices": ("exit",),
 }  # fmt: skip
 
 

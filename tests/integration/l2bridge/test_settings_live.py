@@ -166,3 +166,62 @@ def test_mtu_mismatch_audit_metrics_listen_and_peers_commands(
                   "tunnel_refused"):  # fmt: skip
         assert event in events, events
     assert time.time() > 0
+
+
+def _window_excluding_now() -> str:
+    minute = int(time.time() // 60) % 1440
+    start = (minute + 60) % 1440  # opens in an hour, for an hour
+    end = (start + 60) % 1440
+    return f"{start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}"
+
+
+def test_device_policy_is_enforced_and_reloadable(
+    tmp_path: Path, fake_host: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    d, _port, status, metrics = _init(tmp_path, "lan-a", "lan-b")
+
+    def policies(vlans: list[int]) -> Any:
+        def change(doc: dict[str, Any]) -> None:
+            doc["devices"] = {
+                "lan-a": {"vlans": vlans, "rate": "80mbit"},
+                "lan-b": {"hours": _window_excluding_now()},
+            }
+
+        return change
+
+    nodes.edit(d / "exit.yaml", policies([0]))
+    exit_cfg = _exit_cfg(d, status, metrics)
+    a_cfg = nodes.config(tmp_path / "lan-a" / "client.yaml")
+    b_cfg = nodes.config(tmp_path / "lan-b" / "client.yaml")
+    conf = ["--config", str(d / "exit.yaml")]
+    caplog.set_level(logging.INFO)
+
+    async def peers() -> list[dict[str, Any]]:
+        node_peers = node_ref[0].peers
+        return [p.describe(time.time(), time.monotonic(), None) for p in node_peers]
+
+    node_ref: list[ExitNode] = []
+
+    async def scenario() -> None:
+        async with running(exit_cfg, d / "exit.yaml") as node:
+            node_ref.append(node)
+            a = await ClientNode(a_cfg, status=False).connect()
+            assert isinstance(a, Link)
+            await wait_for(lambda: len(node.peers) == 1, "lan-a admitted")
+            assert (await peers())[0]["vlans"] == [0]
+            # outside its hours, lan-b is refused (and told nothing but a close)
+            b = await ClientNode(b_cfg, status=False).connect()
+            assert isinstance(b, Link)
+            await wait_for(lambda: b.close_reason is not None, "lan-b's tunnel to end")
+            assert any("lan-b refused: outside its hours" in r.message for r in caplog.records)
+            # a changed policy, reloaded: lan-a's tunnel ends and it returns under the new one
+            nodes.edit(d / "exit.yaml", policies([0, 10]))
+            assert await asyncio.to_thread(main, ["peers", "reload", *conf]) == 0
+            await wait_for(lambda: a.close_reason is not None, "lan-a's tunnel to end")
+            again = await ClientNode(a_cfg, status=False).connect()
+            assert isinstance(again, Link)
+            await wait_for(lambda: len(node.peers) == 1, "lan-a back")
+            assert (await peers())[0]["vlans"] == [0, 10]
+            await again.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))
