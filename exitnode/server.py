@@ -166,7 +166,9 @@ class ExitNode:
         self.metrics = Metrics("exit")
         self.clock: Callable[[], float] = time.time
         self.attested: AttestedExit | None = None
-        self.metrics.set_info(node_id=self.identity.node_id.hex(), listen=f"{ep.listen}")
+        self.metrics.set_info(
+            node_id=self.identity.node_id.hex(), listen=f"{ep.listen[0]}:{ep.listen[1]}"
+        )
         self.board: Switchboard | None = None
         self.peers = PeerTable()
         self.listening = asyncio.Event()

@@ -23,6 +23,8 @@ from l2bridge.node.config import load_config
 from l2bridge.node.status import read_token
 
 DEFAULT_URL = "http://127.0.0.1:9470"  # status.listen's default
+# Where ``shadowmesh init`` puts the configs: used when neither --config nor --url is given.
+DEFAULT_CONFIGS = (Path("/etc/shadowmesh/exit.yaml"), Path("/etc/shadowmesh/client.yaml"))
 MAX_ANSWER_BYTES = 1 << 22
 
 
@@ -33,7 +35,11 @@ class Target:
 
 
 def add_target_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="the node's config: listener and credential")
+    parser.add_argument(
+        "--config", type=Path,
+        help="the node's config, for its listener and credential (default: "
+        "/etc/shadowmesh/exit.yaml or client.yaml, if there)",
+    )  # fmt: skip
     parser.add_argument("--url", help=f"the status listener (default {DEFAULT_URL})")
     parser.add_argument(
         "--token-file", type=Path, help="admin credential (status.admin_token_file)"
@@ -44,6 +50,8 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
 def target(ns: argparse.Namespace) -> Target:
     """Where the node listens and its credential, from --url/--token-file or --config."""
     url, token_file = ns.url, ns.token_file
+    if ns.config is None and url is None:
+        ns.config = next((p for p in DEFAULT_CONFIGS if p.exists()), None)
     if ns.config is not None:
         cfg = load_config(ns.config)
         host, port = cfg.status.listen

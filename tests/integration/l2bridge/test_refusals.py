@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from l2bridge.client.node import ClientNode
 from l2bridge.client.pump import Client
 from l2bridge.errors import DeviceRevoked
 from l2bridge.identity.keyfiles import load_certificate, save_revocations
+from l2bridge.node.config import ConfigError
 from l2bridge.node.link import Link
 from l2bridge.node.metrics import Metrics
 from l2bridge.transport.errors import TransportClosed, UpgradeRefused
@@ -113,3 +116,33 @@ def test_refusals_are_logged_with_the_device_and_a_revoked_client_stops(
             await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 20)
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_bind_failures_are_one_line_naming_the_setting(tmp_path: Path, fake_host: None) -> None:
+    lab, _crl = _lab(tmp_path)
+
+    def elsewhere(doc: dict[str, Any]) -> None:
+        doc["endpoints"]["listen"] = "192.0.2.77:8443"  # not an address of this machine
+
+    cfg = nodes.config(nodes.edit(lab.exit_config, elsewhere))
+
+    async def scenario() -> None:
+        node = ExitNode(cfg, ExitOptions(status=False))
+        with pytest.raises(ConfigError, match=r"^endpoints\.listen \(192\.0\.2\.77:8443\): "):
+            await node.run(asyncio.Event())
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_the_exit_command_says_which_setting_names_a_missing_file(tmp_path: Path) -> None:
+    lab, _crl = _lab(tmp_path)
+    (tmp_path / "exit.identity").unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "l2bridge", "exit", "--config", str(lab.exit_config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("shadowmesh exit: keys.identity: ")
+    assert "No such file or directory" in lines[-1]
+    assert "Traceback" not in proc.stderr
