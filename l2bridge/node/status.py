@@ -134,6 +134,11 @@ class StatusServer:
                 f"{setting}: {host} is not a loopback address, so status.admin_token_file "
                 "is required (the management API must not be open to the network)"
             )
+        if token is None and api is not None:
+            log.warning(
+                "status.admin_token_file is not set: any local user can use the "
+                "management API on %s:%d (shadowmesh init sets one)", host, port,
+            )  # fmt: skip
         self._token = token
         self._api = api
         self._api_loop = api_loop
@@ -224,16 +229,26 @@ class StatusServer:
                 name, sep, value = line.partition(":")
                 if sep:
                     headers[name.strip().lower()] = value.strip()
-            body = b""
             length = headers.get("content-length", "0")
             if not length.isdigit():
                 return _json(400, {"error": "bad Content-Length"})
             if int(length) > MAX_BODY_BYTES:
                 return _json(413, {"error": "body too large"})
-            if int(length):
-                body = await reader.readexactly(int(length))
-        path = urllib.parse.urlsplit(target).path
+            refusal = _browser_refusal(headers)
+            if refusal is not None:
+                return _json(403, {"error": refusal})
+            path = urllib.parse.urlsplit(target).path
+            if self._needs_admin(path) and not self._authorised(
+                headers.get("authorization", ""), admin=True
+            ):
+                return _json(401, {"error": "admin credential required"})  # body never read
+            body = await reader.readexactly(int(length)) if int(length) else b""
         return await self._route(method, path, headers.get("authorization", ""), body)
+
+    def _needs_admin(self, path: str) -> bool:
+        if self.metrics_only:
+            return False
+        return path in ("/peers", "/revocations", "/reload") or path.startswith("/peers/")
 
     def _authorised(self, header: str, *, admin: bool) -> bool:
         if self._token is None:
@@ -259,8 +274,7 @@ class StatusServer:
             if not self._authorised(auth, admin=False):
                 return _json(401, {"error": "admin credential required"})
             return _json(200, self.metrics.snapshot())
-        admin_paths = path in ("/peers", "/revocations", "/reload") or path.startswith("/peers/")
-        if not admin_paths:
+        if not self._needs_admin(path):
             return _json(404, {"error": "not found"})
         if not self._authorised(auth, admin=True):
             return _json(401, {"error": "admin credential required"})
@@ -302,6 +316,26 @@ class StatusServer:
             return await asyncio.wait_for(asyncio.wrap_future(future), MANAGEMENT_TIMEOUT_S)
         finally:
             future.cancel()
+
+
+def _browser_refusal(headers: dict[str, str]) -> str | None:
+    """Requests a web page could make from the operator's browser are refused: anything
+    carrying an Origin (cross-site POSTs), and a Host that is a name other than localhost
+    (DNS rebinding). The CLI sends neither."""
+    if "origin" in headers:
+        return "requests from web pages are refused"
+    host = headers.get("host")
+    if host is None:
+        return None
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]")
+    if name == "localhost":
+        return None
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return "use the listener's address, not a name"
+    return None
 
 
 def _json(code: int, doc: object) -> tuple[int, str, bytes]:

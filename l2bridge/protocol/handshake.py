@@ -328,7 +328,12 @@ class ServerHandshake:
     def receive(self, data: bytes, now: float) -> tuple[Session, bytes]:
         ch = ClientHello.decode(data)
         device = node_id(ch.identity).hex()[:16]
-        self.peer_label = f"{ch.certificate.name} ({device})" if ch.certificate else device
+        if ch.certificate is not None:
+            # Not yet verified, so only for a log line: printable characters only.
+            name = "".join(c for c in ch.certificate.name[:64] if c.isprintable())
+            self.peer_label = f"{name!r} ({device})"
+        else:
+            self.peer_label = device
         if ch.mode not in self._modes:
             raise UnsupportedParameters("mode not allowed here")
         cipher = next((c for c in ch.ciphers if c in self._ciphers), None)

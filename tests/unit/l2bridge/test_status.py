@@ -274,3 +274,34 @@ def test_management_call_runs_on_the_nodes_loop() -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+def test_web_pages_and_unauthenticated_bodies_are_refused_before_anything_is_read() -> None:
+    api = FakeApi()
+    server = StatusServer(Metrics("exit"), api=api).start()  # loopback, no token: local use
+    host, port = server.address
+    try:
+        for head, code in (
+            # a cross-site POST from a page in the operator's browser
+            (b"POST /peers/lan-a/disconnect HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+             b"Origin: http://evil.example\r\nContent-Length: 0\r\n\r\n", b" 403 "),
+            # DNS rebinding: a name that resolves to 127.0.0.1
+            (b"GET /peers HTTP/1.1\r\nHost: evil.example:9470\r\n\r\n", b" 403 "),
+            (b"GET /peers HTTP/1.1\r\nHost: localhost:9470\r\n\r\n", b" 200 "),
+        ):  # fmt: skip
+            with socket.create_connection((host, port), timeout=5) as s:
+                s.sendall(head)
+                assert code in s.recv(200)
+        assert api.disconnected == []
+    finally:
+        server.stop()
+    server = StatusServer(Metrics("exit"), token=TOKEN, api=api).start()
+    host, port = server.address
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            # declares a body but sends none: refused at once, not waited for
+            s.sendall(b"POST /revocations HTTP/1.1\r\nContent-Length: 100000\r\n\r\n")
+            assert b" 401 " in s.recv(200)
+        assert api.lists == []
+    finally:
+        server.stop()
