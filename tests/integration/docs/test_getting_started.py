@@ -35,6 +35,7 @@ pytestmark = [
 
 GUIDE = Path(__file__).resolve().parents[3] / "docs" / "getting-started.md"
 ETC = Path("/etc/shadowmesh")
+RUN = Path("/run/shadowmesh")
 RETRY_S = 40.0
 COMMAND_TIMEOUT_S = 60.0
 _BLOCK = re.compile(r"<!-- machine: ([^>]*?) -->\n```sh\n(.*?)```", re.S)
@@ -173,6 +174,7 @@ def test_the_guide_parses_into_the_steps_a_user_needs() -> None:
 @pytest.mark.timeout(300)
 def test_getting_started_runs_as_written(tmp_path: Path) -> None:
     created = not ETC.exists()
+    run_created = not RUN.exists()  # the clients record their LAN interfaces' state there
     ETC.mkdir(mode=0o700, exist_ok=True)  # only a mount point; each machine mounts its own
     try:
         with Lab() as lab:
@@ -194,3 +196,5 @@ def test_getting_started_runs_as_written(tmp_path: Path) -> None:
     finally:
         if created:
             ETC.rmdir()
+        if run_created and RUN.exists() and not any(RUN.iterdir()):
+            RUN.rmdir()

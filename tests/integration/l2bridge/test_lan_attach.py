@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -42,11 +43,11 @@ def gateway() -> Iterator[tuple[Namespace, Namespace]]:
 
 
 def test_attach_moves_addresses_and_restore_gives_everything_back(
-    gateway: tuple[Namespace, Namespace],
+    gateway: tuple[Namespace, Namespace], tmp_path: Path
 ) -> None:
     gw, host = gateway
     before = {dev: state(gw, dev) for dev in ("eth1", "eth2")}
-    lan = LanAttachment("br-sm", ("eth1", "eth2"), gw)
+    lan = LanAttachment("br-sm", ("eth1", "eth2"), gw, state_dir=tmp_path)
     lan.attach()
     assert state(gw, "eth1")[0] == "br-sm" and state(gw, "eth1")[2] == []
     assert state(gw, "eth2")[:2] == ("br-sm", True)
@@ -58,14 +59,29 @@ def test_attach_moves_addresses_and_restore_gives_everything_back(
     assert "10.9.0.254/24" not in state(gw, "br-sm")[2]
 
 
-def test_refusals_change_nothing(gateway: tuple[Namespace, Namespace]) -> None:
+def test_refusals_change_nothing(gateway: tuple[Namespace, Namespace], tmp_path: Path) -> None:
     gw, _host = gateway
     before = state(gw, "eth1")
     with pytest.raises(LanError, match=r"network\.lan_interfaces: eth7: no such interface"):
-        LanAttachment("br-sm", ("eth1", "eth7"), gw).attach()
+        LanAttachment("br-sm", ("eth1", "eth7"), gw, state_dir=tmp_path).attach()
     assert state(gw, "eth1") == before
     netns.bridge(gw, "br-other")
     netns.attach(gw, "eth2", "br-other")
     with pytest.raises(LanError, match="eth2 is already in bridge br-other"):
-        LanAttachment("br-sm", ("eth1", "eth2"), gw).attach()
+        LanAttachment("br-sm", ("eth1", "eth2"), gw, state_dir=tmp_path).attach()
     assert state(gw, "eth1") == before
+
+
+def test_a_killed_client_s_interfaces_are_given_back_by_the_next_run(
+    gateway: tuple[Namespace, Namespace], tmp_path: Path
+) -> None:
+    gw, _host = gateway
+    before = state(gw, "eth1")
+    LanAttachment("br-sm", ("eth1",), gw, state_dir=tmp_path).attach()  # then "kill -9"
+    assert state(gw, "eth1")[0] == "br-sm"
+    again = LanAttachment("br-sm", ("eth1",), gw, state_dir=tmp_path)
+    again.attach()  # still in our bridge, its addresses on the bridge
+    again.restore()
+    assert state(gw, "eth1") == before
+    assert "10.9.0.254/24" not in state(gw, "br-sm")[2]
+    assert not again.state_file.exists()
