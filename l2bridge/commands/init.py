@@ -116,6 +116,8 @@ def cmd_exit(ns: argparse.Namespace) -> int:
     files.append("tls/key.pem")
     if ns.with_registry and not (ns.rpc_url and ns.contract):
         raise InitError("--with-registry: needs --rpc-url and --contract")
+    if not 576 <= ns.mtu <= 65535:
+        raise InitError(f"--mtu: must be from 576 to 65535, got {ns.mtu}")
     _prepare(d, files, ns.force)
     identity = HybridSigningKey.generate()
     admin = AdminKey(HybridSigningKey.generate())
@@ -317,9 +319,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                    help="self-signed: a one-use CA shipped in the bundles (default)")  # fmt: skip
     p.add_argument("--tls-cert", help="your certificate chain (PEM) instead")
     p.add_argument("--tls-key", help="its private key (PEM)")
-    p.add_argument("--tap", default="smx0")
-    p.add_argument("--bridge", default="br-sm")
-    p.add_argument("--mtu", type=int, default=1500)
+    p.add_argument("--tap", default="smx0", help="the exit's TAP device (default smx0)")
+    p.add_argument("--bridge", default="br-sm", help="the exit's bridge (default br-sm)")
+    p.add_argument("--mtu", type=int, default=1500, help="the LANs' MTU (default 1500)")
     p.add_argument("--days", type=float, default=CERT_DAYS, help="device certificate validity")
     p.add_argument("--with-tpm", action="store_true", help="attest with this machine's TPM")
     p.add_argument("--with-registry", action="store_true", help="register on chain")
@@ -338,7 +340,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="without --join: only make this device's identity")
     p.add_argument("--lan", action="append", default=[], metavar="IFACE",
                    help="a LAN interface to bridge through the tunnel; repeat")  # fmt: skip
-    p.add_argument("--tap", default="smc0")
-    p.add_argument("--bridge", default="br-sm")
+    p.add_argument("--tap", default="smc0", help="the client's TAP device (default smc0)")
+    p.add_argument("--bridge", default="br-sm", help="the bridge the LAN joins (default br-sm)")
     p.add_argument("--with-tpm", action="store_true", help="require the exit's TPM evidence")
     p.set_defaults(func=_guard(cmd_client))

@@ -154,5 +154,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--crl", type=Path, help="the current list (default: keys.revocations)")
     p.set_defaults(func=_guard(cmd_revoke))
 
-    p = sub.add_parser("reload", parents=[common], help="re-read revocations and log level")
+    p = sub.add_parser(
+        "reload", parents=[common], help="re-read revocations, log level, device policies"
+    )
     p.set_defaults(func=_guard(cmd_reload))
