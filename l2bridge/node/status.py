@@ -175,6 +175,8 @@ class StatusServer:
         if self._thread.is_alive() and self._stopping is not None:
             self._loop.call_soon_threadsafe(self._stopping.set)
             self._thread.join(timeout=5)
+        elif not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()  # never started
         self._sock.close()
 
     # --- the server's own loop ------------------------------------------------------------
@@ -214,7 +216,7 @@ class StatusServer:
             pass  # a line longer than the limit
         finally:
             self._open -= 1
-            writer.transport.abort() if writer.transport.is_closing() else writer.close()
+            writer.close()
 
     async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes]:
         async with asyncio.timeout(REQUEST_TIMEOUT_S):

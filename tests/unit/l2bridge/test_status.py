@@ -305,3 +305,11 @@ def test_web_pages_and_unauthenticated_bodies_are_refused_before_anything_is_rea
         assert api.lists == []
     finally:
         server.stop()
+
+
+def test_a_server_never_started_stops_cleanly() -> None:
+    server = StatusServer(Metrics("exit"))
+    host, port = server.address
+    server.stop()
+    with socket.socket() as s:  # the port was released: nothing listens there any more
+        assert s.connect_ex((host, port)) != 0
