@@ -17,9 +17,11 @@ and ``/metrics`` are always open (monitoring).
 
 One asyncio loop in one daemon thread serves every connection (no thread per client):
 the accept backlog is ``STATUS_BACKLOG``, at most ``MAX_CONNECTIONS`` are open at once
-(more are closed at once), each has ``REQUEST_TIMEOUT_S`` to send its request, a request
-head is bounded, one request per connection. A client that hangs up mid-answer is ended
-quietly. Management calls run on the node's own loop (``ManagementApi`` coroutines).
+(a new one past that closes the one that has waited longest without sending a request, so
+idle connections cannot lock a scrape out), each has ``REQUEST_TIMEOUT_S`` to send its
+request, a request head is bounded, one request per connection. A client that hangs up
+mid-answer is ended quietly. Management calls run on the node's own loop
+(``ManagementApi`` coroutines).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from l2bridge.node.metrics import Metrics
 log = logging.getLogger(__name__)
 
 STATUS_BACKLOG = 128
-MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 256
 REQUEST_TIMEOUT_S = 5.0
 MANAGEMENT_TIMEOUT_S = 10.0
 MAX_HEAD_BYTES = 8192
@@ -149,6 +151,7 @@ class StatusServer:
         self._sock.setblocking(False)
         self._loop = asyncio.new_event_loop()
         self._open = 0
+        self._waiting: dict[int, asyncio.StreamWriter] = {}  # oldest first
         self._ready = threading.Event()
         self._stopping: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._serve, name="status", daemon=True)
@@ -197,12 +200,19 @@ class StatusServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._open >= MAX_CONNECTIONS:
-            writer.transport.abort()
-            return
+            # Full: the connection waiting longest for its request makes room, so idle
+            # connections (a prober, a stuck client) cannot lock a scrape out.
+            oldest = next(iter(self._waiting), None)
+            if oldest is None:
+                writer.transport.abort()  # every slot is answering a request
+                return
+            self._waiting.pop(oldest).transport.abort()
         self._open += 1
+        key = id(writer)
+        self._waiting[key] = writer
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S + MANAGEMENT_TIMEOUT_S):
-                code, ctype, body = await self._answer(reader)
+                code, ctype, body = await self._answer(reader, key)
                 head = (
                     f"HTTP/1.1 {code} {_REASONS.get(code, 'OK')}\r\n"
                     f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
@@ -216,11 +226,13 @@ class StatusServer:
             pass  # a line longer than the limit
         finally:
             self._open -= 1
+            self._waiting.pop(key, None)
             writer.close()
 
-    async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes]:
+    async def _answer(self, reader: asyncio.StreamReader, key: int) -> tuple[int, str, bytes]:
         async with asyncio.timeout(REQUEST_TIMEOUT_S):
             head = await reader.readuntil(b"\r\n\r\n")
+            self._waiting.pop(key, None)  # a request came: no longer evictable
             lines = head.decode("latin-1").split("\r\n")
             parts = lines[0].split(" ")
             if len(parts) != 3 or not parts[2].startswith("HTTP/1."):

@@ -313,3 +313,21 @@ def test_a_server_never_started_stops_cleanly() -> None:
     server.stop()
     with socket.socket() as s:  # the port was released: nothing listens there any more
         assert s.connect_ex((host, port)) != 0
+
+
+def test_idle_connections_at_the_limit_make_room_for_a_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(status_mod, "MAX_CONNECTIONS", 8)
+    server = StatusServer(Metrics("exit")).start()
+    host, port = server.address
+    idle = [socket.create_connection((host, port), timeout=5) for _ in range(8)]
+    try:
+        for _ in range(5):  # each request takes the slot of the longest-waiting idle one
+            assert _get(server.url + "/health")[0] == 200
+        idle[0].settimeout(5)
+        assert idle[0].recv(10) == b""  # the oldest idle connection was closed for it
+    finally:
+        for s in idle:
+            s.close()
+        server.stop()
