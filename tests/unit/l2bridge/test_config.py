@@ -56,11 +56,11 @@ def test_ultra_secure_refuses_without_sgx():
 
 def test_runnable_examples_start_and_resolve_paths():
     exit_cfg = load_config(EXAMPLES / "exit.yaml", env={})
-    assert ensure_startable(exit_cfg) == []
+    assert ensure_startable(exit_cfg, role="exit") == []  # every setting is read by an exit
     assert exit_cfg.endpoints.listen == ("0.0.0.0", 8443)
     assert exit_cfg.endpoints.access_key_file == EXAMPLES / "keys/access.key"
     client_cfg = load_config(EXAMPLES / "client.yaml", env={})
-    assert ensure_startable(client_cfg) == []
+    assert ensure_startable(client_cfg, role="client") == []
     assert client_cfg.endpoints.connect == "wss://exit.example.net:8443/ws"
 
 
