@@ -160,8 +160,9 @@ def cmd_exit(ns: argparse.Namespace) -> int:
         admin.key.wipe()
     print(f"start it     shadowmesh exit --config {d / 'exit.yaml'}")
     if ns.with_tpm:
-        print("TPM          the AK is enrolled at first start; give clients its enrolment")
-        print("             record and golden policy (see docs/getting-started.md)")
+        print("TPM          first start: add --ek-ca <your TPM maker's CA (PEM)> to enrol the")
+        print("             AK into state/; then give each client the enrolment record and a")
+        print("             golden policy (shadowmesh attest golden; docs/getting-started.md)")
     return 0
 
 

@@ -156,7 +156,8 @@ logging:
     if plan.with_tpm:
         text += """
 tpm:
-  # The TPM's resource manager; the AK is enrolled into ./state at first start.
+  # The TPM's resource manager. The AK is enrolled into ./state at the first start with
+  # `shadowmesh exit --ek-ca <TPM maker's CA>` (or `shadowmesh attest enroll`).
   tcti: device:/dev/tpmrm0
 """
     if plan.with_registry:
