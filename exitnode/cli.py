@@ -89,8 +89,8 @@ def attested_layers(config: Config, node: ExitNode, ns: argparse.Namespace) -> A
 def main(ns: argparse.Namespace) -> int:
     try:
         config = apply_overrides(load_config(ns.config), ns)
-        setup_logging(config.logging.level)
-        for problem in ensure_startable(config):
+        setup_logging(config.logging.level, audit=config.logging.audit)
+        for problem in ensure_startable(config, role="exit"):
             log.warning("%s: %s", problem.field, problem.message)
         if not 0 < ns.mac_ageing <= 86400:
             raise ConfigError("--mac-ageing: must be 0-86400 seconds")
@@ -102,6 +102,7 @@ def main(ns: argparse.Namespace) -> int:
             masquerade=masquerade,
             status=not ns.no_status,
             mac_ageing_s=ns.mac_ageing,
+            config_path=ns.config,
         )
         node = ExitNode(config, options)
         node.attach(attested_layers(config, node, ns))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import resource
@@ -21,11 +22,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from exitnode import constants
 from exitnode.attested import AttestedExit
 from exitnode.errors import ExitConfigError
 from exitnode.host import HostSetup, Masquerade
+from exitnode.peers import ExitManagement, Peer, PeerTable
+from exitnode.policy import HOURS_CHECK_S, RateLimitedLink, hours_text, port_policy, within_hours
 from exitnode.revocations import LiveSessions, RevocationWatch
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import Switchboard
@@ -34,14 +38,16 @@ from hardware.announce import stable_mac
 from hardware.tap import TapConfig
 from l2bridge.constants import Mode
 from l2bridge.crypto.pq import get_backend
-from l2bridge.errors import BackendUnavailable, L2BridgeError
+from l2bridge.errors import AuthenticationFailed, BackendUnavailable, KeyFileError, L2BridgeError
 from l2bridge.identity import keyfiles
-from l2bridge.identity.keys import Authorizer, HybridSigningKey, read_private_file
+from l2bridge.identity.keys import Authorizer, HybridSigningKey, load_public, read_private_file
 from l2bridge.node import link as tunnel
-from l2bridge.node.config import Config
+from l2bridge.node.audit import audit
+from l2bridge.node.config import Config, load_config, naming
 from l2bridge.node.cover import obfuscation_settings
+from l2bridge.node.health import components
 from l2bridge.node.metrics import Metrics
-from l2bridge.node.status import StatusServer
+from l2bridge.node.status import StatusServer, read_token
 from l2bridge.protocol.handshake import EvidenceProvider, ServerHandshake
 from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.decoy import DecoySite
@@ -63,6 +69,7 @@ class ExitOptions:
     status: bool = True
     mac_ageing_s: float = constants.MAC_AGEING_S
     revocation_poll_s: float = constants.REVOCATION_POLL_S
+    config_path: Path | None = None  # re-read by the management API's reload
 
 
 def vlan_policy(vlans: tuple[int, ...] | frozenset[int]) -> PortPolicy:
@@ -70,14 +77,23 @@ def vlan_policy(vlans: tuple[int, ...] | frozenset[int]) -> PortPolicy:
 
 
 def load_authorizer(config: Config) -> Authorizer:
+    """Each file's failure is one line naming its setting (keys.admin_public, ...)."""
     keys = config.keys
     if keys.admin_public is None and keys.allow_list is None:
         raise ExitConfigError("keys: an exit needs admin_public or allow_list to admit devices")
-    return keyfiles.load_authorizer(
-        [keys.admin_public] if keys.admin_public else [],
-        [keys.revocations] if keys.revocations else [],
-        keys.allow_list,
-    )
+    with naming("keys.admin_public"):
+        admins = [load_public(keys.admin_public)] if keys.admin_public else []
+    with naming("keys.allow_list"):
+        allow = keyfiles.load_allow_list(keys.allow_list) if keys.allow_list else None
+    authorizer = Authorizer(admins, allow_list=allow)
+    if keys.revocations is not None:
+        with naming("keys.revocations"):
+            rl = keyfiles.load_revocations(keys.revocations)
+            try:
+                authorizer.update_revocations(rl)
+            except AuthenticationFailed as exc:
+                raise KeyFileError(f"{keys.revocations}: {exc.detail}") from None
+    return authorizer
 
 
 def load_tls(config: Config) -> ssl.SSLContext | None:
@@ -131,7 +147,8 @@ class ExitNode:
             raise ExitConfigError("endpoints.listen: required for an exit")
         if config.keys.identity is None:
             raise ExitConfigError("keys.identity: required for an exit")
-        self.identity = HybridSigningKey.load(config.keys.identity)
+        with naming("keys.identity"):
+            self.identity = HybridSigningKey.load(config.keys.identity)
         self.authorizer = load_authorizer(config)
         self.revocations = RevocationWatch(
             self.authorizer,
@@ -173,8 +190,11 @@ class ExitNode:
         self.metrics = Metrics("exit")
         self.clock: Callable[[], float] = time.time
         self.attested: AttestedExit | None = None
-        self.metrics.set_info(node_id=self.identity.node_id.hex(), listen=f"{ep.listen}")
+        self.metrics.set_info(
+            node_id=self.identity.node_id.hex(), listen=f"{ep.listen[0]}:{ep.listen[1]}"
+        )
         self.board: Switchboard | None = None
+        self.peers = PeerTable()
         self.listening = asyncio.Event()
         # How connections to the tunnel port were screened (counts by kind, for status).
         self.screening = screening_summary()
@@ -201,6 +221,97 @@ class ExitNode:
         self.evidence_provider = attested.evidence_provider
         self.clock = attested.clock.now
 
+    def _status_server(self) -> StatusServer:
+        cfg = self.config.status
+        token = read_token(cfg.admin_token_file) if cfg.admin_token_file else None
+        api = ExitManagement(
+            self.peers, self.authorizer, self.config.keys.revocations,
+            attestation_age=self._evidence_age,
+            reload=self.reload,
+        )  # fmt: skip
+        atomic = bool(self.config.atomic_time.enabled)
+        return StatusServer(
+            self.metrics, *cfg.listen, token=token, api=api,
+            api_loop=asyncio.get_running_loop(),
+            health=lambda: components(self.metrics.snapshot(), atomic_time=atomic),
+        ).start()  # fmt: skip
+
+    def _check_mtu(self, name: str, link: tunnel.Link) -> None:
+        theirs = getattr(link.session, "peer_mtu", None)
+        ours = self.tap_config.mtu
+        if theirs is not None and theirs != ours:
+            log.warning(
+                "device %s: its network.mtu is %d, this exit's is %d: frames larger than %d "
+                "bytes are dropped on the way; set the same network.mtu on both",
+                name, theirs, ours, min(theirs, ours),
+            )  # fmt: skip
+
+    async def _one_tunnel_per_device(self, peer: Peer) -> None:
+        """Past security.tunnels_per_device, the device's oldest tunnels end (the newest
+        wins: a client that lost its network and reconnects must not be locked out)."""
+        limit = self.config.security.tunnels_per_device
+        same = self.peers.of_device(peer.authorization.device_id)
+        for old in same[: max(0, len(same) - limit)]:
+            log.warning("device %s: a newer tunnel replaces the one from %s "
+                        "(security.tunnels_per_device: %d)", old.name,
+                        old.link.remote_address, limit)  # fmt: skip
+            audit("tunnel_replaced", device=old.name, address=old.link.remote_address)
+            await old.link.close()
+
+    def _evidence_age(self) -> float | None:
+        # Published by the TPM lifecycle when there is one (exitnode.lifecycle).
+        read = self.metrics.gauges.get("evidence_age_s")
+        return None if read is None else read()
+
+    def _metrics_server(self) -> StatusServer | None:
+        listen = self.config.status.metrics_listen
+        if listen is None:
+            return None
+        atomic = bool(self.config.atomic_time.enabled)
+        return StatusServer(
+            self.metrics, *listen, metrics_only=True, setting="status.metrics_listen",
+            health=lambda: components(self.metrics.snapshot(), atomic_time=atomic),
+        ).start()  # fmt: skip
+
+    async def _watch_hours(self, stop: asyncio.Event) -> None:
+        """Ends the tunnels of devices whose allowed hours are over."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), HOURS_CHECK_S)
+                return
+            now = time.time()
+            for peer in self.peers:
+                device = self.config.device(peer.authorization.name)
+                if not within_hours(device, now):
+                    assert device is not None
+                    log.warning("device %s: its hours (%s) are over; tunnel ended",
+                                peer.name, hours_text(device))  # fmt: skip
+                    audit("device_disconnected", device=peer.name, by="hours")
+                    await peer.link.close()
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read what changes without a restart: the revocation lists and, with the
+        config file known, logging.level and the ``devices`` policies (a connected device
+        whose policy changed has its tunnel ended: it comes back under the new one)."""
+        changed = self.revocations.check()
+        out: dict[str, Any] = {"revocation_lists_reloaded": changed}
+        path = self.options.config_path
+        if path is not None:
+            with naming(str(path)):
+                fresh = load_config(path)
+            logging.getLogger().setLevel(fresh.logging.level.upper())
+            out["logging.level"] = fresh.logging.level
+            old, self.config = self.config, dataclasses.replace(self.config, devices=fresh.devices)
+            ended = []
+            for peer in self.peers:
+                name = peer.authorization.name
+                if old.device(name) != self.config.device(name):
+                    ended.append(peer.name)
+                    await peer.link.close()
+            out["policy_changed"] = sorted(set(ended))
+        log.info("reloaded by the operator: %s", out)
+        return out
+
     def _handshake(self) -> ServerHandshake:
         return ServerHandshake(
             self.identity,
@@ -222,8 +333,11 @@ class ExitNode:
         )
 
     def policy_for(self, name: str) -> PortPolicy:
+        """--device-vlans, else the config's ``devices`` entry, else the default."""
         vlans = self.options.device_vlans.get(name)
-        return self.default_policy if vlans is None else vlan_policy(vlans)
+        if vlans is not None:
+            return vlan_policy(vlans)
+        return port_policy(self.config.device(name), self.default_policy)
 
     async def _on_link(self, link: tunnel.Link) -> None:
         """Admit one tunnel once its device is authenticated, then switch its frames."""
@@ -246,13 +360,27 @@ class ExitNode:
         name = auth.name or auth.device_id.hex()[:16]
         if self.attested is not None:
             self.attested.tally.track(link)
+        device = self.config.device(auth.name)
+        if not within_hours(device, time.time()):
+            assert device is not None
+            log.warning("device %s refused: outside its hours (%s)", name, hours_text(device))
+            audit("tunnel_refused", device=name, reason="outside its hours")
+            return
         if not self.sessions.add(link, name, self.clock()):
             return  # refused since its handshake (a list reloaded meanwhile)
+        policy = self.policy_for(auth.name)
+        self._check_mtu(name, link)
+        port_link: Any = link
+        if device is not None and device.rate is not None:
+            port_link = RateLimitedLink(link, device.rate, self.metrics)
+        peer = self.peers.add(name, auth, link, policy)
+        audit("device_admitted", device=name, device_id=auth.device_id.hex(),
+              admitted_by=auth.method, address=link.remote_address)  # fmt: skip
         try:
-            await self.board.serve_link(
-                link, name, self.policy_for(auth.name), owner=auth.device_id.hex()
-            )
+            await self._one_tunnel_per_device(peer)
+            await self.board.serve_link(port_link, name, policy, owner=auth.device_id.hex())
         finally:
+            self.peers.remove(peer)
             self.sessions.discard(link)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -263,31 +391,36 @@ class ExitNode:
             self.tap_config, self.config.network.bridge, masquerade=self.options.masquerade
         )
         status: StatusServer | None = None
+        metrics_only: StatusServer | None = None
         server = None
         try:
             switch = Switch(self.switch_config())
             self.board = Switchboard(switch, self.metrics, local=host.tap)
-            server = await tunnel.serve(
-                self._on_link,
-                self.settings,
-                self._handshake,
-                host=ep.listen[0],
-                port=ep.listen[1],
-                clock=self.clock,
-                ssl=self.tls,
-                cover=self.cover,
-                keepalive_s=ep.keepalive_interval,
-                liveness_s=ep.liveness_timeout,
-                backlog=ep.listen_backlog,
-                summary=self.screening,
-            )
+            with naming(f"endpoints.listen ({ep.listen[0]}:{ep.listen[1]})"):
+                server = await tunnel.serve(
+                    self._on_link,
+                    self.settings,
+                    self._handshake,
+                    host=ep.listen[0],
+                    port=ep.listen[1],
+                    clock=self.clock,
+                    ssl=self.tls,
+                    cover=self.cover,
+                    keepalive_s=ep.keepalive_interval,
+                    liveness_s=ep.liveness_timeout,
+                    backlog=ep.listen_backlog,
+                    summary=self.screening,
+                )
+            self.metrics.set_gauge("tunnel_listening", lambda: 1.0 if server.is_serving() else 0.0)
             if self.options.status:
-                status = StatusServer(self.metrics, *self.config.status.listen).start()
+                status = self._status_server()
+                metrics_only = self._metrics_server()
             self.listening.set()
             log.info("exit listening on %s:%d (%s)", *ep.listen, "wss" if self.tls else "ws")
             jobs = [
                 self.board.run(stop),
                 self.revocations.run(stop, self.sessions, self.clock),
+                self._watch_hours(stop),
             ]
             if self.attested is not None:
                 jobs.append(self.attested.run(stop))
@@ -298,7 +431,8 @@ class ExitNode:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(server.wait_closed(), constants.STATS_INTERVAL_S)
             self.listening.clear()
-            if status is not None:
-                status.stop()
+            for listener in (status, metrics_only):
+                if listener is not None:
+                    listener.stop()
             host.close()
             self.identity.wipe()

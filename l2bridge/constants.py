@@ -103,6 +103,7 @@ CLOSE_NORMAL = 0
 CLOSE_NOT_AUTHORIZED = 1
 CLOSE_PROTOCOL_ERROR = 2
 CLOSE_KEY_EXPIRED = 3
+CLOSE_REVOKED = 4  # the device's certificate was revoked: the client stops retrying
 
 # Identities, certificates, lists.
 CERT_VERSION = 1

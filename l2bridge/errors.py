@@ -17,6 +17,7 @@ local logs only.
     |   +-- RecordTooLarge        a batch does not fit in one record
     |   +-- BackendUnavailable    a requested crypto backend cannot be loaded
     |   +-- NoExitAvailable       no exit in the registry (or its cache) could be used
+    |   +-- DeviceRevoked         the exit said this device's certificate is revoked
     +-- RecordRejected            a record dropped (reason = stats key); caught
     |                             inside the session, never reaches a driver
     +-- PeerError (fixed messages, safe to count and log)
@@ -24,6 +25,7 @@ local logs only.
         +-- UnsupportedParameters version, mode or cipher we do not accept
         +-- AuthenticationFailed  a signature, node id or evidence check failed
         +-- NotAuthorized         identity not certified, expired, revoked, not allowed
+        |   +-- CertificateRevoked  on its admin's revocation list
         +-- ProtocolViolation     a well-formed message at the wrong time (fatal)
 """
 
@@ -92,9 +94,17 @@ class NotAuthorized(PeerError):
     message = "not authorized"
 
 
+class CertificateRevoked(NotAuthorized):
+    """The device's certificate is on its admin's revocation list."""
+
+
 class ProtocolViolation(PeerError):
     message = "protocol violation"
 
 
 class NoExitAvailable(LocalError):
     """No usable exit: every registry candidate was refused, unreachable or unhealthy."""
+
+
+class DeviceRevoked(LocalError):
+    """The exit closed the tunnel saying this device is revoked: retrying cannot help."""

@@ -51,6 +51,12 @@ _SOURCE_KEYS = (
     "uncertainty",
 )
 _SECTION_KEYS = ("enabled", "sources", "consensus_quorum", "fallback", "chrony_socket")
+# Settings only some kinds use; given for another kind they are refused, not ignored.
+_KINDS_USING = {
+    "pps": ("gpsdo", "prs10"),
+    "delay": ("gpsdo",),
+    "uncertainty": ("gpsdo",),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +127,11 @@ def _source(item: object, where: str) -> SourceSpec:
         raise ConfigError(
             where, f"unknown setting {unknown[0]!r} (known: {', '.join(_SOURCE_KEYS)})"
         )
+    for key, kinds in _KINDS_USING.items():
+        if key in extra and kind not in kinds:
+            raise ConfigError(
+                where, f"{key!r} is used only by {' and '.join(kinds)} sources, not {kind}"
+            )
     try:
         spec = SourceSpec(
             str(kind),

@@ -15,6 +15,7 @@ import urllib.parse
 from hardware import netns
 from hardware.tap import FrameDevice, TapConfig, TapError, open_tap
 from l2bridge.client.failover import DialSettings
+from l2bridge.client.lan import LanAttachment, LanError
 from l2bridge.client.layers import pinned_attestation, registry_finder, tunnel_clock
 from l2bridge.client.pump import Backoff, Client, FrameLink
 from l2bridge.constants import ATTESTATION_NONCE_SIZE, Mode
@@ -23,11 +24,12 @@ from l2bridge.errors import BackendUnavailable, L2BridgeError
 from l2bridge.identity.keyfiles import load_certificate
 from l2bridge.identity.keys import HybridSigningKey, read_private_file
 from l2bridge.node import link as tunnel
-from l2bridge.node.config import Config, ConfigError
+from l2bridge.node.config import Config, ConfigError, naming
 from l2bridge.node.cover import obfuscation_settings
+from l2bridge.node.health import components
 from l2bridge.node.metrics import Metrics
 from l2bridge.node.rotation import RotationDriver
-from l2bridge.node.status import StatusServer
+from l2bridge.node.status import StatusServer, read_token
 from l2bridge.protocol.handshake import ClientHandshake, EvidenceChecker
 from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.tls import TlsError, client_context
@@ -59,8 +61,10 @@ class ClientNode:
         if ep.access_key_file is None:
             raise ConfigError("endpoints.access_key_file: required")
         self.config = config
-        self.identity = HybridSigningKey.load(keys.identity)
-        self.certificate = load_certificate(keys.certificate) if keys.certificate else None
+        with naming("keys.identity"):
+            self.identity = HybridSigningKey.load(keys.identity)
+        with naming("keys.certificate"):
+            self.certificate = load_certificate(keys.certificate) if keys.certificate else None
         try:
             # A secret like the identity: refused when group or others may read it.
             self.access_key = AccessKey.from_text(read_private_file(ep.access_key_file))
@@ -131,6 +135,7 @@ class ClientNode:
             evidence_checker=checker,
             config=self.session_config,
             backend=self.backend,
+            mtu=self.config.network.mtu,
         )
         self.link = await tunnel.connect(
             self.url,
@@ -146,35 +151,52 @@ class ClientNode:
         )
         return self.link
 
-    def _open_tap(self) -> tuple[FrameDevice, list[list[str]]]:
+    def _open_tap(self) -> tuple[FrameDevice, list[list[str]], LanAttachment | None]:
         net = self.config.network
         undo: list[list[str]] = []
+        if net.lan_interfaces and net.bridge is None:
+            raise ConfigError("network.lan_interfaces: needs network.bridge (the bridge to join)")
         try:
             tap = open_tap(TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr))
         except TapError as exc:
             raise ConfigError(f"network.tap: {exc}") from None
+        lan = None
         try:
             if net.bridge is not None:
                 if not netns.link_exists(None, net.bridge):
                     netns.bridge(None, net.bridge, mtu=net.mtu)
                     undo.append(["ip", "link", "del", net.bridge])
                 netns.attach(None, tap.name, net.bridge)
-        except netns.NetnsError as exc:
+                if net.lan_interfaces:
+                    lan = LanAttachment(net.bridge, net.lan_interfaces)
+                    lan.attach()
+        except (netns.NetnsError, LanError) as exc:
             tap.close()
             for cmd in reversed(undo):
                 netns.run(cmd, check=False)
-            raise ConfigError(f"network.bridge: {exc}") from None
-        return tap, undo
+            what = "network.bridge: " if isinstance(exc, netns.NetnsError) else ""
+            raise ConfigError(f"{what}{exc}") from None
+        return tap, undo, lan
 
     async def run(self, stop: asyncio.Event) -> None:
-        tap, undo = self._open_tap()
-        status = None
+        tap, undo, lan = self._open_tap()
+        status = metrics_only = None
         try:
             # A failover must not wait behind a long backoff: the finder already skips
             # exits that refused or did not answer.
             self.client = Client(tap, self.connect, self.metrics, backoff=Backoff(initial=0.1))
             if self.status:
-                status = StatusServer(self.metrics, *self.config.status.listen).start()
+                cfg = self.config.status
+                token = read_token(cfg.admin_token_file) if cfg.admin_token_file else None
+                atomic = bool(self.config.atomic_time.enabled)
+                health = lambda: components(self.metrics.snapshot(), atomic_time=atomic)  # noqa: E731
+                status = StatusServer(self.metrics, *cfg.listen, token=token, health=health)
+                status.start()
+                if cfg.metrics_listen is not None:
+                    metrics_only = StatusServer(
+                        self.metrics, *cfg.metrics_listen, health=health, metrics_only=True,
+                        setting="status.metrics_listen",
+                    ).start()  # fmt: skip
             rotation = RotationDriver(
                 self.clock, self.config.security.key_rotation_interval, lambda: self.link,
                 self.metrics,
@@ -188,8 +210,11 @@ class ClientNode:
         finally:
             for source in self.clock_sources:
                 source.stop()
-            if status is not None:
-                status.stop()
+            for listener in (status, metrics_only):
+                if listener is not None:
+                    listener.stop()
+            if lan is not None:
+                lan.restore()  # before the bridge goes: the LAN keeps its addresses
             tap.close()
             for cmd in reversed(undo):
                 netns.run(cmd, check=False)

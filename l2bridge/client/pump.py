@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from hardware.tap import FrameDevice
+from l2bridge.errors import DeviceRevoked
 from l2bridge.node.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -132,8 +133,8 @@ class Client:
             while not stop.is_set():
                 try:
                     link = await _first(self._connect(), stopping)
-                except asyncio.CancelledError:
-                    raise
+                except (asyncio.CancelledError, DeviceRevoked):
+                    raise  # revoked: no retry can help
                 except Exception as exc:  # any failure to connect is retried
                     link = None
                     log.warning("connect failed: %s", _why(exc))

@@ -34,8 +34,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 def main(ns: argparse.Namespace) -> int:
     try:
         config = apply_overrides(load_config(ns.config), ns)
-        setup_logging(config.logging.level)
-        for problem in ensure_startable(config):
+        setup_logging(config.logging.level, audit=config.logging.audit)
+        for problem in ensure_startable(config, role="client"):
             log.warning("%s: %s", problem.field, problem.message)
         node = ClientNode(config, status=not ns.no_status)
         with contextlib.suppress(KeyboardInterrupt):

@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+from l2bridge.node import audit as audit_log
 from l2bridge.node.config import Config, ConfigError
 
 
@@ -17,7 +18,9 @@ def add_network_overrides(parser: argparse.ArgumentParser) -> None:
     """Options the client and the exit share: where the TAP goes and how it runs."""
     parser.add_argument("--tap", help="TAP device name (network.tap)")
     parser.add_argument("--bridge", help="Linux bridge for the TAP, created if missing")
-    parser.add_argument("--mtu", type=int, help="TAP MTU: 1500, or 9000 for jumbo frames")
+    parser.add_argument(
+        "--mtu", type=int, help="TAP MTU (network.mtu; default 1500, 9000 for jumbo frames)"
+    )
     offload = parser.add_mutually_exclusive_group()
     offload.add_argument(
         "--offload", dest="vnet_hdr", action="store_true", default=None,
@@ -61,12 +64,14 @@ def apply_overrides(config: Config, ns: argparse.Namespace) -> Config:
     return config
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, *, audit: bool = False) -> None:
+    """``logging.level`` for the node's lines; ``logging.audit`` turns the audit trail on."""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    audit_log.configure(audit)
 
 
 async def run_until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:

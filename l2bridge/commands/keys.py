@@ -1,13 +1,14 @@
 """``shadowmesh keys``: identities, the admin key, device certificates, revocation, allow-list.
 
-    shadowmesh keys generate --out exit.key            # + exit.key.pub, prints the node id
-    shadowmesh keys node-id exit.key.pub
+    shadowmesh keys generate --out identity.key        # + identity.key.pub, prints the node id
+    shadowmesh keys node-id identity.key.pub
     shadowmesh keys admin-keygen --out admin.key
     shadowmesh keys issue-cert --admin admin.key --device laptop.key.pub \\
         --name laptop-1 --org Acme --days 365 --out laptop.cert
-    shadowmesh keys revoke-cert --admin admin.key --cert laptop.cert --reason stolen --crl org.crl
-    shadowmesh keys list --crl org.crl --allow-list allow.txt --cert laptop.cert
-    shadowmesh keys allow-list add --file allow.txt --device lab.key.pub --name lab-box
+    shadowmesh keys revoke-cert --admin admin.key --cert laptop.cert --reason stolen \\
+        --crl revoked.list
+    shadowmesh keys list --crl revoked.list --allow-list allow.list --cert laptop.cert
+    shadowmesh keys allow-list add --file allow.list --device lab.key.pub --name lab-box
 
 Private key files are created 0600 and refused when group/other can read them.
 """

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("l2bridge.commands.init", "set up an exit or a client in one step (start here)"),
     "keys": ("l2bridge.commands.keys", "identities, admin key, device certificates"),
     "client": ("l2bridge.commands.client", "bridge a LAN to an exit node"),
     "exit": ("exitnode.cli", "run an exit node"),
@@ -25,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "clock": ("l2bridge.commands.clock", "atomic clock sources and their discipline"),
     "simulate": ("lab.clocksim.cli", "a simulated rubidium or GPSDO on a pseudo-terminal"),
     "status": ("l2bridge.commands.status", "read a running client's or exit's status"),
+    "peers": ("l2bridge.commands.peers", "list, disconnect or revoke an exit's devices"),
     "demo": ("lab.demo", "two LANs bridged through attested, registered exits"),
 }
 

@@ -30,7 +30,11 @@ def _read(path: PathLike) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"{path}: {exc.__class__.__name__}") from None
+        raise KeyFileError(f"{path}: {_why(exc)}") from None
+
+
+def _why(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or "not a text file"
 
 
 def _write(path: PathLike, text: str) -> None:

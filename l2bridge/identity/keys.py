@@ -53,6 +53,7 @@ from l2bridge.crypto.pq import Signer, default_backend
 from l2bridge.crypto.secret import wipe
 from l2bridge.errors import (
     AuthenticationFailed,
+    CertificateRevoked,
     KeyFileError,
     MalformedMessage,
     NotAuthorized,
@@ -259,7 +260,7 @@ def read_checked_file(path: str | os.PathLike[str], *, private: bool) -> bytes:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise KeyFileError(f"{path}: is a symbolic link (refused)") from None
-        raise KeyFileError(f"{path}: {exc.__class__.__name__}") from None
+        raise KeyFileError(f"{path}: {exc.strerror or type(exc).__name__}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -281,7 +282,7 @@ def read_checked_file(path: str | os.PathLike[str], *, private: bool) -> bytes:
             chunks.append(chunk)
         return b"".join(chunks)
     except OSError as exc:
-        raise KeyFileError(f"{path}: {exc.__class__.__name__}") from None
+        raise KeyFileError(f"{path}: {exc.strerror or type(exc).__name__}") from None
     finally:
         os.close(fd)
 
@@ -302,7 +303,8 @@ def load_public(path: str | os.PathLike[str]) -> HybridPublicKey:
     try:
         return HybridPublicKey.decode(codec.dearmor("PUBLIC KEY", Path(path).read_text("ascii")))
     except (OSError, UnicodeDecodeError, MalformedMessage) as exc:
-        raise KeyFileError(f"{path}: not a public key file ({exc.__class__.__name__})") from None
+        reason = getattr(exc, "strerror", None) or "not a public key file"
+        raise KeyFileError(f"{path}: {reason}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,7 +560,7 @@ class Authorizer:
             raise NotAuthorized("certificate expired")
         rl = self._lists.get(certificate.issuer)
         if rl is not None and certificate.serial in rl.revoked():
-            raise NotAuthorized("certificate revoked")
+            raise CertificateRevoked("certificate revoked")
         return Authorization(
             device_id,
             certificate.name,

@@ -17,11 +17,12 @@ Relative paths are resolved against the configuration file's directory.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -64,12 +65,14 @@ class Security:
     # Exit: every live session is re-authorised (revocations, allow-list, expiry) at
     # least this often, besides at once after a list file changes.
     reauth_interval: float = 60.0
+    # exit: tunnels one device identity may hold at once; a newer one ends the oldest
+    tunnels_per_device: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class Network:
     layer: int = 2
-    mtu: int = 1400
+    mtu: int = 1500  # the LAN's: a bridged LAN's frames must fit the TAP unfragmented
     tap: str = "sm0"
     bridge: str | None = None
     vnet_hdr: bool = True
@@ -79,6 +82,8 @@ class Network:
     # Exit: read 802.1ad (0x88a8) service tags as the VLAN tag; off, they are dropped.
     service_tags: bool = False
     mac: bytes | None = None  # exit: TAP and bridge MAC (None: derived from the nodeId)
+    # client: LAN interfaces put into ``bridge`` at start and given back at stop
+    lan_interfaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +113,9 @@ AtomicTime = TimeSettings
 @dataclass(frozen=True, slots=True)
 class Logging:
     level: str = "info"
-    audit: bool = False
+    audit: bool = False  # security events as JSON lines on the "shadowmesh.audit" logger
     siem_export: bool = False
-    retention: float = 7 * 86400.0
+    retention: float | None = None  # accepted (the spec's files set it), warned: not applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,8 @@ class Endpoints:
                 "endpoints.keepalive_interval (one lost keepalive must not end a link)"
             )
 
+    public_url: str | None = None  # exit: the URL clients dial (join bundles, registry)
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
@@ -155,9 +162,7 @@ class Keys:
 class Tpm:
     tcti: str = "device:/dev/tpmrm0"
     ak_context: Path | None = None
-    ak_public: Path | None = None
     golden_policy: Path | None = None
-    pcr: int = 23
     # client: the pinned exit's enrolment record (its AK), for attestation_required
     exit_enrolment: Path | None = None
     # exit: deadline of one TPM command (a quote); past it the TPM counts as lost
@@ -177,6 +182,21 @@ class Chain:
 class Status:
     listen: tuple[str, int] = ("127.0.0.1", 9470)
     metrics_listen: tuple[str, int] | None = None
+    # the management API's bearer credential (required when listen is not loopback)
+    admin_token_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePolicy:
+    """exit: what one device (by its certificate or allow-list name) may do.
+
+    None leaves the exit's default: ``network.vlan_allow``, no rate limit, any hour."""
+
+    name: str
+    vlans: tuple[int, ...] | None = None  # 0 = untagged
+    rate: float | None = None  # bytes per second from this device
+    broadcast_rate: float | None = None  # broadcast + multicast frames per second
+    hours: tuple[int, int] | None = None  # allowed minutes of the day (UTC), may wrap
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +213,10 @@ class Config:
     tpm: Tpm = field(default_factory=Tpm)
     chain: Chain = field(default_factory=Chain)
     status: Status = field(default_factory=Status)
+    devices: tuple[DevicePolicy, ...] = ()
+
+    def device(self, name: str) -> DevicePolicy | None:
+        return next((d for d in self.devices if d.name == name), None)
 
 
 # --- value parsers: each takes (value, field path) and raises ConfigError --------
@@ -351,6 +375,15 @@ def _ip_list(value: object, path: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _ifnames(value: object, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _fail(path, "a list of interface names", value)
+    names = tuple(_ifname(v, f"{path}[{i}]") for i, v in enumerate(value))
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: an interface is listed twice")
+    return names
+
+
 def _cover(value: object, path: str) -> CoverTraffic:
     if value is True:
         return CoverTraffic.ON
@@ -359,6 +392,65 @@ def _cover(value: object, path: str) -> CoverTraffic:
     if isinstance(value, str) and value in ("off", "on", "aggressive"):
         return CoverTraffic(value)
     raise _fail(path, "true, false, 'on', 'off' or 'aggressive'", value)
+
+
+_RATE = re.compile(r"(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)")
+_RATE_UNITS = {"bit": 1 / 8, "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8}
+
+
+def _rate(value: object, path: str) -> float:
+    """``10mbit``, ``512kbit`` or a number of bytes per second."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    match = _RATE.fullmatch(value.strip().lower()) if isinstance(value, str) else None
+    if match is None or float(match[1]) <= 0:
+        raise _fail(path, "a rate like 10mbit, 512kbit or bytes per second", value)
+    return float(match[1]) * _RATE_UNITS[match[2]]
+
+
+def _hours(value: object, path: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d\d):(\d\d)-(\d\d):(\d\d)", value) if isinstance(value, str) else None
+    if match is None:
+        raise _fail(path, "a window like 08:00-18:00 (UTC)", value)
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 == 24 and m2) or (h1, m1) == (h2, m2):
+        raise _fail(path, "a window like 08:00-18:00 (UTC)", value)
+    return h1 * 60 + m1, h2 * 60 + m2
+
+
+def _devices(value: object, path: str) -> tuple[DevicePolicy, ...]:
+    if not isinstance(value, dict):
+        raise _fail(path, "a mapping of device name to its policy", value)
+    out = []
+    for name, raw in value.items():
+        where = f"{path}.{name}"
+        if not isinstance(name, str) or not name or len(name) > 255:
+            raise _fail(path, "device names as keys", name)
+        if not isinstance(raw, dict):
+            raise _fail(where, "a mapping (vlans, rate, broadcast_rate, hours)", raw)
+        known = {"vlans", "rate", "broadcast_rate", "hours"}
+        for key in raw:
+            if key not in known:
+                raise ConfigError(
+                    f"{where}.{key}: unknown setting (known: {', '.join(sorted(known))})"
+                )
+        vlans = raw.get("vlans")
+        if vlans is not None:
+            if not isinstance(vlans, list):
+                raise _fail(f"{where}.vlans", "a list of VLAN ids (0 = untagged)", vlans)
+            parse = _int_range(0, 4094)
+            vlans = tuple(parse(v, f"{where}.vlans[{i}]") for i, v in enumerate(vlans))
+        out.append(
+            DevicePolicy(
+                name,
+                vlans,
+                None if raw.get("rate") is None else _rate(raw["rate"], f"{where}.rate"),
+                None if raw.get("broadcast_rate") is None
+                else float(_int_range(1, 100000)(raw["broadcast_rate"], f"{where}.broadcast_rate")),
+                None if raw.get("hours") is None else _hours(raw["hours"], f"{where}.hours"),
+            )
+        )  # fmt: skip
+    return tuple(out)
 
 
 def _atomic_time(value: object, path: str) -> TimeSettings:
@@ -379,6 +471,14 @@ def _version(value: object, path: str) -> str:
     return text
 
 
+# Settings that were accepted and then ignored: refused now, saying what to do instead.
+_REMOVED = {
+    "tpm.pcr": "no longer a setting: which PCRs a quote covers is fixed by the attestation "
+    "policy (tpm.golden_policy); remove it",
+    "tpm.ak_public": "no longer a setting: the AK's public part is kept with tpm.ak_context "
+    "(or in the exit's state directory) and published by enrolment; remove it",
+}
+
 _Parser = Callable[[object, str], Any]
 _PATH = "path"  # marker: resolve against the config file's directory
 
@@ -392,6 +492,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "sgx_enclave": _bool,
             "pq_backend": _choice("cryptography", "liboqs"),
             "reauth_interval": _duration_range(1.0, 86400.0),
+            "tunnels_per_device": _int_range(1, 64),
         },
     ),
     "network": (
@@ -406,6 +507,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "gateway_ips": _ip_list,
             "service_tags": _bool,
             "mac": _optional(_mac),
+            "lan_interfaces": _ifnames,
         },
     ),
     "exit_nodes": (
@@ -435,7 +537,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "level": _choice("debug", "info", "warning", "error"),
             "audit": _bool,
             "siem_export": _bool,
-            "retention": _duration_range(60.0, 3650 * 86400.0),
+            "retention": _optional(_duration_range(60.0, 3650 * 86400.0)),
         },
     ),
     "endpoints": (
@@ -456,6 +558,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "keepalive_interval": _duration_range(0.1, 3600.0),
             "liveness_timeout": _duration_range(0.2, 7200.0),
             "listen_backlog": _int_range(16, 65535),
+            "public_url": _optional(_ws_url),
         },
     ),
     "keys": (
@@ -470,9 +573,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
         {
             "tcti": _text,
             "ak_context": _PATH,
-            "ak_public": _PATH,
             "golden_policy": _PATH,
-            "pcr": _int_range(0, 23),
             "exit_enrolment": _PATH,
             "timeout": _duration_range(0.05, 300.0),
         },
@@ -488,7 +589,10 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "attestation_interval": _duration_range(1.0, 7 * 86400.0),
         },
     ),
-    "status": (Status, {"listen": _address, "metrics_listen": _optional(_address)}),
+    "status": (
+        Status,
+        {"listen": _address, "metrics_listen": _optional(_address), "admin_token_file": _PATH},
+    ),
 }
 
 
@@ -504,6 +608,8 @@ def _section(name: str, raw: object, base_dir: Path) -> Any:
     for key, value in raw.items():
         path = f"{name}.{key}"
         parse = fields.get(key) if isinstance(key, str) else None
+        if path in _REMOVED:
+            raise ConfigError(f"{path}: {_REMOVED[path]}")
         if parse is None:
             raise ConfigError(f"{path}: unknown setting (known: {', '.join(fields)})")
         if parse == _PATH:
@@ -550,10 +656,14 @@ def config_from_mapping(
     for key, raw in merged.items():
         if key == "version":
             sections["version"] = _version(raw, "version")
+        elif key == "devices":
+            sections["devices"] = () if raw is None else _devices(raw, "devices")
         elif isinstance(key, str) and key in _SCHEMA:
             sections[key] = _section(key, raw, base_dir)
         else:
-            raise ConfigError(f"{key}: unknown section (known: version, {', '.join(_SCHEMA)})")
+            raise ConfigError(
+                f"{key}: unknown section (known: version, {', '.join(_SCHEMA)}, devices)"
+            )
     return Config(**sections)
 
 
@@ -621,6 +731,15 @@ def problems(config: Config) -> list[Problem]:
         )
     if config.logging.siem_export:
         out.append(Problem("logging.siem_export", "SIEM export is not implemented", False))
+    if config.logging.retention is not None:
+        out.append(
+            Problem(
+                "logging.retention",
+                "not applied: logs go to stderr, where journald's own retention "
+                "(MaxRetentionSec in journald.conf) decides how long they are kept",
+                False,
+            )
+        )
     for warning in config.atomic_time.warnings():
         out.append(Problem("atomic_time.consensus_quorum", warning, False))
     return out
@@ -648,9 +767,103 @@ def _pinned_attestation(config: Config) -> list[Problem]:
     return out
 
 
-def ensure_startable(config: Config) -> list[Problem]:
-    """Raise ConfigError naming every refusal; return the warnings otherwise."""
-    found = problems(config)
+@contextlib.contextmanager
+def naming(field: str) -> Iterator[None]:
+    """Re-raise a file, format or bind error inside the block as one ConfigError line that
+    names the setting: ``keys.identity: /etc/x/id.key: No such file or directory``."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"{field}: {exc.strerror or type(exc).__name__}") from None
+    except (LocalError, ValueError) as exc:
+        raise ConfigError(f"{field}: {exc}") from None
+
+
+# Which role reads each setting (the others are warned about when set): "exit", "client",
+# or both. tests/unit/l2bridge/test_every_setting.py checks that this lists every field
+# and proves each one changes behaviour or is refused.
+BOTH = ("exit", "client")
+FIELD_ROLES: dict[str, tuple[str, ...]] = {
+    "version": BOTH,
+    **{f"security.{k}": BOTH for k in
+       ("key_rotation_interval", "post_quantum_mode", "attestation_required", "sgx_enclave")},
+    "security.tunnels_per_device": ("exit",),
+    "security.pq_backend": BOTH,
+    "security.reauth_interval": ("exit",),
+    **{f"network.{k}": BOTH for k in ("layer", "mtu", "tap", "bridge", "vnet_hdr")},
+    "network.vlan_allow": ("exit",),
+    "network.lan_interfaces": ("client",),
+    **{f"network.{k}": ("exit",) for k in ("gateway_ips", "service_tags", "mac")},
+    "exit_nodes.multi_hop": BOTH,
+    "exit_nodes.hops": BOTH,
+    "exit_nodes.min_reputation": ("client",),
+    "exit_nodes.geographic_diversity": BOTH,
+    "exit_nodes.jurisdictional_diversity": BOTH,
+    **{f"obfuscation.{k}": BOTH for k in
+       ("enabled", "protocol", "cover_traffic", "advanced_stego", "padding")},
+    "atomic_time": BOTH,
+    **{f"logging.{k}": BOTH for k in ("level", "audit", "siem_export", "retention")},
+    "endpoints.listen": ("exit",),
+    "endpoints.connect": ("client",),
+    "endpoints.path": BOTH,
+    "endpoints.access_key_file": BOTH,
+    "endpoints.exit_node_id": ("client",),
+    "endpoints.tls_cert": ("exit",),
+    "endpoints.tls_key": ("exit",),
+    "endpoints.tls_ca": ("client",),
+    "endpoints.decoy_dir": ("exit",),
+    "endpoints.server_header": ("exit",),
+    "endpoints.token_window": BOTH,
+    "endpoints.keepalive_interval": BOTH,
+    "endpoints.liveness_timeout": BOTH,
+    "endpoints.listen_backlog": ("exit",),
+    "endpoints.header_timeout": ("exit",),
+    "endpoints.public_url": ("exit",),
+    "keys.identity": BOTH,
+    "keys.admin_public": ("exit",),
+    "keys.certificate": ("client",),
+    "keys.allow_list": ("exit",),
+    "keys.revocations": ("exit",),
+    "tpm.tcti": ("exit",),
+    "tpm.ak_context": ("exit",),
+    "tpm.timeout": ("exit",),
+    "tpm.golden_policy": ("client",),
+    "tpm.exit_enrolment": ("client",),
+    "chain.rpc_url": BOTH,
+    "chain.contract_address": BOTH,
+    "chain.keystore": ("exit",),
+    "chain.attestation_interval": BOTH,  # client: the oldest on-chain attestation it accepts
+    "chain.enrolment_voucher": ("exit",),
+    "status.listen": BOTH,
+    "status.metrics_listen": BOTH,
+    "status.admin_token_file": BOTH,
+    "devices": ("exit",),
+}  # fmt: skip
+
+
+def _value(config: Config, path: str) -> object:
+    value: object = config
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def role_problems(config: Config, role: str) -> list[Problem]:
+    """Warnings for settings changed from their defaults that ``role`` does not read."""
+    default = Config()
+    out = []
+    for path, roles in FIELD_ROLES.items():
+        if role not in roles and _value(config, path) != _value(default, path):
+            out.append(Problem(path, f"ignored here: only the {roles[0]} reads it", False))
+    return out
+
+
+def ensure_startable(config: Config, role: str | None = None) -> list[Problem]:
+    """Raise ConfigError naming every refusal; return the warnings otherwise (with
+    ``role``, also the settings that role does not read)."""
+    found = problems(config) + (role_problems(config, role) if role else [])
     refusals = [p for p in found if p.refuse]
     if refusals:
         raise ConfigError(

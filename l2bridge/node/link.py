@@ -54,16 +54,25 @@ from typing import Protocol, cast
 
 from websockets.asyncio.server import Server, ServerConnection
 
+from l2bridge.constants import CLOSE_REVOKED as RECORD_REVOKED
 from l2bridge.constants import MAX_RECORD_SIZE
-from l2bridge.errors import KeyExpired, L2BridgeError, PeerError, StateError
+from l2bridge.errors import (
+    CertificateRevoked,
+    DeviceRevoked,
+    KeyExpired,
+    L2BridgeError,
+    PeerError,
+    StateError,
+)
 from l2bridge.logsummary import Summary
+from l2bridge.node.audit import audit
 from l2bridge.node.cover import CoverPlan
 from l2bridge.protocol.handshake import ClientHello
 from l2bridge.protocol.records import Buffer
 from l2bridge.protocol.session import Closed, PeerAuthenticated, RekeyCompleted, Session
 from l2bridge.transport.client import open_transport
 from l2bridge.transport.direct import DirectMessages
-from l2bridge.transport.errors import TransportClosed
+from l2bridge.transport.errors import TransportClosed, UpgradeRefused
 from l2bridge.transport.server import ServerSettings, serve_exit
 from l2bridge.transport.token import AccessKey, mint_token
 
@@ -80,6 +89,9 @@ CLOSE_WAIT_S = 5.0
 # Exit: handshakes computed at the same time in worker threads (TPM quote + signatures).
 HANDSHAKE_WORKERS = 4
 CLOSE_INTERNAL_ERROR = 1011  # WebSocket close code; no reason text goes with it
+# The one refusal a client is told (no reason text either): its certificate is revoked, so
+# retrying cannot help. Only a holder of the access key and of the certificate learns it.
+CLOSE_REVOKED = 4403
 # A batch sent within this long after the previous record waits one loop iteration so
 # that what else arrives meanwhile joins its record: an idle link (a ping) sends at once,
 # a busy one (1500-byte frames one by one) makes few large records, not one per frame.
@@ -131,7 +143,10 @@ class TunnelSocket(Protocol):
 
     async def wait_closed(self) -> None: ...
 
-    async def close(self) -> None: ...
+    async def close(self, code: int = 1000) -> None: ...
+
+    @property
+    def close_code(self) -> int | None: ...
 
     def pause_reading(self) -> None: ...
 
@@ -189,6 +204,8 @@ class Link:
         self.rekeys_completed = 0
         self.close_reason: str | None = None
         self.ended_at: float | None = None  # time.monotonic() when the link ended
+        self._close_code = 1000
+        self.last_handshake = time.monotonic()  # the handshake, then each completed rekey
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -312,8 +329,22 @@ class Link:
         )
         return out
 
-    async def close(self) -> None:
-        """Send what is queued, a close notice, close the WebSocket, wipe keys."""
+    @property
+    def remote_address(self) -> str | None:
+        """The peer's "host:port", where the socket knows it."""
+        address = getattr(self._ws, "remote_address", None)
+        if not isinstance(address, tuple) or len(address) < 2:
+            return None
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+
+    async def close(self, *, revoked: bool = False) -> None:
+        """Send what is queued, a close notice, close the WebSocket, wipe keys.
+
+        ``revoked`` (exit): close with CLOSE_REVOKED, so the client stops retrying."""
+        if revoked:
+            self._close_code = CLOSE_REVOKED
+            self.close_reason = self.close_reason or "revoked"
         if not self._send_done:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CLOSE_WAIT_S):
@@ -371,7 +402,8 @@ class Link:
                 if item is _CLOSE:
                     self._flush_pending()
                     if self.session.established and self._ws.is_open:
-                        self._write(self.session.close_notice(now=self._clock()))
+                        reason = RECORD_REVOKED if self._close_code == CLOSE_REVOKED else 0
+                        self._write(self.session.close_notice(reason, now=self._clock()))
                     self.close_reason = self.close_reason or "closed"
                     break
                 await self._authenticated.wait()
@@ -390,7 +422,7 @@ class Link:
             # Release senders blocked on a full queue; their frames are dropped.
             while not self._out.empty():
                 self._out.get_nowait()
-            await self._ws.close()
+            await self._ws.close(code=self._close_code)
 
     # --- receiving ---------------------------------------------------------------
 
@@ -405,7 +437,12 @@ class Link:
             received = self.session.receive(message, self._clock())
             self._last_heard = time.monotonic()  # only authenticated records count
         except PeerError as exc:
-            # Logged locally with its detail; the peer only sees the close.
+            # Logged locally with its detail; the peer only sees the close (a revoked
+            # device is told that much: its close code, so that it stops retrying).
+            if is_revoked(exc):
+                self._close_code = CLOSE_REVOKED
+                self._end("revoked")
+                return
             log.warning("link ended by protocol error: %s (%s)", exc, exc.detail)
             self._end("protocol error")
             return
@@ -421,18 +458,19 @@ class Link:
                 self._write(reply)
         except TransportClosed:
             return
-        ended = False
+        ended: str | None = None
         for event in received.events:
             if isinstance(event, PeerAuthenticated):
                 self._authenticated.set()
             elif isinstance(event, RekeyCompleted):
                 self.rekeys_completed += 1
+                self.last_handshake = time.monotonic()
             elif isinstance(event, Closed):
-                ended = True
+                ended = "revoked" if event.reason == RECORD_REVOKED else "closed by peer"
         if received.frames:
             self._frames_in(received.frames)
         if ended:
-            self._end("closed by peer")
+            self._end(ended)
 
     def _frames_in(self, frames: list[memoryview]) -> None:
         sink = self._sink
@@ -543,7 +581,17 @@ class Link:
     async def _watch(self) -> None:
         """Notices the connection ending under us (peer gone, TCP reset)."""
         await self._ws.wait_closed()
-        self._end("connection closed")
+        self._end("revoked" if self._ws.close_code == CLOSE_REVOKED else "connection closed")
+
+
+def is_revoked(exc: BaseException) -> bool:
+    """Whether the Authorizer refused because the device's certificate is revoked."""
+    return isinstance(exc, CertificateRevoked)
+
+
+def _address(connection: object) -> str | None:
+    address = getattr(connection, "remote_address", None)
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else None
 
 
 def _direct(ws: object) -> TunnelSocket:
@@ -569,18 +617,26 @@ async def connect(
     """Open a tunnel to the exit ``node_id`` at ``url``.
 
     Raises UpgradeRefused (the exit answered as a web server), TransportClosed,
-    PeerError (the handshake failed: wrong exit, bad evidence), TimeoutError.
+    PeerError (the handshake failed: wrong exit, bad evidence), DeviceRevoked (the exit
+    said this device is revoked), TimeoutError.
     """
     token = mint_token(access_key, node_id, clock(), window_s=token_window)
-    ws = _direct(
-        await open_transport(
+    try:
+        opened = await open_transport(
             url,
             token,
             max_size=MAX_MESSAGE_SIZE,
             direct=True,
             **transport_kwargs,  # type: ignore[arg-type]
         )
-    )
+    except UpgradeRefused as exc:
+        # The exit answers every refusal as a web server would; these are the causes.
+        raise UpgradeRefused(
+            f"{exc}: the exit did not recognise this client (check endpoints.access_key_file, "
+            "endpoints.exit_node_id and the URL path, and that this clock is within "
+            "endpoints.token_window of the exit's)"
+        ) from None
+    ws = _direct(opened)
     try:
         if not ws.is_open:
             raise TransportClosed("closed")
@@ -593,6 +649,9 @@ async def connect(
         ws.write_binary(finish)
     except TransportClosed:
         await ws.close()
+        if ws.close_code == CLOSE_REVOKED:
+            revoked = "the exit refused this device: its certificate is revoked"
+            raise DeviceRevoked(revoked) from None
         raise TransportClosed("exit closed the connection during the handshake") from None
     except BaseException:
         await ws.close()
@@ -639,6 +698,7 @@ async def serve(
 
     async def handler(connection: ServerConnection) -> None:
         ws = _direct(connection)
+        handshake = make_handshake()
         try:
             # One deadline over reading the hello, waiting for a slot and answering it.
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
@@ -649,7 +709,7 @@ async def serve(
                     # to hundreds of ms) and the signature costs too; every other
                     # tunnel's records keep flowing on the loop meanwhile. The slot is
                     # freed when the deadline passes even if the thread is still busy.
-                    work = pool.submit(make_handshake().receive, hello, clock())
+                    work = pool.submit(handshake.receive, hello, clock())
                     try:
                         session, server_hello = await asyncio.wrap_future(work)
                     except asyncio.CancelledError:
@@ -660,8 +720,18 @@ async def serve(
                 raise TransportClosed("closed")
             ws.write_binary(server_hello)
         except (PeerError, TimeoutError, TransportClosed) as exc:
-            log.debug("tunnel handshake failed: %s", type(exc).__name__)
+            # The operator's log says why (and who, where the hello said); the peer learns
+            # nothing but a close, except a revoked device, told so by the close code.
             handshake_failures.note(type(exc).__name__)
+            who = getattr(handshake, "peer_label", None) or "unknown device"
+            if isinstance(exc, PeerError):
+                log.warning("tunnel refused: %s: %s (%s)", who, exc, exc.detail)
+                audit("tunnel_refused", device=who, reason=f"{exc}: {exc.detail}",
+                      address=_address(connection))  # fmt: skip
+            else:
+                log.debug("tunnel handshake failed: %s: %s", who, type(exc).__name__)
+            if is_revoked(exc):
+                await connection.close(code=CLOSE_REVOKED)
             return
         except Exception as exc:
             # Ours, not the peer's (oversized evidence, a TPM error): logged here, the

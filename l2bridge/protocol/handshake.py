@@ -10,6 +10,7 @@ ClientHello::
     | client HybridPublicKey (1 + 32 + 2592)
     | [u16 length | DeviceCertificate]  (flags & 2)
     | [pinned exit node id 32]  (flags & 4)
+    | [u16 TAP MTU]             (flags & 8; the exit warns when its own differs)
 
 ServerHello::
 
@@ -39,7 +40,7 @@ import secrets
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
-from l2bridge.codec import Reader, u8, u32, var16, var32
+from l2bridge.codec import Reader, u8, u16, u32, var16, var32
 from l2bridge.constants import (
     ATTESTATION_NONCE_SIZE,
     MAX_CERTIFICATE_SIZE,
@@ -77,7 +78,7 @@ from l2bridge.protocol.session import FINISH_LABEL, FinishCheck, Session, Sessio
 SERVER_LABEL = b"server hello"
 _TRANSCRIPT_PREFIX = b"shadowmesh v1 hs"
 _KEYS_INFO = b"shadowmesh v1 handshake keys"
-_FLAG_NONCE, _FLAG_CERT, _FLAG_PIN = 1, 2, 4
+_FLAG_NONCE, _FLAG_CERT, _FLAG_PIN, _FLAG_MTU = 1, 2, 4, 8
 
 EvidenceProvider = Callable[[bytes, bytes], bytes]
 EvidenceChecker = Callable[[bytes, bytes, bytes], None]
@@ -94,12 +95,14 @@ class ClientHello:
     identity: HybridPublicKey
     certificate: DeviceCertificate | None
     pinned: bytes | None
+    mtu: int | None = None
 
     def encode(self) -> bytes:
         flags = (
             (_FLAG_NONCE if self.nonce is not None else 0)
             | (_FLAG_CERT if self.certificate is not None else 0)
             | (_FLAG_PIN if self.pinned is not None else 0)
+            | (_FLAG_MTU if self.mtu is not None else 0)
         )
         parts = [
             bytes((MSG_CLIENT_HELLO, PROTOCOL_VERSION, self.mode, len(self.ciphers))),
@@ -112,6 +115,7 @@ class ClientHello:
             self.identity.encode(),
             var16(self.certificate.encode()) if self.certificate is not None else b"",
             self.pinned or b"",
+            u16(self.mtu) if self.mtu is not None else b"",
         ]
         return b"".join(parts)
 
@@ -132,7 +136,7 @@ class ClientHello:
         # Unknown cipher codes are skipped: a newer client may offer more.
         ciphers = tuple(Cipher(c) for c in r.take(count) if c in Cipher._value2member_map_)
         flags = r.u8()
-        if flags & ~(_FLAG_NONCE | _FLAG_CERT | _FLAG_PIN):
+        if flags & ~(_FLAG_NONCE | _FLAG_CERT | _FLAG_PIN | _FLAG_MTU):
             raise MalformedMessage("flags")
         x25519, kem = kex.read_initiator_shares(r, mode)
         random = r.take(RANDOM_SIZE)
@@ -142,8 +146,9 @@ class ClientHello:
         if flags & _FLAG_CERT:
             certificate = DeviceCertificate.decode(r.var16(MAX_CERTIFICATE_SIZE))
         pinned = r.take(NODE_ID_SIZE) if flags & _FLAG_PIN else None
+        mtu = r.u16() if flags & _FLAG_MTU else None
         r.end()
-        return cls(mode, ciphers, x25519, kem, random, nonce, identity, certificate, pinned)
+        return cls(mode, ciphers, x25519, kem, random, nonce, identity, certificate, pinned, mtu)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +226,10 @@ class ClientHandshake:
         evidence_checker: EvidenceChecker | None = None,
         config: SessionConfig | None = None,
         backend: Backend | None = None,
+        mtu: int | None = None,
     ) -> None:
+        if mtu is not None and not 0 < mtu < 65536:
+            raise ValueError("mtu must be 1-65535")
         if attestation_nonce is not None and len(attestation_nonce) != ATTESTATION_NONCE_SIZE:
             raise ValueError("attestation nonce must be 32 bytes")
         if attestation_nonce is not None and evidence_checker is None:
@@ -245,7 +253,7 @@ class ClientHandshake:
         self._hello = ClientHello(
             mode, prefs, self._eph.x25519_public, self._eph.kem_public,
             secrets.token_bytes(RANDOM_SIZE), attestation_nonce, identity.public,
-            certificate, pinned_node_id,
+            certificate, pinned_node_id, mtu,
         ).encode()  # fmt: skip
         self.exit_identity: HybridPublicKey | None = None
         self.evidence: bytes = b""
@@ -314,9 +322,18 @@ class ServerHandshake:
         self._config = config or SessionConfig()
         self._backend = backend or default_backend()
         self.node_id = identity.node_id
+        # Who the last hello claimed to be, for the exit's own log of a refusal.
+        self.peer_label: str | None = None
 
     def receive(self, data: bytes, now: float) -> tuple[Session, bytes]:
         ch = ClientHello.decode(data)
+        device = node_id(ch.identity).hex()[:16]
+        if ch.certificate is not None:
+            # Not yet verified, so only for a log line: printable characters only.
+            name = "".join(c for c in ch.certificate.name[:64] if c.isprintable())
+            self.peer_label = f"{name!r} ({device})"
+        else:
+            self.peer_label = device
         if ch.mode not in self._modes:
             raise UnsupportedParameters("mode not allowed here")
         cipher = next((c for c in ch.ciphers if c in self._ciphers), None)
@@ -349,4 +366,5 @@ class ServerHandshake:
             config=self._config, backend=self._backend,
             finish_check=FinishCheck(h2, ch.identity, ch.certificate, self._authorizer),
         )  # fmt: skip
+        session.peer_mtu = ch.mtu
         return session, reply

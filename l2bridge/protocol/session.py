@@ -213,6 +213,7 @@ class Session:
         self.config = config
         self.stats = SessionStats()
         self.authorization: Authorization | None = None
+        self.peer_mtu: int | None = None  # exit: the MTU the client's hello announced
         self.closed = False
         self._backend = backend
         self._keys = KeySlots(cipher, keys, 0, now, config.grace_seconds)
@@ -225,6 +226,12 @@ class Session:
         self._expires: float | None = None
 
     # -- state ---------------------------------------------------------------
+    @property
+    def peer_certificate(self) -> DeviceCertificate | None:
+        """Exit: the certificate the admitted device presented (None: allow-list or not yet)."""
+        admitted = self._admitted
+        return None if admitted is None else admitted.certificate
+
     @property
     def established(self) -> bool:
         """Client: at once.  Exit: once the client's ClientFinish verified."""

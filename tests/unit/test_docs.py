@@ -148,7 +148,7 @@ def test_loader_schema_and_dataclasses_agree() -> None:
     source_fields = {f.name for f in dataclasses.fields(time_config.SourceSpec)}
     assert set(time_config._SOURCE_KEYS) == source_fields
     config_sections = {f.name for f in dataclasses.fields(node_config.Config)}
-    assert config_sections == {"version", *node_config._SCHEMA}
+    assert config_sections == {"version", "devices", *node_config._SCHEMA}
 
 
 # --- the checks catch drift ---------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_a_field_the_code_does_not_have_is_caught() -> None:
     ("field", "wrong"),
     [
         ("security.key_rotation_interval", "`2h`"),
-        ("network.mtu", "`1500`"),
+        ("network.mtu", "`1400`"),
         ("obfuscation.cover_traffic", "`on`"),
         ("status.listen", "`127.0.0.1:9471`"),
         ("atomic_time.consensus_quorum", "`2`"),

@@ -15,6 +15,7 @@ import pytest
 from exitnode.server import ExitNode, ExitOptions
 from hardware import ethernet
 from l2bridge.client.node import ClientNode
+from l2bridge.errors import DeviceRevoked
 from l2bridge.identity.keyfiles import load_certificate, save_allow_list, save_revocations
 from l2bridge.identity.keys import AllowList, HybridSigningKey
 from l2bridge.node.link import Link
@@ -73,7 +74,7 @@ def test_revoked_device_loses_tunnel_without_another_rekey_and_cannot_reconnect(
                 await asyncio.wait_for(link.recv_frames(), 10)
             assert link.rekeys_completed == 1
             await link.close()
-            with pytest.raises(TransportClosed, match="during the handshake"):
+            with pytest.raises(DeviceRevoked, match="revoked"):
                 await client.connect()
         finally:
             stop.set()

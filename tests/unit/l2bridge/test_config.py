@@ -56,11 +56,11 @@ def test_ultra_secure_refuses_without_sgx():
 
 def test_runnable_examples_start_and_resolve_paths():
     exit_cfg = load_config(EXAMPLES / "exit.yaml", env={})
-    assert ensure_startable(exit_cfg) == []
+    assert ensure_startable(exit_cfg, role="exit") == []  # every setting is read by an exit
     assert exit_cfg.endpoints.listen == ("0.0.0.0", 8443)
     assert exit_cfg.endpoints.access_key_file == EXAMPLES / "keys/access.key"
     client_cfg = load_config(EXAMPLES / "client.yaml", env={})
-    assert ensure_startable(client_cfg) == []
+    assert ensure_startable(client_cfg, role="client") == []
     assert client_cfg.endpoints.connect == "wss://exit.example.net:8443/ws"
 
 
@@ -121,7 +121,9 @@ def test_defaults_and_environment_layer():
         ({"endpoints": {"path": "ws"}}, "endpoints.path: expected a URL path"),
         ({"endpoints": {"exit_node_id": "abcd"}}, "endpoints.exit_node_id: expected a 32-byte"),
         ({"chain": {"contract_address": "0x12"}}, "chain.contract_address: expected"),
-        ({"tpm": {"pcr": 24}}, "tpm.pcr: must be from 0 to 23"),
+        ({"tpm": {"pcr": 23}}, "tpm.pcr: no longer a setting"),
+        ({"tpm": {"ak_public": "ak.pub"}}, "tpm.ak_public: no longer a setting"),
+        ({"security": {"tunnels_per_device": 0}}, "security.tunnels_per_device: must be from"),
         ({"security": ["a"]}, "security: expected a mapping"),
         ({"security": {"pq_backend": "openssl"}}, "security.pq_backend: expected one of"),
         ({"security": {"reauth_interval": "0s"}}, "security.reauth_interval"),

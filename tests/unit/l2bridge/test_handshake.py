@@ -303,3 +303,14 @@ def test_handshake_round_trip_property(keys, mode, cipher, options, frames) -> N
     assert [bytes(f) for f in got] == frames
     back = client_session.receive(exit_session.seal(frames[::-1], NOW), NOW).frames
     assert [bytes(f) for f in back] == frames[::-1]
+
+
+def test_the_clients_mtu_reaches_the_exit_session(keys) -> None:
+    hs, exit_session, _reply = run(keys, mtu=1400, pinned_node_id=keys[1].node_id)
+    assert ClientHello.decode(hs.hello()).mtu == 1400
+    assert ClientHello.decode(hs.hello()).encode() == hs.hello()
+    assert exit_session.peer_mtu == 1400
+    _hs, plain_session, _ = run(keys)
+    assert plain_session.peer_mtu is None  # an older client says nothing: no warning
+    with pytest.raises(ValueError, match="mtu"):
+        ClientHandshake(keys[0], mtu=70000)

@@ -230,3 +230,22 @@ def test_node_feeds_chrony_when_configured_and_survives_a_missing_socket():
         finally:
             feeder.stop()
             server.close()
+
+
+def test_source_settings_a_kind_does_not_use_are_refused():
+    from timing.config import settings_from as parse
+    from timing.errors import ConfigError as TimingConfigError
+
+    for kind, key, value in (
+        ("rubidium", "pps", "/dev/pps0"),
+        ("rubidium", "delay", 0.1),
+        ("cesium", "uncertainty", 0.001),
+        ("prs10", "delay", 0.1),
+        ("prs10", "uncertainty", 0.1),
+    ):
+        section = {"enabled": True, "sources": [{"kind": kind, "device": "/dev/x", key: value}]}
+        with pytest.raises(TimingConfigError, match=f"'{key}' is used only by"):
+            parse(section)
+    ok = {"kind": "gpsdo", "device": "/dev/x", "pps": "dcd", "delay": 0.1, "uncertainty": 0.01}
+    assert parse({"enabled": True, "sources": [ok]}).sources[0].delay == 0.1
+    assert parse({"sources": [{"kind": "prs10", "device": "/dev/x", "pps": "dcd"}]}).sources
