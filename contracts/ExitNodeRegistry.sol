@@ -153,7 +153,7 @@ contract ExitNodeRegistry {
     /// attestation intervals (and an hour), so a node cannot leave before a missed window or
     /// the revocation grace has run out; its upper bound keeps timestamp + delay far from a
     /// uint64 wrap.
-    uint256 public constant MIN_INTERVAL = 10 seconds;
+    uint256 public constant MIN_INTERVAL = 5 seconds; // short enough for the demo's 6-s window
     uint256 public constant MAX_INTERVAL = 7 days;
     uint256 public constant MIN_UNBONDING_DELAY = 1 hours;
     uint256 public constant MAX_UNBONDING_DELAY = 365 days;

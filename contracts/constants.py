@@ -22,7 +22,7 @@ DEFAULT_ATTESTATION_INTERVAL_S = 3600  # hourly attestation
 DEFAULT_UNBONDING_DELAY_S = 7 * 24 * 3600
 # Bounds the contract puts on them (ExitNodeRegistry.MIN_INTERVAL etc.); the unbonding delay
 # must also be at least twice the attestation interval.
-MIN_INTERVAL_S = 10
+MIN_INTERVAL_S = 5
 MAX_INTERVAL_S = 7 * 24 * 3600
 MIN_UNBONDING_DELAY_S = 3600
 MAX_UNBONDING_DELAY_S = 365 * 24 * 3600
