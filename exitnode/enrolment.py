@@ -13,6 +13,12 @@ protocol; this module wires in the exit's hybrid identity key and the voucher):
     enroller  enrol vouch     --pending pending.json --answer answer.json --out voucher.json
                               [--record-out enrolment.json]   (key: --keystore or env)
 
+Online (``exitnode.enrol_online``), the same messages over one TCP connection:
+
+    exit      enrol serve     --tcti T --ak ak.json --identity exit.identity TERMS
+                              --listen HOST:PORT --enroller ADDR --out voucher.json
+    enroller  enrol online    --connect HOST:PORT --ca ... TERMS --out voucher.json
+
 The enroller passes the terms (operator, chain, registry) it agreed with the operator; a
 request that asks for anything else is refused at step "terms". ``vouch`` signs the EIP-712
 voucher only after activation and the identity signature checked out, then deletes the
@@ -27,6 +33,7 @@ import argparse
 import datetime
 import json
 import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -199,6 +206,55 @@ def cmd_vouch(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError("expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def cmd_serve(ns: argparse.Namespace) -> int:
+    from exitnode import enrol_online  # noqa: PLC0415 - it builds on this module
+
+    key = _identity(ns.identity)
+    with Tpm(ns.tcti) as tpm:
+        ak = _ak(tpm, ns.ak, create=True)
+    side = enrol_online.ExitSide(ns.tcti, ak, key, _terms(ns), ns.enroller)
+    try:
+        with socket.create_server(ns.listen) as listener:
+            print(json.dumps({"listening": f"{ns.listen[0]}:{listener.getsockname()[1]}"}),
+                  flush=True)  # fmt: skip
+            voucher = enrol_online.serve_once(listener, side, timeout=ns.timeout)
+    except OSError as exc:
+        raise EnrolFailed(f"cannot listen on {ns.listen}: {exc.strerror or exc}") from None
+    except enrol_online.WireError as exc:
+        raise EnrolFailed(str(exc)) from None
+    _write(ns.out, voucher.dump())
+    _print({"voucher": str(ns.out), "enroller": voucher.enroller, "node_id": key.node_id.hex()})
+    return 0
+
+
+def cmd_online(ns: argparse.Namespace) -> int:
+    from exitnode import enrol_online  # noqa: PLC0415 - it builds on this module
+
+    try:
+        voucher, record = enrol_online.run_enroller(
+            ns.connect,
+            account=load_account(ns.keystore),
+            terms=_terms(ns),
+            anchors=enrol.load_certificates(ns.ca),
+            intermediates=enrol.load_certificates(ns.intermediate),
+            now=lambda: datetime.datetime.now(datetime.UTC),
+        )
+    except enrol_online.WireError as exc:
+        raise EnrolFailed(str(exc)) from None
+    _write(ns.out, voucher.dump())
+    if ns.record_out is not None:
+        _write(ns.record_out, record.enrolment.dump())
+    _print({"voucher": str(ns.out), "node_id": record.node_id.hex(), "operator": voucher.operator})
+    return 0
+
+
 def _print(doc: dict[str, Any]) -> None:
     print(json.dumps(doc, sort_keys=True))
 
@@ -266,5 +322,20 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--pending", type=Path, required=True)
     p.add_argument("--answer", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="voucher file for the operator")
+    p.add_argument("--record-out", type=Path, help="enrolment record (the AK clients trust)")
+    p.add_argument("--keystore", type=Path, help="enroller keystore (else the key in env)")
+    p = add("serve", cmd_serve, "exit: serve one online ceremony", exit_side, terms)
+    p.add_argument("--listen", type=_hostport, required=True, help="HOST:PORT (0: any port)")
+    p.add_argument("--enroller", type=_address, required=True,
+                   help="the appointed enroller whose signed challenge to answer")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="where to write the voucher")
+    p.add_argument("--timeout", type=float, default=300.0, help="wait this long for it (s)")
+    p = add("online", cmd_online, "enroller: run the ceremony with a serving exit", terms)
+    p.add_argument("--connect", type=_hostport, required=True, help="the exit's HOST:PORT")
+    p.add_argument("--ca", type=Path, action="append", required=True,
+                   help="trusted TPM maker root certificate (PEM); repeat")  # fmt: skip
+    p.add_argument("--intermediate", type=Path, action="append", default=[],
+                   help="intermediate CA certificate (PEM); repeat")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="voucher file")
     p.add_argument("--record-out", type=Path, help="enrolment record (the AK clients trust)")
     p.add_argument("--keystore", type=Path, help="enroller keystore (else the key in env)")
