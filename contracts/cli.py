@@ -211,7 +211,7 @@ def cmd_register(ns: argparse.Namespace) -> int:
 
 
 def read_voucher(path: Path) -> Voucher:
-    """A voucher file (``registry vouch --out``). Raises VoucherError."""
+    """A voucher file (``enrol vouch --out``). Raises VoucherError."""
     try:
         return Voucher.parse(path.read_bytes())
     except OSError as exc:
