@@ -257,11 +257,15 @@ contract ExitNodeRegistry {
 
     /// @notice Approves a release: runtimePolicy is the SHA-256 of its runtime policy (the
     /// digests of every file of the release and what it loads). Nodes name the release they
-    /// run; clients check the node's IMA list against that policy.
+    /// run; clients check the node's IMA list against that policy. A revoked release number
+    /// is never approved again (publish a new number).
     function approveRelease(uint64 release, bytes32 runtimePolicy) external onlyOwner {
         require(release != 0, "zero release");
         require(runtimePolicy != bytes32(0), "zero runtime policy");
         require(releases[release].runtimePolicy == bytes32(0), "release already approved");
+        // A release number names one policy for good: clients that cached it are never
+        // handed another policy under the same number.
+        require(releases[release].revokedAt == 0, "release was revoked");
         releases[release] = Release({runtimePolicy: runtimePolicy, revokedAt: 0});
         emit ReleaseApproved(release, runtimePolicy);
     }

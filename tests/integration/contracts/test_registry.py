@@ -106,6 +106,8 @@ def test_release_policy_is_owner_only(owner, stranger, kit):
     assert owner.runtime_policy(7) is None
     with reverts("release not approved"):
         owner.revoke_release(7)
+    with reverts("release was revoked"):  # a number never names a second policy
+        owner.approve_release(7, os.urandom(32))
 
 
 def test_node_names_an_approved_release(owner, operator, kit):
