@@ -7,6 +7,7 @@ the peer; the handshake only learns that evidence was refused.
     AttestationError
     ├── TpmError            the TPM (or its TCTI) failed a command; local
     ├── EnrolmentError      EK certificate chain, EK/AK checks, credential activation
+    │   └── CeremonyRefused a step of the enroller's ceremony failed; names the step
     ├── PolicyError         a golden policy file is malformed; local
     ├── MeasurementError    software/config could not be measured; local
     │   └── EventLogError   a TCG event log is malformed
@@ -56,3 +57,12 @@ class AttestationRefused(AttestationError):
     def __init__(self, reasons: tuple[str, ...]) -> None:
         super().__init__("attestation refused: " + "; ".join(reasons))
         self.reasons = reasons
+
+
+class CeremonyRefused(EnrolmentError):
+    """A step of the enrolment ceremony failed; ``step`` names it (``ceremony.STEP_*``)."""
+
+    def __init__(self, step: str, detail: str) -> None:
+        super().__init__(f"enrolment refused at step {step}: {detail}")
+        self.step = step
+        self.detail = detail

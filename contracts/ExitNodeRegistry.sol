@@ -2,30 +2,32 @@
 pragma solidity 0.8.30;
 
 /// @title ShadowMesh exit-node registry
-/// @notice Exit nodes stake, publish an endpoint and prove with a TPM 2.0 quote that they run
-/// software whose PCR digest the owner approved. The contract checks the quote itself: the
-/// ECDSA P-256 signature through the P256VERIFY precompile (EIP-7951, address 0x100), the
-/// TPMS_ATTEST structure, a nonce derived from a recent block hash and the node id, and the
-/// PCR digest against the approved set. Stakes are slashed only on proofs verified here.
+/// @notice Exit nodes stake, publish an endpoint and prove with a TPM 2.0 quote that they booted
+/// a state whose PCR digest the owner approved, running a release whose runtime policy the owner
+/// approved. The contract checks the quote itself: the ECDSA P-256 signature through the
+/// P256VERIFY precompile (EIP-7951, address 0x100), the TPMS_ATTEST structure, qualifying data
+/// in the registry's own domain (bound to this chain, this contract, a recent block hash and the
+/// node id), the boot PCR digest against the approved set, and the TPM's firmware version, which
+/// never goes back for a node. Stakes are slashed only on proofs verified here.
 /// A quote proves nothing about where its key lives, so registration also needs an enrolment
-/// voucher: an owner-appointed enroller (a verifier that checked the node's EK certificate
-/// chain and ran MakeCredential/ActivateCredential for this AK off chain) signs
-/// (registry, chain, operator, nodeId, AK) with its Ethereum key, and the contract recovers the
-/// signer. The voucher names the operator account because everything else register needs is
-/// public calldata: without it anyone could copy a pending registration into their own
-/// transaction and become the node's operator.
-/// @dev Quote format (shared with attestation/): TPMS_ATTEST big-endian, type TPM_ST_ATTEST_QUOTE;
-/// extraData = sha256("shadowmesh-attest-v1" || nonce || nodeId); exactly one PCR selection,
-/// the SHA-256 bank with a 3-byte bitmap equal to PCR_SELECTION (PCRs 0-7 and 23, what
-/// attestation.constants.DEFAULT_QUOTE_PCRS quotes); signature (r, s) over sha256(TPMS_ATTEST).
-/// On chain the nonce is blockhash(nonceBlock). The selection is fixed because an approved
-/// digest means something only over the PCRs it was computed from: with a free selection an
-/// exit could extend the golden measurement into PCR 16 and quote {0-7, 16} while PCR 23 holds
-/// what really runs, and an honest node's quote of any other selection would be a slashing proof.
-/// Voucher format (shared with contracts/voucher.py): 65 bytes r || s || v, an EIP-191
-/// personal_sign signature over keccak256(abi.encode(address(this), block.chainid, operator,
-/// nodeId, akX, akY)); v is 27 or 28 and s in the lower half of the curve order (no malleable
-/// twin).
+/// voucher: an owner-appointed enroller (who checked the node's EK certificate chain, ran
+/// MakeCredential/ActivateCredential for this AK and checked the exit's hybrid identity
+/// signature over (operator, AK, nodeId, chain, registry), all off chain: attestation/enrol.py)
+/// signs an EIP-712 typed Enrolment(operator, nodeId, akX, akY) for this contract and chain. The
+/// voucher names the operator account because everything else register needs is public
+/// calldata: without it anyone could copy a pending registration and become the node's operator.
+/// @dev Quote format (shared with contracts/quote.py): TPMS_ATTEST big-endian, type
+/// TPM_ST_ATTEST_QUOTE; extraData = keccak256(abi.encodePacked("shadowmesh/registry/v1",
+/// block.chainid, address(this), blockhash(nonceBlock), nodeId)), a domain of its own: a quote a
+/// client collected in a handshake (SHA-256 under "shadowmesh/handshake/v1") or a quote made for
+/// another chain or registry never matches. Exactly one PCR selection: the SHA-256 bank with a
+/// 3-byte bitmap equal to PCR_SELECTION (PCRs 0-9: firmware, boot loader, kernel command line).
+/// PCR 10 (IMA) changes with every file the kernel measures, so runtime state is verified by
+/// clients against the release's runtime policy, whose hash the registry records. The selection
+/// is fixed because an approved digest means something only over the PCRs it was computed from.
+/// Signature (r, s) over sha256(TPMS_ATTEST).
+/// Voucher: 65 bytes r || s || v over the EIP-712 digest of Enrolment (see enrolmentDigest);
+/// v is 27 or 28 and s in the lower half of the curve order (no malleable twin).
 contract ExitNodeRegistry {
     enum Status {
         None,
@@ -54,9 +56,12 @@ contract ExitNodeRegistry {
         uint32 index; // position in nodeIds
         uint64 attestedWindow; // block.timestamp / attestationInterval of the last accepted quote
         // slot 5: the (reset, clock) a proof of a never-approved digest must be later than:
-        // the registration quote, raised to each quote that slashed (see reportMisbehavior)
+        // the registration quote, raised to each quote that slashed (see reportMisbehavior);
+        // the TPM firmware version of the newest accepted quote; the release the node runs
         uint64 floorClock;
         uint32 floorResetCount;
+        uint64 firmwareVersion;
+        uint64 release;
         // slot 6
         bytes32 pcrDigest;
         string endpoint;
@@ -76,6 +81,8 @@ contract ExitNodeRegistry {
         uint256 unbondingEnds;
         bytes32 pcrDigest;
         uint256 lastNonceBlock;
+        uint256 release;
+        uint256 firmwareVersion;
         bool healthy;
     }
 
@@ -84,20 +91,43 @@ contract ExitNodeRegistry {
         uint64 revokedAt;
     }
 
+    /// @dev An approved release has a non-zero runtime policy hash (SHA-256 of its Keylime
+    /// runtime-policy JSON, which clients fetch and check the node's IMA list against).
+    struct Release {
+        bytes32 runtimePolicy;
+        uint64 revokedAt;
+    }
+
+    /// @dev A quote as submitted: TPMS_ATTEST, the signature (r, s) over its SHA-256, and the
+    /// block whose hash is the quote's nonce.
+    struct Quote {
+        bytes attest;
+        bytes32 r;
+        bytes32 s;
+        uint256 nonceBlock;
+    }
+
     /// @dev The fields of TPMS_ATTEST the registry uses.
     struct Attest {
         bytes32 extraData;
         bytes32 pcrDigest;
         uint64 clock;
         uint32 resetCount;
+        uint64 firmwareVersion;
     }
 
     address private constant P256VERIFY = address(0x100);
-    bytes private constant QUALIFYING_PREFIX = "shadowmesh-attest-v1";
+    bytes private constant REGISTRY_DOMAIN = "shadowmesh/registry/v1";
     uint32 private constant TPM_GENERATED = 0xFF544347;
     uint16 private constant TPM_ST_ATTEST_QUOTE = 0x8018;
     uint16 private constant TPM_ALG_SHA256 = 0x000B;
     uint256 private constant PCR_SELECT_BYTES = 3; // sizeofSelect for 24 PCRs
+    bytes32 private constant EIP712_DOMAIN_TYPEHASH =
+        keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+    bytes32 private constant ENROLMENT_TYPEHASH =
+        keccak256("Enrolment(address operator,bytes32 nodeId,bytes32 akX,bytes32 akY)");
+    bytes32 private constant NAME_HASH = keccak256("ShadowMesh ExitNodeRegistry");
+    bytes32 private constant VERSION_HASH = keccak256("2");
     uint256 private constant MAX_ATTEST_BYTES = 1024;
     uint256 private constant MAX_ENDPOINT_BYTES = 256;
     uint256 private constant MAX_PAGE = 500;
@@ -117,10 +147,19 @@ contract ExitNodeRegistry {
     uint8 public constant MISBEHAVIOR_OUT_OF_POLICY = 1;
     uint8 public constant MISBEHAVIOR_MISSED_WINDOW = 2;
     /// @notice The PCR bitmap every quote must select in the SHA-256 bank: byte i bit j is
-    /// PCR 8i + j, so 0xFF 0x00 0x80 is PCRs 0-7 (firmware, boot) and 23 (the measurement).
-    bytes3 public constant PCR_SELECTION = 0xFF0080;
+    /// PCR 8i + j, so 0xFF 0x03 0x00 is PCRs 0-9 (firmware, boot loader, kernel command line).
+    bytes3 public constant PCR_SELECTION = 0xFF0300;
+    /// @notice Bounds on the deployment parameters. The unbonding delay is at least two
+    /// attestation intervals (and an hour), so a node cannot leave before a missed window or
+    /// the revocation grace has run out; its upper bound keeps timestamp + delay far from a
+    /// uint64 wrap.
+    uint256 public constant MIN_INTERVAL = 5 seconds; // short enough for the demo's 6-s window
+    uint256 public constant MAX_INTERVAL = 7 days;
+    uint256 public constant MIN_UNBONDING_DELAY = 1 hours;
+    uint256 public constant MAX_UNBONDING_DELAY = 365 days;
 
     address public owner;
+    address public pendingOwner; // two-step transfer: the new owner must accept
     uint256 public immutable minimumStake;
     uint256 public immutable attestationInterval;
     uint256 public immutable unbondingDelay;
@@ -129,21 +168,27 @@ contract ExitNodeRegistry {
 
     mapping(bytes32 => Node) private nodes;
     mapping(bytes32 => Policy) public policy;
+    mapping(uint64 => Release) public releases;
     mapping(bytes32 => bytes32) public nodeOfAk; // keccak256(akX, akY) => nodeId
     bytes32[] private nodeIds;
     /// @notice Accounts whose vouchers admit new nodes. Removing one stops its future vouchers
     /// only: nodes it admitted stay (see setEnroller).
     mapping(address => bool) public isEnroller;
 
+    event OwnershipTransferStarted(address indexed previousOwner, address indexed newOwner);
     event OwnershipTransferred(address indexed previousOwner, address indexed newOwner);
     event DigestApproved(bytes32 indexed digest);
     event DigestRevoked(bytes32 indexed digest);
+    event ReleaseApproved(uint64 indexed release, bytes32 runtimePolicy);
+    event ReleaseRevoked(uint64 indexed release);
     event EnrollerSet(address indexed enroller, bool appointed);
     /// @dev Which enroller admitted a node: if an enroller is later found careless or
     /// compromised, clients can find and distrust the nodes it vouched for from the logs.
     event NodeEnrolled(bytes32 indexed nodeId, address indexed enroller);
     event NodeRegistered(bytes32 indexed nodeId, address indexed operator, uint256 stake, string endpoint);
-    event AttestationUpdated(bytes32 indexed nodeId, uint256 timestamp, bytes32 pcrDigest, uint256 nonceBlock);
+    event AttestationUpdated(
+        bytes32 indexed nodeId, uint256 timestamp, bytes32 pcrDigest, uint256 nonceBlock, uint64 release
+    );
     event ReputationChanged(bytes32 indexed nodeId, uint256 previous, uint256 current);
     event EndpointUpdated(bytes32 indexed nodeId, string endpoint);
     event NodeStale(bytes32 indexed nodeId, address indexed by);
@@ -157,7 +202,14 @@ contract ExitNodeRegistry {
     }
 
     constructor(uint256 minimumStake_, uint256 attestationInterval_, uint256 unbondingDelay_, uint256 freshnessBlocks_) {
-        require(attestationInterval_ > 0, "interval must be positive");
+        require(
+            attestationInterval_ >= MIN_INTERVAL && attestationInterval_ <= MAX_INTERVAL, "interval out of range"
+        );
+        require(
+            unbondingDelay_ >= MIN_UNBONDING_DELAY && unbondingDelay_ >= 2 * attestationInterval_
+                && unbondingDelay_ <= MAX_UNBONDING_DELAY,
+            "unbonding delay out of range"
+        );
         // blockhash only reaches back 256 blocks.
         require(freshnessBlocks_ >= 1 && freshnessBlocks_ <= 256, "freshness must be 1..256 blocks");
         require(minimumStake_ > 0 && minimumStake_ <= type(uint128).max, "minimum stake out of range");
@@ -171,10 +223,20 @@ contract ExitNodeRegistry {
 
     // ----- owner -----
 
+    /// @notice Starts a transfer; nothing changes until newOwner calls acceptOwnership, so a
+    /// mistyped address cannot take the registry out of anyone's hands. A later call replaces
+    /// the pending owner.
     function transferOwnership(address newOwner) external onlyOwner {
         require(newOwner != address(0), "zero owner");
-        emit OwnershipTransferred(owner, newOwner);
-        owner = newOwner;
+        pendingOwner = newOwner;
+        emit OwnershipTransferStarted(owner, newOwner);
+    }
+
+    function acceptOwnership() external {
+        require(msg.sender == pendingOwner, "not pending owner");
+        emit OwnershipTransferred(owner, msg.sender);
+        owner = msg.sender;
+        pendingOwner = address(0);
     }
 
     function approveDigest(bytes32 digest) external onlyOwner {
@@ -184,11 +246,35 @@ contract ExitNodeRegistry {
     }
 
     /// @notice A revoked digest no longer passes attestation at once, but a quote showing it
-    /// becomes slashable only one attestation interval later, so honest nodes can upgrade.
+    /// becomes slashable only one attestation interval later, and a node whose recorded digest
+    /// it was cannot be slashed for a missed window during that interval (the revocation
+    /// grace), so honest nodes can upgrade.
     function revokeDigest(bytes32 digest) external onlyOwner {
         require(policy[digest].approved, "digest not approved");
         policy[digest] = Policy({approved: false, revokedAt: uint64(block.timestamp)});
         emit DigestRevoked(digest);
+    }
+
+    /// @notice Approves a release: runtimePolicy is the SHA-256 of its runtime policy (the
+    /// digests of every file of the release and what it loads). Nodes name the release they
+    /// run; clients check the node's IMA list against that policy. A revoked release number
+    /// is never approved again (publish a new number).
+    function approveRelease(uint64 release, bytes32 runtimePolicy) external onlyOwner {
+        require(release != 0, "zero release");
+        require(runtimePolicy != bytes32(0), "zero runtime policy");
+        require(releases[release].runtimePolicy == bytes32(0), "release already approved");
+        // A release number names one policy for good: clients that cached it are never
+        // handed another policy under the same number.
+        require(releases[release].revokedAt == 0, "release was revoked");
+        releases[release] = Release({runtimePolicy: runtimePolicy, revokedAt: 0});
+        emit ReleaseApproved(release, runtimePolicy);
+    }
+
+    /// @notice Revokes a release, with the same grace for its nodes as revokeDigest.
+    function revokeRelease(uint64 release) external onlyOwner {
+        require(releases[release].runtimePolicy != bytes32(0), "release not approved");
+        releases[release] = Release({runtimePolicy: bytes32(0), revokedAt: uint64(block.timestamp)});
+        emit ReleaseRevoked(release);
     }
 
     /// @notice Appoints (or removes) an enroller. Removal does not unregister the nodes it
@@ -211,10 +297,8 @@ contract ExitNodeRegistry {
         string calldata endpoint,
         bytes32 akX,
         bytes32 akY,
-        bytes calldata attest,
-        bytes32 r,
-        bytes32 s,
-        uint256 nonceBlock,
+        Quote calldata quote,
+        uint64 release,
         bytes calldata enrolmentVoucher
     ) external payable {
         require(msg.value >= minimumStake, "stake below minimum");
@@ -223,10 +307,9 @@ contract ExitNodeRegistry {
         require(nodeOfAk[keccak256(abi.encodePacked(akX, akY))] == bytes32(0), "AK already registered");
         _checkEndpoint(endpoint);
         _checkVoucher(nodeId, akX, akY, enrolmentVoucher); // signed for msg.sender only
-        Attest memory q = _acceptQuote(nodeId, akX, akY, attest, r, s, nonceBlock);
-        _admit(nodeId, endpoint, akX, akY, q, nonceBlock);
-        emit NodeRegistered(nodeId, msg.sender, msg.value, endpoint);
-        emit AttestationUpdated(nodeId, block.timestamp, q.pcrDigest, nonceBlock);
+        _checkRelease(release);
+        Attest memory q = _acceptQuote(nodeId, akX, akY, quote);
+        _admit(nodeId, endpoint, akX, akY, q, quote.nonceBlock, release);
     }
 
     /// @notice The operator's periodic attestation; also brings a stale node back. The on-time
@@ -234,16 +317,25 @@ contract ExitNodeRegistry {
     /// and not in the window of a late attestation, so calling this every block earns nothing.
     /// The quote must be later in TPM time than every quote seen from this AK: a TPM's
     /// (resetCount, clock) only goes back through TPM2_Clear, which would otherwise let a node
-    /// make its later quotes look older than the ones a reporter holds.
-    function updateAttestation(bytes32 nodeId, bytes calldata attest, bytes32 r, bytes32 s, uint256 nonceBlock)
-        external
-    {
+    /// make its later quotes look older than the ones a reporter holds. The TPM's firmware
+    /// version may not go back: a downgrade to firmware with known flaws is refused.
+    /// release names the (approved) release the node now runs.
+    function updateAttestation(
+        bytes32 nodeId,
+        Quote calldata quote,
+        uint64 release
+    ) external {
         Node storage n = _operated(nodeId);
         require(n.status == Status.Active || n.status == Status.Stale, "node not active");
         // Each quote answers a newer challenge, so one quote cannot be replayed.
+        uint256 nonceBlock = quote.nonceBlock;
         require(nonceBlock > n.lastNonceBlock, "nonce block not newer");
-        Attest memory q = _acceptQuote(nodeId, n.akX, n.akY, attest, r, s, nonceBlock);
+        _checkRelease(release);
+        Attest memory q = _acceptQuote(nodeId, n.akX, n.akY, quote);
         require(_tpmLater(q, n.tpmResetCount, n.tpmClock), "quote not newer");
+        require(q.firmwareVersion >= n.firmwareVersion, "firmware downgraded");
+        if (q.firmwareVersion != n.firmwareVersion) n.firmwareVersion = q.firmwareVersion;
+        if (release != n.release) n.release = release;
 
         uint64 window = uint64(block.timestamp / attestationInterval);
         bool onTime = block.timestamp <= uint256(n.lastAttestation) + attestationInterval;
@@ -259,7 +351,7 @@ contract ExitNodeRegistry {
             uint16 next = n.reputation + REPUTATION_ON_TIME;
             _setReputation(nodeId, n, next > REPUTATION_MAX ? REPUTATION_MAX : next);
         }
-        emit AttestationUpdated(nodeId, block.timestamp, q.pcrDigest, nonceBlock);
+        emit AttestationUpdated(nodeId, block.timestamp, q.pcrDigest, nonceBlock, release);
     }
 
     function updateEndpoint(bytes32 nodeId, string calldata endpoint) external {
@@ -303,9 +395,12 @@ contract ExitNodeRegistry {
     }
 
     /// @notice Slashes a node on a proof checked here and pays the reporter.
-    /// kind 1 (out of policy): proof = abi.encode(bytes attest, bytes32 r, bytes32 s, bytes32 nonce),
-    ///   a quote bound to this node, signed by its AK, with the registry's PCR selection, whose
-    ///   PCR digest is outside policy, and later in TPM time (resetCount, clock) than:
+    /// kind 1 (out of policy): proof = abi.encode(bytes attest, bytes32 r, bytes32 s, uint256 nonceBlock),
+    ///   a registry-domain quote (qualifying data of this chain, this registry, this node and
+    ///   blockhash(nonceBlock), so within the last 256 blocks: handshake quotes, which clients
+    ///   hold by the thousand, and quotes for other chains or registries never qualify), signed
+    ///   by the node's AK, with the registry's PCR selection, whose PCR digest is outside
+    ///   policy, and later in TPM time (resetCount, clock) than:
     ///   - for a digest never approved: the node's registration quote and any quote that
     ///     slashed it before. No honest node ran such a digest while registered, so attesting
     ///     an approved digest afterwards (say after a reboot) does not make the quote go away.
@@ -318,13 +413,16 @@ contract ExitNodeRegistry {
     ///     attestation; reporters must submit it before the node attests again.
     ///   Each slash raises both bounds to the quote used, so a quote slashes once, and proofs
     ///   of one node count in TPM-time order.
-    /// kind 2 (missed window): empty proof; the chain's own clock is the evidence.
+    /// kind 2 (missed window): empty proof; the chain's own clock is the evidence. Not during
+    ///   the revocation grace of the node's recorded digest or release (see revokeDigest).
     function reportMisbehavior(bytes32 nodeId, uint8 kind, bytes calldata proof) external {
         Node storage n = _existing(nodeId);
         if (kind == MISBEHAVIOR_OUT_OF_POLICY) {
-            (bytes memory attest, bytes32 r, bytes32 s, bytes32 nonce) =
-                abi.decode(proof, (bytes, bytes32, bytes32, bytes32));
+            (bytes memory attest, bytes32 r, bytes32 s, uint256 nonceBlock) =
+                abi.decode(proof, (bytes, bytes32, bytes32, uint256));
             Attest memory q = _parse(attest);
+            bytes32 nonce = blockhash(nonceBlock);
+            require(nonce != bytes32(0), "nonce block not recent");
             require(q.extraData == _qualifyingData(nonce, nodeId), "nonce mismatch");
             require(_p256(sha256(attest), r, s, n.akX, n.akY), "bad quote signature");
             Policy memory p = policy[q.pcrDigest];
@@ -347,6 +445,7 @@ contract ExitNodeRegistry {
             require(n.status == Status.Active || n.status == Status.Stale, "node not active");
             require(block.timestamp > uint256(n.lastAttestation) + attestationInterval, "attestation window open");
             require(n.missedSlashedFor != n.lastAttestation, "window already slashed");
+            require(!_inRevocationGrace(n), "revocation grace");
             n.missedSlashedFor = n.lastAttestation;
             if (n.status == Status.Active) {
                 n.status = Status.Stale;
@@ -379,6 +478,8 @@ contract ExitNodeRegistry {
             unbondingEnds: n.unbondingEnds,
             pcrDigest: n.pcrDigest,
             lastNonceBlock: n.lastNonceBlock,
+            release: n.release,
+            firmwareVersion: n.firmwareVersion,
             healthy: _healthy(n, 0)
         });
     }
@@ -412,17 +513,24 @@ contract ExitNodeRegistry {
         next = end < total ? end : 0;
     }
 
-    /// @notice The hash an enroller signs (EIP-191 personal_sign) to vouch for (nodeId, AK)
-    /// registered by the account operator.
-    function voucherDigest(address operator, bytes32 nodeId, bytes32 akX, bytes32 akY)
+    /// @notice The EIP-712 domain: name "ShadowMesh ExitNodeRegistry", version "2", this chain,
+    /// this contract. Computed per call, so a chain split never keeps the old chain id.
+    function domainSeparator() public view returns (bytes32) {
+        return keccak256(abi.encode(EIP712_DOMAIN_TYPEHASH, NAME_HASH, VERSION_HASH, block.chainid, address(this)));
+    }
+
+    /// @notice The EIP-712 digest an enroller signs to vouch for (nodeId, AK) registered by the
+    /// account operator: typed data Enrolment(address operator,bytes32 nodeId,bytes32 akX,bytes32 akY).
+    function enrolmentDigest(address operator, bytes32 nodeId, bytes32 akX, bytes32 akY)
         public
         view
         returns (bytes32)
     {
-        return keccak256(abi.encode(address(this), block.chainid, operator, nodeId, akX, akY));
+        bytes32 structHash = keccak256(abi.encode(ENROLMENT_TYPEHASH, operator, nodeId, akX, akY));
+        return keccak256(abi.encodePacked("\x19\x01", domainSeparator(), structHash));
     }
 
-    /// @notice The qualifying data a quote for (blockhash(nonceBlock), nodeId) must carry.
+    /// @notice The qualifying data a registry quote for (blockhash(nonceBlock), nodeId) must carry.
     function expectedQualifyingData(uint256 nonceBlock, bytes32 nodeId) external view returns (bytes32) {
         return _qualifyingData(blockhash(nonceBlock), nodeId);
     }
@@ -433,18 +541,29 @@ contract ExitNodeRegistry {
         bytes32 nodeId,
         bytes32 akX,
         bytes32 akY,
-        bytes calldata attest,
-        bytes32 r,
-        bytes32 s,
-        uint256 nonceBlock
+        Quote calldata quote
     ) private view returns (Attest memory q) {
-        q = _parse(attest);
+        q = _parse(quote.attest);
+        uint256 nonceBlock = quote.nonceBlock;
         require(nonceBlock < block.number && block.number - nonceBlock <= freshnessBlocks, "nonce block not recent");
         bytes32 nonce = blockhash(nonceBlock);
         require(nonce != bytes32(0), "nonce block not recent");
         require(q.extraData == _qualifyingData(nonce, nodeId), "nonce mismatch");
-        require(_p256(sha256(attest), r, s, akX, akY), "bad quote signature");
+        require(_p256(sha256(quote.attest), quote.r, quote.s, akX, akY), "bad quote signature");
         require(policy[q.pcrDigest].approved, "PCR digest not approved");
+    }
+
+    function _checkRelease(uint64 release) private view {
+        require(releases[release].runtimePolicy != bytes32(0), "release not approved");
+    }
+
+    /// @dev Whether the node's recorded digest or release was revoked less than one
+    /// attestation interval ago: its operator may still be upgrading.
+    function _inRevocationGrace(Node storage n) private view returns (bool) {
+        uint256 digestRevoked = policy[n.pcrDigest].revokedAt;
+        uint256 releaseRevoked = releases[n.release].revokedAt;
+        uint256 latest = digestRevoked > releaseRevoked ? digestRevoked : releaseRevoked;
+        return latest != 0 && block.timestamp <= latest + attestationInterval;
     }
 
     /// @dev "malformed enrolment voucher" unless it is exactly 65 bytes with v in {27, 28} and
@@ -456,21 +575,21 @@ contract ExitNodeRegistry {
         bytes32 s = bytes32(voucher[32:64]);
         uint8 v = uint8(voucher[64]);
         require((v == 27 || v == 28) && uint256(s) <= SECP256K1_HALF_ORDER, "malformed enrolment voucher");
-        bytes32 signed =
-            keccak256(abi.encodePacked("\x19Ethereum Signed Message:\n32", voucherDigest(msg.sender, nodeId, akX, akY)));
-        address enroller = ecrecover(signed, v, r, s);
+        address enroller = ecrecover(enrolmentDigest(msg.sender, nodeId, akX, akY), v, r, s);
         require(isEnroller[enroller], "voucher not from an enroller");
         emit NodeEnrolled(nodeId, enroller);
     }
 
-    /// @dev Stores a new node (a separate function: register's arguments fill the stack).
+    /// @dev Stores a new node and announces it (a separate function: register's arguments
+    /// fill the stack).
     function _admit(
         bytes32 nodeId,
         string calldata endpoint,
         bytes32 akX,
         bytes32 akY,
         Attest memory q,
-        uint256 nonceBlock
+        uint256 nonceBlock,
+        uint64 release
     ) private {
         Node storage n = nodes[nodeId];
         n.operator = msg.sender;
@@ -485,16 +604,20 @@ contract ExitNodeRegistry {
         n.tpmResetCount = q.resetCount;
         n.floorClock = q.clock;
         n.floorResetCount = q.resetCount;
+        n.firmwareVersion = q.firmwareVersion;
+        n.release = release;
         n.attestedWindow = uint64(block.timestamp / attestationInterval);
         n.index = uint32(nodeIds.length);
         n.pcrDigest = q.pcrDigest;
         n.endpoint = endpoint;
         nodeIds.push(nodeId);
         nodeOfAk[keccak256(abi.encodePacked(akX, akY))] = nodeId;
+        emit NodeRegistered(nodeId, msg.sender, msg.value, endpoint);
+        emit AttestationUpdated(nodeId, block.timestamp, q.pcrDigest, nonceBlock, release);
     }
 
-    function _qualifyingData(bytes32 nonce, bytes32 nodeId) private pure returns (bytes32) {
-        return sha256(abi.encodePacked(QUALIFYING_PREFIX, nonce, nodeId));
+    function _qualifyingData(bytes32 nonce, bytes32 nodeId) private view returns (bytes32) {
+        return keccak256(abi.encodePacked(REGISTRY_DOMAIN, block.chainid, address(this), nonce, nodeId));
     }
 
     /// @dev EIP-7951: 160 bytes in; 32 bytes holding 1 on success, empty output otherwise.
@@ -599,6 +722,7 @@ contract ExitNodeRegistry {
         o += 34;
         q.clock = uint64(_be(a, o, 8));
         q.resetCount = uint32(_be(a, o + 8, 4));
+        q.firmwareVersion = uint64(_be(a, o + 17, 8));
         o += 17 + 8; // clock, resetCount, restartCount, safe; firmwareVersion
         // TPML_PCR_SELECTION: count 1, then hash, sizeofSelect, bitmap (10 bytes in all).
         _need(o + 10 <= len && _be(a, o, 4) == 1);

@@ -5,14 +5,16 @@ Every command prints one JSON object. The RPC URL and the registry address come 
 from ``--keystore`` (password in $SHADOWMESH_KEYSTORE_PASSWORD) or $SHADOWMESH_REGISTRY_KEY.
 
 On-chain attestation in three steps: ``registry challenge --node-id ID`` prints a block and
-the qualifying data; the TPM quotes that (``shadowmesh attest``); ``registry attest`` (or
-``register``) submits the TPMS_ATTEST and signature files with ``--nonce-block``.
+the registry-domain qualifying data (bound to this chain, this registry, the block hash and
+the node); the TPM quotes that over PCRs 0-9; ``registry attest`` (or ``register``) submits
+the TPMS_ATTEST and signature files with ``--nonce-block`` and the ``--release`` the node
+runs, which the owner approved with its runtime-policy hash (``registry release``).
 
-Registration also needs an enrolment voucher (``contracts.voucher``). The owner appoints
-enrollers (``registry enroller add ADDRESS``); an enroller who ran a node's enrolment (EK
-chain and credential activation: ``attestation.enrol``) signs a voucher for that record
-and the operator account that will register it with ``registry vouch --enrolment FILE
---node-id ID --operator ADDRESS --out FILE``; the operator passes the file to ``register
+Registration also needs an EIP-712 enrolment voucher (``contracts.voucher``). The owner
+appoints enrollers (``registry enroller add ADDRESS``); an enroller signs a voucher only at
+the end of the enrolment ceremony it runs with the exit (``shadowmesh enrol``: EK
+certificate chain, credential activation, the exit's identity signature over the terms),
+never on an exit's word about itself; the operator passes the file to ``register
 --voucher`` (or the exit reads it from ``chain.enrolment_voucher``). A voucher for another
 operator is refused on chain, so a copied registration cannot take the node over.
 """
@@ -20,6 +22,7 @@ operator is refused on chain, so a copied registration cannot take the node over
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -41,7 +44,9 @@ from contracts.constants import (
     DEFAULT_MINIMUM_STAKE_WEI,
     DEFAULT_PAGE,
     DEFAULT_UNBONDING_DELAY_S,
+    MAX_RELEASE,
     NODE_ID_BYTES,
+    SOFTWARE_RELEASE,
     WEI_PER_ETHER,
 )
 from contracts.errors import RegistryError, VoucherError
@@ -67,6 +72,16 @@ def _address(text: str) -> str:
     if not Web3.is_address(text):
         raise argparse.ArgumentTypeError("expected an Ethereum address (0x + 40 hex digits)")
     return str(Web3.to_checksum_address(text))
+
+
+def _release(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a release number") from None
+    if not 0 < value <= MAX_RELEASE:
+        raise argparse.ArgumentTypeError(f"release must be 1..{MAX_RELEASE}")
+    return value
 
 
 def _ether(text: str) -> int:
@@ -134,6 +149,37 @@ def cmd_approve(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release(ns: argparse.Namespace) -> int:
+    client = _client(ns, signer=True)
+    if ns.revoke:
+        result = client.revoke_release(ns.release)
+    else:
+        if ns.runtime_policy is None:
+            raise RegistryError("approving a release needs --runtime-policy FILE")
+        try:
+            digest = hashlib.sha256(ns.runtime_policy.read_bytes()).digest()
+        except OSError as exc:
+            raise RegistryError(f"cannot read runtime policy: {exc.strerror or exc}") from None
+        result = client.approve_release(ns.release, digest)
+    _print(
+        {**_tx(result), "release": ns.release, "runtime_policy": client.runtime_policy(ns.release)}
+    )
+    return 0
+
+
+def cmd_owner(ns: argparse.Namespace) -> int:
+    client = _client(ns, signer=True)
+    if ns.accept:
+        result = client.accept_ownership()
+    elif ns.new_owner is not None:
+        result = client.transfer_ownership(ns.new_owner)
+    else:
+        raise RegistryError("give --transfer-to ADDRESS (current owner) or --accept (new owner)")
+    cfg = client.config()
+    _print({**_tx(result), "owner": cfg.owner, "pending_owner": cfg.pending_owner})
+    return 0
+
+
 def cmd_challenge(ns: argparse.Namespace) -> int:
     _print(asdict(_client(ns, signer=False).challenge(ns.node_id)))
     return 0
@@ -158,13 +204,14 @@ def cmd_register(ns: argparse.Namespace) -> int:
         ns.nonce_block,
         stake_wei=ns.stake,
         voucher=voucher.signature,
+        release=ns.release,
     )
     _print(_tx(result))
     return 0
 
 
 def read_voucher(path: Path) -> Voucher:
-    """A voucher file (``registry vouch --out``). Raises VoucherError."""
+    """A voucher file (``enrol vouch --out``). Raises VoucherError."""
     try:
         return Voucher.parse(path.read_bytes())
     except OSError as exc:
@@ -190,43 +237,9 @@ def cmd_enroller(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_vouch(ns: argparse.Namespace) -> int:
-    """The enroller's command: vouch for the AK of an enrolment it ran, for one node id."""
-    try:
-        ak = enrolment_ak(ns.enrolment.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RegistryError(f"cannot read enrolment record {ns.enrolment}: {exc}") from None
-    account = load_account(ns.keystore)
-    if not ns.registry:
-        raise RegistryError(f"no registry address: give --registry or set {REGISTRY_ENV}")
-    appointed: bool | None = None
-    if ns.chain_id is None:  # online: take the chain id from the node, and say if we count
-        client = RegistryClient(connect(ns.rpc), ns.registry)
-        chain_id = client.chain_id()
-        appointed = client.is_enroller(account.address)
-    else:
-        chain_id = ns.chain_id
-    voucher = Voucher.make(account, ns.registry, chain_id, ns.node_id, ak, operator=ns.operator)
-    try:
-        ns.out.write_text(voucher.dump())
-    except OSError as exc:
-        raise RegistryError(f"cannot write voucher {ns.out}: {exc.strerror or exc}") from None
-    _print(
-        {
-            "voucher": str(ns.out),
-            "registry": voucher.contract,
-            "chain_id": chain_id,
-            "operator": voucher.operator,
-            "node_id": voucher.node_id,
-            "enroller": voucher.enroller,
-            "enroller_appointed": appointed,
-        }
-    )
-    return 0
-
-
 def cmd_attest(ns: argparse.Namespace) -> int:
-    _print(_tx(_client(ns, signer=True).attest(ns.node_id, _quote(ns), ns.nonce_block)))
+    client = _client(ns, signer=True)
+    _print(_tx(client.attest(ns.node_id, _quote(ns), ns.nonce_block, release=ns.release)))
     return 0
 
 
@@ -253,9 +266,11 @@ def cmd_report(ns: argparse.Namespace) -> int:
     if ns.missed_window:
         result = client.report_missed_window(ns.node_id)
     else:
-        if ns.attest is None or ns.signature is None or ns.nonce is None:
-            raise RegistryError("an out-of-policy report needs --attest, --signature, --nonce")
-        result = client.report_out_of_policy(ns.node_id, _quote(ns), ns.nonce)
+        if ns.attest is None or ns.signature is None or ns.nonce_block is None:
+            raise RegistryError(
+                "an out-of-policy report needs --attest, --signature, --nonce-block"
+            )
+        result = client.report_out_of_policy(ns.node_id, _quote(ns), ns.nonce_block)
     _print(_tx(result))
     return 0
 
@@ -301,11 +316,24 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=int, default=DEFAULT_ATTESTATION_INTERVAL_S)
     p.add_argument("--unbonding", type=int, default=DEFAULT_UNBONDING_DELAY_S)
     p.add_argument("--freshness", type=int, default=DEFAULT_FRESHNESS_BLOCKS)
-    p = add("approve", cmd_approve, "approve (or --revoke) PCR digests (owner only)")
+    p = add("approve", cmd_approve, "approve (or --revoke) boot PCR digests (owner only)")
     p.add_argument("digest", type=_hex32, nargs="+")
     p.add_argument("--revoke", action="store_true")
+    p = add("release", cmd_release, "approve a release with its runtime policy, or --revoke it")
+    p.add_argument("release", type=_release)
+    p.add_argument("--runtime-policy", type=Path, help="the release's runtime policy (JSON)")
+    p.add_argument("--revoke", action="store_true")
+    p = add("owner", cmd_owner, "hand the registry over: --transfer-to, then --accept")
+    p.add_argument("--transfer-to", dest="new_owner", type=_address)
+    p.add_argument("--accept", action="store_true")
+    release = argparse.ArgumentParser(add_help=False)
+    release.add_argument("--release", type=_release, default=SOFTWARE_RELEASE,
+                         help="the approved release the node runs")  # fmt: skip
     add("challenge", cmd_challenge, "the block and qualifying data to quote", node)
-    p = add("register", cmd_register, "register an exit node with stake and a quote", node, quote)
+    p = add(
+        "register", cmd_register, "register an exit node with stake and a quote", node, quote,
+        release,
+    )  # fmt: skip
     p.add_argument("--endpoint", required=True)
     p.add_argument("--ak-pub", type=Path, required=True, help="AK public key (PEM or DER)")
     p.add_argument("--nonce-block", type=int, required=True)
@@ -314,14 +342,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p = add("enroller", cmd_enroller, "appoint (add) or remove an enroller (owner only)")
     p.add_argument("change", choices=("add", "remove"))
     p.add_argument("address", type=_address)
-    p = add("vouch", cmd_vouch, "as an enroller, vouch for an enrolled AK and node id", node)
-    p.add_argument("--enrolment", type=Path, required=True, help="enrolment record (JSON)")
-    p.add_argument(
-        "--operator", type=_address, required=True, help="account that will send register"
-    )
-    p.add_argument("--out", type=Path, required=True, help="voucher file to write")
-    p.add_argument("--chain-id", type=int, help="sign offline for this chain id")
-    p = add("attest", cmd_attest, "submit the periodic attestation", node, quote)
+    p = add("attest", cmd_attest, "submit the periodic attestation", node, quote, release)
     p.add_argument("--nonce-block", type=int, required=True)
     p = add("list", cmd_list, "healthy exit nodes")
     p.add_argument("--min-reputation", type=int, default=0)
@@ -330,6 +351,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     add("stale", cmd_stale, "mark a node stale once its window has passed", node)
     p = add("report", cmd_report, "report misbehaviour with a proof", node, quote)
     p.add_argument("--missed-window", action="store_true")
-    p.add_argument("--nonce", type=_hex32, help="the nonce the out-of-policy quote answered")
+    p.add_argument("--nonce-block", type=int, help="the block the out-of-policy quote answered")
     p = add("withdraw", cmd_withdraw, "--request unbonding, then withdraw the stake", node)
     p.add_argument("--request", action="store_true")

@@ -7,12 +7,20 @@ node that holds no accounts.
 
 What the contract enforces, in short (details in ExitNodeRegistry.sol):
 
-* quotes select exactly PCRs 0-7 and 23 of the SHA-256 bank (``PCR_SELECT_BITMAP``);
-  anything else reverts "PCR selection mismatch", in registration, attestation and proofs;
-* ``register`` needs a voucher signed for the sending account (the operator), so a copied
-  registration from another sender reverts "voucher not from an enroller";
-* ``attest`` must carry a quote later in TPM time than any seen from the AK; the on-time
-  reputation bonus is paid at most once per attestation window;
+* quotes select exactly PCRs 0-9 of the SHA-256 bank (``PCR_SELECT_BITMAP``), the boot
+  state; anything else reverts "PCR selection mismatch", in registration, attestation and
+  proofs. Their qualifying data is in the registry's own domain (``Challenge``), bound to
+  the chain id, this registry and a recent block hash;
+* ``register`` needs an EIP-712 voucher signed for the sending account (the operator), so a
+  copied registration from another sender reverts "voucher not from an enroller";
+* ``register`` and ``attest`` name the release the node runs, which the owner must have
+  approved with its runtime-policy hash (``approve_release``);
+* ``attest`` must carry a quote later in TPM time than any seen from the AK, from firmware
+  no older than the last one seen ("firmware downgraded"); the on-time reputation bonus is
+  paid at most once per attestation window;
+* a missed window cannot be slashed while the node's digest or release was revoked less
+  than one interval ago ("revocation grace");
+* ownership moves in two steps (``transfer_ownership``, then ``accept_ownership``);
 * out-of-policy proofs (``report_out_of_policy``) count in TPM-time order. A quote of a
   never-approved digest stays slashable after the node attests again (say after a reboot):
   it only has to be later than the registration quote and earlier slashes. Known limit: a
@@ -54,11 +62,12 @@ from contracts.constants import (
     NODE_ID_BYTES,
     RECEIPT_TIMEOUT_S,
     RPC_TIMEOUT_S,
+    SOFTWARE_RELEASE,
     SOURCE_PATH,
     STATUS_NAMES,
 )
 from contracts.errors import ArtifactError, ChainError, KeyLoadError, RegistryReverted
-from contracts.quote import AkPublic, ContractQuote, misbehavior_proof, qualifying_data
+from contracts.quote import AkPublic, ContractQuote, misbehavior_proof, registry_qualifying_data
 
 _ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
 
@@ -92,6 +101,7 @@ class TxResult:
 class RegistryConfig:
     address: str
     owner: str
+    pending_owner: str
     minimum_stake_wei: int
     attestation_interval_s: int
     unbonding_delay_s: int
@@ -100,7 +110,8 @@ class RegistryConfig:
 
 @dataclass(frozen=True, slots=True)
 class Challenge:
-    """A block whose hash is the nonce of the next on-chain quote."""
+    """A block whose hash is the nonce of the next on-chain quote, and the registry-domain
+    qualifying data (this chain, this registry, that hash, the node) the quote must carry."""
 
     block_number: int
     block_hash: bytes
@@ -120,6 +131,8 @@ class NodeInfo:
     unbonding_ends: int
     pcr_digest: bytes
     last_nonce_block: int
+    release: int
+    firmware_version: int
     healthy: bool
 
 
@@ -276,6 +289,7 @@ class RegistryClient:
         return RegistryConfig(
             address=self.address,
             owner=str(self._call("owner")),
+            pending_owner=str(self._call("pendingOwner")),
             minimum_stake_wei=int(self._call("minimumStake")),
             attestation_interval_s=int(self._call("attestationInterval")),
             unbonding_delay_s=int(self._call("unbondingDelay")),
@@ -292,10 +306,19 @@ class RegistryClient:
         return bool(self._call("isEnroller", Web3.to_checksum_address(address)))
 
     def voucher_digest(self, node_id: bytes, ak: AkPublic, *, operator: str) -> bytes:
-        """The hash the contract expects an enroller to have signed for (node_id, ak)
-        registered by the account ``operator``."""
+        """The EIP-712 digest the contract expects an enroller to have signed for
+        (node_id, ak) registered by the account ``operator``."""
         address = Web3.to_checksum_address(operator)
-        return bytes(self._call("voucherDigest", address, _node_id(node_id), ak.x, ak.y))
+        return bytes(self._call("enrolmentDigest", address, _node_id(node_id), ak.x, ak.y))
+
+    def runtime_policy(self, release: int) -> bytes | None:
+        """The runtime-policy hash the owner approved for ``release``; None if not approved."""
+        value = bytes(self._call("releases", release)[0])
+        return None if value == bytes(32) else value
+
+    def qualifying_data(self, nonce: bytes, node_id: bytes) -> bytes:
+        """The registry-domain qualifying data for ``nonce`` (a block hash) and ``node_id``."""
+        return registry_qualifying_data(self.chain_id(), self.address, nonce, _node_id(node_id))
 
     def pcr_selection(self) -> bytes:
         """The PCR bitmap (SHA-256 bank) every quote must select (``PCR_SELECTION``)."""
@@ -309,7 +332,7 @@ class RegistryClient:
             raise ChainError("the chain has no block to take a nonce from yet")
         block = self.w3.eth.get_block(latest - 1)
         number, block_hash = int(block["number"]), bytes(block["hash"])
-        return Challenge(number, block_hash, qualifying_data(block_hash, _node_id(node_id)))
+        return Challenge(number, block_hash, self.qualifying_data(block_hash, node_id))
 
     def node(self, node_id: bytes) -> NodeInfo:
         v = self._call("getNode", _node_id(node_id))
@@ -325,7 +348,9 @@ class RegistryClient:
             unbonding_ends=int(v[9]),
             pcr_digest=bytes(v[10]),
             last_nonce_block=int(v[11]),
-            healthy=bool(v[12]),
+            release=int(v[12]),
+            firmware_version=int(v[13]),
+            healthy=bool(v[14]),
         )
 
     def node_count(self) -> int:
@@ -393,23 +418,39 @@ class RegistryClient:
         *,
         stake_wei: int,
         voucher: bytes,
+        release: int = SOFTWARE_RELEASE,
     ) -> TxResult:
-        """``voucher``: an appointed enroller's 65-byte signature over (registry, chain,
-        this client's account as operator, node_id, ak) (``contracts.voucher``)."""
+        """``voucher``: an appointed enroller's 65-byte EIP-712 signature over (this client's
+        account as operator, node_id, ak) for this registry and chain (``contracts.voucher``).
+        ``release``: the approved release the node runs."""
         return self._transact(
             "register", _node_id(node_id), endpoint, ak.x, ak.y,
-            quote.attest, quote.r, quote.s, nonce_block, bytes(voucher), value=stake_wei,
+            _quote_arg(quote, nonce_block), release, bytes(voucher), value=stake_wei,
         )  # fmt: skip
 
-    def attest(self, node_id: bytes, quote: ContractQuote, nonce_block: int) -> TxResult:
+    def attest(
+        self,
+        node_id: bytes,
+        quote: ContractQuote,
+        nonce_block: int,
+        *,
+        release: int = SOFTWARE_RELEASE,
+    ) -> TxResult:
         return self._transact(
-            "updateAttestation", _node_id(node_id), quote.attest, quote.r, quote.s, nonce_block
+            "updateAttestation", _node_id(node_id), _quote_arg(quote, nonce_block), release
         )
 
-    def attest_with(self, node_id: bytes, quote_for: Callable[[bytes], ContractQuote]) -> TxResult:
+    def attest_with(
+        self,
+        node_id: bytes,
+        quote_for: Callable[[bytes], ContractQuote],
+        *,
+        release: int = SOFTWARE_RELEASE,
+    ) -> TxResult:
         """Fetch a challenge, have ``quote_for(qualifying_data)`` quote it, submit the quote."""
         challenge = self.challenge(node_id)
-        return self.attest(node_id, quote_for(challenge.qualifying_data), challenge.block_number)
+        quote = quote_for(challenge.qualifying_data)
+        return self.attest(node_id, quote, challenge.block_number, release=release)
 
     def update_endpoint(self, node_id: bytes, endpoint: str) -> TxResult:
         return self._transact("updateEndpoint", _node_id(node_id), endpoint)
@@ -420,18 +461,33 @@ class RegistryClient:
     def revoke_digest(self, digest: bytes) -> TxResult:
         return self._transact("revokeDigest", digest)
 
+    def approve_release(self, release: int, runtime_policy: bytes) -> TxResult:
+        """Approve ``release`` with the SHA-256 of its runtime policy; owner only."""
+        return self._transact("approveRelease", release, runtime_policy)
+
+    def revoke_release(self, release: int) -> TxResult:
+        return self._transact("revokeRelease", release)
+
     def set_enroller(self, address: str, appointed: bool = True) -> TxResult:
         """Appoint (or, with ``appointed=False``, remove) an enroller; owner only."""
         return self._transact("setEnroller", Web3.to_checksum_address(address), appointed)
 
     def transfer_ownership(self, new_owner: str) -> TxResult:
+        """Name ``new_owner`` as pending owner; it takes over with ``accept_ownership``."""
         return self._transact("transferOwnership", Web3.to_checksum_address(new_owner))
+
+    def accept_ownership(self) -> TxResult:
+        return self._transact("acceptOwnership")
 
     def mark_stale(self, node_id: bytes) -> TxResult:
         return self._transact("markStale", _node_id(node_id))
 
-    def report_out_of_policy(self, node_id: bytes, quote: ContractQuote, nonce: bytes) -> TxResult:
-        proof = misbehavior_proof(quote, nonce)
+    def report_out_of_policy(
+        self, node_id: bytes, quote: ContractQuote, nonce_block: int
+    ) -> TxResult:
+        """Slash with a registry-domain quote that answered block ``nonce_block`` (one of
+        the chain's last 256 blocks) and shows a digest outside policy."""
+        proof = misbehavior_proof(quote, nonce_block)
         kind = MISBEHAVIOR_OUT_OF_POLICY
         return self._transact("reportMisbehavior", _node_id(node_id), kind, proof)
 
@@ -444,6 +500,11 @@ class RegistryClient:
 
     def withdraw(self, node_id: bytes) -> TxResult:
         return self._transact("withdraw", _node_id(node_id))
+
+
+def _quote_arg(quote: ContractQuote, nonce_block: int) -> tuple[bytes, bytes, bytes, int]:
+    """The contract's Quote struct (attest, r, s, nonceBlock)."""
+    return (quote.attest, quote.r, quote.s, nonce_block)
 
 
 def _send(w3: Web3, account: LocalAccount, call: Any, value: int) -> Any:

@@ -1,9 +1,11 @@
 """Pure helpers between TPM quotes and the registry contract.
 
-The shared format (agreed with attestation/): a quote is raw TPMS_ATTEST bytes plus an ECDSA
-P-256 signature (r, s) over SHA-256 of those bytes; its extraData is
-``sha256(b"shadowmesh-attest-v1" || nonce || nodeId)``; on chain the nonce is a recent block
-hash. The AK public key goes on chain as two 32-byte big-endian coordinates.
+A registry quote is raw TPMS_ATTEST bytes plus an ECDSA P-256 signature (r, s) over SHA-256 of
+those bytes; its extraData is in the registry's own domain,
+``keccak256(b"shadowmesh/registry/v1" || chainId (u256) || registry address || blockhash ||
+nodeId)`` (``registry_qualifying_data``), so a quote made in a handshake (another domain) or
+for another chain or registry never passes on chain or as a slashing proof. The AK public key
+goes on chain as two 32-byte big-endian coordinates.
 
 ``build_attest`` and ``sign_attest`` make synthetic quotes in exactly that format with a
 software P-256 key; tests and ``bench/gas.py`` use them where no TPM is involved.
@@ -21,13 +23,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from eth_abi.abi import encode as abi_encode
+from eth_utils.address import is_address, to_canonical_address
+from eth_utils.crypto import keccak
 
 from contracts.constants import (
     NODE_ID_BYTES,
     NONCE_BYTES,
     P256_COORD_BYTES,
     PCR_SELECT_BITMAP,
-    QUALIFYING_PREFIX,
+    REGISTRY_DOMAIN,
     TPM_ALG_ECDSA,
     TPM_ALG_SHA256,
     TPM_GENERATED_VALUE,
@@ -62,11 +66,24 @@ class AkPublic:
     y: bytes
 
 
-def qualifying_data(nonce: bytes, node_id: bytes) -> bytes:
-    """The extraData a quote for ``nonce`` and ``node_id`` must carry."""
+def registry_qualifying_data(chain_id: int, registry: str, nonce: bytes, node_id: bytes) -> bytes:
+    """The extraData a registry quote answering ``nonce`` (a block hash of chain
+    ``chain_id``) for ``node_id`` on the registry at ``registry`` must carry, as
+    ExitNodeRegistry._qualifyingData computes it. Raises QuoteFormatError."""
     if len(nonce) != NONCE_BYTES or len(node_id) != NODE_ID_BYTES:
         raise QuoteFormatError("nonce and node id must be 32 bytes each")
-    return hashlib.sha256(QUALIFYING_PREFIX + nonce + node_id).digest()
+    if isinstance(chain_id, bool) or not isinstance(chain_id, int) or not 0 < chain_id < 2**256:
+        raise QuoteFormatError("chain id must be a positive integer")
+    if not is_address(registry):
+        raise QuoteFormatError("registry is not an Ethereum address")
+    packed = (
+        REGISTRY_DOMAIN
+        + chain_id.to_bytes(32, "big")
+        + to_canonical_address(registry)
+        + nonce
+        + node_id
+    )
+    return bytes(keccak(packed))
 
 
 def ak_public(key: ec.EllipticCurvePublicKey | bytes) -> AkPublic:
@@ -134,12 +151,13 @@ def _coord(value: int) -> bytes:
     return value.to_bytes(P256_COORD_BYTES, "big")
 
 
-def misbehavior_proof(quote: ContractQuote, nonce: bytes) -> bytes:
-    """The ``proof`` argument of reportMisbehavior for an out-of-policy quote."""
-    if len(nonce) != NONCE_BYTES:
-        raise QuoteFormatError("nonce must be 32 bytes")
-    types = ["bytes", "bytes32", "bytes32", "bytes32"]
-    return abi_encode(types, [quote.attest, quote.r, quote.s, nonce])
+def misbehavior_proof(quote: ContractQuote, nonce_block: int) -> bytes:
+    """The ``proof`` argument of reportMisbehavior for an out-of-policy registry quote that
+    answered block ``nonce_block`` (which must be among the chain's last 256 blocks)."""
+    if isinstance(nonce_block, bool) or not isinstance(nonce_block, int) or nonce_block < 0:
+        raise QuoteFormatError("nonce block must be a block number")
+    types = ["bytes", "bytes32", "bytes32", "uint256"]
+    return abi_encode(types, [quote.attest, quote.r, quote.s, nonce_block])
 
 
 def pcr_digest(values: Sequence[bytes]) -> bytes:

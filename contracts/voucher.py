@@ -2,18 +2,21 @@
 
 A quote signed by a P-256 key proves nothing about where the key lives, so the registry
 takes new nodes only with a voucher from an owner-appointed enroller: a verifier that ran
-the off-chain enrolment (``attestation.enrol``: EK certificate chain, then MakeCredential /
-ActivateCredential bound to this AK) and then signed
+the enrolment ceremony (``attestation.enrol``: EK certificate chain to a trusted maker root,
+MakeCredential / ActivateCredential bound to this AK, the exit's hybrid identity signature
+over (operator, AK, nodeId, chain, registry)) and then signed the EIP-712 typed data
 
-    keccak256(abi.encode(registry, chainId, operator, nodeId, akX, akY))
+    domain  {name: "ShadowMesh ExitNodeRegistry", version: "2", chainId, verifyingContract}
+    Enrolment(address operator, bytes32 nodeId, bytes32 akX, bytes32 akY)
 
-with its Ethereum key as an EIP-191 ``personal_sign`` message. The registry recovers the
-signer with ``ecrecover`` (65 bytes ``r || s || v``, ``v`` in {27, 28}, low ``s``), taking
-``operator`` to be the account sending ``register``, and requires the signer to be an
-appointed enroller. Binding the registry and chain id stops a voucher from being replayed
-on another deployment; binding nodeId and the AK stops it from admitting another node or
-another key; binding the operator stops anyone who sees a pending registration (all of it
-is public calldata) from copying it into their own transaction and taking the node over.
+with its Ethereum key (eth-account's typed-data signing; nothing hashed by hand). The
+registry recovers the signer with ``ecrecover`` (65 bytes ``r || s || v``, ``v`` in {27, 28},
+low ``s``), taking ``operator`` to be the account sending ``register``, and requires the
+signer to be an appointed enroller. The domain stops a voucher from being replayed on another
+deployment or chain; nodeId and the AK stop it from admitting another node or key; the
+operator stops anyone who sees a pending registration (all of it public calldata) from
+copying it into their own transaction and taking the node over. A wallet shows the enroller
+exactly these fields before it signs.
 
 The voucher file (``Voucher.dump``) is JSON naming what it vouches for, so an exit can tell
 "this voucher is for another AK or operator" apart from "the contract refused it".
@@ -25,16 +28,16 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from eth_abi.abi import encode as abi_encode
 from eth_account import Account
-from eth_account.messages import encode_defunct
+from eth_account.messages import SignableMessage, _hash_eip191_message, encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_keys.exceptions import BadSignature
 from eth_utils.address import is_address, to_checksum_address
-from eth_utils.crypto import keccak
 from eth_utils.exceptions import ValidationError as EthKeysValidationError
 
 from contracts.constants import (
+    EIP712_NAME,
+    EIP712_VERSION,
     MAX_VOUCHER_FILE_BYTES,
     NODE_ID_BYTES,
     P256_COORD_BYTES,
@@ -66,18 +69,57 @@ def _checked(
     return str(to_checksum_address(contract)), str(to_checksum_address(operator))
 
 
+ENROLMENT_TYPES = {
+    "Enrolment": [
+        {"name": "operator", "type": "address"},
+        {"name": "nodeId", "type": "bytes32"},
+        {"name": "akX", "type": "bytes32"},
+        {"name": "akY", "type": "bytes32"},
+    ]
+}
+
+
+def typed_enrolment(
+    contract: str, chain_id: int, node_id: bytes, ak: AkPublic, *, operator: str
+) -> dict[str, Any]:
+    """The EIP-712 typed data an enroller signs (eth-account's ``full_message`` form)."""
+    address, operator = _checked(contract, chain_id, operator, node_id, ak)
+    return {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            **ENROLMENT_TYPES,
+        },
+        "primaryType": "Enrolment",
+        "domain": {
+            "name": EIP712_NAME,
+            "version": EIP712_VERSION,
+            "chainId": chain_id,
+            "verifyingContract": address,
+        },
+        "message": {"operator": operator, "nodeId": node_id, "akX": ak.x, "akY": ak.y},
+    }
+
+
+def _signable(
+    contract: str, chain_id: int, node_id: bytes, ak: AkPublic, *, operator: str
+) -> SignableMessage:
+    typed = typed_enrolment(contract, chain_id, node_id, ak, operator=operator)
+    return encode_typed_data(full_message=typed)
+
+
 def voucher_digest(
     contract: str, chain_id: int, node_id: bytes, ak: AkPublic, *, operator: str
 ) -> bytes:
-    """keccak256(abi.encode(contract, chainId, operator, nodeId, akX, akY)): what an
-    enroller signs (as ExitNodeRegistry.voucherDigest computes it). ``operator`` is the
-    account that will send ``register``."""
-    address, operator = _checked(contract, chain_id, operator, node_id, ak)
-    encoded = abi_encode(
-        ["address", "uint256", "address", "bytes32", "bytes32", "bytes32"],
-        [address, chain_id, operator, node_id, ak.x, ak.y],
-    )
-    return bytes(keccak(encoded))
+    """The EIP-712 digest of Enrolment(operator, nodeId, akX, akY) for ``contract`` on
+    ``chain_id``: what ExitNodeRegistry.enrolmentDigest computes and ecrecover checks.
+    ``operator`` is the account that will send ``register``."""
+    signable = _signable(contract, chain_id, node_id, ak, operator=operator)
+    return bytes(_hash_eip191_message(signable))
 
 
 def sign_voucher(
@@ -91,9 +133,8 @@ def sign_voucher(
 ) -> bytes:
     """The 65-byte voucher (r || s || v) signed by the enroller's ``account``, valid only
     in a ``register`` sent by ``operator``."""
-    digest = voucher_digest(contract, chain_id, node_id, ak, operator=operator)
-    signed = account.sign_message(encode_defunct(primitive=digest))
-    signature = bytes(signed.signature)
+    typed = typed_enrolment(contract, chain_id, node_id, ak, operator=operator)
+    signature = bytes(account.sign_typed_data(full_message=typed).signature)
     _check_shape(signature)  # eth_keys already gives low s and v in {27, 28}; never send less
     return signature
 
@@ -120,9 +161,9 @@ def recover_voucher(
     contract's rules. A voucher made for other values recovers some unrelated address, as
     on chain. Raises VoucherError for a malformed or unrecoverable signature."""
     _check_shape(signature)
-    digest = voucher_digest(contract, chain_id, node_id, ak, operator=operator)
+    signable = _signable(contract, chain_id, node_id, ak, operator=operator)
     try:
-        signer = Account.recover_message(encode_defunct(primitive=digest), signature=signature)
+        signer = Account.recover_message(signable, signature=signature)
     except (BadSignature, EthKeysValidationError, ValueError, TypeError) as exc:
         raise VoucherError(f"voucher does not recover to any key: {type(exc).__name__}") from None
     return str(signer)

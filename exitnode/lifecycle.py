@@ -379,6 +379,22 @@ class ExitLifecycle:
         e = ev.decode(self.attest(block_hash))
         return e.attest, e.signature
 
+    def registry_quote(self, qualifying: bytes, pcrs: Sequence[int]) -> tuple[bytes, bytes]:
+        """(TPMS_ATTEST, signature) over ``pcrs`` carrying exactly ``qualifying`` as its
+        extraData: the registry's own quote domain, which exitnode.upkeep takes from the
+        chain (never the handshake's). Raises AttestationError."""
+        with self._lock:
+            self.recover()
+            attester = self._attester
+            if attester is None or self.state == STATE_TPM_UNAVAILABLE:
+                raise TpmError(f"TPM unavailable: {self.detail}")
+            try:
+                # The attester's open TPM context and loaded AK: swtpm serves one connection.
+                return attester._tpm.quote(attester._handle, list(pcrs), qualifying)
+            except TpmError as exc:
+                self._lost(exc)
+                raise
+
     def evidence(self, nonce: bytes, node_id: bytes) -> bytes:
         """The handshake's evidence_provider; see the module docstring for failures.
 

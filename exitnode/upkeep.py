@@ -1,17 +1,19 @@
 """The exit's registry upkeep: register once (with stake), then attest on chain each interval.
 
 Each round (``step``): take a challenge from the chain (the hash of a recent block, so
-anyone can check the quote is fresh), have the TPM quote it for our nodeId, and submit it,
-with ``register`` (stake = ``stake_wei``, default the registry's minimum) the first time
-and ``updateAttestation`` after that. The endpoint on chain is corrected if it differs.
+anyone can check the quote is fresh), have the TPM quote the boot PCRs 0-9 with the
+challenge's registry-domain qualifying data (bound to the chain id, the registry, that block
+hash and our nodeId, never the handshake's domain), and submit it, naming ``release`` (the
+release this software is, approved on chain with its runtime-policy hash), with
+``register`` (stake = ``stake_wei``, default the registry's minimum) the first time and
+``updateAttestation`` after that. The endpoint on chain is corrected if it differs.
 
 Registration needs an enrolment voucher (``contracts.voucher``): an appointed enroller's
-signature that this nodeId's AK was enrolled in a real TPM, made out to the operator
-account that sends ``register`` (ours). It is read from ``voucher``
+EIP-712 signature, made after the enrolment ceremony (``shadowmesh enrol``: EK chain,
+credential activation, our identity key's signature over the terms), made out to the
+operator account that sends ``register`` (ours). It is read from ``voucher``
 (``chain.enrolment_voucher``) at every registration attempt, so a voucher written while
-the exit runs (an enroller runs ``shadowmesh registry vouch --enrolment
-<state>/enrolment.json --operator <our address>``) is picked up at the next retry. Once
-registered it is not needed.
+the exit runs is picked up at the next retry. Once registered it is not needed.
 
 ``state`` (also a gauge and status info) is one of:
 
@@ -46,6 +48,7 @@ from pathlib import Path
 from attestation import tpms
 from attestation.errors import AttestationError
 from contracts.client import RegistryClient
+from contracts.constants import QUOTED_PCRS, SOFTWARE_RELEASE
 from contracts.errors import (
     ChainError,
     KeyLoadError,
@@ -55,7 +58,7 @@ from contracts.errors import (
 )
 from contracts.quote import AkPublic, ContractQuote, ak_public
 from contracts.voucher import Voucher
-from exitnode.lifecycle import ENROLMENT_FILE, ExitLifecycle
+from exitnode.lifecycle import AK_FILE, ExitLifecycle
 from l2bridge.node.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,7 @@ class RegistryUpkeep:
         interval: float,
         stake_wei: int | None = None,
         voucher: Path | None = None,
+        release: int = SOFTWARE_RELEASE,
         retry_s: float = RETRY_S,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
@@ -106,6 +110,7 @@ class RegistryUpkeep:
         self.interval = interval
         self.stake_wei = stake_wei
         self.voucher_path = voucher
+        self.release = release
         self._retry = retry_s
         self._clock = clock
         self.state = "starting"
@@ -134,8 +139,9 @@ class RegistryUpkeep:
     def _ak_point(self) -> AkPublic:
         return ak_public(tpms.parse_public(self.lifecycle.ak_public).public_key())
 
-    def _quote(self, qualifying_nonce: bytes) -> ContractQuote:
-        attest, signature = self.lifecycle.quote_for(qualifying_nonce)
+    def _quote(self, qualifying: bytes) -> ContractQuote:
+        """A registry quote over the boot PCRs with the challenge's qualifying data."""
+        attest, signature = self.lifecycle.registry_quote(qualifying, QUOTED_PCRS)
         return ContractQuote.from_parts(attest, signature)
 
     def _voucher(self, reg: RegistryClient, ak: AkPublic) -> bytes:
@@ -145,11 +151,13 @@ class RegistryUpkeep:
         if reg.account is None:
             raise KeyLoadError("no operator key: registration is signed by the operator")
         operator = str(reg.account.address)
-        enrolment = self.lifecycle.state_dir / ENROLMENT_FILE
+        ak_file = self.lifecycle.state_dir / AK_FILE
         ask = (
-            f"have an enroller run `shadowmesh registry vouch --enrolment {enrolment} "
-            f"--node-id {self.node_id.hex()} --operator {operator} --registry {reg.address} "
-            "--out FILE`"
+            f"run the enrolment ceremony for node {self.node_id.hex()} with an enroller: "
+            f"`shadowmesh enrol request --ak "
+            f"{ak_file} --operator {operator} --registry {reg.address} --chain-id "
+            f"{reg.chain_id()} ...`, then `enrol answer`; the enroller's `enrol vouch` writes "
+            "the voucher"
         )
         if self.voucher_path is None:
             raise VoucherError(f"no enrolment voucher configured (chain.enrolment_voucher): {ask}")
@@ -188,16 +196,19 @@ class RegistryUpkeep:
                     self.node_id,
                     self.endpoint,
                     ak,
-                    self._quote(challenge.block_hash),
+                    self._quote(challenge.qualifying_data),
                     challenge.block_number,
                     stake_wei=stake,
                     voucher=voucher,
+                    release=self.release,
                 )
                 state = "registered"
             else:
                 challenge = reg.challenge(self.node_id)
-                quote = self._quote(challenge.block_hash)
-                result = reg.attest(self.node_id, quote, challenge.block_number)
+                quote = self._quote(challenge.qualifying_data)
+                result = reg.attest(
+                    self.node_id, quote, challenge.block_number, release=self.release
+                )
                 state = "attested"
                 if reg.node(self.node_id).endpoint != self.endpoint:
                     reg.update_endpoint(self.node_id, self.endpoint)

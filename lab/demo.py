@@ -3,12 +3,14 @@
 The full demo (default; steps in ``lab.demo_steps``, network in ``lab.demo_net``):
 namespaces for two LANs, each with its client, two exits each with its own swtpm, one
 Anvil with the registry, and a simulated GPSDO on a pty disciplining every node's clock.
-The operator enrols each exit's AK, takes a golden policy, approves the exits' PCR
-digests; the exits register and attest on chain; the clients pick the best exit from the
+The operator enrols each exit's AK, takes a golden policy, approves the exits' boot
+digests (PCRs 0-9) and the release; an enroller runs the enrolment ceremony with each exit
+(EK certificate chain, credential activation, identity signature) and signs its EIP-712
+voucher; the exits register and attest on chain; the clients pick the best exit from the
 registry, verify its evidence and connect; a ping and a SHA-256-checked file transfer
-cross from lan-a to lan-b while keys rotate on the clocks' epoch boundaries. Then PCR 23
-of the exit in use is extended: both clients refuse it and fail over to the other exit
-while a TCP transfer keeps running, and the registry refuses the changed exit's quotes.
+cross from lan-a to lan-b while keys rotate on the clocks' epoch boundaries. Then the
+exit in use is changed: both clients refuse it and fail over to the other exit while a TCP
+transfer keeps running; on chain, where only the boot state is checked, it still attests.
 
 ``--simple`` runs the first version instead: one client, one exit, no TPM/chain/clocks
 (lan-a, client, exit, lan-b namespaces from ``lab.topology``).

@@ -20,6 +20,7 @@ from attestation import evidence as ev
 from attestation import tpms, verifier
 from attestation.enrol import Enrolment
 from attestation.policy import parse as parse_policy
+from contracts.constants import SOFTWARE_RELEASE
 from exitnode.attested import measured_config
 from hardware import netns
 from hardware.chain import Anvil
@@ -217,11 +218,37 @@ def step_enrol(w: World) -> str:
     return "AKs enrolled (EK chain + credential activation), PCR 23 measured, golden policy written"
 
 
+BOOT_DIGEST = """
+import sys
+from attestation import tpms
+from attestation.tpm import Tpm
+from contracts.constants import QUOTED_PCRS
+with Tpm(sys.argv[1]) as tpm:
+    print(tpms.pcr_digest(tpm.read_pcrs(QUOTED_PCRS)).hex())
+"""
+CHAIN_ID = """
+import sys
+from contracts.client import connect
+print(connect(sys.argv[1]).eth.chain_id)
+"""
+
+
 def step_approve(w: World) -> str:
-    digests = list(w.facts["pcr_digests"].values())
-    w.shadowmesh(w.ns("wan"), "registry", "approve", *digests, "--rpc", w.rpc_url,
-                 "--registry", w.contract, key=chain_key(0))  # fmt: skip
-    return f"owner approved {len(digests)} PCR digests ({', '.join(d[:12] for d in digests)}...)"
+    """The owner approves each exit's boot state (the digest of PCRs 0-9, what registry
+    quotes cover) and this release with the hash of the policy clients check it against."""
+    assert w.golden is not None
+    boot = {name: w.python(w.ns(name), BOOT_DIGEST, w.tctis[name]).strip() for name in w.exit_names}
+    w.facts["boot_digests"] = boot
+    common = ("--rpc", w.rpc_url, "--registry", w.contract)
+    digests = sorted(set(boot.values()))  # identical swtpms boot alike
+    w.shadowmesh(w.ns("wan"), "registry", "approve", *digests, *common, key=chain_key(0))
+    w.shadowmesh(w.ns("wan"), "registry", "release", str(SOFTWARE_RELEASE), "--runtime-policy",
+                 str(w.golden), *common, key=chain_key(0))  # fmt: skip
+    return (
+        f"owner approved {len(digests)} boot digest(s) over PCRs 0-9 "
+        f"({', '.join(d[:12] for d in digests)}...) and release {SOFTWARE_RELEASE} with the "
+        "hash of its policy"
+    )
 
 
 def operator_of(w: World, name: str) -> int:
@@ -230,21 +257,44 @@ def operator_of(w: World, name: str) -> int:
 
 
 def step_vouch(w: World) -> str:
-    """The deployer is also the enroller: appointed by the owner, it vouches on chain-
-    checkable terms for each AK whose enrolment it ran (step "enrol"), and for the
-    operator account that will register it."""
+    """The enrolment ceremony, per exit, as an enroller runs it (the deployer, appointed by
+    the owner): the exit asks (EK, certificate, AK, identity key, terms); the enroller checks
+    the EK certificate chain against the maker's root, the AK and nodeId = H(identity key),
+    and challenges the TPM (MakeCredential); the exit answers with ActivateCredential and its
+    hybrid identity signature over the terms; only then does the enroller sign the EIP-712
+    voucher, made out to the exit's operator account."""
     assert w.keys is not None
     enroller = chain_address(0)
     common = ("--rpc", w.rpc_url, "--registry", w.contract)
     w.shadowmesh(w.ns("wan"), "registry", "enroller", "add", enroller, *common, key=chain_key(0))
+    chain_id = w.python(w.ns("wan"), CHAIN_ID, w.rpc_url).strip()
+    desk = w.workdir / "enroller"  # the enroller's own files; the pending secret stays here
+    desk.mkdir(mode=0o700, exist_ok=True)
     for name in w.exit_names:
         state = state_dir(w, name)
+        terms = ("--operator", chain_address(operator_of(w, name)), "--chain-id", chain_id,
+                 "--registry", w.contract)  # fmt: skip
+        exit_side = ("--tcti", w.tctis[name], "--ak", str(state / "ak.json"),
+                     "--identity", str(w.keys.directory / f"{name}.identity"))  # fmt: skip
+        request, challenge = state / "enrol-request.json", state / "enrol-challenge.json"
+        answer, pending = state / "enrol-answer.json", desk / f"pending-{name}.json"
+        root, intermediate = w.ek_cas[name]
+        w.shadowmesh(w.ns(name), "enrol", "request", *exit_side, *terms, "--out", str(request))
         w.shadowmesh(
-            w.ns("wan"), "registry", "vouch", "--enrolment", str(state / "enrolment.json"),
-            "--node-id", w.keys.exit_ids[name].hex(), "--out", str(state / VOUCHER),
-            "--operator", chain_address(operator_of(w, name)), *common, key=chain_key(0),
+            w.ns("wan"), "enrol", "challenge", "--request", str(request), "--ca", str(root),
+            "--intermediate", str(intermediate), *terms, "--out", str(challenge),
+            "--pending", str(pending),
         )  # fmt: skip
-    return f"enroller {enroller[:10]}... appointed; it vouched for both exits' AKs and operators"
+        w.shadowmesh(w.ns(name), "enrol", "answer", *exit_side, "--request", str(request),
+                     "--challenge", str(challenge), "--out", str(answer))  # fmt: skip
+        w.shadowmesh(
+            w.ns("wan"), "enrol", "vouch", "--pending", str(pending), "--answer", str(answer),
+            "--out", str(state / VOUCHER), key=chain_key(0),
+        )  # fmt: skip
+    return (
+        f"enroller {enroller[:10]}... appointed; ceremony per exit (EK chain, credential "
+        "activation, identity signature), then EIP-712 vouchers for each exit's operator"
+    )
 
 
 def _start_exit(w: World, name: str) -> str:
@@ -529,19 +579,25 @@ def step_after_failover(w: World) -> str:
 
 
 def step_registry(w: World) -> str:
-    """The changed exit cannot attest on chain any more: the contract refuses its quote."""
+    """The registry checks what it can check on chain, the boot state (PCRs 0-9), which the
+    change did not touch: the changed exit keeps attesting there, and its software change is
+    caught where runtime state is verified, by the clients (they refused it above)."""
     old = w.facts["best_exit"]
+    time.sleep(w.settings.upkeep_s + 1)  # at least one upkeep round since the change
     doc = w.wait_status(
         old,
-        lambda d: _info(d, "registry_state").startswith("rejected"),
+        lambda d: _info(d, "registry_state").startswith(("attested", "rejected")),
         w.settings.upkeep_s * 3 + 10,
-        "the registry refusing the changed exit",
+        "the changed exit's next on-chain round",
     )
     state = _info(doc, "registry_state")
     w.facts["changed_exit_registry_state"] = state
     reps = reputations(w)
     w.facts["reputations_at_end"] = reps
-    return f"{old} on chain: {state}; reputations now {reps}"
+    return (
+        f"{old} on chain: {state} (boot state unchanged; runtime is the clients' check); "
+        f"reputations now {reps}"
+    )
 
 
 STEPS = [

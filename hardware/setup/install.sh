@@ -46,6 +46,18 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+# Slither (static analysis of the registry contract, run by tests/integration/contracts/
+# test_slither.py) in a virtual environment of its own: slither-analyzer pins web3 < 8,
+# which the project's own environment must not be downgraded to. It analyses the solc-js
+# build (contracts/compile.js --build-info), so no native solc is ever downloaded.
+SLITHER_VERSION=0.11.6
+if [ ! -x .venv-slither/bin/slither ] \
+   || ! .venv-slither/bin/pip show slither-analyzer 2>/dev/null | grep -qx "Version: $SLITHER_VERSION"; then
+  echo "setup: slither-analyzer $SLITHER_VERSION (.venv-slither)"
+  python3 -m venv .venv-slither
+  .venv-slither/bin/pip install -q --disable-pip-version-check "slither-analyzer==$SLITHER_VERSION"
+fi
+
 # npm packages for the contracts and local chains (versions pinned in package.json).
 if [ -f contracts/package.json ]; then
   nstamp=contracts/node_modules/.shadowmesh-installed

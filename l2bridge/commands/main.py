@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "exit": ("exitnode.cli", "run an exit node"),
     "attest": ("attestation.cli", "TPM enrolment, quotes, golden policy, verification"),
     "registry": ("contracts.cli", "the on-chain exit-node registry"),
+    "enrol": ("exitnode.enrolment", "enrolment ceremony: EK chain, activation, identity, voucher"),
     "clock": ("l2bridge.commands.clock", "atomic clock sources and their discipline"),
     "simulate": ("lab.clocksim.cli", "a simulated rubidium or GPSDO on a pseudo-terminal"),
     "status": ("l2bridge.commands.status", "read a running client's or exit's status"),

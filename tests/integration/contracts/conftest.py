@@ -1,9 +1,9 @@
 """Anvil once per module, a registry deployed on it, and a snapshot per test.
 
-Quotes here are synthetic TPMS_ATTEST blobs in the shared format, signed with software
-P-256 keys (the swtpm module uses a real TPM). The dev mnemonic's accounts play the owner,
+Quotes here are synthetic TPMS_ATTEST blobs in the registry's format, signed with software
+P-256 keys (the swtpm modules use a real TPM). The dev mnemonic's accounts play the owner,
 operators and reporters; its account 6 is the enroller the owner appointed, whose vouchers
-admit the synthetic nodes.
+admit the synthetic nodes. Release 1 is approved with a runtime-policy hash.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from contracts.quote import (
     ak_public,
     build_attest,
     pcr_digest,
-    qualifying_data,
     sign_attest,
 )
 from contracts.voucher import vouch_for
@@ -38,6 +37,10 @@ DEV_MNEMONIC = "test test test test test test test test test test test junk"
 ETHER = 10**18
 GOOD_DIGEST = pcr_digest([hashlib.sha256(b"approved software").digest()])
 BAD_DIGEST = pcr_digest([hashlib.sha256(b"tampered software").digest()])
+RELEASE = 1
+RUNTIME_POLICY = hashlib.sha256(b"runtime policy of release 1").digest()
+HANDSHAKE_DOMAIN = b"shadowmesh/handshake/v1"  # what clients' handshake quotes carry
+FIRMWARE = 0x20191023
 INTERVAL = 3600
 UNBONDING = 86_400
 FRESHNESS = 64
@@ -97,17 +100,22 @@ class ExitNode:
         node_id: bytes | None = None,
         clock: int | None = None,
         reset_count: int = 0,
+        firmware: int = FIRMWARE,
+        pcr_select: tuple[tuple[int, bytes], ...] = ((TPM_ALG_SHA256, PCR_SELECT_BITMAP),),
     ) -> tuple[ContractQuote, int]:
-        """A quote answering the registry's challenge (or block ``nonce_block``)."""
+        """A registry-domain quote answering the registry's challenge (or block
+        ``nonce_block``); also what a slashing proof must be."""
         if nonce_block is None:
             nonce_block = client.challenge(self.node_id).block_number
         block_hash = bytes(client.w3.eth.get_block(nonce_block)["hash"])
-        extra = qualifying_data(block_hash, node_id or self.node_id)
+        extra = client.qualifying_data(block_hash, node_id or self.node_id)
         attest = build_attest(
             extra,
             digest,
             clock=next(_clock) if clock is None else clock,
             reset_count=reset_count,
+            firmware_version=firmware,
+            pcr_select=pcr_select,
         )
         return sign_attest(self.key, attest), nonce_block
 
@@ -120,9 +128,10 @@ class ExitNode:
         reset_count: int = 0,
         pcr_select: tuple[tuple[int, bytes], ...] = ((TPM_ALG_SHA256, PCR_SELECT_BITMAP),),
     ) -> ContractQuote:
-        """A quote as a client receives it in a handshake (its own random nonce)."""
+        """A quote as a client receives it in a handshake: its own random nonce, in the
+        handshake domain SHA-256("shadowmesh/handshake/v1" || nonce || nodeId)."""
         attest = build_attest(
-            qualifying_data(nonce, self.node_id),
+            hashlib.sha256(HANDSHAKE_DOMAIN + nonce + self.node_id).digest(),
             digest,
             clock=next(_clock) if clock is None else clock,
             reset_count=reset_count,
@@ -176,6 +185,7 @@ def deployed(w3: Web3, accounts: list[LocalAccount]) -> RegistryClient:
         freshness_blocks=FRESHNESS,
     )
     client.approve_digest(GOOD_DIGEST)
+    client.approve_release(RELEASE, RUNTIME_POLICY)
     client.set_enroller(ENROLLER.address)
     return client
 
@@ -221,6 +231,9 @@ class Kit:
     UNBONDING = UNBONDING
     FRESHNESS = FRESHNESS
     ENROLLER = ENROLLER
+    RELEASE = RELEASE
+    RUNTIME_POLICY = RUNTIME_POLICY
+    FIRMWARE = FIRMWARE
     dev_accounts = staticmethod(dev_accounts)
 
     def __init__(self, w3: Web3) -> None:

@@ -1,18 +1,18 @@
-"""``shadowmesh registry ...`` against Anvil, operator key from the environment; the
-enroller's ``vouch`` turns an enrolment record into the voucher ``register`` submits."""
+"""``shadowmesh registry ...`` against Anvil, operator key from the environment; the voucher
+``register`` submits is the enrolment ceremony's output (``shadowmesh enrol``, tested with a
+real TPM in test_enrol_cli)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from attestation import constants as ac
-from attestation import tpms
-from attestation.enrol import Enrolment
 from contracts.quote import build_attest, sign_attest
+from contracts.voucher import Voucher
 from l2bridge.commands.main import main
 
 pytestmark = pytest.mark.integration
@@ -21,19 +21,6 @@ pytestmark = pytest.mark.integration
 def run(capsys, *args: str) -> dict:  # type: ignore[no-untyped-def]
     assert main(["registry", *args]) == 0, capsys.readouterr().err
     return json.loads(capsys.readouterr().out)
-
-
-def enrolment_record(key: ec.EllipticCurvePrivateKey) -> str:
-    """What a verifier keeps after enrolling ``key`` as a (software stand-in) AK."""
-    numbers = key.public_key().public_numbers()
-    public = tpms.EccPublic(
-        ac.TPM_ALG_SHA256,
-        ac.AK_REQUIRED_ATTRIBUTES | ac.TPMA_USER_WITH_AUTH,
-        b"",
-        numbers.x.to_bytes(32, "big"),
-        numbers.y.to_bytes(32, "big"),
-    )
-    return Enrolment(tpms.encode_public(public), bytes(32)).dump()
 
 
 def test_registry_commands(accounts, kit, tmp_path, monkeypatch, capsys):
@@ -46,6 +33,10 @@ def test_registry_commands(accounts, kit, tmp_path, monkeypatch, capsys):
         monkeypatch.setenv("SHADOWMESH_REGISTRY", cfg["address"])
         approved = run(capsys, "approve", kit.GOOD.hex())
         assert approved["events"][0]["name"] == "DigestApproved"
+        policy = tmp_path / "runtime-policy.json"
+        policy.write_text('{"meta": {"version": 1}, "digests": {}}')
+        released = run(capsys, "release", "1", "--runtime-policy", str(policy))
+        assert released["events"][0]["name"] == "ReleaseApproved"
         added = run(capsys, "enroller", "add", kit.ENROLLER.address)
         assert added["appointed"] is True and added["events"][0]["name"] == "EnrollerSet"
 
@@ -63,31 +54,17 @@ def test_registry_commands(accounts, kit, tmp_path, monkeypatch, capsys):
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         )
-        record, voucher = tmp_path / "enrolment.json", tmp_path / "voucher.json"
-        record.write_text(enrolment_record(node.key))
-        operator_key = accounts[4].key.hex()
-        monkeypatch.setenv("SHADOWMESH_REGISTRY_KEY", kit.ENROLLER.key.hex())
-        vouch = ["vouch", "--node-id", node_id, "--enrolment", str(record),
-                 "--operator", accounts[4].address, "--out"]  # fmt: skip
-        vouched = run(capsys, *vouch, str(voucher))
-        assert vouched["enroller"] == kit.ENROLLER.address and vouched["enroller_appointed"]
-        assert vouched["operator"] == accounts[4].address
-        elsewhere = tmp_path / "theirs.json"
-        run(capsys, *vouch[:-3], "--operator", accounts[3].address, "--out", str(elsewhere))
-        with pytest.raises(SystemExit):  # the operator is not optional
-            main(["registry", *vouch[:5], "--out", str(elsewhere)])
+        voucher, elsewhere = tmp_path / "voucher.json", tmp_path / "theirs.json"
+        chain_id = kit.w3.eth.chain_id
+        for path, who in ((voucher, accounts[4].address), (elsewhere, accounts[3].address)):
+            # What the ceremony's last step writes (shadowmesh enrol: test_enrol_cli).
+            made = Voucher.make(
+                kit.ENROLLER, cfg["address"], chain_id, node.node_id, node.ak, operator=who
+            )
+            path.write_text(made.dump())
+        with pytest.raises(SystemExit):  # gone: vouching is the ceremony's last step
+            main(["registry", "vouch"])
         capsys.readouterr()
-        chain_id = str(kit.w3.eth.chain_id)
-        offline = tmp_path / "offline.json"
-        signed_offline = run(capsys, *vouch, str(offline), "--chain-id", chain_id)
-        assert signed_offline["enroller_appointed"] is None
-        assert offline.read_text() == voucher.read_text()  # RFC 6979: same key, same voucher
-        (tmp_path / "junk.json").write_text('{"ak_public": "00"}')
-        assert main(["registry", "vouch", "--node-id", node_id, "--out", str(offline),
-                     "--operator", accounts[4].address,
-                     "--enrolment", str(tmp_path / "junk.json")]) == 1  # fmt: skip
-        assert "malformed enrolment record" in capsys.readouterr().err
-        monkeypatch.setenv("SHADOWMESH_REGISTRY_KEY", operator_key)
 
         register = ["register", "--endpoint", "wss://cli/ws", "--ak-pub", str(ak),
                     "--attest", str(attest), "--signature", str(sig),
@@ -120,6 +97,14 @@ def test_registry_commands(accounts, kit, tmp_path, monkeypatch, capsys):
         assert "registry: attestation window open" in capsys.readouterr().err
         assert main(["registry", "report", "--node-id", node_id]) == 1
         assert "needs --attest" in capsys.readouterr().err
+        released = run(capsys, "release", "2", "--runtime-policy", str(ak))
+        assert released["runtime_policy"] == "0x" + hashlib.sha256(ak.read_bytes()).hexdigest()
+        assert main(["registry", "release", "3"]) == 1
+        assert "needs --runtime-policy" in capsys.readouterr().err
+        assert run(capsys, "release", "2", "--revoke")["runtime_policy"] is None
+        handed = run(capsys, "owner", "--transfer-to", accounts[3].address)
+        assert handed["owner"] == accounts[4].address
+        assert handed["pending_owner"] == accounts[3].address
         kit.advance(601)
         assert run(capsys, "report", "--node-id", node_id, "--missed-window")["events"]
         assert run(capsys, "show", "--node-id", node_id)["status"] == "stale"

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from contracts.client import RegistryClient, connect
 from contracts.errors import RegistryReverted
-from contracts.quote import ak_public, build_attest, pcr_digest, qualifying_data, sign_attest
+from contracts.quote import ak_public, build_attest, pcr_digest, sign_attest
 from contracts.voucher import vouch_for
 from hardware.chain import Anvil, ChainStartError, HardhatNode
 
@@ -24,9 +24,10 @@ def test_main_path_on_hardhat(accounts):
     with HardhatNode() as chain:
         w3 = connect(chain.rpc_url)
         owner = RegistryClient.deploy(
-            w3, accounts[0], attestation_interval_s=3600, unbonding_delay_s=600
+            w3, accounts[0], attestation_interval_s=3600, unbonding_delay_s=7200
         )
         owner.approve_digest(GOOD)
+        owner.approve_release(1, pcr_digest([b"runtime policy"]))
         owner.set_enroller(accounts[3].address)
         operator = owner.with_account(accounts[1])
         reporter = owner.with_account(accounts[2])
@@ -51,13 +52,13 @@ def test_main_path_on_hardhat(accounts):
         chain.rpc("evm_mine")
         reporter.mark_stale(node_id)
         reporter.report_missed_window(node_id)
-        nonce = os.urandom(32)
-        proof = quote_for(qualifying_data(nonce, node_id), pcr_digest([b"\x02" * 32]))
-        reporter.report_out_of_policy(node_id, proof, nonce)
+        challenge = reporter.challenge(node_id)
+        proof = quote_for(challenge.qualifying_data, pcr_digest([b"\x02" * 32]))
+        reporter.report_out_of_policy(node_id, proof, challenge.block_number)
         info = reporter.node(node_id)
         assert (info.stake_wei, info.status) == (9 * ETHER, "unbonding")
         assert list(reporter.healthy_nodes()) == []
-        chain.rpc("evm_increaseTime", [601])
+        chain.rpc("evm_increaseTime", [7201])
         chain.rpc("evm_mine")
         assert operator.withdraw(node_id).event_names() == ["Withdrawn"]
     assert not chain.running

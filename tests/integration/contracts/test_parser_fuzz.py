@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from web3.exceptions import ContractLogicError
 
 from contracts.client import revert_reason
-from contracts.quote import ak_public, build_attest, pcr_digest, qualifying_data, sign_attest
+from contracts.quote import ak_public, build_attest, pcr_digest, sign_attest
 from contracts.voucher import vouch_for
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ def test_mutated_quotes_are_refused(deployed, accounts, kit):
     block_hash = bytes(w3.eth.get_block(block)["hash"])
     digest = pcr_digest([b"\x07" * 32])
     deployed.approve_digest(digest)  # module state: harmless for the other tests' digests
-    attest = build_attest(qualifying_data(block_hash, NODE_ID), digest)
+    attest = build_attest(deployed.qualifying_data(block_hash, NODE_ID), digest)
     quote = sign_attest(KEY, attest)
     ak = ak_public(KEY.public_key())
     sender = accounts[5].address
@@ -42,7 +42,7 @@ def test_mutated_quotes_are_refused(deployed, accounts, kit):
 
     def submit(blob: bytes) -> str:
         call = deployed.contract.functions.register(
-            NODE_ID, "wss://f/ws", ak.x, ak.y, blob, quote.r, quote.s, block, voucher
+            NODE_ID, "wss://f/ws", ak.x, ak.y, (blob, quote.r, quote.s, block), kit.RELEASE, voucher
         )
         try:
             call.call({"from": sender, "value": 10 * 10**18})

@@ -10,7 +10,7 @@ from web3 import Web3
 from contracts.client import RegistryClient
 from contracts.constants import PCR_SELECT_BITMAP, TPM_ALG_SHA256
 from contracts.errors import RegistryReverted
-from contracts.quote import ContractQuote, build_attest, qualifying_data, sign_attest
+from contracts.quote import ContractQuote, build_attest, sign_attest
 
 pytestmark = pytest.mark.integration
 
@@ -37,10 +37,17 @@ def test_deploy_sets_parameters(deployed, accounts):
 @pytest.mark.parametrize(
     ("args", "reason"),
     [
-        ((10, 0, 1, 64), "interval must be positive"),
-        ((10, 3600, 1, 0), "freshness must be 1..256 blocks"),
-        ((10, 3600, 1, 257), "freshness must be 1..256 blocks"),
-        ((0, 3600, 1, 64), "minimum stake out of range"),
+        ((10, 0, 86_400, 64), "interval out of range"),
+        ((10, 4, 86_400, 64), "interval out of range"),
+        ((10, 7 * 86_400 + 1, 30 * 86_400, 64), "interval out of range"),
+        ((10, 3600, 0, 64), "unbonding delay out of range"),  # leave before a slash lands
+        ((10, 3600, 3599, 64), "unbonding delay out of range"),
+        ((10, 3 * 3600, 6 * 3600 - 1, 64), "unbonding delay out of range"),  # < 2 intervals
+        ((10, 3600, 365 * 86_400 + 1, 64), "unbonding delay out of range"),
+        ((10, 3600, 2**64 - 1, 64), "unbonding delay out of range"),  # would wrap uint64
+        ((10, 3600, 86_400, 0), "freshness must be 1..256 blocks"),
+        ((10, 3600, 86_400, 257), "freshness must be 1..256 blocks"),
+        ((0, 3600, 86_400, 64), "minimum stake out of range"),
     ],
 )
 def test_deploy_rejects_bad_parameters(w3, accounts, args, reason):
@@ -71,13 +78,77 @@ def test_digest_policy_is_owner_only(owner, stranger, kit):
         owner.revoke_digest(digest)
 
 
-def test_transfer_ownership(owner, stranger, accounts):
+def test_deploy_accepts_the_bounds(w3, accounts):
+    for interval, delay in ((5, 3600), (7 * 86_400, 365 * 86_400)):
+        cfg = RegistryClient.deploy(
+            w3, accounts[0], attestation_interval_s=interval, unbonding_delay_s=delay
+        ).config()
+        assert (cfg.attestation_interval_s, cfg.unbonding_delay_s) == (interval, delay)
+
+
+def test_release_policy_is_owner_only(owner, stranger, kit):
+    policy = os.urandom(32)
+    with reverts("not owner"):
+        stranger.approve_release(7, policy)
+    for release, value, reason in (
+        (0, policy, "zero release"),
+        (7, bytes(32), "zero runtime policy"),
+        (kit.RELEASE, policy, "release already approved"),
+    ):
+        with reverts(reason):
+            owner.approve_release(release, value)
+    assert owner.approve_release(7, policy).event_names() == ["ReleaseApproved"]
+    assert owner.runtime_policy(7) == policy
+    assert owner.runtime_policy(kit.RELEASE) == kit.RUNTIME_POLICY
+    with reverts("not owner"):
+        stranger.revoke_release(7)
+    assert owner.revoke_release(7).event_names() == ["ReleaseRevoked"]
+    assert owner.runtime_policy(7) is None
+    with reverts("release not approved"):
+        owner.revoke_release(7)
+    with reverts("release was revoked"):  # a number never names a second policy
+        owner.approve_release(7, os.urandom(32))
+
+
+def test_node_names_an_approved_release(owner, operator, kit):
+    node = kit.ExitNode.new()
+    quote, block = node.quote(operator)
+    with reverts("release not approved"):
+        operator.register(node.node_id, "wss://e/ws", node.ak, quote, block,
+                          stake_wei=10 * kit.ETHER, voucher=node.voucher(operator),
+                          release=2)  # fmt: skip
+    node.register(operator)
+    assert operator.node(node.node_id).release == kit.RELEASE
+    owner.approve_release(2, os.urandom(32))
+    quote, block = node.quote(operator)
+    assert operator.attest(node.node_id, quote, block, release=2).gas_used > 0
+    assert operator.node(node.node_id).release == 2
+    owner.revoke_release(2)
+    quote, block = node.quote(operator)
+    with reverts("release not approved"):
+        operator.attest(node.node_id, quote, block, release=2)
+    operator.attest(node.node_id, quote, block, release=kit.RELEASE)
+
+
+def test_transfer_ownership_takes_two_steps(owner, stranger, accounts):
     with reverts("not owner"):
         stranger.transfer_ownership(accounts[3].address)
     with reverts("zero owner"):
         owner.transfer_ownership("0x" + "00" * 20)
-    assert owner.transfer_ownership(accounts[3].address).event_names() == ["OwnershipTransferred"]
-    assert stranger.config().owner == accounts[3].address
+    assert owner.transfer_ownership(accounts[2].address).event_names() == [
+        "OwnershipTransferStarted"
+    ]
+    assert owner.config().owner == accounts[0].address  # nothing moved yet
+    assert owner.transfer_ownership(accounts[3].address).event_names() == [
+        "OwnershipTransferStarted"
+    ]  # a mistyped address is replaced before anyone accepts
+    with reverts("not pending owner"):
+        owner.with_account(accounts[2]).accept_ownership()
+    owner.approve_digest(os.urandom(32))  # the old owner still rules until acceptance
+    assert stranger.config().pending_owner == accounts[3].address
+    assert stranger.accept_ownership().event_names() == ["OwnershipTransferred"]
+    cfg = stranger.config()
+    assert (cfg.owner, cfg.pending_owner) == (accounts[3].address, "0x" + "00" * 20)
     stranger.approve_digest(os.urandom(32))  # the new owner may now set policy
     with reverts("not owner"):
         owner.approve_digest(os.urandom(32))
@@ -100,6 +171,7 @@ def test_register_and_show(operator, accounts, kit):
     assert info.operator == accounts[1].address
     assert (info.endpoint, info.status, info.reputation) == ("wss://exit.example/ws", "active", 500)
     assert (info.ak, info.stake_wei, info.pcr_digest) == (node.ak, 12 * kit.ETHER, kit.GOOD)
+    assert (info.release, info.firmware_version) == (kit.RELEASE, kit.FIRMWARE)
     assert info.last_nonce_block == block and info.healthy
     assert operator.is_healthy(node.node_id, 500) and not operator.is_healthy(node.node_id, 501)
     assert list(operator.healthy_nodes()) == [node.node_id]
@@ -160,10 +232,15 @@ def test_wrong_nonce_is_rejected(operator, kit):
     quote, block = node.quote(operator, node_id=os.urandom(32))
     with reverts("nonce mismatch"):
         _register(operator, node, quote, block, kit)
-    # A random nonce instead of the block hash.
+    # A random nonce instead of the block hash, in the handshake's domain.
     quote = node.handshake_quote(os.urandom(32), kit.GOOD)
     with reverts("nonce mismatch"):
         _register(operator, node, quote, operator.challenge(node.node_id).block_number, kit)
+    # The block's hash in the handshake domain (as an exit answers a client's nonce).
+    challenge = operator.challenge(node.node_id)
+    quote = node.handshake_quote(challenge.block_hash, kit.GOOD)
+    with reverts("nonce mismatch"):
+        _register(operator, node, quote, challenge.block_number, kit)
     # The right hash, but claimed for another block.
     quote, block = node.quote(operator)
     kit.mine(1)
@@ -220,12 +297,14 @@ def test_malformed_quote_is_rejected(operator, kit, change):
         _register(operator, node, sign_attest(node.key, attest), challenge.block_number, kit)
 
 
-# PCR 16 extended with the golden measurement while PCR 23 holds what really runs: the
-# digest over {0-7, 16} can equal an approved one, so only the selection tells them apart.
+# The golden boot state copied into a resettable PCR (16, 23) while PCRs 8-9 hold what
+# really booted: a digest over another selection can equal an approved one, so only the
+# selection tells them apart.
 OTHER_SELECTIONS = [
+    b"\xff\x00\x00",  # 0-7 (the kernel command line in 8-9 left out)
     b"\xff\x00\x81",  # 0-7, 16, 23
-    b"\xff\x00\x01",  # 0-7, 16
-    b"\x00\x00\x80",  # 23 alone
+    b"\xff\x07\x00",  # 0-10 (IMA's PCR changes with every file: never on chain)
+    b"\xff\x03\x80",  # 0-9, 23
     b"\xff\xff\xff",  # all 24
 ]
 
@@ -250,10 +329,9 @@ def test_out_of_policy_quote_over_another_selection_does_not_slash(operator, rep
     node = kit.ExitNode.new()
     node.register(operator, stake=40 * kit.ETHER)
     for bitmap in OTHER_SELECTIONS:
-        nonce = os.urandom(32)
-        proof = node.handshake_quote(nonce, kit.BAD, pcr_select=((TPM_ALG_SHA256, bitmap),))
+        proof, block = node.quote(reporter, kit.BAD, pcr_select=((TPM_ALG_SHA256, bitmap),))
         with reverts("PCR selection mismatch"):
-            reporter.report_out_of_policy(node.node_id, proof, nonce)
+            reporter.report_out_of_policy(node.node_id, proof, block)
     info = reporter.node(node.node_id)
     assert (info.stake_wei, info.reputation) == (40 * kit.ETHER, 500)
 
@@ -412,10 +490,9 @@ def test_misbehavior_kind_and_proof_shape(operator, reporter, kit):
 def test_out_of_policy_quote_slashes(operator, reporter, kit):
     node = kit.ExitNode.new()
     node.register(operator, stake=40 * kit.ETHER)
-    nonce = os.urandom(32)
-    proof = node.handshake_quote(nonce, kit.BAD)  # what a client got in a handshake
+    proof, block = node.quote(reporter, kit.BAD)  # a registry quote of unapproved software
     before = kit.balance(reporter.account.address)
-    result = reporter.report_out_of_policy(node.node_id, proof, nonce)
+    result = reporter.report_out_of_policy(node.node_id, proof, block)
     assert result.event_names() == ["NodeSlashed", "ReputationChanged"]
     assert (result.events[0].args["amount"], result.events[0].args["reward"]) == (
         20 * kit.ETHER,
@@ -425,39 +502,35 @@ def test_out_of_policy_quote_slashes(operator, reporter, kit):
     info = reporter.node(node.node_id)
     assert (info.stake_wei, info.reputation, info.status) == (20 * kit.ETHER, 250, "active")
     with reverts("quote not newer"):  # the same proof cannot slash twice
-        reporter.report_out_of_policy(node.node_id, proof, nonce)
+        reporter.report_out_of_policy(node.node_id, proof, block)
 
 
 def test_forged_proofs_do_not_slash(operator, reporter, kit):
     node, impostor = kit.ExitNode.new(), kit.ExitNode.new()
     node.register(operator)
-    nonce = os.urandom(32)
-    forged = impostor.handshake_quote(nonce, kit.BAD)  # right format, wrong key
-    forged = ContractQuote(
-        build_attest(qualifying_data(nonce, node.node_id), kit.BAD, clock=10**12),
-        forged.r,
-        forged.s,
-    )
+    forged, block = impostor.quote(reporter, kit.BAD, node_id=node.node_id)  # wrong key
     with reverts("bad quote signature"):
-        reporter.report_out_of_policy(node.node_id, forged, nonce)
-    bound = build_attest(qualifying_data(nonce, node.node_id), kit.BAD, clock=10**12)
-    signed_by_impostor = sign_attest(impostor.key, bound)
+        reporter.report_out_of_policy(node.node_id, forged, block)
+    genuine, block = node.quote(reporter, kit.BAD, clock=10**12)
+    swapped = ContractQuote(genuine.attest, forged.r, forged.s)
     with reverts("bad quote signature"):
-        reporter.report_out_of_policy(node.node_id, signed_by_impostor, nonce)
-    good = node.handshake_quote(nonce, kit.GOOD)
+        reporter.report_out_of_policy(node.node_id, swapped, block)
+    good, block = node.quote(reporter, kit.GOOD)
     with reverts("digest within policy"):
-        reporter.report_out_of_policy(node.node_id, good, nonce)
-    with reverts("nonce mismatch"):
-        reporter.report_out_of_policy(
-            node.node_id, node.handshake_quote(nonce, kit.BAD), os.urandom(32)
-        )
-    old = node.handshake_quote(nonce, kit.BAD, clock=1)  # older than its on-chain attestation
+        reporter.report_out_of_policy(node.node_id, good, block)
+    bad, block = node.quote(reporter, kit.BAD)
+    kit.mine(1)
+    with reverts("nonce mismatch"):  # claimed for another block than it answered
+        reporter.report_out_of_policy(node.node_id, bad, block + 1)
+    with reverts("nonce block not recent"):  # a block with no hash yet
+        reporter.report_out_of_policy(node.node_id, bad, operator.w3.eth.block_number + 1)
+    old, block = node.quote(reporter, kit.BAD, clock=1)  # older than its on-chain attestation
     with reverts("quote not newer"):
-        reporter.report_out_of_policy(node.node_id, old, nonce)
-    tampered = bytearray(node.handshake_quote(nonce, kit.BAD).attest)
+        reporter.report_out_of_policy(node.node_id, old, block)
+    tampered = bytearray(old.attest)
     with reverts("malformed quote"):
         reporter.report_out_of_policy(
-            node.node_id, ContractQuote(bytes(tampered[:-1]), b"\x01" * 32, b"\x01" * 32), nonce
+            node.node_id, ContractQuote(bytes(tampered[:-1]), b"\x01" * 32, b"\x01" * 32), block
         )
     assert reporter.node(node.node_id).stake_wei == 10 * kit.ETHER
 
@@ -466,15 +539,14 @@ def test_revoked_digest_becomes_slashable_after_grace(owner, operator, reporter,
     node = kit.ExitNode.new()
     node.register(operator, stake=40 * kit.ETHER)
     owner.revoke_digest(kit.GOOD)
-    nonce = os.urandom(32)
-    proof = node.handshake_quote(nonce, kit.GOOD)
+    proof, proof_block = node.quote(reporter, kit.GOOD)
     with reverts("digest within policy"):  # an interval to upgrade before it counts
-        reporter.report_out_of_policy(node.node_id, proof, nonce)
+        reporter.report_out_of_policy(node.node_id, proof, proof_block)
     quote, block = node.quote(operator)
     with reverts("PCR digest not approved"):  # but it no longer attests
         operator.attest(node.node_id, quote, block)
     kit.advance(kit.INTERVAL + 1)
-    assert reporter.report_out_of_policy(node.node_id, proof, nonce).gas_used > 0
+    assert reporter.report_out_of_policy(node.node_id, proof, proof_block).gas_used > 0
 
 
 def test_reboot_and_good_attestation_do_not_clear_an_unapproved_quote(operator, reporter, kit):
@@ -484,25 +556,22 @@ def test_reboot_and_good_attestation_do_not_clear_an_unapproved_quote(operator, 
     quote, block = node.quote(operator, clock=1_000, reset_count=4)
     operator.register(node.node_id, "wss://e/ws", node.ak, quote, block,
                       stake_wei=40 * kit.ETHER, voucher=node.voucher(operator))  # fmt: skip
-    nonce = os.urandom(32)
-    bad = node.handshake_quote(nonce, kit.BAD, clock=90_000, reset_count=4)  # a client kept it
+    bad, bad_block = node.quote(reporter, kit.BAD, clock=90_000, reset_count=4)  # kept
     for clock in (10, 20):  # reboot, then attest approved software, twice
         quote, block = node.quote(operator, clock=clock, reset_count=5)
         operator.attest(node.node_id, quote, block)
-    result = reporter.report_out_of_policy(node.node_id, bad, nonce)
+    result = reporter.report_out_of_policy(node.node_id, bad, bad_block)
     assert result.event_names() == ["NodeSlashed", "ReputationChanged"]
     with reverts("quote not newer"):  # once only
-        reporter.report_out_of_policy(node.node_id, bad, nonce)
+        reporter.report_out_of_policy(node.node_id, bad, bad_block)
     # Quotes from before the registration are not proofs (set-up before it was approved),
     # nor are ones older than the quote that already slashed.
     for clock, resets in ((999, 4), (500, 3), (80_000, 4)):
-        nonce = os.urandom(32)
-        early = node.handshake_quote(nonce, kit.BAD, clock=clock, reset_count=resets)
+        early, block = node.quote(reporter, kit.BAD, clock=clock, reset_count=resets)
         with reverts("quote not newer"):
-            reporter.report_out_of_policy(node.node_id, early, nonce)
-    nonce = os.urandom(32)  # a later one in the new epoch still counts
-    later = node.handshake_quote(nonce, kit.BAD, clock=30, reset_count=5)
-    assert reporter.report_out_of_policy(node.node_id, later, nonce).gas_used > 0
+            reporter.report_out_of_policy(node.node_id, early, block)
+    later, block = node.quote(reporter, kit.BAD, clock=30, reset_count=5)  # still counts
+    assert reporter.report_out_of_policy(node.node_id, later, block).gas_used > 0
     assert reporter.node(node.node_id).stake_wei == 10 * kit.ETHER
 
 
@@ -518,30 +587,26 @@ def test_revoked_digest_quote_is_forgiven_by_a_newer_attestation(owner, operator
     operator.attest(node.node_id, quote, block)  # running `old`, approved then
     owner.revoke_digest(old)
     kit.advance(kit.INTERVAL + 1)  # grace over: `old` is now out of policy
-    nonce = os.urandom(32)
-    bad = node.handshake_quote(nonce, old, clock=3_000, reset_count=1)
+    bad, bad_block = node.quote(reporter, old, clock=3_000, reset_count=1)
     quote, block = node.quote(operator, clock=10, reset_count=2)  # reboot into approved software
     operator.attest(node.node_id, quote, block)
     with reverts("quote not newer"):
-        reporter.report_out_of_policy(node.node_id, bad, nonce)
-    nonce = os.urandom(32)  # after the last accepted attestation it slashes
-    bad = node.handshake_quote(nonce, old, clock=20, reset_count=2)
-    assert reporter.report_out_of_policy(node.node_id, bad, nonce).gas_used > 0
+        reporter.report_out_of_policy(node.node_id, bad, bad_block)
+    bad, block = node.quote(reporter, old, clock=20, reset_count=2)  # newer: it slashes
+    assert reporter.report_out_of_policy(node.node_id, bad, block).gas_used > 0
 
 
 def test_low_reputation_ejects(operator, reporter, kit):
     node = kit.ExitNode.new()
     node.register(operator, stake=1000 * kit.ETHER)
     for _ in range(3):  # 500 -> 250 -> 125 -> 62: below the floor of 100
-        nonce = os.urandom(32)
-        result = reporter.report_out_of_policy(
-            node.node_id, node.handshake_quote(nonce, kit.BAD), nonce
-        )
+        proof, block = node.quote(reporter, kit.BAD)
+        result = reporter.report_out_of_policy(node.node_id, proof, block)
     assert "WithdrawalRequested" in result.event_names()
     info = reporter.node(node.node_id)
     assert (info.reputation, info.status, info.healthy) == (62, "unbonding", False)
-    nonce = os.urandom(32)  # still slashable while unbonding
-    reporter.report_out_of_policy(node.node_id, node.handshake_quote(nonce, kit.BAD), nonce)
+    proof, block = node.quote(reporter, kit.BAD)  # still slashable while unbonding
+    reporter.report_out_of_policy(node.node_id, proof, block)
     assert reporter.node(node.node_id).stake_wei == 1000 * kit.ETHER // 16
 
 

@@ -1,8 +1,9 @@
-"""A genuine TPM quote (swtpm, through attestation/) is accepted by the contract; the same
-quote with one byte changed, or answering an old block, is not; a real out-of-policy quote
-slashes. The AK is admitted by an enroller who ran the real enrolment (EK certificate chain
-to the swtpm's maker CA, MakeCredential, ActivateCredential in the TPM) and vouched for the
-resulting record; a software key quoting the same approved digest cannot use that voucher."""
+"""A genuine TPM quote over the boot PCRs 0-9 (swtpm, through attestation/) is accepted by
+the contract; the same quote with one byte changed, over another selection, or answering an
+old block, is not; a real out-of-policy registry quote slashes. The AK is admitted with a
+voucher for the record of a real enrolment (EK certificate chain to the swtpm's maker CA,
+MakeCredential, ActivateCredential in the TPM; the full ceremony with the identity key is
+in test_attacks); a software key quoting the same approved digest cannot use that voucher."""
 
 from __future__ import annotations
 
@@ -12,19 +13,19 @@ import os
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from attestation import constants as ac
 from attestation import enrol, tpms
 from attestation.tpm import Tpm
 from contracts.cli import enrolment_ak
+from contracts.constants import QUOTED_PCRS
 from contracts.errors import RegistryReverted
-from contracts.quote import ContractQuote, ak_public, build_attest, qualifying_data, sign_attest
+from contracts.quote import ContractQuote, ak_public, build_attest, sign_attest
 from contracts.voucher import Voucher
 from hardware.tpm import Swtpm
 
 pytestmark = pytest.mark.integration
 
-PCR = 23
-QUOTED = ac.DEFAULT_QUOTE_PCRS  # PCRs 0-7 and 23: the registry's selection
+BOOT_PCR = 9  # the last boot PCR the registry quotes; not resettable
+QUOTED = QUOTED_PCRS  # PCRs 0-9: the registry's selection
 
 
 def enrolled_voucher(tpm: Tpm, swtpm: Swtpm, node_id: bytes, registry, enroller):  # type: ignore[no-untyped-def]
@@ -36,7 +37,7 @@ def enrolled_voucher(tpm: Tpm, swtpm: Swtpm, node_id: bytes, registry, enroller)
     enrol.check_ek_certificate(request, anchors, intermediates, datetime.datetime.now(datetime.UTC))
     challenge, expected = enrol.make_challenge(request)
     record = enrol.finish(request, expected, enrol.answer(tpm, ak, challenge))
-    ak_pub = enrolment_ak(record.dump())  # what `registry vouch --enrolment` reads
+    ak_pub = enrolment_ak(record.dump())  # the AK as the contract stores it
     operator = registry.account.address  # the account that will send register
     chain_id = registry.chain_id()
     voucher = Voucher.make(enroller, registry.address, chain_id, node_id, ak_pub, operator=operator)
@@ -49,8 +50,7 @@ def test_genuine_swtpm_quote(owner, operator, reporter, kit):
         ak, ak_pub, voucher = enrolled_voucher(tpm, swtpm, node_id, operator, kit.ENROLLER)
         assert ak_pub == ak_public(tpms.parse_public(ak.tpmt_public).public_key())
         handle = tpm.load_ak(ak.private, ak.public)
-        tpm.reset_pcr(PCR)
-        tpm.extend_pcr(PCR, os.urandom(32))
+        tpm.extend_pcr(BOOT_PCR, os.urandom(32))  # a "boot" measurement
 
         def quote(qualifying: bytes, pcrs: tuple[int, ...] = QUOTED) -> ContractQuote:
             attest, signature = tpm.quote(handle, list(pcrs), qualifying)
@@ -59,13 +59,13 @@ def test_genuine_swtpm_quote(owner, operator, reporter, kit):
         challenge = operator.challenge(node_id)
         first = quote(challenge.qualifying_data)
         digest = tpms.parse_attest(first.attest).pcr_digest
-        # The same TPM quoting only PCR 23: a genuine signature over another selection,
-        # refused whatever its digest (approved below for that very selection).
-        only_23 = quote(challenge.qualifying_data, (PCR,))
-        assert tpms.parse_attest(only_23.attest).pcrs == (PCR,)
-        owner.approve_digest(tpms.parse_attest(only_23.attest).pcr_digest)
+        # The same TPM quoting PCRs 0-7 and 23 (the old selection, 23 resettable): a genuine
+        # signature over another selection, refused whatever its digest (approved below).
+        other = quote(challenge.qualifying_data, (*range(8), 23))
+        assert tpms.parse_attest(other.attest).pcrs == (*range(8), 23)
+        owner.approve_digest(tpms.parse_attest(other.attest).pcr_digest)
         with pytest.raises(RegistryReverted, match=r"^PCR selection mismatch$"):
-            operator.register(node_id, "wss://tpm/ws", ak_pub, only_23, challenge.block_number,
+            operator.register(node_id, "wss://tpm/ws", ak_pub, other, challenge.block_number,
                               stake_wei=20 * kit.ETHER, voucher=voucher)  # fmt: skip
         with pytest.raises(RegistryReverted, match=r"^PCR digest not approved$"):
             operator.register(node_id, "wss://tpm/ws", ak_pub, first, challenge.block_number,
@@ -99,10 +99,10 @@ def test_genuine_swtpm_quote(owner, operator, reporter, kit):
             operator.attest(node_id, late_quote, later.block_number)
         assert operator.attest_with(node_id, quote).event_names()[-1] == "AttestationUpdated"
 
-        # The exit extends its PCR (other software): its next handshake quote is out of policy.
-        tpm.extend_pcr(PCR, os.urandom(32))
-        nonce = os.urandom(32)
-
-        bad = quote(qualifying_data(nonce, node_id))
-        result = reporter.report_out_of_policy(node_id, bad, nonce)
+        # The boot state changes (a PCR nobody can reset): its next registry quote is out of
+        # policy, and a reporter who obtains it slashes with it.
+        tpm.extend_pcr(BOOT_PCR, os.urandom(32))
+        challenge = reporter.challenge(node_id)
+        bad = quote(challenge.qualifying_data)
+        result = reporter.report_out_of_policy(node_id, bad, challenge.block_number)
         assert result.events[0].args["amount"] == 10 * kit.ETHER

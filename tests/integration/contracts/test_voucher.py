@@ -1,5 +1,5 @@
-"""Enrolment vouchers on chain: only an appointed enroller's low-s signature over exactly
-(this registry, this chain, the sending operator, the node id, the AK) admits a node; each
+"""Enrolment vouchers on chain: only an appointed enroller's low-s EIP-712 signature over
+exactly (this registry, this chain, the sending operator, the node id, the AK) admits a node; each
 bad voucher is refused with its reason, a registration copied by another sender is refused,
 and removing an enroller stops its new vouchers but keeps its nodes."""
 
@@ -9,7 +9,6 @@ import os
 
 import pytest
 from eth_account import Account
-from eth_account.messages import _hash_eip191_message, encode_defunct
 from eth_keys import keys
 
 from contracts.constants import SECP256K1_ORDER
@@ -69,8 +68,8 @@ def test_malformed_vouchers_are_refused(operator, kit):
     # The twin is a valid signature by the enroller (plain ecrecover, no low-s rule, accepts
     # it); the contract still refuses it.
     me = operator.account.address
-    prefixed = encode_defunct(primitive=operator.voucher_digest(node.node_id, node.ak, operator=me))
-    assert plain_ecrecover(_hash_eip191_message(prefixed), twin) == kit.ENROLLER.address
+    digest = operator.voucher_digest(node.node_id, node.ak, operator=me)
+    assert plain_ecrecover(digest, twin) == kit.ENROLLER.address
     with reverts(MALFORMED):
         submit(operator, node, twin, kit)
     with pytest.raises(VoucherError, match="upper half"):

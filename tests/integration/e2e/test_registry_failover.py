@@ -12,6 +12,7 @@ TPM) run against the same real components.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import secrets
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from attestation.policy import GoldenPolicy
 from attestation.tpm import Tpm
 from contracts.cli import enrolment_ak
 from contracts.client import RegistryClient, connect
+from contracts.constants import QUOTED_PCRS, SOFTWARE_RELEASE
 from contracts.voucher import Voucher
 from exitnode.errors import AttestationUnavailable
 from exitnode.lifecycle import ENROLMENT_FILE, STATE_TPM_UNAVAILABLE, ExitLifecycle
@@ -86,9 +88,10 @@ class Exit:
 
 
 def vouch(registry: RegistryClient, x: Exit, operator: str) -> None:
-    """The enroller's side: vouch for the enrolment record this exit's lifecycle wrote
-    (EK chain checked, credential activated), for the account ``operator`` that registers
-    it, as ``registry vouch --enrolment --operator`` does."""
+    """The enroller's side, shortened: vouch for the enrolment record this exit's lifecycle
+    wrote (EK chain checked, credential activated), for the account ``operator`` that
+    registers it. The full ceremony (identity signature too) is `shadowmesh enrol`, tested
+    in tests/integration/contracts/test_attacks.py."""
     assert x.voucher is not None
     ak = enrolment_ak((x.lifecycle.state_dir / ENROLMENT_FILE).read_text())
     enroller = accounts(ENROLLER_INDEX + 1)[ENROLLER_INDEX]
@@ -98,8 +101,9 @@ def vouch(registry: RegistryClient, x: Exit, operator: str) -> None:
 
 
 def pcr_digest_of(lifecycle: ExitLifecycle) -> bytes:
-    e = ev.decode(lifecycle.attest(secrets.token_bytes(32)))
-    return tpms.parse_attest(e.attest).pcr_digest
+    """The digest of the registry's boot PCRs 0-9, as the owner approves it."""
+    attest, _ = lifecycle.registry_quote(secrets.token_bytes(32), QUOTED_PCRS)
+    return tpms.parse_attest(attest).pcr_digest
 
 
 def golden_from(lifecycle: ExitLifecycle) -> GoldenPolicy:
@@ -125,6 +129,7 @@ def world(tmp_path_factory):
             w3, owner, minimum_stake_wei=10 * ETHER, attestation_interval_s=INTERVAL
         )
         registry.set_enroller(accounts(ENROLLER_INDEX + 1)[ENROLLER_INDEX].address)
+        registry.approve_release(SOFTWARE_RELEASE, hashlib.sha256(b"runtime policy").digest())
         exits: list[Exit] = []
         try:
             for i, name in enumerate(("exit-a", "exit-b")):
@@ -141,7 +146,9 @@ def world(tmp_path_factory):
                 )
                 exits.append(Exit(name, identity, swtpm, life, voucher=base / f"{name}.voucher"))
                 life.start()
-                registry.approve_digest(pcr_digest_of(life))
+                digest = pcr_digest_of(life)  # two fresh swtpms boot alike: approve once
+                if not registry.digest_approved(digest):
+                    registry.approve_digest(digest)
                 exits[i].upkeep = None
             golden = golden_from(exits[0].lifecycle)
             yield chain, registry, operators, exits, golden
@@ -210,7 +217,7 @@ def test_client_picks_registry_exit_and_fails_over_on_pcr_change(world):
             )  # fmt: skip
             # Not vouched for yet: the exit says so and what to run, and keeps retrying.
             assert await asyncio.to_thread(x.upkeep.step) == "no-voucher"
-            assert "registry vouch --enrolment" in x.upkeep.detail
+            assert "shadowmesh enrol request" in x.upkeep.detail
             assert f"--operator {operator.address}" in x.upkeep.detail
             assert x.upkeep.next_wait() < INTERVAL
             vouch(registry, x, operator.address)
@@ -269,13 +276,14 @@ def test_client_picks_registry_exit_and_fails_over_on_pcr_change(world):
             assert await echoed(tap, 3)
             assert other.served >= 1
 
-            # The changed exit cannot attest on chain any more, so it stays refused.
+            # The registry trusts no resettable PCR: its quotes cover the boot PCRs 0-9, which
+            # did not change, so the exit still attests on chain; the clients, which check the
+            # rest off chain, keep refusing it.
             state = await asyncio.to_thread(first.upkeep.step)
-            assert state == "rejected" and first.upkeep.detail == "PCR digest not approved"
+            assert state == "attested"
             assert first.lifecycle.check_measurement() is False
-            again = await finder.ranking()
-            assert [c.node_id for c in again.order] == [other.node_id]
-            assert any(e.node_id == first.node_id for e in again.excluded)
+            assert finder.refusals.refusal(first.node_id) is not None  # refused off chain
+            assert finder.current.node_id == other.node_id
             assert metrics.counters.rekeys >= 1
             snapshot = metrics.snapshot()
             assert snapshot["gauges"]["registry_reachable"] == 1.0

@@ -20,12 +20,14 @@ def test_committed_artifact_matches_source_hash():
     artifact = load_artifact()
     names = {item.get("name") for item in artifact.abi}
     assert {"register", "updateAttestation", "markStale", "reportMisbehavior", "withdraw"} <= names
-    assert {"setEnroller", "isEnroller", "voucherDigest", "NodeEnrolled", "EnrollerSet"} <= names
+    assert {"setEnroller", "isEnroller", "enrolmentDigest", "NodeEnrolled", "EnrollerSet"} <= names
+    assert {"approveRelease", "releases", "acceptOwnership", "pendingOwner"} <= names
+    assert "voucherDigest" not in names  # the EIP-191 form is gone
     register = next(i for i in artifact.abi if i.get("name") == "register")
     assert register["inputs"][-1] == {
         "internalType": "bytes", "name": "enrolmentVoucher", "type": "bytes"
     }  # fmt: skip
-    digest = next(i for i in artifact.abi if i.get("name") == "voucherDigest")
+    digest = next(i for i in artifact.abi if i.get("name") == "enrolmentDigest")
     assert [(i["name"], i["type"]) for i in digest["inputs"]] == [
         ("operator", "address"), ("nodeId", "bytes32"), ("akX", "bytes32"), ("akY", "bytes32")
     ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Quote helpers: qualifying data, signature and key encodings, TPMS_ATTEST layout."""
+"""Quote helpers: registry qualifying data, signature and key encodings, TPMS_ATTEST layout."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from eth_abi.abi import decode as abi_decode
+from eth_utils.crypto import keccak
 
-from attestation import constants as ac
 from attestation import tpms
 from contracts.constants import PCR_SELECT_BITMAP, QUOTED_PCRS, SOURCE_PATH
 from contracts.errors import QuoteFormatError
@@ -21,7 +21,7 @@ from contracts.quote import (
     build_attest,
     misbehavior_proof,
     pcr_digest,
-    qualifying_data,
+    registry_qualifying_data,
     sign_attest,
     signature_rs,
 )
@@ -33,12 +33,24 @@ def tpmt_signature(r: bytes, s: bytes) -> bytes:
     return struct.pack(">HHH", 0x0018, 0x000B, len(r)) + r + struct.pack(">H", len(s)) + s
 
 
-def test_qualifying_data_is_the_shared_formula():
+REGISTRY = "0x" + "ab" * 20
+
+
+def test_registry_qualifying_data_is_the_contracts_formula():
+    """keccak256(abi.encodePacked("shadowmesh/registry/v1", chainid, registry, hash, node)),
+    and never the handshake's SHA-256 domain."""
     nonce, node = bytes(range(32)), bytes(range(32, 64))
-    expected = hashlib.sha256(b"shadowmesh-attest-v1" + nonce + node).digest()
-    assert qualifying_data(nonce, node) == expected
-    with pytest.raises(QuoteFormatError):
-        qualifying_data(nonce[:31], node)
+    packed = b"shadowmesh/registry/v1" + (31337).to_bytes(32, "big") + b"\xab" * 20 + nonce + node
+    assert registry_qualifying_data(31337, REGISTRY, nonce, node) == keccak(packed)
+    handshake = hashlib.sha256(b"shadowmesh/handshake/v1" + nonce + node).digest()
+    assert registry_qualifying_data(31337, REGISTRY, nonce, node) != handshake
+    assert registry_qualifying_data(1, REGISTRY, nonce, node) != keccak(packed)
+    other = "0x" + "ac" * 20
+    assert registry_qualifying_data(31337, other, nonce, node) != keccak(packed)
+    for args in ((31337, REGISTRY, nonce[:31], node), (31337, REGISTRY, nonce, node[:31]),
+                 (0, REGISTRY, nonce, node), (31337, "0x1234", nonce, node)):  # fmt: skip
+        with pytest.raises(QuoteFormatError):
+            registry_qualifying_data(*args)
 
 
 def test_signature_from_der_and_tpmt_agree():
@@ -98,19 +110,19 @@ def test_build_attest_layout():
     clock, resets, restarts, safe = struct.unpack(">QIIB", blob[o + 34 : o + 51])
     assert (clock, resets, restarts, safe) == (7, 3, 0, 1)
     assert struct.unpack(">Q", blob[o + 51 : o + 59])[0] == 9
-    # One selection: SHA-256 bank, 3-byte bitmap of PCRs 0-7 and 23 (the registry's).
-    assert blob[o + 59 :] == bytes.fromhex("00000001000b03ff0080") + b"\x00\x20" + digest
+    # One selection: SHA-256 bank, 3-byte bitmap of PCRs 0-9 (the registry's).
+    assert blob[o + 59 :] == bytes.fromhex("00000001000b03ff0300") + b"\x00\x20" + digest
 
 
-def test_registry_selection_is_what_the_exit_quotes():
-    """The contract's fixed PCR_SELECTION, the client's copy and attestation/'s default
-    quote selection are one and the same, so a real exit's quote passes on chain."""
-    assert PCR_SELECT_BITMAP == tpms.pcr_bitmap(ac.DEFAULT_QUOTE_PCRS) == bytes.fromhex("ff0080")
-    assert QUOTED_PCRS == ac.DEFAULT_QUOTE_PCRS
+def test_registry_selection_is_the_boot_pcrs():
+    """The contract's fixed PCR_SELECTION and the client's copy are PCRs 0-9: neither the
+    resettable PCR 23 nor IMA's PCR 10, which clients check against the runtime policy."""
+    assert tuple(range(10)) == QUOTED_PCRS
+    assert PCR_SELECT_BITMAP == tpms.pcr_bitmap(QUOTED_PCRS) == bytes.fromhex("ff0300")
     parsed = tpms.parse_attest(build_attest(b"\x11" * 32, b"\x22" * 32))
-    assert parsed.pcrs == ac.DEFAULT_QUOTE_PCRS
+    assert parsed.pcrs == QUOTED_PCRS
     source = SOURCE_PATH.read_text()
-    assert "bytes3 public constant PCR_SELECTION = 0xFF0080;" in source
+    assert "bytes3 public constant PCR_SELECTION = 0xFF0300;" in source
 
 
 def test_sign_attest_verifies_and_proof_encodes():
@@ -120,11 +132,9 @@ def test_sign_attest_verifies_and_proof_encodes():
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
     KEY.public_key().verify(encode_dss_signature(r, s), attest, ec.ECDSA(hashes.SHA256()))
-    nonce = b"\x05" * 32
-    decoded = abi_decode(
-        ["bytes", "bytes32", "bytes32", "bytes32"], misbehavior_proof(quote, nonce)
-    )
-    assert decoded == (attest, quote.r, quote.s, nonce)
+    decoded = abi_decode(["bytes", "bytes32", "bytes32", "uint256"], misbehavior_proof(quote, 77))
+    assert decoded == (attest, quote.r, quote.s, 77)
     assert ContractQuote.from_parts(attest, tpmt_signature(quote.r, quote.s)) == quote
-    with pytest.raises(QuoteFormatError):
-        misbehavior_proof(quote, b"short")
+    for bad in (-1, True, b"\x05" * 32):
+        with pytest.raises(QuoteFormatError):
+            misbehavior_proof(quote, bad)  # type: ignore[arg-type]

@@ -25,19 +25,29 @@ NODE = bytes(range(32))
 AK = AkPublic(b"\x01" * 32, b"\x02" * 32)
 
 
-def test_digest_is_keccak_of_the_abi_encoding():
-    head = bytes(12) + bytes.fromhex(REGISTRY[2:])
-    operator = bytes(12) + bytes.fromhex(OPERATOR[2:])
-    encoded = head + CHAIN.to_bytes(32, "big") + operator + NODE + AK.x + AK.y
-    assert encoded == abi_encode(
-        ["address", "uint256", "address", "bytes32", "bytes32", "bytes32"],
-        [REGISTRY, CHAIN, OPERATOR, NODE, AK.x, AK.y],
+def test_digest_is_the_eip712_digest_of_enrolment():
+    """Spelled out from EIP-712 here, independently of eth-account, which signs it."""
+    domain_type = (
+        b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
     )
-    assert voucher_digest(REGISTRY, CHAIN, NODE, AK, operator=OPERATOR) == keccak(encoded)
+    domain = keccak(
+        abi_encode(
+            ["bytes32", "bytes32", "bytes32", "uint256", "address"],
+            [keccak(domain_type), keccak(b"ShadowMesh ExitNodeRegistry"), keccak(b"2"), CHAIN,
+             REGISTRY],
+        )
+    )  # fmt: skip
+    type_hash = keccak(b"Enrolment(address operator,bytes32 nodeId,bytes32 akX,bytes32 akY)")
+    struct_hash = keccak(
+        abi_encode(
+            ["bytes32", "address", "bytes32", "bytes32", "bytes32"],
+            [type_hash, OPERATOR, NODE, AK.x, AK.y],
+        )
+    )
+    expected = keccak(b"\x19\x01" + domain + struct_hash)
+    assert voucher_digest(REGISTRY, CHAIN, NODE, AK, operator=OPERATOR) == expected
     # Lower-case addresses are the same registry and operator.
-    assert voucher_digest(REGISTRY.lower(), CHAIN, NODE, AK, operator=OPERATOR.lower()) == keccak(
-        encoded
-    )
+    assert voucher_digest(REGISTRY.lower(), CHAIN, NODE, AK, operator=OPERATOR.lower()) == expected
 
 
 @pytest.mark.parametrize(

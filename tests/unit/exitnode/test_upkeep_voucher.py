@@ -16,8 +16,15 @@ from eth_account import Account
 from attestation import constants as ac
 from attestation import tpms
 from contracts.client import Challenge
+from contracts.constants import QUOTED_PCRS
 from contracts.errors import RegistryReverted
-from contracts.quote import AkPublic, ContractQuote, ak_public, build_attest, qualifying_data
+from contracts.quote import (
+    AkPublic,
+    ContractQuote,
+    ak_public,
+    build_attest,
+    registry_qualifying_data,
+)
 from contracts.voucher import Voucher, recover_voucher
 from exitnode.upkeep import RegistryUpkeep
 from l2bridge.node.config import config_from_mapping
@@ -52,9 +59,10 @@ class FakeLifecycle:
     def check_measurement(self) -> bool:
         return True
 
-    def quote_for(self, nonce: bytes) -> tuple[bytes, bytes]:
+    def registry_quote(self, qualifying: bytes, pcrs: tuple[int, ...]) -> tuple[bytes, bytes]:
+        assert pcrs == QUOTED_PCRS  # the registry's boot selection, never PCR 10 or 23
         self.quotes += 1
-        attest = build_attest(qualifying_data(nonce, self.node_id), DIGEST, clock=self.quotes)
+        attest = build_attest(qualifying, DIGEST, clock=self.quotes)
         return attest, self.key.sign(attest, ec.ECDSA(hashes.SHA256()))
 
 
@@ -84,13 +92,15 @@ class FakeRegistry:
 
     def challenge(self, node_id: bytes) -> Challenge:
         block_hash = os.urandom(32)
-        return Challenge(7, block_hash, qualifying_data(block_hash, node_id))
+        return Challenge(
+            7, block_hash, registry_qualifying_data(CHAIN, ADDRESS, block_hash, node_id)
+        )
 
     def config(self):  # type: ignore[no-untyped-def]
         return type("Config", (), {"minimum_stake_wei": 10})()
 
-    def register(self, node_id, endpoint, ak, quote, block, *, stake_wei, voucher):  # type: ignore[no-untyped-def]
-        assert isinstance(quote, ContractQuote) and stake_wei == 10
+    def register(self, node_id, endpoint, ak, quote, block, *, stake_wei, voucher, release):  # type: ignore[no-untyped-def]
+        assert isinstance(quote, ContractQuote) and stake_wei == 10 and release == 1
         signer = recover_voucher(
             voucher, self.address, CHAIN, node_id, ak, operator=OPERATOR.address
         )
@@ -100,7 +110,7 @@ class FakeRegistry:
         self.nodes[node_id] = Registered("active", endpoint)
         return type("Tx", (), {"tx_hash": "0x01"})()
 
-    def attest(self, node_id, quote, block):  # type: ignore[no-untyped-def]
+    def attest(self, node_id, quote, block, *, release):  # type: ignore[no-untyped-def]
         return type("Tx", (), {"tx_hash": "0x02"})()
 
 
@@ -126,7 +136,7 @@ def test_no_voucher_configured_says_what_to_run(tmp_path):
     u, life, reg, metrics = upkeep(tmp_path, None)
     assert u.step() == "no-voucher"
     assert "chain.enrolment_voucher" in u.detail
-    assert f"registry vouch --enrolment {life.state_dir / 'enrolment.json'}" in u.detail
+    assert f"shadowmesh enrol request --ak {life.state_dir / 'ak.json'}" in u.detail
     assert life.node_id.hex() in u.detail and ADDRESS in u.detail
     assert f"--operator {OPERATOR.address}" in u.detail
     assert life.quotes == 0 and reg.nodes == {}  # no TPM work, nothing sent
