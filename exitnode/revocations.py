@@ -29,6 +29,7 @@ from exitnode.constants import REAUTH_INTERVAL_S, REVOCATION_POLL_S
 from l2bridge.errors import AuthenticationFailed, KeyFileError, NotAuthorized, StateError
 from l2bridge.identity.keyfiles import load_allow_list, load_revocations
 from l2bridge.identity.keys import Authorization, Authorizer
+from l2bridge.node.link import is_revoked
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class AdmittedLink(Protocol):
     @property
     def session(self) -> AdmittedSession: ...
 
-    async def close(self) -> None: ...
+    async def close(self, *, revoked: bool = False) -> None: ...
 
 
 class LiveSessions:
@@ -166,7 +167,9 @@ class LiveSessions:
             # Keys wiped now: nothing more is sealed or opened for this device, whatever
             # the link still has queued. The close then ends the connection.
             link.session.close()
-            task = asyncio.ensure_future(link.close())
+            # A revoked device is told so by the close code (and stops retrying); any
+            # other refusal (taken off the allow-list, expired) is a bare close.
+            task = asyncio.ensure_future(link.close(revoked=is_revoked(exc)))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
             return False

@@ -136,12 +136,14 @@ def test_revocation_and_allow_list_removal_end_running_tunnels_within_a_second(
             assert node.sessions.refused == 1 and len(node.sessions) == 1
             await other.send_frames([arp(2)])
             await wait_for(lambda: arp(2)[10:] in node.board.local.delivered(), "friend's frame")
-            with pytest.raises(TransportClosed, match="during the handshake"):
+            assert link.close_reason == "revoked"  # told by the close code, not a bare close
+            with pytest.raises(DeviceRevoked):
                 await client.connect()
 
             # The allow-listed device is taken off the list.
             save_allow_list(AllowList(), allowed)
             await closes_within(other, 1.0)
+            assert other.close_reason != "revoked"  # not revoked, only no longer listed
             assert node.sessions.refused == 2 and len(node.sessions) == 0
             await wait_for(lambda: not node.board.clients, "both ports detached")
             with pytest.raises(TransportClosed, match="during the handshake"):

@@ -33,9 +33,11 @@ class FakeLink:
     def __init__(self, session: FakeSession) -> None:
         self.session = session
         self.close_calls = 0
+        self.revoked: bool | None = None
 
-    async def close(self) -> None:
+    async def close(self, *, revoked: bool = False) -> None:
         self.close_calls += 1
+        self.revoked = revoked
 
 
 @pytest.fixture(scope="module")
