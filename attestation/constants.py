@@ -79,3 +79,19 @@ SPEC_ID_SIGNATURE = b"Spec ID Event03\x00"
 STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\x00"
 # TCG algorithm id -> digest size, for the banks an event log may carry.
 EVENT_LOG_DIGEST_SIZES = {0x0004: 20, 0x000B: 32, 0x000C: 48, 0x000D: 64, 0x0012: 32}
+MAX_EVENT_COUNT = 10_000
+
+# --- Linux IMA (runtime measurements, PCR 10) ---
+IMA_PCR = 10
+BOOT_AGGREGATE_PCRS = 10  # boot_aggregate covers PCRs 0-9 in non-SHA-1 banks
+BOOT_AGGREGATE_PATH = "boot_aggregate"
+IMA_LIST_PATH = "/sys/kernel/security/ima/binary_runtime_measurements"
+MAX_IMA_PATH = 4096  # PATH_MAX, counting the NUL
+MAX_IMA_TEMPLATE = 8 + 8 + SHA256_SIZE + MAX_IMA_PATH
+MAX_IMA_ENTRIES = 200_000
+MAX_IMA_LIST_SIZE = 32 * 1024 * 1024
+
+# --- Runtime policy (Keylime layout) ---
+MAX_RUNTIME_POLICY_SIZE = 64 * 1024 * 1024
+MAX_POLICY_PATHS = 500_000
+MAX_POLICY_DIGESTS_PER_PATH = 64
