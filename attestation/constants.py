@@ -28,34 +28,31 @@ P256_COORD_SIZE = 32
 PCR_COUNT = 24  # PC Client TPMs have 24 PCRs per bank
 PCR_SELECT_SIZE = 3  # bytes of bitmap for 24 PCRs
 
-# --- Quote format shared with the contracts engineer (do not change unilaterally) ---
-QUALIFYING_PREFIX = b"shadowmesh-attest-v1"
+# --- Handshake quotes ---
+# The registry's quotes use a domain of their own (contracts/), never this one.
+HANDSHAKE_DOMAIN = b"shadowmesh/handshake/v1"
 NONCE_SIZE = 32
 NODE_ID_SIZE = 32
 
-# --- What is quoted and where the node measures itself ---
-MEASUREMENT_PCR = 23  # resettable from locality 0, free for applications
-DEFAULT_QUOTE_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, MEASUREMENT_PCR)
-MEASURE_PREFIX = b"shadowmesh-measure-v1"
-NODE_ID_ENTRY = "node-id"
-CONFIG_ENTRY = "config"
-SOFTWARE_ENTRY_PREFIX = "software:"
+# --- What is quoted: boot PCRs 0-9 (firmware, boot loader, kernel command line) and the
+# kernel's runtime measurements in PCR 10. None of them can be reset from software.
+QUOTE_PCRS = tuple(range(11))
+DEFAULT_CMDLINE_REQUIRES = ("ima_policy=tcb", "ima_template=ima-ng", "ima_hash=sha256")
 
 # --- Evidence encoding ---
 EVIDENCE_MAGIC = b"SMEV"
-EVIDENCE_VERSION = 1
-MAX_EVIDENCE_SIZE = 16 * 1024  # must fit in one handshake message
+EVIDENCE_VERSION = 2
+MAX_EVIDENCE_SIZE = 32 * 1024  # must fit in one handshake message (l2bridge's limit)
 MAX_ATTEST_SIZE = 1024
 MAX_SIGNATURE_SIZE = 256
 MAX_PUBLIC_SIZE = 512
-MAX_MANIFEST_ENTRIES = 128
-MAX_ENTRY_NAME = 96
 MAX_TPM2B_SIZE = 1024  # any TPM2B inside a structure we parse
 
 # --- Verification ---
 DEFAULT_MAX_AGE_S = 300.0
-MAX_FUTURE_SKEW_S = 30.0  # evidence stamped this far ahead of our clock is refused
-POLICY_VERSION = 1
+# The TPM clock may run this much slower than ours before a quote counts as stale.
+TPM_CLOCK_DRIFT = 0.05
+POLICY_VERSION = 2
 
 # --- Exit-side provider and schedule ---
 DEFAULT_REATTEST_INTERVAL_S = 3600.0

@@ -88,6 +88,11 @@ def encode_entry(path: str, file_digest: bytes, *, violation: bool = False) -> b
     )
 
 
+def extend(pcr10: bytes, entry: ImaEntry) -> bytes:
+    """PCR 10 (SHA-256 bank) after the kernel extended ``entry`` into ``pcr10``."""
+    return hashlib.sha256(pcr10 + entry.pcr_extend_value()).digest()
+
+
 def boot_aggregate(pcrs_0_to_9: tuple[bytes, ...]) -> bytes:
     """The boot_aggregate file digest for the SHA-256 bank: SHA-256(PCR0 || ... || PCR9)."""
     if len(pcrs_0_to_9) != c.BOOT_AGGREGATE_PCRS:

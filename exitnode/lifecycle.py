@@ -1,12 +1,13 @@
-"""The exit's attestation lifecycle on its TPM: enrol, measure, quote, recover.
+"""The exit's attestation lifecycle on its TPM: enrol, quote, recover.
 
 ``ExitLifecycle.start()``:
 
 1. loads the AK from the node's state directory (``ak.json``, TPM-wrapped, useless
    outside this TPM), or enrols a new one (EK certificate chain against the maker CAs,
    credential activation) and persists it with its enrolment record (``enrolment.json``);
-2. builds the manifest (installed ShadowMesh software, the measured configuration, the
-   nodeId) and extends it into PCR 23 after resetting it (``attestation.quote.Attester``);
+2. opens the TPM with the AK loaded; the exit measures nothing about itself: firmware,
+   boot loader and the kernel's IMA did, into PCRs 0-10, which software cannot reset
+   (``attestation.quote.Attester`` reads their logs and quotes);
 3. serves fresh evidence: :meth:`evidence` is the handshake's ``evidence_provider`` and
    :meth:`quote_for` answers the registry's block-hash challenges (``exitnode.upkeep``).
 
@@ -18,14 +19,13 @@ Failure modes and their documented fallback:
   and it never reaches the registry, which only takes quotes).
 * TPM lost while running: the handshake hook answers with *empty* evidence, so clients
   that require attestation refuse this exit and fail over, while the lifecycle re-opens the
-  TPM every ``retry_s`` and re-measures it once it answers (a restarted TPM has PCR 23
-  reset). ``state`` says ``tpm-unavailable`` meanwhile; the on-chain attestation stops, so
-  the registry marks the node stale after its window.
+  TPM every ``retry_s`` and quotes again once it answers. ``state`` says
+  ``tpm-unavailable`` meanwhile; the on-chain attestation stops, so the registry marks the
+  node stale after its window.
 * Too many handshake quotes: the connection is closed before the exit's hello (the client
   sees a busy exit and tries the next one), never a queue behind the TPM.
-* PCR 23 changed under us (someone extended it): nothing is re-measured to hide it;
-  ``state`` says ``measurement-changed`` and the quotes carry the changed value, which
-  clients and the registry then refuse.
+* A file changed or a strange program ran: the kernel measured it into PCR 10 and the
+  list; nothing here can hide it, and clients refuse the evidence naming the file.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pathlib import Path
 from cryptography import x509
 
 from attestation import constants as ac
-from attestation import enrol, measure
+from attestation import enrol
 from attestation import evidence as ev
 from attestation.errors import AttestationError, RateLimited, TpmError
 from attestation.provider import EvidenceProvider
@@ -70,12 +70,11 @@ class ExitLifecycle:
         node_id: bytes,
         state_dir: Path,
         *,
-        measured_config: Path | None = None,
-        software: Sequence[Path] | None = None,
+        ima_list: Path | None = None,
+        event_log: Path | None = None,
         ek_anchors: Sequence[Path] = (),
         ek_intermediates: Sequence[Path] = (),
         ak_file: Path | None = None,
-        pcrs: Sequence[int] = ac.DEFAULT_QUOTE_PCRS,
         clock: Callable[[], float] = time.time,
         retry_s: float = TPM_RETRY_S,
         metrics: Metrics | None = None,
@@ -84,19 +83,16 @@ class ExitLifecycle:
         self.node_id = node_id
         self.state_dir = state_dir
         self.ak_file = ak_file or state_dir / AK_FILE
-        self._config = measured_config
-        self._software = tuple(software) if software is not None else None
+        self._ima_list = ima_list or Path(ac.IMA_LIST_PATH)
+        self._event_log = event_log or Path(ac.EVENT_LOG_PATH)
         self._anchors = tuple(ek_anchors)
         self._intermediates = tuple(ek_intermediates)
-        self._pcrs = tuple(pcrs)
         self._clock = clock
         self._retry_s = retry_s
         self._lock = threading.RLock()  # one TPM context: every use is serialised
         self._attester: Attester | None = None
         self._provider: EvidenceProvider | None = None
         self._ak: enrol.AkKey | None = None
-        self.manifest: tuple[ev.ManifestEntry, ...] = ()
-        self.measured_value: bytes | None = None
         self.state = STATE_STARTING
         self.detail = ""
         self.last_evidence_at: float | None = None
@@ -131,14 +127,9 @@ class ExitLifecycle:
         return ak
 
     def _open(self) -> None:
-        """Open the TPM, load the AK, measure. Raises AttestationError."""
+        """Open the TPM, load the AK. Raises AttestationError."""
         assert self._ak is not None
-        attester = Attester(self.tcti, self._ak, self.manifest, self._pcrs)
-        try:
-            self.measured_value = attester.measure()
-        except AttestationError:
-            attester.close()
-            raise
+        attester = Attester(self.tcti, self._ak, ima_list=self._ima_list, event_log=self._event_log)
         old, self._attester = self._attester, attester
         if old is not None:
             old.close()
@@ -146,23 +137,15 @@ class ExitLifecycle:
         self.state, self.detail = STATE_OK, ""
 
     def start(self) -> None:
-        """Enrol (or reuse the AK), measure, get ready to quote. Raises AttestationUnavailable."""
+        """Enrol (or reuse the AK), get ready to quote. Raises AttestationUnavailable."""
         try:
             with self._lock:
                 self._ak = self._load_or_enrol()
-                software = self._software
-                if software is None:
-                    software = measure.installed_software()
-                self.manifest = measure.build_manifest(software, self._config, self.node_id)
                 self._open()
         except AttestationError as exc:
             self.state, self.detail = STATE_TPM_UNAVAILABLE, str(exc)
             raise AttestationUnavailable(f"TPM at {self.tcti}: {exc}") from None
-        log.info("measured into PCR %d: %s", ac.MEASUREMENT_PCR, self.measured_value_hex)
-
-    @property
-    def measured_value_hex(self) -> str:
-        return self.measured_value.hex() if self.measured_value else "-"
+        log.info("quoting PCRs 0-10; IMA list %s, event log %s", self._ima_list, self._event_log)
 
     @property
     def ak_public(self) -> bytes:
@@ -187,7 +170,7 @@ class ExitLifecycle:
         self._next_retry = time.monotonic() + self._retry_s
 
     def recover(self) -> bool:
-        """Re-open and re-measure a lost TPM (at most every ``retry_s``). True when usable."""
+        """Re-open a lost TPM (at most every ``retry_s``). True when usable."""
         with self._lock:
             if self.state != STATE_TPM_UNAVAILABLE:
                 return True
@@ -198,25 +181,29 @@ class ExitLifecycle:
             except AttestationError as exc:
                 self._lost(exc)
                 return False
-        log.info("TPM back; re-measured PCR %d", ac.MEASUREMENT_PCR)
+        log.info("TPM back")
         return True
 
     def check_measurement(self) -> bool:
-        """Whether PCR 23 still holds exactly our measurement (False also when unknown)."""
+        """Whether the TPM answers and the IMA list still replays to PCR 10.
+
+        Nothing is re-measured: a list that no longer replays means someone extended PCR 10
+        outside the kernel, and ``state`` says so (clients refuse such evidence anyway).
+        """
         with self._lock:
             attester = self._attester
             if attester is None or self.state == STATE_TPM_UNAVAILABLE:
                 return False
             try:
-                value = dict(attester.read_pcrs())[ac.MEASUREMENT_PCR]
-            except AttestationError as exc:
+                attester.check_list()
+            except TpmError as exc:
                 self._lost(exc)
                 return False
-        if value != self.measured_value:
-            if self.state != STATE_MEASUREMENT_CHANGED:
-                log.error("PCR %d no longer holds our measurement", ac.MEASUREMENT_PCR)
-            self.state, self.detail = STATE_MEASUREMENT_CHANGED, "PCR 23 was extended"
-            return False
+            except AttestationError as exc:
+                if self.state != STATE_MEASUREMENT_CHANGED:
+                    log.error("runtime measurements: %s", exc)
+                self.state, self.detail = STATE_MEASUREMENT_CHANGED, str(exc)
+                return False
         return True
 
     def attest(self, nonce: bytes) -> bytes:

@@ -132,7 +132,10 @@ class Tpm:
     ak_context: Path | None = None
     ak_public: Path | None = None
     golden_policy: Path | None = None
-    pcr: int = 23
+    pcr: int = 23  # unused: nothing trusts an application PCR (kept so old files load)
+    # exit: the kernel's IMA list and boot event log (default: /sys/kernel/security/...)
+    ima_list: Path | None = None
+    event_log: Path | None = None
     # client: the pinned exit's enrolment record (its AK), for attestation_required
     exit_enrolment: Path | None = None
 
@@ -419,6 +422,8 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "ak_public": _PATH,
             "golden_policy": _PATH,
             "pcr": _int_range(0, 23),
+            "ima_list": _PATH,
+            "event_log": _PATH,
             "exit_enrolment": _PATH,
         },
     ),
