@@ -42,7 +42,7 @@ DEFAULT_CMDLINE_REQUIRES = ("ima_policy=tcb", "ima_template=ima-ng", "ima_hash=s
 # --- Evidence encoding ---
 EVIDENCE_MAGIC = b"SMEV"
 EVIDENCE_VERSION = 2
-MAX_EVIDENCE_SIZE = 32 * 1024  # must fit in one handshake message (l2bridge's limit)
+MAX_EVIDENCE_SIZE = 256 * 1024  # must fit in one handshake message (l2bridge's limit)
 MAX_ATTEST_SIZE = 1024
 MAX_SIGNATURE_SIZE = 256
 MAX_PUBLIC_SIZE = 512
@@ -85,8 +85,8 @@ BOOT_AGGREGATE_PATH = "boot_aggregate"
 IMA_LIST_PATH = "/sys/kernel/security/ima/binary_runtime_measurements"
 MAX_IMA_PATH = 4096  # PATH_MAX, counting the NUL
 MAX_IMA_TEMPLATE = 8 + 8 + SHA256_SIZE + MAX_IMA_PATH
-MAX_IMA_ENTRIES = 200_000
-MAX_IMA_LIST_SIZE = 32 * 1024 * 1024
+MAX_IMA_ENTRIES = 100_000
+MAX_IMA_LIST_SIZE = 16 * 1024 * 1024
 
 # --- Runtime policy (Keylime layout) ---
 MAX_RUNTIME_POLICY_SIZE = 64 * 1024 * 1024

@@ -100,26 +100,26 @@ def boot_aggregate(pcrs_0_to_9: tuple[bytes, ...]) -> bytes:
     return hashlib.sha256(b"".join(pcrs_0_to_9)).digest()
 
 
-def _parse_template(data: bytes) -> tuple[bytes, str]:
+# pcr, template digest, name length, name, template data length: one unpack per entry.
+_ENTRY = struct.Struct("<I20sI6sI")
+# d-ng length, "sha256:\0", file digest, n-ng length.
+_FIELDS = struct.Struct("<I8s32sI")
+_DIGEST_FIELD_SIZE = len(DIGEST_PREFIX) + c.SHA256_SIZE
+
+
+def _fields(data: bytes) -> tuple[bytes, str]:
     """(file digest, path) from ima-ng template data; raises EvidenceError."""
-    if len(data) < 8:
-        raise EvidenceError("IMA template data truncated")
-    (dlen,) = _U32.unpack_from(data, 0)
-    if dlen != len(DIGEST_PREFIX) + c.SHA256_SIZE or 4 + dlen + 4 > len(data):
+    if len(data) < _FIELDS.size:
+        raise EvidenceError("IMA template data truncated or not a sha256 ima-ng digest")
+    dlen, prefix, digest, nlen = _FIELDS.unpack_from(data)
+    if dlen != _DIGEST_FIELD_SIZE or prefix != DIGEST_PREFIX:
         raise EvidenceError("IMA entry is not a sha256 ima-ng digest")
-    if data[4 : 4 + len(DIGEST_PREFIX)] != DIGEST_PREFIX:
-        raise EvidenceError("IMA entry is not a sha256 ima-ng digest")
-    digest = data[4 + len(DIGEST_PREFIX) : 4 + dlen]
-    pos = 4 + dlen
-    (nlen,) = _U32.unpack_from(data, pos)
-    pos += 4
-    if not 1 < nlen <= c.MAX_IMA_PATH or pos + nlen != len(data):
+    if not 1 < nlen <= c.MAX_IMA_PATH or _FIELDS.size + nlen != len(data):
         raise EvidenceError("bad IMA path length")
-    raw = data[pos : pos + nlen]
-    if raw[-1] != 0 or 0 in raw[:-1]:
+    if data[-1] != 0 or data.find(0, _FIELDS.size, -1) != -1:
         raise EvidenceError("IMA path is not one NUL-terminated string")
     try:
-        path = raw[:-1].decode()
+        path = data[_FIELDS.size : -1].decode()
     except UnicodeDecodeError:
         raise EvidenceError("IMA path is not UTF-8") from None
     return digest, path
@@ -134,24 +134,19 @@ def iter_entries(data: bytes, offset: int = 0) -> Iterator[tuple[ImaEntry, int]]
         raise EvidenceError("IMA list too large")
     end = len(data)
     pos = offset
-    head = _HEAD.size
+    head = _ENTRY.size
     while pos < end:
-        if pos + head + 4 > end:
+        if pos + head > end:
             raise EvidenceError("IMA list truncated")
-        pcr, recorded, name_len = _HEAD.unpack_from(data, pos)
-        pos += head
-        if name_len != len(TEMPLATE_NAME) or data[pos : pos + name_len] != TEMPLATE_NAME:
+        pcr, recorded, name_len, name, size = _ENTRY.unpack_from(data, pos)
+        if name_len != len(TEMPLATE_NAME) or name != TEMPLATE_NAME:
             raise EvidenceError("IMA entry does not use the ima-ng template")
-        pos += name_len
-        if pos + 4 > end:
-            raise EvidenceError("IMA list truncated")
-        (size,) = _U32.unpack_from(data, pos)
-        pos += 4
+        pos += head
         if size > c.MAX_IMA_TEMPLATE or pos + size > end:
             raise EvidenceError("IMA template data too large or truncated")
-        tdata = bytes(data[pos : pos + size])
+        tdata = data[pos : pos + size]
         pos += size
-        digest, path = _parse_template(tdata)
+        digest, path = _fields(tdata)
         yield ImaEntry(pcr, recorded, digest, path, tdata), pos
 
 
@@ -200,20 +195,24 @@ def replay(data: bytes, first_index: int, state: ImaState) -> Replay:
     value = state.pcr10
     new: list[ImaEntry] = []
     problems: list[str] = []
-    sha256 = hashlib.sha256
+    sha256, sha1 = hashlib.sha256, hashlib.sha1
+    skip = state.count
     for entry, _ in iter_entries(data):
         if index >= c.MAX_IMA_ENTRIES:
             raise EvidenceError("IMA list has too many entries")
-        if index >= state.count:
-            if entry.pcr != c.IMA_PCR:
-                problems.append(f"IMA entry {index} ({entry.path}) is for PCR {entry.pcr}")
-            elif not entry.violation:
-                expected = hashlib.sha1(entry.template_data, usedforsecurity=False).digest()
-                if expected != entry.template_hash:
-                    problems.append(f"IMA entry {index} ({entry.path}): template hash is wrong")
-            value = sha256(value + entry.pcr_extend_value()).digest()
-            new.append(entry)
         index += 1
+        if index <= skip:
+            continue
+        tdata = entry.template_data
+        if entry.template_hash == ZERO_SHA1:  # a violation: the kernel extends 0xFF..FF
+            value = sha256(value + FF_SHA256).digest()
+        else:
+            if sha1(tdata, usedforsecurity=False).digest() != entry.template_hash:
+                problems.append(f"IMA entry {index - 1} ({entry.path}): template hash is wrong")
+            value = sha256(value + sha256(tdata).digest()).digest()
+        if entry.pcr != c.IMA_PCR:
+            problems.append(f"IMA entry {index - 1} ({entry.path}) is for PCR {entry.pcr}")
+        new.append(entry)
     if index < state.count:
         raise EvidenceError(f"IMA list ends at entry {index}, before entry {state.count}")
     return Replay(ImaState(index, value), tuple(new), tuple(problems))

@@ -29,6 +29,8 @@ import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
 
+from attestation import constants as c
+from attestation import ima
 from attestation import runtime_policy as rp
 from attestation.errors import MeasurementError
 
@@ -137,3 +139,14 @@ def merge(policies: Iterable[rp.RuntimePolicy]) -> rp.RuntimePolicy:
         excludes += [e for e in p.excludes if e not in excludes]
         release = max(release, p.release)
     return rp.RuntimePolicy(digests, tuple(excludes), release)
+
+
+def from_ima_list(data: bytes, excludes: Iterable[str] = (), release: int = 0) -> rp.RuntimePolicy:
+    """A policy allowing what a known-good machine's IMA list shows it loaded (Keylime's
+    ``--ima-measurement-list`` mode). Raises EvidenceError if the list is malformed."""
+    digests: dict[str, set[bytes]] = {}
+    for entry in ima.parse_list(data):
+        if entry.path == c.BOOT_AGGREGATE_PATH or entry.violation:
+            continue
+        digests.setdefault(entry.path, set()).add(entry.file_digest)
+    return rp.RuntimePolicy({p: frozenset(d) for p, d in digests.items()}, tuple(excludes), release)

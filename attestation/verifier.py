@@ -125,13 +125,18 @@ def _check_age(
     return []
 
 
-def _check_ima(
-    e: ev.Evidence, reported: dict[int, bytes], start: ima.ImaState, policy: GoldenPolicy
+def check_ima(
+    ima_list: bytes,
+    ima_first: int,
+    reported: dict[int, bytes],
+    start: ima.ImaState,
+    policy: GoldenPolicy,
 ) -> tuple[list[str], list[str], ima.ImaState | None]:
-    """(IMA problems, runtime problems, state after the list or None)."""
+    """Steps 6 and 7 on their own: (IMA problems, runtime problems, state after the list,
+    or None if it could not be replayed). ``reported`` are the quoted PCR values."""
     quoted = reported.get(c.IMA_PCR)
     try:
-        result = ima.replay(e.ima_list, e.ima_first, start)
+        result = ima.replay(ima_list, ima_first, start)
     except EvidenceError as exc:
         return [f"IMA list: {exc}"], [], None
     problems = list(result.problems)
@@ -239,7 +244,9 @@ def verify(
     # 6-7. IMA list against PCR 10, then each entry against the runtime policy
     same_boot = previous is not None and previous.reset_count == attest.clock_info.reset_count
     start = previous.ima if previous is not None and same_boot else ima.INITIAL_STATE
-    ima_problems, runtime_problems, ima_state = _check_ima(e, reported, start, policy)
+    ima_problems, runtime_problems, ima_state = check_ima(
+        e.ima_list, e.ima_first, reported, start, policy
+    )
     fail(IMA, ima_problems)
     fail(RUNTIME, runtime_problems)
 

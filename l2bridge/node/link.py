@@ -46,7 +46,7 @@ from typing import Protocol, cast
 
 from websockets.asyncio.server import Server, ServerConnection
 
-from l2bridge.constants import MAX_RECORD_SIZE
+from l2bridge.constants import MAX_HANDSHAKE_MESSAGE_SIZE, MAX_RECORD_SIZE
 from l2bridge.errors import KeyExpired, PeerError, StateError
 from l2bridge.node.cover import CoverPlan
 from l2bridge.protocol.records import Buffer
@@ -75,8 +75,9 @@ CLOSE_INTERNAL_ERROR = 1011  # WebSocket close code; no reason text goes with it
 # a busy one (1500-byte frames one by one) makes few large records, not one per frame.
 COALESCE_S = 0.0005
 COALESCE_FRAMES = 64
-# Room for the WebSocket frame header on top of the largest record.
-MAX_MESSAGE_SIZE = MAX_RECORD_SIZE + 64
+# Room for the WebSocket frame header on top of the largest record or handshake message
+# (the exit's hello carries its attestation evidence).
+MAX_MESSAGE_SIZE = max(MAX_RECORD_SIZE, MAX_HANDSHAKE_MESSAGE_SIZE) + 64
 
 _CLOSE = object()
 
