@@ -112,13 +112,13 @@ class Attester:
         unused: the quote carries the TPM clock."""
         del now
         qualifying = ev.qualifying_data(nonce, node_id)
-        log = read_bounded(self.event_log_path, c.MAX_EVENT_LOG_SIZE)
         for _ in range(QUOTE_ATTEMPTS):
             attest, signature = self._tpm.quote(self._handle, c.QUOTE_PCRS, qualifying)
             values = self._tpm.read_pcrs(c.QUOTE_PCRS)
             if tpms.parse_attest(attest).pcr_digest != tpms.pcr_digest(values):
                 continue  # a PCR moved between Quote and PCR_Read
             data, count = self._list_up_to(values[c.IMA_PCR])
+            log = read_bounded(self.event_log_path, c.MAX_EVENT_LOG_SIZE)
             if ima_first > count:
                 raise MeasurementError(f"asked for IMA entries from {ima_first}, have {count}")
             return ev.encode(

@@ -41,10 +41,11 @@ from cryptography import x509
 
 from attestation import constants as ac
 from attestation import enrol
-from attestation import evidence as ev
 from attestation.errors import AttestationError, RateLimited, TpmError
 from attestation.provider import EvidenceProvider
 from attestation.quote import Attester
+from contracts.constants import QUOTED_PCRS as REGISTRY_PCRS
+from contracts.quote import qualifying_data as registry_qualifying
 from exitnode.errors import AttestationUnavailable
 from l2bridge.node.metrics import Metrics
 from l2bridge.transport.errors import TransportClosed
@@ -221,10 +222,26 @@ class ExitLifecycle:
         self.last_evidence_at = self._clock()
         return data
 
+    def quote_raw(self, qualifying: bytes, pcrs: tuple[int, ...]) -> tuple[bytes, bytes]:
+        """(TPMS_ATTEST, signature) over ``pcrs`` with any extraData. Raises AttestationError."""
+        with self._lock:
+            self.recover()
+            attester = self._attester
+            if attester is None or self.state == STATE_TPM_UNAVAILABLE:
+                raise TpmError(f"TPM unavailable: {self.detail}")
+            try:
+                quote = attester.quote_raw(qualifying, pcrs)
+            except TpmError as exc:
+                self._lost(exc)
+                raise
+        self.last_evidence_at = self._clock()
+        return quote
+
     def quote_for(self, block_hash: bytes) -> tuple[bytes, bytes]:
-        """(TPMS_ATTEST, signature) answering a registry challenge nonce (a block hash)."""
-        e = ev.decode(self.attest(block_hash))
-        return e.attest, e.signature
+        """(TPMS_ATTEST, signature) answering a registry challenge nonce (a block hash), in
+        the registry's own qualifying-data domain and PCR selection (``contracts``), never
+        the handshake's: a registry quote cannot pass as handshake evidence."""
+        return self.quote_raw(registry_qualifying(block_hash, self.node_id), REGISTRY_PCRS)
 
     def evidence(self, nonce: bytes, node_id: bytes) -> bytes:
         """The handshake's evidence_provider; see the module docstring for failures."""
@@ -240,6 +257,11 @@ class ExitLifecycle:
                 raise TransportClosed("attestation busy") from None
             except TpmError as exc:
                 self._lost(exc)
+                self.empty_answers += 1
+                return b""
+            except AttestationError as exc:  # the kernel's logs are missing or do not replay
+                log.error("no evidence: %s", exc)
+                self.detail = str(exc)
                 self.empty_answers += 1
                 return b""
         self.last_evidence_at = self._clock()
