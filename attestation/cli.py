@@ -68,6 +68,9 @@ def _runtime_policy(ns: argparse.Namespace) -> int:
     roots = [*release.default_roots(), *ns.include] if ns.defaults else list(ns.include)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
     built = release.build(roots, ns.exclude, ns.release, stamp)
+    for item in ns.relocate:
+        src, _, dst = item.partition("=")
+        built = release.relocate(built, Path(src), dst)
     if ns.merge:
         built = release.merge([built, *(runtime_policy.parse(p.read_bytes()) for p in ns.merge)])
     ns.out.write_text(runtime_policy.dump(built))
@@ -203,6 +206,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="also allow what this runtime policy allows; repeat",
+    )
+    p.add_argument(
+        "--relocate",
+        action="append",
+        default=[],
+        metavar="SRC=DST",
+        help="list files found under SRC at DST, where the release is installed",
     )
     p.add_argument("--release", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)

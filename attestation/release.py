@@ -128,6 +128,17 @@ def default_roots(extra: Iterable[Path] = ()) -> list[Path]:
     return [*package_roots(), *python_roots(), *mapped_objects(), *extra]
 
 
+def relocate(policy: rp.RuntimePolicy, src: Path, dst: str) -> rp.RuntimePolicy:
+    """The policy with paths under ``src`` moved under ``dst`` (a release hashed in a staging
+    directory, installed at its standard path)."""
+    prefix = str(src.resolve()) + "/"
+    moved = {
+        (dst.rstrip("/") + "/" + p[len(prefix) :] if p.startswith(prefix) else p): d
+        for p, d in policy.digests.items()
+    }
+    return rp.RuntimePolicy(moved, policy.excludes, policy.release, policy.timestamp)
+
+
 def merge(policies: Iterable[rp.RuntimePolicy]) -> rp.RuntimePolicy:
     """One policy allowing every digest any of ``policies`` allows for a path."""
     digests: dict[str, frozenset[bytes]] = {}

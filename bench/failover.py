@@ -54,6 +54,7 @@ async def one_run(world, check: float, tag: int) -> tuple[float, float]:
         x.kernel = e2e.boot(x.swtpm, x.kernel.log_path.parent)
         for path in (software, config):
             e2e.load(x, path)
+        x.lifecycle.tcti = x.swtpm.tcti  # a restarted swtpm listens on new ports
         x.lifecycle._open()
     servers = [await e2e.serve_exit(x) for x in exits]
     for x, op in zip(exits, operators, strict=True):

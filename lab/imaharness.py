@@ -30,6 +30,9 @@ ima_template=ima-ng ima_hash=sha256`` and real firmware):
 Usage: ``python -m lab.imaharness --tcti T --out DIR --watch DIR... -- exit command...``
 writes ``DIR/binary_bios_measurements`` and ``DIR/binary_runtime_measurements`` (give
 those to the exit as ``tpm.event_log`` / ``tpm.ima_list``) and exits with the child's code.
+``--boot-only`` only plays the boot (at "power on", before any exit runs);
+``--install SRC=DST`` shows the directory SRC at DST inside the exit's mount namespace
+(an exit's own installed copy at the release's standard path) and watches it.
 """
 
 from __future__ import annotations
@@ -181,9 +184,12 @@ class Kernel:
 class Watcher:
     """fanotify permission events on bind mounts of the watched directories."""
 
-    def __init__(self, kernel: Kernel, watch: Sequence[Path]) -> None:
+    def __init__(
+        self, kernel: Kernel, watch: Sequence[Path], install: Sequence[tuple[Path, Path]] = ()
+    ) -> None:
         self.kernel = kernel
-        self.watch = [w.resolve() for w in watch]
+        self.install = [(src.resolve(), dst) for src, dst in install]
+        self.watch = [w.resolve() for w in watch] + [dst for _, dst in install]
         self.fd = -1
         self.own_pid = os.getpid()
         self._thread: threading.Thread | None = None
@@ -192,7 +198,14 @@ class Watcher:
         """A private mount namespace where each watched directory is its own mount."""
         _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
         _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+        for src, dst in self.install:
+            dst.mkdir(parents=True, exist_ok=True)
+            raw_src, raw_dst = str(src).encode(), str(dst).encode()
+            _check(_libc.mount(raw_src, raw_dst, None, MS_BIND | MS_REC, None), f"install {dst}")
+        installed = {dst for _, dst in self.install}
         for path in self.watch:
+            if path in installed:
+                continue
             raw = str(path).encode()
             _check(_libc.mount(raw, raw, None, MS_BIND | MS_REC, None), f"bind {path}")
 
@@ -243,13 +256,23 @@ class Watcher:
             self.fd = -1
 
 
-def run(tcti: str, out: Path, watch: Sequence[Path], cmdline: str, command: list[str]) -> int:
+def run(
+    tcti: str,
+    out: Path,
+    watch: Sequence[Path],
+    cmdline: str,
+    command: list[str],
+    *,
+    install: Sequence[tuple[Path, Path]] = (),
+) -> int:
     out.mkdir(parents=True, exist_ok=True)
     tpm = Tpm(tcti)
     try:
         kernel = Kernel(tpm, out)
         kernel.boot(cmdline)
-        watcher = Watcher(kernel, watch)
+        if not command:
+            return 0  # --boot-only
+        watcher = Watcher(kernel, watch, install)
         watcher.isolate()
         watcher.start()
         child = subprocess.Popen(command)
@@ -275,17 +298,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--tcti", required=True)
     parser.add_argument("--out", type=Path, required=True, help="where the logs are written")
-    parser.add_argument("--watch", type=Path, action="append", required=True,
-                        help="directory whose files are measured when opened; repeat")  # fmt: skip
+    parser.add_argument("--watch", type=Path, action="append", default=[],
+                        help="directory (or file) measured when opened; repeat")  # fmt: skip
+    parser.add_argument("--install", action="append", default=[], metavar="SRC=DST",
+                        help="show SRC at DST for the exit, measured; repeat")  # fmt: skip
+    parser.add_argument("--boot-only", action="store_true", help="play the boot and stop")
     parser.add_argument("--cmdline", default=LAB_CMDLINE, help="the kernel command line booted")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the exit's command")
     ns = parser.parse_args(argv)
     command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
-    if not command:
-        parser.error("give the exit's command after --")
+    if not command and not ns.boot_only:
+        parser.error("give the exit's command after -- (or --boot-only)")
+    if ns.boot_only:
+        command = []
+    install = []
+    for item in ns.install:
+        src, sep, dst = item.partition("=")
+        if not sep or not dst.startswith("/"):
+            parser.error(f"--install {item}: expected SRC=/absolute/DST")
+        install.append((Path(src), Path(dst)))
     logging.basicConfig(level=logging.INFO, format="imaharness: %(message)s")
     try:
-        return run(ns.tcti, ns.out, ns.watch, ns.cmdline, command)
+        return run(ns.tcti, ns.out, ns.watch, ns.cmdline, command, install=install)
     except (HarnessError, AttestationError) as exc:
         print(f"imaharness: {exc}", file=sys.stderr)
         return 2
