@@ -107,9 +107,9 @@ def build(
 ) -> rp.RuntimePolicy:
     """A policy listing every regular file under ``roots`` at its absolute path.
 
-    A symlinked file is listed under its own path and under the path it resolves to (the
-    kernel records the path the file was opened by). Raises MeasurementError if a file
-    cannot be read.
+    Symbolic links are not listed: the kernel records the path of the file opened, after
+    links are followed; a file under a linked directory is listed at both paths. Raises
+    MeasurementError if a file cannot be read.
     """
     digests: dict[str, frozenset[bytes]] = {}
     try:
