@@ -43,7 +43,7 @@ from attestation import constants as ac
 from attestation import enrol
 from attestation.errors import AttestationError, RateLimited, TpmError
 from attestation.provider import EvidenceProvider
-from attestation.quote import Attester
+from attestation.quote import Attester, read_bounded
 from contracts.constants import QUOTED_PCRS as REGISTRY_PCRS
 from contracts.quote import qualifying_data as registry_qualifying
 from exitnode.errors import AttestationUnavailable
@@ -138,7 +138,9 @@ class ExitLifecycle:
         self.state, self.detail = STATE_OK, ""
 
     def start(self) -> None:
-        """Enrol (or reuse the AK), get ready to quote. Raises AttestationUnavailable."""
+        """Enrol (or reuse the AK), check the kernel's logs replay to the TPM, get ready to
+        quote. Raises AttestationUnavailable (a machine without IMA or measured boot cannot
+        produce evidence that passes, and says so here rather than at every handshake)."""
         try:
             with self._lock:
                 self._ak = self._load_or_enrol()
@@ -146,7 +148,20 @@ class ExitLifecycle:
         except AttestationError as exc:
             self.state, self.detail = STATE_TPM_UNAVAILABLE, str(exc)
             raise AttestationUnavailable(f"TPM at {self.tcti}: {exc}") from None
-        log.info("quoting PCRs 0-10; IMA list %s, event log %s", self._ima_list, self._event_log)
+        try:
+            with self._lock:
+                assert self._attester is not None
+                entries = self._attester.check_list()
+                read_bounded(self._event_log, ac.MAX_EVENT_LOG_SIZE)
+        except AttestationError as exc:
+            self.close()
+            self.state, self.detail = STATE_TPM_UNAVAILABLE, str(exc)
+            raise AttestationUnavailable(
+                f"no runtime measurements: {exc} (boot with ima_policy=tcb "
+                "ima_template=ima-ng ima_hash=sha256, or set tpm.ima_list / tpm.event_log)"
+            ) from None
+        log.info("quoting PCRs 0-10; IMA list %s (%d entries), event log %s",
+                 self._ima_list, entries, self._event_log)  # fmt: skip
 
     @property
     def ak_public(self) -> bytes:

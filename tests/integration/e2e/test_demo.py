@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from attestation import runtime_policy
 from hardware import netns
 from hardware.netns import Lab, Namespace
 from hardware.tpm import Swtpm
@@ -149,11 +150,21 @@ def test_exit_and_client_without_chain_tpm_or_clock(tmp_path):
         files = provision.provision(tmp_path / "keys", exit_host=topology.EXIT_WAN,
                                     rotation="2s")  # fmt: skip
         tpm = Swtpm(directory=tmp_path / "tpm", netns=topo.exit.name).start()
+        logs = tmp_path / "kernel"
+        subprocess.run(
+            [*topo.exit.prefix(), sys.executable, "-m", "lab.imaharness", "--tcti", tpm.tcti,
+             "--out", str(logs), "--boot-only"],
+            env=env(), check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
         try:
             exit_cfg = edit(
                 files.exit_config,
                 security={"attestation_required": True},
-                tpm={"tcti": tpm.tcti},
+                tpm={
+                    "tcti": tpm.tcti,
+                    "ima_list": str(logs / "binary_runtime_measurements"),
+                    "event_log": str(logs / "binary_bios_measurements"),
+                },
                 chain={
                     "rpc_url": "http://127.0.0.1:9",  # nothing listens in the exit's namespace
                     "contract_address": "0x" + "11" * 20,
@@ -173,7 +184,8 @@ def test_exit_and_client_without_chain_tpm_or_clock(tmp_path):
 
             # A registry-mode client with no chain either: up, and saying why it has no exit.
             policy = tmp_path / "keys" / "golden.json"
-            policy.write_text(json.dumps({"version": 1, "pcrs": {}, "manifest": {}}))
+            empty = runtime_policy.dump(runtime_policy.RuntimePolicy({}, ()))
+            policy.write_text(json.dumps({"version": 2, "runtime_policy": json.loads(empty)}))
             reg_cfg = tmp_path / "keys" / "registry-client.yaml"
             reg_cfg.write_text(files.client_configs["client"].read_text())
             doc = yaml.safe_load(reg_cfg.read_text())

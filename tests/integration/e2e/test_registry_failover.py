@@ -370,7 +370,18 @@ def test_stopped_tpm_refuses_clean(tmp_path, world):
     with pytest.raises(AttestationUnavailable, match=r"no AK at .* and no EK CA"):
         ExitLifecycle(nowhere, os.urandom(32), tmp_path / "x").start()
     identity = HybridSigningKey.generate()
+    # No kernel logs: a machine without IMA cannot attest, and says so at start.
+    without_ima = ExitLifecycle(swtpm.tcti, identity.node_id, tmp_path / "state",
+                                ima_list=tmp_path / "absent", event_log=tmp_path / "absent",
+                                ek_anchors=[swtpm.root_ca],
+                                ek_intermediates=[swtpm.intermediate_ca])  # fmt: skip
+    with pytest.raises(AttestationUnavailable, match="no runtime measurements: cannot read"):
+        without_ima.start()
+    kernel = boot(swtpm, tmp_path / "logs")
+    kernel.tpm.close()
     life = ExitLifecycle(swtpm.tcti, identity.node_id, tmp_path / "state",
+                         ima_list=tmp_path / "logs" / IMA_LIST,
+                         event_log=tmp_path / "logs" / EVENT_LOG,
                          ek_anchors=[swtpm.root_ca],
                          ek_intermediates=[swtpm.intermediate_ca])  # fmt: skip
     try:
