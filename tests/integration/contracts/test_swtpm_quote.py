@@ -12,10 +12,10 @@ import os
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from attestation import constants as ac
 from attestation import enrol, tpms
 from attestation.tpm import Tpm
 from contracts.cli import enrolment_ak
+from contracts.constants import QUOTED_PCRS
 from contracts.errors import RegistryReverted
 from contracts.quote import ContractQuote, ak_public, build_attest, qualifying_data, sign_attest
 from contracts.voucher import Voucher
@@ -24,7 +24,7 @@ from hardware.tpm import Swtpm
 pytestmark = pytest.mark.integration
 
 PCR = 23
-QUOTED = ac.DEFAULT_QUOTE_PCRS  # PCRs 0-7 and 23: the registry's selection
+QUOTED = QUOTED_PCRS  # the registry's selection
 
 
 def enrolled_voucher(tpm: Tpm, swtpm: Swtpm, node_id: bytes, registry, enroller):  # type: ignore[no-untyped-def]

@@ -11,7 +11,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from eth_abi.abi import decode as abi_decode
 
-from attestation import constants as ac
 from attestation import tpms
 from contracts.constants import PCR_SELECT_BITMAP, QUOTED_PCRS, SOURCE_PATH
 from contracts.errors import QuoteFormatError
@@ -25,6 +24,7 @@ from contracts.quote import (
     sign_attest,
     signature_rs,
 )
+from exitnode.lifecycle import REGISTRY_PCRS
 
 KEY = ec.derive_private_key(12345, ec.SECP256R1())
 
@@ -103,12 +103,13 @@ def test_build_attest_layout():
 
 
 def test_registry_selection_is_what_the_exit_quotes():
-    """The contract's fixed PCR_SELECTION, the client's copy and attestation/'s default
-    quote selection are one and the same, so a real exit's quote passes on chain."""
-    assert PCR_SELECT_BITMAP == tpms.pcr_bitmap(ac.DEFAULT_QUOTE_PCRS) == bytes.fromhex("ff0080")
-    assert QUOTED_PCRS == ac.DEFAULT_QUOTE_PCRS
+    """The contract's fixed PCR_SELECTION, the client's copy and the selection of the exit's
+    registry quotes (``ExitLifecycle.quote_for``) are one and the same, so a real exit's
+    quote passes on chain."""
+    assert PCR_SELECT_BITMAP == tpms.pcr_bitmap(REGISTRY_PCRS) == bytes.fromhex("ff0080")
+    assert QUOTED_PCRS == REGISTRY_PCRS
     parsed = tpms.parse_attest(build_attest(b"\x11" * 32, b"\x22" * 32))
-    assert parsed.pcrs == ac.DEFAULT_QUOTE_PCRS
+    assert parsed.pcrs == REGISTRY_PCRS
     source = SOURCE_PATH.read_text()
     assert "bytes3 public constant PCR_SELECTION = 0xFF0080;" in source
 
