@@ -12,3 +12,4 @@ bench: setup
 	.venv/bin/python bench/timing.py
 	.venv/bin/python bench/gas.py
 	.venv/bin/python bench/l2.py
+	.venv/bin/python bench/tamper.py

@@ -2,8 +2,9 @@
 
 Refuses (``AttestationRefused`` with every reason) evidence that fails the verifier, or
 comes from a node with no enrolled AK. Keeps each node's TPM counter state between
-handshakes so a replayed or rolled-back TPM is noticed. The reasons are for our log and
-the user; the handshake must not send them to the exit.
+handshakes so a replayed or rolled-back TPM is noticed, and how far it has replayed the
+exit's IMA list, so a later handshake only checks the files opened since. The reasons are
+for our log and the user; the handshake must not send them to the exit.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class EvidenceChecker:
         self._policy = policy
         self._lookup = enrolled_aks.get if isinstance(enrolled_aks, Mapping) else enrolled_aks
         self._clock = clock
-        self._states: dict[bytes, verifier.CounterState] = {}
+        self._states: dict[bytes, verifier.NodeState] = {}
         self._lock = threading.Lock()
 
     def __call__(self, evidence: bytes, nonce: bytes, node_id: bytes) -> None:

@@ -3,8 +3,12 @@
 enroll  create an AK in this node's TPM, check the EK certificate chain against the
         maker CA(s), prove the AK is in that TPM (credential activation), write the
         AK key file and the enrolment record a verifier keeps
-quote   measure this node (optionally) and write fresh evidence for a nonce
-golden  write a golden policy from a known-good node's evidence (checked first)
+quote   write fresh evidence for a nonce: a quote over PCRs 0-10, the boot event log and
+        the kernel's IMA list
+runtime-policy
+        write a Keylime-format runtime policy from this installed release
+golden  write a golden policy: the boot PCRs of a known-good node's evidence and a runtime
+        policy (the evidence is checked against both first)
 verify  verify evidence against a policy and an enrolment record; exit 1 if refused
 """
 
@@ -20,9 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from attestation import constants as c
-from attestation import enrol, measure, policy, verifier
+from attestation import enrol, policy, release, runtime_policy, verifier
 from attestation import evidence as ev
 from attestation.errors import AttestationError
+from attestation.eventlog import BootPolicy
+from attestation.ima import ImaState
 from attestation.quote import Attester
 from hardware.tpm import device_tcti
 
@@ -49,15 +55,27 @@ def _enroll(ns: argparse.Namespace) -> int:
 
 
 def _quote(ns: argparse.Namespace) -> int:
-    software = ns.software or list(measure.installed_software())
-    manifest = measure.build_manifest(software, ns.config, ns.node_id)
     nonce = ns.nonce or secrets.token_bytes(c.NONCE_SIZE)
-    with Attester(ns.tcti, enrol.AkKey.load(ns.ak), manifest) as attester:
-        if ns.measure:
-            attester.measure()
-        data = attester.evidence(nonce, ns.node_id, time.time())
+    ak = enrol.AkKey.load(ns.ak)
+    with Attester(ns.tcti, ak, ima_list=ns.ima_list, event_log=ns.event_log) as attester:
+        data = attester.evidence(nonce, ns.node_id, time.time(), ns.ima_from)
     ns.out.write_bytes(data)
     print(f"nonce {nonce.hex()}: {len(data)} bytes of evidence in {ns.out}")
+    return 0
+
+
+def _runtime_policy(ns: argparse.Namespace) -> int:
+    roots = [*release.default_roots(), *ns.include] if ns.defaults else list(ns.include)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    built = release.build(roots, ns.exclude, ns.release, stamp)
+    for item in ns.relocate:
+        src, _, dst = item.partition("=")
+        built = release.relocate(built, Path(src), dst)
+    if ns.merge:
+        built = release.merge([built, *(runtime_policy.parse(p.read_bytes()) for p in ns.merge)])
+    ns.out.write_text(runtime_policy.dump(built))
+    print(f"runtime policy with {len(built.digests)} files and {len(built.excludes)} excludes "
+          f"written to {ns.out} (sha256 {built.hash().hex()})")  # fmt: skip
     return 0
 
 
@@ -66,8 +84,11 @@ def _golden(ns: argparse.Namespace) -> int:
     e = ev.decode(data)
     record = enrol.Enrolment.parse(ns.enrolment.read_text())
     candidate = policy.GoldenPolicy(
-        pcrs=tuple((i, v) for i, v in e.pcrs if i != c.MEASUREMENT_PCR),
-        manifest=tuple((m.name, m.digest) for m in e.manifest if m.name != c.NODE_ID_ENTRY),
+        boot=BootPolicy(
+            tuple((i, v) for i, v in e.pcrs if i < c.BOOT_AGGREGATE_PCRS),
+            tuple(ns.cmdline_requires or c.DEFAULT_CMDLINE_REQUIRES),
+        ),
+        runtime=runtime_policy.parse(ns.runtime_policy.read_bytes()),
         max_age_s=ns.max_age,
     )
     verdict = verifier.verify(
@@ -80,23 +101,37 @@ def _golden(ns: argparse.Namespace) -> int:
             print(f"  {reason}")
         return 1
     ns.out.write_text(policy.dump(candidate))
-    print(f"golden policy with {len(candidate.pcrs)} PCRs and "
-          f"{len(candidate.manifest)} manifest entries written to {ns.out}")  # fmt: skip
+    print(f"golden policy with {len(candidate.boot.pcrs)} boot PCRs and "
+          f"{len(candidate.runtime.digests)} files written to {ns.out}")  # fmt: skip
     return 0
 
 
+def _load_state(path: Path | None) -> verifier.NodeState | None:
+    if path is None or not path.exists():
+        return None
+    d = json.loads(path.read_text())
+    return verifier.NodeState(
+        d["clock"], d["reset_count"], d["restart_count"], d["firmware_version"], d["seen_at"],
+        ImaState(d["ima_count"], bytes.fromhex(d["ima_pcr10"])),
+    )  # fmt: skip
+
+
+def _save_state(path: Path, s: verifier.NodeState) -> None:
+    path.write_text(json.dumps({
+        "clock": s.clock, "reset_count": s.reset_count, "restart_count": s.restart_count,
+        "firmware_version": s.firmware_version, "seen_at": s.seen_at,
+        "ima_count": s.ima.count, "ima_pcr10": s.ima.pcr10.hex(),
+    }))  # fmt: skip
+
+
 def _verify(ns: argparse.Namespace) -> int:
-    previous = None
-    if ns.state is not None and ns.state.exists():
-        doc = json.loads(ns.state.read_text())
-        previous = verifier.CounterState(doc["clock"], doc["reset_count"], doc["restart_count"])
     verdict = verifier.verify(
         ns.evidence.read_bytes(),
         nonce=ns.nonce,
         node_id=ns.node_id,
         trusted_ak=enrol.Enrolment.parse(ns.enrolment.read_text()).ak_public,
         policy=policy.parse(ns.policy.read_bytes()),
-        previous=previous,
+        previous=_load_state(ns.state),
         now=time.time(),
     )
     if not verdict.ok:
@@ -105,9 +140,7 @@ def _verify(ns: argparse.Namespace) -> int:
             print(f"  {reason}")
         return 1
     if ns.state is not None and verdict.state is not None:
-        s = verdict.state
-        ns.state.write_text(json.dumps({"clock": s.clock, "reset_count": s.reset_count,
-                                        "restart_count": s.restart_count}))  # fmt: skip
+        _save_state(ns.state, verdict.state)
     print("OK")
     return 0
 
@@ -142,15 +175,56 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--ak", type=Path, required=True)
     p.add_argument("--node-id", type=_hex32, required=True)
     p.add_argument("--nonce", type=_hex32, help="64 hex digits (default: random)")
-    p.add_argument("--config", type=Path)
-    p.add_argument("--software", type=Path, action="append")
-    p.add_argument("--measure", action="store_true", help="reset and extend PCR 23 first")
+    p.add_argument("--ima-list", type=Path, default=Path(c.IMA_LIST_PATH),
+                   help="the kernel's binary IMA list (default: %(default)s)")  # fmt: skip
+    p.add_argument("--event-log", type=Path, default=Path(c.EVENT_LOG_PATH),
+                   help="the TCG boot event log (default: %(default)s)")  # fmt: skip
+    p.add_argument("--ima-from", type=int, default=0,
+                   help="first IMA entry to include (a verifier's saved count)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_run(_quote))
+
+    p = sub.add_parser("runtime-policy", help="write a runtime policy for this release")
+    p.add_argument("--include", type=Path, action="append", default=[],
+                   help="another file or directory the exit loads (its configuration, CA "
+                   "certificates); repeat")  # fmt: skip
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        help="regular expression of paths not checked (per-node state); repeat",
+    )
+    p.add_argument(
+        "--no-defaults",
+        dest="defaults",
+        action="store_false",
+        help="list only --include (not the packages, Python and libraries)",
+    )
+    p.add_argument(
+        "--merge",
+        type=Path,
+        action="append",
+        default=[],
+        help="also allow what this runtime policy allows; repeat",
+    )
+    p.add_argument(
+        "--relocate",
+        action="append",
+        default=[],
+        metavar="SRC=DST",
+        help="list files found under SRC at DST, where the release is installed",
+    )
+    p.add_argument("--release", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_run(_runtime_policy))
 
     p = sub.add_parser("golden", help="write a golden policy from a known-good node")
     p.add_argument("--evidence", type=Path, required=True)
     p.add_argument("--enrolment", type=Path, required=True)
+    p.add_argument("--runtime-policy", type=Path, required=True)
+    p.add_argument("--cmdline-requires", action="append",
+                   help="kernel parameter the boot must have; repeat (default: "
+                   + " ".join(c.DEFAULT_CMDLINE_REQUIRES) + ")")  # fmt: skip
     p.add_argument("--max-age", type=float, default=c.DEFAULT_MAX_AGE_S)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_run(_golden))
@@ -161,5 +235,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--enrolment", type=Path, required=True)
     p.add_argument("--nonce", type=_hex32, required=True)
     p.add_argument("--node-id", type=_hex32, required=True)
-    p.add_argument("--state", type=Path, help="counter state file, read and updated")
+    p.add_argument("--state", type=Path, help="node state file (counters, IMA progress), "
+                   "read and updated")  # fmt: skip
     p.set_defaults(func=_run(_verify))

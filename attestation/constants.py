@@ -28,34 +28,31 @@ P256_COORD_SIZE = 32
 PCR_COUNT = 24  # PC Client TPMs have 24 PCRs per bank
 PCR_SELECT_SIZE = 3  # bytes of bitmap for 24 PCRs
 
-# --- Quote format shared with the contracts engineer (do not change unilaterally) ---
-QUALIFYING_PREFIX = b"shadowmesh-attest-v1"
+# --- Handshake quotes ---
+# The registry's quotes use a domain of their own (contracts/), never this one.
+HANDSHAKE_DOMAIN = b"shadowmesh/handshake/v1"
 NONCE_SIZE = 32
 NODE_ID_SIZE = 32
 
-# --- What is quoted and where the node measures itself ---
-MEASUREMENT_PCR = 23  # resettable from locality 0, free for applications
-DEFAULT_QUOTE_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, MEASUREMENT_PCR)
-MEASURE_PREFIX = b"shadowmesh-measure-v1"
-NODE_ID_ENTRY = "node-id"
-CONFIG_ENTRY = "config"
-SOFTWARE_ENTRY_PREFIX = "software:"
+# --- What is quoted: boot PCRs 0-9 (firmware, boot loader, kernel command line) and the
+# kernel's runtime measurements in PCR 10. None of them can be reset from software.
+QUOTE_PCRS = tuple(range(11))
+DEFAULT_CMDLINE_REQUIRES = ("ima_policy=tcb", "ima_template=ima-ng", "ima_hash=sha256")
 
 # --- Evidence encoding ---
 EVIDENCE_MAGIC = b"SMEV"
-EVIDENCE_VERSION = 1
-MAX_EVIDENCE_SIZE = 16 * 1024  # must fit in one handshake message
+EVIDENCE_VERSION = 2
+MAX_EVIDENCE_SIZE = 256 * 1024  # must fit in one handshake message (l2bridge's limit)
 MAX_ATTEST_SIZE = 1024
 MAX_SIGNATURE_SIZE = 256
 MAX_PUBLIC_SIZE = 512
-MAX_MANIFEST_ENTRIES = 128
-MAX_ENTRY_NAME = 96
 MAX_TPM2B_SIZE = 1024  # any TPM2B inside a structure we parse
 
 # --- Verification ---
 DEFAULT_MAX_AGE_S = 300.0
-MAX_FUTURE_SKEW_S = 30.0  # evidence stamped this far ahead of our clock is refused
-POLICY_VERSION = 1
+# The TPM clock may run this much slower than ours before a quote counts as stale.
+TPM_CLOCK_DRIFT = 0.05
+POLICY_VERSION = 2
 
 # --- Exit-side provider and schedule ---
 DEFAULT_REATTEST_INTERVAL_S = 3600.0
@@ -79,3 +76,19 @@ SPEC_ID_SIGNATURE = b"Spec ID Event03\x00"
 STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\x00"
 # TCG algorithm id -> digest size, for the banks an event log may carry.
 EVENT_LOG_DIGEST_SIZES = {0x0004: 20, 0x000B: 32, 0x000C: 48, 0x000D: 64, 0x0012: 32}
+MAX_EVENT_COUNT = 10_000
+
+# --- Linux IMA (runtime measurements, PCR 10) ---
+IMA_PCR = 10
+BOOT_AGGREGATE_PCRS = 10  # boot_aggregate covers PCRs 0-9 in non-SHA-1 banks
+BOOT_AGGREGATE_PATH = "boot_aggregate"
+IMA_LIST_PATH = "/sys/kernel/security/ima/binary_runtime_measurements"
+MAX_IMA_PATH = 4096  # PATH_MAX, counting the NUL
+MAX_IMA_TEMPLATE = 8 + 8 + SHA256_SIZE + MAX_IMA_PATH
+MAX_IMA_ENTRIES = 100_000
+MAX_IMA_LIST_SIZE = 16 * 1024 * 1024
+
+# --- Runtime policy (Keylime layout) ---
+MAX_RUNTIME_POLICY_SIZE = 64 * 1024 * 1024
+MAX_POLICY_PATHS = 500_000
+MAX_POLICY_DIGESTS_PER_PATH = 64

@@ -9,7 +9,7 @@ the peer; the handshake only learns that evidence was refused.
     ├── EnrolmentError      EK certificate chain, EK/AK checks, credential activation
     │   └── CeremonyRefused a step of the enroller's ceremony failed; names the step
     ├── PolicyError         a golden policy file is malformed; local
-    ├── MeasurementError    software/config could not be measured; local
+    ├── MeasurementError    the kernel's logs cannot be read or do not replay; local
     │   └── EventLogError   a TCG event log is malformed
     ├── RateLimited         the provider refuses a quote because the TPM is busy
     ├── EvidenceError       evidence bytes (or a TPM structure in them) are malformed; remote
@@ -36,7 +36,7 @@ class PolicyError(AttestationError):
 
 
 class MeasurementError(AttestationError):
-    """Software, configuration or the event log could not be measured."""
+    """The kernel's measurement logs cannot be read, hashed or replayed (local)."""
 
 
 class EventLogError(MeasurementError):

@@ -1,15 +1,18 @@
-"""Golden policy: what a known-good exit looks like.
+"""Golden policy: what an approved exit release looks like, in one JSON document.
 
-A JSON document, written by ``shadowmesh attest golden`` from a known-good node::
+::
 
-    {"version": 1, "max_age_s": 300,
-     "pcrs": {"0": "<hex sha256>", ...},
-     "manifest": {"software:l2bridge": "<hex sha256>", "config": "<hex>", ...}}
+    {"version": 2, "max_age_s": 300,
+     "boot": {"pcrs": {"0": "<hex sha256>", ..., "9": "..."},
+              "kernel_cmdline_requires": ["ima_policy=tcb", "ima_template=ima-ng", ...]},
+     "runtime_policy": { ...a Keylime runtime policy (attestation.runtime_policy)... }}
 
-``pcrs`` holds the expected SHA-256 bank values of the firmware/boot PCRs. The measurement
-PCR (23) is not listed: it includes the node's own nodeId, so the verifier checks it by
-replaying the signed manifest instead, and checks the manifest entries here (every entry
-but ``node-id``, which must equal the nodeId the client expects). Pure: bytes in, policy out.
+``boot.pcrs`` holds approved SHA-256 values of (some of) PCRs 0-9; the verifier also
+replays the event log to the quoted values, so the kernel command line it reads there is
+the one that was booted, and requires every ``kernel_cmdline_requires`` parameter in it
+(IMA on, with the ima-ng template and SHA-256). ``runtime_policy`` lists every file an
+exit of this release may load. Nothing here is about one node: the nodeId is bound through
+the quote's qualifying data. Pure: bytes in, policy out.
 """
 
 from __future__ import annotations
@@ -19,17 +22,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from attestation import constants as c
+from attestation import runtime_policy as rp
 from attestation.errors import PolicyError
+from attestation.eventlog import BootPolicy
 
 
 @dataclass(frozen=True, slots=True)
 class GoldenPolicy:
-    pcrs: tuple[tuple[int, bytes], ...]  # ascending index
-    manifest: tuple[tuple[str, bytes], ...]  # sorted by name
+    boot: BootPolicy
+    runtime: rp.RuntimePolicy
     max_age_s: float = c.DEFAULT_MAX_AGE_S
-
-    def pcr(self, index: int) -> bytes | None:
-        return dict(self.pcrs).get(index)
 
 
 def _digest(value: Any, where: str) -> bytes:
@@ -40,6 +42,25 @@ def _digest(value: Any, where: str) -> bytes:
     if len(raw) != c.SHA256_SIZE:
         raise PolicyError(f"{where}: expected 64 hex digits")
     return raw
+
+
+def _boot(doc: Any) -> BootPolicy:
+    if not isinstance(doc, dict):
+        raise PolicyError("boot: must be a JSON object")
+    raw_pcrs = doc.get("pcrs", {})
+    if not isinstance(raw_pcrs, dict):
+        raise PolicyError("boot.pcrs: must be a JSON object")
+    pcrs: dict[int, bytes] = {}
+    for key, value in raw_pcrs.items():
+        if not (key.isdigit() and int(key) < c.BOOT_AGGREGATE_PCRS):
+            raise PolicyError(f"boot.pcrs: {key!r} is not a boot PCR (0-9)")
+        pcrs[int(key)] = _digest(value, f"boot.pcrs.{key}")
+    requires = doc.get("kernel_cmdline_requires", list(c.DEFAULT_CMDLINE_REQUIRES))
+    if not isinstance(requires, list) or not all(
+        isinstance(p, str) and p and not any(ch.isspace() for ch in p) for p in requires
+    ):
+        raise PolicyError("boot.kernel_cmdline_requires: must be a list of parameters")
+    return BootPolicy(tuple(sorted(pcrs.items())), tuple(requires))
 
 
 def parse(data: bytes | str) -> GoldenPolicy:
@@ -55,31 +76,21 @@ def parse(data: bytes | str) -> GoldenPolicy:
     max_age = doc.get("max_age_s", c.DEFAULT_MAX_AGE_S)
     if isinstance(max_age, bool) or not isinstance(max_age, int | float) or max_age <= 0:
         raise PolicyError("max_age_s: must be a positive number")
-    raw_pcrs = doc.get("pcrs", {})
-    raw_manifest = doc.get("manifest", {})
-    if not isinstance(raw_pcrs, dict) or not isinstance(raw_manifest, dict):
-        raise PolicyError("pcrs and manifest must be JSON objects")
-    pcrs: dict[int, bytes] = {}
-    for key, value in raw_pcrs.items():
-        if not (isinstance(key, str) and key.isdigit() and int(key) < c.PCR_COUNT):
-            raise PolicyError(f"pcrs: {key!r} is not a PCR index")
-        if int(key) == c.MEASUREMENT_PCR:
-            raise PolicyError(f"pcrs: PCR {c.MEASUREMENT_PCR} is checked through the manifest")
-        pcrs[int(key)] = _digest(value, f"pcrs.{key}")
-    manifest: dict[str, bytes] = {}
-    for name, value in raw_manifest.items():
-        if not name or len(name.encode()) > c.MAX_ENTRY_NAME or name == c.NODE_ID_ENTRY:
-            raise PolicyError(f"manifest: {name!r} is not an allowed entry name")
-        manifest[name] = _digest(value, f"manifest.{name}")
-    return GoldenPolicy(tuple(sorted(pcrs.items())), tuple(sorted(manifest.items())), max_age)
+    if "runtime_policy" not in doc:
+        raise PolicyError("runtime_policy: required")
+    runtime = rp.parse(json.dumps(doc["runtime_policy"]))
+    return GoldenPolicy(_boot(doc.get("boot", {})), runtime, float(max_age))
 
 
 def dump(policy: GoldenPolicy) -> str:
     """Canonical JSON text of a policy (sorted keys, one trailing newline)."""
     doc = {
         "version": c.POLICY_VERSION,
-        "max_age_s": policy.max_age_s,
-        "pcrs": {str(i): v.hex() for i, v in policy.pcrs},
-        "manifest": {name: v.hex() for name, v in policy.manifest},
+        "max_age_s": float(policy.max_age_s),
+        "boot": {
+            "pcrs": {str(i): v.hex() for i, v in policy.boot.pcrs},
+            "kernel_cmdline_requires": list(policy.boot.cmdline_requires),
+        },
+        "runtime_policy": rp.to_doc(policy.runtime),
     }
-    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    return json.dumps(doc, indent=1, sort_keys=True) + "\n"

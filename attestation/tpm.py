@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from tpm2_pytss import ESAPI, TSS2_Exception
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_OBJECT
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPM2_SU, TPMA_OBJECT
 from tpm2_pytss.types import (
     TPM2B_ENCRYPTED_SECRET,
     TPM2B_ID_OBJECT,
@@ -165,6 +165,12 @@ class Tpm:
             finally:
                 self._ctx.flush_context(session)
         return bytes(out)
+
+    def shutdown(self) -> None:
+        """TPM2_Shutdown(CLEAR): an orderly power-off. Without it the next start-up counts
+        as an attack on the dictionary-attack counter, and a few lock the TPM out."""
+        with _tss("Shutdown"):
+            self._ctx.shutdown(TPM2_SU.CLEAR)
 
     def reset_pcr(self, index: int) -> None:
         with _tss(f"PCR_Reset({index})"):

@@ -1,20 +1,28 @@
-"""The verifier: a pure function from evidence bytes to a verdict.
+"""The verifier: a pure function from evidence bytes to a verdict, in Keylime's order.
 
-Checks run in Keylime's order and every failure is collected, not just the first:
+Every failure is collected, not just the first:
 
 1. ``signature``  the AK in the evidence is the enrolled one, a restricted P-256 signing
                   key, and its ECDSA-SHA256 signature over TPMS_ATTEST verifies;
 2. ``nonce``      nonce and nodeId are the ones we asked for and the quote's extraData is
-                  SHA-256("shadowmesh-attest-v1" || nonce || nodeId);
-3. ``pcr-digest`` the reported PCR values are the quoted selection and hash to pcrDigest;
-4. ``counters``   TPM clock, reset and restart counters never go backwards;
-5. ``pcr-policy`` quoted PCR values equal the golden policy's;
-6. ``manifest``   the manifest replays to the measurement PCR, names our nodeId, and its
-                  software/configuration digests equal the golden policy's;
-7. ``age``        the evidence is neither older than the policy allows nor from the future.
+                  SHA-256("shadowmesh/handshake/v1" || nonce || nodeId);
+3. ``pcr-digest`` the reported PCR values are the quoted selection (PCRs 0-10 of the
+                  SHA-256 bank) and hash to pcrDigest;
+4. ``counters``   TPM clock, reset and restart counters and firmwareVersion never go back;
+                  the clock's ``safe`` flag is set (the clock did not lose time);
+5. ``boot``       the event log replays to the quoted PCRs 0-9, the booted kernel command
+                  line turns IMA on as the policy requires, PCRs have approved values;
+6. ``ima``        the IMA list replays to the quoted PCR 10 (boot_aggregate first, equal
+                  to SHA-256 of the quoted PCRs 0-9; violations as 0xFF);
+7. ``runtime``    every new IMA entry is allowed by the runtime policy (the path is named);
+                  a violation entry (file changed while open) is refused;
+8. ``age``        judged from the TPM clock signed in the quote against the last accepted
+                  quote of this node: it may not lag our clock by more than ``max_age_s``.
 
-Counter state is passed in and handed back in the verdict (only when everything passed);
-nothing is global. There is no switch that skips a check.
+Freshness comes first from the nonce: a quote over our fresh nonce cannot predate it.
+Node state (counters, the TPM clock seen and when, how far the IMA list was replayed) is
+passed in and handed back in the verdict only when everything passed; a re-check then
+replays only IMA entries it has not seen. Nothing is global; no switch skips a check.
 """
 
 from __future__ import annotations
@@ -23,8 +31,8 @@ import hmac
 from dataclasses import dataclass
 
 from attestation import constants as c
+from attestation import eventlog, ima, tpms
 from attestation import evidence as ev
-from attestation import tpms
 from attestation.errors import EvidenceError
 from attestation.policy import GoldenPolicy
 
@@ -33,18 +41,23 @@ SIGNATURE = "signature"
 NONCE = "nonce"
 PCR_DIGEST = "pcr-digest"
 COUNTERS = "counters"
-PCR_POLICY = "pcr-policy"
-MANIFEST = "manifest"
+BOOT = "boot"
+IMA = "ima"
+RUNTIME = "runtime"
 AGE = "age"
+MAX_REASONS_PER_CHECK = 20  # a list of 10,000 unknown files needs no 10,000 lines
 
 
 @dataclass(frozen=True, slots=True)
-class CounterState:
-    """The TPM clock and counters of the last evidence accepted from one node."""
+class NodeState:
+    """What a verifier keeps about one node between verifications."""
 
     clock: int
     reset_count: int
     restart_count: int
+    firmware_version: int
+    seen_at: float  # our clock (Unix s) when that quote was accepted
+    ima: ima.ImaState  # how far this boot's list has been replayed
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +72,7 @@ class Failure:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     failures: tuple[Failure, ...]
-    state: CounterState | None  # to keep for the next verification; None unless ok
+    state: NodeState | None  # to keep for the next verification; None unless ok
 
     @property
     def ok(self) -> bool:
@@ -74,44 +87,85 @@ def _same(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
-def _check_counters(clock: tpms.ClockInfo, previous: CounterState | None) -> list[str]:
+def _check_counters(attest: tpms.QuoteAttest, previous: NodeState | None) -> list[str]:
+    clock = attest.clock_info
+    out = []
+    if not clock.safe:
+        out.append("TPM clock is not safe (it may have lost time)")
     if previous is None:
-        return []
-    if clock.reset_count < previous.reset_count:
-        return [f"reset count went backwards ({previous.reset_count} -> {clock.reset_count})"]
-    if clock.reset_count > previous.reset_count:
-        return []  # a reboot: the clock and restart counter may start again lower
-    out = []
-    if clock.restart_count < previous.restart_count:
+        return out
+    if attest.firmware_version < previous.firmware_version:
         out.append(
-            f"restart count went backwards ({previous.restart_count} -> {clock.restart_count})"
+            f"TPM firmware went back ({previous.firmware_version:#x} -> "
+            f"{attest.firmware_version:#x})"
         )
-    if clock.clock < previous.clock:
-        out.append(f"TPM clock went backwards ({previous.clock} -> {clock.clock})")
+    if clock.reset_count < previous.reset_count:
+        out.append(f"reset count went backwards ({previous.reset_count} -> {clock.reset_count})")
+    elif clock.reset_count == previous.reset_count:
+        # A higher reset count is a reboot: clock and restart count may start lower.
+        if clock.restart_count < previous.restart_count:
+            out.append(
+                f"restart count went backwards ({previous.restart_count} -> {clock.restart_count})"
+            )
+        if clock.clock < previous.clock:
+            out.append(f"TPM clock went backwards ({previous.clock} -> {clock.clock})")
     return out
 
 
-def _check_manifest(
-    e: ev.Evidence, reported: dict[int, bytes], node_id: bytes, policy: GoldenPolicy
+def _check_age(
+    attest: tpms.QuoteAttest, previous: NodeState | None, now: float, max_age: float
 ) -> list[str]:
-    out = []
-    quoted = reported.get(c.MEASUREMENT_PCR)
-    if quoted is None:
-        out.append(f"PCR {c.MEASUREMENT_PCR} (measurements) is not quoted")
-    elif not _same(ev.replay_manifest(e.manifest), quoted):
-        out.append(f"PCR {c.MEASUREMENT_PCR} does not match the replayed manifest")
-    entries = {m.name: m.digest for m in e.manifest}
-    measured_id = entries.pop(c.NODE_ID_ENTRY, None)
-    if measured_id is None or not _same(measured_id, node_id):
-        out.append("measured nodeId is not the expected nodeId")
-    for name, digest in policy.manifest:
-        got = entries.pop(name, None)
-        if got is None:
-            out.append(f"{name} was not measured")
-        elif not _same(got, digest):
-            out.append(f"{name} differs from golden policy")
-    out.extend(f"{name} is not in the golden policy" for name in sorted(entries))
-    return out
+    clock = attest.clock_info
+    if previous is None or clock.reset_count != previous.reset_count:
+        return []  # nothing to compare with; the nonce alone makes the quote fresh
+    elapsed = max(0.0, now - previous.seen_at)
+    lag_s = elapsed - (clock.clock - previous.clock) / 1000.0
+    if lag_s > max_age + c.TPM_CLOCK_DRIFT * elapsed:
+        return [f"TPM clock says the quote is {lag_s:.0f} s old (limit {max_age:.0f} s)"]
+    return []
+
+
+def check_ima(
+    ima_list: bytes,
+    ima_first: int,
+    reported: dict[int, bytes],
+    start: ima.ImaState,
+    policy: GoldenPolicy,
+) -> tuple[list[str], list[str], ima.ImaState | None]:
+    """Steps 6 and 7 on their own: (IMA problems, runtime problems, state after the list,
+    or None if it could not be replayed). ``reported`` are the quoted PCR values."""
+    quoted = reported.get(c.IMA_PCR)
+    try:
+        result = ima.replay(ima_list, ima_first, start)
+    except EvidenceError as exc:
+        return [f"IMA list: {exc}"], [], None
+    problems = list(result.problems)
+    runtime: list[str] = []
+    entries = result.new_entries
+    if start.count == 0:
+        boot = [reported.get(i, b"") for i in range(c.BOOT_AGGREGATE_PCRS)]
+        if not entries or entries[0].path != c.BOOT_AGGREGATE_PATH:
+            problems.append("IMA list does not start with boot_aggregate")
+        elif not all(boot) or not _same(entries[0].file_digest, ima.boot_aggregate(tuple(boot))):
+            problems.append("boot_aggregate does not match the quoted PCRs 0-9")
+        entries = entries[1:]
+    if quoted is None or not _same(result.state.pcr10, quoted):
+        problems.append(f"PCR {c.IMA_PCR} does not match the IMA list")
+    for entry in entries:
+        if entry.violation:
+            runtime.append(f"{entry.path} was measured while open for write (violation)")
+            continue
+        reason = policy.runtime.check(entry.path, entry.file_digest)
+        if reason is not None:
+            runtime.append(reason)
+    return problems, runtime, result.state
+
+
+def _trim(details: list[str]) -> list[str]:
+    if len(details) <= MAX_REASONS_PER_CHECK:
+        return details
+    rest = len(details) - MAX_REASONS_PER_CHECK + 1
+    return [*details[: MAX_REASONS_PER_CHECK - 1], f"... and {rest} more"]
 
 
 def verify(
@@ -121,14 +175,14 @@ def verify(
     node_id: bytes,
     trusted_ak: bytes,
     policy: GoldenPolicy,
-    previous: CounterState | None,
+    previous: NodeState | None,
     now: float,
 ) -> Verdict:
     """Verify evidence ``data`` for the ``nonce`` we sent to the node ``node_id``.
 
-    ``trusted_ak`` is the TPMT_PUBLIC of the node's enrolled AK, ``previous`` the counter
-    state of its last accepted evidence (None for the first), ``now`` Unix seconds.
-    Never raises on bad input: malformed evidence is a ``format`` failure.
+    ``trusted_ak`` is the TPMT_PUBLIC of the node's enrolled AK, ``previous`` the state of
+    its last accepted evidence (None for the first), ``now`` Unix seconds. Never raises on
+    bad input: malformed evidence is a ``format`` failure.
     """
     try:
         e = ev.decode(data)
@@ -138,7 +192,7 @@ def verify(
     failures: list[Failure] = []
 
     def fail(check: str, details: list[str]) -> None:
-        failures.extend(Failure(check, d) for d in details)
+        failures.extend(Failure(check, d) for d in _trim(details))
 
     # 1. signature
     sig_problems = []
@@ -174,33 +228,35 @@ def verify(
     reported = dict(e.pcrs)
     if tuple(reported) != attest.pcrs:
         fail(PCR_DIGEST, ["reported PCRs are not the quoted selection"])
+        reported = {}
     elif not _same(tpms.pcr_digest(tuple(reported.values())), attest.pcr_digest):
         fail(PCR_DIGEST, ["reported PCR values do not match the quoted digest"])
+        reported = {}
+    elif attest.pcrs != c.QUOTE_PCRS:
+        fail(PCR_DIGEST, ["quote does not cover PCRs 0-10"])
 
-    # 4. TPM clock and counters
-    fail(COUNTERS, _check_counters(attest.clock_info, previous))
+    # 4. TPM clock, counters and firmware
+    fail(COUNTERS, _check_counters(attest, previous))
 
-    # 5. PCR values against the golden policy
-    pcr_problems = []
-    for index, value in policy.pcrs:
-        got = reported.get(index)
-        if got is None or index not in attest.pcrs:
-            pcr_problems.append(f"PCR {index} is not quoted")
-        elif not _same(got, value):
-            pcr_problems.append(f"PCR {index} differs from golden policy")
-    fail(PCR_POLICY, pcr_problems)
+    # 5. boot: event log against PCRs 0-9 and the boot policy
+    fail(BOOT, eventlog.check_boot(e.event_log, reported, policy.boot))
 
-    # 6. software manifest
-    fail(MANIFEST, _check_manifest(e, reported, node_id, policy))
+    # 6-7. IMA list against PCR 10, then each entry against the runtime policy
+    same_boot = previous is not None and previous.reset_count == attest.clock_info.reset_count
+    start = previous.ima if previous is not None and same_boot else ima.INITIAL_STATE
+    ima_problems, runtime_problems, ima_state = check_ima(
+        e.ima_list, e.ima_first, reported, start, policy
+    )
+    fail(IMA, ima_problems)
+    fail(RUNTIME, runtime_problems)
 
-    # 7. age
-    age = now - e.produced_at_ms / 1000.0
-    if age > policy.max_age_s:
-        fail(AGE, [f"evidence is {age:.0f} s old (limit {policy.max_age_s:.0f} s)"])
-    elif age < -c.MAX_FUTURE_SKEW_S:
-        fail(AGE, ["evidence is dated in the future"])
+    # 8. age from the signed TPM clock
+    fail(AGE, _check_age(attest, previous, now, policy.max_age_s))
 
-    if failures:
+    if failures or ima_state is None:
         return Verdict(tuple(failures), None)
     ci = attest.clock_info
-    return Verdict((), CounterState(ci.clock, ci.reset_count, ci.restart_count))
+    state = NodeState(
+        ci.clock, ci.reset_count, ci.restart_count, attest.firmware_version, now, ima_state
+    )
+    return Verdict((), state)

@@ -1,9 +1,12 @@
-"""Failover figures: an exit's PCR changes, the client refuses it and moves to the other.
+"""Failover figures: a file of an exit changes and is loaded, the client refuses it and
+moves to the other.
 
 Real Anvil, two swtpm, two exits on loopback, the client's data path over an in-memory TAP
 (the setup of tests/integration/e2e/test_registry_failover.py). Measures, per run:
-detection (PCR change -> refusal, bounded by the check interval) and resume (refusal ->
-first frame echoed through the next exit). Prints one JSON line.
+detection (changed file measured -> refusal, bounded by the check interval) and resume
+(refusal -> first frame echoed through the next exit). Between runs both exits reboot
+(TPM power cycle, a fresh boot log and IMA list): a changed exit is trusted again only
+after it booted approved software. Prints one JSON line.
 
     python3 bench/failover.py [--runs 3] [--check 1.0]
 """
@@ -14,7 +17,6 @@ import argparse
 import asyncio
 import importlib.util
 import json
-import os
 import statistics
 import sys
 import time
@@ -30,8 +32,6 @@ e2e = importlib.util.module_from_spec(_spec)
 sys.modules["e2e_world"] = e2e
 _spec.loader.exec_module(e2e)
 
-from attestation import constants as ac  # noqa: E402
-from attestation.tpm import Tpm  # noqa: E402
 from exitnode.upkeep import RegistryUpkeep  # noqa: E402
 from hardware.tap import FakeTap  # noqa: E402
 from l2bridge.client.failover import DialSettings, ExitFinder  # noqa: E402
@@ -39,12 +39,23 @@ from l2bridge.client.pump import Backoff, Client  # noqa: E402
 from l2bridge.client.selection import SelectionPolicy  # noqa: E402
 from l2bridge.node.metrics import Metrics  # noqa: E402
 
+APPROVED = "print('the exit software')\n"
+
 
 async def one_run(world, check: float, tag: int) -> tuple[float, float]:
     _chain, registry, operators, exits, golden = world
-    # exits whose PCR is still intact, re-measured for this run
-    for x in exits:
-        x.lifecycle._open()  # reset + re-extend PCR 23 (as at the exit's start)
+    software = exits[0].kernel.log_path.parent.parent / "software" / "shadowmesh" / "exit.py"
+    config = exits[0].kernel.log_path.parent.parent / "exit-policy.yaml"
+    software.write_text(APPROVED)
+    for x in exits:  # reboot: TPM power cycle, firmware and kernel measure again
+        x.kernel.tpm.shutdown()
+        x.kernel.tpm.close()
+        x.swtpm.restart()
+        x.kernel = e2e.boot(x.swtpm, x.kernel.log_path.parent)
+        for path in (software, config):
+            e2e.load(x, path)
+        x.lifecycle.tcti = x.swtpm.tcti  # a restarted swtpm listens on new ports
+        x.lifecycle._open()
     servers = [await e2e.serve_exit(x) for x in exits]
     for x, op in zip(exits, operators, strict=True):
         if not x.voucher.exists():
@@ -67,8 +78,8 @@ async def one_run(world, check: float, tag: int) -> tuple[float, float]:
         assert await e2e.echoed(tap, tag)
         first = finder.current
         changed = time.monotonic()
-        with Tpm(next(x for x in exits if x.node_id == first.node_id).swtpm.tcti) as tpm:
-            tpm.extend_pcr(ac.MEASUREMENT_PCR, os.urandom(32))
+        software.write_text("print('the exit software, logging every frame')\n")
+        e2e.load(next(x for x in exits if x.node_id == first.node_id), software)
         while finder.refusals.refusal(first.node_id) is None:
             await asyncio.sleep(0.005)
         refused = time.monotonic()

@@ -13,10 +13,11 @@
 * Clock: the ``atomic_time`` sources when enabled (a dead source falls back per
   ``timing.clock``, stated in the status page), else the system clock.
 
-What is measured as "config" is the behaviour-relevant part of the configuration
-(security, network, exit_nodes, obfuscation, atomic_time, chain interval) rendered as
-canonical JSON, not the file itself: per-node addresses and key paths differ between exits
-that run the same approved software and settings, and one golden policy must cover them.
+The exit measures nothing about itself: the kernel's IMA measures every file it loads,
+the configuration file included (``tpm.ima_list`` / ``tpm.event_log`` say where the logs
+are when they are not the kernel's). ``measured_config`` renders the behaviour-relevant part
+of a configuration (security, network, exit_nodes, obfuscation, atomic_time, chain
+interval) as canonical JSON, so two exits' settings can be compared.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ class AttestedExit:
                 tpm.tcti,
                 node_id,
                 state_dir,
-                measured_config=measured_config(config, state_dir),
+                ima_list=tpm.ima_list,
+                event_log=tpm.event_log,
                 ek_anchors=ek_anchors,
                 ek_intermediates=ek_intermediates,
                 ak_file=tpm.ak_context,
@@ -171,7 +173,6 @@ class AttestedExit:
             )
         metrics.set_info(
             attestation="tpm" if lifecycle is not None else "none",
-            measured_pcr23=lifecycle.measured_value_hex if lifecycle is not None else "-",
             registry="on" if upkeep is not None else "off",
         )
         return cls(clock, metrics, lifecycle=lifecycle, upkeep=upkeep, sources=sources)

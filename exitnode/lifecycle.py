@@ -1,14 +1,15 @@
-"""The exit's attestation lifecycle on its TPM: enrol, measure, quote, recover.
+"""The exit's attestation lifecycle on its TPM: enrol, quote, recover.
 
 ``ExitLifecycle.start()``:
 
 1. loads the AK from the node's state directory (``ak.json``, TPM-wrapped, useless
    outside this TPM), or enrols a new one (EK certificate chain against the maker CAs,
    credential activation) and persists it with its enrolment record (``enrolment.json``);
-2. builds the manifest (installed ShadowMesh software, the measured configuration, the
-   nodeId) and extends it into PCR 23 after resetting it (``attestation.quote.Attester``);
+2. opens the TPM with the AK loaded; the exit measures nothing about itself: firmware,
+   boot loader and the kernel's IMA did, into PCRs 0-10, which software cannot reset
+   (``attestation.quote.Attester`` reads their logs and quotes);
 3. serves fresh evidence: :meth:`evidence` is the handshake's ``evidence_provider`` and
-   :meth:`quote_for` answers the registry's block-hash challenges (``exitnode.upkeep``).
+   :meth:`registry_quote` answers the registry's challenges (``exitnode.upkeep``).
 
 Failure modes and their documented fallback:
 
@@ -21,7 +22,7 @@ Failure modes and their documented fallback:
   ``exitnode.tpmthread.TpmThread`` under a deadline): the handshake hook answers with
   *empty* evidence, so clients that require attestation refuse this exit and fail over,
   while the lifecycle re-opens the TPM every ``retry_s`` (in the background, never inside
-  a handshake) and re-measures it once it answers (a restarted TPM has PCR 23 reset).
+  a handshake) and quotes again once it answers.
   ``state`` says ``tpm-unavailable`` meanwhile; the on-chain attestation stops, so the
   registry marks the node stale after its window. A command stuck in a hung TPM keeps its
   thread until the TPM answers or its connection breaks; no new context is opened before
@@ -30,9 +31,10 @@ Failure modes and their documented fallback:
 * Too many handshake quotes (the rate limit, or another quote holding the TPM for longer
   than ``timeout_s``): the connection is closed before the exit's hello (the client sees a
   busy exit and tries the next one), never a queue behind the TPM.
-* PCR 23 changed under us (someone extended it): nothing is re-measured to hide it;
-  ``state`` says ``measurement-changed`` and the quotes carry the changed value, which
-  clients and the registry then refuse.
+* A file changed or a strange program ran: the kernel measured it into PCR 10 and the
+  list; nothing here can hide it, and clients refuse the evidence naming the file. A list
+  that no longer replays to PCR 10 (PCR 10 extended outside the kernel) makes ``state``
+  say ``measurement-changed``.
 """
 
 from __future__ import annotations
@@ -48,8 +50,7 @@ from pathlib import Path
 from cryptography import x509
 
 from attestation import constants as ac
-from attestation import enrol, measure, tpms
-from attestation import evidence as ev
+from attestation import enrol, tpms
 from attestation.errors import (
     AttestationError,
     EnrolmentError,
@@ -58,7 +59,7 @@ from attestation.errors import (
     TpmError,
 )
 from attestation.provider import EvidenceProvider
-from attestation.quote import Attester
+from attestation.quote import Attester, read_bounded
 from exitnode.errors import AttestationUnavailable, StateFileError
 from exitnode.statefile import read_state, write_atomic
 from exitnode.tpmthread import TpmThread
@@ -90,12 +91,11 @@ class ExitLifecycle:
         node_id: bytes,
         state_dir: Path,
         *,
-        measured_config: Path | None = None,
-        software: Sequence[Path] | None = None,
+        ima_list: Path | None = None,
+        event_log: Path | None = None,
         ek_anchors: Sequence[Path] = (),
         ek_intermediates: Sequence[Path] = (),
         ak_file: Path | None = None,
-        pcrs: Sequence[int] = ac.DEFAULT_QUOTE_PCRS,
         clock: Callable[[], float] = time.time,
         retry_s: float = TPM_RETRY_S,
         timeout_s: float = TPM_TIMEOUT_S,
@@ -106,11 +106,10 @@ class ExitLifecycle:
         self.node_id = node_id
         self.state_dir = state_dir
         self.ak_file = ak_file or state_dir / AK_FILE
-        self._config = measured_config
-        self._software = tuple(software) if software is not None else None
+        self._ima_list = ima_list or Path(ac.IMA_LIST_PATH)
+        self._event_log = event_log or Path(ac.EVENT_LOG_PATH)
         self._anchors = tuple(ek_anchors)
         self._intermediates = tuple(ek_intermediates)
-        self._pcrs = tuple(pcrs)
         self._clock = clock
         self._retry_s = retry_s
         self._timeout = timeout_s
@@ -123,8 +122,6 @@ class ExitLifecycle:
         self._attester: Attester | None = None
         self._provider: EvidenceProvider | None = None
         self._ak: enrol.AkKey | None = None
-        self.manifest: tuple[ev.ManifestEntry, ...] = ()
-        self.measured_value: bytes | None = None
         self.state = STATE_STARTING
         self.detail = ""
         self.last_evidence_at: float | None = None
@@ -183,27 +180,20 @@ class ExitLifecycle:
         return ak
 
     def _open(self) -> None:
-        """Open the TPM on a new thread, load the AK, measure, and swap it in.
+        """Open the TPM on a new thread, load the AK, and swap it in.
 
         Raises AttestationError (TpmError when the TPM did not answer in time).
         """
         assert self._ak is not None
-        ak, manifest, pcrs = self._ak, self.manifest, self._pcrs
+        ak, ima_list, event_log = self._ak, self._ima_list, self._event_log
         thread = TpmThread("tpm")
         opened: list[Attester] = []
 
-        def open_and_measure() -> bytes:
-            attester = Attester(self.tcti, ak, manifest, pcrs)
-            try:
-                value = attester.measure()
-            except AttestationError:
-                attester.close()
-                raise
-            opened.append(attester)
-            return value
+        def open_tpm() -> None:
+            opened.append(Attester(self.tcti, ak, ima_list=ima_list, event_log=event_log))
 
         try:
-            value = thread.call(open_and_measure, timeout=self._open_timeout)
+            thread.call(open_tpm, timeout=self._open_timeout)
         except AttestationError:
             if thread.wedged:
                 self.timeouts += 1
@@ -219,7 +209,6 @@ class ExitLifecycle:
         with self._lock:
             self._retire_current()
             self._thread, self._attester = thread, opened[0]
-            self.measured_value = value
             source = _OnThread(thread, opened[0], self._timeout)
             self._provider = EvidenceProvider(source, self.node_id, clock=self._clock)
             self.state, self.detail = STATE_OK, ""
@@ -234,23 +223,31 @@ class ExitLifecycle:
                 self._stuck.append(thread)
 
     def start(self) -> None:
-        """Enrol (or reuse the AK), measure, get ready to quote. Raises AttestationUnavailable."""
+        """Enrol (or reuse the AK), check the kernel's logs replay to the TPM, get ready to
+        quote. Raises AttestationUnavailable (a machine without IMA or measured boot cannot
+        produce evidence that passes, and says so here rather than at every handshake)."""
         try:
             with self._lock:
                 self._ak = self._load_or_enrol()
-                software = self._software
-                if software is None:
-                    software = measure.installed_software()
-                self.manifest = measure.build_manifest(software, self._config, self.node_id)
                 self._open()
         except AttestationError as exc:
             self.state, self.detail = STATE_TPM_UNAVAILABLE, str(exc)
             raise AttestationUnavailable(f"TPM at {self.tcti}: {exc}") from None
-        log.info("measured into PCR %d: %s", ac.MEASUREMENT_PCR, self.measured_value_hex)
-
-    @property
-    def measured_value_hex(self) -> str:
-        return self.measured_value.hex() if self.measured_value else "-"
+        try:
+            with self._lock:
+                thread, attester = self._thread, self._attester
+                assert thread is not None and attester is not None
+                entries = thread.call(attester.check_list, timeout=self._timeout)
+                read_bounded(self._event_log, ac.MAX_EVENT_LOG_SIZE)
+        except AttestationError as exc:
+            self.close()
+            self.state, self.detail = STATE_TPM_UNAVAILABLE, str(exc)
+            raise AttestationUnavailable(
+                f"no runtime measurements: {exc} (boot with ima_policy=tcb "
+                "ima_template=ima-ng ima_hash=sha256, or set tpm.ima_list / tpm.event_log)"
+            ) from None
+        log.info("quoting PCRs 0-10; IMA list %s (%d entries), event log %s",
+                 self._ima_list, entries, self._event_log)  # fmt: skip
 
     @property
     def ak_public(self) -> bytes:
@@ -299,7 +296,7 @@ class ExitLifecycle:
         )
 
     def recover(self) -> bool:
-        """Re-open and re-measure a lost TPM (at most every ``retry_s``). True when usable.
+        """Re-open a lost TPM (at most every ``retry_s``). True when usable.
 
         Blocks for at most the open deadline; handshakes are answered meanwhile.
         """
@@ -317,7 +314,7 @@ class ExitLifecycle:
             return False
         finally:
             self._recovering = False
-        log.info("TPM back; re-measured PCR %d", ac.MEASUREMENT_PCR)
+        log.info("TPM back")
         return True
 
     def _recover_soon(self) -> None:
@@ -333,7 +330,11 @@ class ExitLifecycle:
         return self._lock.acquire(timeout=2 * self._timeout)
 
     def check_measurement(self) -> bool:
-        """Whether PCR 23 still holds exactly our measurement (False also when unknown)."""
+        """Whether the TPM answers and the IMA list still replays to PCR 10.
+
+        Nothing is re-measured: a list that no longer replays means someone extended PCR 10
+        outside the kernel, and ``state`` says so (clients refuse such evidence anyway).
+        """
         if not self._acquire():
             return False
         try:
@@ -341,18 +342,17 @@ class ExitLifecycle:
             if thread is None or attester is None or self.state == STATE_TPM_UNAVAILABLE:
                 return False
             try:
-                pcrs = thread.call(attester.read_pcrs, timeout=self._timeout)
-                value = dict(pcrs)[ac.MEASUREMENT_PCR]
-            except AttestationError as exc:
+                thread.call(attester.check_list, timeout=self._timeout)
+            except TpmError as exc:
                 self._lost(exc)
+                return False
+            except AttestationError as exc:
+                if self.state != STATE_MEASUREMENT_CHANGED:
+                    log.error("runtime measurements: %s", exc)
+                self.state, self.detail = STATE_MEASUREMENT_CHANGED, str(exc)
                 return False
         finally:
             self._lock.release()
-        if value != self.measured_value:
-            if self.state != STATE_MEASUREMENT_CHANGED:
-                log.error("PCR %d no longer holds our measurement", ac.MEASUREMENT_PCR)
-            self.state, self.detail = STATE_MEASUREMENT_CHANGED, "PCR 23 was extended"
-            return False
         return True
 
     def attest(self, nonce: bytes) -> bytes:
@@ -374,26 +374,28 @@ class ExitLifecycle:
         self.last_evidence_at = self._clock()
         return data
 
-    def quote_for(self, block_hash: bytes) -> tuple[bytes, bytes]:
-        """(TPMS_ATTEST, signature) answering a registry challenge nonce (a block hash)."""
-        e = ev.decode(self.attest(block_hash))
-        return e.attest, e.signature
-
     def registry_quote(self, qualifying: bytes, pcrs: Sequence[int]) -> tuple[bytes, bytes]:
         """(TPMS_ATTEST, signature) over ``pcrs`` carrying exactly ``qualifying`` as its
         extraData: the registry's own quote domain, which exitnode.upkeep takes from the
         chain (never the handshake's). Raises AttestationError."""
-        with self._lock:
-            self.recover()
-            attester = self._attester
-            if attester is None or self.state == STATE_TPM_UNAVAILABLE:
+        self.recover()
+        if not self._acquire():
+            raise TpmError("TPM busy")
+        try:
+            thread, attester = self._thread, self._attester
+            if thread is None or attester is None or self.state == STATE_TPM_UNAVAILABLE:
                 raise TpmError(f"TPM unavailable: {self.detail}")
             try:
-                # The attester's open TPM context and loaded AK: swtpm serves one connection.
-                return attester._tpm.quote(attester._handle, list(pcrs), qualifying)
+                quote = thread.call(
+                    attester.quote_raw, qualifying, tuple(pcrs), timeout=self._timeout
+                )
             except TpmError as exc:
                 self._lost(exc)
                 raise
+        finally:
+            self._lock.release()
+        self.last_evidence_at = self._clock()
+        return quote
 
     def evidence(self, nonce: bytes, node_id: bytes) -> bytes:
         """The handshake's evidence_provider; see the module docstring for failures.
@@ -415,6 +417,11 @@ class ExitLifecycle:
                 raise TransportClosed("attestation busy") from None
             except TpmError as exc:
                 self._lost(exc)
+                self.empty_answers += 1
+                return b""
+            except AttestationError as exc:  # the kernel's logs are missing or do not replay
+                log.error("no evidence: %s", exc)
+                self.detail = str(exc)
                 self.empty_answers += 1
                 return b""
         finally:

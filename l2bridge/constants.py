@@ -62,9 +62,9 @@ CHAIN_SECRET_SIZE = 48  # SHA-384 output
 MSG_CLIENT_HELLO = 0x51
 MSG_SERVER_HELLO = 0x52
 MAX_CIPHER_CHOICES = 4
-MAX_EVIDENCE_SIZE = 32 * 1024
+MAX_EVIDENCE_SIZE = 256 * 1024  # a quote, the boot log and the kernel's IMA list
 MAX_CERTIFICATE_SIZE = 16 * 1024
-MAX_HANDSHAKE_MESSAGE_SIZE = 64 * 1024
+MAX_HANDSHAKE_MESSAGE_SIZE = MAX_EVIDENCE_SIZE + 64 * 1024
 
 # Records: type (1) | key epoch (4) | counter (8), all used as associated data.
 RECORD_DATA = 0x01

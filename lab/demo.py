@@ -8,9 +8,12 @@ digests (PCRs 0-9) and the release; an enroller runs the enrolment ceremony with
 (EK certificate chain, credential activation, identity signature) and signs its EIP-712
 voucher; the exits register and attest on chain; the clients pick the best exit from the
 registry, verify its evidence and connect; a ping and a SHA-256-checked file transfer
-cross from lan-a to lan-b while keys rotate on the clocks' epoch boundaries. Then the
-exit in use is changed: both clients refuse it and fail over to the other exit while a TCP
-transfer keeps running; on chain, where only the boot state is checked, it still attests.
+cross from lan-a to lan-b while keys rotate on the clocks' epoch boundaries. Each exit runs
+its own installed copy of the release under the IMA harness (``lab.imaharness``), which
+plays measured boot and the kernel's IMA. Then a file of the used exit's installed release
+is changed and loaded there: both clients refuse that exit naming the file and fail over to
+the other while a TCP transfer keeps running; the registry, which sees only boot PCRs, keeps
+the changed exit (runtime is judged by the clients).
 
 ``--simple`` runs the first version instead: one client, one exit, no TPM/chain/clocks
 (lan-a, client, exit, lan-b namespaces from ``lab.topology``).

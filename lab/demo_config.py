@@ -22,6 +22,7 @@ from l2bridge.identity.keyfiles import save_certificate
 from l2bridge.identity.keys import KIND_ADMIN, AdminKey, HybridSigningKey, save_public
 from l2bridge.identity.keys import write_private_file as _write_private
 from l2bridge.transport.token import AccessKey
+from lab.imaharness import EVENT_LOG, IMA_LIST
 
 EXIT_PORT = 8443
 EXIT_STATUS = "127.0.0.1:9470"
@@ -97,7 +98,13 @@ def exit_config(
     timers: Timers,
     mtu: int = 1500,
     offload: bool = True,
+    kernel_logs: Path | None = None,
 ) -> Path:
+    """``kernel_logs``: where the IMA harness writes this exit's boot log and IMA list
+    (default: the kernel's own files)."""
+    tpm: dict[str, str] = {"tcti": tcti}
+    if kernel_logs is not None:
+        tpm |= {"ima_list": str(kernel_logs / IMA_LIST), "event_log": str(kernel_logs / EVENT_LOG)}
     doc = _common("smx0", mtu, offload)
     doc.update(
         {
@@ -112,7 +119,7 @@ def exit_config(
                 "access_key_file": "access.key",
             },
             "keys": {"identity": f"{name}.identity", "admin_public": "admin.pub"},
-            "tpm": {"tcti": tcti},
+            "tpm": tpm,
             "chain": {
                 "rpc_url": rpc_url,
                 "contract_address": contract,

@@ -11,24 +11,26 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
 from attestation import evidence as ev
-from attestation import tpms, verifier
+from attestation import verifier
 from attestation.enrol import Enrolment
 from attestation.policy import parse as parse_policy
 from contracts.constants import SOFTWARE_RELEASE
-from exitnode.attested import measured_config
 from hardware import netns
 from hardware.chain import Anvil
 from hardware.tpm import Swtpm
 from l2bridge.client.selection import REPUTATION_BAND
-from l2bridge.node.config import load_config
 from lab import demo_config, demo_net, topology
-from lab.demo_world import StepFailed, World, chain_address, chain_key
+from lab.demo_world import REPO, StepFailed, World, chain_address, chain_key
+from lab.imaharness import EVENT_LOG, IMA_LIST
+from lab.tamper import install_release
 
 CLOCK_KIND = "gpsdo"
 UP_TIMEOUT_S = 45.0
@@ -81,12 +83,18 @@ while sent < limit and not os.path.exists(flag):
 s.close()
 print(sent, h.hexdigest(), flush=True)
 """
-EXTEND_PCR = """
-import os, sys
+REGISTRY_DIGEST = """
+import sys
+from attestation import tpms
 from attestation.tpm import Tpm
+from contracts.constants import QUOTED_PCRS
 with Tpm(sys.argv[1]) as tpm:
-    tpm.extend_pcr(int(sys.argv[2]), os.urandom(32))
+    print(tpms.pcr_digest(tpm.read_pcrs(QUOTED_PCRS)).hex())
 """
+# The file of the exit's installed software the integrity step changes: a module every
+# exit process imports, so any process of the release that starts loads it.
+CHANGED_FILE = Path("exitnode/switch.py")
+CHANGED_MODULE = "exitnode.switch"
 
 
 def _info(doc: dict[str, object], key: str) -> str:
@@ -140,14 +148,41 @@ def step_chain(w: World) -> str:
     return f"Anvil at {w.rpc_url}, registry {w.contract} (window {w.settings.window_s} s)"
 
 
+def installed(w: World) -> Path:
+    """Where the release is installed as every exit sees it (its own copy mounted there)."""
+    return w.workdir / "installed"
+
+
+def install_dir(w: World, name: str) -> Path:
+    return w.workdir / f"install-{name}"
+
+
+def kernel_logs(w: World, name: str) -> Path:
+    return w.workdir / f"kernel-{name}"
+
+
 def step_tpms(w: World) -> str:
+    """Each exit machine: the release installed on its disk, a TPM, and a boot: the IMA
+    harness plays firmware and boot loader (event log, PCRs 0-9, the kernel command line
+    that turns IMA on) and starts IMA's list with boot_aggregate."""
+    install_release(REPO, w.workdir / "release")
+    installed(w).mkdir(exist_ok=True)
     for name in w.exit_names:
+        shutil.copytree(w.workdir / "release", install_dir(w, name))
         tpm = Swtpm(directory=w.workdir / f"tpm-{name}", netns=w.ns(name).name)
         w.cleanups.append(tpm.stop)
         tpm.start()
         w.tctis[name] = tpm.tcti
         w.ek_cas[name] = (tpm.root_ca, tpm.intermediate_ca)
-    return "one swtpm per exit, on that exit's own loopback, EK certified by a local CA"
+        subprocess.run(
+            [*w.ns(name).prefix(), sys.executable, "-m", "lab.imaharness", "--tcti", tpm.tcti,
+             "--out", str(kernel_logs(w, name)), "--boot-only"],
+            env=w.env(), check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+    return (
+        "one swtpm per exit on its own loopback, EK certified by a local CA; the release "
+        "installed on each exit; booted with IMA on (event log, PCRs 0-9, boot_aggregate)"
+    )
 
 
 def step_keys(w: World) -> str:
@@ -160,7 +195,7 @@ def step_keys(w: World) -> str:
             keys, site.name, listen_ip=site.wan_ip, tcti=w.tctis[site.name],
             rpc_url=w.rpc_url, contract=w.contract, clock_device=w.clocks[site.name],
             voucher=state_dir(w, site.name) / VOUCHER, timers=timers, mtu=w.settings.mtu,
-            offload=offload,
+            offload=offload, kernel_logs=kernel_logs(w, site.name),
         )  # fmt: skip
     for site in w.mesh.clients:
         w.configs[site.name] = demo_config.client_config(
@@ -189,16 +224,24 @@ def step_enrol(w: World) -> str:
             "--intermediate", str(intermediate), "--ak-out", str(state / "ak.json"),
             "--record-out", str(state / "enrolment.json"),
         )  # fmt: skip
-        config = measured_config(load_config(w.configs[name]), state)
+        logs = kernel_logs(w, name)
         w.shadowmesh(
             w.ns(name), "attest", "quote", "--tcti", w.tctis[name], "--ak", str(state / "ak.json"),
-            "--node-id", w.keys.exit_ids[name].hex(), "--config", str(config), "--measure",
-            "--out", str(state / "evidence.bin"),
+            "--node-id", w.keys.exit_ids[name].hex(), "--ima-list", str(logs / IMA_LIST),
+            "--event-log", str(logs / EVENT_LOG), "--out", str(state / "evidence.bin"),
         )  # fmt: skip
+    runtime = w.workdir / "runtime-policy.json"
+    configs = [a for name in w.exit_names for a in ("--include", str(w.configs[name]))]
+    w.shadowmesh(
+        None, "attest", "runtime-policy", "--include", str(w.workdir / "release"),
+        "--relocate", f"{w.workdir / 'release'}={installed(w)}", *configs,
+        "--out", str(runtime), timeout=300,
+    )  # fmt: skip
     first = state_dir(w, w.exit_names[0])
     w.shadowmesh(
         None, "attest", "golden", "--evidence", str(first / "evidence.bin"),
-        "--enrolment", str(first / "enrolment.json"), "--out", str(w.golden),
+        "--enrolment", str(first / "enrolment.json"), "--runtime-policy", str(runtime),
+        "--out", str(w.golden),
     )  # fmt: skip
     policy = parse_policy(w.golden.read_bytes())
     digests = {}
@@ -213,19 +256,15 @@ def step_enrol(w: World) -> str:
         )  # fmt: skip
         if not verdict.ok:
             raise StepFailed(f"{name} fails the golden policy: {'; '.join(verdict.reasons)}")
-        digests[name] = tpms.parse_attest(e.attest).pcr_digest.hex()
+        # What the registry's own quotes cover (its selection, not the handshake's).
+        digests[name] = w.python(w.ns(name), REGISTRY_DIGEST, w.tctis[name]).strip()
     w.facts["pcr_digests"] = digests
-    return "AKs enrolled (EK chain + credential activation), PCR 23 measured, golden policy written"
+    return (
+        "AKs enrolled (EK chain + credential activation); golden policy: the booted PCRs 0-9 "
+        "with IMA on, and a Keylime runtime policy of the installed release"
+    )
 
 
-BOOT_DIGEST = """
-import sys
-from attestation import tpms
-from attestation.tpm import Tpm
-from contracts.constants import QUOTED_PCRS
-with Tpm(sys.argv[1]) as tpm:
-    print(tpms.pcr_digest(tpm.read_pcrs(QUOTED_PCRS)).hex())
-"""
 CHAIN_ID = """
 import sys
 from contracts.client import connect
@@ -235,19 +274,17 @@ print(connect(sys.argv[1]).eth.chain_id)
 
 def step_approve(w: World) -> str:
     """The owner approves each exit's boot state (the digest of PCRs 0-9, what registry
-    quotes cover) and this release with the hash of the policy clients check it against."""
-    assert w.golden is not None
-    boot = {name: w.python(w.ns(name), BOOT_DIGEST, w.tctis[name]).strip() for name in w.exit_names}
-    w.facts["boot_digests"] = boot
+    quotes cover) and this release with the hash of the Keylime runtime policy clients check
+    its IMA list against."""
+    digests = sorted(set(w.facts["pcr_digests"].values()))  # identical swtpms boot alike
     common = ("--rpc", w.rpc_url, "--registry", w.contract)
-    digests = sorted(set(boot.values()))  # identical swtpms boot alike
     w.shadowmesh(w.ns("wan"), "registry", "approve", *digests, *common, key=chain_key(0))
     w.shadowmesh(w.ns("wan"), "registry", "release", str(SOFTWARE_RELEASE), "--runtime-policy",
-                 str(w.golden), *common, key=chain_key(0))  # fmt: skip
+                 str(w.workdir / "runtime-policy.json"), *common, key=chain_key(0))  # fmt: skip
     return (
         f"owner approved {len(digests)} boot digest(s) over PCRs 0-9 "
         f"({', '.join(d[:12] for d in digests)}...) and release {SOFTWARE_RELEASE} with the "
-        "hash of its policy"
+        "hash of its runtime policy"
     )
 
 
@@ -297,14 +334,37 @@ def step_vouch(w: World) -> str:
     )
 
 
+def exit_python(w: World) -> list[str]:
+    """How a process of the installed release starts: its own copy (mounted at the
+    release's path) and the third-party packages, never the checkout, no bytecode
+    written (a .pyc written at run time would be a file no policy knows)."""
+    libs = sysconfig.get_paths()["purelib"]
+    return ["env", f"PYTHONPATH={installed(w)}:{libs}", "PYTHONDONTWRITEBYTECODE=1",
+            sys.executable, "-S"]  # fmt: skip
+
+
 def _start_exit(w: World, name: str) -> str:
+    """The exit runs under the IMA harness, which measures every file it opens from the
+    installed release, the interpreter, the standard library, the packages and its
+    configuration before letting the open go on."""
     assert w.mesh is not None
     site = next(s for s in w.mesh.exits if s.name == name)
     root, intermediate = w.ek_cas[name]
     public = f"ws://{site.wan_ip}:{demo_config.EXIT_PORT}{demo_config.PATH}"
-    w.node(name, "exit", "--state-dir", str(state_dir(w, name)), "--public-url", public,
-           "--ek-ca", str(root), "--ek-intermediate", str(intermediate),
-           SHADOWMESH_REGISTRY_KEY=chain_key(operator_of(w, name)))  # fmt: skip
+    harness = [
+        sys.executable, "-m", "lab.imaharness", "--tcti", w.tctis[name],
+        "--out", str(kernel_logs(w, name)), "--install", f"{install_dir(w, name)}={installed(w)}",
+        "--watch", sys.base_prefix, "--watch", sysconfig.get_paths()["purelib"],
+        "--watch", str(w.configs[name]),
+    ]  # fmt: skip
+    exit_cmd = [
+        *exit_python(w), "-m", "l2bridge.commands.main", "exit", "--config", str(w.configs[name]),
+        "--state-dir", str(state_dir(w, name)), "--public-url", public,
+        "--ek-ca", str(root), "--ek-intermediate", str(intermediate),
+    ]  # fmt: skip
+    proc = w.spawn(name, w.ns(name), [*harness, "--", *exit_cmd],
+                   SHADOWMESH_REGISTRY_KEY=chain_key(operator_of(w, name)))  # fmt: skip
+    w.nodes[name] = proc
     return public
 
 
@@ -317,30 +377,16 @@ def _registered(w: World, name: str) -> None:
     )
     state = _info(doc, "registry_state")
     if state.startswith("rejected"):  # the contract's verdict on this exit: final here
-        _explain_measurement(w, name)
         raise StepFailed(f"{name}: the registry refused it: {state}")
 
 
-def _explain_measurement(w: World, name: str) -> None:
-    """Say so when the running exit measured something else than the operator quoted."""
-    doc = w.status(name)
-    running = _info(doc, "measured_pcr23") if doc else ""
-    quoted = dict(ev.decode((state_dir(w, name) / "evidence.bin").read_bytes()).pcrs).get(23)
-    if running and quoted is not None and running != quoted.hex():
-        raise StepFailed(
-            f"{name} measured PCR 23 = {running[:16]}... but the operator's quote had "
-            f"{quoted.hex()[:16]}...: the software or configuration changed in between "
-            "(was the checkout edited during the demo?)"
-        )
-
-
 def step_exits(w: World) -> str:
-    """Both exits start together: each measures itself into PCR 23, registers with its
-    voucher and stake, then attests every upkeep period."""
+    """Both exits start together under their kernel's measurement (the IMA harness), each
+    registers with its voucher and stake, then attests every upkeep period."""
     urls = [_start_exit(w, name) for name in w.exit_names]
     for name in w.exit_names:
         _registered(w, name)
-    return f"{', '.join(urls)}: measured, registered with 10 ETH stake each, attesting"
+    return f"{', '.join(urls)}: running, registered with 10 ETH stake each, attesting"
 
 
 # --- the clients and their traffic -------------------------------------------------------
@@ -497,9 +543,24 @@ def step_rotations(w: World) -> str:
     )
 
 
+def _tamper(w: World, name: str) -> Path:
+    """Root on exit ``name`` changes a file of its installed release and a process of the
+    release loads it (a sidecar started next to the exit, in the exit's machine: the same
+    mount namespace the harness measures). Returns the path the kernel records."""
+    path = install_dir(w, name) / CHANGED_FILE
+    path.write_text(path.read_text() + "\nCOPY_TO = '203.0.113.7'  # keeps every frame\n")
+    pid = str(w.nodes[name].pid)  # the harness: the exit machine's mount namespace
+    subprocess.run(
+        ["nsenter", "-t", pid, "-m", "-n", *exit_python(w), "-c", f"import {CHANGED_MODULE}"],
+        env=w.env(), check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return installed(w) / CHANGED_FILE
+
+
 def step_failover(w: World) -> str:
-    """Change PCR 23 on the exit in use while a TCP transfer runs between the LANs; both
-    clients must refuse that exit and move to the other, and the transfer must survive."""
+    """Change a file of the installed software of the exit in use, and have it loaded, while a
+    TCP transfer runs between the LANs; both clients must refuse that exit naming the file
+    and move to the other, and the transfer must survive."""
     old = w.facts["best_exit"]
     new = next(n for n in w.exit_names if n != old)
     flag = w.workdir / "stop-paced-transfer"
@@ -509,7 +570,7 @@ def step_failover(w: World) -> str:
     time.sleep(1.0)  # the transfer is under way
     if send.poll() is not None:
         raise StepFailed("the transfer ended before the failover")
-    w.python(w.ns(old), EXTEND_PCR, w.tctis[old], "23")
+    changed_path = _tamper(w, old)
     w.marks["PCR changed"] = changed = time.monotonic()
     new_id = _exit_id(w, new)
     moved: dict[str, float] = {}
@@ -527,13 +588,14 @@ def step_failover(w: World) -> str:
     w.marks["clients moved"] = time.monotonic()
     w.facts["refusals"] = {n: refusal_reason(w, n, _exit_id(w, old)[:16]) for n in w.client_names}
     if len(moved) < len(w.client_names):
-        raise StepFailed(f"clients on {new} after the PCR change: {sorted(moved)} only")
-    unrefused = [n for n, why in w.facts["refusals"].items() if not why]
-    if unrefused:
-        raise StepFailed(f"{unrefused} moved without logging a refusal of {old}")
+        raise StepFailed(f"clients on {new} after the file change: {sorted(moved)} only")
+    unnamed = [n for n, why in w.facts["refusals"].items() if str(changed_path) not in why]
+    if unnamed:
+        raise StepFailed(f"{unnamed} moved without refusing {old} for {changed_path}")
     shown = ", ".join(f"{n} after {s:.1f} s" for n, s in moved.items())
     return (
-        f"PCR 23 of {old} extended; both clients refused it and moved to {new}: {shown} "
+        f"{changed_path.name} of {old}'s installed release changed and loaded; both clients "
+        f"refused it naming {changed_path} and moved to {new}: {shown} "
         f"(re-check every {w.settings.window_s} s)"
     )
 
@@ -579,14 +641,15 @@ def step_after_failover(w: World) -> str:
 
 
 def step_registry(w: World) -> str:
-    """The registry checks what it can check on chain, the boot state (PCRs 0-9), which the
-    change did not touch: the changed exit keeps attesting there, and its software change is
-    caught where runtime state is verified, by the clients (they refused it above)."""
+    """The registry checks what it can check on chain: the boot PCRs in its quotes. The
+    changed exit booted approved software, so it still attests there; the clients, who
+    replay its IMA list, refuse it (an on-chain runtime check would have to replay the
+    whole IMA list in gas: docs/threat-model.md)."""
     old = w.facts["best_exit"]
     time.sleep(w.settings.upkeep_s + 1)  # at least one upkeep round since the change
     doc = w.wait_status(
         old,
-        lambda d: _info(d, "registry_state").startswith(("attested", "rejected")),
+        lambda d: _info(d, "registry_state").startswith(("attested", "registered", "rejected")),
         w.settings.upkeep_s * 3 + 10,
         "the changed exit's next on-chain round",
     )
@@ -614,7 +677,7 @@ STEPS = [
     ("ping", step_ping),
     ("file transfer", step_transfer),
     ("rotations", step_rotations),
-    ("PCR change", step_failover),
+    ("integrity", step_failover),
     ("after failover", step_after_failover),
     ("registry", step_registry),
 ]

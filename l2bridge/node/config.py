@@ -163,6 +163,9 @@ class Tpm:
     tcti: str = "device:/dev/tpmrm0"
     ak_context: Path | None = None
     golden_policy: Path | None = None
+    # exit: the kernel's IMA list and boot event log (default: /sys/kernel/security/...)
+    ima_list: Path | None = None
+    event_log: Path | None = None
     # client: the pinned exit's enrolment record (its AK), for attestation_required
     exit_enrolment: Path | None = None
     # exit: deadline of one TPM command (a quote); past it the TPM counts as lost
@@ -574,6 +577,8 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "tcti": _text,
             "ak_context": _PATH,
             "golden_policy": _PATH,
+            "ima_list": _PATH,
+            "event_log": _PATH,
             "exit_enrolment": _PATH,
             "timeout": _duration_range(0.05, 300.0),
         },
@@ -829,6 +834,8 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "tpm.tcti": ("exit",),
     "tpm.ak_context": ("exit",),
     "tpm.timeout": ("exit",),
+    "tpm.ima_list": ("exit",),
+    "tpm.event_log": ("exit",),
     "tpm.golden_policy": ("client",),
     "tpm.exit_enrolment": ("client",),
     "chain.rpc_url": BOTH,

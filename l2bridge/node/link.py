@@ -55,7 +55,7 @@ from typing import Protocol, cast
 from websockets.asyncio.server import Server, ServerConnection
 
 from l2bridge.constants import CLOSE_REVOKED as RECORD_REVOKED
-from l2bridge.constants import MAX_RECORD_SIZE
+from l2bridge.constants import MAX_HANDSHAKE_MESSAGE_SIZE, MAX_RECORD_SIZE
 from l2bridge.errors import (
     CertificateRevoked,
     DeviceRevoked,
@@ -97,8 +97,9 @@ CLOSE_REVOKED = 4403
 # a busy one (1500-byte frames one by one) makes few large records, not one per frame.
 COALESCE_S = 0.0005
 COALESCE_FRAMES = 64
-# Room for the WebSocket frame header on top of the largest record.
-MAX_MESSAGE_SIZE = MAX_RECORD_SIZE + 64
+# Room for the WebSocket frame header on top of the largest record or handshake message
+# (the exit's hello carries its attestation evidence).
+MAX_MESSAGE_SIZE = max(MAX_RECORD_SIZE, MAX_HANDSHAKE_MESSAGE_SIZE) + 64
 # Liveness (see the module docstring); endpoints.keepalive_interval / liveness_timeout.
 KEEPALIVE_S = 5.0
 LIVENESS_S = 15.0

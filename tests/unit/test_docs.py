@@ -453,8 +453,8 @@ def test_a_wrong_offset_or_size_is_caught(examples: dict[str, Any]) -> None:
         ("or 2 hours", 2 * 3600, "REKEY_AFTER_SECONDS"),
         ("keeps the old receive key 2\nseconds", 2, "REKEY_GRACE_SECONDS"),
         ("restarted\nafter 10 seconds", 10, "REKEY_TIMEOUT_SECONDS"),
-        ("at\nmost 32 KiB", 32 * 1024, "MAX_EVIDENCE_SIZE"),
-        ("at most 64 KiB", 64 * 1024, "MAX_HANDSHAKE_MESSAGE_SIZE"),
+        ("at\nmost 256 KiB", 256 * 1024, "MAX_EVIDENCE_SIZE"),
+        ("at most 320 KiB", 320 * 1024, "MAX_HANDSHAKE_MESSAGE_SIZE"),
     ],
 )
 def test_numbers_in_the_text_are_the_constants(phrase: str, value: int, actual: str) -> None:

@@ -1,12 +1,17 @@
-"""Attestation against a real software TPM (swtpm), one TPM for the whole module."""
+"""Attestation against a real software TPM (swtpm), one TPM for the whole module.
+
+The harness's ``Kernel`` (lab.imaharness, without fanotify) plays firmware and IMA: it
+writes the boot event log and the IMA list and extends PCRs 0-10 on the swtpm; the exit's
+``Attester`` reads both and quotes. Attacks with the fanotify harness are in test_tamper.py.
+"""
 
 from __future__ import annotations
 
 import datetime
 import hashlib
 import os
-import struct
 import time
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -15,15 +20,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from attestation import constants as c
-from attestation import enrol, measure, verifier
+from attestation import enrol, ima, release, verifier
 from attestation import evidence as ev
 from attestation.checker import EvidenceChecker
-from attestation.errors import AttestationRefused, EnrolmentError
+from attestation.errors import AttestationRefused, EnrolmentError, MeasurementError
+from attestation.eventlog import BootPolicy
 from attestation.policy import GoldenPolicy
 from attestation.provider import EvidenceProvider
 from attestation.quote import Attester
 from attestation.tpm import Tpm
 from hardware.tpm import Swtpm
+from lab.imaharness import EVENT_LOG, IMA_LIST, LAB_CMDLINE, Kernel
 
 pytestmark = pytest.mark.integration
 
@@ -52,27 +59,60 @@ def enrolled(swtpm, trust):
     return enrol.enrol(swtpm.tcti, *trust, _now())
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    config = tmp_path_factory.mktemp("cfg") / "exit.yaml"
-    config.write_text("security:\n  attestation_required: true\n")
-    return measure.build_manifest(measure.installed_software(), config, NODE_ID)
+def _power_cycle(swtpm) -> None:
+    with Tpm(swtpm.tcti) as tpm:
+        tpm.shutdown()
+    swtpm.restart()
+
+
+class Machine:
+    """One boot: the kernel's logs in a directory, files the 'exit' loads."""
+
+    def __init__(self, swtpm, root: Path, cmdline: str = LAB_CMDLINE) -> None:
+        _power_cycle(swtpm)
+        self.root = root
+        self.files = root / "release"
+        self.files.mkdir(parents=True, exist_ok=True)
+        for name in ("server.pyc", "codec.pyc", "exit.yaml"):
+            (self.files / name).write_text(f"approved {name}")
+        self.tpm = Tpm(swtpm.tcti)
+        self.kernel = Kernel(self.tpm, root)
+        self.kernel.boot(cmdline)
+        for name in ("server.pyc", "codec.pyc", "exit.yaml"):
+            self.load(name)
+
+    def load(self, name: str) -> None:
+        fd = os.open(self.files / name, os.O_RDONLY)
+        try:
+            self.kernel.measure_fd(fd)
+        finally:
+            os.close(fd)
+
+    def attester(self, ak) -> Attester:
+        return Attester(self.tpm_tcti, ak, ima_list=self.root / IMA_LIST,
+                        event_log=self.root / EVENT_LOG)  # fmt: skip
+
+    def golden(self) -> GoldenPolicy:
+        boot = BootPolicy(tuple(zip(range(10), self.tpm.read_pcrs(range(10)), strict=True)),
+                          c.DEFAULT_CMDLINE_REQUIRES)  # fmt: skip
+        return GoldenPolicy(boot, release.build([self.files]), max_age_s=300)
+
+    def close(self) -> None:
+        self.tpm.close()
 
 
 @pytest.fixture
-def attester(swtpm, enrolled, manifest):
-    ak, _ = enrolled
-    with Attester(swtpm.tcti, ak, manifest) as a:
-        a.measure()
+def machine(swtpm, tmp_path):
+    m = Machine(swtpm, tmp_path)
+    m.tpm_tcti = swtpm.tcti
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def attester(machine, enrolled):
+    with machine.attester(enrolled[0]) as a:
         yield a
-
-
-def _golden(attester: Attester) -> GoldenPolicy:
-    return GoldenPolicy(
-        pcrs=tuple((i, v) for i, v in attester.read_pcrs() if i != c.MEASUREMENT_PCR),
-        manifest=tuple(sorted((m.name, m.digest) for m in attester.manifest[:-1])),
-        max_age_s=300,
-    )
 
 
 def _verify(data, enrolled, golden, nonce, previous=None):
@@ -87,45 +127,78 @@ def _verify(data, enrolled, golden, nonce, previous=None):
     )
 
 
-def test_happy_path(attester, enrolled):
-    golden = _golden(attester)
+def test_happy_path(machine, attester, enrolled):
+    golden = machine.golden()
     nonce = os.urandom(32)
     data = attester.evidence(nonce, NODE_ID, time.time())
-    assert len(data) < c.MAX_EVIDENCE_SIZE
     verdict = _verify(data, enrolled, golden, nonce)
     assert verdict.ok, verdict.reasons
     e = ev.decode(data)
     assert e.ak_public == enrolled[0].tpmt_public
-    assert dict(e.pcrs)[c.MEASUREMENT_PCR] == ev.replay_manifest(attester.manifest)
+    assert ima.parse_list(e.ima_list)[0].path == "boot_aggregate"
+    assert verdict.state.ima.count == 4
 
 
-def test_pcr_extended_after_golden_names_the_pcr(attester, enrolled):
-    golden = _golden(attester)
-    with Tpm(attester.tcti) as tpm:
-        tpm.extend_pcr(c.MEASUREMENT_PCR, hashlib.sha256(b"rootkit").digest())
+def test_the_kernel_measures_a_file_once_until_it_changes(machine, attester):
+    before = attester.check_list()
+    machine.load("codec.pyc")
+    assert attester.check_list() == before
+    (machine.files / "codec.pyc").write_text("changed")
+    machine.load("codec.pyc")
+    assert attester.check_list() == before + 1
+
+
+def test_changed_file_is_named(machine, attester, enrolled):
+    golden = machine.golden()
+    (machine.files / "codec.pyc").write_text("logs every frame")
+    machine.load("codec.pyc")
     nonce = os.urandom(32)
     verdict = _verify(attester.evidence(nonce, NODE_ID, time.time()), enrolled, golden, nonce)
-    assert verdict.reasons == ("manifest: PCR 23 does not match the replayed manifest",)
+    assert len(verdict.reasons) == 1
+    assert verdict.reasons[0].startswith(f"runtime: {machine.files}/codec.pyc has digest")
 
 
-def test_boot_pcr_extended_after_golden_names_the_pcr(attester, enrolled):
-    golden = _golden(attester)
+def test_pcr10_extended_outside_the_kernel(machine, attester, enrolled):
+    """Someone extends PCR 10 directly: the list no longer replays; the exit cannot even
+    produce evidence, and evidence cut from an old list fails at the verifier."""
+    golden = machine.golden()
+    nonce = os.urandom(32)
+    old = ev.decode(attester.evidence(nonce, NODE_ID, time.time()))
+    with Tpm(attester.tcti) as tpm:
+        tpm.extend_pcr(c.IMA_PCR, hashlib.sha256(b"rootkit").digest())
+        with pytest.raises(Exception, match=r"PCR_Reset\(10\)"):
+            tpm.reset_pcr(c.IMA_PCR)
+    with pytest.raises(MeasurementError, match="does not replay"):
+        attester.evidence(nonce, NODE_ID, time.time())
+    attest, signature = attester.quote_raw(ev.qualifying_data(nonce, NODE_ID), c.QUOTE_PCRS)
+    values = dict(attester.read_pcrs())
+    forged = ev.encode(
+        ev.Evidence(nonce, NODE_ID, attest, signature, old.ak_public,
+                    tuple(sorted(values.items())), old.event_log, 0, old.ima_list)
+    )  # fmt: skip
+    verdict = _verify(forged, enrolled, golden, nonce)
+    assert verdict.reasons == ("ima: PCR 10 does not match the IMA list",)
+
+
+def test_boot_pcr_extended_after_boot_names_the_pcr(machine, attester, enrolled):
+    golden = machine.golden()
     with Tpm(attester.tcti) as tpm:
         tpm.extend_pcr(7, hashlib.sha256(b"secure boot disabled").digest())
     nonce = os.urandom(32)
     verdict = _verify(attester.evidence(nonce, NODE_ID, time.time()), enrolled, golden, nonce)
-    assert verdict.reasons == ("pcr-policy: PCR 7 differs from golden policy",)
+    assert "boot: PCR 7 does not match the event log" in verdict.reasons
+    assert "boot: PCR 7 differs from the boot policy" in verdict.reasons
+    assert "ima: boot_aggregate does not match the quoted PCRs 0-9" in verdict.reasons
 
 
-def test_wrong_nonce(attester, enrolled):
-    golden = _golden(attester)
+def test_wrong_nonce(machine, attester, enrolled):
     data = attester.evidence(os.urandom(32), NODE_ID, time.time())
-    verdict = _verify(data, enrolled, golden, os.urandom(32))
+    verdict = _verify(data, enrolled, machine.golden(), os.urandom(32))
     assert [f.check for f in verdict.failures] == [verifier.NONCE, verifier.NONCE]
 
 
-def test_replayed_old_evidence(attester, enrolled):
-    golden = _golden(attester)
+def test_replayed_old_evidence(machine, attester, enrolled):
+    golden = machine.golden()
     old_nonce = os.urandom(32)
     old = attester.evidence(old_nonce, NODE_ID, time.time())
     first = _verify(old, enrolled, golden, old_nonce)
@@ -139,15 +212,27 @@ def test_replayed_old_evidence(attester, enrolled):
     assert {f.check for f in replay.failures} == {verifier.NONCE, verifier.COUNTERS}
 
 
-def test_signature_by_another_ak(swtpm, attester, enrolled, manifest):
-    golden = _golden(attester)
+def test_signature_by_another_ak(swtpm, machine, enrolled):
     with Tpm(swtpm.tcti) as tpm:
         other = enrol.create_ak(tpm)
-    with Attester(swtpm.tcti, other, manifest) as impostor:
+    with machine.attester(other) as impostor:
         nonce = os.urandom(32)
         data = impostor.evidence(nonce, NODE_ID, time.time())
-    verdict = _verify(data, enrolled, golden, nonce)
+    verdict = _verify(data, enrolled, machine.golden(), nonce)
     assert verdict.reasons == ("signature: quote was not signed by the enrolled AK",)
+
+
+def test_provider_and_checker_in_a_handshake(machine, attester, enrolled):
+    provider = EvidenceProvider(attester, NODE_ID)
+    checker = EvidenceChecker(machine.golden(), {NODE_ID: enrolled[1].ak_public})
+    nonce = os.urandom(32)
+    checker(provider(nonce, NODE_ID), nonce, NODE_ID)
+    (machine.files / "sniffer").write_text("#!/bin/sh\n")
+    machine.load("sniffer")
+    nonce = os.urandom(32)
+    with pytest.raises(AttestationRefused) as info:
+        checker(provider(nonce, NODE_ID), nonce, NODE_ID)
+    assert info.value.reasons == (f"runtime: {machine.files}/sniffer is not in the runtime policy",)
 
 
 def test_credential_activation_fails_for_an_ak_it_was_not_made_for(swtpm, trust):
@@ -203,69 +288,21 @@ def test_ek_certificate_must_chain_to_the_configured_ca(swtpm, trust):
         enrol.check_ek_certificate(wrong, *trust, _now())
 
 
-def _log_event(pcr: int, data: bytes) -> bytes:
-    digest = hashlib.sha256(data).digest()
-    return (
-        struct.pack("<III", pcr, 0x0D, 1)
-        + struct.pack("<H", 0x000B)
-        + digest
-        + struct.pack("<I", len(data))
-        + data
-    )
-
-
-def test_event_log_replays_against_the_tpm(attester):
-    spec = c.SPEC_ID_SIGNATURE + struct.pack("<IBBBBIHHB", 0, 0, 2, 0, 2, 1, 0x000B, 32, 0)
-    header = struct.pack("<II", 0, c.EV_NO_ACTION) + bytes(20) + struct.pack("<I", len(spec)) + spec
-    log = header + _log_event(16, b"kernel") + _log_event(16, b"initrd")
-    with Tpm(attester.tcti) as tpm:
-        tpm.reset_pcr(16)  # the debug PCR: resettable, not quoted
-        for data in (b"kernel", b"initrd"):
-            tpm.extend_pcr(16, hashlib.sha256(data).digest())
-    events = measure.parse_event_log(log)
-    assert attester.event_log_mismatches(events) == []
-    with Tpm(attester.tcti) as tpm:
-        tpm.extend_pcr(16, hashlib.sha256(b"unlogged").digest())
-    assert attester.event_log_mismatches(events) == [16]
-
-
-def test_stale_evidence(attester, enrolled):
-    golden = _golden(attester)
-    nonce = os.urandom(32)
-    data = attester.evidence(nonce, NODE_ID, time.time() - 3600)
-    verdict = _verify(data, enrolled, golden, nonce)
-    assert [f.check for f in verdict.failures] == [verifier.AGE]
-
-
-def test_provider_and_checker_in_a_handshake(attester, enrolled):
-    golden = _golden(attester)
-    provider = EvidenceProvider(attester, NODE_ID)
-    checker = EvidenceChecker(golden, {NODE_ID: enrolled[1].ak_public})
-    nonce = os.urandom(32)
-    checker(provider(nonce, NODE_ID), nonce, NODE_ID)
-    with Tpm(attester.tcti) as tpm:
-        tpm.extend_pcr(c.MEASUREMENT_PCR, bytes(32))
-    nonce = os.urandom(32)
-    with pytest.raises(AttestationRefused) as info:
-        checker(provider(nonce, NODE_ID), nonce, NODE_ID)
-    assert info.value.reasons == ("manifest: PCR 23 does not match the replayed manifest",)
-
-
-def test_reset_count_going_backwards(swtpm, enrolled, manifest):
-    """Last: power-cycles the module's TPM."""
-    ak, _ = enrolled
-    swtpm.restart()  # boot PCRs back to their power-on values
-    with Attester(swtpm.tcti, ak, manifest) as a:
-        a.measure()
-        golden = _golden(a)
+def test_reset_count_going_backwards(swtpm, enrolled, tmp_path):
+    """Evidence from before a reboot, shown after it, is refused."""
+    first = Machine(swtpm, tmp_path)
+    first.tpm_tcti = swtpm.tcti
+    golden = first.golden()
+    with first.attester(enrolled[0]) as a:
         before_nonce = os.urandom(32)
         before = a.evidence(before_nonce, NODE_ID, time.time())
-    swtpm.restart()
-    with Attester(swtpm.tcti, ak, manifest) as a:
-        a.measure()
+    first.close()
+    second = Machine(swtpm, tmp_path)
+    second.tpm_tcti = swtpm.tcti
+    with second.attester(enrolled[0]) as a:
         nonce = os.urandom(32)
         after = _verify(a.evidence(nonce, NODE_ID, time.time()), enrolled, golden, nonce)
-    assert after.ok, after.reasons
+    second.close()
+    assert after.ok, after.reasons  # same approved boot and release on the next boot
     rolled_back = _verify(before, enrolled, golden, before_nonce, after.state)
-    assert len(rolled_back.failures) == 1
     assert rolled_back.reasons[0].startswith("counters: reset count went backwards")

@@ -1,9 +1,10 @@
-"""Attested exits from the registry serve a client; a changed PCR makes the client fail over.
+"""Attested exits from the registry serve a client; a changed file makes the client fail over.
 
 Real pieces: Anvil with the registry, one swtpm per exit (enrolment against its local EK
-CA, PCR 23 measurement, quotes; an appointed enroller vouches for the enrolment record the
-exit wrote, and the exit registers with that voucher), both exits serving tunnels on
-loopback, the client's data
+CA, quotes; an appointed enroller vouches for the enrolment record the exit wrote, and the
+exit registers with that voucher), the IMA harness's ``Kernel`` playing firmware and IMA on
+each swtpm (boot log, PCRs 0-10, the IMA list), both exits serving tunnels on loopback,
+the client's data
 path (``l2bridge.client.pump.Client`` over an in-memory TAP) with the registry-driven
 ``ExitFinder`` and rotation on clock epochs. The failure modes (unreachable chain, stopped
 TPM) run against the same real components.
@@ -23,9 +24,11 @@ from eth_account import Account
 
 from attestation import constants as ac
 from attestation import evidence as ev
-from attestation import tpms
+from attestation import release, tpms
+from attestation import runtime_policy as rp
 from attestation.checker import EvidenceChecker
 from attestation.errors import AttestationRefused
+from attestation.eventlog import BootPolicy
 from attestation.policy import GoldenPolicy
 from attestation.tpm import Tpm
 from contracts.cli import enrolment_ak
@@ -51,6 +54,7 @@ from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings
 from l2bridge.transport.token import AccessKey, TokenVerifier
+from lab.imaharness import EVENT_LOG, IMA_LIST, LAB_CMDLINE, Kernel
 from timing.clock import DisciplinedClock
 from timing.sources import SystemClockSource
 
@@ -77,6 +81,7 @@ class Exit:
     identity: HybridSigningKey
     swtpm: Swtpm
     lifecycle: ExitLifecycle
+    kernel: Kernel
     upkeep: RegistryUpkeep | None = None
     url: str = ""
     served: int = 0
@@ -106,12 +111,26 @@ def pcr_digest_of(lifecycle: ExitLifecycle) -> bytes:
     return tpms.parse_attest(attest).pcr_digest
 
 
-def golden_from(lifecycle: ExitLifecycle) -> GoldenPolicy:
+def golden_from(lifecycle: ExitLifecycle, software: Path) -> GoldenPolicy:
     e = ev.decode(lifecycle.attest(secrets.token_bytes(32)))
-    return GoldenPolicy(
-        pcrs=tuple((i, v) for i, v in e.pcrs if i != ac.MEASUREMENT_PCR),
-        manifest=tuple((m.name, m.digest) for m in e.manifest if m.name != ac.NODE_ID_ENTRY),
-    )
+    boot = BootPolicy(tuple(e.pcrs[: ac.BOOT_AGGREGATE_PCRS]), ac.DEFAULT_CMDLINE_REQUIRES)
+    return GoldenPolicy(boot, release.build([software]))
+
+
+def load(x: Exit, path: Path) -> None:
+    """The exit opens ``path``: its kernel measures it first."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        x.kernel.measure_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def boot(swtpm: Swtpm, logs: Path) -> Kernel:
+    logs.mkdir(parents=True, exist_ok=True)
+    kernel = Kernel(Tpm(swtpm.tcti), logs)
+    kernel.boot(LAB_CMDLINE)
+    return kernel
 
 
 @pytest.fixture(scope="module")
@@ -134,27 +153,35 @@ def world(tmp_path_factory):
         try:
             for i, name in enumerate(("exit-a", "exit-b")):
                 swtpm = Swtpm(directory=base / f"tpm-{name}").start()
+                logs = base / f"logs-{name}"
+                kernel = boot(swtpm, logs)
                 identity = HybridSigningKey.generate()
                 life = ExitLifecycle(
                     swtpm.tcti,
                     identity.node_id,
                     base / f"state-{name}",
-                    measured_config=config,
-                    software=[software],
+                    ima_list=logs / IMA_LIST,
+                    event_log=logs / EVENT_LOG,
                     ek_anchors=[swtpm.root_ca],
                     ek_intermediates=[swtpm.intermediate_ca],
                 )
-                exits.append(Exit(name, identity, swtpm, life, voucher=base / f"{name}.voucher"))
+                x = Exit(name, identity, swtpm, life, kernel, voucher=base / f"{name}.voucher")
+                exits.append(x)
+                for path in (software / "exit.py", config):
+                    load(x, path)
                 life.start()
                 digest = pcr_digest_of(life)  # two fresh swtpms boot alike: approve once
                 if not registry.digest_approved(digest):
                     registry.approve_digest(digest)
                 exits[i].upkeep = None
-            golden = golden_from(exits[0].lifecycle)
+            golden = golden_from(exits[0].lifecycle, software)
+            golden = GoldenPolicy(golden.boot, release.merge([golden.runtime,
+                                  release.build([config])]))  # fmt: skip
             yield chain, registry, operators, exits, golden
         finally:
             for x in exits:
                 x.lifecycle.close()
+                x.kernel.tpm.close()
                 x.swtpm.stop()
 
 
@@ -262,26 +289,27 @@ def test_client_picks_registry_exit_and_fails_over_on_pcr_change(world):
             assert finder.link.rekeys_completed >= 1
             assert await echoed(tap, 2)
 
-            # Someone extends the exit's measurement PCR: other software now runs there.
-            with Tpm(first.swtpm.tcti) as tpm:
-                tpm.extend_pcr(ac.MEASUREMENT_PCR, os.urandom(32))
+            # Someone changes the exit's software and it is loaded: its kernel measures it.
+            changed = first.kernel.log_path.parent.parent / "software" / "shadowmesh" / "exit.py"
+            changed.write_text("print('the exit software, logging every frame')\n")
+            load(first, changed)
             for _ in range(100):  # the watch probes every CHECK_S
                 if finder.current.node_id == other.node_id and client.connected.is_set():
                     break
                 await asyncio.sleep(0.1)
             assert finder.current.node_id == other.node_id
             refusal = finder.refusals.refusal(first.node_id)
-            assert refusal is not None and "PCR 23" in refusal.reason
+            assert refusal is not None and f"{changed} has digest" in refusal.reason
             assert finder.failovers == 1
             assert await echoed(tap, 3)
             assert other.served >= 1
 
             # The registry trusts no resettable PCR: its quotes cover the boot PCRs 0-9, which
-            # did not change, so the exit still attests on chain; the clients, which check the
-            # rest off chain, keep refusing it.
+            # did not change, so the exit still attests on chain; the clients, which replay its
+            # IMA list, keep refusing it (the list keeps the changed file).
             state = await asyncio.to_thread(first.upkeep.step)
             assert state == "attested"
-            assert first.lifecycle.check_measurement() is False
+            assert first.lifecycle.check_measurement() is True  # the list still replays
             assert finder.refusals.refusal(first.node_id) is not None  # refused off chain
             assert finder.current.node_id == other.node_id
             assert metrics.counters.rekeys >= 1
@@ -302,7 +330,7 @@ def test_client_picks_registry_exit_and_fails_over_on_pcr_change(world):
 
 def test_unreachable_chain_keeps_local_attestation_and_says_so(world):
     _chain, _registry, _operators, exits, golden = world
-    x = next(x for x in exits if x.lifecycle.check_measurement())  # one left unchanged
+    x = min(exits, key=lambda x: x.kernel.measured)  # the one whose software is unchanged
     dead = f"http://127.0.0.1:{free_port()}"
     upkeep = RegistryUpkeep(
         lambda: RegistryClient(connect(dead), "0x" + "11" * 20),
@@ -346,8 +374,19 @@ def test_stopped_tpm_refuses_clean(tmp_path, world):
     with pytest.raises(AttestationUnavailable, match=r"no AK at .* and no EK CA"):
         ExitLifecycle(nowhere, os.urandom(32), tmp_path / "x").start()
     identity = HybridSigningKey.generate()
+    # No kernel logs: a machine without IMA cannot attest, and says so at start.
+    without_ima = ExitLifecycle(swtpm.tcti, identity.node_id, tmp_path / "state",
+                                ima_list=tmp_path / "absent", event_log=tmp_path / "absent",
+                                ek_anchors=[swtpm.root_ca],
+                                ek_intermediates=[swtpm.intermediate_ca])  # fmt: skip
+    with pytest.raises(AttestationUnavailable, match="no runtime measurements: cannot read"):
+        without_ima.start()
+    kernel = boot(swtpm, tmp_path / "logs")
+    kernel.tpm.close()
     life = ExitLifecycle(swtpm.tcti, identity.node_id, tmp_path / "state",
-                         software=[Path(__file__).parent], ek_anchors=[swtpm.root_ca],
+                         ima_list=tmp_path / "logs" / IMA_LIST,
+                         event_log=tmp_path / "logs" / EVENT_LOG,
+                         ek_anchors=[swtpm.root_ca],
                          ek_intermediates=[swtpm.intermediate_ca])  # fmt: skip
     try:
         life.start()
@@ -356,7 +395,7 @@ def test_stopped_tpm_refuses_clean(tmp_path, world):
         assert life.evidence(secrets.token_bytes(32), identity.node_id) == b""
         assert life.state == STATE_TPM_UNAVAILABLE
         # A client that asks for evidence refuses the exit; the exit does not crash.
-        policy = GoldenPolicy(pcrs=(), manifest=())
+        policy = GoldenPolicy(BootPolicy((), ()), rp.RuntimePolicy({}, ()))
         client = ClientHandshake(
             CLIENT,
             pinned_node_id=identity.node_id,

@@ -17,8 +17,9 @@ import pytest
 
 from attestation import constants as ac
 from attestation import policy as golden
+from attestation import runtime_policy as rp
 from attestation.enrol import Enrolment
-from attestation.evidence import ManifestEntry
+from attestation.eventlog import BootPolicy
 from attestation.fake import FakeAttester
 from l2bridge.client.node import ClientNode
 from l2bridge.errors import AuthenticationFailed
@@ -27,20 +28,23 @@ from tests.integration.l2bridge import nodes
 
 pytestmark = pytest.mark.integration
 
-SOFTWARE = (ManifestEntry("software:l2bridge", hashlib.sha256(b"l2bridge").digest()),)
+SOFTWARE = {"/opt/shadowmesh/l2bridge/__init__.py": b"l2bridge"}
 
 
 def attester_for(node_id: bytes) -> FakeAttester:
-    pcrs = {i: hashlib.sha256(bytes([i])).digest() for i in range(8)}
-    return FakeAttester((*SOFTWARE, ManifestEntry(ac.NODE_ID_ENTRY, node_id)), pcrs)
+    del node_id  # bound through the quote's qualifying data, not measured
+    attester = FakeAttester()
+    for path, contents in SOFTWARE.items():
+        attester.load(path, contents)
+    return attester
 
 
 def write_trust(directory: Path, attester: FakeAttester) -> None:
-    policy = golden.GoldenPolicy(
-        pcrs=tuple((i, attester.pcrs[i]) for i in range(8)),
-        manifest=tuple((m.name, m.digest) for m in SOFTWARE),
-        max_age_s=300,
+    runtime = rp.RuntimePolicy(
+        {p: frozenset({hashlib.sha256(b).digest()}) for p, b in SOFTWARE.items()}, ()
     )
+    boot = BootPolicy(tuple((i, attester.pcrs[i]) for i in range(10)), ac.DEFAULT_CMDLINE_REQUIRES)
+    policy = golden.GoldenPolicy(boot, runtime, max_age_s=300)
     (directory / "golden.json").write_text(golden.dump(policy))
     record = Enrolment(attester.ak_public, hashlib.sha256(b"ek certificate").digest())
     (directory / "exit-enrolment.json").write_text(record.dump())

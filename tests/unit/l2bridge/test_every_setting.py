@@ -507,6 +507,11 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "test_exit_and_client_without_chain_tpm_or_clock",
     "tpm.ak_context": ak_context,
     "tpm.golden_policy": golden_policy,
+    # the exit attests from the harness's logs named by these two settings
+    "tpm.ima_list": "tests/integration/e2e/test_demo.py::"
+    "test_exit_and_client_without_chain_tpm_or_clock",
+    "tpm.event_log": "tests/integration/e2e/test_demo.py::"
+    "test_exit_and_client_without_chain_tpm_or_clock",
     "tpm.timeout": "tests/integration/exitnode/test_tpm_hang.py::"
     "test_hung_tpm_blocks_no_plain_handshake",
     "tpm.exit_enrolment": "tests/integration/l2bridge/test_pinned_attestation.py::"
