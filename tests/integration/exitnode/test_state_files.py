@@ -63,9 +63,11 @@ def test_write_on_a_full_disk_is_one_error_and_no_file(full_dir: Path) -> None:
     assert leftovers(full_dir) == []
 
 
-def test_enrolment_on_a_full_disk_leaves_nothing(swtpm: Swtpm, full_dir: Path) -> None:
+def test_enrolment_on_a_full_disk_leaves_nothing(
+    swtpm: Swtpm, full_dir: Path, kernel_logs: dict[str, Path]
+) -> None:
     lifecycle = ExitLifecycle(
-        swtpm.tcti, b"\1" * 32, full_dir, software=[],
+        swtpm.tcti, b"\1" * 32, full_dir, **kernel_logs,
         ek_anchors=[swtpm.root_ca], ek_intermediates=[swtpm.intermediate_ca],
     )  # fmt: skip
     with pytest.raises(StateFileError, match="No space left on device"):
@@ -75,10 +77,12 @@ def test_enrolment_on_a_full_disk_leaves_nothing(swtpm: Swtpm, full_dir: Path) -
 
 
 @pytest.mark.parametrize("torn", [ENROLMENT_FILE, AK_FILE])
-def test_empty_state_file_is_refused_at_start(swtpm: Swtpm, tmp_path: Path, torn: str) -> None:
+def test_empty_state_file_is_refused_at_start(
+    swtpm: Swtpm, tmp_path: Path, torn: str, kernel_logs: dict[str, Path]
+) -> None:
     def lifecycle() -> ExitLifecycle:
         return ExitLifecycle(
-            swtpm.tcti, b"\1" * 32, tmp_path, software=[],
+            swtpm.tcti, b"\1" * 32, tmp_path, **kernel_logs,
             ek_anchors=[swtpm.root_ca], ek_intermediates=[swtpm.intermediate_ca],
         )  # fmt: skip
 
@@ -118,10 +122,12 @@ def test_exit_on_a_full_disk_says_one_line(swtpm: Swtpm, tmp_path: Path, full_di
     assert leftovers(full_dir) == []
 
 
-def test_exit_with_a_torn_record_says_one_line(swtpm: Swtpm, tmp_path: Path) -> None:
+def test_exit_with_a_torn_record_says_one_line(
+    swtpm: Swtpm, tmp_path: Path, kernel_logs: dict[str, Path]
+) -> None:
     state = tmp_path / "state"
     lifecycle = ExitLifecycle(
-        swtpm.tcti, b"\1" * 32, state, software=[],
+        swtpm.tcti, b"\1" * 32, state, **kernel_logs,
         ek_anchors=[swtpm.root_ca], ek_intermediates=[swtpm.intermediate_ca],
     )  # fmt: skip
     lifecycle.start()

@@ -99,10 +99,10 @@ async def outcome(url: str, attest: bool) -> str:
 
 
 def test_hung_tpm_blocks_no_plain_handshake(
-    swtpm: Swtpm, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    swtpm: Swtpm, tmp_path: Path, caplog: pytest.LogCaptureFixture, kernel_logs: dict[str, Path]
 ) -> None:
     lifecycle = ExitLifecycle(
-        swtpm.tcti, EXIT.node_id, tmp_path, software=[],
+        swtpm.tcti, EXIT.node_id, tmp_path, **kernel_logs,
         ek_anchors=[swtpm.root_ca], ek_intermediates=[swtpm.intermediate_ca],
         timeout_s=DEADLINE_S, open_timeout_s=DEADLINE_S, retry_s=0.1,
     )  # fmt: skip
@@ -161,10 +161,12 @@ def test_hung_tpm_blocks_no_plain_handshake(
     assert any("TPM back" in r.getMessage() for r in caplog.records)
 
 
-def test_tpm_that_hangs_at_start_is_unavailable_not_a_hang(swtpm: Swtpm, tmp_path: Path) -> None:
+def test_tpm_that_hangs_at_start_is_unavailable_not_a_hang(
+    swtpm: Swtpm, tmp_path: Path, kernel_logs: dict[str, Path]
+) -> None:
     nid = hashlib.sha256(b"exit").digest()
     lifecycle = ExitLifecycle(
-        swtpm.tcti, nid, tmp_path, software=[],
+        swtpm.tcti, nid, tmp_path, **kernel_logs,
         ek_anchors=[swtpm.root_ca], ek_intermediates=[swtpm.intermediate_ca],
         timeout_s=DEADLINE_S, open_timeout_s=DEADLINE_S,
     )  # fmt: skip
