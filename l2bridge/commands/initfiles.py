@@ -167,7 +167,7 @@ chain:
   contract_address: "{plan.registry_address}"
   # The operator account (an Ethereum keystore; its password in $SHADOWMESH_KEYSTORE_PASSWORD).
   keystore: operator.keystore
-  # An appointed enroller's voucher for this node's AK (`shadowmesh registry vouch`).
+  # An appointed enroller's voucher for this node's AK (the ceremony: `shadowmesh enrol`).
   enrolment_voucher: enrolment-voucher.json
   attestation_interval: 1h
 """

@@ -4,9 +4,11 @@
   each default it states is the code's default (the written value is put through the real
   loader and compared with what an empty configuration gives).
 * Each byte-layout table in ``docs/wire-protocol.md`` (marked ``<!-- layout: name -->``) tiles
-  a message built by the real encoder: offsets contiguous, sizes summing to the message's
-  length, and each field's bytes the ones the encoder wrote. Limits quoted in its text are
-  the constants.
+  a message built by the real encoder (the handshake, records, rekey, the attestation
+  evidence from a fake TPM and kernel, the enrolment binding): offsets contiguous, sizes
+  summing to the message's length, and each field's bytes the ones the encoder wrote. Limits
+  quoted in its text are the constants; the registry domain, PCR selection and EIP-712 types
+  it quotes are the contract's.
 * The four documents exist, and every relative link in README, CONTRIBUTING and ``docs/``
   points at a file that exists.
 """
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,12 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from attestation import ceremony
+from attestation import constants as attestation_constants
+from attestation import evidence as attestation_evidence
+from attestation.enrol import Challenge
+from attestation.fake import FakeAttester
+from contracts import constants as contracts_constants
 from l2bridge import constants as l2_constants
 from l2bridge.constants import RECORD_CLOSE, Cipher, Mode
 from l2bridge.identity.keys import AdminKey, HybridSigningKey
@@ -403,6 +413,65 @@ def _examples() -> dict[str, tuple[bytes, dict[str, bytes | None], dict[str, int
         {"generation": u(1, 4), "x25519": None, "mlkem": None},
         {},
     )
+
+    attester = FakeAttester()  # real-format quote, boot event log and IMA list
+    attester.load("/usr/bin/python3.11", b"interpreter")
+    node_id = pub.node_id
+    blob = attester.evidence(nonce, node_id, 1_800_000_000.0)
+    e = attestation_evidence.decode(blob)
+    event_log, ima_list = zlib.compress(e.event_log, 6), zlib.compress(e.ima_list, 6)
+    pcrs = b"".join(bytes([index]) + value for index, value in e.pcrs)
+    out["evidence"] = (
+        blob,
+        {
+            "magic": b"SMEV",
+            "version": b"\x02",
+            "nonce": nonce,
+            "node_id": node_id,
+            "attest_size": u(len(e.attest), 2),
+            "attest": e.attest,
+            "signature_size": u(len(e.signature), 2),
+            "signature": e.signature,
+            "ak_public_size": u(len(e.ak_public), 2),
+            "ak_public": attester.ak_public,
+            "pcr_count": bytes([len(e.pcrs)]),
+            "pcrs": pcrs,
+            "event_log_size": u(len(event_log), 4),
+            "event_log": event_log,
+            "ima_first": u(0, 4),
+            "ima_list_size": u(len(ima_list), 4),
+            "ima_list": ima_list,
+        },
+        {
+            "A": len(e.attest),
+            "S": len(e.signature),
+            "P": len(e.ak_public),
+            "R": len(pcrs),
+            "L": len(event_log),
+            "M": len(ima_list),
+        },
+    )
+
+    operator, registry = b"\x0a" * 20, b"\x0b" * 20
+    terms = ceremony.Terms(operator, 31337, registry)
+    ak_public = attester.ak_public
+    request = ceremony.Request(b"ek", b"cert", ak_public, pub.encode(), node_id, terms)
+    challenge = Challenge(b"\x66" * 70, b"\x77" * 258)
+    out["enrol_binding"] = (
+        ceremony.binding_message(request, challenge),
+        {
+            "domain": b"shadowmesh/enrol/v1",
+            "operator": operator,
+            "chain_id": u(31337, 32),
+            "registry": registry,
+            "node_id": node_id,
+            "ak_sha256": hashlib.sha256(ak_public).digest(),
+            "challenge_sha256": hashlib.sha256(
+                u(70, 2) + challenge.credential_blob + challenge.secret
+            ).digest(),
+        },
+        {},
+    )
     return out
 
 
@@ -478,6 +547,60 @@ def test_transport_numbers_in_the_text_are_the_constants(
     assert getattr(transport_constants, actual) == value
     text = " ".join(WIRE.read_text(encoding="utf-8").split())
     assert " ".join(phrase.split()) in text
+
+
+def test_the_evidence_example_is_what_the_verifier_reads(examples: dict[str, Any]) -> None:
+    """The evidence table's example decodes to the logs the fake kernel kept."""
+    blob, fields, _ = examples["evidence"]
+    e = attestation_evidence.decode(blob)
+    assert zlib.decompress(fields["event_log"]) == e.event_log
+    assert zlib.decompress(fields["ima_list"]) == e.ima_list
+    assert [index for index, _ in e.pcrs] == list(attestation_constants.QUOTE_PCRS)
+
+
+@pytest.mark.parametrize(
+    ("phrase", "value", "actual"),
+    [
+        ("A, at most 1024", 1024, "MAX_ATTEST_SIZE"),
+        ("S, at most 256", 256, "MAX_SIGNATURE_SIZE"),
+        ("P, at most 512", 512, "MAX_PUBLIC_SIZE"),
+        ("n, at most 24", 24, "PCR_COUNT"),
+        ("at most 4 MiB once expanded", 4 << 20, "MAX_EVENT_LOG_SIZE"),
+        ("below 100 000", 100_000, "MAX_IMA_ENTRIES"),
+        ("at most 16 MiB once expanded", 16 << 20, "MAX_IMA_LIST_SIZE"),
+        (
+            'SHA-256("shadowmesh/handshake/v1" ‖ nonce',
+            b"shadowmesh/handshake/v1",
+            "HANDSHAKE_DOMAIN",
+        ),
+    ],
+)
+def test_attestation_numbers_in_the_text_are_the_constants(
+    phrase: str, value: object, actual: str
+) -> None:
+    assert getattr(attestation_constants, actual) == value
+    text = " ".join(WIRE.read_text(encoding="utf-8").split())
+    assert " ".join(phrase.split()) in text
+
+
+def test_registry_domain_and_voucher_in_the_text_are_the_contract_s() -> None:
+    text = " ".join(WIRE.read_text(encoding="utf-8").split())
+    source = (REPO / "contracts" / "ExitNodeRegistry.sol").read_text(encoding="utf-8")
+    domain = contracts_constants.REGISTRY_DOMAIN.decode()
+    assert f'"{domain}"' in text and f'"{domain}"' in source
+    bitmap = "0x" + contracts_constants.PCR_SELECT_BITMAP.hex().upper()
+    assert f"`{bitmap}`" in text and f"PCR_SELECTION = {bitmap};" in source
+    for typed in (
+        "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)",
+        "Enrolment(address operator,bytes32 nodeId,bytes32 akX,bytes32 akY)",
+    ):
+        assert typed in text and f'"{typed}"' in source
+    assert f'name "{contracts_constants.EIP712_NAME}"' in text
+    assert f'version "{contracts_constants.EIP712_VERSION}"' in text
+    assert f"({contracts_constants.DEFAULT_FRESHNESS_BLOCKS} by default, at most 256)" in text
+    online = (REPO / "exitnode" / "enrol_online.py").read_text(encoding="utf-8")
+    assert 'CHALLENGE_DOMAIN = b"shadowmesh/enrol/challenge/v1"' in online
+    assert '"shadowmesh/enrol/challenge/v1"' in text
 
 
 # --- links --------------------------------------------------------------------------------
