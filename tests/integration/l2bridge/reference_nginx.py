@@ -1,0 +1,145 @@
+"""A real nginx (Debian's package) for the front-door tests: started by the test with a
+generated config, serving a generated static directory on 127.0.0.1, stopped after.
+
+The config is Debian 1.22's stock nginx.conf + default site as far as a static site is
+concerned (``server_tokens off``, mime.types, ``try_files $uri $uri/ =404``), without
+gzip (the built-in decoy does not compress; see docs/fallback.md) and with the timeouts
+the test asks for, which the exit under test mirrors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CONF = """
+daemon off;
+worker_processes 1;
+{user}
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 768; }}
+http {{
+    sendfile on;
+    tcp_nopush on;
+    types_hash_max_size 2048;
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log off;
+    server_tokens off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    client_header_timeout {header};
+    keepalive_timeout {keepalive};
+    send_timeout {send};
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        index index.html;
+        location / {{ try_files $uri $uri/ =404; }}
+    }}
+}}
+"""
+
+WELCOME = (Path(__file__).parent / "welcome.html").read_bytes()
+
+
+@dataclass(frozen=True)
+class Nginx:
+    port: int
+    root: Path
+
+
+def make_site() -> Path:
+    """A static site both servers serve: the welcome page, a CSS file, a 1 MiB file,
+    a directory with an index and an empty directory. Readable by nginx's worker."""
+    root = Path(tempfile.mkdtemp(prefix="decoy-site-"))
+    root.chmod(0o755)
+    (root / "index.html").write_bytes(WELCOME)
+    (root / "style.css").write_bytes(b"body { color: #333; }\n")
+    (root / "big.bin").write_bytes(random.Random(7).randbytes(1 << 20))
+    (root / "docs").mkdir(mode=0o755)
+    (root / "docs" / "index.html").write_bytes(b"<h1>docs</h1>\n")
+    (root / "empty").mkdir(mode=0o755)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def run_nginx(root: Path, *, header: float, keepalive: float, send: float) -> Iterator[Nginx]:
+    binary = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if binary is None:
+        pytest.skip("nginx is not installed (hardware/setup/install.sh installs it)")
+    prefix = Path(tempfile.mkdtemp(prefix="nginx-"))
+    prefix.chmod(0o755)
+    port = free_port()
+    user = "user root;" if os.geteuid() == 0 else ""
+    (prefix / "nginx.conf").write_text(
+        CONF.format(
+            user=user,
+            prefix=prefix,
+            port=port,
+            root=root,
+            header=_seconds(header),
+            keepalive=_seconds(keepalive),
+            send=_seconds(send),
+        )
+    )
+    proc = subprocess.Popen(
+        [binary, "-c", str(prefix / "nginx.conf"), "-p", str(prefix)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"nginx exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+                )
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield Nginx(port, root)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+def _seconds(value: float) -> str:
+    # nginx takes whole seconds or milliseconds ("1500ms").
+    return f"{int(value * 1000)}ms"
