@@ -88,6 +88,14 @@ def load_tls(config: Config) -> ssl.SSLContext | None:
         raise ExitConfigError(f"endpoints.tls_cert: {exc}") from None
 
 
+def load_fallback(config: Config) -> tuple[str, int] | None:
+    """endpoints.fallback, refused when it is the exit's own listening address (a loop)."""
+    ep = config.endpoints
+    if ep.fallback is not None and ep.fallback == ep.listen:
+        raise ExitConfigError("endpoints.fallback: must be another server than endpoints.listen")
+    return ep.fallback
+
+
 def load_access_key(path: Path | None) -> AccessKey:
     if path is None:
         raise ExitConfigError("endpoints.access_key_file: required")
@@ -137,6 +145,11 @@ class ExitNode:
                 access_key, self.identity.node_id, window_s=int(ep.token_window)
             ),
             header_timeout=ep.header_timeout,
+            keepalive_timeout=ep.keepalive_timeout,
+            send_timeout=ep.send_timeout,
+            fallback=load_fallback(config),
+            max_connections=ep.max_connections,
+            max_connections_per_source=ep.max_connections_per_source,
         )
         self.mode = Mode.from_name(config.security.post_quantum_mode)
         pad_to, self.cover = obfuscation_settings(config.obfuscation)

@@ -114,7 +114,17 @@ class Endpoints:
     decoy_dir: Path | None = None  # None: the built-in page
     server_header: str = "nginx"
     token_window: float = 60.0
-    header_timeout: float = 10.0
+    # The front door's timers mirror the operator's nginx (Debian defaults): the request
+    # head (and a TLS handshake) within header_timeout, an idle kept-alive connection
+    # closed after keepalive_timeout, a reader that takes nothing for send_timeout dropped.
+    header_timeout: float = 60.0
+    keepalive_timeout: float = 65.0
+    send_timeout: float = 60.0
+    # The operator's real web server: connections without a valid token are spliced to
+    # it (with the bytes already read). None: the built-in decoy answers them.
+    fallback: tuple[str, int] | None = None
+    max_connections: int = 4096  # held at once, in total
+    max_connections_per_source: int = 256  # per IPv4 address or IPv6 /64
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +270,13 @@ def _address(value: object, path: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _fallback_address(value: object, path: str) -> tuple[str, int]:
+    host, port = _address(value, path)
+    if port == 0:
+        raise _fail(path, "the web server's address like 127.0.0.1:8080", value)
+    return host, port
+
+
 def _ws_url(value: object, path: str) -> str:
     parts = urllib.parse.urlsplit(value) if isinstance(value, str) else None
     if parts is None or parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -402,6 +419,11 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "server_header": _text,
             "token_window": _duration_range(10.0, 3600.0),
             "header_timeout": _duration_range(0.1, 300.0),
+            "keepalive_timeout": _duration_range(0.1, 3600.0),
+            "send_timeout": _duration_range(0.1, 3600.0),
+            "fallback": _optional(_fallback_address),
+            "max_connections": _int_range(1, 1_000_000),
+            "max_connections_per_source": _int_range(1, 1_000_000),
         },
     ),
     "keys": (
