@@ -19,11 +19,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from l2bridge.transport.constants import FALLBACK_CONNECT_TIMEOUT_S
 
 log = logging.getLogger(__name__)
+# Strangers decide how often the fallback is tried: its failures are logged at most this
+# often at WARNING (the rest at DEBUG), so a prober cannot flood the log.
+_WARN_EVERY_S = 60.0
+_last_warning = {"at": -_WARN_EVERY_S}
+
+
+def _warn_unreachable(host: str, port: int, exc: BaseException) -> None:
+    now = time.monotonic()
+    level = logging.WARNING if now - _last_warning["at"] >= _WARN_EVERY_S else logging.DEBUG
+    if level == logging.WARNING:
+        _last_warning["at"] = now
+    reason = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc)
+    log.log(level, "fallback %s:%d unreachable (%s); the decoy answers", host, port, reason)
 
 
 class _Upstream(asyncio.Protocol):
@@ -78,7 +92,7 @@ class Splice:
                 transport, _ = await loop.create_connection(lambda: _Upstream(self), host, port)
         except (OSError, TimeoutError) as exc:
             if not self._closed:
-                log.warning("fallback %s:%d unreachable (%s); the decoy answers", host, port, exc)
+                _warn_unreachable(host, port, exc)
                 self._closed = True
                 self.client.resume_reading()
                 self._on_unreachable(bytes(self._pending))

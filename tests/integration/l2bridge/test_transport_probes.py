@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import logging
 import os
 import re
 import socket
@@ -35,7 +36,7 @@ from l2bridge.transport.errors import UpgradeRefused
 from l2bridge.transport.headers import BROWSER_USER_AGENT, browser_headers
 from l2bridge.transport.server import ServerSettings, serve_exit
 from l2bridge.transport.token import AccessKey, TokenVerifier, mint_token
-from tests.integration.l2bridge.reference_nginx import make_site, run_nginx
+from tests.integration.l2bridge.reference_nginx import free_port, make_site, run_nginx
 
 pytestmark = pytest.mark.integration
 
@@ -448,3 +449,50 @@ def _self_signed(tmp_path):
     )
     os.chmod(key_path, 0o600)
     return cert_path, key_path
+
+
+def test_unreachable_fallback_is_covered_by_the_decoy(site, caplog):
+    caplog.set_level(logging.DEBUG, logger="l2bridge.transport.fallback")
+    asyncio.run(asyncio.wait_for(_unreachable_fallback(site), 30))
+    assert "fallback 127.0.0.1" in caplog.text
+
+
+async def _unreachable_fallback(site):
+    key = AccessKey.generate()
+    settings = settings_for(site.root, key, fallback=("127.0.0.1", free_port()))
+    async with exit_server(settings) as exit_port:
+        steps: list[bytes | float] = [get("/style.css"), 0.2, get("/missing")]
+        from_nginx, from_exit = await asyncio.gather(
+            probe(site.port, steps), probe(exit_port, steps)
+        )
+    assert_same("unreachable fallback", from_nginx, from_exit)
+    assert from_exit.data.startswith(b"HTTP/1.1 200 OK")
+
+
+def test_stopping_the_exit_drops_kept_alive_visitors(site):
+    asyncio.run(asyncio.wait_for(_stop_with_visitors(site), 30))
+
+
+async def _stop_with_visitors(site):
+    key = AccessKey.generate()
+    for fallback in (None, ("127.0.0.1", site.port)):
+        server = await serve_exit(
+            lambda ws: asyncio.sleep(0),
+            settings_for(site.root, key, fallback=fallback),
+            host="127.0.0.1",
+            port=0,
+        )
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/style.css"))
+        assert (await reader.readuntil(b"body { color: #333; }\n")).startswith(b"HTTP/1.1 200")
+        silent = await asyncio.open_connection("127.0.0.1", port)  # still being screened
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 2)
+        assert time.monotonic() - started < 1.0  # not the keep-alive or header timeout
+        assert await asyncio.wait_for(reader.read(), 1) == b""
+        assert await asyncio.wait_for(silent[0].read(), 1) == b""
+        writer.close()
+        silent[1].close()
