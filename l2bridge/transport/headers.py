@@ -96,6 +96,7 @@ _TARGET_RUN = re.compile(rb"[^\x00-\x20\x7f]*")
 _DIGIT_RUN = re.compile(rb"[0-9]*")
 _HEADER_NAME = re.compile(rb"[A-Za-z0-9-]+")
 _NAME_STOP = re.compile(rb"[\x00-\x20\x7f:]")
+_VALUE_STOP = re.compile(rb"[\x00\r]")
 _PROTOCOL = b"HTTP/"
 
 
@@ -134,6 +135,8 @@ class HeadParser:
         self._crlf_only = True
         self._ignored = False
         self._headers: list[tuple[str, str]] = []
+        self._scan = 0  # next byte of an unfinished header line to check
+        self._in_value = False  # that line's colon has been seen
         # nginx's header buffers: where the current one ends, and large ones taken.
         self._buffer_end = HEAD_FIRST_BUFFER
         self._large = 0
@@ -352,7 +355,9 @@ class HeadParser:
         while True:
             end = buf.find(b"\n", self._pos)
             if end < 0:
+                self._partial_line()
                 return
+            self._scan, self._in_value = end + 1, False
             line_end = end + 1
             if not self._check_room(line_end, complete=True):
                 return
@@ -368,6 +373,33 @@ class HeadParser:
             if not self._header(line):
                 self._fail()
                 return
+
+    def _partial_line(self) -> None:
+        """Refuse an unfinished header line as soon as nginx would (each byte seen once).
+
+        nginx checks header bytes as they arrive: a space or control byte in a name, a
+        NUL anywhere, or a CR not followed by LF is a 400 at once, not at the line's end.
+        """
+        buf = self.buffer
+        pos = max(self._scan, self._pos)
+        n = len(buf)
+        while pos < n:
+            stop = (_VALUE_STOP if self._in_value else _NAME_STOP).search(buf, pos)
+            if stop is None:
+                pos = n
+                break
+            at = stop.start()
+            ch = buf[at]
+            if ch == ord(":") and not self._in_value:
+                self._in_value = True
+                pos = at + 1
+            elif ch == CR and at + 1 == n:
+                pos = at  # the LF may follow
+                break
+            else:
+                self._fail()
+                return
+        self._scan = pos
 
     def _header(self, line: bytes) -> bool:
         """Take one header line; False when nginx would answer 400."""

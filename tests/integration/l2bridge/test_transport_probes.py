@@ -182,6 +182,7 @@ def probes(key: AccessKey, used: str, etag: str, modified: str) -> dict[str, lis
         "http2_preface": [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"],
         "tls_client_hello": [TLS_CLIENT_HELLO],
         "random_bytes": [bytes(range(256))],
+        "binary_after_request_line": [b"GET / HTTP/1.1\r\nHost: x\r\n" + TLS_CLIENT_HELLO],
         "expect_continue": [get("/", "Expect: 100-continue", "Content-Length: 4") + b"body"],
         "chunked_body": [
             b"POST /style.css HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"

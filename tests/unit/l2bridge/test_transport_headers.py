@@ -62,6 +62,17 @@ def test_what_nginx_refuses():
         b"GET / HTTP/1.100\r\n",
     ):
         assert scan_request_head(data) == Invalid(Problem.MALFORMED), data
+    # Refused at the offending byte, before the line ends (as nginx does).
+    for data in (
+        b"GET / HTTP/1.1\r\nHost: x\r\n\x16\x03",
+        b"GET / HTTP/1.1\r\nHo st",
+        b"GET / HTTP/1.1\r\nHost: a\x00",
+        b"GET / HTTP/1.1\r\nHost: a\rb",
+        b"GET / HTTP/1.1\r\nX: y\r\n\rx",
+    ):
+        assert scan_request_head(data) == Invalid(Problem.MALFORMED), data
+    assert scan_request_head(b"GET / HTTP/1.1\r\nHost: a\r") == Incomplete()
+    assert scan_request_head(b"GET / HTTP/1.1\r\nX_y: \x01") == Incomplete()
     assert scan_request_head(b"GET / HTTP/2") == Invalid(Problem.BAD_VERSION)
     assert scan_request_head(b"GET / HTTP/10.0") == Invalid(Problem.BAD_VERSION)
     assert scan_request_head(b"HEAD /\r\n") == Invalid(Problem.MALFORMED, http09=True)
