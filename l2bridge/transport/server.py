@@ -323,7 +323,7 @@ class GuardedConnection(DirectMessages, ServerConnection):
             self._started,
             local_host=host,
             local_port=port,
-            secure=transport.get_extra_info("sslcontext") is not None,
+            secure=settings.tls is not None,
         )
         self._mode = _Mode.DECOY
         self._splice = None
@@ -337,7 +337,7 @@ class GuardedConnection(DirectMessages, ServerConnection):
             return None
         if mode is _Mode.WEBSOCKET:
             return super().eof_received()
-        tls = self.transport.get_extra_info("sslcontext") is not None
+        tls = self.front.settings.tls is not None
         if mode is _Mode.DECOY:
             assert self._decoy is not None
             self._decoy.eof()

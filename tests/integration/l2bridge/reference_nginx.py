@@ -48,12 +48,16 @@ http {{
     send_timeout {send};
     server {{
         listen 127.0.0.1:{port};
+        {tls_listen}
         root {root};
         index index.html;
         location / {{ try_files $uri $uri/ =404; }}
     }}
 }}
 """
+TLS_LISTEN = """listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};"""
 
 WELCOME = (Path(__file__).parent / "welcome.html").read_bytes()
 
@@ -62,6 +66,7 @@ WELCOME = (Path(__file__).parent / "welcome.html").read_bytes()
 class Nginx:
     port: int
     root: Path
+    tls_port: int | None = None  # the same site over TLS, when a certificate was given
 
 
 def make_site() -> Path:
@@ -87,7 +92,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def run_nginx(root: Path, *, header: float, keepalive: float, send: float) -> Iterator[Nginx]:
+def run_nginx(
+    root: Path,
+    *,
+    header: float,
+    keepalive: float,
+    send: float,
+    tls: tuple[Path, Path] | None = None,
+) -> Iterator[Nginx]:
     binary = shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
@@ -96,12 +108,15 @@ def run_nginx(root: Path, *, header: float, keepalive: float, send: float) -> It
     prefix = Path(tempfile.mkdtemp(prefix="nginx-"))
     prefix.chmod(0o755)
     port = free_port()
+    tls_port = free_port() if tls is not None else None
+    tls_listen = "" if tls is None else TLS_LISTEN.format(port=tls_port, cert=tls[0], key=tls[1])
     user = "user root;" if os.geteuid() == 0 else ""
     (prefix / "nginx.conf").write_text(
         CONF.format(
             user=user,
             prefix=prefix,
             port=port,
+            tls_listen=tls_listen,
             root=root,
             header=_seconds(header),
             keepalive=_seconds(keepalive),
@@ -127,7 +142,7 @@ def run_nginx(root: Path, *, header: float, keepalive: float, send: float) -> It
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        yield Nginx(port, root)
+        yield Nginx(port, root, tls_port)
     finally:
         proc.terminate()
         try:
