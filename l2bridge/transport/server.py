@@ -205,7 +205,8 @@ class GuardedConnection(DirectMessages, ServerConnection):
         self._decoy: _DecoyDriver | None = None
         self._splice: Splice | None = None
         self._tls_task: asyncio.Task[None] | None = None
-        self._early_bytes = bytearray()  # decrypted bytes that beat start_tls's return
+        # Decrypted bytes that beat start_tls's return (at most one read's worth).
+        self._early_bytes = bytearray()
         self._early_eof = False
         self.token: str | None = None
 
@@ -243,8 +244,8 @@ class GuardedConnection(DirectMessages, ServerConnection):
                 ssl_handshake_timeout=timeout,
                 ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT_S,
             )
-        except (OSError, TimeoutError, ssl_module.SSLError, asyncio.CancelledError):
-            self._finish()  # asyncio closed the socket
+        except (OSError, TimeoutError, ssl_module.SSLError):
+            self._finish()  # asyncio closed the socket (failed or timed-out handshake)
             return
         if secure is None or self._mode is not _Mode.OPENING:
             self._finish()
