@@ -528,3 +528,34 @@ async def _stop_with_visitors(site):
         assert await asyncio.wait_for(silent[0].read(), 1) == b""
         writer.close()
         silent[1].close()
+
+
+def test_caps_are_given_back_however_connections_end(site, certificate):
+    asyncio.run(asyncio.wait_for(_caps_given_back(site, certificate), 30))
+
+
+async def _caps_given_back(site, certificate):
+    server_ctx, client_ctx = _contexts(*certificate)
+    key = AccessKey.generate()
+    settings = settings_for(site.root, key, max_connections_per_source=2)
+    async with exit_server(settings, ssl_ctx=server_ctx) as port:
+        for _ in range(3):  # failed handshakes, plain garbage, a closed tunnel, a 400
+            failed = await probe(port, [b"GET / HTTP/1.1\r\n\r\n"])  # not TLS at all
+            assert failed.ending in ("eof", "reset")
+            ws = await open_transport(
+                f"wss://localhost:{port}/ws",
+                mint_token(key, NODE, time.time()),
+                ssl=client_ctx,
+                host="127.0.0.1",
+            )
+            await ws.close()
+            bad = await probe(port, [b"GET / HTTP/1.1\r\n\r\n"], ssl_ctx=client_ctx)
+            assert bad.data.startswith(b"HTTP/1.1 400")
+        await asyncio.sleep(0.2)
+        # Had any of those kept its slot, the per-source cap of 2 would refuse these.
+        first, second = await asyncio.gather(
+            probe(port, [get("/style.css", "Connection: close")], ssl_ctx=client_ctx),
+            probe(port, [get("/style.css", "Connection: close")], ssl_ctx=client_ctx),
+        )
+        assert first.data.startswith(b"HTTP/1.1 200 OK")
+        assert second.data.startswith(b"HTTP/1.1 200 OK")
