@@ -134,9 +134,9 @@ class ExitNode:
         access_key = load_access_key(ep.access_key_file)
         self.tls = load_tls(config)
         site = (
-            DecoySite.from_directory(ep.decoy_dir, server=ep.server_header)
+            DecoySite.from_directory(ep.decoy_dir, server=ep.server_header, gzip=ep.decoy_gzip)
             if ep.decoy_dir
-            else DecoySite.builtin(server=ep.server_header)
+            else DecoySite.builtin(server=ep.server_header, gzip=ep.decoy_gzip)
         )
         self.settings = ServerSettings(
             site=site,

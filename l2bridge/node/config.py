@@ -113,6 +113,7 @@ class Endpoints:
     tls_ca: Path | None = None  # client: trust this CA for wss://
     decoy_dir: Path | None = None  # None: the built-in page
     server_header: str = "nginx"
+    decoy_gzip: bool = True  # the built-in decoy compresses like "gzip on" (Debian's default)
     token_window: float = 60.0
     # The front door's timers mirror the operator's nginx (Debian defaults): the request
     # head (and a TLS handshake) within header_timeout, an idle kept-alive connection
@@ -417,6 +418,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "tls_ca": _PATH,
             "decoy_dir": _PATH,
             "server_header": _text,
+            "decoy_gzip": _bool,
             "token_window": _duration_range(10.0, 3600.0),
             "header_timeout": _duration_range(0.1, 300.0),
             "keepalive_timeout": _duration_range(0.1, 3600.0),

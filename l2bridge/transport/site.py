@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from l2bridge.transport.compression import GZIP_MIN_LENGTH, gzip_applies, gzip_chunked
 from l2bridge.transport.constants import (
     DEFAULT_SERVER_HEADER,
     MAX_DECOY_FILE_BYTES,
@@ -157,8 +158,16 @@ def _pads_error_pages(user_agent: str | None) -> bool:
 class DecoySite:
     """Answers requests like nginx serving a static directory."""
 
-    def __init__(self, files: dict[str, DecoyFile], *, server: str = DEFAULT_SERVER_HEADER):
+    def __init__(
+        self,
+        files: dict[str, DecoyFile],
+        *,
+        server: str = DEFAULT_SERVER_HEADER,
+        gzip: bool = True,
+    ):
         self._files = dict(files)
+        self._gzip = gzip  # Debian's stock nginx.conf says "gzip on"
+        self._gzipped: dict[str, bytes] = {}  # url -> chunked gzip body, made on first use
         self._dirs = {"/"}
         for url in self._files:
             parts = url.split("/")[1:-1]
@@ -174,13 +183,19 @@ class DecoySite:
 
     @classmethod
     def builtin(
-        cls, *, server: str = DEFAULT_SERVER_HEADER, mtime: float = 1_700_000_000.0
+        cls,
+        *,
+        server: str = DEFAULT_SERVER_HEADER,
+        mtime: float = 1_700_000_000.0,
+        gzip: bool = True,
     ) -> DecoySite:
         page = DecoyFile(_BUILTIN_INDEX, "text/html", int(mtime))
-        return cls({"/index.html": page}, server=server)
+        return cls({"/index.html": page}, server=server, gzip=gzip)
 
     @classmethod
-    def from_directory(cls, root: Path, *, server: str = DEFAULT_SERVER_HEADER) -> DecoySite:
+    def from_directory(
+        cls, root: Path, *, server: str = DEFAULT_SERVER_HEADER, gzip: bool = True
+    ) -> DecoySite:
         """Load a static site. Raises DecoyError when it is missing or too big."""
         if not root.is_dir():
             raise DecoyError(f"decoy site directory {root} does not exist")
@@ -195,7 +210,7 @@ class DecoySite:
                 raise DecoyError(f"decoy file {path} is larger than {MAX_DECOY_FILE_BYTES} bytes")
             url = "/" + path.relative_to(root).as_posix()
             files[url] = DecoyFile(path.read_bytes(), content_type(path.name), int(stat.st_mtime))
-        site = cls(files, server=server)
+        site = cls(files, server=server, gzip=gzip)
         # Empty directories exist too (nginx answers 403 for them, not 404).
         for path in root.rglob("*"):
             if path.is_dir() and not path.is_symlink():
@@ -244,7 +259,17 @@ class DecoySite:
 
     def _error(self, status: int, request: Request) -> Reply:
         reply = self.error(status, request.headers)
+        if self._compresses(request, status, "text/html", len(reply.body)):
+            body = gzip_chunked(bytes(reply.body))
+            reply = _gzipped(status, reply.before[:1], (), body, request.method == "HEAD")
         return _head_only(reply) if request.method == "HEAD" else reply
+
+    def _compresses(self, request: Request, status: int, ctype: str, length: int) -> bool:
+        return (
+            self._gzip
+            and length >= GZIP_MIN_LENGTH
+            and gzip_applies(request.version, request.headers, status, ctype)
+        )
 
     def _redirect(self, request: Request) -> Reply:
         host = request.host or request.local_host
@@ -268,6 +293,18 @@ class DecoySite:
         if precondition == 304:
             return Reply(304, validators, tagged, b"", head_only=True)
         head_only = request.method == "HEAD"
+        if self._compresses(request, 200, page.content_type, len(page.body)):
+            # gzip runs before nginx's range filter and hides the length: no ranges.
+            body = self._gzipped.get(request.path)
+            if body is None:
+                body = self._gzipped.setdefault(request.path, gzip_chunked(page.body))
+            return _gzipped(
+                200,
+                (("Content-Type", page.content_type), *validators),
+                (("ETag", "W/" + page.etag),),
+                body,
+                head_only,
+            )
         ranged = _ranges(headers, page) if request.version != "0.9" else None
         if ranged == "unsatisfiable":
             reply = self.error(416, headers)
@@ -326,6 +363,19 @@ class DecoySite:
             parts.append(page.body[start:end])
         parts.append(f"\r\n--{boundary}--\r\n".encode("latin-1"))
         return b"".join(parts)
+
+
+def _gzipped(status: int, before: Fields, after: Fields, body: bytes, head_only: bool) -> Reply:
+    """A compressed answer's fields in nginx's order (no Content-Length; chunked unless
+    HEAD, where nginx sends neither length nor Transfer-Encoding)."""
+    coding = () if head_only else (("Transfer-Encoding", "chunked"),)
+    return Reply(
+        status,
+        (*before, *coding),
+        (*after, ("Content-Encoding", "gzip")),
+        body,
+        head_only=head_only,
+    )
 
 
 def _head_only(reply: Reply) -> Reply:

@@ -2,9 +2,8 @@
 generated config, serving a generated static directory on 127.0.0.1, stopped after.
 
 The config is Debian 1.22's stock nginx.conf + default site as far as a static site is
-concerned (``server_tokens off``, mime.types, ``try_files $uri $uri/ =404``), without
-gzip (the built-in decoy does not compress; see docs/fallback.md) and with the timeouts
-the test asks for, which the exit under test mirrors.
+concerned (``gzip on``, mime.types, ``try_files $uri $uri/ =404``) plus ``server_tokens
+off``, with the timeouts the test asks for, which the exit under test mirrors.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ http {{
     include /etc/nginx/mime.types;
     default_type application/octet-stream;
     access_log off;
+    gzip on;
     server_tokens off;
     client_body_temp_path {prefix}/body;
     proxy_temp_path {prefix}/proxy;
@@ -70,13 +70,17 @@ class Nginx:
 
 
 def make_site() -> Path:
-    """A static site both servers serve: the welcome page, a CSS file, a 1 MiB file,
-    a directory with an index and an empty directory. Readable by nginx's worker."""
+    """A static site both servers serve: the welcome page, a CSS file, a 1 MiB file, a
+    200 KB HTML page (gzip in several chunks), a directory with an index and an empty
+    directory. Readable by nginx's worker."""
     root = Path(tempfile.mkdtemp(prefix="decoy-site-"))
     root.chmod(0o755)
     (root / "index.html").write_bytes(WELCOME)
     (root / "style.css").write_bytes(b"body { color: #333; }\n")
     (root / "big.bin").write_bytes(random.Random(7).randbytes(1 << 20))
+    words = random.Random(8)
+    page = " ".join(f"word{words.randrange(100000)}" for _ in range(20000))
+    (root / "long.html").write_text(f"<html><body><p>{page}</p></body></html>\n")
     (root / "docs").mkdir(mode=0o755)
     (root / "docs" / "index.html").write_bytes(b"<h1>docs</h1>\n")
     (root / "empty").mkdir(mode=0o755)

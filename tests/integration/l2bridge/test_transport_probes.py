@@ -194,6 +194,14 @@ def probes(key: AccessKey, used: str, etag: str, modified: str) -> dict[str, lis
         "ws_other_key": [upgrade_request(mint_token(AccessKey.generate(), NODE, now))],
         "ws_token_wrong_path": [upgrade_request(mint_token(key, NODE, now), path="/chat")],
         "half_close": [get("/style.css")],
+        "gzip_index": [get("/", "Accept-Encoding: gzip, deflate")],
+        "gzip_head": [b"HEAD / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n"],
+        "gzip_long_page": [get("/long.html", "Accept-Encoding: gzip")],
+        "gzip_not_found": [get("/missing", "Accept-Encoding: br, gzip")],
+        "gzip_refused_q0": [get("/", "Accept-Encoding: gzip;q=0")],
+        "gzip_behind_proxy": [get("/", "Accept-Encoding: gzip", "Via: 1.1 cache")],
+        "gzip_with_range": [get("/", "Accept-Encoding: gzip", "Range: bytes=0-9")],
+        "gzip_http10": [get("/", "Accept-Encoding: gzip", version="1.0", host=None)],
     }
 
 
@@ -289,6 +297,8 @@ async def _probers_see_nginx(site, certificate, mode, transport):
         answers = {name: r[0] for name, r in zip(table, results, strict=True)}
         # The comparison is only worth something if the probes reached these answers.
         assert answers["http11_get"].data.startswith(b"HTTP/1.1 200 OK")
+        assert b"Content-Encoding: gzip" in answers["gzip_index"].data
+        assert answers["gzip_long_page"].data.count(b"\r\n7000\r\n") >= 1  # 28 KiB chunks
         assert answers["http11_get"].closed_after is not None  # keep-alive timeout
         assert answers["http11_get"].closed_after > KEEPALIVE_TIMEOUT - CLOSE_SLACK_S
         assert answers["http10_get"].closed_after is not None

@@ -2,6 +2,7 @@
 decision out (compared with a real nginx in tests/integration/l2bridge/test_transport_probes.py)."""
 
 import email.utils
+import gzip
 import re
 
 import pytest
@@ -12,12 +13,14 @@ from l2bridge.transport.errors import DecoyError
 from l2bridge.transport.site import DecoyFile
 
 T0 = 1_800_000_000.0
+PAGE = b"<p>" + b"a compressible sentence " * 4 + b"</p>\n"
 TIMEOUTS = DecoyTimeouts(header=60, keepalive=65, send=60, lingering=5, lingering_time=30)
 
 
 def site():
     files = {
         "/index.html": DecoyFile(b"<h1>hello</h1>\n", "text/html", 1_700_000_000),
+        "/page.html": DecoyFile(PAGE, "text/html", 1_700_000_000),
         "/docs/a.css": DecoyFile(b"body{}", "text/css", 1_700_000_000),
         "/big.bin": DecoyFile(bytes(range(256)) * 1024, "application/octet-stream", 1_700_000_000),
     }
@@ -229,3 +232,35 @@ def test_directory_errors(tmp_path):
     (tmp_path / "big").write_bytes(b"x" * (MAX_DECOY_FILE_BYTES + 1))
     with pytest.raises(DecoyError):
         DecoySite.from_directory(tmp_path)
+
+
+def test_gzip_like_debians_nginx():
+    conn = connect()
+    conn.receive(b"GET /page.html HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip, br\r\n\r\n", T0)
+    status, headers, body = split(drain(conn))
+    assert status == "HTTP/1.1 200 OK"
+    assert [k for k, _ in headers] == [
+        "Server", "Date", "Content-Type", "Last-Modified", "Transfer-Encoding", "Connection",
+        "ETag", "Content-Encoding",
+    ]  # fmt: skip
+    assert dict(headers)["ETag"] == f'W/"6553f100-{len(PAGE):x}"'
+    size, _, rest = body.partition(b"\r\n")
+    payload = rest[: int(size, 16)]
+    assert gzip.decompress(payload) == PAGE
+    assert payload[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\x03"
+    assert rest[int(size, 16) :] == b"\r\n0\r\n\r\n"
+    for refused in (b"gzip;q=0", b"xgzip", b"deflate"):
+        ask = b"GET /page.html HTTP/1.1\r\nHost: x\r\nAccept-Encoding: " + refused
+        conn.receive(ask + b"\r\n\r\n", T0)
+        assert b"Content-Length: %d\r\n" % len(PAGE) in drain(conn), refused
+    # Shorter than gzip_min_length (20 bytes): sent as it is.
+    conn.receive(b"GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n", T0)
+    assert b"Content-Length: 15\r\n" in drain(conn)
+    # Not for HTTP/1.0, nor through a proxy, nor when the operator's nginx has it off.
+    conn.receive(
+        b"GET /page.html HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nVia: 1\r\n\r\n", T0
+    )
+    assert b"Content-Encoding" not in drain(conn)
+    plain = DecoyConnection(DecoySite(site()._files, gzip=False), TIMEOUTS, T0)
+    plain.receive(b"GET /page.html HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n", T0)
+    assert b"Content-Encoding" not in drain(plain)
