@@ -164,6 +164,7 @@ def test_front_door_settings():
         60.0, 65.0, 60.0,
     )  # fmt: skip
     assert defaults.fallback is None
+    assert defaults.decoy_gzip is True  # Debian's nginx.conf: gzip on
     assert (defaults.max_connections, defaults.max_connections_per_source) == (4096, 256)
     ep = config_from_mapping(
         {
