@@ -44,8 +44,10 @@ DECOY_KEEPALIVE_REQUESTS = 1000
 MAX_DECOY_INPUT = 64 * 1024
 # Bytes handed to the socket per write while serving a file (back-pressure between).
 DECOY_WRITE_CHUNK = 64 * 1024
-# TLS close: nginx sends close_notify and does not wait for the peer's.
-TLS_SHUTDOWN_TIMEOUT_S = 1.0
+# TLS close: nginx sends close_notify and does not wait for the peer's. asyncio waits at
+# most this long (the front door closes only once its buffers have drained, so the wait
+# never cuts an answer short).
+TLS_SHUTDOWN_TIMEOUT_S = 0.1
 
 # --- connection caps ------------------------------------------------------------
 # Over a cap a connection is closed unread, as an nginx out of worker_connections does.

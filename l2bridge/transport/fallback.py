@@ -69,8 +69,11 @@ class Splice:
         target: tuple[str, int],
         first_bytes: bytes,
         on_unreachable: Callable[[bytes], None],
+        close_client: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
+        # Closes the client once what was written to it is out (see server.close_when_flushed).
+        self._close_client = close_client or client.close
         self._target = target
         self._pending = bytearray(first_bytes)  # client bytes not yet sent upstream
         self._on_unreachable = on_unreachable
@@ -147,7 +150,7 @@ class Splice:
     def upstream_eof(self) -> bool:
         self._upstream_eof = True
         if self._client_eof or not self.client.can_write_eof():
-            self.client.close()
+            self._close_client()
             return False
         self.client.write_eof()
         return True  # keep sending the client's bytes upstream
@@ -155,11 +158,11 @@ class Splice:
     def upstream_lost(self) -> None:
         if not self._closed:
             self._closed = True
-            self.client.close()
+            self._close_client()
 
     def _send_eof(self, upstream: asyncio.Transport) -> None:
         if self._upstream_eof:
             upstream.close()
-            self.client.close()
+            self._close_client()
         elif upstream.can_write_eof():
             upstream.write_eof()

@@ -60,6 +60,7 @@ from l2bridge.transport.token import TokenVerifier
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+_FLUSH_POLL_S = 0.05  # how often a closing connection checks its buffers
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,17 +107,57 @@ class FrontDoor:
             connection.drop()
 
 
+def close_when_flushed(
+    transport: asyncio.Transport, layers: Sequence[asyncio.Transport], stall_s: float
+) -> None:
+    """Close ``transport`` once every byte written to it has reached the kernel.
+
+    asyncio's TLS close gives up after its shutdown timeout and drops what is still
+    buffered, which would cut the tail of an answer to a slow reader; nginx instead keeps
+    sending until ``send_timeout`` passes without progress. So the close waits until the
+    buffers of every layer (``layers``: the TLS transport and the TCP one under it) are
+    empty, and aborts only when they stop shrinking for ``stall_s``.
+    """
+    loop = asyncio.get_running_loop()
+    last = [sum(t.get_write_buffer_size() for t in layers), loop.time()]
+
+    def check() -> None:
+        if transport.is_closing():
+            return
+        size = sum(t.get_write_buffer_size() for t in layers if not t.is_closing())
+        if size == 0:
+            transport.close()
+            return
+        now = loop.time()
+        if size < last[0]:
+            last[0], last[1] = size, now
+        elif now - last[1] >= stall_s:
+            transport.abort()  # the reader stopped reading: nginx's send_timeout
+            return
+        loop.call_later(_FLUSH_POLL_S, check)
+
+    check()
+
+
 class _DecoyDriver:
     """Runs a DecoyConnection on a transport: writes paced by back-pressure, timers."""
 
-    def __init__(self, conn: DecoyConnection, transport: asyncio.Transport, clock: Clock) -> None:
+    def __init__(
+        self,
+        conn: DecoyConnection,
+        transport: asyncio.Transport,
+        clock: Clock,
+        close: Callable[[], None],
+    ) -> None:
         self._conn = conn
         self._transport = transport
         self._clock = clock
+        self._close = close
         self._paused_writing = False
         self._paused_reading = False
         self._timer: asyncio.TimerHandle | None = None
         self._done = False
+        self._closing = False
 
     def data(self, data: bytes) -> None:
         self._conn.receive(data, self._clock())
@@ -163,13 +204,15 @@ class _DecoyDriver:
         if closing is Closing.ABORT:
             self._done = True
             transport.abort()
-        elif closing is Closing.CLOSE and drained:
-            transport.close()  # flushes what is buffered; the send timer still runs
+        elif closing is Closing.CLOSE and drained and not self._closing:
+            self._closing = True
+            self._close()
         elif closing is Closing.LINGER and drained and not transport.is_closing():
             if transport.can_write_eof():
                 transport.write_eof()
-            else:
-                transport.close()  # TLS: close_notify and close
+            elif not self._closing:
+                self._closing = True
+                self._close()  # TLS: close_notify and close
         wants = conn.wants_input()
         if wants == self._paused_reading and not transport.is_closing():
             self._paused_reading = not wants
@@ -310,7 +353,9 @@ class GuardedConnection(DirectMessages, ServerConnection):
             self._serve_decoy(data)
             return
         self._mode = _Mode.FALLBACK
-        self._splice = Splice(self.transport, fallback, data, self._serve_decoy)
+        self._splice = Splice(
+            self.transport, fallback, data, self._serve_decoy, close_client=self._close_flushed
+        )
         self._splice.start()
 
     def _serve_decoy(self, data: bytes) -> None:
@@ -328,7 +373,7 @@ class GuardedConnection(DirectMessages, ServerConnection):
         )
         self._mode = _Mode.DECOY
         self._splice = None
-        self._decoy = _DecoyDriver(conn, transport, settings.clock)
+        self._decoy = _DecoyDriver(conn, transport, settings.clock, self._close_flushed)
         self._decoy.data(data)
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio allows True
@@ -365,6 +410,12 @@ class GuardedConnection(DirectMessages, ServerConnection):
             self._splice.client_resume_writing()
         else:
             super().resume_writing()
+
+    def _close_flushed(self) -> None:
+        layers = [self.transport]
+        if self._raw is not None and self._raw is not self.transport:
+            layers.append(self._raw)
+        close_when_flushed(self.transport, layers, self.front.settings.send_timeout)
 
     def drop(self) -> None:
         """Close at once (the exit is stopping)."""

@@ -219,9 +219,9 @@ async def exit_server(settings: ServerSettings, ssl_ctx=None):
         await asyncio.wait_for(server.wait_closed(), 10)
 
 
-def settings_for(root: Path, key: AccessKey, **changes) -> ServerSettings:
+def settings_for(root: Path, key: AccessKey, site=None, **changes) -> ServerSettings:
     settings = ServerSettings(
-        DecoySite.from_directory(root),
+        site or DecoySite.from_directory(root),
         "/ws",
         TokenVerifier(key, NODE),
         header_timeout=HEADER_TIMEOUT,
@@ -569,3 +569,49 @@ async def _caps_given_back(site, certificate):
         )
         assert first.data.startswith(b"HTTP/1.1 200 OK")
         assert second.data.startswith(b"HTTP/1.1 200 OK")
+
+
+@pytest.mark.parametrize("mode", ["decoy", "fallback"])
+def test_tls_reader_pausing_at_the_end_gets_the_whole_file(site, certificate, mode):
+    """A TLS reader that stops for a while near the end (within send_timeout) still gets
+    every byte, from the decoy and through the fallback, as from nginx."""
+    asyncio.run(asyncio.wait_for(_tls_pausing_reader(site, certificate, mode), 60))
+
+
+async def _tls_pausing_reader(site, certificate, mode):
+    server_ctx, client_ctx = _contexts(*certificate)
+    key = AccessKey.generate()
+    fallback = ("127.0.0.1", site.port) if mode == "fallback" else None
+    expected = (site.root / "big.bin").read_bytes()
+    settings = settings_for(site.root, key, fallback=fallback)
+    async with exit_server(settings, ssl_ctx=server_ctx) as port:
+        heads = await asyncio.gather(
+            _read_with_a_pause(site.tls_port, expected, client_ctx),
+            _read_with_a_pause(port, expected, client_ctx),
+        )
+    assert heads[0] == heads[1]
+
+
+async def _read_with_a_pause(port: int, expected: bytes, client_ctx) -> bytes:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(
+        sock=sock, ssl=client_ctx, server_hostname="localhost", limit=1 << 16
+    )
+    writer.write(get("/big.bin", "Connection: close"))
+    data = bytearray()
+    paused = False
+    while chunk := await reader.read(16384):
+        data += chunk
+        if not paused and len(data) > len(expected) - 700 * 1024:
+            paused = True
+            await asyncio.sleep(SEND_TIMEOUT * 0.75)  # within nginx's send_timeout
+    writer.close()
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        await writer.wait_closed()
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    assert len(body) == len(expected)
+    assert body == expected
+    return normalise(head)
