@@ -34,14 +34,14 @@ NOW = 1_800_000_000.0
 
 def head_of(size: int) -> bytes:
     """A plausible browser request padded with cookie lines to ``size`` bytes (each
-    line well under nginx's 8 KiB line limit)."""
+    under nginx's 8 KiB line limit, so the 6.6 KB head has one 6 KB line)."""
     head = (
         "GET /ws HTTP/1.1\r\nHost: exit.example\r\n"
         f"User-Agent: {BROWSER_USER_AGENT}\r\nAccept-Language: en-US,en;q=0.9\r\n"
     ).encode()
     rest = size - len(head) - 2  # the empty line ends the head
     while rest > 0:
-        line = min(rest, 3000)
+        line = min(rest, 8000)  # one long cookie line, as in the issue's 6.6 KB head
         if 0 < rest - line < 12:
             line = rest - 12  # leave room for one more short line
         head += b"Cookie: " + b"c" * (line - 10) + b"\r\n"

@@ -353,7 +353,8 @@ class HeadParser:
     def _header_lines(self) -> None:
         buf = self.buffer
         while True:
-            end = buf.find(b"\n", self._pos)
+            # Bytes before _scan are known to hold no LF: never search them twice.
+            end = buf.find(b"\n", max(self._pos, self._scan))
             if end < 0:
                 self._partial_line()
                 return
