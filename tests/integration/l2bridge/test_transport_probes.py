@@ -18,6 +18,7 @@ import datetime
 import logging
 import os
 import re
+import shutil
 import socket
 import ssl
 import time
@@ -239,14 +240,17 @@ def certificate(tmp_path_factory):
 @pytest.fixture(scope="module")
 def site(certificate):
     root = make_site()
-    with run_nginx(
-        root,
-        header=HEADER_TIMEOUT,
-        keepalive=KEEPALIVE_TIMEOUT,
-        send=SEND_TIMEOUT,
-        tls=certificate,
-    ) as nginx:
-        yield nginx
+    try:
+        with run_nginx(
+            root,
+            header=HEADER_TIMEOUT,
+            keepalive=KEEPALIVE_TIMEOUT,
+            send=SEND_TIMEOUT,
+            tls=certificate,
+        ) as nginx:
+            yield nginx
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.parametrize("transport", ["plain", "tls"])
