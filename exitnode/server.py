@@ -109,6 +109,14 @@ def load_tls(config: Config) -> ssl.SSLContext | None:
         raise ExitConfigError(f"endpoints.tls_cert: {exc}") from None
 
 
+def load_fallback(config: Config) -> tuple[str, int] | None:
+    """endpoints.fallback, refused when it is the exit's own listening address (a loop)."""
+    ep = config.endpoints
+    if ep.fallback is not None and ep.fallback == ep.listen:
+        raise ExitConfigError("endpoints.fallback: must be another server than endpoints.listen")
+    return ep.fallback
+
+
 def load_access_key(path: Path | None) -> AccessKey:
     if path is None:
         raise ExitConfigError("endpoints.access_key_file: required")
@@ -161,9 +169,9 @@ class ExitNode:
         access_key = load_access_key(ep.access_key_file)
         self.tls = load_tls(config)
         site = (
-            DecoySite.from_directory(ep.decoy_dir, server=ep.server_header)
+            DecoySite.from_directory(ep.decoy_dir, server=ep.server_header, gzip=ep.decoy_gzip)
             if ep.decoy_dir
-            else DecoySite.builtin(server=ep.server_header)
+            else DecoySite.builtin(server=ep.server_header, gzip=ep.decoy_gzip)
         )
         self.settings = ServerSettings(
             site=site,
@@ -172,6 +180,11 @@ class ExitNode:
                 access_key, self.identity.node_id, window_s=int(ep.token_window)
             ),
             header_timeout=ep.header_timeout,
+            keepalive_timeout=ep.keepalive_timeout,
+            send_timeout=ep.send_timeout,
+            fallback=load_fallback(config),
+            max_connections=ep.max_connections,
+            max_connections_per_source=ep.max_connections_per_source,
         )
         self.mode = Mode.from_name(config.security.post_quantum_mode)
         try:

@@ -12,6 +12,8 @@ APT_PACKAGES=(
   swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config gcc python3-dev python3-venv
   iproute2 iputils-ping iperf3 openvpn nftables iptables ethtool procps psmisc
   nodejs npm ca-certificates
+  # the reference web server the front-door tests compare the exit with (1.22 on bookworm)
+  nginx-light
 )
 
 missing=()

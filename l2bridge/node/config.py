@@ -130,8 +130,19 @@ class Endpoints:
     tls_ca: Path | None = None  # client: trust this CA for wss://
     decoy_dir: Path | None = None  # None: the built-in page
     server_header: str = "nginx"
+    decoy_gzip: bool = True  # the built-in decoy compresses like "gzip on" (Debian's default)
     token_window: float = 60.0
-    header_timeout: float = 10.0
+    # The front door's timers mirror the operator's nginx (Debian defaults): the request
+    # head (and a TLS handshake) within header_timeout, an idle kept-alive connection
+    # closed after keepalive_timeout, a reader that takes nothing for send_timeout dropped.
+    header_timeout: float = 60.0
+    keepalive_timeout: float = 65.0
+    send_timeout: float = 60.0
+    # The operator's real web server: connections without a valid token are spliced to
+    # it (with the bytes already read). None: the built-in decoy answers them.
+    fallback: tuple[str, int] | None = None
+    max_connections: int = 4096  # held at once, in total
+    max_connections_per_source: int = 256  # per IPv4 address or IPv6 /64
     # liveness, both ends: a keepalive record after this long idle (jittered), and the
     # link is dropped (client: reconnect / fail over) after liveness_timeout of silence
     keepalive_interval: float = 5.0
@@ -139,14 +150,14 @@ class Endpoints:
     # exit: the tunnel port's listen backlog (SYN floods, reconnect storms)
     listen_backlog: int = 4096
 
+    public_url: str | None = None  # exit: the URL clients dial (join bundles, registry)
+
     def __post_init__(self) -> None:
         if self.liveness_timeout < 2 * self.keepalive_interval:
             raise ConfigError(
                 "endpoints.liveness_timeout: must be at least twice "
                 "endpoints.keepalive_interval (one lost keepalive must not end a link)"
             )
-
-    public_url: str | None = None  # exit: the URL clients dial (join bundles, registry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +330,13 @@ def _address(value: object, path: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise _fail(path, "an address like 0.0.0.0:443 or [::1]:8443", value)
     return host, int(port)
+
+
+def _fallback_address(value: object, path: str) -> tuple[str, int]:
+    host, port = _address(value, path)
+    if port == 0:
+        raise _fail(path, "the web server's address like 127.0.0.1:8080", value)
+    return host, port
 
 
 def _ws_url(value: object, path: str) -> str:
@@ -556,12 +574,18 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "tls_ca": _PATH,
             "decoy_dir": _PATH,
             "server_header": _text,
+            "decoy_gzip": _bool,
             "token_window": _duration_range(10.0, 3600.0),
             "header_timeout": _duration_range(0.1, 300.0),
             "keepalive_interval": _duration_range(0.1, 3600.0),
             "liveness_timeout": _duration_range(0.2, 7200.0),
             "listen_backlog": _int_range(16, 65535),
             "public_url": _optional(_ws_url),
+            "keepalive_timeout": _duration_range(0.1, 3600.0),
+            "send_timeout": _duration_range(0.1, 3600.0),
+            "fallback": _optional(_fallback_address),
+            "max_connections": _int_range(1, 1_000_000),
+            "max_connections_per_source": _int_range(1, 1_000_000),
         },
     ),
     "keys": (
@@ -821,6 +845,9 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "endpoints.decoy_dir": ("exit",),
     "endpoints.server_header": ("exit",),
     "endpoints.token_window": BOTH,
+    **{f"endpoints.{k}": ("exit",) for k in (
+        "decoy_gzip", "keepalive_timeout", "send_timeout", "fallback", "max_connections",
+        "max_connections_per_source")},
     "endpoints.keepalive_interval": BOTH,
     "endpoints.liveness_timeout": BOTH,
     "endpoints.listen_backlog": ("exit",),

@@ -18,18 +18,46 @@ TOKEN_WINDOW_SLACK = 1
 REPLAY_CACHE_PER_WINDOW = 100_000
 
 # --- HTTP request head screening ---------------------------------------------
-MAX_REQUEST_LINE = 4096
-MAX_REQUEST_HEAD = 8192
-MAX_HEADER_COUNT = 64
-MAX_METHOD_LENGTH = 16
-# Like a web server's client_header_timeout: a request head not complete by
-# then is dropped silently.
-DEFAULT_HEADER_TIMEOUT_S = 10.0
+# nginx's defaults: client_header_buffer_size 1k, large_client_header_buffers 4 8k. A
+# line must fit one large buffer; the head gets the first buffer and the 4 large ones.
+HEAD_FIRST_BUFFER = 1024
+HEAD_LARGE_BUFFER = 8192
+HEAD_LARGE_BUFFERS = 4
+MAX_REQUEST_HEAD = HEAD_FIRST_BUFFER + HEAD_LARGE_BUFFERS * HEAD_LARGE_BUFFER
+# nginx's client_header_timeout (Debian default 60 s): a request head not complete by
+# then is dropped silently. The TLS handshake gets the same time, as nginx gives it.
+DEFAULT_HEADER_TIMEOUT_S = 60.0
 
 # --- decoy site ---------------------------------------------------------------
 DEFAULT_SERVER_HEADER = "nginx"
 MAX_DECOY_FILES = 256
 MAX_DECOY_FILE_BYTES = 1 << 20
+# nginx's defaults: keepalive_timeout 65, send_timeout 60, lingering_timeout 5,
+# lingering_time 30, keepalive_requests 1000.
+DEFAULT_KEEPALIVE_TIMEOUT_S = 65.0
+DEFAULT_SEND_TIMEOUT_S = 60.0
+DECOY_LINGERING_TIMEOUT_S = 5.0
+DECOY_LINGERING_TIME_S = 30.0
+DECOY_KEEPALIVE_REQUESTS = 1000
+# Unprocessed input a decoy connection buffers before it stops reading (nginx stops
+# reading while it answers; the peer's data waits in the kernel).
+MAX_DECOY_INPUT = 64 * 1024
+# Bytes handed to the socket per write while serving a file (back-pressure between).
+DECOY_WRITE_CHUNK = 64 * 1024
+# TLS close: nginx sends close_notify and does not wait for the peer's. asyncio waits at
+# most this long (the front door closes only once its buffers have drained, so the wait
+# never cuts an answer short).
+TLS_SHUTDOWN_TIMEOUT_S = 0.1
+
+# --- connection caps ------------------------------------------------------------
+# Over a cap a connection is closed unread, as an nginx out of worker_connections does.
+DEFAULT_MAX_CONNECTIONS = 4096
+DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 256
+# IPv6 sources are counted per /64 (one subscriber's prefix).
+IPV6_SOURCE_PREFIX = 64
+
+# --- fallback ---------------------------------------------------------------------
+FALLBACK_CONNECT_TIMEOUT_S = 5.0
 
 # --- listening ----------------------------------------------------------------
 # Pending connections the kernel queues per listening socket (capped by

@@ -4,12 +4,14 @@ decoy site.
 
 ``Gate.feed(data, now)`` returns one of:
 - ``Pending``: need more bytes (the driver arms the header timeout);
-- ``Answer(response)``: write these bytes, then close, exactly as the decoy
-  web server does for this request;
+- ``Refuse(data)``: not an authorised upgrade; ``data`` is every byte received
+  so far, which the driver hands to the decoy (transport.decoy) or to the
+  operator's real web server (transport.fallback) for the rest of the connection;
 - ``Admit(data, token)``: hand every byte received so far to the WebSocket
   library, which performs the upgrade and echoes ``token`` as the subprotocol.
 
-A gate without a verifier never admits: that is the standalone decoy server.
+The head is parsed incrementally (transport.headers), so a head fed a byte at
+a time costs linear work. A gate without a verifier never admits.
 
 Before a token is checked (and so spent), the request must pass the WebSocket
 library's own handshake rules, applied by the library itself (``library_accepts``:
@@ -33,14 +35,12 @@ from websockets.http11 import Request
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.headers import (
     Complete,
+    HeadParser,
     Incomplete,
-    Invalid,
     RequestHead,
     header_has_token,
-    scan_request_head,
 )
 from l2bridge.transport.token import TokenVerifier
 
@@ -51,8 +51,8 @@ class Pending:
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
-    response: bytes
+class Refuse:
+    data: bytes  # every byte received so far, for the decoy or the fallback
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,7 @@ class Admit:
     token: str
 
 
-Decision = Pending | Answer | Admit
+Decision = Pending | Refuse | Admit
 
 
 def _valid_ws_key(value: str | None) -> bool:
@@ -77,6 +77,8 @@ def _offered_token(head: RequestHead, ws_path: str) -> str | None:
     """The single subprotocol offered by a well-formed upgrade to ``ws_path``."""
     if head.method != "GET" or head.version != "1.1" or head.path != ws_path:
         return None
+    if not head.strict:
+        return None  # the WebSocket library would refuse it with its own error page
     if head.count("Host") != 1 or head.count("Sec-WebSocket-Key") != 1:
         return None
     if not header_has_token(head.get("Upgrade"), "websocket"):
@@ -95,7 +97,6 @@ def _offered_token(head: RequestHead, ws_path: str) -> str | None:
     return offered.strip() or None
 
 
-# The check below is not a connection: it must not log the request (with its token).
 _QUIET = logging.getLogger(__name__ + ".library_check")
 _QUIET.disabled = True
 
@@ -124,43 +125,27 @@ def library_accepts(head: bytes, token: str) -> bool:
 class Gate:
     """Screens one connection. Not reusable: one decision per connection."""
 
-    def __init__(
-        self,
-        site: DecoySite,
-        *,
-        ws_path: str,
-        verifier: TokenVerifier | None,
-    ) -> None:
-        self._site = site
+    def __init__(self, *, ws_path: str, verifier: TokenVerifier | None) -> None:
         self._ws_path = ws_path
         self._verifier = verifier
-        self._buffer = bytearray()
+        self._parser = HeadParser()
         self.decision: Decision = Pending()
 
     def feed(self, data: bytes, now: float) -> Decision:
         if not isinstance(self.decision, Pending):
             return self.decision
-        self._buffer += data
-        scan = scan_request_head(bytes(self._buffer))
+        scan = self._parser.feed(data)
         if isinstance(scan, Incomplete):
             return self.decision
-        if isinstance(scan, Invalid):
-            self.decision = Answer(self._site.error(scan.problem, now))
-        elif isinstance(scan, Complete):
-            self.decision = self._decide(scan.head, scan.consumed, now)
-        if not isinstance(self.decision, Admit):
-            self._buffer.clear()
-        return self.decision
-
-    def _decide(self, head: RequestHead, consumed: int, now: float) -> Decision:
-        if self._verifier is not None:
-            token = _offered_token(head, self._ws_path)
-            if (
-                token is not None
-                and library_accepts(bytes(self._buffer[:consumed]), token)
+        received = bytes(self._parser.buffer)
+        self._parser = HeadParser()  # drop the buffer; the decision carries the bytes
+        token = None
+        if isinstance(scan, Complete) and self._verifier is not None:
+            token = _offered_token(scan.head, self._ws_path)
+            if token is not None and not (
+                library_accepts(received[: scan.consumed], token)
                 and self._verifier.check(token, now)  # last: it spends the token
             ):
-                data = bytes(self._buffer)
-                self._buffer.clear()
-                return Admit(data, token)
-        return Answer(self._site.respond(head, now))
+                token = None
+        self.decision = Refuse(received) if token is None else Admit(received, token)
+        return self.decision

@@ -1,11 +1,22 @@
-"""The exit's WebSocket server and the standalone decoy web server (asyncio).
+"""The exit's front door (asyncio): caps, TLS, the gate, then a WebSocket, the
+decoy web server, or the operator's real web server.
 
-Both screen each connection with the same ``Gate``. The exit's connections are
-``websockets`` ServerConnections whose bytes go through the gate until it
-decides: an authorised upgrade is handed to the library unchanged (it speaks
-RFC 6455 from there: framing, masking checks, pings, close); anything else is
-answered by the decoy site and closed by us, so the library never writes a
-byte of its own error pages.
+Every accepted TCP connection is a ``GuardedConnection`` (a websockets
+ServerConnection) that goes through these steps:
+
+1. caps (transport.caps): over the total or per-source cap it is closed unread;
+2. TLS, when configured, done here with ``loop.start_tls`` so the handshake
+   timeout is the header timeout (nginx gives a TLS handshake
+   ``client_header_timeout``), not the WebSocket open timeout;
+3. the gate (transport.gate) reads the first request head, under the header
+   timeout (closed silently when it runs out, as nginx does);
+4. an authorised upgrade goes to the websockets library unchanged; anything
+   else is, for the rest of the connection's life, either spliced to
+   ``fallback`` (transport.fallback) with the bytes already read, or served by
+   the built-in decoy (transport.decoy: keep-alive, pipelining, nginx's timers,
+   writes paced by the socket so a slow reader gets the whole file).
+
+The websockets library never writes a byte of its own to a refused peer.
 
 Strangers can open connections at line rate, so nothing is logged per connection
 above DEBUG (the library's own per-connection INFO lines are demoted too); a
@@ -17,11 +28,12 @@ kernel caps it at net.core.somaxconn).
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import ssl as ssl_module
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -30,24 +42,33 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from l2bridge.logsummary import Summary
+from l2bridge.transport.caps import ConnectionCaps, source_key
 from l2bridge.transport.constants import (
     CLOSE_TIMEOUT_S,
+    DECOY_WRITE_CHUNK,
     DEFAULT_BACKLOG,
     DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEPALIVE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+    DEFAULT_SEND_TIMEOUT_S,
     MAX_MESSAGE_BYTES,
     MAX_QUEUE_MESSAGES,
     SERVER_PING_INTERVAL_S,
     SERVER_PING_TIMEOUT_S,
+    TLS_SHUTDOWN_TIMEOUT_S,
     WRITE_LIMIT_BYTES,
 )
-from l2bridge.transport.decoy import DecoySite
+from l2bridge.transport.decoy import Closing, DecoyConnection, DecoySite, DecoyTimeouts
 from l2bridge.transport.direct import DirectMessages
-from l2bridge.transport.gate import Admit, Answer, Gate
+from l2bridge.transport.fallback import Splice
+from l2bridge.transport.gate import Admit, Gate, Refuse
 from l2bridge.transport.token import TokenVerifier
 
-Clock = Callable[[], float]
-
 log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+_FLUSH_POLL_S = 0.05  # how often a closing connection checks its buffers
 
 
 class _QuietPerConnection(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -67,103 +88,393 @@ class ServerSettings:
     site: DecoySite
     ws_path: str
     verifier: TokenVerifier | None
+    # nginx's client_header_timeout; also the TLS handshake timeout.
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_S
     clock: Clock = time.time
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT_S
+    send_timeout: float = DEFAULT_SEND_TIMEOUT_S
+    fallback: tuple[str, int] | None = None  # the operator's real web server
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE
+    tls: ssl_module.SSLContext | None = field(default=None, compare=False)
+
+    def decoy_timeouts(self) -> DecoyTimeouts:
+        return DecoyTimeouts(
+            header=self.header_timeout, keepalive=self.keepalive_timeout, send=self.send_timeout
+        )
 
 
-class _Screen:
-    """Gate + header timer for one connection, shared by both server kinds."""
+class _Mode(enum.Enum):
+    OPENING = "opening"  # caps checked, TLS handshake running
+    SCREENING = "screening"  # the gate reads the first head
+    WEBSOCKET = "websocket"
+    DECOY = "decoy"
+    FALLBACK = "fallback"
+    CLOSED = "closed"
+
+
+class FrontDoor:
+    """What one listening exit shares between its connections: caps and the live set."""
+
+    def __init__(self, settings: ServerSettings, summary: Summary | None = None) -> None:
+        self.settings = settings
+        self.summary = summary or screening_summary()  # how connections were screened
+        self.caps = ConnectionCaps(settings.max_connections, settings.max_connections_per_source)
+        self.live: set[GuardedConnection] = set()
+
+    def close_all(self) -> None:
+        """The exit is stopping: drop every connection not (yet) a tunnel."""
+        for connection in list(self.live):
+            connection.drop()
+
+
+def close_when_flushed(
+    transport: asyncio.Transport, layers: Sequence[asyncio.Transport], stall_s: float
+) -> None:
+    """Close ``transport`` once every byte written to it has reached the kernel.
+
+    asyncio's TLS close gives up after its shutdown timeout and drops what is still
+    buffered, which would cut the tail of an answer to a slow reader; nginx instead keeps
+    sending until ``send_timeout`` passes without progress. So the close waits until the
+    buffers of every layer (``layers``: the TLS transport and the TCP one under it) are
+    empty, and aborts only when they stop shrinking for ``stall_s``.
+    """
+    loop = asyncio.get_running_loop()
+    last = [sum(t.get_write_buffer_size() for t in layers), loop.time()]
+
+    def check() -> None:
+        if transport.is_closing():
+            return
+        size = sum(t.get_write_buffer_size() for t in layers if not t.is_closing())
+        if size == 0:
+            transport.close()
+            return
+        now = loop.time()
+        if size < last[0]:
+            last[0], last[1] = size, now
+        elif now - last[1] >= stall_s:
+            transport.abort()  # the reader stopped reading: nginx's send_timeout
+            return
+        loop.call_later(_FLUSH_POLL_S, check)
+
+    check()
+
+
+class _DecoyDriver:
+    """Runs a DecoyConnection on a transport: writes paced by back-pressure, timers."""
 
     def __init__(
-        self, settings: ServerSettings, transport: asyncio.Transport, summary: Summary
+        self,
+        conn: DecoyConnection,
+        transport: asyncio.Transport,
+        clock: Clock,
+        close: Callable[[], None],
     ) -> None:
-        self.gate = Gate(settings.site, ws_path=settings.ws_path, verifier=settings.verifier)
-        self._summary = summary
-        self._clock = settings.clock
+        self._conn = conn
         self._transport = transport
-        loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = loop.call_later(
-            settings.header_timeout, self._expire
-        )
-        self.open = True  # still screening
+        self._clock = clock
+        self._close = close
+        self._paused_writing = False
+        self._paused_reading = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._done = False
+        self._closing = False
 
-    def _expire(self) -> None:
-        # Like a web server's client_header_timeout: close without an answer.
-        self._timer = None
-        if self.open:
-            self.open = False
-            self._summary.note("header timeout")
-            self._transport.close()
+    def data(self, data: bytes) -> None:
+        self._conn.receive(data, self._clock())
+        self._pump()
 
-    def feed(self, data: bytes) -> Admit | None:
-        """Screen ``data``; return the Admit decision, or None (answered or pending)."""
-        decision = self.gate.feed(data, self._clock())
-        if isinstance(decision, Answer):
-            self.stop()
-            self._summary.note("answered as the decoy")
-            self._transport.write(decision.response)
-            self._transport.close()
-            return None
-        if isinstance(decision, Admit):
-            self.stop()
-            self._summary.note("admitted")
-            return decision
-        return None
+    def eof(self) -> None:
+        self._conn.receive_eof(self._clock())
+        self._pump()
 
-    def hung_up(self) -> None:
-        """The peer closed before a decision."""
-        if self.open:
-            self._summary.note("closed before a request")
-        self.stop()
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+        self._conn.write_blocked(self._clock())
+        self._arm()
 
-    def stop(self) -> None:
-        self.open = False
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        self._conn.write_unblocked(self._clock())
+        self._pump()
+
+    def lost(self) -> None:
+        self._done = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._conn.expire(self._clock())
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._done:
+            return
+        conn, transport = self._conn, self._transport
+        drained = True
+        while not self._paused_writing and not transport.is_closing():
+            chunk = conn.data_to_send(DECOY_WRITE_CHUNK, self._clock())
+            if not chunk:
+                break
+            transport.write(chunk)  # may call pause_writing at once
+        else:
+            drained = False
+        closing = conn.closing
+        if closing is Closing.ABORT:
+            self._done = True
+            transport.abort()
+        elif closing is Closing.CLOSE and drained and not self._closing:
+            self._closing = True
+            self._close()
+        elif closing is Closing.LINGER and drained and not transport.is_closing():
+            if transport.can_write_eof():
+                transport.write_eof()
+            elif not self._closing:
+                self._closing = True
+                self._close()  # TLS: close_notify and close
+        wants = conn.wants_input()
+        if wants == self._paused_reading and not transport.is_closing():
+            self._paused_reading = not wants
+            if wants:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self._conn.deadline()
+        if deadline is not None and not self._done:
+            delay = max(0.0, deadline - self._clock())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
 
 
 class GuardedConnection(DirectMessages, ServerConnection):
     """A websockets ServerConnection that sees only what the gate admits."""
 
-    settings: ServerSettings  # set on the subclass made by serve_exit
-    summary: Summary  # likewise, one per server
+    front: FrontDoor  # set on the subclass made by serve_exit
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._screen: _Screen | None = None
-        self._answered = False
+        self._mode = _Mode.OPENING
+        self._source: str | None = None  # set once a cap slot is held
+        self._raw: asyncio.Transport | None = None
+        self._gate: Gate | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._started = 0.0
+        self._decoy: _DecoyDriver | None = None
+        self._splice: Splice | None = None
+        self._tls_task: asyncio.Task[None] | None = None
+        # Decrypted bytes that beat start_tls's return (at most one read's worth).
+        self._early_bytes = bytearray()
+        self._early_eof = False
         self.token: str | None = None
 
+    # --- opening: caps, then TLS -------------------------------------------------------
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
         assert isinstance(transport, asyncio.Transport)
-        self._screen = _Screen(self.settings, transport, self.summary)
+        front = self.front
+        self._raw = transport
+        peer = transport.get_extra_info("peername")
+        source = source_key(str(peer[0]) if isinstance(peer, tuple) else str(peer))
+        if not front.caps.open(source):
+            # Over a cap: closed unread, like a server out of worker_connections.
+            front.summary.note("over a connection cap")
+            self._mode = _Mode.CLOSED
+            transport.abort()
+            return
+        self._source = source
+        front.live.add(self)
+        tls = front.settings.tls
+        if tls is None:
+            self._begin(transport)
+            return
+        transport.pause_reading()  # nothing reaches us before the TLS layer is in place
+        self._tls_task = asyncio.get_running_loop().create_task(self._start_tls(transport, tls))
+
+    async def _start_tls(self, raw: asyncio.Transport, context: ssl_module.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self.front.settings.header_timeout
+        try:
+            secure = await loop.start_tls(
+                raw,
+                self,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=timeout,
+                ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError, ssl_module.SSLError):
+            self._finish()  # asyncio closed the socket (failed or timed-out handshake)
+            return
+        if secure is None or self._mode is not _Mode.OPENING:
+            self._finish()
+            return
+        assert isinstance(secure, asyncio.Transport)
+        self._begin(secure)
+
+    def _begin(self, transport: asyncio.Transport) -> None:
+        settings = self.front.settings
+        super().connection_made(transport)  # starts the websockets handler task
+        self._mode = _Mode.SCREENING
+        self._gate = Gate(ws_path=settings.ws_path, verifier=settings.verifier)
+        self._started = settings.clock()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(settings.header_timeout, self._header_timeout)
+        if self._early_bytes:
+            early, self._early_bytes = bytes(self._early_bytes), bytearray()
+            self.data_received(early)
+        if self._early_eof and self._mode is not _Mode.CLOSED:
+            self.eof_received()
+
+    def _header_timeout(self) -> None:
+        # nginx's client_header_timeout: close without an answer.
+        self._timer = None
+        if self._mode is _Mode.SCREENING:
+            self.front.summary.note("header timeout")
+            self.transport.close()
+
+    # --- screening and hand-off ---------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        screen = self._screen
-        if screen is None:
+        mode = self._mode
+        if mode is _Mode.WEBSOCKET:
             super().data_received(data)
-            return
-        if not screen.open:
-            return  # answered by the decoy; discard the rest, as it does
-        admit = screen.feed(data)
-        if admit is not None:
-            self._screen = None
-            self.token = admit.token
-            super().data_received(admit.data)
+        elif mode is _Mode.DECOY:
+            assert self._decoy is not None
+            self._decoy.data(data)
+        elif mode is _Mode.FALLBACK:
+            assert self._splice is not None
+            self._splice.client_data(data)
+        elif mode is _Mode.OPENING:
+            # The TLS layer hands over data as soon as the handshake is done, a loop
+            # turn before start_tls returns the transport.
+            self._early_bytes += data
+        elif mode is _Mode.SCREENING:
+            assert self._gate is not None
+            decision = self._gate.feed(data, self.front.settings.clock())
+            if isinstance(decision, Admit):
+                self.front.summary.note("admitted")
+                self._stop_timer()
+                self._mode = _Mode.WEBSOCKET
+                self.front.live.discard(self)
+                self.token = decision.token
+                super().data_received(decision.data)
+            elif isinstance(decision, Refuse):
+                self._stop_timer()
+                self._refuse(decision.data)
 
-    def eof_received(self) -> None:
-        if self._screen is not None:
-            self._screen.hung_up()
-            self.transport.close()
+    def _refuse(self, data: bytes) -> None:
+        fallback = self.front.settings.fallback
+        # Paced like nginx's socket buffer, not the tunnel's 1 MiB write limit.
+        self.transport.set_write_buffer_limits(high=DECOY_WRITE_CHUNK)
+        if fallback is None:
+            self.front.summary.note("answered as the decoy")
+            self._serve_decoy(data)
             return
-        super().eof_received()
+        self.front.summary.note("spliced to the fallback")
+        self._mode = _Mode.FALLBACK
+        self._splice = Splice(
+            self.transport, fallback, data, self._serve_decoy, close_client=self._close_flushed
+        )
+        self._splice.start()
+
+    def _serve_decoy(self, data: bytes) -> None:
+        settings = self.front.settings
+        transport = self.transport
+        local = transport.get_extra_info("sockname")
+        host, port = (str(local[0]), int(local[1])) if isinstance(local, tuple) else ("", 80)
+        conn = DecoyConnection(
+            settings.site,
+            settings.decoy_timeouts(),
+            self._started,
+            local_host=host,
+            local_port=port,
+            secure=settings.tls is not None,
+        )
+        self._mode = _Mode.DECOY
+        self._splice = None
+        self._decoy = _DecoyDriver(conn, transport, settings.clock, self._close_flushed)
+        self._decoy.data(data)
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio allows True
+        mode = self._mode
+        if mode is _Mode.OPENING:
+            self._early_eof = True
+            return None
+        if mode is _Mode.WEBSOCKET:
+            return super().eof_received()
+        tls = self.front.settings.tls is not None
+        if mode is _Mode.DECOY:
+            assert self._decoy is not None
+            self._decoy.eof()
+            return None if tls else True  # half-open: the answer may still be going out
+        if mode is _Mode.FALLBACK:
+            assert self._splice is not None
+            self._splice.client_eof()
+            return None if tls else True
+        if mode is _Mode.SCREENING:
+            self.front.summary.note("closed before a request")
+        self._stop_timer()  # gone before a whole request: close, as nginx does
+        return None
+
+    def pause_writing(self) -> None:
+        if self._mode is _Mode.DECOY and self._decoy is not None:
+            self._decoy.pause_writing()
+        elif self._mode is _Mode.FALLBACK and self._splice is not None:
+            self._splice.client_pause_writing()
+        else:
+            super().pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._mode is _Mode.DECOY and self._decoy is not None:
+            self._decoy.resume_writing()
+        elif self._mode is _Mode.FALLBACK and self._splice is not None:
+            self._splice.client_resume_writing()
+        else:
+            super().resume_writing()
+
+    def _close_flushed(self) -> None:
+        layers = [self.transport]
+        if self._raw is not None and self._raw is not self.transport:
+            layers.append(self._raw)
+        close_when_flushed(self.transport, layers, self.front.settings.send_timeout)
+
+    def drop(self) -> None:
+        """Close at once (the exit is stopping)."""
+        if self._mode is _Mode.OPENING and self._raw is not None:
+            self._raw.abort()
+        elif self._mode is not _Mode.WEBSOCKET and self._mode is not _Mode.CLOSED:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._screen is not None:
-            self._screen.stop()
-        super().connection_lost(exc)
+        began = self._mode not in (_Mode.OPENING, _Mode.CLOSED)
+        self._stop_timer()
+        if self._decoy is not None:
+            self._decoy.lost()
+        if self._splice is not None:
+            self._splice.client_lost()
+        self._finish()
+        if began:
+            super().connection_lost(exc)
+
+    def _finish(self) -> None:
+        if self._mode is not _Mode.WEBSOCKET:
+            self._mode = _Mode.CLOSED
+        self.front.live.discard(self)
+        if self._source is not None:
+            self.front.caps.close(self._source)
+            self._source = None
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _select_subprotocol(
@@ -202,6 +513,17 @@ def _browser_like_101(
     return process_response
 
 
+class ExitServer(Server):
+    """The websockets Server, whose ``close`` also drops connections that are not tunnels
+    (a kept-alive decoy visitor would otherwise hold ``wait_closed`` for a minute)."""
+
+    front: FrontDoor
+
+    def close(self, *args: Any, **kwargs: Any) -> None:
+        self.front.close_all()
+        super().close(*args, **kwargs)
+
+
 async def serve_exit(
     handler: Callable[[ServerConnection], Awaitable[None]],
     settings: ServerSettings,
@@ -214,36 +536,35 @@ async def serve_exit(
     direct: bool = False,
     backlog: int = DEFAULT_BACKLOG,
     summary: Summary | None = None,
-) -> Server:
-    """Listen for tunnel clients behind the decoy site.
+) -> ExitServer:
+    """Listen for tunnel clients behind the decoy site (or the fallback web server).
 
     ``handler`` runs for each admitted WebSocket (``connection.token`` holds the
-    token it used). Returns the started websockets Server; close it with
-    ``close()`` + ``await wait_closed()``. With ``direct`` the connections deliver
-    messages synchronously (``transport.direct``), not via ``recv()``. ``summary``
-    counts how connections were screened (a new one per server by default).
+    token it used). ``ssl`` (or ``settings.tls``) turns on TLS. Returns the started
+    server; close it with ``close()`` + ``await wait_closed()``. With ``direct`` the
+    connections deliver messages synchronously (``transport.direct``), not via ``recv()``.
+    ``summary`` counts how connections were screened (a new one per server by default).
     """
+    if ssl is not None:
+        settings = _with_tls(settings, ssl)
+    front = FrontDoor(settings, summary)
     connection_class = type(
         "ExitConnection",
         (GuardedConnection,),
-        {
-            "settings": settings,
-            "direct_messages": direct,
-            "summary": summary or screening_summary(),
-        },
+        {"front": front, "direct_messages": direct},
     )
-    return await serve(
+    server = await serve(
         handler,
         host,
         port,
-        ssl=ssl,
         compression=None,
         select_subprotocol=_select_subprotocol,
         process_response=_browser_like_101(settings.site.server),
         server_header=None,
-        # The gate's timer closes slow heads first; this only bounds the rest
-        # of the opening handshake.
-        open_timeout=settings.header_timeout + 5.0,
+        # The gate's header timer bounds a head; once admitted the request is
+        # already whole, and a refused connection lives on in the decoy or the
+        # fallback: the library's own open timeout would cut those.
+        open_timeout=None,
         ping_interval=ping_interval,
         ping_timeout=SERVER_PING_TIMEOUT_S,
         close_timeout=CLOSE_TIMEOUT_S,
@@ -254,50 +575,12 @@ async def serve_exit(
         logger=_QuietPerConnection(logging.getLogger("websockets.server")),
         backlog=backlog,
     )
+    # websockets builds its Server itself; this subclass only adds to close().
+    server.__class__ = ExitServer
+    assert isinstance(server, ExitServer)
+    server.front = front
+    return server
 
 
-class DecoyProtocol(asyncio.Protocol):
-    """A plain web server serving only the decoy site (no WebSocket at all)."""
-
-    def __init__(self, settings: ServerSettings, summary: Summary) -> None:
-        self._settings = settings
-        self._summary = summary
-        self._screen: _Screen | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._screen = _Screen(self._settings, transport, self._summary)
-
-    def data_received(self, data: bytes) -> None:
-        if self._screen is not None and self._screen.open:
-            self._screen.feed(data)
-
-    def eof_received(self) -> bool | None:
-        if self._screen is not None and self._screen.open:
-            self._screen.hung_up()
-        return None  # asyncio closes the transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._screen is not None:
-            self._screen.stop()
-
-
-async def serve_decoy(
-    site: DecoySite,
-    *,
-    host: str,
-    port: int,
-    header_timeout: float = DEFAULT_HEADER_TIMEOUT_S,
-    ssl: ssl_module.SSLContext | None = None,
-    clock: Clock = time.time,
-    backlog: int = DEFAULT_BACKLOG,
-) -> asyncio.Server:
-    """Serve only the decoy site: the reference a prober compares the exit with."""
-    settings = ServerSettings(
-        site, ws_path="", verifier=None, header_timeout=header_timeout, clock=clock
-    )
-    summary = screening_summary()
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: DecoyProtocol(settings, summary), host, port, ssl=ssl, backlog=backlog
-    )
+def _with_tls(settings: ServerSettings, context: ssl_module.SSLContext) -> ServerSettings:
+    return replace(settings, tls=context)

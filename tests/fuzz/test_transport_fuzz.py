@@ -1,5 +1,5 @@
 """The exit's front door on arbitrary bytes: never raises, never buffers past
-its limit, and whatever it answers is one of the decoy's answers."""
+its limit, never admits without a token, and the decoy answers whatever it refuses."""
 
 import base64
 
@@ -7,9 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l2bridge.transport.constants import MAX_REQUEST_HEAD
-from l2bridge.transport.decoy import DecoySite
-from l2bridge.transport.gate import Admit, Answer, Gate, Pending
-from l2bridge.transport.headers import Complete, Incomplete, Invalid, scan_request_head
+from l2bridge.transport.decoy import DecoyConnection, DecoySite, DecoyTimeouts
+from l2bridge.transport.gate import Admit, Gate, Pending, Refuse
+from l2bridge.transport.headers import (
+    Complete,
+    HeadParser,
+    Incomplete,
+    Invalid,
+    scan_request_head,
+)
 from l2bridge.transport.token import AccessKey, TokenVerifier, decode_token
 
 NOW = 1_800_000_000.0
@@ -59,15 +65,43 @@ def test_scanner_total(data):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(st.binary(max_size=600), http_ish), min_size=1, max_size=20))
 def test_gate_chunks_never_admit_without_token(chunks):
-    site = DecoySite.builtin()
-    gate = Gate(site, ws_path="/ws", verifier=TokenVerifier(KEY, NODE))
+    gate = Gate(ws_path="/ws", verifier=TokenVerifier(KEY, NODE))
+    received = b""
     for chunk in chunks:
+        received += chunk
         decision = gate.feed(chunk, NOW)
         assert not isinstance(decision, Admit)
-        if isinstance(decision, Answer):
-            assert decision.response.startswith(b"HTTP/1.1 ")
+        if isinstance(decision, Refuse):
+            assert decision.data == received  # every byte goes on to the decoy
             break
         assert isinstance(decision, Pending)
+        assert len(received) <= MAX_REQUEST_HEAD
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=600), http_ish), min_size=1, max_size=20))
+def test_split_points_do_not_change_the_parse(chunks):
+    whole = b"".join(chunks)
+    parser = HeadParser()
+    for chunk in chunks:
+        result = parser.feed(chunk)
+    assert result == scan_request_head(whole)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=600), http_ish), min_size=1, max_size=20))
+def test_decoy_answers_anything_with_http(chunks):
+    conn = DecoyConnection(DecoySite.builtin(), DecoyTimeouts(), NOW)
+    out = b""
+    for chunk in chunks:
+        conn.receive(chunk, NOW)
+        while data := conn.data_to_send(1 << 16, NOW):
+            out += data
+    conn.receive_eof(NOW)
+    while data := conn.data_to_send(1 << 16, NOW):
+        out += data
+    assert conn.closing is not None
+    assert out == b"" or out.startswith(b"HTTP/1.1 ") or b"<html>" in out
 
 
 @settings(max_examples=300, deadline=None)

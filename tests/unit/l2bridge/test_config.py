@@ -192,3 +192,34 @@ def test_fault_settings_parse_and_check() -> None:
         config_from_mapping({"network": {"mac": "01:00:5e:00:00:01"}})
     with pytest.raises(ConfigError, match="liveness_timeout: must be at least twice"):
         config_from_mapping({"endpoints": {"keepalive_interval": "5s", "liveness_timeout": "6s"}})
+
+
+def test_front_door_settings():
+    defaults = config_from_mapping({}).endpoints
+    # Debian nginx's timers, so the built-in decoy times out like a stock server.
+    assert (defaults.header_timeout, defaults.keepalive_timeout, defaults.send_timeout) == (
+        60.0, 65.0, 60.0,
+    )  # fmt: skip
+    assert defaults.fallback is None
+    assert defaults.decoy_gzip is True  # Debian's nginx.conf: gzip on
+    assert (defaults.max_connections, defaults.max_connections_per_source) == (4096, 256)
+    ep = config_from_mapping(
+        {
+            "endpoints": {
+                "fallback": "127.0.0.1:8080",
+                "keepalive_timeout": "75s",
+                "max_connections_per_source": 16,
+            }
+        }
+    ).endpoints
+    assert (ep.fallback, ep.keepalive_timeout, ep.max_connections_per_source) == (
+        ("127.0.0.1", 8080), 75.0, 16,
+    )  # fmt: skip
+    for bad, message in (
+        ({"fallback": "nginx"}, "endpoints.fallback: expected an address"),
+        ({"fallback": "127.0.0.1:0"}, "endpoints.fallback: expected the web server's address"),
+        ({"max_connections": 0}, "endpoints.max_connections: must"),
+        ({"send_timeout": "forever"}, "endpoints.send_timeout: expected a duration"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            config_from_mapping({"endpoints": bad})

@@ -311,6 +311,32 @@ def header_timeout(w: World) -> None:
     assert w.exit(endpoints={"header_timeout": "2s"}).settings.header_timeout == 2
 
 
+def front_door_timers(w: World) -> None:
+    settings = w.exit(endpoints={"keepalive_timeout": "7s", "send_timeout": "9s"}).settings
+    timeouts = settings.decoy_timeouts()
+    assert (timeouts.keepalive, timeouts.send) == (7, 9)
+
+
+def fallback(w: World) -> None:
+    assert w.exit(endpoints={"fallback": "127.0.0.1:8080"}).settings.fallback == (
+        "127.0.0.1",
+        8080,
+    )
+    assert w.exit().settings.fallback is None
+    with pytest.raises(ExitConfigError, match=r"endpoints\.fallback: must be another server"):
+        w.exit(endpoints={"fallback": "127.0.0.1:18443"})  # the exit's own listen address
+
+
+def decoy_gzip(w: World) -> None:
+    assert w.exit().settings.site._gzip is True  # Debian's "gzip on"
+    assert w.exit(endpoints={"decoy_gzip": False}).settings.site._gzip is False
+
+
+def connection_caps(w: World) -> None:
+    settings = w.exit(endpoints={"max_connections": 9, "max_connections_per_source": 3}).settings
+    assert (settings.max_connections, settings.max_connections_per_source) == (9, 3)
+
+
 def identity(w: World) -> None:
     key = HybridSigningKey.generate()
     key.save(w.dir / "other.identity")
@@ -490,6 +516,12 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "endpoints.server_header": server_header,
     "endpoints.token_window": token_window,
     "endpoints.header_timeout": header_timeout,
+    "endpoints.keepalive_timeout": front_door_timers,
+    "endpoints.send_timeout": front_door_timers,
+    "endpoints.fallback": fallback,
+    "endpoints.max_connections": connection_caps,
+    "endpoints.max_connections_per_source": connection_caps,
+    "endpoints.decoy_gzip": decoy_gzip,
     "endpoints.keepalive_interval": "tests/integration/l2bridge/test_link_liveness.py::"
     "test_silent_exit_is_left_for_the_next",
     "endpoints.liveness_timeout": "tests/integration/l2bridge/test_link_liveness.py::"
