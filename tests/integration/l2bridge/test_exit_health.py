@@ -22,7 +22,7 @@ def test_tunnel_health_counts_devices_and_screening(tmp_path: Path, fake_host: N
             assert node.tpm_health() is None  # this exit does not attest
             client = ClientNode(nodes.config(lab.client_configs["client"]), status=False)
             link = await client.connect()
-            await probe(port, upgrade_request("A" * 43))  # a stranger: the decoy answers
+            await probe(port, [upgrade_request("A" * 43)])  # a stranger: the decoy answers
             for _ in range(100):
                 if node.tunnel_health()["devices"] == 1:
                     break
