@@ -25,9 +25,10 @@ from exitnode import constants
 from exitnode.attested import AttestedExit
 from exitnode.errors import ExitConfigError
 from exitnode.host import HostSetup, Masquerade
+from exitnode.relay import Relay
 from exitnode.revocations import LiveSessions, RevocationWatch
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
-from exitnode.switchboard import Switchboard
+from exitnode.switchboard import PortLink, Switchboard
 from hardware import ethernet
 from hardware.tap import TapConfig
 from l2bridge.constants import Mode
@@ -161,6 +162,12 @@ class ExitNode:
         self.attested: AttestedExit | None = None
         self.metrics.set_info(node_id=self.identity.node_id.hex(), listen=f"{ep.listen}")
         self.board: Switchboard | None = None
+        self.relay: Relay | None = None  # endpoints.relay: built in run() beside the board
+        self.relay_certificate = (
+            keyfiles.load_certificate(config.keys.relay_certificate)
+            if config.keys.relay_certificate
+            else None
+        )
         self.listening = asyncio.Event()
 
     def attach(self, attested: AttestedExit) -> None:
@@ -217,8 +224,14 @@ class ExitNode:
         if not self.sessions.add(link, name, self.clock()):
             return  # refused since its handshake (a list reloaded meanwhile)
         try:
+            port: PortLink | None = link
+            if self.relay is not None:
+                # A circuit link is served by the relay until it ends (then None).
+                port = await self.relay.admit(link)
+            if port is None:
+                return
             await self.board.serve_link(
-                link, name, self.policy_for(auth.name), owner=auth.device_id.hex()
+                port, name, self.policy_for(auth.name), owner=auth.device_id.hex()
             )
         finally:
             self.sessions.discard(link)
@@ -234,6 +247,13 @@ class ExitNode:
         try:
             switch = Switch(self.switch_config())
             self.board = Switchboard(switch, self.metrics, local=host.tap)
+            if self.config.endpoints.relay:
+                self.relay = Relay(
+                    self.identity, self.metrics, mode=self.mode, backend=self.backend,
+                    evidence_provider=self.evidence_provider,
+                    certificate=self.relay_certificate, session_config=self.session_config,
+                    board=self.board, policy=self.default_policy, clock=self.clock,
+                )  # fmt: skip
             server = await tunnel.serve(
                 self._on_link,
                 self.settings,
@@ -254,6 +274,8 @@ class ExitNode:
             ]
             if self.attested is not None:
                 jobs.append(self.attested.run(stop))
+            if self.relay is not None:
+                jobs.append(self.relay.run(stop))
             await asyncio.gather(*jobs)
         finally:
             if server is not None:

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from l2bridge.constants import DEFAULT_PAD_TO
+from l2bridge.constants import DEFAULT_PAD_TO, MAX_HOPS
 from l2bridge.errors import LocalError
 from timing.config import TimeSettings, settings_from
 from timing.errors import ConfigError as TimingConfigError
@@ -86,6 +86,9 @@ class ExitNodes:
     min_reputation: int = 500
     geographic_diversity: bool = False
     jurisdictional_diversity: bool = False
+    # Multi-hop: YAML mapping of nodeId (hex) -> region. The registry contract has no
+    # region field, so hops' regions come from here (l2bridge.client.circuit).
+    regions_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,7 @@ class Endpoints:
     server_header: str = "nginx"
     token_window: float = 60.0
     header_timeout: float = 10.0
+    relay: bool = False  # exit: also serve as a hop of multi-hop circuits (exitnode.relay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +138,8 @@ class Keys:
     certificate: Path | None = None
     allow_list: Path | None = None
     revocations: Path | None = None
+    # exit with endpoints.relay: the device certificate it shows the next hop's Authorizer
+    relay_certificate: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +397,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "min_reputation": _int_range(0, 1000),
             "geographic_diversity": _bool,
             "jurisdictional_diversity": _bool,
+            "regions_file": _PATH,
         },
     ),
     "obfuscation": (
@@ -428,13 +435,21 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "server_header": _text,
             "token_window": _duration_range(10.0, 3600.0),
             "header_timeout": _duration_range(0.1, 300.0),
+            "relay": _bool,
         },
     ),
     "keys": (
         Keys,
         {
             k: _PATH
-            for k in ("identity", "admin_public", "certificate", "allow_list", "revocations")
+            for k in (
+                "identity",
+                "admin_public",
+                "certificate",
+                "allow_list",
+                "revocations",
+                "relay_certificate",
+            )
         },
     ),
     "tpm": (
@@ -567,19 +582,8 @@ def problems(config: Config) -> list[Problem]:
     out: list[Problem] = []
     if config.security.sgx_enclave:
         out.append(Problem("security.sgx_enclave", "Intel SGX enclaves are not supported", True))
-    if config.exit_nodes.multi_hop or config.exit_nodes.hops > 1:
-        out.append(
-            Problem(
-                "exit_nodes.multi_hop",
-                f"multi-hop routing ({config.exit_nodes.hops} hops) is not implemented; "
-                "set multi_hop: false and hops: 1 to run single-hop",
-                True,
-            )
-        )
+    out.extend(_multi_hop(config))
     out.extend(_pinned_attestation(config))
-    for name in ("geographic_diversity", "jurisdictional_diversity"):
-        if getattr(config.exit_nodes, name):
-            out.append(Problem(f"exit_nodes.{name}", "only meaningful with multi-hop", False))
     if config.obfuscation.advanced_stego:
         out.append(Problem("obfuscation.advanced_stego", "steganography is not implemented", False))
     if config.obfuscation.cover_traffic is not CoverTraffic.OFF and not config.obfuscation.enabled:
@@ -594,6 +598,43 @@ def problems(config: Config) -> list[Problem]:
         out.append(Problem("logging.siem_export", "SIEM export is not implemented", False))
     for warning in config.atomic_time.warnings():
         out.append(Problem("atomic_time.consensus_quorum", warning, False))
+    return out
+
+
+def _multi_hop(config: Config) -> list[Problem]:
+    """Circuits of 2..MAX_HOPS hops (l2bridge.client.circuit); the diversity settings."""
+    hops = config.exit_nodes
+    out = []
+    if hops.multi_hop and not 2 <= hops.hops <= MAX_HOPS:
+        out.append(
+            Problem("exit_nodes.hops", f"multi-hop circuits have 2 to {MAX_HOPS} hops", True)
+        )
+    if not hops.multi_hop and hops.hops > 1:
+        out.append(
+            Problem("exit_nodes.hops", "more than one hop needs exit_nodes.multi_hop: true", True)
+        )
+    for name in ("geographic_diversity", "jurisdictional_diversity"):
+        if not getattr(hops, name):
+            continue
+        if not hops.multi_hop:
+            out.append(Problem(f"exit_nodes.{name}", "only meaningful with multi-hop", False))
+        elif hops.regions_file is None:
+            out.append(
+                Problem(
+                    f"exit_nodes.{name}",
+                    "the registry records no region: set exit_nodes.regions_file, or hops "
+                    "are kept apart by node and operator only",
+                    False,
+                )
+            )
+        elif name == "jurisdictional_diversity":
+            out.append(
+                Problem(
+                    f"exit_nodes.{name}",
+                    "enforced only as far as exit_nodes.regions_file names jurisdictions",
+                    False,
+                )
+            )
     return out
 
 

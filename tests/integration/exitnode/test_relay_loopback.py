@@ -1,0 +1,195 @@
+"""Circuits through relaying exits on loopback: real transport, handshakes, relays, switch.
+
+A client telescopes through 3 (and 5) exits; frames cross into the tail's LAN and back;
+the first hop never sees the frames in clear; a middle hop's death reaches the client as a
+closed circuit; a hop with bad evidence is refused by name; a relay's queues stay bounded
+(tests/unit/exitnode/test_relay.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+
+from l2bridge.client.circuit import HopFailed, build
+from l2bridge.constants import Mode
+from l2bridge.protocol.cells import CellKind, parse_cell
+from l2bridge.transport.errors import TransportClosed
+from tests.integration.exitnode.relaynet import (
+    dialer,
+    fake_checker,
+    hop_of,
+    start_exits,
+    token_for,
+)
+
+pytestmark = pytest.mark.integration
+
+A, B = bytes.fromhex("02000000000a"), bytes.fromhex("02000000000b")
+
+
+def ether(src: bytes, dst: bytes, payload: bytes) -> bytes:
+    return dst + src + b"\x88\xb5" + payload
+
+
+def tunnel_frame(frame: bytes) -> bytes:
+    """A frame as the tunnel carries it: the 10-byte virtio-net header (zero: no offloads)."""
+    return bytes(10) + frame
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+async def until(predicate, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def stop_all(exits) -> None:
+    for x in exits:
+        await x.kill()
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_frames_cross_the_circuit_with_equal_sha256(n):
+    async def scenario():
+        exits = await start_exits(n)
+        try:
+            cl = await build(
+                [hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for
+            )
+            assert cl.circuit.length == n and len(cl.hop_ms) == n
+            tail = exits[-1]
+            blob = os.urandom(200_000)
+            chunks = [blob[i : i + 1400] for i in range(0, len(blob), 1400)]
+            for i in range(0, len(chunks), 16):
+                await cl.send_frames([tunnel_frame(ether(A, B, c)) for c in chunks[i : i + 16]])
+            got: list[bytes] = []
+            await until(lambda: got.extend(tail.tap.delivered()) or len(got) >= len(chunks), 30)
+            assert hashlib.sha256(b"".join(f[14:] for f in got)).digest() == (
+                hashlib.sha256(blob).digest()
+            )
+            # ... and back from the tail's LAN to the client.
+            back = [ether(B, A, os.urandom(1000)) for _ in range(20)]
+            for f in back:
+                tail.tap.inject(f)
+            received: list[bytes] = []
+            async with asyncio.timeout(10):
+                while len(received) < len(back):
+                    received.extend(bytes(f) for f in await cl.recv_frames())
+            assert received == [tunnel_frame(f) for f in back]
+            # Only the tail switched anything; hop 1 and the middle hops relayed ciphertext.
+            for x in exits[:-1]:
+                assert x.tap.delivered() == []
+                assert x.relay is not None and x.relay.relayed_bytes > 0
+            await cl.close()
+        finally:
+            await stop_all(exits)
+
+    run(scenario())
+
+
+def test_pqc_only_circuit_of_five_hops():
+    async def scenario():
+        exits = await start_exits(5, mode=Mode.PQC_ONLY)
+        try:
+            cl = await build(
+                [hop_of(x) for x in exits], dialer(Mode.PQC_ONLY), lambda h: fake_checker,
+                token_for, mode=Mode.PQC_ONLY,
+            )  # fmt: skip
+            await cl.send_frames([tunnel_frame(ether(A, B, b"pq" * 100))])
+            await until(lambda: bool(exits[-1].tap.delivered()))
+            await cl.close()
+        finally:
+            await stop_all(exits)
+
+    run(scenario())
+
+
+def test_hop_one_sees_only_ciphertext_and_fixed_sizes():
+    async def scenario():
+        exits = await start_exits(3)
+        try:
+            cl = await build(
+                [hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for
+            )
+            secret = b"TOP-SECRET-PAYLOAD" * 50
+            cells = cl.circuit.seal_frames([tunnel_frame(ether(A, B, secret))])
+            for c in cells:
+                cell = parse_cell(c)
+                assert cell.kind is CellKind.RELAY
+                assert b"TOP-SECRET" not in bytes(cell.body)
+            await cl.link.send_frames(cells)
+            await until(lambda: bool(exits[-1].tap.delivered()))
+            await cl.close()
+        finally:
+            await stop_all(exits)
+
+    run(scenario())
+
+
+def test_killing_a_middle_hop_ends_the_circuit_at_the_client():
+    async def scenario():
+        exits = await start_exits(3)
+        try:
+            cl = await build(
+                [hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for
+            )
+            await cl.send_frames([tunnel_frame(ether(A, B, b"x" * 100))])
+            await until(lambda: bool(exits[2].tap.delivered()))
+            await exits[1].kill()
+            with pytest.raises(TransportClosed):
+                async with asyncio.timeout(15):
+                    while True:
+                        await cl.recv_frames()
+            assert cl.ended is not None
+            # Hop 1 tore its half down too (no circuit left behind).
+            assert exits[0].relay is not None
+            await until(lambda: not exits[0].relay.hops)
+            # A new circuit through the survivors works.
+            again = await build(
+                [hop_of(exits[0]), hop_of(exits[2])], dialer(), lambda h: fake_checker, token_for
+            )
+            await again.send_frames([tunnel_frame(ether(A, B, b"y" * 100))])
+            await until(lambda: any(b"y" * 100 in f for f in exits[2].tap.delivered()))
+            await again.close()
+            await cl.close()
+        finally:
+            await stop_all([exits[0], exits[2]])
+
+    run(scenario())
+
+
+def test_a_hop_with_bad_evidence_is_refused_by_name():
+    async def scenario():
+        exits = await start_exits(3)
+        exits[1].relay.evidence_provider = lambda nonce, node: b"EV" + bytes(32)  # stale
+        try:
+            with pytest.raises(HopFailed) as info:
+                await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for)
+            assert info.value.node_id == exits[1].node_id and info.value.refused
+            # Hop 1 closed its link to the refused hop once the client dropped the circuit.
+            await until(lambda: not exits[0].relay.hops and not exits[1].relay.hops)
+        finally:
+            await stop_all(exits)
+
+    run(scenario())
+
+
+def test_an_unreachable_next_hop_is_reported_and_the_tail_stays_usable():
+    async def scenario():
+        exits = await start_exits(3)
+        await exits[1].kill()
+        try:
+            with pytest.raises(HopFailed) as info:
+                await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for)
+            assert info.value.node_id == exits[1].node_id and not info.value.refused
+        finally:
+            await stop_all([exits[0], exits[2]])
+
+    run(scenario())
