@@ -53,6 +53,7 @@ from l2bridge.node.metrics import Metrics
 from l2bridge.protocol.circuit import ClientCircuit, Destroyed, HopAdded, HopRefused
 from l2bridge.protocol.handshake import ClientHandshake, EvidenceChecker
 from l2bridge.protocol.records import Buffer
+from l2bridge.protocol.session import Session
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.token import mint_token
 
@@ -92,7 +93,12 @@ def load_regions(path: Path | None) -> dict[bytes, str]:
         raise ValueError(f"{path}: expected a mapping of nodeId hex to region")
     out: dict[bytes, str] = {}
     for key, value in data.items():
-        node = bytes.fromhex(str(key).removeprefix("0x"))
+        if isinstance(key, int):  # YAML reads an unquoted 0x... key as a number
+            if not 0 <= key < 2**256:
+                raise ValueError(f"{path}: bad entry {key!r}")
+            node = key.to_bytes(32, "big")
+        else:
+            node = bytes.fromhex(str(key).removeprefix("0x"))
         if len(node) != 32 or not isinstance(value, str) or not value:
             raise ValueError(f"{path}: bad entry {key!r}")
         out[node] = value
@@ -148,12 +154,17 @@ class CircuitLink:
 
     # -- what the rotation driver sees -----------------------------------------------------
     @property
-    def session(self) -> Any:
+    def session(self) -> Session:
+        """The session with hop 1 (its record keys are rekeyed in band as usual)."""
         return self.link.session
 
     @property
     def rekeys_completed(self) -> int:
         return self.link.rekeys_completed
+
+    @rekeys_completed.setter
+    def rekeys_completed(self, value: int) -> None:
+        self.link.rekeys_completed = value
 
     def rekey(self, epoch: int) -> bool:
         """Rekey the link to hop 1 and ratchet every hop's forward layer."""
@@ -394,6 +405,46 @@ class CircuitBuilder:
         )
 
     __call__ = connect
+
+    async def check_path(self) -> bool:
+        """Re-read the registry records of the circuit's hops; False (circuit closed, the
+        hop refused) when one is no longer healthy, changed its AK, or fell below
+        ``min_reputation``. Fresh evidence is not asked again here: that would take a
+        direct connection from the client to every hop, which a circuit exists to avoid."""
+        cl, path = self.current, list(self.path)
+        if cl is None or cl.ended is not None:
+            return True
+        for hop in path:
+            cand = hop.candidate
+            try:
+                async with asyncio.timeout(REGISTRY_TIMEOUT_S):
+                    record = await asyncio.to_thread(self.registry.node, cand.node_id)
+            except Exception:  # no answer now: keep the circuit, its hops were checked
+                return True
+            why = None
+            if not record.healthy or record.status != "active":
+                why = f"no longer healthy on chain ({record.status})"
+            elif bytes(record.ak.x) != cand.ak_x or bytes(record.ak.y) != cand.ak_y:
+                why = "registry AK changed"
+            elif record.reputation < self.selection.min_reputation:
+                why = f"reputation fell to {record.reputation}"
+            if why is not None:
+                log.warning("hop %s: %s; rebuilding the circuit", cand.short, why)
+                self.refusals.refuse(cand, why, self._clock())
+                await cl.close()
+                return False
+        return True
+
+    async def watch(self, stop: asyncio.Event, interval: float) -> None:
+        """``check_path`` every ``interval`` until ``stop``."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+                return
+            try:
+                await self.check_path()
+            except Exception:
+                log.exception("circuit check failed")
 
     def _failed(self, path: Sequence[Hop], exc: HopFailed) -> None:
         hop = next(h for h in path if h.candidate.node_id == exc.node_id)
