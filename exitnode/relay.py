@@ -9,10 +9,11 @@ goes to the switchboard as before, its early batch first.
 Per circuit this hop
 
 * answers the CREATE (evidence + signatures, in a worker thread: the TPM quote takes time);
-* at the tail, on EXTEND: opens a link to the next hop over the ordinary transport (the
-  token the client minted for it, our identity and ``keys.relay_certificate`` for its
-  Authorizer, its nodeId pinned), sends the CREATE and returns the CREATED as EXTENDED; on
-  failure EXTEND_FAILED, and we stay the tail;
+* at the tail, on EXTEND: when the exit knows the registry, checks that the endpoint is the
+  one listed for that nodeId (no connections to hosts a client names); opens a link to the
+  next hop over the ordinary transport (the token the client minted for it, our identity and
+  ``keys.relay_certificate`` for its Authorizer, its nodeId pinned), sends the CREATE and
+  returns the CREATED as EXTENDED; on failure EXTEND_FAILED, and we stay the tail;
 * relays cells both ways through bounded per-circuit queues: a full queue drops the cell
   and counts it (``circuit_queue_full``), it never buffers without limit;
 * at the tail, switches the innermost frames into its L2 segment as one switchboard port
@@ -43,6 +44,7 @@ from l2bridge.crypto.pq import Backend
 from l2bridge.errors import L2BridgeError, MalformedMessage, PeerError
 from l2bridge.identity.keys import DeviceCertificate, HybridSigningKey
 from l2bridge.node import link as tunnel
+from l2bridge.node.config import Config
 from l2bridge.node.metrics import Metrics
 from l2bridge.protocol.cells import (
     Cell,
@@ -220,6 +222,7 @@ class Relay:
         policy: PortPolicy | None = None,
         clock: Callable[[], float] = time.time,
         decide_s: float = constants.RELAY_DECIDE_S,
+        endpoint_of: Callable[[bytes], str | None] | None = None,
     ) -> None:
         self.identity = identity
         self.metrics = metrics
@@ -232,7 +235,12 @@ class Relay:
         self.policy = policy or PortPolicy()
         self.clock = clock
         self.decide_s = decide_s
+        # Blocking lookup of a node's registry endpoint (run in a thread): EXTEND is obeyed
+        # only toward the endpoint the registry lists for that nodeId, so a client cannot
+        # make this exit open connections to arbitrary hosts. None: not checked (labs).
+        self.endpoint_of = endpoint_of
         self._hops: dict[tuple[int, int], _Hop] = {}
+        self._accepting: set[tuple[int, int]] = set()  # CREATEs being answered
         self.relayed_bytes = 0
         self.relayed_cells = 0
         self.circuits_opened = 0
@@ -308,15 +316,17 @@ class Relay:
         hop: _Hop | None,
         assemblers: dict[int, HandshakeAssembler],
     ) -> None:
-        if hop is not None:
+        key = (id(link), cell.circuit)
+        if hop is not None or key in self._accepting:
             self.metrics.counters.drop("duplicate_create")
             return
         assembler = assemblers.get(cell.circuit)
         if assembler is None:
             per_link = sum(1 for h in self._hops.values() if h.prev is link)
+            per_link += sum(1 for k in self._accepting if k[0] == id(link))
             if (
                 per_link + len(assemblers) >= constants.MAX_CIRCUITS_PER_LINK
-                or len(self._hops) >= constants.MAX_CIRCUITS
+                or len(self._hops) + len(self._accepting) >= constants.MAX_CIRCUITS
             ):
                 self.metrics.counters.drop("too_many_circuits")
                 link.send_now([destroy_cell(cell.circuit, DestroyReason.OVERLOADED)])
@@ -330,8 +340,10 @@ class Relay:
             return
         if create is not None:
             del assemblers[cell.circuit]
+            self._accepting.add(key)
             task = asyncio.ensure_future(self._accept(link, cell.circuit, create))
             task.add_done_callback(_log_failure)
+            task.add_done_callback(lambda _t: self._accepting.discard(key))
 
     async def _accept(self, link: tunnel.Link, circuit_id: int, create: bytes) -> None:
         try:
@@ -345,6 +357,9 @@ class Relay:
             self.metrics.counters.drop("bad_create")
             with contextlib.suppress(TransportClosed):
                 link.send_now([destroy_cell(circuit_id, DestroyReason.PROTOCOL)])
+            return
+        if link.close_reason is not None:
+            circuit.close()  # the link ended while we answered
             return
         hop = _Hop(circuit, link, circuit_id, _Queue(link, self.metrics))
         self._hops[(id(link), circuit_id)] = hop
@@ -383,6 +398,18 @@ class Relay:
     # -- extending -------------------------------------------------------------------------
 
     async def _extend(self, hop: _Hop, request: Extend) -> None:
+        if self.endpoint_of is not None:
+            try:
+                listed = await asyncio.to_thread(self.endpoint_of, request.node_id)
+            except Exception as exc:  # web3 raises many types: the registry did not answer
+                log.info("registry lookup for an EXTEND failed: %s", type(exc).__name__)
+                listed = None
+            if listed != request.endpoint:
+                self.metrics.counters.drop("extend_not_in_registry")
+                if not hop.closed:
+                    bodies = hop.circuit.extend_failed(ExtendFailure.REFUSED)
+                    hop.to_prev.put([encode_cell(CellKind.RELAY, hop.prev_id, b) for b in bodies])
+                return
         try:
             async with asyncio.timeout(constants.EXTEND_TIMEOUT_S):
                 created = await self._open_next(hop, request)
@@ -525,6 +552,24 @@ class Relay:
                 self.metrics.counters.rekeys += 1
         for hop in list(self._hops.values()):
             self.close_hop(hop, DestroyReason.NORMAL)
+
+
+def registry_endpoints(config: Config) -> Callable[[bytes], str | None] | None:
+    """``nodeId -> endpoint`` read from the registry named by ``chain.*``; None without it."""
+    chain = config.chain
+    if not (chain.rpc_url and chain.contract_address):
+        return None
+    rpc, address = chain.rpc_url, chain.contract_address
+
+    def endpoint_of(node_id: bytes) -> str | None:
+        from contracts.client import RegistryClient, connect  # noqa: PLC0415 (web3 on use)
+
+        record = RegistryClient(connect(rpc), address).node(node_id)
+        if bytes(record.node_id) != node_id or not record.healthy:
+            return None
+        return str(record.endpoint)
+
+    return endpoint_of
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:

@@ -25,7 +25,7 @@ from exitnode import constants
 from exitnode.attested import AttestedExit
 from exitnode.errors import ExitConfigError
 from exitnode.host import HostSetup, Masquerade
-from exitnode.relay import Relay
+from exitnode.relay import Relay, registry_endpoints
 from exitnode.revocations import LiveSessions, RevocationWatch
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import PortLink, Switchboard
@@ -253,6 +253,7 @@ class ExitNode:
                     evidence_provider=self.evidence_provider,
                     certificate=self.relay_certificate, session_config=self.session_config,
                     board=self.board, policy=self.default_policy, clock=self.clock,
+                    endpoint_of=registry_endpoints(self.config),
                 )  # fmt: skip
             server = await tunnel.serve(
                 self._on_link,

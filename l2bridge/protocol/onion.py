@@ -175,21 +175,33 @@ class _HeaderCipher:
 
 
 class LayerSender:
-    """Seals one hop's layer in one direction. The caller supplies unique sequences."""
+    """Seals one hop's layer in one direction. The caller supplies unique sequences.
 
-    __slots__ = ("_gen", "_header", "_label")
+    ``ratchet()`` takes effect at the next ``seal``, once however often it was called
+    meanwhile: consecutive cells are never more than one generation apart, so a receiver
+    that follows one step at a time keeps up with a circuit that was idle for many epochs.
+    """
+
+    __slots__ = ("_gen", "_header", "_label", "_ratchet_due")
 
     def __init__(self, secret: DirectionSecret, direction: bytes) -> None:
         self._label = _AAD[direction]
         self._header = _HeaderCipher(secret.header_key)
         self._gen = _Generation.make(0, secret.key, secret.iv, secret.chain)
+        self._ratchet_due = False
 
     @property
     def generation(self) -> int:
-        return self._gen.number
+        """The generation the next cell is sealed in."""
+        return self._gen.number + (1 if self._ratchet_due else 0)
 
     def seal(self, payload: bytes | bytearray | memoryview, sequence: int) -> tuple[bytes, bytes]:
         """(ciphertext of the same size, 32-byte slot)."""
+        if self._ratchet_due:
+            old = self._gen
+            self._gen = old.ratcheted()
+            old.wipe()
+            self._ratchet_due = False
         aead = self._gen.aead
         if aead is None:
             raise StateError("layer wiped")
@@ -200,11 +212,9 @@ class LayerSender:
         return out[:-AEAD_TAG_SIZE], slot
 
     def ratchet(self) -> int:
-        """Move to the next generation; the old key is wiped at once. Returns it."""
-        old = self._gen
-        self._gen = old.ratcheted()
-        old.wipe()
-        return self._gen.number
+        """Move to the next generation at the next seal (the old key is wiped then)."""
+        self._ratchet_due = True
+        return self.generation
 
     def wipe(self) -> None:
         self._gen.wipe()

@@ -36,6 +36,7 @@ from contracts.cli import enrolment_ak
 from contracts.client import RegistryClient, connect
 from contracts.voucher import Voucher
 from exitnode.lifecycle import ENROLMENT_FILE, ExitLifecycle
+from exitnode.relay import registry_endpoints
 from exitnode.upkeep import RegistryUpkeep
 from hardware.chain import Anvil
 from hardware.tap import FakeTap
@@ -45,6 +46,7 @@ from l2bridge.client.failover import DialSettings
 from l2bridge.client.pump import Backoff, Client
 from l2bridge.client.selection import SelectionPolicy
 from l2bridge.identity.keys import AllowList, HybridSigningKey
+from l2bridge.node.config import config_from_mapping
 from l2bridge.node.metrics import Metrics
 from tests.integration.exitnode.relaynet import ACCESS, CLIENT, RelayExit
 
@@ -115,7 +117,7 @@ def world(tmp_path_factory):
                 ),
             )
             nodes.sort(key=lambda n: n.node_id)  # the registry ranks equal exits by nodeId
-            yield registry, nodes, golden
+            yield registry, nodes, golden, chain.rpc_url
         finally:
             for n in nodes:
                 n.lifecycle.close()
@@ -146,7 +148,7 @@ def tunnel_frames(blob: bytes, tag: bytes) -> list[bytes]:
 def test_three_hop_circuit_skips_bad_evidence_and_shared_operators_and_survives_a_dead_hop(
     world,
 ):
-    registry, nodes, golden = world
+    registry, nodes, golden, rpc_url = world
 
     async def scenario() -> None:
         allow = AllowList().add(CLIENT.node_id, "client")
@@ -158,6 +160,12 @@ def test_three_hop_circuit_skips_bad_evidence_and_shared_operators_and_survives_
         operator_of = [ops[0], ops[0], *ops[2:EXITS]]  # exits 0 and 1: one operator
         for n, op in zip(nodes, operator_of, strict=True):
             await asyncio.to_thread(register, registry, n, op, n.relay.url)
+        # Each exit extends circuits only to the endpoint the registry lists for a nodeId.
+        chain = config_from_mapping(
+            {"chain": {"rpc_url": rpc_url, "contract_address": registry.address}}, env={}
+        )
+        for n in nodes:
+            n.relay.relay.endpoint_of = registry_endpoints(chain)
         reader = RegistryClient(registry.w3, registry.address)
         ids = [n.node_id for n in nodes]
 
@@ -253,6 +261,7 @@ def test_three_hop_circuit_skips_bad_evidence_and_shared_operators_and_survives_
             assert len(snapshot["info"]["circuit_hop_ms"]) == 3
             assert nodes[0].relay.relay is not None
             assert nodes[0].relay.relay.relayed_bytes > 0
+            assert not any(n.relay.metrics.counters.drops["extend_not_in_registry"] for n in nodes)
         finally:
             stop.set()
             await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 20)

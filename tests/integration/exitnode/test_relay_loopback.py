@@ -14,7 +14,8 @@ import os
 
 import pytest
 
-from l2bridge.client.circuit import HopFailed, build
+from l2bridge.client.circuit import Hop, HopFailed, build
+from l2bridge.client.selection import Candidate
 from l2bridge.constants import Mode
 from l2bridge.protocol.cells import CellKind, parse_cell
 from l2bridge.transport.errors import TransportClosed
@@ -191,5 +192,35 @@ def test_an_unreachable_next_hop_is_reported_and_the_tail_stays_usable():
             assert info.value.node_id == exits[1].node_id and not info.value.refused
         finally:
             await stop_all([exits[0], exits[2]])
+
+    run(scenario())
+
+
+def test_extend_goes_only_to_the_endpoint_the_registry_lists():
+    async def scenario():
+        exits = await start_exits(3)
+        listed = {x.node_id: x.url for x in exits}
+        for x in exits:
+            assert x.relay is not None
+            x.relay.endpoint_of = listed.get
+        try:
+            # A client names another host for exit 1: hop 0 refuses to connect there.
+            elsewhere = Hop(
+                Candidate(exits[1].node_id, "ws://127.0.0.1:9/ws", 900, 0.0, b"", b""), "", None
+            )
+            with pytest.raises(HopFailed) as info:
+                await build(
+                    [hop_of(exits[0]), elsewhere, hop_of(exits[2])], dialer(),
+                    lambda h: fake_checker, token_for,
+                )  # fmt: skip
+            assert info.value.node_id == exits[1].node_id and not info.value.refused
+            assert exits[0].metrics.counters.drops["extend_not_in_registry"] == 1
+            # The listed endpoints work.
+            cl = await build(
+                [hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for
+            )
+            await cl.close()
+        finally:
+            await stop_all(exits)
 
     run(scenario())

@@ -166,20 +166,46 @@ def test_rekey_of_all_layers_loses_no_frame():
     assert not any(h.stats.drops for h in net.hops)
 
 
-def test_a_receiver_does_not_jump_generations_on_forged_numbers():
+def _layer_pair():
     fwd, _ = onion.derive_hop(b"k" * 64, b"salt")
     fwd2, _ = onion.derive_hop(b"k" * 64, b"salt")
-    sender, receiver = (
-        onion.LayerSender(fwd, onion.FORWARD),
-        onion.LayerReceiver(fwd2, onion.FORWARD),
-    )
-    sender.ratchet()
-    sender.ratchet()  # two ahead: more than a receiver follows
+    return onion.LayerSender(fwd, onion.FORWARD), onion.LayerReceiver(fwd2, onion.FORWARD)
+
+
+def test_an_idle_circuit_keeps_up_with_many_epochs():
+    sender, receiver = _layer_pair()
+    for _ in range(50):  # fifty clock epochs without a cell
+        sender.ratchet()
     ct, slot = sender.seal(b"x" * 512, 0)
+    assert receiver.open(slot, ct, NOW) == b"x" * 512
+    assert receiver.generation == sender.generation == 1
+
+
+def test_a_receiver_does_not_jump_generations():
+    sender, receiver = _layer_pair()
+    sender.ratchet()
+    sender.seal(b"lost" * 128, 0)  # never delivered
+    sender.ratchet()
+    ct, slot = sender.seal(b"x" * 512, 1)  # two generations ahead of the receiver
     with pytest.raises(RecordRejected) as info:
         receiver.open(slot, ct, NOW)
     assert info.value.reason == "unknown_generation"
     assert receiver.generation == 0
+
+
+def test_forged_slots_and_cross_direction_cells_are_refused():
+    sender, receiver = _layer_pair()
+    ct, slot = sender.seal(b"x" * 512, 7)
+    with pytest.raises(RecordRejected) as info:
+        receiver.open(os.urandom(16) + slot[16:], ct, NOW)
+    assert info.value.reason in ("bad_slot", "unknown_generation", "bad_tag")
+    # The same keys for the other direction: the associated data differs.
+    fwd, _ = onion.derive_hop(b"k" * 64, b"salt")
+    backward_receiver = onion.LayerReceiver(fwd, onion.BACKWARD)
+    with pytest.raises(RecordRejected) as info:
+        backward_receiver.open(slot, ct, NOW)
+    assert info.value.reason == "bad_tag"
+    assert receiver.open(slot, ct, NOW) == b"x" * 512
 
 
 def test_the_hop_must_be_the_registry_node():
