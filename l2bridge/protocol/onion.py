@@ -151,21 +151,22 @@ def derive_hop(ikm: bytes | bytearray, salt: bytes) -> tuple[DirectionSecret, Di
 class _HeaderCipher:
     """The slot's 16-byte block under the hop's header key: a pseudorandom permutation."""
 
-    __slots__ = ("_cipher", "_key")
+    __slots__ = ("_dec", "_enc", "_key")
 
     def __init__(self, key: bytearray) -> None:
         self._key = key
         # One block of a value never repeated under this key: AES as a pseudorandom
-        # permutation (as QUIC's header protection uses it), not ECB over a message.
-        self._cipher = Cipher(algorithms.AES(bytes(key)), modes.ECB())  # noqa: S305
+        # permutation (as QUIC's header protection uses it), not ECB over a message. ECB
+        # keeps no state between blocks, so one context serves every cell.
+        cipher = Cipher(algorithms.AES(bytes(key)), modes.ECB())  # noqa: S305
+        self._enc = cipher.encryptor()
+        self._dec = cipher.decryptor()
 
     def seal(self, sequence: int, generation: int) -> bytes:
-        enc = self._cipher.encryptor()
-        return enc.update(_BLOCK.pack(sequence, generation, 0)) + enc.finalize()
+        return self._enc.update(_BLOCK.pack(sequence, generation, 0))
 
     def open(self, block: bytes) -> tuple[int, int]:
-        dec = self._cipher.decryptor()
-        sequence, generation, zero = _BLOCK.unpack(dec.update(block) + dec.finalize())
+        sequence, generation, zero = _BLOCK.unpack(self._dec.update(block))
         if zero:
             raise RecordRejected("bad_slot")
         return sequence, generation

@@ -48,7 +48,7 @@ from l2bridge.client.selection import SelectionPolicy
 from l2bridge.identity.keys import AllowList, HybridSigningKey
 from l2bridge.node.config import config_from_mapping
 from l2bridge.node.metrics import Metrics
-from tests.integration.exitnode.relaynet import ACCESS, CLIENT, RelayExit
+from lab.circuitlab import ACCESS, CLIENT, RelayExit
 
 pytestmark = pytest.mark.integration
 

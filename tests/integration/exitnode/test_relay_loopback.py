@@ -19,7 +19,7 @@ from l2bridge.client.selection import Candidate
 from l2bridge.constants import Mode
 from l2bridge.protocol.cells import CellKind, parse_cell
 from l2bridge.transport.errors import TransportClosed
-from tests.integration.exitnode.relaynet import (
+from lab.circuitlab import (
     dialer,
     fake_checker,
     hop_of,

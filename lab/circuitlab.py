@@ -1,10 +1,14 @@
-"""Relaying exits on loopback: the real transport, handshake, links, Relay and Switchboard.
+"""Relaying exits on loopback for tests and benchmarks: the real transport, handshake,
+links, Relay and Switchboard, in one process.
 
 Each ``RelayExit`` serves tunnels like ``ExitNode`` does (``tunnel.serve`` behind the decoy
 site, its Authorizer, then ``Relay.admit``: circuit links to the relay, others to the
 switch), with an in-memory FakeTap as its LAN, so the tail's segment can be watched.
 Every exit admits the client and every other exit (their identities on its allow-list:
-the role ``keys.relay_certificate`` plays in a deployment).
+the role ``keys.relay_certificate`` plays in a deployment). ``fake_provider`` /
+``fake_checker`` stand in for TPM evidence where no swtpm runs: a hash over exactly what
+real evidence must cover (the bound nonce and the nodeId), so a hop that answers for another
+exchange is still refused.
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from websockets.asyncio.server import Server
 
 from exitnode.relay import Relay
 from exitnode.switch import PortPolicy, Switch
@@ -54,7 +61,7 @@ class RelayExit:
     metrics: Metrics = field(default_factory=lambda: Metrics("exit"))
     tap: FakeTap = field(default_factory=FakeTap)
     relay: Relay | None = None
-    server: tunnel.Server | None = None
+    server: Server | None = None
     links: list[tunnel.Link] = field(default_factory=list)
 
     @property
@@ -131,6 +138,4 @@ def dialer(mode: Mode = Mode.HYBRID) -> Callable[[Hop], object]:
 
 
 def token_for(hop: Hop) -> str:
-    import time
-
     return mint_token(ACCESS, hop.candidate.node_id, time.time())
