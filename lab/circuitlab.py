@@ -13,21 +13,29 @@ exchange is still refused.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import hashlib
+import json
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from websockets.asyncio.server import Server
 
+from attestation.policy import GoldenPolicy
 from exitnode.relay import Relay
 from exitnode.switch import PortPolicy, Switch
 from exitnode.switchboard import Switchboard
-from hardware.tap import FakeTap
-from l2bridge.client.circuit import Hop
-from l2bridge.client.selection import Candidate
+from hardware import netns
+from hardware.tap import FakeTap, FrameDevice, TapConfig, open_tap
+from l2bridge.client.circuit import CircuitBuilder, Hop
+from l2bridge.client.failover import DialSettings
+from l2bridge.client.pump import Backoff, Client
+from l2bridge.client.selection import Candidate, SelectionPolicy
 from l2bridge.constants import Mode
 from l2bridge.identity.keys import AllowList, Authorizer, HybridSigningKey
 from l2bridge.node import link as tunnel
@@ -59,7 +67,7 @@ class RelayExit:
     mode: Mode = Mode.HYBRID
     url: str = ""
     metrics: Metrics = field(default_factory=lambda: Metrics("exit"))
-    tap: FakeTap = field(default_factory=FakeTap)
+    tap: FrameDevice = field(default_factory=FakeTap)
     relay: Relay | None = None
     server: Server | None = None
     links: list[tunnel.Link] = field(default_factory=list)
@@ -114,12 +122,21 @@ class RelayExit:
         self.tap.close()
 
 
-async def start_exits(n: int, mode: Mode = Mode.HYBRID) -> list[RelayExit]:
+async def start_exits(
+    n: int, mode: Mode = Mode.HYBRID, taps: Sequence[FrameDevice] | None = None
+) -> list[RelayExit]:
     keys = [HybridSigningKey.generate() for _ in range(n)]
     allow = AllowList().add(CLIENT.node_id, "client")
     for i, k in enumerate(keys):
         allow = allow.add(k.node_id, f"relay-{i}")
-    return [await RelayExit(k, allow, mode=mode).start() for k in keys]
+    out = []
+    for i, k in enumerate(keys):
+        x = RelayExit(k, allow, mode=mode)
+        if taps is not None:
+            x.tap.close()
+            x.tap = taps[i]
+        out.append(await x.start())
+    return out
 
 
 def hop_of(x: RelayExit, operator: str = "") -> Hop:
@@ -139,3 +156,158 @@ def dialer(mode: Mode = Mode.HYBRID) -> Callable[[Hop], object]:
 
 def token_for(hop: Hop) -> str:
     return mint_token(ACCESS, hop.candidate.node_id, time.time())
+
+
+# -- a registry and a circuit builder for the lab (no chain, no TPM) ------------------------
+
+
+@dataclass(frozen=True)
+class LabAk:
+    x: bytes = b""
+    y: bytes = b""
+
+
+@dataclass(frozen=True)
+class LabRecord:
+    """A registry record as ``contracts.client.NodeInfo`` has it (the fields used)."""
+
+    node_id: bytes
+    endpoint: str
+    operator: str
+    last_attestation: int
+    reputation: int = 900
+    status: str = "active"
+    healthy: bool = True
+    ak: LabAk = field(default_factory=LabAk)
+
+
+class LabRegistry:
+    """An in-memory ``RegistryView`` listing the lab's exits, fresh and healthy."""
+
+    def __init__(self, exits: list[RelayExit], operators: dict[bytes, str] | None = None):
+        now = int(time.time())
+        ops = operators or {}
+        self.records = {
+            x.node_id: LabRecord(x.node_id, x.url, ops.get(x.node_id, f"0xop{i}"), now)
+            for i, x in enumerate(exits)
+        }
+
+    def healthy_nodes(self, min_reputation: int = 0) -> list[bytes]:
+        return [n for n, r in self.records.items() if r.reputation >= min_reputation]
+
+    def node(self, node_id: bytes) -> LabRecord:
+        return self.records[node_id]
+
+
+class LabBuilder(CircuitBuilder):
+    """``CircuitBuilder`` with the lab's stand-in evidence check instead of a TPM's."""
+
+    def _checker(self, hop: Hop) -> Any:
+        return fake_checker
+
+
+def lab_builder(
+    exits: list[RelayExit],
+    hops: int,
+    metrics: Metrics | None = None,
+    operators: dict[bytes, str] | None = None,
+) -> LabBuilder:
+    settings = DialSettings(identity=CLIENT, access_key=ACCESS, policy=GoldenPolicy((), ()))
+    return LabBuilder(
+        LabRegistry(exits, operators), settings, SelectionPolicy(min_reputation=0), hops=hops,
+        metrics=metrics,
+    )  # fmt: skip
+
+
+# -- a scenario process for namespace tests -----------------------------------------------------
+
+
+async def _scenario(args: argparse.Namespace) -> None:
+    """Exits bridging ``--exit-bridge``, a client bridging ``--client-bridge``, one circuit.
+
+    Prints JSON lines: ``{"path": [...], "rebuilds": n}`` after each build, ``{"killed":
+    id}``. SIGUSR1 kills the middle hop of the circuit in use; SIGTERM stops everything.
+    """
+    taps: list[FrameDevice] = []
+    for i in range(args.exits):
+        tap = open_tap(TapConfig(name=f"smx{i}", mtu=args.mtu))
+        netns.attach(None, tap.name, args.exit_bridge)
+        taps.append(tap)
+    relays = await start_exits(len(taps), taps=taps)
+    metrics = Metrics("client")
+    # Equal exits rank by nodeId. The second and third in that order share an operator, so
+    # the first circuit is (1st, 2nd, 4th) and, once the 2nd is gone, (1st, 3rd, 4th): the
+    # tail stays, and with it the stations its LAN port has learned (all exits' TAPs share
+    # one LAN here, and a switch refuses a client port claiming a MAC its LAN port holds).
+    order = sorted(x.node_id for x in relays)
+    operators = {node: f"0xop{i}" for i, node in enumerate(order)}
+    if len(order) >= 3:
+        operators[order[2]] = operators[order[1]]
+    builder = lab_builder(relays, args.hops, metrics, operators)
+    client_tap = open_tap(TapConfig(name="smc0", mtu=args.mtu))
+    netns.attach(None, client_tap.name, args.client_bridge)
+    client = Client(
+        client_tap, builder.connect, metrics, backoff=Backoff(initial=0.05, maximum=0.2)
+    )
+    stop = asyncio.Event()
+    kills: asyncio.Queue[None] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, kills.put_nowait, None)
+    loop.add_signal_handler(signal.SIGUSR2, lambda: say(stats=stats()))
+
+    def stats() -> list[dict[str, object]]:
+        return [
+            {"node": x.node_id.hex()[:16], "tap": getattr(x.tap, "name", ""),
+             "frames_in": x.metrics.counters.frames_in,
+             "frames_out": x.metrics.counters.frames_out,
+             "drops": dict(x.metrics.counters.drops)}
+            for x in relays
+        ] + [{"client_drops": dict(metrics.counters.drops)}]  # fmt: skip
+
+    def say(**doc: object) -> None:
+        print(json.dumps(doc), flush=True)
+
+    async def report() -> None:
+        seen = 0
+        while True:
+            if builder.builds > seen and client.connected.is_set():
+                seen = builder.builds
+                path = [h.candidate.node_id.hex()[:16] for h in builder.path]
+                say(path=path, rebuilds=builder.rebuilds)
+            await asyncio.sleep(0.05)
+
+    async def killer() -> None:
+        while True:
+            await kills.get()
+            if len(builder.path) >= 3:
+                middle = builder.path[1].candidate.node_id
+                victim = next(x for x in relays if x.node_id == middle)
+                await victim.kill()
+                say(killed=middle.hex()[:16])
+
+    helpers = [asyncio.ensure_future(report()), asyncio.ensure_future(killer())]
+    try:
+        await client.run(stop)
+    finally:
+        for task in helpers:
+            task.cancel()
+        client_tap.close()
+        for x in relays:
+            with contextlib.suppress(Exception):
+                await x.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=_scenario.__doc__)
+    parser.add_argument("--exits", type=int, default=4)
+    parser.add_argument("--hops", type=int, default=3)
+    parser.add_argument("--mtu", type=int, default=1500)
+    parser.add_argument("--exit-bridge", required=True)
+    parser.add_argument("--client-bridge", required=True)
+    asyncio.run(_scenario(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
