@@ -1,19 +1,23 @@
 """Circuits through 1, 3 and 5 relaying exits on loopback: throughput, idle RTT, build time.
 
-Run: ``python bench/multihop.py [--megabytes 20] [--builds 20] [--pings 50]``.
+Run (as root for the TCP part): ``python bench/multihop.py [--megabytes 20] [--builds 20]
+[--pings 50] [--tcp-seconds 5]``.
 
-Everything runs in ONE process and ONE event loop: the client and every hop (real WebSocket
-transport, tunnel handshakes and records, relays, the tail's switch and an in-memory TAP,
-``lab.circuitlab``) share one core's worth of Python. A 5-hop circuit here therefore pays
-for five relays on the same core as the client, which real exits on their own machines do
-not; the figures are a floor for throughput and a ceiling for latency.
+TCP part (root, namespaces; ``--tcp-seconds 0`` skips it): lan-a and lan-b hosts joined by
+``python -m lab.circuitlab`` (real TAPs; the client and n relaying exits in one process) for
+n = 1, 3, 5; iperf3 with one stream gives ``tcp1_gbps``, ping the RTT, and the same ping over
+a plain veth between the two LAN bridges the baseline for ``added_rtt_ms``.
+
+Both parts run the client and every hop in ONE process and ONE event loop (real WebSocket
+transport, tunnel handshakes and records, relays, the tail's switch, ``lab.circuitlab``), so
+they share one core's worth of Python: a 5-hop circuit here pays for five relays on the same
+core as the client, which real exits on their own machines do not. The figures are a floor
+for throughput and a ceiling for latency. The frame part uses in-memory TAPs.
 
 * ``frame_gbps``: one stream of 1514-byte frames (as tunnel frames) from the client through
-  the circuit into the tail's TAP; ``--megabytes`` per hop count. Frames, not TCP: there is
-  no kernel TCP stack in this harness, so ``tcp1_gbps`` (the issue's iperf3 figure through
-  namespaces) is ``null`` here.
-* ``added_rtt_ms``: median over ``--pings`` of an idle round trip client -> tail's LAN ->
-  client (one 98-byte frame each way); loopback itself adds about 0.05 ms.
+  the circuit into the tail's in-memory TAP; ``--megabytes`` per hop count.
+* ``frame_rtt_ms``: median over ``--pings`` of an idle round trip client -> tail's LAN ->
+  client (one 98-byte frame each way), in process.
 * ``build_ms``: median and p95 of ``--builds`` circuit builds (tunnel to hop 1, then one
   hybrid exchange per hop, each hop's CREATED checked). Evidence is the lab's stand-in:
   a real TPM quote adds the exit's quote time per hop (``bench/attestation.py``).
@@ -29,13 +33,18 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.l2 import IPERF_PORT, iperf_gbps, ping_rtt_ms
+from hardware import netns
+from hardware.netns import Lab
 from l2bridge.client.circuit import CircuitLink, build
+from lab import topology
 from lab.circuitlab import RelayExit, dialer, fake_checker, hop_of, start_exits, token_for
 
 A, B = bytes.fromhex("02000000000a"), bytes.fromhex("02000000000b")
@@ -138,12 +147,11 @@ async def run(megabytes: int, count: int, pings: int) -> dict[str, object]:
                 await x.kill()
     return {
         "bench": "multihop",
-        "where": "one process, one event loop, loopback (all hops share one core)",
-        "tcp1_gbps": None,
+        "where": "client and all hops in one process and event loop (one core), loopback",
         "frame_gbps": gbps,
-        "added_rtt_ms": rtt,
-        "ratio_3hop": round(gbps["3"] / gbps["1"], 3) if gbps.get("1") else None,
-        "ratio_5hop": round(gbps["5"] / gbps["1"], 3) if gbps.get("1") else None,
+        "frame_rtt_ms": rtt,
+        "frame_ratio_3hop": round(gbps["3"] / gbps["1"], 3) if gbps.get("1") else None,
+        "frame_ratio_5hop": round(gbps["5"] / gbps["1"], 3) if gbps.get("1") else None,
         "build_ms_p95": {k: v["p95"] for k, v in build_ms.items()},
         "build_ms_median": {k: v["median"] for k, v in build_ms.items()},
         "hop_add_ms_first_build": hop_ms,
@@ -155,13 +163,66 @@ async def run(megabytes: int, count: int, pings: int) -> dict[str, object]:
     }
 
 
+def tcp_figures(seconds: float) -> dict[str, object]:
+    """iperf3 (1 stream) and ping between two LANs joined by circuits of 1, 3 and 5 hops."""
+    gbps: dict[str, float] = {}
+    added: dict[str, float] = {}
+    for n in (1, 3, 5):
+        with Lab() as lab:
+            lan_a, mesh, lan_b = (lab.namespace(p) for p in ("lana", "mesh", "lanb"))
+            for ns in (lan_a, mesh, lan_b):
+                topology.quiet(ns)
+            lab.veth(lan_a, "eth0", mesh, "lana0")
+            lab.veth(lan_b, "eth0", mesh, "lanb0")
+            for bridge, port in (("bra", "lana0"), ("brb", "lanb0")):
+                netns.bridge(mesh, bridge)
+                netns.attach(mesh, port, bridge)
+            lan_a.ip("addr", "add", f"{topology.HOST_A}/24", "dev", "eth0")
+            lan_b.ip("addr", "add", f"{topology.HOST_B}/24", "dev", "eth0")
+            topo = topology.Topology(lan_a, mesh, mesh, lan_b, 1500)
+            # Baseline: the two bridges joined by a plain veth.
+            lab.veth(mesh, "da", mesh, "db")
+            netns.attach(mesh, "da", "bra")
+            netns.attach(mesh, "db", "brb")
+            direct = ping_rtt_ms(topo)
+            mesh.ip("link", "del", "da")
+            proc = lab.spawn(
+                mesh,
+                [sys.executable, "-m", "lab.circuitlab", "--exits", str(n), "--hops", str(n),
+                 "--exit-bridge", "brb", "--client-bridge", "bra"],
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
+            assert proc.stdout is not None
+            json.loads(proc.stdout.readline())  # the first {"path": ...}: circuit up
+            if not netns.wait_for(lambda a=lan_a: topology.ping(a, topology.HOST_B, 1) == 1, 30):
+                raise RuntimeError(f"no path through {n} hops")
+            added[str(n)] = round(ping_rtt_ms(topo) - direct, 3)
+            lab.spawn(lan_b, ["iperf3", "-s", "-p", str(IPERF_PORT)])
+            time.sleep(0.5)
+            gbps[str(n)] = iperf_gbps(topo, 1, seconds)
+            lab.stop(proc)
+            proc.stdout.close()
+    return {
+        "tcp1_gbps": gbps,
+        "added_rtt_ms": added,
+        "ratio_3hop": round(gbps["3"] / gbps["1"], 3) if gbps["1"] else None,
+        "ratio_5hop": round(gbps["5"] / gbps["1"], 3) if gbps["1"] else None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=20)
     parser.add_argument("--builds", type=int, default=20)
     parser.add_argument("--pings", type=int, default=50)
+    parser.add_argument("--tcp-seconds", type=float, default=5.0, help="0: skip the TCP part")
     args = parser.parse_args()
-    result = asyncio.run(run(args.megabytes, args.builds, args.pings))
+    result: dict[str, object] = {}
+    if args.tcp_seconds > 0 and os.geteuid() == 0:
+        result.update(tcp_figures(args.tcp_seconds))
+    else:
+        result.update(tcp1_gbps=None, added_rtt_ms=None, ratio_3hop=None, ratio_5hop=None)
+    result.update(asyncio.run(run(args.megabytes, args.builds, args.pings)))
     print(json.dumps(result))
 
 

@@ -235,13 +235,16 @@ async def _scenario(args: argparse.Namespace) -> None:
         taps.append(tap)
     relays = await start_exits(len(taps), taps=taps)
     metrics = Metrics("client")
-    # Equal exits rank by nodeId. The second and third in that order share an operator, so
-    # the first circuit is (1st, 2nd, 4th) and, once the 2nd is gone, (1st, 3rd, 4th): the
-    # tail stays, and with it the stations its LAN port has learned (all exits' TAPs share
-    # one LAN here, and a switch refuses a client port claiming a MAC its LAN port holds).
+    # --shared-operator: equal exits rank by nodeId; the second and third in that order
+    # share an operator, so the first circuit is (1st, 2nd, 4th, ...) and, once the 2nd is
+    # gone, (1st, 3rd, 4th, ...): the tail stays, and with it the stations its LAN port has
+    # learned (all exits' TAPs share one LAN here, and a switch refuses a client port that
+    # claims a MAC its LAN port holds).
     order = sorted(x.node_id for x in relays)
     operators = {node: f"0xop{i}" for i, node in enumerate(order)}
-    if len(order) >= 3:
+    if args.shared_operator:
+        if len(order) < args.hops + 1 or len(order) < 3:
+            raise SystemExit("--shared-operator needs at least hops + 1 exits (and 3)")
         operators[order[2]] = operators[order[1]]
     builder = lab_builder(relays, args.hops, metrics, operators)
     client_tap = open_tap(TapConfig(name="smc0", mtu=args.mtu))
@@ -306,6 +309,7 @@ def main() -> None:
     parser.add_argument("--mtu", type=int, default=1500)
     parser.add_argument("--exit-bridge", required=True)
     parser.add_argument("--client-bridge", required=True)
+    parser.add_argument("--shared-operator", action="store_true")
     asyncio.run(_scenario(parser.parse_args()))
 
 

@@ -67,7 +67,7 @@ def test_tcp_transfer_survives_a_dead_middle_hop(lab: Lab) -> None:
     proc = lab.spawn(
         mesh,
         [sys.executable, "-m", "lab.circuitlab", "--exits", "4", "--hops", "3",
-         "--exit-bridge", "brb", "--client-bridge", "bra"],
+         "--exit-bridge", "brb", "--client-bridge", "bra", "--shared-operator"],
         stdout=subprocess.PIPE,
         stderr=None if "-v" in sys.argv else subprocess.DEVNULL,
     )  # fmt: skip
