@@ -163,7 +163,7 @@ async def run(megabytes: int, count: int, pings: int) -> dict[str, object]:
     }
 
 
-def tcp_figures(seconds: float) -> dict[str, object]:
+def tcp_figures(seconds: float, offload: bool) -> dict[str, object]:
     """iperf3 (1 stream) and ping between two LANs joined by circuits of 1, 3 and 5 hops."""
     gbps: dict[str, float] = {}
     added: dict[str, float] = {}
@@ -189,7 +189,8 @@ def tcp_figures(seconds: float) -> dict[str, object]:
             proc = lab.spawn(
                 mesh,
                 [sys.executable, "-m", "lab.circuitlab", "--exits", str(n), "--hops", str(n),
-                 "--exit-bridge", "brb", "--client-bridge", "bra"],
+                 "--exit-bridge", "brb", "--client-bridge", "bra",
+                 *(["--offload"] if offload else [])],
                 stdout=subprocess.PIPE,
             )  # fmt: skip
             assert proc.stdout is not None
@@ -216,10 +217,13 @@ def main() -> None:
     parser.add_argument("--builds", type=int, default=20)
     parser.add_argument("--pings", type=int, default=50)
     parser.add_argument("--tcp-seconds", type=float, default=5.0, help="0: skip the TCP part")
+    parser.add_argument(
+        "--offload", action="store_true", help="TCP part: TAPs with offloads (GSO), as exits"
+    )
     args = parser.parse_args()
     result: dict[str, object] = {}
     if args.tcp_seconds > 0 and os.geteuid() == 0:
-        result.update(tcp_figures(args.tcp_seconds))
+        result.update(tcp_figures(args.tcp_seconds, args.offload), tcp_offload=args.offload)
     else:
         result.update(tcp1_gbps=None, added_rtt_ms=None, ratio_3hop=None, ratio_5hop=None)
     result.update(asyncio.run(run(args.megabytes, args.builds, args.pings)))

@@ -230,7 +230,7 @@ async def _scenario(args: argparse.Namespace) -> None:
     """
     taps: list[FrameDevice] = []
     for i in range(args.exits):
-        tap = open_tap(TapConfig(name=f"smx{i}", mtu=args.mtu))
+        tap = open_tap(TapConfig(name=f"smx{i}", mtu=args.mtu, offload=args.offload))
         netns.attach(None, tap.name, args.exit_bridge)
         taps.append(tap)
     relays = await start_exits(len(taps), taps=taps)
@@ -247,7 +247,7 @@ async def _scenario(args: argparse.Namespace) -> None:
             raise SystemExit("--shared-operator needs at least hops + 1 exits (and 3)")
         operators[order[2]] = operators[order[1]]
     builder = lab_builder(relays, args.hops, metrics, operators)
-    client_tap = open_tap(TapConfig(name="smc0", mtu=args.mtu))
+    client_tap = open_tap(TapConfig(name="smc0", mtu=args.mtu, offload=args.offload))
     netns.attach(None, client_tap.name, args.client_bridge)
     client = Client(
         client_tap, builder.connect, metrics, backoff=Backoff(initial=0.05, maximum=0.2)
@@ -310,6 +310,9 @@ def main() -> None:
     parser.add_argument("--exit-bridge", required=True)
     parser.add_argument("--client-bridge", required=True)
     parser.add_argument("--shared-operator", action="store_true")
+    parser.add_argument(
+        "--offload", action="store_true", help="TAPs with virtio-net headers (GSO super-frames)"
+    )
     asyncio.run(_scenario(parser.parse_args()))
 
 

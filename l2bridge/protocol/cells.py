@@ -17,7 +17,8 @@ Inside the onion, the payload is a relay message padded to its size class::
     command u8 | flags u8 | length u32 | data | zeros
 
 Flags: 1 = more fragments follow, 2 = not the first fragment. DATA carries one L2 frame
-(always one cell); EXTEND/EXTENDED/EXTEND_FAILED go in fragments of
+(one cell; two for a GSO super-frame above the largest class); EXTEND/EXTENDED/EXTEND_FAILED
+go in fragments of
 CONTROL_FRAGMENT_CLASS, reassembled by ``Reassembler`` with a size bound and the cells'
 sequence numbers (a gap drops the partial message).
 """
@@ -174,21 +175,26 @@ def size_class(length: int) -> int:
     raise ValueError("relay message larger than the largest size class")
 
 
+_LARGEST_DATA = RELAY_SIZE_CLASSES[-1] - RELAY_MESSAGE_HEADER_SIZE
+
+
 def relay_payloads(command: RelayCommand, data: bytes | memoryview) -> Iterator[bytes]:
-    """The padded payload(s) of one relay message: DATA in one, control in fragments."""
-    if command is RelayCommand.DATA or command is RelayCommand.PADDING:
-        size = size_class(len(data))
-        head = _MESSAGE.pack(command, 0, len(data))
-        yield head + bytes(data) + bytes(size - len(head) - len(data))
-        return
+    """The padded payload(s) of one relay message.
+
+    DATA and PADDING: one cell of the smallest class that fits, or fragments of the largest
+    class (the last one in the smallest class that fits) for a GSO super-frame too big for
+    one cell. Control messages: fragments of CONTROL_FRAGMENT_CLASS.
+    """
     if len(data) > MAX_RELAY_MESSAGE:
         raise ValueError("relay message larger than MAX_RELAY_MESSAGE")
-    chunk = CONTROL_FRAGMENT_CLASS - RELAY_MESSAGE_HEADER_SIZE
+    bulk = command is RelayCommand.DATA or command is RelayCommand.PADDING
+    chunk = _LARGEST_DATA if bulk else CONTROL_FRAGMENT_CLASS - RELAY_MESSAGE_HEADER_SIZE
     for start in range(0, max(len(data), 1), chunk):
         part = bytes(data[start : start + chunk])
         flags = (FLAG_MORE if start + chunk < len(data) else 0) | (FLAG_CONTINUED if start else 0)
         head = _MESSAGE.pack(command, flags, len(part))
-        yield head + part + bytes(CONTROL_FRAGMENT_CLASS - len(head) - len(part))
+        size = size_class(len(part)) if bulk else CONTROL_FRAGMENT_CLASS
+        yield head + part + bytes(size - len(head) - len(part))
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@ Namespaces (hardware.netns.Lab, removed afterwards)::
 
 The mesh runs ``python -m lab.circuitlab``: real TAPs, the client's pump and
 ``CircuitBuilder`` (lab registry, stand-in evidence), four exits with the relay role on the
-real WebSocket transport over loopback; the four exits' TAPs are on one bridge to lan-b. The
+real WebSocket transport over loopback; the four exits' TAPs are on one bridge to lan-b. With
+offloads the TAPs hand over GSO super-frames (up to 64 KiB), each crossing in two cells. The
 exits' operators are arranged (see ``lab.circuitlab``) so that the rebuilt circuit keeps its
 tail: exits sharing one LAN each learn the client's stations on their LAN port, and a new tail
 would refuse them as spoofed until they age out.
@@ -32,7 +33,7 @@ from tests.integration.l2 import helpers as h
 
 pytestmark = pytest.mark.integration
 
-SIZE = 40 * 1024 * 1024
+SIZE = {False: 40 * 1024 * 1024, True: 160 * 1024 * 1024}  # several seconds either way
 PORT = 5601
 
 
@@ -52,7 +53,8 @@ def read_json(proc: subprocess.Popen[bytes], key: str, timeout: float = 60.0) ->
             return doc
 
 
-def test_tcp_transfer_survives_a_dead_middle_hop(lab: Lab) -> None:
+@pytest.mark.parametrize("offload", [False, True], ids=["plain", "offload"])
+def test_tcp_transfer_survives_a_dead_middle_hop(lab: Lab, offload: bool) -> None:
     lan_a, mesh, lan_b = lab.namespace("lana"), lab.namespace("mesh"), lab.namespace("lanb")
     for ns in (lan_a, mesh, lan_b):
         topology.quiet(ns)
@@ -67,19 +69,20 @@ def test_tcp_transfer_survives_a_dead_middle_hop(lab: Lab) -> None:
     proc = lab.spawn(
         mesh,
         [sys.executable, "-m", "lab.circuitlab", "--exits", "4", "--hops", "3",
-         "--exit-bridge", "brb", "--client-bridge", "bra", "--shared-operator"],
+         "--exit-bridge", "brb", "--client-bridge", "bra", "--shared-operator",
+         *(["--offload"] if offload else [])],
         stdout=subprocess.PIPE,
         stderr=None if "-v" in sys.argv else subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        scenario(lab, proc, lan_a, mesh, lan_b)
+        scenario(lab, proc, lan_a, mesh, lan_b, size=SIZE[offload])
     finally:
         lab.stop(proc)
         assert proc.stdout is not None
         proc.stdout.close()
 
 
-def scenario(lab: Lab, proc: subprocess.Popen[bytes], lan_a, mesh, lan_b) -> None:
+def scenario(lab: Lab, proc: subprocess.Popen[bytes], lan_a, mesh, lan_b, *, size: int) -> None:
     first = read_json(proc, "path")
     assert len(first["path"]) == 3 and first["rebuilds"] == 0
     h.wait_up(topology.Topology(lan_a, mesh, mesh, lan_b, 1500))
@@ -90,7 +93,7 @@ def scenario(lab: Lab, proc: subprocess.Popen[bytes], lan_a, mesh, lan_b) -> Non
     assert receiver.stdout is not None and receiver.stdout.readline().strip() == b"ready"
     sender = lab.spawn(
         lan_a,
-        [sys.executable, "-c", h.STREAM_SEND, topology.HOST_B, str(PORT), str(SIZE), "7"],
+        [sys.executable, "-c", h.STREAM_SEND, topology.HOST_B, str(PORT), str(size), "7"],
         stdout=subprocess.PIPE,
     )
     # Mid-transfer, the middle hop of the circuit dies (SIGUSR1 to the mesh process we
@@ -107,4 +110,4 @@ def scenario(lab: Lab, proc: subprocess.Popen[bytes], lan_a, mesh, lan_b) -> Non
     assert second["path"][1] not in first["path"]
     sent_digest = sender.communicate(timeout=240)[0].decode().strip()
     got = receiver.communicate(timeout=60)[0].decode().split()
-    assert got == [str(SIZE), sent_digest]
+    assert got == [str(size), sent_digest]

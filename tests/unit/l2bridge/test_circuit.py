@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from l2bridge.constants import (
+    MAX_FRAME_SIZE,
     MAX_HOPS,
     ONION_HEADER_SIZE,
     ONION_SLOT_SIZE,
@@ -284,9 +285,23 @@ def test_reassembly_is_bounded():
 def test_cells_have_fixed_size_classes():
     cells = handshake_cells(CellKind.CREATE, 1, b"x" * 5000)
     assert len({len(c) for c in cells}) == 1 and len(cells) == 3
-    for size in (1, 100, 1514, 9000, 65_600):
+    for size in (1, 100, 1514, 9000, 65_000):
         (payload,) = relay_payloads(RelayCommand.DATA, bytes(size))
         assert len(payload) in RELAY_SIZE_CLASSES
+    # A GSO super-frame goes in two cells: the largest class, then the smallest that fits.
+    first, second = relay_payloads(RelayCommand.DATA, bytes(MAX_FRAME_SIZE))
+    assert (len(first), len(second)) == (RELAY_SIZE_CLASSES[-1], 512)
+
+
+def test_every_cell_fits_in_one_link_frame():
+    net = Net.build(5)
+    cells = net.client.seal_frames([os.urandom(MAX_FRAME_SIZE), os.urandom(9014), b"x"])
+    assert len(cells) == 4
+    assert max(map(len, cells)) <= MAX_FRAME_SIZE
+    net.deliver_from_client(cells)
+    assert [len(f) for f in net.frames_at_tail] == [MAX_FRAME_SIZE, 9014, 1]
+    bodies = net.hops[-1].originate([os.urandom(MAX_FRAME_SIZE)])
+    assert len(bodies) == 2 and all(len(b) + 9 <= MAX_FRAME_SIZE for b in bodies)
 
 
 def test_circuit_rules():
