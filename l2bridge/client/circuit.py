@@ -324,12 +324,18 @@ class CircuitBuilder:
             metrics.set_gauge("circuit_length", lambda: float(len(self.path)))
             metrics.set_gauge("circuit_rebuilds", lambda: float(self.rebuilds))
             metrics.set_gauge("circuit_relayed_bytes", self._relayed)
+            metrics.set_gauge("circuit_drops", self._drops)
 
     def _relayed(self) -> float | None:
         cl = self.current
         if cl is None:
             return None
         return float(cl.circuit.stats.bytes_in + cl.circuit.stats.bytes_out)
+
+    def _drops(self) -> float | None:
+        """Cells the client dropped on the circuit in use (tampered, replayed, overflow)."""
+        cl = self.current
+        return None if cl is None else float(sum(cl.drops.values()))
 
     def _read(self) -> tuple[list[NodeRecord], dict[bytes, str]]:
         ids = list(self.registry.healthy_nodes(self.selection.min_reputation))

@@ -9,6 +9,7 @@ closed circuit; a hop with bad evidence is refused by name; a relay's queues sta
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 
@@ -23,6 +24,7 @@ from lab.circuitlab import (
     dialer,
     fake_checker,
     hop_of,
+    lab_builder,
     start_exits,
     token_for,
 )
@@ -220,6 +222,35 @@ def test_extend_goes_only_to_the_endpoint_the_registry_lists():
                 [hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for
             )
             await cl.close()
+        finally:
+            await stop_all(exits)
+
+    run(scenario())
+
+
+def test_builder_rebuilds_without_a_hop_that_fell_out_of_the_registry():
+    async def scenario():
+        exits = await start_exits(4)
+        builder = lab_builder(exits, 3)
+        try:
+            first = await builder.connect()
+            path = [h.candidate.node_id for h in builder.path]
+            assert await builder.check_path() is True
+            # The middle hop is no longer healthy on chain: the circuit is dropped...
+            middle = path[1]
+            record = builder.registry.records[middle]
+            builder.registry.records[middle] = dataclasses.replace(
+                record, healthy=False, status="stale"
+            )
+            assert await builder.check_path() is False
+            assert first.ended is not None
+            refusal = builder.refusals.refusal(middle)
+            assert refusal is not None and "no longer healthy" in refusal.reason
+            # ... and the next one is built without it.
+            second = await builder.connect()
+            assert middle not in [h.candidate.node_id for h in builder.path]
+            assert builder.rebuilds == 1
+            await second.close()
         finally:
             await stop_all(exits)
 
