@@ -123,11 +123,12 @@ MAX_HOPS = 5  # onion headers are always this many slots, whatever the circuit's
 ONION_SLOT_SIZE = 32  # per hop: AES block holding (sequence, generation) + the layer's tag
 ONION_HEADER_SIZE = MAX_HOPS * ONION_SLOT_SIZE
 # Relay payload size classes (bytes inside every layer). A cell is padded up to the
-# smallest class its message fits in: 1500-byte frames, jumbo 9000-byte frames and GSO
-# super-frames each get one class, so sizes say little beyond "small / frame / jumbo / GSO".
+# smallest class its message fits in: small, a 1500-byte frame, a jumbo 9000-byte frame,
+# then GSO super-frames in steps that waste at most a third (every layer of every hop seals
+# the padding too, so one 64 KiB class for all super-frames cost several times the work).
 # A whole cell (9-byte cell header + onion header + the largest class) must itself fit in
 # one link frame (MAX_FRAME_SIZE), so a GSO super-frame above 65 274 bytes takes two cells.
-RELAY_SIZE_CLASSES = (512, 2048, 9728, 65280)
+RELAY_SIZE_CLASSES = (512, 2048, 9728, 16384, 24576, 32768, 49152, 65280)
 RELAY_MESSAGE_HEADER_SIZE = 6  # command u8 | flags u8 | length u32
 CONTROL_FRAGMENT_CLASS = 2048  # control messages (EXTEND/EXTENDED) go out in this class
 MAX_RELAY_MESSAGE = 96 * 1024  # reassembly bound (EXTENDED carries up to 32 KiB evidence)

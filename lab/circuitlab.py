@@ -265,9 +265,15 @@ async def _scenario(args: argparse.Namespace) -> None:
             {"node": x.node_id.hex()[:16], "tap": getattr(x.tap, "name", ""),
              "frames_in": x.metrics.counters.frames_in,
              "frames_out": x.metrics.counters.frames_out,
-             "drops": dict(x.metrics.counters.drops)}
+             "drops": dict(x.metrics.counters.drops),
+             "circuit_drops": [dict(h.circuit.stats.drops) for h in x.relay.hops]
+             if x.relay else []}
             for x in relays
-        ] + [{"client_drops": dict(metrics.counters.drops)}]  # fmt: skip
+        ] + [
+            {"client_drops": dict(metrics.counters.drops),
+             "circuit_drops": dict(builder.current.drops) if builder.current else {},
+             "link": builder.current.link.stats() if builder.current else {}}
+        ]  # fmt: skip
 
     def say(**doc: object) -> None:
         print(json.dumps(doc), flush=True)
