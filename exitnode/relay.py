@@ -350,7 +350,7 @@ class Relay:
             circuit, created = await asyncio.to_thread(
                 RelayCircuit.accept, create, circuit_id, self.identity,
                 modes=frozenset((self.mode,)), evidence_provider=self.evidence_provider,
-                backend=self.backend,
+                backend=self.backend, drops=self.metrics.counters.drops,
             )  # fmt: skip
         except PeerError as exc:
             log.info("circuit refused: %s (%s)", exc, exc.detail)

@@ -63,11 +63,12 @@ class CircuitStats:
 
     __slots__ = ("bytes_in", "bytes_out", "cells_in", "cells_out", "drops", "ratchets")
 
-    def __init__(self) -> None:
+    def __init__(self, drops: Counter[str] | None = None) -> None:
         self.cells_in = self.cells_out = 0
         self.bytes_in = self.bytes_out = 0
         self.ratchets = 0
-        self.drops: Counter[str] = Counter()
+        # A driver may pass its node-wide counter, so drops outlive the circuit.
+        self.drops: Counter[str] = Counter() if drops is None else drops
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,10 +286,12 @@ class HopOutput:
 class RelayCircuit:
     """One hop's state for one circuit (both directions)."""
 
-    def __init__(self, circuit_id: int, keys: RelayHopKeys) -> None:
+    def __init__(
+        self, circuit_id: int, keys: RelayHopKeys, drops: Counter[str] | None = None
+    ) -> None:
         self.circuit_id = circuit_id
         self._keys = keys
-        self.stats = CircuitStats()
+        self.stats = CircuitStats(drops)
         self._messages = Reassembler(self.stats.drops)
         self._sequence = 0
         self.next_hop: bytes | None = None  # nodeId we extended to (or are extending to)
@@ -305,12 +308,14 @@ class RelayCircuit:
         modes: frozenset[Mode] = frozenset((Mode.HYBRID,)),
         evidence_provider: EvidenceProvider | None = None,
         backend: Backend | None = None,
+        drops: Counter[str] | None = None,
     ) -> tuple[RelayCircuit, list[bytes]]:
         """Answer a CREATE: (the circuit, CREATED cells). PeerError on a bad CREATE."""
         created, keys = respond(
             create, identity, modes=modes, evidence_provider=evidence_provider, backend=backend
         )
-        return cls(circuit_id, keys), handshake_cells(CellKind.CREATED, circuit_id, created)
+        cells = handshake_cells(CellKind.CREATED, circuit_id, created)
+        return cls(circuit_id, keys, drops), cells
 
     @property
     def is_tail(self) -> bool:

@@ -129,6 +129,13 @@ def test_hop_one_sees_only_ciphertext_and_fixed_sizes():
                 assert b"TOP-SECRET" not in bytes(cell.body)
             await cl.link.send_frames(cells)
             await until(lambda: bool(exits[-1].tap.delivered()))
+            # A cell changed on the way is dropped by the hop whose layer fails, and counted
+            # in that exit's metrics (the status page's drops).
+            forged = bytearray(cl.circuit.seal_frames([tunnel_frame(ether(A, B, b"z" * 50))])[0])
+            forged[-1] ^= 1
+            await cl.link.send_frames([bytes(forged)])
+            await until(lambda: exits[0].metrics.counters.drops["bad_tag"] == 1)
+            assert not exits[-1].tap.delivered()
             await cl.close()
         finally:
             await stop_all(exits)
