@@ -163,11 +163,12 @@ class ExitNode:
         self.metrics.set_info(node_id=self.identity.node_id.hex(), listen=f"{ep.listen}")
         self.board: Switchboard | None = None
         self.relay: Relay | None = None  # endpoints.relay: built in run() beside the board
-        self.relay_certificate = (
-            keyfiles.load_certificate(config.keys.relay_certificate)
-            if config.keys.relay_certificate
-            else None
-        )
+        self.relay_certificate = None
+        if config.keys.relay_certificate is not None:
+            try:
+                self.relay_certificate = keyfiles.load_certificate(config.keys.relay_certificate)
+            except L2BridgeError as exc:
+                raise ExitConfigError(f"keys.relay_certificate: {exc}") from None
         self.listening = asyncio.Event()
 
     def attach(self, attested: AttestedExit) -> None:

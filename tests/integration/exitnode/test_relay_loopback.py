@@ -262,3 +262,20 @@ def test_builder_rebuilds_without_a_hop_that_fell_out_of_the_registry():
             await stop_all(exits)
 
     run(scenario())
+
+
+def test_an_unreadable_relay_certificate_is_a_config_error(tmp_path):
+    from exitnode.errors import ExitConfigError
+    from exitnode.server import ExitNode
+    from tests.integration.l2bridge import nodes
+
+    files, _port = nodes.make_lab(tmp_path)
+    path = nodes.edit(
+        files.exit_config,
+        lambda doc: (
+            doc["keys"].update(relay_certificate="missing.cert")
+            or doc["endpoints"].update(relay=True)
+        ),
+    )
+    with pytest.raises(ExitConfigError, match=r"keys\.relay_certificate"):
+        ExitNode(nodes.config(path))
