@@ -1,18 +1,18 @@
 """Circuits through 1, 3 and 5 relaying exits on loopback: throughput, idle RTT, build time.
 
-Run (as root for the TCP part): ``python bench/multihop.py [--megabytes 20] [--builds 20]
-[--pings 50] [--tcp-seconds 5]``.
+Run (as root for the TCP part): ``python bench/multihop.py [--offload] [--processes]
+[--megabytes 20] [--builds 20] [--pings 50] [--tcp-seconds 5]``.
 
 TCP part (root, namespaces; ``--tcp-seconds 0`` skips it): lan-a and lan-b hosts joined by
-``python -m lab.circuitlab`` (real TAPs; the client and n relaying exits in one process) for
-n = 1, 3, 5; iperf3 with one stream gives ``tcp1_gbps``, ping the RTT, and the same ping over
-a plain veth between the two LAN bridges the baseline for ``added_rtt_ms``.
+``python -m lab.circuitlab`` (real TAPs) through circuits of n = 1, 3, 5 relaying exits;
+iperf3 with one stream gives ``tcp1_gbps``, ping the RTT, and the same ping over a plain
+veth between the two LAN bridges the baseline for ``added_rtt_ms``. By default the client
+and all exits share ONE process and event loop (one core): a 5-hop circuit pays for five
+relays on the client's core, which exits on their own machines do not, so the figures are a
+floor for throughput and a ceiling for latency. ``--processes`` runs each exit in its own
+process (the machine's cores are then shared by all of them).
 
-Both parts run the client and every hop in ONE process and ONE event loop (real WebSocket
-transport, tunnel handshakes and records, relays, the tail's switch, ``lab.circuitlab``), so
-they share one core's worth of Python: a 5-hop circuit here pays for five relays on the same
-core as the client, which real exits on their own machines do not. The figures are a floor
-for throughput and a ceiling for latency. The frame part uses in-memory TAPs.
+Frame part (always in one process, in-memory TAPs):
 
 * ``frame_gbps``: one stream of 1514-byte frames (as tunnel frames) from the client through
   the circuit into the tail's in-memory TAP; ``--megabytes`` per hop count.
@@ -163,7 +163,7 @@ async def run(megabytes: int, count: int, pings: int) -> dict[str, object]:
     }
 
 
-def tcp_figures(seconds: float, offload: bool) -> dict[str, object]:
+def tcp_figures(seconds: float, offload: bool, processes: bool) -> dict[str, object]:
     """iperf3 (1 stream) and ping between two LANs joined by circuits of 1, 3 and 5 hops."""
     gbps: dict[str, float] = {}
     added: dict[str, float] = {}
@@ -190,7 +190,8 @@ def tcp_figures(seconds: float, offload: bool) -> dict[str, object]:
                 mesh,
                 [sys.executable, "-m", "lab.circuitlab", "--exits", str(n), "--hops", str(n),
                  "--exit-bridge", "brb", "--client-bridge", "bra",
-                 *(["--offload"] if offload else [])],
+                 *(["--offload"] if offload else []),
+                 *(["--processes"] if processes else [])],
                 stdout=subprocess.PIPE,
             )  # fmt: skip
             assert proc.stdout is not None
@@ -220,10 +221,17 @@ def main() -> None:
     parser.add_argument(
         "--offload", action="store_true", help="TCP part: TAPs with offloads (GSO), as exits"
     )
+    parser.add_argument(
+        "--processes", action="store_true", help="TCP part: each exit in its own process"
+    )
     args = parser.parse_args()
     result: dict[str, object] = {}
     if args.tcp_seconds > 0 and os.geteuid() == 0:
-        result.update(tcp_figures(args.tcp_seconds, args.offload), tcp_offload=args.offload)
+        result.update(
+            tcp_figures(args.tcp_seconds, args.offload, args.processes),
+            tcp_offload=args.offload,
+            tcp_hop_processes=args.processes,
+        )
     else:
         result.update(tcp1_gbps=None, added_rtt_ms=None, ratio_3hop=None, ratio_5hop=None)
     result.update(asyncio.run(run(args.megabytes, args.builds, args.pings)))

@@ -19,10 +19,13 @@ import contextlib
 import hashlib
 import json
 import signal
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from websockets.asyncio.server import Server
 
@@ -65,6 +68,7 @@ class RelayExit:
     allow: AllowList
     provider: EvidenceProvider | None = fake_provider
     mode: Mode = Mode.HYBRID
+    access: AccessKey = ACCESS
     url: str = ""
     metrics: Metrics = field(default_factory=lambda: Metrics("exit"))
     tap: FrameDevice = field(default_factory=FakeTap)
@@ -93,7 +97,7 @@ class RelayExit:
                 await board.serve_link(port_link, "device", ANY)
 
         settings = ServerSettings(
-            DecoySite.builtin(), "/ws", TokenVerifier(ACCESS, self.node_id), header_timeout=2.0
+            DecoySite.builtin(), "/ws", TokenVerifier(self.access, self.node_id), header_timeout=2.0
         )
         self.server = await tunnel.serve(
             on_link,
@@ -181,10 +185,27 @@ class LabRecord:
     ak: LabAk = field(default_factory=LabAk)
 
 
+class Listed(Protocol):
+    """An exit as the lab registry lists it (a ``RelayExit`` or one in another process)."""
+
+    @property
+    def node_id(self) -> bytes: ...
+
+    @property
+    def url(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class RemoteExit:
+    node_id: bytes
+    url: str
+    pid: int
+
+
 class LabRegistry:
     """An in-memory ``RegistryView`` listing the lab's exits, fresh and healthy."""
 
-    def __init__(self, exits: list[RelayExit], operators: dict[bytes, str] | None = None):
+    def __init__(self, exits: Sequence[Listed], operators: dict[bytes, str] | None = None):
         now = int(time.time())
         ops = operators or {}
         self.records = {
@@ -207,7 +228,7 @@ class LabBuilder(CircuitBuilder):
 
 
 def lab_builder(
-    exits: list[RelayExit],
+    exits: Sequence[Listed],
     hops: int,
     metrics: Metrics | None = None,
     operators: dict[bytes, str] | None = None,
@@ -308,6 +329,106 @@ async def _scenario(args: argparse.Namespace) -> None:
                 await x.kill()
 
 
+async def _child(args: argparse.Namespace) -> None:
+    """One relaying exit in its own process (``--processes``): key, access key and
+    allow-list from ``--dir``; prints ``{"url": ...}`` once serving; SIGTERM stops it."""
+    base = Path(args.dir)
+    identity = HybridSigningKey.load(base / f"exit{args.index}.identity")
+    allow = AllowList()
+    for i, line in enumerate((base / "allow.txt").read_text().split()):
+        allow = allow.add(bytes.fromhex(line), f"peer-{i}")
+    access = AccessKey.from_text((base / "access.key").read_text())
+    tap = open_tap(TapConfig(name=f"smx{args.index}", mtu=args.mtu, offload=args.offload))
+    netns.attach(None, tap.name, args.exit_bridge)
+    x = RelayExit(identity, allow, access=access)
+    x.tap.close()
+    x.tap = tap
+    await x.start()
+    print(json.dumps({"url": x.url}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    await x.kill()
+
+
+async def _scenario_processes(args: argparse.Namespace) -> None:
+    """As ``_scenario``, but each exit runs in its own process (``_child``); SIGUSR1
+    kills the middle hop's process outright (SIGKILL, as a crash)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        (base / "access.key").write_text(ACCESS.to_text())
+        keys = [HybridSigningKey.generate() for _ in range(args.exits)]
+        for i, k in enumerate(keys):
+            k.save(base / f"exit{i}.identity")
+        ids = [CLIENT.node_id] + [k.node_id for k in keys]
+        (base / "allow.txt").write_text("\n".join(n.hex() for n in ids))
+        children = []
+        exits: list[RemoteExit] = []
+        try:
+            for i, k in enumerate(keys):
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "lab.circuitlab", "--child", "--index", str(i),
+                    "--dir", tmp, "--exit-bridge", args.exit_bridge, "--client-bridge", "-",
+                    "--mtu", str(args.mtu), *(["--offload"] if args.offload else []),
+                    stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                children.append(proc)
+                assert proc.stdout is not None
+                url = json.loads(await proc.stdout.readline())["url"]
+                exits.append(RemoteExit(k.node_id, url, proc.pid))
+            await _run_client(args, exits, children)
+        finally:
+            for proc in children:
+                if proc.returncode is None:
+                    proc.terminate()
+            for proc in children:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(proc.wait(), 10)
+
+
+async def _run_client(
+    args: argparse.Namespace, exits: list[RemoteExit], children: list[Any]
+) -> None:
+    metrics = Metrics("client")
+    builder = lab_builder(exits, args.hops, metrics)
+    client_tap = open_tap(TapConfig(name="smc0", mtu=args.mtu, offload=args.offload))
+    netns.attach(None, client_tap.name, args.client_bridge)
+    client = Client(
+        client_tap, builder.connect, metrics, backoff=Backoff(initial=0.05, maximum=0.2)
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    def kill_middle() -> None:
+        if len(builder.path) >= 3:
+            middle = builder.path[1].candidate.node_id
+            victim = next(p for p, x in zip(children, exits, strict=True) if x.node_id == middle)
+            victim.kill()
+            print(json.dumps({"killed": middle.hex()[:16]}), flush=True)
+
+    loop.add_signal_handler(signal.SIGUSR1, kill_middle)
+
+    async def report() -> None:
+        seen = 0
+        while True:
+            if builder.builds > seen and client.connected.is_set():
+                seen = builder.builds
+                path = [h.candidate.node_id.hex()[:16] for h in builder.path]
+                print(json.dumps({"path": path, "rebuilds": builder.rebuilds}), flush=True)
+            await asyncio.sleep(0.05)
+
+    reporter = asyncio.ensure_future(report())
+    try:
+        await client.run(stop)
+    finally:
+        reporter.cancel()
+        client_tap.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=_scenario.__doc__)
     parser.add_argument("--exits", type=int, default=4)
@@ -319,7 +440,19 @@ def main() -> None:
     parser.add_argument(
         "--offload", action="store_true", help="TAPs with virtio-net headers (GSO super-frames)"
     )
-    asyncio.run(_scenario(parser.parse_args()))
+    parser.add_argument(
+        "--processes", action="store_true", help="each exit in its own process (uses the cores)"
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--dir", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        asyncio.run(_child(args))
+    elif args.processes:
+        asyncio.run(_scenario_processes(args))
+    else:
+        asyncio.run(_scenario(args))
 
 
 if __name__ == "__main__":
