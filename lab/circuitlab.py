@@ -243,6 +243,17 @@ def lab_builder(
 # -- a scenario process for namespace tests -----------------------------------------------------
 
 
+def arranged_operators(node_ids: list[bytes], args: argparse.Namespace) -> dict[bytes, str]:
+    """One operator per exit; with ``--shared-operator`` the 2nd and 3rd by nodeId share one."""
+    order = sorted(node_ids)
+    operators = {node: f"0xop{i}" for i, node in enumerate(order)}
+    if args.shared_operator:
+        if len(order) < args.hops + 1 or len(order) < 3:
+            raise SystemExit("--shared-operator needs at least hops + 1 exits (and 3)")
+        operators[order[2]] = operators[order[1]]
+    return operators
+
+
 async def _scenario(args: argparse.Namespace) -> None:
     """Exits bridging ``--exit-bridge``, a client bridging ``--client-bridge``, one circuit.
 
@@ -261,12 +272,7 @@ async def _scenario(args: argparse.Namespace) -> None:
     # gone, (1st, 3rd, 4th, ...): the tail stays, and with it the stations its LAN port has
     # learned (all exits' TAPs share one LAN here, and a switch refuses a client port that
     # claims a MAC its LAN port holds).
-    order = sorted(x.node_id for x in relays)
-    operators = {node: f"0xop{i}" for i, node in enumerate(order)}
-    if args.shared_operator:
-        if len(order) < args.hops + 1 or len(order) < 3:
-            raise SystemExit("--shared-operator needs at least hops + 1 exits (and 3)")
-        operators[order[2]] = operators[order[1]]
+    operators = arranged_operators([x.node_id for x in relays], args)
     builder = lab_builder(relays, args.hops, metrics, operators)
     client_tap = open_tap(TapConfig(name="smc0", mtu=args.mtu, offload=args.offload))
     netns.attach(None, client_tap.name, args.client_bridge)
@@ -392,7 +398,8 @@ async def _run_client(
     args: argparse.Namespace, exits: list[RemoteExit], children: list[Any]
 ) -> None:
     metrics = Metrics("client")
-    builder = lab_builder(exits, args.hops, metrics)
+    operators = arranged_operators([x.node_id for x in exits], args)
+    builder = lab_builder(exits, args.hops, metrics, operators)
     client_tap = open_tap(TapConfig(name="smc0", mtu=args.mtu, offload=args.offload))
     netns.attach(None, client_tap.name, args.client_bridge)
     client = Client(

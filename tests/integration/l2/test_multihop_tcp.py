@@ -53,8 +53,12 @@ def read_json(proc: subprocess.Popen[bytes], key: str, timeout: float = 60.0) ->
             return doc
 
 
-@pytest.mark.parametrize("offload", [False, True], ids=["plain", "offload"])
-def test_tcp_transfer_survives_a_dead_middle_hop(lab: Lab, offload: bool) -> None:
+@pytest.mark.parametrize(
+    ("offload", "processes"),
+    [(False, False), (True, False), (True, True)],
+    ids=["plain", "offload", "offload-crash"],
+)
+def test_tcp_transfer_survives_a_dead_middle_hop(lab: Lab, offload: bool, processes: bool) -> None:
     lan_a, mesh, lan_b = lab.namespace("lana"), lab.namespace("mesh"), lab.namespace("lanb")
     for ns in (lan_a, mesh, lan_b):
         topology.quiet(ns)
@@ -70,7 +74,7 @@ def test_tcp_transfer_survives_a_dead_middle_hop(lab: Lab, offload: bool) -> Non
         mesh,
         [sys.executable, "-m", "lab.circuitlab", "--exits", "4", "--hops", "3",
          "--exit-bridge", "brb", "--client-bridge", "bra", "--shared-operator",
-         *(["--offload"] if offload else [])],
+         *(["--offload"] if offload else []), *(["--processes"] if processes else [])],
         stdout=subprocess.PIPE,
         stderr=None if "-v" in sys.argv else subprocess.DEVNULL,
     )  # fmt: skip
@@ -97,7 +101,8 @@ def scenario(lab: Lab, proc: subprocess.Popen[bytes], lan_a, mesh, lan_b, *, siz
         stdout=subprocess.PIPE,
     )
     # Mid-transfer, the middle hop of the circuit dies (SIGUSR1 to the mesh process we
-    # started: it kills that exit's server and links).
+    # started: it stops that exit's server and links, or with --processes kills the exit's
+    # own process outright, as a crash).
     time.sleep(1.5)
     assert sender.poll() is None, "the transfer ended before the middle hop was killed"
     os.kill(proc.pid, signal.SIGUSR1)
