@@ -8,7 +8,7 @@ Client (``ClientCircuit``), over its link to hop 1::
     cells = circ.extend(node_id_2, endpoint_2, token_2, checker)   # RELAY/EXTEND via hop 1
     got = circ.receive(frame, now)                    # -> HopAdded(2) (or HopRefused)
     ... up to MAX_HOPS; then
-    cells = circ.seal_frames(frames)                  # one RELAY cell per L2 frame
+    cells = circ.seal_frames(frames)                  # a RELAY cell per frame (2 for GSO)
     got.frames                                        # frames the tail switched back
 
 Hop (``RelayCircuit``), one per circuit it is on::
@@ -18,13 +18,13 @@ Hop (``RelayCircuit``), one per circuit it is on::
                                          # at the tail: out.frames, out.extend
     body = hop.from_next(body)           # wrapped once more toward the client
     bodies = hop.originate(frames)       # tail: frames from its L2 segment
-    bodies = hop.extended(created) / hop.extend_failed(reason)
+    bodies = hop.extended_by(created) / hop.extend_failed(reason)
 
 A hop only ever knows its two neighbours: the client's identity never reaches it (the
 per-hop exchange carries none) and its position is hidden by the fixed onion header. Cells
 that fail to open (tampered, replayed, unknown generation) are dropped and counted in
 ``stats.drops``; peer bytes never raise out of ``receive``/``from_previous``/``from_next``
-except a ``MalformedMessage`` for a hop handshake over its bound.
+(a bad or oversized CREATED becomes ``HopRefused``). Our own misuse raises ``StateError``.
 """
 
 from __future__ import annotations
