@@ -32,3 +32,12 @@ BRIDGE_NAME = "smbr0"
 STATS_INTERVAL_S = 10.0
 REVOCATION_POLL_S = 0.5  # how often the exit looks for a changed revocation/allow-list file
 REAUTH_INTERVAL_S = 60.0  # live sessions re-authorised at least this often (no file change)
+
+# Relay role (multi-hop circuits, exitnode/relay.py).
+RELAY_DECIDE_S = 1.0  # a link sending no cell within this long is an L2 device's
+CIRCUIT_QUEUE_CELLS = 512  # cells waiting per circuit and direction; beyond: dropped
+CIRCUIT_QUEUE_BYTES = 2 * 1024 * 1024
+MAX_CIRCUITS_PER_LINK = 64
+MAX_CIRCUITS = 1024
+EXTEND_TIMEOUT_S = 15.0  # open the next hop's link and get its CREATED within this long
+RELAY_SEND_BATCH = 64  # cells per link record from one circuit queue

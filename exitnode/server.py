@@ -30,6 +30,7 @@ from exitnode.errors import ExitConfigError
 from exitnode.host import HostSetup, Masquerade
 from exitnode.peers import ExitManagement, Peer, PeerTable
 from exitnode.policy import HOURS_CHECK_S, RateLimitedLink, hours_text, port_policy, within_hours
+from exitnode.relay import Relay, registry_endpoints
 from exitnode.revocations import LiveSessions, RevocationWatch
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import Switchboard
@@ -208,6 +209,13 @@ class ExitNode:
         )
         self.board: Switchboard | None = None
         self.peers = PeerTable()
+        self.relay: Relay | None = None  # endpoints.relay: built in run() beside the board
+        self.relay_certificate = None
+        if config.keys.relay_certificate is not None:
+            try:
+                self.relay_certificate = keyfiles.load_certificate(config.keys.relay_certificate)
+            except L2BridgeError as exc:
+                raise ExitConfigError(f"keys.relay_certificate: {exc}") from None
         self.listening = asyncio.Event()
         # How connections to the tunnel port were screened (counts by kind, for status).
         self.screening = screening_summary()
@@ -391,7 +399,16 @@ class ExitNode:
               admitted_by=auth.method, address=link.remote_address)  # fmt: skip
         try:
             await self._one_tunnel_per_device(peer)
-            await self.board.serve_link(port_link, name, policy, owner=auth.device_id.hex())
+            port: Any = port_link
+            if self.relay is not None:
+                # A circuit link is served by the relay until it ends (then None).
+                admitted = await self.relay.admit(link)
+                if admitted is None:
+                    return
+                port = admitted
+                if device is not None and device.rate is not None:
+                    port = RateLimitedLink(admitted, device.rate, self.metrics)
+            await self.board.serve_link(port, name, policy, owner=auth.device_id.hex())
         finally:
             self.peers.remove(peer)
             self.sessions.discard(link)
@@ -409,6 +426,14 @@ class ExitNode:
         try:
             switch = Switch(self.switch_config())
             self.board = Switchboard(switch, self.metrics, local=host.tap)
+            if self.config.endpoints.relay:
+                self.relay = Relay(
+                    self.identity, self.metrics, mode=self.mode, backend=self.backend,
+                    evidence_provider=self.evidence_provider,
+                    certificate=self.relay_certificate, session_config=self.session_config,
+                    board=self.board, policy=self.default_policy, clock=self.clock,
+                    endpoint_of=registry_endpoints(self.config),
+                )  # fmt: skip
             with naming(f"endpoints.listen ({ep.listen[0]}:{ep.listen[1]})"):
                 server = await tunnel.serve(
                     self._on_link,
@@ -437,6 +462,8 @@ class ExitNode:
             ]
             if self.attested is not None:
                 jobs.append(self.attested.run(stop))
+            if self.relay is not None:
+                jobs.append(self.relay.run(stop))
             await asyncio.gather(*jobs)
         finally:
             if server is not None:

@@ -118,3 +118,21 @@ MAX_LIST_ENTRIES = 100_000
 COVER_ON = (1.0, 64, 1200, 4096.0, 1.0)
 COVER_AGGRESSIVE = (10.0, 64, 1400, 32768.0, 0.2)
 DEFAULT_PAD_TO = 256  # obfuscation.padding: records padded to multiples of this
+
+# Multi-hop circuits (l2bridge.protocol.onion, cells, hopshake, circuit).
+MAX_HOPS = 5  # onion headers are always this many slots, whatever the circuit's length
+ONION_SLOT_SIZE = 32  # per hop: AES block holding (sequence, generation) + the layer's tag
+ONION_HEADER_SIZE = MAX_HOPS * ONION_SLOT_SIZE
+# Relay payload size classes (bytes inside every layer). A cell is padded up to the
+# smallest class its message fits in: small, a 1500-byte frame, a jumbo 9000-byte frame,
+# then GSO super-frames in steps that waste at most a third (every layer of every hop seals
+# the padding too, so one 64 KiB class for all super-frames cost several times the work).
+# A whole cell (9-byte cell header + onion header + the largest class) must itself fit in
+# one link frame (MAX_FRAME_SIZE), so a GSO super-frame above 65 274 bytes takes two cells.
+RELAY_SIZE_CLASSES = (512, 2048, 9728, 16384, 24576, 32768, 49152, 65280)
+RELAY_MESSAGE_HEADER_SIZE = 6  # command u8 | flags u8 | length u32
+CONTROL_FRAGMENT_CLASS = 2048  # control messages (EXTEND/EXTENDED) go out in this class
+MAX_RELAY_MESSAGE = 96 * 1024  # reassembly bound (EXTENDED carries up to 32 KiB evidence)
+MAX_HOP_HANDSHAKE = 64 * 1024  # CREATE / CREATED reassembly bound
+CIRCUIT_GRACE_SECONDS = 10.0  # the previous layer generation is still opened this long
+MAX_GENERATION_STEP = 1  # a receiver follows a sender at most this many ratchets ahead

@@ -12,8 +12,11 @@ import logging
 import secrets
 import urllib.parse
 
+import yaml
+
 from hardware import netns
 from hardware.tap import FrameDevice, TapConfig, TapError, open_tap
+from l2bridge.client.circuit import CircuitBuilder, CircuitLink, load_regions
 from l2bridge.client.failover import DialSettings
 from l2bridge.client.lan import LanAttachment, LanError
 from l2bridge.client.layers import pinned_attestation, registry_finder, tunnel_clock
@@ -99,7 +102,7 @@ class ClientNode:
             exit_node_id=self.exit_node_id.hex(),
         )
         self.client: Client | None = None
-        self.link: tunnel.Link | None = None
+        self.link: tunnel.Link | CircuitLink | None = None
         self.clock, self.clock_sources = tunnel_clock(config)
         self.clock.publish(self.metrics)
         # attestation_required with a pinned exit: a nonce and a checked answer every dial.
@@ -115,8 +118,29 @@ class ClientNode:
             self.metrics,
             self.clock,
         )  # fmt: skip
+        # exit_nodes.multi_hop: circuits through registry exits instead of one exit.
+        self.circuits: CircuitBuilder | None = None
+        if config.exit_nodes.multi_hop:
+            if self.finder is None:
+                raise ConfigError(
+                    "exit_nodes.multi_hop: hops come from the registry: set chain.rpc_url "
+                    "and chain.contract_address, and no endpoints.exit_node_id"
+                )
+            try:
+                regions = load_regions(config.exit_nodes.regions_file)
+            except (OSError, ValueError, yaml.YAMLError) as exc:
+                raise ConfigError(f"exit_nodes.regions_file: {exc}") from None
+            self.circuits = CircuitBuilder(
+                self.finder.registry, self.finder.settings, self.finder.selection,
+                hops=config.exit_nodes.hops, regions=regions, metrics=self.metrics,
+                clock=self.clock.now,
+            )  # fmt: skip
+            self.finder = None
 
     async def connect(self) -> FrameLink:
+        if self.circuits is not None:
+            self.link = await self.circuits.connect()
+            return self.link
         if self.finder is not None:
             self.link = await self.finder.connect()
             return self.link
@@ -206,6 +230,9 @@ class ClientNode:
             jobs = [self.client.run(stop), rotation.run(stop)]
             if self.finder is not None:
                 jobs.append(self.finder.watch(stop))
+            if self.circuits is not None:
+                interval = self.circuits.selection.max_attestation_age
+                jobs.append(self.circuits.watch(stop, interval))
             await asyncio.gather(*jobs)
         finally:
             for source in self.clock_sources:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import yaml
 
 from hardware.announce import parse_mac
-from l2bridge.constants import DEFAULT_PAD_TO
+from l2bridge.constants import DEFAULT_PAD_TO, MAX_HOPS
 from l2bridge.errors import LocalError
 from timing.config import TimeSettings, settings_from
 from timing.errors import ConfigError as TimingConfigError
@@ -93,6 +93,9 @@ class ExitNodes:
     min_reputation: int = 500
     geographic_diversity: bool = False
     jurisdictional_diversity: bool = False
+    # Multi-hop: YAML mapping of nodeId (hex) -> region. The registry contract has no
+    # region field, so hops' regions come from here (l2bridge.client.circuit).
+    regions_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,7 @@ class Endpoints:
     # exit: the tunnel port's listen backlog (SYN floods, reconnect storms)
     listen_backlog: int = 4096
 
+    relay: bool = False  # exit: also serve as a hop of multi-hop circuits (exitnode.relay)
     public_url: str | None = None  # exit: the URL clients dial (join bundles, registry)
 
     def __post_init__(self) -> None:
@@ -167,6 +171,8 @@ class Keys:
     certificate: Path | None = None
     allow_list: Path | None = None
     revocations: Path | None = None
+    # exit with endpoints.relay: the device certificate it shows the next hop's Authorizer
+    relay_certificate: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,6 +545,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "min_reputation": _int_range(0, 1000),
             "geographic_diversity": _bool,
             "jurisdictional_diversity": _bool,
+            "regions_file": _PATH,
         },
     ),
     "obfuscation": (
@@ -586,13 +593,21 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "fallback": _optional(_fallback_address),
             "max_connections": _int_range(1, 1_000_000),
             "max_connections_per_source": _int_range(1, 1_000_000),
+            "relay": _bool,
         },
     ),
     "keys": (
         Keys,
         {
             k: _PATH
-            for k in ("identity", "admin_public", "certificate", "allow_list", "revocations")
+            for k in (
+                "identity",
+                "admin_public",
+                "certificate",
+                "allow_list",
+                "revocations",
+                "relay_certificate",
+            )
         },
     ),
     "tpm": (
@@ -735,19 +750,8 @@ def problems(config: Config) -> list[Problem]:
     out: list[Problem] = []
     if config.security.sgx_enclave:
         out.append(Problem("security.sgx_enclave", "Intel SGX enclaves are not supported", True))
-    if config.exit_nodes.multi_hop or config.exit_nodes.hops > 1:
-        out.append(
-            Problem(
-                "exit_nodes.multi_hop",
-                f"multi-hop routing ({config.exit_nodes.hops} hops) is not implemented; "
-                "set multi_hop: false and hops: 1 to run single-hop",
-                True,
-            )
-        )
+    out.extend(_multi_hop(config))
     out.extend(_pinned_attestation(config))
-    for name in ("geographic_diversity", "jurisdictional_diversity"):
-        if getattr(config.exit_nodes, name):
-            out.append(Problem(f"exit_nodes.{name}", "only meaningful with multi-hop", False))
     if config.obfuscation.advanced_stego:
         out.append(Problem("obfuscation.advanced_stego", "steganography is not implemented", False))
     if config.obfuscation.cover_traffic is not CoverTraffic.OFF and not config.obfuscation.enabled:
@@ -771,6 +775,43 @@ def problems(config: Config) -> list[Problem]:
         )
     for warning in config.atomic_time.warnings():
         out.append(Problem("atomic_time.consensus_quorum", warning, False))
+    return out
+
+
+def _multi_hop(config: Config) -> list[Problem]:
+    """Circuits of 2..MAX_HOPS hops (l2bridge.client.circuit); the diversity settings."""
+    hops = config.exit_nodes
+    out = []
+    if hops.multi_hop and not 2 <= hops.hops <= MAX_HOPS:
+        out.append(
+            Problem("exit_nodes.hops", f"multi-hop circuits have 2 to {MAX_HOPS} hops", True)
+        )
+    if not hops.multi_hop and hops.hops > 1:
+        out.append(
+            Problem("exit_nodes.hops", "more than one hop needs exit_nodes.multi_hop: true", True)
+        )
+    for name in ("geographic_diversity", "jurisdictional_diversity"):
+        if not getattr(hops, name):
+            continue
+        if not hops.multi_hop:
+            out.append(Problem(f"exit_nodes.{name}", "only meaningful with multi-hop", False))
+        elif hops.regions_file is None:
+            out.append(
+                Problem(
+                    f"exit_nodes.{name}",
+                    "the registry records no region: set exit_nodes.regions_file, or hops "
+                    "are kept apart by node and operator only",
+                    False,
+                )
+            )
+        elif name == "jurisdictional_diversity":
+            out.append(
+                Problem(
+                    f"exit_nodes.{name}",
+                    "enforced only as far as exit_nodes.regions_file names jurisdictions",
+                    False,
+                )
+            )
     return out
 
 
@@ -827,6 +868,7 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     **{f"network.{k}": ("exit",) for k in ("gateway_ips", "service_tags", "mac")},
     "exit_nodes.multi_hop": BOTH,
     "exit_nodes.hops": BOTH,
+    "exit_nodes.regions_file": ("client",),
     "exit_nodes.min_reputation": ("client",),
     "exit_nodes.geographic_diversity": BOTH,
     "exit_nodes.jurisdictional_diversity": BOTH,
@@ -845,6 +887,7 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "endpoints.decoy_dir": ("exit",),
     "endpoints.server_header": ("exit",),
     "endpoints.token_window": BOTH,
+    "endpoints.relay": ("exit",),
     **{f"endpoints.{k}": ("exit",) for k in (
         "decoy_gzip", "keepalive_timeout", "send_timeout", "fallback", "max_connections",
         "max_connections_per_source")},
@@ -858,6 +901,7 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "keys.certificate": ("client",),
     "keys.allow_list": ("exit",),
     "keys.revocations": ("exit",),
+    "keys.relay_certificate": ("exit",),
     "tpm.tcti": ("exit",),
     "tpm.ak_context": ("exit",),
     "tpm.timeout": ("exit",),

@@ -605,7 +605,7 @@ async def connect(
     url: str,
     handshake: ClientHandshakeLike,
     *,
-    access_key: AccessKey,
+    access_key: AccessKey | None,
     node_id: bytes,
     token_window: int = 60,
     clock: Clock = time.time,
@@ -613,15 +613,21 @@ async def connect(
     cover: CoverPlan | None = None,
     keepalive_s: float | None = KEEPALIVE_S,
     liveness_s: float | None = LIVENESS_S,
+    token: str | None = None,
     **transport_kwargs: object,
 ) -> Link:
     """Open a tunnel to the exit ``node_id`` at ``url``.
 
+    ``token``: a connection token minted elsewhere (a circuit's client mints it for a hop
+    that extends the circuit, which holds no access key); else one is minted here.
     Raises UpgradeRefused (the exit answered as a web server), TransportClosed,
     PeerError (the handshake failed: wrong exit, bad evidence), DeviceRevoked (the exit
     said this device is revoked), TimeoutError.
     """
-    token = mint_token(access_key, node_id, clock(), window_s=token_window)
+    if token is None:
+        if access_key is None:
+            raise ValueError("an access key or a token is needed")
+        token = mint_token(access_key, node_id, clock(), window_s=token_window)
     try:
         opened = await open_transport(
             url,

@@ -472,6 +472,64 @@ def _examples() -> dict[str, tuple[bytes, dict[str, bytes | None], dict[str, int
         },
         {},
     )
+    out.update(_circuit_examples(pub, sig))
+    return out
+
+
+def _circuit_examples(
+    pub: Any, sig: Any
+) -> dict[str, tuple[bytes, dict[str, bytes | None], dict[str, int]]]:
+    """Section 8: cells, onion slots, relay messages, EXTEND, CREATE and CREATED."""
+    from l2bridge.protocol import cells, hopshake, onion
+
+    def u(n: int, size: int) -> bytes:
+        return n.to_bytes(size, "big")
+
+    out: dict[str, tuple[bytes, dict[str, bytes | None], dict[str, int]]] = {}
+    x, kem, rnd, nonce = b"\x11" * 32, b"\x22" * 1568, b"\x33" * 32, b"\x44" * 32
+    create = hopshake.Create(Mode.HYBRID, x, kem, nonce)
+    (cell,) = cells.handshake_cells(cells.CellKind.CREATE, 9, create.encode())
+    out["cell"] = (
+        cell,
+        {"magic": b"SMC\x01", "kind": b"\x01", "circuit": u(9, 4), "body": cell[9:]},
+        {},
+    )
+    out["create"] = (
+        create.encode(),
+        {"type": b"\x61", "version": b"\x01", "mode": b"\x00", "x25519": x, "mlkem": kem,
+         "nonce": nonce},
+        {},
+    )  # fmt: skip
+    evidence = b"\x55" * 100
+    created = hopshake.Created(Mode.HYBRID, x, kem, rnd, pub, evidence, sig)
+    out["created"] = (
+        created.encode(),
+        {"type": b"\x62", "version": b"\x01", "mode": b"\x00", "x25519": x, "mlkem": kem,
+         "random": rnd, "identity": pub.encode(), "evidence_length": u(100, 4),
+         "evidence": evidence, "signature": sig.encode()},
+        {"E": 100},
+    )  # fmt: skip
+    fwd, _ = onion.derive_hop(b"k" * 64, b"salt")
+    sender = onion.LayerSender(fwd, onion.FORWARD)
+    (payload,) = cells.relay_payloads(cells.RelayCommand.DATA, b"frame")
+    body = onion.wrap_forward([sender], payload, 3)
+    out["relay_body"] = (body, {"header": None, "payload": None}, {"S": 512})
+    _ct, slot = sender.seal(payload, 4)
+    out["onion_slot"] = (slot, {"block": None, "tag": None}, {})
+    out["relay_message"] = (
+        payload,
+        {"command": b"\x01", "flags": b"\x00", "length": u(5, 4), "data": b"frame",
+         "padding": bytes(512 - 11)},
+        {"n": 5, "P": 512 - 11},
+    )  # fmt: skip
+    node = b"\x66" * 32
+    extend = cells.Extend(node, "ws://a/ws", "tok", b"CR")
+    out["extend"] = (
+        extend.encode(),
+        {"node_id": node, "endpoint_length": u(9, 2), "endpoint": b"ws://a/ws",
+         "token_length": u(3, 2), "token": b"tok", "create_length": u(2, 2), "create": b"CR"},
+        {"U": 9, "T": 3, "C": 2},
+    )  # fmt: skip
     return out
 
 

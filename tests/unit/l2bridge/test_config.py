@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -36,10 +37,12 @@ def test_enterprise():
     ]
     assert config.atomic_time.quorum == 3
     fields = {p.field: p.refuse for p in problems(config)}
-    assert fields["exit_nodes.multi_hop"] is True
+    # 3 hops: multi-hop circuits are built (l2bridge.client.circuit), nothing refused.
+    assert config.exit_nodes.multi_hop and config.exit_nodes.hops == 3
+    assert "exit_nodes.multi_hop" not in fields and "exit_nodes.hops" not in fields
+    assert fields["exit_nodes.geographic_diversity"] is False  # no regions file: a warning
     assert fields["atomic_time.consensus_quorum"] is False  # 3 of 2 sources
-    with pytest.raises(ConfigError, match=r"exit_nodes\.multi_hop"):
-        ensure_startable(config)
+    assert {p.field for p in ensure_startable(config)} >= {"exit_nodes.geographic_diversity"}
 
 
 def test_ultra_secure_refuses_without_sgx():
@@ -50,8 +53,26 @@ def test_ultra_secure_refuses_without_sgx():
     first = config.atomic_time.sources[0]
     assert (first.kind, first.device, first.baudrate) == ("cesium", "/dev/ttyUSB0", 115200)
     assert config.logging.retention == 7 * 86400
-    with pytest.raises(ConfigError, match=r"security\.sgx_enclave: Intel SGX"):
+    with pytest.raises(ConfigError, match=r"security\.sgx_enclave: Intel SGX") as info:
         ensure_startable(config)
+    # SGX is the only refusal left: 5 hops are built since multi-hop circuits exist.
+    assert "multi_hop" not in str(info.value) and "exit_nodes.hops" not in str(info.value)
+    assert config.exit_nodes.hops == 5
+    without_sgx = dataclasses.replace(
+        config, security=dataclasses.replace(config.security, sgx_enclave=False)
+    )
+    assert all(not p.refuse for p in ensure_startable(without_sgx))
+
+
+def test_hop_counts_outside_circuits_are_refused():
+    for section, field in (
+        ({"multi_hop": True, "hops": 6}, "exit_nodes.hops"),
+        ({"multi_hop": True, "hops": 1}, "exit_nodes.hops"),
+        ({"multi_hop": False, "hops": 3}, "exit_nodes.hops"),
+    ):
+        config = config_from_mapping({"exit_nodes": section}, env={})
+        with pytest.raises(ConfigError, match=field):
+            ensure_startable(config)
 
 
 def test_runnable_examples_start_and_resolve_paths():

@@ -184,7 +184,23 @@ def multi_hop(w: World) -> None:
 
 
 def hops(w: World) -> None:
-    refused(w, "exit_nodes", "hops", 3, "multi-hop")
+    refused(w, "exit_nodes", "hops", 3, "more than one hop needs exit_nodes.multi_hop")
+    with pytest.raises(ConfigError, match="multi-hop circuits have 2 to 5 hops"):
+        ensure_startable(w.exit_cfg(exit_nodes={"multi_hop": True, "hops": 7}))
+
+
+def regions_file(w: World) -> None:
+    (w.dir / "regions.yaml").write_text(f"'{'ab' * 32}': eu-west\n")
+    wanted = {"multi_hop": True, "hops": 3, "geographic_diversity": True}
+    without = {p.field for p in ensure_startable(w.client_cfg(exit_nodes=wanted))}
+    assert "exit_nodes.geographic_diversity" in without  # no region known: warned
+    named = w.client_cfg(exit_nodes={**wanted, "regions_file": str(w.dir / "regions.yaml")})
+    assert "exit_nodes.geographic_diversity" not in {p.field for p in ensure_startable(named)}
+
+
+def relay_certificate(w: World) -> None:
+    with pytest.raises((ConfigError, ExitConfigError), match=r"keys\.relay_certificate"):
+        w.exit(keys={"relay_certificate": str(w.dir / "missing.cert")})
 
 
 def diversity(key: str) -> Callable[[World], None]:
@@ -491,6 +507,7 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "network.lan_interfaces": both(lan_interfaces, role_only("network.lan_interfaces", ["e1"])),
     "exit_nodes.multi_hop": multi_hop,
     "exit_nodes.hops": hops,
+    "exit_nodes.regions_file": regions_file,
     "exit_nodes.min_reputation": both(min_reputation, role_only("exit_nodes.min_reputation", 9)),
     "exit_nodes.geographic_diversity": diversity("geographic_diversity"),
     "exit_nodes.jurisdictional_diversity": diversity("jurisdictional_diversity"),
@@ -522,6 +539,9 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "endpoints.max_connections": connection_caps,
     "endpoints.max_connections_per_source": connection_caps,
     "endpoints.decoy_gzip": decoy_gzip,
+    # the five exits of this test serve as hops with endpoints.relay: true
+    "endpoints.relay": "tests/integration/e2e/test_multihop_nodes.py::"
+    "test_ultra_secure_client_bridges_through_five_hops",
     "endpoints.keepalive_interval": "tests/integration/l2bridge/test_link_liveness.py::"
     "test_silent_exit_is_left_for_the_next",
     "endpoints.liveness_timeout": "tests/integration/l2bridge/test_link_liveness.py::"
@@ -535,6 +555,7 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "keys.certificate": certificate,
     "keys.allow_list": allow_list,
     "keys.revocations": revocations,
+    "keys.relay_certificate": relay_certificate,
     "tpm.tcti": "tests/integration/e2e/test_demo.py::"
     "test_exit_and_client_without_chain_tpm_or_clock",
     "tpm.ak_context": ak_context,

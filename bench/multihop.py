@@ -1,0 +1,242 @@
+"""Circuits through 1, 3 and 5 relaying exits on loopback: throughput, idle RTT, build time.
+
+Run (as root for the TCP part): ``python bench/multihop.py [--offload] [--processes]
+[--megabytes 20] [--builds 20] [--pings 50] [--tcp-seconds 5]``.
+
+TCP part (root, namespaces; ``--tcp-seconds 0`` skips it): lan-a and lan-b hosts joined by
+``python -m lab.circuitlab`` (real TAPs) through circuits of n = 1, 3, 5 relaying exits;
+iperf3 with one stream gives ``tcp1_gbps``, ping the RTT, and the same ping over a plain
+veth between the two LAN bridges the baseline for ``added_rtt_ms``. By default the client
+and all exits share ONE process and event loop (one core): a 5-hop circuit pays for five
+relays on the client's core, which exits on their own machines do not, so the figures are a
+floor for throughput and a ceiling for latency. ``--processes`` runs each exit in its own
+process (the machine's cores are then shared by all of them).
+
+Frame part (always in one process, in-memory TAPs):
+
+* ``frame_gbps``: one stream of 1514-byte frames (as tunnel frames) from the client through
+  the circuit into the tail's in-memory TAP; ``--megabytes`` per hop count.
+* ``frame_rtt_ms``: median over ``--pings`` of an idle round trip client -> tail's LAN ->
+  client (one 98-byte frame each way), in process.
+* ``build_ms``: median and p95 of ``--builds`` circuit builds (tunnel to hop 1, then one
+  hybrid exchange per hop, each hop's CREATED checked). Evidence is the lab's stand-in:
+  a real TPM quote adds the exit's quote time per hop (``bench/attestation.py``).
+
+Ends with one line of JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.l2 import IPERF_PORT, iperf_gbps, ping_rtt_ms
+from hardware import netns
+from hardware.netns import Lab
+from l2bridge.client.circuit import CircuitLink, build
+from lab import topology
+from lab.circuitlab import RelayExit, dialer, fake_checker, hop_of, start_exits, token_for
+
+A, B = bytes.fromhex("02000000000a"), bytes.fromhex("02000000000b")
+FRAME = 1514
+BATCH = 64
+
+
+def frame(src: bytes, dst: bytes, size: int, tag: bytes = b"") -> bytes:
+    body = (tag + bytes(size))[: size - 14]
+    return bytes(10) + dst + src + b"\x88\xb5" + body  # 10-byte virtio-net header
+
+
+def pct(samples: list[float], p: float) -> float:
+    s = sorted(samples)
+    return s[max(0, min(len(s) - 1, round(p * (len(s) - 1))))]
+
+
+async def circuit(exits: list[RelayExit]) -> CircuitLink:
+    return await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for)
+
+
+async def throughput(cl: CircuitLink, tail: RelayExit, megabytes: int) -> float:
+    total = megabytes * 1_000_000 // FRAME
+    payload = frame(A, B, FRAME)
+    delivered = 0
+
+    async def drain() -> None:
+        nonlocal delivered
+        while delivered < total:
+            delivered += len(tail.tap.delivered())
+            await asyncio.sleep(0.001)
+
+    reader = asyncio.ensure_future(drain())
+    start = time.perf_counter()
+    sent = 0
+    while sent < total:
+        n = min(BATCH, total - sent)
+        await cl.send_frames([payload] * n)
+        sent += n
+    with contextlib.suppress(TimeoutError):  # frames dropped on the way: count what arrived
+        await asyncio.wait_for(reader, 120)
+    seconds = time.perf_counter() - start
+    return delivered * FRAME * 8 / seconds / 1e9
+
+
+async def idle_rtt(cl: CircuitLink, tail: RelayExit, pings: int) -> float:
+    samples = []
+    for i in range(pings):
+        tag = i.to_bytes(4, "big")
+        start = time.perf_counter()
+        await cl.send_frames([frame(A, B, 98, tag)])
+        while not any(f[14:18] == tag for f in tail.tap.delivered()):
+            await asyncio.sleep(0)
+        tail.tap.inject(frame(B, A, 98, tag)[10:])
+        while True:
+            got = await cl.recv_frames()
+            if any(bytes(f[24:28]) == tag for f in got):
+                break
+        samples.append(time.perf_counter() - start)
+        await asyncio.sleep(0.01)
+    return statistics.median(samples) * 1000
+
+
+async def builds(exits: list[RelayExit], count: int) -> list[float]:
+    out = []
+    for _ in range(count):
+        start = time.perf_counter()
+        cl = await circuit(exits)
+        out.append((time.perf_counter() - start) * 1000)
+        await cl.close()
+    return out
+
+
+async def run(megabytes: int, count: int, pings: int) -> dict[str, object]:
+    gbps: dict[str, float] = {}
+    rtt: dict[str, float] = {}
+    build_ms: dict[str, dict[str, float]] = {}
+    hop_ms: dict[str, list[float]] = {}
+    for n in (1, 3, 5):
+        exits = await start_exits(n)
+        try:
+            cl = await circuit(exits)
+            hop_ms[str(n)] = [round(ms, 2) for ms in cl.hop_ms]
+            tail = exits[-1]
+            # The tail's switch learns where A is, so the echo is unicast.
+            await cl.send_frames([frame(A, B, 98)])
+            await asyncio.sleep(0.2)
+            tail.tap.delivered()
+            rtt[str(n)] = round(await idle_rtt(cl, tail, pings), 3)
+            gbps[str(n)] = round(await throughput(cl, tail, megabytes), 4)
+            await cl.close()
+            if n > 1:
+                samples = await builds(exits, count)
+                build_ms[str(n)] = {
+                    "median": round(statistics.median(samples), 1),
+                    "p95": round(pct(samples, 0.95), 1),
+                }
+        finally:
+            for x in exits:
+                await x.kill()
+    return {
+        "bench": "multihop",
+        "where": "client and all hops in one process and event loop (one core), loopback",
+        "frame_gbps": gbps,
+        "frame_rtt_ms": rtt,
+        "frame_ratio_3hop": round(gbps["3"] / gbps["1"], 3) if gbps.get("1") else None,
+        "frame_ratio_5hop": round(gbps["5"] / gbps["1"], 3) if gbps.get("1") else None,
+        "build_ms_p95": {k: v["p95"] for k, v in build_ms.items()},
+        "build_ms_median": {k: v["median"] for k, v in build_ms.items()},
+        "hop_add_ms_first_build": hop_ms,
+        "evidence": "lab stand-in (no TPM quote per hop)",
+        "megabytes": megabytes,
+        "builds": count,
+        "pings": pings,
+        "cpus": os.cpu_count(),
+    }
+
+
+def tcp_figures(seconds: float, offload: bool, processes: bool) -> dict[str, object]:
+    """iperf3 (1 stream) and ping between two LANs joined by circuits of 1, 3 and 5 hops."""
+    gbps: dict[str, float] = {}
+    added: dict[str, float] = {}
+    for n in (1, 3, 5):
+        with Lab() as lab:
+            lan_a, mesh, lan_b = (lab.namespace(p) for p in ("lana", "mesh", "lanb"))
+            for ns in (lan_a, mesh, lan_b):
+                topology.quiet(ns)
+            lab.veth(lan_a, "eth0", mesh, "lana0")
+            lab.veth(lan_b, "eth0", mesh, "lanb0")
+            for bridge, port in (("bra", "lana0"), ("brb", "lanb0")):
+                netns.bridge(mesh, bridge)
+                netns.attach(mesh, port, bridge)
+            lan_a.ip("addr", "add", f"{topology.HOST_A}/24", "dev", "eth0")
+            lan_b.ip("addr", "add", f"{topology.HOST_B}/24", "dev", "eth0")
+            topo = topology.Topology(lan_a, mesh, mesh, lan_b, 1500)
+            # Baseline: the two bridges joined by a plain veth.
+            lab.veth(mesh, "da", mesh, "db")
+            netns.attach(mesh, "da", "bra")
+            netns.attach(mesh, "db", "brb")
+            direct = ping_rtt_ms(topo)
+            mesh.ip("link", "del", "da")
+            proc = lab.spawn(
+                mesh,
+                [sys.executable, "-m", "lab.circuitlab", "--exits", str(n), "--hops", str(n),
+                 "--exit-bridge", "brb", "--client-bridge", "bra",
+                 *(["--offload"] if offload else []),
+                 *(["--processes"] if processes else [])],
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
+            assert proc.stdout is not None
+            json.loads(proc.stdout.readline())  # the first {"path": ...}: circuit up
+            if not netns.wait_for(lambda a=lan_a: topology.ping(a, topology.HOST_B, 1) == 1, 30):
+                raise RuntimeError(f"no path through {n} hops")
+            added[str(n)] = round(ping_rtt_ms(topo) - direct, 3)
+            lab.spawn(lan_b, ["iperf3", "-s", "-p", str(IPERF_PORT)])
+            time.sleep(0.5)
+            gbps[str(n)] = iperf_gbps(topo, 1, seconds)
+            lab.stop(proc)
+            proc.stdout.close()
+    return {
+        "tcp1_gbps": gbps,
+        "added_rtt_ms": added,
+        "ratio_3hop": round(gbps["3"] / gbps["1"], 3) if gbps["1"] else None,
+        "ratio_5hop": round(gbps["5"] / gbps["1"], 3) if gbps["1"] else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megabytes", type=int, default=20)
+    parser.add_argument("--builds", type=int, default=20)
+    parser.add_argument("--pings", type=int, default=50)
+    parser.add_argument("--tcp-seconds", type=float, default=5.0, help="0: skip the TCP part")
+    parser.add_argument(
+        "--offload", action="store_true", help="TCP part: TAPs with offloads (GSO), as exits"
+    )
+    parser.add_argument(
+        "--processes", action="store_true", help="TCP part: each exit in its own process"
+    )
+    args = parser.parse_args()
+    result: dict[str, object] = {}
+    if args.tcp_seconds > 0 and os.geteuid() == 0:
+        result.update(
+            tcp_figures(args.tcp_seconds, args.offload, args.processes),
+            tcp_offload=args.offload,
+            tcp_hop_processes=args.processes,
+        )
+    else:
+        result.update(tcp1_gbps=None, added_rtt_ms=None, ratio_3hop=None, ratio_5hop=None)
+    result.update(asyncio.run(run(args.megabytes, args.builds, args.pings)))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Circuits through relaying exits on loopback: real transport, handshakes, relays, switch.
+
+A client telescopes through 3 (and 5) exits; frames cross into the tail's LAN and back;
+the first hop never sees the frames in clear; a middle hop's death reaches the client as a
+closed circuit; a hop with bad evidence is refused by name; a relay's queues stay bounded
+(tests/unit/exitnode/test_relay.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import os
+
+import pytest
+
+from l2bridge.client.circuit import Hop, HopFailed, build
+from l2bridge.client.selection import Candidate
+from l2bridge.constants import Mode
+from l2bridge.protocol.cells import CellKind, parse_cell
+from l2bridge.transport.errors import TransportClosed
+from lab.circuitlab import (
+    dialer,
+    fake_checker,
+    hop_of,
+    lab_builder,
+    start_exits,
+    token_for,
+)
+
+pytestmark = pytest.mark.integration
+
+A, B = bytes.fromhex("02000000000a"), bytes.fromhex("02000000000b")
+
+
+def ether(src: bytes, dst: bytes, payload: bytes) -> bytes:
+    return dst + src + b"\x88\xb5" + payload
+
+
+def tunnel_frame(frame: bytes) -> bytes:
+    """A frame as the tunnel carries it: the 10-byte virtio-net header (zero: no offloads)."""
+    return bytes(10) + frame
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+async def until(predicate, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def stop_all(exits) -> None:
+    for x in exits:
+        await x.kill()
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_frames_cross_the_circuit_with_equal_sha256(n):
+    async def scenario():
+        exits = await start_exits(n)
+        try:
+            cl = await build(
+                [hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for
+            )
+            assert cl.circuit.length == n and len(cl.hop_ms) == n
+            tail = exits[-1]
+            blob = os.urandom(200_000)
+            chunks = [blob[i : i + 1400] for i in range(0, len(blob), 1400)]
+            for i in range(0, len(chunks), 16):
+                await cl.send_frames([tunnel_frame(ether(A, B, c)) for c in chunks[i : i + 16]])
+            got: list[bytes] = []
+            await until(lambda: got.extend(tail.tap.delivered()) or len(got) >= len(chunks), 30)
+            assert hashlib.sha256(b"".join(f[14:] for f in got)).digest() == (
+                hashlib.sha256(blob).digest()
+            )
+            # ... and back from the tail's LAN to the client.
+            back = [ether(B, A, os.urandom(1000)) for _ in range(20)]
+            for f in back:
+                tail.tap.inject(f)
+            received: list[bytes] = []
+            async with asyncio.timeout(10):
+                while len(received) < len(back):
+                    received.extend(bytes(f) for f in await cl.recv_frames())
+            assert received == [tunnel_frame(f) for f in back]
+            # Only the tail switched anything; hop 1 and the middle hops relayed ciphertext.
+            for x in exits[:-1]:
+                assert x.tap.delivered() == []
+                assert x.relay is not None and x.relay.relayed_bytes > 0
+            await cl.close()
+        finally:
+            await stop_all(exits)
+
+    run(scenario())
+
+
+def test_pqc_only_circuit_of_five_hops():
+    async def scenario():
+        exits = await start_exits(5, mode=Mode.PQC_ONLY)
+        try:
+            cl = await build(
+                [hop_of(x) for x in exits], dialer(Mode.PQC_ONLY), lambda h: fake_checker,
+                token_for, mode=Mode.PQC_ONLY,
+            )  # fmt: skip
+            await cl.send_frames([tunnel_frame(ether(A, B, b"pq" * 100))])
+            await until(lambda: bool(exits[-1].tap.delivered()))
+            await cl.close()
+        finally:
+            await stop_all(exits)
+
+    run(scenario())
+
+
+def test_hop_one_sees_only_ciphertext_and_fixed_sizes():
+    async def scenario():
+        exits = await start_exits(3)
+        try:
+            cl = await build(
+                [hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for
+            )
+            secret = b"TOP-SECRET-PAYLOAD" * 50
+            cells = cl.circuit.seal_frames([tunnel_frame(ether(A, B, secret))])
+            for c in cells:
+                cell = parse_cell(c)
+                assert cell.kind is CellKind.RELAY
+                assert b"TOP-SECRET" not in bytes(cell.body)
+            await cl.link.send_frames(cells)
+            await until(lambda: bool(exits[-1].tap.delivered()))
+            # A cell changed on the way is dropped by the hop whose layer fails, and counted
+            # in that exit's metrics (the status page's drops).
+            forged = bytearray(cl.circuit.seal_frames([tunnel_frame(ether(A, B, b"z" * 50))])[0])
+            forged[-1] ^= 1
+            await cl.link.send_frames([bytes(forged)])
+            await until(lambda: exits[0].metrics.counters.drops["bad_tag"] == 1)
+            assert not exits[-1].tap.delivered()
+            await cl.close()
+        finally:
+            await stop_all(exits)
+
+    run(scenario())
+
+
+def test_killing_a_middle_hop_ends_the_circuit_at_the_client():
+    async def scenario():
+        exits = await start_exits(3)
+        try:
+            cl = await build(
+                [hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for
+            )
+            await cl.send_frames([tunnel_frame(ether(A, B, b"x" * 100))])
+            await until(lambda: bool(exits[2].tap.delivered()))
+            await exits[1].kill()
+            with pytest.raises(TransportClosed):
+                async with asyncio.timeout(15):
+                    while True:
+                        await cl.recv_frames()
+            assert cl.ended is not None
+            # Hop 1 tore its half down too (no circuit left behind).
+            assert exits[0].relay is not None
+            await until(lambda: not exits[0].relay.hops)
+            # A new circuit through the survivors works.
+            again = await build(
+                [hop_of(exits[0]), hop_of(exits[2])], dialer(), lambda h: fake_checker, token_for
+            )
+            await again.send_frames([tunnel_frame(ether(A, B, b"y" * 100))])
+            await until(lambda: any(b"y" * 100 in f for f in exits[2].tap.delivered()))
+            await again.close()
+            await cl.close()
+        finally:
+            await stop_all([exits[0], exits[2]])
+
+    run(scenario())
+
+
+def test_a_hop_with_bad_evidence_is_refused_by_name():
+    async def scenario():
+        exits = await start_exits(3)
+        exits[1].relay.evidence_provider = lambda nonce, node: b"EV" + bytes(32)  # stale
+        try:
+            with pytest.raises(HopFailed) as info:
+                await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for)
+            assert info.value.node_id == exits[1].node_id and info.value.refused
+            # Hop 1 closed its link to the refused hop once the client dropped the circuit.
+            await until(lambda: not exits[0].relay.hops and not exits[1].relay.hops)
+        finally:
+            await stop_all(exits)
+
+    run(scenario())
+
+
+def test_an_unreachable_next_hop_is_reported_and_the_tail_stays_usable():
+    async def scenario():
+        exits = await start_exits(3)
+        await exits[1].kill()
+        try:
+            with pytest.raises(HopFailed) as info:
+                await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for)
+            assert info.value.node_id == exits[1].node_id and not info.value.refused
+        finally:
+            await stop_all([exits[0], exits[2]])
+
+    run(scenario())
+
+
+def test_extend_goes_only_to_the_endpoint_the_registry_lists():
+    async def scenario():
+        exits = await start_exits(3)
+        listed = {x.node_id: x.url for x in exits}
+        for x in exits:
+            assert x.relay is not None
+            x.relay.endpoint_of = listed.get
+        try:
+            # A client names another host for exit 1: hop 0 refuses to connect there.
+            elsewhere = Hop(
+                Candidate(exits[1].node_id, "ws://127.0.0.1:9/ws", 900, 0.0, b"", b""), "", None
+            )
+            with pytest.raises(HopFailed) as info:
+                await build(
+                    [hop_of(exits[0]), elsewhere, hop_of(exits[2])], dialer(),
+                    lambda h: fake_checker, token_for,
+                )  # fmt: skip
+            assert info.value.node_id == exits[1].node_id and not info.value.refused
+            assert exits[0].metrics.counters.drops["extend_not_in_registry"] == 1
+            # The listed endpoints work.
+            cl = await build(
+                [hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for
+            )
+            await cl.close()
+        finally:
+            await stop_all(exits)
+
+    run(scenario())
+
+
+def test_builder_rebuilds_without_a_hop_that_fell_out_of_the_registry():
+    async def scenario():
+        exits = await start_exits(4)
+        builder = lab_builder(exits, 3)
+        try:
+            first = await builder.connect()
+            path = [h.candidate.node_id for h in builder.path]
+            assert await builder.check_path() is True
+            # The middle hop is no longer healthy on chain: the circuit is dropped...
+            middle = path[1]
+            record = builder.registry.records[middle]
+            builder.registry.records[middle] = dataclasses.replace(
+                record, healthy=False, status="stale"
+            )
+            assert await builder.check_path() is False
+            assert first.ended is not None
+            refusal = builder.refusals.refusal(middle)
+            assert refusal is not None and "no longer healthy" in refusal.reason
+            # ... and the next one is built without it.
+            second = await builder.connect()
+            assert middle not in [h.candidate.node_id for h in builder.path]
+            assert builder.rebuilds == 1
+            await second.close()
+        finally:
+            await stop_all(exits)
+
+    run(scenario())
+
+
+def test_an_unreadable_relay_certificate_is_a_config_error(tmp_path):
+    from exitnode.errors import ExitConfigError
+    from exitnode.server import ExitNode
+    from tests.integration.l2bridge import nodes
+
+    files, _port = nodes.make_lab(tmp_path)
+    path = nodes.edit(
+        files.exit_config,
+        lambda doc: (
+            doc["keys"].update(relay_certificate="missing.cert")
+            or doc["endpoints"].update(relay=True)
+        ),
+    )
+    with pytest.raises(ExitConfigError, match=r"keys\.relay_certificate"):
+        ExitNode(nodes.config(path))
