@@ -2,7 +2,8 @@
 
 Real ``ExitNode`` and ``ClientNode`` objects built from YAML configuration files: five exits
 with ``endpoints.relay: true`` and a relay certificate from the admin, each with its own
-swtpm for evidence, vouched and registered on Anvil; the client's configuration is
+swtpm for evidence (booted and measured by the IMA harness's ``Kernel``: boot log, PCRs
+0-10, the IMA list), vouched and registered on Anvil; the client's configuration is
 ``l2bridge/examples/ultra-secure.yaml`` as written (pqc_only, 10 s rotation, 5 hops,
 aggressive cover traffic) plus what a runnable node needs (keys, registry, golden policy),
 with three test overrides said below. The exits' TAPs and the client's TAP are in-memory
@@ -23,9 +24,9 @@ import yaml
 
 import l2bridge
 from attestation import policy as golden_policy
-from contracts.client import RegistryClient
+from contracts.client import RegistryClient, connect
 from exitnode.server import ExitNode
-from hardware.chain import free_port
+from hardware.chain import Anvil, free_port
 from hardware.tap import FakeTap
 from l2bridge.client import node as client_node
 from l2bridge.client.node import ClientNode
@@ -35,9 +36,10 @@ from l2bridge.node.config import ensure_startable, load_config
 from l2bridge.transport.token import AccessKey
 from tests.integration.e2e.test_multihop_registry import (
     ENROLLER_INDEX,
+    ETHER,
     INTERVAL,
-    Node,
     accounts,
+    attested_exits,
     register,
 )
 from tests.integration.l2bridge import nodes
@@ -187,49 +189,12 @@ def test_ultra_secure_client_bridges_through_five_hops(world5, tmp_path, monkeyp
 
 @pytest.fixture(scope="module")
 def world5(tmp_path_factory):
-    from attestation import constants as ac
-    from attestation import tpms
-    from attestation.policy import GoldenPolicy
-    from contracts.client import connect
-    from exitnode.lifecycle import ExitLifecycle
-    from hardware.chain import Anvil
-    from hardware.tpm import Swtpm
-    from tests.integration.e2e.test_multihop_registry import ETHER, pcr_evidence
-
     base = tmp_path_factory.mktemp("multihop-nodes")
-    software = base / "software" / "shadowmesh"
-    software.mkdir(parents=True)
-    (software / "exit.py").write_text("print('the exit software')\n")
-    config = base / "exit-policy.yaml"
-    config.write_text("security: {key_rotation_interval: 10s, attestation_required: true}\n")
     with Anvil(accounts=ENROLLER_INDEX + 1, balance_ether=1000) as chain:
         w3 = connect(chain.rpc_url)
         registry = RegistryClient.deploy(
             w3, accounts(1)[0], minimum_stake_wei=10 * ETHER, attestation_interval_s=INTERVAL
         )
         registry.set_enroller(accounts(ENROLLER_INDEX + 1)[ENROLLER_INDEX].address)
-        hops: list[Node] = []
-        try:
-            for i in range(EXITS):
-                swtpm = Swtpm(directory=base / f"tpm-{i}").start()
-                identity = HybridSigningKey.generate()
-                life = ExitLifecycle(
-                    swtpm.tcti, identity.node_id, base / f"state-{i}", measured_config=config,
-                    software=[software], ek_anchors=[swtpm.root_ca],
-                    ek_intermediates=[swtpm.intermediate_ca],
-                )  # fmt: skip
-                hops.append(Node(identity, swtpm, life, base / f"exit-{i}.voucher"))
-                life.start()
-                registry.approve_digest(tpms.parse_attest(pcr_evidence(life).attest).pcr_digest)
-            e = pcr_evidence(hops[0].lifecycle)
-            golden = GoldenPolicy(
-                pcrs=tuple((i, v) for i, v in e.pcrs if i != ac.MEASUREMENT_PCR),
-                manifest=tuple(
-                    (m.name, m.digest) for m in e.manifest if m.name != ac.NODE_ID_ENTRY
-                ),
-            )
+        with attested_exits(base, EXITS, registry, "10s") as (hops, _software, golden):
             yield registry, hops, golden, chain.rpc_url
-        finally:
-            for n in hops:
-                n.lifecycle.close()
-                n.swtpm.stop()

@@ -1,14 +1,16 @@
 """Multi-hop circuits through attested exits chosen from the registry.
 
-Real pieces: Anvil with the registry; six exits, each with its own swtpm (enrolment, PCR 23
-measurement, fresh quotes for every hop exchange), vouched for and registered on chain,
+Real pieces: Anvil with the registry; six exits, each with its own swtpm (enrolment, fresh
+quotes for every hop exchange) and the IMA harness's ``Kernel`` playing firmware and IMA on
+it (boot log, PCRs 0-10, the IMA list), vouched for and registered on chain,
 serving tunnels on loopback with the relay role (``exitnode.relay``); the client's data
 path (``l2bridge.client.pump.Client`` over an in-memory TAP) with the registry-driven
 ``CircuitBuilder`` and the same evidence checker as a single-hop client.
 
 One scenario, in order: a 5-hop circuit (one exit per operator) carries a blob with an
 equal SHA-256. Then exits 0 and 1 (by nodeId) share an operator account; exit 2 runs
-other software (its PCR 23 was extended after registering). The first build therefore
+other software (a changed file, loaded after registering: its kernel measured it into the
+IMA list and PCR 10). The first build therefore
 skips exit 1 (same operator as exit 0), refuses exit 2 on its evidence and builds again
 without it; a blob crosses the 3-hop circuit to the tail's LAN with an equal SHA-256; the
 middle hop is killed, the circuit is rebuilt through the survivors and the transfer
@@ -18,6 +20,7 @@ completes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import secrets
@@ -29,11 +32,13 @@ from eth_account import Account
 
 from attestation import constants as ac
 from attestation import evidence as ev
-from attestation import tpms
+from attestation import release, tpms
+from attestation.eventlog import BootPolicy
 from attestation.policy import GoldenPolicy
 from attestation.tpm import Tpm
 from contracts.cli import enrolment_ak
 from contracts.client import RegistryClient, connect
+from contracts.constants import QUOTED_PCRS, SOFTWARE_RELEASE
 from contracts.voucher import Voucher
 from exitnode.lifecycle import ENROLMENT_FILE, ExitLifecycle
 from exitnode.relay import registry_endpoints
@@ -49,6 +54,7 @@ from l2bridge.identity.keys import AllowList, HybridSigningKey
 from l2bridge.node.config import config_from_mapping
 from l2bridge.node.metrics import Metrics
 from lab.circuitlab import ACCESS, CLIENT, RelayExit
+from lab.imaharness import EVENT_LOG, IMA_LIST, LAB_CMDLINE, Kernel
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +75,7 @@ class Node:
     identity: HybridSigningKey
     swtpm: Swtpm
     lifecycle: ExitLifecycle
+    kernel: Kernel
     voucher: Path
     relay: RelayExit | None = None
 
@@ -77,18 +84,83 @@ class Node:
         return self.identity.node_id
 
 
-def pcr_evidence(life: ExitLifecycle) -> ev.Evidence:
-    return ev.decode(life.attest(secrets.token_bytes(32)))
+def load(node: Node, path: Path) -> None:
+    """The exit opens ``path``: its kernel measures it first."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        node.kernel.measure_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def boot(swtpm: Swtpm, logs: Path) -> Kernel:
+    logs.mkdir(parents=True, exist_ok=True)
+    kernel = Kernel(Tpm(swtpm.tcti), logs)
+    kernel.boot(LAB_CMDLINE)
+    return kernel
+
+
+def pcr_digest_of(lifecycle: ExitLifecycle) -> bytes:
+    """The digest of the registry's boot PCRs 0-9, as the owner approves it."""
+    attest, _ = lifecycle.registry_quote(secrets.token_bytes(32), QUOTED_PCRS)
+    return tpms.parse_attest(attest).pcr_digest
+
+
+def golden_from(lifecycle: ExitLifecycle, software: Path, config: Path) -> GoldenPolicy:
+    """The client's policy: this exit's boot PCRs and the release (software and config)."""
+    e = ev.decode(lifecycle.attest(secrets.token_bytes(32)))
+    boot = BootPolicy(tuple(e.pcrs[: ac.BOOT_AGGREGATE_PCRS]), ac.DEFAULT_CMDLINE_REQUIRES)
+    return GoldenPolicy(boot, release.merge([release.build([software]), release.build([config])]))
+
+
+@contextlib.contextmanager
+def attested_exits(base: Path, count: int, registry: RegistryClient, rotation: str):
+    """``count`` exits, each on its own booted swtpm with the release's files loaded and its
+    lifecycle started, their boot digest and the release approved on chain; yields the
+    nodes (in creation order), the exits' software directory and the clients' policy."""
+    software = base / "software" / "shadowmesh"
+    software.mkdir(parents=True)
+    (software / "exit.py").write_text("print('the exit software')\n")
+    config = base / "exit-policy.yaml"
+    config.write_text(
+        f"security: {{key_rotation_interval: {rotation}, attestation_required: true}}\n"
+    )
+    registry.approve_release(SOFTWARE_RELEASE, hashlib.sha256(b"runtime policy").digest())
+    nodes: list[Node] = []
+    try:
+        for i in range(count):
+            swtpm = Swtpm(directory=base / f"tpm-{i}").start()
+            try:
+                logs = base / f"logs-{i}"
+                kernel = boot(swtpm, logs)
+            except BaseException:
+                swtpm.stop()
+                raise
+            identity = HybridSigningKey.generate()
+            life = ExitLifecycle(
+                swtpm.tcti, identity.node_id, base / f"state-{i}",
+                ima_list=logs / IMA_LIST, event_log=logs / EVENT_LOG,
+                ek_anchors=[swtpm.root_ca], ek_intermediates=[swtpm.intermediate_ca],
+            )  # fmt: skip
+            node = Node(identity, swtpm, life, kernel, base / f"exit-{i}.voucher")
+            nodes.append(node)
+            for path in (software / "exit.py", config):
+                load(node, path)
+            life.start()
+            digest = pcr_digest_of(life)  # fresh swtpms boot alike: approve once
+            if not registry.digest_approved(digest):
+                registry.approve_digest(digest)
+        yield nodes, software, golden_from(nodes[0].lifecycle, software, config)
+    finally:
+        for n in nodes:
+            n.lifecycle.close()
+            n.kernel.tpm.close()
+            n.swtpm.stop()
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("multihop")
-    software = base / "software" / "shadowmesh"
-    software.mkdir(parents=True)
-    (software / "exit.py").write_text("print('the exit software')\n")
-    config = base / "exit-policy.yaml"
-    config.write_text("security: {key_rotation_interval: 1s, attestation_required: true}\n")
     with Anvil(accounts=ENROLLER_INDEX + 1, balance_ether=1000) as chain:
         w3 = connect(chain.rpc_url)
         owner = accounts(1)[0]
@@ -96,32 +168,9 @@ def world(tmp_path_factory):
             w3, owner, minimum_stake_wei=10 * ETHER, attestation_interval_s=INTERVAL
         )
         registry.set_enroller(accounts(ENROLLER_INDEX + 1)[ENROLLER_INDEX].address)
-        nodes: list[Node] = []
-        try:
-            for i in range(EXITS):
-                swtpm = Swtpm(directory=base / f"tpm-{i}").start()
-                identity = HybridSigningKey.generate()
-                life = ExitLifecycle(
-                    swtpm.tcti, identity.node_id, base / f"state-{i}", measured_config=config,
-                    software=[software], ek_anchors=[swtpm.root_ca],
-                    ek_intermediates=[swtpm.intermediate_ca],
-                )  # fmt: skip
-                nodes.append(Node(identity, swtpm, life, base / f"exit-{i}.voucher"))
-                life.start()
-                registry.approve_digest(tpms.parse_attest(pcr_evidence(life).attest).pcr_digest)
-            e = pcr_evidence(nodes[0].lifecycle)
-            golden = GoldenPolicy(
-                pcrs=tuple((i, v) for i, v in e.pcrs if i != ac.MEASUREMENT_PCR),
-                manifest=tuple(
-                    (m.name, m.digest) for m in e.manifest if m.name != ac.NODE_ID_ENTRY
-                ),
-            )
-            nodes.sort(key=lambda n: n.node_id)  # the registry ranks equal exits by nodeId
-            yield registry, nodes, golden, chain.rpc_url
-        finally:
-            for n in nodes:
-                n.lifecycle.close()
-                n.swtpm.stop()
+        with attested_exits(base, EXITS, registry, "1s") as (started, software, golden):
+            nodes = sorted(started, key=lambda n: n.node_id)  # the registry ranks by nodeId
+            yield registry, nodes, golden, chain.rpc_url, software
 
 
 def register(registry: RegistryClient, node: Node, operator, url: str) -> None:
@@ -148,7 +197,7 @@ def tunnel_frames(blob: bytes, tag: bytes) -> list[bytes]:
 def test_three_hop_circuit_skips_bad_evidence_and_shared_operators_and_survives_a_dead_hop(
     world,
 ):
-    registry, nodes, golden, rpc_url = world
+    registry, nodes, golden, rpc_url, software = world
 
     async def scenario() -> None:
         allow = AllowList().add(CLIENT.node_id, "client")
@@ -193,9 +242,11 @@ def test_three_hop_circuit_skips_bad_evidence_and_shared_operators_and_survives_
         )
         await circuit.close()
 
-        # Exit 2 now runs other software: its fresh evidence no longer passes the policy.
-        with Tpm(nodes[2].swtpm.tcti) as tpm:
-            tpm.extend_pcr(ac.MEASUREMENT_PCR, os.urandom(32))
+        # Exit 2 now runs other software: someone changed a file and the exit loaded it, so
+        # its kernel measured it; its fresh evidence no longer passes the policy.
+        changed = software / "exit.py"
+        changed.write_text("print('the exit software, logging every frame')\n")
+        load(nodes[2], changed)
         metrics = Metrics("client")
         builder = CircuitBuilder(
             reader,
@@ -215,7 +266,8 @@ def test_three_hop_circuit_skips_bad_evidence_and_shared_operators_and_survives_
             # Exit 1 shares exit 0's operator; exit 2's evidence failed: neither is used.
             assert paths[0] == [ids[0], ids[3], ids[4]]
             refusal = builder.refusals.refusal(ids[2])
-            assert refusal is not None and "PCR 23" in refusal.reason
+            assert refusal is not None and refusal.reason.startswith("runtime: ")
+            assert f"{changed} has digest" in refusal.reason
             assert builder.builds == 1 and builder.rebuilds == 0
 
             tail = nodes[4].relay
