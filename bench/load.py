@@ -105,7 +105,13 @@ def exit_config(directory: Path, name: str, identity: str, address: str, tcti: s
     doc["logging"]["level"] = "warning"
     if tcti is not None:
         doc["security"]["attestation_required"] = True
-        doc["tpm"] = {"tcti": tcti, "timeout": "1s"}
+        kernel = directory / "kernel"  # the IMA harness's measured boot (see main)
+        doc["tpm"] = {
+            "tcti": tcti,
+            "timeout": "1s",
+            "ima_list": str(kernel / "binary_runtime_measurements"),
+            "event_log": str(kernel / "binary_bios_measurements"),
+        }
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -174,6 +180,13 @@ def bench(args: argparse.Namespace, d: Path, lab: Lab) -> dict[str, Any]:
     ns = topology(lab)
     tpm = Swtpm(netns=ns["ea"].name).start()
     try:
+        # swtpm has no kernel behind it: the IMA harness plays measured boot (PCRs 0-9, the
+        # boot log, boot_aggregate in PCR 10), so exit A has evidence to quote.
+        subprocess.run(
+            [*ns["ea"].prefix(), sys.executable, "-m", "lab.imaharness", "--tcti", tpm.tcti,
+             "--out", str(d / "kernel"), "--boot-only"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
         run = Run(args, d, lab, ns, tpm)
         run.start((prov.exit_node_id, b_key.node_id))
         for phase in (run.steady, run.hung_tpm, run.kill_a, run.blackhole_b, run.garbage):
