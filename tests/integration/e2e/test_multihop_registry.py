@@ -28,17 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from eth_account import Account
 
 from attestation import constants as ac
 from attestation import evidence as ev
-from attestation import release, tpms
+from attestation import release
 from attestation.eventlog import BootPolicy
 from attestation.policy import GoldenPolicy
-from attestation.tpm import Tpm
 from contracts.cli import enrolment_ak
 from contracts.client import RegistryClient, connect
-from contracts.constants import QUOTED_PCRS, SOFTWARE_RELEASE
+from contracts.constants import SOFTWARE_RELEASE
 from contracts.voucher import Voucher
 from exitnode.lifecycle import ENROLMENT_FILE, ExitLifecycle
 from exitnode.relay import registry_endpoints
@@ -54,20 +52,15 @@ from l2bridge.identity.keys import AllowList, HybridSigningKey
 from l2bridge.node.config import config_from_mapping
 from l2bridge.node.metrics import Metrics
 from lab.circuitlab import ACCESS, CLIENT, RelayExit
-from lab.imaharness import EVENT_LOG, IMA_LIST, LAB_CMDLINE, Kernel
+from lab.imaharness import EVENT_LOG, IMA_LIST, Kernel
+from tests.integration.measured import accounts, boot, load, pcr_digest_of
 
 pytestmark = pytest.mark.integration
 
-MNEMONIC = "test test test test test test test test test test test junk"
 ETHER = 10**18
 INTERVAL = 120  # the registry's attestation window (s)
 EXITS = 6
 ENROLLER_INDEX = EXITS + 1
-
-
-def accounts(n: int):
-    Account.enable_unaudited_hdwallet_features()
-    return [Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}") for i in range(n)]
 
 
 @dataclass
@@ -82,28 +75,6 @@ class Node:
     @property
     def node_id(self) -> bytes:
         return self.identity.node_id
-
-
-def load(node: Node, path: Path) -> None:
-    """The exit opens ``path``: its kernel measures it first."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        node.kernel.measure_fd(fd)
-    finally:
-        os.close(fd)
-
-
-def boot(swtpm: Swtpm, logs: Path) -> Kernel:
-    logs.mkdir(parents=True, exist_ok=True)
-    kernel = Kernel(Tpm(swtpm.tcti), logs)
-    kernel.boot(LAB_CMDLINE)
-    return kernel
-
-
-def pcr_digest_of(lifecycle: ExitLifecycle) -> bytes:
-    """The digest of the registry's boot PCRs 0-9, as the owner approves it."""
-    attest, _ = lifecycle.registry_quote(secrets.token_bytes(32), QUOTED_PCRS)
-    return tpms.parse_attest(attest).pcr_digest
 
 
 def golden_from(lifecycle: ExitLifecycle, software: Path, config: Path) -> GoldenPolicy:
@@ -145,7 +116,7 @@ def attested_exits(base: Path, count: int, registry: RegistryClient, rotation: s
             node = Node(identity, swtpm, life, kernel, base / f"exit-{i}.voucher")
             nodes.append(node)
             for path in (software / "exit.py", config):
-                load(node, path)
+                load(node.kernel, path)
             life.start()
             digest = pcr_digest_of(life)  # fresh swtpms boot alike: approve once
             if not registry.digest_approved(digest):
@@ -246,7 +217,7 @@ def test_three_hop_circuit_skips_bad_evidence_and_shared_operators_and_survives_
         # its kernel measured it; its fresh evidence no longer passes the policy.
         changed = software / "exit.py"
         changed.write_text("print('the exit software, logging every frame')\n")
-        load(nodes[2], changed)
+        load(nodes[2].kernel, changed)
         metrics = Metrics("client")
         builder = CircuitBuilder(
             reader,

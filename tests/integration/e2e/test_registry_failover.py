@@ -20,20 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from eth_account import Account
 
 from attestation import constants as ac
 from attestation import evidence as ev
-from attestation import release, tpms
+from attestation import release
 from attestation import runtime_policy as rp
 from attestation.checker import EvidenceChecker
 from attestation.errors import AttestationRefused
 from attestation.eventlog import BootPolicy
 from attestation.policy import GoldenPolicy
-from attestation.tpm import Tpm
 from contracts.cli import enrolment_ak
 from contracts.client import RegistryClient, connect
-from contracts.constants import QUOTED_PCRS, SOFTWARE_RELEASE
+from contracts.constants import SOFTWARE_RELEASE
 from contracts.voucher import Voucher
 from exitnode.errors import AttestationUnavailable
 from exitnode.lifecycle import ENROLMENT_FILE, STATE_TPM_UNAVAILABLE, ExitLifecycle
@@ -54,13 +52,13 @@ from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings
 from l2bridge.transport.token import AccessKey, TokenVerifier
-from lab.imaharness import EVENT_LOG, IMA_LIST, LAB_CMDLINE, Kernel
+from lab.imaharness import EVENT_LOG, IMA_LIST, Kernel
+from tests.integration.measured import accounts, boot, load, pcr_digest_of
 from timing.clock import DisciplinedClock
 from timing.sources import SystemClockSource
 
 pytestmark = pytest.mark.integration
 
-MNEMONIC = "test test test test test test test test test test test junk"
 ETHER = 10**18
 INTERVAL = 60  # the registry's attestation window (s)
 ROTATION_S = 1.0
@@ -68,11 +66,6 @@ CHECK_S = 1.0  # the client re-checks its exit this often (well inside one inter
 CLIENT = HybridSigningKey.generate()
 ACCESS = AccessKey.generate()
 ENROLLER_INDEX = 3  # a dev account the owner appoints; it only signs vouchers
-
-
-def accounts(n: int):
-    Account.enable_unaudited_hdwallet_features()
-    return [Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}") for i in range(n)]
 
 
 @dataclass
@@ -105,32 +98,10 @@ def vouch(registry: RegistryClient, x: Exit, operator: str) -> None:
     x.voucher.write_text(voucher.dump())
 
 
-def pcr_digest_of(lifecycle: ExitLifecycle) -> bytes:
-    """The digest of the registry's boot PCRs 0-9, as the owner approves it."""
-    attest, _ = lifecycle.registry_quote(secrets.token_bytes(32), QUOTED_PCRS)
-    return tpms.parse_attest(attest).pcr_digest
-
-
 def golden_from(lifecycle: ExitLifecycle, software: Path) -> GoldenPolicy:
     e = ev.decode(lifecycle.attest(secrets.token_bytes(32)))
     boot = BootPolicy(tuple(e.pcrs[: ac.BOOT_AGGREGATE_PCRS]), ac.DEFAULT_CMDLINE_REQUIRES)
     return GoldenPolicy(boot, release.build([software]))
-
-
-def load(x: Exit, path: Path) -> None:
-    """The exit opens ``path``: its kernel measures it first."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        x.kernel.measure_fd(fd)
-    finally:
-        os.close(fd)
-
-
-def boot(swtpm: Swtpm, logs: Path) -> Kernel:
-    logs.mkdir(parents=True, exist_ok=True)
-    kernel = Kernel(Tpm(swtpm.tcti), logs)
-    kernel.boot(LAB_CMDLINE)
-    return kernel
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +139,7 @@ def world(tmp_path_factory):
                 x = Exit(name, identity, swtpm, life, kernel, voucher=base / f"{name}.voucher")
                 exits.append(x)
                 for path in (software / "exit.py", config):
-                    load(x, path)
+                    load(x.kernel, path)
                 life.start()
                 digest = pcr_digest_of(life)  # two fresh swtpms boot alike: approve once
                 if not registry.digest_approved(digest):
@@ -292,7 +263,7 @@ def test_client_picks_registry_exit_and_fails_over_on_pcr_change(world):
             # Someone changes the exit's software and it is loaded: its kernel measures it.
             changed = first.kernel.log_path.parent.parent / "software" / "shadowmesh" / "exit.py"
             changed.write_text("print('the exit software, logging every frame')\n")
-            load(first, changed)
+            load(first.kernel, changed)
             for _ in range(100):  # the watch probes every CHECK_S
                 if finder.current.node_id == other.node_id and client.connected.is_set():
                     break

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from attestation.tpm import Tpm
 from hardware.tpm import Swtpm
-from lab.imaharness import EVENT_LOG, IMA_LIST, LAB_CMDLINE, Kernel
+from lab.imaharness import EVENT_LOG, IMA_LIST
+from tests.integration.measured import boot
 
 
 @pytest.fixture
@@ -16,9 +16,5 @@ def kernel_logs(swtpm: Swtpm, tmp_path_factory: pytest.TempPathFactory) -> dict[
     """Measured boot on ``swtpm`` as the IMA harness plays it (boot log, PCRs 0-9 and the
     boot_aggregate in PCR 10): the ``ima_list``/``event_log`` arguments of ExitLifecycle."""
     logs = tmp_path_factory.mktemp("kernel")
-    kernel = Kernel(Tpm(swtpm.tcti), logs)
-    try:
-        kernel.boot(LAB_CMDLINE)
-    finally:
-        kernel.tpm.close()  # swtpm serves one connection at a time
+    boot(swtpm, logs).tpm.close()  # swtpm serves one connection at a time
     return {"ima_list": logs / IMA_LIST, "event_log": logs / EVENT_LOG}
