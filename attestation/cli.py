@@ -1,4 +1,5 @@
-"""``shadowmesh attest enroll | quote | runtime-policy | golden | verify``: attestation for operators.
+"""``shadowmesh attest enroll | quote | runtime-policy | golden | verify``: attestation,
+for operators.
 
 enroll  create an AK in this node's TPM, check the EK certificate chain against the
         maker CA(s), prove the AK is in that TPM (credential activation), write the
