@@ -132,7 +132,9 @@ ONION_HEADER_SIZE = MAX_HOPS * ONION_SLOT_SIZE
 RELAY_SIZE_CLASSES = (512, 2048, 9728, 16384, 24576, 32768, 49152, 65280)
 RELAY_MESSAGE_HEADER_SIZE = 6  # command u8 | flags u8 | length u32
 CONTROL_FRAGMENT_CLASS = 2048  # control messages (EXTEND/EXTENDED) go out in this class
-MAX_RELAY_MESSAGE = 96 * 1024  # reassembly bound (EXTENDED carries up to 32 KiB evidence)
-MAX_HOP_HANDSHAKE = 64 * 1024  # CREATE / CREATED reassembly bound
+# A hop's CREATED carries the same evidence as an exit's ServerHello, so it has the same
+# bound; EXTENDED wraps a CREATED (plus its own few header bytes).
+MAX_HOP_HANDSHAKE = MAX_HANDSHAKE_MESSAGE_SIZE  # CREATE / CREATED reassembly bound
+MAX_RELAY_MESSAGE = MAX_HOP_HANDSHAKE + 1024  # relay-message reassembly bound
 CIRCUIT_GRACE_SECONDS = 10.0  # the previous layer generation is still opened this long
 MAX_GENERATION_STEP = 1  # a receiver follows a sender at most this many ratchets ahead

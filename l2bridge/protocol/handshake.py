@@ -16,7 +16,7 @@ ServerHello::
 
     0x52 | version u8 | mode u8 | cipher u8
     | [X25519 public 32] | [ML-KEM ciphertext 1568] | random 32
-    | exit HybridPublicKey | u32 length | evidence (opaque, <= 32 KiB)
+    | exit HybridPublicKey | u32 length | evidence (opaque, <= MAX_EVIDENCE_SIZE)
     | HybridSignature over H1 (label "server hello")
 
     H1 = SHA-384("shadowmesh v1 hs" | u32 len | ClientHello | ServerHello up to the signature)

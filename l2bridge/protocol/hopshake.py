@@ -9,7 +9,7 @@ circuit. ::
     CREATE  = 0x61 | version u8 | mode u8 | [X25519 public 32] | [ML-KEM-1024 ek 1568]
               | attestation nonce 32
     CREATED = 0x62 | version u8 | mode u8 | [X25519 public 32] | [ML-KEM ciphertext 1568]
-              | random 32 | hop HybridPublicKey | u32 length | evidence (<= 32 KiB)
+              | random 32 | hop HybridPublicKey | u32 length | evidence (<= MAX_EVIDENCE_SIZE)
               | HybridSignature over H1 (label "circuit hop")
 
     H1 = SHA-384("shadowmesh v1 hop" | u32 len | CREATE | CREATED up to the signature)

@@ -582,6 +582,8 @@ def test_a_wrong_offset_or_size_is_caught(examples: dict[str, Any]) -> None:
         ("restarted\nafter 10 seconds", 10, "REKEY_TIMEOUT_SECONDS"),
         ("at\nmost 256 KiB", 256 * 1024, "MAX_EVIDENCE_SIZE"),
         ("at most 320 KiB", 320 * 1024, "MAX_HANDSHAKE_MESSAGE_SIZE"),
+        ("a hop handshake is at most 320 KiB", 320 * 1024, "MAX_HOP_HANDSHAKE"),
+        ("a message is at most 321 KiB", 321 * 1024, "MAX_RELAY_MESSAGE"),
     ],
 )
 def test_numbers_in_the_text_are_the_constants(phrase: str, value: int, actual: str) -> None:

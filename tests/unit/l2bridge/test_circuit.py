@@ -8,6 +8,8 @@ from collections import Counter
 import pytest
 
 from l2bridge.constants import (
+    ATTESTATION_NONCE_SIZE,
+    MAX_EVIDENCE_SIZE,
     MAX_FRAME_SIZE,
     MAX_HOPS,
     ONION_HEADER_SIZE,
@@ -258,6 +260,26 @@ def test_extension_messages_survive_fragmentation_with_large_evidence():
     assert isinstance(net.events[-1], HopAdded)
     assert net.events[-1].evidence[:30_000] == big
     assert seen["B"] > 15  # EXTENDED went back in many fragments
+
+
+def test_a_real_exits_evidence_fits_the_first_hop_and_an_extension():
+    """An exit's evidence carries its IMA list (~73 kB for the ~1,050 files a ShadowMesh
+    exit loads): CREATED (hop 1) and EXTENDED (later hops) must carry up to the evidence
+    limit the single-hop handshake accepts."""
+    size = MAX_EVIDENCE_SIZE - 2 * ATTESTATION_NONCE_SIZE
+    big = os.urandom(size)
+    net = Net(mode=Mode.HYBRID, keys=identities(2), client=ClientCircuit(7, mode=Mode.HYBRID))
+    net.providers[0] = net.providers[1] = lambda nonce, node: big + nonce[:32] + node
+
+    def check(evidence, nonce, node):
+        if evidence[:size] != big:
+            raise ValueError("bad")
+
+    net.deliver_from_client(net.client.first_hop(net.keys[0].node_id, check))
+    net.deliver_from_client(net.client.extend(net.keys[1].node_id, "ws://x/ws", "t", check))
+    added = [e for e in net.events if isinstance(e, HopAdded)]
+    assert [e.length for e in added] == [1, 2]
+    assert all(e.evidence[:size] == big for e in added)
 
 
 def test_a_lost_fragment_drops_the_partial_message():
