@@ -46,6 +46,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 
@@ -67,6 +68,7 @@ from l2bridge.node.metrics import Metrics
 from l2bridge.transport.errors import TransportClosed
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 AK_FILE = "ak.json"
 ENROLMENT_FILE = "enrolment.json"
@@ -355,47 +357,45 @@ class ExitLifecycle:
             self._lock.release()
         return True
 
-    def attest(self, nonce: bytes) -> bytes:
-        """Evidence for ``nonce`` (own schedule, no rate limit). Raises AttestationError."""
+    def _with_tpm(self, use: Callable[[TpmThread, Attester, EvidenceProvider], T]) -> T:
+        """Run ``use`` on the open TPM context (re-opened first when it was lost and a retry
+        is due); TpmError when the TPM is busy, unavailable or lost now (then the documented
+        "TPM lost" path). The time of the answer is kept for the evidence-age gauge."""
         self.recover()
         if not self._acquire():
             raise TpmError("TPM busy")
         try:
-            provider = self._provider
-            if provider is None or self.state == STATE_TPM_UNAVAILABLE:
+            thread, attester, provider = self._thread, self._attester, self._provider
+            if (
+                thread is None
+                or attester is None
+                or provider is None
+                or self.state == STATE_TPM_UNAVAILABLE
+            ):
                 raise TpmError(f"TPM unavailable: {self.detail}")
             try:
-                data = provider.attest(nonce)
+                result = use(thread, attester, provider)
             except TpmError as exc:
                 self._lost(exc)
                 raise
         finally:
             self._lock.release()
         self.last_evidence_at = self._clock()
-        return data
+        return result
+
+    def attest(self, nonce: bytes) -> bytes:
+        """Evidence for ``nonce`` (own schedule, no rate limit). Raises AttestationError."""
+        return self._with_tpm(lambda _thread, _attester, provider: provider.attest(nonce))
 
     def registry_quote(self, qualifying: bytes, pcrs: Sequence[int]) -> tuple[bytes, bytes]:
         """(TPMS_ATTEST, signature) over ``pcrs`` carrying exactly ``qualifying`` as its
         extraData: the registry's own quote domain, which exitnode.upkeep takes from the
         chain (never the handshake's). Raises AttestationError."""
-        self.recover()
-        if not self._acquire():
-            raise TpmError("TPM busy")
-        try:
-            thread, attester = self._thread, self._attester
-            if thread is None or attester is None or self.state == STATE_TPM_UNAVAILABLE:
-                raise TpmError(f"TPM unavailable: {self.detail}")
-            try:
-                quote = thread.call(
-                    attester.quote_raw, qualifying, tuple(pcrs), timeout=self._timeout
-                )
-            except TpmError as exc:
-                self._lost(exc)
-                raise
-        finally:
-            self._lock.release()
-        self.last_evidence_at = self._clock()
-        return quote
+        return self._with_tpm(
+            lambda thread, attester, _provider: thread.call(
+                attester.quote_raw, qualifying, tuple(pcrs), timeout=self._timeout
+            )
+        )
 
     def evidence(self, nonce: bytes, node_id: bytes) -> bytes:
         """The handshake's evidence_provider; see the module docstring for failures.
