@@ -108,7 +108,9 @@ def run_nginx(
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
     if binary is None:
-        pytest.skip("nginx is not installed (hardware/setup/install.sh installs it)")
+        # A failure, not a skip: without the reference server the probe comparisons would
+        # silently stop testing anything.
+        pytest.fail("nginx is not installed: run hardware/setup/install.sh (nginx-light)")
     prefix = Path(tempfile.mkdtemp(prefix="nginx-"))
     prefix.chmod(0o755)
     port = free_port()
