@@ -50,6 +50,7 @@ from l2bridge.node.health import components
 from l2bridge.node.metrics import Metrics
 from l2bridge.node.status import StatusServer, read_token
 from l2bridge.protocol.handshake import EvidenceProvider, ServerHandshake
+from l2bridge.protocol.helloguard import HelloGuard
 from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.server import ServerSettings, screening_summary
@@ -219,6 +220,8 @@ class ExitNode:
         self.listening = asyncio.Event()
         # How connections to the tunnel port were screened (counts by kind, for status).
         self.screening = screening_summary()
+        # Duplicate hellos and the per-device TPM-quote quota, shared by every connection.
+        self.hello_guard = HelloGuard(quotes_per_minute=self.config.tpm.quotes_per_device)
 
     def tunnel_health(self) -> dict[str, object]:
         """The tunnel port for a status page (plain JSON values): listening, devices
@@ -448,6 +451,7 @@ class ExitNode:
                     liveness_s=ep.liveness_timeout,
                     backlog=ep.listen_backlog,
                     summary=self.screening,
+                    hello_guard=self.hello_guard,
                 )
             self.metrics.set_gauge("tunnel_listening", lambda: 1.0 if server.is_serving() else 0.0)
             if self.options.status:

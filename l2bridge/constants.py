@@ -37,7 +37,7 @@ class Cipher(IntEnum):
     CHACHA20_POLY1305 = 2
 
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the client names itself only in the sealed ClientFinish
 
 # Primitive sizes (bytes).
 X25519_PUBLIC_SIZE = 32
@@ -138,3 +138,9 @@ MAX_HOP_HANDSHAKE = MAX_HANDSHAKE_MESSAGE_SIZE  # CREATE / CREATED reassembly bo
 MAX_RELAY_MESSAGE = MAX_HOP_HANDSHAKE + 1024  # relay-message reassembly bound
 CIRCUIT_GRACE_SECONDS = 10.0  # the previous layer generation is still opened this long
 MAX_GENERATION_STEP = 1  # a receiver follows a sender at most this many ratchets ahead
+
+# The exit's first look at a ClientHello (protocol/helloguard.py), before any work for it.
+HELLO_REPLAY_WINDOW_S = 600.0  # a hello random seen within this long is refused again
+HELLO_REPLAY_CAPACITY = 65536  # randoms remembered; past it the oldest is forgotten
+QUOTES_PER_DEVICE_PER_MINUTE = 6.0  # attested hellos per device (or source) per minute
+QUOTE_QUOTA_KEYS = 16384  # devices/sources whose quota is tracked at once

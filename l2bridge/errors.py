@@ -27,6 +27,7 @@ local logs only.
         +-- NotAuthorized         identity not certified, expired, revoked, not allowed
         |   +-- CertificateRevoked  on its admin's revocation list
         +-- ProtocolViolation     a well-formed message at the wrong time (fatal)
+        +-- HelloRefused          a replayed hello, or one past its quota (no work done)
 """
 
 from __future__ import annotations
@@ -100,6 +101,13 @@ class CertificateRevoked(NotAuthorized):
 
 class ProtocolViolation(PeerError):
     message = "protocol violation"
+
+
+class HelloRefused(PeerError):
+    """The exit refused a ClientHello before doing any work for it; ``detail`` (local
+    only) is the reason: ``"duplicate"`` or ``"quote quota"``."""
+
+    message = "hello refused"
 
 
 class NoExitAvailable(LocalError):

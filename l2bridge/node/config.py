@@ -187,6 +187,9 @@ class Tpm:
     exit_enrolment: Path | None = None
     # exit: deadline of one TPM command (a quote); past it the TPM counts as lost
     timeout: float = 3.0
+    # exit: attested hellos (TPM quotes) one device, or one source when its token names no
+    # device, may ask for per minute (also the burst); past it refused before the TPM
+    quotes_per_device: int = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,6 +623,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "event_log": _PATH,
             "exit_enrolment": _PATH,
             "timeout": _duration_range(0.05, 300.0),
+            "quotes_per_device": _int_range(1, 6000),
         },
     ),
     "chain": (
@@ -905,6 +909,7 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "tpm.tcti": ("exit",),
     "tpm.ak_context": ("exit",),
     "tpm.timeout": ("exit",),
+    "tpm.quotes_per_device": ("exit",),
     "tpm.ima_list": ("exit",),
     "tpm.event_log": ("exit",),
     "tpm.golden_policy": ("client",),

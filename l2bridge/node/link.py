@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -59,17 +60,18 @@ from l2bridge.constants import MAX_HANDSHAKE_MESSAGE_SIZE, MAX_RECORD_SIZE
 from l2bridge.errors import (
     CertificateRevoked,
     DeviceRevoked,
+    HelloRefused,
     KeyExpired,
-    L2BridgeError,
     PeerError,
     StateError,
 )
 from l2bridge.logsummary import Summary
 from l2bridge.node.audit import audit
 from l2bridge.node.cover import CoverPlan
-from l2bridge.protocol.handshake import ClientHello
+from l2bridge.protocol.helloguard import HelloGuard
 from l2bridge.protocol.records import Buffer
 from l2bridge.protocol.session import Closed, PeerAuthenticated, RekeyCompleted, Session
+from l2bridge.transport.caps import source_key
 from l2bridge.transport.client import open_transport
 from l2bridge.transport.direct import DirectMessages
 from l2bridge.transport.errors import TransportClosed, UpgradeRefused
@@ -117,13 +119,22 @@ class ClientHandshakeLike(Protocol):
 
     def hello(self) -> bytes: ...
 
-    def receive(self, data: bytes, now: float) -> tuple[Session, bytearray]: ...
+    def receive(
+        self, data: bytes, now: float, *, token: str | bytes | None = None
+    ) -> tuple[Session, bytearray]: ...
 
 
 class ServerHandshakeLike(Protocol):
     """l2bridge.protocol.handshake.ServerHandshake, as the link uses it."""
 
-    def receive(self, data: bytes, now: float) -> tuple[Session, bytes]: ...
+    def receive(
+        self,
+        data: bytes,
+        now: float,
+        *,
+        token: str | bytes | None = None,
+        expected_device: bytes | None = None,
+    ) -> tuple[Session, bytes]: ...
 
 
 class TunnelSocket(Protocol):
@@ -650,7 +661,7 @@ async def connect(
         ws.write_binary(handshake.hello())
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
             server_hello = bytes(await ws.next_message())
-        session, finish = handshake.receive(server_hello, clock())
+        session, finish = handshake.receive(server_hello, clock(), token=token)
         if not ws.is_open:
             raise TransportClosed("closed")
         ws.write_binary(finish)
@@ -684,13 +695,22 @@ async def serve(
     handshake_workers: int = HANDSHAKE_WORKERS,
     keepalive_s: float | None = KEEPALIVE_S,
     liveness_s: float | None = LIVENESS_S,
+    hello_guard: HelloGuard | None = None,
     **transport_kwargs: object,
 ) -> Server:
     """Serve tunnels behind the decoy site; ``on_link`` runs per tunnel.
 
     The link is closed when ``on_link`` returns. A client whose handshake fails
     is disconnected without any explanation.
+
+    Per connection, the token the gate admitted (``connection.token``) is bound into the
+    handshake, and the device it named (``connection.admission.device``, when the gate
+    sets an admission) must be the one the ClientFinish proves. ``hello_guard`` (default:
+    one with the protocol's defaults, shared by this server's connections) refuses
+    duplicate hellos and attested hellos past their device's quota on the event loop,
+    before any handshake work is queued.
     """
+    guard = hello_guard if hello_guard is not None else HelloGuard()
 
     # Handshakes answered at once; more wait (within the handshake timeout) for a worker.
     # Those that ask for evidence have slots of their own: a slow or hung TPM (the
@@ -706,17 +726,25 @@ async def serve(
     async def handler(connection: ServerConnection) -> None:
         ws = _direct(connection)
         handshake = make_handshake()
+        token, device = _admitted(connection)
         try:
             # One deadline over reading the hello, waiting for a slot and answering it.
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
                 hello = bytes(await ws.next_message())
-                slots = attested_slots if _asks_for_evidence(hello) else plain_slots
+                # Here, on the loop and before any work: a replayed hello, or an attested
+                # one past its device's (else its source's) quota, is refused.
+                quota_key = device if device is not None else _source(connection)
+                parsed = guard.check(hello, quota_key=quota_key, now=clock())
+                slots = attested_slots if parsed.nonce is not None else plain_slots
                 async with slots:
                     # In a worker thread: the evidence step waits for a TPM quote (tens
                     # to hundreds of ms) and the signature costs too; every other
                     # tunnel's records keep flowing on the loop meanwhile. The slot is
                     # freed when the deadline passes even if the thread is still busy.
-                    work = pool.submit(handshake.receive, hello, clock())
+                    receive = functools.partial(
+                        handshake.receive, token=token, expected_device=device
+                    )
+                    work = pool.submit(receive, hello, clock())
                     try:
                         session, server_hello = await asyncio.wrap_future(work)
                     except asyncio.CancelledError:
@@ -726,9 +754,16 @@ async def serve(
                 session.close()
                 raise TransportClosed("closed")
             ws.write_binary(server_hello)
+        except HelloRefused as exc:
+            # A replay or a quota: counted and summarised, never one log line each (a
+            # flood would write the log), and no audit event (nobody was identified).
+            handshake_failures.note(f"hello refused ({exc.detail})")
+            log.debug("hello refused: %s from %s", exc.detail, _address(connection))
+            return
         except (PeerError, TimeoutError, TransportClosed) as exc:
-            # The operator's log says why (and who, where the hello said); the peer learns
-            # nothing but a close, except a revoked device, told so by the close code.
+            # The operator's log says why (and who, as far as the token named the device;
+            # the hello names no one); the peer learns nothing but a close, except a
+            # revoked device, told so by the close code.
             handshake_failures.note(type(exc).__name__)
             who = getattr(handshake, "peer_label", None) or "unknown device"
             if isinstance(exc, PeerError):
@@ -785,9 +820,20 @@ def _wipe_late_session(work: concurrent.futures.Future[tuple[Session, bytes]]) -
         work.result()[0].close()
 
 
-def _asks_for_evidence(hello: bytes) -> bool:
-    """Whether a ClientHello asks for attestation (malformed: no; its handshake fails)."""
-    try:
-        return ClientHello.decode(hello).nonce is not None
-    except L2BridgeError:
-        return False
+def _admitted(connection: object) -> tuple[str | None, bytes | None]:
+    """The token the gate admitted this connection with, and the device it named (if the
+    gate knows devices: ``connection.admission.device``)."""
+    token = getattr(connection, "token", None)
+    admission = getattr(connection, "admission", None)
+    device = getattr(admission, "device", None)
+    return (
+        token if isinstance(token, str) else None,
+        bytes(device) if isinstance(device, bytes | bytearray) else None,
+    )
+
+
+def _source(connection: object) -> str:
+    """The quota key of a connection whose token named no device: its source (an IPv4
+    address or an IPv6 /64, as the connection caps count them)."""
+    address = getattr(connection, "remote_address", None)
+    return source_key(str(address[0])) if isinstance(address, tuple) and address else "unknown"

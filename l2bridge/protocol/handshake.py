@@ -1,14 +1,12 @@
 """The 1-round-trip hybrid handshake (sans-I/O), client first.
 
-ClientHello::
+ClientHello (nothing in it names the client: no long-term key, no certificate)::
 
     0x51 | version u8 | mode u8 | n u8 | n x cipher u8 (preference order) | flags u8
     | [X25519 public 32]        (not in pqc_only)
     | [ML-KEM-1024 ek 1568]     (not in classical)
     | random 32
     | [attestation nonce 32]    (flags & 1)
-    | client HybridPublicKey (1 + 32 + 2592)
-    | [u16 length | DeviceCertificate]  (flags & 2)
     | [pinned exit node id 32]  (flags & 4)
     | [u16 TAP MTU]             (flags & 8; the exit warns when its own differs)
 
@@ -19,17 +17,28 @@ ServerHello::
     | exit HybridPublicKey | u32 length | evidence (opaque, <= MAX_EVIDENCE_SIZE)
     | HybridSignature over H1 (label "server hello")
 
-    H1 = SHA-384("shadowmesh v1 hs" | u32 len | ClientHello | ServerHello up to the signature)
-    H2 = SHA-384("shadowmesh v1 hs" | u32 len | ClientHello | the whole ServerHello)
+    T  = "shadowmesh v2 hs" | u16 len | connection token | u32 len | ClientHello
+    H1 = SHA-384(T | ServerHello up to the signature)
+    H2 = SHA-384(T | the whole ServerHello)
     keys = HKDF-SHA-384(salt = H2, ikm = X25519 secret || ML-KEM secret)   (keyslots.derive)
 
-The client then sends ClientFinish, its first record (epoch 0, counter 0): its
-HybridSignature over H2 (label "client finish").  The exit admits no frame
-before that signature verifies and the ``Authorizer`` agrees again.
+The connection token (the ``Sec-WebSocket-Protocol`` value the exit's gate admitted) is part
+of the transcript, so a hello cannot be moved to another connection: the exit signs H1 over
+the token it admitted and the client checks that signature over the token it sent.
 
-The exit runs the Authorizer already on the ClientHello, before it spends an
-ML-DSA signature on an unknown client.  Every peer-caused failure raises one
-of ``MalformedMessage``, ``UnsupportedParameters``, ``AuthenticationFailed``,
+The client then sends ClientFinish, its first record (epoch 0, counter 0), sealed under
+the handshake keys, so only the exit learns who the client is (session.py)::
+
+    client HybridPublicKey | u16 length | DeviceCertificate (length 0: none)
+    | HybridSignature over H2 | the finish up to the signature (label "client finish")
+
+The exit admits no frame before that signature verifies, the identity is the device the
+token named (``expected_device``, when the gate knows it) and the ``Authorizer`` agrees.
+The exit learns nothing about the client before the finish: refusing unknown devices
+early is the gate's job (the per-device token), and the exit's duplicate-hello cache and
+attested-hello quota (helloguard.py, applied by the driver before this module is called)
+bound what a token holder can make it do.  Every peer-caused failure raises one of
+``MalformedMessage``, ``UnsupportedParameters``, ``AuthenticationFailed``,
 ``NotAuthorized`` (fixed messages; see errors.py).
 """
 
@@ -43,7 +52,6 @@ from dataclasses import dataclass
 from l2bridge.codec import Reader, u8, u16, u32, var16, var32
 from l2bridge.constants import (
     ATTESTATION_NONCE_SIZE,
-    MAX_CERTIFICATE_SIZE,
     MAX_CIPHER_CHOICES,
     MAX_EVIDENCE_SIZE,
     MAX_HANDSHAKE_MESSAGE_SIZE,
@@ -73,12 +81,14 @@ from l2bridge.identity.keys import (
 )
 from l2bridge.protocol import kex
 from l2bridge.protocol.keyslots import derive
-from l2bridge.protocol.session import FINISH_LABEL, FinishCheck, Session, SessionConfig
+from l2bridge.protocol.session import ClientFinish, FinishCheck, Session, SessionConfig
 
 SERVER_LABEL = b"server hello"
-_TRANSCRIPT_PREFIX = b"shadowmesh v1 hs"
+_TRANSCRIPT_PREFIX = b"shadowmesh v2 hs"
 _KEYS_INFO = b"shadowmesh v1 handshake keys"
-_FLAG_NONCE, _FLAG_CERT, _FLAG_PIN, _FLAG_MTU = 1, 2, 4, 8
+# Flag 2 carried the client's certificate up to protocol version 1; it is refused now.
+_FLAG_NONCE, _FLAG_PIN, _FLAG_MTU = 1, 4, 8
+MAX_TOKEN_SIZE = 1024  # far above any token the gate admits (a WebSocket subprotocol)
 
 EvidenceProvider = Callable[[bytes, bytes], bytes]
 EvidenceChecker = Callable[[bytes, bytes, bytes], None]
@@ -92,15 +102,12 @@ class ClientHello:
     kem: bytes
     random: bytes
     nonce: bytes | None
-    identity: HybridPublicKey
-    certificate: DeviceCertificate | None
     pinned: bytes | None
     mtu: int | None = None
 
     def encode(self) -> bytes:
         flags = (
             (_FLAG_NONCE if self.nonce is not None else 0)
-            | (_FLAG_CERT if self.certificate is not None else 0)
             | (_FLAG_PIN if self.pinned is not None else 0)
             | (_FLAG_MTU if self.mtu is not None else 0)
         )
@@ -112,8 +119,6 @@ class ClientHello:
             self.kem,
             self.random,
             self.nonce or b"",
-            self.identity.encode(),
-            var16(self.certificate.encode()) if self.certificate is not None else b"",
             self.pinned or b"",
             u16(self.mtu) if self.mtu is not None else b"",
         ]
@@ -136,19 +141,15 @@ class ClientHello:
         # Unknown cipher codes are skipped: a newer client may offer more.
         ciphers = tuple(Cipher(c) for c in r.take(count) if c in Cipher._value2member_map_)
         flags = r.u8()
-        if flags & ~(_FLAG_NONCE | _FLAG_CERT | _FLAG_PIN | _FLAG_MTU):
+        if flags & ~(_FLAG_NONCE | _FLAG_PIN | _FLAG_MTU):
             raise MalformedMessage("flags")
         x25519, kem = kex.read_initiator_shares(r, mode)
         random = r.take(RANDOM_SIZE)
         nonce = r.take(ATTESTATION_NONCE_SIZE) if flags & _FLAG_NONCE else None
-        identity = HybridPublicKey.read(r)
-        certificate = None
-        if flags & _FLAG_CERT:
-            certificate = DeviceCertificate.decode(r.var16(MAX_CERTIFICATE_SIZE))
         pinned = r.take(NODE_ID_SIZE) if flags & _FLAG_PIN else None
         mtu = r.u16() if flags & _FLAG_MTU else None
         r.end()
-        return cls(mode, ciphers, x25519, kem, random, nonce, identity, certificate, pinned, mtu)
+        return cls(mode, ciphers, x25519, kem, random, nonce, pinned, mtu)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,14 +206,28 @@ def _mode(code: int) -> Mode:
     return Mode(code)
 
 
-def _transcript(client_hello: bytes, server_part: bytes) -> bytes:
+def token_bytes(token: str | bytes | None) -> bytes:
+    """The connection token as the transcript binds it (ASCII; empty when there is none).
+
+    ``ValueError`` for a token that is not ASCII or longer than ``MAX_TOKEN_SIZE`` (a
+    local error: the gate admits only short base64url tokens)."""
+    if token is None:
+        return b""
+    raw = token.encode("ascii") if isinstance(token, str) else bytes(token)
+    if len(raw) > MAX_TOKEN_SIZE:
+        raise ValueError("connection token too long")
+    return raw
+
+
+def _transcript(token: bytes, client_hello: bytes, server_part: bytes) -> bytes:
     return hashlib.sha384(
-        _TRANSCRIPT_PREFIX + u32(len(client_hello)) + client_hello + server_part
+        _TRANSCRIPT_PREFIX + var16(token) + u32(len(client_hello)) + client_hello + server_part
     ).digest()
 
 
 class ClientHandshake:
-    """Client side.  ``hello()`` -> send; ``receive(server_hello, now)`` -> (Session, finish)."""
+    """Client side.  ``hello()`` -> send; ``receive(server_hello, now, token=...)`` ->
+    (Session, finish).  ``token`` must be the connection token the hello travelled with."""
 
     def __init__(
         self,
@@ -243,6 +258,7 @@ class ClientHandshake:
         if not 0 < len(prefs) <= MAX_CIPHER_CHOICES:
             raise ValueError("between 1 and 4 ciphers")
         self._identity = identity
+        self._certificate = certificate
         self._mode = mode
         self._pinned = pinned_node_id
         self._nonce = attestation_nonce
@@ -252,8 +268,7 @@ class ClientHandshake:
         self._eph: kex.Ephemeral | None = kex.initiate(mode, self._backend)
         self._hello = ClientHello(
             mode, prefs, self._eph.x25519_public, self._eph.kem_public,
-            secrets.token_bytes(RANDOM_SIZE), attestation_nonce, identity.public,
-            certificate, pinned_node_id, mtu,
+            secrets.token_bytes(RANDOM_SIZE), attestation_nonce, pinned_node_id, mtu,
         ).encode()  # fmt: skip
         self.exit_identity: HybridPublicKey | None = None
         self.evidence: bytes = b""
@@ -261,8 +276,14 @@ class ClientHandshake:
     def hello(self) -> bytes:
         return self._hello
 
-    def receive(self, data: bytes, now: float) -> tuple[Session, bytearray]:
-        """Check the ServerHello; return the session and the ClientFinish record to send."""
+    def receive(
+        self, data: bytes, now: float, *, token: str | bytes | None = None
+    ) -> tuple[Session, bytearray]:
+        """Check the ServerHello; return the session and the ClientFinish record to send.
+
+        ``token``: the connection token this hello was sent with (None: none, as in tests
+        and in-process pairs); the exit's signature must cover the same one."""
+        bound = token_bytes(token)
         eph = self._eph
         if eph is None:
             raise StateError("handshake already finished")
@@ -275,7 +296,7 @@ class ClientHandshake:
             exit_id = node_id(sh.identity)
             if self._pinned is not None and exit_id != self._pinned:
                 raise AuthenticationFailed("exit node id differs from the pinned one")
-            h1 = _transcript(self._hello, sh.signed_part())
+            h1 = _transcript(bound, self._hello, sh.signed_part())
             sh.identity.verify(SERVER_LABEL, h1, sh.signature, self._mode)
             if self._nonce is not None:
                 assert self._checker is not None
@@ -286,7 +307,7 @@ class ClientHandshake:
             ikm = kex.complete(eph, sh.x25519, sh.ciphertext)
         finally:
             eph.forget()
-        h2 = _transcript(self._hello, data)
+        h2 = _transcript(bound, self._hello, data)
         try:
             keys = derive(ikm, h2, _KEYS_INFO, is_client=True)
         finally:
@@ -296,12 +317,13 @@ class ClientHandshake:
             is_client=True, mode=self._mode, cipher=sh.cipher, keys=keys, peer=sh.identity,
             now=now, config=self._config, backend=self._backend,
         )  # fmt: skip
-        finish = session.seal_finish(self._identity.sign(FINISH_LABEL, h2, self._mode), now)
-        return session, finish
+        finish = ClientFinish.signed(self._identity, self._certificate, h2, self._mode)
+        return session, session.seal_finish(finish, now)
 
 
 class ServerHandshake:
-    """Exit side.  ``receive(client_hello, now)`` -> (Session awaiting ClientFinish, reply)."""
+    """Exit side.  ``receive(client_hello, now, token=..., expected_device=...)`` ->
+    (Session awaiting ClientFinish, reply)."""
 
     def __init__(
         self,
@@ -322,18 +344,29 @@ class ServerHandshake:
         self._config = config or SessionConfig()
         self._backend = backend or default_backend()
         self.node_id = identity.node_id
-        # Who the last hello claimed to be, for the exit's own log of a refusal.
+        # Who the connection claims to be, for the exit's own log of a refusal: the hello
+        # names nobody, so this is the device the token named (or None).
         self.peer_label: str | None = None
 
-    def receive(self, data: bytes, now: float) -> tuple[Session, bytes]:
+    def receive(
+        self,
+        data: bytes,
+        now: float,
+        *,
+        token: str | bytes | None = None,
+        expected_device: bytes | None = None,
+    ) -> tuple[Session, bytes]:
+        """Answer a ClientHello.
+
+        ``token``: the connection token the gate admitted (bound into the transcript; the
+        client must have bound the same one). ``expected_device``: the node id the token
+        named; the ClientFinish must then prove that identity. Raises the handshake's peer
+        errors for a bad hello; ``ValueError`` for local faults (oversized evidence)."""
+        if expected_device is not None and len(expected_device) != NODE_ID_SIZE:
+            raise ValueError("expected_device must be a 32-byte node id")
+        bound = token_bytes(token)
+        self.peer_label = expected_device.hex()[:16] if expected_device is not None else None
         ch = ClientHello.decode(data)
-        device = node_id(ch.identity).hex()[:16]
-        if ch.certificate is not None:
-            # Not yet verified, so only for a log line: printable characters only.
-            name = "".join(c for c in ch.certificate.name[:64] if c.isprintable())
-            self.peer_label = f"{name!r} ({device})"
-        else:
-            self.peer_label = device
         if ch.mode not in self._modes:
             raise UnsupportedParameters("mode not allowed here")
         cipher = next((c for c in ch.ciphers if c in self._ciphers), None)
@@ -341,8 +374,6 @@ class ServerHandshake:
             raise UnsupportedParameters("no common cipher")
         if ch.pinned is not None and ch.pinned != self.node_id:
             raise AuthenticationFailed("client expects another exit")
-        # Refuse unknown clients before paying for a signature.
-        self._authorizer.authorize(ch.identity, ch.certificate, now)
         evidence = b""
         if ch.nonce is not None and self._provider is not None:
             evidence = self._provider(ch.nonce, self.node_id)
@@ -354,17 +385,17 @@ class ServerHandshake:
                 ch.mode, cipher, x_pub, ciphertext, secrets.token_bytes(RANDOM_SIZE),
                 self._identity.public, evidence, HybridSignature(b"", b""),
             )  # fmt: skip
-            h1 = _transcript(data, unsigned.signed_part())
+            h1 = _transcript(bound, data, unsigned.signed_part())
             signature = self._identity.sign(SERVER_LABEL, h1, ch.mode)
             reply = unsigned.signed_part() + signature.encode()
-            h2 = _transcript(data, reply)
+            h2 = _transcript(bound, data, reply)
             keys = derive(ikm, h2, _KEYS_INFO, is_client=False)
         finally:
             wipe(ikm)
         session = Session(
-            is_client=False, mode=ch.mode, cipher=cipher, keys=keys, peer=ch.identity, now=now,
+            is_client=False, mode=ch.mode, cipher=cipher, keys=keys, peer=None, now=now,
             config=self._config, backend=self._backend,
-            finish_check=FinishCheck(h2, ch.identity, ch.certificate, self._authorizer),
+            finish_check=FinishCheck(h2, self._authorizer, expected_device),
         )  # fmt: skip
         session.peer_mtu = ch.mtu
         return session, reply

@@ -48,10 +48,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from l2bridge.codec import Reader, u8, u32
+from l2bridge.codec import Reader, u8, u32, var16
 from l2bridge.constants import (
     CLOSE_NORMAL,
     FRAME_LENGTH_SIZE,
+    MAX_CERTIFICATE_SIZE,
     MAX_EPOCH,
     MAX_EPOCH_SKEW,
     MAX_RECORD_PLAINTEXT,
@@ -70,7 +71,7 @@ from l2bridge.constants import (
     Mode,
 )
 from l2bridge.crypto.pq import Backend
-from l2bridge.crypto.secret import wipe
+from l2bridge.crypto.secret import equal, wipe
 from l2bridge.errors import (
     AuthenticationFailed,
     KeyExpired,
@@ -88,6 +89,7 @@ from l2bridge.identity.keys import (
     DeviceCertificate,
     HybridPublicKey,
     HybridSignature,
+    HybridSigningKey,
 )
 from l2bridge.protocol import kex
 from l2bridge.protocol.keyslots import EpochKeys, KeySlots, derive
@@ -172,10 +174,65 @@ class SessionStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientFinish:
+    """The body of the ClientFinish record: who the client is, under handshake encryption.
+
+    ``identity | u16 length | certificate (length 0: none) | HybridSignature`` where the
+    signature (label "client finish") covers H2 followed by the finish up to the signature,
+    so it binds the certificate sent with it as well as the whole handshake."""
+
+    identity: HybridPublicKey
+    certificate: DeviceCertificate | None
+    signature: HybridSignature
+
+    def signed_part(self) -> bytes:
+        cert = self.certificate.encode() if self.certificate is not None else b""
+        return self.identity.encode() + var16(cert)
+
+    def encode(self) -> bytes:
+        return self.signed_part() + self.signature.encode()
+
+    @classmethod
+    def signed(
+        cls,
+        key: HybridSigningKey,
+        certificate: DeviceCertificate | None,
+        transcript: bytes,
+        mode: Mode,
+    ) -> ClientFinish:
+        """The client's finish for handshake transcript H2 ``transcript``."""
+        unsigned = cls(key.public, certificate, HybridSignature(b"", b""))
+        signature = key.sign(FINISH_LABEL, transcript + unsigned.signed_part(), mode)
+        return cls(key.public, certificate, signature)
+
+    @classmethod
+    def decode(cls, body: bytes) -> ClientFinish:
+        """Parse; ``MalformedMessage`` on bad input."""
+        r = Reader(body)
+        identity = HybridPublicKey.read(r)
+        raw = r.var16(MAX_CERTIFICATE_SIZE)
+        certificate = DeviceCertificate.decode(raw) if raw else None
+        signature = HybridSignature.read(r)
+        r.end()
+        return cls(identity, certificate, signature)
+
+
+@dataclass(frozen=True, slots=True)
 class FinishCheck:
-    """Exit side: what the client's ClientFinish must prove (built by the handshake)."""
+    """Exit side: what the client's ClientFinish must prove (built by the handshake).
+
+    ``expected_device``: the node id the connection's token named (None: the gate named
+    nobody); the finish's identity must hash to it."""
 
     transcript: bytes
+    authorizer: Authorizer
+    expected_device: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    """Exit side: the device a verified ClientFinish proved, asked about again on rekeys."""
+
     client: HybridPublicKey
     certificate: DeviceCertificate | None
     authorizer: Authorizer
@@ -200,7 +257,7 @@ class Session:
         mode: Mode,
         cipher: Cipher,
         keys: EpochKeys,
-        peer: HybridPublicKey,
+        peer: HybridPublicKey | None,
         now: float,
         config: SessionConfig,
         backend: Backend,
@@ -209,6 +266,8 @@ class Session:
         self.is_client = is_client
         self.mode = mode
         self.cipher = cipher
+        # The other side's long-term key: the exit's at once on the client; on the exit
+        # None until the client's ClientFinish (its only carrier) has verified.
         self.peer = peer
         self.config = config
         self.stats = SessionStats()
@@ -222,7 +281,7 @@ class Session:
         self._clock_epoch = 0  # the clock epoch of the newest completed rekey
         # Exit: who was admitted, kept so every rekey asks the Authorizer again (a
         # revoked or expired device does not keep its tunnel by rekeying).
-        self._admitted: FinishCheck | None = None
+        self._admitted: _Admitted | None = None
         self._expires: float | None = None
 
     # -- state ---------------------------------------------------------------
@@ -333,11 +392,11 @@ class Session:
         self.stats.bytes_sent += len(record)
         return record
 
-    def seal_finish(self, signature: HybridSignature, now: float) -> bytearray:
+    def seal_finish(self, finish: ClientFinish, now: float) -> bytearray:
         """Client: the ClientFinish record (called by the handshake, first record sent)."""
         if not self.is_client or self._keys.send.next_counter != 0:
             raise StateError("ClientFinish is the client's first record")
-        return self._seal_control(RECORD_FINISH, signature.encode(), now)
+        return self._seal_control(RECORD_FINISH, finish.encode(), now)
 
     def start_rekey(self, epoch: int, now: float) -> bytearray:
         """Client: a REKEY_INIT record, started for the clock's epoch number ``epoch``.
@@ -447,13 +506,20 @@ class Session:
     def _on_finish(self, body: bytes, now: float) -> Received:
         check = self._finish
         assert check is not None
-        r = Reader(body)
-        signature = HybridSignature.read(r)
-        r.end()
-        check.client.verify(FINISH_LABEL, check.transcript, signature, self.mode)
-        self.authorization = check.authorizer.authorize(check.client, check.certificate, now)
+        finish = ClientFinish.decode(body)
+        # The token named a device: another device's key is refused before any signature
+        # is checked (a stolen token is useless without the named device's key).
+        if check.expected_device is not None and not equal(
+            finish.identity.node_id, check.expected_device
+        ):
+            raise AuthenticationFailed("client identity differs from the device its token named")
+        finish.identity.verify(
+            FINISH_LABEL, check.transcript + finish.signed_part(), finish.signature, self.mode
+        )
+        self.authorization = check.authorizer.authorize(finish.identity, finish.certificate, now)
         self._finish = None
-        self._admitted = check
+        self.peer = finish.identity
+        self._admitted = _Admitted(finish.identity, finish.certificate, check.authorizer)
         self._expires = self.authorization.expires
         return Received(events=(PeerAuthenticated(self.authorization),))
 
@@ -533,6 +599,7 @@ class Session:
 
 __all__ = [
     "AuthenticationFailed",
+    "ClientFinish",
     "Closed",
     "Event",
     "FinishCheck",

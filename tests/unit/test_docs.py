@@ -40,6 +40,7 @@ from l2bridge.node import config as node_config
 from l2bridge.protocol.handshake import ClientHello, ServerHello
 from l2bridge.protocol.pair import SessionPair
 from l2bridge.protocol.records import SendKey
+from l2bridge.protocol.session import ClientFinish
 from l2bridge.transport import constants as transport_constants
 from l2bridge.transport import token
 from timing import config as time_config
@@ -328,12 +329,12 @@ def _examples() -> dict[str, tuple[bytes, dict[str, bytes | None], dict[str, int
 
     x, kem, rnd, nonce = b"\x11" * 32, b"\x22" * 1568, b"\x33" * 32, b"\x44" * 32
     ciphers = (Cipher.AES_256_GCM, Cipher.CHACHA20_POLY1305)
-    hello = ClientHello(Mode.HYBRID, ciphers, x, kem, rnd, nonce, pub, None, None)
+    hello = ClientHello(Mode.HYBRID, ciphers, x, kem, rnd, nonce, None)
     out["client_hello"] = (
         hello.encode(),
         {
             "type": b"\x51",
-            "version": b"\x01",
+            "version": b"\x02",
             "mode": b"\x00",
             "cipher_count": b"\x02",
             "ciphers": b"\x01\x02",
@@ -342,9 +343,19 @@ def _examples() -> dict[str, tuple[bytes, dict[str, bytes | None], dict[str, int
             "mlkem": kem,
             "random": rnd,
             "nonce": nonce,
-            "identity": pub.encode(),
         },
         {},
+    )
+    finish = ClientFinish(pub, cert, sig)
+    out["client_finish"] = (
+        finish.encode(),
+        {
+            "identity": pub.encode(),
+            "certificate_length": u(len(cert.encode()), 2),
+            "certificate": cert.encode(),
+            "signature": sig.encode(),
+        },
+        {"C": len(cert.encode())},
     )
     evidence = b"\x55" * 100
     reply = ServerHello(Mode.HYBRID, Cipher.AES_256_GCM, x, kem, rnd, pub, evidence, sig)
@@ -352,7 +363,7 @@ def _examples() -> dict[str, tuple[bytes, dict[str, bytes | None], dict[str, int
         reply.encode(),
         {
             "type": b"\x52",
-            "version": b"\x01",
+            "version": b"\x02",
             "mode": b"\x00",
             "cipher": b"\x01",
             "x25519": x,
@@ -496,7 +507,7 @@ def _circuit_examples(
     )
     out["create"] = (
         create.encode(),
-        {"type": b"\x61", "version": b"\x01", "mode": b"\x00", "x25519": x, "mlkem": kem,
+        {"type": b"\x61", "version": b"\x02", "mode": b"\x00", "x25519": x, "mlkem": kem,
          "nonce": nonce},
         {},
     )  # fmt: skip
@@ -504,7 +515,7 @@ def _circuit_examples(
     created = hopshake.Created(Mode.HYBRID, x, kem, rnd, pub, evidence, sig)
     out["created"] = (
         created.encode(),
-        {"type": b"\x62", "version": b"\x01", "mode": b"\x00", "x25519": x, "mlkem": kem,
+        {"type": b"\x62", "version": b"\x02", "mode": b"\x00", "x25519": x, "mlkem": kem,
          "random": rnd, "identity": pub.encode(), "evidence_length": u(100, 4),
          "evidence": evidence, "signature": sig.encode()},
         {"E": 100},

@@ -10,6 +10,7 @@ field missing from ``FIELD_ROLES``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -31,7 +32,7 @@ from l2bridge.client.node import ClientNode
 from l2bridge.commands.common import setup_logging
 from l2bridge.commands.initfiles import write_private_tls
 from l2bridge.constants import Mode
-from l2bridge.errors import NotAuthorized
+from l2bridge.errors import HelloRefused, NotAuthorized
 from l2bridge.identity.keyfiles import load_certificate, save_allow_list, save_revocations
 from l2bridge.identity.keys import AllowList, HybridSigningKey, save_public
 from l2bridge.node import audit as audit_log
@@ -45,7 +46,8 @@ from l2bridge.node.config import (
 )
 from l2bridge.node.metrics import Metrics
 from l2bridge.node.rotation import TunnelClock
-from l2bridge.protocol.handshake import ClientHello
+from l2bridge.protocol.handshake import ClientHandshake, ClientHello
+from l2bridge.protocol.helloguard import HelloGuard
 from lab import provision
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -463,6 +465,23 @@ def reauth_interval(w: World) -> None:
     assert w.exit().sessions.interval == 60
 
 
+def quotes_per_device(w: World) -> None:
+    device = HybridSigningKey.generate()
+
+    def attested_hellos_allowed(guard: HelloGuard) -> int:
+        allowed = 0
+        for _ in range(8):
+            hs = ClientHandshake(device, attestation_nonce=bytes(32),
+                                 evidence_checker=lambda *a: None)  # fmt: skip
+            with contextlib.suppress(HelloRefused):
+                guard.check(hs.hello(), quota_key=b"device", now=100.0)
+                allowed += 1
+        return allowed
+
+    assert attested_hellos_allowed(w.exit(tpm={"quotes_per_device": 2}).hello_guard) == 2
+    assert attested_hellos_allowed(w.exit().hello_guard) == 6
+
+
 def gateway_ips(w: World) -> None:
     switch = w.exit(network={"gateway_ips": ["10.9.0.1", "fd00::1"]}).switch_config()
     assert switch.protected_ips == frozenset(
@@ -565,6 +584,7 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "test_exit_and_client_without_chain_tpm_or_clock",
     "tpm.event_log": "tests/integration/e2e/test_demo.py::"
     "test_exit_and_client_without_chain_tpm_or_clock",
+    "tpm.quotes_per_device": quotes_per_device,
     "tpm.timeout": "tests/integration/exitnode/test_tpm_hang.py::"
     "test_hung_tpm_blocks_no_plain_handshake",
     "tpm.exit_enrolment": "tests/integration/l2bridge/test_pinned_attestation.py::"

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from l2bridge.constants import Cipher, Mode
 from l2bridge.errors import (
     AuthenticationFailed,
+    CertificateRevoked,
     MalformedMessage,
     NotAuthorized,
     PeerError,
@@ -23,7 +24,7 @@ from l2bridge.identity.keys import (
     HybridSigningKey,
 )
 from l2bridge.protocol.handshake import ClientHandshake, ClientHello, ServerHandshake, ServerHello
-from l2bridge.protocol.session import PeerAuthenticated
+from l2bridge.protocol.session import FINISH_LABEL, ClientFinish, PeerAuthenticated
 
 NOW = 1_700_000_000.0
 
@@ -138,17 +139,111 @@ def test_any_tampered_server_hello_byte_fails(keys) -> None:
             hs.receive(bytes(bad), NOW)
 
 
+def _reseal(client_session, body: bytes) -> bytearray:
+    """A ClientFinish record with ``body``, under the client's handshake keys."""
+    send = client_session._keys.send
+    send.next_counter = 0
+    return send.seal_body(0x02, body)
+
+
+def test_the_hello_names_no_one(keys) -> None:
+    """An observer of the hello learns neither the long-term key nor the certificate."""
+    client, _exit_key, _admin, cert = keys
+    hello = ClientHandshake(client, certificate=cert, mtu=1400).hello()
+    secrets_of_identity = [
+        client.public.encode(), client.public.ed25519, client.public.mldsa, client.node_id,
+        cert.encode(), cert.name.encode(), cert.organisation.encode(), cert.serial,
+    ]  # fmt: skip
+    for part in secrets_of_identity:
+        assert part not in hello
+    # ...but all of it reaches the exit, in the sealed finish.
+    hs, exit_session, reply = run(keys)
+    _, finish = hs.receive(reply, NOW)
+    assert client.public.ed25519 not in finish and cert.name.encode() not in finish
+    (event,) = exit_session.receive(finish, NOW).events
+    assert event.authorization.name == cert.name
+    assert exit_session.peer == client.public and exit_session.peer_certificate == cert
+
+
 def test_forged_client_finish_is_refused(keys) -> None:
+    client, _exit_key, _admin, cert = keys
     hs, exit_session, reply = run(keys)
     client_session, _finish = hs.receive(reply, NOW)
-    # A finish signed by another key (an attacker who copied the hello).
+    # The victim's identity and certificate, signed by another key (whoever holds the
+    # handshake keys but not the device key).
     other = HybridSigningKey.generate()
-    forged = client_session._keys.send
-    forged.next_counter = 0
-    bad = forged.seal_body(0x02, other.sign(b"client finish", b"x").encode())
+    unsigned = ClientFinish(client.public, cert, HybridSignature(b"", b""))
+    sig = other.sign(FINISH_LABEL, b"x" * 48 + unsigned.signed_part())
+    bad = _reseal(client_session, ClientFinish(client.public, cert, sig).encode())
     with pytest.raises(AuthenticationFailed):
         exit_session.receive(bad, NOW)
-    assert exit_session.closed
+    assert exit_session.closed and exit_session.peer is None
+
+
+def test_a_finish_signed_for_another_certificate_is_refused(keys) -> None:
+    """The signature covers the certificate sent with it: swapping it in fails."""
+    client, _exit_key, _admin, cert = keys
+    hs, exit_session, reply = run(keys)
+    client_session, _finish = hs.receive(reply, NOW)
+    # Re-sign correctly for H2 with no certificate, then attach the certificate.
+    h2 = exit_session._finish.transcript
+    honest = ClientFinish.signed(client, None, h2, Mode.HYBRID)
+    swapped = ClientFinish(client.public, cert, honest.signature)
+    with pytest.raises(AuthenticationFailed):
+        exit_session.receive(_reseal(client_session, swapped.encode()), NOW)
+
+
+def test_finish_must_prove_the_device_the_token_named(keys) -> None:
+    client, exit_key, admin, cert = keys
+    srv = ServerHandshake(exit_key, Authorizer([admin.public]))
+    # Another certified device holding a valid token for ``client``: refused at the finish
+    # although its own signature and certificate are fine.
+    other = HybridSigningKey.generate()
+    other_cert = admin.issue(other.public, "other", "org", int(NOW) - 60, int(NOW) + 3600)
+    hs = ClientHandshake(other, certificate=other_cert)
+    session, reply = srv.receive(hs.hello(), NOW, token="t", expected_device=client.node_id)
+    assert srv.peer_label == client.node_id.hex()[:16]
+    _, finish = hs.receive(reply, NOW, token="t")
+    with pytest.raises(AuthenticationFailed, match="authentication failed"):
+        session.receive(finish, NOW)
+    assert session.closed
+    # The named device itself passes.
+    hs = ClientHandshake(client, certificate=cert)
+    session, reply = srv.receive(hs.hello(), NOW, token="t", expected_device=client.node_id)
+    _, finish = hs.receive(reply, NOW, token="t")
+    assert isinstance(session.receive(finish, NOW).events[0], PeerAuthenticated)
+    with pytest.raises(ValueError):
+        srv.receive(hs.hello(), NOW, expected_device=b"short")
+
+
+def test_a_revoked_certificate_fails_at_the_finish(keys) -> None:
+    client, exit_key, admin, cert = keys
+    authorizer = Authorizer([admin.public])
+    authorizer.update_revocations(admin.revoke(None, cert.serial, "lost", int(NOW)))
+    srv = ServerHandshake(exit_key, authorizer)
+    hs = ClientHandshake(client, certificate=cert)
+    session, reply = srv.receive(hs.hello(), NOW, expected_device=client.node_id)
+    _, finish = hs.receive(reply, NOW)
+    with pytest.raises(CertificateRevoked):
+        session.receive(finish, NOW)
+    assert session.closed and not session.established
+
+
+def test_the_token_is_bound_into_the_transcript(keys) -> None:
+    """A hello moved to another connection (another token) fails on both sides."""
+    client, exit_key, admin, cert = keys
+    srv = ServerHandshake(exit_key, Authorizer([admin.public]))
+    hs = ClientHandshake(client, certificate=cert)
+    _, reply = srv.receive(hs.hello(), NOW, token="token-the-exit-admitted")
+    with pytest.raises(AuthenticationFailed):
+        hs.receive(reply, NOW, token="token-the-client-sent")
+    # Same token on both sides: fine; str and bytes spell the same token.
+    hs = ClientHandshake(client, certificate=cert)
+    session, reply = srv.receive(hs.hello(), NOW, token="abc")
+    _, finish = hs.receive(reply, NOW, token=b"abc")
+    assert isinstance(session.receive(finish, NOW).events[0], PeerAuthenticated)
+    with pytest.raises(ValueError):
+        srv.receive(hs.hello(), NOW, token="x" * 2000)
 
 
 def test_data_before_finish_is_a_protocol_violation(keys) -> None:
@@ -161,19 +256,26 @@ def test_data_before_finish_is_a_protocol_violation(keys) -> None:
         exit_session.receive(data, NOW)
 
 
-def test_unauthorized_clients_are_refused_before_the_exit_signs(keys) -> None:
+def _finish_with(srv, hs, now):
+    session, reply = srv.receive(hs.hello(), now)
+    _, finish = hs.receive(reply, now)
+    return session, finish
+
+
+def test_unauthorized_clients_are_refused_at_the_finish(keys) -> None:
     client, exit_key, admin, cert = keys
     srv = ServerHandshake(exit_key, Authorizer([admin.public]))
-    stranger = ClientHandshake(HybridSigningKey.generate())
+    session, finish = _finish_with(srv, ClientHandshake(HybridSigningKey.generate()), NOW)
     with pytest.raises(NotAuthorized, match=r"^not authorized$"):
-        srv.receive(stranger.hello(), NOW)
-    expired = ClientHandshake(client, certificate=cert)
+        session.receive(finish, NOW)
+    session, finish = _finish_with(srv, ClientHandshake(client, certificate=cert), NOW + 7200)
     with pytest.raises(NotAuthorized) as exc:
-        srv.receive(expired.hello(), NOW + 7200)
+        session.receive(finish, NOW + 7200)
     assert exc.value.detail == "certificate expired"
     # ...and the allow-list admits a device without a certificate.
     allow = ServerHandshake(exit_key, Authorizer(allow_list=AllowList().add(client.node_id, "x")))
-    allow.receive(ClientHandshake(client).hello(), NOW)
+    session, finish = _finish_with(allow, ClientHandshake(client), NOW)
+    assert session.receive(finish, NOW).events[0].authorization.method == "allow-list"
 
 
 def test_mode_and_cipher_negotiation_failures(keys) -> None:
