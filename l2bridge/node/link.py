@@ -2,10 +2,12 @@
 
 Client: ``link = await connect(url, handshake, access_key=..., node_id=...)``
 mints a single-use token, opens the browser-like WebSocket, sends the hello,
-takes the exit's answer, sends ClientFinish, and returns a running Link.
+takes the exit's answer, sends ClientFinish (the only message naming the client,
+sealed), waits for the exit's admission record, and returns a running Link.
 Exit: ``await serve(on_link, settings, make_handshake, host=..., port=...)``
 answers everything else with the decoy site (transport.server) and calls
-``on_link(link)`` for each authorised tunnel.
+``on_link(link)`` for each tunnel whose ClientFinish verified, after sending the
+client a padding-only admission record.
 
 The data path runs inside the event loop's callbacks, with no task switch per
 record (each one cost a loop iteration per hop, which was most of the added
@@ -63,6 +65,7 @@ from l2bridge.errors import (
     HelloRefused,
     KeyExpired,
     PeerError,
+    ProtocolViolation,
     StateError,
 )
 from l2bridge.logsummary import Summary
@@ -202,7 +205,7 @@ class Link:
         self._sink: FrameSink | None = None
         # The exit may seal only after the client's ClientFinish verified.
         self._authenticated = asyncio.Event()
-        if is_client:
+        if is_client or session.established:
             self._authenticated.set()
         self._writer_busy = False
         self._pending: list[Buffer] = []  # coalescing: sealed at the next loop iteration
@@ -633,7 +636,8 @@ async def connect(
     that extends the circuit, which holds no access key); else one is minted here.
     Raises UpgradeRefused (the exit answered as a web server), TransportClosed,
     PeerError (the handshake failed: wrong exit, bad evidence), DeviceRevoked (the exit
-    said this device is revoked), TimeoutError.
+    said this device is revoked), TransportClosed (also: the exit refused this device
+    after its ClientFinish, or a replayed/over-quota hello), TimeoutError.
     """
     if token is None:
         if access_key is None:
@@ -662,9 +666,15 @@ async def connect(
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
             server_hello = bytes(await ws.next_message())
         session, finish = handshake.receive(server_hello, clock(), token=token)
-        if not ws.is_open:
-            raise TransportClosed("closed")
-        ws.write_binary(finish)
+        try:
+            if not ws.is_open:
+                raise TransportClosed("closed")
+            ws.write_binary(finish)
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                await _admission(ws, session, clock)
+        except BaseException:
+            session.close()
+            raise
     except TransportClosed:
         await ws.close()
         if ws.close_code == CLOSE_REVOKED:
@@ -680,6 +690,27 @@ async def connect(
     )  # fmt: skip
     link.start()
     return link
+
+
+async def _admission(ws: TunnelSocket, session: Session, clock: Clock) -> None:
+    """Client: wait for the exit's first record, its padding-only admission record.
+
+    The exit learns who the client is only from the ClientFinish, so its refusals (not
+    authorised, revoked: close code CLOSE_REVOKED) come after the finish; waiting for
+    the admission keeps them failures of ``connect`` (the caller fails over, or stops
+    retrying when revoked) rather than a link that dies at once. Records that do not
+    open are dropped by the session and waited past; a CLOSE record or a closed
+    connection raise TransportClosed, a record with frames ProtocolViolation (the
+    admission is always the exit's first record)."""
+    while True:
+        before = session.stats.records_received
+        received = session.receive(await ws.next_message(), clock())
+        if session.closed or any(isinstance(e, Closed) for e in received.events):
+            raise TransportClosed("closed")
+        if received.frames:
+            raise ProtocolViolation("frames before the exit's admission record")
+        if session.stats.records_received > before:
+            return
 
 
 async def serve(
@@ -727,8 +758,10 @@ async def serve(
         ws = _direct(connection)
         handshake = make_handshake()
         token, device = _admitted(connection)
+        session: Session | None = None
         try:
-            # One deadline over reading the hello, waiting for a slot and answering it.
+            # One deadline over reading the hello, waiting for a slot, answering it and
+            # checking the ClientFinish.
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
                 hello = bytes(await ws.next_message())
                 # Here, on the loop and before any work: a replayed hello, or an attested
@@ -746,14 +779,24 @@ async def serve(
                     )
                     work = pool.submit(receive, hello, clock())
                     try:
-                        session, server_hello = await asyncio.wrap_future(work)
+                        answered, server_hello = await asyncio.wrap_future(work)
                     except asyncio.CancelledError:
                         work.add_done_callback(_wipe_late_session)  # past the deadline
                         raise
-            if not ws.is_open:
-                session.close()
-                raise TransportClosed("closed")
-            ws.write_binary(server_hello)
+                session = answered
+                if not ws.is_open:
+                    raise TransportClosed("closed")
+                ws.write_binary(server_hello)
+                # The device says who it is only in its ClientFinish: nobody reaches
+                # ``on_link`` before it verified (records that do not open are dropped and
+                # counted by the session; anything else before the finish is fatal). On
+                # the loop, as the link would do it: two signature checks, no TPM.
+                while not answered.established:
+                    answered.receive(await ws.next_message(), clock())
+                # Admitted: tell the client (its connect waits for this), with a record
+                # that looks like any keepalive.
+                size = random.randint(0, KEEPALIVE_MAX_PADDING)
+                ws.write_binary(answered.seal_cover(size, clock()))
         except HelloRefused as exc:
             # A replay or a quota: counted and summarised, never one log line each (a
             # flood would write the log), and no audit event (nobody was identified).
@@ -765,13 +808,19 @@ async def serve(
             # the hello names no one); the peer learns nothing but a close, except a
             # revoked device, told so by the close code.
             handshake_failures.note(type(exc).__name__)
-            who = getattr(handshake, "peer_label", None) or "unknown device"
+            who = (
+                (session.peer_label if session is not None else None)
+                or getattr(handshake, "peer_label", None)
+                or "unknown device"
+            )
             if isinstance(exc, PeerError):
                 log.warning("tunnel refused: %s: %s (%s)", who, exc, exc.detail)
                 audit("tunnel_refused", device=who, reason=f"{exc}: {exc.detail}",
                       address=_address(connection))  # fmt: skip
             else:
                 log.debug("tunnel handshake failed: %s: %s", who, type(exc).__name__)
+            if session is not None:
+                session.close()
             if is_revoked(exc):
                 await connection.close(code=CLOSE_REVOKED)
             return
@@ -779,8 +828,11 @@ async def serve(
             # Ours, not the peer's (oversized evidence, a TPM error): logged here, the
             # client only sees the connection close with "internal error" and no text.
             log.error("tunnel handshake failed locally: %s: %s", type(exc).__name__, exc)
+            if session is not None:
+                session.close()
             await connection.close(code=CLOSE_INTERNAL_ERROR)
             return
+        assert session is not None and session.established
         link = Link(
             ws, session, is_client=False, clock=clock, queue_batches=queue_batches,
             cover=cover, keepalive_s=keepalive_s, liveness_s=liveness_s,

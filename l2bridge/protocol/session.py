@@ -217,6 +217,15 @@ class ClientFinish:
         return cls(identity, certificate, signature)
 
 
+def _label(finish: ClientFinish) -> str:
+    device = finish.identity.node_id.hex()[:16]
+    if finish.certificate is None:
+        return device
+    # Not yet verified, so only for a log line: printable characters only.
+    name = "".join(c for c in finish.certificate.name[:64] if c.isprintable())
+    return f"{name!r} ({device})"
+
+
 @dataclass(frozen=True, slots=True)
 class FinishCheck:
     """Exit side: what the client's ClientFinish must prove (built by the handshake).
@@ -273,6 +282,9 @@ class Session:
         self.stats = SessionStats()
         self.authorization: Authorization | None = None
         self.peer_mtu: int | None = None  # exit: the MTU the client's hello announced
+        # Exit: who the ClientFinish's verified signature proved (certificate name, if one
+        # came, and node id), for the exit's log, also when the Authorizer then refuses.
+        self.peer_label: str | None = None
         self.closed = False
         self._backend = backend
         self._keys = KeySlots(cipher, keys, 0, now, config.grace_seconds)
@@ -516,6 +528,8 @@ class Session:
         finish.identity.verify(
             FINISH_LABEL, check.transcript + finish.signed_part(), finish.signature, self.mode
         )
+        # The key is proven now (its certificate not yet): enough to name a refusal.
+        self.peer_label = _label(finish)
         self.authorization = check.authorizer.authorize(finish.identity, finish.certificate, now)
         self._finish = None
         self.peer = finish.identity

@@ -31,6 +31,7 @@ from l2bridge.errors import AuthenticationFailed
 from l2bridge.identity.keys import AllowList, Authorizer, HybridSigningKey
 from l2bridge.node.link import Link, connect, serve
 from l2bridge.protocol.handshake import ClientHandshake, ServerHandshake
+from l2bridge.protocol.helloguard import HelloGuard
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings
@@ -117,6 +118,8 @@ def test_hung_tpm_blocks_no_plain_handshake(
             lambda: ServerHandshake(EXIT, authorizer, evidence_provider=lifecycle.evidence),
             host="127.0.0.1",
             port=0,
+            # every attested hello here comes from one source: no per-source quote quota
+            hello_guard=HelloGuard(quotes_per_minute=6000),
         )
         url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
         try:
