@@ -332,7 +332,7 @@ class ExitFinder:
                 if isinstance(reply, str):
                     raise OSError("exit answered with text")
                 try:
-                    session, _finish = hs.receive(reply, self._clock())
+                    session, _finish = hs.receive(reply, self._clock(), token=token)
                 except PeerError:
                     self.probe_reasons = checker.reasons
                     raise
