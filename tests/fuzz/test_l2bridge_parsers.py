@@ -19,8 +19,10 @@ from l2bridge.identity.keys import (
     RevocationList,
 )
 from l2bridge.protocol.handshake import ClientHandshake, ClientHello, ServerHandshake, ServerHello
+from l2bridge.protocol.helloguard import HelloGuard
 from l2bridge.protocol.pair import SessionPair
 from l2bridge.protocol.records import split_frames
+from l2bridge.protocol.session import ClientFinish
 
 NOW = 1_000_000.0
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
@@ -87,6 +89,53 @@ def test_client_handshake_on_bad_replies(data: bytes) -> None:
     hs = ClientHandshake(CLIENT, certificate=CERT)
     with pytest.raises(PeerError):
         hs.receive(data, NOW)  # never a valid reply for this fresh hello
+
+
+def _finish_body() -> bytes:
+    hs = ClientHandshake(CLIENT, certificate=CERT)
+    _, reply = SERVER.receive(hs.hello(), NOW)
+    session, _record = hs.receive(reply, NOW)
+    return ClientFinish.signed(CLIENT, CERT, bytes(48), session.mode).encode()
+
+
+FINISH = _finish_body()
+
+
+@FAST
+@given(mutated(FINISH))
+def test_client_finish_decode(data: bytes) -> None:
+    try:
+        parsed = ClientFinish.decode(data)
+    except MalformedMessage:
+        return
+    assert parsed.encode() == data  # canonical: what parses re-encodes to the same bytes
+
+
+@SLOW
+@given(mutated(FINISH))
+def test_exit_session_on_bad_finishes(data: bytes) -> None:
+    """Any finish body under the right keys but not made for this handshake is refused
+    with a peer error and closes the session; none admits the device."""
+    hs = ClientHandshake(CLIENT, certificate=CERT)
+    exit_session, reply = SERVER.receive(hs.hello(), NOW)
+    client_session, _finish = hs.receive(reply, NOW)
+    send = client_session._keys.send
+    send.next_counter = 0
+    with pytest.raises(PeerError):
+        exit_session.receive(send.seal_body(RECORD_FINISH, data), NOW)
+    assert exit_session.closed and not exit_session.established
+
+
+@FAST
+@given(mutated(HELLO))
+def test_hello_guard_on_bad_hellos(data: bytes) -> None:
+    guard = HelloGuard()
+    try:
+        guard.check(data, quota_key="k", now=NOW)
+    except PeerError:
+        return
+    with pytest.raises(PeerError):
+        guard.check(data, quota_key="k", now=NOW)  # what passed once is a duplicate now
 
 
 @FAST
