@@ -2,6 +2,7 @@
 
     python bench/handshake_flood.py [--kinds replay,garbage,insider] [--tasks 8]
                                     [--flood-s 12] [--connects 12] [--pause-s 0.5]
+                                    [--attacker-nice 0]
 
 Three processes kinds, all on loopback:
 
@@ -19,7 +20,10 @@ Three processes kinds, all on loopback:
   strangers replay an upgrade + attested ClientHello captured from the legitimate client
   (its token is spent), send garbage (random bytes, or an upgrade with a random token and a
   hello); an insider (holding the shared access key: the model before per-device
-  credentials) re-sends the captured hello under fresh tokens.
+  credentials) re-sends the captured hello under fresh tokens. On one machine the attackers'
+  own CPU competes with the exit and the client; ``--attacker-nice`` runs them at a lower
+  priority, closer to attackers whose CPU is elsewhere. The exit also reports how late its
+  event loop woke a 10 ms timer (p99 / max), which tells its own queueing from the machine's.
 
 Ends with one JSON line: legit connect p50/p99 in ms (baseline and under flood),
 ``tpm_quotes_for_unauthenticated`` (quotes for any nonce beyond the legitimate client's
@@ -63,6 +67,7 @@ MAX_ATTEMPTS_PER_TASK = 20_000
 ANSWER_TIMEOUT_S = 2.0
 EXIT_START_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 20.0
+LAG_TICK_S = 0.01
 
 
 # --- the exit (child process) ---------------------------------------------------------
@@ -117,6 +122,15 @@ async def run_exit(admin_public: str, quotes_per_minute: int) -> None:
         port = server.sockets[0].getsockname()[1]
         print(json.dumps({"port": port, "node_id": exit_key.node_id.hex()}), flush=True)
         loop = asyncio.get_running_loop()
+        lags: list[float] = []  # how late the exit's event loop woke a 10 ms timer
+
+        async def watch_lag() -> None:
+            while True:
+                start = loop.time()
+                await asyncio.sleep(LAG_TICK_S)
+                lags.append(loop.time() - start - LAG_TICK_S)
+
+        watcher = asyncio.ensure_future(watch_lag())
         try:
             while line := (await loop.run_in_executor(None, sys.stdin.readline)).strip():
                 if line == "quit":
@@ -125,8 +139,11 @@ async def run_exit(admin_public: str, quotes_per_minute: int) -> None:
                 print(json.dumps({
                     "quoted": quoted, "cpu_s": usage.ru_utime + usage.ru_stime,
                     "sys_s": usage.ru_stime, "refused": dict(guard.refused),
+                    "loop_lag_p99_ms": ms(lags, 0.99), "loop_lag_max_ms": ms(lags, 1.0),
                 }), flush=True)  # fmt: skip
+                lags.clear()
         finally:
+            watcher.cancel()
             server.close()
             await server.wait_closed()
             lifecycle.close()
@@ -351,7 +368,8 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
 
             for kind in kinds:
                 proc = await asyncio.create_subprocess_exec(
-                    *me, "--role", "attack", "--kind", kind, "--port", str(legit.port),
+                    "nice", "-n", str(args.attacker_nice), *me, "--role", "attack",
+                    "--kind", kind, "--port", str(legit.port),
                     "--tasks", str(args.tasks), "--flood-s", str(args.flood_s),
                     "--capture", str(capture), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 )  # fmt: skip
@@ -416,6 +434,12 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "rejected_attempts_by_kind": by_kind,
         "attacker_errors": sum(r["errors"] for r in results),
         "exit_hello_guard_refusals": after_flood["refused"],
+        "attacker_nice": args.attacker_nice,
+        "exit_loop_lag_ms": {
+            "baseline_p99": after_baseline["loop_lag_p99_ms"],
+            "flood_p99": after_flood["loop_lag_p99_ms"],
+            "flood_max": after_flood["loop_lag_max_ms"],
+        },
         "legit_connect_stdev_ms": round(statistics.pstdev(flood) * 1000, 1) if flood else None,
     }
 
@@ -429,6 +453,7 @@ def main() -> None:
     parser.add_argument("--connects", type=int, default=12)
     parser.add_argument("--pause-s", type=float, default=0.5)
     parser.add_argument("--quotes-per-minute", type=int, default=600)
+    parser.add_argument("--attacker-nice", type=int, default=0, choices=range(20))
     parser.add_argument("--admin", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
