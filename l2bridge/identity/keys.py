@@ -508,6 +508,7 @@ class Authorizer:
         self._admins = {node_id(k): k for k in admin_keys}
         self._allow = allow_list or AllowList()
         self._lists: dict[bytes, RevocationList] = {}
+        self._revoked: frozenset[bytes] = frozenset()
         # Certificates whose admin signature already verified (SHA-256 of the whole
         # encoding). A certificate is immutable, so a session's re-authorisation at every
         # rekey checks expiry, revocation and the allow-list without spending another
@@ -525,6 +526,12 @@ class Authorizer:
         old = self._lists.get(rl.issuer)
         if old is None or rl.sequence > old.sequence:
             self._lists[rl.issuer] = rl
+            self._revoked = frozenset().union(*(r.revoked() for r in self._lists.values()))
+
+    def revoked_serials(self) -> frozenset[bytes]:
+        """Every certificate serial on the installed revocation lists (the gate refuses
+        credentials issued against them before any handshake work)."""
+        return self._revoked
 
     def update_allow_list(self, allow: AllowList) -> None:
         """Replace the allow-list (a reloaded file); later decisions use only the new one."""

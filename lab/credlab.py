@@ -1,0 +1,53 @@
+"""Per-device credentials for labs, tests and benchmarks (transport.token, .credentials).
+
+``ExitCredentials(node_id)`` is one exit's master key and credential table in memory:
+``issue(device_id)`` returns the device's credential, ``verifier()`` the exit's gate check.
+``write_exit`` / ``write_device`` put the same on disk as a real exit and client read them
+(``endpoints.access_key_file`` + ``keys.credentials``; ``endpoints.credential_file``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from l2bridge.identity.keys import write_private_file
+from l2bridge.node.credfiles import load_wallet, save_table, save_wallet
+from l2bridge.transport.admission import TokenVerifier
+from l2bridge.transport.credentials import CredentialTable, CredentialWallet
+from l2bridge.transport.token import Credential, MasterKey
+
+# Labs and benchmarks connect many times a minute from one address; the defaults
+# (20 a minute per device) are for real exits.
+LAB_HANDSHAKES_PER_DEVICE = 100_000
+LAB_HANDSHAKES_PER_SOURCE = 1_000_000
+
+
+@dataclass
+class ExitCredentials:
+    node_id: bytes
+    master: MasterKey = field(default_factory=MasterKey.generate)
+    table: CredentialTable = field(default_factory=CredentialTable)
+
+    def issue(self, device: bytes, name: str = "device", serial: bytes | None = None) -> Credential:
+        return self.table.issue(self.master, self.node_id, device, name, time.time(),
+                                serial=serial)[1]  # fmt: skip
+
+    def verifier(self, **kwargs: Any) -> TokenVerifier:
+        kwargs.setdefault("per_device", LAB_HANDSHAKES_PER_DEVICE)
+        kwargs.setdefault("per_source", LAB_HANDSHAKES_PER_SOURCE)
+        return TokenVerifier(self.master, self.node_id, self.table, **kwargs)
+
+    def write_exit(self, master_path: Path, table_path: Path) -> None:
+        write_private_file(master_path, self.master.to_text() + "\n", force=True)
+        save_table(self.table, table_path)
+
+
+def write_device(path: Path, *credentials: Credential) -> None:
+    """Add ``credentials`` to the device's credential file (created 0600)."""
+    wallet = load_wallet(path) if path.exists() else CredentialWallet()
+    for c in credentials:
+        wallet.add(c)
+    save_wallet(wallet, path)
