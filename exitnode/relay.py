@@ -233,7 +233,7 @@ class Relay:
     ) -> None:
         self.identity = identity
         # This exit's credentials for the hops it extends to (endpoints.credential_file).
-        self.credentials = credentials or CredentialWallet()
+        self.credentials = credentials if credentials is not None else CredentialWallet()
         self.token_window = token_window
         self.metrics = metrics
         self.mode = mode

@@ -50,35 +50,10 @@ from l2bridge.protocol.handshake import ClientHandshake, EvidenceProvider, Serve
 from l2bridge.transport.credentials import CredentialWallet
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.server import ServerSettings
-from l2bridge.transport.token import Credential
-from lab.credlab import ExitCredentials, write_device
+from lab.credlab import LAB_EXITS, ExitCredentials, LabWallet, lab_exit, write_device
 
 CLIENT = HybridSigningKey.generate()
 ANY = PortPolicy(vlans=None)
-# Every in-process lab exit's master key and credential table, by node id: credentials
-# for an exit come from that exit alone (the client and each relay get their own).
-LAB_EXITS: dict[bytes, ExitCredentials] = {}
-
-
-class LabWallet(CredentialWallet):
-    """A device's credentials, issued by a lab exit the first time they are asked for."""
-
-    def __init__(self, device: bytes, name: str) -> None:
-        super().__init__()
-        self._device, self._name = device, name
-
-    def for_exit(self, node_id: bytes) -> Credential | None:
-        held = super().for_exit(node_id)
-        issuer = LAB_EXITS.get(bytes(node_id))
-        if held is None and issuer is not None:
-            held = issuer.issue(self._device, self._name)
-            self.add(held)
-        return held
-
-    def exits(self) -> frozenset[bytes]:
-        return super().exits() | frozenset(LAB_EXITS)
-
-
 CLIENT_WALLET = LabWallet(CLIENT.node_id, "client")
 
 
@@ -113,7 +88,7 @@ class RelayExit:
     async def start(self, port: int = 0) -> RelayExit:
         board = Switchboard(Switch(), self.metrics, local=self.tap)
         if self.creds is None:
-            self.creds = LAB_EXITS.setdefault(self.node_id, ExitCredentials(self.node_id))
+            self.creds = lab_exit(self.node_id)
         if self.wallet is None:
             self.wallet = LabWallet(self.node_id, "relay")
         self.relay = Relay(

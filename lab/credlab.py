@@ -4,6 +4,10 @@
 ``issue(device_id)`` returns the device's credential, ``verifier()`` the exit's gate check.
 ``write_exit`` / ``write_device`` put the same on disk as a real exit and client read them
 (``endpoints.access_key_file`` + ``keys.credentials``; ``endpoints.credential_file``).
+
+In-process labs keep every exit's credentials in ``LAB_EXITS`` (``lab_exit(node_id)``), and
+a ``LabWallet`` asks the exit for the device's credential the first time it dials it, as an
+operator would have issued it beforehand.
 """
 
 from __future__ import annotations
@@ -51,3 +55,32 @@ def write_device(path: Path, *credentials: Credential) -> None:
     for c in credentials:
         wallet.add(c)
     save_wallet(wallet, path)
+
+
+# Every in-process lab exit's master key and credential table, by node id: credentials
+# for an exit come from that exit alone (each client and each relay gets its own).
+LAB_EXITS: dict[bytes, ExitCredentials] = {}
+
+
+def lab_exit(node_id: bytes) -> ExitCredentials:
+    """The lab exit ``node_id``'s credentials (made the first time)."""
+    return LAB_EXITS.setdefault(bytes(node_id), ExitCredentials(bytes(node_id)))
+
+
+class LabWallet(CredentialWallet):
+    """A device's credentials, issued by a lab exit the first time they are asked for."""
+
+    def __init__(self, device: bytes, name: str) -> None:
+        super().__init__()
+        self._device, self._name = device, name
+
+    def for_exit(self, node_id: bytes) -> Credential | None:
+        held = super().for_exit(node_id)
+        issuer = LAB_EXITS.get(bytes(node_id))
+        if held is None and issuer is not None:
+            held = issuer.issue(self._device, self._name)
+            self.add(held)
+        return held
+
+    def exits(self) -> frozenset[bytes]:
+        return super().exits() | frozenset(LAB_EXITS)
