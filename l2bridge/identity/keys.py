@@ -250,8 +250,8 @@ def read_checked_file(path: str | os.PathLike[str], *, private: bool) -> bytes:
     ``O_NONBLOCK`` (a FIFO cannot hang us), and the checks run on that open file
     (``fstat``), not on the path, so nothing can be switched between check and read. It
     must be a regular file owned by this user or root and no larger than
-    ``MAX_KEY_FILE_SIZE``; a ``private`` file (keys, access keys) must have no permission
-    for group or others (0600), any other (an allow-list) no write permission for them.
+    ``MAX_KEY_FILE_SIZE``; a ``private`` file (keys, master keys, credentials) must have no
+    permission for group or others (0600), any other (an allow-list) no write permission for them.
     Raises ``KeyFileError`` naming the file and the reason.
     """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
@@ -288,7 +288,7 @@ def read_checked_file(path: str | os.PathLike[str], *, private: bool) -> bytes:
 
 
 def read_private_file(path: str | os.PathLike[str]) -> str:
-    """A private key or access key file's text (see ``read_checked_file``: 0600, no link)."""
+    """A private key, master key or credential file's text (``read_checked_file``: 0600)."""
     try:
         return read_checked_file(path, private=True).decode("ascii")
     except UnicodeDecodeError:

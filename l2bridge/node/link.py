@@ -93,7 +93,7 @@ CLOSE_WAIT_S = 5.0
 HANDSHAKE_WORKERS = 4
 CLOSE_INTERNAL_ERROR = 1011  # WebSocket close code; no reason text goes with it
 # The one refusal a client is told (no reason text either): its certificate is revoked, so
-# retrying cannot help. Only a holder of the access key and of the certificate learns it.
+# retrying cannot help. Only a holder of a live credential and of the certificate learns it.
 CLOSE_REVOKED = 4403
 # A batch sent within this long after the previous record waits one loop iteration so
 # that what else arrives meanwhile joins its record: an idle link (a ping) sends at once,
