@@ -35,6 +35,7 @@ from l2bridge.transport.constants import (
     DEFAULT_HANDSHAKES_PER_DEVICE,
     DEFAULT_HANDSHAKES_PER_SOURCE,
     DEFAULT_TOKEN_WINDOW_S,
+    MAX_CREDENTIALS,
     MAX_QUOTA_SOURCES,
     REPLAY_CACHE_PER_WINDOW,
     TOKEN_WINDOW_SLACK,
@@ -139,6 +140,9 @@ class TokenVerifier:
         self._cache_per_window = cache_per_window
         self._revoked_serials = revoked_serials
         self._seen: dict[int, set[bytes]] = {}
+        # Derived credential secrets by handle (HKDF costs more than the MAC); only for
+        # handles in the table, and forgotten once more than a table's worth were kept.
+        self._secrets: dict[bytes, bytes] = {}
         self.device_quota = Quota(per_device)
         self.source_quota = Quota(per_source)
         self.rejected: dict[str, int] = dict.fromkeys(REASONS, 0)
@@ -149,6 +153,15 @@ class TokenVerifier:
 
     def cached_nonces(self) -> int:
         return sum(len(s) for s in self._seen.values())
+
+    def _secret(self, handle: bytes) -> bytes:
+        secret = self._secrets.get(handle)
+        if secret is None:
+            if len(self._secrets) >= MAX_CREDENTIALS:
+                self._secrets.clear()
+            secret = credential_secret(self._master, self._node_id, handle)
+            self._secrets[handle] = secret
+        return secret
 
     def _refuse(self, reason: str) -> None:
         self.rejected[reason] += 1
@@ -166,10 +179,12 @@ class TokenVerifier:
         if entry.revoked or (entry.serial is not None and entry.serial in self._revoked_serials()):
             self._refuse("revoked")
             return None
-        secret = credential_secret(self._master, self._node_id, handle)
+        secret = self._secret(handle)
         current = window_of(now, self._window_s)
         self._prune(current)
-        for window in range(current - TOKEN_WINDOW_SLACK, current + TOKEN_WINDOW_SLACK + 1):
+        # The current window first: a client with a right clock costs one MAC.
+        slack = range(1, TOKEN_WINDOW_SLACK + 1)
+        for window in [current, *(current - d for d in slack), *(current + d for d in slack)]:
             expected = token_mac(secret, self._node_id, window, parts.nonce, parts.sealed)
             if std_hmac.compare_digest(expected, parts.mac):
                 break
