@@ -151,6 +151,12 @@ def load_credentials(path: Path | None) -> CredentialTable:
         raise ExitConfigError(f"keys.credentials: {exc}") from None
 
 
+def _device_refused_at_the_gate(name: str, reason: str) -> None:
+    # A genuine token of a known device (its MAC verified), at most once a minute per device.
+    log.warning("device %s refused at the front door: %s (answered as a web server)", name, reason)
+    audit("tunnel_refused", device=name, reason=reason)
+
+
 def raise_open_files_limit() -> None:
     """Raise the soft limit on open files to the hard one (often 1,024 vs 524,288 under
     systemd): every connection, idle or flooding, is a file descriptor."""
@@ -200,6 +206,7 @@ class ExitNode:
             revoked_serials=self.authorizer.revoked_serials,
             per_device=ep.handshakes_per_device,
             per_source=ep.handshakes_per_source,
+            on_device_refused=_device_refused_at_the_gate,
         )
         self.tls = load_tls(config)
         site = (

@@ -22,7 +22,11 @@ what a refused token costs is one AES block, one table lookup and at most three 
 A nonce is cached only once it is admitted, so refused tokens never fill the cache.
 
 The caller answers every refusal the same way (the decoy or the fallback), so the
-reason is only counted, never told.
+reason is only counted, never told. A refusal of a genuine token of a known device
+(revoked, or over its quota: the MAC verified, so nobody can cause it without the
+device's secret) is also reported to ``on_device_refused(name, reason)``, at most once
+per device per ``DEVICE_REPORT_INTERVAL_S`` (a captured token replayed at line rate must
+not flood the operator's log).
 """
 
 from __future__ import annotations
@@ -40,10 +44,11 @@ from l2bridge.transport.constants import (
     REPLAY_CACHE_PER_WINDOW,
     TOKEN_WINDOW_SLACK,
 )
-from l2bridge.transport.credentials import CredentialTable
+from l2bridge.transport.credentials import CredentialEntry, CredentialTable
 from l2bridge.transport.errors import TokenError
 from l2bridge.transport.token import (
     MasterKey,
+    TokenParts,
     credential_secret,
     decode_token,
     hide_key,
@@ -51,6 +56,8 @@ from l2bridge.transport.token import (
     token_mac,
     window_of,
 )
+
+DEVICE_REPORT_INTERVAL_S = 60.0
 
 REASONS = ("malformed", "unknown", "revoked", "mac", "replay", "full", "device quota",
            "source quota")  # fmt: skip
@@ -129,6 +136,7 @@ class TokenVerifier:
         revoked_serials: Callable[[], frozenset[bytes]] = frozenset,
         per_device: int = DEFAULT_HANDSHAKES_PER_DEVICE,
         per_source: int = DEFAULT_HANDSHAKES_PER_SOURCE,
+        on_device_refused: Callable[[str, str], None] | None = None,
     ) -> None:
         if window_s <= 0:
             raise TokenError("token window must be positive")
@@ -146,6 +154,8 @@ class TokenVerifier:
         self.device_quota = Quota(per_device)
         self.source_quota = Quota(per_source)
         self.rejected: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self._on_device_refused = on_device_refused
+        self._reported: dict[bytes, float] = {}  # device -> when last reported
 
     def _prune(self, current: int) -> None:
         for window in [w for w in self._seen if w < current - TOKEN_WINDOW_SLACK]:
@@ -163,6 +173,30 @@ class TokenVerifier:
             self._secrets[handle] = secret
         return secret
 
+    def _mac_window(self, handle: bytes, parts: TokenParts, now: float) -> int | None:
+        """The window whose MAC the token carries, or None."""
+        secret = self._secret(handle)
+        current = window_of(now, self._window_s)
+        self._prune(current)
+        # The current window first: a client with a right clock costs one MAC.
+        slack = range(1, TOKEN_WINDOW_SLACK + 1)
+        for window in [current, *(current - d for d in slack), *(current + d for d in slack)]:
+            expected = token_mac(secret, self._node_id, window, parts.nonce, parts.sealed)
+            if std_hmac.compare_digest(expected, parts.mac):
+                return window
+        return None
+
+    def _report(self, entry: CredentialEntry, reason: str, now: float) -> None:
+        if self._on_device_refused is None:
+            return
+        last = self._reported.get(entry.device)
+        if last is not None and now - last < DEVICE_REPORT_INTERVAL_S:
+            return
+        if len(self._reported) >= MAX_CREDENTIALS:
+            self._reported.clear()
+        self._reported[entry.device] = now
+        self._on_device_refused(entry.name, reason)
+
     def _refuse(self, reason: str) -> None:
         self.rejected[reason] += 1
 
@@ -176,19 +210,19 @@ class TokenVerifier:
         if entry is None:
             self._refuse("unknown")
             return None
-        if entry.revoked or (entry.serial is not None and entry.serial in self._revoked_serials()):
+        revoked = entry.revoked or (
+            entry.serial is not None and entry.serial in self._revoked_serials()
+        )
+        if revoked and self._on_device_refused is None:
             self._refuse("revoked")
             return None
-        secret = self._secret(handle)
-        current = window_of(now, self._window_s)
-        self._prune(current)
-        # The current window first: a client with a right clock costs one MAC.
-        slack = range(1, TOKEN_WINDOW_SLACK + 1)
-        for window in [current, *(current - d for d in slack), *(current + d for d in slack)]:
-            expected = token_mac(secret, self._node_id, window, parts.nonce, parts.sealed)
-            if std_hmac.compare_digest(expected, parts.mac):
-                break
-        else:
+        window = self._mac_window(handle, parts, now)
+        if revoked:
+            self._refuse("revoked")
+            if window is not None:
+                self._report(entry, "credential revoked", now)
+            return None
+        if window is None:
             self._refuse("mac")
             return None
         # A nonce is remembered under the window it was minted for, which stays live for
@@ -202,9 +236,11 @@ class TokenVerifier:
             return None
         if not self.device_quota.available(entry.device, now):
             self._refuse("device quota")
+            self._report(entry, "over endpoints.handshakes_per_device", now)
             return None
         if not self.source_quota.available(source, now):
             self._refuse("source quota")
+            self._report(entry, "its address is over endpoints.handshakes_per_source", now)
             return None
         self.device_quota.take(entry.device, now)
         self.source_quota.take(source, now)

@@ -233,3 +233,24 @@ def test_master_key_text_round_trip_and_checks():
         MasterKey.from_text("c2hvcnQ")
     with pytest.raises(TokenError):
         MasterKey.from_text("not base64!!")
+
+
+def test_a_known_devices_refusal_is_reported_once_a_minute_and_only_for_its_own_tokens():
+    reports: list[tuple[str, str]] = []
+    master, table = MasterKey.generate(), CredentialTable()
+    _, cred = table.issue(master, NODE, DEVICE, "lan-a", T0)
+    verifier = TokenVerifier(
+        master, NODE, table, per_device=1, on_device_refused=lambda *r: reports.append(r)
+    )
+    assert verifier.check(mint_token(cred, T0), T0) is not None
+    for _ in range(5):  # over its quota, five times within a minute: one report
+        assert verifier.check(mint_token(cred, T0), T0) is None
+    assert reports == [("lan-a", "over endpoints.handshakes_per_device")]
+    table.revoke(name="lan-a")
+    # Forged tokens for its handle (a fellow client) are refused and never reported.
+    forged = Credential(NODE, cred.handle, os.urandom(32), cred.hide)
+    assert verifier.check(mint_token(forged, T0 + 61), T0 + 61) is None
+    assert len(reports) == 1
+    assert verifier.check(mint_token(cred, T0 + 61), T0 + 61) is None
+    assert reports[-1] == ("lan-a", "credential revoked")
+    assert verifier.rejected["revoked"] == 2
