@@ -198,6 +198,7 @@ class ExitNode:
         self.sessions = LiveSessions(config.security.reauth_interval)
         self.master_key = load_access_key(ep.access_key_file)
         self._table_stamp = stamp(config.keys.credentials) if config.keys.credentials else None
+        self._credential_gone: set[bytes] = set()  # devices whose last credential was revoked
         self.verifier = TokenVerifier(
             self.master_key,
             self.identity.node_id,
@@ -299,13 +300,27 @@ class ExitNode:
             log.error("keys.credentials: %s; the previous table stays in use", exc)
             return False
         self._table_stamp = now
-        self.verifier.table = table
+        old, self.verifier.table = self.verifier.table, table
         log.info("keys.credentials reloaded: %d credential(s)", len(table))
+        live = {e.device for e in table if not e.revoked}
+        self._credential_gone |= {e.device for e in old if not e.revoked} - live
         return True
+
+    async def _end_tunnels_without_credential(self) -> list[str]:
+        """End (as revoked) the tunnels of devices whose last credential was revoked."""
+        gone, self._credential_gone = self._credential_gone, set()
+        ended = [p for p in self.peers if p.authorization.device_id in gone]
+        for peer in ended:
+            log.warning("device %s: its credential was revoked; tunnel ended", peer.name)
+            audit("device_disconnected", device=peer.name, by="credential revoked")
+        await asyncio.gather(*(p.link.close(revoked=True) for p in ended))
+        return sorted({p.name for p in ended})
 
     def cancel_credentials(self, serials: frozenset[bytes]) -> list[str]:
         """Mark revoked the credentials issued against these certificates and save the
         table (the gate already refuses them through the live revocation list)."""
+        # Whatever `shadowmesh credentials` wrote meanwhile first, or saving would drop it.
+        self.reload_credentials()
         names = self.verifier.table.revoke_serials(serials)
         path = self.config.keys.credentials
         if names and path is not None:
@@ -322,6 +337,8 @@ class ExitNode:
                 await asyncio.wait_for(stop.wait(), self.options.revocation_poll_s)
                 return
             self.reload_credentials()
+            if self._credential_gone:
+                await self._end_tunnels_without_credential()
 
     def tpm_health(self) -> dict[str, object] | None:
         """``ExitLifecycle.health()`` when this exit attests, else None."""
@@ -408,8 +425,11 @@ class ExitNode:
         config file known, logging.level and the ``devices`` policies (a connected device
         whose policy changed has its tunnel ended: it comes back under the new one)."""
         changed = self.revocations.check()
-        out: dict[str, Any] = {"revocation_lists_reloaded": changed,
-                               "credentials_reloaded": self.reload_credentials()}  # fmt: skip
+        out: dict[str, Any] = {
+            "revocation_lists_reloaded": changed,
+            "credentials_reloaded": self.reload_credentials(),
+            "credential_revoked": await self._end_tunnels_without_credential(),
+        }
         path = self.options.config_path
         if path is not None:
             with naming(str(path)):

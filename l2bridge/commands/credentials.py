@@ -10,7 +10,8 @@ device's credential file (0600; ``--add`` adds it to an existing file, for a dev
 several exits, or an exit's relay credentials for the hops it extends to). Copy that file to
 the device only over ssh/scp: it is the device's secret for this exit. ``revoke`` marks the
 device's credentials revoked; a running exit re-reads the table within
-``REVOCATION_POLL_S`` and refuses their tokens at the gate from then on. Revoking the
+``REVOCATION_POLL_S``, refuses their tokens at the gate from then on, and ends the live
+tunnels of a device left without a credential (with the "revoked" close: it stops). Revoking the
 device's certificate (``shadowmesh peers revoke``) cancels credentials issued against it.
 """
 
@@ -113,8 +114,8 @@ def cmd_revoke(ns: argparse.Namespace) -> int:
     save_table(table, table_path)
     for h in revoked:
         print(f"revoked      {h}")
-    print("the running exit refuses these tokens once it re-reads the table (within a minute;")
-    print("at once with `shadowmesh peers reload`); end live tunnels with `peers disconnect`")
+    print("the running exit refuses these tokens within a second, and ends the tunnels of a")
+    print("device left without a credential")
     return 0
 
 
