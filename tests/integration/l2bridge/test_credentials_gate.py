@@ -18,6 +18,7 @@ import pytest
 
 from l2bridge.client.node import ClientNode
 from l2bridge.commands.main import main as shadowmesh
+from l2bridge.identity.keyfiles import load_certificate
 from l2bridge.identity.keys import HybridSigningKey
 from l2bridge.node.credfiles import load_master_key, load_wallet
 from l2bridge.node.link import connect
@@ -98,6 +99,11 @@ def test_a_revoked_credential_is_answered_like_a_stranger(tmp_path: Path, fake_h
 def test_exit_a_credentials_never_open_exit_b(tmp_path: Path, fake_host) -> None:
     lab_a, _ = nodes.make_lab(tmp_path / "a", clients=("laptop",))
     lab_b, port_b = nodes.make_lab(tmp_path / "b", clients=("laptop",))
+
+    def same_admin(doc) -> None:  # one admin set up both exits: B trusts A's laptop too
+        doc["keys"]["admin_public"] = str(tmp_path / "a" / "admin.pub")
+
+    nodes.edit(lab_b.exit_config, same_admin)
     wallet_a = load_wallet(tmp_path / "a" / "laptop.credentials.json")
     cred_a = wallet_a.for_exit(lab_a.exit_node_id)
     assert cred_a is not None
@@ -120,9 +126,20 @@ def test_exit_a_credentials_never_open_exit_b(tmp_path: Path, fake_host) -> None
                     await connect(url, hs, credential=credential, node_id=b)
                 assert node_b.screening.total["admitted"] == 0, why
             assert node_b.verifier.rejected["unknown"] + node_b.verifier.rejected["mac"] == 2
-            # B's own client still gets in
-            own = ClientNode(nodes.config(lab_b.client_configs["laptop"]), status=False)
-            await (await own.connect()).close()
+            # Only the credential was missing: once B's operator issues the laptop one of
+            # B's own, the same device (same certificate) gets in.
+            out = tmp_path / "laptop-at-b.json"
+            issue = ["credentials", "issue", "--config", str(lab_b.exit_config), "--name",
+                     "laptop-a", "--certificate", str(tmp_path / "a" / "laptop.cert"),
+                     "--out", str(out)]  # fmt: skip
+            assert shadowmesh(issue) == 0
+            assert node_b.reload_credentials()
+            own = load_wallet(out).for_exit(b)
+            assert own is not None
+            certificate = load_certificate(tmp_path / "a" / "laptop.cert")
+            hs = ClientHandshake(identity, certificate=certificate, pinned_node_id=b)
+            await (await connect(url, hs, credential=own, node_id=b)).close()
+            assert node_b.screening.total["admitted"] == 1
 
     run(scenario())
 
