@@ -4,9 +4,11 @@
 token names) or None. In order, each step refusing with a counted reason:
 
 1. ``malformed``  not a v2 token spelling (transport.token.decode_token);
-2. ``unknown``    the handle (opened with the exit's hide key) is not in the table;
+2. ``unknown``    the tag (opened with the exit's hide key) names no credential of the
+                  table in the current window or one either side (the verifier keeps
+                  tag -> handle for those windows, rebuilt when credentials are issued);
 3. ``revoked``    the entry is revoked, or its certificate serial is on a revocation list;
-4. ``mac``        no window in the slack verifies the MAC under the credential's secret;
+4. ``mac``        the MAC for that window does not verify under the credential's secret;
 5. ``replay``     the nonce was already admitted (single use);
 6. ``full``       the window's nonce cache is full (fail closed, bounded memory);
 7. ``device quota`` / ``source quota``: the device's, or the source address's, token
@@ -18,7 +20,7 @@ holder on the path can open handles) must not be able to drain that device's quo
 with forged tokens, and a stranger flooding from a shared address (NAT, the same
 loopback in tests) must not lock out the credential holders behind it. What the quotas
 bound is the handshake work (signatures, KEM, TPM quote) an admitted token causes;
-what a refused token costs is one AES block, one table lookup and at most three HMACs.
+what a refused token costs is one AES block, a few dictionary lookups and one HMAC.
 A nonce is cached only once it is admitted, so refused tokens never fill the cache.
 
 The caller answers every refusal the same way (the decoy or the fallback), so the
@@ -55,6 +57,7 @@ from l2bridge.transport.token import (
     seal_handle,
     token_mac,
     window_of,
+    window_tag,
 )
 
 DEVICE_REPORT_INTERVAL_S = 60.0
@@ -151,6 +154,9 @@ class TokenVerifier:
         # Derived credential secrets by handle (HKDF costs more than the MAC); only for
         # handles in the table, and forgotten once more than a table's worth were kept.
         self._secrets: dict[bytes, bytes] = {}
+        # window -> (tag -> handle) for the live windows, and which table they were made of.
+        self._tags: dict[int, dict[bytes, bytes]] = {}
+        self._tags_of: tuple[CredentialTable | None, int] = (None, -1)
         self.device_quota = Quota(per_device)
         self.source_quota = Quota(per_source)
         self.rejected: dict[str, int] = dict.fromkeys(REASONS, 0)
@@ -173,18 +179,37 @@ class TokenVerifier:
             self._secrets[handle] = secret
         return secret
 
-    def _mac_window(self, handle: bytes, parts: TokenParts, now: float) -> int | None:
-        """The window whose MAC the token carries, or None."""
-        secret = self._secret(handle)
+    def _live_windows(self, now: float) -> list[int]:
+        """The current window first (a client with a right clock), then the slack."""
         current = window_of(now, self._window_s)
-        self._prune(current)
-        # The current window first: a client with a right clock costs one MAC.
         slack = range(1, TOKEN_WINDOW_SLACK + 1)
-        for window in [current, *(current - d for d in slack), *(current + d for d in slack)]:
-            expected = token_mac(secret, self._node_id, window, parts.nonce, parts.sealed)
-            if std_hmac.compare_digest(expected, parts.mac):
-                return window
+        return [current, *(current - d for d in slack), *(current + d for d in slack)]
+
+    def _refresh_tags(self, windows: list[int]) -> None:
+        # The table object itself (not its id, which a replaced table may reuse) and how
+        # many credentials it had issued when the index was made.
+        made_of, generation = self._tags_of
+        if made_of is not self.table or generation != self.table.generation:
+            self._tags, self._tags_of = {}, (self.table, self.table.generation)
+        for window in [w for w in self._tags if w not in windows]:
+            del self._tags[window]
+        for window in windows:
+            if window not in self._tags:
+                self._tags[window] = {
+                    window_tag(self._secret(h), window): h for h in self.table.handles()
+                }
+
+    def _find(self, tag: bytes, windows: list[int]) -> tuple[bytes, int] | None:
+        for window in windows:
+            handle = self._tags[window].get(tag)
+            if handle is not None:
+                return handle, window
         return None
+
+    def _mac_ok(self, handle: bytes, window: int, parts: TokenParts) -> bool:
+        expected = token_mac(self._secret(handle), self._node_id, window, parts.nonce,
+                             parts.sealed)  # fmt: skip
+        return std_hmac.compare_digest(expected, parts.mac)
 
     def _report(self, entry: CredentialEntry, reason: str, now: float) -> None:
         if self._on_device_refused is None:
@@ -205,24 +230,21 @@ class TokenVerifier:
         if parts is None:
             self._refuse("malformed")
             return None
-        handle = seal_handle(self._hide, parts.nonce, parts.sealed)
-        entry = self.table.get(handle)
-        if entry is None:
+        windows = self._live_windows(now)
+        self._prune(windows[0])
+        self._refresh_tags(windows)
+        found = self._find(seal_handle(self._hide, parts.nonce, parts.sealed), windows)
+        entry = None if found is None else self.table.get(found[0])
+        if found is None or entry is None:
             self._refuse("unknown")
             return None
-        revoked = entry.revoked or (
-            entry.serial is not None and entry.serial in self._revoked_serials()
-        )
-        if revoked and self._on_device_refused is None:
+        handle, window = found
+        if entry.revoked or (entry.serial is not None and entry.serial in self._revoked_serials()):
             self._refuse("revoked")
-            return None
-        window = self._mac_window(handle, parts, now)
-        if revoked:
-            self._refuse("revoked")
-            if window is not None:
+            if self._on_device_refused is not None and self._mac_ok(handle, window, parts):
                 self._report(entry, "credential revoked", now)
             return None
-        if window is None:
+        if not self._mac_ok(handle, window, parts):
             self._refuse("mac")
             return None
         # A nonce is remembered under the window it was minted for, which stays live for

@@ -13,6 +13,7 @@ TOKEN_BYTES = TOKEN_NONCE_BYTES + CREDENTIAL_HANDLE_BYTES + TOKEN_MAC_BYTES
 # base64url without padding of TOKEN_BYTES (48 bytes -> 64 characters, one spelling).
 TOKEN_TEXT_LENGTH = 64
 TOKEN_LABEL = b"shadowmesh ws token v2"
+WINDOW_TAG_LABEL = b"shadowmesh token tag v1"
 CREDENTIAL_INFO = b"shadowmesh credential v1"
 HIDE_KEY_INFO = b"shadowmesh token handle v1"
 DEFAULT_TOKEN_WINDOW_S = 60

@@ -106,6 +106,7 @@ class CredentialTable:
             self._entries[entry.handle] = entry
         if len(self._entries) > MAX_CREDENTIALS:
             raise TokenError(f"credential table: more than {MAX_CREDENTIALS} credentials")
+        self.generation = 0  # grows with every credential issued (the gate's tag index)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -115,6 +116,9 @@ class CredentialTable:
 
     def get(self, handle: bytes) -> CredentialEntry | None:
         return self._entries.get(handle)
+
+    def handles(self) -> list[bytes]:
+        return list(self._entries)
 
     def issue(
         self,
@@ -143,6 +147,7 @@ class CredentialTable:
         entry = CredentialEntry(handle, bytes(device), name, int(now), serial)
         credential = Credential.derive(master, node_id, handle)
         self._entries[handle] = entry
+        self.generation += 1
         return entry, credential
 
     def revoke(self, *, name: str | None = None, handle: bytes | None = None) -> list[str]:

@@ -12,15 +12,18 @@ secrets; another exit (another ``K``, another node id) derives nothing that veri
 here. A token is ``base64url(nonce 16 | sealed 16 | mac 16)`` without padding
 (64 characters, one canonical spelling), sent as the ``Sec-WebSocket-Protocol`` value:
 
-    sealed = AES-128-CTR(hide, IV = nonce) of the handle
+    tag    = HMAC-SHA-256(secret, WINDOW_TAG_LABEL || i64 window)[:16]
+    sealed = AES-128-CTR(hide, IV = nonce) of the tag
     mac    = HMAC-SHA-256(secret, TOKEN_LABEL || u16 len || node id || i64 window
                           || nonce || sealed)[:16]
 
-The handle is encrypted per token, so two tokens of one device share nothing an
-observer without ``hide`` can link. ``hide`` is the same for every device of one exit
-(the exit must find the handle before it knows whose token it is), so a fellow
-credential holder of that exit who watches the path can link a device's tokens (not
-forge them: that needs the device's ``secret``).
+The tag names the credential for one time window only (the exit keeps tag -> handle for
+the live windows), and it is encrypted afresh in every token: an observer without
+``hide`` can link nothing; ``hide`` is the same for every credential of one exit (the
+exit must open the tag before it knows whose token it is), so a fellow credential holder
+of that exit who watches the path can open tags, but a tag changes every window and only
+the device's ``secret`` maps it to the device, so it links a device's tokens within one
+window at most (and forges none).
 
 The window is not sent: the exit tries its current window and one either side, so a
 token is valid for two to three windows and says nothing about the client's clock.
@@ -54,6 +57,7 @@ from l2bridge.transport.constants import (
     TOKEN_MAC_BYTES,
     TOKEN_NONCE_BYTES,
     TOKEN_TEXT_LENGTH,
+    WINDOW_TAG_LABEL,
 )
 from l2bridge.transport.errors import TokenError
 
@@ -121,10 +125,17 @@ def hide_key(master: MasterKey, node_id: bytes) -> bytes:
     return _hkdf(master.secret, HIDE_KEY_INFO + _check_node(node_id), HIDE_KEY_BYTES)
 
 
-def seal_handle(hide: bytes, nonce: bytes, handle: bytes) -> bytes:
-    """AES-CTR with the token's nonce as IV; the same call opens a sealed handle."""
+def seal_handle(hide: bytes, nonce: bytes, tag: bytes) -> bytes:
+    """AES-CTR with the token's nonce as IV; the same call opens a sealed tag."""
     coder = Cipher(algorithms.AES(hide), modes.CTR(nonce)).encryptor()
-    return coder.update(handle) + coder.finalize()
+    return coder.update(tag) + coder.finalize()
+
+
+def window_tag(secret: bytes, window: int) -> bytes:
+    """What names a credential in tokens of ``window`` (16 bytes, only its holder and
+    the exit can compute it)."""
+    message = WINDOW_TAG_LABEL + window.to_bytes(8, "big", signed=True)
+    return std_hmac.digest(secret, message, "sha256")[:CREDENTIAL_HANDLE_BYTES]
 
 
 def token_mac(secret: bytes, node_id: bytes, window: int, nonce: bytes, sealed: bytes) -> bytes:
@@ -206,9 +217,9 @@ def mint_token(
         nonce = os.urandom(TOKEN_NONCE_BYTES)
     if len(nonce) != TOKEN_NONCE_BYTES:
         raise TokenError(f"token nonce must be {TOKEN_NONCE_BYTES} bytes")
-    sealed = seal_handle(credential.hide, nonce, credential.handle)
-    mac = token_mac(credential.secret, credential.exit_node_id, window_of(now, window_s),
-                    nonce, sealed)  # fmt: skip
+    window = window_of(now, window_s)
+    sealed = seal_handle(credential.hide, nonce, window_tag(credential.secret, window))
+    mac = token_mac(credential.secret, credential.exit_node_id, window, nonce, sealed)
     return b64_text(nonce + sealed + mac)
 
 

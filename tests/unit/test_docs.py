@@ -287,9 +287,11 @@ def _examples() -> dict[str, tuple[bytes, dict[str, bytes | None], dict[str, int
     nonce16 = b"\x01" * 16
     text = token.mint_token(credential, 1_000_000.0, window_s=60, nonce=nonce16)
     raw = base64.urlsafe_b64decode(text)
-    sealed = token.seal_handle(token.hide_key(master, node), nonce16, handle)
     secret = token.credential_secret(master, node, handle)
-    mac = token.token_mac(secret, node, token.window_of(1_000_000.0, 60), nonce16, sealed)
+    window = token.window_of(1_000_000.0, 60)
+    tag = token.window_tag(secret, window)
+    sealed = token.seal_handle(token.hide_key(master, node), nonce16, tag)
+    mac = token.token_mac(secret, node, window, nonce16, sealed)
     out["token"] = (raw, {"nonce": nonce16, "sealed_handle": sealed, "mac": mac}, {})
 
     device, admin_key = HybridSigningKey.generate(), HybridSigningKey.generate()

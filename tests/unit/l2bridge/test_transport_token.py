@@ -12,7 +12,15 @@ from l2bridge.transport.admission import Admission, TokenVerifier
 from l2bridge.transport.constants import TOKEN_TEXT_LENGTH
 from l2bridge.transport.credentials import CredentialTable, CredentialWallet
 from l2bridge.transport.errors import TokenError
-from l2bridge.transport.token import Credential, MasterKey, decode_token, mint_token
+from l2bridge.transport.token import (
+    Credential,
+    MasterKey,
+    decode_token,
+    mint_token,
+    seal_handle,
+    window_of,
+    window_tag,
+)
 
 NODE = bytes(range(32))
 OTHER = bytes(32)
@@ -93,7 +101,8 @@ def test_window_slack_one_either_side():
     assert verifier.check(mint_token(cred, T0 + 60), T0) is not None
     assert verifier.check(mint_token(cred, T0 - 120), T0) is None
     assert verifier.check(mint_token(cred, T0 + 120), T0) is None
-    assert verifier.rejected["mac"] == 2
+    # Outside the slack the token's tag names no credential the exit knows for a live window.
+    assert verifier.rejected["unknown"] == 2
 
 
 def test_replay_still_caught_in_next_window_and_cache_bounded():
@@ -130,6 +139,27 @@ def test_tokens_of_one_device_are_unlinkable():
     for data in raw:
         for i in range(0, 13):
             assert cred.handle[i : i + 4] not in data
+
+
+def test_a_fellow_client_who_opens_tags_cannot_name_or_follow_a_device():
+    # Another holder of a credential for this exit knows the exit's hide key, so it can
+    # open the tag in a token it sees on the path; the tag is not the handle, and it
+    # changes every window, so it cannot tell whose token it is or link it across windows.
+    _, _, _, (victim, fellow) = exit_with(DEVICE, DEVICE2)
+    assert fellow.hide == victim.hide
+
+    def opened(token: str) -> bytes:
+        parts = decode_token(token)
+        assert parts is not None
+        return seal_handle(fellow.hide, parts.nonce, parts.sealed)
+
+    same_window = {opened(mint_token(victim, T0 + s)) for s in (0, 10, 50)}
+    later = {opened(mint_token(victim, T0 + 60 * k)) for k in range(1, 6)}
+    assert len(same_window) == 1  # within one window a fellow client can link
+    (tag,) = same_window
+    assert tag not in later and len(later) == 5  # not across windows
+    assert victim.handle != tag and victim.handle not in later
+    assert window_tag(victim.secret, window_of(T0, 60)) == tag  # only the secret maps it
 
 
 def test_quota_per_device_refuses_the_flooder_not_another_device():
@@ -253,4 +283,19 @@ def test_a_known_devices_refusal_is_reported_once_a_minute_and_only_for_its_own_
     assert len(reports) == 1
     assert verifier.check(mint_token(cred, T0 + 61), T0 + 61) is None
     assert reports[-1] == ("lan-a", "credential revoked")
-    assert verifier.rejected["revoked"] == 2
+    assert verifier.rejected["revoked"] == 1 and verifier.rejected["unknown"] == 1
+
+
+def test_credentials_issued_or_reloaded_later_are_found_by_their_tags():
+    master, table, verifier, (first,) = exit_with(DEVICE)
+    assert verifier.check(mint_token(first, T0), T0) is not None  # the tag index is built
+    _, later = table.issue(master, NODE, DEVICE2, "later", T0)  # issued into the live table
+    assert verifier.check(mint_token(later, T0), T0) is not None
+    # A reloaded table (a new object, as the exit's file watch installs) replaces the index.
+    reloaded = CredentialTable.from_text(table.to_text())
+    _, third = reloaded.issue(master, NODE, b"\x33" * 32, "third", T0)
+    verifier.table = reloaded
+    assert verifier.check(mint_token(third, T0), T0) is not None
+    reloaded.revoke(name="dev0")
+    assert verifier.check(mint_token(first, T0), T0) is None
+    assert verifier.rejected["revoked"] == 1
