@@ -15,12 +15,13 @@ token names) or None. In order, each step refusing with a counted reason:
    bucket of handshakes is empty.
 
 The quotas are charged only for tokens that passed 1-5 (a deliberate change from
-"quota before MAC"): a stranger who learned a device's handle (a fellow credential
-holder on the path can open handles) must not be able to drain that device's quota
-with forged tokens, and a stranger flooding from a shared address (NAT, the same
-loopback in tests) must not lock out the credential holders behind it. What the quotas
+"quota before MAC"): nobody without a device's secret may drain that device's quota
+with forged or replayed tokens, and a stranger flooding from a shared address (NAT, the
+same loopback in tests) must not lock out the credential holders behind it. What the quotas
 bound is the handshake work (signatures, KEM, TPM quote) an admitted token causes;
 what a refused token costs is one AES block, a few dictionary lookups and one HMAC.
+(The tag index costs one HMAC per credential per window, made at the first check of a
+window or after the table changed: about 8 ms for 4,096 credentials, once a minute.)
 A nonce is cached only once it is admitted, so refused tokens never fill the cache.
 
 The caller answers every refusal the same way (the decoy or the fallback), so the
