@@ -171,3 +171,25 @@ def test_per_device_quota_refuses_the_flooder_not_the_other_device(
             assert node.screening.total["admitted"] == 4
 
     run(scenario())
+
+
+def test_per_source_quota_counts_every_device_behind_one_address(tmp_path: Path, fake_host) -> None:
+    lab, _ = nodes.make_lab(tmp_path, clients=("laptop", "desk"))
+
+    def source_quota_of_three(doc) -> None:
+        doc["endpoints"]["handshakes_per_source"] = 3
+
+    nodes.edit(lab.exit_config, source_quota_of_three)
+
+    async def scenario() -> None:
+        async with nodes.running_exit(nodes.config(lab.exit_config)) as node:
+            laptop = ClientNode(nodes.config(lab.client_configs["laptop"]), status=False)
+            desk = ClientNode(nodes.config(lab.client_configs["desk"]), status=False)
+            for client in (laptop, desk, laptop):  # three tunnels from 127.0.0.1
+                await (await client.connect()).close()
+            with pytest.raises(UpgradeRefused):  # the fourth, whichever device
+                await desk.connect()
+            assert node.verifier.rejected["source quota"] == 1
+            assert node.verifier.rejected["device quota"] == 0
+
+    run(scenario())
