@@ -292,7 +292,7 @@ def _examples() -> dict[str, tuple[bytes, dict[str, bytes | None], dict[str, int
     tag = token.window_tag(secret, window)
     sealed = token.seal_handle(token.hide_key(master, node), nonce16, tag)
     mac = token.token_mac(secret, node, window, nonce16, sealed)
-    out["token"] = (raw, {"nonce": nonce16, "sealed_handle": sealed, "mac": mac}, {})
+    out["token"] = (raw, {"nonce": nonce16, "sealed_tag": sealed, "mac": mac}, {})
 
     device, admin_key = HybridSigningKey.generate(), HybridSigningKey.generate()
     pub = device.public
