@@ -65,7 +65,7 @@ async def one_run(world, check: float, tag: int) -> tuple[float, float]:
         await asyncio.to_thread(x.upkeep.step)
     finder = ExitFinder(
         e2e.RegistryClient(registry.w3, registry.address),
-        DialSettings(identity=e2e.CLIENT, access_key=e2e.ACCESS, policy=golden),
+        DialSettings(identity=e2e.CLIENT, credentials=e2e.CLIENT_WALLET, policy=golden),
         SelectionPolicy(max_attestation_age=e2e.INTERVAL),
         check_interval=check,
     )

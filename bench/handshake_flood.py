@@ -19,9 +19,9 @@ Three processes kinds, all on loopback:
   ``--flood-s`` seconds (and at most ``MAX_ATTEMPTS_PER_TASK`` connections per task):
   strangers replay an upgrade + attested ClientHello captured from the legitimate client
   (its token is spent), send garbage (random bytes, or an upgrade with a random token and a
-  hello); an insider (holding the shared access key: the model before per-device
-  credentials) re-sends the captured hello under fresh tokens. On one machine the attackers'
-  own CPU competes with the exit and the client; ``--attacker-nice`` runs them at a lower
+  hello); an insider (a device with a credential of its own for this exit, certified or
+  not) re-sends the captured hello under fresh tokens of its credential. On one machine the
+  attackers' own CPU competes with the exit and the client; ``--attacker-nice`` runs them at a lower
   priority, closer to attackers whose CPU is elsewhere. The exit also reports how late its
   event loop woke a 10 ms timer (p99 / max), which tells its own queueing from the machine's.
 
@@ -31,7 +31,9 @@ one quote per attested hello: must be 0), ``exit_cpu_us_per_rejected_hello`` (th
 during the flood, minus what the legitimate connects cost at the baseline rate, per
 attacker connection), and the counts. The exit's guard gets ``--quotes-per-minute`` (600 by
 default: the legitimate client is one device asking for a quote every connect; the default
-of an exit, 6, is what tests/unit/l2bridge/test_helloguard.py checks).
+of an exit, 6, is what tests/unit/l2bridge/test_helloguard.py checks), and its gate
+``--handshakes-per-device`` (600 by default for the same reason; an exit's default is 20);
+both are in the JSON line.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from l2bridge.protocol.handshake import ClientHandshake
 from l2bridge.transport.client import open_transport
 from l2bridge.transport.direct import DirectMessages
 from l2bridge.transport.errors import TransportClosed, UpgradeRefused
-from l2bridge.transport.token import AccessKey, mint_token
+from l2bridge.transport.token import Credential, mint_token
 
 MAX_ATTEMPTS_PER_TASK = 20_000
 ANSWER_TIMEOUT_S = 2.0
@@ -73,7 +75,7 @@ LAG_TICK_S = 0.01
 # --- the exit (child process) ---------------------------------------------------------
 
 
-async def run_exit(admin_public: str, quotes_per_minute: int) -> None:
+async def run_exit(admin_public: str, quotes_per_minute: int, per_device: int) -> None:
     """Serve until stdin says ``quit``; ``stats`` prints the quotes and CPU so far."""
     from attestation.tpm import Tpm
     from exitnode.lifecycle import ExitLifecycle
@@ -84,11 +86,14 @@ async def run_exit(admin_public: str, quotes_per_minute: int) -> None:
     from l2bridge.protocol.helloguard import HelloGuard
     from l2bridge.transport.decoy import DecoySite
     from l2bridge.transport.server import ServerSettings
-    from l2bridge.transport.token import TokenVerifier
+    from lab.credlab import ExitCredentials
     from lab.imaharness import EVENT_LOG, IMA_LIST, LAB_CMDLINE, Kernel
 
-    key = AccessKey(bytes.fromhex(sys.stdin.readline().strip()))
+    # The devices the operator issued credentials to: the legitimate one and the insider.
+    devices = [bytes.fromhex(d) for d in sys.stdin.readline().split()]
     exit_key = HybridSigningKey.generate()
+    issuer = ExitCredentials(exit_key.node_id)
+    issued = [issuer.issue(d, f"device-{i}").to_json() for i, d in enumerate(devices)]
     authorizer = Authorizer([HybridPublicKey.decode(bytes.fromhex(admin_public))])
     with Swtpm() as tpm, tempfile.TemporaryDirectory(prefix="bench-flood-") as tmp:
         state = Path(tmp)
@@ -107,7 +112,8 @@ async def run_exit(admin_public: str, quotes_per_minute: int) -> None:
             return lifecycle.evidence(nonce, node_id)
 
         guard = HelloGuard(quotes_per_minute=quotes_per_minute)
-        settings = ServerSettings(DecoySite.builtin(), "/ws", TokenVerifier(key, exit_key.node_id))
+        verifier = issuer.verifier(per_device=per_device)
+        settings = ServerSettings(DecoySite.builtin(), "/ws", verifier)
 
         async def idle(link: Link) -> None:
             with contextlib.suppress(TransportClosed):
@@ -120,7 +126,8 @@ async def run_exit(admin_public: str, quotes_per_minute: int) -> None:
             host="127.0.0.1", port=0, hello_guard=guard,
         )  # fmt: skip
         port = server.sockets[0].getsockname()[1]
-        print(json.dumps({"port": port, "node_id": exit_key.node_id.hex()}), flush=True)
+        print(json.dumps({"port": port, "node_id": exit_key.node_id.hex(),
+                          "credentials": issued}), flush=True)  # fmt: skip
         loop = asyncio.get_running_loop()
         lags: list[float] = []  # how late the exit's event loop woke a 10 ms timer
 
@@ -139,6 +146,7 @@ async def run_exit(admin_public: str, quotes_per_minute: int) -> None:
                 print(json.dumps({
                     "quoted": quoted, "cpu_s": usage.ru_utime + usage.ru_stime,
                     "sys_s": usage.ru_stime, "refused": dict(guard.refused),
+                    "gate_refused": {k: v for k, v in verifier.rejected.items() if v},
                     "loop_lag_p99_ms": ms(lags, 0.99), "loop_lag_max_ms": ms(lags, 1.0),
                 }), flush=True)  # fmt: skip
                 lags.clear()
@@ -181,8 +189,8 @@ def garbage(replay: bytes) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n" + rest
 
 
-async def insider_duplicate(url: str, key: AccessKey, node_id: bytes, hello: bytes) -> None:
-    token = mint_token(key, node_id, time.time())
+async def insider_duplicate(url: str, credential: Credential, hello: bytes) -> None:
+    token = mint_token(credential, time.time())
     ws = await open_transport(url, token, max_size=MAX_MESSAGE_SIZE, direct=True)
     assert isinstance(ws, DirectMessages)
     try:
@@ -198,8 +206,8 @@ async def run_attacker(kind: str, port: int, tasks: int, seconds: float, capture
     doc = json.loads(capture.read_text())
     replay = bytes.fromhex(doc["replay"])
     hello = bytes.fromhex(doc["hello"])
-    node_id = bytes.fromhex(doc["node_id"])
-    key = AccessKey(bytes.fromhex(sys.stdin.readline().strip())) if kind == "insider" else None
+    line = sys.stdin.readline().strip()
+    credential = Credential.from_json(json.loads(line)) if kind == "insider" else None
     url = f"ws://127.0.0.1:{port}/ws"
     counts = {"attempts": 0, "errors": 0, "upgraded": 0}
     deadline = time.monotonic() + seconds
@@ -214,8 +222,8 @@ async def run_attacker(kind: str, port: int, tasks: int, seconds: float, capture
                 elif kind == "garbage":
                     await one_exchange(port, garbage(replay))
                 else:
-                    assert key is not None
-                    await insider_duplicate(url, key, node_id, hello)
+                    assert credential is not None
+                    await insider_duplicate(url, credential, hello)
             except TransportClosed:
                 pass  # refused without an answer, as it should be
             except (OSError, TimeoutError, UpgradeRefused):
@@ -267,8 +275,8 @@ def first_frame(stream: bytes) -> tuple[int, bytes]:
 class Legit:
     """The legitimate device: certified by ``admin``, dials the exit at ``port``."""
 
-    def __init__(self, key: AccessKey, admin: AdminKey) -> None:
-        self.key = key
+    def __init__(self, admin: AdminKey) -> None:
+        self.credential: Credential | None = None  # issued by the exit once it is up
         self.port, self.node_id = 0, b""  # once the exit is up
         self.device = HybridSigningKey.generate()
         now = int(time.time())
@@ -292,7 +300,9 @@ class Legit:
         url = f"ws://127.0.0.1:{port or self.port}/ws"
         start = time.perf_counter()
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            link = await connect(url, self.handshake(), access_key=self.key, node_id=self.node_id)
+            link = await connect(
+                url, self.handshake(), credential=self.credential, node_id=self.node_id
+            )
         elapsed = time.perf_counter() - start
         await link.close()
         return elapsed
@@ -339,24 +349,28 @@ async def ask(proc: asyncio.subprocess.Process, line: str) -> dict[str, Any]:
 
 async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     kinds = [k for k in args.kinds.split(",") if k]
-    key = AccessKey.generate()
     me = [sys.executable, str(Path(__file__).resolve())]
     admin = AdminKey(HybridSigningKey.generate())
-    legit = Legit(key, admin)
+    legit = Legit(admin)
+    insider = HybridSigningKey.generate()
     exit_proc = await asyncio.create_subprocess_exec(
         *me, "--role", "exit", "--admin", admin.public.encode().hex(),
         "--quotes-per-minute", str(args.quotes_per_minute),
+        "--handshakes-per-device", str(args.handshakes_per_device),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )  # fmt: skip
     attackers: list[asyncio.subprocess.Process] = []
     with tempfile.TemporaryDirectory(prefix="bench-flood-") as tmp:
         try:
             assert exit_proc.stdin is not None and exit_proc.stdout is not None
-            exit_proc.stdin.write(key.secret.hex().encode() + b"\n")
+            devices = f"{legit.device.node_id.hex()} {insider.node_id.hex()}\n"
+            exit_proc.stdin.write(devices.encode())
             await exit_proc.stdin.drain()
             async with asyncio.timeout(EXIT_START_TIMEOUT_S):
                 ready = json.loads(await exit_proc.stdout.readline())
             legit.port, legit.node_id = ready["port"], bytes.fromhex(ready["node_id"])
+            legit.credential = Credential.from_json(ready["credentials"][0])
+            insider_line = json.dumps(ready["credentials"][1]).encode() + b"\n"
             capture = Path(tmp) / "capture.json"
             await legit.capture(capture)
             await legit.connect_once()  # warm both ends up
@@ -374,7 +388,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                     "--capture", str(capture), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 )  # fmt: skip
                 assert proc.stdin is not None
-                proc.stdin.write(key.secret.hex().encode() + b"\n" if kind == "insider" else b"\n")
+                proc.stdin.write(insider_line if kind == "insider" else b"\n")
                 await proc.stdin.drain()
                 attackers.append(proc)
             flood_start = time.monotonic()
@@ -434,6 +448,9 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "rejected_attempts_by_kind": by_kind,
         "attacker_errors": sum(r["errors"] for r in results),
         "exit_hello_guard_refusals": after_flood["refused"],
+        "exit_gate_refusals": after_flood["gate_refused"],
+        "quotes_per_minute": args.quotes_per_minute,
+        "handshakes_per_device": args.handshakes_per_device,
         "attacker_nice": args.attacker_nice,
         "exit_loop_lag_ms": {
             "baseline_p99": after_baseline["loop_lag_p99_ms"],
@@ -453,6 +470,7 @@ def main() -> None:
     parser.add_argument("--connects", type=int, default=12)
     parser.add_argument("--pause-s", type=float, default=0.5)
     parser.add_argument("--quotes-per-minute", type=int, default=600)
+    parser.add_argument("--handshakes-per-device", type=int, default=600)
     parser.add_argument("--attacker-nice", type=int, default=0, choices=range(20))
     parser.add_argument("--admin", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
@@ -460,7 +478,7 @@ def main() -> None:
     parser.add_argument("--capture", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "exit":
-        asyncio.run(run_exit(args.admin, args.quotes_per_minute))
+        asyncio.run(run_exit(args.admin, args.quotes_per_minute, args.handshakes_per_device))
     elif args.role == "attack":
         asyncio.run(run_attacker(args.kind, args.port, args.tasks, args.flood_s, args.capture))
     else:

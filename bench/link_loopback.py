@@ -21,9 +21,11 @@ from l2bridge.identity.keys import AllowList, Authorizer, HybridSigningKey
 from l2bridge.node.link import Link, connect, serve
 from l2bridge.protocol.handshake import ClientHandshake, ServerHandshake
 from l2bridge.protocol.session import SessionConfig
+from l2bridge.transport.admission import TokenVerifier
+from l2bridge.transport.credentials import CredentialTable
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.server import ServerSettings
-from l2bridge.transport.token import AccessKey, TokenVerifier
+from l2bridge.transport.token import MasterKey
 
 BATCH_FRAMES = 64
 BATCH_BYTES = 200 * 1024
@@ -69,8 +71,12 @@ async def rotate(link: Link, interval: float, stop: asyncio.Event) -> None:
 async def run(total: int, rotation: float, kind: str) -> dict[str, object]:
     exit_id, client_id = HybridSigningKey.generate(), HybridSigningKey.generate()
     authorizer = Authorizer(allow_list=AllowList().add(client_id.node_id, "bench"))
-    key = AccessKey.generate()
-    settings = ServerSettings(DecoySite.builtin(), "/ws", TokenVerifier(key, exit_id.node_id))
+    # Only bench/ and l2bridge are on the path here (bench/timing.py shadows the package).
+    master, table = MasterKey.generate(), CredentialTable()
+    _, credential = table.issue(master, exit_id.node_id, client_id.node_id, "bench", time.time())
+    settings = ServerSettings(
+        DecoySite.builtin(), "/ws", TokenVerifier(master, exit_id.node_id, table)
+    )
     done: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
 
     async def on_link(link: Link) -> None:
@@ -90,7 +96,7 @@ async def run(total: int, rotation: float, kind: str) -> dict[str, object]:
     link = await connect(
         f"ws://127.0.0.1:{port}/ws",
         ClientHandshake(client_id, pinned_node_id=exit_id.node_id),
-        access_key=key,
+        credential=credential,
         node_id=exit_id.node_id,
     )
     t_connect = time.perf_counter() - t0

@@ -52,6 +52,7 @@ from l2bridge.identity.keyfiles import (  # noqa: E402
 )
 from l2bridge.identity.keys import AdminKey, HybridSigningKey  # noqa: E402
 from lab import provision  # noqa: E402
+from lab.credlab import ExitCredentials, write_device  # noqa: E402
 
 PORT = 8443
 PROBES = 10
@@ -98,6 +99,9 @@ class Proc:
 def exit_config(directory: Path, name: str, identity: str, address: str, tcti: str | None) -> Path:
     doc = yaml.safe_load((directory / "exit.yaml").read_text())
     doc["keys"]["identity"] = identity
+    if name == "exit_b":
+        doc["endpoints"]["access_key_file"] = "exit_b.access.key"
+        doc["keys"]["credentials"] = "exit_b.credential-table.json"
     doc["keys"]["revocations"] = "revoked.list"
     doc["endpoints"]["listen"] = f"{address}:{PORT}"
     doc["endpoints"]["keepalive_interval"] = KEEPALIVE_S
@@ -176,6 +180,14 @@ def bench(args: argparse.Namespace, d: Path, lab: Lab) -> dict[str, Any]:
     prov = provision.provision(d, exit_host="10.88.1.2", clients=names, port=PORT)
     b_key = HybridSigningKey.generate()
     b_key.save(d / "exit_b.identity")
+    # Exit B has its own master key and table; every client gets a credential from it too.
+    b_creds = ExitCredentials(b_key.node_id)
+    for name in names:
+        device = HybridSigningKey.load(d / f"{name}.identity")
+        serial = load_certificate(d / f"{name}.cert").serial
+        write_device(d / f"{name}.credentials.json", b_creds.issue(device.node_id, name, serial))
+        device.wipe()
+    b_creds.write_exit(d / "exit_b.access.key", d / "exit_b.credential-table.json")
     save_revocations(prov.admin.sign_list((), 1), d / "revoked.list")
     ns = topology(lab)
     tpm = Swtpm(netns=ns["ea"].name).start()

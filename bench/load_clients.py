@@ -30,10 +30,12 @@ from l2bridge.client.pump import Backoff, Client
 from l2bridge.errors import L2BridgeError
 from l2bridge.identity.keyfiles import load_certificate
 from l2bridge.identity.keys import HybridSigningKey
+from l2bridge.node.credfiles import load_wallet
 from l2bridge.node.link import Link, connect
 from l2bridge.node.metrics import Metrics
 from l2bridge.protocol.handshake import ClientHandshake
-from l2bridge.transport.token import AccessKey
+from l2bridge.transport.credentials import CredentialWallet
+from l2bridge.transport.token import Credential
 
 ETHERTYPE = 0x88B5
 SINK_MAC = bytes.fromhex("025e00000001")
@@ -60,16 +62,21 @@ class Exit:
         self.node_id = bytes.fromhex(doc["node_id"])
 
 
+def _credential(directory: Path, name: str, exit_: Exit) -> Credential | None:
+    wallet: CredentialWallet = load_wallet(directory / f"{name}.credentials.json")
+    return wallet.for_exit(exit_.node_id)
+
+
 class LoadClient:
     """One client: its identity, TAP, pump, and the history of its links."""
 
-    def __init__(self, index: int, plan: dict[str, Any], exits: list[Exit], key: AccessKey):
+    def __init__(self, index: int, plan: dict[str, Any], exits: list[Exit]):
         directory = Path(plan["dir"])
         self.index = index
         self.identity = HybridSigningKey.load(directory / f"c{index}.identity")
         self.certificate = load_certificate(directory / f"c{index}.cert")
         self.exits = exits
-        self.key = key
+        self.credentials = load_wallet(directory / f"c{index}.credentials.json")
         self.keepalive, self.liveness = plan["keepalive_s"], plan["liveness_s"]
         self.following = 0
         self.tap = FakeTap(name=f"lc{index}")
@@ -92,7 +99,8 @@ class LoadClient:
             try:
                 async with asyncio.timeout(DIAL_TIMEOUT_S):
                     link = await connect(
-                        e.url, hs, access_key=self.key, node_id=e.node_id,
+                        e.url, hs, credential=self.credentials.for_exit(e.node_id),
+                        node_id=e.node_id,
                         keepalive_s=self.keepalive, liveness_s=self.liveness,
                     )  # fmt: skip
             except (OSError, TimeoutError, L2BridgeError):
@@ -139,7 +147,7 @@ async def generate(clients: list[LoadClient], rate: float, state: dict[str, Any]
                 c.tap.delivered()  # floods and the sink's announcements: not ours to keep
 
 
-async def probe(plan: dict[str, Any], exit_: Exit, count: int, attest: bool, key: AccessKey):
+async def probe(plan: dict[str, Any], exit_: Exit, count: int, attest: bool):
     """``count`` extra connects at once from spare identities; (ms each, outcomes)."""
     directory = Path(plan["dir"])
 
@@ -159,7 +167,10 @@ async def probe(plan: dict[str, Any], exit_: Exit, count: int, attest: bool, key
         start = time.monotonic()
         try:
             async with asyncio.timeout(20):
-                link = await connect(exit_.url, hs, access_key=key, node_id=exit_.node_id)
+                link = await connect(
+                    exit_.url, hs, credential=_credential(directory, f"p{n}", exit_),
+                    node_id=exit_.node_id,
+                )  # fmt: skip
         except L2BridgeError as exc:
             return (time.monotonic() - start) * 1000, type(exc).__name__
         except (OSError, TimeoutError) as exc:
@@ -171,13 +182,14 @@ async def probe(plan: dict[str, Any], exit_: Exit, count: int, attest: bool, key
     return await asyncio.gather(*(one(n) for n in range(count)))
 
 
-async def garbage(plan: dict[str, Any], exit_: Exit, key: AccessKey, seconds: float):
+async def garbage(plan: dict[str, Any], exit_: Exit, seconds: float):
     """A certified device that, once its tunnel is up, sends random records at line rate."""
     directory = Path(plan["dir"])
     identity = HybridSigningKey.load(directory / "p0.identity")
     cert = load_certificate(directory / "p0.cert")
     hs = ClientHandshake(identity, certificate=cert, pinned_node_id=exit_.node_id)
-    link = await connect(exit_.url, hs, access_key=key, node_id=exit_.node_id)
+    credential = _credential(directory, "p0", exit_)
+    link = await connect(exit_.url, hs, credential=credential, node_id=exit_.node_id)
     ws = link._ws  # the raw socket under the session: records nobody sealed
     blob = os.urandom(1 << 16)
     start, sent = time.monotonic(), 0
@@ -224,9 +236,8 @@ async def flood(exit_: Exit, count: int) -> dict[str, Any]:
 
 async def main(plan_path: str) -> None:
     plan = json.loads(Path(plan_path).read_text())
-    key = AccessKey.from_text((Path(plan["dir"]) / "access.key").read_text())
     exits = [Exit(e) for e in plan["exits"]]
-    clients = [LoadClient(i, plan, exits, key) for i in range(plan["clients"])]
+    clients = [LoadClient(i, plan, exits) for i in range(plan["clients"])]
     stop = asyncio.Event()
     state: dict[str, Any] = {"phase": 0, "sent": {}}
     start = time.monotonic()
@@ -255,7 +266,7 @@ async def main(plan_path: str) -> None:
                 sent = {str(k): v for k, v in state["sent"].items()}
                 emit(event="counts", sent=sent, link_down_drops=down)
             elif cmd == "probe":
-                results = await probe(plan, exits[int(line[1])], int(line[2]), line[3] == "1", key)
+                results = await probe(plan, exits[int(line[1])], int(line[2]), line[3] == "1")
                 emit(event="probe", ms=[round(ms, 1) for ms, _ in results],
                      outcomes=sorted(o for _, o in results))  # fmt: skip
             elif cmd == "mark":
@@ -292,7 +303,7 @@ async def main(plan_path: str) -> None:
             elif cmd == "flood":
                 emit(event="flood", **await flood(exits[int(line[1])], int(line[2])))
             elif cmd == "garbage":
-                emit(event="garbage", **await garbage(plan, exits[int(line[1])], key, 2.0))
+                emit(event="garbage", **await garbage(plan, exits[int(line[1])], 2.0))
             elif cmd == "quit":
                 break
     finally:

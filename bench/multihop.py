@@ -45,7 +45,7 @@ from hardware import netns
 from hardware.netns import Lab
 from l2bridge.client.circuit import CircuitLink, build
 from lab import topology
-from lab.circuitlab import RelayExit, dialer, fake_checker, hop_of, start_exits, token_for
+from lab.circuitlab import RelayExit, dialer, fake_checker, hop_of, start_exits
 
 A, B = bytes.fromhex("02000000000a"), bytes.fromhex("02000000000b")
 FRAME = 1514
@@ -63,7 +63,7 @@ def pct(samples: list[float], p: float) -> float:
 
 
 async def circuit(exits: list[RelayExit]) -> CircuitLink:
-    return await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for)
+    return await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
 
 
 async def throughput(cl: CircuitLink, tail: RelayExit, megabytes: int) -> float:

@@ -4,7 +4,8 @@
 ``ExitManagement`` answers the status listener's management paths on the exit's loop:
 list peers, disconnect one, install a new signed revocation list (verified against the
 exit's admin keys, newer than the one on disk, written atomically to ``keys.revocations``,
-and every tunnel of a now-revoked certificate ended with the "revoked" close), reload.
+every tunnel of a now-revoked certificate ended with the "revoked" close, and the
+credentials issued against it marked revoked in ``keys.credentials``), reload.
 
 The exit never holds the admin key: ``shadowmesh peers revoke`` signs the list where the
 admin key is and sends it here.
@@ -131,12 +132,15 @@ class ExitManagement:
         *,
         attestation_age: Callable[[], float | None] = lambda: None,
         reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        cancel_credentials: Callable[[frozenset[bytes]], list[str]] = lambda _serials: [],
     ) -> None:
         self.table = table
         self.authorizer = authorizer
         self.revocations = revocations
         self._attestation_age = attestation_age
         self._reload = reload
+        # Marks revoked (and saves) the credentials issued against these certificates.
+        self._cancel_credentials = cancel_credentials
         self._lock = asyncio.Lock()
 
     async def peers(self) -> list[dict[str, Any]]:
@@ -171,13 +175,15 @@ class ExitManagement:
                 raise ManagementError("not signed by an admin key this exit trusts", 403) from None
             save_revocations(new, path)
             revoked = new.revoked()
+            cancelled = self._cancel_credentials(revoked)
             ended = self.table.with_serials(revoked)
             await asyncio.gather(*(p.link.close(revoked=True) for p in ended))
         names = sorted({p.name for p in ended})
         audit("revocations_installed", sequence=new.sequence, revoked=len(revoked), ended=names)
         log.warning("revocation list #%d installed by the operator; ended: %s", new.sequence,
                     ", ".join(names) or "none")  # fmt: skip
-        return {"sequence": new.sequence, "revoked": len(revoked), "disconnected": names}
+        return {"sequence": new.sequence, "revoked": len(revoked), "disconnected": names,
+                "credentials_cancelled": sorted(set(cancelled))}  # fmt: skip
 
     @staticmethod
     def _current(path: Path) -> RevocationList | None:

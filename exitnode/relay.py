@@ -11,9 +11,11 @@ Per circuit this hop
 * answers the CREATE (evidence + signatures, in a worker thread: the TPM quote takes time);
 * at the tail, on EXTEND: when the exit knows the registry, checks that the endpoint is the
   one listed for that nodeId (no connections to hosts a client names); opens a link to the
-  next hop over the ordinary transport (the token the client minted for it, our identity and
-  ``keys.relay_certificate`` for its Authorizer, its nodeId pinned), sends the CREATE and
-  returns the CREATED as EXTENDED; on failure EXTEND_FAILED, and we stay the tail;
+  next hop over the ordinary transport (a token minted from this exit's OWN credential for
+  that hop, ``endpoints.credential_file``: the client sends none, so the next hop never sees
+  a token that names the client; our identity and ``keys.relay_certificate`` for its
+  Authorizer, its nodeId pinned; no credential for that hop: EXTEND_FAILED refused), sends
+  the CREATE and returns the CREATED as EXTENDED; on failure EXTEND_FAILED, and we stay the tail;
 * relays cells both ways through bounded per-circuit queues: a full queue drops the cell
   and counts it (``circuit_queue_full``), it never buffers without limit;
 * at the tail, switches the innermost frames into its L2 segment as one switchboard port
@@ -62,7 +64,10 @@ from l2bridge.protocol.cells import (
 from l2bridge.protocol.circuit import RelayCircuit
 from l2bridge.protocol.handshake import ClientHandshake, EvidenceProvider
 from l2bridge.protocol.session import SessionConfig
+from l2bridge.transport.constants import DEFAULT_TOKEN_WINDOW_S
+from l2bridge.transport.credentials import CredentialWallet
 from l2bridge.transport.errors import TransportClosed
+from l2bridge.transport.token import Credential
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +228,13 @@ class Relay:
         clock: Callable[[], float] = time.time,
         decide_s: float = constants.RELAY_DECIDE_S,
         endpoint_of: Callable[[bytes], str | None] | None = None,
+        credentials: CredentialWallet | None = None,
+        token_window: int = DEFAULT_TOKEN_WINDOW_S,
     ) -> None:
         self.identity = identity
+        # This exit's credentials for the hops it extends to (endpoints.credential_file).
+        self.credentials = credentials if credentials is not None else CredentialWallet()
+        self.token_window = token_window
         self.metrics = metrics
         self.mode = mode
         self.backend = backend
@@ -398,6 +408,13 @@ class Relay:
     # -- extending -------------------------------------------------------------------------
 
     async def _extend(self, hop: _Hop, request: Extend) -> None:
+        credential = self.credentials.for_exit(request.node_id)
+        if credential is None:
+            self.metrics.counters.drop("extend_no_credential")
+            if not hop.closed:
+                bodies = hop.circuit.extend_failed(ExtendFailure.REFUSED)
+                hop.to_prev.put([encode_cell(CellKind.RELAY, hop.prev_id, b) for b in bodies])
+            return
         if self.endpoint_of is not None:
             try:
                 listed = await asyncio.to_thread(self.endpoint_of, request.node_id)
@@ -412,7 +429,7 @@ class Relay:
                 return
         try:
             async with asyncio.timeout(constants.EXTEND_TIMEOUT_S):
-                created = await self._open_next(hop, request)
+                created = await self._open_next(hop, request, credential)
         except (OSError, TimeoutError, L2BridgeError) as exc:
             log.info("extend to %s failed: %s", request.node_id.hex()[:16], type(exc).__name__)
             self._drop_next(hop)
@@ -425,7 +442,7 @@ class Relay:
         bodies = hop.circuit.extended_by(created)
         hop.to_prev.put([encode_cell(CellKind.RELAY, hop.prev_id, b) for b in bodies])
 
-    async def _open_next(self, hop: _Hop, request: Extend) -> bytes:
+    async def _open_next(self, hop: _Hop, request: Extend, credential: Credential) -> bytes:
         handshake = ClientHandshake(
             self.identity,
             certificate=self.certificate,
@@ -437,9 +454,9 @@ class Relay:
         nxt = await tunnel.connect(
             request.endpoint,
             handshake,
-            access_key=None,
+            credential=credential,
             node_id=request.node_id,
-            token=request.token,
+            token_window=self.token_window,
             clock=self.clock,
         )
         if hop.closed:

@@ -41,21 +41,30 @@ from l2bridge.constants import Mode
 from l2bridge.crypto.pq import get_backend
 from l2bridge.errors import AuthenticationFailed, BackendUnavailable, KeyFileError, L2BridgeError
 from l2bridge.identity import keyfiles
-from l2bridge.identity.keys import Authorizer, HybridSigningKey, load_public, read_private_file
+from l2bridge.identity.keys import Authorizer, HybridSigningKey, load_public
 from l2bridge.node import link as tunnel
 from l2bridge.node.audit import audit
 from l2bridge.node.config import Config, load_config, naming
 from l2bridge.node.cover import obfuscation_settings
+from l2bridge.node.credfiles import (
+    load_master_key,
+    load_table,
+    load_wallet,
+    save_table,
+    stamp,
+)
 from l2bridge.node.health import components
 from l2bridge.node.metrics import Metrics
 from l2bridge.node.status import StatusServer, read_token
 from l2bridge.protocol.handshake import EvidenceProvider, ServerHandshake
 from l2bridge.protocol.helloguard import HelloGuard
 from l2bridge.protocol.session import SessionConfig
+from l2bridge.transport.admission import REASONS, TokenVerifier
+from l2bridge.transport.credentials import CredentialTable, CredentialWallet
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.server import ServerSettings, screening_summary
 from l2bridge.transport.tls import TlsError, server_context
-from l2bridge.transport.token import AccessKey, TokenVerifier
+from l2bridge.transport.token import MasterKey
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +128,34 @@ def load_fallback(config: Config) -> tuple[str, int] | None:
     return ep.fallback
 
 
-def load_access_key(path: Path | None) -> AccessKey:
+def load_access_key(path: Path | None) -> MasterKey:
+    """The exit's master key (endpoints.access_key_file)."""
     if path is None:
-        raise ExitConfigError("endpoints.access_key_file: required")
+        raise ExitConfigError("endpoints.access_key_file: required (the exit's master key)")
     try:
         # A secret like the identity: refused when group or others may read it.
-        return AccessKey.from_text(read_private_file(path))
+        return load_master_key(path)
     except L2BridgeError as exc:
         raise ExitConfigError(f"endpoints.access_key_file: {exc}") from None
+
+
+def load_credentials(path: Path | None) -> CredentialTable:
+    """The credential table (keys.credentials); a missing file is an empty table."""
+    if path is None:
+        raise ExitConfigError(
+            "keys.credentials: required (the credential table that "
+            "'shadowmesh credentials issue' writes)"
+        )
+    try:
+        return load_table(path)
+    except L2BridgeError as exc:
+        raise ExitConfigError(f"keys.credentials: {exc}") from None
+
+
+def _device_refused_at_the_gate(name: str, reason: str) -> None:
+    # A genuine token of a known device (its MAC verified), at most once a minute per device.
+    log.warning("device %s refused at the front door: %s (answered as a web server)", name, reason)
+    audit("tunnel_refused", device=name, reason=reason)
 
 
 def raise_open_files_limit() -> None:
@@ -168,7 +197,19 @@ class ExitNode:
         )
         # Admitted tunnels, re-authorised after every list reload and periodically.
         self.sessions = LiveSessions(config.security.reauth_interval)
-        access_key = load_access_key(ep.access_key_file)
+        self.master_key = load_access_key(ep.access_key_file)
+        self._table_stamp = stamp(config.keys.credentials) if config.keys.credentials else None
+        self._credential_gone: set[bytes] = set()  # devices whose last credential was revoked
+        self.verifier = TokenVerifier(
+            self.master_key,
+            self.identity.node_id,
+            load_credentials(config.keys.credentials),
+            window_s=int(ep.token_window),
+            revoked_serials=self.authorizer.revoked_serials,
+            per_device=ep.handshakes_per_device,
+            per_source=ep.handshakes_per_source,
+            on_device_refused=_device_refused_at_the_gate,
+        )
         self.tls = load_tls(config)
         site = (
             DecoySite.from_directory(ep.decoy_dir, server=ep.server_header, gzip=ep.decoy_gzip)
@@ -178,9 +219,7 @@ class ExitNode:
         self.settings = ServerSettings(
             site=site,
             ws_path=ep.path,
-            verifier=TokenVerifier(
-                access_key, self.identity.node_id, window_s=int(ep.token_window)
-            ),
+            verifier=self.verifier,
             header_timeout=ep.header_timeout,
             keepalive_timeout=ep.keepalive_timeout,
             send_timeout=ep.send_timeout,
@@ -208,6 +247,11 @@ class ExitNode:
         self.metrics.set_info(
             node_id=self.identity.node_id.hex(), listen=f"{ep.listen[0]}:{ep.listen[1]}"
         )
+        for reason in REASONS:  # tokens refused at the gate, by reason (never told)
+            self.metrics.set_gauge(
+                "tokens_refused_" + reason.replace(" ", "_"), self._refused_count(reason)
+            )
+        self.metrics.set_gauge("credentials", lambda: float(len(self.verifier.table)))
         self.board: Switchboard | None = None
         self.peers = PeerTable()
         self.relay: Relay | None = None  # endpoints.relay: built in run() beside the board
@@ -217,6 +261,13 @@ class ExitNode:
                 self.relay_certificate = keyfiles.load_certificate(config.keys.relay_certificate)
             except L2BridgeError as exc:
                 raise ExitConfigError(f"keys.relay_certificate: {exc}") from None
+        # endpoints.relay: this exit's own credentials for the hops it extends circuits to.
+        self.relay_credentials: CredentialWallet | None = None
+        if ep.credential_file is not None:
+            try:
+                self.relay_credentials = load_wallet(ep.credential_file)
+            except L2BridgeError as exc:
+                raise ExitConfigError(f"endpoints.credential_file: {exc}") from None
         self.listening = asyncio.Event()
         # How connections to the tunnel port were screened (counts by kind, for status).
         self.screening = screening_summary()
@@ -231,7 +282,66 @@ class ExitNode:
             "listening": self.listening.is_set(),
             "devices": len(self.board.clients) if self.board is not None else 0,
             "screened": dict(self.screening.total),
+            "tokens_refused": {k: n for k, n in self.verifier.rejected.items() if n},
         }
+
+    def _refused_count(self, reason: str) -> Callable[[], float]:
+        return lambda: float(self.verifier.rejected[reason])
+
+    def reload_credentials(self) -> bool:
+        """Re-read keys.credentials when the file changed; a broken file keeps the table
+        in use (logged). Returns whether a new table was installed."""
+        path = self.config.keys.credentials
+        if path is None:
+            return False
+        now = stamp(path)
+        if now == self._table_stamp:
+            return False
+        try:
+            table = load_table(path)
+        except L2BridgeError as exc:
+            log.error("keys.credentials: %s; the previous table stays in use", exc)
+            return False
+        self._table_stamp = now
+        old, self.verifier.table = self.verifier.table, table
+        log.info("keys.credentials reloaded: %d credential(s)", len(table))
+        live = {e.device for e in table if not e.revoked}
+        self._credential_gone |= {e.device for e in old if not e.revoked} - live
+        return True
+
+    async def _end_tunnels_without_credential(self) -> list[str]:
+        """End (as revoked) the tunnels of devices whose last credential was revoked."""
+        gone, self._credential_gone = self._credential_gone, set()
+        ended = [p for p in self.peers if p.authorization.device_id in gone]
+        for peer in ended:
+            log.warning("device %s: its credential was revoked; tunnel ended", peer.name)
+            audit("device_disconnected", device=peer.name, by="credential revoked")
+        await asyncio.gather(*(p.link.close(revoked=True) for p in ended))
+        return sorted({p.name for p in ended})
+
+    def cancel_credentials(self, serials: frozenset[bytes]) -> list[str]:
+        """Mark revoked the credentials issued against these certificates and save the
+        table (the gate already refuses them through the live revocation list)."""
+        # Whatever `shadowmesh credentials` wrote meanwhile first, or saving would drop it.
+        self.reload_credentials()
+        names = self.verifier.table.revoke_serials(serials)
+        path = self.config.keys.credentials
+        if names and path is not None:
+            try:
+                save_table(self.verifier.table, path)
+                self._table_stamp = stamp(path)
+            except OSError as exc:
+                log.error("keys.credentials: cannot save (%s)", type(exc).__name__)
+        return names
+
+    async def _watch_credentials(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.options.revocation_poll_s)
+                return
+            self.reload_credentials()
+            if self._credential_gone:
+                await self._end_tunnels_without_credential()
 
     def tpm_health(self) -> dict[str, object] | None:
         """``ExitLifecycle.health()`` when this exit attests, else None."""
@@ -251,7 +361,7 @@ class ExitNode:
         api = ExitManagement(
             self.peers, self.authorizer, self.config.keys.revocations,
             attestation_age=self._evidence_age,
-            reload=self.reload,
+            reload=self.reload, cancel_credentials=self.cancel_credentials,
         )  # fmt: skip
         atomic = bool(self.config.atomic_time.enabled)
         return StatusServer(
@@ -318,7 +428,11 @@ class ExitNode:
         config file known, logging.level and the ``devices`` policies (a connected device
         whose policy changed has its tunnel ended: it comes back under the new one)."""
         changed = self.revocations.check()
-        out: dict[str, Any] = {"revocation_lists_reloaded": changed}
+        out: dict[str, Any] = {
+            "revocation_lists_reloaded": changed,
+            "credentials_reloaded": self.reload_credentials(),
+            "credential_revoked": await self._end_tunnels_without_credential(),
+        }
         path = self.options.config_path
         if path is not None:
             with naming(str(path)):
@@ -380,6 +494,15 @@ class ExitNode:
         auth = link.session.authorization
         if auth is None:
             return
+        admission = link.admission
+        if admission is None or admission.device != auth.device_id:
+            # The token was minted from another device's credential: a stolen or shared
+            # credential does not let one device in as another.
+            who = auth.name or auth.device_id.hex()[:16]
+            log.warning("tunnel refused: %s presented the credential of another device", who)
+            audit("tunnel_refused", device=who, reason="credential of another device",
+                  address=link.remote_address)  # fmt: skip
+            return
         log.info("device %s (%s) connected", auth.name, auth.device_id.hex()[:16])
         name = auth.name or auth.device_id.hex()[:16]
         if self.attested is not None:
@@ -436,6 +559,8 @@ class ExitNode:
                     certificate=self.relay_certificate, session_config=self.session_config,
                     board=self.board, policy=self.default_policy, clock=self.clock,
                     endpoint_of=registry_endpoints(self.config),
+                    credentials=self.relay_credentials,
+                    token_window=int(ep.token_window),
                 )  # fmt: skip
             with naming(f"endpoints.listen ({ep.listen[0]}:{ep.listen[1]})"):
                 server = await tunnel.serve(
@@ -463,6 +588,7 @@ class ExitNode:
                 self.board.run(stop),
                 self.revocations.run(stop, self.sessions, self.clock),
                 self._watch_hours(stop),
+                self._watch_credentials(stop),
             ]
             if self.attested is not None:
                 jobs.append(self.attested.run(stop))

@@ -44,15 +44,17 @@ from l2bridge.client.selection import Candidate, SelectionPolicy
 from l2bridge.constants import Mode
 from l2bridge.identity.keys import AllowList, Authorizer, HybridSigningKey
 from l2bridge.node import link as tunnel
+from l2bridge.node.credfiles import load_master_key, load_table, load_wallet
 from l2bridge.node.metrics import Metrics
 from l2bridge.protocol.handshake import ClientHandshake, EvidenceProvider, ServerHandshake
+from l2bridge.transport.credentials import CredentialWallet
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.server import ServerSettings
-from l2bridge.transport.token import AccessKey, TokenVerifier, mint_token
+from lab.credlab import LAB_EXITS, ExitCredentials, LabWallet, lab_exit, write_device
 
-ACCESS = AccessKey.generate()
 CLIENT = HybridSigningKey.generate()
 ANY = PortPolicy(vlans=None)
+CLIENT_WALLET = LabWallet(CLIENT.node_id, "client")
 
 
 def fake_provider(nonce: bytes, node_id: bytes) -> bytes:
@@ -70,7 +72,8 @@ class RelayExit:
     allow: AllowList
     provider: EvidenceProvider | None = fake_provider
     mode: Mode = Mode.HYBRID
-    access: AccessKey = ACCESS
+    creds: ExitCredentials | None = None  # this exit's master key and table
+    wallet: CredentialWallet | None = None  # its own credentials for the hops it extends to
     url: str = ""
     metrics: Metrics = field(default_factory=lambda: Metrics("exit"))
     tap: FrameDevice = field(default_factory=FakeTap)
@@ -84,9 +87,13 @@ class RelayExit:
 
     async def start(self, port: int = 0) -> RelayExit:
         board = Switchboard(Switch(), self.metrics, local=self.tap)
+        if self.creds is None:
+            self.creds = lab_exit(self.node_id)
+        if self.wallet is None:
+            self.wallet = LabWallet(self.node_id, "relay")
         self.relay = Relay(
             self.identity, self.metrics, mode=self.mode, board=board, policy=ANY,
-            evidence_provider=self.provider, decide_s=0.5,
+            evidence_provider=self.provider, decide_s=0.5, credentials=self.wallet,
         )  # fmt: skip
         self._stop = asyncio.Event()
         self._board_task = asyncio.ensure_future(board.run(self._stop))
@@ -99,7 +106,7 @@ class RelayExit:
                 await board.serve_link(port_link, "device", ANY)
 
         settings = ServerSettings(
-            DecoySite.builtin(), "/ws", TokenVerifier(self.access, self.node_id), header_timeout=2.0
+            DecoySite.builtin(), "/ws", self.creds.verifier(), header_timeout=2.0
         )
         self.server = await tunnel.serve(
             on_link,
@@ -153,15 +160,12 @@ def hop_of(x: RelayExit, operator: str = "") -> Hop:
 def dialer(mode: Mode = Mode.HYBRID) -> Callable[[Hop], object]:
     async def dial(hop: Hop) -> tunnel.Link:
         hs = ClientHandshake(CLIENT, mode=mode, pinned_node_id=hop.candidate.node_id)
+        node = hop.candidate.node_id
         return await tunnel.connect(
-            hop.candidate.endpoint, hs, access_key=ACCESS, node_id=hop.candidate.node_id
+            hop.candidate.endpoint, hs, credential=CLIENT_WALLET.for_exit(node), node_id=node
         )
 
     return dial
-
-
-def token_for(hop: Hop) -> str:
-    return mint_token(ACCESS, hop.candidate.node_id, time.time())
 
 
 # -- a registry and a circuit builder for the lab (no chain, no TPM) ------------------------
@@ -237,7 +241,7 @@ def lab_builder(
 ) -> LabBuilder:
     settings = DialSettings(
         identity=CLIENT,
-        access_key=ACCESS,
+        credentials=CLIENT_WALLET,
         policy=GoldenPolicy(BootPolicy((), ()), RuntimePolicy({}, ())),
     )
     return LabBuilder(
@@ -342,17 +346,23 @@ async def _scenario(args: argparse.Namespace) -> None:
 
 
 async def _child(args: argparse.Namespace) -> None:
-    """One relaying exit in its own process (``--processes``): key, access key and
-    allow-list from ``--dir``; prints ``{"url": ...}`` once serving; SIGTERM stops it."""
+    """One relaying exit in its own process (``--processes``): key, master key, credential
+    table, its relay credentials and allow-list from ``--dir``; prints ``{"url": ...}``
+    once serving; SIGTERM stops it."""
     base = Path(args.dir)
     identity = HybridSigningKey.load(base / f"exit{args.index}.identity")
     allow = AllowList()
     for i, line in enumerate((base / "allow.txt").read_text().split()):
         allow = allow.add(bytes.fromhex(line), f"peer-{i}")
-    access = AccessKey.from_text((base / "access.key").read_text())
+    name = f"exit{args.index}"
+    creds = ExitCredentials(
+        identity.node_id, load_master_key(base / f"{name}.access.key"),
+        load_table(base / f"{name}.credential-table.json"),
+    )  # fmt: skip
+    wallet = load_wallet(base / f"{name}.credentials.json")
     tap = open_tap(TapConfig(name=f"smx{args.index}", mtu=args.mtu, offload=args.offload))
     netns.attach(None, tap.name, args.exit_bridge)
-    x = RelayExit(identity, allow, access=access)
+    x = RelayExit(identity, allow, creds=creds, wallet=wallet)
     x.tap.close()
     x.tap = tap
     await x.start()
@@ -370,10 +380,19 @@ async def _scenario_processes(args: argparse.Namespace) -> None:
     kills the middle hop's process outright (SIGKILL, as a crash)."""
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        (base / "access.key").write_text(ACCESS.to_text())
         keys = [HybridSigningKey.generate() for _ in range(args.exits)]
         for i, k in enumerate(keys):
             k.save(base / f"exit{i}.identity")
+            LAB_EXITS[k.node_id] = ExitCredentials(k.node_id)
+        for i, k in enumerate(keys):
+            CLIENT_WALLET.for_exit(k.node_id)  # issued before the tables are written
+            write_device(base / f"exit{i}.credentials.json", *(
+                LAB_EXITS[o.node_id].issue(k.node_id, f"relay-{i}") for o in keys if o is not k
+            ))  # fmt: skip
+        for i, k in enumerate(keys):
+            LAB_EXITS[k.node_id].write_exit(
+                base / f"exit{i}.access.key", base / f"exit{i}.credential-table.json"
+            )
         ids = [CLIENT.node_id] + [k.node_id for k in keys]
         (base / "allow.txt").write_text("\n".join(n.hex() for n in ids))
         children = []

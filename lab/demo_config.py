@@ -1,7 +1,8 @@
 """Keys and configuration files for the full demo's two exits and two clients.
 
-``make_keys`` writes the organisation's admin key, the shared access key, one identity per
-exit and one certified identity per client. ``exit_config`` / ``client_config`` then write
+``make_keys`` writes the organisation's admin key, one identity, master key and credential
+table per exit, and one certified identity per client with its own credential for every
+exit (registry mode may pick either). ``exit_config`` / ``client_config`` then write
 ready-to-run YAML once the chain's address is known: attestation required on the exits
 (TPM by TCTI, registry upkeep every ``upkeep_s``, registration with the enroller's
 voucher), registry mode on the clients (exit chosen from the chain, evidence checked
@@ -20,8 +21,7 @@ import yaml
 
 from l2bridge.identity.keyfiles import save_certificate
 from l2bridge.identity.keys import KIND_ADMIN, AdminKey, HybridSigningKey, save_public
-from l2bridge.identity.keys import write_private_file as _write_private
-from l2bridge.transport.token import AccessKey
+from lab.credlab import ExitCredentials, write_device
 from lab.imaharness import EVENT_LOG, IMA_LIST
 
 EXIT_PORT = 8443
@@ -51,19 +51,24 @@ def make_keys(directory: Path, exits: tuple[str, ...], clients: tuple[str, ...])
     admin = AdminKey(HybridSigningKey.generate())
     admin.key.save(directory / "admin.key", kind=KIND_ADMIN)
     save_public(admin.public, directory / "admin.pub")
-    _write_private(directory / "access.key", AccessKey.generate().to_text() + "\n")
     ids: dict[str, bytes] = {}
     for name in exits:
         key = HybridSigningKey.generate()
         key.save(directory / f"{name}.identity")
         ids[name] = key.node_id
         key.wipe()
+    tables = {name: ExitCredentials(node) for name, node in ids.items()}
     for name in clients:
         key = HybridSigningKey.generate()
         key.save(directory / f"{name}.identity")
         cert = admin.issue(key.public, name, "demo", now - 60, now + CERT_LIFETIME_S)
         save_certificate(cert, directory / f"{name}.cert")
+        issued = [t.issue(key.node_id, name, cert.serial) for t in tables.values()]
+        write_device(directory / f"{name}.credentials.json", *issued)
         key.wipe()
+    for name, table in tables.items():
+        table_file = directory / f"{name}.credential-table.json"
+        table.write_exit(directory / f"{name}.access.key", table_file)
     admin.key.wipe()
     return Keys(directory, ids, clients)
 
@@ -116,9 +121,13 @@ def exit_config(
             "endpoints": {
                 "listen": f"{listen_ip}:{EXIT_PORT}",
                 "path": PATH,
-                "access_key_file": "access.key",
+                "access_key_file": f"{name}.access.key",
             },
-            "keys": {"identity": f"{name}.identity", "admin_public": "admin.pub"},
+            "keys": {
+                "identity": f"{name}.identity",
+                "admin_public": "admin.pub",
+                "credentials": f"{name}.credential-table.json",
+            },
             "tpm": tpm,
             "chain": {
                 "rpc_url": rpc_url,
@@ -152,7 +161,7 @@ def client_config(
     doc.update(
         {
             "security": {"key_rotation_interval": timers.rotation_s, "post_quantum_mode": "hybrid"},
-            "endpoints": {"path": PATH, "access_key_file": "access.key"},
+            "endpoints": {"path": PATH, "credential_file": f"{name}.credentials.json"},
             "keys": {"identity": f"{name}.identity", "certificate": f"{name}.cert"},
             "tpm": {"golden_policy": str(golden_policy)},
             "chain": {

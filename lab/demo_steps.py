@@ -203,7 +203,10 @@ def step_keys(w: World) -> str:
             clock_device=w.clocks[site.name], timers=timers, mtu=w.settings.mtu,
             offload=offload,
         )  # fmt: skip
-    return "admin key, access key, 2 exit identities, 2 client certificates, node configs"
+    return (
+        "admin key, 2 exit identities with master keys, 2 client certificates with "
+        "credentials, node configs"
+    )
 
 
 def state_dir(w: World, name: str) -> Path:

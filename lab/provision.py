@@ -1,7 +1,9 @@
 """Keys and configuration files for a lab exit and its clients (demo, tests, benchmark).
 
-``provision(dir, ...)`` makes an organisation admin key, the exit's identity and access
-key, and one certified identity per client, then writes ready-to-run YAML files for
+``provision(dir, ...)`` makes an organisation admin key, the exit's identity, master key
+(``access.key``) and credential table (``credentials.json``), and one identity per client
+(certified unless left out of ``certify``) with its own credential
+(``<client>.credentials.json``), then writes ready-to-run YAML files for
 ``shadowmesh exit`` and ``shadowmesh client``. Private files are created mode 0600.
 """
 
@@ -15,8 +17,7 @@ import yaml
 
 from l2bridge.identity.keyfiles import save_certificate
 from l2bridge.identity.keys import KIND_ADMIN, AdminKey, HybridSigningKey, save_public
-from l2bridge.identity.keys import write_private_file as _write_private
-from l2bridge.transport.token import AccessKey
+from lab.credlab import ExitCredentials, write_device
 
 EXIT_PORT = 8443
 CERT_LIFETIME_S = 7 * 86400
@@ -57,7 +58,7 @@ def provision(
     save_public(admin.public, directory / "admin.pub")
     exit_key = HybridSigningKey.generate()
     exit_key.save(directory / "exit.identity")
-    _write_private(directory / "access.key", AccessKey.generate().to_text() + "\n")
+    creds = ExitCredentials(exit_key.node_id)
     security = {"key_rotation_interval": rotation, "post_quantum_mode": mode}
     exit_cfg = {
         "version": "1.0",
@@ -67,8 +68,15 @@ def provision(
             "listen": f"{exit_host}:{port}",
             "path": "/ws",
             "access_key_file": "access.key",
+            # Lab clients reconnect often, all from one address.
+            "handshakes_per_device": 1000,
+            "handshakes_per_source": 100_000,
         },
-        "keys": {"identity": "exit.identity", "admin_public": "admin.pub"},
+        "keys": {
+            "identity": "exit.identity",
+            "admin_public": "admin.pub",
+            "credentials": "credentials.json",
+        },
         "status": {"listen": "127.0.0.1:9470"},
         "logging": {"level": "info"},
     }
@@ -79,10 +87,15 @@ def provision(
         key = HybridSigningKey.generate()
         key.save(directory / f"{name}.identity")
         keys = {"identity": f"{name}.identity"}
+        serial = None
         if certify is None or name in certify:
             cert = admin.issue(key.public, name, "lab", now - 60, now + CERT_LIFETIME_S)
             save_certificate(cert, directory / f"{name}.cert")
             keys["certificate"] = f"{name}.cert"
+            serial = cert.serial
+        # Every client passes the gate; the handshake decides (certificate or not).
+        write_device(directory / f"{name}.credentials.json",
+                     creds.issue(key.node_id, name, serial))  # fmt: skip
         key.wipe()
         cfg = {
             "version": "1.0",
@@ -90,7 +103,7 @@ def provision(
             "network": _network("smc0", bridge, mtu, offload),
             "endpoints": {
                 "connect": f"ws://{exit_host}:{port}/ws",
-                "access_key_file": "access.key",
+                "credential_file": f"{name}.credentials.json",
                 "exit_node_id": exit_key.node_id.hex(),
             },
             "keys": keys,
@@ -100,6 +113,7 @@ def provision(
         path = directory / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         client_paths[name] = path
+    creds.write_exit(directory / "access.key", directory / "credentials.json")
     node_id = exit_key.node_id
     exit_key.wipe()
     return Lab(exit_path, client_paths, node_id, admin, directory)

@@ -55,7 +55,6 @@ from l2bridge.protocol.handshake import ClientHandshake, EvidenceChecker
 from l2bridge.protocol.records import Buffer
 from l2bridge.protocol.session import Session
 from l2bridge.transport.errors import TransportClosed
-from l2bridge.transport.token import mint_token
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +111,22 @@ def choose_hops(
     count: int,
     *,
     skip: Iterable[bytes] = (),
+    first_of: frozenset[bytes] | None = None,
 ) -> list[Hop] | None:
     """The first ``count`` candidates (in ranking order) with distinct nodeIds, operators
-    and known regions; None when the registry has too few such nodes."""
+    and known regions; None when the registry has too few such nodes.
+
+    ``first_of``: hop 1 must be one of these (the exits this client holds a credential
+    for: it dials hop 1 itself; every later hop is dialled by the hop before it)."""
     chosen: list[Hop] = []
     nodes: set[bytes] = set(skip)
     ops: set[str] = set()
     seen_regions: set[str] = set()
+    if first_of is not None:
+        eligible = [c for c in order if c.node_id in first_of and c.node_id not in nodes]
+        if not eligible:
+            return None
+        order = [eligible[0]] + [c for c in order if c is not eligible[0]]
     for cand in order:
         operator = operators.get(cand.node_id, "").lower()
         region = regions.get(cand.node_id)
@@ -256,7 +264,6 @@ async def build(
     hops: Sequence[Hop],
     dial_first: Callable[[Hop], Any],
     checker_for: Callable[[Hop], EvidenceChecker | None],
-    token_for: Callable[[Hop], str],
     *,
     mode: Mode = Mode.HYBRID,
     backend: Backend | None = None,
@@ -279,7 +286,7 @@ async def build(
         await cl.add(circuit.first_hop(node, checker_for(first)), node)
         for hop in hops[1:]:
             node = hop.candidate.node_id
-            cells = circuit.extend(node, hop.candidate.endpoint, token_for(hop), checker_for(hop))
+            cells = circuit.extend(node, hop.candidate.endpoint, checker_for(hop))
             await cl.add(cells, node)
     except BaseException:
         await cl.close()
@@ -348,12 +355,6 @@ class CircuitBuilder:
         self.checkers[hop.candidate.node_id] = checker
         return checker
 
-    def _token(self, hop: Hop) -> str:
-        s = self.settings
-        return mint_token(
-            s.access_key, hop.candidate.node_id, self._clock(), window_s=s.token_window
-        )
-
     async def _dial(self, hop: Hop) -> tunnel.Link:
         s = self.settings
         cand = hop.candidate
@@ -363,7 +364,8 @@ class CircuitBuilder:
         )  # fmt: skip
         async with asyncio.timeout(self._dial_timeout):
             return await tunnel.connect(
-                cand.endpoint, handshake, access_key=s.access_key, node_id=cand.node_id,
+                cand.endpoint, handshake, credential=s.credentials.for_exit(cand.node_id),
+                node_id=cand.node_id,
                 token_window=s.token_window, clock=self._clock,
                 ssl=s.tls if cand.endpoint.startswith("wss:") else None, cover=s.cover,
             )  # fmt: skip
@@ -382,12 +384,15 @@ class CircuitBuilder:
             order = [
                 c for c in ranking.order if not self.refusals.cooling(c.node_id, self._clock())
             ]
-            path = choose_hops(order, operators, self.regions, self.hops)
+            path = choose_hops(
+                order, operators, self.regions, self.hops,
+                first_of=self.settings.credentials.exits(),
+            )  # fmt: skip
             if path is None:
                 break
             try:
                 cl = await build(
-                    path, self._dial, self._checker, self._token,
+                    path, self._dial, self._checker,
                     mode=self.settings.mode, backend=self.settings.backend, clock=self._clock,
                 )  # fmt: skip
             except HopFailed as exc:

@@ -63,7 +63,8 @@ from l2bridge.node.metrics import Metrics
 from l2bridge.protocol.handshake import ClientHandshake
 from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.client import open_transport
-from l2bridge.transport.token import AccessKey, mint_token
+from l2bridge.transport.credentials import CredentialWallet
+from l2bridge.transport.token import mint_token
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class DialSettings:
     """How this client talks to any exit (the same for every candidate)."""
 
     identity: HybridSigningKey
-    access_key: AccessKey
+    credentials: CredentialWallet  # one per exit this device may use
     policy: GoldenPolicy
     certificate: DeviceCertificate | None = None
     mode: Mode = Mode.HYBRID
@@ -227,7 +228,10 @@ class ExitFinder:
             log.warning("registry unreachable (%s): using the list read earlier", exc)
             return self._recheck_cached(self._cache)
         self.registry_state = "ok"
-        ranking = rank(records, self.selection, self.refusals, self._clock())
+        ranking = rank(
+            records, self.selection, self.refusals, self._clock(),
+            credentialed=self.settings.credentials.exits(),
+        )  # fmt: skip
         self._cache, self._cache_at = ranking, self._clock()
         return ranking
 
@@ -265,7 +269,7 @@ class ExitFinder:
                 link = await tunnel.connect(
                     cand.endpoint,
                     hs,
-                    access_key=self.settings.access_key,
+                    credential=self.settings.credentials.for_exit(cand.node_id),
                     node_id=cand.node_id,
                     token_window=self.settings.token_window,
                     clock=self._clock,
@@ -318,12 +322,10 @@ class ExitFinder:
         OSError / TimeoutError / L2BridgeError (did not answer)."""
         hs, checker = self._handshake(cand)
         self.probe_reasons = ()
-        token = mint_token(
-            self.settings.access_key,
-            cand.node_id,
-            self._clock(),
-            window_s=self.settings.token_window,
-        )
+        credential = self.settings.credentials.for_exit(cand.node_id)
+        if credential is None:
+            raise OSError("no credential for this exit")
+        token = mint_token(credential, self._clock(), window_s=self.settings.token_window)
         async with asyncio.timeout(self._probe_timeout):
             ws = await open_transport(cand.endpoint, token, max_size=tunnel.MAX_MESSAGE_SIZE)
             try:

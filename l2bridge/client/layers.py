@@ -100,7 +100,7 @@ def registry_finder(
 ) -> ExitFinder | None:
     """An ExitFinder when the config asks for registry mode, else None.
 
-    ``settings_for(policy)`` returns the DialSettings (identity, certificate, access key).
+    ``settings_for(policy)`` returns the DialSettings (identity, certificate, credentials).
     """
     chain = config.chain
     if config.endpoints.exit_node_id is not None or not (chain.rpc_url and chain.contract_address):

@@ -25,10 +25,11 @@ from l2bridge.constants import ATTESTATION_NONCE_SIZE, Mode
 from l2bridge.crypto.pq import get_backend
 from l2bridge.errors import BackendUnavailable, L2BridgeError
 from l2bridge.identity.keyfiles import load_certificate
-from l2bridge.identity.keys import HybridSigningKey, read_private_file
+from l2bridge.identity.keys import HybridSigningKey
 from l2bridge.node import link as tunnel
 from l2bridge.node.config import Config, ConfigError, naming
 from l2bridge.node.cover import obfuscation_settings
+from l2bridge.node.credfiles import load_wallet
 from l2bridge.node.health import components
 from l2bridge.node.metrics import Metrics
 from l2bridge.node.rotation import RotationDriver
@@ -36,7 +37,6 @@ from l2bridge.node.status import StatusServer, read_token
 from l2bridge.protocol.handshake import ClientHandshake, EvidenceChecker
 from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.tls import TlsError, client_context
-from l2bridge.transport.token import AccessKey
 
 log = logging.getLogger("shadowmesh.client")
 
@@ -61,8 +61,11 @@ class ClientNode:
             raise ConfigError("endpoints.exit_node_id: required (the exit's node id)")
         if keys.identity is None:
             raise ConfigError("keys.identity: required for a client")
-        if ep.access_key_file is None:
-            raise ConfigError("endpoints.access_key_file: required")
+        if ep.credential_file is None:
+            raise ConfigError(
+                "endpoints.credential_file: required (this device's credentials, from "
+                "its join bundle or the exit's 'shadowmesh credentials issue')"
+            )
         self.config = config
         with naming("keys.identity"):
             self.identity = HybridSigningKey.load(keys.identity)
@@ -70,9 +73,13 @@ class ClientNode:
             self.certificate = load_certificate(keys.certificate) if keys.certificate else None
         try:
             # A secret like the identity: refused when group or others may read it.
-            self.access_key = AccessKey.from_text(read_private_file(ep.access_key_file))
+            self.credentials = load_wallet(ep.credential_file)
         except L2BridgeError as exc:
-            raise ConfigError(f"endpoints.access_key_file: {exc}") from None
+            raise ConfigError(f"endpoints.credential_file: {exc}") from None
+        if ep.exit_node_id is not None and self.credentials.for_exit(ep.exit_node_id) is None:
+            raise ConfigError(
+                "endpoints.credential_file: holds no credential for endpoints.exit_node_id"
+            )
         connect_url = ep.connect or ""
         parts = urllib.parse.urlsplit(connect_url)
         self.url = (
@@ -110,7 +117,7 @@ class ClientNode:
         self.finder = registry_finder(
             config,
             lambda policy: DialSettings(
-                self.identity, self.access_key, policy, self.certificate, self.mode,
+                self.identity, self.credentials, policy, self.certificate, self.mode,
                 self.session_config, int(ep.token_window), self.tls, self.cover,
                 self.backend,
                 ep.keepalive_interval, ep.liveness_timeout,
@@ -164,7 +171,7 @@ class ClientNode:
         self.link = await tunnel.connect(
             self.url,
             handshake,
-            access_key=self.access_key,
+            credential=self.credentials.for_exit(self.exit_node_id),
             node_id=self.exit_node_id,
             token_window=int(self.config.endpoints.token_window),
             clock=self.clock.now,

@@ -146,6 +146,13 @@ class Client:
                 self.connections += 1
                 started = time.monotonic()
                 await self._serve(link, stopping)
+                if getattr(link, "close_reason", None) == "revoked":
+                    # The exit ended the tunnel because this device was revoked. A new
+                    # connection would only be answered as a web server (the gate refuses
+                    # a revoked device's credential like a stranger's), so stop here.
+                    raise DeviceRevoked(
+                        "the exit ended the tunnel: this device's certificate is revoked"
+                    )
                 if time.monotonic() - started >= STABLE_AFTER_S:
                     # A working link was lost (its exit died, say): come back soon, at a
                     # random point of the first backoff step, so that all the exit's

@@ -186,8 +186,12 @@ def rank(
     policy: SelectionPolicy,
     refusals: Refusals,
     now: float,
+    credentialed: frozenset[bytes] | None = None,
 ) -> Ranking:
-    """Order the usable exits, best first; say why each other one is left out."""
+    """Order the usable exits, best first; say why each other one is left out.
+
+    ``credentialed``: the exits this client holds a credential for (None: no filter);
+    any other exit would answer it as a web server, so it is left out."""
     usable: list[Candidate] = []
     excluded: list[Excluded] = []
     seen: set[bytes] = set()
@@ -207,6 +211,8 @@ def rank(
             why = "attestation dated in the future"
         elif not cand.endpoint.startswith(("ws://", "wss://")):
             why = "endpoint is not a ws:// or wss:// URL"
+        elif credentialed is not None and cand.node_id not in credentialed:
+            why = "no credential for this exit (endpoints.credential_file)"
         else:
             why = refusals.blocks(cand) or ""
         if why:

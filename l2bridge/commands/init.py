@@ -1,9 +1,10 @@
 """``shadowmesh init``: a working exit or client in one step.
 
     shadowmesh init exit --endpoint 192.0.2.1:8443 --client lan-a --client lan-b
-        identity, admin key, access key, empty signed revocation list, TLS (a one-use CA
-        and a certificate for the endpoint), management credential, exit.yaml, and one
-        join bundle per client under join/ (it holds that client's new identity)
+        identity, admin key, the exit's master key, an empty credential table, empty
+        signed revocation list, TLS (a one-use CA and a certificate for the endpoint),
+        management credential, exit.yaml, and one join bundle per client under join/
+        (it holds that client's new identity and its own credential for this exit)
     shadowmesh init join --name lan-c [--device lan-c.key.pub]
         another join bundle from an existing exit directory; with --device the client
         made its own identity (``init client --name``) and the bundle holds no private key
@@ -43,13 +44,14 @@ from l2bridge.identity.keys import (
     AdminKey,
     HybridSigningKey,
     load_public,
-    read_private_file,
     save_public,
     write_private_file,
 )
 from l2bridge.node import bundle as join_bundle
 from l2bridge.node.config import load_config
-from l2bridge.transport.token import AccessKey
+from l2bridge.node.credfiles import load_master_key, load_table, save_table, save_wallet
+from l2bridge.transport.credentials import CredentialTable, CredentialWallet
+from l2bridge.transport.token import MasterKey
 
 DEFAULT_DIR = Path("/etc/shadowmesh")
 DEFAULT_PORT = 8443
@@ -112,7 +114,8 @@ def cmd_exit(ns: argparse.Namespace) -> int:
         raise InitError("--tls-cert and --tls-key: give both or neither")
     tls = ns.tls != "none" or own_tls
     files = ["exit.yaml", "identity.key", "identity.key.pub", "admin.key", "admin.key.pub"]
-    files += ["access.key", "revoked.list", "admin.token", "tls/ca.pem", "tls/cert.pem"]
+    files += ["access.key", "credentials.json", "revoked.list", "admin.token", "tls/ca.pem"]
+    files.append("tls/cert.pem")
     files.append("tls/key.pem")
     if ns.with_registry and not (ns.rpc_url and ns.contract):
         raise InitError("--with-registry: needs --rpc-url and --contract")
@@ -126,7 +129,8 @@ def cmd_exit(ns: argparse.Namespace) -> int:
         save_public(identity.public, d / "identity.key.pub")
         admin.key.save(d / "admin.key", kind=KIND_ADMIN, force=True)
         save_public(admin.public, d / "admin.key.pub")
-        _write_text(d / "access.key", AccessKey.generate().to_text() + "\n", private=True)
+        _write_text(d / "access.key", MasterKey.generate().to_text() + "\n", private=True)
+        save_table(CredentialTable(), d / "credentials.json")
         save_revocations(admin.sign_list([], 1), d / "revoked.list")
         _write_token(d / "admin.token")
         if own_tls:
@@ -166,8 +170,8 @@ def cmd_exit(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _exit_files(d: Path) -> tuple[str, bytes, int, str | None, str]:
-    """(public URL, node id, MTU, TLS CA PEM or None, access key text) of an init'ed exit."""
+def _exit_files(d: Path) -> tuple[str, bytes, int, str | None]:
+    """(public URL, node id, MTU, TLS CA PEM or None) of an init'ed exit."""
     config = load_config(d / "exit.yaml", env={})
     url = config.endpoints.public_url
     if url is None:
@@ -175,12 +179,11 @@ def _exit_files(d: Path) -> tuple[str, bytes, int, str | None, str]:
     node_id = load_public(d / "identity.key.pub").node_id
     ca = d / "tls" / "ca.pem"
     ca_text = ca.read_text("ascii") if ca.exists() else None
-    access = read_private_file(d / "access.key").strip()
-    return url, node_id, config.network.mtu, ca_text, access
+    return url, node_id, config.network.mtu, ca_text
 
 
 def _make_bundle(d: Path, admin: AdminKey, name: str, device_pub: Path | None, days: float) -> Path:
-    url, node_id, mtu, ca_text, access = _exit_files(d)
+    url, node_id, mtu, ca_text = _exit_files(d)
     if not name or len(name) > 64 or any(c in name for c in "/\\\x00 "):
         raise InitError(f"--name: {name!r} is not a plain device name")
     identity_text = None
@@ -196,11 +199,19 @@ def _make_bundle(d: Path, admin: AdminKey, name: str, device_pub: Path | None, d
     cert = admin.issue(device, name, f"shadowmesh-{org}", now - 60, now + int(days * DAY))
     (d / "certs").mkdir(mode=0o700, exist_ok=True)
     save_certificate(cert, d / "certs" / f"{name}.cert")  # kept to revoke it later
+    # The device's own credential for this exit, named in the exit's table (revoking the
+    # certificate cancels it too: the entry records the certificate's serial).
+    table = load_table(d / "credentials.json")
+    _, credential = table.issue(
+        load_master_key(d / "access.key"), node_id, device.node_id, name, now,
+        serial=cert.serial,
+    )  # fmt: skip
+    save_table(table, d / "credentials.json")
     bundle = join_bundle.JoinBundle(
         name=name,
         url=url,
         exit_node_id=node_id,
-        access_key=access,
+        credential=credential,
         mtu=mtu,
         certificate=codec.armor(CERT_LABEL, cert.encode()),
         tls_ca=ca_text,
@@ -247,7 +258,7 @@ def cmd_client(ns: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         raise InitError(f"--join: cannot read {ns.join} ({type(exc).__name__})") from None
     bundle = join_bundle.parse(text)
-    files = ["client.yaml", "device.cert", "access.key", "admin.token"]
+    files = ["client.yaml", "device.cert", "credentials.json", "admin.token"]
     if bundle.identity is not None:
         files += ["identity.key", "identity.key.pub"]
     if bundle.tls_ca is not None:
@@ -266,7 +277,7 @@ def cmd_client(ns: argparse.Namespace) -> int:
     elif load_public(d / "identity.key.pub") != cert.device:
         raise InitError(f"--join: the bundle's certificate is for another key than {d}")
     save_certificate(cert, d / "device.cert")
-    _write_text(d / "access.key", bundle.access_key + "\n", private=True)
+    save_wallet(CredentialWallet([bundle.credential]), d / "credentials.json")
     if bundle.tls_ca is not None:
         (d / "exit-ca.pem").write_text(bundle.tls_ca, encoding="ascii")
     _write_token(d / "admin.token")

@@ -136,10 +136,13 @@ endpoints:
   # What clients dial; written into every join bundle.
   public_url: {plan.public_url}
   path: /ws
+  # This exit's own master key: every device credential derives from it. Never copy it.
   access_key_file: access.key
 {tls}
 keys:
   identity: identity.key
+  # handle -> device of every credential issued (shadowmesh credentials issue|list|revoke)
+  credentials: credentials.json
   # The organisation's admin key signs device certificates and the revocation list.
   # Keep admin.key offline once the clients have joined; the exit needs only the .pub.
   admin_public: admin.key.pub
@@ -210,7 +213,8 @@ endpoints:
   connect: {plan.url}
   # The exit's identity: a different key at that address is refused.
   exit_node_id: "{plan.exit_node_id}"
-  access_key_file: access.key
+  # This device's credential for that exit (from the join bundle; a secret).
+  credential_file: credentials.json
 {tls}
 keys:
   identity: identity.key

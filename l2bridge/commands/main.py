@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("lab.clocksim.cli", "a simulated rubidium or GPSDO on a pseudo-terminal"),
     "status": ("l2bridge.commands.status", "read a running client's or exit's status"),
     "peers": ("l2bridge.commands.peers", "list, disconnect or revoke an exit's devices"),
+    "credentials": ("l2bridge.commands.credentials", "issue, list or revoke device credentials"),
     "demo": ("lab.demo", "two LANs bridged through attested, registered exits"),
 }
 

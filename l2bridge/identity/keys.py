@@ -250,8 +250,8 @@ def read_checked_file(path: str | os.PathLike[str], *, private: bool) -> bytes:
     ``O_NONBLOCK`` (a FIFO cannot hang us), and the checks run on that open file
     (``fstat``), not on the path, so nothing can be switched between check and read. It
     must be a regular file owned by this user or root and no larger than
-    ``MAX_KEY_FILE_SIZE``; a ``private`` file (keys, access keys) must have no permission
-    for group or others (0600), any other (an allow-list) no write permission for them.
+    ``MAX_KEY_FILE_SIZE``; a ``private`` file (keys, master keys, credentials) must have no
+    permission for group or others (0600), any other (an allow-list) no write permission for them.
     Raises ``KeyFileError`` naming the file and the reason.
     """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
@@ -288,7 +288,7 @@ def read_checked_file(path: str | os.PathLike[str], *, private: bool) -> bytes:
 
 
 def read_private_file(path: str | os.PathLike[str]) -> str:
-    """A private key or access key file's text (see ``read_checked_file``: 0600, no link)."""
+    """A private key, master key or credential file's text (``read_checked_file``: 0600)."""
     try:
         return read_checked_file(path, private=True).decode("ascii")
     except UnicodeDecodeError:
@@ -508,6 +508,7 @@ class Authorizer:
         self._admins = {node_id(k): k for k in admin_keys}
         self._allow = allow_list or AllowList()
         self._lists: dict[bytes, RevocationList] = {}
+        self._revoked: frozenset[bytes] = frozenset()
         # Certificates whose admin signature already verified (SHA-256 of the whole
         # encoding). A certificate is immutable, so a session's re-authorisation at every
         # rekey checks expiry, revocation and the allow-list without spending another
@@ -525,6 +526,12 @@ class Authorizer:
         old = self._lists.get(rl.issuer)
         if old is None or rl.sequence > old.sequence:
             self._lists[rl.issuer] = rl
+            self._revoked = frozenset().union(*(r.revoked() for r in self._lists.values()))
+
+    def revoked_serials(self) -> frozenset[bytes]:
+        """Every certificate serial on the installed revocation lists (the gate refuses
+        credentials issued against them before any handshake work)."""
+        return self._revoked
 
     def update_allow_list(self, allow: AllowList) -> None:
         """Replace the allow-list (a reloaded file); later decisions use only the new one."""

@@ -2,11 +2,13 @@
 
 ``shadowmesh init exit --client NAME`` (or ``init join``) writes one; ``shadowmesh init
 client --join FILE`` reads it and writes the client's files and config. It is a JSON
-document (mode 0600: it holds the access key, and the device's private key when the exit
-made the device's identity)::
+document (mode 0600: it holds the device's credential for that exit, and the device's
+private key when the exit made the device's identity)::
 
-    {"shadowmesh_join": 1, "name": "lan-a", "url": "wss://192.0.2.1:8443/ws",
-     "exit_node_id": "<64 hex>", "access_key": "<base64url>", "mtu": 1500,
+    {"shadowmesh_join": 2, "name": "lan-a", "url": "wss://192.0.2.1:8443/ws",
+     "exit_node_id": "<64 hex>", "mtu": 1500,
+     "credential": {"exit_node_id": "<64 hex>", "handle": "<base64url>",
+                    "secret": "<base64url>", "hide": "<base64url>"},
      "tls_ca": "<PEM>" | null, "certificate": "<armored device certificate>",
      "identity": "<armored private key>" | null}
 
@@ -25,9 +27,9 @@ from l2bridge.errors import KeyFileError, LocalError, MalformedMessage
 from l2bridge.identity.keyfiles import CERT_LABEL
 from l2bridge.identity.keys import KIND_IDENTITY, DeviceCertificate, HybridSigningKey
 from l2bridge.transport.errors import TokenError
-from l2bridge.transport.token import AccessKey
+from l2bridge.transport.token import Credential
 
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 1 carried the network-wide access key, no longer accepted
 MAX_BUNDLE_BYTES = 256 * 1024
 _PEM_CERT = re.compile(
     r"(-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]+-----END CERTIFICATE-----\n?)+"
@@ -43,7 +45,7 @@ class JoinBundle:
     name: str
     url: str
     exit_node_id: bytes
-    access_key: str
+    credential: Credential  # this device's, for this exit only
     mtu: int
     certificate: str  # armored DeviceCertificate
     tls_ca: str | None = None  # PEM: the CA that signed the exit's TLS certificate
@@ -55,7 +57,7 @@ class JoinBundle:
             "name": self.name,
             "url": self.url,
             "exit_node_id": self.exit_node_id.hex(),
-            "access_key": self.access_key,
+            "credential": self.credential.to_json(),
             "mtu": self.mtu,
             "tls_ca": self.tls_ca,
             "certificate": self.certificate,
@@ -83,7 +85,10 @@ def parse(text: str) -> JoinBundle:
     except ValueError:
         raise BundleError("join bundle: not JSON (copy the whole file)") from None
     if not isinstance(doc, dict) or doc.get("shadowmesh_join") != BUNDLE_VERSION:
-        raise BundleError("join bundle: not a version 1 ShadowMesh join bundle")
+        raise BundleError(
+            f"join bundle: not a version {BUNDLE_VERSION} ShadowMesh join bundle (bundles "
+            "with a network-wide access key are no longer accepted: ask for a new one)"
+        )
     name = str(_field(doc, "name", str))
     url = str(_field(doc, "url", str))
     if not re.fullmatch(r"wss?://[^\s/]+/\S*", url):
@@ -91,11 +96,12 @@ def parse(text: str) -> JoinBundle:
     node_hex = str(_field(doc, "exit_node_id", str))
     if not re.fullmatch(r"[0-9a-f]{64}", node_hex):
         raise BundleError("join bundle: exit_node_id: expected 64 hex digits")
-    access = str(_field(doc, "access_key", str))
     try:
-        AccessKey.from_text(access)
+        credential = Credential.from_json(doc.get("credential"))
     except TokenError as exc:
-        raise BundleError(f"join bundle: access_key: {exc}") from None
+        raise BundleError(f"join bundle: {exc}") from None
+    if credential.exit_node_id.hex() != node_hex:
+        raise BundleError("join bundle: credential: for another exit than exit_node_id")
     mtu = _field(doc, "mtu", int)
     assert isinstance(mtu, int)
     if not 576 <= mtu <= 65535:
@@ -108,7 +114,7 @@ def parse(text: str) -> JoinBundle:
     if identity is not None and not isinstance(identity, str):
         raise BundleError("join bundle: identity: not an armored private key")
     bundle = JoinBundle(
-        name, url, bytes.fromhex(node_hex), access, mtu, certificate, tls_ca, identity
+        name, url, bytes.fromhex(node_hex), credential, mtu, certificate, tls_ca, identity
     )
     try:
         cert = bundle.device_certificate()

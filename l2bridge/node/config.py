@@ -126,7 +126,10 @@ class Endpoints:
     listen: tuple[str, int] | None = None  # exit: host, port
     connect: str | None = None  # client: ws:// or wss:// URL
     path: str = "/ws"
+    # exit: its master key (credentials derive from it; never leaves the exit)
     access_key_file: Path | None = None
+    # client (and a relaying exit): its credentials, one per exit (JSON, mode 0600)
+    credential_file: Path | None = None
     exit_node_id: bytes | None = None  # client: pin the exit
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -146,6 +149,10 @@ class Endpoints:
     fallback: tuple[str, int] | None = None
     max_connections: int = 4096  # held at once, in total
     max_connections_per_source: int = 256  # per IPv4 address or IPv6 /64
+    # exit: handshakes admitted per minute (token buckets of this size), charged only for
+    # valid tokens: per device, and per source address over all of its devices
+    handshakes_per_device: int = 20
+    handshakes_per_source: int = 600
     # liveness, both ends: a keepalive record after this long idle (jittered), and the
     # link is dropped (client: reconnect / fail over) after liveness_timeout of silence
     keepalive_interval: float = 5.0
@@ -173,6 +180,8 @@ class Keys:
     revocations: Path | None = None
     # exit with endpoints.relay: the device certificate it shows the next hop's Authorizer
     relay_certificate: Path | None = None
+    # exit: the credential table (handle -> device), written by ``shadowmesh credentials``
+    credentials: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,6 +587,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "connect": _optional(_ws_url),
             "path": _url_path,
             "access_key_file": _PATH,
+            "credential_file": _PATH,
             "exit_node_id": _optional(_node_id),
             "tls_cert": _PATH,
             "tls_key": _PATH,
@@ -596,6 +606,8 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "fallback": _optional(_fallback_address),
             "max_connections": _int_range(1, 1_000_000),
             "max_connections_per_source": _int_range(1, 1_000_000),
+            "handshakes_per_device": _int_range(1, 1_000_000),
+            "handshakes_per_source": _int_range(1, 1_000_000),
             "relay": _bool,
         },
     ),
@@ -610,6 +622,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
                 "allow_list",
                 "revocations",
                 "relay_certificate",
+                "credentials",
             )
         },
     ),
@@ -883,7 +896,8 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "endpoints.listen": ("exit",),
     "endpoints.connect": ("client",),
     "endpoints.path": BOTH,
-    "endpoints.access_key_file": BOTH,
+    "endpoints.access_key_file": ("exit",),
+    "endpoints.credential_file": BOTH,  # exit: its relay credentials for next hops
     "endpoints.exit_node_id": ("client",),
     "endpoints.tls_cert": ("exit",),
     "endpoints.tls_key": ("exit",),
@@ -894,7 +908,7 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "endpoints.relay": ("exit",),
     **{f"endpoints.{k}": ("exit",) for k in (
         "decoy_gzip", "keepalive_timeout", "send_timeout", "fallback", "max_connections",
-        "max_connections_per_source")},
+        "max_connections_per_source", "handshakes_per_device", "handshakes_per_source")},
     "endpoints.keepalive_interval": BOTH,
     "endpoints.liveness_timeout": BOTH,
     "endpoints.listen_backlog": ("exit",),
@@ -906,6 +920,7 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "keys.allow_list": ("exit",),
     "keys.revocations": ("exit",),
     "keys.relay_certificate": ("exit",),
+    "keys.credentials": ("exit",),
     "tpm.tcti": ("exit",),
     "tpm.ak_context": ("exit",),
     "tpm.timeout": ("exit",),

@@ -1,13 +1,15 @@
 """The tunnel link: WebSocket transport + handshake + Session, driven by asyncio.
 
-Client: ``link = await connect(url, handshake, access_key=..., node_id=...)``
-mints a single-use token, opens the browser-like WebSocket, sends the hello,
-takes the exit's answer, sends ClientFinish (the only message naming the client,
-sealed), waits for the exit's admission record, and returns a running Link.
+Client: ``link = await connect(url, handshake, credential=..., node_id=...)``
+mints a single-use token from the device's credential for that exit, opens the
+browser-like WebSocket, sends the hello, takes the exit's answer, sends ClientFinish
+(the only message naming the client, sealed), waits for the exit's admission record,
+and returns a running Link.
 Exit: ``await serve(on_link, settings, make_handshake, host=..., port=...)``
 answers everything else with the decoy site (transport.server) and calls
 ``on_link(link)`` for each tunnel whose ClientFinish verified, after sending the
-client a padding-only admission record.
+client a padding-only admission record; ``link.admission`` names the device whose
+credential minted the token (the finish must come from that device).
 
 The data path runs inside the event loop's callbacks, with no task switch per
 record (each one cost a loop iteration per hop, which was most of the added
@@ -74,12 +76,13 @@ from l2bridge.node.cover import CoverPlan
 from l2bridge.protocol.helloguard import HelloGuard
 from l2bridge.protocol.records import Buffer
 from l2bridge.protocol.session import Closed, PeerAuthenticated, RekeyCompleted, Session
+from l2bridge.transport.admission import Admission
 from l2bridge.transport.caps import source_key
 from l2bridge.transport.client import open_transport
 from l2bridge.transport.direct import DirectMessages
 from l2bridge.transport.errors import TransportClosed, UpgradeRefused
 from l2bridge.transport.server import ServerSettings, serve_exit
-from l2bridge.transport.token import AccessKey, mint_token
+from l2bridge.transport.token import Credential, mint_token
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,7 @@ CLOSE_WAIT_S = 5.0
 HANDSHAKE_WORKERS = 4
 CLOSE_INTERNAL_ERROR = 1011  # WebSocket close code; no reason text goes with it
 # The one refusal a client is told (no reason text either): its certificate is revoked, so
-# retrying cannot help. Only a holder of the access key and of the certificate learns it.
+# retrying cannot help. Only a holder of a live credential and of the certificate learns it.
 CLOSE_REVOKED = 4403
 # A batch sent within this long after the previous record waits one loop iteration so
 # that what else arrives meanwhile joins its record: an idle link (a ping) sends at once,
@@ -196,6 +199,7 @@ class Link:
         self.cover_sent = 0
         self.session = session
         self.is_client = is_client
+        self.admission: Admission | None = None  # exit: what the gate admitted
         self._clock = clock
         self._queue_batches = queue_batches
         self._out: asyncio.Queue[object] = asyncio.Queue(queue_batches)
@@ -619,7 +623,7 @@ async def connect(
     url: str,
     handshake: ClientHandshakeLike,
     *,
-    access_key: AccessKey | None,
+    credential: Credential | None,
     node_id: bytes,
     token_window: int = 60,
     clock: Clock = time.time,
@@ -632,17 +636,20 @@ async def connect(
 ) -> Link:
     """Open a tunnel to the exit ``node_id`` at ``url``.
 
-    ``token``: a connection token minted elsewhere (a circuit's client mints it for a hop
-    that extends the circuit, which holds no access key); else one is minted here.
+    ``credential``: this device's credential for that exit (transport.token); its
+    ``exit_node_id`` must be ``node_id``. ``token``: a token minted elsewhere (a relaying
+    exit mints the next hop's from its own credential); else one is minted here.
     Raises UpgradeRefused (the exit answered as a web server), TransportClosed,
     PeerError (the handshake failed: wrong exit, bad evidence), DeviceRevoked (the exit
     said this device is revoked), TransportClosed (also: the exit refused this device
     after its ClientFinish, or a replayed/over-quota hello), TimeoutError.
     """
     if token is None:
-        if access_key is None:
-            raise ValueError("an access key or a token is needed")
-        token = mint_token(access_key, node_id, clock(), window_s=token_window)
+        if credential is None:
+            raise ValueError("a credential or a token is needed")
+        if credential.exit_node_id != node_id:
+            raise ValueError("the credential is for another exit")
+        token = mint_token(credential, clock(), window_s=token_window)
     try:
         opened = await open_transport(
             url,
@@ -654,9 +661,9 @@ async def connect(
     except UpgradeRefused as exc:
         # The exit answers every refusal as a web server would; these are the causes.
         raise UpgradeRefused(
-            f"{exc}: the exit did not recognise this client (check endpoints.access_key_file, "
-            "endpoints.exit_node_id and the URL path, and that this clock is within "
-            "endpoints.token_window of the exit's)"
+            f"{exc}: the exit did not recognise this client (check endpoints.credential_file "
+            "holds a live credential from this exit, endpoints.exit_node_id and the URL "
+            "path, and that this clock is within endpoints.token_window of the exit's)"
         ) from None
     ws = _direct(opened)
     try:
@@ -837,6 +844,7 @@ async def serve(
             ws, session, is_client=False, clock=clock, queue_batches=queue_batches,
             cover=cover, keepalive_s=keepalive_s, liveness_s=liveness_s,
         )  # fmt: skip
+        link.admission = getattr(connection, "admission", None)
         link.start()
         try:
             await on_link(link)

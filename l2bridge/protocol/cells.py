@@ -52,7 +52,6 @@ DESTROY_BODY_SIZE = 512
 FLAG_MORE = 1
 FLAG_CONTINUED = 2  # relay message fragments after the first
 MAX_ENDPOINT_SIZE = 255
-MAX_TOKEN_SIZE = 64
 
 
 class CellKind(IntEnum):
@@ -293,28 +292,27 @@ class HandshakeAssembler:
 class Extend:
     """Ask the tail to open a link to ``endpoint`` and send it ``create``.
 
-    ``token`` is the connection token the client minted for that hop (the client holds the
-    access key; the relaying hop does not need it).
+    No connection token travels here: the relaying hop mints the next hop's token from its
+    own credential for that hop, so the next hop never sees one minted from the client's
+    (which would name the client).
     """
 
     node_id: bytes
     endpoint: str
-    token: str
     create: bytes
 
     def encode(self) -> bytes:
         if len(self.node_id) != NODE_ID_SIZE:
             raise ValueError("node id must be 32 bytes")
-        return b"".join([self.node_id, text(self.endpoint), text(self.token), var16(self.create)])
+        return b"".join([self.node_id, text(self.endpoint), var16(self.create)])
 
     @classmethod
     def decode(cls, data: bytes) -> Extend:
         r = Reader(data)
         node = r.take(NODE_ID_SIZE)
         endpoint = r.text(MAX_ENDPOINT_SIZE)
-        token = r.text(MAX_TOKEN_SIZE)
         create = r.var16(MAX_HOP_HANDSHAKE)
         r.end()
         if not endpoint.startswith(("ws://", "wss://")):
             raise MalformedMessage("endpoint")
-        return cls(node, endpoint, token, create)
+        return cls(node, endpoint, create)

@@ -5,7 +5,7 @@ Client (``ClientCircuit``), over its link to hop 1::
     circ = ClientCircuit(circuit_id, mode=Mode.HYBRID)
     cells = circ.first_hop(node_id_1, checker)        # CREATE cells: send on the link
     got = circ.receive(frame, now)                    # -> HopAdded(1) once CREATED checks
-    cells = circ.extend(node_id_2, endpoint_2, token_2, checker)   # RELAY/EXTEND via hop 1
+    cells = circ.extend(node_id_2, endpoint_2, checker)   # RELAY/EXTEND via hop 1
     got = circ.receive(frame, now)                    # -> HopAdded(2) (or HopRefused)
     ... up to MAX_HOPS; then
     cells = circ.seal_frames(frames)                  # a RELAY cell per frame (2 for GSO)
@@ -156,14 +156,12 @@ class ClientCircuit:
         init = self._initiator(node_id, checker)
         return handshake_cells(CellKind.CREATE, self.circuit_id, init.create())
 
-    def extend(
-        self, node_id: bytes, endpoint: str, token: str, checker: EvidenceChecker | None
-    ) -> list[bytes]:
+    def extend(self, node_id: bytes, endpoint: str, checker: EvidenceChecker | None) -> list[bytes]:
         """RELAY cells asking the current tail to extend to ``node_id`` at ``endpoint``."""
         if not self.hops:
             raise StateError("no first hop yet")
         init = self._initiator(node_id, checker)
-        body = Extend(node_id, endpoint, token, init.create()).encode()
+        body = Extend(node_id, endpoint, init.create()).encode()
         return self._relay(RelayCommand.EXTEND, body)
 
     def seal_frames(self, frames: Sequence[bytes | bytearray | memoryview]) -> list[bytes]:

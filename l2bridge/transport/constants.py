@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
-# --- connection token -------------------------------------------------------
-ACCESS_KEY_BYTES = 32
+# --- connection token (v2: per-device credentials) -------------------------------
+MASTER_KEY_BYTES = 32  # an exit's own secret; credentials derive from it
+CREDENTIAL_HANDLE_BYTES = 16  # names one credential in the exit's table (not secret)
+CREDENTIAL_SECRET_BYTES = 32
+HIDE_KEY_BYTES = 16  # AES-128 key that seals the handle inside each token
 TOKEN_NONCE_BYTES = 16
 TOKEN_MAC_BYTES = 16
-TOKEN_BYTES = TOKEN_NONCE_BYTES + TOKEN_MAC_BYTES
-# base64url without padding of TOKEN_BYTES (32 bytes -> 43 characters).
-TOKEN_TEXT_LENGTH = 43
-TOKEN_LABEL = b"shadowmesh ws token v1"
+TOKEN_BYTES = TOKEN_NONCE_BYTES + CREDENTIAL_HANDLE_BYTES + TOKEN_MAC_BYTES
+# base64url without padding of TOKEN_BYTES (48 bytes -> 64 characters, one spelling).
+TOKEN_TEXT_LENGTH = 64
+TOKEN_LABEL = b"shadowmesh ws token v2"
+WINDOW_TAG_LABEL = b"shadowmesh token tag v1"
+CREDENTIAL_INFO = b"shadowmesh credential v1"
+HIDE_KEY_INFO = b"shadowmesh token handle v1"
 DEFAULT_TOKEN_WINDOW_S = 60
 # Windows accepted either side of the exit's current one (clock skew).
 TOKEN_WINDOW_SLACK = 1
 # Replay cache: nonces kept per live window; past this the exit refuses new
-# connections for that window rather than grow memory (fail closed).
+# connections for that window rather than grow memory (fail closed). Only tokens
+# that pass the MAC and both quotas are cached, so strangers cannot fill it.
 REPLAY_CACHE_PER_WINDOW = 100_000
+# Handshake quotas (token buckets: this many admissions at once, refilled at this many
+# per minute), charged only for valid tokens: per device, and per source address
+# (IPv4 address, IPv6 /64) over all of that source's devices.
+DEFAULT_HANDSHAKES_PER_DEVICE = 20
+DEFAULT_HANDSHAKES_PER_SOURCE = 600
+# Sources with a quota bucket held at once; past it, full buckets are forgotten, and if
+# none is full a new source is refused (fail closed, bounded memory).
+MAX_QUOTA_SOURCES = 65_536
+# Credentials one exit's table holds.
+MAX_CREDENTIALS = 4096  # a 1 MiB table file (identity.keys MAX_KEY_FILE_SIZE)
 
 # --- HTTP request head screening ---------------------------------------------
 # nginx's defaults: client_header_buffer_size 1k, large_client_header_buffers 4 8k. A

@@ -1,7 +1,7 @@
 """Errors of the WebSocket-mimicking transport.
 
 TransportError (l2bridge.errors.L2BridgeError)  root of this package's errors
-    TokenError                 an access key or token could not be used (local input)
+    TokenError                 a master key, credential or token could not be used (local input)
     DecoyError                 the decoy site directory could not be loaded
     TransportClosed            the WebSocket closed while a caller was using it
     UpgradeRefused             the exit answered the upgrade like a web server
@@ -20,7 +20,7 @@ class TransportError(L2BridgeError):
 
 
 class TokenError(TransportError):
-    """An access key or token is malformed (local configuration input)."""
+    """A master key, credential or token is malformed (local configuration input)."""
 
 
 class DecoyError(TransportError):

@@ -7,8 +7,10 @@ decoy site.
 - ``Refuse(data)``: not an authorised upgrade; ``data`` is every byte received
   so far, which the driver hands to the decoy (transport.decoy) or to the
   operator's real web server (transport.fallback) for the rest of the connection;
-- ``Admit(data, token)``: hand every byte received so far to the WebSocket
-  library, which performs the upgrade and echoes ``token`` as the subprotocol.
+- ``Admit(data, token, admission)``: hand every byte received so far to the WebSocket
+  library, which performs the upgrade and echoes ``token`` as the subprotocol;
+  ``admission`` names the device whose credential minted it (transport.admission),
+  which its handshake must then prove to be.
 
 The head is parsed incrementally (transport.headers), so a head fed a byte at
 a time costs linear work. A gate without a verifier never admits.
@@ -35,6 +37,7 @@ from websockets.http11 import Request
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
+from l2bridge.transport.admission import Admission, TokenVerifier
 from l2bridge.transport.headers import (
     Complete,
     HeadParser,
@@ -42,7 +45,6 @@ from l2bridge.transport.headers import (
     RequestHead,
     header_has_token,
 )
-from l2bridge.transport.token import TokenVerifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,7 @@ class Refuse:
 class Admit:
     data: bytes
     token: str
+    admission: Admission
 
 
 Decision = Pending | Refuse | Admit
@@ -125,9 +128,10 @@ def library_accepts(head: bytes, token: str) -> bool:
 class Gate:
     """Screens one connection. Not reusable: one decision per connection."""
 
-    def __init__(self, *, ws_path: str, verifier: TokenVerifier | None) -> None:
+    def __init__(self, *, ws_path: str, verifier: TokenVerifier | None, source: str = "") -> None:
         self._ws_path = ws_path
         self._verifier = verifier
+        self._source = source  # the peer's address key (per-source handshake quota)
         self._parser = HeadParser()
         self.decision: Decision = Pending()
 
@@ -139,13 +143,13 @@ class Gate:
             return self.decision
         received = bytes(self._parser.buffer)
         self._parser = HeadParser()  # drop the buffer; the decision carries the bytes
-        token = None
+        admission = None
         if isinstance(scan, Complete) and self._verifier is not None:
             token = _offered_token(scan.head, self._ws_path)
-            if token is not None and not (
-                library_accepts(received[: scan.consumed], token)
-                and self._verifier.check(token, now)  # last: it spends the token
-            ):
-                token = None
-        self.decision = Refuse(received) if token is None else Admit(received, token)
+            if token is not None and library_accepts(received[: scan.consumed], token):
+                # Last: it spends the token (and a quota) when it admits.
+                admission = self._verifier.check(token, now, self._source)
+        self.decision = (
+            Refuse(received) if admission is None else Admit(received, admission.token, admission)
+        )
         return self.decision

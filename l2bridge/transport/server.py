@@ -42,6 +42,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from l2bridge.logsummary import Summary
+from l2bridge.transport.admission import Admission, TokenVerifier
 from l2bridge.transport.caps import ConnectionCaps, source_key
 from l2bridge.transport.constants import (
     CLOSE_TIMEOUT_S,
@@ -63,7 +64,6 @@ from l2bridge.transport.decoy import Closing, DecoyConnection, DecoySite, DecoyT
 from l2bridge.transport.direct import DirectMessages
 from l2bridge.transport.fallback import Splice
 from l2bridge.transport.gate import Admit, Gate, Refuse
-from l2bridge.transport.token import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +273,8 @@ class GuardedConnection(DirectMessages, ServerConnection):
         self._early_bytes = bytearray()
         self._early_eof = False
         self.token: str | None = None
+        # The device the admitted token names (its handshake must prove to be it).
+        self.admission: Admission | None = None
 
     # --- opening: caps, then TLS -------------------------------------------------------
 
@@ -322,7 +324,9 @@ class GuardedConnection(DirectMessages, ServerConnection):
         settings = self.front.settings
         super().connection_made(transport)  # starts the websockets handler task
         self._mode = _Mode.SCREENING
-        self._gate = Gate(ws_path=settings.ws_path, verifier=settings.verifier)
+        self._gate = Gate(
+            ws_path=settings.ws_path, verifier=settings.verifier, source=self._source or ""
+        )
         self._started = settings.clock()
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(settings.header_timeout, self._header_timeout)
@@ -364,6 +368,7 @@ class GuardedConnection(DirectMessages, ServerConnection):
                 self._mode = _Mode.WEBSOCKET
                 self.front.live.discard(self)
                 self.token = decision.token
+                self.admission = decision.admission
                 super().data_received(decision.data)
             elif isinstance(decision, Refuse):
                 self._stop_timer()

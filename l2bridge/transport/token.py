@@ -1,19 +1,34 @@
-"""Connection tokens: the client's right to open a WebSocket to one exit.
+"""Connection tokens (v2): one device's right to open a WebSocket to one exit.
 
-A token is ``base64url(nonce || mac)`` (43 characters, looks like any random
-session id) sent as the ``Sec-WebSocket-Protocol`` value. ``mac`` is
-HMAC-SHA-256 truncated to 16 bytes, keyed by the exit's access key (32 random
-bytes handed out of band to authorised clients, like an obfs4 bridge line),
-over a label, the exit's ``node_id``, the time window number and the nonce.
+Each exit has its own **master key** ``K`` (32 random bytes that never leave it).
+A device holds a **credential** for that exit, issued by the exit's operator:
 
-The window is not sent: the exit tries its current window and one either side,
-so a token is valid for two to three windows and says nothing about the
-client's clock. Each nonce is accepted once: the verifier keeps the nonces of
-the live windows (bounded; when a window's cache is full it refuses rather
-than grow).
+    handle  16 random bytes naming the credential in the exit's table (not secret)
+    secret  HKDF-SHA-256(K, info = CREDENTIAL_INFO || node id || handle)     32 bytes
+    hide    HKDF-SHA-256(K, info = HIDE_KEY_INFO || node id)                 16 bytes
 
-Sans-I/O: time comes in as ``now`` (seconds since the epoch), randomness as
-bytes.
+The exit recomputes ``secret`` from ``K`` and the handle, so its table holds no
+secrets; another exit (another ``K``, another node id) derives nothing that verifies
+here. A token is ``base64url(nonce 16 | sealed 16 | mac 16)`` without padding
+(64 characters, one canonical spelling), sent as the ``Sec-WebSocket-Protocol`` value:
+
+    tag    = HMAC-SHA-256(secret, WINDOW_TAG_LABEL || i64 window)[:16]
+    sealed = AES-128-CTR(hide, IV = nonce) of the tag
+    mac    = HMAC-SHA-256(secret, TOKEN_LABEL || u16 len || node id || i64 window
+                          || nonce || sealed)[:16]
+
+The tag names the credential for one time window only (the exit keeps tag -> handle for
+the live windows), and it is encrypted afresh in every token: an observer without
+``hide`` can link nothing; ``hide`` is the same for every credential of one exit (the
+exit must open the tag before it knows whose token it is), so a fellow credential holder
+of that exit who watches the path can open tags, but a tag changes every window and only
+the device's ``secret`` maps it to the device, so it links a device's tokens within one
+window at most (and forges none).
+
+The window is not sent: the exit tries its current window and one either side, so a
+token is valid for two to three windows and says nothing about the client's clock.
+
+Sans-I/O: time comes in as ``now`` (seconds since the epoch), randomness as bytes.
 """
 
 from __future__ import annotations
@@ -23,158 +38,208 @@ import binascii
 import hmac as std_hmac
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
-from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from l2bridge.transport.constants import (
-    ACCESS_KEY_BYTES,
+    CREDENTIAL_HANDLE_BYTES,
+    CREDENTIAL_INFO,
+    CREDENTIAL_SECRET_BYTES,
     DEFAULT_TOKEN_WINDOW_S,
-    REPLAY_CACHE_PER_WINDOW,
+    HIDE_KEY_BYTES,
+    HIDE_KEY_INFO,
+    MASTER_KEY_BYTES,
     TOKEN_BYTES,
     TOKEN_LABEL,
     TOKEN_MAC_BYTES,
     TOKEN_NONCE_BYTES,
     TOKEN_TEXT_LENGTH,
-    TOKEN_WINDOW_SLACK,
+    WINDOW_TAG_LABEL,
 )
 from l2bridge.transport.errors import TokenError
 
 _B64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+NODE_ID_BYTES = 32
+
+
+def b64_text(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64_bytes(text: str, size: int, what: str) -> bytes:
+    """Parse unpadded base64url of exactly ``size`` bytes; TokenError names ``what``."""
+    raw = text.strip().encode("ascii", "replace")
+    try:
+        data = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+    except (binascii.Error, ValueError):
+        raise TokenError(f"{what} is not base64url") from None
+    if len(data) != size:
+        raise TokenError(f"{what} must be {size} bytes")
+    return data
 
 
 @dataclass(frozen=True, slots=True)
-class AccessKey:
-    """A per-exit secret that authorised clients hold. ``repr`` never shows it."""
+class MasterKey:
+    """One exit's own secret (``endpoints.access_key_file``). ``repr`` never shows it."""
 
     secret: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
-        if len(self.secret) != ACCESS_KEY_BYTES:
-            raise TokenError(f"access key must be {ACCESS_KEY_BYTES} bytes")
+        if len(self.secret) != MASTER_KEY_BYTES:
+            raise TokenError(f"master key must be {MASTER_KEY_BYTES} bytes")
 
     @classmethod
-    def generate(cls) -> AccessKey:
-        return cls(os.urandom(ACCESS_KEY_BYTES))
+    def generate(cls) -> MasterKey:
+        return cls(os.urandom(MASTER_KEY_BYTES))
 
     @classmethod
-    def from_text(cls, text: str) -> AccessKey:
-        """Parse the base64url form kept in an access key file.
-
-        Raises TokenError when the text is not 32 bytes of base64url.
-        """
-        raw = text.strip().encode("ascii", "replace")
-        try:
-            secret = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
-        except (binascii.Error, ValueError):
-            raise TokenError("access key is not base64url") from None
-        return cls(secret)
+    def from_text(cls, text: str) -> MasterKey:
+        """Parse the base64url form kept in the key file; raises TokenError."""
+        return cls(b64_bytes(text, MASTER_KEY_BYTES, "master key"))
 
     def to_text(self) -> str:
-        return base64.urlsafe_b64encode(self.secret).rstrip(b"=").decode("ascii")
+        return b64_text(self.secret)
+
+
+def _hkdf(key: bytes, info: bytes, length: int) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(key)
+
+
+def _check_node(node_id: bytes) -> bytes:
+    if len(node_id) != NODE_ID_BYTES:
+        raise TokenError(f"exit node id must be {NODE_ID_BYTES} bytes")
+    return bytes(node_id)
+
+
+def credential_secret(master: MasterKey, node_id: bytes, handle: bytes) -> bytes:
+    """The secret of credential ``handle`` at the exit ``node_id``."""
+    return _hkdf(master.secret, CREDENTIAL_INFO + _check_node(node_id) + handle,
+                 CREDENTIAL_SECRET_BYTES)  # fmt: skip
+
+
+def hide_key(master: MasterKey, node_id: bytes) -> bytes:
+    """The key that seals handles in tokens for the exit ``node_id``."""
+    return _hkdf(master.secret, HIDE_KEY_INFO + _check_node(node_id), HIDE_KEY_BYTES)
+
+
+def seal_handle(hide: bytes, nonce: bytes, tag: bytes) -> bytes:
+    """AES-CTR with the token's nonce as IV; the same call opens a sealed tag."""
+    coder = Cipher(algorithms.AES(hide), modes.CTR(nonce)).encryptor()
+    return coder.update(tag) + coder.finalize()
+
+
+def window_tag(secret: bytes, window: int) -> bytes:
+    """What names a credential in tokens of ``window`` (16 bytes, only its holder and
+    the exit can compute it)."""
+    message = WINDOW_TAG_LABEL + window.to_bytes(8, "big", signed=True)
+    return std_hmac.digest(secret, message, "sha256")[:CREDENTIAL_HANDLE_BYTES]
+
+
+def token_mac(secret: bytes, node_id: bytes, window: int, nonce: bytes, sealed: bytes) -> bytes:
+    # The standard library's one-shot HMAC (OpenSSL underneath): the exit may compute
+    # three per refused token, and this is several times cheaper than an HMAC object.
+    message = b"".join([TOKEN_LABEL, len(node_id).to_bytes(2, "big"), node_id,
+                        window.to_bytes(8, "big", signed=True), nonce, sealed])  # fmt: skip
+    return std_hmac.digest(secret, message, "sha256")[:TOKEN_MAC_BYTES]
 
 
 def window_of(now: float, window_s: int) -> int:
     return int(now // window_s)
 
 
-def _mac(key: AccessKey, node_id: bytes, window: int, nonce: bytes) -> bytes:
-    h = hmac.HMAC(key.secret, hashes.SHA256())
-    h.update(TOKEN_LABEL)
-    h.update(len(node_id).to_bytes(2, "big"))
-    h.update(node_id)
-    h.update(window.to_bytes(8, "big", signed=True))
-    h.update(nonce)
-    return h.finalize()[:TOKEN_MAC_BYTES]
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What a device holds for one exit. ``repr`` shows neither key."""
+
+    exit_node_id: bytes
+    handle: bytes
+    secret: bytes = field(repr=False)
+    hide: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _check_node(self.exit_node_id)
+        if len(self.handle) != CREDENTIAL_HANDLE_BYTES:
+            raise TokenError(f"credential handle must be {CREDENTIAL_HANDLE_BYTES} bytes")
+        if len(self.secret) != CREDENTIAL_SECRET_BYTES:
+            raise TokenError(f"credential secret must be {CREDENTIAL_SECRET_BYTES} bytes")
+        if len(self.hide) != HIDE_KEY_BYTES:
+            raise TokenError(f"credential hide key must be {HIDE_KEY_BYTES} bytes")
+
+    @classmethod
+    def derive(cls, master: MasterKey, node_id: bytes, handle: bytes) -> Credential:
+        """The credential ``handle`` of the exit with ``master`` and ``node_id``."""
+        return cls(node_id, handle, credential_secret(master, node_id, handle),
+                   hide_key(master, node_id))  # fmt: skip
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "exit_node_id": self.exit_node_id.hex(),
+            "handle": b64_text(self.handle),
+            "secret": b64_text(self.secret),
+            "hide": b64_text(self.hide),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Credential:
+        """Parse one entry of a credential file; raises TokenError naming the field."""
+        if not isinstance(doc, dict):
+            raise TokenError("a credential must be a JSON object")
+        fields = {}
+        for name in ("exit_node_id", "handle", "secret", "hide"):
+            value = doc.get(name)
+            if not isinstance(value, str):
+                raise TokenError(f"credential: {name}: missing or not text")
+            fields[name] = value
+        try:
+            node_id = bytes.fromhex(fields["exit_node_id"])
+        except ValueError:
+            raise TokenError("credential: exit_node_id: not hex") from None
+        return cls(
+            node_id,
+            b64_bytes(fields["handle"], CREDENTIAL_HANDLE_BYTES, "credential: handle"),
+            b64_bytes(fields["secret"], CREDENTIAL_SECRET_BYTES, "credential: secret"),
+            b64_bytes(fields["hide"], HIDE_KEY_BYTES, "credential: hide"),
+        )
 
 
 def mint_token(
-    key: AccessKey,
-    node_id: bytes,
+    credential: Credential,
     now: float,
     *,
     window_s: int = DEFAULT_TOKEN_WINDOW_S,
     nonce: bytes | None = None,
 ) -> str:
-    """Return a fresh token for the exit ``node_id`` in the window holding ``now``."""
+    """Return a fresh token for the credential's exit in the window holding ``now``."""
     if nonce is None:
         nonce = os.urandom(TOKEN_NONCE_BYTES)
     if len(nonce) != TOKEN_NONCE_BYTES:
         raise TokenError(f"token nonce must be {TOKEN_NONCE_BYTES} bytes")
-    mac = _mac(key, node_id, window_of(now, window_s), nonce)
-    return base64.urlsafe_b64encode(nonce + mac).rstrip(b"=").decode("ascii")
+    window = window_of(now, window_s)
+    sealed = seal_handle(credential.hide, nonce, window_tag(credential.secret, window))
+    mac = token_mac(credential.secret, credential.exit_node_id, window, nonce, sealed)
+    return b64_text(nonce + sealed + mac)
 
 
-def decode_token(text: str) -> bytes | None:
-    """Return the token's 32 bytes, or None when the text cannot be a token."""
+@dataclass(frozen=True, slots=True)
+class TokenParts:
+    nonce: bytes
+    sealed: bytes
+    mac: bytes
+
+
+def decode_token(text: str) -> TokenParts | None:
+    """Split a token, or return None when the text cannot be one (any other spelling)."""
     raw = text.encode("ascii", "replace")
     if len(raw) != TOKEN_TEXT_LENGTH or not _B64URL.issuperset(raw):
         return None
     try:
-        data = base64.urlsafe_b64decode(raw + b"=")
+        data = base64.urlsafe_b64decode(raw)
     except (binascii.Error, ValueError):
         return None
-    # A 43-character string can hide low bits in its last character; only the
-    # canonical encoding counts, so one token has exactly one spelling.
-    if base64.urlsafe_b64encode(data).rstrip(b"=") != raw or len(data) != TOKEN_BYTES:
+    if len(data) != TOKEN_BYTES:
         return None
-    return data
-
-
-class TokenVerifier:
-    """The exit's side: accepts each valid token once.
-
-    ``check`` returns True for a token minted with this key for this node_id in
-    the current window or one either side, never seen before; anything else
-    returns False (the caller answers with the decoy site, so the reason is
-    only counted, never told).
-    """
-
-    def __init__(
-        self,
-        key: AccessKey,
-        node_id: bytes,
-        *,
-        window_s: int = DEFAULT_TOKEN_WINDOW_S,
-        cache_per_window: int = REPLAY_CACHE_PER_WINDOW,
-    ) -> None:
-        if window_s <= 0:
-            raise TokenError("token window must be positive")
-        self._key = key
-        self._node_id = bytes(node_id)
-        self._window_s = window_s
-        self._cache_per_window = cache_per_window
-        self._seen: dict[int, set[bytes]] = {}
-        self.rejected: dict[str, int] = {"malformed": 0, "mac": 0, "replay": 0, "full": 0}
-
-    def _prune(self, current: int) -> None:
-        for window in [w for w in self._seen if w < current - TOKEN_WINDOW_SLACK]:
-            del self._seen[window]
-
-    def cached_nonces(self) -> int:
-        return sum(len(s) for s in self._seen.values())
-
-    def check(self, text: str, now: float) -> bool:
-        data = decode_token(text)
-        if data is None:
-            self.rejected["malformed"] += 1
-            return False
-        nonce, mac = data[:TOKEN_NONCE_BYTES], data[TOKEN_NONCE_BYTES:]
-        current = window_of(now, self._window_s)
-        self._prune(current)
-        for window in range(current - TOKEN_WINDOW_SLACK, current + TOKEN_WINDOW_SLACK + 1):
-            if std_hmac.compare_digest(_mac(self._key, self._node_id, window, nonce), mac):
-                break
-        else:
-            self.rejected["mac"] += 1
-            return False
-        # A nonce is remembered under the window it was minted for, which stays
-        # live for as long as the token could verify.
-        seen = self._seen.setdefault(window, set())
-        if nonce in seen:
-            self.rejected["replay"] += 1
-            return False
-        if len(seen) >= self._cache_per_window:
-            self.rejected["full"] += 1
-            return False
-        seen.add(nonce)
-        return True
+    n, h = TOKEN_NONCE_BYTES, TOKEN_NONCE_BYTES + CREDENTIAL_HANDLE_BYTES
+    return TokenParts(data[:n], data[n:h], data[h:])

@@ -6,7 +6,9 @@ import base64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from l2bridge.transport.admission import TokenVerifier
 from l2bridge.transport.constants import MAX_REQUEST_HEAD
+from l2bridge.transport.credentials import CredentialTable
 from l2bridge.transport.decoy import DecoyConnection, DecoySite, DecoyTimeouts
 from l2bridge.transport.gate import Admit, Gate, Pending, Refuse
 from l2bridge.transport.headers import (
@@ -16,11 +18,13 @@ from l2bridge.transport.headers import (
     Invalid,
     scan_request_head,
 )
-from l2bridge.transport.token import AccessKey, TokenVerifier, decode_token
+from l2bridge.transport.token import MasterKey, decode_token
 
 NOW = 1_800_000_000.0
 NODE = b"\x03" * 32
-KEY = AccessKey(b"\x09" * 32)
+KEY = MasterKey(b"\x09" * 32)
+TABLE = CredentialTable()
+TABLE.issue(KEY, bytes(32), b"\x01" * 32, "d", 0)
 
 http_ish = st.lists(
     st.sampled_from(
@@ -65,7 +69,7 @@ def test_scanner_total(data):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(st.binary(max_size=600), http_ish), min_size=1, max_size=20))
 def test_gate_chunks_never_admit_without_token(chunks):
-    gate = Gate(ws_path="/ws", verifier=TokenVerifier(KEY, NODE))
+    gate = Gate(ws_path="/ws", verifier=TokenVerifier(KEY, NODE, TABLE))
     received = b""
     for chunk in chunks:
         received += chunk
@@ -107,6 +111,6 @@ def test_decoy_answers_anything_with_http(chunks):
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=60))
 def test_token_decoder_total(text):
-    data = decode_token(text)
-    assert data is None or len(data) == 32
-    assert not TokenVerifier(KEY, NODE).check(text, NOW) or data is not None
+    parts = decode_token(text)
+    assert parts is None or len(parts.nonce + parts.sealed + parts.mac) == 48
+    assert TokenVerifier(KEY, NODE, TABLE).check(text, NOW) is None

@@ -281,13 +281,19 @@ def _examples() -> dict[str, tuple[bytes, dict[str, bytes | None], dict[str, int
 
     out: dict[str, tuple[bytes, dict[str, bytes | None], dict[str, int]]] = {}
 
-    key = token.AccessKey(bytes(range(32)))
+    master = token.MasterKey(bytes(range(32)))
     node = bytes(32)
+    handle = b"\x0b" * 16
+    credential = token.Credential.derive(master, node, handle)
     nonce16 = b"\x01" * 16
-    text = token.mint_token(key, node, 1_000_000.0, window_s=60, nonce=nonce16)
-    raw = base64.urlsafe_b64decode(text + "=")
-    mac = token._mac(key, node, token.window_of(1_000_000.0, 60), nonce16)
-    out["token"] = (raw, {"nonce": nonce16, "mac": mac[:16]}, {})
+    text = token.mint_token(credential, 1_000_000.0, window_s=60, nonce=nonce16)
+    raw = base64.urlsafe_b64decode(text)
+    secret = token.credential_secret(master, node, handle)
+    window = token.window_of(1_000_000.0, 60)
+    tag = token.window_tag(secret, window)
+    sealed = token.seal_handle(token.hide_key(master, node), nonce16, tag)
+    mac = token.token_mac(secret, node, window, nonce16, sealed)
+    out["token"] = (raw, {"nonce": nonce16, "sealed_tag": sealed, "mac": mac}, {})
 
     device, admin_key = HybridSigningKey.generate(), HybridSigningKey.generate()
     pub = device.public
@@ -534,12 +540,12 @@ def _circuit_examples(
         {"n": 5, "P": 512 - 11},
     )  # fmt: skip
     node = b"\x66" * 32
-    extend = cells.Extend(node, "ws://a/ws", "tok", b"CR")
+    extend = cells.Extend(node, "ws://a/ws", b"CR")
     out["extend"] = (
         extend.encode(),
         {"node_id": node, "endpoint_length": u(9, 2), "endpoint": b"ws://a/ws",
-         "token_length": u(3, 2), "token": b"tok", "create_length": u(2, 2), "create": b"CR"},
-        {"U": 9, "T": 3, "C": 2},
+         "create_length": u(2, 2), "create": b"CR"},
+        {"U": 9, "C": 2},
     )  # fmt: skip
     return out
 
@@ -609,7 +615,7 @@ def test_numbers_in_the_text_are_the_constants(phrase: str, value: int, actual: 
         ("at most\n100 000 per window", 100_000, "REPLAY_CACHE_PER_WINDOW"),
         ("pings every 25 s", 25, "SERVER_PING_INTERVAL_S"),
         ("limited to 4 MiB", 4 << 20, "MAX_MESSAGE_BYTES"),
-        ("43-character", 43, "TOKEN_TEXT_LENGTH"),
+        ("64-character", 64, "TOKEN_TEXT_LENGTH"),
     ],
 )
 def test_transport_numbers_in_the_text_are_the_constants(

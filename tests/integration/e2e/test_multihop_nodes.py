@@ -33,7 +33,7 @@ from l2bridge.client.node import ClientNode
 from l2bridge.identity.keyfiles import save_certificate
 from l2bridge.identity.keys import AdminKey, HybridSigningKey, save_public
 from l2bridge.node.config import ensure_startable, load_config
-from l2bridge.transport.token import AccessKey
+from lab.credlab import ExitCredentials, write_device
 from tests.integration.e2e.test_multihop_registry import (
     ENROLLER_INDEX,
     ETHER,
@@ -47,11 +47,6 @@ from tests.integration.l2bridge import nodes
 pytestmark = pytest.mark.integration
 
 EXITS = 5
-
-
-def write_private(path: Path, text: str) -> None:
-    path.write_text(text)
-    path.chmod(0o600)
 
 
 def test_ultra_secure_client_bridges_through_five_hops(world5, tmp_path, monkeypatch):
@@ -68,10 +63,22 @@ def test_ultra_secure_client_bridges_through_five_hops(world5, tmp_path, monkeyp
     now = int(time.time())
     admin = AdminKey(HybridSigningKey.generate())
     save_public(admin.public, tmp_path / "admin.pub")
-    write_private(tmp_path / "access.key", AccessKey.generate().to_text() + "\n")
     (tmp_path / "golden.yaml").write_text(golden_policy.dump(golden))
     chain = {"rpc_url": rpc_url, "contract_address": registry.address}
     exit_configs = []
+    client_key = HybridSigningKey.generate()
+    client_key.save(tmp_path / "client.identity")
+    # Each exit: its own master key and table; the client holds a credential for every
+    # exit (any may be hop 1), and each exit one for every other exit (the hops it extends to).
+    tables = [ExitCredentials(hop.identity.node_id) for hop in hops]
+    write_device(tmp_path / "client.credentials.json",
+                 *(t.issue(client_key.node_id, "laptop") for t in tables))  # fmt: skip
+    for i, hop in enumerate(hops):
+        write_device(tmp_path / f"exit{i}.credentials.json", *(
+            t.issue(hop.identity.node_id, f"exit{i}") for j, t in enumerate(tables) if j != i
+        ))  # fmt: skip
+    for i, t in enumerate(tables):
+        t.write_exit(tmp_path / f"exit{i}.access.key", tmp_path / f"exit{i}.table.json")
     for i, hop in enumerate(hops):
         hop.identity.save(tmp_path / f"exit{i}.identity")
         cert = admin.issue(hop.identity.public, f"exit{i}", "lab", now - 60, now + 3600)
@@ -82,13 +89,15 @@ def test_ultra_secure_client_bridges_through_five_hops(world5, tmp_path, monkeyp
             "network": {"tap": f"smx{i}", "vnet_hdr": False},
             "endpoints": {
                 "listen": f"127.0.0.1:{port}",
-                "access_key_file": "access.key",
+                "access_key_file": f"exit{i}.access.key",
+                "credential_file": f"exit{i}.credentials.json",
                 "relay": True,
             },
             "keys": {
                 "identity": f"exit{i}.identity",
                 "admin_public": "admin.pub",
                 "relay_certificate": f"exit{i}.cert",
+                "credentials": f"exit{i}.table.json",
             },
             "chain": chain,
         }
@@ -96,8 +105,6 @@ def test_ultra_secure_client_bridges_through_five_hops(world5, tmp_path, monkeyp
         path.write_text(yaml.safe_dump(cfg))
         exit_configs.append((path, f"ws://127.0.0.1:{port}/ws"))
 
-    client_key = HybridSigningKey.generate()
-    client_key.save(tmp_path / "client.identity")
     cert = admin.issue(client_key.public, "laptop", "lab", now - 60, now + 3600)
     save_certificate(cert, tmp_path / "client.cert")
     doc = yaml.safe_load(
@@ -110,7 +117,7 @@ def test_ultra_secure_client_bridges_through_five_hops(world5, tmp_path, monkeyp
     doc["atomic_time"]["enabled"] = False
     doc["exit_nodes"]["min_reputation"] = 500
     doc["network"].update({"tap": "smc0", "vnet_hdr": False})
-    doc["endpoints"] = {"access_key_file": "access.key"}
+    doc["endpoints"] = {"credential_file": "client.credentials.json"}
     doc["keys"] = {"identity": "client.identity", "certificate": "client.cert"}
     doc["chain"] = {**chain, "attestation_interval": f"{INTERVAL}s"}
     doc["tpm"] = {"golden_policy": "golden.yaml"}

@@ -51,7 +51,7 @@ from l2bridge.client.selection import SelectionPolicy
 from l2bridge.identity.keys import AllowList, HybridSigningKey
 from l2bridge.node.config import config_from_mapping
 from l2bridge.node.metrics import Metrics
-from lab.circuitlab import ACCESS, CLIENT, RelayExit
+from lab.circuitlab import CLIENT, CLIENT_WALLET, RelayExit
 from lab.imaharness import EVENT_LOG, IMA_LIST, Kernel
 from tests.integration.measured import accounts, boot, load, pcr_digest_of
 
@@ -192,7 +192,7 @@ def test_three_hop_circuit_skips_bad_evidence_and_shared_operators_and_survives_
         # Five hops (the ultra-secure configuration's): one per operator.
         five = CircuitBuilder(
             reader,
-            DialSettings(identity=CLIENT, access_key=ACCESS, policy=golden),
+            DialSettings(identity=CLIENT, credentials=CLIENT_WALLET, policy=golden),
             SelectionPolicy(min_reputation=0, max_attestation_age=INTERVAL),
             hops=5,
         )
@@ -221,7 +221,7 @@ def test_three_hop_circuit_skips_bad_evidence_and_shared_operators_and_survives_
         metrics = Metrics("client")
         builder = CircuitBuilder(
             reader,
-            DialSettings(identity=CLIENT, access_key=ACCESS, policy=golden),
+            DialSettings(identity=CLIENT, credentials=CLIENT_WALLET, policy=golden),
             SelectionPolicy(min_reputation=0, max_attestation_age=INTERVAL),
             hops=3,
             metrics=metrics,

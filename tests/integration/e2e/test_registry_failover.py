@@ -51,7 +51,7 @@ from l2bridge.protocol.handshake import ClientHandshake, ServerHandshake
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings
-from l2bridge.transport.token import AccessKey, TokenVerifier
+from lab.credlab import LabWallet, lab_exit
 from lab.imaharness import EVENT_LOG, IMA_LIST, Kernel
 from tests.integration.measured import accounts, boot, load, pcr_digest_of
 from timing.clock import DisciplinedClock
@@ -64,7 +64,7 @@ INTERVAL = 60  # the registry's attestation window (s)
 ROTATION_S = 1.0
 CHECK_S = 1.0  # the client re-checks its exit this often (well inside one interval)
 CLIENT = HybridSigningKey.generate()
-ACCESS = AccessKey.generate()
+CLIENT_WALLET = LabWallet(CLIENT.node_id, "client-a")  # issued by each exit it dials
 ENROLLER_INDEX = 3  # a dev account the owner appoints; it only signs vouchers
 
 
@@ -169,7 +169,7 @@ async def serve_exit(x: Exit) -> tunnel.Server:
             return
 
     settings = ServerSettings(
-        DecoySite.builtin(), "/ws", TokenVerifier(ACCESS, x.node_id), header_timeout=2.0
+        DecoySite.builtin(), "/ws", lab_exit(x.node_id).verifier(), header_timeout=2.0
     )
     server = await tunnel.serve(
         on_link,
@@ -226,7 +226,7 @@ def test_client_picks_registry_exit_and_fails_over_on_pcr_change(world):
         metrics = Metrics("client")
         finder = ExitFinder(
             reader,
-            DialSettings(identity=CLIENT, access_key=ACCESS, policy=golden),
+            DialSettings(identity=CLIENT, credentials=CLIENT_WALLET, policy=golden),
             SelectionPolicy(min_reputation=500, max_attestation_age=INTERVAL),
             metrics=metrics,
             check_interval=CHECK_S,
@@ -328,7 +328,7 @@ def test_unreachable_chain_keeps_local_attestation_and_says_so(world):
 
     finder = ExitFinder(
         DeadRegistry(),
-        DialSettings(identity=CLIENT, access_key=ACCESS, policy=golden),
+        DialSettings(identity=CLIENT, credentials=CLIENT_WALLET, policy=golden),
         SelectionPolicy(max_attestation_age=INTERVAL),
     )
     with pytest.raises(NoExitAvailable, match="registry unreachable"):

@@ -38,7 +38,8 @@ from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.direct import DirectMessages
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings
-from l2bridge.transport.token import AccessKey, TokenVerifier, mint_token
+from l2bridge.transport.token import mint_token
+from lab.credlab import ExitCredentials
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,8 @@ DEVICE = HybridSigningKey.generate()
 ADMIN = AdminKey(HybridSigningKey.generate())
 NOW = int(time.time())
 CERT = ADMIN.issue(DEVICE.public, "laptop-of-alice", "acme-corporation", NOW - 60, NOW + 3600)
-KEY = AccessKey.generate()
+KEY = ExitCredentials(EXIT.node_id)
+CRED = KEY.issue(DEVICE.node_id, "laptop-of-alice")
 
 
 @pytest.fixture
@@ -155,7 +157,7 @@ async def idle(link: Link) -> None:
 
 
 async def fresh_socket(url: str) -> DirectMessages:
-    token = mint_token(KEY, EXIT.node_id, time.time())
+    token = mint_token(CRED, time.time())
     opened = await open_transport(url, token, max_size=MAX_MESSAGE_SIZE, direct=True)
     assert isinstance(opened, DirectMessages)
     return opened
@@ -203,7 +205,7 @@ def test_observer_sees_no_identity_and_replays_cost_no_quote(
         return lifecycle.evidence(nonce, node_id)
 
     guard = HelloGuard(quotes_per_minute=3)
-    settings = ServerSettings(DecoySite.builtin(), "/ws", TokenVerifier(KEY, EXIT.node_id))
+    settings = ServerSettings(DecoySite.builtin(), "/ws", KEY.verifier())
 
     async def main() -> None:
         server = await serve(
@@ -219,7 +221,7 @@ def test_observer_sees_no_identity_and_replays_cost_no_quote(
             # 1. A certified device's tunnel through the recording relay.
             hs = attested_handshake()
             link = await connect(
-                f"ws://127.0.0.1:{relay_port}/ws", hs, access_key=KEY, node_id=EXIT.node_id
+                f"ws://127.0.0.1:{relay_port}/ws", hs, credential=CRED, node_id=EXIT.node_id
             )
             await link.send_frames([b"\x00" * 60])
             await link.close()
@@ -241,27 +243,27 @@ def test_observer_sees_no_identity_and_replays_cost_no_quote(
             assert answer.startswith(b"HTTP/1.1 ") and not answer.startswith(b"HTTP/1.1 101")
             assert len(quotes) == 1
 
-            # 3. The captured hello under a fresh, valid token (an access-key holder): a
+            # 3. The captured hello under a fresh, valid token (the device's own credential): a
             # duplicate, refused before any work.
             ws = await fresh_socket(f"ws://127.0.0.1:{port}/ws")
             ws.write_binary(hello)
             assert await refused_without_answer(ws)
             assert guard.refused["duplicate"] == 1 and len(quotes) == 1
 
-            # 4. The source's quota of attested hellos (3 a minute, one used above): two
+            # 4. The device's quota of attested hellos (3 a minute, one used above): two
             # more are quoted, the next is refused before the TPM; a plain hello still
             # connects.
             url = f"ws://127.0.0.1:{port}/ws"
             for _ in range(2):
-                link = await connect(url, attested_handshake(), access_key=KEY,
+                link = await connect(url, attested_handshake(), credential=CRED,
                                      node_id=EXIT.node_id)  # fmt: skip
                 await link.close()
             assert len(quotes) == 3
             with pytest.raises(TransportClosed):
-                await connect(url, attested_handshake(), access_key=KEY, node_id=EXIT.node_id)
+                await connect(url, attested_handshake(), credential=CRED, node_id=EXIT.node_id)
             assert guard.refused["quote quota"] == 1 and len(quotes) == 3
             plain = ClientHandshake(DEVICE, certificate=CERT, pinned_node_id=EXIT.node_id)
-            link = await connect(url, plain, access_key=KEY, node_id=EXIT.node_id)
+            link = await connect(url, plain, credential=CRED, node_id=EXIT.node_id)
             await link.close()
             assert len(quotes) == 3
         finally:

@@ -19,14 +19,15 @@ from l2bridge.client.circuit import Hop, HopFailed, build
 from l2bridge.client.selection import Candidate
 from l2bridge.constants import Mode
 from l2bridge.protocol.cells import CellKind, parse_cell
+from l2bridge.transport.credentials import CredentialWallet
 from l2bridge.transport.errors import TransportClosed
 from lab.circuitlab import (
+    CLIENT,
     dialer,
     fake_checker,
     hop_of,
     lab_builder,
     start_exits,
-    token_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -63,9 +64,7 @@ def test_frames_cross_the_circuit_with_equal_sha256(n):
     async def scenario():
         exits = await start_exits(n)
         try:
-            cl = await build(
-                [hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for
-            )
+            cl = await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
             assert cl.circuit.length == n and len(cl.hop_ms) == n
             tail = exits[-1]
             blob = os.urandom(200_000)
@@ -103,7 +102,7 @@ def test_pqc_only_circuit_of_five_hops():
         try:
             cl = await build(
                 [hop_of(x) for x in exits], dialer(Mode.PQC_ONLY), lambda h: fake_checker,
-                token_for, mode=Mode.PQC_ONLY,
+                mode=Mode.PQC_ONLY,
             )  # fmt: skip
             await cl.send_frames([tunnel_frame(ether(A, B, b"pq" * 100))])
             await until(lambda: bool(exits[-1].tap.delivered()))
@@ -118,9 +117,7 @@ def test_hop_one_sees_only_ciphertext_and_fixed_sizes():
     async def scenario():
         exits = await start_exits(3)
         try:
-            cl = await build(
-                [hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for
-            )
+            cl = await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
             secret = b"TOP-SECRET-PAYLOAD" * 50
             cells = cl.circuit.seal_frames([tunnel_frame(ether(A, B, secret))])
             for c in cells:
@@ -147,9 +144,7 @@ def test_killing_a_middle_hop_ends_the_circuit_at_the_client():
     async def scenario():
         exits = await start_exits(3)
         try:
-            cl = await build(
-                [hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for
-            )
+            cl = await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
             await cl.send_frames([tunnel_frame(ether(A, B, b"x" * 100))])
             await until(lambda: bool(exits[2].tap.delivered()))
             await exits[1].kill()
@@ -163,7 +158,7 @@ def test_killing_a_middle_hop_ends_the_circuit_at_the_client():
             await until(lambda: not exits[0].relay.hops)
             # A new circuit through the survivors works.
             again = await build(
-                [hop_of(exits[0]), hop_of(exits[2])], dialer(), lambda h: fake_checker, token_for
+                [hop_of(exits[0]), hop_of(exits[2])], dialer(), lambda h: fake_checker
             )
             await again.send_frames([tunnel_frame(ether(A, B, b"y" * 100))])
             await until(lambda: any(b"y" * 100 in f for f in exits[2].tap.delivered()))
@@ -181,7 +176,7 @@ def test_a_hop_with_bad_evidence_is_refused_by_name():
         exits[1].relay.evidence_provider = lambda nonce, node: b"EV" + bytes(32)  # stale
         try:
             with pytest.raises(HopFailed) as info:
-                await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for)
+                await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
             assert info.value.node_id == exits[1].node_id and info.value.refused
             # Hop 1 closed its link to the refused hop once the client dropped the circuit.
             await until(lambda: not exits[0].relay.hops and not exits[1].relay.hops)
@@ -197,7 +192,7 @@ def test_an_unreachable_next_hop_is_reported_and_the_tail_stays_usable():
         await exits[1].kill()
         try:
             with pytest.raises(HopFailed) as info:
-                await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for)
+                await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
             assert info.value.node_id == exits[1].node_id and not info.value.refused
         finally:
             await stop_all([exits[0], exits[2]])
@@ -220,14 +215,12 @@ def test_extend_goes_only_to_the_endpoint_the_registry_lists():
             with pytest.raises(HopFailed) as info:
                 await build(
                     [hop_of(exits[0]), elsewhere, hop_of(exits[2])], dialer(),
-                    lambda h: fake_checker, token_for,
+                    lambda h: fake_checker,
                 )  # fmt: skip
             assert info.value.node_id == exits[1].node_id and not info.value.refused
             assert exits[0].metrics.counters.drops["extend_not_in_registry"] == 1
             # The listed endpoints work.
-            cl = await build(
-                [hop_of(x) for x in exits], dialer(), lambda h: fake_checker, token_for
-            )
+            cl = await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
             await cl.close()
         finally:
             await stop_all(exits)
@@ -279,3 +272,40 @@ def test_an_unreadable_relay_certificate_is_a_config_error(tmp_path):
     )
     with pytest.raises(ExitConfigError, match=r"keys\.relay_certificate"):
         ExitNode(nodes.config(path))
+
+
+def test_each_hop_sees_a_token_of_the_hop_before_never_the_clients():
+    async def scenario():
+        exits = await start_exits(3)
+        try:
+            cl = await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
+            # Hop 1 admitted the client's credential; hops 2 and 3 the relaying exit's own.
+            assert [link.admission.device for link in exits[0].links] == [CLIENT.node_id]
+            assert [link.admission.device for link in exits[1].links] == [exits[0].node_id]
+            assert [link.admission.device for link in exits[2].links] == [exits[1].node_id]
+            # The later hops never issued (or saw) a credential naming the client.
+            for x in exits[1:]:
+                assert x.creds is not None
+                assert CLIENT.node_id not in {e.device for e in x.creds.table}
+            await cl.close()
+        finally:
+            await stop_all(exits)
+
+    run(scenario())
+
+
+def test_a_relay_without_a_credential_for_the_next_hop_refuses_the_extend():
+    async def scenario():
+        exits = await start_exits(2)
+        assert exits[0].relay is not None
+        exits[0].relay.credentials = CredentialWallet()  # none for exit 1
+        try:
+            with pytest.raises(HopFailed) as info:
+                await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
+            assert info.value.node_id == exits[1].node_id and not info.value.refused
+            assert exits[0].metrics.counters.drops["extend_no_credential"] == 1
+            assert exits[1].links == []  # nothing reached exit 1
+        finally:
+            await stop_all(exits)
+
+    run(scenario())

@@ -35,13 +35,14 @@ from l2bridge.protocol.helloguard import HelloGuard
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings
-from l2bridge.transport.token import AccessKey, TokenVerifier
+from lab.credlab import ExitCredentials
 
 pytestmark = pytest.mark.integration
 
 EXIT = HybridSigningKey.generate()
 CLIENT = HybridSigningKey.generate()
-KEY = AccessKey.generate()
+KEY = ExitCredentials(EXIT.node_id)  # the exit's master key and credential table
+CREDENTIAL = KEY.issue(CLIENT.node_id, "client")
 DEADLINE_S = 0.5
 
 
@@ -83,7 +84,7 @@ async def dial(url: str, attest: bool) -> Link:
             CLIENT, pinned_node_id=EXIT.node_id, attestation_nonce=os.urandom(32),
             evidence_checker=require_evidence,
         )  # fmt: skip
-    return await connect(url, handshake, access_key=KEY, node_id=EXIT.node_id)
+    return await connect(url, handshake, credential=CREDENTIAL, node_id=EXIT.node_id)
 
 
 async def outcome(url: str, attest: bool) -> str:
@@ -109,7 +110,7 @@ def test_hung_tpm_blocks_no_plain_handshake(
     )  # fmt: skip
     lifecycle.start()
     authorizer = Authorizer(allow_list=AllowList().add(CLIENT.node_id, "c"))
-    settings = ServerSettings(DecoySite.builtin(), "/ws", TokenVerifier(KEY, EXIT.node_id))
+    settings = ServerSettings(DecoySite.builtin(), "/ws", KEY.verifier())
 
     async def main() -> None:
         server = await serve(

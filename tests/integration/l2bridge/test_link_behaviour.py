@@ -13,7 +13,7 @@ from l2bridge.protocol.handshake import ClientHandshake, ServerHandshake
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings
-from l2bridge.transport.token import AccessKey, TokenVerifier
+from lab.credlab import ExitCredentials
 
 pytestmark = pytest.mark.integration
 
@@ -23,10 +23,8 @@ CLIENT = HybridSigningKey.generate()
 
 async def start(on_link, *, allowed=True):
     allow = AllowList().add(CLIENT.node_id, "c") if allowed else AllowList()
-    key = AccessKey.generate()
-    settings = ServerSettings(
-        DecoySite.builtin(), "/ws", TokenVerifier(key, EXIT.node_id), header_timeout=2.0
-    )
+    creds = ExitCredentials(EXIT.node_id)
+    settings = ServerSettings(DecoySite.builtin(), "/ws", creds.verifier(), header_timeout=2.0)
     server = await serve(
         on_link,
         settings,
@@ -36,7 +34,7 @@ async def start(on_link, *, allowed=True):
         queue_batches=2,
     )
     url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
-    return server, url, key
+    return server, url, creds.issue(CLIENT.node_id, "c")
 
 
 def run(coro):
@@ -60,7 +58,7 @@ def test_echo_then_client_close_ends_exit_link():
             link = await connect(
                 url,
                 ClientHandshake(CLIENT, pinned_node_id=EXIT.node_id),
-                access_key=key,
+                credential=key,
                 node_id=EXIT.node_id,
             )
             frames = [b"\x01" * 60, b"\x02" * 1514, b"\x03" * 9000]
@@ -86,7 +84,7 @@ def test_exit_close_ends_client_link_and_unblocks_sender():
 
         server, url, key = await start(on_link)
         try:
-            link = await connect(url, ClientHandshake(CLIENT), access_key=key, node_id=EXIT.node_id)
+            link = await connect(url, ClientHandshake(CLIENT), credential=key, node_id=EXIT.node_id)
             await link.send_frames([b"a" * 100])
             # Keep sending into a queue of 2 batches: when the exit goes away the
             # sender is released with TransportClosed, never left hanging.
@@ -114,7 +112,7 @@ def test_unknown_client_is_disconnected_without_explanation():
         try:
             # The exit refuses at the hello and just closes: no reason is sent.
             with pytest.raises(TransportClosed, match="closed the connection"):
-                await connect(url, ClientHandshake(CLIENT), access_key=key, node_id=EXIT.node_id)
+                await connect(url, ClientHandshake(CLIENT), credential=key, node_id=EXIT.node_id)
         finally:
             server.close()
             await server.wait_closed()

@@ -15,13 +15,14 @@ from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings
-from l2bridge.transport.token import AccessKey, TokenVerifier
+from lab.credlab import ExitCredentials
 
 pytestmark = pytest.mark.integration
 
 EXIT = HybridSigningKey.generate()
 CLIENT = HybridSigningKey.generate()
-KEY = AccessKey.generate()
+KEY = ExitCredentials(EXIT.node_id)  # the exit's master key and credential table
+CREDENTIAL = KEY.issue(CLIENT.node_id, "client")
 PADDED = SessionConfig(pad_to=256)
 # Fast for the test: ~50 records/s once idle for 20 ms.
 BUSY = CoverPlan(rate=50.0, min_size=64, max_size=1400, budget=1e6, idle_s=0.02)
@@ -52,7 +53,7 @@ def test_idle_link_carries_cover_that_is_dropped_and_counted() -> None:
             pass
 
     async def scenario() -> None:
-        settings = ServerSettings(DecoySite.builtin(), "/ws", TokenVerifier(KEY, EXIT.node_id))
+        settings = ServerSettings(DecoySite.builtin(), "/ws", KEY.verifier())
         authorizer = Authorizer(allow_list=AllowList().add(CLIENT.node_id, "c"))
         server = await serve(
             on_link, settings, lambda: ServerHandshake(EXIT, authorizer, config=PADDED),
@@ -61,7 +62,9 @@ def test_idle_link_carries_cover_that_is_dropped_and_counted() -> None:
         url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
         try:
             hs = ClientHandshake(CLIENT, pinned_node_id=EXIT.node_id, config=PADDED)
-            link = await connect(url, hs, access_key=KEY, node_id=EXIT.node_id, cover=STARVED)
+            link = await connect(
+                url, hs, credential=CREDENTIAL, node_id=EXIT.node_id, cover=STARVED
+            )
             await wait_for(lambda: link.session.stats.cover_received >= 5, "cover records")
             exit_link = exit_links[0]
             assert exit_link.cover_sent >= 5

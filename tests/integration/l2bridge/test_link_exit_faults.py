@@ -28,13 +28,14 @@ from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings
-from l2bridge.transport.token import AccessKey, TokenVerifier
+from lab.credlab import ExitCredentials
 
 pytestmark = pytest.mark.integration
 
 EXIT = HybridSigningKey.generate()
 CLIENT = HybridSigningKey.generate()
-KEY = AccessKey.generate()
+KEY = ExitCredentials(EXIT.node_id)  # the exit's master key and credential table
+CREDENTIAL = KEY.issue(CLIENT.node_id, "client")
 
 
 async def echo(link: Link) -> None:
@@ -52,7 +53,7 @@ async def start(
     clock: Callable[[], float] = time.time,
     on_link: Callable[[Link], object] = echo,
 ):
-    settings = ServerSettings(DecoySite.builtin(), "/ws", TokenVerifier(KEY, EXIT.node_id))
+    settings = ServerSettings(DecoySite.builtin(), "/ws", KEY.verifier())
     authorizer = Authorizer(allow_list=AllowList().add(CLIENT.node_id, "c"))
     server = await serve(
         on_link,  # type: ignore[arg-type]
@@ -75,7 +76,7 @@ def hello(attest: bool) -> ClientHandshake:
 
 
 async def dial(url: str, attest: bool) -> Link:
-    return await connect(url, hello(attest), access_key=KEY, node_id=EXIT.node_id)
+    return await connect(url, hello(attest), credential=CREDENTIAL, node_id=EXIT.node_id)
 
 
 def test_slow_evidence_does_not_stall_established_links() -> None:

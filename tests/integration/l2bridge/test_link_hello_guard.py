@@ -1,8 +1,7 @@
 """The exit's tunnel server with a gate that names the device of each token.
 
-Real ``link.serve`` / ``link.connect`` on loopback, evidence from a counting fake provider.
-The gate's admission (which device a token names) is what per-device credentials provide;
-here a table from token to device stands in for it (``connection.admission.device``):
+Real ``link.serve`` / ``link.connect`` on loopback with the real credential gate (each token
+names the device its credential was issued to), evidence from a counting fake provider:
 
 * a finish by another device than the one its token named is refused (no ``on_link``);
 * the attested-hello quota is per device: one device past its quota is refused before the
@@ -16,12 +15,10 @@ import asyncio
 import contextlib
 import os
 import time
-from dataclasses import dataclass
 
 import pytest
 
 from l2bridge.identity.keys import AdminKey, Authorizer, HybridSigningKey
-from l2bridge.node import link as tunnel
 from l2bridge.node.link import MAX_MESSAGE_SIZE, Link, connect, serve
 from l2bridge.protocol.handshake import ClientHandshake, ServerHandshake
 from l2bridge.protocol.helloguard import HelloGuard
@@ -30,24 +27,20 @@ from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.direct import DirectMessages
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings
-from l2bridge.transport.token import AccessKey, TokenVerifier, mint_token
+from l2bridge.transport.token import mint_token
+from lab.credlab import ExitCredentials
 
 pytestmark = pytest.mark.integration
 
 EXIT = HybridSigningKey.generate()
 ADMIN = AdminKey(HybridSigningKey.generate())
-KEY = AccessKey.generate()
+KEY = ExitCredentials(EXIT.node_id)
 ALICE, BOB = HybridSigningKey.generate(), HybridSigningKey.generate()
 NOW = int(time.time())
 CERTS = {
     key.node_id: ADMIN.issue(key.public, name, "org", NOW - 60, NOW + 3600)
     for key, name in ((ALICE, "alice"), (BOB, "bob"))
 }
-
-
-@dataclass(frozen=True)
-class Admission:
-    device: bytes
 
 
 def attested(key: HybridSigningKey) -> ClientHandshake:
@@ -57,18 +50,7 @@ def attested(key: HybridSigningKey) -> ClientHandshake:
     )  # fmt: skip
 
 
-def test_the_device_a_token_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    named: dict[str, bytes] = {}  # token -> the device the gate's credential table names
-
-    def admitted(connection: object) -> tuple[str | None, bytes | None]:
-        token = getattr(connection, "token", None)
-        assert isinstance(token, str)
-        device = named.get(token)
-        connection.admission = Admission(device) if device else None  # type: ignore[attr-defined]
-        return real_admitted(connection)
-
-    real_admitted = tunnel._admitted
-    monkeypatch.setattr(tunnel, "_admitted", admitted)
+def test_the_device_a_token_names() -> None:
     quotes: list[bytes] = []
 
     def provider(nonce: bytes, node_id: bytes) -> bytes:
@@ -84,17 +66,17 @@ def test_the_device_a_token_names(monkeypatch: pytest.MonkeyPatch) -> None:
             await link.recv_frames()
 
     guard = HelloGuard(quotes_per_minute=2)
-    settings = ServerSettings(DecoySite.builtin(), "/ws", TokenVerifier(KEY, EXIT.node_id))
+    settings = ServerSettings(DecoySite.builtin(), "/ws", KEY.verifier())
+    credentials = {
+        key.node_id: KEY.issue(key.node_id, name) for key, name in ((ALICE, "alice"), (BOB, "bob"))
+    }
 
     def token_for(device: HybridSigningKey) -> str:
-        token = mint_token(KEY, EXIT.node_id, time.time())
-        named[token] = device.node_id
-        return token
+        return mint_token(credentials[device.node_id], time.time())
 
     async def dial(url: str, hs: ClientHandshake, as_: bytes) -> Link:
-        token = mint_token(KEY, EXIT.node_id, time.time())
-        named[token] = as_
-        return await connect(url, hs, access_key=None, node_id=EXIT.node_id, token=token)
+        # The credential issued to ``as_`` names that device at the gate.
+        return await connect(url, hs, credential=credentials[as_], node_id=EXIT.node_id)
 
     async def main() -> None:
         server = await serve(

@@ -27,13 +27,13 @@ from l2bridge.identity.keys import HybridSigningKey
 from l2bridge.node.link import Link, connect
 from l2bridge.node.metrics import Metrics
 from l2bridge.protocol.handshake import ClientHandshake
-from l2bridge.transport.token import AccessKey
+from l2bridge.transport.token import Credential, MasterKey, b64_text
 from tests.integration.l2bridge.echo_exit import KEEPALIVE_S, LIVENESS_S
 
 pytestmark = pytest.mark.integration
 
 CLIENT = HybridSigningKey.generate()
-KEY = AccessKey.generate()
+KEY = MasterKey.generate()  # each exit process gets its own node id, so its own secrets
 FRAME = bytes.fromhex("ffffffffffff020000000001") + b"\x88\xb5" + b"liveness" * 8
 
 
@@ -43,9 +43,11 @@ class Exit:
         path = directory / f"{name}.key"
         key.save(path)
         self.node_id = key.node_id
+        handle = os.urandom(16)
+        self.credential = Credential.derive(KEY, key.node_id, handle)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.integration.l2bridge.echo_exit", str(path),
-             CLIENT.node_id.hex(), KEY.to_text()],
+             CLIENT.node_id.hex(), KEY.to_text(), b64_text(handle)],
             stdout=subprocess.PIPE,
         )  # fmt: skip
         assert self.proc.stdout is not None
@@ -75,7 +77,7 @@ def exits(tmp_path: Path) -> Iterator[list[Exit]]:
 
 async def dial(e: Exit, *, live: bool = True) -> Link:
     return await connect(
-        e.url, ClientHandshake(CLIENT, pinned_node_id=e.node_id), access_key=KEY,
+        e.url, ClientHandshake(CLIENT, pinned_node_id=e.node_id), credential=e.credential,
         node_id=e.node_id, keepalive_s=KEEPALIVE_S if live else None,
         liveness_s=LIVENESS_S if live else None,
     )  # fmt: skip

@@ -20,7 +20,8 @@ from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed, UpgradeRefused
 from l2bridge.transport.server import ServerSettings
-from l2bridge.transport.token import AccessKey, TokenVerifier
+from l2bridge.transport.token import Credential
+from lab.credlab import ExitCredentials
 
 pytestmark = pytest.mark.integration
 
@@ -99,12 +100,13 @@ async def scenario():
     exit_identity = HybridSigningKey.generate()
     client_identity = HybridSigningKey.generate()
     authorizer = Authorizer(allow_list=AllowList().add(client_identity.node_id, "test client"))
-    access_key = AccessKey.generate()
+    creds = ExitCredentials(exit_identity.node_id)
+    credential = creds.issue(client_identity.node_id, "test client")
     exit_config = SessionConfig(rekey_interval=ROTATION_S)
     settings = ServerSettings(
         DecoySite.builtin(),
         "/ws",
-        TokenVerifier(access_key, exit_identity.node_id),
+        creds.verifier(),
         header_timeout=5.0,
     )
     exit_result: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -135,16 +137,20 @@ async def scenario():
     port = server.sockets[0].getsockname()[1]
     url = f"ws://127.0.0.1:{port}/ws"
     try:
-        with pytest.raises(UpgradeRefused):  # wrong access key: the decoy answers
+        with pytest.raises(UpgradeRefused):  # a credential the exit never issued: the decoy
             await connect(
                 url,
                 ClientHandshake(client_identity),
-                access_key=AccessKey.generate(),
+                credential=Credential.derive(
+                    ExitCredentials(exit_identity.node_id).master,
+                    exit_identity.node_id,
+                    credential.handle,
+                ),
                 node_id=exit_identity.node_id,
             )
         handshake = ClientHandshake(client_identity, pinned_node_id=exit_identity.node_id)
         started = time.perf_counter()
-        link = await connect(url, handshake, access_key=access_key, node_id=exit_identity.node_id)
+        link = await connect(url, handshake, credential=credential, node_id=exit_identity.node_id)
         stop = asyncio.Event()
         rotator = asyncio.create_task(rotate_every_second(link, stop))
         exit_frames = frame_sizes(2, STREAM_BYTES)

@@ -15,11 +15,10 @@ import pytest
 from exitnode.server import ExitNode, ExitOptions
 from hardware import ethernet
 from l2bridge.client.node import ClientNode
-from l2bridge.errors import DeviceRevoked
 from l2bridge.identity.keyfiles import load_certificate, save_allow_list, save_revocations
 from l2bridge.identity.keys import AllowList, HybridSigningKey
 from l2bridge.node.link import Link
-from l2bridge.transport.errors import TransportClosed
+from l2bridge.transport.errors import TransportClosed, UpgradeRefused
 from tests.integration.l2bridge import nodes
 
 pytestmark = pytest.mark.integration
@@ -74,8 +73,11 @@ def test_revoked_device_loses_tunnel_without_another_rekey_and_cannot_reconnect(
                 await asyncio.wait_for(link.recv_frames(), 10)
             assert link.rekeys_completed == 1
             await link.close()
-            with pytest.raises(DeviceRevoked, match="revoked"):
+            # Its credential was issued against the revoked certificate: the reconnect is
+            # refused at the gate like a stranger's, before any handshake work.
+            with pytest.raises(UpgradeRefused):
                 await client.connect()
+            assert node.verifier.rejected["revoked"] == 1
         finally:
             stop.set()
             await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 20)
@@ -137,8 +139,9 @@ def test_revocation_and_allow_list_removal_end_running_tunnels_within_a_second(
             await other.send_frames([arp(2)])
             await wait_for(lambda: arp(2)[10:] in node.board.local.delivered(), "friend's frame")
             assert link.close_reason == "revoked"  # told by the close code, not a bare close
-            with pytest.raises(DeviceRevoked):
+            with pytest.raises(UpgradeRefused):  # refused at the gate, like a stranger
                 await client.connect()
+            assert node.verifier.rejected["revoked"] == 1
 
             # The allow-listed device is taken off the list.
             save_allow_list(AllowList(), allowed)

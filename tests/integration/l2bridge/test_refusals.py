@@ -21,9 +21,12 @@ from l2bridge.client.pump import Client
 from l2bridge.errors import DeviceRevoked
 from l2bridge.identity.keyfiles import load_certificate, save_revocations
 from l2bridge.node.config import ConfigError
+from l2bridge.node.credfiles import save_wallet
 from l2bridge.node.link import Link
 from l2bridge.node.metrics import Metrics
+from l2bridge.transport.credentials import CredentialWallet
 from l2bridge.transport.errors import TransportClosed, UpgradeRefused
+from l2bridge.transport.token import Credential
 from tests.integration.l2bridge import nodes
 
 pytestmark = pytest.mark.integration
@@ -65,9 +68,10 @@ def test_refusals_are_logged_with_the_device_and_a_revoked_client_stops(
     stranger = nodes.config(lab.client_configs["stranger"])
 
     def with_wrong_key(doc: dict[str, Any]) -> None:
-        (tmp_path / "wrong.key").write_text("A" * 43 + "\n")
-        (tmp_path / "wrong.key").chmod(0o600)
-        doc["endpoints"]["access_key_file"] = "wrong.key"
+        # A credential for this exit that the exit never issued.
+        forged = Credential(lab.exit_node_id, os.urandom(16), os.urandom(32), os.urandom(16))
+        save_wallet(CredentialWallet([forged]), tmp_path / "wrong.json")
+        doc["endpoints"]["credential_file"] = "wrong.json"
 
     wrong_key = nodes.config(nodes.edit(tmp_path / "laptop.yaml", with_wrong_key))
     caplog.set_level(logging.INFO)
@@ -85,32 +89,33 @@ def test_refusals_are_logged_with_the_device_and_a_revoked_client_stops(
                 "tunnel refused" in r.message and "not authorized" in r.message
                 and "no certificate" in r.message for r in caplog.records
             )  # fmt: skip
-            # a wrong access key: the client's error says what to check
-            with pytest.raises(UpgradeRefused, match="access_key_file"):
+            # a credential the exit never issued: the client's error says what to check
+            with pytest.raises(UpgradeRefused, match="credential_file"):
                 await ClientNode(wrong_key, status=False).connect()
             # revoked while connected: the exit re-authorises every live tunnel when the
-            # list is reloaded and ends this one with "revoked", no rekey needed
+            # list is reloaded and ends this one with "revoked", no rekey needed; the
+            # client's pump then stops instead of retrying
             client = ClientNode(laptop, status=False)
-            link = await client.connect()
-            assert isinstance(link, Link)
-            _revoke(lab, crl, tmp_path / "laptop.cert", 2)
-            await wait_for(lambda: node.revocations.reloads == 1, "the list to be reloaded")
-            await wait_for(lambda: link.close_reason is not None, "the tunnel to end")
-            assert link.close_reason == "revoked"
-            await link.close()
-            # and the reconnect is told "revoked", so the client stops instead of retrying
-            caplog.clear()
-            with pytest.raises(DeviceRevoked, match="revoked"):
-                await client.connect()
-            assert any("laptop" in r.message and "revoked" in r.message for r in caplog.records)
             tap = FakeTap()
             try:
                 pump = Client(tap, client.connect, Metrics("client"))
-                with pytest.raises(DeviceRevoked):
-                    await asyncio.wait_for(pump.run(asyncio.Event()), 10)
-                assert pump.connections == 0
+                running = asyncio.ensure_future(pump.run(asyncio.Event()))
+                await wait_for(pump.connected.is_set, "the laptop's tunnel")
+                link = client.link
+                assert isinstance(link, Link)
+                _revoke(lab, crl, tmp_path / "laptop.cert", 2)
+                await wait_for(lambda: node.revocations.reloads == 1, "the list to be reloaded")
+                with pytest.raises(DeviceRevoked, match="revoked"):
+                    await asyncio.wait_for(running, 10)
+                assert link.close_reason == "revoked"
+                assert pump.connections == 1
             finally:
                 tap.close()
+            # a reconnect is refused at the gate, before any handshake work, like a
+            # stranger's: its credential was issued against the revoked certificate
+            with pytest.raises(UpgradeRefused):
+                await client.connect()
+            assert node.verifier.rejected["revoked"] == 1
         finally:
             stop.set()
             await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 20)

@@ -19,10 +19,11 @@ from exitnode.server import ExitNode, ExitOptions
 from hardware.chain import free_port
 from l2bridge.client.node import ClientNode
 from l2bridge.commands.main import main
-from l2bridge.errors import DeviceRevoked
 from l2bridge.node import audit as audit_log
 from l2bridge.node.config import Config
+from l2bridge.node.credfiles import load_table
 from l2bridge.node.link import Link
+from l2bridge.transport.errors import UpgradeRefused
 from tests.integration.l2bridge import nodes
 
 pytestmark = pytest.mark.integration
@@ -120,7 +121,7 @@ def test_mtu_mismatch_audit_metrics_listen_and_peers_commands(
         return main(list(args))
 
     async def scenario() -> None:
-        async with running(exit_cfg, d / "exit.yaml"):
+        async with running(exit_cfg, d / "exit.yaml") as node:
             a = await ClientNode(a_cfg, status=False).connect()
             b_node = ClientNode(b_cfg, status=False)
             b = await b_node.connect()
@@ -150,8 +151,13 @@ def test_mtu_mismatch_audit_metrics_listen_and_peers_commands(
             )
             await wait_for(lambda: b.close_reason is not None, "lan-b's tunnel to end")
             assert b.close_reason == "revoked"
-            with pytest.raises(DeviceRevoked):
+            # the management API's revocation cancelled lan-b's credential too: its
+            # reconnect is answered as a web server, and the table on disk says revoked
+            with pytest.raises(UpgradeRefused):
                 await b_node.connect()
+            assert node.verifier.rejected["revoked"] == 1
+            table = load_table(d / "credentials.json")
+            assert {e.name: e.revoked for e in table} == {"lan-a": False, "lan-b": True}
             # lan-a, only disconnected, comes back
             again = await ClientNode(a_cfg, status=False).connect()
             assert isinstance(again, Link) and again.close_reason is None

@@ -39,12 +39,15 @@ from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import UpgradeRefused
 from l2bridge.transport.headers import BROWSER_USER_AGENT, browser_headers
 from l2bridge.transport.server import ServerSettings, serve_exit
-from l2bridge.transport.token import AccessKey, TokenVerifier, mint_token
+from l2bridge.transport.token import mint_token
+from lab.credlab import ExitCredentials
 from tests.integration.l2bridge.reference_nginx import free_port, make_site, run_nginx
 
 pytestmark = pytest.mark.integration
 
 NODE = b"\x07" * 32
+OTHER_NODE = b"\x08" * 32  # another exit
+DEVICE = b"\xd1" * 32  # the probing client's device
 # Shortened in both nginx and the exit (the exit's timers mirror the operator's nginx).
 HEADER_TIMEOUT = 1.5
 KEEPALIVE_TIMEOUT = 2.0
@@ -147,8 +150,13 @@ def assert_same(name: str, expected: Outcome, got: Outcome) -> None:
         )
 
 
-def probes(key: AccessKey, used: str, etag: str, modified: str) -> dict[str, list[bytes | float]]:
+def probes(
+    key: ExitCredentials, used: str, etag: str, modified: str
+) -> dict[str, list[bytes | float]]:
     now = time.time()
+    gone = key.issue(b"\xd2" * 32, "gone")
+    assert key.table.revoke(name="gone")
+    revoked = mint_token(gone, now)
     chrome = f"User-Agent: {BROWSER_USER_AGENT}"
     return {
         "http11_get": [get("/")],
@@ -193,10 +201,18 @@ def probes(key: AccessKey, used: str, etag: str, modified: str) -> dict[str, lis
             b"3\r\nabc\r\n0\r\n\r\n" + get("/style.css")
         ],
         "ws_no_token": [upgrade_request(None)],
-        "ws_bad_token": [upgrade_request("A" * 43)],
+        "ws_bad_token": [upgrade_request("A" * 64)],
         "ws_replayed_token": [upgrade_request(used)],
-        "ws_other_key": [upgrade_request(mint_token(AccessKey.generate(), NODE, now))],
-        "ws_token_wrong_path": [upgrade_request(mint_token(key, NODE, now), path="/chat")],
+        # A credential from another master key for this very node id (another exit's
+        # operator, even one set up by the same admin, cannot mint for this exit).
+        "ws_other_key": [upgrade_request(mint(ExitCredentials(NODE), now))],
+        # The same device's credential for another exit.
+        "ws_other_exit": [upgrade_request(mint(ExitCredentials(OTHER_NODE), now))],
+        # This exit issued it, then revoked it: answered exactly like a stranger.
+        "ws_revoked_device": [upgrade_request(revoked)],
+        # The device used its quota (one a minute here) on the probe's own tunnel.
+        "ws_over_quota": [upgrade_request(mint(key, now))],
+        "ws_token_wrong_path": [upgrade_request(mint(key, now), path="/chat")],
         "half_close": [get("/style.css")],
         "gzip_index": [get("/", "Accept-Encoding: gzip, deflate")],
         "gzip_head": [b"HEAD / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n"],
@@ -223,11 +239,16 @@ async def exit_server(settings: ServerSettings, ssl_ctx=None):
         await asyncio.wait_for(server.wait_closed(), 10)
 
 
-def settings_for(root: Path, key: AccessKey, site=None, **changes) -> ServerSettings:
+def mint(key: ExitCredentials, now: float, device: bytes = DEVICE) -> str:
+    """A token from a credential ``key`` issues to ``device`` (a new one each time)."""
+    return mint_token(key.issue(device, "probe"), now)
+
+
+def settings_for(root: Path, key: ExitCredentials, site=None, **changes) -> ServerSettings:
     settings = ServerSettings(
         site or DecoySite.from_directory(root),
         "/ws",
-        TokenVerifier(key, NODE),
+        key.verifier(),
         header_timeout=HEADER_TIMEOUT,
         keepalive_timeout=KEEPALIVE_TIMEOUT,
         send_timeout=SEND_TIMEOUT,
@@ -263,13 +284,14 @@ def test_probers_see_nginx(site, certificate, mode, transport):
 
 
 async def _probers_see_nginx(site, certificate, mode, transport):
-    key = AccessKey.generate()
+    key = ExitCredentials(NODE)
     fallback = ("127.0.0.1", site.port) if mode == "fallback" else None
     server_ctx, client_ctx = _contexts(*certificate) if transport == "tls" else (None, None)
     nginx_port = site.tls_port if transport == "tls" else site.port
-    settings = settings_for(site.root, key, fallback=fallback)
+    verifier = key.verifier(per_device=1)
+    settings = settings_for(site.root, key, fallback=fallback, verifier=verifier)
     async with exit_server(settings, ssl_ctx=server_ctx) as exit_port:
-        used = mint_token(key, NODE, time.time())
+        used = mint(key, time.time())
         scheme = "wss" if client_ctx else "ws"
         ws = await open_transport(
             f"{scheme}://localhost:{exit_port}/ws", used, ssl=client_ctx, host="127.0.0.1"
@@ -318,8 +340,15 @@ async def _probers_see_nginx(site, certificate, mode, transport):
         assert answers["long_uri"].data.startswith(b"HTTP/1.1 414")
         assert answers["silence"].data == b""
         assert answers["silence"].ending == "eof"
-        for name in ("ws_no_token", "ws_bad_token", "ws_replayed_token", "ws_other_key"):
+        ws_refused = ("ws_no_token", "ws_bad_token", "ws_replayed_token", "ws_other_key",
+                      "ws_other_exit", "ws_revoked_device", "ws_over_quota")  # fmt: skip
+        for name in ws_refused:
             assert answers[name].data.startswith(b"HTTP/1.1 404 Not Found"), name
+        # ... and each for the reason it was built for (counted, never told)
+        assert verifier.rejected["revoked"] == 1
+        assert verifier.rejected["device quota"] == 1
+        assert verifier.rejected["unknown"] + verifier.rejected["mac"] == 3
+        assert verifier.rejected["replay"] == 1
         for name in ("tls_client_hello", "http2_preface", "random_bytes", "missing_host"):
             assert answers[name].data.startswith(b"HTTP/1.1 400 Bad Request"), name
 
@@ -336,7 +365,7 @@ def test_half_closed_request_is_answered(site, mode):
 
 
 async def _half_closed(site, mode):
-    key = AccessKey.generate()
+    key = ExitCredentials(NODE)
     fallback = ("127.0.0.1", site.port) if mode == "fallback" else None
     async with exit_server(settings_for(site.root, key, fallback=fallback)) as exit_port:
         answers = []
@@ -356,7 +385,7 @@ def test_slow_reader_gets_the_whole_file(site, mode):
 
 
 async def _slow_reader(site, mode):
-    key = AccessKey.generate()
+    key = ExitCredentials(NODE)
     fallback = ("127.0.0.1", site.port) if mode == "fallback" else None
     expected = (site.root / "big.bin").read_bytes()
     async with exit_server(settings_for(site.root, key, fallback=fallback)) as exit_port:
@@ -392,7 +421,7 @@ def test_tls_silence_waits_for_the_header_timeout(site, certificate):
 
 async def _tls_silence(site, certificate):
     server_ctx, _ = _contexts(*certificate)
-    key = AccessKey.generate()
+    key = ExitCredentials(NODE)
     async with exit_server(settings_for(site.root, key), ssl_ctx=server_ctx) as port:
         for steps in ([], [TLS_CLIENT_HELLO[:5]]):
             from_nginx, from_exit = await asyncio.gather(
@@ -410,13 +439,13 @@ def test_tls_exit_upgrade_decoy_and_fallback(tmp_path, site):
 
 async def _tls_exit(tmp_path, site):
     server_ctx, client_ctx = _tls_contexts(tmp_path)
-    key = AccessKey.generate()
+    key = ExitCredentials(NODE)
     for fallback in (None, ("127.0.0.1", site.port)):
         settings = settings_for(site.root, key, fallback=fallback)
         async with exit_server(settings, ssl_ctx=server_ctx) as port:
             ws = await open_transport(
                 f"wss://localhost:{port}/ws",
-                mint_token(key, NODE, time.time()),
+                mint(key, time.time()),
                 ssl=client_ctx,
                 host="127.0.0.1",
             )
@@ -440,7 +469,7 @@ def test_connection_caps(site):
 
 
 async def _caps(site):
-    key = AccessKey.generate()
+    key = ExitCredentials(NODE)
     settings = settings_for(site.root, key, max_connections=3, max_connections_per_source=2)
     async with exit_server(settings) as port:
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
@@ -507,7 +536,7 @@ def test_unreachable_fallback_is_covered_by_the_decoy(site, caplog):
 
 
 async def _unreachable_fallback(site):
-    key = AccessKey.generate()
+    key = ExitCredentials(NODE)
     settings = settings_for(site.root, key, fallback=("127.0.0.1", free_port()))
     async with exit_server(settings) as exit_port:
         steps: list[bytes | float] = [get("/style.css"), 0.2, get("/missing")]
@@ -523,7 +552,7 @@ def test_stopping_the_exit_drops_kept_alive_visitors(site):
 
 
 async def _stop_with_visitors(site):
-    key = AccessKey.generate()
+    key = ExitCredentials(NODE)
     for fallback in (None, ("127.0.0.1", site.port)):
         server = await serve_exit(
             lambda ws: asyncio.sleep(0),
@@ -553,7 +582,7 @@ def test_caps_are_given_back_however_connections_end(site, certificate):
 
 async def _caps_given_back(site, certificate):
     server_ctx, client_ctx = _contexts(*certificate)
-    key = AccessKey.generate()
+    key = ExitCredentials(NODE)
     settings = settings_for(site.root, key, max_connections_per_source=2)
     async with exit_server(settings, ssl_ctx=server_ctx) as port:
         for _ in range(3):  # failed handshakes, plain garbage, a closed tunnel, a 400
@@ -561,7 +590,7 @@ async def _caps_given_back(site, certificate):
             assert failed.ending in ("eof", "reset")
             ws = await open_transport(
                 f"wss://localhost:{port}/ws",
-                mint_token(key, NODE, time.time()),
+                mint(key, time.time()),
                 ssl=client_ctx,
                 host="127.0.0.1",
             )
@@ -587,7 +616,7 @@ def test_tls_reader_pausing_at_the_end_gets_the_whole_file(site, certificate, mo
 
 async def _tls_pausing_reader(site, certificate, mode):
     server_ctx, client_ctx = _contexts(*certificate)
-    key = AccessKey.generate()
+    key = ExitCredentials(NODE)
     fallback = ("127.0.0.1", site.port) if mode == "fallback" else None
     expected = (site.root / "big.bin").read_bytes()
     settings = settings_for(site.root, key, fallback=fallback)
@@ -631,9 +660,9 @@ def test_upgrades_the_library_refuses_are_answered_like_nginx(site):
 async def _library_refusals(site):
     """Upgrades with a valid token that the WebSocket library would refuse (it would spend
     the token and close without a word) get nginx's answer, and the token stays unspent."""
-    key = AccessKey.generate()
+    key = ExitCredentials(NODE)
     async with exit_server(settings_for(site.root, key)) as exit_port:
-        token = mint_token(key, NODE, time.time())
+        token = mint(key, time.time())
         good = upgrade_request(token)[:-2]  # the head without its final CRLF
         table = {
             "h2c": [good.replace(b"Upgrade: websocket", b"Upgrade: websocket, h2c") + b"\r\n"],
@@ -660,7 +689,7 @@ def test_flood_is_summarised_not_logged_per_connection(site, caplog):
 
 async def _flood_summary(site, caplog):
     summary = Summary(logging.getLogger("test.screened"), "connections screened", interval_s=3600)
-    settings = settings_for(site.root, AccessKey.generate())
+    settings = settings_for(site.root, ExitCredentials(NODE))
     server = await serve_exit(lambda ws: ws.wait_closed(), settings, host="127.0.0.1", port=0,
                               summary=summary)  # fmt: skip
     port = server.sockets[0].getsockname()[1]

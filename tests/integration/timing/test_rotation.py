@@ -23,8 +23,8 @@ from l2bridge.protocol.handshake import ClientHandshake, ServerHandshake
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings
-from l2bridge.transport.token import AccessKey, TokenVerifier
 from lab.clocksim import ClockModel, GpsdoSim, ScpiSim
+from lab.credlab import ExitCredentials
 from timing import clock as clk
 from timing.epoch import EpochScheduler, epoch_matches
 from timing.sources import GpsdoSource, ScpiSource
@@ -82,8 +82,9 @@ def test_both_ends_rotate_on_the_same_boundaries_without_losing_frames():
 
 async def _transfer(exit_key, client_key, client_clock, exit_clock):
     allow = AllowList().add(client_key.node_id, "c")
-    key = AccessKey.generate()
-    settings = ServerSettings(DecoySite.builtin(), "/ws", TokenVerifier(key, exit_key.node_id))
+    creds = ExitCredentials(exit_key.node_id)
+    key = creds.issue(client_key.node_id, "c")
+    settings = ServerSettings(DecoySite.builtin(), "/ws", creds.verifier())
     received: list[int] = []
     exit_epochs: list[tuple[int, bool]] = []
     done = asyncio.Event()
@@ -116,7 +117,7 @@ async def _transfer(exit_key, client_key, client_clock, exit_clock):
         link = await connect(
             url,
             ClientHandshake(client_key, pinned_node_id=exit_key.node_id),
-            access_key=key,
+            credential=key,
             node_id=exit_key.node_id,
         )
         scheduler = EpochScheduler(client_clock.now, INTERVAL)

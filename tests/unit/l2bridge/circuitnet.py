@@ -60,7 +60,7 @@ class Net:
         net.deliver_from_client(net.client.first_hop(net.keys[0].node_id, checker))
         for i in range(1, n):
             net.deliver_from_client(
-                net.client.extend(net.keys[i].node_id, f"ws://hop{i}/ws", "tok", checker)
+                net.client.extend(net.keys[i].node_id, f"ws://hop{i}/ws", checker)
             )
         assert [e.length for e in net.events if isinstance(e, HopAdded)] == list(range(1, n + 1))
         return net

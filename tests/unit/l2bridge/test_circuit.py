@@ -216,7 +216,7 @@ def test_the_hop_must_be_the_registry_node():
     keys = identities(3)
     # The tail answers with its own key, but the client expects another nodeId.
     net.keys = [keys[0], keys[2]]
-    cells = net.client.extend(keys[1].node_id, "ws://x/ws", "tok", checker)
+    cells = net.client.extend(keys[1].node_id, "ws://x/ws", checker)
     net.deliver_from_client(cells)
     refused = [e for e in net.events if isinstance(e, HopRefused)]
     assert refused and refused[0].node_id == keys[1].node_id
@@ -228,7 +228,7 @@ def test_evidence_for_another_exchange_is_refused():
     net.keys = identities(2)
     # The hop replays evidence made for a different nonce (another client's exchange).
     net.providers[1] = lambda nonce, node: b"EV" + bytes(32)
-    net.deliver_from_client(net.client.extend(net.keys[1].node_id, "ws://x/ws", "t", checker))
+    net.deliver_from_client(net.client.extend(net.keys[1].node_id, "ws://x/ws", checker))
     refused = net.events[-1]
     assert isinstance(refused, HopRefused) and not refused.usable
     assert net.client.length == 1
@@ -236,7 +236,7 @@ def test_evidence_for_another_exchange_is_refused():
     with pytest.raises(StateError):
         net.send([FRAME])
     with pytest.raises(StateError):
-        net.client.extend(identities(3)[2].node_id, "ws://x/ws", "t", checker)
+        net.client.extend(identities(3)[2].node_id, "ws://x/ws", checker)
 
 
 def test_extension_messages_survive_fragmentation_with_large_evidence():
@@ -256,7 +256,7 @@ def test_extension_messages_survive_fragmentation_with_large_evidence():
         if evidence != big + nonce + node:
             raise ValueError("bad")
 
-    net.deliver_from_client(net.client.extend(net.keys[1].node_id, "ws://x/ws", "t", check))
+    net.deliver_from_client(net.client.extend(net.keys[1].node_id, "ws://x/ws", check))
     assert isinstance(net.events[-1], HopAdded)
     assert net.events[-1].evidence[:30_000] == big
     assert seen["B"] > 15  # EXTENDED went back in many fragments
@@ -276,7 +276,7 @@ def test_a_real_exits_evidence_fits_the_first_hop_and_an_extension():
             raise ValueError("bad")
 
     net.deliver_from_client(net.client.first_hop(net.keys[0].node_id, check))
-    net.deliver_from_client(net.client.extend(net.keys[1].node_id, "ws://x/ws", "t", check))
+    net.deliver_from_client(net.client.extend(net.keys[1].node_id, "ws://x/ws", check))
     added = [e for e in net.events if isinstance(e, HopAdded)]
     assert [e.length for e in added] == [1, 2]
     assert all(e.evidence[:size] == big for e in added)
@@ -331,16 +331,16 @@ def test_circuit_rules():
     with pytest.raises(StateError):
         c.seal_frames([b"x"])
     with pytest.raises(StateError):
-        c.extend(b"\0" * 32, "ws://a/ws", "t", None)
+        c.extend(b"\0" * 32, "ws://a/ws", None)
     net = Net.build(MAX_HOPS)
     with pytest.raises(StateError):
-        net.client.extend(os.urandom(32), "ws://a/ws", "t", checker)
+        net.client.extend(os.urandom(32), "ws://a/ws", checker)
     with pytest.raises(StateError):  # a node never appears twice
-        Net.build(1).client.extend(identities(1)[0].node_id, "ws://a/ws", "t", checker)
+        Net.build(1).client.extend(identities(1)[0].node_id, "ws://a/ws", checker)
 
 
 def test_extend_rejects_non_websocket_endpoints():
-    data = Extend(b"\1" * 32, "http://a/", "t", b"c").encode()
+    data = Extend(b"\1" * 32, "http://a/", b"c").encode()
     with pytest.raises(Exception) as info:
         Extend.decode(data)
     assert "malformed" in str(info.value)
@@ -358,7 +358,7 @@ def test_unreachable_next_hop_leaves_a_usable_tail():
 
     net = Net.build(1)
     keys = identities(3)
-    cells = net.client.extend(keys[1].node_id, "ws://x/ws", "t", checker)
+    cells = net.client.extend(keys[1].node_id, "ws://x/ws", checker)
     # Hop 1 gets the EXTEND but cannot reach the next hop.
     for frame in cells:
         out = net.hops[0].from_previous(bytes(parse_cell(frame).body), NOW)
@@ -368,7 +368,7 @@ def test_unreachable_next_hop_leaves_a_usable_tail():
     refused = net.events[-1]
     assert isinstance(refused, HopRefused) and refused.usable
     net.keys = [keys[0], keys[2]]
-    net.deliver_from_client(net.client.extend(keys[2].node_id, "ws://y/ws", "t", checker))
+    net.deliver_from_client(net.client.extend(keys[2].node_id, "ws://y/ws", checker))
     assert isinstance(net.events[-1], HopAdded) and net.client.length == 2
     net.send([FRAME])
     assert net.frames_at_tail == [FRAME]

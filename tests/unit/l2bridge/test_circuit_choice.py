@@ -64,3 +64,12 @@ def test_regions_file(tmp_path: Path):
     with pytest.raises(ValueError):
         load_regions(f)
     assert load_regions(None) == {}
+
+
+def test_hop_one_is_an_exit_the_client_holds_a_credential_for():
+    held = frozenset({ORDER[3].node_id, ORDER[5].node_id})
+    path = choose_hops(ORDER, {}, {}, 3, first_of=held)
+    assert path is not None
+    # The best credentialed exit leads; the other hops keep the ranking order.
+    assert [h.candidate for h in path] == [ORDER[3], ORDER[0], ORDER[1]]
+    assert choose_hops(ORDER, {}, {}, 3, first_of=frozenset()) is None

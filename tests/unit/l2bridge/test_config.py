@@ -80,9 +80,11 @@ def test_runnable_examples_start_and_resolve_paths():
     assert ensure_startable(exit_cfg, role="exit") == []  # every setting is read by an exit
     assert exit_cfg.endpoints.listen == ("0.0.0.0", 8443)
     assert exit_cfg.endpoints.access_key_file == EXAMPLES / "keys/access.key"
+    assert exit_cfg.keys.credentials == EXAMPLES / "keys/credentials.json"
     client_cfg = load_config(EXAMPLES / "client.yaml", env={})
     assert ensure_startable(client_cfg, role="client") == []
     assert client_cfg.endpoints.connect == "wss://exit.example.net:8443/ws"
+    assert client_cfg.endpoints.credential_file == EXAMPLES / "keys/credentials.json"
 
 
 def test_defaults_and_environment_layer():

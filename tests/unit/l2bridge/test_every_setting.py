@@ -34,7 +34,7 @@ from l2bridge.commands.initfiles import write_private_tls
 from l2bridge.constants import Mode
 from l2bridge.errors import HelloRefused, NotAuthorized
 from l2bridge.identity.keyfiles import load_certificate, save_allow_list, save_revocations
-from l2bridge.identity.keys import AllowList, HybridSigningKey, save_public
+from l2bridge.identity.keys import AllowList, HybridSigningKey, save_public, write_private_file
 from l2bridge.node import audit as audit_log
 from l2bridge.node.config import (
     FIELD_ROLES,
@@ -44,10 +44,13 @@ from l2bridge.node.config import (
     load_config,
     role_problems,
 )
+from l2bridge.node.credfiles import save_table
 from l2bridge.node.metrics import Metrics
 from l2bridge.node.rotation import TunnelClock
 from l2bridge.protocol.handshake import ClientHandshake, ClientHello
 from l2bridge.protocol.helloguard import HelloGuard
+from l2bridge.transport.credentials import CredentialTable
+from l2bridge.transport.token import MasterKey
 from lab import provision
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -285,12 +288,39 @@ def path(w: World) -> None:
 def access_key_file(w: World) -> None:
     with pytest.raises(ExitConfigError, match=r"endpoints\.access_key_file"):
         w.exit(endpoints={"access_key_file": "missing.key"})
-    with pytest.raises(ConfigError, match=r"endpoints\.access_key_file"):
-        w.client(endpoints={"access_key_file": "missing.key"})
+    other = MasterKey.generate()
+    write_private_file(w.dir / "other.key", other.to_text() + "\n")
+    assert w.exit(endpoints={"access_key_file": "other.key"}).master_key == other
+    assert w.exit().master_key != other
+
+
+def credential_file(w: World) -> None:
+    with pytest.raises(ConfigError, match=r"endpoints\.credential_file"):
+        w.client(endpoints={"credential_file": "missing.json"})
+    assert w.client().credentials.for_exit(w.lab.exit_node_id) is not None
+    # A relaying exit's own credentials for the hops it extends to.
+    assert w.exit().relay_credentials is None
+    relay = w.exit(endpoints={"credential_file": "client.credentials.json"}).relay_credentials
+    assert relay is not None and relay.for_exit(w.lab.exit_node_id) is not None
 
 
 def exit_node_id(w: World) -> None:
-    assert w.client(endpoints={"exit_node_id": "ab" * 32}).exit_node_id == bytes([0xAB] * 32)
+    assert w.client().exit_node_id == w.lab.exit_node_id
+    with pytest.raises(ConfigError, match=r"no credential for endpoints\.exit_node_id"):
+        w.client(endpoints={"exit_node_id": "ab" * 32})
+
+
+def handshake_quotas(w: World) -> None:
+    verifier = w.exit(endpoints={"handshakes_per_device": 7, "handshakes_per_source": 9}).verifier
+    assert (verifier.device_quota.per_minute, verifier.source_quota.per_minute) == (7, 9)
+
+
+def credentials_table(w: World) -> None:
+    assert len(w.exit().verifier.table) == 1  # the provisioned client's credential
+    save_table(CredentialTable(), w.dir / "empty.json")
+    assert len(w.exit(keys={"credentials": "empty.json"}).verifier.table) == 0
+    with pytest.raises(ExitConfigError, match=r"keys\.credentials"):
+        w.exit(keys={"credentials": None})
 
 
 def tls(w: World) -> None:
@@ -544,6 +574,9 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "endpoints.connect": both(connect, role_only("endpoints.connect", "ws://h:1/ws")),
     "endpoints.path": path,
     "endpoints.access_key_file": access_key_file,
+    "endpoints.credential_file": credential_file,
+    "endpoints.handshakes_per_device": handshake_quotas,
+    "endpoints.handshakes_per_source": handshake_quotas,
     "endpoints.exit_node_id": exit_node_id,
     "endpoints.tls_cert": tls,
     "endpoints.tls_key": tls,
@@ -575,6 +608,7 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "keys.allow_list": allow_list,
     "keys.revocations": revocations,
     "keys.relay_certificate": relay_certificate,
+    "keys.credentials": credentials_table,
     "tpm.tcti": "tests/integration/e2e/test_demo.py::"
     "test_exit_and_client_without_chain_tpm_or_clock",
     "tpm.ak_context": ak_context,

@@ -8,6 +8,7 @@ not dialled again before a backoff has passed.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass, replace
 
 import pytest
@@ -17,7 +18,8 @@ from l2bridge.client.failover import DialSettings, ExitFinder
 from l2bridge.client.selection import SelectionPolicy, candidate_from
 from l2bridge.errors import NoExitAvailable
 from l2bridge.identity.keys import HybridSigningKey
-from l2bridge.transport.token import AccessKey
+from l2bridge.transport.credentials import CredentialWallet
+from l2bridge.transport.token import Credential
 
 NOW = 1_000_000.0
 EXIT_ID = b"\x07" * 32
@@ -83,9 +85,13 @@ class SilentExit:
 
 @pytest.fixture(scope="module")
 def settings() -> DialSettings:
+    identity = HybridSigningKey.generate()
     return DialSettings(
-        identity=HybridSigningKey.generate(),
-        access_key=AccessKey.generate(),
+        identity=identity,
+        # The silent exit answers no token; any credential for its node id will do.
+        credentials=CredentialWallet(
+            [Credential(EXIT_ID, os.urandom(16), os.urandom(32), os.urandom(16))]
+        ),
         policy=GoldenPolicy((), ()),
     )
 

@@ -12,9 +12,12 @@ import pytest
 from l2bridge import codec
 from l2bridge.commands.main import main
 from l2bridge.identity.keyfiles import load_authorizer, load_certificate, load_revocations
-from l2bridge.identity.keys import HybridSigningKey, load_public
+from l2bridge.identity.keys import HybridSigningKey, load_public, save_public
 from l2bridge.node import bundle as join_bundle
 from l2bridge.node.config import load_config
+from l2bridge.node.credfiles import load_master_key, load_table, load_wallet
+from l2bridge.transport.admission import TokenVerifier
+from l2bridge.transport.token import mint_token
 
 
 def _init_exit(tmp_path: Path, *extra: str) -> Path:
@@ -40,8 +43,20 @@ def test_exit_files_load_and_admit_the_bundled_client(tmp_path: Path) -> None:
     ccfg = load_config(c / "client.yaml", env={})
     assert ccfg.endpoints.exit_node_id == load_public(d / "identity.key.pub").node_id
     assert ccfg.endpoints.connect == cfg.endpoints.public_url
-    assert (c / "access.key").read_text() == (d / "access.key").read_text()
+    # the client holds its own credential, not the exit's master key, and it passes the
+    # exit's gate as this device
+    master = load_master_key(d / "access.key")
+    assert master.to_text() not in (d / "join/lan-a.join").read_text()
+    assert not (c / "access.key").exists()
+    assert stat.S_IMODE((c / "credentials.json").stat().st_mode) == 0o600
+    node_id = load_public(d / "identity.key.pub").node_id
+    verifier = TokenVerifier(master, node_id, load_table(d / "credentials.json"))
+    credential = load_wallet(c / "credentials.json").for_exit(node_id)
+    assert credential is not None
+    admission = verifier.check(mint_token(credential, time.time()), time.time())
     key = HybridSigningKey.load(c / "identity.key")
+    assert admission is not None and admission.device == key.public.node_id
+    assert admission.name == "lan-a"
     cert = load_certificate(c / "device.cert")
     auth = authorizer.authorize(key.public, cert, time.time())
     assert auth.name == "lan-a"
@@ -88,7 +103,9 @@ def test_a_tampered_bundle_is_refused_naming_the_field(tmp_path: Path) -> None:
     for key, value, field in (
         ("exit_node_id", "00" * 31, "exit_node_id"),
         ("url", "http://x/ws", "url"),
-        ("access_key", "short", "access_key"),
+        ("credential", dict(doc["credential"], handle="short"), "credential: handle"),
+        ("credential", dict(doc["credential"], exit_node_id="11" * 32), "another exit"),
+        ("credential", None, "credential"),
         ("mtu", 100, "mtu"),
         ("certificate", "garbage", "certificate"),
         ("identity", codec.armor("PRIVATE KEY", other.encode_private(1)), "identity"),
@@ -123,3 +140,38 @@ def test_with_tpm_and_registry_add_their_sections(tmp_path: Path) -> None:
     assert cfg.chain.rpc_url == "http://127.0.0.1:8545"
     assert main(["init", "exit", "--dir", str(tmp_path / "x"), "--endpoint", "h",
                  "--with-registry"]) == 1  # fmt: skip
+
+
+def test_credentials_command_issues_lists_and_revokes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = _init_exit(tmp_path)
+    device = HybridSigningKey.generate()
+    device.save(tmp_path / "relay.key")
+    save_public(device.public, tmp_path / "relay.key.pub")
+    out = tmp_path / "relay.credentials.json"
+    args = ["credentials", "issue", "--config", str(d / "exit.yaml"), "--name", "relay-1",
+            "--device", str(tmp_path / "relay.key.pub"), "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert main(args) == 1  # --out exists: not overwritten without --add
+    assert main([*args, "--add"]) == 0
+    node_id = load_public(d / "identity.key.pub").node_id
+    table = load_table(d / "credentials.json")
+    assert sorted(e.name for e in table) == ["lan-a", "relay-1", "relay-1"]
+    credential = load_wallet(out).for_exit(node_id)
+    assert credential is not None
+    verifier = TokenVerifier(load_master_key(d / "access.key"), node_id, table)
+    assert verifier.check(mint_token(credential, time.time()), time.time()) is not None
+    capsys.readouterr()
+    assert main(["credentials", "list", "--config", str(d / "exit.yaml")]) == 0
+    listing = capsys.readouterr().out
+    assert "relay-1" in listing and "lan-a" in listing and "revoked" not in listing
+    assert main(["credentials", "revoke", "--config", str(d / "exit.yaml"),
+                 "--name", "relay-1"]) == 0  # fmt: skip
+    verifier.table = load_table(d / "credentials.json")
+    assert verifier.check(mint_token(credential, time.time()), time.time()) is None
+    assert verifier.rejected["revoked"] == 1
+    # lan-a is untouched
+    assert [e.revoked for e in verifier.table if e.name == "lan-a"] == [False]
+    assert main(["credentials", "revoke", "--config", str(d / "exit.yaml"),
+                 "--name", "nobody"]) == 1  # fmt: skip

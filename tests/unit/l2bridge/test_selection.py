@@ -116,3 +116,11 @@ def test_same_node_check():
 def test_policy_validation(kwargs):
     with pytest.raises(ValueError):
         SelectionPolicy(**kwargs)
+
+
+def test_only_exits_with_a_credential_are_ranked_when_the_client_says_which():
+    records = [Record(nid(1), reputation=700), Record(nid(2)), Record(nid(3))]
+    ranking = rank(records, POLICY, Refusals(), NOW, credentialed=frozenset({nid(2), nid(3)}))
+    assert ids(ranking) == [nid(2), nid(3)]
+    assert [(e.node_id, "no credential" in e.reason) for e in ranking.excluded] == [(nid(1), True)]
+    assert ids(rank(records, POLICY, Refusals(), NOW)) == [nid(1), nid(2), nid(3)]

@@ -1,12 +1,25 @@
 import base64
 
+from l2bridge.transport.admission import TokenVerifier
+from l2bridge.transport.credentials import CredentialTable
 from l2bridge.transport.gate import Admit, Gate, Pending, Refuse
 from l2bridge.transport.headers import browser_headers
-from l2bridge.transport.token import AccessKey, TokenVerifier, mint_token
+from l2bridge.transport.token import Credential, MasterKey, mint_token
 
 NODE = b"\x01" * 32
 NOW = 1_800_000_000.0
-KEY = AccessKey(b"k" * 32)
+MASTER = MasterKey(b"k" * 32)
+TABLE = CredentialTable()
+CRED = TABLE.issue(MASTER, NODE, b"\x0d" * 32, "lan-a", NOW)[1]
+OTHER_EXIT = Credential.derive(MASTER, b"\x02" * 32, CRED.handle)
+
+
+def verifier_for():
+    return TokenVerifier(MASTER, NODE, TABLE, per_device=1000)
+
+
+def token(now=NOW, cred=CRED):
+    return mint_token(cred, now)
 
 
 def upgrade(token, path="/ws", drop=(), eol="\r\n"):
@@ -21,31 +34,32 @@ def upgrade(token, path="/ws", drop=(), eol="\r\n"):
 
 
 def make_gate(verifier=True):
-    return Gate(ws_path="/ws", verifier=TokenVerifier(KEY, NODE) if verifier else None)
+    return Gate(ws_path="/ws", verifier=verifier_for() if verifier else None)
 
 
 def test_valid_upgrade_admitted_byte_by_byte():
     gate = make_gate()
-    data = upgrade(mint_token(KEY, NODE, NOW)) + b"\x82\x00"
+    data = upgrade(token()) + b"\x82\x00"
     for i in range(len(data) - 3):
         assert gate.feed(data[i : i + 1], NOW) == Pending()
     decision = gate.feed(data[len(data) - 3 :], NOW)
     assert isinstance(decision, Admit)
     assert decision.data == data
+    assert decision.admission.device == b"\x0d" * 32 and decision.admission.name == "lan-a"
     # Decided once; more bytes change nothing.
     assert gate.feed(b"more", NOW) is decision
 
 
 def test_refusals_carry_every_byte_read():
-    good = mint_token(KEY, NODE, NOW)
+    good = token()
     cases = [
         upgrade("not-a-token"),
         upgrade(good, path="/other"),
         upgrade(good, drop=("Sec-WebSocket-Protocol",)),
         upgrade(good, drop=("Upgrade",)),
         upgrade(good, drop=("Sec-WebSocket-Key",)),
-        upgrade(mint_token(KEY, b"\x02" * 32, NOW)),
-        upgrade(mint_token(KEY, NODE, NOW - 600)),
+        upgrade(token(cred=OTHER_EXIT)),
+        upgrade(token(NOW - 600)),
         upgrade(good + ", " + good),
         # Accepted by nginx's rules but not by the WebSocket library: never admitted.
         upgrade(good, eol="\n"),
@@ -60,14 +74,14 @@ def test_refusals_carry_every_byte_read():
 
 
 def test_replayed_token_refused():
-    verifier = TokenVerifier(KEY, NODE)
-    raw = upgrade(mint_token(KEY, NODE, NOW))
+    verifier = verifier_for()
+    raw = upgrade(token())
     assert isinstance(Gate(ws_path="/ws", verifier=verifier).feed(raw, NOW), Admit)
     assert Gate(ws_path="/ws", verifier=verifier).feed(raw, NOW) == Refuse(raw)
 
 
 def test_gate_without_verifier_never_admits():
-    raw = upgrade(mint_token(KEY, NODE, NOW))
+    raw = upgrade(token())
     assert make_gate(verifier=False).feed(raw, NOW) == Refuse(raw)
 
 
@@ -79,12 +93,12 @@ class CountingVerifier(TokenVerifier):
     """Counts the tokens checked (and so spent)."""
 
     def __init__(self):
-        super().__init__(KEY, NODE)
+        super().__init__(MASTER, NODE, TABLE, per_device=1000)
         self.checked = 0
 
-    def check(self, text, now):
+    def check(self, text, now, source=""):
         self.checked += 1
-        return super().check(text, now)
+        return super().check(text, now, source)
 
 
 def with_headers(raw, *extra, replace=None):
@@ -100,8 +114,7 @@ def with_headers(raw, *extra, replace=None):
 
 
 def test_upgrades_the_library_refuses_are_refused_and_keep_the_token():
-    token = mint_token(KEY, NODE, NOW)
-    good = upgrade(token)
+    good = upgrade(token())
     cases = {
         "h2c offered too": with_headers(good, replace=(b"Upgrade", b"websocket, h2c")),
         "two Upgrade headers": with_headers(good, b"Upgrade: h2c"),
