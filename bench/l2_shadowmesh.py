@@ -65,7 +65,7 @@ def tunnel(
     lab: Lab, topo: topology.Topology, tmp: Path, *, mode: str, profile: Path | None = None
 ) -> Iterator[None]:
     files = provision.provision(
-        tmp / "shadowmesh",
+        tmp / f"shadowmesh-{mode}",
         exit_host=topology.EXIT_WAN,
         mtu=topo.mtu,
         offload=mode == "offload",
