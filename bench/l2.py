@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -134,14 +135,31 @@ def udp_gbps(topo: topology.Topology, seconds: float) -> float:
     return round(best, 3)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (all their threads) so far."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
-    name: str, topo: topology.Topology, seconds: float, udp_seconds: float | None
+    name: str,
+    topo: topology.Topology,
+    seconds: float,
+    udp_seconds: float | None,
+    pids: list[int] | None,
 ) -> dict[str, float]:
-    figures = {
-        "rtt_ms": round(ping_rtt_ms(topo), 4),
-        "tcp1_gbps": iperf_gbps(topo, 1, seconds),
-        "tcp4_gbps": iperf_gbps(topo, 4, seconds),
-    }
+    """RTT, TCP 1 and 4 streams, UDP; with ``pids``, the tunnel's CPU seconds per Gbit
+    carried in the 1-stream run (less at the mercy of a shared machine than throughput)."""
+    figures = {"rtt_ms": round(ping_rtt_ms(topo), 4)}
+    before = cpu_seconds(pids) if pids else 0.0
+    figures["tcp1_gbps"] = iperf_gbps(topo, 1, seconds)
+    if pids and figures["tcp1_gbps"]:
+        used = cpu_seconds(pids) - before
+        figures["tcp1_cpu_s_per_gbit"] = round(used / (figures["tcp1_gbps"] * seconds), 3)
+    figures["tcp4_gbps"] = iperf_gbps(topo, 4, seconds)
     if udp_seconds:
         figures["udp_gbps"] = udp_gbps(topo, udp_seconds)
     log(f"{name:>18}: {figures}")
@@ -156,18 +174,18 @@ def wait_up(topo: topology.Topology, what: str) -> None:
 
 
 @contextmanager
-def direct(lab: Lab, topo: topology.Topology, _tmp: Path) -> Iterator[None]:
+def direct(lab: Lab, topo: topology.Topology, _tmp: Path) -> Iterator[list[int]]:
     lab.veth(topo.client, "dir0", topo.exit, "dir0", mtu=topo.mtu)
     netns.attach(topo.client, "dir0", topology.BRIDGE)
     netns.attach(topo.exit, "dir0", topology.BRIDGE)
     try:
-        yield
+        yield []
     finally:
         # Deleting one end removes the pair and flushes what the bridges learned on it.
         topo.client.ip("link", "del", "dir0", check=False)
 
 
-Runner = Callable[[Lab, topology.Topology, Path], AbstractContextManager[None]]
+Runner = Callable[[Lab, topology.Topology, Path], AbstractContextManager[list[int]]]
 
 
 def contenders(args: argparse.Namespace) -> list[tuple[str, Runner, bool]]:

@@ -82,7 +82,10 @@ def _transport(proto: str, *, server: bool) -> list[str]:
 
 
 @contextmanager
-def tunnel(lab: Lab, topo: topology.Topology, tmp: Path, *, proto: str = "tcp") -> Iterator[None]:
+def tunnel(
+    lab: Lab, topo: topology.Topology, tmp: Path, *, proto: str = "tcp"
+) -> Iterator[list[int]]:
+    """Yields the two OpenVPN processes' pids once both TAPs are in their bridges."""
     out = tmp / f"openvpn-{proto}"
     out.mkdir(exist_ok=True)
     server_fp = _self_signed("server", out)
@@ -110,7 +113,7 @@ def tunnel(lab: Lab, topo: topology.Topology, tmp: Path, *, proto: str = "tcp") 
                 raise RuntimeError("openvpn: tap device did not appear")
             netns.attach(ns, TAP, topology.BRIDGE)
             ns.ip("link", "set", TAP, "up")
-        yield
+        yield [client.pid, server.pid]
     finally:
         lab.stop(client)
         lab.stop(server)
