@@ -270,9 +270,12 @@ def main() -> int:
         iperf = lab.spawn(topo.lan_b, ["iperf3", "-s", "-p", str(IPERF_PORT)])
         time.sleep(0.3)
         for name, runner, udp in contenders(args):
-            with runner(lab, topo, Path(tmp)):
+            with runner(lab, topo, Path(tmp)) as pids:
                 wait_up(topo, name)
-                results[name] = measure(name, topo, args.seconds, args.udp_seconds if udp else None)
+                udp_s = args.udp_seconds if udp else None
+                # Under py-spy the pids are the profilers', not the nodes'.
+                cpu_pids = pids if args.profile is None else None
+                results[name] = measure(name, topo, args.seconds, udp_s, cpu_pids)
         lab.stop(iperf)
     aggregate: dict[str, float] = {}
     for clients in args.aggregate_clients:
