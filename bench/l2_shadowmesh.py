@@ -40,7 +40,20 @@ def _command(role: str, config: Path, profile: Path | None) -> list[str]:
     if spy is None:
         raise RuntimeError("--profile needs py-spy (pip install py-spy)")
     out = profile / f"{role}.collapsed"
-    return [spy, "record", "-r", str(PROFILE_RATE_HZ), "-f", "raw", "-o", str(out), "--", *cmd]
+    # --nonblocking: sampling never pauses the node (a paused node is not the one measured).
+    return [
+        spy,
+        "record",
+        "--nonblocking",
+        "-r",
+        str(PROFILE_RATE_HZ),
+        "-f",
+        "raw",
+        "-o",
+        str(out),
+        "--",
+        *cmd,
+    ]
 
 
 def summarize(path: Path, top: int = TOP) -> list[tuple[str, float]]:
