@@ -22,12 +22,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import queue
 import socket
 import struct
-import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,12 +48,6 @@ MAX_MTU = 65521  # Linux's largest TAP MTU
 READ_SIZE = ethernet.OFFLOAD_HEADER_LEN + ethernet.MAX_GSO_FRAME + 64
 READ_BATCH_FRAMES = 64
 READ_BATCH_BYTES = 512 * 1024
-# write_from_thread: frames waiting for the writer thread at most; batches this small
-# go inline while the thread is idle; how long closing waits for the thread.
-WRITER_QUEUE_FRAMES = 1024
-WRITER_QUEUE_BYTES = 4 * 1024 * 1024
-WRITER_INLINE_FRAMES = 2
-WRITER_STOP_S = 2.0
 
 
 class TapError(Exception):
@@ -68,8 +60,6 @@ class TapConfig:
     mtu: int = PLAIN_MTU
     offload: bool = False
     mac: bytes | None = None  # None: the kernel's random one (a new one every open)
-    # Writes from a thread of the device's own (FrameDevice.write_from_thread).
-    write_thread: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < len(self.name) < 16:
@@ -98,7 +88,6 @@ class FrameDevice:
 
     def __init__(self, fd: int, name: str, mtu: int, offload: bool) -> None:
         self._fd = fd
-        self._writer: _WriterThread | None = None
         self.name = name
         self.mtu = mtu
         self.offload = offload
@@ -144,31 +133,8 @@ class FrameDevice:
         self.stats.bytes_read += total
         return frames
 
-    def write_from_thread(self, max_queued: int = WRITER_QUEUE_FRAMES) -> None:
-        """From now on ``write_batch`` hands batches to a writer thread of this device's own.
-
-        A TAP write runs the kernel's whole receive path for the frame (bridge, veth, the
-        destination's stack) inside the syscall, with the GIL released: in a thread it
-        uses another core while the event loop reads and decrypts the next records. A batch
-        of at most ``WRITER_INLINE_FRAMES`` arriving while the thread has nothing queued is
-        still written at once by the caller (an idle ping pays no thread wake-up); frames
-        leave in the order given either way. A batch that would take the frames waiting
-        past ``max_queued`` (or their bytes past ``WRITER_QUEUE_BYTES``) is dropped and
-        counted (``tap_queue_full``), like the kernel's own full queue.
-        """
-        if self._writer is None and not self._closed:
-            self._writer = _WriterThread(self, max_queued)
-
-    def write_batch(self, frames: Sequence[bytes | bytearray | memoryview]) -> int:
-        """Write (or, with a writer thread, queue) frames; returns how many were taken.
-
-        Refused frames are dropped and counted."""
-        writer = self._writer
-        if writer is not None:
-            return writer.submit(frames)
-        return self._write_now(frames)
-
-    def _write_now(self, frames: Iterable[bytes | bytearray | memoryview]) -> int:
+    def write_batch(self, frames: Iterable[bytes | bytearray | memoryview]) -> int:
+        """Write frames; returns how many went in. Refused frames are dropped and counted."""
         written = 0
         fd = self._fd
         for frame in frames:
@@ -213,74 +179,8 @@ class FrameDevice:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            writer, self._writer = self._writer, None
-            if writer is not None:
-                writer.stop()
             with contextlib.suppress(OSError):
                 os.close(self._fd)
-
-
-class _WriterThread:
-    """``FrameDevice.write_from_thread``: one thread writes queued batches in order.
-
-    Every write to the device, inline or from the thread, holds ``_lock``, so the device's
-    counters are only ever updated by one thread at a time. ``_queued`` is only changed by
-    the submitting thread and ``_written`` only by the writer thread, so each is safe
-    without a lock; ``_queued == _written`` read under ``_lock`` means nothing queued is
-    left unwritten, so an inline write cannot overtake a queued one.
-    """
-
-    def __init__(self, device: FrameDevice, max_queued: int) -> None:
-        self._device = device
-        self._max = max_queued
-        self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[Sequence[bytes | bytearray | memoryview] | None] = (
-            queue.SimpleQueue()
-        )
-        self._queued = self._queued_bytes = 0
-        self._written = self._written_bytes = 0
-        self._thread = threading.Thread(
-            target=self._run, name=f"tap-writer-{device.name}", daemon=True
-        )
-        self._thread.start()
-
-    def submit(self, frames: Sequence[bytes | bytearray | memoryview]) -> int:
-        n = len(frames)
-        if not n:
-            return 0
-        if (
-            n <= WRITER_INLINE_FRAMES
-            and self._queued == self._written
-            and self._lock.acquire(blocking=False)
-        ):
-            try:
-                if self._queued == self._written:
-                    return self._device._write_now(frames)
-            finally:
-                self._lock.release()
-        size = sum(map(len, frames))
-        if (
-            self._queued - self._written + n > self._max
-            or self._queued_bytes - self._written_bytes + size > WRITER_QUEUE_BYTES
-        ):
-            self._device.stats.drops["tap_queue_full"] += n  # a full queue: tail drop
-            return 0
-        self._queued += n
-        self._queued_bytes += size
-        self._queue.put(frames)
-        return n
-
-    def _run(self) -> None:
-        while (frames := self._queue.get()) is not None:
-            with self._lock:
-                self._device._write_now(frames)
-                self._written += len(frames)
-                self._written_bytes += sum(map(len, frames))
-
-    def stop(self) -> None:
-        """Frames still queued are written first (the device is still open)."""
-        self._queue.put(None)
-        self._thread.join(timeout=WRITER_STOP_S)
 
 
 class LinuxTap(FrameDevice):
@@ -309,8 +209,6 @@ class LinuxTap(FrameDevice):
             raise TapError(f"cannot configure tap {config.name}: {exc}") from exc
         self._dev = dev
         super().__init__(fd, dev.name, config.mtu, config.offload)
-        if config.write_thread:
-            self.write_from_thread()
         # A TAP is a bridge port, not a host: no IPv6 link-local address, router
         # solicitations or MLD reports of its own leaking into the bridged LAN.
         with contextlib.suppress(OSError):
