@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -89,7 +88,7 @@ def iperf_gbps(topo: topology.Topology, streams: int, seconds: float) -> float:
         timeout=seconds + 30,
     )  # fmt: skip
     result = json.loads(out)
-    return round(result["end"]["sum_received"]["bits_per_second"] / 1e9, 3)
+    return round(float(result["end"]["sum_received"]["bits_per_second"]) / 1e9, 3)
 
 
 def udp_trial(topo: topology.Topology, mbps: float, seconds: float) -> tuple[float, float]:
@@ -136,15 +135,6 @@ def udp_gbps(topo: topology.Topology, seconds: float) -> float:
     return round(best, 3)
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes (all their threads) so far."""
-    ticks = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def measure(
     name: str,
     topo: topology.Topology,
@@ -160,10 +150,10 @@ def measure(
         # pays for sleeping processes, caches and wake-ups.
         "rtt_hot_ms": round(ping_rtt_ms(topo, PING_HOT_INTERVAL_S), 4),
     }
-    before = cpu_seconds(pids) if pids else 0.0
+    before = l2_aggregate.cpu_seconds(pids) if pids else 0.0
     figures["tcp1_gbps"] = iperf_gbps(topo, 1, seconds)
     if pids and figures["tcp1_gbps"]:
-        used = cpu_seconds(pids) - before
+        used = l2_aggregate.cpu_seconds(pids) - before
         figures["tcp1_cpu_s_per_gbit"] = round(used / (figures["tcp1_gbps"] * seconds), 3)
     figures["tcp4_gbps"] = iperf_gbps(topo, 4, seconds)
     if udp_seconds:
@@ -285,13 +275,17 @@ def main() -> int:
                 results[name] = measure(name, topo, args.seconds, udp_s, cpu_pids)
         lab.stop(iperf)
     aggregate: dict[str, float] = {}
+    cores: dict[str, dict[str, float]] = {}
     for clients in args.aggregate_clients:
         with tempfile.TemporaryDirectory(prefix="bench-l2-agg-") as tmp, Lab() as lab:
-            aggregate[str(clients)] = l2_aggregate.aggregate_gbps(
+            got = l2_aggregate.aggregate(
                 lab, Path(tmp), clients, mode=args.aggregate_mode, seconds=args.seconds
             )
-        log(f"{'aggregate':>18}: {clients} client(s) {aggregate[str(clients)]} Gbit/s")
+        aggregate[str(clients)] = got.pop("gbps")
+        cores[str(clients)] = got
+        log(f"{'aggregate':>18}: {clients} client(s) {aggregate[str(clients)]} Gbit/s, {got}")
     results["exit_aggregate_gbps"] = aggregate
+    results["exit_aggregate_cores"] = cores
     results["exit_aggregate_mode"] = args.aggregate_mode
     if args.profile is not None:
         results["profile"] = {}

@@ -16,9 +16,11 @@ say so next to the figure.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,8 +46,11 @@ def _client_wan(i: int) -> str:
 
 
 @contextmanager
-def world(lab: Lab, tmp: Path, clients: int, *, mode: str) -> Iterator[list[Namespace]]:
-    """Build the topology with ``clients`` running clients; yields the hosts in front."""
+def world(
+    lab: Lab, tmp: Path, clients: int, *, mode: str
+) -> Iterator[tuple[list[Namespace], int, list[int]]]:
+    """Build the topology with ``clients`` running clients; yields the hosts in front,
+    the exit's pid and the clients' pids."""
     exit_ns = lab.namespace("agx")
     sink = lab.namespace("agb")
     topology.quiet(exit_ns)
@@ -95,7 +100,7 @@ def world(lab: Lab, tmp: Path, clients: int, *, mode: str) -> Iterator[list[Name
                 lambda host=host: topology.ping(host, SINK, count=1) == 1, UP_TIMEOUT_S, 0.2
             ):
                 raise RuntimeError("aggregate: a client's host cannot reach the sink")
-        yield hosts
+        yield hosts, exit_proc.pid, [proc.pid for proc in procs]
     finally:
         for proc in (*procs, exit_proc):
             try:
@@ -106,10 +111,22 @@ def world(lab: Lab, tmp: Path, clients: int, *, mode: str) -> Iterator[list[Name
             lab.stop(server)
 
 
-def aggregate_gbps(lab: Lab, tmp: Path, clients: int, *, mode: str, seconds: float) -> float:
-    """Sum of iperf3 TCP (one stream per client, all at once) received behind the exit."""
-    with world(lab, tmp, clients, mode=mode) as hosts:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (all their threads) so far."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def aggregate(lab: Lab, tmp: Path, clients: int, *, mode: str, seconds: float) -> dict[str, float]:
+    """Sum of iperf3 TCP (one stream per client, all at once) received behind the exit,
+    and the cores the exit and the clients used meanwhile (CPU seconds / wall seconds)."""
+    with world(lab, tmp, clients, mode=mode) as (hosts, exit_pid, client_pids):
         runs = []
+        started = time.monotonic()
+        exit_before, clients_before = cpu_seconds([exit_pid]), cpu_seconds(client_pids)
         for i, host in enumerate(hosts):
             cmd = ["iperf3", "-c", SINK, "-p", str(BASE_PORT + i), "-J", "-t", str(seconds)]
             runs.append(lab.spawn(host, [*cmd, "-O", "1"], stdout=subprocess.PIPE))
@@ -123,4 +140,11 @@ def aggregate_gbps(lab: Lab, tmp: Path, clients: int, *, mode: str, seconds: flo
             if proc.returncode != 0:
                 raise RuntimeError(f"aggregate: iperf3 failed ({proc.returncode})")
             total += json.loads(out)["end"]["sum_received"]["bits_per_second"]
-    return round(total / 1e9, 3)
+        wall = time.monotonic() - started
+        exit_cores = (cpu_seconds([exit_pid]) - exit_before) / wall
+        clients_cores = (cpu_seconds(client_pids) - clients_before) / wall
+    return {
+        "gbps": round(total / 1e9, 3),
+        "exit_cores": round(exit_cores, 2),
+        "clients_cores": round(clients_cores, 2),
+    }
