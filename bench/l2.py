@@ -60,6 +60,10 @@ UDP_MAX_LOSS_PERCENT = 1.0
 UDP_START_MBPS = 200.0
 UDP_MAX_MBPS = 6400.0  # the search never offers more than this
 UDP_BISECTIONS = 3
+# Socket buffers of both iperf3 ends (SO_SNDBUF/SO_RCVBUF): on a shared machine the
+# receiving iperf3 is sometimes off the CPU for tens of ms, and its default ~200 KiB buffer
+# would then drop datagrams the tunnel had delivered.
+UDP_SOCKET_BUFFER = "4M"
 
 
 def log(msg: str) -> None:
@@ -97,6 +101,7 @@ def udp_trial(topo: topology.Topology, mbps: float, seconds: float) -> tuple[flo
         [
             "iperf3", "-c", topology.HOST_B, "-p", str(IPERF_PORT), "-J", "-u",
             "-l", str(UDP_DATAGRAM), "-b", f"{mbps:.0f}M", "-t", str(seconds),
+            "-w", UDP_SOCKET_BUFFER,
         ],
         timeout=seconds + 30,
     )  # fmt: skip
