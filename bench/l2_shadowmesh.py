@@ -18,6 +18,8 @@ from pathlib import Path
 from hardware.netns import Lab
 from lab import provision, topology
 
+NODES = ("exit", "client")
+LOG_TAIL = 15
 PROFILE_RATE_HZ = 250
 TOP = 12
 
@@ -38,7 +40,20 @@ def _command(role: str, config: Path, profile: Path | None) -> list[str]:
     if spy is None:
         raise RuntimeError("--profile needs py-spy (pip install py-spy)")
     out = profile / f"{role}.collapsed"
-    return [spy, "record", "-r", str(PROFILE_RATE_HZ), "-f", "raw", "-o", str(out), "--", *cmd]
+    # --nonblocking: sampling never pauses the node (a paused node is not the one measured).
+    return [
+        spy,
+        "record",
+        "--nonblocking",
+        "-r",
+        str(PROFILE_RATE_HZ),
+        "-f",
+        "raw",
+        "-o",
+        str(out),
+        "--",
+        *cmd,
+    ]
 
 
 def summarize(path: Path, top: int = TOP) -> list[tuple[str, float]]:
@@ -63,9 +78,9 @@ def summarize(path: Path, top: int = TOP) -> list[tuple[str, float]]:
 @contextmanager
 def tunnel(
     lab: Lab, topo: topology.Topology, tmp: Path, *, mode: str, profile: Path | None = None
-) -> Iterator[None]:
+) -> Iterator[list[int]]:
     files = provision.provision(
-        tmp / "shadowmesh",
+        tmp / f"shadowmesh-{mode}",
         exit_host=topology.EXIT_WAN,
         mtu=topo.mtu,
         offload=mode == "offload",
@@ -73,11 +88,27 @@ def tunnel(
     )
     if profile is not None:
         profile.mkdir(parents=True, exist_ok=True)
-    exit_proc = lab.spawn(topo.exit, _command("exit", files.exit_config, profile))
-    client = lab.spawn(topo.client, _command("client", files.client_configs["client"], profile))
+    # The nodes' logs stay beside their configs; a start that fails shows their tail.
+    logs = {role: (tmp / f"shadowmesh-{mode}" / f"{role}.log").open("wb") for role in NODES}
+    exit_proc = lab.spawn(
+        topo.exit, _command("exit", files.exit_config, profile), stderr=logs["exit"].fileno()
+    )
+    client = lab.spawn(
+        topo.client,
+        _command("client", files.client_configs["client"], profile),
+        stderr=logs["client"].fileno(),
+    )
     try:
-        yield
+        yield [client.pid, exit_proc.pid]
+    except RuntimeError:
+        for role, out in logs.items():
+            out.flush()
+            tail = Path(out.name).read_text(errors="replace").splitlines()[-LOG_TAIL:]
+            print(f"--- {role} log (last lines) ---", *tail, sep="\n", file=sys.stderr)
+        raise
     finally:
+        for out in logs.values():
+            out.close()
         # SIGINT: the nodes shut down cleanly and py-spy writes its profile.
         for proc in (client, exit_proc):
             try:

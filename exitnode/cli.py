@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from exitnode.server import ExitNode, ExitOptions
 from l2bridge.commands.common import (
     add_network_overrides,
     apply_overrides,
-    run_until_signalled,
+    run_node,
     setup_logging,
 )
 from l2bridge.errors import L2BridgeError
@@ -106,7 +105,7 @@ def main(ns: argparse.Namespace) -> int:
         )
         node = ExitNode(config, options)
         node.attach(attested_layers(config, node, ns))
-        asyncio.run(run_until_signalled(node.run))
+        run_node(node.run)
     except (ExitError, L2BridgeError) as exc:
         print(f"shadowmesh exit: {exc}", file=sys.stderr)
         return 1

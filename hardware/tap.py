@@ -93,9 +93,11 @@ class FrameDevice:
         self.offload = offload
         self.stats = TapStats()
         self._closed = False
-        # Plain mode reads into one reused buffer behind a reserved offload header.
+        # Plain mode reads into one reused buffer behind an all-zero offload header (the
+        # read never touches it), and copies header + frame out in one step.
         self._buf = bytearray(READ_SIZE)
-        self._view = memoryview(self._buf)[ethernet.OFFLOAD_HEADER_LEN :]
+        self._whole = memoryview(self._buf)
+        self._view = self._whole[ethernet.OFFLOAD_HEADER_LEN :]
         os.set_blocking(fd, False)
 
     def fileno(self) -> int:
@@ -122,8 +124,7 @@ class FrameDevice:
                     n = os.readv(fd, [self._view])
                     if n == 0:
                         break
-                    self._buf[: ethernet.OFFLOAD_HEADER_LEN] = ethernet.NO_OFFLOAD
-                    frame = bytes(self._buf[: ethernet.OFFLOAD_HEADER_LEN + n])
+                    frame = self._whole[: ethernet.OFFLOAD_HEADER_LEN + n].tobytes()
             except BlockingIOError:
                 break
             frames.append(frame)

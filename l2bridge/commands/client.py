@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import sys
@@ -13,7 +12,7 @@ from l2bridge.client.node import ClientNode
 from l2bridge.commands.common import (
     add_network_overrides,
     apply_overrides,
-    run_until_signalled,
+    run_node,
     setup_logging,
 )
 from l2bridge.errors import L2BridgeError
@@ -39,7 +38,7 @@ def main(ns: argparse.Namespace) -> int:
             log.warning("%s: %s", problem.field, problem.message)
         node = ClientNode(config, status=not ns.no_status)
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_until_signalled(node.run))
+            run_node(node.run)
     except L2BridgeError as exc:
         print(f"shadowmesh client: {exc}", file=sys.stderr)
         return 1

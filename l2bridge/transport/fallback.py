@@ -103,7 +103,6 @@ class Splice:
         if self._closed:
             transport.close()
             return
-        assert isinstance(transport, asyncio.Transport)
         self._upstream = transport
         if self._pending:
             transport.write(bytes(self._pending))

@@ -34,7 +34,7 @@ import ssl as ssl_module
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -279,7 +279,8 @@ class GuardedConnection(DirectMessages, ServerConnection):
     # --- opening: caps, then TLS -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport (uvloop's do not subclass asyncio.Transport; same interface).
+        transport = cast(asyncio.Transport, transport)
         front = self.front
         self._raw = transport
         peer = transport.get_extra_info("peername")
@@ -317,7 +318,6 @@ class GuardedConnection(DirectMessages, ServerConnection):
         if secure is None or self._mode is not _Mode.OPENING:
             self._finish()
             return
-        assert isinstance(secure, asyncio.Transport)
         self._begin(secure)
 
     def _begin(self, transport: asyncio.Transport) -> None:

@@ -1,0 +1,150 @@
+"""Exit capacity with several clients: N client namespaces, one exit, one host behind it.
+
+::
+
+    host-i 10.77.1.1i ── client-i (br0 + TAP, wan0 172.31.1.1i) ─┐
+                                                                 wbr0 172.31.1.1 ── exit
+    lan-b 10.77.1.2 ── exit (br0 + TAP) ─────────────────────────┘
+
+Each client is a real ``shadowmesh client`` process in its own namespace, the exit a real
+``shadowmesh exit``; every host-i runs iperf3 TCP to its own iperf3 server in lan-b at the
+same time, and the figure is the sum of what lan-b received. On a machine whose cores also
+run the clients and iperf3 this measures the whole system, not the exit alone: the notes
+say so next to the figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hardware import netns
+from hardware.netns import Lab, Namespace
+from lab import provision, topology
+
+SINK = "10.77.1.2"
+EXIT_WAN = "172.31.1.1"
+WAN_PREFIX = 24
+LAN_PREFIX = 24
+BASE_PORT = 5301
+UP_TIMEOUT_S = 30.0
+
+
+def _host_ip(i: int) -> str:
+    return f"10.77.1.{11 + i}"
+
+
+def _client_wan(i: int) -> str:
+    return f"172.31.1.{11 + i}"
+
+
+@contextmanager
+def world(
+    lab: Lab, tmp: Path, clients: int, *, mode: str
+) -> Iterator[tuple[list[Namespace], int, list[int]]]:
+    """Build the topology with ``clients`` running clients; yields the hosts in front,
+    the exit's pid and the clients' pids."""
+    exit_ns = lab.namespace("agx")
+    sink = lab.namespace("agb")
+    topology.quiet(exit_ns)
+    topology.quiet(sink)
+    lab.veth(sink, "eth0", exit_ns, "lan0")
+    netns.bridge(exit_ns, topology.BRIDGE)
+    netns.attach(exit_ns, "lan0", topology.BRIDGE)
+    netns.bridge(exit_ns, "wbr0")
+    exit_ns.ip("addr", "add", f"{EXIT_WAN}/{WAN_PREFIX}", "dev", "wbr0")
+    sink.ip("addr", "add", f"{SINK}/{LAN_PREFIX}", "dev", "eth0")
+    names = tuple(f"c{i}" for i in range(clients))
+    files = provision.provision(
+        tmp / f"aggregate-{clients}",
+        exit_host=EXIT_WAN,
+        clients=names,
+        offload=mode == "offload",
+        bridge=topology.BRIDGE,
+    )
+    hosts: list[Namespace] = []
+    client_ns: list[Namespace] = []
+    for i in range(clients):
+        cns = lab.namespace(f"agc{i}")
+        host = lab.namespace(f"agh{i}")
+        topology.quiet(cns)
+        topology.quiet(host)
+        lab.veth(host, "eth0", cns, "lan0")
+        netns.bridge(cns, topology.BRIDGE)
+        netns.attach(cns, "lan0", topology.BRIDGE)
+        lab.veth(cns, "wan0", exit_ns, f"w{i}")
+        netns.attach(exit_ns, f"w{i}", "wbr0")
+        cns.ip("addr", "add", f"{_client_wan(i)}/{WAN_PREFIX}", "dev", "wan0")
+        host.ip("addr", "add", f"{_host_ip(i)}/{LAN_PREFIX}", "dev", "eth0")
+        hosts.append(host)
+        client_ns.append(cns)
+    servers = [lab.spawn(sink, ["iperf3", "-s", "-p", str(BASE_PORT + i)]) for i in range(clients)]
+    node = [sys.executable, "-m", "l2bridge.commands.main"]
+    exit_proc = lab.spawn(
+        exit_ns, [*node, "exit", "--config", str(files.exit_config), "--no-status"]
+    )
+    procs = [
+        lab.spawn(cns, [*node, "client", "--config", str(files.client_configs[n]), "--no-status"])
+        for cns, n in zip(client_ns, names, strict=True)
+    ]
+    try:
+        for host in hosts:
+            if not netns.wait_for(
+                lambda host=host: topology.ping(host, SINK, count=1) == 1, UP_TIMEOUT_S, 0.2
+            ):
+                raise RuntimeError("aggregate: a client's host cannot reach the sink")
+        yield hosts, exit_proc.pid, [proc.pid for proc in procs]
+    finally:
+        for proc in (*procs, exit_proc):
+            try:
+                lab.stop(proc, signal.SIGINT)
+            except subprocess.SubprocessError:
+                lab.stop(proc)
+        for server in servers:
+            lab.stop(server)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (all their threads) so far."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def aggregate(lab: Lab, tmp: Path, clients: int, *, mode: str, seconds: float) -> dict[str, float]:
+    """Sum of iperf3 TCP (one stream per client, all at once) received behind the exit,
+    and the cores the exit and the clients used meanwhile (CPU seconds / wall seconds)."""
+    with world(lab, tmp, clients, mode=mode) as (hosts, exit_pid, client_pids):
+        runs = []
+        started = time.monotonic()
+        exit_before, clients_before = cpu_seconds([exit_pid]), cpu_seconds(client_pids)
+        for i, host in enumerate(hosts):
+            cmd = ["iperf3", "-c", SINK, "-p", str(BASE_PORT + i), "-J", "-t", str(seconds)]
+            runs.append(lab.spawn(host, [*cmd, "-O", "1"], stdout=subprocess.PIPE))
+        total = 0.0
+        for proc in runs:
+            try:
+                out, _ = proc.communicate(timeout=seconds + 30)
+            except subprocess.TimeoutExpired:
+                lab.stop(proc)
+                raise RuntimeError("aggregate: iperf3 did not finish") from None
+            if proc.returncode != 0:
+                raise RuntimeError(f"aggregate: iperf3 failed ({proc.returncode})")
+            total += json.loads(out)["end"]["sum_received"]["bits_per_second"]
+        wall = time.monotonic() - started
+        exit_cores = (cpu_seconds([exit_pid]) - exit_before) / wall
+        clients_cores = (cpu_seconds(client_pids) - clients_before) / wall
+    return {
+        "gbps": round(total / 1e9, 3),
+        "exit_cores": round(exit_cores, 2),
+        "clients_cores": round(clients_cores, 2),
+    }
