@@ -70,6 +70,7 @@ from l2bridge.node.cover import CoverPlan
 from l2bridge.protocol.handshake import ClientHello
 from l2bridge.protocol.records import Buffer
 from l2bridge.protocol.session import Closed, PeerAuthenticated, RekeyCompleted, Session
+from l2bridge.protocol.shaping import ChatterFilter, Shaper
 from l2bridge.transport.client import open_transport
 from l2bridge.transport.direct import DirectMessages
 from l2bridge.transport.errors import TransportClosed, UpgradeRefused
@@ -170,8 +171,14 @@ class Link:
         cover: CoverPlan | None = None,
         keepalive_s: float | None = KEEPALIVE_S,
         liveness_s: float | None = LIVENESS_S,
+        shaper: Shaper | None = None,
+        chatter: ChatterFilter | None = None,
     ) -> None:
-        """``keepalive_s`` / ``liveness_s``: None turns that side of liveness off."""
+        """``keepalive_s`` / ``liveness_s``: None turns that side of liveness off.
+        ``shaper`` / ``chatter``: shaping of what this side sends (l2bridge.protocol.shaping)."""
+        self._shaper = shaper
+        self._chatter = chatter
+        self._shape_timer: asyncio.TimerHandle | None = None
         self._ws = ws
         self._keepalive_s = keepalive_s
         self._liveness_s = liveness_s
@@ -381,8 +388,17 @@ class Link:
             self._seal_and_write(frames)
 
     def _seal_and_write(self, frames: Sequence[Buffer]) -> None:
+        if self._shaper is not None or self._chatter is not None:
+            self._shape(frames)
+            return
+        self._seal_frames(frames)
+
+    def _seal_frames(self, frames: Sequence[Buffer], size: int = 0) -> None:
         try:
-            records = self.session.seal_batches(list(frames), self._clock())
+            if size:
+                records = [self.session.seal_sized(frames, size, self._clock())]
+            else:
+                records = self.session.seal_batches(list(frames), self._clock())
         except (KeyExpired, StateError) as exc:
             # Never keep sending under a stale key: end the link instead.
             log.warning("link send stopped: %s", exc)
@@ -391,6 +407,42 @@ class Link:
         for record in records:
             self._write(record)
         self._last_write = time.monotonic()
+
+    def _shape(self, frames: Sequence[Buffer], *, closing: bool = False) -> None:
+        """Frames through the chatter filter and the shaper; sends what is due and sets a
+        timer for the rest (``closing``: everything now)."""
+        now = time.monotonic()
+        if self._chatter is not None:
+            frames = (
+                self._chatter.release()
+                if closing
+                else (self._chatter.filter(frames, now) + self._chatter.due(now))
+            )
+        if self._shaper is None:
+            if frames:
+                self._seal_frames(frames)
+        else:
+            self._shaper.push(frames, now)
+            for out in self._shaper.flush() if closing else self._shaper.due(now):
+                self._seal_frames(out.frames, out.size)
+        deadlines = []
+        if self._shaper is not None and (d := self._shaper.deadline()) is not None:
+            deadlines.append(d)
+        if self._chatter is not None and (d := self._chatter.deadline()) is not None:
+            deadlines.append(d)
+        if self._shape_timer is not None:
+            self._shape_timer.cancel()
+            self._shape_timer = None
+        if deadlines and not closing:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, min(deadlines) - now)
+            self._shape_timer = loop.call_later(delay, self._shape_later)
+
+    def _shape_later(self) -> None:
+        self._shape_timer = None
+        if not self._send_done:
+            with contextlib.suppress(TransportClosed):  # the link ended meanwhile
+                self._shape(())
 
     async def _writer(self) -> None:
         """Drains batches that could not be sent at once, in order."""
@@ -402,6 +454,8 @@ class Link:
                     break  # ended from the receiving side; the batch is dropped
                 if item is _CLOSE:
                     self._flush_pending()
+                    if self._shaper is not None or self._chatter is not None:
+                        self._shape((), closing=True)
                     if self.session.established and self._ws.is_open:
                         reason = RECORD_REVOKED if self._close_code == CLOSE_REVOKED else 0
                         self._write(self.session.close_notice(reason, now=self._clock()))
@@ -523,7 +577,13 @@ class Link:
             tokens = min(plan.budget, tokens + (now - last) * plan.budget)
             last = now
             # ready_to_send is False until the exit has the client's ClientFinish.
-            if now - self._last_write < plan.idle_s or self._pending or not self.ready_to_send:
+            shaping = self._shaper is not None and len(self._shaper) > 0
+            if (
+                now - self._last_write < plan.idle_s
+                or self._pending
+                or shaping
+                or not self.ready_to_send
+            ):
                 continue  # data is flowing (or waiting): it is its own cover
             size = plan.size(rng)
             if size > tokens:
