@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from l2bridge.protocol.shaping import BrowserProfile  # noqa: E402
 TLS13_OVERHEAD = 17  # content type byte + AEAD tag
 FIRST = 6  # messages profiled one by one per direction
 QUANTILES = 50
+PER_SESSION = 40
+SEED = 13
 OUT = ROOT / "l2bridge" / "node" / "browser_ws_profile.json"
 
 
@@ -69,6 +72,9 @@ def quantiles(values: list[float], n: int = QUANTILES) -> list[float]:
 
 
 def profile(flows: list[Flow], direction: int) -> dict[str, object]:
+    """Each session weighs the same (an upload's thousands of chunk records would
+    otherwise be the whole profile): at most PER_SESSION sizes and gaps from each."""
+    rng = random.Random(SEED)
     first: list[list[float]] = [[] for _ in range(FIRST)]
     sizes: list[float] = []
     gaps: list[float] = []
@@ -76,8 +82,10 @@ def profile(flows: list[Flow], direction: int) -> dict[str, object]:
         msgs = messages(flow)[direction]
         for i, (_, n) in enumerate(msgs[:FIRST]):
             first[i].append(n)
-        sizes += [n for _, n in msgs]
-        gaps += [b[0] - a[0] for a, b in itertools.pairwise(msgs)]
+        ns = [float(n) for _, n in msgs]
+        gs = [b[0] - a[0] for a, b in itertools.pairwise(msgs)]
+        sizes += rng.sample(ns, min(PER_SESSION, len(ns)))
+        gaps += rng.sample(gs, min(PER_SESSION, len(gs)))
     return {
         "first": [quantiles(f, 20) for f in first if f],
         "sizes": quantiles(sizes),

@@ -28,7 +28,7 @@ from l2bridge.identity.keyfiles import load_certificate
 from l2bridge.identity.keys import HybridSigningKey, read_private_file
 from l2bridge.node import link as tunnel
 from l2bridge.node.config import Config, ConfigError, naming
-from l2bridge.node.cover import obfuscation_settings
+from l2bridge.node.cover import obfuscation_settings, shaping_plan
 from l2bridge.node.health import components
 from l2bridge.node.metrics import Metrics
 from l2bridge.node.rotation import RotationDriver
@@ -90,6 +90,7 @@ class ClientNode:
         except BackendUnavailable as exc:
             raise ConfigError(f"security.pq_backend: {exc}") from None
         pad_to, self.cover = obfuscation_settings(config.obfuscation)
+        self.shaping = shaping_plan(config.obfuscation)
         self.session_config = SessionConfig(
             rekey_interval=config.security.key_rotation_interval, pad_to=pad_to
         )
@@ -113,7 +114,7 @@ class ClientNode:
                 self.identity, self.access_key, policy, self.certificate, self.mode,
                 self.session_config, int(ep.token_window), self.tls, self.cover,
                 self.backend,
-                ep.keepalive_interval, ep.liveness_timeout,
+                ep.keepalive_interval, ep.liveness_timeout, self.shaping,
             ),
             self.metrics,
             self.clock,
@@ -170,6 +171,7 @@ class ClientNode:
             clock=self.clock.now,
             ssl=self.tls if self.url.startswith("wss:") else None,
             cover=self.cover,
+            shaping=self.shaping,
             keepalive_s=self.config.endpoints.keepalive_interval,
             liveness_s=self.config.endpoints.liveness_timeout,
         )

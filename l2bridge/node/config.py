@@ -105,6 +105,9 @@ class Obfuscation:
     cover_traffic: CoverTraffic = CoverTraffic.OFF
     advanced_stego: bool = False
     padding: int = DEFAULT_PAD_TO  # records padded to multiples of this (0: none)
+    # Record sizes / timing after a browser WebSocket profile (l2bridge.protocol.shaping).
+    shaping: str = "off"  # off | sizes | browser
+    lan_chatter: str = "pass"  # client: pass | aggregate (hold broadcasts, send them together)
 
 
 # The atomic_time section is parsed by the timing package itself (one parser for the
@@ -421,6 +424,15 @@ def _cover(value: object, path: str) -> CoverTraffic:
     raise _fail(path, "true, false, 'on', 'off' or 'aggressive'", value)
 
 
+def _shaping(value: object, path: str) -> str:
+    # YAML reads a bare ``off`` as false.
+    if value is False:
+        return "off"
+    if isinstance(value, str) and value in ("off", "sizes", "browser"):
+        return value
+    raise _fail(path, "'off', 'sizes' or 'browser'", value)
+
+
 _RATE = re.compile(r"(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)")
 _RATE_UNITS = {"bit": 1 / 8, "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8}
 
@@ -556,6 +568,8 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "cover_traffic": _cover,
             "advanced_stego": _bool,
             "padding": _int_range(0, 16384),
+            "shaping": _shaping,
+            "lan_chatter": _choice("pass", "aggregate"),
         },
     ),
     "atomic_time": (AtomicTime, {}),  # parsed whole by _atomic_time
@@ -758,6 +772,15 @@ def problems(config: Config) -> list[Problem]:
         out.append(
             Problem("obfuscation.cover_traffic", "needs obfuscation.enabled: none is sent", False)
         )
+    obf = config.obfuscation
+    for name, value, off in (
+        ("shaping", obf.shaping, "off"),
+        ("lan_chatter", obf.lan_chatter, "pass"),
+    ):
+        if value != off and not obf.enabled:
+            out.append(
+                Problem(f"obfuscation.{name}", "needs obfuscation.enabled: not applied", False)
+            )
     if not config.obfuscation.enabled:
         out.append(
             Problem("obfuscation.enabled", "the tunnel always looks like a WebSocket", False)
@@ -873,7 +896,8 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "exit_nodes.geographic_diversity": BOTH,
     "exit_nodes.jurisdictional_diversity": BOTH,
     **{f"obfuscation.{k}": BOTH for k in
-       ("enabled", "protocol", "cover_traffic", "advanced_stego", "padding")},
+       ("enabled", "protocol", "cover_traffic", "advanced_stego", "padding", "shaping")},
+    "obfuscation.lan_chatter": ("client",),
     "atomic_time": BOTH,
     **{f"logging.{k}": BOTH for k in ("level", "audit", "siem_export", "retention")},
     "endpoints.listen": ("exit",),

@@ -66,7 +66,7 @@ from l2bridge.errors import (
 )
 from l2bridge.logsummary import Summary
 from l2bridge.node.audit import audit
-from l2bridge.node.cover import CoverPlan
+from l2bridge.node.cover import CoverPlan, ShapingPlan
 from l2bridge.protocol.handshake import ClientHello
 from l2bridge.protocol.records import Buffer
 from l2bridge.protocol.session import Closed, PeerAuthenticated, RekeyCompleted, Session
@@ -674,6 +674,7 @@ async def connect(
     keepalive_s: float | None = KEEPALIVE_S,
     liveness_s: float | None = LIVENESS_S,
     token: str | None = None,
+    shaping: ShapingPlan | None = None,
     **transport_kwargs: object,
 ) -> Link:
     """Open a tunnel to the exit ``node_id`` at ``url``.
@@ -726,6 +727,8 @@ async def connect(
     link = Link(
         ws, session, is_client=True, clock=clock, queue_batches=queue_batches, cover=cover,
         keepalive_s=keepalive_s, liveness_s=liveness_s,
+        shaper=shaping.shaper(True) if shaping else None,
+        chatter=shaping.chatter_filter(True) if shaping else None,
     )  # fmt: skip
     link.start()
     return link
@@ -744,6 +747,7 @@ async def serve(
     handshake_workers: int = HANDSHAKE_WORKERS,
     keepalive_s: float | None = KEEPALIVE_S,
     liveness_s: float | None = LIVENESS_S,
+    shaping: ShapingPlan | None = None,
     **transport_kwargs: object,
 ) -> Server:
     """Serve tunnels behind the decoy site; ``on_link`` runs per tunnel.
@@ -809,6 +813,7 @@ async def serve(
         link = Link(
             ws, session, is_client=False, clock=clock, queue_batches=queue_batches,
             cover=cover, keepalive_s=keepalive_s, liveness_s=liveness_s,
+            shaper=shaping.shaper(False) if shaping else None,
         )  # fmt: skip
         link.start()
         try:

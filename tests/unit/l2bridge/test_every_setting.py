@@ -229,6 +229,23 @@ def padding(w: World) -> None:
     _differs(lambda n: n.session_config.pad_to, w.exit(obfuscation={"padding": 0}), w.exit())
 
 
+def shaping(w: World) -> None:
+    assert w.exit().shaping is None
+    plan = w.exit(obfuscation={"shaping": "browser"}).shaping
+    assert plan is not None and plan.shaper(False) is not None
+    cfg = w.exit_cfg(obfuscation={"shaping": "sizes", "enabled": False})
+    assert "obfuscation.shaping" in {p.field for p in ensure_startable(cfg)}
+
+
+def lan_chatter(w: World) -> None:
+    assert w.client().shaping is None
+    plan = w.client(obfuscation={"lan_chatter": "aggregate"}).shaping
+    assert plan is not None and plan.chatter_filter(True) is not None
+    assert plan.shaper(True) is None  # chatter only: records are not reshaped
+    cfg = w.exit_cfg(obfuscation={"lan_chatter": "aggregate"})
+    assert "obfuscation.lan_chatter" in {p.field for p in ensure_startable(cfg, "exit")}
+
+
 def atomic_time(w: World) -> None:
     assert w.client().clock_sources == []
     on = w.client(atomic_time={"enabled": True, "sources": ["system"]})
@@ -516,6 +533,8 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "obfuscation.cover_traffic": cover_traffic,
     "obfuscation.advanced_stego": advanced_stego,
     "obfuscation.padding": padding,
+    "obfuscation.shaping": shaping,
+    "obfuscation.lan_chatter": lan_chatter,
     "atomic_time": atomic_time,
     "logging.level": logging_level,
     "logging.audit": logging_audit,  # the events themselves: LIVE's management test

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import itertools
 import random
+from pathlib import Path
 
 import pytest
 
 from l2bridge.constants import FRAME_LENGTH_SIZE, MAX_FRAME_SIZE, MAX_RECORD_PLAINTEXT
+from l2bridge.node.config import ConfigError, Obfuscation, load_config
+from l2bridge.node.cover import load_profile, shaping_plan
 from l2bridge.protocol.shaping import (
     BrowserProfile,
     ChatterFilter,
@@ -208,3 +211,32 @@ def test_chatter_held_is_bounded() -> None:
         released += chatter.filter([BROADCAST + bytes([i])], float(i))
     released += chatter.release()
     assert released == [BROADCAST + bytes([i]) for i in range(20)]
+
+
+def test_shipped_profile_loads_and_plans_follow_the_settings(tmp_path: Path) -> None:
+    up, down = load_profile()
+    assert up.first and down.first and up.sizes.quantiles and down.gaps.quantiles
+    assert shaping_plan(Obfuscation()) is None
+    assert shaping_plan(Obfuscation(enabled=False, shaping="browser")) is None
+    plan = shaping_plan(Obfuscation(shaping="sizes"))
+    assert plan is not None and plan.mode is Shaping.SIZES
+    assert plan.chatter_filter(True) is None and plan.shaper(True) is not None
+    chatter = shaping_plan(Obfuscation(lan_chatter="aggregate"))
+    assert chatter is not None and chatter.shaper(True) is None
+    assert chatter.chatter_filter(True) is not None and chatter.chatter_filter(False) is None
+    bad = tmp_path / "profile.json"
+    bad.write_text('{"up": {"first": [], "sizes": [3, 2], "gaps": [0]}, "down": {}}')
+    with pytest.raises(ValueError, match=r"profile\.json"):
+        load_profile(bad)
+    with pytest.raises(ValueError, match="missing"):
+        load_profile(tmp_path / "missing.json")
+
+
+def test_yaml_off_reads_as_shaping_off(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("obfuscation:\n  shaping: off\n  lan_chatter: aggregate\n")
+    config = load_config(path, env={})
+    assert config.obfuscation.shaping == "off"
+    path.write_text("obfuscation:\n  shaping: fast\n")
+    with pytest.raises(ConfigError, match=r"obfuscation\.shaping"):
+        load_config(path, env={})
