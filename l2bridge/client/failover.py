@@ -37,6 +37,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from attestation import evidence as ev
 from attestation import tpms
@@ -136,6 +137,7 @@ class DialSettings:
     keepalive_s: float = tunnel.KEEPALIVE_S  # endpoints.keepalive_interval
     liveness_s: float = tunnel.LIVENESS_S  # endpoints.liveness_timeout
     shaping: ShapingPlan | None = None  # obfuscation.shaping / lan_chatter
+    impersonate: tuple[str, Path | None] | None = None  # endpoints.tls_impersonate
 
 
 class ExitFinder:
@@ -275,6 +277,9 @@ class ExitFinder:
                     keepalive_s=self.settings.keepalive_s,
                     liveness_s=self.settings.liveness_s,
                     shaping=self.settings.shaping,
+                    impersonate=self.settings.impersonate
+                    if cand.endpoint.startswith("wss:")
+                    else None,
                 )
         except PeerError:
             self._refuse(cand, "; ".join(checker.reasons) or "handshake failed")

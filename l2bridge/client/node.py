@@ -84,6 +84,10 @@ class ClientNode:
             self.tls = client_context(ep.tls_ca)
         except TlsError as exc:
             raise ConfigError(f"endpoints.tls_ca: {exc}") from None
+        # endpoints.tls_impersonate: wss:// through curl_cffi (a browser's ClientHello)
+        self.impersonate = (
+            (ep.tls_impersonate, ep.tls_ca) if ep.tls_impersonate is not None else None
+        )
         self.mode = Mode.from_name(config.security.post_quantum_mode)
         try:
             self.backend = get_backend(config.security.pq_backend)
@@ -114,7 +118,7 @@ class ClientNode:
                 self.identity, self.access_key, policy, self.certificate, self.mode,
                 self.session_config, int(ep.token_window), self.tls, self.cover,
                 self.backend,
-                ep.keepalive_interval, ep.liveness_timeout, self.shaping,
+                ep.keepalive_interval, ep.liveness_timeout, self.shaping, self.impersonate,
             ),
             self.metrics,
             self.clock,
@@ -172,6 +176,7 @@ class ClientNode:
             ssl=self.tls if self.url.startswith("wss:") else None,
             cover=self.cover,
             shaping=self.shaping,
+            impersonate=self.impersonate if self.url.startswith("wss:") else None,
             keepalive_s=self.config.endpoints.keepalive_interval,
             liveness_s=self.config.endpoints.liveness_timeout,
         )

@@ -134,6 +134,8 @@ class Endpoints:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None  # client: trust this CA for wss://
+    # client: open wss:// through curl_cffi with this browser's TLS ClientHello
+    tls_impersonate: str | None = None
     decoy_dir: Path | None = None  # None: the built-in page
     server_header: str = "nginx"
     decoy_gzip: bool = True  # the built-in decoy compresses like "gzip on" (Debian's default)
@@ -593,6 +595,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "tls_cert": _PATH,
             "tls_key": _PATH,
             "tls_ca": _PATH,
+            "tls_impersonate": _optional(_choice("chrome")),
             "decoy_dir": _PATH,
             "server_header": _text,
             "decoy_gzip": _bool,
@@ -908,6 +911,7 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "endpoints.tls_cert": ("exit",),
     "endpoints.tls_key": ("exit",),
     "endpoints.tls_ca": ("client",),
+    "endpoints.tls_impersonate": ("client",),
     "endpoints.decoy_dir": ("exit",),
     "endpoints.server_header": ("exit",),
     "endpoints.token_window": BOTH,

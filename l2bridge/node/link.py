@@ -50,6 +50,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Protocol, cast
 
 from websockets.asyncio.server import Server, ServerConnection
@@ -71,9 +72,10 @@ from l2bridge.protocol.handshake import ClientHello
 from l2bridge.protocol.records import Buffer
 from l2bridge.protocol.session import Closed, PeerAuthenticated, RekeyCompleted, Session
 from l2bridge.protocol.shaping import ChatterFilter, Shaper
-from l2bridge.transport.client import open_transport
+from l2bridge.transport.client import default_origin, open_transport
 from l2bridge.transport.direct import DirectMessages
 from l2bridge.transport.errors import TransportClosed, UpgradeRefused
+from l2bridge.transport.impersonate import open_impersonated
 from l2bridge.transport.server import ServerSettings, serve_exit
 from l2bridge.transport.token import AccessKey, mint_token
 
@@ -675,12 +677,15 @@ async def connect(
     liveness_s: float | None = LIVENESS_S,
     token: str | None = None,
     shaping: ShapingPlan | None = None,
+    impersonate: tuple[str, Path | None] | None = None,
     **transport_kwargs: object,
 ) -> Link:
     """Open a tunnel to the exit ``node_id`` at ``url``.
 
     ``token``: a connection token minted elsewhere (a circuit's client mints it for a hop
     that extends the circuit, which holds no access key); else one is minted here.
+    ``impersonate``: (curl_cffi target, CA file) to open the WebSocket through curl_cffi
+    with a browser's TLS ClientHello (l2bridge.transport.impersonate) instead of websockets.
     Raises UpgradeRefused (the exit answered as a web server), TransportClosed,
     PeerError (the handshake failed: wrong exit, bad evidence), DeviceRevoked (the exit
     said this device is revoked), TimeoutError.
@@ -690,13 +695,21 @@ async def connect(
             raise ValueError("an access key or a token is needed")
         token = mint_token(access_key, node_id, clock(), window_s=token_window)
     try:
-        opened = await open_transport(
-            url,
-            token,
-            max_size=MAX_MESSAGE_SIZE,
-            direct=True,
-            **transport_kwargs,  # type: ignore[arg-type]
-        )
+        if impersonate is not None:
+            ws: TunnelSocket = await open_impersonated(
+                url, token, target=impersonate[0], origin=default_origin(url),
+                ca_file=impersonate[1],
+            )  # fmt: skip
+        else:
+            ws = _direct(
+                await open_transport(
+                    url,
+                    token,
+                    max_size=MAX_MESSAGE_SIZE,
+                    direct=True,
+                    **transport_kwargs,  # type: ignore[arg-type]
+                )
+            )
     except UpgradeRefused as exc:
         # The exit answers every refusal as a web server would; these are the causes.
         raise UpgradeRefused(
@@ -704,7 +717,6 @@ async def connect(
             "endpoints.exit_node_id and the URL path, and that this clock is within "
             "endpoints.token_window of the exit's)"
         ) from None
-    ws = _direct(opened)
     try:
         if not ws.is_open:
             raise TransportClosed("closed")

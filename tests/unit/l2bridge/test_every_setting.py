@@ -323,6 +323,14 @@ def tls_ca(w: World) -> None:
         w.client(endpoints={"tls_ca": "nothing.pem"})
 
 
+def tls_impersonate(w: World) -> None:
+    assert w.client().impersonate is None
+    assert w.client(endpoints={"tls_impersonate": "chrome"}).impersonate == ("chrome", None)
+    with pytest.raises(ConfigError, match=r"endpoints\.tls_impersonate"):
+        w.client_cfg(endpoints={"tls_impersonate": "netscape"})
+    # The link it opens: tests/integration/l2bridge/test_link_impersonate.py
+
+
 def decoy_dir(w: World) -> None:
     site = w.dir / "site"
     site.mkdir(exist_ok=True)
@@ -548,6 +556,7 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "endpoints.tls_cert": tls,
     "endpoints.tls_key": tls,
     "endpoints.tls_ca": tls_ca,
+    "endpoints.tls_impersonate": tls_impersonate,
     "endpoints.decoy_dir": decoy_dir,
     "endpoints.server_header": server_header,
     "endpoints.token_window": token_window,
