@@ -61,7 +61,15 @@ MODES: dict[str, dict[str, object]] = {
     "cover": {"cover_traffic": "aggressive"},
     "chatter": {"lan_chatter": "aggregate"},
     "combined": {"shaping": "browser", "cover_traffic": "on", "lan_chatter": "aggregate"},
+    # combined, with the client's ClientHello made by curl_cffi (endpoints.tls_impersonate)
+    "impersonate": {
+        "shaping": "browser",
+        "cover_traffic": "on",
+        "lan_chatter": "aggregate",
+        "tls_impersonate": "chrome",
+    },
 }
+ENDPOINT_SETTINGS = ("tls_impersonate",)
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -246,12 +254,15 @@ def tunnel_configs(
     ca, cert, key = tls
     exit_doc = yaml.safe_load(files.exit_config.read_text())
     exit_doc["endpoints"].update(tls_cert=str(cert), tls_key=str(key))
-    exit_doc["obfuscation"] = {k: v for k, v in mode.items() if k != "lan_chatter"}
+    exit_doc["obfuscation"] = {
+        k: v for k, v in mode.items() if k != "lan_chatter" and k not in ENDPOINT_SETTINGS
+    }
     files.exit_config.write_text(yaml.safe_dump(exit_doc))
     client_path = files.client_configs["client"]
     client_doc = yaml.safe_load(client_path.read_text())
     client_doc["endpoints"].update(connect=f"wss://{FRONT}:{TUNNEL_PORT}/ws", tls_ca=str(ca))
-    client_doc["obfuscation"] = dict(mode)
+    client_doc["obfuscation"] = {k: v for k, v in mode.items() if k not in ENDPOINT_SETTINGS}
+    client_doc["endpoints"].update({k: v for k, v in mode.items() if k in ENDPOINT_SETTINGS})
     client_path.write_text(yaml.safe_dump(client_doc))
     return files.exit_config, client_path
 
