@@ -24,9 +24,9 @@ session; scores out of fold). ROC AUC, and the true-positive rate at 1e-3 false 
 many negatives there were). A mode's ``auc`` / ``tpr_at_fpr_1e-3`` are the strongest
 detector's. ``overhead_pct``: bytes on the wire per byte of LAN frames carried, against
 the baseline's; ``added_latency_ms``: the interactive workload's median keystroke echo
-time against the baseline's. ``ja4_client_matches_chrome``: whether some mode's client
-sent only ClientHellos whose JA4 Chromium also sent (each mode says for itself). Ends
-with one line of JSON.
+time (measured in the client's LAN capture, where the user is) against the baseline's.
+``ja4_client_matches_chrome``: whether some mode's client sent only ClientHellos whose
+JA4 Chromium also sent (each mode says for itself). Ends with one line of JSON.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.traffic import ja4 as ja4lib  # noqa: E402
-from bench.traffic.pcap import Flow, frame_sizes, read_flows  # noqa: E402
+from bench.traffic.pcap import Flow, echo_times, frame_sizes, read_flows  # noqa: E402
 
 FIRST = 25
 BURSTS = 12
@@ -60,6 +60,7 @@ SIZE_BINS = (64, 128, 256, 512, 768, 1024, 1280, 1400, 1449)
 IAT_BINS = tuple(10.0**e for e in (-5, -4.5, -4, -3.5, -3, -2.5, -2, -1.5, -1, -0.5, 0, 1))
 CHI_BINS = (100, 200, 400, 700, 1000, 1300, 1449)
 FOLDS = 5
+ECHO_PORT = 2222  # bench/traffic/workloads.py's interactive server
 FPR = 1e-3
 
 
@@ -198,6 +199,8 @@ def load(corpus: Path) -> list[Session]:
         lan_name = entries[0].get("lan_pcap")
         lan = frame_sizes(corpus / str(lan_name)) if lan_name else []
         lan_times = [t for t, _ in lan]
+        echoes = echo_times(corpus / str(lan_name), ECHO_PORT) if lan_name else []
+        echo_at = [t for t, _ in echoes]
         lan_cum = [0, *np.cumsum([n for _, n in lan]).tolist()]
         for flow in read_flows(corpus / pcap, port):
             if len(flow.packets) < 4:
@@ -225,9 +228,10 @@ def load(corpus: Path) -> list[Session]:
                 lo = bisect.bisect_left(lan_times, float(str(entry["start"])))
                 hi = bisect.bisect_right(lan_times, float(str(entry["end"])))
                 s.lan_bytes = int(lan_cum[hi] - lan_cum[lo])
-            rtt = entry.get("rtt_ms")
-            if isinstance(rtt, list):
-                s.rtt_ms = tuple(float(x) for x in rtt)
+            if s.kind == "interactive" and echoes:
+                lo = bisect.bisect_left(echo_at, float(str(entry["start"])))
+                hi = bisect.bisect_right(echo_at, float(str(entry["end"])))
+                s.rtt_ms = tuple(1000 * d for _, d in echoes[lo:hi])
             sessions.append(s)
     return sessions
 

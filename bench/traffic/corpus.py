@@ -286,8 +286,9 @@ def tunnel_phase(  # noqa: PLR0917
     modes: list[str],
     flows: int,
     seconds: float,
-) -> list[dict[str, object]]:
-    sessions: list[dict[str, object]] = []
+    sessions: list[dict[str, object]],
+) -> None:
+    """Appends each session to ``sessions`` as it ends (kept when interrupted)."""
     for name in modes:
         exit_cfg, client_cfg = tunnel_configs(tmp, tls, MODES[name], name)
         pcap, lan = out / f"tunnel-{name}.pcap", out / f"lan-{name}.pcap"
@@ -346,7 +347,6 @@ def tunnel_phase(  # noqa: PLR0917
                 log(f"tunnel {name}: {flows * len(WORKLOADS)} sessions")
         finally:
             lab.stop(exit_proc, signal.SIGINT)
-    return sessions
 
 
 def main() -> None:
@@ -412,8 +412,8 @@ def main() -> None:
                         args.seconds,
                         args.concurrent,
                     )
-                manifest += tunnel_phase(
-                    lab, topo, args.out, tmp, tls, modes, args.flows, args.seconds
+                tunnel_phase(
+                    lab, topo, args.out, tmp, tls, modes, args.flows, args.seconds, manifest
                 )
             lab.stop(server)
     finally:

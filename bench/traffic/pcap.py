@@ -158,3 +158,38 @@ def frame_sizes(path: Path) -> list[tuple[float, int]]:
 
 def _ip(raw: bytes) -> str:
     return ".".join(str(b) for b in raw)
+
+
+def echo_times(path: Path, port: int) -> list[tuple[float, float]]:
+    """(time sent, echo delay in s) of each request to TCP ``port`` that carries data: the
+    time until the first data back from ``port`` (the interactive workload's keystrokes,
+    measured on the LAN side of the tunnel, where the user is)."""
+    out: list[tuple[float, float]] = []
+    waiting: float | None = None
+    with path.open("rb") as f:
+        header = f.read(24)
+        if len(header) < 24 or header[:4] not in PCAP_MAGIC:
+            raise ValueError(f"{path}: not a pcap file")
+        endian, unit = PCAP_MAGIC[header[:4]]
+        rec = struct.Struct(endian + "IIII")
+        while True:
+            raw = f.read(16)
+            if len(raw) < 16:
+                break
+            sec, frac, incl, _orig = rec.unpack(raw)
+            frame = f.read(incl)
+            if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+                continue
+            ihl = (frame[14] & 0x0F) * 4
+            total = struct.unpack(">H", frame[16:18])[0]
+            tcp = 14 + ihl
+            sport, dport = struct.unpack(">HH", frame[tcp : tcp + 4])
+            if total - ihl - (frame[tcp + 12] >> 4) * 4 <= 0:
+                continue
+            t = sec + frac * unit
+            if dport == port and waiting is None:
+                waiting = t
+            elif sport == port and waiting is not None:
+                out.append((waiting, t - waiting))
+                waiting = None
+    return out

@@ -39,6 +39,9 @@ MAX_DELAY_S = 0.05  # the most a frame waits in the shaper
 MAX_QUEUE_BYTES = 256 * 1024
 CHATTER_HOLD_S = 1.0  # the most a broadcast frame waits for company
 CHATTER_MAX_HELD = 64
+# A tunnel frame is the 10-byte offload header (hardware.ethernet.OFFLOAD_HEADER_LEN: this
+# package may not import hardware; a test checks they agree), then the Ethernet frame.
+OFFLOAD_HEADER_LEN = 10
 
 
 class Shaping(Enum):
@@ -226,8 +229,8 @@ class Shaper:
 
 
 def is_group_frame(frame: Buffer) -> bool:
-    """Broadcast or multicast: the destination MAC's group bit is set."""
-    return len(frame) >= 14 and bool(frame[0] & 1)
+    """A tunnel frame to a broadcast or multicast address (the destination MAC's group bit)."""
+    return len(frame) >= OFFLOAD_HEADER_LEN + 14 and bool(frame[OFFLOAD_HEADER_LEN] & 1)
 
 
 class ChatterFilter:

@@ -27,8 +27,9 @@ KEY = AccessKey.generate()
 SIZE = 700  # every message of the profile: each shaped record is this big on the wire
 PROFILE = BrowserProfile((), Distribution((float(SIZE),)), Distribution((0.002,)))
 PLAN = ShapingPlan(Shaping.BROWSER, PROFILE, PROFILE, chatter=True)
-UNICAST = bytes.fromhex("020000000001020000000002") + b"\x08\x00"
-BROADCAST = b"\xff" * 6 + bytes.fromhex("020000000002") + b"\x08\x06"
+OFFLOAD = b"\x01" + bytes(9)  # a tunnel frame's offload header (NEEDS_CSUM)
+UNICAST = OFFLOAD + bytes.fromhex("020000000001020000000002") + b"\x08\x00"
+BROADCAST = OFFLOAD + b"\xff" * 6 + bytes.fromhex("020000000002") + b"\x08\x06"
 
 
 def test_shaped_link_sizes_order_and_chatter() -> None:

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from hardware import ethernet
 from l2bridge.constants import FRAME_LENGTH_SIZE, MAX_FRAME_SIZE, MAX_RECORD_PLAINTEXT
 from l2bridge.node.config import ConfigError, Obfuscation, load_config
 from l2bridge.node.cover import load_profile, shaping_plan
 from l2bridge.protocol.shaping import (
+    OFFLOAD_HEADER_LEN,
     BrowserProfile,
     ChatterFilter,
     Distribution,
@@ -27,12 +29,14 @@ PROFILE = BrowserProfile(
     sizes=Distribution(SIZES),
     gaps=Distribution((0.0, 0.01, 0.02)),
 )
-UNICAST = bytes.fromhex("020000000001") + bytes.fromhex("020000000002") + b"\x08\x00"
-BROADCAST = b"\xff" * 6 + bytes.fromhex("020000000002") + b"\x08\x06"
+# Tunnel frames: the offload header (NEEDS_CSUM set, as for most TCP), then Ethernet.
+OFFLOAD = b"\x01" + bytes(9)
+UNICAST = OFFLOAD + bytes.fromhex("020000000001") + bytes.fromhex("020000000002") + b"\x08\x00"
+BROADCAST = OFFLOAD + b"\xff" * 6 + bytes.fromhex("020000000002") + b"\x08\x06"
 
 
 def frame(n: int, tag: int) -> bytes:
-    """A unicast frame of ``n`` bytes whose bytes 14.. carry ``tag`` (to check order)."""
+    """A unicast frame of ``n`` bytes, ``tag`` after the headers (to check order)."""
     body = tag.to_bytes(4, "big") * (n // 4 + 1)
     return (UNICAST + body)[:n]
 
@@ -184,8 +188,10 @@ def test_distribution_samples_within_quantiles() -> None:
 def test_chatter_is_held_and_rides_with_unicast_in_order() -> None:
     chatter = ChatterFilter(hold_s=1.0)
     arp = BROADCAST + b"who-has 10.0.0.1"
-    mdns = bytes.fromhex("01005e0000fb") + UNICAST[6:] + b"mdns announce"
+    mdns = OFFLOAD + bytes.fromhex("01005e0000fb") + UNICAST[16:] + b"mdns announce"
     assert is_group_frame(arp) and is_group_frame(mdns) and not is_group_frame(UNICAST)
+    # The offload header's flags byte is not the destination MAC.
+    assert OFFLOAD_HEADER_LEN == ethernet.OFFLOAD_HEADER_LEN and UNICAST[0] & 1
     assert chatter.filter([arp], 0.0) == []
     assert chatter.filter([mdns, arp], 0.1) == []  # the second ARP is an exact copy
     assert chatter.collapsed == 1
