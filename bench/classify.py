@@ -291,9 +291,14 @@ def median_rtt(sessions: list[Session]) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, action="append", required=True)
+    parser.add_argument("--corpus", type=Path, action="append", default=[])
+    parser.add_argument(
+        "--browser-corpus", type=Path, action="append", default=[],
+        help="take only the browser sessions of this corpus",
+    )  # fmt: skip
     args = parser.parse_args()
     sessions = [s for c in args.corpus for s in load(c)]
+    sessions += [s for c in args.browser_corpus for s in load(c) if s.label == 0]
     browsers = [s for s in sessions if s.label == 0]
     tunnels: dict[str, list[Session]] = defaultdict(list)
     for s in sessions:
@@ -322,6 +327,11 @@ def main() -> None:
             else None,
             "wire_bytes_per_lan_byte": round(ratio, 3) if ratio else None,
             "median_echo_ms": round(rtt, 2) if rtt is not None else None,
+            # Shaping may slow a download: LAN bytes a bulk session moved (same length each).
+            "bulk_mb_per_session": round(
+                statistics.mean([x.lan_bytes for x in positives if x.kind == "bulk"] or [0]) / 1e6,
+                1,
+            ),
             "detectors": detectors,
             "top_shape_features": top_features(browsers, positives),
             "ja4_matches_chrome": {s.ja4 for s in positives} <= set(chrome),
