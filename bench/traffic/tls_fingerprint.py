@@ -205,13 +205,17 @@ def main() -> None:
     clients = asyncio.run(measure())
     carries = asyncio.run(curl_carries_tunnel())
     chrome = chromium(args.corpus) if args.corpus else Counter()
-    main_chrome = chrome.most_common(1)[0][0] if chrome else None
+    # Per client: which JA4 parts (a, b, c) equal those of some ClientHello Chromium sent
+    # (its full handshakes and resumptions differ in the extension count).
     parts = {}
     for name, fp in clients.items():
-        if main_chrome and "_" in fp:
-            parts[name] = [
-                a == b for a, b in zip(fp.split("_"), main_chrome.split("_"), strict=True)
-            ]
+        candidates = [c for c in chrome if c.count("_") == 2]
+        if candidates and fp.count("_") == 2:
+            parts[name] = max(
+                ([a == b for a, b in zip(fp.split("_"), c.split("_"), strict=True)]
+                 for c in candidates),
+                key=sum,
+            )  # fmt: skip
     print(
         json.dumps(
             {
