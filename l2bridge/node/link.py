@@ -32,6 +32,13 @@ epoch boundaries (the client starts them; the exit follows in-band).
 With a ``cover`` plan (l2bridge.node.cover) an idle link also sends padding-only records at
 random intervals within a byte budget, written like any other record.
 
+With a ``shaper`` / ``chatter`` filter (obfuscation.shaping / lan_chatter,
+l2bridge.protocol.shaping) each batch goes through them instead: the records they say are
+due are sealed and written at once, the rest by a timer at their deadline (at most 50 ms,
+1 s for held LAN chatter), still one record per seal in counter order. Their queues are
+bounded and they write what is due even while the socket's buffer is over its limit, so a
+shaped link may buffer up to the shaper's queue bound more than an unshaped one.
+
 Liveness, both ways and on both ends: a side that has written nothing for about
 ``keepalive_s`` (jittered) sends a small padding-only record, which looks like any other
 record on the wire (browsers cannot send WebSocket pings, so the client never does), and a
