@@ -7,6 +7,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hardware import ethernet
 from l2bridge.constants import FRAME_LENGTH_SIZE, MAX_FRAME_SIZE, MAX_RECORD_PLAINTEXT
@@ -246,3 +248,43 @@ def test_yaml_off_reads_as_shaping_off(tmp_path: Path) -> None:
     path.write_text("obfuscation:\n  shaping: fast\n")
     with pytest.raises(ConfigError, match=r"obfuscation\.shaping"):
         load_config(path, env={})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 20_000), min_size=1, max_size=60),
+    steps=st.lists(st.floats(0, 0.2), min_size=1, max_size=60),
+    quantiles=st.lists(st.integers(0, 20_000), min_size=1, max_size=8),
+    gaps=st.lists(st.floats(0, 2.0), min_size=1, max_size=4),
+    mode=st.sampled_from([Shaping.SIZES, Shaping.BROWSER]),
+)
+def test_any_profile_and_timing_keeps_every_frame_in_order_within_the_bound(
+    sizes: list[int], steps: list[float], quantiles: list[int], gaps: list[float], mode: Shaping
+) -> None:
+    profile = BrowserProfile(
+        (Distribution((float(min(quantiles)),)),),
+        Distribution(tuple(float(q) for q in sorted(quantiles))),
+        Distribution(tuple(sorted(gaps))),
+    )
+    shaper = Shaper(mode, profile, overhead=29, max_delay_s=0.05, rng=random.Random(1))
+    frames = [frame(max(n, 28), i) for i, n in enumerate(sizes)]  # the tag makes each unique
+    sent_at: dict[int, float] = {}
+    out: list[tuple[float, Emission]] = []
+    now = 0.0
+    for i, f in enumerate(frames):
+        now += steps[i % len(steps)]
+        while (d := shaper.deadline()) is not None and d <= now:
+            out += [(d, e) for e in shaper.due(d)]
+        sent_at[i] = now
+        shaper.push([f], now)
+        out += [(now, e) for e in shaper.due(now)]
+    while (d := shaper.deadline()) is not None:
+        out += [(max(d, now), e) for e in shaper.due(max(d, now))]
+    delivered = [bytes(f) for _, e in out for f in e.frames]
+    assert delivered == frames
+    index = {f: i for i, f in enumerate(frames)}
+    for t, e in out:
+        assert e.size == 0 or e.size >= sum(FRAME_LENGTH_SIZE + len(f) for f in e.frames)
+        assert e.size <= MAX_RECORD_PLAINTEXT
+        for f in e.frames:
+            assert t - sent_at[index[bytes(f)]] <= 0.05 + 1e-9
