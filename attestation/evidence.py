@@ -16,8 +16,11 @@ Nothing the exit says about itself outside the quote is trusted: the event log a
 list are only believed once they replay to the quoted PCRs. There is no unsigned timestamp
 (freshness comes from the nonce in the quote and the TPM clock). The logs are compressed
 (paths repeat a lot); decompression is bounded, so a small blob cannot expand past the
-limits. There is exactly one encoding of each value: ``encode(decode(b)) == b`` for every
-``b`` that ``encode`` produced, and decoding rejects trailing bytes. The qualifying data
+limits. ``encode(decode(b)) == b`` for every ``b`` that ``encode`` produced, and decoding
+rejects trailing bytes; but deflate streams are not canonical (the last byte's padding bits
+are unused, and one text has many streams), so a different blob can decode to the same
+evidence. Nothing relies on the blob's bytes: what is checked is the decoded evidence, and a
+handshake carries the blob inside the exit's signed ServerHello. The qualifying data
 is defined here because verifier and exit must agree on it.
 """
 

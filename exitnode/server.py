@@ -45,7 +45,7 @@ from l2bridge.identity.keys import Authorizer, HybridSigningKey, load_public
 from l2bridge.node import link as tunnel
 from l2bridge.node.audit import audit
 from l2bridge.node.config import Config, load_config, naming
-from l2bridge.node.cover import obfuscation_settings
+from l2bridge.node.cover import obfuscation_settings, shaping_plan
 from l2bridge.node.credfiles import (
     load_master_key,
     load_table,
@@ -233,6 +233,7 @@ class ExitNode:
         except BackendUnavailable as exc:
             raise ExitConfigError(f"security.pq_backend: {exc}") from None
         pad_to, self.cover = obfuscation_settings(config.obfuscation)
+        self.shaping = shaping_plan(config.obfuscation)
         self.session_config = SessionConfig(
             rekey_interval=config.security.key_rotation_interval, pad_to=pad_to
         )
@@ -572,6 +573,7 @@ class ExitNode:
                     clock=self.clock,
                     ssl=self.tls,
                     cover=self.cover,
+                    shaping=self.shaping,
                     keepalive_s=ep.keepalive_interval,
                     liveness_s=ep.liveness_timeout,
                     backlog=ep.listen_backlog,

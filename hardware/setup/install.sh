@@ -4,7 +4,12 @@
 # virtual environment in .venv with the project and its dev tools, and the npm
 # packages for the contracts (solc-js, Anvil, Hardhat with Node.js 22).
 # Idempotent: a second run only checks.
+# With --bench, also what bench/traffic (the traffic-analysis corpus and classifiers) needs:
+# Debian's chromium, tcpdump and curl, and the project's "bench" extra (scikit-learn). CI's
+# test install does not pass it; no test needs them.
 set -euo pipefail
+BENCH=0
+[ "${1:-}" = "--bench" ] && BENCH=1
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 
@@ -70,5 +75,18 @@ if [ -f contracts/package.json ]; then
     (cd contracts && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
     touch "$nstamp"
   fi
+fi
+if [ "$BENCH" = 1 ]; then
+  bench_missing=()
+  for p in chromium tcpdump curl; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || bench_missing+=("$p")
+  done
+  if [ "${#bench_missing[@]}" -gt 0 ]; then
+    echo "setup: apt-get install ${bench_missing[*]} (bench)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${bench_missing[@]}" >/dev/null
+  fi
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,bench]"
 fi
 echo "setup: done ($ROOT)"

@@ -37,6 +37,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from attestation import evidence as ev
 from attestation import tpms
@@ -58,7 +59,7 @@ from l2bridge.crypto.pq import Backend
 from l2bridge.errors import L2BridgeError, NoExitAvailable, PeerError
 from l2bridge.identity.keys import DeviceCertificate, HybridSigningKey
 from l2bridge.node import link as tunnel
-from l2bridge.node.cover import CoverPlan
+from l2bridge.node.cover import CoverPlan, ShapingPlan
 from l2bridge.node.metrics import Metrics
 from l2bridge.protocol.handshake import ClientHandshake
 from l2bridge.protocol.session import SessionConfig
@@ -136,6 +137,8 @@ class DialSettings:
     backend: Backend | None = None  # ML-KEM/ML-DSA for the handshake (security.pq_backend)
     keepalive_s: float = tunnel.KEEPALIVE_S  # endpoints.keepalive_interval
     liveness_s: float = tunnel.LIVENESS_S  # endpoints.liveness_timeout
+    shaping: ShapingPlan | None = None  # obfuscation.shaping / lan_chatter
+    impersonate: tuple[str, Path | None] | None = None  # endpoints.tls_impersonate
 
 
 class ExitFinder:
@@ -277,6 +280,10 @@ class ExitFinder:
                     cover=self.settings.cover,
                     keepalive_s=self.settings.keepalive_s,
                     liveness_s=self.settings.liveness_s,
+                    shaping=self.settings.shaping,
+                    impersonate=self.settings.impersonate
+                    if cand.endpoint.startswith("wss:")
+                    else None,
                 )
         except PeerError:
             self._refuse(cand, "; ".join(checker.reasons) or "handshake failed")

@@ -28,7 +28,7 @@ from l2bridge.identity.keyfiles import load_certificate
 from l2bridge.identity.keys import HybridSigningKey
 from l2bridge.node import link as tunnel
 from l2bridge.node.config import Config, ConfigError, naming
-from l2bridge.node.cover import obfuscation_settings
+from l2bridge.node.cover import obfuscation_settings, shaping_plan
 from l2bridge.node.credfiles import load_wallet
 from l2bridge.node.health import components
 from l2bridge.node.metrics import Metrics
@@ -91,12 +91,17 @@ class ClientNode:
             self.tls = client_context(ep.tls_ca)
         except TlsError as exc:
             raise ConfigError(f"endpoints.tls_ca: {exc}") from None
+        # endpoints.tls_impersonate: wss:// through curl_cffi (a browser's ClientHello)
+        self.impersonate = (
+            (ep.tls_impersonate, ep.tls_ca) if ep.tls_impersonate is not None else None
+        )
         self.mode = Mode.from_name(config.security.post_quantum_mode)
         try:
             self.backend = get_backend(config.security.pq_backend)
         except BackendUnavailable as exc:
             raise ConfigError(f"security.pq_backend: {exc}") from None
         pad_to, self.cover = obfuscation_settings(config.obfuscation)
+        self.shaping = shaping_plan(config.obfuscation)
         self.session_config = SessionConfig(
             rekey_interval=config.security.key_rotation_interval, pad_to=pad_to
         )
@@ -120,7 +125,7 @@ class ClientNode:
                 self.identity, self.credentials, policy, self.certificate, self.mode,
                 self.session_config, int(ep.token_window), self.tls, self.cover,
                 self.backend,
-                ep.keepalive_interval, ep.liveness_timeout,
+                ep.keepalive_interval, ep.liveness_timeout, self.shaping, self.impersonate,
             ),
             self.metrics,
             self.clock,
@@ -177,6 +182,8 @@ class ClientNode:
             clock=self.clock.now,
             ssl=self.tls if self.url.startswith("wss:") else None,
             cover=self.cover,
+            shaping=self.shaping,
+            impersonate=self.impersonate if self.url.startswith("wss:") else None,
             keepalive_s=self.config.endpoints.keepalive_interval,
             liveness_s=self.config.endpoints.liveness_timeout,
         )

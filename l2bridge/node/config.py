@@ -105,6 +105,9 @@ class Obfuscation:
     cover_traffic: CoverTraffic = CoverTraffic.OFF
     advanced_stego: bool = False
     padding: int = DEFAULT_PAD_TO  # records padded to multiples of this (0: none)
+    # Record sizes / timing after a browser WebSocket profile (l2bridge.protocol.shaping).
+    shaping: str = "off"  # off | sizes | browser
+    lan_chatter: str = "pass"  # client: pass | aggregate (hold broadcasts, send them together)
 
 
 # The atomic_time section is parsed by the timing package itself (one parser for the
@@ -134,6 +137,8 @@ class Endpoints:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None  # client: trust this CA for wss://
+    # client: open wss:// through curl_cffi with this browser's TLS ClientHello
+    tls_impersonate: str | None = None
     decoy_dir: Path | None = None  # None: the built-in page
     server_header: str = "nginx"
     decoy_gzip: bool = True  # the built-in decoy compresses like "gzip on" (Debian's default)
@@ -433,6 +438,15 @@ def _cover(value: object, path: str) -> CoverTraffic:
     raise _fail(path, "true, false, 'on', 'off' or 'aggressive'", value)
 
 
+def _shaping(value: object, path: str) -> str:
+    # YAML reads a bare ``off`` as false.
+    if value is False:
+        return "off"
+    if isinstance(value, str) and value in ("off", "sizes", "browser"):
+        return value
+    raise _fail(path, "'off', 'sizes' or 'browser'", value)
+
+
 _RATE = re.compile(r"(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)")
 _RATE_UNITS = {"bit": 1 / 8, "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8}
 
@@ -568,6 +582,8 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "cover_traffic": _cover,
             "advanced_stego": _bool,
             "padding": _int_range(0, 16384),
+            "shaping": _shaping,
+            "lan_chatter": _choice("pass", "aggregate"),
         },
     ),
     "atomic_time": (AtomicTime, {}),  # parsed whole by _atomic_time
@@ -592,6 +608,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "tls_cert": _PATH,
             "tls_key": _PATH,
             "tls_ca": _PATH,
+            "tls_impersonate": _optional(_choice("chrome")),
             "decoy_dir": _PATH,
             "server_header": _text,
             "decoy_gzip": _bool,
@@ -775,6 +792,15 @@ def problems(config: Config) -> list[Problem]:
         out.append(
             Problem("obfuscation.cover_traffic", "needs obfuscation.enabled: none is sent", False)
         )
+    obf = config.obfuscation
+    for name, value, off in (
+        ("shaping", obf.shaping, "off"),
+        ("lan_chatter", obf.lan_chatter, "pass"),
+    ):
+        if value != off and not obf.enabled:
+            out.append(
+                Problem(f"obfuscation.{name}", "needs obfuscation.enabled: not applied", False)
+            )
     if not config.obfuscation.enabled:
         out.append(
             Problem("obfuscation.enabled", "the tunnel always looks like a WebSocket", False)
@@ -890,7 +916,8 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "exit_nodes.geographic_diversity": BOTH,
     "exit_nodes.jurisdictional_diversity": BOTH,
     **{f"obfuscation.{k}": BOTH for k in
-       ("enabled", "protocol", "cover_traffic", "advanced_stego", "padding")},
+       ("enabled", "protocol", "cover_traffic", "advanced_stego", "padding", "shaping")},
+    "obfuscation.lan_chatter": ("client",),
     "atomic_time": BOTH,
     **{f"logging.{k}": BOTH for k in ("level", "audit", "siem_export", "retention")},
     "endpoints.listen": ("exit",),
@@ -902,6 +929,7 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "endpoints.tls_cert": ("exit",),
     "endpoints.tls_key": ("exit",),
     "endpoints.tls_ca": ("client",),
+    "endpoints.tls_impersonate": ("client",),
     "endpoints.decoy_dir": ("exit",),
     "endpoints.server_header": ("exit",),
     "endpoints.token_window": BOTH,

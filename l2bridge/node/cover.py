@@ -10,11 +10,20 @@ after authenticating them and counts them (``cover_received``).
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
-from l2bridge.constants import COVER_AGGRESSIVE, COVER_ON
+from l2bridge.constants import AEAD_TAG_SIZE, COVER_AGGRESSIVE, COVER_ON, RECORD_HEADER_SIZE
 from l2bridge.node.config import Obfuscation
+from l2bridge.protocol.shaping import BrowserProfile, ChatterFilter, Shaper, Shaping
+
+# Chromium's WebSocket messages measured by bench/traffic/make_profile.py: "up" is what the
+# browser sends (the client follows it), "down" what the server sends (the exit follows it).
+PROFILE_FILE = Path(__file__).with_name("browser_ws_profile.json")
+# A shaped record's WebSocket message is the plaintext plus the record header and tag.
+RECORD_OVERHEAD = RECORD_HEADER_SIZE + AEAD_TAG_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +63,43 @@ def obfuscation_settings(obfuscation: Obfuscation) -> tuple[int, CoverPlan | Non
     if not obfuscation.enabled:
         return 0, None
     return obfuscation.padding, CoverPlan.for_level(obfuscation.cover_traffic.value)
+
+
+@dataclass(frozen=True, slots=True)
+class ShapingPlan:
+    """What ``obfuscation.shaping`` / ``lan_chatter`` ask of each link: a fresh shaper (and,
+    on the client, chatter filter) per link, following ``up`` on the client, ``down`` on
+    the exit."""
+
+    mode: Shaping
+    up: BrowserProfile
+    down: BrowserProfile
+    chatter: bool
+
+    def shaper(self, is_client: bool) -> Shaper | None:
+        if self.mode is Shaping.OFF:
+            return None
+        profile = self.up if is_client else self.down
+        return Shaper(self.mode, profile, overhead=RECORD_OVERHEAD)
+
+    def chatter_filter(self, is_client: bool) -> ChatterFilter | None:
+        return ChatterFilter() if self.chatter and is_client else None
+
+
+def load_profile(path: Path = PROFILE_FILE) -> tuple[BrowserProfile, BrowserProfile]:
+    """(up, down) from a profile file; ``ValueError`` naming the file when unusable."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return BrowserProfile.from_dict(doc["up"]), BrowserProfile.from_dict(doc["down"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"browser profile {path}: {exc}") from None
+
+
+def shaping_plan(obfuscation: Obfuscation) -> ShapingPlan | None:
+    """The plan for a node's ``obfuscation`` section (None: nothing to shape)."""
+    mode = Shaping(obfuscation.shaping)
+    chatter = obfuscation.lan_chatter == "aggregate"
+    if not obfuscation.enabled or (mode is Shaping.OFF and not chatter):
+        return None
+    up, down = load_profile()
+    return ShapingPlan(mode, up, down, chatter)

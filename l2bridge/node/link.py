@@ -36,6 +36,13 @@ epoch boundaries (the client starts them; the exit follows in-band).
 With a ``cover`` plan (l2bridge.node.cover) an idle link also sends padding-only records at
 random intervals within a byte budget, written like any other record.
 
+With a ``shaper`` / ``chatter`` filter (obfuscation.shaping / lan_chatter,
+l2bridge.protocol.shaping) each batch goes through them instead: the records they say are
+due are sealed and written at once, the rest by a timer at their deadline (at most 50 ms,
+1 s for held LAN chatter), still one record per seal in counter order. Their queues are
+bounded and they write what is due even while the socket's buffer is over its limit, so a
+shaped link may buffer up to the shaper's queue bound more than an unshaped one.
+
 Liveness, both ways and on both ends: a side that has written nothing for about
 ``keepalive_s`` (jittered) sends a small padding-only record, which looks like any other
 record on the wire (browsers cannot send WebSocket pings, so the client never does), and a
@@ -55,6 +62,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Protocol, cast
 
 from websockets.asyncio.server import Server, ServerConnection
@@ -72,15 +80,17 @@ from l2bridge.errors import (
 )
 from l2bridge.logsummary import Summary
 from l2bridge.node.audit import audit
-from l2bridge.node.cover import CoverPlan
+from l2bridge.node.cover import CoverPlan, ShapingPlan
 from l2bridge.protocol.helloguard import HelloGuard
 from l2bridge.protocol.records import Buffer
 from l2bridge.protocol.session import Closed, PeerAuthenticated, RekeyCompleted, Session
+from l2bridge.protocol.shaping import ChatterFilter, Shaper
 from l2bridge.transport.admission import Admission
 from l2bridge.transport.caps import source_key
-from l2bridge.transport.client import open_transport
+from l2bridge.transport.client import default_origin, open_transport
 from l2bridge.transport.direct import DirectMessages
 from l2bridge.transport.errors import TransportClosed, UpgradeRefused
+from l2bridge.transport.impersonate import open_impersonated
 from l2bridge.transport.server import ServerSettings, serve_exit
 from l2bridge.transport.token import Credential, mint_token
 
@@ -187,8 +197,14 @@ class Link:
         cover: CoverPlan | None = None,
         keepalive_s: float | None = KEEPALIVE_S,
         liveness_s: float | None = LIVENESS_S,
+        shaper: Shaper | None = None,
+        chatter: ChatterFilter | None = None,
     ) -> None:
-        """``keepalive_s`` / ``liveness_s``: None turns that side of liveness off."""
+        """``keepalive_s`` / ``liveness_s``: None turns that side of liveness off.
+        ``shaper`` / ``chatter``: shaping of what this side sends (l2bridge.protocol.shaping)."""
+        self._shaper = shaper
+        self._chatter = chatter
+        self._shape_timer: asyncio.TimerHandle | None = None
         self._ws = ws
         self._keepalive_s = keepalive_s
         self._liveness_s = liveness_s
@@ -399,8 +415,17 @@ class Link:
             self._seal_and_write(frames)
 
     def _seal_and_write(self, frames: Sequence[Buffer]) -> None:
+        if self._shaper is not None or self._chatter is not None:
+            self._shape(frames)
+            return
+        self._seal_frames(frames)
+
+    def _seal_frames(self, frames: Sequence[Buffer], size: int = 0) -> None:
         try:
-            records = self.session.seal_batches(list(frames), self._clock())
+            if size:
+                records = [self.session.seal_sized(frames, size, self._clock())]
+            else:
+                records = self.session.seal_batches(list(frames), self._clock())
         except (KeyExpired, StateError) as exc:
             # Never keep sending under a stale key: end the link instead.
             log.warning("link send stopped: %s", exc)
@@ -409,6 +434,42 @@ class Link:
         for record in records:
             self._write(record)
         self._last_write = time.monotonic()
+
+    def _shape(self, frames: Sequence[Buffer], *, closing: bool = False) -> None:
+        """Frames through the chatter filter and the shaper; sends what is due and sets a
+        timer for the rest (``closing``: everything now)."""
+        now = time.monotonic()
+        if self._chatter is not None:
+            frames = (
+                self._chatter.release()
+                if closing
+                else (self._chatter.filter(frames, now) + self._chatter.due(now))
+            )
+        if self._shaper is None:
+            if frames:
+                self._seal_frames(frames)
+        else:
+            self._shaper.push(frames, now)
+            for out in self._shaper.flush() if closing else self._shaper.due(now):
+                self._seal_frames(out.frames, out.size)
+        deadlines = []
+        if self._shaper is not None and (d := self._shaper.deadline()) is not None:
+            deadlines.append(d)
+        if self._chatter is not None and (d := self._chatter.deadline()) is not None:
+            deadlines.append(d)
+        if self._shape_timer is not None:
+            self._shape_timer.cancel()
+            self._shape_timer = None
+        if deadlines and not closing:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, min(deadlines) - now)
+            self._shape_timer = loop.call_later(delay, self._shape_later)
+
+    def _shape_later(self) -> None:
+        self._shape_timer = None
+        if not self._send_done:
+            with contextlib.suppress(TransportClosed):  # the link ended meanwhile
+                self._shape(())
 
     async def _writer(self) -> None:
         """Drains batches that could not be sent at once, in order."""
@@ -420,6 +481,8 @@ class Link:
                     break  # ended from the receiving side; the batch is dropped
                 if item is _CLOSE:
                     self._flush_pending()
+                    if self._shaper is not None or self._chatter is not None:
+                        self._shape((), closing=True)
                     if self.session.established and self._ws.is_open:
                         reason = RECORD_REVOKED if self._close_code == CLOSE_REVOKED else 0
                         self._write(self.session.close_notice(reason, now=self._clock()))
@@ -541,7 +604,13 @@ class Link:
             tokens = min(plan.budget, tokens + (now - last) * plan.budget)
             last = now
             # ready_to_send is False until the exit has the client's ClientFinish.
-            if now - self._last_write < plan.idle_s or self._pending or not self.ready_to_send:
+            shaping = self._shaper is not None and len(self._shaper) > 0
+            if (
+                now - self._last_write < plan.idle_s
+                or self._pending
+                or shaping
+                or not self.ready_to_send
+            ):
                 continue  # data is flowing (or waiting): it is its own cover
             size = plan.size(rng)
             if size > tokens:
@@ -632,6 +701,8 @@ async def connect(
     keepalive_s: float | None = KEEPALIVE_S,
     liveness_s: float | None = LIVENESS_S,
     token: str | None = None,
+    shaping: ShapingPlan | None = None,
+    impersonate: tuple[str, Path | None] | None = None,
     **transport_kwargs: object,
 ) -> Link:
     """Open a tunnel to the exit ``node_id`` at ``url``.
@@ -639,6 +710,8 @@ async def connect(
     ``credential``: this device's credential for that exit (transport.token); its
     ``exit_node_id`` must be ``node_id``. ``token``: a token minted elsewhere (a relaying
     exit mints the next hop's from its own credential); else one is minted here.
+    ``impersonate``: (curl_cffi target, CA file) to open the WebSocket through curl_cffi
+    with a browser's TLS ClientHello (l2bridge.transport.impersonate) instead of websockets.
     Raises UpgradeRefused (the exit answered as a web server), TransportClosed,
     PeerError (the handshake failed: wrong exit, bad evidence), DeviceRevoked (the exit
     said this device is revoked), TransportClosed (also: the exit refused this device
@@ -651,13 +724,21 @@ async def connect(
             raise ValueError("the credential is for another exit")
         token = mint_token(credential, clock(), window_s=token_window)
     try:
-        opened = await open_transport(
-            url,
-            token,
-            max_size=MAX_MESSAGE_SIZE,
-            direct=True,
-            **transport_kwargs,  # type: ignore[arg-type]
-        )
+        if impersonate is not None:
+            ws: TunnelSocket = await open_impersonated(
+                url, token, target=impersonate[0], origin=default_origin(url),
+                ca_file=impersonate[1],
+            )  # fmt: skip
+        else:
+            ws = _direct(
+                await open_transport(
+                    url,
+                    token,
+                    max_size=MAX_MESSAGE_SIZE,
+                    direct=True,
+                    **transport_kwargs,  # type: ignore[arg-type]
+                )
+            )
     except UpgradeRefused as exc:
         # The exit answers every refusal as a web server would; these are the causes.
         raise UpgradeRefused(
@@ -665,7 +746,6 @@ async def connect(
             "holds a live credential from this exit, endpoints.exit_node_id and the URL "
             "path, and that this clock is within endpoints.token_window of the exit's)"
         ) from None
-    ws = _direct(opened)
     try:
         if not ws.is_open:
             raise TransportClosed("closed")
@@ -694,6 +774,8 @@ async def connect(
     link = Link(
         ws, session, is_client=True, clock=clock, queue_batches=queue_batches, cover=cover,
         keepalive_s=keepalive_s, liveness_s=liveness_s,
+        shaper=shaping.shaper(True) if shaping else None,
+        chatter=shaping.chatter_filter(True) if shaping else None,
     )  # fmt: skip
     link.start()
     return link
@@ -734,6 +816,7 @@ async def serve(
     keepalive_s: float | None = KEEPALIVE_S,
     liveness_s: float | None = LIVENESS_S,
     hello_guard: HelloGuard | None = None,
+    shaping: ShapingPlan | None = None,
     **transport_kwargs: object,
 ) -> Server:
     """Serve tunnels behind the decoy site; ``on_link`` runs per tunnel.
@@ -843,6 +926,7 @@ async def serve(
         link = Link(
             ws, session, is_client=False, clock=clock, queue_batches=queue_batches,
             cover=cover, keepalive_s=keepalive_s, liveness_s=liveness_s,
+            shaper=shaping.shaper(False) if shaping else None,
         )  # fmt: skip
         link.admission = getattr(connection, "admission", None)
         link.start()

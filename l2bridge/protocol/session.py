@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -357,6 +358,21 @@ class Session:
         st = self.stats
         st.records_sent += 1
         st.frames_sent += len(frames)
+        st.bytes_sent += len(record)
+        return record
+
+    def seal_sized(self, frames: Sequence[Buffer], size: int, now: float) -> bytearray:
+        """One DATA record carrying ``frames`` with its plaintext padded to ``size`` bytes
+        (traffic shaping, l2bridge.protocol.shaping), not to ``pad_to``; a ``size`` smaller
+        than the frames need, or too small for the padding marker, adds no padding."""
+        if not self.established:
+            raise StateError("session not established")
+        self._send_key_checked(now)
+        spare = min(size, MAX_RECORD_PLAINTEXT) - data_plaintext_size(frames) - FRAME_LENGTH_SIZE
+        record = self._keys.send.seal_frames(frames, spare if spare > 0 else 0)
+        st = self.stats
+        st.records_sent += 1
+        st.frames_sent += sum(1 for f in frames if len(f))
         st.bytes_sent += len(record)
         return record
 

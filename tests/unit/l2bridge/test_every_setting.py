@@ -234,6 +234,23 @@ def padding(w: World) -> None:
     _differs(lambda n: n.session_config.pad_to, w.exit(obfuscation={"padding": 0}), w.exit())
 
 
+def shaping(w: World) -> None:
+    assert w.exit().shaping is None
+    plan = w.exit(obfuscation={"shaping": "browser"}).shaping
+    assert plan is not None and plan.shaper(False) is not None
+    cfg = w.exit_cfg(obfuscation={"shaping": "sizes", "enabled": False})
+    assert "obfuscation.shaping" in {p.field for p in ensure_startable(cfg)}
+
+
+def lan_chatter(w: World) -> None:
+    assert w.client().shaping is None
+    plan = w.client(obfuscation={"lan_chatter": "aggregate"}).shaping
+    assert plan is not None and plan.chatter_filter(True) is not None
+    assert plan.shaper(True) is None  # chatter only: records are not reshaped
+    cfg = w.exit_cfg(obfuscation={"lan_chatter": "aggregate"})
+    assert "obfuscation.lan_chatter" in {p.field for p in ensure_startable(cfg, "exit")}
+
+
 def atomic_time(w: World) -> None:
     assert w.client().clock_sources == []
     on = w.client(atomic_time={"enabled": True, "sources": ["system"]})
@@ -336,6 +353,14 @@ def tls_ca(w: World) -> None:
     assert w.client(endpoints={"tls_ca": "tls2/ca.pem"}).tls.get_ca_certs()
     with pytest.raises(ConfigError, match=r"endpoints\.tls_ca"):
         w.client(endpoints={"tls_ca": "nothing.pem"})
+
+
+def tls_impersonate(w: World) -> None:
+    assert w.client().impersonate is None
+    assert w.client(endpoints={"tls_impersonate": "chrome"}).impersonate == ("chrome", None)
+    with pytest.raises(ConfigError, match=r"endpoints\.tls_impersonate"):
+        w.client_cfg(endpoints={"tls_impersonate": "netscape"})
+    # The link it opens: tests/integration/l2bridge/test_link_impersonate.py
 
 
 def decoy_dir(w: World) -> None:
@@ -565,6 +590,8 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "obfuscation.cover_traffic": cover_traffic,
     "obfuscation.advanced_stego": advanced_stego,
     "obfuscation.padding": padding,
+    "obfuscation.shaping": shaping,
+    "obfuscation.lan_chatter": lan_chatter,
     "atomic_time": atomic_time,
     "logging.level": logging_level,
     "logging.audit": logging_audit,  # the events themselves: LIVE's management test
@@ -581,6 +608,7 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "endpoints.tls_cert": tls,
     "endpoints.tls_key": tls,
     "endpoints.tls_ca": tls_ca,
+    "endpoints.tls_impersonate": tls_impersonate,
     "endpoints.decoy_dir": decoy_dir,
     "endpoints.server_header": server_header,
     "endpoints.token_window": token_window,
