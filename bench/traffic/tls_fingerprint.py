@@ -139,13 +139,12 @@ async def curl_carries_tunnel(target: str = "chrome") -> bool | None:
     from l2bridge.transport.decoy import DecoySite
     from l2bridge.transport.server import ServerSettings
     from l2bridge.transport.tls import server_context
-    from l2bridge.transport.token import AccessKey, TokenVerifier, mint_token
+    from l2bridge.transport.token import mint_token
+    from lab.credlab import ExitCredentials
 
-    exit_key, client_key, access = (
-        HybridSigningKey.generate(),
-        HybridSigningKey.generate(),
-        AccessKey.generate(),
-    )
+    exit_key, client_key = HybridSigningKey.generate(), HybridSigningKey.generate()
+    issuer = ExitCredentials(exit_key.node_id)
+    credential = issuer.issue(client_key.node_id, "probe")
     frame = bytes.fromhex("020000000001020000000002") + b"\x08\x00probe"
 
     async def on_link(link: Link) -> None:
@@ -153,9 +152,7 @@ async def curl_carries_tunnel(target: str = "chrome") -> bool | None:
 
     with tempfile.TemporaryDirectory() as tmp:
         ca, cert, key = write_private_tls(Path(tmp) / "tls", HOST)
-        settings = ServerSettings(
-            DecoySite.builtin(), "/ws", TokenVerifier(access, exit_key.node_id)
-        )
+        settings = ServerSettings(DecoySite.builtin(), "/ws", issuer.verifier())
         authorizer = Authorizer(allow_list=AllowList().add(client_key.node_id, "probe"))
         server = await serve(
             on_link, settings, lambda: ServerHandshake(exit_key, authorizer),
@@ -165,7 +162,7 @@ async def curl_carries_tunnel(target: str = "chrome") -> bool | None:
         try:
             hs = ClientHandshake(client_key, pinned_node_id=exit_key.node_id)
             async with AsyncSession() as s:
-                token = mint_token(access, exit_key.node_id, time.time())
+                token = mint_token(credential, time.time())
                 headers = {"Sec-WebSocket-Protocol": token, "Origin": f"https://{HOST}:{port}"}
                 ws = await s.ws_connect(
                     f"wss://{HOST}:{port}/ws",
@@ -176,11 +173,16 @@ async def curl_carries_tunnel(target: str = "chrome") -> bool | None:
                     headers=headers,
                 )
                 await ws.send(hs.hello())
-                session, finish = hs.receive(bytes((await ws.recv())[0]), time.time())
+                answer = bytes((await ws.recv())[0])
+                session, finish = hs.receive(answer, time.time(), token=token)
                 await ws.send(bytes(finish))
                 await ws.send(bytes(session.seal([frame], time.time())))
-                back = session.receive(bytes((await ws.recv())[0]), time.time())
-                return [bytes(f) for f in back.frames] == [frame]
+                # The exit's admission record (padding only) comes first, then the echo.
+                for _ in range(4):
+                    back = session.receive(bytes((await ws.recv())[0]), time.time())
+                    if back.frames:
+                        return [bytes(f) for f in back.frames] == [frame]
+                return False
         except Exception:
             return False
         finally:

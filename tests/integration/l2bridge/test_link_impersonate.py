@@ -18,13 +18,16 @@ from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed, UpgradeRefused
 from l2bridge.transport.server import ServerSettings
 from l2bridge.transport.tls import server_context
-from l2bridge.transport.token import AccessKey, TokenVerifier
+from lab.credlab import ExitCredentials
 
 pytestmark = pytest.mark.integration
 
 EXIT = HybridSigningKey.generate()
 CLIENT = HybridSigningKey.generate()
-KEY = AccessKey.generate()
+KEY = ExitCredentials(EXIT.node_id)
+CREDENTIAL = KEY.issue(CLIENT.node_id, "c")
+# The same device and exit, from another master key: a credential this exit never issued.
+STRANGER = ExitCredentials(EXIT.node_id).issue(CLIENT.node_id, "c")
 HOST = "localhost"
 FRAME = bytes.fromhex("020000000001020000000002") + b"\x08\x00"
 
@@ -42,7 +45,7 @@ def test_tunnel_over_curl_cffi(tmp_path: Path) -> None:
             pass
 
     async def scenario() -> None:
-        settings = ServerSettings(DecoySite.builtin(), "/ws", TokenVerifier(KEY, EXIT.node_id))
+        settings = ServerSettings(DecoySite.builtin(), "/ws", KEY.verifier())
         authorizer = Authorizer(allow_list=AllowList().add(CLIENT.node_id, "c"))
         server = await serve(
             on_link, settings, lambda: ServerHandshake(EXIT, authorizer),
@@ -56,12 +59,12 @@ def test_tunnel_over_curl_cffi(tmp_path: Path) -> None:
         try:
             with pytest.raises((TransportClosed, UpgradeRefused, TimeoutError)):
                 await connect(
-                    f"wss://{HOST}:{rport}/ws", ClientHandshake(CLIENT), access_key=KEY,
+                    f"wss://{HOST}:{rport}/ws", ClientHandshake(CLIENT), credential=CREDENTIAL,
                     node_id=EXIT.node_id, impersonate=("chrome", ca),
                 )  # fmt: skip
             hs = ClientHandshake(CLIENT, pinned_node_id=EXIT.node_id)
             link = await connect(
-                url, hs, access_key=KEY, node_id=EXIT.node_id, impersonate=("chrome", ca)
+                url, hs, credential=CREDENTIAL, node_id=EXIT.node_id, impersonate=("chrome", ca)
             )
             frames = [FRAME + bytes([i]) * (50 + 300 * i) for i in range(12)]
             for frame in frames:
@@ -70,16 +73,16 @@ def test_tunnel_over_curl_cffi(tmp_path: Path) -> None:
                 assert got == [frame]
             await link.close()
             assert link.session.stats.drops == {}
-            # The exit refuses a wrong access key as a web server does.
+            # The exit refuses a credential it did not issue as a web server does.
             with pytest.raises(UpgradeRefused):
                 await connect(
-                    url, ClientHandshake(CLIENT), access_key=AccessKey.generate(),
-                    node_id=EXIT.node_id, impersonate=("chrome", ca),
+                    url, ClientHandshake(CLIENT), credential=STRANGER, node_id=EXIT.node_id,
+                    impersonate=("chrome", ca),
                 )  # fmt: skip
             # A certificate from another CA: the client refuses it.
             with pytest.raises((TransportClosed, UpgradeRefused)):
                 await connect(
-                    url, ClientHandshake(CLIENT), access_key=KEY, node_id=EXIT.node_id,
+                    url, ClientHandshake(CLIENT), credential=CREDENTIAL, node_id=EXIT.node_id,
                     impersonate=("chrome", other_ca),
                 )  # fmt: skip
         finally:

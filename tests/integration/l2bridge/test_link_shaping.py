@@ -17,13 +17,14 @@ from l2bridge.protocol.shaping import BrowserProfile, Distribution, Shaping
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings
-from l2bridge.transport.token import AccessKey, TokenVerifier
+from lab.credlab import ExitCredentials
 
 pytestmark = pytest.mark.integration
 
 EXIT = HybridSigningKey.generate()
 CLIENT = HybridSigningKey.generate()
-KEY = AccessKey.generate()
+KEY = ExitCredentials(EXIT.node_id)
+CREDENTIAL = KEY.issue(CLIENT.node_id, "c")
 SIZE = 700  # every message of the profile: each shaped record is this big on the wire
 PROFILE = BrowserProfile((), Distribution((float(SIZE),)), Distribution((0.002,)))
 PLAN = ShapingPlan(Shaping.BROWSER, PROFILE, PROFILE, chatter=True)
@@ -47,7 +48,7 @@ def test_shaped_link_sizes_order_and_chatter() -> None:
             pass
 
     async def scenario() -> None:
-        settings = ServerSettings(DecoySite.builtin(), "/ws", TokenVerifier(KEY, EXIT.node_id))
+        settings = ServerSettings(DecoySite.builtin(), "/ws", KEY.verifier())
         authorizer = Authorizer(allow_list=AllowList().add(CLIENT.node_id, "c"))
         server = await serve(
             on_link, settings, lambda: ServerHandshake(EXIT, authorizer),
@@ -56,7 +57,7 @@ def test_shaped_link_sizes_order_and_chatter() -> None:
         url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
         try:
             hs = ClientHandshake(CLIENT, pinned_node_id=EXIT.node_id)
-            link = await connect(url, hs, access_key=KEY, node_id=EXIT.node_id, shaping=PLAN)
+            link = await connect(url, hs, credential=CREDENTIAL, node_id=EXIT.node_id, shaping=PLAN)
             frames = [UNICAST + bytes([i % 256]) * (40 + 37 * i) for i in range(40)]
             frames.append(UNICAST + b"\x99" * 9000)  # bigger than any profile size
             echoed: list[bytes] = []
