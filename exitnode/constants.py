@@ -50,3 +50,6 @@ DEPARTURE_GROUP = bytes.fromhex("03534d000001")  # locally administered multicas
 DEPARTURE_MAGIC = b"SMLEFT\x00\x01"
 DEPARTURE_MACS_PER_FRAME = 64
 DEPARTURE_IPS_PER_FRAME = 32
+# Circuit links one device (a client using us as hop 1, or a relaying exit) may hold at once:
+# relays open one link per circuit, so this bounds circuits per neighbour, not tunnels.
+MAX_CIRCUIT_LINKS_PER_DEVICE = 256

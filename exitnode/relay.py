@@ -241,6 +241,9 @@ class Relay:
         self.endpoint_of = endpoint_of
         self._hops: dict[tuple[int, int], _Hop] = {}
         self._accepting: set[tuple[int, int]] = set()  # CREATEs being answered
+        # Circuit links being served, by the device that opened them (a relaying exit opens
+        # one per circuit it extends here; bounded per device instead of tunnels_per_device).
+        self.circuit_links: dict[tunnel.Link, bytes] = {}
         self.relayed_bytes = 0
         self.relayed_cells = 0
         self.circuits_opened = 0
@@ -269,7 +272,22 @@ class Relay:
         return _Prepended(link, first)
 
     async def serve(self, link: tunnel.Link, first: list[memoryview]) -> None:
-        """Run the circuits of one link from a previous hop until the link ends."""
+        """Run the circuits of one link from a previous hop until the link ends. A device
+        already holding ``MAX_CIRCUIT_LINKS_PER_DEVICE`` circuit links gets no more."""
+        auth = link.session.authorization
+        device = auth.device_id if auth is not None else b""
+        held = sum(1 for d in self.circuit_links.values() if d == device)
+        if held >= constants.MAX_CIRCUIT_LINKS_PER_DEVICE:
+            self.metrics.counters.drop("circuit_links_per_device")
+            await link.close()
+            return
+        self.circuit_links[link] = device
+        try:
+            await self._serve(link, first)
+        finally:
+            self.circuit_links.pop(link, None)
+
+    async def _serve(self, link: tunnel.Link, first: list[memoryview]) -> None:
         assemblers: dict[int, HandshakeAssembler] = {}
 
         def frames_in(frames: list[memoryview]) -> None:
