@@ -176,6 +176,25 @@ class _Hop:
         self.closed = False
 
 
+class _Batch:
+    """What one batch of cells from a link produces, sent once the batch is read: one
+    ``put`` per queue (so one link record for many cells, not one per cell) and one
+    delivery per circuit port. Order within a queue or a port is kept."""
+
+    __slots__ = ("cells", "frames")
+
+    def __init__(self) -> None:
+        self.cells: dict[_Queue, list[bytes]] = {}
+        self.frames: dict[_Hop, list[bytes]] = {}
+
+    def flush(self, relay: Relay) -> None:
+        for hop, frames in self.frames.items():
+            if not hop.closed:
+                relay._to_segment(hop, frames)
+        for queue, cells in self.cells.items():
+            queue.put(cells)
+
+
 class _Prepended:
     """An L2 device's link whose first batch was read while deciding; it goes first."""
 
@@ -291,8 +310,10 @@ class Relay:
         assemblers: dict[int, HandshakeAssembler] = {}
 
         def frames_in(frames: list[memoryview]) -> None:
+            batch = _Batch()
             for frame in frames:
-                self._from_prev(link, frame, assemblers)
+                self._from_prev(link, frame, assemblers, batch)
+            batch.flush(self)
 
         frames_in(first)
         link.deliver_to(frames_in)
@@ -307,7 +328,11 @@ class Relay:
     # -- cells from the previous hop -------------------------------------------------------
 
     def _from_prev(
-        self, link: tunnel.Link, frame: memoryview, assemblers: dict[int, HandshakeAssembler]
+        self,
+        link: tunnel.Link,
+        frame: memoryview,
+        assemblers: dict[int, HandshakeAssembler],
+        batch: _Batch,
     ) -> None:
         try:
             cell = parse_cell(frame)
@@ -323,7 +348,7 @@ class Relay:
         elif cell.kind is CellKind.DESTROY:
             self.close_hop(hop, DestroyReason.NORMAL, tell_prev=False)
         elif cell.kind is CellKind.RELAY:
-            self._relay_forward(hop, cell)
+            self._relay_forward(hop, cell, batch)
         else:
             self.metrics.counters.drop("unexpected_cell")
 
@@ -384,7 +409,7 @@ class Relay:
         self.circuits_opened += 1
         hop.to_prev.put(created)
 
-    def _relay_forward(self, hop: _Hop, cell: Cell) -> None:
+    def _relay_forward(self, hop: _Hop, cell: Cell, batch: _Batch) -> None:
         out = hop.circuit.from_previous(cell.body, self.clock())
         if out.forward is not None:
             if hop.to_next is None or not hop.circuit.extended:
@@ -392,9 +417,10 @@ class Relay:
             else:
                 self.relayed_cells += 1
                 self.relayed_bytes += len(out.forward)
-                hop.to_next.put([encode_cell(CellKind.RELAY, hop.next_id, out.forward)])
-        if out.frames:
-            self._to_segment(hop, list(out.frames))
+                cells = batch.cells.setdefault(hop.to_next, [])
+                cells.append(encode_cell(CellKind.RELAY, hop.next_id, out.forward))
+        if out.join:  # the tail's port in its segment exists from the client's first word
+            batch.frames.setdefault(hop, []).extend(out.frames)
         if out.reply:
             hop.to_prev.put([encode_cell(CellKind.RELAY, hop.prev_id, b) for b in out.reply])
         if out.extend is not None:
@@ -411,7 +437,8 @@ class Relay:
                 self.board.serve_link(hop.port, owner, self.policy, owner=owner)
             )
             hop.tasks.append(task)
-        hop.port.deliver(frames)
+        if frames:
+            hop.port.deliver(frames)
 
     # -- extending -------------------------------------------------------------------------
 
@@ -475,6 +502,7 @@ class Relay:
     def _from_next(
         self, hop: _Hop, frames: list[memoryview], assembler: HandshakeAssembler
     ) -> None:
+        back: list[bytes] = []  # relayed toward the client: one put for the whole batch
         for frame in frames:
             try:
                 cell = parse_cell(frame)
@@ -498,11 +526,15 @@ class Relay:
                 if body is not None:
                     self.relayed_cells += 1
                     self.relayed_bytes += len(body)
-                    hop.to_prev.put([encode_cell(CellKind.RELAY, hop.prev_id, body)])
+                    back.append(encode_cell(CellKind.RELAY, hop.prev_id, body))
             elif cell.kind is CellKind.DESTROY:
+                hop.to_prev.put(back)  # what came before the DESTROY still goes
+                back = []
                 self.close_hop(hop, DestroyReason.NEXT_HOP_GONE, tell_next=False)
             else:
                 self.metrics.counters.drop("unexpected_cell")
+        if back and not hop.closed:
+            hop.to_prev.put(back)
 
     async def _watch_next(self, hop: _Hop, nxt: tunnel.Link) -> None:
         with contextlib.suppress(TransportClosed):

@@ -308,6 +308,9 @@ async def build(
             node = hop.candidate.node_id
             cells = circuit.extend(node, hop.candidate.endpoint, token_for(hop), checker_for(hop))
             await cl.add(cells, node)
+        # The tail joins its segment now, not at our first frame: our LAN may be silent
+        # while the far side already speaks to us.
+        await link.send_frames(circuit.join_segment())
     except BaseException:
         await cl.close()
         raise
