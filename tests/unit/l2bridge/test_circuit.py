@@ -389,3 +389,14 @@ def test_only_the_tail_joins_its_segment_and_before_any_frame(n):
     assert net.joined == [n - 1, n - 1] and net.frames_at_tail == [FRAME]
     for hop in net.hops:
         assert not hop.stats.drops
+
+
+def test_filler_slots_are_never_reused():
+    """Filler comes from a pool of random bytes per layer; no two cells (nor two slots of
+    one cell) carry the same filler, or hops could line cells up by it."""
+    net = Net.build(1)
+    bodies: list[bytes] = []
+    net.tap = lambda link, direction, body: bodies.append(body) or body
+    net.send([FRAME] * 300)  # more cells than one pool holds
+    fillers = [b[i : i + 32] for b in bodies for i in range(32, 160, 32)]
+    assert len(fillers) == 4 * 300 and len(set(fillers)) == len(fillers)
