@@ -188,11 +188,13 @@ class _Batch:
         self.frames: dict[_Hop, list[bytes]] = {}
 
     def flush(self, relay: Relay) -> None:
-        for hop, frames in self.frames.items():
+        frames, cells = self.frames, self.cells
+        self.frames, self.cells = {}, {}
+        for hop, batch in frames.items():
             if not hop.closed:
-                relay._to_segment(hop, frames)
-        for queue, cells in self.cells.items():
-            queue.put(cells)
+                relay._to_segment(hop, batch)
+        for queue, batch in cells.items():
+            queue.put(batch)
 
 
 class _Prepended:
@@ -346,6 +348,7 @@ class Relay:
         elif hop is None:
             self.metrics.counters.drop("unknown_circuit")
         elif cell.kind is CellKind.DESTROY:
+            batch.flush(self)  # cells that came before the DESTROY go before it
             self.close_hop(hop, DestroyReason.NORMAL, tell_prev=False)
         elif cell.kind is CellKind.RELAY:
             self._relay_forward(hop, cell, batch)
