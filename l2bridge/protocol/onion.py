@@ -198,8 +198,10 @@ class LayerSender:
         """The generation the next cell is sealed in."""
         return self._gen.number + (1 if self._ratchet_due else 0)
 
-    def seal(self, payload: bytes | bytearray | memoryview, sequence: int) -> tuple[bytes, bytes]:
-        """(ciphertext of the same size, 32-byte slot)."""
+    def seal(
+        self, payload: bytes | bytearray | memoryview, sequence: int
+    ) -> tuple[memoryview, bytes]:
+        """(ciphertext of the same size, a view without copy; 32-byte slot)."""
         if self._ratchet_due:
             old = self._gen
             self._gen = old.ratcheted()
@@ -210,9 +212,9 @@ class LayerSender:
             raise StateError("layer wiped")
         if not 0 <= sequence <= MAX_COUNTER:
             raise StateError("sequence exhausted")
-        out = aead.encrypt(self._gen.nonce(sequence), bytes(payload), self._label)
+        out = aead.encrypt(self._gen.nonce(sequence), payload, self._label)
         slot = self._header.seal(sequence, self._gen.number) + out[-AEAD_TAG_SIZE:]
-        return out[:-AEAD_TAG_SIZE], slot
+        return memoryview(out)[:-AEAD_TAG_SIZE], slot
 
     def ratchet(self) -> int:
         """Move to the next generation at the next seal (the old key is wiped then)."""
@@ -323,7 +325,7 @@ def wrap_forward(layers: list[LayerSender], payload: bytes, sequence: int) -> by
     """Client: seal ``payload`` for hops len(layers)..1; the body hop 1 receives."""
     if not 0 < len(layers) <= MAX_HOPS:
         raise StateError("a circuit has 1..MAX_HOPS hops")
-    data: bytes = payload
+    data: bytes | memoryview = payload
     slots: list[bytes] = []
     for layer in reversed(layers):
         data, slot = layer.seal(data, sequence)
