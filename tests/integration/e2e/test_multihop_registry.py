@@ -146,7 +146,9 @@ def world(tmp_path_factory):
             yield registry, nodes, golden, chain.rpc_url, software
 
 
-def register(registry: RegistryClient, node: Node, operator, url: str, region: str) -> None:
+def register(
+    registry: RegistryClient, node: Node, operator, url: str, region: str | None = None
+) -> None:
     ak = enrolment_ak((node.lifecycle.state_dir / ENROLMENT_FILE).read_text())
     enroller = accounts(ENROLLER_INDEX + 1)[ENROLLER_INDEX]
     voucher = Voucher.make(
