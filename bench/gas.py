@@ -10,6 +10,8 @@ contract requires; ``register_gas`` includes checking both. ``update_attestation
 update 60 s after the last (what every real update looks like: lastAttestation changes);
 ``update_attestation_same_second_gas`` one mined in the registration's second, where that
 storage write costs less (the figure earlier versions reported as the update).
+``register_with_region_gas``: a registration that also declares a region (one more storage
+slot); ``update_region_gas``: the operator changes it.
 """
 
 from __future__ import annotations
@@ -98,6 +100,16 @@ def main() -> None:
         chain.rpc("evm_increaseTime", [7 * 24 * 3600])
         chain.rpc("evm_mine")
         figures["withdraw_gas"] = op.withdraw(node_id).gas_used
+        # A node that declares its region (chain.region) at registration, then moves.
+        key = ec.generate_private_key(ec.SECP256R1())
+        node_id, ak = os.urandom(32), ak_public(key.public_key())
+        ch = op.challenge(node_id)
+        figures["register_with_region_gas"] = op.register(
+            node_id, "wss://exit.example:443/ws", ak, quote(ch.qualifying_data), ch.block_number,
+            stake_wei=40 * ETHER, region="DE-BE",
+            voucher=vouch_for(enroller, op, node_id, ak, operator=operator.address),
+        ).gas_used  # fmt: skip
+        figures["update_region_gas"] = op.update_region(node_id, "US-CA").gas_used
     print(json.dumps(figures, sort_keys=True))
 
 

@@ -65,6 +65,8 @@ contract ExitNodeRegistry {
         // slot 6
         bytes32 pcrDigest;
         string endpoint;
+        // slot 8: where the operator says the node runs (see _checkRegion); zero: not said
+        bytes8 region;
     }
 
     /// @dev What getNode returns: the stored record plus the derived health flag.
@@ -84,6 +86,7 @@ contract ExitNodeRegistry {
         uint256 release;
         uint256 firmwareVersion;
         bool healthy;
+        bytes8 region;
     }
 
     struct Policy {
@@ -191,6 +194,7 @@ contract ExitNodeRegistry {
     );
     event ReputationChanged(bytes32 indexed nodeId, uint256 previous, uint256 current);
     event EndpointUpdated(bytes32 indexed nodeId, string endpoint);
+    event RegionUpdated(bytes32 indexed nodeId, bytes8 region);
     event NodeStale(bytes32 indexed nodeId, address indexed by);
     event NodeSlashed(bytes32 indexed nodeId, uint8 kind, address indexed reporter, uint256 amount, uint256 reward);
     event WithdrawalRequested(bytes32 indexed nodeId, uint256 availableAt);
@@ -292,6 +296,9 @@ contract ExitNodeRegistry {
 
     // ----- operators -----
 
+    /// @notice region: where the operator declares the node runs (see _checkRegion), or zero
+    /// for "not said". It is the operator's claim, not a proof: clients use it to spread a
+    /// circuit's hops over places, never as evidence of where a node is.
     function register(
         bytes32 nodeId,
         string calldata endpoint,
@@ -299,17 +306,23 @@ contract ExitNodeRegistry {
         bytes32 akY,
         Quote calldata quote,
         uint64 release,
-        bytes calldata enrolmentVoucher
+        bytes calldata enrolmentVoucher,
+        bytes8 region
     ) external payable {
         require(msg.value >= minimumStake, "stake below minimum");
         require(msg.value <= type(uint128).max, "stake too large");
         require(nodes[nodeId].status == Status.None, "node already registered");
         require(nodeOfAk[keccak256(abi.encodePacked(akX, akY))] == bytes32(0), "AK already registered");
         _checkEndpoint(endpoint);
+        _checkRegion(region);
         _checkVoucher(nodeId, akX, akY, enrolmentVoucher); // signed for msg.sender only
         _checkRelease(release);
         Attest memory q = _acceptQuote(nodeId, akX, akY, quote);
         _admit(nodeId, endpoint, akX, akY, q, quote.nonceBlock, release);
+        if (region != bytes8(0)) {
+            nodes[nodeId].region = region;
+            emit RegionUpdated(nodeId, region);
+        }
     }
 
     /// @notice The operator's periodic attestation; also brings a stale node back. The on-time
@@ -360,6 +373,16 @@ contract ExitNodeRegistry {
         _checkEndpoint(endpoint);
         n.endpoint = endpoint;
         emit EndpointUpdated(nodeId, endpoint);
+    }
+
+    /// @notice Declares (or, with zero, withdraws) the node's region; same format as register.
+    function updateRegion(bytes32 nodeId, bytes8 region) external {
+        Node storage n = _operated(nodeId);
+        require(n.status != Status.Unbonding, "node unbonding");
+        _checkRegion(region);
+        require(region != n.region, "region unchanged");
+        n.region = region;
+        emit RegionUpdated(nodeId, region);
     }
 
     function requestWithdrawal(bytes32 nodeId) external {
@@ -480,7 +503,8 @@ contract ExitNodeRegistry {
             lastNonceBlock: n.lastNonceBlock,
             release: n.release,
             firmwareVersion: n.firmwareVersion,
-            healthy: _healthy(n, 0)
+            healthy: _healthy(n, 0),
+            region: n.region
         });
     }
 
@@ -697,6 +721,31 @@ contract ExitNodeRegistry {
     function _checkEndpoint(string calldata endpoint) private pure {
         uint256 len = bytes(endpoint).length;
         require(len > 0 && len <= MAX_ENDPOINT_BYTES, "endpoint length out of range");
+    }
+
+    /// @dev A region is zero (not said) or an ISO 3166 code in upper-case ASCII, zero-padded on
+    /// the right: a country (ISO 3166-1 alpha-2, "DE") optionally followed by "-" and a
+    /// subdivision of 1..3 letters or digits (ISO 3166-2, "US-CA", "GB-SCT"). The country is
+    /// the jurisdiction clients keep apart; the whole code the place. The format is checked
+    /// here so every client reads the same, well-formed codes.
+    function _checkRegion(bytes8 region) private pure {
+        if (region == bytes8(0)) return;
+        uint256 len = 2;
+        require(_upper(region[0]) && _upper(region[1]), "malformed region");
+        if (region[2] == "-") {
+            len = 3;
+            while (len < 6 && (_upper(region[len]) || (region[len] >= "0" && region[len] <= "9"))) {
+                ++len;
+            }
+            require(len > 3, "malformed region");
+        }
+        for (uint256 i = len; i < 8; ++i) {
+            require(region[i] == 0, "malformed region");
+        }
+    }
+
+    function _upper(bytes1 c) private pure returns (bool) {
+        return c >= "A" && c <= "Z";
     }
 
     /// @dev Reads a big-endian unsigned integer of len (1..32) bytes at off; the caller

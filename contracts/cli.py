@@ -51,6 +51,7 @@ from contracts.constants import (
 )
 from contracts.errors import RegistryError, VoucherError
 from contracts.quote import AkPublic, ContractQuote, ak_public
+from contracts.region import check_region
 from contracts.voucher import Voucher
 
 RPC_ENV = "SHADOWMESH_RPC_URL"
@@ -66,6 +67,13 @@ def _hex32(text: str) -> bytes:
     if len(value) != NODE_ID_BYTES:
         raise argparse.ArgumentTypeError("expected 32 bytes of hex")
     return value
+
+
+def _region(text: str) -> str:
+    try:
+        return check_region(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _address(text: str) -> str:
@@ -205,6 +213,7 @@ def cmd_register(ns: argparse.Namespace) -> int:
         stake_wei=ns.stake,
         voucher=voucher.signature,
         release=ns.release,
+        region=ns.region,
     )
     _print(_tx(result))
     return 0
@@ -335,6 +344,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         release,
     )  # fmt: skip
     p.add_argument("--endpoint", required=True)
+    p.add_argument("--region", type=_region, help="where the node runs: ISO 3166 (DE, US-CA)")
     p.add_argument("--ak-pub", type=Path, required=True, help="AK public key (PEM or DER)")
     p.add_argument("--nonce-block", type=int, required=True)
     p.add_argument("--stake", type=_ether, default=DEFAULT_MINIMUM_STAKE_WEI, help="ether")

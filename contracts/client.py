@@ -68,6 +68,7 @@ from contracts.constants import (
 )
 from contracts.errors import ArtifactError, ChainError, KeyLoadError, RegistryReverted
 from contracts.quote import AkPublic, ContractQuote, misbehavior_proof, registry_qualifying_data
+from contracts.region import decode_region, encode_region
 
 _ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
 
@@ -134,6 +135,7 @@ class NodeInfo:
     release: int
     firmware_version: int
     healthy: bool
+    region: str | None = None  # the operator's declared ISO 3166 code (contracts.region)
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +353,7 @@ class RegistryClient:
             release=int(v[12]),
             firmware_version=int(v[13]),
             healthy=bool(v[14]),
+            region=decode_region(bytes(v[15])),
         )
 
     def node_count(self) -> int:
@@ -419,13 +422,16 @@ class RegistryClient:
         stake_wei: int,
         voucher: bytes,
         release: int = SOFTWARE_RELEASE,
+        region: str | None = None,
     ) -> TxResult:
         """``voucher``: an appointed enroller's 65-byte EIP-712 signature over (this client's
         account as operator, node_id, ak) for this registry and chain (``contracts.voucher``).
-        ``release``: the approved release the node runs."""
+        ``release``: the approved release the node runs. ``region``: where the operator says
+        the node runs (ISO 3166, ``contracts.region``; None: not said)."""
         return self._transact(
             "register", _node_id(node_id), endpoint, ak.x, ak.y,
-            _quote_arg(quote, nonce_block), release, bytes(voucher), value=stake_wei,
+            _quote_arg(quote, nonce_block), release, bytes(voucher), encode_region(region),
+            value=stake_wei,
         )  # fmt: skip
 
     def attest(
@@ -454,6 +460,10 @@ class RegistryClient:
 
     def update_endpoint(self, node_id: bytes, endpoint: str) -> TxResult:
         return self._transact("updateEndpoint", _node_id(node_id), endpoint)
+
+    def update_region(self, node_id: bytes, region: str | None) -> TxResult:
+        """Declare the node's region anew (None: withdraw it); ValueError if malformed."""
+        return self._transact("updateRegion", _node_id(node_id), encode_region(region))
 
     def approve_digest(self, digest: bytes) -> TxResult:
         return self._transact("approveDigest", digest)

@@ -77,3 +77,6 @@ RPC_TIMEOUT_S = 10.0
 GAS_HEADROOM_DIVISOR = 5  # send estimate + estimate/5 as the gas limit
 KEY_ENV = "SHADOWMESH_REGISTRY_KEY"  # hex private key of the operator
 KEYSTORE_PASSWORD_ENV = "SHADOWMESH_KEYSTORE_PASSWORD"  # noqa: S105 - a variable name
+
+# A node's region on chain: bytes8, an ISO 3166 code zero-padded on the right (contracts.region)
+REGION_BYTES = 8

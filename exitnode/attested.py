@@ -168,6 +168,7 @@ class AttestedExit:
                 public_url,
                 interval=chain.attestation_interval,
                 voucher=chain.enrolment_voucher,
+                region=chain.region,
                 clock=clock.now,
                 metrics=metrics,
             )

@@ -41,3 +41,15 @@ MAX_CIRCUITS_PER_LINK = 64
 MAX_CIRCUITS = 1024
 EXTEND_TIMEOUT_S = 15.0  # open the next hop's link and get its CREATED within this long
 RELAY_SEND_BATCH = 64  # cells per link record from one circuit queue
+
+# Departures (exitnode/departures.py): when a client port detaches, the exit tells the other
+# exits bridging the same LAN which of its stations left, so a client whose circuit now ends
+# at another of them is not refused as a spoofer until the LAN entry ages out.
+DEPARTURE_ETHERTYPE = 0x88B6  # IEEE 802 local experimental EtherType 2
+DEPARTURE_GROUP = bytes.fromhex("03534d000001")  # locally administered multicast
+DEPARTURE_MAGIC = b"SMLEFT\x00\x01"
+DEPARTURE_MACS_PER_FRAME = 64
+DEPARTURE_IPS_PER_FRAME = 32
+# Circuit links one device (a client using us as hop 1, or a relaying exit) may hold at once:
+# relays open one link per circuit, so this bounds circuits per neighbour, not tunnels.
+MAX_CIRCUIT_LINKS_PER_DEVICE = 256

@@ -181,6 +181,27 @@ class _Hop:
         self.closed = False
 
 
+class _Batch:
+    """What one batch of cells from a link produces, sent once the batch is read: one
+    ``put`` per queue (so one link record for many cells, not one per cell) and one
+    delivery per circuit port. Order within a queue or a port is kept."""
+
+    __slots__ = ("cells", "frames")
+
+    def __init__(self) -> None:
+        self.cells: dict[_Queue, list[bytes]] = {}
+        self.frames: dict[_Hop, list[bytes]] = {}
+
+    def flush(self, relay: Relay) -> None:
+        frames, cells = self.frames, self.cells
+        self.frames, self.cells = {}, {}
+        for hop, batch in frames.items():
+            if not hop.closed:
+                relay._to_segment(hop, batch)
+        for queue, batch in cells.items():
+            queue.put(batch)
+
+
 class _Prepended:
     """An L2 device's link whose first batch was read while deciding; it goes first."""
 
@@ -251,6 +272,9 @@ class Relay:
         self.endpoint_of = endpoint_of
         self._hops: dict[tuple[int, int], _Hop] = {}
         self._accepting: set[tuple[int, int]] = set()  # CREATEs being answered
+        # Circuit links being served, by the device that opened them (a relaying exit opens
+        # one per circuit it extends here; bounded per device instead of tunnels_per_device).
+        self.circuit_links: dict[tunnel.Link, bytes] = {}
         self.relayed_bytes = 0
         self.relayed_cells = 0
         self.circuits_opened = 0
@@ -279,12 +303,29 @@ class Relay:
         return _Prepended(link, first)
 
     async def serve(self, link: tunnel.Link, first: list[memoryview]) -> None:
-        """Run the circuits of one link from a previous hop until the link ends."""
+        """Run the circuits of one link from a previous hop until the link ends. A device
+        already holding ``MAX_CIRCUIT_LINKS_PER_DEVICE`` circuit links gets no more."""
+        auth = link.session.authorization
+        device = auth.device_id if auth is not None else b""
+        held = sum(1 for d in self.circuit_links.values() if d == device)
+        if held >= constants.MAX_CIRCUIT_LINKS_PER_DEVICE:
+            self.metrics.counters.drop("circuit_links_per_device")
+            await link.close()
+            return
+        self.circuit_links[link] = device
+        try:
+            await self._serve(link, first)
+        finally:
+            self.circuit_links.pop(link, None)
+
+    async def _serve(self, link: tunnel.Link, first: list[memoryview]) -> None:
         assemblers: dict[int, HandshakeAssembler] = {}
 
         def frames_in(frames: list[memoryview]) -> None:
+            batch = _Batch()
             for frame in frames:
-                self._from_prev(link, frame, assemblers)
+                self._from_prev(link, frame, assemblers, batch)
+            batch.flush(self)
 
         frames_in(first)
         link.deliver_to(frames_in)
@@ -299,7 +340,11 @@ class Relay:
     # -- cells from the previous hop -------------------------------------------------------
 
     def _from_prev(
-        self, link: tunnel.Link, frame: memoryview, assemblers: dict[int, HandshakeAssembler]
+        self,
+        link: tunnel.Link,
+        frame: memoryview,
+        assemblers: dict[int, HandshakeAssembler],
+        batch: _Batch,
     ) -> None:
         try:
             cell = parse_cell(frame)
@@ -313,9 +358,10 @@ class Relay:
         elif hop is None:
             self.metrics.counters.drop("unknown_circuit")
         elif cell.kind is CellKind.DESTROY:
+            batch.flush(self)  # cells that came before the DESTROY go before it
             self.close_hop(hop, DestroyReason.NORMAL, tell_prev=False)
         elif cell.kind is CellKind.RELAY:
-            self._relay_forward(hop, cell)
+            self._relay_forward(hop, cell, batch)
         else:
             self.metrics.counters.drop("unexpected_cell")
 
@@ -376,7 +422,7 @@ class Relay:
         self.circuits_opened += 1
         hop.to_prev.put(created)
 
-    def _relay_forward(self, hop: _Hop, cell: Cell) -> None:
+    def _relay_forward(self, hop: _Hop, cell: Cell, batch: _Batch) -> None:
         out = hop.circuit.from_previous(cell.body, self.clock())
         if out.forward is not None:
             if hop.to_next is None or not hop.circuit.extended:
@@ -384,9 +430,10 @@ class Relay:
             else:
                 self.relayed_cells += 1
                 self.relayed_bytes += len(out.forward)
-                hop.to_next.put([encode_cell(CellKind.RELAY, hop.next_id, out.forward)])
-        if out.frames:
-            self._to_segment(hop, list(out.frames))
+                cells = batch.cells.setdefault(hop.to_next, [])
+                cells.append(encode_cell(CellKind.RELAY, hop.next_id, out.forward))
+        if out.join:  # the tail's port in its segment exists from the client's first word
+            batch.frames.setdefault(hop, []).extend(out.frames)
         if out.reply:
             hop.to_prev.put([encode_cell(CellKind.RELAY, hop.prev_id, b) for b in out.reply])
         if out.extend is not None:
@@ -403,7 +450,8 @@ class Relay:
                 self.board.serve_link(hop.port, owner, self.policy, owner=owner)
             )
             hop.tasks.append(task)
-        hop.port.deliver(frames)
+        if frames:
+            hop.port.deliver(frames)
 
     # -- extending -------------------------------------------------------------------------
 
@@ -474,6 +522,7 @@ class Relay:
     def _from_next(
         self, hop: _Hop, frames: list[memoryview], assembler: HandshakeAssembler
     ) -> None:
+        back: list[bytes] = []  # relayed toward the client: one put for the whole batch
         for frame in frames:
             try:
                 cell = parse_cell(frame)
@@ -497,11 +546,15 @@ class Relay:
                 if body is not None:
                     self.relayed_cells += 1
                     self.relayed_bytes += len(body)
-                    hop.to_prev.put([encode_cell(CellKind.RELAY, hop.prev_id, body)])
+                    back.append(encode_cell(CellKind.RELAY, hop.prev_id, body))
             elif cell.kind is CellKind.DESTROY:
+                hop.to_prev.put(back)  # what came before the DESTROY still goes
+                back = []
                 self.close_hop(hop, DestroyReason.NEXT_HOP_GONE, tell_next=False)
             else:
                 self.metrics.counters.drop("unexpected_cell")
+        if back and not hop.closed:
+            hop.to_prev.put(back)
 
     async def _watch_next(self, hop: _Hop, nxt: tunnel.Link) -> None:
         with contextlib.suppress(TransportClosed):

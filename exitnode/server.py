@@ -385,7 +385,11 @@ class ExitNode:
         """Past security.tunnels_per_device, the device's oldest tunnels end (the newest
         wins: a client that lost its network and reconnects must not be locked out)."""
         limit = self.config.security.tunnels_per_device
-        same = self.peers.of_device(peer.authorization.device_id)
+        circuit_links = self.relay.circuit_links if self.relay is not None else {}
+        same = [
+            p for p in self.peers.of_device(peer.authorization.device_id)
+            if p.link not in circuit_links
+        ]  # fmt: skip
         for old in same[: max(0, len(same) - limit)]:
             log.warning("device %s: a newer tunnel replaces the one from %s "
                         "(security.tunnels_per_device: %d)", old.name,
@@ -525,16 +529,18 @@ class ExitNode:
         audit("device_admitted", device=name, device_id=auth.device_id.hex(),
               admitted_by=auth.method, address=link.remote_address)  # fmt: skip
         try:
-            await self._one_tunnel_per_device(peer)
             port: Any = port_link
             if self.relay is not None:
-                # A circuit link is served by the relay until it ends (then None).
+                # A circuit link is served by the relay until it ends (then None). It holds
+                # no switch port, so security.tunnels_per_device does not apply: a relaying
+                # exit opens one link per circuit it extends to us (the relay bounds them).
                 admitted = await self.relay.admit(link)
                 if admitted is None:
                     return
                 port = admitted
                 if device is not None and device.rate is not None:
                     port = RateLimitedLink(admitted, device.rate, self.metrics)
+            await self._one_tunnel_per_device(peer)
             await self.board.serve_link(port, name, policy, owner=auth.device_id.hex())
         finally:
             self.peers.remove(peer)

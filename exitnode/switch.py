@@ -13,7 +13,10 @@ client cannot reach into another client's traffic:
   move to another device's port (that frame is dropped as ``mac_spoof``), and MACs of a
   protected port (``SwitchConfig.protected_ports``: the exit's LAN, with its gateway)
   never move to a client; the LAN takes any MAC back. A MAC silent for ``ageing_s`` is
-  forgotten and may then be learned anywhere;
+  forgotten and may then be learned anywhere. When a client port detaches, ``detach``
+  returns a departure notice for the LAN naming the stations and addresses it held, and a
+  notice arriving on the LAN port frees those entries there (``exitnode.departures``), so a
+  client whose traffic moves to another exit on the same LAN is not refused there;
 - a device has at most ``max_tunnels_per_device`` ports and ``PortPolicy.max_macs`` MACs
   over all of them; past that, new source MACs are dropped (``mac_limit``). Every client
   port has ``reserved_macs`` table entries of its own; the rest of the table is shared,
@@ -42,7 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from exitnode import constants, neighbors
+from exitnode import constants, departures, neighbors
 from exitnode.errors import PortRefused, SwitchError
 from exitnode.ratelimit import TokenBucket
 from hardware import ethernet
@@ -134,6 +137,8 @@ class SwitchConfig:
     max_ip_bindings: int = constants.MAX_IP_BINDINGS
     # Tag protocol ids read as a VLAN tag; any other tag type is dropped (unknown_tpid).
     tag_tpids: frozenset[int] = frozenset({ethernet.TPID_8021Q})
+    # Send departure notices to the protected ports when a client port detaches.
+    announce_departures: bool = True
 
     def __post_init__(self) -> None:
         if self.max_tunnels_per_device < 1 or self.reserved_macs < 0 or self.max_ports < 1:
@@ -165,6 +170,7 @@ class SwitchStats:
     moved: int = 0
     aged: int = 0
     not_learned: int = 0  # table or device limit reached (enforce_max_macs off)
+    departed: int = 0  # LAN entries freed by another exit's departure notice
     drops: Counter[str] = field(default_factory=Counter)
 
 
@@ -199,6 +205,7 @@ class Switch:
         self._ips: dict[Key, tuple[str, float]] = {}  # (vlan, IP) -> (port, last seen)
         self._shared_used = 0  # entries of client ports beyond their reserve
         self._clients = 0  # client (not protected) ports attached
+        self._notice_source = departures.new_source()  # our notices' source MAC
 
     # -- ports ---------------------------------------------------------------------------
     def attach(self, port: str, policy: PortPolicy, now: float, device: str | None = None) -> None:
@@ -229,20 +236,31 @@ class Switch:
         self._clients += not protected
         self._ports[port] = _Port(policy, port, owner, dev, protected)
 
-    def detach(self, port: str) -> None:
-        """Remove a port and forget every MAC and address learned on it."""
+    def detach(self, port: str) -> dict[str, list[Buffer]]:
+        """Remove a port and forget every MAC and address learned on it.
+
+        Returns the frames to send: for a client port (with ``announce_departures``), a
+        departure notice to each protected port naming what the port held."""
         state = self._ports.get(port)
         if state is None:
             raise SwitchError(f"port {port!r} is not attached")
-        for key in [k for k, (p, _) in self._table.items() if p == port]:
+        macs = [k for k, (p, _) in self._table.items() if p == port]
+        ips = [k for k, (p, _) in self._ips.items() if p == port]
+        for key in macs:
             self._forget(key, port)
-        for key in [k for k, (p, _) in self._ips.items() if p == port]:
+        for key in ips:
             self._unbind(key, port)
         del self._ports[port]
         self._clients -= not state.protected
         state.dev.ports.discard(port)
         if not state.dev.ports:
             del self._devices[state.device]
+        if state.protected or not self.config.announce_departures:
+            return {}
+        notice = departures.encode(self._notice_source, macs, ips)
+        if not notice:
+            return {}
+        return {name: list(notice) for name, p in self._ports.items() if p.protected}
 
     @property
     def ports(self) -> list[str]:
@@ -396,6 +414,24 @@ class Switch:
         if state is not None:
             state.dev.ips -= 1
 
+    def _departure(self, state: _Port, frame: Buffer, header: ethernet.EthernetHeader) -> None:
+        """Obey a departure notice that arrived on ``state`` (a protected port): forget the
+        stations and addresses it names that are held by that same port."""
+        try:
+            notice = departures.decode(frame, header)
+        except departures.BadNotice:
+            self.stats.drops[departures.DROP_MALFORMED] += 1
+            return
+        for key in notice.macs:
+            entry = self._table.get(key)
+            if entry is not None and entry[0] == state.name:
+                self._forget(key, state.name)
+                self.stats.departed += 1
+        for key in notice.ips:
+            entry = self._ips.get(key)
+            if entry is not None and entry[0] == state.name:
+                self._unbind(key, state.name)
+
     # -- forwarding ----------------------------------------------------------------------
     def forward(self, port: str, frames: Iterable[Buffer], now: float) -> dict[str, list[Buffer]]:
         """Switch a batch that arrived on ``port``; returns egress port -> frames (in order).
@@ -468,6 +504,13 @@ class Switch:
                         drops[refused] += 1
                         continue
             if ethernet.is_group(header.dst):
+                if departures.is_notice(header):
+                    # Only the LAN speaks for stations leaving it; never flooded on.
+                    if state.protected:
+                        self._departure(state, frame, header)
+                    else:
+                        drops[departures.DROP_FORGED] += 1
+                    continue
                 if not dev.broadcasts.take(now):
                     drops[DROP_RATE_LIMITED] += 1
                     continue

@@ -181,7 +181,8 @@ class Switchboard:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             del self._outboxes[port]
-            self.switch.detach(port)
+            # Tell other exits on the LAN that this port's stations left (exitnode.departures).
+            self._deliver(self.switch.detach(port))
             log.info("port %s detached", port)
 
     async def _receive_loop(self, link: PortLink, port: str) -> None:

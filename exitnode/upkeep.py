@@ -6,7 +6,9 @@ challenge's registry-domain qualifying data (bound to the chain id, the registry
 hash and our nodeId, never the handshake's domain), and submit it, naming ``release`` (the
 release this software is, approved on chain with its runtime-policy hash), with
 ``register`` (stake = ``stake_wei``, default the registry's minimum) the first time and
-``updateAttestation`` after that. The endpoint on chain is corrected if it differs.
+``updateAttestation`` after that. The endpoint and the declared region (``region``,
+``chain.region``: an ISO 3166 code, or None for not said) on chain are corrected if they
+differ.
 
 Registration needs an enrolment voucher (``contracts.voucher``): an appointed enroller's
 EIP-712 signature, made after the enrolment ceremony (``shadowmesh enrol``: EK chain,
@@ -95,6 +97,7 @@ class RegistryUpkeep:
         stake_wei: int | None = None,
         voucher: Path | None = None,
         release: int = SOFTWARE_RELEASE,
+        region: str | None = None,
         retry_s: float = RETRY_S,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
@@ -111,6 +114,7 @@ class RegistryUpkeep:
         self.stake_wei = stake_wei
         self.voucher_path = voucher
         self.release = release
+        self.region = region
         self._retry = retry_s
         self._clock = clock
         self.state = "starting"
@@ -201,6 +205,7 @@ class RegistryUpkeep:
                     stake_wei=stake,
                     voucher=voucher,
                     release=self.release,
+                    region=self.region,
                 )
                 state = "registered"
             else:
@@ -210,8 +215,11 @@ class RegistryUpkeep:
                     self.node_id, quote, challenge.block_number, release=self.release
                 )
                 state = "attested"
-                if reg.node(self.node_id).endpoint != self.endpoint:
+                record = reg.node(self.node_id)
+                if record.endpoint != self.endpoint:
                     reg.update_endpoint(self.node_id, self.endpoint)
+                if record.region != self.region:
+                    reg.update_region(self.node_id, self.region)
         except KeyLoadError as exc:
             self._set("no-operator-key", str(exc))
         except RegistryReverted as exc:

@@ -22,7 +22,7 @@ from lab import topology
 
 WAN_PREFIX = 24
 CHAIN_IP = "172.31.0.254"
-EXIT_IPS = ("172.31.0.1", "172.31.0.2")
+EXIT_IPS = ("172.31.0.1", "172.31.0.2", "172.31.0.3", "172.31.0.4", "172.31.0.5")
 CLIENT_IPS = ("172.31.0.11", "172.31.0.12")
 HOSTS = (topology.HOST_A, topology.HOST_B)
 WAN_BRIDGE = "wan"
@@ -61,7 +61,7 @@ def build(
 ) -> Mesh:
     """Create the namespaces, veths and bridges (not the nodes). Owned by ``lab``."""
     if len(exits) > len(EXIT_IPS) or len(clients) > len(CLIENT_IPS):
-        raise ValueError("the demo network has room for two exits and two clients")
+        raise ValueError("the demo network has room for five exits and two clients")
     wan = lab.namespace("wan")
     topology.quiet(wan)
     netns.bridge(wan, WAN_BRIDGE)

@@ -7,8 +7,11 @@ sealed in one onion layer per hop, and come back from the tail's L2 segment.
 :func:`choose_hops` picks the hops, sans-I/O: in ranking order (healthy, reputation at least
 ``min_reputation``, fresh attestation, never a refused node: ``selection.rank``), no nodeId
 twice, no on-chain operator account twice, and no region twice among hops whose region is
-known. The registry contract has no region field, so regions come from the client's
-``exit_nodes.regions_file`` (nodeId hex -> region), through :func:`load_regions`.
+known (with ``jurisdictions``, no country twice either). Regions come from the registry, where
+each exit's operator declares one (an ISO 3166 code, ``contracts.region``); the client's
+``exit_nodes.regions_file`` (nodeId hex -> region, :func:`load_regions`) overrides them node by
+node, because an on-chain region is only its operator's claim and a client (or its
+organisation) may know better. Nodes with no known region are not held back by it.
 
 :class:`CircuitBuilder` is the ``connect`` callable of the pump in multi-hop mode. Each call
 reads the registry, chooses ``hops`` nodes and telescopes: the tunnel link to hop 1 (its
@@ -36,6 +39,7 @@ from typing import Any
 import yaml
 
 from attestation.checker import EvidenceChecker as AttestationChecker
+from contracts.region import check_region, jurisdiction
 from l2bridge.client.failover import ChainBoundChecker, DialSettings
 from l2bridge.client.selection import (
     Candidate,
@@ -80,7 +84,7 @@ class HopFailed(L2BridgeError):
 class Hop:
     candidate: Candidate
     operator: str  # on-chain operator account ("" when the registry does not say)
-    region: str | None  # from the client's regions file; None: unknown
+    region: str | None  # regions file, else the registry; None: unknown
 
 
 def load_regions(path: Path | None) -> dict[bytes, str]:
@@ -112,16 +116,18 @@ def choose_hops(
     *,
     skip: Iterable[bytes] = (),
     first_of: frozenset[bytes] | None = None,
+    jurisdictions: bool = False,
 ) -> list[Hop] | None:
     """The first ``count`` candidates (in ranking order) with distinct nodeIds, operators
-    and known regions; None when the registry has too few such nodes.
+    and known regions (and, with ``jurisdictions``, known countries: ``DE-BE`` and ``DE-BY``
+    are one jurisdiction); None when the registry has too few such nodes.
 
     ``first_of``: hop 1 must be one of these (the exits this client holds a credential
     for: it dials hop 1 itself; every later hop is dialled by the hop before it)."""
     chosen: list[Hop] = []
     nodes: set[bytes] = set(skip)
     ops: set[str] = set()
-    seen_regions: set[str] = set()
+    places: set[str] = set()
     if first_of is not None:
         eligible = [c for c in order if c.node_id in first_of and c.node_id not in nodes]
         if not eligible:
@@ -132,17 +138,38 @@ def choose_hops(
         region = regions.get(cand.node_id)
         if cand.node_id in nodes or (operator and operator in ops):
             continue
-        if region is not None and region in seen_regions:
+        keys = _places(region, jurisdictions)
+        if places.intersection(keys):
             continue
         chosen.append(Hop(cand, operator, region))
         nodes.add(cand.node_id)
         if operator:
             ops.add(operator)
-        if region is not None:
-            seen_regions.add(region)
+        places.update(keys)
         if len(chosen) == count:
             return chosen
     return None
+
+
+def _places(region: str | None, jurisdictions: bool) -> set[str]:
+    """What two hops may not share: the region, and with ``jurisdictions`` its country."""
+    if region is None:
+        return set()
+    if not jurisdictions:
+        return {region}
+    return {region, "country:" + jurisdiction(region)}
+
+
+def registry_regions(records: Iterable[NodeRecord]) -> dict[bytes, str]:
+    """``nodeId -> region`` as the registry's records declare them (well-formed ISO 3166
+    codes only: a record whose region does not parse counts as unknown)."""
+    out: dict[bytes, str] = {}
+    for record in records:
+        region = getattr(record, "region", None)
+        if isinstance(region, str):
+            with contextlib.suppress(ValueError):
+                out[bytes(record.node_id)] = check_region(region)
+    return out
 
 
 class CircuitLink:
@@ -288,6 +315,9 @@ async def build(
             node = hop.candidate.node_id
             cells = circuit.extend(node, hop.candidate.endpoint, checker_for(hop))
             await cl.add(cells, node)
+        # The tail joins its segment now, not at our first frame: our LAN may be silent
+        # while the far side already speaks to us.
+        await link.send_frames(circuit.join_segment())
     except BaseException:
         await cl.close()
         raise
@@ -305,6 +335,7 @@ class CircuitBuilder:
         *,
         hops: int,
         regions: Mapping[bytes, str] | None = None,
+        jurisdictions: bool = False,
         metrics: Metrics | None = None,
         clock: Clock = time.time,
         dial_timeout: float = 10.0,
@@ -315,7 +346,8 @@ class CircuitBuilder:
         self.settings = settings
         self.selection = selection
         self.hops = hops
-        self.regions = dict(regions or {})
+        self.regions = dict(regions or {})  # the client's own: override the registry's
+        self.jurisdictions = jurisdictions
         self.metrics = metrics
         self._clock = clock
         self._dial_timeout = dial_timeout
@@ -344,11 +376,12 @@ class CircuitBuilder:
         cl = self.current
         return None if cl is None else float(sum(cl.drops.values()))
 
-    def _read(self) -> tuple[list[NodeRecord], dict[bytes, str]]:
+    def _read(self) -> tuple[list[NodeRecord], dict[bytes, str], dict[bytes, str]]:
         ids = list(self.registry.healthy_nodes(self.selection.min_reputation))
         records = [self.registry.node(i) for i in ids]
         operators = {bytes(r.node_id): str(getattr(r, "operator", "") or "") for r in records}
-        return records, operators
+        regions = registry_regions(records) | self.regions
+        return records, operators, regions
 
     def _checker(self, hop: Hop) -> ChainBoundChecker:
         checker = ChainBoundChecker(hop.candidate, self._verifier, self._aks)
@@ -374,7 +407,7 @@ class CircuitBuilder:
         """A new circuit through ``hops`` checked nodes; NoExitAvailable when none can be."""
         try:
             async with asyncio.timeout(REGISTRY_TIMEOUT_S):
-                records, operators = await asyncio.to_thread(self._read)
+                records, operators, regions = await asyncio.to_thread(self._read)
         except Exception as exc:  # web3 raises many types; all mean "no answer now"
             raise NoExitAvailable(f"registry unreachable ({type(exc).__name__})") from None
         tried: list[str] = []
@@ -385,7 +418,7 @@ class CircuitBuilder:
                 c for c in ranking.order if not self.refusals.cooling(c.node_id, self._clock())
             ]
             path = choose_hops(
-                order, operators, self.regions, self.hops,
+                order, operators, regions, self.hops, jurisdictions=self.jurisdictions,
                 first_of=self.settings.credentials.exits(),
             )  # fmt: skip
             if path is None:

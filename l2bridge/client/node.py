@@ -145,6 +145,7 @@ class ClientNode:
             self.circuits = CircuitBuilder(
                 self.finder.registry, self.finder.settings, self.finder.selection,
                 hops=config.exit_nodes.hops, regions=regions, metrics=self.metrics,
+                jurisdictions=config.exit_nodes.jurisdictional_diversity,
                 clock=self.clock.now,
             )  # fmt: skip
             self.finder = None

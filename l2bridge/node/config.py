@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from contracts.region import check_region
 from hardware.announce import parse_mac
 from l2bridge.constants import DEFAULT_PAD_TO, MAX_HOPS
 from l2bridge.errors import LocalError
@@ -93,8 +94,8 @@ class ExitNodes:
     min_reputation: int = 500
     geographic_diversity: bool = False
     jurisdictional_diversity: bool = False
-    # Multi-hop: YAML mapping of nodeId (hex) -> region. The registry contract has no
-    # region field, so hops' regions come from here (l2bridge.client.circuit).
+    # Multi-hop: YAML mapping of nodeId (hex) -> region, overriding the regions exits
+    # declare on chain (l2bridge.client.circuit).
     regions_file: Path | None = None
 
 
@@ -213,6 +214,8 @@ class Chain:
     keystore: Path | None = None
     attestation_interval: float = 3600.0
     enrolment_voucher: Path | None = None  # an enroller's voucher, needed to register
+    # exit: where its operator declares it runs (ISO 3166: DE, US-CA), published on chain
+    region: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,6 +395,13 @@ def _eth_address(value: object, path: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"0x[0-9a-fA-F]{40}", value):
         raise _fail(path, "a 0x-prefixed 20-byte hex address", value)
     return value
+
+
+def _region(value: object, path: str) -> str:
+    try:
+        return check_region(value) if isinstance(value, str) else check_region(repr(value))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def _node_id(value: object, path: str) -> bytes:
@@ -663,6 +673,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "contract_address": _optional(_eth_address),
             "keystore": _PATH,
             "enrolment_voucher": _PATH,
+            "region": _optional(_region),
             # seconds are for labs and CI (the registry's window is set at deployment)
             "attestation_interval": _duration_range(1.0, 7 * 86400.0),
         },
@@ -833,28 +844,11 @@ def _multi_hop(config: Config) -> list[Problem]:
         out.append(
             Problem("exit_nodes.hops", "more than one hop needs exit_nodes.multi_hop: true", True)
         )
+    # With multi-hop, regions come from the registry (each exit's declared ISO 3166 code)
+    # and exit_nodes.regions_file; both settings are then enforced (l2bridge.client.circuit).
     for name in ("geographic_diversity", "jurisdictional_diversity"):
-        if not getattr(hops, name):
-            continue
-        if not hops.multi_hop:
+        if getattr(hops, name) and not hops.multi_hop:
             out.append(Problem(f"exit_nodes.{name}", "only meaningful with multi-hop", False))
-        elif hops.regions_file is None:
-            out.append(
-                Problem(
-                    f"exit_nodes.{name}",
-                    "the registry records no region: set exit_nodes.regions_file, or hops "
-                    "are kept apart by node and operator only",
-                    False,
-                )
-            )
-        elif name == "jurisdictional_diversity":
-            out.append(
-                Problem(
-                    f"exit_nodes.{name}",
-                    "enforced only as far as exit_nodes.regions_file names jurisdictions",
-                    False,
-                )
-            )
     return out
 
 
@@ -962,6 +956,7 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "chain.keystore": ("exit",),
     "chain.attestation_interval": BOTH,  # client: the oldest on-chain attestation it accepts
     "chain.enrolment_voucher": ("exit",),
+    "chain.region": ("exit",),
     "status.listen": BOTH,
     "status.metrics_listen": BOTH,
     "status.admin_token_file": BOTH,

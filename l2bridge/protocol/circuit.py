@@ -188,6 +188,14 @@ class ClientCircuit:
         self.stats.bytes_out += len(data) if command is RelayCommand.DATA else 0
         return cells
 
+    def join_segment(self) -> list[bytes]:
+        """A PADDING message for the tail, sent once the circuit is built: the tail joins
+        its L2 segment on it (``HopOutput.join``), so frames reach a client whose own LAN
+        has not spoken yet. Middle hops see one cell like any other."""
+        if not self.hops or self._pending is not None or self._refused:
+            raise StateError("circuit not ready for data")
+        return self._relay(RelayCommand.PADDING, b"")
+
     def ratchet(self) -> None:
         """Move every hop's forward layer to its next generation (the clock's epoch)."""
         for hop in self.hops:
@@ -279,6 +287,7 @@ class HopOutput:
     frames: tuple[bytes, ...] = ()  # tail: L2 frames to switch
     extend: Extend | None = None  # tail: open a link to the next hop and send the CREATE
     reply: tuple[bytes, ...] = ()  # bodies to send back at once (EXTEND_FAILED)
+    join: bool = False  # tail: an authentic DATA or PADDING message: be a port of the segment
 
 
 class RelayCircuit:
@@ -337,7 +346,7 @@ class RelayCircuit:
             return HopOutput()
         if message.command is RelayCommand.DATA:
             self.stats.bytes_in += len(message.data)
-            return HopOutput(frames=(message.data,))
+            return HopOutput(frames=(message.data,), join=True)
         if message.command is RelayCommand.EXTEND:
             try:
                 request = Extend.decode(message.data)
@@ -346,8 +355,9 @@ class RelayCircuit:
                 return HopOutput(reply=tuple(self.extend_failed(ExtendFailure.REFUSED)))
             self.next_hop = request.node_id
             return HopOutput(extend=request)
-        if message.command is not RelayCommand.PADDING:
-            self.stats.drops["unexpected_message"] += 1
+        if message.command is RelayCommand.PADDING:
+            return HopOutput(join=True)
+        self.stats.drops["unexpected_message"] += 1
         return HopOutput()
 
     def from_next(self, body: memoryview | bytes) -> bytes | None:

@@ -84,10 +84,11 @@ class _Generation:
     iv: bytearray
     chain: bytearray
     aead: AESGCM | None
+    iv_int: int = 0  # the IV as an integer, for the per-cell nonce
 
     @classmethod
     def make(cls, number: int, key: bytearray, iv: bytearray, chain: bytearray) -> _Generation:
-        return cls(number, key, iv, chain, AESGCM(bytes(key)))
+        return cls(number, key, iv, chain, AESGCM(bytes(key)), int.from_bytes(iv, "big"))
 
     def ratcheted(self) -> _Generation:
         okm = bytearray(
@@ -105,13 +106,13 @@ class _Generation:
             wipe(okm)
 
     def nonce(self, sequence: int) -> bytes:
-        iv = int.from_bytes(self.iv, "big")
-        return (iv ^ sequence).to_bytes(AEAD_NONCE_SIZE, "big")
+        return (self.iv_int ^ sequence).to_bytes(AEAD_NONCE_SIZE, "big")
 
     def wipe(self) -> None:
         for buf in (self.key, self.iv, self.chain):
             wipe(buf)
         self.aead = None
+        self.iv_int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,21 +184,24 @@ class LayerSender:
     that follows one step at a time keeps up with a circuit that was idle for many epochs.
     """
 
-    __slots__ = ("_gen", "_header", "_label", "_ratchet_due")
+    __slots__ = ("_gen", "_header", "_label", "_ratchet_due", "filler")
 
     def __init__(self, secret: DirectionSecret, direction: bytes) -> None:
         self._label = _AAD[direction]
         self._header = _HeaderCipher(secret.header_key)
         self._gen = _Generation.make(0, secret.key, secret.iv, secret.chain)
         self._ratchet_due = False
+        self.filler = _Filler()
 
     @property
     def generation(self) -> int:
         """The generation the next cell is sealed in."""
         return self._gen.number + (1 if self._ratchet_due else 0)
 
-    def seal(self, payload: bytes | bytearray | memoryview, sequence: int) -> tuple[bytes, bytes]:
-        """(ciphertext of the same size, 32-byte slot)."""
+    def seal(
+        self, payload: bytes | bytearray | memoryview, sequence: int
+    ) -> tuple[memoryview, bytes]:
+        """(ciphertext of the same size, a view without copy; 32-byte slot)."""
         if self._ratchet_due:
             old = self._gen
             self._gen = old.ratcheted()
@@ -208,9 +212,9 @@ class LayerSender:
             raise StateError("layer wiped")
         if not 0 <= sequence <= MAX_COUNTER:
             raise StateError("sequence exhausted")
-        out = aead.encrypt(self._gen.nonce(sequence), bytes(payload), self._label)
+        out = aead.encrypt(self._gen.nonce(sequence), payload, self._label)
         slot = self._header.seal(sequence, self._gen.number) + out[-AEAD_TAG_SIZE:]
-        return out[:-AEAD_TAG_SIZE], slot
+        return memoryview(out)[:-AEAD_TAG_SIZE], slot
 
     def ratchet(self) -> int:
         """Move to the next generation at the next seal (the old key is wiped then)."""
@@ -226,7 +230,7 @@ class LayerReceiver:
     """Opens one hop's layer in one direction; follows the sender's ratchets."""
 
     __slots__ = (
-        "_current", "_header", "_label", "_previous", "_previous_until", "_window",
+        "_current", "_header", "_label", "_previous", "_previous_until", "_window", "filler",
         "last_sequence",
     )  # fmt: skip
 
@@ -238,6 +242,7 @@ class LayerReceiver:
         self._previous_until = 0.0
         self._window = ReplayWindow()
         self.last_sequence = -1  # the sequence of the last cell that opened
+        self.filler = _Filler()
 
     @property
     def generation(self) -> int:
@@ -294,21 +299,40 @@ class LayerReceiver:
         self._header.wipe()
 
 
-def _random_slots(count: int) -> bytes:
-    return os.urandom(count * ONION_SLOT_SIZE)
+class _Filler:
+    """Random bytes for filler slots, drawn from ``os.urandom`` a pool at a time: one
+    getrandom call per 128 slots instead of one per cell and hop. Each byte is used once;
+    one per layer (never shared between threads or circuits)."""
+
+    __slots__ = ("_at", "_pool")
+
+    POOL = 128 * ONION_SLOT_SIZE
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def take(self, size: int) -> bytes:
+        if self._at + size > len(self._pool):
+            self._pool = os.urandom(max(self.POOL, size))
+            self._at = 0
+        out = self._pool[self._at : self._at + size]
+        self._at += size
+        return out
 
 
 def wrap_forward(layers: list[LayerSender], payload: bytes, sequence: int) -> bytes:
     """Client: seal ``payload`` for hops len(layers)..1; the body hop 1 receives."""
     if not 0 < len(layers) <= MAX_HOPS:
         raise StateError("a circuit has 1..MAX_HOPS hops")
-    data: bytes = payload
+    data: bytes | memoryview = payload
     slots: list[bytes] = []
     for layer in reversed(layers):
         data, slot = layer.seal(data, sequence)
         slots.append(slot)
     slots.reverse()
-    return b"".join(slots) + _random_slots(MAX_HOPS - len(layers)) + data
+    filler = layers[0].filler.take((MAX_HOPS - len(layers)) * ONION_SLOT_SIZE)
+    return b"".join(slots) + filler + data
 
 
 def peel_forward(layer: LayerReceiver, body: bytes | memoryview, now: float) -> bytes:
@@ -318,7 +342,8 @@ def peel_forward(layer: LayerReceiver, body: bytes | memoryview, now: float) -> 
         raise RecordRejected("bad_size")
     view = memoryview(body)
     plain = layer.open(bytes(view[:ONION_SLOT_SIZE]), view[ONION_HEADER_SIZE:], now)
-    return bytes(view[ONION_SLOT_SIZE:ONION_HEADER_SIZE]) + _random_slots(1) + plain
+    filler = layer.filler.take(ONION_SLOT_SIZE)
+    return bytes(view[ONION_SLOT_SIZE:ONION_HEADER_SIZE]) + filler + plain
 
 
 def wrap_backward(layer: LayerSender, body: bytes | memoryview, sequence: int) -> bytes:
@@ -333,7 +358,7 @@ def wrap_backward(layer: LayerSender, body: bytes | memoryview, sequence: int) -
 def originate_backward(layer: LayerSender, payload: bytes, sequence: int) -> bytes:
     """Tail: the first (innermost) backward layer over a plaintext payload."""
     data, slot = layer.seal(payload, sequence)
-    return slot + _random_slots(MAX_HOPS - 1) + data
+    return slot + layer.filler.take((MAX_HOPS - 1) * ONION_SLOT_SIZE) + data
 
 
 def unwrap_backward(layers: list[LayerReceiver], body: bytes | memoryview, now: float) -> bytes:

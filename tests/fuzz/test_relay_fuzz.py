@@ -8,7 +8,7 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exitnode.relay import Relay
+from exitnode.relay import Relay, _Batch
 from l2bridge.constants import ONION_HEADER_SIZE, RELAY_SIZE_CLASSES
 from l2bridge.identity.keys import HybridSigningKey
 from l2bridge.node.metrics import Metrics
@@ -54,8 +54,10 @@ def test_relay_takes_garbage_frames(frames):
         relay = Relay(KEY, metrics)
         link = SinkLink()
         assemblers: dict = {}
+        batch = _Batch()
         for frame in frames:
-            relay._from_prev(link, memoryview(frame), assemblers)  # type: ignore[arg-type]
+            relay._from_prev(link, memoryview(frame), assemblers, batch)  # type: ignore[arg-type]
+        batch.flush(relay)
         for _ in range(50):  # let answers to complete-looking CREATEs finish (they fail)
             await asyncio.sleep(0.001)
         # Garbage opens no circuit's layer (a well-formed CREATE may open a circuit: anyone

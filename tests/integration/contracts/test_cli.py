@@ -77,7 +77,12 @@ def test_registry_commands(accounts, kit, tmp_path, monkeypatch, capsys):
         missing = str(tmp_path / "none.json")
         assert main(["registry", *register, "--node-id", node_id, "--voucher", missing]) == 1
         assert "cannot read voucher" in capsys.readouterr().err
-        reg = run(capsys, *register, "--node-id", node_id, "--voucher", str(voucher))
+        with pytest.raises(SystemExit):  # not an ISO 3166 code: refused before any transaction
+            main(["registry", *register, "--node-id", node_id, "--voucher", str(voucher),
+                  "--region", "Berlin"])  # fmt: skip
+        assert "not a region" in capsys.readouterr().err
+        reg = run(capsys, *register, "--node-id", node_id, "--voucher", str(voucher),
+                  "--region", "DE-BE")  # fmt: skip
         assert [e["name"] for e in reg["events"]][:2] == ["NodeEnrolled", "NodeRegistered"]
         assert reg["events"][0]["args"]["enroller"] == kit.ENROLLER.address
         removed = run(capsys, "enroller", "remove", kit.ENROLLER.address)
@@ -87,6 +92,7 @@ def test_registry_commands(accounts, kit, tmp_path, monkeypatch, capsys):
         listed = run(capsys, "list")
         assert listed == {"count": 1, "healthy": ["0x" + node_id], "registered": 1}
         shown = run(capsys, "show", "--node-id", node_id)
+        assert shown["region"] == "DE-BE"
         assert (shown["status"], shown["stake_wei"], shown["endpoint"]) == (
             "active",
             2 * 10**18,

@@ -42,7 +42,14 @@ def test_mutated_quotes_are_refused(deployed, accounts, kit):
 
     def submit(blob: bytes) -> str:
         call = deployed.contract.functions.register(
-            NODE_ID, "wss://f/ws", ak.x, ak.y, (blob, quote.r, quote.s, block), kit.RELEASE, voucher
+            NODE_ID,
+            "wss://f/ws",
+            ak.x,
+            ak.y,
+            (blob, quote.r, quote.s, block),
+            kit.RELEASE,
+            voucher,
+            bytes(8),
         )
         try:
             call.call({"from": sender, "value": 10 * 10**18})

@@ -423,6 +423,59 @@ def test_update_endpoint(operator, stranger, kit):
         operator.update_endpoint(node.node_id, "wss://later/ws")
 
 
+def test_region_declared_at_registration_and_updated_by_the_operator_only(operator, stranger, kit):
+    """An exit declares where it runs (ISO 3166) when it registers and may change it; the
+    contract keeps the format (so every client reads the same codes) and the operator's
+    exclusive right to it."""
+    node = kit.ExitNode.new()
+    quote, block = node.quote(operator)
+    result = operator.register(
+        node.node_id, "wss://e/ws", node.ak, quote, block, stake_wei=10 * kit.ETHER,
+        voucher=node.voucher(operator), region="DE-BE",
+    )  # fmt: skip
+    assert result.event_names() == [
+        "NodeEnrolled", "NodeRegistered", "AttestationUpdated", "RegionUpdated"
+    ]  # fmt: skip
+    assert operator.node(node.node_id).region == "DE-BE"
+    with reverts("not operator"):
+        stranger.update_region(node.node_id, "FR")
+    assert operator.update_region(node.node_id, "US-CA").event_names() == ["RegionUpdated"]
+    assert operator.node(node.node_id).region == "US-CA"
+    with reverts("region unchanged"):
+        operator.update_region(node.node_id, "US-CA")
+    # Malformed codes sent past the Python client's own check: the contract refuses them.
+    for raw in (
+        b"de\0\0\0\0\0\0",
+        b"D\0\0\0\0\0\0\0",
+        b"DE-\0\0\0\0\0",
+        b"DE-ABCD\0",
+        b"DE\0X\0\0\0\0",
+        b"DE_B\0\0\0\0",
+        b"DEU\0\0\0\0\0",
+        b"DE-B\0\0\0E",
+    ):
+        with reverts("malformed region"):
+            operator._transact("updateRegion", node.node_id, raw)
+    assert operator.node(node.node_id).region == "US-CA"
+    operator.update_region(node.node_id, None)  # withdrawn: unknown again
+    assert operator.node(node.node_id).region is None
+    operator.request_withdrawal(node.node_id)
+    with reverts("node unbonding"):
+        operator.update_region(node.node_id, "FR")
+
+
+def test_register_refuses_a_malformed_region_and_defaults_to_none(operator, kit):
+    node = kit.ExitNode.new()
+    quote, block = node.quote(operator)
+    struct = (quote.attest, quote.r, quote.s, block)
+    args = (node.node_id, "wss://e/ws", node.ak.x, node.ak.y, struct, kit.RELEASE,
+            node.voucher(operator))  # fmt: skip
+    with reverts("malformed region"):
+        operator._transact("register", *args, b"Berlin\0\0", value=10 * kit.ETHER)
+    node.register(operator)  # no region said
+    assert operator.node(node.node_id).region is None
+
+
 # ----- staleness and slashing -----
 
 

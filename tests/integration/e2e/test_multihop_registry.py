@@ -61,6 +61,8 @@ ETHER = 10**18
 INTERVAL = 120  # the registry's attestation window (s)
 EXITS = 6
 ENROLLER_INDEX = EXITS + 1
+# What each exit declares on chain (chain.region); exits 0 and 1 (one operator) also one place.
+REGIONS = ("DE-BE", "DE-BE", "FR", "US-CA", "JP", "BR")
 
 
 @dataclass
@@ -144,7 +146,9 @@ def world(tmp_path_factory):
             yield registry, nodes, golden, chain.rpc_url, software
 
 
-def register(registry: RegistryClient, node: Node, operator, url: str) -> None:
+def register(
+    registry: RegistryClient, node: Node, operator, url: str, region: str | None = None
+) -> None:
     ak = enrolment_ak((node.lifecycle.state_dir / ENROLMENT_FILE).read_text())
     enroller = accounts(ENROLLER_INDEX + 1)[ENROLLER_INDEX]
     voucher = Voucher.make(
@@ -154,7 +158,7 @@ def register(registry: RegistryClient, node: Node, operator, url: str) -> None:
     node.voucher.write_text(voucher.dump())
     upkeep = RegistryUpkeep(
         lambda: registry.with_account(operator), node.lifecycle, url, interval=INTERVAL,
-        voucher=node.voucher,
+        voucher=node.voucher, region=region,
     )  # fmt: skip
     assert upkeep.step() == "registered", upkeep.detail
 
@@ -178,8 +182,8 @@ def test_three_hop_circuit_skips_bad_evidence_and_shared_operators_and_survives_
             n.relay = await RelayExit(n.identity, allow, provider=n.lifecycle.evidence).start()
         ops = accounts(EXITS + 1)[1:]
         operator_of = [ops[0], ops[0], *ops[2:EXITS]]  # exits 0 and 1: one operator
-        for n, op in zip(nodes, operator_of, strict=True):
-            await asyncio.to_thread(register, registry, n, op, n.relay.url)
+        for n, op, region in zip(nodes, operator_of, REGIONS, strict=True):
+            await asyncio.to_thread(register, registry, n, op, n.relay.url, region)
         # Each exit extends circuits only to the endpoint the registry lists for a nodeId.
         chain = config_from_mapping(
             {"chain": {"rpc_url": rpc_url, "contract_address": registry.address}}, env={}
@@ -198,6 +202,8 @@ def test_three_hop_circuit_skips_bad_evidence_and_shared_operators_and_survives_
         )
         circuit = await five.connect()
         assert [h.candidate.node_id for h in five.path] == [ids[0], *ids[2:]]
+        # The regions the exits declared at registration reached the hop choice.
+        assert [h.region for h in five.path] == [REGIONS[0], *REGIONS[2:]]
         blob5 = os.urandom(100_000)
         frames5 = tunnel_frames(blob5, b"T5")
         for f in frames5:

@@ -9,6 +9,7 @@ closed circuit; a hop with bad evidence is refused by name; a relay's queues sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -287,6 +288,32 @@ def test_each_hop_sees_a_token_of_the_hop_before_never_the_clients():
             for x in exits[1:]:
                 assert x.creds is not None
                 assert CLIENT.node_id not in {e.device for e in x.creds.table}
+            await cl.close()
+        finally:
+            await stop_all(exits)
+
+    run(scenario())
+
+
+def test_a_client_whose_lan_is_silent_still_hears_the_tails_segment():
+    """The tail joins its segment as soon as the circuit is built: a broadcast on the tail's
+    LAN reaches a client that has not sent one frame (two circuits meeting at one tail used
+    to hear nothing from each other until both LANs had spoken)."""
+
+    async def scenario():
+        exits = await start_exits(3)
+        try:
+            cl = await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
+            tail = exits[-1]
+            hello = ether(B, b"\xff" * 6, b"hello")
+            received: list[bytes] = []
+            async with asyncio.timeout(10):
+                while tunnel_frame(hello) not in received:
+                    tail.tap.inject(hello)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.2):
+                            received.extend(bytes(f) for f in await cl.recv_frames())
+            assert cl.circuit.stats.bytes_out == 0  # no frame was ever sent
             await cl.close()
         finally:
             await stop_all(exits)

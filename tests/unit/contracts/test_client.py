@@ -24,9 +24,11 @@ def test_committed_artifact_matches_source_hash():
     assert {"approveRelease", "releases", "acceptOwnership", "pendingOwner"} <= names
     assert "voucherDigest" not in names  # the EIP-191 form is gone
     register = next(i for i in artifact.abi if i.get("name") == "register")
-    assert register["inputs"][-1] == {
-        "internalType": "bytes", "name": "enrolmentVoucher", "type": "bytes"
-    }  # fmt: skip
+    assert register["inputs"][-2:] == [
+        {"internalType": "bytes", "name": "enrolmentVoucher", "type": "bytes"},
+        {"internalType": "bytes8", "name": "region", "type": "bytes8"},
+    ]  # fmt: skip
+    assert {"updateRegion", "RegionUpdated"} <= names
     digest = next(i for i in artifact.abi if i.get("name") == "enrolmentDigest")
     assert [(i["name"], i["type"]) for i in digest["inputs"]] == [
         ("operator", "address"), ("nodeId", "bytes32"), ("akX", "bytes32"), ("akY", "bytes32")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from exitnode import constants
-from exitnode.relay import DROP_QUEUE_FULL, _Prepended, _Queue
+from exitnode.relay import DROP_QUEUE_FULL, _Batch, _Prepended, _Queue
 from l2bridge.node.metrics import Metrics
 
 
@@ -72,5 +72,34 @@ def test_an_l2_device_link_keeps_its_first_batch():
         port2 = _Prepended(Link(), [memoryview(b"first")])  # type: ignore[arg-type]
         assert [bytes(f) for f in await port2.recv_frames()] == [b"first"]
         assert await port2.recv_frames() == [b"second"]
+
+    asyncio.run(scenario())
+
+
+def test_a_received_batch_leaves_in_one_send_per_queue_in_order():
+    """Cells a batch from the previous hop produces go to each next link in one send (one
+    link record), not one send per cell; order within a queue is kept."""
+
+    class RecordingLink:
+        def __init__(self) -> None:
+            self.sends: list[list[bytes]] = []
+
+        def send_now(self, frames):
+            self.sends.append(list(frames))
+            return True
+
+    async def scenario():
+        metrics = Metrics("exit")
+        a, b = RecordingLink(), RecordingLink()
+        qa, qb = _Queue(a, metrics), _Queue(b, metrics)  # type: ignore[arg-type]
+        batch = _Batch()
+        for i in range(40):
+            batch.cells.setdefault(qa if i % 3 else qb, []).append(bytes([i]))
+        batch.flush(None)  # type: ignore[arg-type]  # no frames: the relay is not needed
+        assert a.sends == [[bytes([i]) for i in range(40) if i % 3]]
+        assert b.sends == [[bytes([i]) for i in range(40) if not i % 3]]
+        assert batch.cells == {} and batch.frames == {}  # a flushed batch starts empty
+        qa.stop()
+        qb.stop()
 
     asyncio.run(scenario())

@@ -70,6 +70,7 @@ class FakeLifecycle:
 class Registered:
     status: str
     endpoint: str
+    region: str | None = None
 
 
 @dataclass
@@ -81,6 +82,7 @@ class FakeRegistry:
     enrollers: set[str] = field(default_factory=lambda: {ENROLLER.address})
     nodes: dict[bytes, Registered] = field(default_factory=dict)
     vouchers: list[bytes] = field(default_factory=list)
+    region_updates: list[str | None] = field(default_factory=list)
 
     def chain_id(self) -> int:
         return CHAIN
@@ -99,7 +101,8 @@ class FakeRegistry:
     def config(self):  # type: ignore[no-untyped-def]
         return type("Config", (), {"minimum_stake_wei": 10})()
 
-    def register(self, node_id, endpoint, ak, quote, block, *, stake_wei, voucher, release):  # type: ignore[no-untyped-def]
+    def register(self, node_id, endpoint, ak, quote, block, *, stake_wei, voucher, release,  # type: ignore[no-untyped-def]
+                 region=None):  # fmt: skip
         assert isinstance(quote, ContractQuote) and stake_wei == 10 and release == 1
         signer = recover_voucher(
             voucher, self.address, CHAIN, node_id, ak, operator=OPERATOR.address
@@ -107,19 +110,25 @@ class FakeRegistry:
         if signer not in self.enrollers:
             raise RegistryReverted("voucher not from an enroller")
         self.vouchers.append(voucher)
-        self.nodes[node_id] = Registered("active", endpoint)
+        self.nodes[node_id] = Registered("active", endpoint, region)
         return type("Tx", (), {"tx_hash": "0x01"})()
 
     def attest(self, node_id, quote, block, *, release):  # type: ignore[no-untyped-def]
         return type("Tx", (), {"tx_hash": "0x02"})()
 
+    def update_region(self, node_id, region):  # type: ignore[no-untyped-def]
+        self.region_updates.append(region)
+        self.nodes[node_id].region = region
+        return type("Tx", (), {"tx_hash": "0x03"})()
 
-def upkeep(tmp_path: Path, voucher: Path | None, registry: FakeRegistry | None = None):  # type: ignore[no-untyped-def]
+
+def upkeep(tmp_path: Path, voucher: Path | None, registry: FakeRegistry | None = None,  # type: ignore[no-untyped-def]
+           region: str | None = None):  # fmt: skip
     life = FakeLifecycle(tmp_path / "state")
     reg = registry or FakeRegistry()
     metrics = Metrics("exit")
     u = RegistryUpkeep(lambda: reg, life, "wss://x/ws", interval=60.0, voucher=voucher,  # type: ignore[arg-type]
-                       retry_s=1.0, metrics=metrics)  # fmt: skip
+                       retry_s=1.0, metrics=metrics, region=region)  # fmt: skip
     return u, life, reg, metrics
 
 
@@ -202,3 +211,20 @@ def test_no_operator_key_is_said_before_any_voucher_or_quote(tmp_path):
     write_voucher(path, life)
     assert u.step() == "no-operator-key" and "operator" in u.detail
     assert life.quotes == 0 and reg.nodes == {}
+
+
+def test_region_is_declared_at_registration_and_corrected_after(tmp_path):
+    """chain.region goes on chain with the registration; a record that later differs (the
+    operator moved the node and changed the setting) is corrected at the next attestation."""
+    u, life, reg, _ = upkeep(tmp_path, None, region="DE-BE")
+    u.voucher_path = write_voucher(tmp_path / "v.json", life)
+    assert u.step() == "registered"
+    assert reg.nodes[life.node_id].region == "DE-BE" and reg.region_updates == []
+    assert u.step() == "attested"
+    assert reg.region_updates == []  # unchanged: no transaction
+    u.region = "FR"
+    assert u.step() == "attested"
+    assert reg.region_updates == ["FR"] and reg.nodes[life.node_id].region == "FR"
+    u.region = None  # the setting removed: the claim is withdrawn, not left stale
+    assert u.step() == "attested"
+    assert reg.region_updates == ["FR", None]

@@ -98,6 +98,8 @@ class Net:
             if nxt is not None:
                 self.forward(index + 1, nxt)
         self.frames_at_tail.extend(out.frames)
+        if out.join:
+            self.joined.append(index)
         for reply in out.reply:
             self.backward(index, reply)
         if out.extend is not None:
@@ -127,6 +129,7 @@ class Net:
         self.client_frames.extend(got.frames)
 
     client_frames: list[bytes] = field(default_factory=list)
+    joined: list[int] = field(default_factory=list)  # hops that asked to join the segment
 
     def send(self, frames: list[bytes]) -> None:
         self.deliver_from_client(self.client.seal_frames(frames))

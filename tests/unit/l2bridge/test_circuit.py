@@ -372,3 +372,31 @@ def test_unreachable_next_hop_leaves_a_usable_tail():
     assert isinstance(net.events[-1], HopAdded) and net.client.length == 2
     net.send([FRAME])
     assert net.frames_at_tail == [FRAME]
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_only_the_tail_joins_its_segment_and_before_any_frame(n):
+    """A built circuit asks the tail (and only the tail) to join its L2 segment, so frames
+    from the far side reach a client whose own LAN has said nothing yet; middle hops see one
+    cell of an ordinary size."""
+    net = Net.build(n)
+    sizes: list[int] = []
+    net.tap = lambda link, direction, body: sizes.append(len(body)) or body
+    net.deliver_from_client(net.client.join_segment())
+    assert net.joined == [n - 1] and net.frames_at_tail == []
+    assert len(set(sizes)) == 1 and len(sizes) == n
+    net.send([FRAME])  # data joins too (a tail that missed the padding)
+    assert net.joined == [n - 1, n - 1] and net.frames_at_tail == [FRAME]
+    for hop in net.hops:
+        assert not hop.stats.drops
+
+
+def test_filler_slots_are_never_reused():
+    """Filler comes from a pool of random bytes per layer; no two cells (nor two slots of
+    one cell) carry the same filler, or hops could line cells up by it."""
+    net = Net.build(1)
+    bodies: list[bytes] = []
+    net.tap = lambda link, direction, body: bodies.append(body) or body
+    net.send([FRAME] * 300)  # more cells than one pool holds
+    fillers = [b[i : i + 32] for b in bodies for i in range(32, 160, 32)]
+    assert len(fillers) == 4 * 300 and len(set(fillers)) == len(fillers)

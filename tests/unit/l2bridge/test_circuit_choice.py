@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from l2bridge.client.circuit import choose_hops, load_regions
+from l2bridge.client.circuit import choose_hops, load_regions, registry_regions
 from l2bridge.client.selection import Candidate
 
 
@@ -73,3 +74,43 @@ def test_hop_one_is_an_exit_the_client_holds_a_credential_for():
     # The best credentialed exit leads; the other hops keep the ranking order.
     assert [h.candidate for h in path] == [ORDER[3], ORDER[0], ORDER[1]]
     assert choose_hops(ORDER, {}, {}, 3, first_of=frozenset()) is None
+
+
+def test_jurisdictional_diversity_keeps_countries_apart():
+    """DE-BE and DE-BY are two regions but one jurisdiction: with ``jurisdictions`` the
+    second German hop is passed over; free names from a regions file are their own country."""
+    regions = {ORDER[0].node_id: "DE-BE", ORDER[1].node_id: "DE-BY", ORDER[2].node_id: "FR",
+               ORDER[3].node_id: "eu-west", ORDER[4].node_id: "eu-east"}  # fmt: skip
+    places = choose_hops(ORDER, {}, regions, 4)
+    assert places is not None
+    assert [h.region for h in places] == ["DE-BE", "DE-BY", "FR", "eu-west"]
+    countries = choose_hops(ORDER, {}, regions, 4, jurisdictions=True)
+    assert countries is not None
+    assert [h.region for h in countries] == ["DE-BE", "FR", "eu-west", "eu-east"]
+    assert choose_hops(ORDER[:3], {}, regions, 3, jurisdictions=True) is None
+
+
+@dataclass(frozen=True)
+class Record:
+    node_id: bytes
+    region: object
+
+
+def test_registry_regions_are_read_and_a_regions_file_overrides_them():
+    """Regions the exits declared on chain drive the choice; a malformed one counts as
+    unknown (never trusted, never blocking); the client's own file wins per node."""
+    records = [Record(ORDER[0].node_id, "US-CA"), Record(ORDER[1].node_id, "US-CA"),
+               Record(ORDER[2].node_id, "us-ca"), Record(ORDER[3].node_id, None),
+               Record(ORDER[4].node_id, b"DE")]  # fmt: skip
+    chain = registry_regions(records)
+    assert chain == {ORDER[0].node_id: "US-CA", ORDER[1].node_id: "US-CA"}
+    path = choose_hops(ORDER, {}, chain, 3)
+    assert path is not None  # the second US-CA node is passed over
+    assert [h.candidate for h in path] == [ORDER[0], ORDER[2], ORDER[3]]
+    # The operator of node 1 claims US-CA; the client knows it runs in Japan.
+    merged = chain | {ORDER[1].node_id: "JP"}
+    path = choose_hops(ORDER, {}, merged, 3)
+    assert path is not None
+    assert [(h.candidate, h.region) for h in path] == [
+        (ORDER[0], "US-CA"), (ORDER[1], "JP"), (ORDER[2], None)
+    ]  # fmt: skip

@@ -40,9 +40,10 @@ def test_enterprise():
     # 3 hops: multi-hop circuits are built (l2bridge.client.circuit), nothing refused.
     assert config.exit_nodes.multi_hop and config.exit_nodes.hops == 3
     assert "exit_nodes.multi_hop" not in fields and "exit_nodes.hops" not in fields
-    assert fields["exit_nodes.geographic_diversity"] is False  # no regions file: a warning
+    # Regions come from the registry (declared by each exit), so diversity needs no file.
+    assert "exit_nodes.geographic_diversity" not in fields
     assert fields["atomic_time.consensus_quorum"] is False  # 3 of 2 sources
-    assert {p.field for p in ensure_startable(config)} >= {"exit_nodes.geographic_diversity"}
+    assert "exit_nodes.geographic_diversity" not in {p.field for p in ensure_startable(config)}
 
 
 def test_ultra_secure_refuses_without_sgx():

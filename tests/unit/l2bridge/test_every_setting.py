@@ -194,13 +194,10 @@ def hops(w: World) -> None:
         ensure_startable(w.exit_cfg(exit_nodes={"multi_hop": True, "hops": 7}))
 
 
-def regions_file(w: World) -> None:
-    (w.dir / "regions.yaml").write_text(f"'{'ab' * 32}': eu-west\n")
-    wanted = {"multi_hop": True, "hops": 3, "geographic_diversity": True}
-    without = {p.field for p in ensure_startable(w.client_cfg(exit_nodes=wanted))}
-    assert "exit_nodes.geographic_diversity" in without  # no region known: warned
-    named = w.client_cfg(exit_nodes={**wanted, "regions_file": str(w.dir / "regions.yaml")})
-    assert "exit_nodes.geographic_diversity" not in {p.field for p in ensure_startable(named)}
+def chain_region(w: World) -> None:
+    with pytest.raises(ConfigError, match=r"chain\.region: 'Berlin' is not a region"):
+        w.exit_cfg(chain={"region": "Berlin"})
+    assert w.exit_cfg(chain={"region": "DE-BE"}).chain.region == "DE-BE"
 
 
 def relay_certificate(w: World) -> None:
@@ -581,7 +578,8 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "network.lan_interfaces": both(lan_interfaces, role_only("network.lan_interfaces", ["e1"])),
     "exit_nodes.multi_hop": multi_hop,
     "exit_nodes.hops": hops,
-    "exit_nodes.regions_file": regions_file,
+    "exit_nodes.regions_file": "tests/unit/l2bridge/test_circuit_choice.py::"
+    "test_registry_regions_are_read_and_a_regions_file_overrides_them",
     "exit_nodes.min_reputation": both(min_reputation, role_only("exit_nodes.min_reputation", 9)),
     "exit_nodes.geographic_diversity": diversity("geographic_diversity"),
     "exit_nodes.jurisdictional_diversity": diversity("jurisdictional_diversity"),
@@ -657,6 +655,7 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "test_client_picks_registry_exit_and_fails_over_on_pcr_change",
     "chain.attestation_interval": "tests/unit/exitnode/test_measured_config.py::"
     "test_lab_attestation_intervals_of_seconds_load",
+    "chain.region": chain_region,
     "chain.enrolment_voucher": "tests/unit/exitnode/test_upkeep_voucher.py::"
     "test_no_voucher_configured_says_what_to_run",
     "status.listen": "tests/unit/l2bridge/test_status.py::"
