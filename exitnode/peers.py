@@ -180,8 +180,8 @@ class ExitManagement:
             await asyncio.gather(*(p.link.close(revoked=True) for p in ended))
         names = sorted({p.name for p in ended})
         audit("revocations_installed", sequence=new.sequence, revoked=len(revoked), ended=names)
-        log.warning("revocation list #%d installed by the operator; ended: %s", new.sequence,
-                    ", ".join(names) or "none")  # fmt: skip
+        log.warning("revocation list #%d installed by the operator; revoked, tunnel ended: %s",
+                    new.sequence, ", ".join(names) or "none")  # fmt: skip
         return {"sequence": new.sequence, "revoked": len(revoked), "disconnected": names,
                 "credentials_cancelled": sorted(set(cancelled))}  # fmt: skip
 
