@@ -35,9 +35,12 @@ import yaml
 import l2bridge
 from hardware.chain import Anvil
 from hardware.netns import Lab
-from l2bridge.identity.keyfiles import save_certificate
+from l2bridge.identity.keyfiles import load_certificate, save_certificate
 from l2bridge.identity.keys import KIND_ADMIN, AdminKey, HybridSigningKey
+from l2bridge.node.credfiles import load_master_key, load_table, save_table
+from l2bridge.transport.token import Credential
 from lab import demo_net, demo_steps, demo_world, topology
+from lab.credlab import write_device
 from lab.demo_world import Settings, StepFailed, World
 
 pytestmark = pytest.mark.integration
@@ -93,6 +96,26 @@ def step_relay_configs(w: World) -> str:
             doc["chain"]["region"] = REGIONS[w.exit_names.index(name)]
         w.configs[name].write_text(yaml.safe_dump(doc, sort_keys=False))
     admin.key.wipe()
+    # Each relaying exit mints the next hop's token from a credential of its own, issued by
+    # that hop (the client's credential never leaves hop 1).
+    relays: dict[str, list[Credential]] = {name: [] for name in w.exit_names}
+    for hop in w.exit_names:
+        master = load_master_key(keys / f"{hop}.access.key")
+        table_path = keys / f"{hop}.credential-table.json"
+        table = load_table(table_path)
+        for name in w.exit_names:
+            if name != hop:
+                serial = load_certificate(keys / f"{name}.relay.cert").serial
+                ids = w.keys.exit_ids
+                _, credential = table.issue(master, ids[hop], ids[name], name, time.time(),
+                                            serial=serial)  # fmt: skip
+                relays[name].append(credential)
+        save_table(table, table_path)
+    for name, credentials in relays.items():
+        write_device(keys / f"{name}.relay-credentials.json", *credentials)
+        doc = yaml.safe_load(w.configs[name].read_text())
+        doc["endpoints"]["credential_file"] = f"{name}.relay-credentials.json"
+        w.configs[name].write_text(yaml.safe_dump(doc, sort_keys=False))
     ultra = yaml.safe_load(ULTRA.read_text())
     for name in w.client_names:
         doc = yaml.safe_load(w.configs[name].read_text())
@@ -104,7 +127,10 @@ def step_relay_configs(w: World) -> str:
         else:  # freshly registered exits start at reputation 500
             doc["exit_nodes"] = {"multi_hop": True, "hops": 3, "min_reputation": 500}
         w.configs[name].write_text(yaml.safe_dump(doc, sort_keys=False))
-    return f"exits relay (certificate from the admin); clients build {hops(w)}-hop circuits"
+    return (
+        "exits relay (certificate from the admin, a credential from every other exit); "
+        f"clients build {hops(w)}-hop circuits"
+    )
 
 
 def _gauge(doc: dict[str, Any], key: str) -> float:
