@@ -13,8 +13,25 @@ from collections.abc import Awaitable, Callable
 
 import uvloop
 
+from l2bridge.errors import L2BridgeError
 from l2bridge.node import audit as audit_log
 from l2bridge.node.config import Config, ConfigError
+
+
+def guarded(
+    command: str, func: Callable[[argparse.Namespace], int]
+) -> Callable[[argparse.Namespace], int]:
+    """``func`` with a local error (L2BridgeError, OSError) printed as one line naming the
+    command, exit status 1, instead of a traceback."""
+
+    def run(ns: argparse.Namespace) -> int:
+        try:
+            return int(func(ns))
+        except (L2BridgeError, OSError) as exc:
+            print(f"shadowmesh {command}: {exc}", file=sys.stderr)
+            return 1
+
+    return run
 
 
 def add_network_overrides(parser: argparse.ArgumentParser) -> None:

@@ -18,13 +18,12 @@ device's certificate (``shadowmesh peers revoke``) cancels credentials issued ag
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from l2bridge.errors import L2BridgeError, LocalError
+from l2bridge.commands.common import guarded
+from l2bridge.errors import LocalError
 from l2bridge.identity.keyfiles import load_certificate
 from l2bridge.identity.keys import HybridSigningKey, load_public
 from l2bridge.node.config import load_config
@@ -119,17 +118,6 @@ def cmd_revoke(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(ns: argparse.Namespace) -> int:
-        try:
-            return int(func(ns))
-        except (L2BridgeError, OSError) as exc:
-            print(f"shadowmesh credentials: {exc}", file=sys.stderr)
-            return 1
-
-    return run
-
-
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action")
     issue = sub.add_parser("issue", help="issue a credential to one device")
@@ -139,12 +127,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     issue.add_argument("--certificate", type=Path, help="the device's certificate")
     issue.add_argument("--out", type=Path, required=True, help="the device's credential file")
     issue.add_argument("--add", action="store_true", help="add to an existing --out file")
-    issue.set_defaults(func=_guard(cmd_issue))
+    issue.set_defaults(func=guarded("credentials", cmd_issue))
     listing = sub.add_parser("list", help="every credential in the exit's table")
     listing.add_argument("--config", type=Path, required=True)
-    listing.set_defaults(func=_guard(cmd_list))
+    listing.set_defaults(func=guarded("credentials", cmd_list))
     revoke = sub.add_parser("revoke", help="revoke a device's credentials")
     revoke.add_argument("--config", type=Path, required=True)
     revoke.add_argument("--name", help="every credential of this device name")
     revoke.add_argument("--handle", help="one credential (base64url, from list)")
-    revoke.set_defaults(func=_guard(cmd_revoke))
+    revoke.set_defaults(func=guarded("credentials", cmd_revoke))

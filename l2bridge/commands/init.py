@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import sys
 import time
 import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
 
 from l2bridge import codec
+from l2bridge.commands.common import guarded
 from l2bridge.commands.initfiles import (
     ClientPlan,
     ExitPlan,
@@ -36,7 +35,7 @@ from l2bridge.commands.initfiles import (
     exit_yaml,
     write_private_tls,
 )
-from l2bridge.errors import L2BridgeError, LocalError
+from l2bridge.errors import LocalError
 from l2bridge.identity.keyfiles import CERT_LABEL, save_certificate, save_revocations
 from l2bridge.identity.keys import (
     KIND_ADMIN,
@@ -302,17 +301,6 @@ def cmd_client(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(ns: argparse.Namespace) -> int:
-        try:
-            return int(func(ns))
-        except (L2BridgeError, OSError) as exc:
-            print(f"shadowmesh init: {exc}", file=sys.stderr)
-            return 1
-
-    return run
-
-
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="init_command", metavar="<role>")
     common = argparse.ArgumentParser(add_help=False)
@@ -339,13 +327,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--with-registry", action="store_true", help="register on chain")
     p.add_argument("--rpc-url", help="the chain's RPC URL (--with-registry)")
     p.add_argument("--contract", help="the registry's address (--with-registry)")
-    p.set_defaults(func=_guard(cmd_exit))
+    p.set_defaults(func=guarded("init", cmd_exit))
 
     p = sub.add_parser("join", parents=[common], help="one more join bundle from an exit's dir")
     p.add_argument("--name", required=True)
     p.add_argument("--device", type=Path, help="the device's own public key (.pub)")
     p.add_argument("--days", type=float, default=CERT_DAYS)
-    p.set_defaults(func=_guard(cmd_join))
+    p.set_defaults(func=guarded("init", cmd_join))
 
     p = sub.add_parser("client", parents=[common], help="set up a client from a join bundle")
     p.add_argument("--join", help="the join bundle from the exit")
@@ -355,4 +343,4 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tap", default="smc0", help="the client's TAP device (default smc0)")
     p.add_argument("--bridge", default="br-sm", help="the bridge the LAN joins (default br-sm)")
     p.add_argument("--with-tpm", action="store_true", help="require the exit's TPM evidence")
-    p.set_defaults(func=_guard(cmd_client))
+    p.set_defaults(func=guarded("init", cmd_client))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,19 @@ import pytest
 from hardware.tpm import Swtpm
 from lab.imaharness import EVENT_LOG, IMA_LIST
 from tests.integration.measured import boot
+
+
+@pytest.fixture
+def swtpm() -> Iterator[Swtpm]:
+    """A fresh swtpm, stopped afterwards even when a test left it stopped (SIGSTOP)."""
+    tpm = Swtpm().start()
+    try:
+        yield tpm
+    finally:
+        assert tpm._proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(tpm._proc.pid, signal.SIGCONT)
+        tpm.stop()
 
 
 @pytest.fixture

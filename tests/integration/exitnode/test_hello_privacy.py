@@ -20,9 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import os
-import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,18 +48,6 @@ NOW = int(time.time())
 CERT = ADMIN.issue(DEVICE.public, "laptop-of-alice", "acme-corporation", NOW - 60, NOW + 3600)
 KEY = ExitCredentials(EXIT.node_id)
 CRED = KEY.issue(DEVICE.node_id, "laptop-of-alice")
-
-
-@pytest.fixture
-def swtpm() -> Iterator[Swtpm]:
-    tpm = Swtpm().start()
-    try:
-        yield tpm
-    finally:
-        assert tpm._proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(tpm._proc.pid, signal.SIGCONT)
-        tpm.stop()
 
 
 class Recorder:

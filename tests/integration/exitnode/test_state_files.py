@@ -45,12 +45,6 @@ def full_dir(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mount)], check=True)
 
 
-@pytest.fixture
-def swtpm() -> Iterator[Swtpm]:
-    with Swtpm() as tpm:
-        yield tpm
-
-
 def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name != "filler")
 

@@ -19,7 +19,6 @@ import hashlib
 import logging
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,18 +52,6 @@ class NoEvidence(Exception):
 def require_evidence(evidence: bytes, nonce: bytes, node_id: bytes) -> None:
     if not evidence:
         raise NoEvidence
-
-
-@pytest.fixture
-def swtpm() -> Iterator[Swtpm]:
-    tpm = Swtpm().start()
-    try:
-        yield tpm
-    finally:
-        assert tpm._proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(tpm._proc.pid, signal.SIGCONT)
-        tpm.stop()
 
 
 def signal_tpm(tpm: Swtpm, sig: signal.Signals) -> None:
