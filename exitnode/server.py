@@ -50,8 +50,8 @@ from l2bridge.node.credfiles import (
     load_master_key,
     load_table,
     load_wallet,
-    save_table,
     stamp,
+    update_table,
 )
 from l2bridge.node.health import components
 from l2bridge.node.metrics import Metrics
@@ -328,10 +328,11 @@ class ExitNode:
         names = self.verifier.table.revoke_serials(serials)
         path = self.config.keys.credentials
         if names and path is not None:
+            # Under the table's lock, on what is on disk now; the watcher installs the
+            # saved table at its next poll (with anything the command added meanwhile).
             try:
-                save_table(self.verifier.table, path)
-                self._table_stamp = stamp(path)
-            except OSError as exc:
+                update_table(path, lambda table: table.revoke_serials(serials))
+            except (OSError, L2BridgeError) as exc:
                 log.error("keys.credentials: cannot save (%s)", type(exc).__name__)
         return names
 

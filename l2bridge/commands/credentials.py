@@ -31,10 +31,10 @@ from l2bridge.node.credfiles import (
     load_master_key,
     load_table,
     load_wallet,
-    save_table,
     save_wallet,
+    update_table,
 )
-from l2bridge.transport.credentials import CredentialWallet
+from l2bridge.transport.credentials import CredentialEntry, CredentialTable, CredentialWallet
 from l2bridge.transport.token import b64_bytes, b64_text
 
 
@@ -74,13 +74,16 @@ def cmd_issue(ns: argparse.Namespace) -> int:
         if not ns.add:
             raise CredentialsError(f"{out}: exists (--add adds the credential to it)")
         wallet = load_wallet(out)
-    table = load_table(table_path)
-    entry, credential = table.issue(
-        load_master_key(master_path), node_id, device, ns.name, time.time(), serial=serial
-    )
-    wallet.add(credential)
-    save_wallet(wallet, out)  # the device's file first: a table entry without it is harmless
-    save_table(table, table_path)
+    master = load_master_key(master_path)
+
+    def issue(table: CredentialTable) -> CredentialEntry:
+        now = time.time()
+        entry, credential = table.issue(master, node_id, device, ns.name, now, serial=serial)
+        wallet.add(credential)
+        save_wallet(wallet, out)  # the device's file first: a table entry without it is harmless
+        return entry
+
+    entry = update_table(table_path, issue)
     print(f"credential   {ns.name} -> device {device.hex()[:16]} (handle {_handle(entry.handle)})")
     print(f"device file  {out}   (secret: copy it to the device over ssh/scp only)")
     return 0
@@ -105,12 +108,15 @@ def cmd_revoke(ns: argparse.Namespace) -> int:
     _, table_path, _ = _exit_paths(ns.config)
     if (ns.name is None) == (ns.handle is None):
         raise CredentialsError("give --name NAME or --handle HANDLE (one of them)")
-    table = load_table(table_path)
     handle = None if ns.handle is None else b64_bytes(ns.handle, 16, "--handle")
-    revoked = table.revoke(name=ns.name, handle=handle)
-    if not revoked:
-        raise CredentialsError("no live credential matches")
-    save_table(table, table_path)
+
+    def revoke(table: CredentialTable) -> list[str]:
+        revoked = table.revoke(name=ns.name, handle=handle)
+        if not revoked:
+            raise CredentialsError("no live credential matches")  # nothing is saved
+        return revoked
+
+    revoked = update_table(table_path, revoke)
     for h in revoked:
         print(f"revoked      {h}")
     print("the running exit refuses these tokens within a second, and ends the tunnels of a")

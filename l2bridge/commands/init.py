@@ -48,7 +48,7 @@ from l2bridge.identity.keys import (
 )
 from l2bridge.node import bundle as join_bundle
 from l2bridge.node.config import load_config
-from l2bridge.node.credfiles import load_master_key, load_table, save_table, save_wallet
+from l2bridge.node.credfiles import load_master_key, save_table, save_wallet, update_table
 from l2bridge.transport.credentials import CredentialTable, CredentialWallet
 from l2bridge.transport.token import MasterKey
 
@@ -200,12 +200,11 @@ def _make_bundle(d: Path, admin: AdminKey, name: str, device_pub: Path | None, d
     save_certificate(cert, d / "certs" / f"{name}.cert")  # kept to revoke it later
     # The device's own credential for this exit, named in the exit's table (revoking the
     # certificate cancels it too: the entry records the certificate's serial).
-    table = load_table(d / "credentials.json")
-    _, credential = table.issue(
-        load_master_key(d / "access.key"), node_id, device.node_id, name, now,
-        serial=cert.serial,
-    )  # fmt: skip
-    save_table(table, d / "credentials.json")
+    master = load_master_key(d / "access.key")
+    _, credential = update_table(
+        d / "credentials.json",
+        lambda table: table.issue(master, node_id, device.node_id, name, now, serial=cert.serial),
+    )
     bundle = join_bundle.JoinBundle(
         name=name,
         url=url,

@@ -9,14 +9,20 @@ device ids) but must not be writable by others, since it decides who is admitted
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from l2bridge.errors import KeyFileError
 from l2bridge.identity.keys import read_checked_file, read_private_file, write_private_file
 from l2bridge.transport.credentials import CredentialTable, CredentialWallet
 from l2bridge.transport.errors import TokenError
 from l2bridge.transport.token import MasterKey
+
+T = TypeVar("T")
 
 
 def load_master_key(path: Path) -> MasterKey:
@@ -62,6 +68,34 @@ def save_table(table: CredentialTable, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def _table_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for one read-change-write of the table. The lock lives in a
+    file beside it (``.NAME.lock``), never replaced, so every writer locks the same inode."""
+    lock_path = path.with_name(f".{path.name}.lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise KeyFileError(f"{lock_path}: cannot open ({exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+def update_table(path: Path, change: Callable[[CredentialTable], T]) -> T:
+    """Read the table, apply ``change`` to it and save it, under the table's lock, so two
+    writers (``shadowmesh credentials`` and ``init`` runs, the exit cancelling credentials
+    of a revoked certificate) never lose each other's entries or revocations. Nothing is
+    saved when ``change`` raises. Returns what ``change`` returned."""
+    with _table_lock(path):
+        table = load_table(path)
+        result = change(table)
+        save_table(table, path)
+    return result
 
 
 def stamp(path: Path) -> tuple[int, int, int] | None:

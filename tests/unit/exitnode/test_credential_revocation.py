@@ -50,5 +50,8 @@ def test_management_revoke_cancels_the_devices_credentials(tmp_path: Path) -> No
     assert node.verifier.check(mint_token(laptop_cred, now), now) is None
     assert node.verifier.rejected["revoked"] == 1
     assert node.verifier.check(mint_token(desk_cred, now), now) is not None
-    # The reload watch sees the file it wrote itself as current (no spurious reload).
+    # The watcher then installs the table saved under the lock; the revocation holds.
+    assert node.reload_credentials() is True
+    assert {e.name: e.revoked for e in node.verifier.table} == {"laptop": True, "desk": False}
+    assert node.verifier.check(mint_token(laptop_cred, now), now) is None
     assert node.reload_credentials() is False
