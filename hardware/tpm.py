@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -25,7 +26,9 @@ from pathlib import Path
 DEVICE_PATH = "/dev/tpmrm0"
 START_TIMEOUT_S = 10.0
 SETUP_TIMEOUT_S = 60.0
-PORT_ATTEMPTS = 20
+PORT_ATTEMPTS = 50
+EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+FIXED_PORTS_FROM = 10000  # below this, well-known and registered services
 NETNS_PORT = 2321  # swtpm's usual server port; its control port is the next one
 
 
@@ -34,19 +37,29 @@ def device_tcti(path: str = DEVICE_PATH) -> str:
     return f"device:{path}"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path(EPHEMERAL_RANGE_FILE).read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def _free_port_pair() -> int:
-    """A port p such that p and p+1 are both free on 127.0.0.1 right now."""
+    """A port p such that p and p+1 are both free on 127.0.0.1 right now.
+
+    Taken below the kernel's ephemeral range: after a burst of connections that range is
+    full of TIME_WAIT sockets, where a port handed out by bind(0) often has a busy p+1."""
+    low, high = _ephemeral_range()
+    lo, hi = (FIXED_PORTS_FROM, low - 2) if low - 2 > FIXED_PORTS_FROM else (high + 1, 65533)
     for _ in range(PORT_ATTEMPTS):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port >= 65535:
+        port = random.randint(lo, hi)
+        try:
+            for candidate in (port, port + 1):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
             continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
         return port
     raise RuntimeError("no pair of free loopback ports")
 
