@@ -359,7 +359,9 @@ async def _child(args: argparse.Namespace) -> None:
         identity.node_id, load_master_key(base / f"{name}.access.key"),
         load_table(base / f"{name}.credential-table.json"),
     )  # fmt: skip
-    wallet = load_wallet(base / f"{name}.credentials.json")
+    # A lone exit (a 1-hop circuit) extends to no one: it holds no relay credential.
+    wallet_file = base / f"{name}.credentials.json"
+    wallet = load_wallet(wallet_file) if wallet_file.exists() else CredentialWallet()
     tap = open_tap(TapConfig(name=f"smx{args.index}", mtu=args.mtu, offload=args.offload))
     netns.attach(None, tap.name, args.exit_bridge)
     x = RelayExit(identity, allow, creds=creds, wallet=wallet)
@@ -386,6 +388,8 @@ async def _scenario_processes(args: argparse.Namespace) -> None:
             LAB_EXITS[k.node_id] = ExitCredentials(k.node_id)
         for i, k in enumerate(keys):
             CLIENT_WALLET.for_exit(k.node_id)  # issued before the tables are written
+            if len(keys) == 1:
+                continue
             write_device(base / f"exit{i}.credentials.json", *(
                 LAB_EXITS[o.node_id].issue(k.node_id, f"relay-{i}") for o in keys if o is not k
             ))  # fmt: skip
