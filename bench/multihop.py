@@ -6,7 +6,10 @@ Run (as root for the TCP part): ``python -m bench.multihop [--offload] [--proces
 
 ``--profile DIR`` samples the circuit process (and with ``--processes`` its exits) with
 ``py-spy record --native`` while iperf3 runs, one collapsed-stack file per hop count in DIR
-(``hops<n>.txt``): where the CPU of each relayed frame goes.
+(``hops<n>.txt``): where the CPU of each relayed frame goes. ``cpu_us_per_64k``: CPU
+time (user + system, from /proc) of the circuit process(es) during the iperf3 run per
+64 KiB carried (bytes estimated as the rate times the run, the omitted first second
+included): a cost that the machine's other load changes far less than throughput.
 
 TCP part (root, namespaces; ``--tcp-seconds 0`` skips it): lan-a and lan-b hosts joined by
 ``python -m lab.circuitlab`` (real TAPs) through circuits of n = 1, 3, 5 relaying exits;
@@ -168,6 +171,28 @@ async def run(megabytes: int, count: int, pings: int) -> dict[str, object]:
     }
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (``/proc``)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        parent[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += cpu.get(p, 0.0)
+        todo.extend(c for c, pp in parent.items() if pp == p)
+    return total
+
+
 def tcp_figures(
     seconds: float,
     offload: bool,
@@ -178,6 +203,7 @@ def tcp_figures(
     """iperf3 (1 stream) and ping between two LANs joined by circuits of ``counts`` hops."""
     gbps: dict[str, float] = {}
     added: dict[str, float] = {}
+    cpu_us: dict[str, float] = {}
     for n in counts:
         with Lab() as lab:
             lan_a, mesh, lan_b = (lab.namespace(p) for p in ("lana", "mesh", "lanb"))
@@ -222,7 +248,13 @@ def tcp_figures(
                      *(["--subprocesses"] if processes else [])],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
+            cpu0 = tree_cpu_seconds(proc.pid)
             gbps[str(n)] = iperf_gbps(topo, 1, seconds)
+            cpu1 = tree_cpu_seconds(proc.pid)
+            # iperf3 ran seconds + 1 (the omitted first second): bytes ~ rate x that time.
+            carried = gbps[str(n)] * 1e9 / 8 * (seconds + 1) / 65536
+            if carried:
+                cpu_us[str(n)] = round((cpu1 - cpu0) / carried * 1e6, 1)
             if spy is not None:
                 spy.wait(timeout=seconds + 30)
             lab.stop(proc)
@@ -230,6 +262,7 @@ def tcp_figures(
     return {
         "tcp1_gbps": gbps,
         "added_rtt_ms": added,
+        "cpu_us_per_64k": cpu_us,
         "ratio_3hop": round(gbps["3"] / gbps["1"], 3) if gbps.get("1") and "3" in gbps else None,
         "ratio_5hop": round(gbps["5"] / gbps["1"], 3) if gbps.get("1") and "5" in gbps else None,
     }

@@ -41,8 +41,10 @@ from l2bridge.client.circuit import CircuitBuilder, Hop
 from l2bridge.client.failover import DialSettings
 from l2bridge.client.pump import Backoff, Client
 from l2bridge.client.selection import Candidate, SelectionPolicy
+from l2bridge.commands.common import event_loop_factory
 from l2bridge.constants import Mode
 from l2bridge.identity.keys import AllowList, Authorizer, HybridSigningKey
+from l2bridge.node import allocator
 from l2bridge.node import link as tunnel
 from l2bridge.node.credfiles import load_master_key, load_table, load_wallet
 from l2bridge.node.metrics import Metrics
@@ -483,12 +485,15 @@ def main() -> None:
     parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        asyncio.run(_child(args))
-    elif args.processes:
-        asyncio.run(_scenario_processes(args))
-    else:
-        asyncio.run(_scenario(args))
+    # The event loop and allocator settings the nodes run with (common.run_node).
+    allocator.tune()
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        if args.child:
+            runner.run(_child(args))
+        elif args.processes:
+            runner.run(_scenario_processes(args))
+        else:
+            runner.run(_scenario(args))
 
 
 if __name__ == "__main__":
