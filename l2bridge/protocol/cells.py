@@ -93,8 +93,14 @@ class Cell:
     body: memoryview
 
 
-def encode_cell(kind: CellKind, circuit: int, body: bytes) -> bytes:
+def encode_cell(kind: CellKind, circuit: int, body: bytes | bytearray | memoryview) -> bytes:
     return _CELL.pack(CELL_MAGIC, kind, circuit) + body
+
+
+def cell_header(kind: CellKind, circuit: int) -> bytes:
+    """The header ``encode_cell`` puts before a body: the onion functions write it into
+    the cell's buffer themselves (``prefix``), so no copy of the body is made for it."""
+    return _CELL.pack(CELL_MAGIC, kind, circuit)
 
 
 def looks_like_cell(frame: bytes | bytearray | memoryview) -> bool:
@@ -177,7 +183,9 @@ def size_class(length: int) -> int:
 _LARGEST_DATA = RELAY_SIZE_CLASSES[-1] - RELAY_MESSAGE_HEADER_SIZE
 
 
-def relay_payloads(command: RelayCommand, data: bytes | memoryview) -> Iterator[bytes]:
+def relay_payloads(
+    command: RelayCommand, data: bytes | bytearray | memoryview
+) -> Iterator[bytearray]:
     """The padded payload(s) of one relay message.
 
     DATA and PADDING: one cell of the smallest class that fits, or fragments of the largest
@@ -188,18 +196,21 @@ def relay_payloads(command: RelayCommand, data: bytes | memoryview) -> Iterator[
         raise ValueError("relay message larger than MAX_RELAY_MESSAGE")
     bulk = command is RelayCommand.DATA or command is RelayCommand.PADDING
     chunk = _LARGEST_DATA if bulk else CONTROL_FRAGMENT_CLASS - RELAY_MESSAGE_HEADER_SIZE
-    for start in range(0, max(len(data), 1), chunk):
-        part = bytes(data[start : start + chunk])
-        flags = (FLAG_MORE if start + chunk < len(data) else 0) | (FLAG_CONTINUED if start else 0)
-        head = _MESSAGE.pack(command, flags, len(part))
+    view = memoryview(data).cast("B")
+    for start in range(0, max(len(view), 1), chunk):
+        part = view[start : start + chunk]
+        flags = (FLAG_MORE if start + chunk < len(view) else 0) | (FLAG_CONTINUED if start else 0)
         size = size_class(len(part)) if bulk else CONTROL_FRAGMENT_CLASS
-        yield head + part + bytes(size - len(head) - len(part))
+        payload = bytearray(size)  # zeros: the padding
+        _MESSAGE.pack_into(payload, 0, command, flags, len(part))
+        payload[RELAY_MESSAGE_HEADER_SIZE : RELAY_MESSAGE_HEADER_SIZE + len(part)] = part
+        yield payload
 
 
 @dataclass(frozen=True, slots=True)
 class RelayMessage:
     command: RelayCommand
-    data: bytes
+    data: bytes | memoryview  # a view for DATA in one cell, else bytes
 
 
 class Reassembler:
@@ -214,12 +225,12 @@ class Reassembler:
     def __init__(self, drops: Counter[str], limit: int = MAX_RELAY_MESSAGE) -> None:
         self.drops = drops
         self._limit = limit
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | memoryview] = []
         self._size = 0
         self._command: int | None = None
         self._last = -1
 
-    def add(self, sequence: int, payload: bytes) -> RelayMessage | None:
+    def add(self, sequence: int, payload: bytes | bytearray | memoryview) -> RelayMessage | None:
         if len(payload) not in RELAY_SIZE_CLASSES:
             self.drops["bad_size"] += 1
             return None
@@ -232,7 +243,8 @@ class Reassembler:
             self._reset()
             self.drops["bad_message"] += 1
             return None
-        data = payload[RELAY_MESSAGE_HEADER_SIZE : RELAY_MESSAGE_HEADER_SIZE + length]
+        # A view, not a copy: a DATA frame goes on as a view of the opened payload.
+        data = memoryview(payload)[RELAY_MESSAGE_HEADER_SIZE : RELAY_MESSAGE_HEADER_SIZE + length]
         continued = bool(flags & FLAG_CONTINUED)
         if self._command is not None and (
             not continued or command != self._command or sequence != self._last + 1
@@ -244,7 +256,8 @@ class Reassembler:
             self.drops["orphan_fragment"] += 1  # its start was lost or refused
             return None
         if self._command is None and not flags & FLAG_MORE:
-            return RelayMessage(RelayCommand(command), data)
+            kind = RelayCommand(command)
+            return RelayMessage(kind, data if kind is RelayCommand.DATA else bytes(data))
         if self._size + length > self._limit:
             self._reset()
             self.drops["message_too_large"] += 1
