@@ -122,15 +122,21 @@ def _body_ok(kind: int, frame_size: int) -> bool:
     return False
 
 
+_KINDS = {int(k): k for k in CellKind}  # a dict lookup per cell, not an Enum call
+_COMMANDS = {int(c): c for c in RelayCommand}
+
+
 def parse_cell(frame: bytes | bytearray | memoryview) -> Cell:
     """The cell in a link frame; ``MalformedMessage`` on a bad magic, kind or size."""
-    view = memoryview(frame).cast("B")
+    view = memoryview(frame)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
     if len(view) < CELL_HEADER_SIZE:
         raise MalformedMessage("short cell")
     magic, kind, circuit = _CELL.unpack_from(view, 0)
     if magic != CELL_MAGIC or not _body_ok(kind, len(view)):
         raise MalformedMessage("not a cell")
-    return Cell(CellKind(kind), circuit, view[CELL_HEADER_SIZE:])
+    return Cell(_KINDS[kind], circuit, view[CELL_HEADER_SIZE:])
 
 
 # -- CREATE / CREATED fragments ----------------------------------------------------------------
@@ -227,16 +233,17 @@ class Reassembler:
         self._limit = limit
         self._parts: list[bytes | memoryview] = []
         self._size = 0
-        self._command: int | None = None
+        self._command: RelayCommand | None = None
         self._last = -1
 
     def add(self, sequence: int, payload: bytes | bytearray | memoryview) -> RelayMessage | None:
         if len(payload) not in RELAY_SIZE_CLASSES:
             self.drops["bad_size"] += 1
             return None
-        command, flags, length = _MESSAGE.unpack_from(payload, 0)
+        code, flags, length = _MESSAGE.unpack_from(payload, 0)
+        command = _COMMANDS.get(code)
         if (
-            command not in RelayCommand._value2member_map_
+            command is None
             or flags & ~(FLAG_MORE | FLAG_CONTINUED)
             or length > len(payload) - RELAY_MESSAGE_HEADER_SIZE
         ):
@@ -256,8 +263,7 @@ class Reassembler:
             self.drops["orphan_fragment"] += 1  # its start was lost or refused
             return None
         if self._command is None and not flags & FLAG_MORE:
-            kind = RelayCommand(command)
-            return RelayMessage(kind, data if kind is RelayCommand.DATA else bytes(data))
+            return RelayMessage(command, data if command is RelayCommand.DATA else bytes(data))
         if self._size + length > self._limit:
             self._reset()
             self.drops["message_too_large"] += 1
@@ -267,7 +273,7 @@ class Reassembler:
         self._size += length
         if flags & FLAG_MORE:
             return None
-        message = RelayMessage(RelayCommand(command), b"".join(self._parts))
+        message = RelayMessage(command, b"".join(self._parts))
         self._reset()
         return message
 
