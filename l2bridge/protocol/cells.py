@@ -187,11 +187,10 @@ def size_class(length: int) -> int:
 
 
 _LARGEST_DATA = RELAY_SIZE_CLASSES[-1] - RELAY_MESSAGE_HEADER_SIZE
+_ZEROS = memoryview(bytes(RELAY_SIZE_CLASSES[-1]))  # padding, sliced (never written)
 
 
-def relay_payloads(
-    command: RelayCommand, data: bytes | bytearray | memoryview
-) -> Iterator[bytearray]:
+def relay_payloads(command: RelayCommand, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
     """The padded payload(s) of one relay message.
 
     DATA and PADDING: one cell of the smallest class that fits, or fragments of the largest
@@ -202,15 +201,16 @@ def relay_payloads(
         raise ValueError("relay message larger than MAX_RELAY_MESSAGE")
     bulk = command is RelayCommand.DATA or command is RelayCommand.PADDING
     chunk = _LARGEST_DATA if bulk else CONTROL_FRAGMENT_CLASS - RELAY_MESSAGE_HEADER_SIZE
-    view = memoryview(data).cast("B")
+    view = memoryview(data)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
     for start in range(0, max(len(view), 1), chunk):
         part = view[start : start + chunk]
         flags = (FLAG_MORE if start + chunk < len(view) else 0) | (FLAG_CONTINUED if start else 0)
         size = size_class(len(part)) if bulk else CONTROL_FRAGMENT_CLASS
-        payload = bytearray(size)  # zeros: the padding
-        _MESSAGE.pack_into(payload, 0, command, flags, len(part))
-        payload[RELAY_MESSAGE_HEADER_SIZE : RELAY_MESSAGE_HEADER_SIZE + len(part)] = part
-        yield payload
+        pad = size - RELAY_MESSAGE_HEADER_SIZE - len(part)
+        # One pass over the frame: no zero-filled buffer written over afterwards.
+        yield b"".join((_MESSAGE.pack(command, flags, len(part)), part, _ZEROS[:pad]))
 
 
 @dataclass(frozen=True, slots=True)
