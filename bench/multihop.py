@@ -1,7 +1,15 @@
 """Circuits through 1, 3 and 5 relaying exits on loopback: throughput, idle RTT, build time.
 
-Run (as root for the TCP part): ``python bench/multihop.py [--offload] [--processes]
-[--megabytes 20] [--builds 20] [--pings 50] [--tcp-seconds 5]``.
+Run (as root for the TCP part): ``python -m bench.multihop [--offload] [--processes]
+[--megabytes 20] [--builds 20] [--pings 50] [--tcp-seconds 5] [--hops 1,3,5]
+[--profile DIR]``.
+
+``--profile DIR`` samples the circuit process (and with ``--processes`` its exits) with
+``py-spy record --native`` while iperf3 runs, one collapsed-stack file per hop count in DIR
+(``hops<n>.txt``): where the CPU of each relayed frame goes. ``cpu_us_per_64k``: CPU
+time (user + system, from /proc) of the circuit process(es) during the iperf3 run per
+64 KiB carried (bytes estimated as the rate times the run, the omitted first second
+included): a cost that the machine's other load changes far less than throughput.
 
 TCP part (root, namespaces; ``--tcp-seconds 0`` skips it): lan-a and lan-b hosts joined by
 ``python -m lab.circuitlab`` (real TAPs) through circuits of n = 1, 3, 5 relaying exits;
@@ -163,11 +171,40 @@ async def run(megabytes: int, count: int, pings: int) -> dict[str, object]:
     }
 
 
-def tcp_figures(seconds: float, offload: bool, processes: bool) -> dict[str, object]:
-    """iperf3 (1 stream) and ping between two LANs joined by circuits of 1, 3 and 5 hops."""
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (``/proc``)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        parent[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += cpu.get(p, 0.0)
+        todo.extend(c for c, pp in parent.items() if pp == p)
+    return total
+
+
+def tcp_figures(
+    seconds: float,
+    offload: bool,
+    processes: bool,
+    counts: tuple[int, ...] = (1, 3, 5),
+    profile: Path | None = None,
+) -> dict[str, object]:
+    """iperf3 (1 stream) and ping between two LANs joined by circuits of ``counts`` hops."""
     gbps: dict[str, float] = {}
     added: dict[str, float] = {}
-    for n in (1, 3, 5):
+    cpu_us: dict[str, float] = {}
+    for n in counts:
         with Lab() as lab:
             lan_a, mesh, lan_b = (lab.namespace(p) for p in ("lana", "mesh", "lanb"))
             for ns in (lan_a, mesh, lan_b):
@@ -201,20 +238,39 @@ def tcp_figures(seconds: float, offload: bool, processes: bool) -> dict[str, obj
             added[str(n)] = round(ping_rtt_ms(topo) - direct, 3)
             lab.spawn(lan_b, ["iperf3", "-s", "-p", str(IPERF_PORT)])
             time.sleep(0.5)
+            spy = None
+            if profile is not None:
+                profile.mkdir(parents=True, exist_ok=True)
+                spy = subprocess.Popen(
+                    ["py-spy", "record", "--native", "--format", "raw",
+                     "--rate", "200", "--duration", str(max(1, int(seconds))),
+                     "--output", str(profile / f"hops{n}.txt"), "--pid", str(proc.pid),
+                     *(["--subprocesses"] if processes else [])],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+            cpu0 = tree_cpu_seconds(proc.pid)
             gbps[str(n)] = iperf_gbps(topo, 1, seconds)
+            cpu1 = tree_cpu_seconds(proc.pid)
+            # iperf3 ran seconds + 1 (the omitted first second): bytes ~ rate x that time.
+            carried = gbps[str(n)] * 1e9 / 8 * (seconds + 1) / 65536
+            if carried:
+                cpu_us[str(n)] = round((cpu1 - cpu0) / carried * 1e6, 1)
+            if spy is not None:
+                spy.wait(timeout=seconds + 30)
             lab.stop(proc)
             proc.stdout.close()
     return {
         "tcp1_gbps": gbps,
         "added_rtt_ms": added,
-        "ratio_3hop": round(gbps["3"] / gbps["1"], 3) if gbps["1"] else None,
-        "ratio_5hop": round(gbps["5"] / gbps["1"], 3) if gbps["1"] else None,
+        "cpu_us_per_64k": cpu_us,
+        "ratio_3hop": round(gbps["3"] / gbps["1"], 3) if gbps.get("1") and "3" in gbps else None,
+        "ratio_5hop": round(gbps["5"] / gbps["1"], 3) if gbps.get("1") and "5" in gbps else None,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--megabytes", type=int, default=20)
+    parser.add_argument("--megabytes", type=int, default=20, help="0: skip the frame part")
     parser.add_argument("--builds", type=int, default=20)
     parser.add_argument("--pings", type=int, default=50)
     parser.add_argument("--tcp-seconds", type=float, default=5.0, help="0: skip the TCP part")
@@ -224,17 +280,25 @@ def main() -> None:
     parser.add_argument(
         "--processes", action="store_true", help="TCP part: each exit in its own process"
     )
+    parser.add_argument(
+        "--hops", default="1,3,5", help="TCP part: circuit lengths, comma-separated (1,3,5)"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="TCP part: py-spy collapsed stacks per length into DIR"
+    )
     args = parser.parse_args()
+    counts = tuple(int(h) for h in args.hops.split(","))
     result: dict[str, object] = {}
     if args.tcp_seconds > 0 and os.geteuid() == 0:
         result.update(
-            tcp_figures(args.tcp_seconds, args.offload, args.processes),
+            tcp_figures(args.tcp_seconds, args.offload, args.processes, counts, args.profile),
             tcp_offload=args.offload,
             tcp_hop_processes=args.processes,
         )
     else:
         result.update(tcp1_gbps=None, added_rtt_ms=None, ratio_3hop=None, ratio_5hop=None)
-    result.update(asyncio.run(run(args.megabytes, args.builds, args.pings)))
+    if args.megabytes > 0:  # 0: the TCP part only
+        result.update(asyncio.run(run(args.megabytes, args.builds, args.pings)))
     print(json.dumps(result))
 
 

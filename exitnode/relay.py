@@ -55,6 +55,7 @@ from l2bridge.protocol.cells import (
     Extend,
     ExtendFailure,
     HandshakeAssembler,
+    cell_header,
     destroy_cell,
     encode_cell,
     handshake_cells,
@@ -82,12 +83,12 @@ class _Queue:
     def __init__(self, link: tunnel.Link, metrics: Metrics) -> None:
         self.link = link
         self._metrics = metrics
-        self._cells: deque[bytes] = deque()
+        self._cells: deque[Buffer] = deque()
         self._bytes = 0
         self._ready = asyncio.Event()
         self._task = asyncio.ensure_future(self._drain())
 
-    def put(self, cells: Sequence[bytes]) -> None:
+    def put(self, cells: Sequence[Buffer]) -> None:
         if not cells:
             return
         if not self._cells:
@@ -112,7 +113,7 @@ class _Queue:
         with contextlib.suppress(TransportClosed):
             while True:
                 await self._ready.wait()
-                batch: list[bytes] = []
+                batch: list[Buffer] = []
                 while self._cells and len(batch) < constants.RELAY_SEND_BATCH:
                     cell = self._cells.popleft()
                     self._bytes -= len(cell)
@@ -131,12 +132,12 @@ class _CircuitPort:
     def __init__(self, relay: Relay, hop: _Hop) -> None:
         self._relay = relay
         self._hop = hop
-        self._inbox: asyncio.Queue[list[bytes] | None] = asyncio.Queue(
+        self._inbox: asyncio.Queue[list[Buffer] | None] = asyncio.Queue(
             constants.CIRCUIT_QUEUE_CELLS
         )
         self.closed = False
 
-    def deliver(self, frames: list[bytes]) -> None:
+    def deliver(self, frames: list[Buffer]) -> None:
         try:
             self._inbox.put_nowait(frames)
         except asyncio.QueueFull:
@@ -146,8 +147,7 @@ class _CircuitPort:
         if self.closed:
             raise TransportClosed("circuit closed")
         hop = self._hop
-        cells = [encode_cell(CellKind.RELAY, hop.prev_id, b) for b in hop.circuit.originate(frames)]
-        hop.to_prev.put(cells)
+        hop.to_prev.put(hop.circuit.originate(frames, cell_header(CellKind.RELAY, hop.prev_id)))
 
     async def recv_frames(self) -> Sequence[Buffer]:
         batch = await self._inbox.get()
@@ -171,9 +171,11 @@ class _Hop:
         self.circuit = circuit
         self.prev = prev
         self.prev_id = prev_id
+        self.prev_header = cell_header(CellKind.RELAY, prev_id)  # RELAY cells toward prev
         self.to_prev = to_prev
         self.next: tunnel.Link | None = None
         self.next_id = 0
+        self.next_header = b""  # RELAY cells toward next, once extended
         self.to_next: _Queue | None = None
         self.port: _CircuitPort | None = None
         self.created: asyncio.Future[bytes] | None = None
@@ -189,8 +191,8 @@ class _Batch:
     __slots__ = ("cells", "frames")
 
     def __init__(self) -> None:
-        self.cells: dict[_Queue, list[bytes]] = {}
-        self.frames: dict[_Hop, list[bytes]] = {}
+        self.cells: dict[_Queue, list[Buffer]] = {}
+        self.frames: dict[_Hop, list[Buffer]] = {}
 
     def flush(self, relay: Relay) -> None:
         frames, cells = self.frames, self.cells
@@ -423,15 +425,15 @@ class Relay:
         hop.to_prev.put(created)
 
     def _relay_forward(self, hop: _Hop, cell: Cell, batch: _Batch) -> None:
-        out = hop.circuit.from_previous(cell.body, self.clock())
+        out = hop.circuit.from_previous(cell.body, self.clock(), hop.next_header)
         if out.forward is not None:
             if hop.to_next is None or not hop.circuit.extended:
                 self.metrics.counters.drop("next_hop_not_ready")
             else:
                 self.relayed_cells += 1
-                self.relayed_bytes += len(out.forward)
+                self.relayed_bytes += len(cell.body)
                 cells = batch.cells.setdefault(hop.to_next, [])
-                cells.append(encode_cell(CellKind.RELAY, hop.next_id, out.forward))
+                cells.append(out.forward)  # the cell, its header for the next link included
         if out.join:  # the tail's port in its segment exists from the client's first word
             batch.frames.setdefault(hop, []).extend(out.frames)
         if out.reply:
@@ -439,7 +441,7 @@ class Relay:
         if out.extend is not None:
             hop.tasks.append(asyncio.ensure_future(self._extend(hop, out.extend)))
 
-    def _to_segment(self, hop: _Hop, frames: list[bytes]) -> None:
+    def _to_segment(self, hop: _Hop, frames: list[Buffer]) -> None:
         if self.board is None:
             self.metrics.counters.drop("no_segment", len(frames))
             return
@@ -511,6 +513,7 @@ class Relay:
             await nxt.close()
             raise TransportClosed("circuit closed meanwhile")
         hop.next, hop.next_id = nxt, secrets.randbelow(2**32)
+        hop.next_header = cell_header(CellKind.RELAY, hop.next_id)
         hop.to_next = _Queue(nxt, self.metrics)
         hop.created = asyncio.get_running_loop().create_future()
         assembler = HandshakeAssembler()
@@ -522,7 +525,7 @@ class Relay:
     def _from_next(
         self, hop: _Hop, frames: list[memoryview], assembler: HandshakeAssembler
     ) -> None:
-        back: list[bytes] = []  # relayed toward the client: one put for the whole batch
+        back: list[Buffer] = []  # relayed toward the client: one put for the whole batch
         for frame in frames:
             try:
                 cell = parse_cell(frame)
@@ -542,11 +545,11 @@ class Relay:
                     hop.created.set_result(created)
                     hop.created = None
             elif cell.kind is CellKind.RELAY:
-                body = hop.circuit.from_next(cell.body)
-                if body is not None:
+                wrapped = hop.circuit.from_next(cell.body, hop.prev_header)
+                if wrapped is not None:
                     self.relayed_cells += 1
-                    self.relayed_bytes += len(body)
-                    back.append(encode_cell(CellKind.RELAY, hop.prev_id, body))
+                    self.relayed_bytes += len(cell.body)
+                    back.append(wrapped)  # the cell, its header toward the previous hop included
             elif cell.kind is CellKind.DESTROY:
                 hop.to_prev.put(back)  # what came before the DESTROY still goes
                 back = []

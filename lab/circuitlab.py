@@ -41,8 +41,10 @@ from l2bridge.client.circuit import CircuitBuilder, Hop
 from l2bridge.client.failover import DialSettings
 from l2bridge.client.pump import Backoff, Client
 from l2bridge.client.selection import Candidate, SelectionPolicy
+from l2bridge.commands.common import event_loop_factory
 from l2bridge.constants import Mode
 from l2bridge.identity.keys import AllowList, Authorizer, HybridSigningKey
+from l2bridge.node import allocator
 from l2bridge.node import link as tunnel
 from l2bridge.node.credfiles import load_master_key, load_table, load_wallet
 from l2bridge.node.metrics import Metrics
@@ -359,7 +361,9 @@ async def _child(args: argparse.Namespace) -> None:
         identity.node_id, load_master_key(base / f"{name}.access.key"),
         load_table(base / f"{name}.credential-table.json"),
     )  # fmt: skip
-    wallet = load_wallet(base / f"{name}.credentials.json")
+    # A lone exit (a 1-hop circuit) extends to no one: it holds no relay credential.
+    wallet_file = base / f"{name}.credentials.json"
+    wallet = load_wallet(wallet_file) if wallet_file.exists() else CredentialWallet()
     tap = open_tap(TapConfig(name=f"smx{args.index}", mtu=args.mtu, offload=args.offload))
     netns.attach(None, tap.name, args.exit_bridge)
     x = RelayExit(identity, allow, creds=creds, wallet=wallet)
@@ -386,6 +390,8 @@ async def _scenario_processes(args: argparse.Namespace) -> None:
             LAB_EXITS[k.node_id] = ExitCredentials(k.node_id)
         for i, k in enumerate(keys):
             CLIENT_WALLET.for_exit(k.node_id)  # issued before the tables are written
+            if len(keys) == 1:
+                continue
             write_device(base / f"exit{i}.credentials.json", *(
                 LAB_EXITS[o.node_id].issue(k.node_id, f"relay-{i}") for o in keys if o is not k
             ))  # fmt: skip
@@ -479,12 +485,15 @@ def main() -> None:
     parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        asyncio.run(_child(args))
-    elif args.processes:
-        asyncio.run(_scenario_processes(args))
-    else:
-        asyncio.run(_scenario(args))
+    # The event loop and allocator settings the nodes run with (common.run_node).
+    allocator.tune()
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        if args.child:
+            runner.run(_child(args))
+        elif args.processes:
+            runner.run(_scenario_processes(args))
+        else:
+            runner.run(_scenario(args))
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ class CircuitLink:
         self.link = link
         self.circuit = circuit
         self._clock = clock
-        self._inbox: asyncio.Queue[list[bytes] | None] = asyncio.Queue(INBOX_BATCHES)
+        self._inbox: asyncio.Queue[list[Buffer] | None] = asyncio.Queue(INBOX_BATCHES)
         self._waiter: asyncio.Future[HopAdded] | None = None
         self.hop_ms: list[float] = []  # time to add each hop (through the ones before it)
         self.ended: str | None = None
@@ -209,7 +209,7 @@ class CircuitLink:
         return started
 
     # -- building --------------------------------------------------------------------------
-    async def add(self, cells: list[bytes], node_id: bytes) -> HopAdded:
+    async def add(self, cells: Sequence[Buffer], node_id: bytes) -> HopAdded:
         self._waiter = asyncio.get_running_loop().create_future()
         started = time.monotonic()
         try:
@@ -229,7 +229,7 @@ class CircuitLink:
             raise TransportClosed(self.ended)
         await self.link.send_frames(self.circuit.seal_frames(frames))
 
-    async def recv_frames(self) -> list[bytes]:
+    async def recv_frames(self) -> list[Buffer]:
         batch = await self._inbox.get()
         if batch is None:
             self._inbox.put_nowait(None)  # every later call ends too
@@ -247,7 +247,7 @@ class CircuitLink:
     # -- cells in --------------------------------------------------------------------------
     def _cells_in(self, frames: list[memoryview]) -> None:
         now = self._clock()
-        out: list[bytes] = []
+        out: list[Buffer] = []
         for frame in frames:
             got = self.circuit.receive(frame, now)
             out.extend(got.frames)

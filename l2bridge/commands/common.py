@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import uvloop
 
 from l2bridge.errors import L2BridgeError
+from l2bridge.node import allocator
 from l2bridge.node import audit as audit_log
 from l2bridge.node.config import Config, ConfigError
 
@@ -108,7 +109,9 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run_node(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run a node's main coroutine until SIGINT/SIGTERM, on the chosen event loop."""
+    """Run a node's main coroutine until SIGINT/SIGTERM, on the chosen event loop, with
+    the allocator tuned for the data path (``l2bridge.node.allocator``)."""
+    allocator.tune()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(run_until_signalled(run))
 

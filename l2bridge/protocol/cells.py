@@ -93,8 +93,14 @@ class Cell:
     body: memoryview
 
 
-def encode_cell(kind: CellKind, circuit: int, body: bytes) -> bytes:
+def encode_cell(kind: CellKind, circuit: int, body: bytes | bytearray | memoryview) -> bytes:
     return _CELL.pack(CELL_MAGIC, kind, circuit) + body
+
+
+def cell_header(kind: CellKind, circuit: int) -> bytes:
+    """The header ``encode_cell`` puts before a body: the onion functions write it into
+    the cell's buffer themselves (``prefix``), so no copy of the body is made for it."""
+    return _CELL.pack(CELL_MAGIC, kind, circuit)
 
 
 def looks_like_cell(frame: bytes | bytearray | memoryview) -> bool:
@@ -116,15 +122,21 @@ def _body_ok(kind: int, frame_size: int) -> bool:
     return False
 
 
+_KINDS = {int(k): k for k in CellKind}  # a dict lookup per cell, not an Enum call
+_COMMANDS = {int(c): c for c in RelayCommand}
+
+
 def parse_cell(frame: bytes | bytearray | memoryview) -> Cell:
     """The cell in a link frame; ``MalformedMessage`` on a bad magic, kind or size."""
-    view = memoryview(frame).cast("B")
+    view = memoryview(frame)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
     if len(view) < CELL_HEADER_SIZE:
         raise MalformedMessage("short cell")
     magic, kind, circuit = _CELL.unpack_from(view, 0)
     if magic != CELL_MAGIC or not _body_ok(kind, len(view)):
         raise MalformedMessage("not a cell")
-    return Cell(CellKind(kind), circuit, view[CELL_HEADER_SIZE:])
+    return Cell(_KINDS[kind], circuit, view[CELL_HEADER_SIZE:])
 
 
 # -- CREATE / CREATED fragments ----------------------------------------------------------------
@@ -175,9 +187,10 @@ def size_class(length: int) -> int:
 
 
 _LARGEST_DATA = RELAY_SIZE_CLASSES[-1] - RELAY_MESSAGE_HEADER_SIZE
+_ZEROS = memoryview(bytes(RELAY_SIZE_CLASSES[-1]))  # padding, sliced (never written)
 
 
-def relay_payloads(command: RelayCommand, data: bytes | memoryview) -> Iterator[bytes]:
+def relay_payloads(command: RelayCommand, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
     """The padded payload(s) of one relay message.
 
     DATA and PADDING: one cell of the smallest class that fits, or fragments of the largest
@@ -188,18 +201,22 @@ def relay_payloads(command: RelayCommand, data: bytes | memoryview) -> Iterator[
         raise ValueError("relay message larger than MAX_RELAY_MESSAGE")
     bulk = command is RelayCommand.DATA or command is RelayCommand.PADDING
     chunk = _LARGEST_DATA if bulk else CONTROL_FRAGMENT_CLASS - RELAY_MESSAGE_HEADER_SIZE
-    for start in range(0, max(len(data), 1), chunk):
-        part = bytes(data[start : start + chunk])
-        flags = (FLAG_MORE if start + chunk < len(data) else 0) | (FLAG_CONTINUED if start else 0)
-        head = _MESSAGE.pack(command, flags, len(part))
+    view = memoryview(data)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    for start in range(0, max(len(view), 1), chunk):
+        part = view[start : start + chunk]
+        flags = (FLAG_MORE if start + chunk < len(view) else 0) | (FLAG_CONTINUED if start else 0)
         size = size_class(len(part)) if bulk else CONTROL_FRAGMENT_CLASS
-        yield head + part + bytes(size - len(head) - len(part))
+        pad = size - RELAY_MESSAGE_HEADER_SIZE - len(part)
+        # One pass over the frame: no zero-filled buffer written over afterwards.
+        yield b"".join((_MESSAGE.pack(command, flags, len(part)), part, _ZEROS[:pad]))
 
 
 @dataclass(frozen=True, slots=True)
 class RelayMessage:
     command: RelayCommand
-    data: bytes
+    data: bytes | memoryview  # a view for DATA in one cell, else bytes
 
 
 class Reassembler:
@@ -214,25 +231,27 @@ class Reassembler:
     def __init__(self, drops: Counter[str], limit: int = MAX_RELAY_MESSAGE) -> None:
         self.drops = drops
         self._limit = limit
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | memoryview] = []
         self._size = 0
-        self._command: int | None = None
+        self._command: RelayCommand | None = None
         self._last = -1
 
-    def add(self, sequence: int, payload: bytes) -> RelayMessage | None:
+    def add(self, sequence: int, payload: bytes | bytearray | memoryview) -> RelayMessage | None:
         if len(payload) not in RELAY_SIZE_CLASSES:
             self.drops["bad_size"] += 1
             return None
-        command, flags, length = _MESSAGE.unpack_from(payload, 0)
+        code, flags, length = _MESSAGE.unpack_from(payload, 0)
+        command = _COMMANDS.get(code)
         if (
-            command not in RelayCommand._value2member_map_
+            command is None
             or flags & ~(FLAG_MORE | FLAG_CONTINUED)
             or length > len(payload) - RELAY_MESSAGE_HEADER_SIZE
         ):
             self._reset()
             self.drops["bad_message"] += 1
             return None
-        data = payload[RELAY_MESSAGE_HEADER_SIZE : RELAY_MESSAGE_HEADER_SIZE + length]
+        # A view, not a copy: a DATA frame goes on as a view of the opened payload.
+        data = memoryview(payload)[RELAY_MESSAGE_HEADER_SIZE : RELAY_MESSAGE_HEADER_SIZE + length]
         continued = bool(flags & FLAG_CONTINUED)
         if self._command is not None and (
             not continued or command != self._command or sequence != self._last + 1
@@ -244,7 +263,7 @@ class Reassembler:
             self.drops["orphan_fragment"] += 1  # its start was lost or refused
             return None
         if self._command is None and not flags & FLAG_MORE:
-            return RelayMessage(RelayCommand(command), data)
+            return RelayMessage(command, data if command is RelayCommand.DATA else bytes(data))
         if self._size + length > self._limit:
             self._reset()
             self.drops["message_too_large"] += 1
@@ -254,7 +273,7 @@ class Reassembler:
         self._size += length
         if flags & FLAG_MORE:
             return None
-        message = RelayMessage(RelayCommand(command), b"".join(self._parts))
+        message = RelayMessage(command, b"".join(self._parts))
         self._reset()
         return message
 

@@ -47,9 +47,9 @@ from l2bridge.protocol.cells import (
     HandshakeAssembler,
     Reassembler,
     RelayCommand,
+    cell_header,
     destroy_cell,
     destroy_reason,
-    encode_cell,
     handshake_cells,
     parse_cell,
     relay_payloads,
@@ -103,7 +103,7 @@ CircuitEvent: TypeAlias = HopAdded | HopRefused | Destroyed
 
 @dataclass(frozen=True, slots=True)
 class CircuitReceived:
-    frames: list[bytes] = field(default_factory=list)
+    frames: list[bytes | memoryview] = field(default_factory=list)
     events: tuple[CircuitEvent, ...] = ()
 
 
@@ -156,7 +156,9 @@ class ClientCircuit:
         init = self._initiator(node_id, checker)
         return handshake_cells(CellKind.CREATE, self.circuit_id, init.create())
 
-    def extend(self, node_id: bytes, endpoint: str, checker: EvidenceChecker | None) -> list[bytes]:
+    def extend(
+        self, node_id: bytes, endpoint: str, checker: EvidenceChecker | None
+    ) -> list[bytearray]:
         """RELAY cells asking the current tail to extend to ``node_id`` at ``endpoint``."""
         if not self.hops:
             raise StateError("no first hop yet")
@@ -164,31 +166,33 @@ class ClientCircuit:
         body = Extend(node_id, endpoint, init.create()).encode()
         return self._relay(RelayCommand.EXTEND, body)
 
-    def seal_frames(self, frames: Sequence[bytes | bytearray | memoryview]) -> list[bytes]:
+    def seal_frames(self, frames: Sequence[bytes | bytearray | memoryview]) -> list[bytearray]:
         """One RELAY cell per frame, for the tail to switch into its segment."""
         if not self.hops or self._pending is not None or self._refused:
             raise StateError("circuit not ready for data")
-        out: list[bytes] = []
+        out: list[bytearray] = []
         for frame in frames:
             out.extend(self._relay(RelayCommand.DATA, frame))
         return out
 
-    def _relay(self, command: RelayCommand, data: bytes | bytearray | memoryview) -> list[bytes]:
+    def _relay(
+        self, command: RelayCommand, data: bytes | bytearray | memoryview
+    ) -> list[bytearray]:
         if self.closed:
             raise StateError("circuit closed")
         layers = [hop.forward for hop in self.hops]
+        header = cell_header(CellKind.RELAY, self.circuit_id)
         cells = []
-        for payload in relay_payloads(command, memoryview(data)):
+        for payload in relay_payloads(command, data):
             if self._sequence > MAX_COUNTER:
                 raise StateError("circuit sequence exhausted")
-            body = onion.wrap_forward(layers, payload, self._sequence)
+            cells.append(onion.wrap_forward(layers, payload, self._sequence, header))
             self._sequence += 1
-            cells.append(encode_cell(CellKind.RELAY, self.circuit_id, body))
         self.stats.cells_out += len(cells)
         self.stats.bytes_out += len(data) if command is RelayCommand.DATA else 0
         return cells
 
-    def join_segment(self) -> list[bytes]:
+    def join_segment(self) -> list[bytearray]:
         """A PADDING message for the tail, sent once the circuit is built: the tail joins
         its L2 segment on it (``HopOutput.join``), so frames reach a client whose own LAN
         has not spoken yet. Middle hops see one cell like any other."""
@@ -235,7 +239,7 @@ class ClientCircuit:
             self.stats.bytes_in += len(message.data)
             return CircuitReceived(frames=[message.data])
         if message.command is RelayCommand.EXTENDED and self._pending is not None:
-            return CircuitReceived(events=(self._finish(message.data),))
+            return CircuitReceived(events=(self._finish(bytes(message.data)),))
         if message.command is RelayCommand.EXTEND_FAILED and self._pending is not None:
             node, self._pending = self._pending.node_id, None
             event = HopRefused(node, "the tail could not extend", usable=True)
@@ -283,10 +287,10 @@ class ClientCircuit:
 class HopOutput:
     """What one cell from the previous hop asks of this hop."""
 
-    forward: bytes | None = None  # a body for the next hop (middle hops)
-    frames: tuple[bytes, ...] = ()  # tail: L2 frames to switch
+    forward: bytearray | None = None  # the prefix and a body for the next hop (middle hops)
+    frames: tuple[bytes | memoryview, ...] = ()  # tail: L2 frames to switch
     extend: Extend | None = None  # tail: open a link to the next hop and send the CREATE
-    reply: tuple[bytes, ...] = ()  # bodies to send back at once (EXTEND_FAILED)
+    reply: tuple[bytearray, ...] = ()  # bodies to send back at once (EXTEND_FAILED)
     join: bool = False  # tail: an authentic DATA or PADDING message: be a port of the segment
 
 
@@ -328,19 +332,24 @@ class RelayCircuit:
     def is_tail(self) -> bool:
         return self.next_hop is None
 
-    def from_previous(self, body: memoryview | bytes, now: float) -> HopOutput:
+    def from_previous(self, body: memoryview | bytes, now: float, prefix: bytes = b"") -> HopOutput:
+        """What a cell from the previous hop asks; a middle hop's ``forward`` is ``prefix``
+        (the next link's cell header) and the body for the next hop, in one buffer."""
         if self.closed:
             return HopOutput()
+        tail = self.is_tail
         try:
-            peeled = onion.peel_forward(self._keys.forward, body, now)
+            if tail:
+                payload = onion.open_forward(self._keys.forward, body, now)
+            else:
+                peeled = onion.peel_forward(self._keys.forward, body, now, prefix)
         except RecordRejected as exc:
             self.stats.drops[exc.reason] += 1
             return HopOutput()
         self.stats.cells_in += 1
-        if not self.is_tail:
-            self.stats.bytes_out += len(peeled)
+        if not tail:
+            self.stats.bytes_out += len(peeled) - len(prefix)
             return HopOutput(forward=peeled)
-        payload = peeled[onion.body_size(0) :]
         message = self._messages.add(self._keys.forward.last_sequence, payload)
         if message is None:
             return HopOutput()
@@ -349,7 +358,7 @@ class RelayCircuit:
             return HopOutput(frames=(message.data,), join=True)
         if message.command is RelayCommand.EXTEND:
             try:
-                request = Extend.decode(message.data)
+                request = Extend.decode(bytes(message.data))
             except MalformedMessage:
                 self.stats.drops["bad_extend"] += 1
                 return HopOutput(reply=tuple(self.extend_failed(ExtendFailure.REFUSED)))
@@ -360,46 +369,52 @@ class RelayCircuit:
         self.stats.drops["unexpected_message"] += 1
         return HopOutput()
 
-    def from_next(self, body: memoryview | bytes) -> bytes | None:
-        """Our layer over a body from the next hop; None (counted) when it is unusable."""
+    def from_next(self, body: memoryview | bytes, prefix: bytes = b"") -> bytearray | None:
+        """``prefix`` and our layer over a body from the next hop, in one buffer; None
+        (counted) when it is unusable."""
         if self.closed or not self.extended:
             self.stats.drops["unexpected_cell"] += 1
             return None
         try:
-            wrapped = onion.wrap_backward(self._keys.backward, body, self._next_sequence())
+            wrapped = onion.wrap_backward(self._keys.backward, body, self._next_sequence(), prefix)
         except RecordRejected as exc:
             self.stats.drops[exc.reason] += 1
             return None
         self.stats.bytes_out += len(body)
         return wrapped
 
-    def originate(self, frames: Sequence[bytes | bytearray | memoryview]) -> list[bytes]:
-        """Tail: RELAY bodies carrying frames from our segment back to the client."""
-        out: list[bytes] = []
+    def originate(
+        self, frames: Sequence[bytes | bytearray | memoryview], prefix: bytes = b""
+    ) -> list[bytearray]:
+        """Tail: RELAY bodies carrying frames from our segment back to the client, each
+        after ``prefix`` (the cell header toward the previous hop) in one buffer."""
+        out: list[bytearray] = []
         for frame in frames:
-            out.extend(self._originate(RelayCommand.DATA, frame))
+            out.extend(self._originate(RelayCommand.DATA, frame, prefix))
         return out
 
-    def extended_by(self, created: bytes) -> list[bytes]:
+    def extended_by(self, created: bytes) -> list[bytearray]:
         """The next hop answered: EXTENDED bodies toward the client."""
         self.extended = True
         return self._originate(RelayCommand.EXTENDED, created)
 
-    def extend_failed(self, reason: ExtendFailure) -> list[bytes]:
+    def extend_failed(self, reason: ExtendFailure) -> list[bytearray]:
         """The extension failed: this hop is the tail again."""
         self.next_hop = None
         self.extended = False
         return self._originate(RelayCommand.EXTEND_FAILED, bytes((reason,)))
 
     def _originate(
-        self, command: RelayCommand, data: bytes | bytearray | memoryview
-    ) -> list[bytes]:
+        self, command: RelayCommand, data: bytes | bytearray | memoryview, prefix: bytes = b""
+    ) -> list[bytearray]:
         if self.closed:
             return []
         out = []
-        for payload in relay_payloads(command, memoryview(data)):
+        for payload in relay_payloads(command, data):
             out.append(
-                onion.originate_backward(self._keys.backward, payload, self._next_sequence())
+                onion.originate_backward(
+                    self._keys.backward, payload, self._next_sequence(), prefix
+                )
             )
         return out
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -58,6 +59,7 @@ from l2bridge.crypto.secret import wipe
 from l2bridge.errors import RecordRejected, StateError
 from l2bridge.protocol.replay import ReplayWindow, Verdict
 
+Buffer: TypeAlias = bytes | bytearray | memoryview
 _BLOCK = struct.Struct(">QII")
 _BLOCK_SIZE = 16
 _HEADER_KEY_SIZE = 32
@@ -166,7 +168,7 @@ class _HeaderCipher:
     def seal(self, sequence: int, generation: int) -> bytes:
         return self._enc.update(_BLOCK.pack(sequence, generation, 0))
 
-    def open(self, block: bytes) -> tuple[int, int]:
+    def open(self, block: Buffer) -> tuple[int, int]:
         sequence, generation, zero = _BLOCK.unpack(self._dec.update(block))
         if zero:
             raise RecordRejected("bad_slot")
@@ -184,13 +186,14 @@ class LayerSender:
     that follows one step at a time keeps up with a circuit that was idle for many epochs.
     """
 
-    __slots__ = ("_gen", "_header", "_label", "_ratchet_due", "filler")
+    __slots__ = ("_gen", "_header", "_label", "_ratchet_due", "_scratch", "filler")
 
     def __init__(self, secret: DirectionSecret, direction: bytes) -> None:
         self._label = _AAD[direction]
         self._header = _HeaderCipher(secret.header_key)
         self._gen = _Generation.make(0, secret.key, secret.iv, secret.chain)
         self._ratchet_due = False
+        self._scratch = bytearray()
         self.filler = _Filler()
 
     @property
@@ -198,23 +201,38 @@ class LayerSender:
         """The generation the next cell is sealed in."""
         return self._gen.number + (1 if self._ratchet_due else 0)
 
-    def seal(
-        self, payload: bytes | bytearray | memoryview, sequence: int
-    ) -> tuple[memoryview, bytes]:
-        """(ciphertext of the same size, a view without copy; 32-byte slot)."""
+    def seal_into(self, payload: Buffer, sequence: int, out: memoryview) -> bytes:
+        """Encrypt ``payload`` (n bytes) into ``out`` (n + 16 bytes: the ciphertext, then the
+        tag in its last 16, which the caller may drop); the 32-byte slot. ``out`` must not
+        overlap ``payload``."""
         if self._ratchet_due:
             old = self._gen
             self._gen = old.ratcheted()
             old.wipe()
             self._ratchet_due = False
-        aead = self._gen.aead
-        if aead is None:
+        gen = self._gen
+        if gen.aead is None:
             raise StateError("layer wiped")
         if not 0 <= sequence <= MAX_COUNTER:
             raise StateError("sequence exhausted")
-        out = aead.encrypt(self._gen.nonce(sequence), payload, self._label)
-        slot = self._header.seal(sequence, self._gen.number) + out[-AEAD_TAG_SIZE:]
-        return memoryview(out)[:-AEAD_TAG_SIZE], slot
+        gen.aead.encrypt_into(
+            (gen.iv_int ^ sequence).to_bytes(AEAD_NONCE_SIZE, "big"), payload, self._label, out
+        )
+        return self._header.seal(sequence, gen.number) + out[-AEAD_TAG_SIZE:].tobytes()
+
+    def seal(self, payload: Buffer, sequence: int) -> tuple[memoryview, bytes]:
+        """(ciphertext of the same size; 32-byte slot)."""
+        out = bytearray(len(payload) + AEAD_TAG_SIZE)
+        view = memoryview(out)
+        slot = self.seal_into(payload, sequence, view)
+        return view[:-AEAD_TAG_SIZE], slot
+
+    def scratch(self, size: int) -> memoryview:
+        """A buffer of ``size`` bytes owned by this layer, reused by the next call: where
+        ``wrap_forward`` puts an inner layer's ciphertext for the next layer to seal."""
+        if len(self._scratch) < size:
+            self._scratch = bytearray(size)
+        return memoryview(self._scratch)[:size]
 
     def ratchet(self) -> int:
         """Move to the next generation at the next seal (the old key is wiped then)."""
@@ -230,8 +248,8 @@ class LayerReceiver:
     """Opens one hop's layer in one direction; follows the sender's ratchets."""
 
     __slots__ = (
-        "_current", "_header", "_label", "_previous", "_previous_until", "_window", "filler",
-        "last_sequence",
+        "_current", "_header", "_label", "_previous", "_previous_until", "_sealed", "_window",
+        "filler", "last_sequence",
     )  # fmt: skip
 
     def __init__(self, secret: DirectionSecret, direction: bytes) -> None:
@@ -242,14 +260,22 @@ class LayerReceiver:
         self._previous_until = 0.0
         self._window = ReplayWindow()
         self.last_sequence = -1  # the sequence of the last cell that opened
+        self._sealed = bytearray()  # ciphertext || tag of the cell being opened (reused)
         self.filler = _Filler()
 
     @property
     def generation(self) -> int:
         return self._current.number
 
-    def open(self, slot: bytes, ciphertext: bytes | bytearray | memoryview, now: float) -> bytes:
+    def open(self, slot: Buffer, ciphertext: Buffer, now: float) -> bytearray:
         """The plaintext; ``RecordRejected`` (nothing changed) when the layer does not open."""
+        out = bytearray(len(ciphertext))
+        self.open_into(slot, ciphertext, memoryview(out), now)
+        return out
+
+    def open_into(self, slot: Buffer, ciphertext: Buffer, out: memoryview, now: float) -> None:
+        """Decrypt into ``out`` (the ciphertext's size, not overlapping it). On
+        ``RecordRejected`` nothing changed here and ``out`` holds garbage: drop it."""
         if len(slot) != ONION_SLOT_SIZE:
             raise RecordRejected("bad_slot")
         sequence, number = self._header.open(slot[:_BLOCK_SIZE])
@@ -268,10 +294,15 @@ class LayerReceiver:
         else:
             raise RecordRejected("unknown_generation")
         assert gen.aead is not None
+        # AES-GCM wants ciphertext || tag in one buffer: one copy into a reused one.
+        size = len(ciphertext)
+        if len(self._sealed) < size + AEAD_TAG_SIZE:
+            self._sealed = bytearray(size + AEAD_TAG_SIZE)
+        sealed = memoryview(self._sealed)[: size + AEAD_TAG_SIZE]
+        sealed[:size] = ciphertext
+        sealed[size:] = slot[_BLOCK_SIZE:]
         try:
-            plain = gen.aead.decrypt(
-                gen.nonce(sequence), bytes(ciphertext) + slot[_BLOCK_SIZE:], self._label
-            )
+            gen.aead.decrypt_into(gen.nonce(sequence), sealed, self._label, out)
         except InvalidTag:
             if candidate is not None:
                 candidate.wipe()
@@ -284,7 +315,6 @@ class LayerReceiver:
                 self._previous.wipe()
             self._previous, self._current = self._current, candidate
             self._previous_until = now + CIRCUIT_GRACE_SECONDS
-        return plain
 
     def _expire(self, now: float) -> None:
         if self._previous is not None and now >= self._previous_until:
@@ -321,55 +351,122 @@ class _Filler:
         return out
 
 
-def wrap_forward(layers: list[LayerSender], payload: bytes, sequence: int) -> bytes:
-    """Client: seal ``payload`` for hops len(layers)..1; the body hop 1 receives."""
+def _sealed_cell(size: int, prefix: bytes) -> bytearray:
+    """A cell buffer: ``prefix``, the onion header, a ``size``-byte payload and 16 bytes
+    where the outermost layer's tag lands (dropped by ``_drop_tag`` once it is in its slot)."""
+    out = bytearray(len(prefix) + ONION_HEADER_SIZE + size + AEAD_TAG_SIZE)
+    out[: len(prefix)] = prefix
+    return out
+
+
+def _seal_payload(layer: LayerSender, src: Buffer, sequence: int, out: bytearray) -> bytes:
+    """Seal ``src`` into the payload part of ``out`` (a ``_sealed_cell``); its slot."""
+    with memoryview(out) as view:
+        return layer.seal_into(src, sequence, view[len(out) - len(src) - AEAD_TAG_SIZE :])
+
+
+def _drop_tag(out: bytearray) -> bytearray:
+    del out[-AEAD_TAG_SIZE:]  # shrinking a bytearray at its end copies nothing
+    return out
+
+
+def wrap_forward(
+    layers: list[LayerSender], payload: Buffer, sequence: int, prefix: bytes = b""
+) -> bytearray:
+    """Client: seal ``payload`` for hops len(layers)..1; ``prefix`` (the cell header) and
+    the body hop 1 receives, in one buffer. Each layer encrypts straight into the next
+    one's input (its scratch), the outermost into the cell: no copy of the payload."""
     if not 0 < len(layers) <= MAX_HOPS:
         raise StateError("a circuit has 1..MAX_HOPS hops")
-    data: bytes | memoryview = payload
-    slots: list[bytes] = []
-    for layer in reversed(layers):
-        data, slot = layer.seal(data, sequence)
-        slots.append(slot)
-    slots.reverse()
+    size = len(payload)
+    out = _sealed_cell(size, prefix)
+    slots: list[bytes] = [b""] * len(layers)
+    src: Buffer = payload
+    for i in range(len(layers) - 1, 0, -1):
+        scratch = layers[i].scratch(size + AEAD_TAG_SIZE)
+        slots[i] = layers[i].seal_into(src, sequence, scratch)
+        src = scratch[:size]
+    slots[0] = _seal_payload(layers[0], src, sequence, out)
+    at = len(prefix)
     filler = layers[0].filler.take((MAX_HOPS - len(layers)) * ONION_SLOT_SIZE)
-    return b"".join(slots) + filler + data
+    out[at : at + ONION_HEADER_SIZE] = b"".join(slots) + filler
+    return _drop_tag(out)
 
 
-def peel_forward(layer: LayerReceiver, body: bytes | memoryview, now: float) -> bytes:
-    """Hop: open our layer; the body for the next hop (or, at the tail, the plaintext
-    message in the payload part). ``RecordRejected`` when the layer does not open."""
+def _peeled(
+    layer: LayerReceiver, body: Buffer, now: float, keep_header: bool, prefix: bytes
+) -> bytearray:
     if not is_body_size(len(body)):
         raise RecordRejected("bad_size")
     view = memoryview(body)
-    plain = layer.open(bytes(view[:ONION_SLOT_SIZE]), view[ONION_HEADER_SIZE:], now)
-    filler = layer.filler.take(ONION_SLOT_SIZE)
-    return bytes(view[ONION_SLOT_SIZE:ONION_HEADER_SIZE]) + filler + plain
+    at = len(prefix) + (ONION_HEADER_SIZE if keep_header else 0)
+    out = bytearray(at + len(view) - ONION_HEADER_SIZE)
+    with memoryview(out) as target:
+        layer.open_into(view[:ONION_SLOT_SIZE], view[ONION_HEADER_SIZE:], target[at:], now)
+    if keep_header:
+        head = len(prefix)
+        out[:head] = prefix
+        out[head : head + ONION_HEADER_SIZE - ONION_SLOT_SIZE] = view[
+            ONION_SLOT_SIZE:ONION_HEADER_SIZE
+        ]
+        out[at - ONION_SLOT_SIZE : at] = layer.filler.take(ONION_SLOT_SIZE)
+    return out
 
 
-def wrap_backward(layer: LayerSender, body: bytes | memoryview, sequence: int) -> bytes:
-    """Hop: add our layer to a body coming back from the next hop."""
-    if not is_body_size(len(body)):
+def peel_forward(layer: LayerReceiver, body: Buffer, now: float, prefix: bytes = b"") -> bytearray:
+    """Hop: open our layer; ``prefix`` (the next link's cell header) and the body for the
+    next hop, in one buffer. ``RecordRejected`` when the layer does not open."""
+    return _peeled(layer, body, now, True, prefix)
+
+
+def open_forward(layer: LayerReceiver, body: Buffer, now: float) -> bytearray:
+    """Tail: open the innermost layer; the plaintext payload (no header)."""
+    return _peeled(layer, body, now, False, b"")
+
+
+def wrap_backward(
+    layer: LayerSender, body: Buffer, sequence: int, prefix: bytes = b""
+) -> bytearray:
+    """Hop: add our layer to a body coming back from the next hop; ``prefix`` (the cell
+    header toward the previous hop) and the new body, in one buffer."""
+    size = len(body)
+    if size - ONION_HEADER_SIZE not in RELAY_SIZE_CLASSES:
         raise RecordRejected("bad_size")
     view = memoryview(body)
-    data, slot = layer.seal(view[ONION_HEADER_SIZE:], sequence)
-    return slot + bytes(view[: ONION_HEADER_SIZE - ONION_SLOT_SIZE]) + data
+    at = len(prefix)
+    out = bytearray(at + size + AEAD_TAG_SIZE)
+    out[:at] = prefix
+    out[at + ONION_SLOT_SIZE : at + ONION_HEADER_SIZE] = view[: ONION_HEADER_SIZE - ONION_SLOT_SIZE]
+    with memoryview(out) as target:
+        slot = layer.seal_into(view[ONION_HEADER_SIZE:], sequence, target[at + ONION_HEADER_SIZE :])
+    out[at : at + ONION_SLOT_SIZE] = slot
+    del out[-AEAD_TAG_SIZE:]  # shrinking a bytearray at its end copies nothing
+    return out
 
 
-def originate_backward(layer: LayerSender, payload: bytes, sequence: int) -> bytes:
+def originate_backward(
+    layer: LayerSender, payload: Buffer, sequence: int, prefix: bytes = b""
+) -> bytearray:
     """Tail: the first (innermost) backward layer over a plaintext payload."""
-    data, slot = layer.seal(payload, sequence)
-    return slot + layer.filler.take((MAX_HOPS - 1) * ONION_SLOT_SIZE) + data
+    at = len(prefix)
+    out = bytearray(at + ONION_HEADER_SIZE + len(payload) + AEAD_TAG_SIZE)
+    out[:at] = prefix
+    with memoryview(out) as target:
+        slot = layer.seal_into(payload, sequence, target[at + ONION_HEADER_SIZE :])
+    out[at : at + ONION_HEADER_SIZE] = slot + layer.filler.take((MAX_HOPS - 1) * ONION_SLOT_SIZE)
+    del out[-AEAD_TAG_SIZE:]
+    return out
 
 
-def unwrap_backward(layers: list[LayerReceiver], body: bytes | memoryview, now: float) -> bytes:
+def unwrap_backward(layers: list[LayerReceiver], body: Buffer, now: float) -> bytearray:
     """Client: open hops 1..len(layers) in turn; the tail's plaintext payload."""
     if not is_body_size(len(body)):
         raise RecordRejected("bad_size")
     if not 0 < len(layers) <= MAX_HOPS:
         raise StateError("a circuit has 1..MAX_HOPS hops")
     view = memoryview(body)
-    data: bytes | memoryview = view[ONION_HEADER_SIZE:]
+    data: Buffer = view[ONION_HEADER_SIZE:]
     for i, layer in enumerate(layers):
-        slot = bytes(view[i * ONION_SLOT_SIZE : (i + 1) * ONION_SLOT_SIZE])
-        data = layer.open(slot, data, now)
-    return bytes(data)
+        data = layer.open(view[i * ONION_SLOT_SIZE : (i + 1) * ONION_SLOT_SIZE], data, now)
+    assert isinstance(data, bytearray)
+    return data

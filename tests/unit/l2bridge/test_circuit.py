@@ -24,6 +24,7 @@ from l2bridge.protocol.cells import (
     Extend,
     Reassembler,
     RelayCommand,
+    cell_header,
     handshake_cells,
     parse_cell,
     relay_payloads,
@@ -400,3 +401,53 @@ def test_filler_slots_are_never_reused():
     net.send([FRAME] * 300)  # more cells than one pool holds
     fillers = [b[i : i + 32] for b in bodies for i in range(32, 160, 32)]
     assert len(fillers) == 4 * 300 and len(set(fillers)) == len(fillers)
+
+
+def test_a_relay_writes_the_next_links_cell_in_one_buffer():
+    """exitnode/relay.py passes the next link's cell header as ``prefix``: the forwarded
+    buffer is a whole cell for that link, which the next hop opens like any other."""
+    net = Net.build(3)
+    (cell,) = net.client.seal_frames([FRAME])
+    header = cell_header(CellKind.RELAY, 0xABCDEF01)
+    out = net.hops[0].from_previous(parse_cell(cell).body, NOW, header)
+    assert out.forward is not None
+    forwarded = parse_cell(out.forward)
+    assert forwarded.kind is CellKind.RELAY and forwarded.circuit == 0xABCDEF01
+    assert len(forwarded.body) == len(parse_cell(cell).body)
+    net.forward(1, bytes(forwarded.body))
+    assert net.frames_at_tail == [FRAME]
+    # Backward the same way: the prefix and our layer over the body, one buffer.
+    (body,) = net.hops[2].originate([FRAME])
+    wrapped = net.hops[1].from_next(body, header)
+    assert wrapped is not None and parse_cell(wrapped).circuit == 0xABCDEF01
+    net.backward(0, net.hops[0].from_next(bytes(parse_cell(wrapped).body)) or b"")
+    assert net.client_frames == [FRAME]
+
+
+def test_delivered_frames_stay_intact_while_more_traffic_passes():
+    """Frames come out as views of the opened payload and layers reuse scratch buffers:
+    a frame already delivered must never change when later cells are sealed or opened."""
+    net = Net.build(3)
+    first = [os.urandom(1500), os.urandom(65_000), os.urandom(60)]
+    net.send(first)
+    net.reply(first)
+    kept_tail, kept_client = list(net.frames_at_tail), list(net.client_frames)
+    for _ in range(3):
+        more = [os.urandom(1500), os.urandom(65_000), os.urandom(60)]
+        net.send(more)
+        net.reply(more)
+    assert [bytes(f) for f in kept_tail] == first
+    assert [bytes(f) for f in kept_client] == first
+    assert not any(h.stats.drops for h in net.hops) and not net.client.stats.drops
+
+
+def test_a_bad_cell_does_not_disturb_the_layers_scratch():
+    sender, receiver = _layer_pair()
+    ct, slot = sender.seal(b"a" * 2048, 1)
+    bad = bytearray(ct)
+    bad[5] ^= 1
+    with pytest.raises(RecordRejected):
+        receiver.open(slot, bad, NOW)
+    ct2, slot2 = sender.seal(b"b" * 512, 2)
+    assert receiver.open(slot2, ct2, NOW) == b"b" * 512
+    assert receiver.open(slot, ct, NOW) == b"a" * 2048  # the untouched cell still opens
