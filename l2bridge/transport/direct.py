@@ -146,7 +146,8 @@ class DirectMessages:
     # The lean frame paths (module docstring); False: the library does all framing.
     lean_frames = True
     _lean = False  # the lean parser reads the stream (the library's parser is idle)
-    _lean_held = b""  # the start of a frame the lean parser waits to complete
+    _lean_held: bytearray | None = None  # the start of a frame the lean parser waits for
+    _lean_need = 0  # the bytes that frame needs in all (0: its header is not complete)
     _sink: Sink | None = None
     _early: deque[Message | None] | None = None
     _early_waiter: asyncio.Future[None] | None = None
@@ -171,17 +172,36 @@ class DirectMessages:
 
     def _lean_receive(self, data: bytes) -> None:
         held = self._lean_held
-        buf = held + data if held else bytes(data)
-        self._lean_held = b""
+        buf: bytes | bytearray
+        if held is not None:
+            # The rest of a frame: appended (no copy of what came before) until whole.
+            held += data
+            if len(held) < self._lean_need:
+                return
+            # Parsed from here on and never written again (a new buffer holds any rest),
+            # so the messages may be views into it.
+            buf, self._lean_held = held, None
+        else:
+            buf = data if type(data) is bytes else bytes(data)
         protocol = self.protocol
         masked = protocol.side is SERVER  # a client must mask, a server must not
         limit = protocol.max_message_size
         view = memoryview(buf)
         pos, end = 0, len(buf)
+        need = 0  # what the frame at ``pos`` needs in all, once its header is read
         while pos < end:
             if end - pos < 2:
                 break
             head2 = buf[pos + 1]
+            # Checked where the library checks them, so that it refuses as early: the
+            # opcode and the mask bit on the first two bytes, the size on the length.
+            if (
+                buf[pos] != FIN_BINARY
+                or bool(head2 & _MASK_BIT) is not masked
+                or protocol.state is not OPEN
+            ):
+                self._to_library(view[pos:])
+                return
             length = head2 & 0x7F
             start = pos + 2
             if length == 126:
@@ -194,18 +214,12 @@ class DirectMessages:
                     break
                 (length,) = _U64.unpack_from(buf, start)
                 start += 8
-            if (
-                buf[pos] != FIN_BINARY
-                or bool(head2 & _MASK_BIT) is not masked
-                or length > limit
-                or protocol.state is not OPEN
-            ):
-                # Not ours: the library reads from this frame on, as it would have.
-                self._lean = False
-                super().data_received(buf[pos:])  # type: ignore[misc]
+            if length > limit:
+                self._to_library(view[pos:])
                 return
             stop = start + (4 if masked else 0) + length
             if stop > end:
+                need = stop - pos
                 break
             if masked:
                 message: Message = apply_mask(view[start + 4 : stop], buf[start : start + 4])
@@ -218,15 +232,21 @@ class DirectMessages:
             else:
                 self._hold(message)
         if pos < end:
-            self._lean_held = buf[pos:]
+            self._lean_held = bytearray(view[pos:])
+            self._lean_need = need
+
+    def _to_library(self, rest: memoryview) -> None:
+        """A frame that is not ours: the library reads from it on, as it would have."""
+        self._lean = False
+        super().data_received(bytes(rest))  # type: ignore[misc]
 
     def _lean_release(self) -> None:
         """The stream ends: a partial frame held here goes to the library first, so the
         library's end-of-stream error is the one it would have raised."""
-        held, self._lean_held = self._lean_held, b""
+        held, self._lean_held = self._lean_held, None
         self._lean = False
         if held:
-            self.protocol.receive_data(held)
+            self.protocol.receive_data(bytes(held))
 
     def eof_received(self) -> None:
         self._lean_release()
