@@ -193,8 +193,16 @@ class _Port:
     macs: int = 0
 
 
+# A port's last flow, kept between calls to ``forward``: (flow key, egress port, source
+# key, destination key).
+_Flow: TypeAlias = tuple[bytes, str, Key, Key]
+
+
 class Switch:
     """A learning switch; see the module docstring. Not thread-safe: one driver owns it."""
+
+    # Keep each port's last flow between calls (``forward``); False: only within a batch.
+    flow_cache = True
 
     def __init__(self, config: SwitchConfig | None = None) -> None:
         self.config = config or SwitchConfig()
@@ -206,6 +214,7 @@ class Switch:
         self._shared_used = 0  # entries of client ports beyond their reserve
         self._clients = 0  # client (not protected) ports attached
         self._notice_source = departures.new_source()  # our notices' source MAC
+        self._flows: dict[str, _Flow] = {}  # each port's last flow (``forward``)
 
     # -- ports ---------------------------------------------------------------------------
     def attach(self, port: str, policy: PortPolicy, now: float, device: str | None = None) -> None:
@@ -251,6 +260,7 @@ class Switch:
         for key in ips:
             self._unbind(key, port)
         del self._ports[port]
+        self._flows.pop(port, None)
         self._clients -= not state.protected
         state.dev.ports.discard(port)
         if not state.dev.ports:
@@ -455,18 +465,48 @@ class Switch:
         # learning at the same ``now``, same lookup); only its size is left to check.
         # Any other outcome clears it, so a frame that changes the table in between
         # (a MAC moving, say) always takes the full path.
+        #
+        # Across calls (``flow_cache``), the port's last flow is taken up again by a frame
+        # with the same headers only while the full path would give it the same verdicts:
+        # its source still live on this port and its destination still live on the egress
+        # port at ``now`` (the entries and the ageing the full path checks; the policies
+        # are the ports', and a detached port's flow is dropped). The source's entry is
+        # refreshed as the full path refreshes it.
         flow_key: bytes | None = None
         flow_out: list[Buffer] = []
+        flow: _Flow | None = self._flows.get(port) if self.flow_cache else None
+        ageing = self.config.ageing_s
         for frame in frames:
             stats.frames_in += 1
-            if (
-                flow_key is not None
-                and frame[:FLOW_KEY_LEN] == flow_key
+            if flow_key is not None:
+                if (
+                    frame[:FLOW_KEY_LEN] == flow_key
+                    and len(frame) - ethernet.OFFLOAD_HEADER_LEN <= max_plain
+                ):
+                    flow_out.append(frame)
+                    stats.forwarded += 1
+                    continue
+            elif (
+                flow is not None
+                and frame[:FLOW_KEY_LEN] == flow[0]
                 and len(frame) - ethernet.OFFLOAD_HEADER_LEN <= max_plain
             ):
-                flow_out.append(frame)
-                stats.forwarded += 1
-                continue
+                src_entry = table.get(flow[2])
+                dst_entry = table.get(flow[3])
+                if (
+                    src_entry is not None
+                    and src_entry[0] == port
+                    and now - src_entry[1] <= ageing
+                    and dst_entry is not None
+                    and dst_entry[0] == flow[1]
+                    and now - dst_entry[1] <= ageing
+                ):
+                    table[flow[2]] = (port, now)
+                    flow_key = flow[0]
+                    flow_out = out.setdefault(flow[1], [])
+                    flow_out.append(frame)
+                    stats.forwarded += 1
+                    continue
             flow_key = None
             try:
                 header = ethernet.parse(frame, max_plain, tpids)
@@ -534,6 +574,9 @@ class Switch:
                     and frame[: ethernet.OFFLOAD_HEADER_LEN] == ethernet.NO_OFFLOAD
                 ):
                     flow_key = bytes(frame[:FLOW_KEY_LEN])
+                    flow = (flow_key, egress, key, (vlan, header.dst))
+                    if self.flow_cache:
+                        self._flows[port] = flow
         return out
 
     def _flood(self, ingress: str, vlan: int, frame: Buffer, out: dict[str, list[Buffer]]) -> None:

@@ -46,6 +46,7 @@ from l2bridge.errors import RecordRejected, RecordTooLarge
 from l2bridge.protocol.replay import ReplayWindow, Verdict
 
 _HEADER = struct.Struct(">BIQ")
+_FRESH = Verdict.FRESH
 _LEN = struct.Struct(">I")
 RECORD_TYPES = frozenset(
     (RECORD_DATA, RECORD_FINISH, RECORD_REKEY_INIT, RECORD_REKEY_REPLY, RECORD_CLOSE)
@@ -199,11 +200,13 @@ class RecvKey(_EpochKey):
         """The plaintext of an authentic, fresh record, or ``RecordRejected``."""
         if self._aead is None:
             raise RecordRejected("unknown_epoch")
-        verdict = self.window.check(counter)
-        if verdict is Verdict.REPLAYED or verdict is Verdict.TOO_OLD:
-            raise RecordRejected(verdict.value)
-        if verdict is Verdict.REORDERED and strict_order:
-            raise RecordRejected("reordered")
+        window = self.window
+        verdict = window.check(counter)
+        if verdict is not _FRESH:
+            if verdict is Verdict.REPLAYED or verdict is Verdict.TOO_OLD:
+                raise RecordRejected(verdict.value)
+            if strict_order:  # REORDERED
+                raise RecordRejected("reordered")
         view = memoryview(record)
         try:
             plaintext = self._aead.decrypt(
@@ -212,6 +215,6 @@ class RecvKey(_EpochKey):
         except InvalidTag:
             raise RecordRejected("auth_failed") from None
         # Only an authentic record may move the window.
-        self.window.commit(counter)
+        window.commit(counter)
         self.records += 1
         return plaintext

@@ -56,9 +56,10 @@ class ReplayWindow:
         index = counter >> _BLOCK_SHIFT
         if not self._started or counter > self._last:
             current = self._last >> _BLOCK_SHIFT if self._started else index - self._ring
-            # Clear the blocks the window moves over (all of them if it jumps far).
-            for i in range(1, min(index - current, self._ring) + 1):
-                self._blocks[(current + i) & self._mask] = 0
+            if index != current:  # most records stay in the highest block: nothing to clear
+                # Clear the blocks the window moves over (all of them if it jumps far).
+                for i in range(1, min(index - current, self._ring) + 1):
+                    self._blocks[(current + i) & self._mask] = 0
             self._last = counter
             self._started = True
         self._blocks[index & self._mask] |= 1 << (counter & _BIT_MASK)

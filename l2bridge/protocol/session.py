@@ -398,6 +398,8 @@ class Session:
         self, frames: list[Buffer] | tuple[Buffer, ...], now: float
     ) -> list[bytearray]:
         """As many records as needed for ``frames``, in order."""
+        if len(frames) == 1:
+            return [self.seal(frames, now)]  # a lone frame: its own record either way
         limit = MAX_RECORD_PLAINTEXT - FRAME_LENGTH_SIZE - self.config.pad_to
         out: list[bytearray] = []
         batch: list[Buffer] = []

@@ -27,8 +27,9 @@ def plain(src: bytes, dst: bytes, size: int = 100, ethertype: bytes = IPV4) -> b
     return ethernet.NO_OFFLOAD + header + bytes(max(0, size - len(header)))
 
 
-def fresh() -> Switch:
-    sw = Switch()
+def fresh(cache: bool = True, ageing_s: float | None = None) -> Switch:
+    sw = Switch(SwitchConfig(ageing_s=ageing_s) if ageing_s is not None else None)
+    sw.flow_cache = cache
     for port in ("a", "b", "c"):
         sw.attach(port, PortPolicy(vlans=None, sticky_macs=False), now=0.0)
     return sw
@@ -105,7 +106,7 @@ def _frames() -> st.SearchStrategy[bytes]:
     )
 )
 def test_batches_match_frame_by_frame_switching(batches: list[tuple[str, list[bytes]]]) -> None:
-    batched, single = fresh(), fresh()
+    batched, single = fresh(), fresh(cache=False)
     for step, (port, frames) in enumerate(batches):
         now = 0.5 * step
         got = batched.forward(port, frames, now)
@@ -116,3 +117,81 @@ def test_batches_match_frame_by_frame_switching(batches: list[tuple[str, list[by
     assert batched.stats.frames_in == single.stats.frames_in
     assert dict(batched.stats.drops) == dict(single.stats.drops)
     assert batched.stats.learned == single.stats.learned
+
+
+def test_a_flow_is_taken_up_again_in_the_next_batch() -> None:
+    sw = fresh()
+    sw.forward("b", [plain(MACS[1], MACS[0])], 0.0)
+    frame = plain(MACS[0], MACS[1])
+    assert sw.forward("a", [frame], 0.1) == {"b": [frame]}
+    learned = sw.stats.learned
+    assert sw.forward("a", [frame], 0.2) == {"b": [frame]}
+    assert sw.stats.forwarded == 2 and sw.stats.learned == learned
+    assert sw.lookup(MACS[0], 0, 0.2) == "a"
+
+
+def test_a_kept_flow_is_not_used_once_its_destination_aged_out() -> None:
+    sw = fresh(ageing_s=10.0)
+    sw.forward("b", [plain(MACS[1], MACS[0])], 0.0)
+    frame = plain(MACS[0], MACS[1])
+    sw.forward("a", [frame], 1.0)
+    # MACS[1] was last heard at 0.0: at 10.5 it is gone, so the frame floods (to b and c).
+    assert sw.forward("a", [frame], 10.5) == {"b": [frame], "c": [frame]}
+    assert sw.stats.flooded == 2  # the first frame from b flooded too
+
+
+def test_a_kept_flow_is_not_used_once_its_destination_moved() -> None:
+    sw = fresh()
+    sw.forward("b", [plain(MACS[1], MACS[0])], 0.0)
+    frame = plain(MACS[0], MACS[1])
+    sw.forward("a", [frame], 0.1)
+    sw.forward("c", [plain(MACS[1], MACS[2])], 0.2)  # MACS[1] moved to c
+    assert sw.forward("a", [frame], 0.3) == {"c": [frame]}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(
+                st.sampled_from(["a", "b", "c"]),
+                st.lists(_frames(), max_size=6),
+                st.sampled_from([0.0, 0.1, 0.6, 1.2, 3.0]),
+            ),
+            st.sampled_from(["age", "detach-a", "detach-b", "detach-c"]),
+        ),
+        max_size=14,
+    )
+)
+def test_kept_flows_match_switching_without_them(steps: list[object]) -> None:
+    """Time passing beyond the ageing time, sweeps, ports leaving and coming back: a switch
+    keeping flows between calls forwards, drops and learns exactly as one that does not."""
+    kept, plain_sw = fresh(ageing_s=1.0), fresh(cache=False, ageing_s=1.0)
+    now = 0.0
+    for step in steps:
+        for sw in (kept, plain_sw):
+            if step == "age":
+                sw.age(now)
+            elif isinstance(step, str):
+                port = step.split("-")[1]
+                sw.detach(port)
+                # It comes back without untagged frames: a kept flow must not skip that.
+                sw.attach(port, PortPolicy(vlans=frozenset({5}), sticky_macs=False), now=now)
+        if isinstance(step, tuple):
+            port, frames, dt = step
+            now += dt
+            got = kept.forward(port, frames, now)
+            want = plain_sw.forward(port, frames, now)
+            assert got == want
+    assert kept._table == plain_sw._table
+    assert kept.stats == plain_sw.stats
+
+
+def test_a_detached_port_keeps_no_flow() -> None:
+    """Ports come and go (one per tunnel): what is kept for them must go with them."""
+    sw = fresh()
+    sw.forward("b", [plain(MACS[1], MACS[0])], 0.0)
+    sw.forward("a", [plain(MACS[0], MACS[1])], 0.1)
+    assert "a" in sw._flows
+    sw.detach("a")
+    assert "a" not in sw._flows
