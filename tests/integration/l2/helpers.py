@@ -58,6 +58,7 @@ for line in sys.stdin:
 STREAM_SEND = """
 import hashlib, random, socket, sys, time
 host, port, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rate = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0  # bytes/s; 0: as fast as it goes
 rng = random.Random(seed)
 for _ in range(300):
     try:
@@ -67,11 +68,14 @@ for _ in range(300):
         time.sleep(0.1)
 digest = hashlib.sha256()
 sent = 0
+start = time.monotonic()
 while sent < size:
     block = rng.randbytes(min(1 << 20, size - sent))
     digest.update(block)
     s.sendall(block)
     sent += len(block)
+    if rate:
+        time.sleep(max(0.0, start + sent / rate - time.monotonic()))
 s.close()
 print(digest.hexdigest(), flush=True)
 """

@@ -35,7 +35,11 @@ from tests.integration.l2 import helpers as h
 
 pytestmark = pytest.mark.integration
 
-SIZE = {False: 40 * 1024 * 1024, True: 160 * 1024 * 1024}  # several seconds either way
+SIZE = {False: 40 * 1024 * 1024, True: 160 * 1024 * 1024}
+# The sender is paced (bytes/s) so the transfer lasts about 5 s however fast the circuit
+# is: the middle hop must die mid-transfer (an unpaced 3-hop circuit now moves 160 MiB in
+# under 1.5 s).
+RATE = {False: 8 * 1024 * 1024, True: 32 * 1024 * 1024}
 PORT = 5601
 
 
@@ -84,7 +88,9 @@ def test_tcp_transfer_survives_a_dead_middle_hop(
         stderr=None if "-v" in sys.argv else subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        scenario(lab, proc, lan_a, mesh, lan_b, size=SIZE[offload], new_tail=new_tail)
+        scenario(
+            lab, proc, lan_a, mesh, lan_b, size=SIZE[offload], rate=RATE[offload], new_tail=new_tail
+        )
     finally:
         lab.stop(proc)
         assert proc.stdout is not None
@@ -92,7 +98,15 @@ def test_tcp_transfer_survives_a_dead_middle_hop(
 
 
 def scenario(
-    lab: Lab, proc: subprocess.Popen[bytes], lan_a, mesh, lan_b, *, size: int, new_tail: bool
+    lab: Lab,
+    proc: subprocess.Popen[bytes],
+    lan_a,
+    mesh,
+    lan_b,
+    *,
+    size: int,
+    rate: int,
+    new_tail: bool,
 ) -> None:
     first = read_json(proc, "path")
     assert len(first["path"]) == 3 and first["rebuilds"] == 0
@@ -104,7 +118,16 @@ def scenario(
     assert receiver.stdout is not None and receiver.stdout.readline().strip() == b"ready"
     sender = lab.spawn(
         lan_a,
-        [sys.executable, "-c", h.STREAM_SEND, topology.HOST_B, str(PORT), str(size), "7"],
+        [
+            sys.executable,
+            "-c",
+            h.STREAM_SEND,
+            topology.HOST_B,
+            str(PORT),
+            str(size),
+            "7",
+            str(rate),
+        ],
         stdout=subprocess.PIPE,
     )
     # Mid-transfer, the middle hop of the circuit dies (SIGUSR1 to the mesh process we
