@@ -115,6 +115,9 @@ CLOSE_REVOKED = 4403
 # a busy one (1500-byte frames one by one) makes few large records, not one per frame.
 COALESCE_S = 0.0005
 COALESCE_FRAMES = 64
+# ... but only a small batch: one of this many bytes or more (a GSO super-frame) is a
+# large record already, and waiting would only cost the loop iteration.
+COALESCE_BYTES = 16384
 # Room for the WebSocket frame header on top of the largest record or handshake message
 # (the exit's hello carries its attestation evidence).
 MAX_MESSAGE_SIZE = max(MAX_RECORD_SIZE, MAX_HANDSHAKE_MESSAGE_SIZE) + 64
@@ -278,7 +281,7 @@ class Link:
             return False
         if not frames:
             return True
-        if self._pending or time.monotonic() - self._last_write < COALESCE_S:
+        if self._pending or (time.monotonic() - self._last_write < COALESCE_S and _small(frames)):
             self._pending.extend(frames)
             if len(self._pending) >= COALESCE_FRAMES:
                 self._flush_pending()
@@ -670,6 +673,15 @@ class Link:
         """Notices the connection ending under us (peer gone, TCP reset)."""
         await self._ws.wait_closed()
         self._end("revoked" if self._ws.close_code == CLOSE_REVOKED else "connection closed")
+
+
+def _small(frames: Sequence[Buffer]) -> bool:
+    total = 0
+    for frame in frames:
+        total += len(frame)
+        if total >= COALESCE_BYTES:
+            return False
+    return True
 
 
 def is_revoked(exc: BaseException) -> bool:
