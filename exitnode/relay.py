@@ -147,7 +147,7 @@ class _CircuitPort:
         if self.closed:
             raise TransportClosed("circuit closed")
         hop = self._hop
-        hop.to_prev.put(hop.circuit.originate(frames, cell_header(CellKind.RELAY, hop.prev_id)))
+        hop.to_prev.put(hop.circuit.originate(frames, hop.prev_header))
 
     async def recv_frames(self) -> Sequence[Buffer]:
         batch = await self._inbox.get()

@@ -94,13 +94,22 @@ class Cell:
 
 
 def encode_cell(kind: CellKind, circuit: int, body: bytes | bytearray | memoryview) -> bytes:
-    return _CELL.pack(CELL_MAGIC, kind, circuit) + body
+    return cell_header(kind, circuit) + body
 
 
 def cell_header(kind: CellKind, circuit: int) -> bytes:
     """The header ``encode_cell`` puts before a body: the onion functions write it into
     the cell's buffer themselves (``prefix``), so no copy of the body is made for it."""
     return _CELL.pack(CELL_MAGIC, kind, circuit)
+
+
+def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:
+    """A flat byte view of ``data`` (cast only when it is not one already: a cast per cell
+    costs more than the check)."""
+    view = memoryview(data)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
 
 
 def looks_like_cell(frame: bytes | bytearray | memoryview) -> bool:
@@ -128,9 +137,7 @@ _COMMANDS = {int(c): c for c in RelayCommand}
 
 def parse_cell(frame: bytes | bytearray | memoryview) -> Cell:
     """The cell in a link frame; ``MalformedMessage`` on a bad magic, kind or size."""
-    view = memoryview(frame)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
+    view = _byte_view(frame)
     if len(view) < CELL_HEADER_SIZE:
         raise MalformedMessage("short cell")
     magic, kind, circuit = _CELL.unpack_from(view, 0)
@@ -201,9 +208,7 @@ def relay_payloads(command: RelayCommand, data: bytes | bytearray | memoryview) 
         raise ValueError("relay message larger than MAX_RELAY_MESSAGE")
     bulk = command is RelayCommand.DATA or command is RelayCommand.PADDING
     chunk = _LARGEST_DATA if bulk else CONTROL_FRAGMENT_CLASS - RELAY_MESSAGE_HEADER_SIZE
-    view = memoryview(data)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
+    view = _byte_view(data)
     for start in range(0, max(len(view), 1), chunk):
         part = view[start : start + chunk]
         flags = (FLAG_MORE if start + chunk < len(view) else 0) | (FLAG_CONTINUED if start else 0)

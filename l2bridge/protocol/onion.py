@@ -215,9 +215,7 @@ class LayerSender:
             raise StateError("layer wiped")
         if not 0 <= sequence <= MAX_COUNTER:
             raise StateError("sequence exhausted")
-        gen.aead.encrypt_into(
-            (gen.iv_int ^ sequence).to_bytes(AEAD_NONCE_SIZE, "big"), payload, self._label, out
-        )
+        gen.aead.encrypt_into(gen.nonce(sequence), payload, self._label, out)
         return self._header.seal(sequence, gen.number) + out[-AEAD_TAG_SIZE:].tobytes()
 
     def seal(self, payload: Buffer, sequence: int) -> tuple[memoryview, bytes]:
@@ -429,33 +427,26 @@ def wrap_backward(
 ) -> bytearray:
     """Hop: add our layer to a body coming back from the next hop; ``prefix`` (the cell
     header toward the previous hop) and the new body, in one buffer."""
-    size = len(body)
-    if size - ONION_HEADER_SIZE not in RELAY_SIZE_CLASSES:
+    if not is_body_size(len(body)):
         raise RecordRejected("bad_size")
     view = memoryview(body)
+    payload = view[ONION_HEADER_SIZE:]
+    out = _sealed_cell(len(payload), prefix)
     at = len(prefix)
-    out = bytearray(at + size + AEAD_TAG_SIZE)
-    out[:at] = prefix
     out[at + ONION_SLOT_SIZE : at + ONION_HEADER_SIZE] = view[: ONION_HEADER_SIZE - ONION_SLOT_SIZE]
-    with memoryview(out) as target:
-        slot = layer.seal_into(view[ONION_HEADER_SIZE:], sequence, target[at + ONION_HEADER_SIZE :])
-    out[at : at + ONION_SLOT_SIZE] = slot
-    del out[-AEAD_TAG_SIZE:]  # shrinking a bytearray at its end copies nothing
-    return out
+    out[at : at + ONION_SLOT_SIZE] = _seal_payload(layer, payload, sequence, out)
+    return _drop_tag(out)
 
 
 def originate_backward(
     layer: LayerSender, payload: Buffer, sequence: int, prefix: bytes = b""
 ) -> bytearray:
     """Tail: the first (innermost) backward layer over a plaintext payload."""
+    out = _sealed_cell(len(payload), prefix)
+    slot = _seal_payload(layer, payload, sequence, out)
     at = len(prefix)
-    out = bytearray(at + ONION_HEADER_SIZE + len(payload) + AEAD_TAG_SIZE)
-    out[:at] = prefix
-    with memoryview(out) as target:
-        slot = layer.seal_into(payload, sequence, target[at + ONION_HEADER_SIZE :])
     out[at : at + ONION_HEADER_SIZE] = slot + layer.filler.take((MAX_HOPS - 1) * ONION_SLOT_SIZE)
-    del out[-AEAD_TAG_SIZE:]
-    return out
+    return _drop_tag(out)
 
 
 def unwrap_backward(layers: list[LayerReceiver], body: Buffer, now: float) -> bytearray:
