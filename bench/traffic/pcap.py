@@ -10,6 +10,7 @@ Retransmitted bytes are counted once, as sequence numbers say.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,10 +70,8 @@ def _records(flow: Flow, d: _Direction, sign: int, t: float, payload: bytes) -> 
             d.pending = bytearray()
 
 
-def read_flows(path: Path, server_port: int) -> list[Flow]:
-    """Every TCP connection to ``server_port`` in the capture, in SYN order."""
-    flows: dict[tuple[str, int, str, int], Flow] = {}
-    done: list[Flow] = []
+def _pcap_frames(path: Path) -> Iterator[tuple[float, int, bytes]]:
+    """(time, length on the wire, captured bytes) of each frame in a pcap file."""
     with path.open("rb") as f:
         header = f.read(24)
         if len(header) < 24 or header[:4] not in PCAP_MAGIC:
@@ -82,56 +81,62 @@ def read_flows(path: Path, server_port: int) -> list[Flow]:
         while True:
             raw = f.read(16)
             if len(raw) < 16:
-                break
-            sec, frac, incl, _orig = rec.unpack(raw)
-            frame = f.read(incl)
-            t = sec + frac * unit
-            if len(frame) < 54 or frame[12:14] != b"\x08\x00":
-                continue
-            ihl = (frame[14] & 0x0F) * 4
-            if frame[23] != 6:
-                continue
-            total = struct.unpack(">H", frame[16:18])[0]
-            src, dst = frame[26:30], frame[30:34]
-            tcp = 14 + ihl
-            sport, dport, seq = struct.unpack(">HHI", frame[tcp : tcp + 8])
-            flags = frame[tcp + 13]
-            doff = (frame[tcp + 12] >> 4) * 4
-            size = total - ihl - doff
-            payload = frame[tcp + doff : tcp + doff + size]
-            if dport == server_port:
-                key, sign = (_ip(src), sport, _ip(dst), dport), 1
-            elif sport == server_port:
-                key, sign = (_ip(dst), dport, _ip(src), sport), -1
-            else:
-                continue
-            if flags & 0x02 and not flags & 0x10:  # SYN: a new connection
-                if key in flows:
-                    done.append(flows.pop(key))
-                flows[key] = Flow((key[0], key[1]), (key[2], key[3]), t)
-                flows[key].up.next_seq = seq + 1
-                continue
-            flow = flows.get(key)
-            if flow is None:
-                continue
-            d = flow.up if sign > 0 else flow.down
-            if flags & 0x02:  # SYN-ACK
-                d.next_seq = seq + 1
-                continue
-            if flags & 0x05:
-                flow.fin = True
-            if size <= 0 or d.next_seq is None:
-                continue
-            end = seq + size
-            if (end - d.next_seq) & 0xFFFFFFFF >= 0x80000000 or end == d.next_seq:
-                continue  # all of it seen before
-            skip = (d.next_seq - seq) & 0xFFFFFFFF
-            fresh = payload[skip:] if skip < size else b""
-            d.next_seq = end & 0xFFFFFFFF
-            flow.packets.append((t, sign, size))
-            if len(d.head) < HEAD_BYTES:
-                d.head += fresh[: HEAD_BYTES - len(d.head)]
-            _records(flow, d, sign, t, fresh)
+                return
+            sec, frac, incl, orig = rec.unpack(raw)
+            yield sec + frac * unit, orig, f.read(incl)
+
+
+def read_flows(path: Path, server_port: int) -> list[Flow]:
+    """Every TCP connection to ``server_port`` in the capture, in SYN order."""
+    flows: dict[tuple[str, int, str, int], Flow] = {}
+    done: list[Flow] = []
+    for t, _orig, frame in _pcap_frames(path):
+        if len(frame) < 54 or frame[12:14] != b"\x08\x00":
+            continue
+        ihl = (frame[14] & 0x0F) * 4
+        if frame[23] != 6:
+            continue
+        total = struct.unpack(">H", frame[16:18])[0]
+        src, dst = frame[26:30], frame[30:34]
+        tcp = 14 + ihl
+        sport, dport, seq = struct.unpack(">HHI", frame[tcp : tcp + 8])
+        flags = frame[tcp + 13]
+        doff = (frame[tcp + 12] >> 4) * 4
+        size = total - ihl - doff
+        payload = frame[tcp + doff : tcp + doff + size]
+        if dport == server_port:
+            key, sign = (_ip(src), sport, _ip(dst), dport), 1
+        elif sport == server_port:
+            key, sign = (_ip(dst), dport, _ip(src), sport), -1
+        else:
+            continue
+        if flags & 0x02 and not flags & 0x10:  # SYN: a new connection
+            if key in flows:
+                done.append(flows.pop(key))
+            flows[key] = Flow((key[0], key[1]), (key[2], key[3]), t)
+            flows[key].up.next_seq = seq + 1
+            continue
+        flow = flows.get(key)
+        if flow is None:
+            continue
+        d = flow.up if sign > 0 else flow.down
+        if flags & 0x02:  # SYN-ACK
+            d.next_seq = seq + 1
+            continue
+        if flags & 0x05:
+            flow.fin = True
+        if size <= 0 or d.next_seq is None:
+            continue
+        end = seq + size
+        if (end - d.next_seq) & 0xFFFFFFFF >= 0x80000000 or end == d.next_seq:
+            continue  # all of it seen before
+        skip = (d.next_seq - seq) & 0xFFFFFFFF
+        fresh = payload[skip:] if skip < size else b""
+        d.next_seq = end & 0xFFFFFFFF
+        flow.packets.append((t, sign, size))
+        if len(d.head) < HEAD_BYTES:
+            d.head += fresh[: HEAD_BYTES - len(d.head)]
+        _records(flow, d, sign, t, fresh)
     done.extend(flows.values())
     done.sort(key=lambda fl: fl.syn_time)
     return done
@@ -140,19 +145,8 @@ def read_flows(path: Path, server_port: int) -> list[Flow]:
 def frame_sizes(path: Path) -> list[tuple[float, int]]:
     """(time, bytes on the wire) of every frame in the capture (the LAN side's load)."""
     out = []
-    with path.open("rb") as f:
-        header = f.read(24)
-        if len(header) < 24 or header[:4] not in PCAP_MAGIC:
-            raise ValueError(f"{path}: not a pcap file")
-        endian, unit = PCAP_MAGIC[header[:4]]
-        rec = struct.Struct(endian + "IIII")
-        while True:
-            raw = f.read(16)
-            if len(raw) < 16:
-                break
-            sec, frac, incl, orig = rec.unpack(raw)
-            f.seek(incl, 1)
-            out.append((sec + frac * unit, orig))
+    for t, orig, _frame in _pcap_frames(path):
+        out.append((t, orig))
     return out
 
 
@@ -166,30 +160,18 @@ def echo_times(path: Path, port: int) -> list[tuple[float, float]]:
     measured on the LAN side of the tunnel, where the user is)."""
     out: list[tuple[float, float]] = []
     waiting: float | None = None
-    with path.open("rb") as f:
-        header = f.read(24)
-        if len(header) < 24 or header[:4] not in PCAP_MAGIC:
-            raise ValueError(f"{path}: not a pcap file")
-        endian, unit = PCAP_MAGIC[header[:4]]
-        rec = struct.Struct(endian + "IIII")
-        while True:
-            raw = f.read(16)
-            if len(raw) < 16:
-                break
-            sec, frac, incl, _orig = rec.unpack(raw)
-            frame = f.read(incl)
-            if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
-                continue
-            ihl = (frame[14] & 0x0F) * 4
-            total = struct.unpack(">H", frame[16:18])[0]
-            tcp = 14 + ihl
-            sport, dport = struct.unpack(">HH", frame[tcp : tcp + 4])
-            if total - ihl - (frame[tcp + 12] >> 4) * 4 <= 0:
-                continue
-            t = sec + frac * unit
-            if dport == port and waiting is None:
-                waiting = t
-            elif sport == port and waiting is not None:
-                out.append((waiting, t - waiting))
-                waiting = None
+    for t, _orig, frame in _pcap_frames(path):
+        if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+            continue
+        ihl = (frame[14] & 0x0F) * 4
+        total = struct.unpack(">H", frame[16:18])[0]
+        tcp = 14 + ihl
+        sport, dport = struct.unpack(">HH", frame[tcp : tcp + 4])
+        if total - ihl - (frame[tcp + 12] >> 4) * 4 <= 0:
+            continue
+        if dport == port and waiting is None:
+            waiting = t
+        elif sport == port and waiting is not None:
+            out.append((waiting, t - waiting))
+            waiting = None
     return out
