@@ -4,12 +4,14 @@ Both hand over *tunnel frames* (``hardware.ethernet``: 10-byte offload header + 
 frame), so the layers above never care which mode a TAP is in:
 
 - plain (``IFF_TAP | IFF_NO_PI``, MTU 1500 or jumbo 9000): the adapter adds an all-zero
-  offload header on read and strips it on write. A super-frame arriving for a plain TAP
-  cannot be cut up here and is dropped and counted; a frame whose checksum the sender left
-  to offload is finished in software first.
+  offload header on read and strips it on write. A super-frame arriving for a plain TAP is
+  cut into the frames it stands for in software (``hardware.gro.segment``); a frame whose
+  checksum the sender left to offload is finished in software first.
 - offload (``IFF_VNET_HDR`` + ``TUNSETOFFLOAD`` checksum/TSO4/TSO6): the kernel's
-  ``virtio_net_hdr`` is the offload header, and TCP arrives as GSO super-frames of up to
-  64 KiB, so Python pays per 64 KiB instead of per 1500 bytes.
+  ``virtio_net_hdr`` is the offload header, and TCP (and, on Linux 6.2+, UDP) arrives as
+  GSO super-frames of up to 64 KiB, so Python pays per 64 KiB instead of per 1500 bytes.
+  With ``coalesce``, runs of plain TCP/UDP frames read are merged into super-frames too
+  (``hardware.gro``).
 
 Reads are non-blocking and batched until the device is empty (``EAGAIN``) or a batch limit
 is reached; the kernel's own transmit queue (``txqueuelen``) is the bounded queue in front
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import pytun
 
-from hardware import ethernet
+from hardware import ethernet, gro
 
 # linux/if_tun.h
 TUNSETOFFLOAD = 0x400454D0
@@ -39,7 +41,12 @@ TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 TUN_F_TSO_ECN = 0x08
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
 OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+# UDP segmentation offload (Linux 6.2+): UDP also arrives as super-frames; older kernels
+# refuse the flags, and the TAP runs with the TCP offloads alone.
+OFFLOADS_USO = OFFLOADS | TUN_F_USO4 | TUN_F_USO6
 
 PLAIN_MTU = 1500
 JUMBO_MTU = 9000
@@ -60,6 +67,7 @@ class TapConfig:
     mtu: int = PLAIN_MTU
     offload: bool = False
     mac: bytes | None = None  # None: the kernel's random one (a new one every open)
+    coalesce: bool = False  # software GRO on reads (hardware.gro); offload TAPs only
 
     def __post_init__(self) -> None:
         if not 0 < len(self.name) < 16:
@@ -74,6 +82,8 @@ class TapConfig:
 class TapStats:
     frames_read: int = 0
     bytes_read: int = 0
+    coalesced: int = 0  # frames read that were merged into another (software GRO)
+    segmented: int = 0  # super-frames cut up here for a device that cannot take them
     frames_written: int = 0
     bytes_written: int = 0
     drops: Counter[str] = field(default_factory=Counter)
@@ -86,11 +96,13 @@ class FrameDevice:
     thread-safe per direction, but one reader thread and one writer thread may share it.
     """
 
-    def __init__(self, fd: int, name: str, mtu: int, offload: bool) -> None:
+    def __init__(self, fd: int, name: str, mtu: int, offload: bool, coalesce: bool = False) -> None:
         self._fd = fd
         self.name = name
         self.mtu = mtu
         self.offload = offload
+        # Super-frames are only for a peer that takes them: one that runs with offloads too.
+        self.coalesce = coalesce and offload
         self.stats = TapStats()
         self._closed = False
         # Plain mode reads into one reused buffer behind an all-zero offload header (the
@@ -131,6 +143,10 @@ class FrameDevice:
             total += len(frame)
         self.stats.frames_read += len(frames)
         self.stats.bytes_read += total
+        if self.coalesce and len(frames) > 1:
+            merged = gro.coalesce(frames)
+            self.stats.coalesced += len(frames) - len(merged)
+            return merged
         return frames
 
     def write_batch(self, frames: Iterable[bytes | bytearray | memoryview]) -> int:
@@ -140,6 +156,9 @@ class FrameDevice:
         for frame in frames:
             if len(frame) < ethernet.OFFLOAD_HEADER_LEN + ethernet.ETH_HEADER_LEN:
                 self.stats.drops["short"] += 1
+                continue
+            if not self.offload and frame[1] & ~ethernet.GSO_ECN != ethernet.GSO_NONE:
+                written += self._write_cut(frame)
                 continue
             data: bytes | bytearray | memoryview = frame
             if not self.offload:
@@ -153,7 +172,11 @@ class FrameDevice:
                 self.stats.drops["device_busy"] += 1
                 continue
             except OSError:
-                # EINVAL for an offload header the kernel rejects, EIO when the link is down.
+                # EINVAL for an offload header the kernel rejects (a kernel before 6.2 has
+                # no UDP segmentation: cut those here), EIO when the link is down.
+                if self.offload and frame[1] == ethernet.GSO_UDP_L4:
+                    written += self._write_cut(frame)
+                    continue
                 self.stats.drops["rejected"] += 1
                 continue
             written += 1
@@ -161,11 +184,31 @@ class FrameDevice:
         self.stats.frames_written += written
         return written
 
+    def _write_cut(self, frame: bytes | bytearray | memoryview) -> int:
+        """Write a super-frame the device cannot take as the plain frames it stands for."""
+        try:
+            pieces = gro.segment(frame)
+        except ethernet.FrameError:
+            self.stats.drops["bad_offload"] += 1
+            return 0
+        self.stats.segmented += 1
+        skip = 0 if self.offload else ethernet.OFFLOAD_HEADER_LEN
+        written = 0
+        for piece in pieces:
+            try:
+                os.write(self._fd, memoryview(piece)[skip:])
+            except BlockingIOError:
+                self.stats.drops["device_busy"] += 1
+                continue
+            except OSError:
+                self.stats.drops["rejected"] += 1
+                continue
+            written += 1
+            self.stats.bytes_written += len(piece) - skip
+        return written
+
     def _for_plain(self, frame: bytes | bytearray | memoryview) -> memoryview | None:
-        flags, gso_type = frame[0], frame[1]
-        if gso_type & ~ethernet.GSO_ECN != ethernet.GSO_NONE:
-            self.stats.drops["gso_unsupported"] += 1
-            return None
+        flags = frame[0]
         if flags & ethernet.NEEDS_CSUM:
             copy = bytearray(frame)
             try:
@@ -198,7 +241,10 @@ class LinuxTap(FrameDevice):
         fd = os.dup(dev.fileno())
         try:
             if config.offload:
-                fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS)
+                try:
+                    fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS_USO)
+                except OSError:
+                    fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS)
             dev.mtu = config.mtu
             if config.mac is not None:
                 dev.hwaddr = config.mac
@@ -208,7 +254,7 @@ class LinuxTap(FrameDevice):
             dev.close()
             raise TapError(f"cannot configure tap {config.name}: {exc}") from exc
         self._dev = dev
-        super().__init__(fd, dev.name, config.mtu, config.offload)
+        super().__init__(fd, dev.name, config.mtu, config.offload, config.coalesce)
         # A TAP is a bridge port, not a host: no IPv6 link-local address, router
         # solicitations or MLD reports of its own leaking into the bridged LAN.
         with contextlib.suppress(OSError):
@@ -243,6 +289,7 @@ class FakeTap(FrameDevice):
         mtu: int = PLAIN_MTU,
         offload: bool = False,
         mac: bytes = bytes.fromhex("020000000001"),
+        coalesce: bool = False,
     ) -> None:
         self.hwaddr = mac
         device, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -250,7 +297,7 @@ class FakeTap(FrameDevice):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
         self._kernel = kernel
         self._kernel.setblocking(False)
-        super().__init__(device.detach(), name, mtu, offload)
+        super().__init__(device.detach(), name, mtu, offload, coalesce)
 
     def inject(self, frame: bytes) -> None:
         self._kernel.send(frame)

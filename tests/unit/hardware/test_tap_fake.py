@@ -60,12 +60,12 @@ def test_offload_mode_passes_header_through_both_ways() -> None:
     tap.close()
 
 
-def test_plain_tap_drops_gso_super_frames_and_short_frames() -> None:
+def test_plain_tap_drops_malformed_super_frames_and_short_frames() -> None:
     tap = FakeTap()
     gso = ethernet.offload_header(gso_type=ethernet.GSO_TCPV6, gso_size=1400) + arp()
     assert tap.write_batch([gso, b"\x00" * 12]) == 0
     assert tap.delivered() == []
-    assert tap.stats.drops == {"gso_unsupported": 1, "short": 1}
+    assert tap.stats.drops == {"bad_offload": 1, "short": 1}
     tap.close()
 
 

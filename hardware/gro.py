@@ -1,0 +1,372 @@
+"""Software receive offload: runs of plain TCP and UDP frames become GSO super-frames.
+
+A TAP hands us one 1500-byte frame per read whenever the traffic was not a TSO super-frame
+to begin with: TCP from a bridged NIC without GRO, any UDP (QUIC, iperf3 ``-u``, media).
+Every frame then pays the tunnel's per-frame cost (record, AEAD call, WebSocket frame,
+switch, TAP write). As Linux's own GRO does, and as wireguard-go does in front of its TUN,
+this module merges consecutive segments of one flow from a read batch into one super-frame
+whose virtio-net header tells the receiving kernel to cut it back into the same packets
+(``GSO_TCPV4``/``GSO_TCPV6`` at the MSS, ``GSO_UDP_L4`` at the datagram size). The far
+end's TAP must accept super-frames: coalescing is for tunnels whose ends run with
+``vnet_hdr`` (the default), which already carry the kernel's own TSO super-frames.
+
+What merges (anything else passes through untouched, in order):
+
+* untagged IPv4 without options or fragments, or IPv6 without extension headers;
+* TCP: same addresses, ports, ack, window, options (timestamps included) and IP fields,
+  flags exactly ACK (a PSH ends a run: it is kept on the last segment), consecutive
+  sequence numbers, equal payloads but for a shorter last one;
+* UDP: same addresses and ports, equal payloads but for a shorter last one;
+* IPv4 IDs that count up by one, or any IDs with DF set (RFC 6864: an atomic datagram's ID
+  means nothing; the kernel numbers the segments it cuts from the first one's);
+* a checksum that is right (computed here, unless the kernel said it is valid or left it to
+  offload), and an IPv4 header checksum that is right: merging writes fresh ones, which
+  must never turn a corrupted segment into a valid one.
+
+Frames of other flows in between do not break a run; a frame of the same flow that cannot
+join closes it, so no flow's packets are reordered. Sans-I/O: frames in, frames out.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from hardware import ethernet
+
+BASE = ethernet.OFFLOAD_HEADER_LEN
+L3 = BASE + ethernet.ETH_HEADER_LEN  # untagged frames only
+MAX_IP_PACKET = 65535
+MAX_SEGMENTS = 64  # the kernel's UDP GSO allows 128; 64 x 1448 already fills a TCP packet
+MAX_CUT = 1024  # segments ``segment`` makes of one super-frame (TCP's smallest MSS: 745)
+
+TCP = 6
+UDP = 17
+TCP_ACK = 0x10
+TCP_PSH = 0x08
+IPV4_DF = 0x4000
+IPV4_MF_OFFSET = 0x3FFF
+TCP_HEADER_MIN = 20
+UDP_HEADER_LEN = 8
+IPV4_HEADER_LEN = 20
+IPV6_HEADER_LEN = 40
+
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_CSUM_AT = struct.Struct("<HH")  # csum_start, csum_offset in the offload header
+_IPV4 = struct.Struct("!2xHHH1xB")  # total length, ID, flags/fragment, protocol
+_IPV6 = struct.Struct("!HB")  # payload length, next header
+_TCP = struct.Struct("!4xI4xBB4xH")  # sequence, data offset, flags, urgent pointer
+_UDP = struct.Struct("!4xHH")  # length, checksum
+_ETHERTYPE_IPV4 = ethernet.ETHERTYPE_IPV4.to_bytes(2, "big")
+_ETHERTYPE_IPV6 = ethernet.ETHERTYPE_IPV6.to_bytes(2, "big")
+IP = L3 - BASE  # the IP header's offset in a frame without its offload header
+_PLAIN = bytes(BASE)
+_VALID = ethernet.offload_header(flags=ethernet.DATA_VALID)
+
+Buffer = bytes | bytearray | memoryview
+
+
+class _Seg(NamedTuple):
+    """What one mergeable segment is (offsets count from the tunnel frame's start)."""
+
+    flow: bytes  # addresses, ports and protocol
+    key: bytes  # every header byte that must match along a run
+    l4: int
+    payload_at: int
+    size: int  # payload bytes
+    proto: int
+    v6: bool
+    seq: int
+    ip_id: int
+    df: bool
+    psh: bool
+
+
+class _Run:
+    """Segments of one flow waiting to become one frame."""
+
+    __slots__ = ("closed", "first", "last", "next_id", "next_seq", "payloads", "seg", "total")
+
+    def __init__(self, frame: bytes, seg: _Seg) -> None:
+        self.seg = seg  # the first segment's
+        self.first = self.last = frame
+        self.payloads = [memoryview(frame)[seg.payload_at : seg.payload_at + seg.size]]
+        self.total = seg.size
+        self.next_seq = (seg.seq + seg.size) & 0xFFFFFFFF
+        self.next_id = (seg.ip_id + 1) & 0xFFFF
+        self.closed = seg.psh
+
+    def joins(self, seg: _Seg) -> bool:
+        first = self.seg
+        if self.closed or seg.key != first.key or seg.size > first.size:
+            return False
+        if first.proto == TCP and seg.seq != self.next_seq:
+            return False
+        if not first.v6 and not seg.df and seg.ip_id != self.next_id:
+            return False
+        return first.payload_at - L3 + self.total + seg.size <= MAX_IP_PACKET
+
+    def add(self, frame: bytes, seg: _Seg) -> None:
+        self.last = frame
+        self.payloads.append(memoryview(frame)[seg.payload_at : seg.payload_at + seg.size])
+        self.total += seg.size
+        self.next_seq = (seg.seq + seg.size) & 0xFFFFFFFF
+        self.next_id = (seg.ip_id + 1) & 0xFFFF
+        if seg.size < self.seg.size or seg.psh or len(self.payloads) >= MAX_SEGMENTS:
+            self.closed = True
+
+
+def coalesce(frames: Sequence[bytes]) -> list[bytes]:
+    """``frames`` with each mergeable run replaced by one super-frame (same order per flow)."""
+    if len(frames) < 2:
+        return list(frames)
+    out: list[bytes | _Run] = []
+    runs: dict[bytes, _Run] = {}  # the open run of each flow
+    for frame in frames:
+        seg = _segment(frame)
+        if seg is None:
+            # Whatever it is, nothing queued before it may now overtake it.
+            runs.clear()
+            out.append(frame)
+            continue
+        run = runs.get(seg.flow)
+        if run is not None and run.joins(seg):
+            run.add(frame, seg)
+            continue
+        run = runs[seg.flow] = _Run(frame, seg)
+        out.append(run)
+    return [_emit(item) if isinstance(item, _Run) else item for item in out]
+
+
+def _segment(frame: bytes) -> _Seg | None:
+    """What ``frame`` is as a mergeable segment, or None."""
+    n = len(frame)
+    if n < L3 + IPV4_HEADER_LEN + UDP_HEADER_LEN:
+        return None
+    head = frame[:BASE]
+    if head not in (_PLAIN, _VALID) and not _partial_ok(head):
+        return None
+    ethertype = frame[BASE + 12 : BASE + 14]
+    if ethertype == _ETHERTYPE_IPV4:
+        if frame[L3] != 0x45:
+            return None  # IPv4 options
+        total, ip_id, frag, proto = _IPV4.unpack_from(frame, L3)
+        if frag & IPV4_MF_OFFSET or total > n - L3 or total < IPV4_HEADER_LEN:
+            return None
+        if int.from_bytes(frame[L3 : L3 + IPV4_HEADER_LEN], "big") % 0xFFFF:
+            return None  # a bad header checksum: the receiver must see it and drop it
+        l4 = L3 + IPV4_HEADER_LEN
+        end = L3 + total
+        v6 = False
+        df = bool(frag & IPV4_DF)
+        flow = frame[L3 + 12 : l4 + 4]  # addresses and ports
+    elif ethertype == _ETHERTYPE_IPV6:
+        if n < L3 + IPV6_HEADER_LEN + UDP_HEADER_LEN or frame[L3] >> 4 != 6:
+            return None
+        length, proto = _IPV6.unpack_from(frame, L3 + 4)
+        l4 = L3 + IPV6_HEADER_LEN
+        end = l4 + length
+        if end > n:
+            return None
+        v6 = True
+        ip_id, df = 0, True
+        flow = frame[L3 + 8 : l4 + 4]
+    else:
+        return None
+    if proto == TCP:
+        if end - l4 < TCP_HEADER_MIN:
+            return None
+        seq, offset, flags, urgent = _TCP.unpack_from(frame, l4)
+        payload_at = l4 + (offset >> 4) * 4
+        size = end - payload_at
+        if payload_at < l4 + TCP_HEADER_MIN or size <= 0 or flags & ~TCP_PSH != TCP_ACK:
+            return None
+        if urgent:
+            return None
+        psh = bool(flags & TCP_PSH)
+    elif proto == UDP:
+        payload_at = l4 + UDP_HEADER_LEN
+        size = end - payload_at
+        length, checksum = _UDP.unpack_from(frame, l4)
+        if size <= 0 or length != end - l4 or (v6 and not checksum):
+            return None  # (IPv6 UDP must carry a checksum)
+        seq, psh = 0, False
+    else:
+        return None
+    if head == _PLAIN:
+        if not _checksum_ok(frame, l4, end, proto, v6):
+            return None
+    elif head != _VALID:
+        start, at = _CSUM_AT.unpack_from(head, 6)
+        wanted = ethernet.TCP_CSUM_OFFSET if proto == TCP else ethernet.UDP_CSUM_OFFSET
+        if start != l4 - BASE or at != wanted:
+            return None
+    # The key: every header byte with the fields that may change along a run zeroed.
+    key = bytearray(frame[BASE:payload_at])
+    tcp = l4 - BASE
+    if v6:
+        key[IP + 4 : IP + 6] = b"\0\0"  # payload length
+    else:
+        key[IP + 2 : IP + 6] = b"\0\0\0\0"  # total length, ID
+        key[IP + 10 : IP + 12] = b"\0\0"  # header checksum
+    if proto == TCP:
+        key[tcp + 4 : tcp + 8] = b"\0\0\0\0"  # sequence number
+        key[tcp + 13] = 0  # flags (PSH may end a run)
+        key[tcp + 16 : tcp + 18] = b"\0\0"  # checksum
+    else:
+        key[tcp + 4 : tcp + 8] = b"\0\0\0\0"  # length, checksum
+    return _Seg(flow, bytes(key), l4, payload_at, size, proto, v6, seq, ip_id, df, psh)
+
+
+def _partial_ok(head: bytes) -> bool:
+    """A frame whose checksum the sending kernel left to offload, at the usual place."""
+    flags, gso_type, _hdr, gso_size, _start, offset = ethernet.OFFLOAD_HEADER.unpack(head)
+    return (
+        flags == ethernet.NEEDS_CSUM
+        and gso_type == ethernet.GSO_NONE
+        and not gso_size
+        and offset in ethernet.CSUM_OFFSETS
+    )
+
+
+def _pseudo_sum(frame: Buffer, proto: int, length: int, v6: bool) -> int:
+    """The pseudo-header's words as one integer (to be summed mod 0xffff)."""
+    if v6:
+        addresses = int.from_bytes(frame[L3 + 8 : L3 + 40], "big")
+    else:
+        addresses = int.from_bytes(frame[L3 + 12 : L3 + 20], "big")
+    return addresses + proto + (length >> 16) + (length & 0xFFFF)
+
+
+def _checksum_ok(frame: Buffer, l4: int, end: int, proto: int, v6: bool) -> bool:
+    if proto == UDP and not v6 and not (frame[l4 + 6] or frame[l4 + 7]):
+        return True  # IPv4 UDP without a checksum: nothing to verify, nothing lost
+    data = int.from_bytes(frame[l4:end], "big")
+    if (end - l4) & 1:
+        data <<= 8
+    total = data + _pseudo_sum(frame, proto, end - l4, v6)
+    # The one's-complement sum is the value mod 0xffff (2**16 = 1): a valid segment's
+    # words, its checksum included, sum to "negative zero".
+    return total % 0xFFFF == 0
+
+
+def _fold(value: int) -> int:
+    folded = value % 0xFFFF
+    return 0xFFFF if folded == 0 and value else folded
+
+
+def _emit(run: _Run) -> bytes:
+    """One segment: itself; several: the super-frame the receiving kernel cuts back."""
+    first, seg = run.first, run.seg
+    if len(run.payloads) == 1:
+        return first
+    at = seg.payload_at
+    hdr = bytearray(first[BASE:at])
+    ip = IP
+    l4 = seg.l4 - BASE
+    l4_len = at - seg.l4 + run.total
+    tcp = seg.proto == TCP
+    if seg.v6:
+        _U16.pack_into(hdr, ip + 4, l4_len)
+        gso_type = ethernet.GSO_TCPV6 if tcp else ethernet.GSO_UDP_L4
+    else:
+        _U16.pack_into(hdr, ip + 2, IPV4_HEADER_LEN + l4_len)
+        _U16.pack_into(hdr, ip + 10, 0)
+        _U16.pack_into(hdr, ip + 10, ethernet.internet_checksum(hdr[ip:l4]))
+        gso_type = ethernet.GSO_TCPV4 if tcp else ethernet.GSO_UDP_L4
+    if tcp:
+        hdr[l4 + 13] = run.last[seg.l4 + 13]  # the last segment's flags (its PSH)
+        csum_offset = ethernet.TCP_CSUM_OFFSET
+    else:
+        _U16.pack_into(hdr, l4 + 4, l4_len)
+        csum_offset = ethernet.UDP_CSUM_OFFSET
+    # "Fill in the checksum": the field holds the pseudo-header sum, not complemented.
+    _U16.pack_into(hdr, l4 + csum_offset, _fold(_pseudo_sum(first, seg.proto, l4_len, seg.v6)))
+    offload = ethernet.offload_header(
+        flags=ethernet.NEEDS_CSUM,
+        gso_type=gso_type,
+        hdr_len=at - BASE,
+        gso_size=seg.size,
+        csum_start=l4,
+        csum_offset=csum_offset,
+    )
+    return b"".join([offload, hdr, *run.payloads])
+
+
+def segment(frame: Buffer) -> list[bytes]:
+    """Cut a TCP or UDP super-frame into plain frames with whole checksums, as TSO/USO do.
+
+    For a TAP that cannot take the super-frame (a plain TAP, or a kernel without UDP
+    segmentation): the frames it would have produced, each with an all-zero offload header.
+    Raises ``ethernet.FrameError("bad_offload")`` for a super-frame that does not describe
+    its own headers (checked by ``ethernet.parse`` before, so only a bug gets here).
+    """
+    n = len(frame)
+    if n < L3 + IPV4_HEADER_LEN + UDP_HEADER_LEN:
+        raise ethernet.FrameError("bad_offload")
+    flags, gso_type, _hdr, size, start, offset = ethernet.OFFLOAD_HEADER.unpack_from(frame, 0)
+    kind = gso_type & ~ethernet.GSO_ECN
+    ethertype = bytes(frame[BASE + 12 : BASE + 14])
+    v6 = ethertype == _ETHERTYPE_IPV6
+    l4 = BASE + start
+    if (
+        kind not in (ethernet.GSO_TCPV4, ethernet.GSO_TCPV6, ethernet.GSO_UDP_L4)
+        or not flags & ethernet.NEEDS_CSUM
+        or not size
+        or l4 != (L3 + IPV6_HEADER_LEN if v6 else L3 + IPV4_HEADER_LEN)
+        or (not v6 and (ethertype != _ETHERTYPE_IPV4 or frame[L3] != 0x45))
+        or (v6 and frame[L3 + 6] != (UDP if kind == ethernet.GSO_UDP_L4 else TCP))
+        or (not v6 and frame[L3 + 9] != (UDP if kind == ethernet.GSO_UDP_L4 else TCP))
+    ):
+        raise ethernet.FrameError("bad_offload")
+    tcp = kind != ethernet.GSO_UDP_L4
+    if n < l4 + (TCP_HEADER_MIN if tcp else UDP_HEADER_LEN):
+        raise ethernet.FrameError("bad_offload")
+    payload_at = l4 + ((frame[l4 + 12] >> 4) * 4 if tcp else UDP_HEADER_LEN)
+    if (
+        payload_at < l4 + (TCP_HEADER_MIN if tcp else UDP_HEADER_LEN)
+        or payload_at >= n
+        or offset != (ethernet.TCP_CSUM_OFFSET if tcp else ethernet.UDP_CSUM_OFFSET)
+        or (n - payload_at + size - 1) // size > MAX_CUT
+    ):
+        raise ethernet.FrameError("bad_offload")
+    header = bytes(frame[BASE:payload_at])
+    ip, at = IP, l4 - BASE
+    seq = _U32.unpack_from(frame, l4 + 4)[0] if tcp else 0
+    ip_id = 0 if v6 else frame[L3 + 4] << 8 | frame[L3 + 5]
+    last_flags = frame[l4 + 13] if tcp else 0
+    out: list[bytes] = []
+    pos = payload_at
+    while pos < n:
+        chunk = frame[pos : pos + size]
+        pos += len(chunk)
+        h = bytearray(header)
+        l4_len = len(h) - at + len(chunk)
+        if v6:
+            _U16.pack_into(h, ip + 4, l4_len)
+        else:
+            _U16.pack_into(h, ip + 2, IPV4_HEADER_LEN + l4_len)
+            _U16.pack_into(h, ip + 4, ip_id)
+            _U16.pack_into(h, ip + 10, 0)
+            _U16.pack_into(h, ip + 10, ethernet.internet_checksum(h[ip:at]))
+            ip_id = (ip_id + 1) & 0xFFFF
+        if tcp:
+            _U32.pack_into(h, at + 4, seq)
+            seq = (seq + len(chunk)) & 0xFFFFFFFF
+            # FIN and PSH belong to the last segment, CWR to the first
+            h[at + 13] = last_flags if pos >= n else last_flags & ~(TCP_PSH | 0x01)
+            if out:
+                h[at + 13] &= ~0x80
+        else:
+            _U16.pack_into(h, at + 4, l4_len)
+        _U16.pack_into(h, at + offset, 0)
+        pseudo = _pseudo_sum(frame, TCP if tcp else UDP, l4_len, v6)
+        data = int.from_bytes(bytes(h[at:]) + bytes(chunk), "big") << (8 * (l4_len & 1))
+        check = (~_fold(data + pseudo)) & 0xFFFF
+        if not tcp and check == 0:
+            check = 0xFFFF  # UDP sends a computed zero as all ones
+        _U16.pack_into(h, at + offset, check)
+        out.append(_PLAIN + bytes(h) + bytes(chunk))
+    return out
