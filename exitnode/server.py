@@ -240,7 +240,9 @@ class ExitNode:
         self.evidence_provider = evidence_provider
         # The same MAC at every start: the LAN's ARP entries for the gateway stay right.
         mac = net.mac or stable_mac(self.identity.node_id)
-        self.tap_config = TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr, mac=mac)
+        self.tap_config = TapConfig(
+            name=net.tap, mtu=net.mtu, offload=net.vnet_hdr, mac=mac, coalesce=net.gro
+        )
         self.default_policy = vlan_policy(net.vlan_allow)
         self.metrics = Metrics("exit")
         self.clock: Callable[[], float] = time.time

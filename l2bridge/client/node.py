@@ -196,7 +196,9 @@ class ClientNode:
         if net.lan_interfaces and net.bridge is None:
             raise ConfigError("network.lan_interfaces: needs network.bridge (the bridge to join)")
         try:
-            tap = open_tap(TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr))
+            tap = open_tap(
+                TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr, coalesce=net.gro)
+            )
         except TapError as exc:
             raise ConfigError(f"network.tap: {exc}") from None
         lan = None

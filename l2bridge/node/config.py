@@ -77,6 +77,9 @@ class Network:
     tap: str = "sm0"
     bridge: str | None = None
     vnet_hdr: bool = True
+    # With vnet_hdr: merge runs of plain TCP/UDP frames read from the TAP into super-frames
+    # (software GRO, hardware.gro); the peer's TAP cuts them back.
+    gro: bool = True
     vlan_allow: tuple[int, ...] = ()  # empty: every VLAN (and untagged) passes
     # Exit: addresses of the LAN's gateway(s); no client may claim them in ARP/ND.
     gateway_ips: tuple[str, ...] = ()
@@ -566,6 +569,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "tap": _ifname,
             "bridge": _optional(_ifname),
             "vnet_hdr": _bool,
+            "gro": _bool,
             "vlan_allow": _vlans,
             "gateway_ips": _ip_list,
             "service_tags": _bool,
@@ -899,7 +903,7 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "security.tunnels_per_device": ("exit",),
     "security.pq_backend": BOTH,
     "security.reauth_interval": ("exit",),
-    **{f"network.{k}": BOTH for k in ("layer", "mtu", "tap", "bridge", "vnet_hdr")},
+    **{f"network.{k}": BOTH for k in ("layer", "mtu", "tap", "bridge", "vnet_hdr", "gro")},
     "network.vlan_allow": ("exit",),
     "network.lan_interfaces": ("client",),
     **{f"network.{k}": ("exit",) for k in ("gateway_ips", "service_tags", "mac")},

@@ -173,6 +173,11 @@ def network_vnet_hdr(w: World) -> None:
     assert w.exit(network={"vnet_hdr": False}).tap_config.offload is False
 
 
+def network_gro(w: World) -> None:
+    assert w.exit(network={}).tap_config.coalesce is True
+    assert w.exit(network={"gro": False}).tap_config.coalesce is False
+
+
 def network_vlan_allow(w: World) -> None:
     assert w.exit(network={"vlan_allow": [10, 20]}).default_policy.vlans == frozenset({10, 20})
     assert w.exit().default_policy.vlans is None
@@ -571,6 +576,7 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "network.bridge": "tests/integration/docs/test_getting_started.py::"
     "test_getting_started_runs_as_written",
     "network.vnet_hdr": network_vnet_hdr,
+    "network.gro": network_gro,
     "network.vlan_allow": network_vlan_allow,
     "network.gateway_ips": gateway_ips,
     "network.service_tags": service_tags,
