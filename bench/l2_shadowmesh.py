@@ -83,9 +83,11 @@ def tunnel(
         tmp / f"shadowmesh-{mode}",
         exit_host=topology.EXIT_WAN,
         mtu=topo.mtu,
-        offload=mode == "offload",
+        offload=mode != "plain",  # "gro": the default config, with plain frames sent to it
         bridge=topology.BRIDGE,
     )
+    if mode == "gro":
+        topology.plain_senders(topo, True)
     if profile is not None:
         profile.mkdir(parents=True, exist_ok=True)
     # The nodes' logs stay beside their configs; a start that fails shows their tail.
@@ -107,6 +109,8 @@ def tunnel(
             print(f"--- {role} log (last lines) ---", *tail, sep="\n", file=sys.stderr)
         raise
     finally:
+        if mode == "gro":
+            topology.plain_senders(topo, False)
         for out in logs.values():
             out.close()
         # SIGINT: the nodes shut down cleanly and py-spy writes its profile.

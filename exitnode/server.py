@@ -562,6 +562,7 @@ class ExitNode:
         try:
             switch = Switch(self.switch_config())
             self.board = Switchboard(switch, self.metrics, local=host.tap)
+            self.metrics.watch_tap(host.tap.stats)
             if self.config.endpoints.relay:
                 self.relay = Relay(
                     self.identity, self.metrics, mode=self.mode, backend=self.backend,

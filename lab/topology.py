@@ -62,6 +62,16 @@ def build(lab: Lab, mtu: int = 1500, *, extra_lan: bool = False) -> Topology:
     return Topology(lan_a, client, exit_, lan_b, mtu)
 
 
+def plain_senders(topo: Topology, plain: bool) -> None:
+    """Make the LAN hosts send plain 1500-byte frames (TSO/GSO off), or their default back.
+
+    What a tunnel meets behind a bridged NIC without GRO, or from a host that does not
+    segment late: the frames reach the TAP one packet each even with offloads on."""
+    state = "off" if plain else "on"
+    for ns in (topo.lan_a, topo.lan_b):
+        ns.run(["ethtool", "-K", "eth0", "tso", state, "gso", state])
+
+
 def quiet(ns: Namespace) -> None:
     """No IPv6 in the lab: its router solicitations and neighbour discovery would add
     background frames to every capture and keep MAC entries alive."""

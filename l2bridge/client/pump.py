@@ -116,6 +116,7 @@ class Client:
         self.connections = 0  # successful connects, for status and tests
         self.connected = asyncio.Event()
         tap.stats.drops = metrics.counters.drops  # one drop counter per node
+        metrics.watch_tap(tap.stats)
         self.metrics.set_gauge("connected", lambda: 1.0 if self._link is not None else 0.0)
         self.metrics.set_gauge("connections", lambda: float(self.connections))
 

@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from hardware.tap import TapStats
+
 
 @dataclass(slots=True)
 class Counters:
@@ -56,6 +58,11 @@ class Metrics(Collector):
     def set_gauge(self, name: str, read: Callable[[], float | None]) -> None:
         with self._lock:
             self.gauges[name] = read
+
+    def watch_tap(self, stats: TapStats) -> None:
+        """Software GRO's work on this node's TAP: frames merged away, super-frames cut."""
+        self.set_gauge("tap_frames_coalesced", lambda: float(stats.coalesced))
+        self.set_gauge("tap_super_frames_cut", lambda: float(stats.segmented))
 
     def set_info(self, **facts: Any) -> None:
         with self._lock:

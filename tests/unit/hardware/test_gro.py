@@ -12,6 +12,7 @@ from scapy.packet import Raw
 
 from hardware import ethernet, gro
 from hardware.tap import FakeTap
+from l2bridge.node.metrics import Metrics
 
 MSS = 1448
 SRC, DST = "02:00:00:00:00:01", "02:00:00:00:00:02"
@@ -251,6 +252,9 @@ def test_offload_tap_coalesces_its_reads_and_a_plain_tap_cuts_super_frames() -> 
         reader.inject(f)
     got = reader.read_batch()
     assert len(got) == 1 and reader.stats.coalesced == 7 and reader.stats.frames_read == 8
+    metrics = Metrics("client")
+    metrics.watch_tap(reader.stats)
+    assert b'shadowmesh_tap_frames_coalesced{role="client"} 7.0' in metrics.prometheus_text()
     plain = FakeTap()
     assert plain.write_batch(got) == 8
     assert plain.delivered() == [f[10:] for f in frames]
