@@ -71,51 +71,97 @@ Buffer = bytes | bytearray | memoryview
 class _Seg(NamedTuple):
     """What one mergeable segment is (offsets count from the tunnel frame's start)."""
 
-    flow: bytes  # addresses, ports and protocol
-    key: bytes  # every header byte that must match along a run
+    flow: bytes  # addresses and ports
+    key: int  # the headers (offload header included), fields that may change zeroed
+    mask: int  # what ``key`` keeps of ``int.from_bytes(frame[:payload_at])``
     l4: int
     payload_at: int
     size: int  # payload bytes
-    proto: int
+    tcp: bool
     v6: bool
     seq: int
     ip_id: int
     df: bool
     psh: bool
+    verify: bool  # the checksum is for us to check (nobody vouched for it)
 
 
 class _Run:
     """Segments of one flow waiting to become one frame."""
 
-    __slots__ = ("closed", "first", "last", "next_id", "next_seq", "payloads", "seg", "total")
+    __slots__ = (
+        "closed", "df", "first", "key", "l4", "last", "mask", "next_id", "next_seq",
+        "payload_at", "payloads", "seg", "size", "tcp", "total", "v6", "verify",
+    )  # fmt: skip
 
     def __init__(self, frame: bytes, seg: _Seg) -> None:
         self.seg = seg  # the first segment's
         self.first = self.last = frame
         self.payloads = [memoryview(frame)[seg.payload_at : seg.payload_at + seg.size]]
-        self.total = seg.size
+        self.total = self.size = seg.size
         self.next_seq = (seg.seq + seg.size) & 0xFFFFFFFF
         self.next_id = (seg.ip_id + 1) & 0xFFFF
         self.closed = seg.psh
+        self.key, self.mask, self.payload_at, self.l4 = seg.key, seg.mask, seg.payload_at, seg.l4
+        self.tcp, self.v6, self.df, self.verify = seg.tcp, seg.v6, seg.df, seg.verify
 
     def joins(self, seg: _Seg) -> bool:
-        first = self.seg
-        if self.closed or seg.key != first.key or seg.size > first.size:
+        if self.closed or seg.key != self.key or seg.size > self.size:
             return False
-        if first.proto == TCP and seg.seq != self.next_seq:
+        if self.tcp and seg.seq != self.next_seq:
             return False
-        if not first.v6 and not seg.df and seg.ip_id != self.next_id:
+        if not self.v6 and not seg.df and seg.ip_id != self.next_id:
             return False
-        return first.payload_at - L3 + self.total + seg.size <= MAX_IP_PACKET
+        return self.payload_at - L3 + self.total + seg.size <= MAX_IP_PACKET
 
-    def add(self, frame: bytes, seg: _Seg) -> None:
+    def add(self, frame: bytes, size: int, seq: int, ip_id: int, psh: bool) -> None:
         self.last = frame
-        self.payloads.append(memoryview(frame)[seg.payload_at : seg.payload_at + seg.size])
-        self.total += seg.size
-        self.next_seq = (seg.seq + seg.size) & 0xFFFFFFFF
-        self.next_id = (seg.ip_id + 1) & 0xFFFF
-        if seg.size < self.seg.size or seg.psh or len(self.payloads) >= MAX_SEGMENTS:
+        at = self.payload_at
+        self.payloads.append(memoryview(frame)[at : at + size])
+        self.total += size
+        self.next_seq = (seq + size) & 0xFFFFFFFF
+        self.next_id = (ip_id + 1) & 0xFFFF
+        if size < self.size or psh or len(self.payloads) >= MAX_SEGMENTS:
             self.closed = True
+
+    def extend(self, frame: bytes) -> bool:
+        """The fast path: add ``frame`` if it is this run's next segment (same headers but
+        for the fields that may change, checked here); False leaves the run as it was."""
+        at = self.payload_at
+        n = len(frame)
+        if n <= at or int.from_bytes(frame[:at], "big") & self.mask != self.key:
+            return False
+        l4 = self.l4
+        if self.v6:
+            end = l4 + (frame[L3 + 4] << 8 | frame[L3 + 5])
+            ip_id = 0
+        else:
+            end = L3 + (frame[L3 + 2] << 8 | frame[L3 + 3])
+            ip_id = frame[L3 + 4] << 8 | frame[L3 + 5]
+            if not self.df and ip_id != self.next_id:
+                return False
+            if int.from_bytes(frame[L3:l4], "big") % 0xFFFF:
+                return False  # a bad header checksum
+        size = end - at
+        if end > n or size <= 0 or size > self.size:
+            return False
+        if at - L3 + self.total + size > MAX_IP_PACKET:
+            return False
+        if self.tcp:
+            seq = _U32.unpack_from(frame, l4 + 4)[0]
+            flags = frame[l4 + 13]
+            if seq != self.next_seq or flags & ~TCP_PSH != TCP_ACK:
+                return False
+            psh = bool(flags & TCP_PSH)
+        else:
+            length, checksum = _UDP.unpack_from(frame, l4)
+            if length != end - l4 or (self.v6 and not checksum):
+                return False
+            seq, psh = 0, False
+        if self.verify and not _checksum_ok(frame, l4, end, TCP if self.tcp else UDP, self.v6):
+            return False
+        self.add(frame, size, seq, ip_id, psh)
+        return True
 
 
 def coalesce(frames: Sequence[bytes]) -> list[bytes]:
@@ -124,20 +170,49 @@ def coalesce(frames: Sequence[bytes]) -> list[bytes]:
         return list(frames)
     out: list[bytes | _Run] = []
     runs: dict[bytes, _Run] = {}  # the open run of each flow
+    last: _Run | None = None  # the run the previous frame went to
     for frame in frames:
+        if last is not None and not last.closed and last.extend(frame):
+            continue
         seg = _segment(frame)
         if seg is None:
             # Whatever it is, nothing queued before it may now overtake it.
             runs.clear()
+            last = None
             out.append(frame)
             continue
         run = runs.get(seg.flow)
         if run is not None and run.joins(seg):
-            run.add(frame, seg)
-            continue
-        run = runs[seg.flow] = _Run(frame, seg)
-        out.append(run)
+            run.add(frame, seg.size, seg.seq, seg.ip_id, seg.psh)
+        else:
+            run = runs[seg.flow] = _Run(frame, seg)
+            out.append(run)
+        last = run
     return [_emit(item) if isinstance(item, _Run) else item for item in out]
+
+
+def _mask(payload_at: int, l4: int, tcp: bool, v6: bool) -> int:
+    """The mask that zeroes what may change along a run in ``frame[:payload_at]``."""
+    cached = _MASKS.get((payload_at, l4, tcp, v6))
+    if cached is not None:
+        return cached
+    keep = bytearray(b"\xff" * payload_at)
+    if v6:
+        keep[L3 + 4 : L3 + 6] = b"\0\0"  # payload length
+    else:
+        keep[L3 + 2 : L3 + 6] = b"\0\0\0\0"  # total length, ID
+        keep[L3 + 10 : L3 + 12] = b"\0\0"  # header checksum
+    if tcp:
+        keep[l4 + 4 : l4 + 8] = b"\0\0\0\0"  # sequence number
+        keep[l4 + 13] = 0  # flags (checked apart: a PSH ends a run)
+        keep[l4 + 16 : l4 + 18] = b"\0\0"  # checksum
+    else:
+        keep[l4 + 4 : l4 + 8] = b"\0\0\0\0"  # length, checksum
+    mask = _MASKS[(payload_at, l4, tcp, v6)] = int.from_bytes(keep, "big")
+    return mask
+
+
+_MASKS: dict[tuple[int, int, bool, bool], int] = {}
 
 
 def _segment(frame: bytes) -> _Seg | None:
@@ -203,21 +278,10 @@ def _segment(frame: bytes) -> _Seg | None:
         wanted = ethernet.TCP_CSUM_OFFSET if proto == TCP else ethernet.UDP_CSUM_OFFSET
         if start != l4 - BASE or at != wanted:
             return None
-    # The key: every header byte with the fields that may change along a run zeroed.
-    key = bytearray(frame[BASE:payload_at])
-    tcp = l4 - BASE
-    if v6:
-        key[IP + 4 : IP + 6] = b"\0\0"  # payload length
-    else:
-        key[IP + 2 : IP + 6] = b"\0\0\0\0"  # total length, ID
-        key[IP + 10 : IP + 12] = b"\0\0"  # header checksum
-    if proto == TCP:
-        key[tcp + 4 : tcp + 8] = b"\0\0\0\0"  # sequence number
-        key[tcp + 13] = 0  # flags (PSH may end a run)
-        key[tcp + 16 : tcp + 18] = b"\0\0"  # checksum
-    else:
-        key[tcp + 4 : tcp + 8] = b"\0\0\0\0"  # length, checksum
-    return _Seg(flow, bytes(key), l4, payload_at, size, proto, v6, seq, ip_id, df, psh)
+    tcp = proto == TCP
+    mask = _mask(payload_at, l4, tcp, v6)
+    key = int.from_bytes(frame[:payload_at], "big") & mask
+    return _Seg(flow, key, mask, l4, payload_at, size, tcp, v6, seq, ip_id, df, psh, head == _PLAIN)
 
 
 def _partial_ok(head: bytes) -> bool:
@@ -267,7 +331,7 @@ def _emit(run: _Run) -> bytes:
     ip = IP
     l4 = seg.l4 - BASE
     l4_len = at - seg.l4 + run.total
-    tcp = seg.proto == TCP
+    tcp = seg.tcp
     if seg.v6:
         _U16.pack_into(hdr, ip + 4, l4_len)
         gso_type = ethernet.GSO_TCPV6 if tcp else ethernet.GSO_UDP_L4
@@ -283,7 +347,8 @@ def _emit(run: _Run) -> bytes:
         _U16.pack_into(hdr, l4 + 4, l4_len)
         csum_offset = ethernet.UDP_CSUM_OFFSET
     # "Fill in the checksum": the field holds the pseudo-header sum, not complemented.
-    _U16.pack_into(hdr, l4 + csum_offset, _fold(_pseudo_sum(first, seg.proto, l4_len, seg.v6)))
+    proto = TCP if tcp else UDP
+    _U16.pack_into(hdr, l4 + csum_offset, _fold(_pseudo_sum(first, proto, l4_len, seg.v6)))
     offload = ethernet.offload_header(
         flags=ethernet.NEEDS_CSUM,
         gso_type=gso_type,
