@@ -86,8 +86,6 @@ def tunnel(
         offload=mode != "plain",  # "gro": the default config, with plain frames sent to it
         bridge=topology.BRIDGE,
     )
-    if mode == "gro":
-        topology.plain_senders(topo, True)
     if profile is not None:
         profile.mkdir(parents=True, exist_ok=True)
     # The nodes' logs stay beside their configs; a start that fails shows their tail.
@@ -109,8 +107,6 @@ def tunnel(
             print(f"--- {role} log (last lines) ---", *tail, sep="\n", file=sys.stderr)
         raise
     finally:
-        if mode == "gro":
-            topology.plain_senders(topo, False)
         for out in logs.values():
             out.close()
         # SIGINT: the nodes shut down cleanly and py-spy writes its profile.
