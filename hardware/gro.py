@@ -19,12 +19,13 @@ What merges (anything else passes through untouched, in order):
 * UDP: same addresses and ports, equal payloads but for a shorter last one;
 * IPv4 IDs that count up by one, or any IDs with DF set (RFC 6864: an atomic datagram's ID
   means nothing; the kernel numbers the segments it cuts from the first one's);
-* a checksum that is right (computed here, unless the kernel said it is valid or left it to
-  offload), and an IPv4 header checksum that is right: merging writes fresh ones, which
+* checksums that are right (computed here, the IPv4 header's too, unless the kernel said
+  the frame is valid or left its checksum to offload): merging writes fresh ones, which
   must never turn a corrupted segment into a valid one.
 
-Frames of other flows in between do not break a run; a frame of the same flow that cannot
-join closes it, so no flow's packets are reordered. Sans-I/O: frames in, frames out.
+Frames of other mergeable flows in between do not break a run; a frame that cannot be
+merged at all closes every open run, so no packet is overtaken by one of its own flow.
+Sans-I/O: frames in, frames out (``coalesce``, or ``Coalescer`` while reading).
 """
 
 from __future__ import annotations
@@ -140,8 +141,8 @@ class _Run:
             ip_id = frame[L3 + 4] << 8 | frame[L3 + 5]
             if not self.df and ip_id != self.next_id:
                 return False
-            if int.from_bytes(frame[L3:l4], "big") % 0xFFFF:
-                return False  # a bad header checksum
+            if self.verify and int.from_bytes(frame[L3:l4], "big") % 0xFFFF:
+                return False  # a bad header checksum (unless the kernel vouched for it)
         size = end - at
         if end > n or size <= 0 or size > self.size:
             return False
@@ -164,31 +165,66 @@ class _Run:
         return True
 
 
+class Coalescer:
+    """Merges frames as they are read: ``push`` each, then ``take`` the batch."""
+
+    __slots__ = ("_first", "_last", "_out", "_runs")
+
+    def __init__(self) -> None:
+        self._out: list[bytes | _Run] = []
+        self._runs: dict[bytes, _Run] = {}  # the open run of each flow
+        self._last: _Run | None = None  # the run the previous frame went to
+        # A batch's first frame waits unparsed: a lone frame (an idle ping) costs nothing.
+        self._first: bytes | None = None
+
+    def push(self, frame: bytes) -> None:
+        if self._first is not None:
+            first, self._first = self._first, None
+            self._push(first)
+        elif not self._out:
+            self._first = frame
+            return
+        self._push(frame)
+
+    def _push(self, frame: bytes) -> None:
+        last = self._last
+        if last is not None and not last.closed and last.extend(frame):
+            return
+        seg = _segment(frame)
+        if seg is None:
+            # Whatever it is, nothing queued before it may now overtake it.
+            self._runs.clear()
+            self._last = None
+            self._out.append(frame)
+            return
+        run = self._runs.get(seg.flow)
+        if run is not None and run.joins(seg):
+            run.add(frame, seg.size, seg.seq, seg.ip_id, seg.psh)
+        else:
+            run = self._runs[seg.flow] = _Run(frame, seg)
+            self._out.append(run)
+        self._last = run
+
+    def take(self) -> list[bytes]:
+        """The frames pushed since the last ``take``, each run as one frame."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            return [first]
+        out = [_emit(item) if isinstance(item, _Run) else item for item in self._out]
+        self._out = []
+        self._runs.clear()
+        self._last = None
+        return out
+
+
 def coalesce(frames: Sequence[bytes]) -> list[bytes]:
     """``frames`` with each mergeable run replaced by one super-frame (same order per flow)."""
     if len(frames) < 2:
         return list(frames)
-    out: list[bytes | _Run] = []
-    runs: dict[bytes, _Run] = {}  # the open run of each flow
-    last: _Run | None = None  # the run the previous frame went to
+    merger = Coalescer()
     for frame in frames:
-        if last is not None and not last.closed and last.extend(frame):
-            continue
-        seg = _segment(frame)
-        if seg is None:
-            # Whatever it is, nothing queued before it may now overtake it.
-            runs.clear()
-            last = None
-            out.append(frame)
-            continue
-        run = runs.get(seg.flow)
-        if run is not None and run.joins(seg):
-            run.add(frame, seg.size, seg.seq, seg.ip_id, seg.psh)
-        else:
-            run = runs[seg.flow] = _Run(frame, seg)
-            out.append(run)
-        last = run
-    return [_emit(item) if isinstance(item, _Run) else item for item in out]
+        merger.push(frame)
+    return merger.take()
 
 
 def _mask(payload_at: int, l4: int, tcp: bool, v6: bool) -> int:

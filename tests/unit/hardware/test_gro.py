@@ -266,3 +266,30 @@ def test_offload_tap_coalesces_its_reads_and_a_plain_tap_cuts_super_frames() -> 
     assert len(quiet.read_batch()) == 8
     for tap in (reader, plain, quiet):
         tap.close()
+
+
+def test_coalescer_merges_as_frames_come_and_starts_afresh_after_take() -> None:
+    merger = gro.Coalescer()
+    lone = tcp4(0)
+    merger.push(lone)
+    assert merger.take()[0] is lone  # a lone frame comes back as it was
+    for i in range(6):
+        merger.push(tcp4(i))
+    first = merger.take()
+    assert len(first) == 1 and gro.segment(first[0]) == [tcp4(i) for i in range(6)]
+    for i in range(6, 9):  # the next batch: a new run, nothing of the old one
+        merger.push(tcp4(i))
+    assert gro.segment(merger.take()[0]) == [tcp4(i) for i in range(6, 9)]
+    assert merger.take() == []
+
+
+def test_a_merging_tap_counts_its_limits_in_frames_read() -> None:
+    tap = FakeTap(offload=True, coalesce=True)
+    for i in range(10):
+        tap.inject(tcp4(i))
+    got = tap.read_batch(max_frames=4)
+    assert len(got) == 1 and gro.segment(got[0]) == [tcp4(i) for i in range(4)]
+    rest = tap.read_batch()
+    assert gro.segment(rest[0]) == [tcp4(i) for i in range(4, 10)]
+    assert (tap.stats.frames_read, tap.stats.coalesced) == (10, 8)
+    tap.close()
