@@ -41,6 +41,8 @@ CSUM_OFFSETS = frozenset({TCP_CSUM_OFFSET, UDP_CSUM_OFFSET})
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_ARP = 0x0806
 ETHERTYPE_IPV6 = 0x86DD
+TCP = 6
+UDP = 17
 
 ETH_HEADER_LEN = 14
 VLAN_TAG_LEN = 4
@@ -190,9 +192,32 @@ def _check_offload(
         or (kind == GSO_TCPV4 and ethertype != ETHERTYPE_IPV4)
         or (kind == GSO_TCPV6 and ethertype != ETHERTYPE_IPV6)
         or (kind == GSO_UDP_L4 and ethertype not in (ETHERTYPE_IPV4, ETHERTYPE_IPV6))
+        or _l4_start(frame, size, ethertype, l2_len, UDP if kind == GSO_UDP_L4 else TCP)
+        != csum_start
     ):
         raise FrameError("bad_offload")
     return True
+
+
+def _l4_start(
+    frame: bytes | bytearray | memoryview, size: int, ethertype: int, l2_len: int, proto: int
+) -> int:
+    """Where the ``proto`` header of a super-frame starts (from the Ethernet header), or -1.
+
+    A super-frame must be what its GSO type says, right after the IP header: otherwise it
+    could carry anything past the switch's ARP/ND inspection (a router advertisement
+    labelled "TCP super-frame"), which only looks at frames that are not super-frames.
+    """
+    at = OFFLOAD_HEADER_LEN + l2_len
+    if ethertype == ETHERTYPE_IPV4:
+        if size < l2_len + 20 or frame[at] >> 4 != 4 or frame[at + 9] != proto:
+            return -1
+        if int.from_bytes(frame[at + 6 : at + 8], "big") & 0x3FFF:
+            return -1  # a fragment
+        return l2_len + (frame[at] & 0x0F) * 4
+    if size < l2_len + 40 or frame[at] >> 4 != 6 or frame[at + 6] != proto:
+        return -1  # (an extension header in between is refused too)
+    return l2_len + 40
 
 
 def is_group(mac: bytes) -> bool:

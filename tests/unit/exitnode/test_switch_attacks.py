@@ -6,7 +6,7 @@ and asserts that the victim's traffic stays the victim's and that the attempt is
 
 from __future__ import annotations
 
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6ND_NA,
     ICMPv6ND_NS,
@@ -230,6 +230,44 @@ def test_virtio_headers_that_do_not_describe_the_frame_are_dropped() -> None:
     plain = ethernet.offload_header(gso_size=1448)  # a segment size without GSO
     assert sw.forward("evil", [plain + tcp[:1000]], 1.0) == {}
     assert sw.stats.drops["bad_offload"] == len(bad) + 1
+
+
+def test_a_super_frame_must_carry_what_its_type_says_so_nd_inspection_cannot_be_skipped() -> None:
+    # The ARP/ND guard reads frames that are not super-frames; a router advertisement
+    # labelled as a TCP super-frame must not get past it as "just TCP".
+    sw = lan_with_gateway()
+    sw.attach("evil", PortPolicy(), 0.0)
+    allnodes = "33:33:00:00:00:01"
+    ra = bytes(Ether(src=EVIL, dst=allnodes) / IPv6(src="fe80::e", dst="ff02::1") / ICMPv6ND_RA())
+    ra += bytes(3000)
+    as_tcp = ethernet.offload_header(
+        flags=ethernet.NEEDS_CSUM, gso_type=ethernet.GSO_TCPV6, hdr_len=74, gso_size=1400,
+        csum_start=54, csum_offset=16,
+    )  # fmt: skip
+    as_udp = ethernet.offload_header(
+        flags=ethernet.NEEDS_CSUM, gso_type=ethernet.GSO_UDP_L4, hdr_len=62, gso_size=1400,
+        csum_start=54, csum_offset=6,
+    )  # fmt: skip
+    udp4 = bytes(Ether(src=EVIL, dst=GW_MAC) / IP(proto=17) / UDP() / (b"x" * 3000))
+    udp_in_tcp = ethernet.offload_header(
+        flags=ethernet.NEEDS_CSUM, gso_type=ethernet.GSO_TCPV4, hdr_len=54, gso_size=1448,
+        csum_start=34, csum_offset=16,
+    )  # fmt: skip
+    fragment = bytes(Ether(src=EVIL, dst=GW_MAC) / IP(flags="MF") / TCP() / (b"x" * 3000))
+    hbh = bytes(
+        Ether(src=EVIL, dst=allnodes) / IPv6() / IPv6ExtHdrHopByHop() / TCP() / (b"x" * 3000)
+    )
+    frames = [as_tcp + ra, as_udp + ra, udp_in_tcp + udp4, udp_in_tcp + fragment, as_tcp + hbh]
+    assert sw.forward("evil", frames, 1.0) == {}
+    assert sw.stats.drops["bad_offload"] == len(frames)
+    assert sw.stats.drops["nd_router"] == 0
+    # a checksum start that is not the TCP header's
+    tcp = bytes(Ether(src=EVIL, dst=GW_MAC) / IP() / TCP() / (b"x" * 3000))
+    off = ethernet.offload_header(
+        flags=ethernet.NEEDS_CSUM, gso_type=ethernet.GSO_TCPV4, hdr_len=54, gso_size=1448,
+        csum_start=38, csum_offset=16,
+    )  # fmt: skip
+    assert sw.forward("evil", [off + tcp], 1.0) == {}
 
 
 def test_frames_with_unknown_tag_types_are_dropped_not_switched_untagged() -> None:
