@@ -209,7 +209,8 @@ class ClientNode:
                     undo.append(["ip", "link", "del", net.bridge])
                 netns.attach(None, tap.name, net.bridge)
                 if net.lan_interfaces:
-                    lan = LanAttachment(net.bridge, net.lan_interfaces)
+                    gro = net.gro and net.vnet_hdr
+                    lan = LanAttachment(net.bridge, net.lan_interfaces, gro=gro)
                     lan.attach()
         except (netns.NetnsError, LanError) as exc:
             tap.close()

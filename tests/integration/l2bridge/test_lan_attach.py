@@ -85,3 +85,33 @@ def test_a_killed_client_s_interfaces_are_given_back_by_the_next_run(
     assert state(gw, "eth1") == before
     assert "10.9.0.254/24" not in state(gw, "br-sm")[2]
     assert not again.state_file.exists()
+
+
+def gro(ns: Namespace, dev: str) -> str:
+    for line in ns.run(["ethtool", "-k", dev]).splitlines():
+        if line.strip().startswith("generic-receive-offload:"):
+            return line.split(":", 1)[1].split()[0]
+    raise AssertionError(f"{dev}: no generic-receive-offload line")
+
+
+def test_gro_is_switched_on_while_attached_and_off_again_at_restore(
+    gateway: tuple[Namespace, Namespace], tmp_path: Path
+) -> None:
+    gw, _host = gateway
+    gw.run(["ethtool", "-K", "eth1", "gro", "off"])
+    gw.run(["ethtool", "-K", "eth2", "gro", "on"])
+    lan = LanAttachment("br-sm", ("eth1", "eth2"), gw, state_dir=tmp_path, gro=True)
+    lan.attach()
+    assert (gro(gw, "eth1"), gro(gw, "eth2")) == ("on", "on")
+    recorded = json.loads(lan.state_file.read_text())
+    assert {d["name"]: d["gro_was_off"] for d in recorded} == {"eth1": True, "eth2": False}
+    # a client killed now and started again still knows eth1's GRO was off before
+    again = LanAttachment("br-sm", ("eth1", "eth2"), gw, state_dir=tmp_path, gro=True)
+    again.attach()
+    again.restore()
+    assert (gro(gw, "eth1"), gro(gw, "eth2")) == ("off", "on")
+    # without gro, nothing is touched
+    plain = LanAttachment("br-sm", ("eth1",), gw, state_dir=tmp_path)
+    plain.attach()
+    assert gro(gw, "eth1") == "off"
+    plain.restore()
