@@ -576,7 +576,10 @@ class Session:
             raise ProtocolViolation(f"rekey epoch {epoch} before {self._clock_epoch}")
         interval = self.config.rekey_interval
         if interval is not None and abs(epoch - int(now // interval)) > MAX_EPOCH_SKEW:
-            raise ProtocolViolation(f"rekey epoch {epoch} far from clock epoch")
+            raise ProtocolViolation(
+                f"rekey epoch {epoch} far from clock epoch {int(now // interval)} (does the "
+                f"client's key_rotation_interval differ from this exit's {interval:g} s?)"
+            )
 
     def _rekey_keys(self, ikm: bytearray, init_body: bytes, reply_body: bytes) -> EpochKeys:
         transcript = hashlib.sha384(init_body + reply_body).digest()

@@ -37,6 +37,7 @@ from hardware.chain import Anvil
 from hardware.netns import Lab
 from l2bridge.identity.keyfiles import load_certificate, save_certificate
 from l2bridge.identity.keys import KIND_ADMIN, AdminKey, HybridSigningKey
+from l2bridge.node.config import parse_duration
 from l2bridge.node.credfiles import load_master_key, load_table, save_table
 from l2bridge.transport.token import Credential
 from lab import demo_net, demo_steps, demo_world, topology
@@ -227,7 +228,14 @@ def test_real_processes_bridge_two_lans_through_circuits(tmp_path: Path, n: int)
     # The ultra-secure configuration asks for MTU 9000: the demo's jumbo mode gives every
     # node and LAN that MTU (without offloads).
     mode = "jumbo" if n == 5 else "offload"
-    settings = Settings(rotation_s=3.0, window_s=30, size_mib=8, mode=mode)
+    # Exits and clients must share key_rotation_interval: an exit refuses a rekey whose clock
+    # epoch, counted in its own interval, is not near its clock's. The 5-hop clients run the
+    # ultra-secure 10 s, so its exits do too.
+    ultra = yaml.safe_load(ULTRA.read_text())["security"]["key_rotation_interval"]
+    rotation_s = parse_duration(ultra, "security.key_rotation_interval")
+    settings = Settings(
+        rotation_s=rotation_s if n == 5 else 3.0, window_s=30, size_mib=8, mode=mode
+    )
     done: list[str] = []
     with Lab() as lab:
         world = World(lab, tmp_path, settings)
