@@ -97,6 +97,9 @@ REKEY_AFTER_SECONDS = 2 * 3600.0  # needs_rekey() turns true (the clock usually 
 REKEY_GRACE_SECONDS = 2.0  # the previous epoch is still accepted this long
 REKEY_TIMEOUT_SECONDS = 10.0  # a pending rekey may be restarted after this
 MAX_EPOCH_SKEW = 1  # epochs either side of the exit's own clock epoch
+# A client's rotation interval in REKEY_INIT (ms; 0: none): key_rotation_interval's range
+MIN_REKEY_INTERVAL_MS = 1_000
+MAX_REKEY_INTERVAL_MS = 86_400_000
 
 # Close reasons carried in a CLOSE record (one byte; never free text).
 CLOSE_NORMAL = 0

@@ -29,9 +29,11 @@ the session is closed or (on the exit) not yet authenticated.
 
 Rekey (client starts, ordered transport): REKEY_INIT carries the next key
 generation (the epoch id in record headers, always the current one plus one),
-the clock epoch it was started for, and fresh shares, sealed in the old
-generation.  The clock epoch never goes backwards and, on an exit with
-``rekey_interval``, must be within one epoch of the exit's own clock; several
+the clock epoch it was started for, the client's rotation interval (in which
+that epoch is counted) and fresh shares, sealed in the old generation.  The
+clock epoch never goes backwards and, on an exit with ``rekey_interval``, must
+be within one epoch of the exit's clock counted in the client's interval (which
+stays the same for the session), so each end keeps its own interval; several
 rekeys may share a clock epoch, so a busy tunnel can rekey on volume
 (``needs_rekey``) between clock boundaries.  The exit installs its new receive key
 as ``next``, answers REKEY_REPLY (still in the old epoch) and switches its
@@ -57,6 +59,8 @@ from l2bridge.constants import (
     MAX_EPOCH,
     MAX_EPOCH_SKEW,
     MAX_RECORD_PLAINTEXT,
+    MAX_REKEY_INTERVAL_MS,
+    MIN_REKEY_INTERVAL_MS,
     RECORD_CLOSE,
     RECORD_DATA,
     RECORD_FINISH,
@@ -292,6 +296,7 @@ class Session:
         self._finish = finish_check
         self._pending: _PendingRekey | None = None
         self._clock_epoch = 0  # the clock epoch of the newest completed rekey
+        self._peer_interval_ms: int | None = None  # exit: the client's rotation interval
         # Exit: who was admitted, kept so every rekey asks the Authorizer again (a
         # revoked or expired device does not keep its tunnel by rekeying).
         self._admitted: _Admitted | None = None
@@ -446,7 +451,9 @@ class Session:
             raise StateError("a rekey is already in progress")
         self._send_key_checked(now)
         eph = kex.initiate(self.mode, self._backend)
-        body = u32(generation) + u32(epoch) + eph.shares()
+        interval = self.config.rekey_interval
+        interval_ms = round(interval * 1000) if interval is not None else 0
+        body = u32(generation) + u32(epoch) + u32(interval_ms) + eph.shares()
         record = self._seal_control(RECORD_REKEY_INIT, body, now)
         if pending is not None:
             pending.ephemeral.forget()
@@ -569,16 +576,25 @@ class Session:
         self._expires = self.authorization.expires
         return self.authorization
 
-    def _check_epoch(self, generation: int, epoch: int, now: float) -> None:
+    def _check_epoch(self, generation: int, epoch: int, interval_ms: int, now: float) -> None:
         if generation != self.epoch + 1:
             raise ProtocolViolation(f"rekey generation {generation} after {self.epoch}")
+        # (epochs counted in another interval could not be compared)
+        if self._peer_interval_ms is not None and interval_ms != self._peer_interval_ms:
+            raise ProtocolViolation("rekey interval changed within the session")
         if epoch < self._clock_epoch:
             raise ProtocolViolation(f"rekey epoch {epoch} before {self._clock_epoch}")
-        interval = self.config.rekey_interval
-        if interval is not None and abs(epoch - int(now // interval)) > MAX_EPOCH_SKEW:
+        if self.config.rekey_interval is None:
+            return  # an exit without a clock to compare with
+        if interval_ms == 0:
+            interval = self.config.rekey_interval  # a client on no clock: counted in ours
+        elif MIN_REKEY_INTERVAL_MS <= interval_ms <= MAX_REKEY_INTERVAL_MS:
+            interval = interval_ms / 1000
+        else:
+            raise ProtocolViolation(f"rekey interval {interval_ms} ms out of range")
+        if abs(epoch - int(now // interval)) > MAX_EPOCH_SKEW:
             raise ProtocolViolation(
-                f"rekey epoch {epoch} far from clock epoch {int(now // interval)} (does the "
-                f"client's key_rotation_interval differ from this exit's {interval:g} s?)"
+                f"rekey epoch {epoch} far from clock epoch {int(now // interval)} of {interval:g} s"
             )
 
     def _rekey_keys(self, ikm: bytearray, init_body: bytes, reply_body: bytes) -> EpochKeys:
@@ -592,9 +608,11 @@ class Session:
         r = Reader(body)
         generation = r.u32()
         epoch = r.u32()
+        interval_ms = r.u32()
         x_pub, kem_pub = kex.read_initiator_shares(r, self.mode)
         r.end()
-        self._check_epoch(generation, epoch, now)
+        self._check_epoch(generation, epoch, interval_ms, now)
+        self._peer_interval_ms = interval_ms
         admitted = self._admitted
         if admitted is not None:
             self.authorization = admitted.authorizer.authorize(

@@ -407,6 +407,7 @@ def _examples() -> dict[str, tuple[bytes, dict[str, bytes | None], dict[str, int
         {
             "generation": u(1, 4),
             "clock_epoch": u(3, 4),
+            "interval_ms": u(0, 4),  # this pair's client has no rotation interval
             "x25519": pending.ephemeral.x25519_public,
             "mlkem": pending.ephemeral.kem_public,
         },

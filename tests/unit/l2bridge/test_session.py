@@ -156,7 +156,8 @@ def test_exit_refuses_epochs_that_go_backwards_or_jump(keys) -> None:
     p2.rekey(100, now)
     # A client whose clock runs backwards asks for an epoch before the last one.
     eph = kex.initiate(Mode.HYBRID, default_backend())
-    init = p2.client._seal_control(RECORD_REKEY_INIT, u32(2) + u32(99) + eph.shares(), now)
+    body = u32(2) + u32(99) + u32(0) + eph.shares()
+    init = p2.client._seal_control(RECORD_REKEY_INIT, body, now)
     with pytest.raises(ProtocolViolation):
         p2.exit.receive(init, now)
     # A generation that skips ahead (or repeats) is refused too.
@@ -164,7 +165,7 @@ def test_exit_refuses_epochs_that_go_backwards_or_jump(keys) -> None:
     p3.rekey(100, now)
     for generation in (1, 3):
         eph = kex.initiate(Mode.HYBRID, default_backend())
-        body = u32(generation) + u32(100) + eph.shares()
+        body = u32(generation) + u32(100) + u32(0) + eph.shares()
         init = p3.client._seal_control(RECORD_REKEY_INIT, body, now)
         with pytest.raises(ProtocolViolation):
             p3.exit.receive(init, now)
@@ -172,6 +173,40 @@ def test_exit_refuses_epochs_that_go_backwards_or_jump(keys) -> None:
         p3.rekey(100, now)
     with pytest.raises(StateError):
         p3.client.start_rekey(99, now)  # the client itself refuses to go back
+
+
+def test_each_end_keeps_its_rotation_interval_and_the_exit_counts_in_the_clients(keys) -> None:
+    # The spec's ultra-secure client rotates every 10 s; the exit it uses, every minute.
+    now = 60_000.0
+    client = SessionConfig(rekey_interval=10.0)
+    exit_cfg = SessionConfig(rekey_interval=60.0)
+    p = SessionPair.connect(now, keys=keys, config=client, exit_config=exit_cfg)
+    for step in range(3):
+        t = now + 10 * step
+        got = p.exit.receive(p.client.start_rekey(int(t // 10), t), t)
+        p.client.receive(got.replies[0], t)
+    assert p.exit.stats.rekeys == 3 and not p.exit.closed
+    # far from the exit's clock in the client's own interval: refused
+    with pytest.raises(ProtocolViolation) as far:
+        p.exit.receive(p.client.start_rekey(int(now // 10) + 5, now + 20), now + 20)
+    assert "far from clock epoch" in far.value.detail
+
+    def init(interval_ms: int, epoch: int, pair: SessionPair) -> bytearray:
+        eph = kex.initiate(Mode.HYBRID, default_backend())
+        body = u32(pair.client.epoch + 1) + u32(epoch) + u32(interval_ms) + eph.shares()
+        return pair.client._seal_control(RECORD_REKEY_INIT, body, now)
+
+    # an interval outside key_rotation_interval's range, or one that changes: refused
+    for bad in (999, 86_400_001):
+        q = SessionPair.connect(now, keys=keys, config=client, exit_config=exit_cfg)
+        with pytest.raises(ProtocolViolation) as out:
+            q.exit.receive(init(bad, int(now // (bad / 1000)), q), now)
+        assert "out of range" in out.value.detail
+    q = SessionPair.connect(now, keys=keys, config=client, exit_config=exit_cfg)
+    q.client.receive(q.exit.receive(q.client.start_rekey(int(now // 10), now), now).replies[0], now)
+    with pytest.raises(ProtocolViolation) as changed:
+        q.exit.receive(init(60_000, int(now // 60), q), now)
+    assert "changed" in changed.value.detail
 
 
 def test_volume_rekeys_share_a_clock_epoch_and_keep_the_tunnel_alive(keys) -> None:
