@@ -42,8 +42,8 @@ MAX_IP_PACKET = 65535
 MAX_SEGMENTS = 64  # the kernel's UDP GSO allows 128; 64 x 1448 already fills a TCP packet
 MAX_CUT = 1024  # segments ``segment`` makes of one super-frame (TCP's smallest MSS: 745)
 
-TCP = 6
-UDP = 17
+TCP = ethernet.TCP
+UDP = ethernet.UDP
 TCP_ACK = 0x10
 TCP_PSH = 0x08
 IPV4_DF = 0x4000
@@ -96,13 +96,14 @@ class _Run:
     )  # fmt: skip
 
     def __init__(self, frame: bytes, seg: _Seg) -> None:
-        self.seg = seg  # the first segment's
+        self.seg = seg  # the first segment's (``_emit`` reads it)
         self.first = self.last = frame
         self.payloads = [memoryview(frame)[seg.payload_at : seg.payload_at + seg.size]]
         self.total = self.size = seg.size
         self.next_seq = (seg.seq + seg.size) & 0xFFFFFFFF
         self.next_id = (seg.ip_id + 1) & 0xFFFF
         self.closed = seg.psh
+        # What ``extend`` reads for every frame, in slots: faster than the tuple's fields.
         self.key, self.mask, self.payload_at, self.l4 = seg.key, seg.mask, seg.payload_at, seg.l4
         self.tcp, self.v6, self.df, self.verify = seg.tcp, seg.v6, seg.df, seg.verify
 
@@ -266,7 +267,7 @@ def _segment(frame: bytes) -> _Seg | None:
         total, ip_id, frag, proto = _IPV4.unpack_from(frame, L3)
         if frag & IPV4_MF_OFFSET or total > n - L3 or total < IPV4_HEADER_LEN:
             return None
-        if int.from_bytes(frame[L3 : L3 + IPV4_HEADER_LEN], "big") % 0xFFFF:
+        if head == _PLAIN and int.from_bytes(frame[L3 : L3 + IPV4_HEADER_LEN], "big") % 0xFFFF:
             return None  # a bad header checksum: the receiver must see it and drop it
         l4 = L3 + IPV4_HEADER_LEN
         end = L3 + total

@@ -124,11 +124,11 @@ class FrameDevice:
         The batch never holds more than ``max_bytes``: reading stops while one more frame of
         the largest size might not fit (so at least ``READ_SIZE`` is needed for one frame).
         """
+        if self.coalesce:
+            return self._read_merged(max_frames, max_bytes)
         frames: list[bytes] = []
         total = 0
         fd = self._fd
-        if self.coalesce:
-            return self._read_merged(max_frames, max_bytes)
         while len(frames) < max_frames and total + READ_SIZE <= max_bytes:
             try:
                 if self.offload:
