@@ -9,7 +9,8 @@ quote   write fresh evidence for a nonce: a quote over PCRs 0-10, the boot event
 runtime-policy
         write a Keylime-format runtime policy from this installed release
 golden  write a golden policy: the boot PCRs of a known-good node's evidence and a runtime
-        policy (the evidence is checked against both first)
+        policy (the evidence is checked against both first); prints the boot digest over
+        PCRs 0-9 that the registry's owner approves
 verify  verify evidence against a policy and an enrolment record; exit 1 if refused
 """
 
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from attestation import constants as c
-from attestation import enrol, policy, release, runtime_policy, verifier
+from attestation import enrol, policy, release, runtime_policy, tpms, verifier
 from attestation import evidence as ev
 from attestation.errors import AttestationError
 from attestation.eventlog import BootPolicy
@@ -104,7 +105,22 @@ def _golden(ns: argparse.Namespace) -> int:
     ns.out.write_text(policy.dump(candidate))
     print(f"golden policy with {len(candidate.boot.pcrs)} boot PCRs and "
           f"{len(candidate.runtime.digests)} files written to {ns.out}")  # fmt: skip
+    digest = boot_digest(e.pcrs)
+    last = c.BOOT_AGGREGATE_PCRS - 1
+    print(f"boot digest over PCRs 0-{last} (what the registry's quotes cover; its owner "
+          f"approves it with `shadowmesh registry approve`): {digest.hex()}")  # fmt: skip
     return 0
+
+
+def boot_digest(pcrs: tuple[tuple[int, bytes], ...]) -> bytes:
+    """The TPM's PCR digest over PCRs 0-9 (SHA-256 bank), as a quote selecting exactly those
+    PCRs reports it: the value the registry's owner approves for a node's boot state."""
+    values = dict(pcrs)
+    wanted = range(c.BOOT_AGGREGATE_PCRS)
+    missing = [i for i in wanted if i not in values]
+    if missing:
+        raise AttestationError(f"evidence lacks boot PCR(s) {missing}: no boot digest")
+    return tpms.pcr_digest(tuple(values[i] for i in wanted))
 
 
 def _load_state(path: Path | None) -> verifier.NodeState | None:

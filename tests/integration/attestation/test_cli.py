@@ -7,7 +7,9 @@ import os
 
 import pytest
 
+from attestation import tpms
 from attestation.tpm import Tpm
+from contracts.constants import QUOTED_PCRS
 from hardware.tpm import Swtpm
 from l2bridge.commands.main import main
 from lab.imaharness import EVENT_LOG, IMA_LIST, LAB_CMDLINE, Kernel
@@ -57,6 +59,11 @@ def test_operator_flow(tmp_path, capsys):
         golden = ["attest", "golden", "--evidence", str(evidence), "--enrolment", str(record),
                   "--runtime-policy", str(runtime)]  # fmt: skip
         assert main([*golden, "--out", str(policy)]) == 0
+        # the digest the owner approves: the TPM's own digest over PCRs 0-9, as a registry
+        # quote reports it (read here from the TPM, not from the evidence)
+        boot = tpms.pcr_digest(tpm.read_pcrs(QUOTED_PCRS)).hex()
+        assert "boot digest over PCRs 0-9 (" in (printed := capsys.readouterr().out)
+        assert printed.rstrip().endswith(boot)
         assert json.loads(policy.read_text())["boot"]["kernel_cmdline_requires"]
         state = tmp_path / "state.json"
         verify = ["attest", "verify", "--evidence", str(evidence), "--policy", str(policy),

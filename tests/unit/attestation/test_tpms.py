@@ -1,8 +1,11 @@
+import hashlib
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation import tpms
-from attestation.errors import EvidenceError
+from attestation.cli import boot_digest
+from attestation.errors import AttestationError, EvidenceError
 
 # Captured from swtpm 0.7.1: a quote over sha256:0-7,23 by a P-256 AK.
 ATTEST = bytes.fromhex(
@@ -125,3 +128,12 @@ def test_software_signature_verifies_like_a_tpm_one():
     sig = tpms.parse_signature(tpms.encode_signature(tpms.EcdsaSignature(r, s)))
     assert tpms.verify_signature(public, ATTEST, sig)
     assert not tpms.verify_signature(tpms.parse_public(PUBLIC), ATTEST, sig)
+
+
+def test_boot_digest_is_the_quote_digest_over_pcrs_0_to_9_and_needs_all_ten() -> None:
+    pcrs = tuple((i, bytes([i]) * 32) for i in range(11))  # as evidence holds them: 0-10
+    expected = hashlib.sha256(b"".join(bytes([i]) * 32 for i in range(10))).digest()
+    assert boot_digest(pcrs) == expected
+    assert boot_digest(tuple(reversed(pcrs))) == expected  # selection order, not list order
+    with pytest.raises(AttestationError, match=r"lacks boot PCR\(s\) \[4\]"):
+        boot_digest(tuple(p for p in pcrs if p[0] != 4))
