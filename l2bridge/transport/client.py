@@ -37,12 +37,16 @@ class BrowserLikeConnection(DirectMessages, ClientConnection):
 
     origin_header: str = ""
     user_agent: str = BROWSER_USER_AGENT
+    # Set on each call's subclass: how far the opening got (TCP and TLS are up once
+    # ``handshake`` runs), so a timeout can say where it stopped.
+    stages: list[str]
 
     async def handshake(
         self,
         additional_headers: HeadersLike | None = None,
         user_agent_header: str | None = USER_AGENT,
     ) -> None:
+        self.stages.append("connected")
         request = self.protocol.connect()
         protocols = request.headers.get("Sec-WebSocket-Protocol", "")
         headers = Headers(
@@ -89,9 +93,11 @@ async def open_transport(
 
     Raises UpgradeRefused when the server answers like a web server (it does
     so for a wrong key, node id, path or a clock far off), OSError when the
-    TCP connection fails, TimeoutError when the handshake times out. With ``direct`` the
+    TCP connection fails, TimeoutError when the opening times out (saying whether the
+    connection or the server's answer to the upgrade was missing). With ``direct`` the
     connection delivers messages synchronously (``transport.direct``), not via ``recv()``.
     """
+    stages: list[str] = []
     connection_class = type(
         "TunnelClientConnection",
         (BrowserLikeConnection,),
@@ -99,6 +105,7 @@ async def open_transport(
             "origin_header": origin or default_origin(url),
             "user_agent": user_agent,
             "direct_messages": direct,
+            "stages": stages,
         },
     )
     try:
@@ -118,6 +125,15 @@ async def open_transport(
             create_connection=connection_class,
             **connect_kwargs,
         )
+    except TimeoutError:
+        # websockets says only "timed out during opening handshake"; an operator needs to
+        # know whether the network (TCP, TLS) or the server (no answer to the upgrade) failed.
+        where = (
+            "connected, but the server did not answer the WebSocket upgrade"
+            if stages
+            else f"no {'TLS' if url.startswith('wss:') else 'TCP'} connection"
+        )
+        raise TimeoutError(f"{where} within {open_timeout:g} s") from None
     except InvalidStatus as exc:
         raise UpgradeRefused(f"server answered HTTP {exc.response.status_code}") from None
     except InvalidHandshake as exc:
