@@ -30,6 +30,7 @@ from l2bridge.transport.constants import (
 from l2bridge.transport.direct import DirectMessages
 from l2bridge.transport.errors import UpgradeRefused
 from l2bridge.transport.headers import BROWSER_USER_AGENT, browser_headers
+from l2bridge.transport.tls import ResumingContext
 
 
 class BrowserLikeConnection(DirectMessages, ClientConnection):
@@ -109,7 +110,7 @@ async def open_transport(
         },
     )
     try:
-        return await connect(
+        connection: ClientConnection = await connect(
             url,
             subprotocols=[Subprotocol(token)],
             compression=None,
@@ -138,3 +139,7 @@ async def open_transport(
         raise UpgradeRefused(f"server answered HTTP {exc.response.status_code}") from None
     except InvalidHandshake as exc:
         raise UpgradeRefused(f"upgrade failed: {exc}") from None
+    if isinstance(ssl, ResumingContext):
+        # The server's session tickets came before its answer to the upgrade.
+        ssl.remember(connection.transport.get_extra_info("ssl_object"))
+    return connection

@@ -5,6 +5,8 @@ against the system's CAs, or only against ``ca_file`` when one is configured (a 
 CA), and checks the certificate's name against the URL's host. A file that cannot be used
 raises ``TlsError`` naming it.
 
+The client resumes TLS sessions as a browser does (``ResumingContext``).
+
 Both offer ALPN ``http/1.1`` as a browser's wss:// connection and an nginx without HTTP/2
 do: the client's ClientHello then carries the ALPN a browser's does, and the exit answers
 it as nginx does (``http/1.1`` when offered, nothing otherwise). What else of the
@@ -43,10 +45,70 @@ def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     return context
 
 
-def client_context(ca_file: Path | None = None) -> ssl.SSLContext:
-    """The client's context: the system's CAs, or only ``ca_file``; host names checked."""
+class ResumingContext(ssl.SSLContext):
+    """A client context that resumes TLS sessions as a browser does.
+
+    A browser that connects again to a server it has just used resumes the TLS session
+    (Chromium did in 316 of 320 of our corpus's sessions); a client that never does stands
+    out, and pays a full handshake each time. ``remember`` keeps the session (the ticket)
+    a connection left, per server name; the next connection to that name offers it. A
+    ticket is offered once only: it travels in the clear, so offering it twice would let
+    an observer link the two connections (RFC 8446, section C.4). A server that cannot
+    use it (restarted, another server under that name) just makes a full handshake.
+    """
+
+    # Instances get a __dict__ of their own (ssl.SSLContext is a C type with none).
+    _sessions: dict[str, ssl.SSLSession]
+    _offered: dict[bytes, None]  # ids of sessions offered, oldest first (bounded)
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        if session is None and not server_side and isinstance(server_hostname, str):
+            session = self._table().pop(server_hostname, None)
+            if session is not None:
+                self._offered[session.id] = None
+                while len(self._offered) > MAX_REMEMBERED_SESSIONS:
+                    del self._offered[next(iter(self._offered))]
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+    def remember(self, ssl_object: ssl.SSLObject | None) -> bool:
+        """Keep the session ``ssl_object``'s connection left for its server's next
+        connection; True if there was a fresh one (never one already offered)."""
+        if ssl_object is None or ssl_object.server_side or not ssl_object.server_hostname:
+            return False
+        session = ssl_object.session
+        table = self._table()
+        if session is None or not session.has_ticket or session.id in self._offered:
+            return False
+        if len(table) >= MAX_REMEMBERED_SESSIONS and ssl_object.server_hostname not in table:
+            del table[next(iter(table))]
+        table[ssl_object.server_hostname] = session
+        return True
+
+    def _table(self) -> dict[str, ssl.SSLSession]:
+        if not hasattr(self, "_sessions"):
+            self._sessions, self._offered = {}, {}
+        return self._sessions
+
+
+MAX_REMEMBERED_SESSIONS = 64
+
+
+def client_context(ca_file: Path | None = None) -> ResumingContext:
+    """The client's context: the system's CAs, or only ``ca_file``; host names checked;
+    sessions resumed (``ResumingContext``)."""
+    context = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+        if ca_file is None:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        else:
+            context.load_verify_locations(cafile=str(ca_file))
     except (OSError, ssl.SSLError) as exc:
         raise TlsError(f"cannot load CA file {ca_file}: {_describe(exc)}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2

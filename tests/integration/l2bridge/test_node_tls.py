@@ -3,7 +3,8 @@
 The exit serves TLS from endpoints.tls_cert/tls_key; a client trusting that CA
 (endpoints.tls_ca) brings the tunnel up; one using only the system's CAs refuses the
 certificate; one reaching the exit by a name the certificate does not hold refuses it; a
-plain ws:// client gets no tunnel from the TLS port.
+plain ws:// client gets no tunnel from the TLS port; a client that connects again resumes
+its TLS session, with a fresh ticket each time.
 """
 
 from __future__ import annotations
@@ -115,6 +116,18 @@ def test_tunnel_over_wss_with_private_ca(tmp_path: Path, fake_host: None) -> Non
                 assert client.link is not None and client.link.session.established
             finally:
                 await link.close()
+            # Like a browser, the client resumes its TLS session when it connects again, with
+            # a new ticket each time (a ticket travels in the clear: offered twice, it would
+            # link the two connections).
+            for _ in range(2):
+                link = await client.connect()
+                try:
+                    ssl_object = link._ws.transport.get_extra_info("ssl_object")  # type: ignore[attr-defined]
+                    assert ssl_object.session_reused
+                finally:
+                    await link.close()
+            offered = list(client.tls._offered)
+            assert len(offered) == 2 and offered[0] != offered[1]
             with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
                 await ClientNode(nodes.config(system_cas), status=False).connect()
             with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):

@@ -1,0 +1,135 @@
+"""The client's TLS context resumes sessions as a browser does, each ticket offered once,
+only to the server name that issued it (real TLS through memory BIOs, no sockets)."""
+
+from __future__ import annotations
+
+import datetime
+import ssl
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from l2bridge.transport import tls
+from l2bridge.transport.tls import ResumingContext, client_context, server_context
+
+NAMES = ("a.test", "b.test")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A self-signed certificate for both NAMES (its own trust anchor) and its key."""
+    directory = tmp_path_factory.mktemp("pki")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in NAMES]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    (directory / "cert.pem").write_bytes(cert.public_bytes(pem))
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return directory
+
+
+def connect(client: ssl.SSLContext, server: ssl.SSLContext, name: str) -> ssl.SSLObject:
+    """A whole TLS connection in memory: handshake, then one byte from the server (which
+    carries its session tickets to the client, as the exit's 101 answer does)."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    c = client.wrap_bio(c_in, c_out, server_hostname=name)
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    done = {c: False, s: False}
+    for _ in range(20):
+        for obj in (c, s):
+            if not done[obj]:
+                try:
+                    obj.do_handshake()
+                    done[obj] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            break
+    assert all(done.values())
+    s.write(b"x")
+    c_in.write(s_out.read())
+    assert c.read(1) == b"x"
+    return c
+
+
+@pytest.fixture()
+def contexts(pki: Path) -> tuple[ResumingContext, ssl.SSLContext]:
+    return client_context(pki / "cert.pem"), server_context(pki / "cert.pem", pki / "key.pem")
+
+
+def test_a_second_connection_resumes_with_a_fresh_ticket(contexts) -> None:
+    client, server = contexts
+    first = connect(client, server, "a.test")
+    assert not first.session_reused
+    assert client.remember(first)
+    second = connect(client, server, "a.test")
+    assert second.session_reused
+    assert not client.remember(first)  # that ticket was offered: never again
+    assert client.remember(second)  # the server's new ticket
+    assert connect(client, server, "a.test").session_reused
+    offered = list(client._offered)
+    assert len(offered) == 2 and offered[0] != offered[1]
+
+
+def test_without_a_remembered_session_a_connection_is_a_full_handshake(contexts) -> None:
+    client, server = contexts
+    first = connect(client, server, "a.test")
+    assert client.remember(first)
+    assert connect(client, server, "a.test").session_reused
+    # the ticket was used and nothing was remembered since: a full handshake, not a reuse
+    assert not connect(client, server, "a.test").session_reused
+
+
+def test_a_session_is_offered_only_to_the_name_it_came_from(contexts) -> None:
+    client, server = contexts
+    assert client.remember(connect(client, server, "a.test"))
+    assert not connect(client, server, "b.test").session_reused
+    assert connect(client, server, "a.test").session_reused
+
+
+def test_a_server_that_cannot_resume_gets_a_full_handshake(contexts, pki: Path) -> None:
+    client, server = contexts
+    assert client.remember(connect(client, server, "a.test"))
+    restarted = server_context(pki / "cert.pem", pki / "key.pem")  # new ticket keys
+    again = connect(client, restarted, "a.test")
+    assert not again.session_reused
+    assert client.remember(again)  # and the fresh session is kept for next time
+
+
+def test_remember_takes_only_client_connections_with_a_ticket(contexts) -> None:
+    client, server = contexts
+    assert not client.remember(None)
+    c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    unfinished = client.wrap_bio(c_in, c_out, server_hostname="a.test")
+    assert not client.remember(unfinished)  # no handshake yet: no session
+    server_side = server.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+    assert not client.remember(server_side)
+    assert client._sessions == {}
+
+
+def test_the_table_of_sessions_is_bounded(contexts, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, server = contexts
+    monkeypatch.setattr(tls, "MAX_REMEMBERED_SESSIONS", 1)
+    assert client.remember(connect(client, server, "a.test"))
+    assert client.remember(connect(client, server, "b.test"))
+    assert list(client._sessions) == ["b.test"]
