@@ -203,6 +203,21 @@ class CurlTunnelSocket:
             self._end(1006)
 
 
+_SHARE: Any = None
+
+
+def _tls_sessions() -> Any:
+    """curl's TLS session cache, shared by every connection of this process: a connection
+    to a server this process has used resumes the session, as Chrome does (curl offers a
+    TLS 1.3 ticket once only). DNS answers are shared too; connections never are."""
+    global _SHARE  # noqa: PLW0603  # one per process, made on first use (optional import)
+    if _SHARE is None:
+        from curl_cffi.curl import CurlShare  # noqa: PLC0415
+
+        _SHARE = CurlShare(connect=False, dns=True, ssl_session=True)
+    return _SHARE
+
+
 async def open_impersonated(
     url: str,
     token: str,
@@ -225,7 +240,7 @@ async def open_impersonated(
         raise TransportError(
             "endpoints.tls_impersonate needs curl_cffi (pip install 'shadowmesh[impersonate]')"
         ) from None
-    session: Any = AsyncSession()
+    session: Any = AsyncSession(curl_share=_tls_sessions())
     try:
         async with asyncio.timeout(open_timeout):
             ws = await session.ws_connect(

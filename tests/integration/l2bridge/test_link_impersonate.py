@@ -1,5 +1,6 @@
 """A tunnel over curl_cffi's WebSocket (endpoints.tls_impersonate): the exit sees Chrome's
-ClientHello, the link carries frames both ways and closes; a wrong access key is refused
+ClientHello, the link carries frames both ways and closes, and the next connection resumes
+the TLS session; a wrong access key is refused
 as a web server would refuse it; a bad certificate is refused by the client."""
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ def test_tunnel_over_curl_cffi(tmp_path: Path) -> None:
     other_ca, _, _ = write_private_tls(tmp_path / "other", HOST)
     hellos: list[bytes] = []
 
+    resumed: list[bool] = []
+
     async def on_link(link: Link) -> None:
+        ssl_object = link._ws.transport.get_extra_info("ssl_object")  # type: ignore[attr-defined]
+        resumed.append(ssl_object.session_reused)
         try:
             while True:
                 await link.send_frames([bytes(f) for f in await link.recv_frames()])
@@ -73,6 +78,13 @@ def test_tunnel_over_curl_cffi(tmp_path: Path) -> None:
                 assert got == [frame]
             await link.close()
             assert link.session.stats.drops == {}
+            # Connecting again resumes the TLS session, as Chrome does.
+            again = await connect(
+                url, ClientHandshake(CLIENT, pinned_node_id=EXIT.node_id),
+                credential=CREDENTIAL, node_id=EXIT.node_id, impersonate=("chrome", ca),
+            )  # fmt: skip
+            await again.close()
+            assert resumed == [False, True]
             # The exit refuses a credential it did not issue as a web server does.
             with pytest.raises(UpgradeRefused):
                 await connect(
