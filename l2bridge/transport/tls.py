@@ -53,8 +53,10 @@ class ResumingContext(ssl.SSLContext):
     out, and pays a full handshake each time. ``remember`` keeps the session (the ticket)
     a connection left, per server name; the next connection to that name offers it. A
     ticket is offered once only: it travels in the clear, so offering it twice would let
-    an observer link the two connections (RFC 8446, section C.4). A server that cannot
-    use it (restarted, another server under that name) just makes a full handshake.
+    an observer link the two connections (RFC 8446, section C.4). Only TLS 1.3 sessions
+    are kept: TLS 1.2 sends the ticket in the clear when it is issued too, which would
+    link the two connections as well. A server that cannot use it (restarted, another
+    server under that name) just makes a full handshake.
     """
 
     # Instances get a __dict__ of their own (ssl.SSLContext is a C type with none).
@@ -81,6 +83,8 @@ class ResumingContext(ssl.SSLContext):
         """Keep the session ``ssl_object``'s connection left for its server's next
         connection; True if there was a fresh one (never one already offered)."""
         if ssl_object is None or ssl_object.server_side or not ssl_object.server_hostname:
+            return False
+        if ssl_object.version() != "TLSv1.3":
             return False
         session = ssl_object.session
         table = self._table()

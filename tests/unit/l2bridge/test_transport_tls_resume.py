@@ -133,3 +133,15 @@ def test_the_table_of_sessions_is_bounded(contexts, monkeypatch: pytest.MonkeyPa
     assert client.remember(connect(client, server, "a.test"))
     assert client.remember(connect(client, server, "b.test"))
     assert list(client._sessions) == ["b.test"]
+
+
+def test_a_tls_1_2_session_is_not_kept(contexts, pki: Path) -> None:
+    """TLS 1.2 sends a new ticket in the clear: resuming with it would link the two
+    connections for anyone watching, so it is not kept."""
+    client, _server = contexts
+    old = server_context(pki / "cert.pem", pki / "key.pem")
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    first = connect(client, old, "a.test")
+    assert first.version() == "TLSv1.2"
+    assert not client.remember(first)
+    assert not connect(client, old, "a.test").session_reused
