@@ -416,6 +416,15 @@ class Relay:
             with contextlib.suppress(TransportClosed):
                 link.send_now([destroy_cell(circuit_id, DestroyReason.PROTOCOL)])
             return
+        except Exception as exc:
+            # Ours, not the client's (the TPM failed or is rate-limited, evidence too large
+            # for a CREATED): logged here; the client gets a DESTROY, no text, and builds
+            # its circuit through other hops instead of waiting for an answer.
+            log.error("circuit not answered: %s: %s", type(exc).__name__, exc)
+            self.metrics.counters.drop("create_failed_locally")
+            with contextlib.suppress(TransportClosed):
+                link.send_now([destroy_cell(circuit_id, DestroyReason.OVERLOADED)])
+            return
         if link.close_reason is not None:
             circuit.close()  # the link ended while we answered
             return

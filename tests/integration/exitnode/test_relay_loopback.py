@@ -2,7 +2,8 @@
 
 A client telescopes through 3 (and 5) exits; frames cross into the tail's LAN and back;
 the first hop never sees the frames in clear; a middle hop's death reaches the client as a
-closed circuit; a hop with bad evidence is refused by name; a relay's queues stay bounded
+closed circuit; a hop with bad evidence is refused by name; a hop whose own evidence fails
+answers DESTROY; a relay's queues stay bounded
 (tests/unit/exitnode/test_relay.py).
 """
 
@@ -16,9 +17,10 @@ import os
 
 import pytest
 
-from l2bridge.client.circuit import Hop, HopFailed, build
+from attestation.errors import RateLimited
+from l2bridge.client.circuit import HOP_TIMEOUT_S, Hop, HopFailed, build
 from l2bridge.client.selection import Candidate
-from l2bridge.constants import Mode
+from l2bridge.constants import MAX_HOP_EVIDENCE_SIZE, Mode
 from l2bridge.protocol.cells import CellKind, parse_cell
 from l2bridge.transport.credentials import CredentialWallet
 from l2bridge.transport.errors import TransportClosed
@@ -332,6 +334,35 @@ def test_a_relay_without_a_credential_for_the_next_hop_refuses_the_extend():
             assert info.value.node_id == exits[1].node_id and not info.value.refused
             assert exits[0].metrics.counters.drops["extend_no_credential"] == 1
             assert exits[1].links == []  # nothing reached exit 1
+        finally:
+            await stop_all(exits)
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("failure", ["tpm", "too large"])
+def test_a_hop_whose_own_evidence_fails_answers_destroy_at_once(failure):
+    """A local failure at the hop (its TPM fails or is rate-limited; its evidence is more than
+    a CREATED carries) is not the client's fault and not a silence: the hop answers DESTROY,
+    so the client learns at once and builds through other hops."""
+
+    def provider(nonce: bytes, node_id: bytes) -> bytes:
+        if failure == "tpm":
+            raise RateLimited("quote budget spent")
+        return bytes(MAX_HOP_EVIDENCE_SIZE + 1)
+
+    async def scenario():
+        exits = await start_exits(2)
+        assert exits[0].relay is not None
+        exits[0].relay.evidence_provider = provider
+        try:
+            hops = [hop_of(x) for x in exits]
+            with pytest.raises(HopFailed) as info:
+                # well before the client would give up on a silent hop (HOP_TIMEOUT_S)
+                async with asyncio.timeout(HOP_TIMEOUT_S / 4):
+                    await build(hops, dialer(), lambda h: fake_checker)
+            assert info.value.node_id == exits[0].node_id
+            assert exits[0].metrics.counters.drops["create_failed_locally"] == 1
         finally:
             await stop_all(exits)
 
