@@ -42,7 +42,7 @@ DEFAULT_CMDLINE_REQUIRES = ("ima_policy=tcb", "ima_template=ima-ng", "ima_hash=s
 # --- Evidence encoding ---
 EVIDENCE_MAGIC = b"SMEV"
 EVIDENCE_VERSION = 2
-MAX_EVIDENCE_SIZE = 256 * 1024  # must fit in one handshake message (l2bridge's limit)
+MAX_EVIDENCE_SIZE = 3 * 1024 * 1024  # the ServerHello's limit (l2bridge.constants)
 MAX_ATTEST_SIZE = 1024
 MAX_SIGNATURE_SIZE = 256
 MAX_PUBLIC_SIZE = 512

@@ -58,7 +58,7 @@ from exitnode.switchboard import Switchboard
 from hardware.tap import FakeTap
 from l2bridge.client.pump import Client
 from l2bridge.commands.common import event_loop_factory
-from l2bridge.node.link import MAX_MESSAGE_SIZE, Link
+from l2bridge.node.link import MAX_EXIT_MESSAGE_SIZE, MAX_MESSAGE_SIZE, Link
 from l2bridge.node.metrics import Metrics
 from l2bridge.protocol.pair import SessionPair
 from l2bridge.transport.client import BrowserLikeConnection
@@ -124,7 +124,7 @@ class Path:
         self.client_tap = FakeTap("bench-c")
         self.client_wire = MemoryTransport()
         cws = BrowserLikeConnection(
-            ClientProtocol(parse_uri("wss://exit.example/ws"), max_size=MAX_MESSAGE_SIZE,
+            ClientProtocol(parse_uri("wss://exit.example/ws"), max_size=MAX_EXIT_MESSAGE_SIZE,
                            state=OPEN),
             ping_interval=None,
         )  # fmt: skip

@@ -58,7 +58,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from l2bridge.identity.keys import AdminKey, HybridPublicKey, HybridSigningKey
-from l2bridge.node.link import MAX_MESSAGE_SIZE, Link, connect
+from l2bridge.node.link import MAX_EXIT_MESSAGE_SIZE, Link, connect
 from l2bridge.protocol.handshake import ClientHandshake
 from l2bridge.transport.client import open_transport
 from l2bridge.transport.direct import DirectMessages
@@ -191,7 +191,7 @@ def garbage(replay: bytes) -> bytes:
 
 async def insider_duplicate(url: str, credential: Credential, hello: bytes) -> None:
     token = mint_token(credential, time.time())
-    ws = await open_transport(url, token, max_size=MAX_MESSAGE_SIZE, direct=True)
+    ws = await open_transport(url, token, max_size=MAX_EXIT_MESSAGE_SIZE, direct=True)
     assert isinstance(ws, DirectMessages)
     try:
         ws.write_binary(hello)

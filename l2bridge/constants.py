@@ -62,9 +62,16 @@ CHAIN_SECRET_SIZE = 48  # SHA-384 output
 MSG_CLIENT_HELLO = 0x51
 MSG_SERVER_HELLO = 0x52
 MAX_CIPHER_CHOICES = 4
-MAX_EVIDENCE_SIZE = 256 * 1024  # a quote, the boot log and the kernel's IMA list
+# The exit's evidence in its ServerHello: a quote, the boot log and the kernel's IMA list
+# (compressed, about 70 bytes per entry: a distribution's tcb list of thousands of entries,
+# growing while the machine runs, must fit). Only a client receives it.
+MAX_EVIDENCE_SIZE = 3 * 1024 * 1024
+MAX_SERVER_HELLO_SIZE = MAX_EVIDENCE_SIZE + 64 * 1024
+# Every other handshake message (what an exit or a hop reads from whoever connects, and a
+# hop's CREATED, whose evidence travels in cells and is reassembled by the client).
+MAX_HOP_EVIDENCE_SIZE = 256 * 1024
 MAX_CERTIFICATE_SIZE = 16 * 1024
-MAX_HANDSHAKE_MESSAGE_SIZE = MAX_EVIDENCE_SIZE + 64 * 1024
+MAX_HANDSHAKE_MESSAGE_SIZE = MAX_HOP_EVIDENCE_SIZE + 64 * 1024
 
 # Records: type (1) | key epoch (4) | counter (8), all used as associated data.
 RECORD_DATA = 0x01
@@ -135,8 +142,8 @@ ONION_HEADER_SIZE = MAX_HOPS * ONION_SLOT_SIZE
 RELAY_SIZE_CLASSES = (512, 2048, 9728, 16384, 24576, 32768, 49152, 65280)
 RELAY_MESSAGE_HEADER_SIZE = 6  # command u8 | flags u8 | length u32
 CONTROL_FRAGMENT_CLASS = 2048  # control messages (EXTEND/EXTENDED) go out in this class
-# A hop's CREATED carries the same evidence as an exit's ServerHello, so it has the same
-# bound; EXTENDED wraps a CREATED (plus its own few header bytes).
+# A hop's CREATED carries the hop's evidence, up to MAX_HOP_EVIDENCE_SIZE; EXTENDED wraps
+# a CREATED (plus its own few header bytes).
 MAX_HOP_HANDSHAKE = MAX_HANDSHAKE_MESSAGE_SIZE  # CREATE / CREATED reassembly bound
 MAX_RELAY_MESSAGE = MAX_HOP_HANDSHAKE + 1024  # relay-message reassembly bound
 CIRCUIT_GRACE_SECONDS = 10.0  # the previous layer generation is still opened this long

@@ -334,7 +334,7 @@ class ExitFinder:
             raise OSError("no credential for this exit")
         token = mint_token(credential, self._clock(), window_s=self.settings.token_window)
         async with asyncio.timeout(self._probe_timeout):
-            ws = await open_transport(cand.endpoint, token, max_size=tunnel.MAX_MESSAGE_SIZE)
+            ws = await open_transport(cand.endpoint, token, max_size=tunnel.MAX_EXIT_MESSAGE_SIZE)
             try:
                 await ws.send(hs.hello())
                 reply = await ws.recv()

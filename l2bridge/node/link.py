@@ -68,7 +68,11 @@ from typing import Protocol, cast
 from websockets.asyncio.server import Server, ServerConnection
 
 from l2bridge.constants import CLOSE_REVOKED as RECORD_REVOKED
-from l2bridge.constants import MAX_HANDSHAKE_MESSAGE_SIZE, MAX_RECORD_SIZE
+from l2bridge.constants import (
+    MAX_HANDSHAKE_MESSAGE_SIZE,
+    MAX_RECORD_SIZE,
+    MAX_SERVER_HELLO_SIZE,
+)
 from l2bridge.errors import (
     CertificateRevoked,
     DeviceRevoked,
@@ -118,9 +122,11 @@ COALESCE_FRAMES = 64
 # ... but only a small batch: one of this many bytes or more (a GSO super-frame) is a
 # large record already, and waiting would only cost the loop iteration.
 COALESCE_BYTES = 16384
-# Room for the WebSocket frame header on top of the largest record or handshake message
-# (the exit's hello carries its attestation evidence).
+# Room for the WebSocket frame header on top of the largest record or handshake message.
+# What an exit reads from whoever connects:
 MAX_MESSAGE_SIZE = max(MAX_RECORD_SIZE, MAX_HANDSHAKE_MESSAGE_SIZE) + 64
+# What a client reads from its exit (the exit's hello carries its attestation evidence):
+MAX_EXIT_MESSAGE_SIZE = max(MAX_RECORD_SIZE, MAX_SERVER_HELLO_SIZE) + 64
 # Liveness (see the module docstring); endpoints.keepalive_interval / liveness_timeout.
 KEEPALIVE_S = 5.0
 LIVENESS_S = 15.0
@@ -746,7 +752,7 @@ async def connect(
                 await open_transport(
                     url,
                     token,
-                    max_size=MAX_MESSAGE_SIZE,
+                    max_size=MAX_EXIT_MESSAGE_SIZE,
                     direct=True,
                     **transport_kwargs,  # type: ignore[arg-type]
                 )

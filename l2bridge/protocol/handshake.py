@@ -55,6 +55,7 @@ from l2bridge.constants import (
     MAX_CIPHER_CHOICES,
     MAX_EVIDENCE_SIZE,
     MAX_HANDSHAKE_MESSAGE_SIZE,
+    MAX_SERVER_HELLO_SIZE,
     MSG_CLIENT_HELLO,
     MSG_SERVER_HELLO,
     NODE_ID_SIZE,
@@ -180,7 +181,7 @@ class ServerHello:
 
     @classmethod
     def decode(cls, data: bytes) -> ServerHello:
-        if len(data) > MAX_HANDSHAKE_MESSAGE_SIZE:
+        if len(data) > MAX_SERVER_HELLO_SIZE:
             raise MalformedMessage("hello too large")
         r = Reader(data)
         if r.u8() != MSG_SERVER_HELLO:

@@ -9,7 +9,7 @@ circuit. ::
     CREATE  = 0x61 | version u8 | mode u8 | [X25519 public 32] | [ML-KEM-1024 ek 1568]
               | attestation nonce 32
     CREATED = 0x62 | version u8 | mode u8 | [X25519 public 32] | [ML-KEM ciphertext 1568]
-              | random 32 | hop HybridPublicKey | u32 length | evidence (<= MAX_EVIDENCE_SIZE)
+              | random 32 | hop HybridPublicKey | u32 length | evidence (<= MAX_HOP_EVIDENCE_SIZE)
               | HybridSignature over H1 (label "circuit hop")
 
     H1 = SHA-384("shadowmesh v1 hop" | u32 len | CREATE | CREATED up to the signature)
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from l2bridge.codec import Reader, u32, var32
 from l2bridge.constants import (
     ATTESTATION_NONCE_SIZE,
-    MAX_EVIDENCE_SIZE,
+    MAX_HOP_EVIDENCE_SIZE,
     MAX_HOP_HANDSHAKE,
     NODE_ID_SIZE,
     PROTOCOL_VERSION,
@@ -130,7 +130,7 @@ class Created:
         x, c = kex.read_responder_shares(r, mode)
         random = r.take(RANDOM_SIZE)
         identity = HybridPublicKey.read(r)
-        evidence = r.var32(MAX_EVIDENCE_SIZE)
+        evidence = r.var32(MAX_HOP_EVIDENCE_SIZE)
         signature = HybridSignature.read(r)
         r.end()
         return cls(mode, x, c, random, identity, evidence, signature)
@@ -248,8 +248,8 @@ def respond(
         if evidence_provider is not None:
             bound = evidence_nonce(create.nonce, data, x_pub, ciphertext)
             evidence = evidence_provider(bound, identity.node_id)
-            if len(evidence) > MAX_EVIDENCE_SIZE:
-                raise ValueError("evidence larger than MAX_EVIDENCE_SIZE")
+            if len(evidence) > MAX_HOP_EVIDENCE_SIZE:
+                raise ValueError("evidence larger than MAX_HOP_EVIDENCE_SIZE")
         unsigned = Created(
             create.mode, x_pub, ciphertext, secrets.token_bytes(RANDOM_SIZE), identity.public,
             evidence, HybridSignature(b"", b""),

@@ -28,7 +28,7 @@ import pytest
 from exitnode.lifecycle import ExitLifecycle
 from hardware.tpm import Swtpm
 from l2bridge.identity.keys import AdminKey, Authorizer, HybridSigningKey
-from l2bridge.node.link import MAX_MESSAGE_SIZE, Link, connect, serve
+from l2bridge.node.link import MAX_EXIT_MESSAGE_SIZE, Link, connect, serve
 from l2bridge.protocol.handshake import ClientHandshake, ServerHandshake
 from l2bridge.protocol.helloguard import HelloGuard
 from l2bridge.transport.client import open_transport
@@ -144,7 +144,7 @@ async def idle(link: Link) -> None:
 
 async def fresh_socket(url: str) -> DirectMessages:
     token = mint_token(CRED, time.time())
-    opened = await open_transport(url, token, max_size=MAX_MESSAGE_SIZE, direct=True)
+    opened = await open_transport(url, token, max_size=MAX_EXIT_MESSAGE_SIZE, direct=True)
     assert isinstance(opened, DirectMessages)
     return opened
 

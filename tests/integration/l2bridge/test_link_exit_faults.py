@@ -176,3 +176,38 @@ def test_key_expired_during_rekey_ends_that_link() -> None:
             await server.wait_closed()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_evidence_up_to_the_limit_reaches_the_client() -> None:
+    """A distribution kernel's IMA list runs to thousands of entries and grows: evidence up
+    to MAX_EVIDENCE_SIZE (3 MiB) crosses the real WebSocket to the client's checker, while
+    what the exit reads from the clients stays within the small handshake limit."""
+    big = os.urandom(MAX_EVIDENCE_SIZE - 64)  # incompressible, as the wire sees it
+    seen: list[bytes] = []
+
+    def provider(nonce: bytes, node_id: bytes) -> bytes:
+        return big + nonce + node_id
+
+    def checker(evidence: bytes, nonce: bytes, node_id: bytes) -> None:
+        seen.append(evidence)
+        if evidence != big + nonce + node_id:
+            raise ValueError("not the exit's evidence")
+
+    async def scenario() -> None:
+        server, url = await start(provider)
+        try:
+            hs = ClientHandshake(
+                CLIENT, pinned_node_id=EXIT.node_id, attestation_nonce=os.urandom(32),
+                evidence_checker=checker,
+            )  # fmt: skip
+            link = await connect(url, hs, credential=CREDENTIAL, node_id=EXIT.node_id)
+            assert link.session.established
+            await link.send_frames([b"\x01" * 64])
+            assert [bytes(f) for f in await link.recv_frames()] == [b"\x01" * 64]
+            await link.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert len(seen) == 1 and len(seen[0]) == MAX_EVIDENCE_SIZE

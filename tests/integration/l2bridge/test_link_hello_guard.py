@@ -19,7 +19,7 @@ import time
 import pytest
 
 from l2bridge.identity.keys import AdminKey, Authorizer, HybridSigningKey
-from l2bridge.node.link import MAX_MESSAGE_SIZE, Link, connect, serve
+from l2bridge.node.link import MAX_EXIT_MESSAGE_SIZE, Link, connect, serve
 from l2bridge.protocol.handshake import ClientHandshake, ServerHandshake
 from l2bridge.protocol.helloguard import HelloGuard
 from l2bridge.transport.client import open_transport
@@ -105,7 +105,9 @@ def test_the_device_a_token_names() -> None:
             hs = ClientHandshake(BOB, certificate=CERTS[BOB.node_id], pinned_node_id=EXIT.node_id)
             link = await dial(url, hs, BOB.node_id)
             await link.close()
-            ws = await open_transport(url, token_for(BOB), max_size=MAX_MESSAGE_SIZE, direct=True)
+            ws = await open_transport(
+                url, token_for(BOB), max_size=MAX_EXIT_MESSAGE_SIZE, direct=True
+            )
             assert isinstance(ws, DirectMessages)
             ws.write_binary(hs.hello())
             with pytest.raises(TransportClosed):

@@ -9,8 +9,8 @@ import pytest
 
 from l2bridge.constants import (
     ATTESTATION_NONCE_SIZE,
-    MAX_EVIDENCE_SIZE,
     MAX_FRAME_SIZE,
+    MAX_HOP_EVIDENCE_SIZE,
     MAX_HOPS,
     ONION_HEADER_SIZE,
     ONION_SLOT_SIZE,
@@ -265,9 +265,9 @@ def test_extension_messages_survive_fragmentation_with_large_evidence():
 
 def test_a_real_exits_evidence_fits_the_first_hop_and_an_extension():
     """An exit's evidence carries its IMA list (~73 kB for the ~1,050 files a ShadowMesh
-    exit loads): CREATED (hop 1) and EXTENDED (later hops) must carry up to the evidence
-    limit the single-hop handshake accepts."""
-    size = MAX_EVIDENCE_SIZE - 2 * ATTESTATION_NONCE_SIZE
+    exit loads): CREATED (hop 1) and EXTENDED (later hops) must carry up to the hop
+    evidence limit."""
+    size = MAX_HOP_EVIDENCE_SIZE - 2 * ATTESTATION_NONCE_SIZE
     big = os.urandom(size)
     net = Net(mode=Mode.HYBRID, keys=identities(2), client=ClientCircuit(7, mode=Mode.HYBRID))
     net.providers[0] = net.providers[1] = lambda nonce, node: big + nonce[:32] + node

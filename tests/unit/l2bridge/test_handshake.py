@@ -7,7 +7,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from l2bridge.constants import Cipher, Mode
+from l2bridge.constants import (
+    MAX_EVIDENCE_SIZE,
+    MAX_HANDSHAKE_MESSAGE_SIZE,
+    MAX_SERVER_HELLO_SIZE,
+    Cipher,
+    Mode,
+)
 from l2bridge.errors import (
     AuthenticationFailed,
     CertificateRevoked,
@@ -416,3 +422,18 @@ def test_the_clients_mtu_reaches_the_exit_session(keys) -> None:
     assert plain_session.peer_mtu is None  # an older client says nothing: no warning
     with pytest.raises(ValueError, match="mtu"):
         ClientHandshake(keys[0], mtu=70000)
+
+
+def test_hello_size_limits_differ_by_direction() -> None:
+    """The exit's hello may carry up to 3 MiB of evidence; what an exit reads (the
+    ClientHello) stays within the 320 KiB of every other handshake message."""
+    assert MAX_HANDSHAKE_MESSAGE_SIZE < MAX_EVIDENCE_SIZE < MAX_SERVER_HELLO_SIZE
+    with pytest.raises(MalformedMessage) as caught:
+        ClientHello.decode(bytes([0x51]) + bytes(MAX_HANDSHAKE_MESSAGE_SIZE))
+    assert caught.value.detail == "hello too large"
+    with pytest.raises(MalformedMessage) as caught:
+        ServerHello.decode(bytes([0x52]) + bytes(MAX_SERVER_HELLO_SIZE))
+    assert caught.value.detail == "hello too large"
+    # just under the ServerHello limit it is parsed (and refused for what it holds)
+    with pytest.raises(UnsupportedParameters):
+        ServerHello.decode(bytes([0x52]) + bytes(MAX_SERVER_HELLO_SIZE - 1))
