@@ -32,9 +32,9 @@ import enum
 import logging
 import ssl as ssl_module
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -68,6 +68,7 @@ from l2bridge.transport.gate import Admit, Gate, Refuse
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 _FLUSH_POLL_S = 0.05  # how often a closing connection checks its buffers
 
 
@@ -253,6 +254,46 @@ class _DecoyDriver:
             self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
 
 
+def start_now(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """Run ``coro`` up to its first suspension now and the rest as a task: the eager task
+    start of Python 3.12 (``asyncio.eager_task_factory``), which 3.11 lacks."""
+    try:
+        first = coro.send(None)
+    except StopIteration as done:
+        return asyncio.ensure_future(_returning(done.value))
+    except BaseException as exc:  # handed to the task, as a task would
+        return asyncio.ensure_future(_raising(exc))
+    return asyncio.ensure_future(_resume(coro, first))
+
+
+async def _returning(value: T) -> T:
+    return value
+
+
+async def _raising(exc: BaseException) -> Any:
+    raise exc
+
+
+async def _resume(coro: Coroutine[Any, Any, T], waiting: Any) -> T:
+    """Drive ``coro`` on from a suspension at ``waiting`` (what it awaits: a future, or None
+    for a bare yield) as a task would: resume it once that is done, pass in cancellation."""
+    while True:
+        cancelled: asyncio.CancelledError | None = None
+        try:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait([waiting])
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+            if isinstance(waiting, asyncio.Future):
+                waiting.cancel()
+        try:
+            waiting = coro.send(None) if cancelled is None else coro.throw(cancelled)
+        except StopIteration as done:
+            return cast(T, done.value)
+
+
 class GuardedConnection(DirectMessages, ServerConnection):
     """A websockets ServerConnection that sees only what the gate admits."""
 
@@ -297,8 +338,14 @@ class GuardedConnection(DirectMessages, ServerConnection):
         if tls is None:
             self._begin(transport)
             return
-        transport.pause_reading()  # nothing reaches us before the TLS layer is in place
-        self._tls_task = asyncio.get_running_loop().create_task(self._start_tls(transport, tls))
+        transport.pause_reading()  # asyncio honours it here; uvloop does not (below)
+        # start_tls puts its TLS protocol in place in its first step; that step must run
+        # now, inside connection_made. As a plain task it ran a loop iteration later, and
+        # uvloop starts reading the socket right after connection_made whatever
+        # pause_reading asked: a ClientHello already there then reached this plain
+        # protocol, was lost to TLS, and the handshake hung until the header timeout (the
+        # client saw its opening time out; more often the busier the exit).
+        self._tls_task = start_now(self._start_tls(transport, tls))
 
     async def _start_tls(self, raw: asyncio.Transport, context: ssl_module.SSLContext) -> None:
         loop = asyncio.get_running_loop()
