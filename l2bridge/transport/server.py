@@ -279,6 +279,8 @@ async def _resume(coro: Coroutine[Any, Any, T], waiting: Any) -> T:
     for a bare yield) as a task would: resume it once that is done, pass in cancellation."""
     while True:
         cancelled: asyncio.CancelledError | None = None
+        if isinstance(waiting, asyncio.Future):
+            waiting._asyncio_future_blocking = False  # taken, as Task.__step takes it
         try:
             if waiting is None:
                 await asyncio.sleep(0)

@@ -57,8 +57,10 @@ async def _connect_many(ca: Path, cert: Path, key: Path, count: int) -> list[byt
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_a_clienthello_waiting_at_accept_gets_its_handshake(tmp_path: Path, loop: str) -> None:
     ca, cert, key = write_private_tls(tmp_path / "tls", HOST)
-    run = uvloop.run if loop == "uvloop" else asyncio.run
-    answers = run(_connect_many(ca, cert, key, 20))
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.SelectorEventLoop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        assert isinstance(runner.get_loop(), uvloop.Loop) == (loop == "uvloop")
+        answers = runner.run(_connect_many(ca, cert, key, 20))
     assert answers == [b"HTTP/1.1 200 OK\r\n"] * 20  # the decoy site, over TLS
 
 
