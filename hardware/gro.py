@@ -103,7 +103,7 @@ class _Run:
         self.next_seq = (seg.seq + seg.size) & 0xFFFFFFFF
         self.next_id = (seg.ip_id + 1) & 0xFFFF
         self.closed = seg.psh
-        # What ``extend`` reads for every frame, in slots: faster than the tuple's fields.
+        # What ``Coalescer.push`` reads for every frame, in slots: faster than the tuple's.
         self.key, self.mask, self.payload_at, self.l4 = seg.key, seg.mask, seg.payload_at, seg.l4
         self.tcp, self.v6, self.df, self.verify = seg.tcp, seg.v6, seg.df, seg.verify
 
@@ -144,8 +144,9 @@ class Coalescer:
         if run is not None and not run.closed:
             # The fast path, taken by most frames of a bulk flow: ``frame`` is the next
             # segment of the run the previous frame went to (same headers but for the
-            # fields that may change, checked here). Written out in this one method: a
-            # frame costs one Python call, not four. Anything else takes ``_push``.
+            # fields that may change, checked here). Written out in this method: a frame
+            # costs two Python calls (this and ``_Run.add``), not four. Anything else
+            # takes ``_push``.
             at = run.payload_at
             n = len(frame)
             if n > at and int.from_bytes(frame[:at], "big") & run.mask == run.key:
@@ -161,29 +162,22 @@ class Coalescer:
                     elif run.verify and int.from_bytes(frame[L3:l4], "big") % 0xFFFF:
                         end = 0  # a bad header checksum (unless the kernel vouched for it)
                 size = end - at
-                total = run.total + size
-                if 0 < size <= run.size and end <= n and at - L3 + total <= MAX_IP_PACKET:
+                fits = at - L3 + run.total + size <= MAX_IP_PACKET
+                if 0 < size <= run.size and end <= n and fits:
                     if run.tcp:
                         seq = _U32.unpack_from(frame, l4 + 4)[0]
                         flags = frame[l4 + 13]
-                        psh = flags & TCP_PSH
+                        psh = bool(flags & TCP_PSH)
                         ok = seq == run.next_seq and flags & ~TCP_PSH == TCP_ACK
                     else:
                         length, checksum = _UDP.unpack_from(frame, l4)
-                        seq = psh = 0
+                        seq, psh = 0, False
                         ok = length == end - l4 and (checksum or not run.v6)
                     if ok and (
                         not run.verify
                         or _checksum_ok(frame, l4, end, TCP if run.tcp else UDP, run.v6)
                     ):
-                        run.last = frame
-                        payloads = run.payloads
-                        payloads.append(memoryview(frame)[at:end])
-                        run.total = total
-                        run.next_seq = (seq + size) & 0xFFFFFFFF
-                        run.next_id = (ip_id + 1) & 0xFFFF
-                        if size < run.size or psh or len(payloads) >= MAX_SEGMENTS:
-                            run.closed = True
+                        run.add(frame, size, seq, ip_id, psh)
                         return
             self._push(frame)
             return
