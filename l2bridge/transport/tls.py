@@ -59,9 +59,10 @@ class ResumingContext(ssl.SSLContext):
     server under that name) just makes a full handshake.
     """
 
-    # Instances get a __dict__ of their own (ssl.SSLContext is a C type with none).
-    _sessions: dict[str, ssl.SSLSession]
-    _offered: dict[bytes, None]  # ids of sessions offered, oldest first (bounded)
+    def __init__(self, protocol: int = ssl.PROTOCOL_TLS_CLIENT) -> None:
+        # (ssl.SSLContext is built in __new__; this subclass only adds its two tables)
+        self._sessions: dict[str, ssl.SSLSession] = {}  # server name -> session to offer
+        self._offered: dict[bytes, None] = {}  # ids of sessions offered, oldest first
 
     def wrap_bio(
         self,
@@ -72,7 +73,7 @@ class ResumingContext(ssl.SSLContext):
         session: ssl.SSLSession | None = None,
     ) -> ssl.SSLObject:
         if session is None and not server_side and isinstance(server_hostname, str):
-            session = self._table().pop(server_hostname, None)
+            session = self._sessions.pop(server_hostname, None)
             if session is not None:
                 self._offered[session.id] = None
                 while len(self._offered) > MAX_REMEMBERED_SESSIONS:
@@ -87,18 +88,13 @@ class ResumingContext(ssl.SSLContext):
         if ssl_object.version() != "TLSv1.3":
             return False
         session = ssl_object.session
-        table = self._table()
+        table = self._sessions
         if session is None or not session.has_ticket or session.id in self._offered:
             return False
         if len(table) >= MAX_REMEMBERED_SESSIONS and ssl_object.server_hostname not in table:
             del table[next(iter(table))]
         table[ssl_object.server_hostname] = session
         return True
-
-    def _table(self) -> dict[str, ssl.SSLSession]:
-        if not hasattr(self, "_sessions"):
-            self._sessions, self._offered = {}, {}
-        return self._sessions
 
 
 MAX_REMEMBERED_SESSIONS = 64
