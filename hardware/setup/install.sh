@@ -78,7 +78,7 @@ if [ -f contracts/package.json ]; then
 fi
 if [ "$BENCH" = 1 ]; then
   bench_missing=()
-  for p in chromium tcpdump curl valgrind; do  # valgrind: the callgrind counts (bench/frame_path.py, circuit_cost.py)
+  for p in chromium tcpdump curl valgrind; do  # valgrind: the callgrind counts (bench/frame_path.py, circuit_cost.py, gro_merge.py)
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || bench_missing+=("$p")
   done
   if [ "${#bench_missing[@]}" -gt 0 ]; then
