@@ -120,13 +120,28 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def machine_seconds() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine so far, summed over its cores
+    (``/proc/stat``; busy: user, nice, system, irq, softirq; idle: idle and iowait; time
+    the hypervisor gave to others, steal, is neither)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq = fields[:7]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, (idle + iowait) / tick
+
+
 def aggregate(lab: Lab, tmp: Path, clients: int, *, mode: str, seconds: float) -> dict[str, float]:
     """Sum of iperf3 TCP (one stream per client, all at once) received behind the exit,
-    and the cores the exit and the clients used meanwhile (CPU seconds / wall seconds)."""
+    and the cores the exit, the clients and the whole machine (everything: iperf3, the
+    kernel's forwarding, the nodes) used meanwhile, and the machine's idle cores (CPU
+    seconds / wall seconds), and from them the machine's ceiling for this traffic: the
+    figure scaled to every core busy at the same cost per bit. No arrangement of the
+    exit's work (workers, threads) can carry more than that ceiling on this machine."""
     with world(lab, tmp, clients, mode=mode) as (hosts, exit_pid, client_pids):
         runs = []
         started = time.monotonic()
         exit_before, clients_before = cpu_seconds([exit_pid]), cpu_seconds(client_pids)
+        busy_before, idle_before = machine_seconds()
         for i, host in enumerate(hosts):
             cmd = ["iperf3", "-c", SINK, "-p", str(BASE_PORT + i), "-J", "-t", str(seconds)]
             runs.append(lab.spawn(host, [*cmd, "-O", "1"], stdout=subprocess.PIPE))
@@ -143,8 +158,18 @@ def aggregate(lab: Lab, tmp: Path, clients: int, *, mode: str, seconds: float) -
         wall = time.monotonic() - started
         exit_cores = (cpu_seconds([exit_pid]) - exit_before) / wall
         clients_cores = (cpu_seconds(client_pids) - clients_before) / wall
+        busy_after, idle_after = machine_seconds()
+    busy = (busy_after - busy_before) / wall
     return {
         "gbps": round(total / 1e9, 3),
         "exit_cores": round(exit_cores, 2),
         "clients_cores": round(clients_cores, 2),
+        "machine_busy_cores": round(busy, 2),
+        "machine_idle_cores": round((idle_after - idle_before) / wall, 2),
+        # What this traffic would reach with every core of the machine busy at this
+        # run's CPU cost per bit (all processes and the kernel): the most any way of
+        # spreading the exit's work could give on this machine.
+        "machine_ceiling_gbps": round(total / 1e9 * (os.cpu_count() or 1) / busy, 3)
+        if busy > 0
+        else 0.0,
     }

@@ -9,6 +9,7 @@ from l2bridge.node.rotation import RekeyTally, RotationDriver, TunnelClock, exit
 from l2bridge.protocol.session import SessionConfig
 from timing.clock import DisciplinedClock
 from timing.config import build, settings_from
+from timing.errors import NoQuorumError
 
 
 class FakeSession:
@@ -132,3 +133,66 @@ def test_volume_rekey_between_boundaries_only_when_a_key_is_due():
     paused = RotationDriver(TunnelClock(DisciplinedClock(fallback="refuse")), 60.0, lambda: link)
     assert paused.check_volume() is False and len(link.asked) == 1
     assert RotationDriver(tc, 60.0, lambda: None).check_volume() is False
+
+
+class ScriptedClock(DisciplinedClock):
+    """A disciplined clock whose readings the test sets, counting how often it is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value: tuple[str, float, float] | None = ("synced", 1_000.0, 1e-5)
+        self.reads = 0
+
+    def reading(self) -> tuple[str, float, float]:
+        self.reads += 1
+        if self.value is None:
+            raise NoQuorumError("lost")
+        return self.value
+
+
+def test_now_carries_one_reading_forward_within_the_window():
+    disciplined = ScriptedClock()
+    mono = [50.0]
+    tc = TunnelClock(disciplined, reuse_s=0.01, monotonic=lambda: mono[0])
+    assert tc.now() == 1_000.0 and disciplined.reads == 1
+    mono[0] += 0.004
+    # the disciplined clock moved on, but within the window the reading is carried
+    disciplined.value = ("synced", 1_000.5, 1e-5)
+    assert tc.now() == 1_000.004 and disciplined.reads == 1
+    mono[0] += 0.007  # 11 ms after the reading: read afresh
+    assert tc.now() == 1_000.5 and disciplined.reads == 2
+    # rotation's boundaries and the published mode are never carried
+    disciplined.value = ("holdover", 1_000.6, 1e-3)
+    assert tc.epoch_time() == 1_000.6 and tc.mode == "holdover" and disciplined.reads == 3
+
+
+def test_now_never_steps_back_by_the_carry_but_passes_a_real_step_back():
+    disciplined = ScriptedClock()
+    mono = [50.0]
+    tc = TunnelClock(disciplined, reuse_s=0.01, monotonic=lambda: mono[0])
+    tc.now()
+    mono[0] += 0.0099
+    carried = tc.now()
+    mono[0] += 0.0002
+    # the discipline slewed: the fresh reading is a few us behind what was carried
+    disciplined.value = ("synced", carried - 5e-6, 1e-5)
+    assert tc.now() == carried
+    # the system clock (the fallback) stepped back an hour: handed on, not held an hour
+    disciplined.value = ("system", carried - 3_600.0, 0.1)
+    mono[0] += 0.02
+    assert tc.now() == carried - 3_600.0 and tc.mode == "system"
+
+
+def test_lost_quorum_is_noticed_within_the_window():
+    disciplined = ScriptedClock()
+    mono = [50.0]
+    tc = TunnelClock(disciplined, reuse_s=0.01, monotonic=lambda: mono[0])
+    tc.now()
+    assert tc.mode == "synced"
+    disciplined.value = None
+    mono[0] += 0.005
+    tc.now()
+    assert tc.mode == "synced"  # still carried
+    mono[0] += 0.005
+    tc.now()
+    assert tc.mode == "unsynced"
