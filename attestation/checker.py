@@ -3,7 +3,8 @@
 Refuses (``AttestationRefused`` with every reason) evidence that fails the verifier, or
 comes from a node with no enrolled AK. Keeps each node's TPM counter state between
 handshakes so a replayed or rolled-back TPM is noticed, and how far it has replayed the
-exit's IMA list, so a later handshake only checks the files opened since. The reasons are
+exit's IMA list, so a later handshake only checks the files opened since (and, through
+``since``, the client can ask the exit to send only those). The reasons are
 for our log and the user; the handshake must not send them to the exit.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping
 
 from attestation import verifier
 from attestation.errors import AttestationRefused
+from attestation.evidence import Since
 from attestation.policy import GoldenPolicy
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,13 @@ class EvidenceChecker:
         self._clock = clock
         self._states: dict[bytes, verifier.NodeState] = {}
         self._lock = threading.Lock()
+
+    def since(self, node_id: bytes) -> Since | None:
+        """How far this checker has replayed ``node_id``'s IMA list (None: never checked
+        it), for a hello that asks the exit for the entries after those only."""
+        with self._lock:
+            state = self._states.get(node_id)
+        return None if state is None else Since(state.reset_count, state.ima.count)
 
     def __call__(self, evidence: bytes, nonce: bytes, node_id: bytes) -> None:
         ak = self._lookup(node_id)

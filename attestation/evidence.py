@@ -49,6 +49,29 @@ class Evidence:
     ima_list: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Since:
+    """How far a verifier has replayed an exit's IMA list: the TPM reset count of that
+    boot and the number of entries. A verifier that sends it asks for the entries after
+    those only; the exit decides from its own quote (``first_entry``)."""
+
+    reset_count: int
+    ima_count: int
+
+
+def first_entry(since: Since | None, attest: bytes, have: int) -> int:
+    """The first IMA entry to send (``Evidence.ima_first``) with the quote ``attest`` and a
+    list of ``have`` entries up to its PCR 10: ``since.ima_count`` when the quote is of
+    the boot ``since`` names (same reset count) and the list is that long; else 0, the
+    whole list. Nothing here is trusted by the verifier: a list cut anywhere else fails
+    its replay (a gap) or does not reach the quoted PCR 10."""
+    if since is None or since.ima_count > have:
+        return 0
+    if tpms.parse_attest(attest).clock_info.reset_count != since.reset_count:
+        return 0
+    return since.ima_count
+
+
 def qualifying_data(nonce: bytes, node_id: bytes) -> bytes:
     """extraData of a handshake quote: SHA-256("shadowmesh/handshake/v1" || nonce || nodeId).
 

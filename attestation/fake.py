@@ -73,6 +73,15 @@ class FakeAttester:
             self.pcrs[c.IMA_PCR] + entry.pcr_extend_value()
         ).digest()
 
+    def reboot(self) -> None:
+        """Play a reboot: the TPM's reset count goes up, PCR 10 and the IMA list start
+        afresh with the boot aggregate (same firmware and boot chain)."""
+        self.reset_count += 1
+        self.restart_count = 0
+        self.pcrs[c.IMA_PCR] = bytes(32)
+        self.ima_list = b""
+        self.measure_file(c.BOOT_AGGREGATE_PATH, ima.boot_aggregate(self.boot_pcrs()))
+
     def load(self, path: str, contents: bytes) -> None:
         self.measure_file(path, hashlib.sha256(contents).digest())
 
@@ -80,7 +89,15 @@ class FakeAttester:
         r, s = decode_dss_signature(self.key.sign(attest, ec.ECDSA(hashes.SHA256())))
         return tpms.encode_signature(tpms.EcdsaSignature(r, s))
 
-    def evidence(self, nonce: bytes, node_id: bytes, now: float, ima_first: int = 0) -> bytes:
+    def evidence(
+        self,
+        nonce: bytes,
+        node_id: bytes,
+        now: float,
+        ima_first: int = 0,
+        *,
+        since: ev.Since | None = None,
+    ) -> bytes:
         self.calls += 1
         self.clock += 1
         indices = tuple(sorted(self.pcrs))
@@ -97,6 +114,8 @@ class FakeAttester:
                 pcr_digest=tpms.pcr_digest(values),
             )
         )
+        if since is not None:
+            ima_first = ev.first_entry(since, attest, len(ima.parse_list(self.ima_list)))
         return ev.encode(
             ev.Evidence(
                 nonce=nonce,

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from attestation import constants as c
 from attestation.errors import AttestationError, EvidenceError, RateLimited
+from attestation.evidence import Since
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,9 @@ log = logging.getLogger(__name__)
 class QuoteSource(Protocol):
     """What produces evidence: ``quote.Attester`` (a TPM) or ``fake.FakeAttester``."""
 
-    def evidence(self, nonce: bytes, node_id: bytes, now: float) -> bytes: ...
+    def evidence(
+        self, nonce: bytes, node_id: bytes, now: float, *, since: Since | None = None
+    ) -> bytes: ...
 
 
 class TokenBucket:
@@ -73,14 +76,15 @@ class EvidenceProvider:
         self._clock = clock
         self._monotonic = monotonic
 
-    def attest(self, nonce: bytes) -> bytes:
-        """Fresh evidence for ``nonce`` without the client rate limit (own schedule)."""
+    def attest(self, nonce: bytes, since: Since | None = None) -> bytes:
+        """Fresh evidence for ``nonce`` without the client rate limit (own schedule);
+        ``since``: the IMA entries the verifier has (``evidence.Since``)."""
         if len(nonce) != c.NONCE_SIZE:
             raise EvidenceError("nonce must be 32 bytes")
         with self._tpm_lock:
-            return self._source.evidence(nonce, self.node_id, self._clock())
+            return self._source.evidence(nonce, self.node_id, self._clock(), since=since)
 
-    def __call__(self, nonce: bytes, node_id: bytes) -> bytes:
+    def __call__(self, nonce: bytes, node_id: bytes, since: Since | None = None) -> bytes:
         """The handshake hook. Raises RateLimited when clients ask faster than allowed."""
         if node_id != self.node_id:
             raise AttestationError("asked to attest for a nodeId that is not ours")
@@ -88,7 +92,7 @@ class EvidenceProvider:
             allowed = self._bucket.take(self._monotonic())
         if not allowed:
             raise RateLimited("too many attestation requests")
-        return self.attest(nonce)
+        return self.attest(nonce, since)
 
 
 class ReattestationLoop:

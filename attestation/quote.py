@@ -106,10 +106,19 @@ class Attester:
         (value,) = self._tpm.read_pcrs([c.IMA_PCR])
         return self._list_up_to(value)[1]
 
-    def evidence(self, nonce: bytes, node_id: bytes, now: float, ima_first: int = 0) -> bytes:
+    def evidence(
+        self,
+        nonce: bytes,
+        node_id: bytes,
+        now: float,
+        ima_first: int = 0,
+        *,
+        since: ev.Since | None = None,
+    ) -> bytes:
         """Fresh evidence answering ``nonce`` for ``node_id``, with the IMA list from entry
-        ``ima_first`` (0: all; a verifier that kept state may ask for fewer). ``now`` is
-        unused: the quote carries the TPM clock."""
+        ``ima_first`` (0: all; a verifier that kept state may ask for fewer), or from
+        where ``since`` says the verifier stopped when the quote is of that boot
+        (``evidence.first_entry``). ``now`` is unused: the quote carries the TPM clock."""
         del now
         qualifying = ev.qualifying_data(nonce, node_id)
         for _ in range(QUOTE_ATTEMPTS):
@@ -119,6 +128,8 @@ class Attester:
                 continue  # a PCR moved between Quote and PCR_Read
             data, count = self._list_up_to(values[c.IMA_PCR])
             log = read_bounded(self.event_log_path, c.MAX_EVENT_LOG_SIZE)
+            if since is not None:
+                ima_first = ev.first_entry(since, attest, count)
             if ima_first > count:
                 raise MeasurementError(f"asked for IMA entries from {ima_first}, have {count}")
             return ev.encode(

@@ -29,6 +29,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from attestation.evidence import Since
 from contracts.client import RegistryClient, connect, load_account
 from exitnode.errors import AttestationUnavailable
 from exitnode.lifecycle import ExitLifecycle
@@ -37,6 +38,7 @@ from exitnode.upkeep import RegistryUpkeep
 from l2bridge.node.config import Config
 from l2bridge.node.metrics import Metrics
 from l2bridge.node.rotation import RekeyTally, TunnelClock
+from l2bridge.protocol.handshake import EvidenceSince, EvidenceSinceProvider
 from timing.chrony import ChronyFeeder
 from timing.config import build, feeders, settings_from
 from timing.sources import Source
@@ -181,6 +183,18 @@ class AttestedExit:
     @property
     def evidence_provider(self) -> Any:
         return self.lifecycle.evidence if self.lifecycle is not None else None
+
+    @property
+    def evidence_since_provider(self) -> EvidenceSinceProvider | None:
+        """Evidence for a hello that says how much of the IMA list the client has."""
+        lifecycle = self.lifecycle
+        if lifecycle is None:
+            return None
+
+        def provide(nonce: bytes, node_id: bytes, since: EvidenceSince) -> bytes:
+            return lifecycle.evidence(nonce, node_id, Since(since.reset_count, since.ima_count))
+
+        return provide
 
     async def run(self, stop: asyncio.Event) -> None:
         for s in self.sources:

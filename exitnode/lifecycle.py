@@ -40,6 +40,7 @@ Failure modes and their documented fallback:
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import threading
@@ -59,6 +60,7 @@ from attestation.errors import (
     RateLimited,
     TpmError,
 )
+from attestation.evidence import Since
 from attestation.provider import EvidenceProvider
 from attestation.quote import Attester, read_bounded
 from exitnode.errors import AttestationUnavailable, StateFileError
@@ -397,8 +399,9 @@ class ExitLifecycle:
             )
         )
 
-    def evidence(self, nonce: bytes, node_id: bytes) -> bytes:
+    def evidence(self, nonce: bytes, node_id: bytes, since: Since | None = None) -> bytes:
         """The handshake's evidence_provider; see the module docstring for failures.
+        ``since``: the IMA entries the client has replayed already (evidence_since).
 
         Returns within about three times ``timeout_s`` whatever the TPM does: empty evidence
         when the TPM is lost (or is lost now), TransportClosed when it is busy.
@@ -412,7 +415,7 @@ class ExitLifecycle:
                 self._recover_soon()
                 return b""
             try:
-                data = provider(nonce, node_id)
+                data = provider(nonce, node_id, since)
             except RateLimited:
                 raise TransportClosed("attestation busy") from None
             except TpmError as exc:
@@ -438,9 +441,15 @@ class _OnThread:
         self._attester = attester
         self._timeout = timeout
 
-    def evidence(self, nonce: bytes, node_id: bytes, now: float) -> bytes:
+    def evidence(
+        self, nonce: bytes, node_id: bytes, now: float, *, since: Since | None = None
+    ) -> bytes:
         return self._thread.call(
-            self._attester.evidence, nonce, node_id, now, timeout=self._timeout
+            functools.partial(self._attester.evidence, since=since),
+            nonce,
+            node_id,
+            now,
+            timeout=self._timeout,
         )
 
 

@@ -56,7 +56,7 @@ from l2bridge.node.credfiles import (
 from l2bridge.node.health import components
 from l2bridge.node.metrics import Metrics
 from l2bridge.node.status import StatusServer, read_token
-from l2bridge.protocol.handshake import EvidenceProvider, ServerHandshake
+from l2bridge.protocol.handshake import EvidenceProvider, EvidenceSinceProvider, ServerHandshake
 from l2bridge.protocol.helloguard import HelloGuard
 from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.admission import REASONS, TokenVerifier
@@ -177,6 +177,7 @@ class ExitNode:
         options: ExitOptions | None = None,
         *,
         evidence_provider: EvidenceProvider | None = None,
+        evidence_since_provider: EvidenceSinceProvider | None = None,
     ) -> None:
         self.config = config
         self.options = options or ExitOptions()
@@ -238,6 +239,7 @@ class ExitNode:
             rekey_interval=config.security.key_rotation_interval, pad_to=pad_to
         )
         self.evidence_provider = evidence_provider
+        self.evidence_since_provider = evidence_since_provider
         # The same MAC at every start: the LAN's ARP entries for the gateway stay right.
         mac = net.mac or stable_mac(self.identity.node_id)
         self.tap_config = TapConfig(
@@ -357,6 +359,7 @@ class ExitNode:
         """Serve with attestation evidence, registry upkeep and the disciplined clock."""
         self.attested = attested
         self.evidence_provider = attested.evidence_provider
+        self.evidence_since_provider = attested.evidence_since_provider
         self.clock = attested.clock.now
 
     def _status_server(self) -> StatusServer:
@@ -464,6 +467,7 @@ class ExitNode:
             self.authorizer,
             modes=(self.mode,),
             evidence_provider=self.evidence_provider,
+            evidence_since_provider=self.evidence_since_provider,
             config=self.session_config,
             backend=self.backend,
         )

@@ -61,7 +61,7 @@ from l2bridge.identity.keys import DeviceCertificate, HybridSigningKey
 from l2bridge.node import link as tunnel
 from l2bridge.node.cover import CoverPlan, ShapingPlan
 from l2bridge.node.metrics import Metrics
-from l2bridge.protocol.handshake import ClientHandshake
+from l2bridge.protocol.handshake import ClientHandshake, EvidenceSince
 from l2bridge.protocol.session import SessionConfig
 from l2bridge.transport.client import open_transport
 from l2bridge.transport.credentials import CredentialWallet
@@ -82,6 +82,13 @@ SILENT_BACKOFF_S = 10.0
 SILENT_BACKOFF_MAX_S = 600.0
 
 Clock = Callable[[], float]
+
+
+def evidence_since(verifier: EvidenceChecker, node_id: bytes) -> EvidenceSince | None:
+    """The hello's ``evidence_since`` for ``node_id``: how far ``verifier`` replayed that
+    exit's IMA list (None when it never checked that exit)."""
+    since = verifier.since(node_id)
+    return None if since is None else EvidenceSince(since.reset_count, since.ima_count)
 
 
 class ChainBoundChecker:
@@ -256,6 +263,7 @@ class ExitFinder:
             evidence_checker=checker,
             config=s.session_config,
             backend=s.backend,
+            evidence_since=evidence_since(self._verifier, cand.node_id),
         )
         return hs, checker
 

@@ -27,7 +27,7 @@ from attestation import policy as golden
 from attestation.checker import EvidenceChecker
 from attestation.enrol import Enrolment
 from attestation.errors import EnrolmentError, PolicyError
-from l2bridge.client.failover import ChainBoundChecker, DialSettings, ExitFinder
+from l2bridge.client.failover import ChainBoundChecker, DialSettings, ExitFinder, evidence_since
 from l2bridge.client.selection import Candidate, NodeRecord, SelectionPolicy
 from l2bridge.constants import ATTESTATION_NONCE_SIZE
 from l2bridge.errors import NoExitAvailable
@@ -35,6 +35,7 @@ from l2bridge.node.config import Config, ConfigError
 from l2bridge.node.metrics import Metrics
 from l2bridge.node.rotation import TunnelClock
 from l2bridge.protocol.handshake import EvidenceChecker as CheckEvidence
+from l2bridge.protocol.handshake import EvidenceSince
 from timing.chrony import ChronyFeeder
 from timing.config import build, feeders, settings_from
 from timing.sources import Source
@@ -153,6 +154,10 @@ class PinnedAttestation:
             self._aks[node_id] = enrolled_ak
         self._registry = None if enrolled_ak is not None else registry
         self._verifier = EvidenceChecker(policy, self._aks.get, clock=clock)
+
+    def since(self) -> EvidenceSince | None:
+        """How far earlier dials replayed the exit's IMA list (for the next hello)."""
+        return evidence_since(self._verifier, self.node_id)
 
     async def prepare(self) -> tuple[bytes, CheckEvidence]:
         """A fresh nonce and the checker for the next dial's evidence.

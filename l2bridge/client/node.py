@@ -159,8 +159,10 @@ class ClientNode:
             return self.link
         nonce: bytes | None = None
         checker = self.evidence_checker
+        since = None
         if self.attestation is not None:
             nonce, checker = await self.attestation.prepare()
+            since = self.attestation.since()
         elif checker is not None:
             nonce = secrets.token_bytes(ATTESTATION_NONCE_SIZE)
         handshake = ClientHandshake(
@@ -173,6 +175,7 @@ class ClientNode:
             config=self.session_config,
             backend=self.backend,
             mtu=self.config.network.mtu,
+            evidence_since=since,
         )
         self.link = await tunnel.connect(
             self.url,

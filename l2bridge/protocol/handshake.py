@@ -9,6 +9,7 @@ ClientHello (nothing in it names the client: no long-term key, no certificate)::
     | [attestation nonce 32]    (flags & 1)
     | [pinned exit node id 32]  (flags & 4)
     | [u16 TAP MTU]             (flags & 8; the exit warns when its own differs)
+    | [u32 reset count | u32 IMA entries]  (flags & 16, with a nonce: evidence since)
 
 ServerHello::
 
@@ -21,6 +22,14 @@ ServerHello::
     H1 = SHA-384(T | ServerHello up to the signature)
     H2 = SHA-384(T | the whole ServerHello)
     keys = HKDF-SHA-384(salt = H2, ikm = X25519 secret || ML-KEM secret)   (keyslots.derive)
+
+Evidence since (flag 16): a client that verified this exit's evidence before says how
+far it replayed the exit's IMA list: the TPM reset count of that boot and the number of
+entries. The exit then sends only the entries after those when its new quote is of the same
+boot, and the whole list otherwise (``attestation.evidence.first_entry``); the client's
+verifier decides either way, so a list cut elsewhere is refused, never believed. Only a
+client that pinned the exit's node id sends it (it knows whose list it replayed); circuit
+hops never get it (it would tell a hop that the same client came back).
 
 The connection token (the ``Sec-WebSocket-Protocol`` value the exit's gate admitted) is part
 of the transcript, so a hello cannot be moved to another connection: the exit signs H1 over
@@ -88,10 +97,28 @@ SERVER_LABEL = b"server hello"
 _TRANSCRIPT_PREFIX = b"shadowmesh v2 hs"
 _KEYS_INFO = b"shadowmesh v1 handshake keys"
 # Flag 2 carried the client's certificate up to protocol version 1; it is refused now.
-_FLAG_NONCE, _FLAG_PIN, _FLAG_MTU = 1, 4, 8
+_FLAG_NONCE, _FLAG_PIN, _FLAG_MTU, _FLAG_SINCE = 1, 4, 8, 16
+_FLAGS = _FLAG_NONCE | _FLAG_PIN | _FLAG_MTU | _FLAG_SINCE
 MAX_TOKEN_SIZE = 1024  # far above any token the gate admits (a WebSocket subprotocol)
+_U32_MAX = 0xFFFFFFFF
 
+
+@dataclass(frozen=True, slots=True)
+class EvidenceSince:
+    """How far the client replayed the exit's IMA list: that boot's TPM reset count and
+    the number of entries (``attestation.evidence.Since`` on the exit's side)."""
+
+    reset_count: int
+    ima_count: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.reset_count <= _U32_MAX and 0 <= self.ima_count <= _U32_MAX):
+            raise ValueError("reset count and IMA entries are u32")
+
+
+# (nonce, exit node id) -> evidence; the second form also takes the client's EvidenceSince.
 EvidenceProvider = Callable[[bytes, bytes], bytes]
+EvidenceSinceProvider = Callable[[bytes, bytes, EvidenceSince], bytes]
 EvidenceChecker = Callable[[bytes, bytes, bytes], None]
 
 
@@ -105,12 +132,16 @@ class ClientHello:
     nonce: bytes | None
     pinned: bytes | None
     mtu: int | None = None
+    since: EvidenceSince | None = None
 
     def encode(self) -> bytes:
+        if self.since is not None and (self.nonce is None or self.pinned is None):
+            raise ValueError("evidence since needs a nonce and a pinned exit")
         flags = (
             (_FLAG_NONCE if self.nonce is not None else 0)
             | (_FLAG_PIN if self.pinned is not None else 0)
             | (_FLAG_MTU if self.mtu is not None else 0)
+            | (_FLAG_SINCE if self.since is not None else 0)
         )
         parts = [
             bytes((MSG_CLIENT_HELLO, PROTOCOL_VERSION, self.mode, len(self.ciphers))),
@@ -122,6 +153,7 @@ class ClientHello:
             self.nonce or b"",
             self.pinned or b"",
             u16(self.mtu) if self.mtu is not None else b"",
+            u32(self.since.reset_count) + u32(self.since.ima_count) if self.since else b"",
         ]
         return b"".join(parts)
 
@@ -142,15 +174,18 @@ class ClientHello:
         # Unknown cipher codes are skipped: a newer client may offer more.
         ciphers = tuple(Cipher(c) for c in r.take(count) if c in Cipher._value2member_map_)
         flags = r.u8()
-        if flags & ~(_FLAG_NONCE | _FLAG_PIN | _FLAG_MTU):
+        if flags & ~_FLAGS:
             raise MalformedMessage("flags")
+        if flags & _FLAG_SINCE and (flags & (_FLAG_NONCE | _FLAG_PIN)) != _FLAG_NONCE | _FLAG_PIN:
+            raise MalformedMessage("evidence since without a nonce and a pinned exit")
         x25519, kem = kex.read_initiator_shares(r, mode)
         random = r.take(RANDOM_SIZE)
         nonce = r.take(ATTESTATION_NONCE_SIZE) if flags & _FLAG_NONCE else None
         pinned = r.take(NODE_ID_SIZE) if flags & _FLAG_PIN else None
         mtu = r.u16() if flags & _FLAG_MTU else None
+        since = EvidenceSince(r.u32(), r.u32()) if flags & _FLAG_SINCE else None
         r.end()
-        return cls(mode, ciphers, x25519, kem, random, nonce, pinned, mtu)
+        return cls(mode, ciphers, x25519, kem, random, nonce, pinned, mtu, since)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,9 +278,14 @@ class ClientHandshake:
         config: SessionConfig | None = None,
         backend: Backend | None = None,
         mtu: int | None = None,
+        evidence_since: EvidenceSince | None = None,
     ) -> None:
+        """``evidence_since``: how far this client's verifier replayed the pinned exit's
+        IMA list before (it asks for the entries after those only)."""
         if mtu is not None and not 0 < mtu < 65536:
             raise ValueError("mtu must be 1-65535")
+        if evidence_since is not None and (attestation_nonce is None or pinned_node_id is None):
+            raise ValueError("evidence_since needs an attestation nonce and a pinned exit")
         if attestation_nonce is not None and len(attestation_nonce) != ATTESTATION_NONCE_SIZE:
             raise ValueError("attestation nonce must be 32 bytes")
         if attestation_nonce is not None and evidence_checker is None:
@@ -270,6 +310,7 @@ class ClientHandshake:
         self._hello = ClientHello(
             mode, prefs, self._eph.x25519_public, self._eph.kem_public,
             secrets.token_bytes(RANDOM_SIZE), attestation_nonce, pinned_node_id, mtu,
+            evidence_since,
         ).encode()  # fmt: skip
         self.exit_identity: HybridPublicKey | None = None
         self.evidence: bytes = b""
@@ -334,11 +375,15 @@ class ServerHandshake:
         modes: Collection[Mode] = (Mode.HYBRID,),
         ciphers: Sequence[Cipher] = (Cipher.AES_256_GCM, Cipher.CHACHA20_POLY1305),
         evidence_provider: EvidenceProvider | None = None,
+        evidence_since_provider: EvidenceSinceProvider | None = None,
         config: SessionConfig | None = None,
         backend: Backend | None = None,
     ) -> None:
+        """``evidence_since_provider`` answers hellos that say how much of the IMA list
+        the client has (without one, those get ``evidence_provider``'s whole list)."""
         self._identity = identity
         self._authorizer = authorizer
+        self._since_provider = evidence_since_provider
         self._modes = frozenset(modes)
         self._ciphers = tuple(ciphers)
         self._provider = evidence_provider
@@ -376,8 +421,11 @@ class ServerHandshake:
         if ch.pinned is not None and ch.pinned != self.node_id:
             raise AuthenticationFailed("client expects another exit")
         evidence = b""
-        if ch.nonce is not None and self._provider is not None:
-            evidence = self._provider(ch.nonce, self.node_id)
+        if ch.nonce is not None:
+            if ch.since is not None and self._since_provider is not None:
+                evidence = self._since_provider(ch.nonce, self.node_id, ch.since)
+            elif self._provider is not None:
+                evidence = self._provider(ch.nonce, self.node_id)
             if len(evidence) > MAX_EVIDENCE_SIZE:
                 raise ValueError("evidence larger than MAX_EVIDENCE_SIZE")
         x_pub, ciphertext, ikm = kex.respond(ch.mode, self._backend, ch.x25519, ch.kem)

@@ -191,6 +191,30 @@ def test_boot_pcr_extended_after_boot_names_the_pcr(machine, attester, enrolled)
     assert "ima: boot_aggregate does not match the quoted PCRs 0-9" in verdict.reasons
 
 
+def test_evidence_since_sends_the_new_entries_of_this_boot_only(machine, attester, enrolled):
+    """A real TPM's quote decides: same reset count as the client's ``since``, only the
+    entries after it; a ``since`` naming another reset count gets the whole list."""
+    golden = machine.golden()
+    nonce = os.urandom(32)
+    first = _verify(attester.evidence(nonce, NODE_ID, time.time()), enrolled, golden, nonce)
+    assert first.ok, first.reasons
+    since = ev.Since(first.state.reset_count, first.state.ima.count)
+    (machine.files / "codec.pyc").write_text("a new release, approved")
+    machine.load("codec.pyc")
+    golden = machine.golden()
+    nonce = os.urandom(32)
+    data = attester.evidence(nonce, NODE_ID, time.time(), since=since)
+    e = ev.decode(data)
+    assert e.ima_first == since.ima_count and len(ima.parse_list(e.ima_list)) == 1
+    again = _verify(data, enrolled, golden, nonce, first.state)
+    assert again.ok, again.reasons
+    assert again.state.ima.count == since.ima_count + 1
+    other_boot = ev.Since(since.reset_count + 1, since.ima_count)
+    nonce = os.urandom(32)
+    whole = ev.decode(attester.evidence(nonce, NODE_ID, time.time(), since=other_boot))
+    assert whole.ima_first == 0 and len(ima.parse_list(whole.ima_list)) == since.ima_count + 1
+
+
 def test_wrong_nonce(machine, attester, enrolled):
     data = attester.evidence(os.urandom(32), NODE_ID, time.time())
     verdict = _verify(data, enrolled, machine.golden(), os.urandom(32))

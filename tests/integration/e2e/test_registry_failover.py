@@ -47,7 +47,7 @@ from l2bridge.identity.keys import AllowList, Authorizer, HybridSigningKey
 from l2bridge.node import link as tunnel
 from l2bridge.node.metrics import Metrics
 from l2bridge.node.rotation import RotationDriver, TunnelClock, exit_session_config
-from l2bridge.protocol.handshake import ClientHandshake, ServerHandshake
+from l2bridge.protocol.handshake import ClientHandshake, EvidenceSince, ServerHandshake
 from l2bridge.transport.decoy import DecoySite
 from l2bridge.transport.errors import TransportClosed
 from l2bridge.transport.server import ServerSettings
@@ -79,6 +79,7 @@ class Exit:
     url: str = ""
     served: int = 0
     voucher: Path | None = None  # chain.enrolment_voucher: written once an enroller vouched
+    cut_lists: int = 0  # evidence sent from where a returning client's replay stopped
 
     @property
     def node_id(self) -> bytes:
@@ -171,6 +172,12 @@ async def serve_exit(x: Exit) -> tunnel.Server:
     settings = ServerSettings(
         DecoySite.builtin(), "/ws", lab_exit(x.node_id).verifier(), header_timeout=2.0
     )
+
+    def evidence_since(nonce: bytes, node_id: bytes, since: EvidenceSince) -> bytes:
+        data = x.lifecycle.evidence(nonce, node_id, ev.Since(since.reset_count, since.ima_count))
+        x.cut_lists += ev.decode(data).ima_first > 0
+        return data
+
     server = await tunnel.serve(
         on_link,
         settings,
@@ -178,6 +185,7 @@ async def serve_exit(x: Exit) -> tunnel.Server:
             x.identity,
             Authorizer(allow_list=allow),
             evidence_provider=x.lifecycle.evidence,
+            evidence_since_provider=evidence_since,
             config=exit_session_config(ROTATION_S),
         ),
         host="127.0.0.1",
@@ -260,7 +268,14 @@ def test_client_picks_registry_exit_and_fails_over_on_pcr_change(world):
             assert finder.link.rekeys_completed >= 1
             assert await echoed(tap, 2)
 
+            # The watch's re-checks asked only for what the exit measured since.
+            for _ in range(100):
+                if first.cut_lists >= 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert first.cut_lists >= 1
             # Someone changes the exit's software and it is loaded: its kernel measures it.
+            # The next re-check gets just that entry, and refuses it.
             changed = first.kernel.log_path.parent.parent / "software" / "shadowmesh" / "exit.py"
             changed.write_text("print('the exit software, logging every frame')\n")
             load(first.kernel, changed)

@@ -16,14 +16,17 @@ from typing import Any
 import pytest
 
 from attestation import constants as ac
+from attestation import evidence as ev
 from attestation import policy as golden
 from attestation import runtime_policy as rp
 from attestation.enrol import Enrolment
 from attestation.eventlog import BootPolicy
+from attestation.evidence import Since
 from attestation.fake import FakeAttester
 from l2bridge.client.node import ClientNode
 from l2bridge.errors import AuthenticationFailed
 from l2bridge.node.config import ConfigError, ensure_startable
+from l2bridge.protocol.handshake import EvidenceSince
 from tests.integration.l2bridge import nodes
 
 pytestmark = pytest.mark.integration
@@ -39,9 +42,11 @@ def attester_for(node_id: bytes) -> FakeAttester:
     return attester
 
 
-def write_trust(directory: Path, attester: FakeAttester) -> None:
+def write_trust(
+    directory: Path, attester: FakeAttester, software: dict[str, bytes] = SOFTWARE
+) -> None:
     runtime = rp.RuntimePolicy(
-        {p: frozenset({hashlib.sha256(b).digest()}) for p, b in SOFTWARE.items()}, ()
+        {p: frozenset({hashlib.sha256(b).digest()}) for p, b in software.items()}, ()
     )
     boot = BootPolicy(tuple((i, attester.pcrs[i]) for i in range(10)), ac.DEFAULT_CMDLINE_REQUIRES)
     policy = golden.GoldenPolicy(boot, runtime, max_age_s=300)
@@ -104,3 +109,70 @@ def test_pinned_exit_evidence_is_asked_for_and_checked(tmp_path: Path, fake_host
                 await client.connect()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_returning_client_is_sent_only_the_new_ima_entries(
+    tmp_path: Path, fake_host: None
+) -> None:
+    """The second dial's hello says how far the client replayed the exit's IMA list; the
+    exit answers with the entries after those, and the client still checks them. After a
+    reboot the same hello gets the whole list; an exit that cuts the list to hide an entry
+    is refused."""
+    lab, _port = nodes.make_lab(tmp_path)
+    software = {
+        **SOFTWARE,
+        **{f"/opt/shadowmesh/l2bridge/lib{i}.py": b"lib%d" % i for i in range(3)},
+    }
+    tpm = FakeAttester()
+    for path, contents in software.items():
+        tpm.load(path, contents)
+    write_trust(tmp_path, tpm, software)
+    client_cfg = nodes.config(nodes.edit(lab.client_configs["client"], require_attestation))
+    sent: list[tuple[Since | None, int, int]] = []  # (asked, first entry sent, bytes)
+
+    def record(since: Since | None, evidence: bytes) -> bytes:
+        sent.append((since, ev.decode(evidence).ima_first, len(evidence)))
+        return evidence
+
+    def whole(nonce: bytes, node_id: bytes) -> bytes:
+        return record(None, tpm.evidence(nonce, node_id, time.time()))
+
+    def since_of(nonce: bytes, node_id: bytes, hint: EvidenceSince) -> bytes:
+        since = Since(hint.reset_count, hint.ima_count)
+        return record(since, tpm.evidence(nonce, node_id, time.time(), since=since))
+
+    def hiding(nonce: bytes, node_id: bytes, hint: EvidenceSince) -> bytes:
+        # root on the exit starts the list one entry late, past the file it wants unseen
+        return tpm.evidence(nonce, node_id, time.time(), ima_first=hint.ima_count + 1)
+
+    async def scenario() -> None:
+        client = ClientNode(client_cfg, status=False)
+        exit_cfg = nodes.config(lab.exit_config)
+        async with nodes.running_exit(
+            exit_cfg, evidence_provider=whole, evidence_since_provider=since_of
+        ):
+            for _ in range(2):
+                link = await client.connect()
+                await link.close()
+                tpm.load("/opt/shadowmesh/l2bridge/__init__.py", b"l2bridge")  # measured again
+            tpm.reboot()
+            for path, contents in software.items():
+                tpm.load(path, contents)
+            link = await client.connect()
+            await link.close()
+        async with nodes.running_exit(
+            exit_cfg, evidence_provider=whole, evidence_since_provider=hiding
+        ):
+            tpm.load("/opt/shadowmesh/l2bridge/__init__.py", b"l2bridge")
+            with pytest.raises(AuthenticationFailed):
+                await client.connect()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    listed = 1 + len(software)  # the boot aggregate, then each file
+    (asked1, first1, size1), (asked2, first2, size2), (asked3, first3, _) = sent
+    assert (asked1, first1) == (None, 0)  # first dial: the whole list
+    assert asked2 == Since(tpm.reset_count - 1, listed) and first2 == listed  # one new entry
+    assert size2 < size1
+    # after the reboot the client asks from where it stopped; the exit's quote is of
+    # another boot, so the whole list comes (and passes)
+    assert asked3 == Since(tpm.reset_count - 1, listed + 1) and first3 == 0

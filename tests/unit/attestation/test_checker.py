@@ -1,10 +1,14 @@
+import secrets
+
 import pytest
 
+from attestation import evidence as ev
+from attestation import ima
 from attestation.checker import EvidenceChecker
 from attestation.errors import AttestationRefused
 from attestation.fake import FakeAttester
 
-from .conftest import NODE_ID, NOW
+from .conftest import FILES, NODE_ID, NOW, load_release
 
 
 def test_accepts_good_evidence_and_remembers_counters(attester, golden, nonce):
@@ -48,3 +52,82 @@ def test_unknown_node_and_other_ak(attester, golden, nonce):
     checker = EvidenceChecker(golden, {NODE_ID: other.ak_public}, clock=lambda: NOW)
     with pytest.raises(AttestationRefused, match="enrolled AK"):
         checker(attester.evidence(nonce, NODE_ID, NOW), nonce, NODE_ID)
+
+
+def _ima(evidence: bytes) -> tuple[int, int]:
+    """(first IMA entry sent, entries sent)."""
+    decoded = ev.decode(evidence)
+    return decoded.ima_first, len(ima.parse_list(decoded.ima_list))
+
+
+def test_since_asks_for_the_new_entries_only_and_they_still_verify(attester, golden):
+    checker = EvidenceChecker(golden, {NODE_ID: attester.ak_public}, clock=lambda: NOW)
+    assert checker.since(NODE_ID) is None  # never checked this exit: ask for everything
+    first = secrets.token_bytes(32)
+    checker(attester.evidence(first, NODE_ID, NOW), first, NODE_ID)
+    since = checker.since(NODE_ID)
+    assert since == ev.Since(attester.reset_count, 1 + len(FILES))
+    attester.load("/usr/bin/python3.11", b"interpreter")  # one more measurement
+    again = secrets.token_bytes(32)
+    evidence = attester.evidence(again, NODE_ID, NOW, since=since)
+    assert _ima(evidence) == (since.ima_count, 1)
+    full = attester.evidence(again, NODE_ID, NOW)
+    assert len(evidence) < len(full)
+    checker(evidence, again, NODE_ID)
+    assert checker.since(NODE_ID) == ev.Since(attester.reset_count, since.ima_count + 1)
+
+
+def test_since_from_an_earlier_boot_gets_the_whole_list(attester, golden):
+    checker = EvidenceChecker(golden, {NODE_ID: attester.ak_public}, clock=lambda: NOW)
+    first = secrets.token_bytes(32)
+    checker(attester.evidence(first, NODE_ID, NOW), first, NODE_ID)
+    stale = checker.since(NODE_ID)
+    assert stale is not None
+    attester.reboot()
+    load_release(attester)
+    again = secrets.token_bytes(32)
+    evidence = attester.evidence(again, NODE_ID, NOW, since=stale)
+    assert _ima(evidence) == (0, 1 + len(FILES))  # another boot: from the boot aggregate
+    checker(evidence, again, NODE_ID)
+    assert checker.since(NODE_ID) == ev.Since(stale.reset_count + 1, 1 + len(FILES))
+
+
+def test_a_list_cut_anywhere_but_where_the_client_stopped_is_refused(attester, golden):
+    """The exit's root decides where the list starts; the client's replay decides whether
+    to believe it: skipping a measured file, or claiming an earlier boot's count after a
+    reboot, never passes."""
+    checker = EvidenceChecker(golden, {NODE_ID: attester.ak_public}, clock=lambda: NOW)
+    first = secrets.token_bytes(32)
+    checker(attester.evidence(first, NODE_ID, NOW), first, NODE_ID)
+    since = checker.since(NODE_ID)
+    assert since is not None
+    attester.load("/tmp/evil", b"x")  # not in the policy: the entry a liar wants to hide
+    attester.load("/usr/bin/python3.11", b"interpreter")
+    nonce = secrets.token_bytes(32)
+    hiding = attester.evidence(nonce, NODE_ID, NOW, ima_first=since.ima_count + 1)
+    with pytest.raises(AttestationRefused) as info:
+        checker(hiding, nonce, NODE_ID)
+    assert any(
+        "IMA list starts at entry 6; entries from 5 are needed" in r for r in info.value.reasons
+    )
+    # After a reboot, a list cut at the old boot's count has a gap for this boot.
+    attester.reboot()
+    load_release(attester)
+    nonce = secrets.token_bytes(32)
+    stale_cut = attester.evidence(nonce, NODE_ID, NOW, ima_first=since.ima_count)
+    with pytest.raises(AttestationRefused) as info:
+        checker(stale_cut, nonce, NODE_ID)
+    assert any(r.startswith("ima: ") for r in info.value.reasons)
+    # The honest answer for the same client still passes.
+    nonce = secrets.token_bytes(32)
+    checker(attester.evidence(nonce, NODE_ID, NOW, since=since), nonce, NODE_ID)
+
+
+def test_first_entry_needs_the_same_boot_and_a_long_enough_list(attester):
+    attest = ev.decode(attester.evidence(bytes(32), NODE_ID, NOW)).attest
+    same = attester.reset_count
+    assert ev.first_entry(None, attest, 5) == 0
+    assert ev.first_entry(ev.Since(same, 3), attest, 5) == 3
+    assert ev.first_entry(ev.Since(same, 5), attest, 5) == 5  # nothing new: no entries
+    assert ev.first_entry(ev.Since(same, 6), attest, 5) == 0  # more than there is
+    assert ev.first_entry(ev.Since(same + 1, 3), attest, 5) == 0  # another boot

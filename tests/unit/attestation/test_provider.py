@@ -60,7 +60,7 @@ def test_provider_serialises_the_tpm(nonce):
     lock = threading.Lock()
 
     class Slow:
-        def evidence(self, n, node_id, now):
+        def evidence(self, n, node_id, now, since=None):
             nonlocal inside, most
             with lock:
                 inside += 1

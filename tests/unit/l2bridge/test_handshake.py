@@ -29,7 +29,13 @@ from l2bridge.identity.keys import (
     HybridSignature,
     HybridSigningKey,
 )
-from l2bridge.protocol.handshake import ClientHandshake, ClientHello, ServerHandshake, ServerHello
+from l2bridge.protocol.handshake import (
+    ClientHandshake,
+    ClientHello,
+    EvidenceSince,
+    ServerHandshake,
+    ServerHello,
+)
 from l2bridge.protocol.session import FINISH_LABEL, ClientFinish, PeerAuthenticated
 
 NOW = 1_700_000_000.0
@@ -437,3 +443,80 @@ def test_hello_size_limits_differ_by_direction() -> None:
     # just under the ServerHello limit it is parsed (and refused for what it holds)
     with pytest.raises(UnsupportedParameters):
         ServerHello.decode(bytes([0x52]) + bytes(MAX_SERVER_HELLO_SIZE - 1))
+
+
+def test_evidence_since_reaches_the_exits_since_provider(keys) -> None:
+    """A hello that says how far the client replayed the exit's IMA list gets the since
+    provider's evidence; one that does not (or an exit without that provider) gets the
+    whole list's."""
+    client, exit_key, admin, cert = keys
+    calls: list[tuple[str, EvidenceSince | None]] = []
+
+    def whole(n: bytes, nid: bytes) -> bytes:
+        calls.append(("whole", None))
+        return b"whole:" + n
+
+    def since_provider(n: bytes, nid: bytes, since: EvidenceSince) -> bytes:
+        calls.append(("since", since))
+        return b"since:" + n
+
+    def hello(since: EvidenceSince | None) -> tuple[ClientHandshake, bytes]:
+        hs = ClientHandshake(
+            client, certificate=cert, attestation_nonce=nonce, evidence_checker=lambda *a: None,
+            pinned_node_id=exit_key.node_id, evidence_since=since,
+        )  # fmt: skip
+        return hs, hs.hello()
+
+    nonce = os.urandom(32)
+    since = EvidenceSince(3, 4_000)
+    authorizer = Authorizer([admin.public])
+    srv = ServerHandshake(
+        exit_key, authorizer, evidence_provider=whole, evidence_since_provider=since_provider
+    )
+    hs, data = hello(since)
+    assert ClientHello.decode(data).since == since
+    _, reply = srv.receive(data, NOW)
+    hs.receive(reply, NOW)
+    assert hs.evidence == b"since:" + nonce and calls == [("since", since)]
+    hs, data = hello(None)
+    _, reply = srv.receive(data, NOW)
+    hs.receive(reply, NOW)
+    assert hs.evidence == b"whole:" + nonce and calls[-1] == ("whole", None)
+    old_exit = ServerHandshake(exit_key, authorizer, evidence_provider=whole)
+    hs, data = hello(since)
+    _, reply = old_exit.receive(data, NOW)
+    hs.receive(reply, NOW)
+    assert hs.evidence == b"whole:" + nonce
+
+
+def test_evidence_since_needs_a_nonce_and_a_pinned_exit(keys) -> None:
+    client, exit_key, _admin, _cert = keys
+    since = EvidenceSince(1, 10)
+    with pytest.raises(ValueError):
+        ClientHandshake(client, pinned_node_id=exit_key.node_id, evidence_since=since)
+    with pytest.raises(ValueError):
+        ClientHandshake(
+            client, attestation_nonce=bytes(32), evidence_checker=lambda *a: None,
+            evidence_since=since,
+        )  # fmt: skip
+    with pytest.raises(ValueError):
+        EvidenceSince(-1, 0)
+    with pytest.raises(ValueError):
+        EvidenceSince(0, 2**32)
+    # On the wire: the flag without a nonce or without a pin is malformed.
+    good = ClientHandshake(
+        client, attestation_nonce=bytes(32), evidence_checker=lambda *a: None,
+        pinned_node_id=exit_key.node_id, evidence_since=since,
+    ).hello()  # fmt: skip
+    hello = ClientHello.decode(good)
+    for changed in (
+        dataclasses.replace(hello, nonce=None),
+        dataclasses.replace(hello, pinned=None),
+    ):
+        with pytest.raises(ValueError):
+            changed.encode()
+    plain = dataclasses.replace(hello, nonce=None, pinned=None, since=None).encode()
+    flags_at = plain.index(bytes(hello.x25519)) - 1
+    forged = plain[:flags_at] + bytes([16]) + plain[flags_at + 1 :] + bytes(8)
+    with pytest.raises(MalformedMessage):
+        ClientHello.decode(forged)
