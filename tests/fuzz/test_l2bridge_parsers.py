@@ -18,7 +18,13 @@ from l2bridge.identity.keys import (
     HybridSigningKey,
     RevocationList,
 )
-from l2bridge.protocol.handshake import ClientHandshake, ClientHello, ServerHandshake, ServerHello
+from l2bridge.protocol.handshake import (
+    ClientHandshake,
+    ClientHello,
+    EvidenceSince,
+    ServerHandshake,
+    ServerHello,
+)
 from l2bridge.protocol.helloguard import HelloGuard
 from l2bridge.protocol.pair import SessionPair
 from l2bridge.protocol.records import split_frames
@@ -34,9 +40,12 @@ CERT = ADMIN.issue(CLIENT.public, "fuzz", "org", int(NOW) - 10, int(NOW) + 3600)
 CRL = ADMIN.revoke(None, bytes(16), "reason", int(NOW))
 HELLO = ClientHandshake(
     CLIENT, certificate=CERT, attestation_nonce=bytes(32), evidence_checker=lambda *a: None,
-    pinned_node_id=EXIT.node_id,
+    pinned_node_id=EXIT.node_id, evidence_since=EvidenceSince(7, 1234),
 ).hello()  # fmt: skip
-SERVER = ServerHandshake(EXIT, Authorizer([ADMIN.public]), evidence_provider=lambda n, i: b"ev")
+SERVER = ServerHandshake(
+    EXIT, Authorizer([ADMIN.public]), evidence_provider=lambda n, i: b"ev",
+    evidence_since_provider=lambda n, i, since: b"ev since",
+)  # fmt: skip
 _, REPLY = SERVER.receive(HELLO, NOW)
 
 
