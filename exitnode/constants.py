@@ -51,5 +51,6 @@ DEPARTURE_MAGIC = b"SMLEFT\x00\x01"
 DEPARTURE_MACS_PER_FRAME = 64
 DEPARTURE_IPS_PER_FRAME = 32
 # Circuit links one device (a client using us as hop 1, or a relaying exit) may hold at once:
-# relays open one link per circuit, so this bounds circuits per neighbour, not tunnels.
+# a relaying exit shares a link among up to MAX_CIRCUITS_PER_LINK circuits and opens another
+# past that, so with circuits per link this bounds circuits per neighbour, not tunnels.
 MAX_CIRCUIT_LINKS_PER_DEVICE = 256

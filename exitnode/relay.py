@@ -10,12 +10,18 @@ Per circuit this hop
 
 * answers the CREATE (evidence + signatures, in a worker thread: the TPM quote takes time);
 * at the tail, on EXTEND: when the exit knows the registry, checks that the endpoint is the
-  one listed for that nodeId (no connections to hosts a client names); opens a link to the
+  one listed for that nodeId (no connections to hosts a client names); takes a link to the
   next hop over the ordinary transport (a token minted from this exit's OWN credential for
   that hop, ``endpoints.credential_file``: the client sends none, so the next hop never sees
   a token that names the client; our identity and ``keys.relay_certificate`` for its
   Authorizer, its nodeId pinned; no credential for that hop: EXTEND_FAILED refused), sends
   the CREATE and returns the CREATED as EXTENDED; on failure EXTEND_FAILED, and we stay the tail;
+* shares links to a next hop: circuits extended to the same nodeId and endpoint go over one
+  link (each with its own circuit id on it, as Tor's relays share theirs), up to
+  ``MAX_CIRCUITS_PER_LINK``, so building a circuit opens no new connection between two
+  exits that already carry one (an observer between them does not see circuits being
+  built) and costs no new link handshake; a link is closed when its last circuit ends, and
+  its end tears down every circuit on it;
 * relays cells both ways through bounded per-circuit queues: a full queue drops the cell
   and counts it (``circuit_queue_full``), it never buffers without limit;
 * at the tail, switches the innermost frames into its L2 segment as one switchboard port
@@ -174,13 +180,36 @@ class _Hop:
         self.prev_header = cell_header(CellKind.RELAY, prev_id)  # RELAY cells toward prev
         self.to_prev = to_prev
         self.next: tunnel.Link | None = None
+        self.next_link: _NextLink | None = None  # the shared link ``next`` belongs to
         self.next_id = 0
         self.next_header = b""  # RELAY cells toward next, once extended
         self.to_next: _Queue | None = None
         self.port: _CircuitPort | None = None
         self.created: asyncio.Future[bytes] | None = None
+        self.created_parts = HandshakeAssembler()  # the next hop's CREATED, reassembled
         self.tasks: list[asyncio.Task[None]] = []
         self.closed = False
+
+
+class _NextLink:
+    """One link to a next hop, shared by the circuits this exit extended to it (by their
+    circuit ids on this link)."""
+
+    def __init__(self, link: tunnel.Link, key: tuple[bytes, str]) -> None:
+        self.link = link
+        self.key = key
+        self.hops: dict[int, _Hop] = {}
+        self.watch: asyncio.Task[None] | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.link.close_reason is None and len(self.hops) < constants.MAX_CIRCUITS_PER_LINK
+
+    def new_circuit_id(self) -> int:
+        while True:
+            circuit_id = secrets.randbelow(2**32)
+            if circuit_id not in self.hops:
+                return circuit_id
 
 
 class _Batch:
@@ -277,6 +306,10 @@ class Relay:
         # Circuit links being served, by the device that opened them (a relaying exit opens
         # one per circuit it extends here; bounded per device instead of tunnels_per_device).
         self.circuit_links: dict[tunnel.Link, bytes] = {}
+        # Links this exit opened to next hops, by (nodeId, endpoint); shared by circuits.
+        self.next_links: dict[tuple[bytes, str], list[_NextLink]] = {}
+        self._next_locks: dict[tuple[bytes, str], asyncio.Lock] = {}
+        self.next_links_opened = 0
         self.relayed_bytes = 0
         self.relayed_cells = 0
         self.circuits_opened = 0
@@ -491,7 +524,7 @@ class Relay:
                 created = await self._open_next(hop, request, credential)
         except (OSError, TimeoutError, L2BridgeError) as exc:
             log.info("extend to %s failed: %s", request.node_id.hex()[:16], type(exc).__name__)
-            self._drop_next(hop)
+            self._drop_next(hop, tell=True)
             if not hop.closed:
                 bodies = hop.circuit.extend_failed(ExtendFailure.UNREACHABLE)
                 hop.to_prev.put([encode_cell(CellKind.RELAY, hop.prev_id, b) for b in bodies])
@@ -502,50 +535,66 @@ class Relay:
         hop.to_prev.put([encode_cell(CellKind.RELAY, hop.prev_id, b) for b in bodies])
 
     async def _open_next(self, hop: _Hop, request: Extend, credential: Credential) -> bytes:
-        handshake = ClientHandshake(
-            self.identity,
-            certificate=self.certificate,
-            mode=self.mode,
-            pinned_node_id=request.node_id,
-            config=self.session_config,
-            backend=self.backend,
-        )
-        nxt = await tunnel.connect(
-            request.endpoint,
-            handshake,
-            credential=credential,
-            node_id=request.node_id,
-            token_window=self.token_window,
-            clock=self.clock,
-        )
+        shared = await self._next_link(request, credential)
         if hop.closed:
-            await nxt.close()
+            self._release(shared)  # a link opened for this circuit alone goes with it
             raise TransportClosed("circuit closed meanwhile")
-        hop.next, hop.next_id = nxt, secrets.randbelow(2**32)
+        hop.next, hop.next_link, hop.next_id = shared.link, shared, shared.new_circuit_id()
+        shared.hops[hop.next_id] = hop
         hop.next_header = cell_header(CellKind.RELAY, hop.next_id)
-        hop.to_next = _Queue(nxt, self.metrics)
+        hop.to_next = _Queue(shared.link, self.metrics)
         hop.created = asyncio.get_running_loop().create_future()
-        assembler = HandshakeAssembler()
-        nxt.deliver_to(lambda frames: self._from_next(hop, frames, assembler))
-        hop.tasks.append(asyncio.ensure_future(self._watch_next(hop, nxt)))
         hop.to_next.put(handshake_cells(CellKind.CREATE, hop.next_id, request.create))
         return await hop.created
 
-    def _from_next(
-        self, hop: _Hop, frames: list[memoryview], assembler: HandshakeAssembler
-    ) -> None:
-        back: list[Buffer] = []  # relayed toward the client: one put for the whole batch
+    async def _next_link(self, request: Extend, credential: Credential) -> _NextLink:
+        """A link to the requested next hop with room for one more circuit: one already
+        open, else a new one (one connect at a time per next hop, so circuits extended
+        together share it)."""
+        key = (request.node_id, request.endpoint)
+        lock = self._next_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            for shared in self.next_links.get(key, []):
+                if shared.usable:
+                    return shared
+            handshake = ClientHandshake(
+                self.identity,
+                certificate=self.certificate,
+                mode=self.mode,
+                pinned_node_id=request.node_id,
+                config=self.session_config,
+                backend=self.backend,
+            )
+            link = await tunnel.connect(
+                request.endpoint,
+                handshake,
+                credential=credential,
+                node_id=request.node_id,
+                token_window=self.token_window,
+                clock=self.clock,
+            )
+            shared = _NextLink(link, key)
+            self.next_links.setdefault(key, []).append(shared)
+            self.next_links_opened += 1
+            link.deliver_to(lambda frames: self._from_next(shared, frames))
+            shared.watch = asyncio.ensure_future(self._watch_next(shared))
+            return shared
+
+    def _from_next(self, shared: _NextLink, frames: list[memoryview]) -> None:
+        # Relayed toward each client: one put per circuit for the whole batch.
+        back: dict[_Hop, list[Buffer]] = {}
         for frame in frames:
             try:
                 cell = parse_cell(frame)
             except MalformedMessage:
                 self.metrics.counters.drop("not_a_cell")
                 continue
-            if cell.circuit != hop.next_id:
+            hop = shared.hops.get(cell.circuit)
+            if hop is None or hop.closed:
                 self.metrics.counters.drop("unknown_circuit")
             elif cell.kind is CellKind.CREATED and hop.created is not None:
                 try:
-                    created = assembler.add(cell.body)
+                    created = hop.created_parts.add(cell.body)
                 except MalformedMessage:
                     hop.created.set_exception(MalformedMessage("created too large"))
                     hop.created = None
@@ -558,34 +607,60 @@ class Relay:
                 if wrapped is not None:
                     self.relayed_cells += 1
                     self.relayed_bytes += len(cell.body)
-                    back.append(wrapped)  # the cell, its header toward the previous hop included
+                    back.setdefault(hop, []).append(wrapped)  # its header toward prev included
             elif cell.kind is CellKind.DESTROY:
-                hop.to_prev.put(back)  # what came before the DESTROY still goes
-                back = []
+                hop.to_prev.put(back.pop(hop, []))  # what came before the DESTROY still goes
                 self.close_hop(hop, DestroyReason.NEXT_HOP_GONE, tell_next=False)
             else:
                 self.metrics.counters.drop("unexpected_cell")
-        if back and not hop.closed:
-            hop.to_prev.put(back)
+        for hop, cells in back.items():
+            if not hop.closed:
+                hop.to_prev.put(cells)
 
-    async def _watch_next(self, hop: _Hop, nxt: tunnel.Link) -> None:
+    async def _watch_next(self, shared: _NextLink) -> None:
+        """When a shared link ends, every circuit on it ends (or fails to extend)."""
         with contextlib.suppress(TransportClosed):
             while True:
-                await nxt.recv_frames()
-        if hop.next is nxt and not hop.closed:
+                await shared.link.recv_frames()
+        links = self.next_links.get(shared.key, [])
+        if shared in links:
+            links.remove(shared)
+        if not links and self.next_links.get(shared.key) is links:
+            self.next_links.pop(shared.key, None)
+        for hop in list(shared.hops.values()):
+            if hop.closed:
+                continue
             if hop.created is not None and not hop.created.done():
                 hop.created.set_exception(TransportClosed("next hop closed"))
-                return
+                continue
             log.info("next hop of a circuit closed its link: tearing the circuit down")
             self.close_hop(hop, DestroyReason.NEXT_HOP_GONE, tell_next=False)
 
-    def _drop_next(self, hop: _Hop) -> None:
-        nxt, hop.next = hop.next, None
+    def _drop_next(self, hop: _Hop, *, tell: bool = False) -> None:
+        """Take ``hop`` off its link to the next hop (``tell``: send that hop a DESTROY for
+        it, as when an EXTEND is given up while the link serves other circuits)."""
+        shared, hop.next_link, hop.next = hop.next_link, None, None
         if hop.to_next is not None:
             hop.to_next.stop()
             hop.to_next = None
-        if nxt is not None:
-            asyncio.ensure_future(nxt.close()).add_done_callback(_log_failure)
+        if shared is None or shared.hops.get(hop.next_id) is not hop:
+            return
+        del shared.hops[hop.next_id]
+        if tell and shared.hops:
+            with contextlib.suppress(TransportClosed):
+                shared.link.send_now([destroy_cell(hop.next_id, DestroyReason.NORMAL)])
+        self._release(shared)
+
+    def _release(self, shared: _NextLink) -> None:
+        """Close a next-hop link that no circuit uses; it is no longer offered at once."""
+        if shared.hops:
+            return
+        links = self.next_links.get(shared.key, [])
+        if shared in links:
+            links.remove(shared)
+        if not links:
+            self.next_links.pop(shared.key, None)
+        asyncio.ensure_future(shared.link.close()).add_done_callback(_log_failure)
 
     # -- the life of circuits --------------------------------------------------------------
 

@@ -540,7 +540,8 @@ class ExitNode:
             if self.relay is not None:
                 # A circuit link is served by the relay until it ends (then None). It holds
                 # no switch port, so security.tunnels_per_device does not apply: a relaying
-                # exit opens one link per circuit it extends to us (the relay bounds them).
+                # exit carries its circuits to us over links of its own (the relay bounds
+                # links per device and circuits per link).
                 admitted = await self.relay.admit(link)
                 if admitted is None:
                     return

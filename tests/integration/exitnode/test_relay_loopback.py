@@ -36,6 +36,7 @@ from lab.circuitlab import (
 pytestmark = pytest.mark.integration
 
 A, B = bytes.fromhex("02000000000a"), bytes.fromhex("02000000000b")
+C = bytes.fromhex("02000000000c")
 
 
 def ether(src: bytes, dst: bytes, payload: bytes) -> bytes:
@@ -139,6 +140,53 @@ def test_hop_one_sees_only_ciphertext_and_fixed_sizes():
             await cl.close()
         finally:
             await stop_all(exits)
+
+    run(scenario())
+
+
+def test_circuits_through_the_same_exits_share_their_links():
+    """Two clients' circuits through the same three exits: hop 1 and hop 2 each open one
+    link to their next hop and carry both circuits on it (their own circuit ids); one
+    circuit ending leaves the other working on the same links; the link's end (the tail
+    killed) ends the other circuit at its client and closes hop 1's link."""
+
+    async def scenario():
+        exits = await start_exits(3)
+        killed = []
+        seen: set[bytes] = set()
+
+        def tail_saw(payload: bytes) -> bool:
+            seen.update(f[14:] for f in exits[2].tap.delivered())
+            return payload in seen
+
+        try:
+            first = await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
+            second = await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
+            relays = [x.relay for x in exits]
+            assert all(r is not None for r in relays)
+            assert [r.next_links_opened for r in relays] == [1, 1, 0]
+            # Each downstream exit serves one circuit link from the exit before it.
+            assert len(relays[1].circuit_links) == 1 and len(relays[2].circuit_links) == 1
+            (shared,) = relays[0].next_links[(exits[1].node_id, exits[1].url)]
+            assert len(shared.hops) == 2
+            # (each client's LAN has its own station: the tail's switch gives a MAC to one port)
+            for cl, src, tag in ((first, A, b"one"), (second, C, b"two")):
+                await cl.send_frames([tunnel_frame(ether(src, B, tag * 50))])
+            await until(lambda: tail_saw(b"one" * 50) and tail_saw(b"two" * 50))
+            await first.close()
+            await until(lambda: len(shared.hops) == 1)
+            await second.send_frames([tunnel_frame(ether(C, B, b"still" * 20))])
+            await until(lambda: tail_saw(b"still" * 20))
+            assert [r.next_links_opened for r in relays] == [1, 1, 0]
+            killed.append(exits[2])
+            await exits[2].kill()
+            with pytest.raises(TransportClosed):
+                async with asyncio.timeout(15):
+                    while True:
+                        await second.recv_frames()
+            await until(lambda: not relays[0].hops and not relays[0].next_links)
+        finally:
+            await stop_all([x for x in exits if x not in killed])
 
     run(scenario())
 
