@@ -535,10 +535,14 @@ class Relay:
         hop.to_prev.put([encode_cell(CellKind.RELAY, hop.prev_id, b) for b in bodies])
 
     async def _open_next(self, hop: _Hop, request: Extend, credential: Credential) -> bytes:
-        shared = await self._next_link(request, credential)
-        if hop.closed:
-            self._release(shared)  # a link opened for this circuit alone goes with it
-            raise TransportClosed("circuit closed meanwhile")
+        while True:
+            shared = await self._next_link(request, credential)
+            if hop.closed:
+                self._release(shared)  # a link opened for this circuit alone goes with it
+                raise TransportClosed("circuit closed meanwhile")
+            # Released (its last circuit ended) while this task waited to run: take another.
+            if shared.usable and shared in self.next_links.get(shared.key, ()):
+                break
         hop.next, hop.next_link, hop.next_id = shared.link, shared, shared.new_circuit_id()
         shared.hops[hop.next_id] = hop
         hop.next_header = cell_header(CellKind.RELAY, hop.next_id)
