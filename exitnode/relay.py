@@ -199,7 +199,7 @@ class _NextLink:
         self.link = link
         self.key = key
         self.hops: dict[int, _Hop] = {}
-        self.watch: asyncio.Task[None] | None = None
+        self.watch: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
 
     @property
     def usable(self) -> bool:
@@ -626,11 +626,7 @@ class Relay:
         with contextlib.suppress(TransportClosed):
             while True:
                 await shared.link.recv_frames()
-        links = self.next_links.get(shared.key, [])
-        if shared in links:
-            links.remove(shared)
-        if not links and self.next_links.get(shared.key) is links:
-            self.next_links.pop(shared.key, None)
+        self._forget(shared)
         for hop in list(shared.hops.values()):
             if hop.closed:
                 continue
@@ -659,12 +655,16 @@ class Relay:
         """Close a next-hop link that no circuit uses; it is no longer offered at once."""
         if shared.hops:
             return
+        self._forget(shared)
+        asyncio.ensure_future(shared.link.close()).add_done_callback(_log_failure)
+
+    def _forget(self, shared: _NextLink) -> None:
+        """No extend is offered ``shared`` from now on."""
         links = self.next_links.get(shared.key, [])
         if shared in links:
             links.remove(shared)
         if not links:
             self.next_links.pop(shared.key, None)
-        asyncio.ensure_future(shared.link.close()).add_done_callback(_log_failure)
 
     # -- the life of circuits --------------------------------------------------------------
 
