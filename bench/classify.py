@@ -15,7 +15,12 @@ ratio, totals, duration, and the JA4 of the ClientHello. Detectors:
 - ``chi2``: the chi-square similarity test of Xue et al. (USENIX Security 2024): the
   (direction, size bin) histogram of a session's first 25 packets against the pooled
   histograms of the training browser sessions and training tunnel sessions; the score is
-  how much closer it is to the tunnel's.
+  how much closer it is to the tunnel's;
+- ``volume``: two thresholds, the least bytes up and down any training tunnel session sent
+  in its first second (bench/traffic/volume.py: the tunnel's handshake, which shaping can
+  only pad). Each mode also reports its ``handshake_floor``: how many browser sessions move
+  that much both ways in their first second, and the AUC this rule alone keeps against a
+  perfect mimic of them (1.0 when none does: no shaping can get below it).
 
 Per shaping mode, browser sessions (negatives) against that mode's tunnel sessions
 (positives), 5-fold stratified cross-validation with whole sessions held out (grouped by
@@ -52,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.traffic import ja4 as ja4lib  # noqa: E402
+from bench.traffic import volume  # noqa: E402
 from bench.traffic.pcap import Flow, echo_times, frame_sizes, read_flows  # noqa: E402
 
 FIRST = 25
@@ -253,7 +259,8 @@ def evaluate(
     groups = np.arange(len(data))  # one TLS connection = one session, held out whole
     folds = StratifiedGroupKFold(n_splits=FOLDS, shuffle=True, random_state=seed)
     after = np.array([shape_features(s.flow, skip=FIRST) for s in data])
-    names = ("forest", "forest_shape", "forest_data", "chi2")
+    early = [volume.early_bytes(s.flow.packets) for s in data]
+    names = ("forest", "forest_shape", "forest_data", "chi2", "volume")
     scores = {name: np.zeros(len(data)) for name in names}
     for train, test in folds.split(full, y, groups):
         for name, x in (("forest", full), ("forest_shape", shape), ("forest_data", after)):
@@ -268,6 +275,9 @@ def evaluate(
             scores["chi2"][i] = chi2_distance(hists[i], ref_browser) - chi2_distance(
                 hists[i], ref_tunnel
             )
+        rule = volume.VolumeRule.fit(early[i] for i in train if y[i] == 1)
+        for i in test:
+            scores["volume"][i] = rule.score(*early[i])
     out: dict[str, dict[str, object]] = {
         name: {
             "auc": round(float(roc_auc_score(y, sc)), 4),
@@ -333,6 +343,10 @@ def main() -> None:
                 1,
             ),
             "detectors": detectors,
+            "handshake_floor": volume.floor(
+                (volume.early_bytes(s.flow.packets) for s in browsers),
+                (volume.early_bytes(s.flow.packets) for s in positives),
+            ).as_json(),
             "top_shape_features": top_features(browsers, positives),
             "ja4_matches_chrome": {s.ja4 for s in positives} <= set(chrome),
             "sessions": len(positives),
