@@ -8,12 +8,15 @@ Layout (big-endian; every variable field length-prefixed; nothing optional):
     signature   u16 size + TPMT_SIGNATURE
     ak_public   u16 size + TPMT_PUBLIC
     pcrs        u8 count, then (index u8, value 32) with indices strictly ascending
-    event_log   u32 size + zlib(TCG crypto-agile event log)
+    event_log   u32 size + zlib(TCG crypto-agile event log; empty: left out, see below)
     ima_first   u32: the number of the first IMA entry included
     ima_list    u32 size + zlib(IMA binary measurement list from entry ima_first)
 
 Nothing the exit says about itself outside the quote is trusted: the event log and the IMA
-list are only believed once they replay to the quoted PCRs. There is no unsigned timestamp
+list are only believed once they replay to the quoted PCRs. A verifier that sends a
+``Since`` has this boot's event log from an earlier quote: the exit then leaves the log out
+(an empty field; a real log is never empty), and the verifier replays the log it kept
+against this quote's PCRs, so a log it has not seen can never pass. There is no unsigned timestamp
 (freshness comes from the nonce in the quote and the TPM clock). The logs are compressed
 (paths repeat a lot); decompression is bounded, so a small blob cannot expand past the
 limits. ``encode(decode(b)) == b`` for every ``b`` that ``encode`` produced, and decoding
@@ -53,7 +56,8 @@ class Evidence:
 class Since:
     """How far a verifier has replayed an exit's IMA list: the TPM reset count of that
     boot and the number of entries. A verifier that sends it asks for the entries after
-    those only; the exit decides from its own quote (``first_entry``)."""
+    those only, and says it keeps that boot's event log; the exit decides from its own
+    quote (``first_entry``, ``sends_boot_log``)."""
 
     reset_count: int
     ima_count: int
@@ -70,6 +74,16 @@ def first_entry(since: Since | None, attest: bytes, have: int) -> int:
     if tpms.parse_attest(attest).clock_info.reset_count != since.reset_count:
         return 0
     return since.ima_count
+
+
+def sends_boot_log(since: Since | None, attest: bytes) -> bool:
+    """Whether evidence with the quote ``attest`` carries the event log: not when ``since``
+    names the quote's boot (same reset count), whose log that verifier already replayed.
+    The verifier replays its own copy against this quote's PCRs 0-9, so leaving the log
+    out wrongly only makes the evidence fail."""
+    if since is None:
+        return True
+    return tpms.parse_attest(attest).clock_info.reset_count != since.reset_count
 
 
 def qualifying_data(nonce: bytes, node_id: bytes) -> bytes:

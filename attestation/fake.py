@@ -116,6 +116,7 @@ class FakeAttester:
         )
         if since is not None:
             ima_first = ev.first_entry(since, attest, len(ima.parse_list(self.ima_list)))
+        log = self.event_log if ev.sends_boot_log(since, attest) else b""
         return ev.encode(
             ev.Evidence(
                 nonce=nonce,
@@ -124,7 +125,7 @@ class FakeAttester:
                 signature=self.sign(attest),
                 ak_public=self.ak_public,
                 pcrs=tuple(zip(indices, values, strict=True)),
-                event_log=self.event_log,
+                event_log=log,
                 ima_first=ima_first,
                 ima_list=self.ima_list[ima.skip_offset(self.ima_list, ima_first) :],
             )

@@ -118,7 +118,8 @@ class Attester:
         """Fresh evidence answering ``nonce`` for ``node_id``, with the IMA list from entry
         ``ima_first`` (0: all; a verifier that kept state may ask for fewer), or from
         where ``since`` says the verifier stopped when the quote is of that boot
-        (``evidence.first_entry``). ``now`` is unused: the quote carries the TPM clock."""
+        (``evidence.first_entry``; the boot's event log is then left out too,
+        ``evidence.sends_boot_log``). ``now`` is unused: the quote carries the TPM clock."""
         del now
         qualifying = ev.qualifying_data(nonce, node_id)
         for _ in range(QUOTE_ATTEMPTS):
@@ -127,7 +128,9 @@ class Attester:
             if tpms.parse_attest(attest).pcr_digest != tpms.pcr_digest(values):
                 continue  # a PCR moved between Quote and PCR_Read
             data, count = self._list_up_to(values[c.IMA_PCR])
-            log = read_bounded(self.event_log_path, c.MAX_EVENT_LOG_SIZE)
+            log = b""
+            if ev.sends_boot_log(since, attest):
+                log = read_bounded(self.event_log_path, c.MAX_EVENT_LOG_SIZE)
             if since is not None:
                 ima_first = ev.first_entry(since, attest, count)
             if ima_first > count:

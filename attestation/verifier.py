@@ -58,6 +58,8 @@ class NodeState:
     firmware_version: int
     seen_at: float  # our clock (Unix s) when that quote was accepted
     ima: ima.ImaState  # how far this boot's list has been replayed
+    # This boot's event log, as accepted; replayed again when the exit leaves it out.
+    event_log: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,11 +240,19 @@ def verify(
     # 4. TPM clock, counters and firmware
     fail(COUNTERS, _check_counters(attest, previous))
 
-    # 5. boot: event log against PCRs 0-9 and the boot policy
-    fail(BOOT, eventlog.check_boot(e.event_log, reported, policy.boot))
+    # 5. boot: event log against PCRs 0-9 and the boot policy. An exit leaves the log out
+    # when we said we have this boot's (``evidence.sends_boot_log``): ours is replayed
+    # against this quote's PCRs and judged by today's policy, as a sent one would be.
+    same_boot = previous is not None and previous.reset_count == attest.clock_info.reset_count
+    boot_log = e.event_log
+    if not boot_log and previous is not None and same_boot:
+        boot_log = previous.event_log
+    if boot_log:
+        fail(BOOT, eventlog.check_boot(boot_log, reported, policy.boot))
+    else:
+        fail(BOOT, ["event log left out, and none kept from an earlier quote of this boot"])
 
     # 6-7. IMA list against PCR 10, then each entry against the runtime policy
-    same_boot = previous is not None and previous.reset_count == attest.clock_info.reset_count
     start = previous.ima if previous is not None and same_boot else ima.INITIAL_STATE
     ima_problems, runtime_problems, ima_state = check_ima(
         e.ima_list, e.ima_first, reported, start, policy
@@ -257,6 +267,12 @@ def verify(
         return Verdict(tuple(failures), None)
     ci = attest.clock_info
     state = NodeState(
-        ci.clock, ci.reset_count, ci.restart_count, attest.firmware_version, now, ima_state
+        ci.clock,
+        ci.reset_count,
+        ci.restart_count,
+        attest.firmware_version,
+        now,
+        ima_state,
+        boot_log,
     )
     return Verdict((), state)

@@ -26,7 +26,8 @@ ServerHello::
 Evidence since (flag 16): a client that verified this exit's evidence before says how
 far it replayed the exit's IMA list: the TPM reset count of that boot and the number of
 entries. The exit then sends only the entries after those when its new quote is of the same
-boot, and the whole list otherwise (``attestation.evidence.first_entry``); the client's
+boot, and the whole list otherwise (``attestation.evidence.first_entry``), and leaves that
+boot's event log out (``sends_boot_log``: the client replays the copy it kept); the client's
 verifier decides either way, so a list cut elsewhere is refused, never believed. Only a
 client that pinned the exit's node id sends it (it knows whose list it replayed); circuit
 hops never get it (it would tell a hop that the same client came back).

@@ -193,7 +193,8 @@ def test_boot_pcr_extended_after_boot_names_the_pcr(machine, attester, enrolled)
 
 def test_evidence_since_sends_the_new_entries_of_this_boot_only(machine, attester, enrolled):
     """A real TPM's quote decides: same reset count as the client's ``since``, only the
-    entries after it; a ``since`` naming another reset count gets the whole list."""
+    entries after it and no boot event log (the client replays the copy it kept); a
+    ``since`` naming another reset count gets the whole list and the log."""
     golden = machine.golden()
     nonce = os.urandom(32)
     first = _verify(attester.evidence(nonce, NODE_ID, time.time()), enrolled, golden, nonce)
@@ -206,13 +207,19 @@ def test_evidence_since_sends_the_new_entries_of_this_boot_only(machine, atteste
     data = attester.evidence(nonce, NODE_ID, time.time(), since=since)
     e = ev.decode(data)
     assert e.ima_first == since.ima_count and len(ima.parse_list(e.ima_list)) == 1
+    assert e.event_log == b""
     again = _verify(data, enrolled, golden, nonce, first.state)
     assert again.ok, again.reasons
     assert again.state.ima.count == since.ima_count + 1
+    # Without the kept copy (a verifier that never saw this boot) the same evidence fails.
+    nonce = os.urandom(32)
+    bare = attester.evidence(nonce, NODE_ID, time.time(), since=since)
+    assert not _verify(bare, enrolled, golden, nonce).ok
     other_boot = ev.Since(since.reset_count + 1, since.ima_count)
     nonce = os.urandom(32)
     whole = ev.decode(attester.evidence(nonce, NODE_ID, time.time(), since=other_boot))
     assert whole.ima_first == 0 and len(ima.parse_list(whole.ima_list)) == since.ima_count + 1
+    assert whole.event_log == (machine.root / EVENT_LOG).read_bytes()
 
 
 def test_wrong_nonce(machine, attester, enrolled):

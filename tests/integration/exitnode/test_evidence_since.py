@@ -43,10 +43,14 @@ def test_attested_exit_cuts_its_list_only_for_the_same_boot(
         # The client has every entry but the last: it gets just that one.
         cut = ev.decode(provide(os.urandom(32), EXIT.node_id, EvidenceSince(reset, entries - 1)))
         assert cut.ima_first == entries - 1 and len(ima.parse_list(cut.ima_list)) == 1
+        # ... and not this boot's event log, which it kept when it checked the whole.
+        assert whole.event_log and cut.event_log == b""
         # A reset count the TPM does not have now (the client saw another boot), or more
         # entries than there are: the whole list.
         for since in (EvidenceSince(reset + 1, entries - 1), EvidenceSince(reset, entries + 5)):
             again = ev.decode(provide(os.urandom(32), EXIT.node_id, since))
             assert again.ima_first == 0 and len(ima.parse_list(again.ima_list)) == entries
+            # The boot log goes with another boot only: for this one the client kept it.
+            assert again.event_log == (whole.event_log if since.reset_count != reset else b"")
     finally:
         lifecycle.close()
