@@ -68,8 +68,14 @@ def save_revocations(rl: RevocationList, path: PathLike) -> None:
 
 
 def load_revocations(path: PathLike) -> RevocationList:
+    """Read as a key is (``read_checked_file``): whoever could put an older list, validly
+    signed, in its place would admit the devices revoked since."""
     try:
-        return RevocationList.decode(codec.dearmor(CRL_LABEL, _read(path)))
+        text = read_checked_file(path, private=False).decode("utf-8")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{path}: not a text file") from None
+    try:
+        return RevocationList.decode(codec.dearmor(CRL_LABEL, text))
     except MalformedMessage as exc:
         raise KeyFileError(f"{path}: not a revocation list ({exc.detail})") from None
 

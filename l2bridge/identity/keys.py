@@ -242,7 +242,46 @@ def write_private_file(path: str | os.PathLike[str], text: str, force: bool = Fa
 MAX_KEY_FILE_SIZE = 1 << 20  # far above any key, list or allow-list file
 
 
-def read_checked_file(path: str | os.PathLike[str], *, private: bool) -> bytes:
+def _unsafe_directory(st: os.stat_result) -> str | None:
+    """Why another user could put a file of theirs in place of an entry of this directory
+    (None: nobody but this user and root can)."""
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"owned by uid {st.st_uid}, not by this user or root"
+    # A sticky directory (/tmp) lets others add entries but not rename or remove ours.
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        return "writable by group or others"
+    return None
+
+
+def check_directories(path: str | os.PathLike[str]) -> None:
+    """Refuse (``KeyFileError``) a path through a directory that another user could change,
+    as OpenSSH's StrictModes does: every directory from the root down, along the path as
+    written and along the path with its symbolic links resolved, must be owned by this user
+    or root and not writable by group or others (unless sticky, as /tmp is). Then nobody
+    else can swap the file, or a directory or link on the way to it, between any check
+    and the read."""
+    written = Path(os.path.abspath(path))
+    seen: set[Path] = set()
+    for walk in (written, Path(os.path.realpath(written))):
+        for directory in reversed(walk.parents):
+            if directory in seen:
+                continue
+            seen.add(directory)
+            try:
+                st = os.stat(directory)
+            except OSError as exc:
+                raise KeyFileError(f"{path}: {directory}: {exc.strerror}") from None
+            reason = _unsafe_directory(st)
+            if reason is not None:
+                raise KeyFileError(
+                    f"{path}: directory {directory} is {reason}, so another user could "
+                    "swap the file (fix its owner or mode)"
+                )
+
+
+def read_checked_file(
+    path: str | os.PathLike[str], *, private: bool, group_read: bool = False
+) -> bytes:
     """Read a file an attacker must not be able to swap or change, checking what was opened.
 
     The file is opened once, with ``O_NOFOLLOW`` (a symbolic link as the last component is
@@ -252,6 +291,9 @@ def read_checked_file(path: str | os.PathLike[str], *, private: bool) -> bytes:
     must be a regular file owned by this user or root and no larger than
     ``MAX_KEY_FILE_SIZE``; a ``private`` file (keys, master keys, credentials) must have no
     permission for group or others (0600), any other (an allow-list) no write permission for them.
+    ``group_read`` lets a private file be readable by its group (Debian's ``ssl-cert``
+    convention for TLS keys). Every directory on the way must be safe too
+    (``check_directories``).
     Raises ``KeyFileError`` naming the file and the reason.
     """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
@@ -267,12 +309,15 @@ def read_checked_file(path: str | os.PathLike[str], *, private: bool) -> bytes:
             raise KeyFileError(f"{path}: not a regular file")
         if st.st_uid not in (os.geteuid(), 0):
             raise KeyFileError(f"{path}: owned by uid {st.st_uid}, not by this user or root")
-        if private and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyFileError(f"{path}: permissions too open (must be 0600)")
+        allowed = stat.S_IRGRP if group_read else 0
+        if private and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO) & ~allowed:
+            must = "0640 or 0600" if group_read else "0600"
+            raise KeyFileError(f"{path}: permissions too open (must be {must})")
         if not private and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise KeyFileError(f"{path}: writable by group or others")
         if st.st_size > MAX_KEY_FILE_SIZE:
             raise KeyFileError(f"{path}: larger than {MAX_KEY_FILE_SIZE} bytes")
+        check_directories(path)
         chunks: list[bytes] = []
         size = 0
         while chunk := os.read(fd, 65536):
@@ -300,11 +345,14 @@ def save_public(public: HybridPublicKey, path: str | os.PathLike[str]) -> None:
 
 
 def load_public(path: str | os.PathLike[str]) -> HybridPublicKey:
+    """A public key file (an admin key, a pinned exit): whoever could replace it could admit
+    anyone or pose as the exit, so it is read as a key is (``read_checked_file``), only
+    readable by all."""
+    text = read_checked_file(path, private=False)
     try:
-        return HybridPublicKey.decode(codec.dearmor("PUBLIC KEY", Path(path).read_text("ascii")))
-    except (OSError, UnicodeDecodeError, MalformedMessage) as exc:
-        reason = getattr(exc, "strerror", None) or "not a public key file"
-        raise KeyFileError(f"{path}: {reason}") from None
+        return HybridPublicKey.decode(codec.dearmor("PUBLIC KEY", text.decode("ascii")))
+    except (UnicodeDecodeError, MalformedMessage):
+        raise KeyFileError(f"{path}: not a public key file") from None
 
 
 @dataclass(frozen=True, slots=True)

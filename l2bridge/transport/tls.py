@@ -16,9 +16,12 @@ bench/traffic/README.md.
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 
+from l2bridge.errors import KeyFileError
+from l2bridge.identity.keys import check_directories, read_checked_file
 from l2bridge.transport.errors import TransportError
 
 ALPN_HTTP1 = "http/1.1"
@@ -32,16 +35,39 @@ def _describe(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
 
 
+def read_key_file(key_file: Path) -> bytes:
+    """The TLS private key's bytes, read as the identity keys are (``read_checked_file``):
+    a regular file owned by this user or root, readable by nobody but them and its group
+    (0600 or 0640, Debian's ``ssl-cert`` group), through directories no other user can
+    change. A symbolic link is followed (certbot's ``live/`` names are links into
+    ``archive/``), the directories of both the link's path and its target checked.
+    ``TlsError`` names the file and the reason."""
+    try:
+        check_directories(key_file)
+        return read_checked_file(os.path.realpath(key_file), private=True, group_read=True)
+    except KeyFileError as exc:
+        raise TlsError(f"TLS key {exc}") from None
+
+
 def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    """The exit's context: its certificate chain and private key, TLS 1.2+."""
+    """The exit's context: its certificate chain and private key (``read_key_file``), TLS
+    1.2+. OpenSSL loads the key from the bytes that were checked (an anonymous memory
+    file), never from the path again."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols([ALPN_HTTP1])
+    key = read_key_file(key_file)
+    fd = os.memfd_create("shadowmesh-tls-key", os.MFD_CLOEXEC)
     try:
-        context.load_cert_chain(cert_file, key_file)
+        view = memoryview(key)
+        while view:
+            view = view[os.write(fd, view) :]
+        context.load_cert_chain(cert_file, f"/proc/self/fd/{fd}")
     except (OSError, ssl.SSLError) as exc:
         # The key file's contents never reach the message, only which file failed and why.
         raise TlsError(f"cannot load {cert_file} / {key_file}: {_describe(exc)}") from None
+    finally:
+        os.close(fd)
     return context
 
 
