@@ -38,6 +38,10 @@ RELAY_DECIDE_S = 1.0  # a link sending no cell within this long is an L2 device'
 CIRCUIT_QUEUE_CELLS = 512  # cells waiting per circuit and direction; beyond: dropped
 CIRCUIT_QUEUE_BYTES = 2 * 1024 * 1024
 MAX_CIRCUITS_PER_LINK = 64
+# A link to a next hop whose last circuit ended stays open this long (times a random factor
+# of 0.75-1.25) for circuits yet to come, as Tor keeps idle channels: an extend over it skips
+# a connect and a handshake, and a path observer does not see the link end with the circuit.
+NEXT_LINK_IDLE_S = 120.0
 MAX_CIRCUITS = 1024
 EXTEND_TIMEOUT_S = 15.0  # open the next hop's link and get its CREATED within this long
 RELAY_SEND_BATCH = 64  # cells per link record from one circuit queue

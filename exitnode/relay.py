@@ -20,8 +20,9 @@ Per circuit this hop
   link (each with its own circuit id on it, as Tor's relays share theirs), up to
   ``MAX_CIRCUITS_PER_LINK``, so building a circuit opens no new connection between two
   exits that already carry one (an observer between them does not see circuits being
-  built) and costs no new link handshake; a link is closed when its last circuit ends, and
-  its end tears down every circuit on it;
+  built) and costs no new link handshake; a link whose last circuit ended stays open for
+  ``NEXT_LINK_IDLE_S`` (randomised) for the circuits to come, then closes, and its end
+  tears down every circuit on it;
 * relays cells both ways through bounded per-circuit queues: a full queue drops the cell
   and counts it (``circuit_queue_full``), it never buffers without limit;
 * at the tail, switches the innermost frames into its L2 segment as one switchboard port
@@ -200,6 +201,13 @@ class _NextLink:
         self.key = key
         self.hops: dict[int, _Hop] = {}
         self.watch: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
+        self.idle: asyncio.TimerHandle | None = None  # closes it, with no circuit on it
+
+    def take(self, circuit_id: int, hop: _Hop) -> None:
+        self.hops[circuit_id] = hop
+        if self.idle is not None:
+            self.idle.cancel()
+            self.idle = None
 
     @property
     def usable(self) -> bool:
@@ -282,8 +290,12 @@ class Relay:
         endpoint_of: Callable[[bytes], str | None] | None = None,
         credentials: CredentialWallet | None = None,
         token_window: int = DEFAULT_TOKEN_WINDOW_S,
+        next_link_idle_s: float = constants.NEXT_LINK_IDLE_S,
     ) -> None:
+        """``next_link_idle_s``: how long a link to a next hop stays open without circuits
+        (times a random factor of 0.75-1.25; 0 closes it with its last circuit)."""
         self.identity = identity
+        self.next_link_idle_s = next_link_idle_s
         # This exit's credentials for the hops it extends to (endpoints.credential_file).
         self.credentials = credentials if credentials is not None else CredentialWallet()
         self.token_window = token_window
@@ -544,7 +556,7 @@ class Relay:
             if shared.usable and shared in self.next_links.get(shared.key, ()):
                 break
         hop.next, hop.next_link, hop.next_id = shared.link, shared, shared.new_circuit_id()
-        shared.hops[hop.next_id] = hop
+        shared.take(hop.next_id, hop)
         hop.next_header = cell_header(CellKind.RELAY, hop.next_id)
         hop.to_next = _Queue(shared.link, self.metrics)
         hop.created = asyncio.get_running_loop().create_future()
@@ -652,14 +664,30 @@ class Relay:
         self._release(shared)
 
     def _release(self, shared: _NextLink) -> None:
-        """Close a next-hop link that no circuit uses; it is no longer offered at once."""
-        if shared.hops:
+        """A next-hop link that no circuit uses stays offered to extends for a while
+        (``next_link_idle_s``), then closes."""
+        if shared.hops or shared.idle is not None:
             return
+        if self.next_link_idle_s <= 0 or shared.link.close_reason is not None:
+            self._close_next(shared)
+            return
+        delay = self.next_link_idle_s * (0.75 + secrets.randbelow(501) / 1000)
+        shared.idle = asyncio.get_running_loop().call_later(delay, self._idle_ended, shared)
+
+    def _idle_ended(self, shared: _NextLink) -> None:
+        shared.idle = None
+        if not shared.hops:
+            self._close_next(shared)
+
+    def _close_next(self, shared: _NextLink) -> None:
         self._forget(shared)
         asyncio.ensure_future(shared.link.close()).add_done_callback(_log_failure)
 
     def _forget(self, shared: _NextLink) -> None:
         """No extend is offered ``shared`` from now on."""
+        if shared.idle is not None:
+            shared.idle.cancel()
+            shared.idle = None
         links = self.next_links.get(shared.key, [])
         if shared in links:
             links.remove(shared)
@@ -711,8 +739,15 @@ class Relay:
                     if not hop.closed:
                         hop.circuit.ratchet()
                 self.metrics.counters.rekeys += 1
+        self.close()
+
+    def close(self) -> None:
+        """End every circuit through this exit and close every link to a next hop."""
         for hop in list(self._hops.values()):
             self.close_hop(hop, DestroyReason.NORMAL)
+        for links in list(self.next_links.values()):
+            for shared in list(links):
+                self._close_next(shared)
 
 
 def registry_endpoints(config: Config) -> Callable[[bytes], str | None] | None:

@@ -32,6 +32,7 @@ from websockets.asyncio.server import Server
 from attestation.eventlog import BootPolicy
 from attestation.policy import GoldenPolicy
 from attestation.runtime_policy import RuntimePolicy
+from exitnode.constants import NEXT_LINK_IDLE_S
 from exitnode.relay import Relay
 from exitnode.switch import PortPolicy, Switch
 from exitnode.switchboard import Switchboard
@@ -80,6 +81,7 @@ class RelayExit:
     metrics: Metrics = field(default_factory=lambda: Metrics("exit"))
     tap: FrameDevice = field(default_factory=FakeTap)
     relay: Relay | None = None
+    next_link_idle_s: float = NEXT_LINK_IDLE_S
     server: Server | None = None
     links: list[tunnel.Link] = field(default_factory=list)
 
@@ -96,6 +98,7 @@ class RelayExit:
         self.relay = Relay(
             self.identity, self.metrics, mode=self.mode, board=board, policy=ANY,
             evidence_provider=self.provider, decide_s=0.5, credentials=self.wallet,
+            next_link_idle_s=self.next_link_idle_s,
         )  # fmt: skip
         self._stop = asyncio.Event()
         self._board_task = asyncio.ensure_future(board.run(self._stop))
@@ -129,6 +132,8 @@ class RelayExit:
         for link in self.links:
             with contextlib.suppress(Exception):
                 await link.close()
+        if self.relay is not None:
+            self.relay.close()  # its links to next hops, idle ones included
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.server.wait_closed(), 10)
         self._stop.set()
@@ -138,7 +143,11 @@ class RelayExit:
 
 
 async def start_exits(
-    n: int, mode: Mode = Mode.HYBRID, taps: Sequence[FrameDevice] | None = None
+    n: int,
+    mode: Mode = Mode.HYBRID,
+    taps: Sequence[FrameDevice] | None = None,
+    *,
+    next_link_idle_s: float = NEXT_LINK_IDLE_S,
 ) -> list[RelayExit]:
     keys = [HybridSigningKey.generate() for _ in range(n)]
     allow = AllowList().add(CLIENT.node_id, "client")
@@ -146,7 +155,7 @@ async def start_exits(
         allow = allow.add(k.node_id, f"relay-{i}")
     out = []
     for i, k in enumerate(keys):
-        x = RelayExit(k, allow, mode=mode)
+        x = RelayExit(k, allow, mode=mode, next_link_idle_s=next_link_idle_s)
         if taps is not None:
             x.tap.close()
             x.tap = taps[i]

@@ -146,6 +146,7 @@ class DialSettings:
     liveness_s: float = tunnel.LIVENESS_S  # endpoints.liveness_timeout
     shaping: ShapingPlan | None = None  # obfuscation.shaping / lan_chatter
     impersonate: tuple[str, Path | None] | None = None  # endpoints.tls_impersonate
+    mtu: int | None = None  # network.mtu, told in the hello (the exit warns on a mismatch)
 
 
 class ExitFinder:
@@ -263,6 +264,7 @@ class ExitFinder:
             evidence_checker=checker,
             config=s.session_config,
             backend=s.backend,
+            mtu=s.mtu,
             evidence_since=evidence_since(self._verifier, cand.node_id),
         )
         return hs, checker

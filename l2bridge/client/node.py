@@ -126,6 +126,7 @@ class ClientNode:
                 self.session_config, int(ep.token_window), self.tls, self.cover,
                 self.backend,
                 ep.keepalive_interval, ep.liveness_timeout, self.shaping, self.impersonate,
+                config.network.mtu,
             ),
             self.metrics,
             self.clock,

@@ -148,7 +148,8 @@ def test_circuits_through_the_same_exits_share_their_links():
     """Two clients' circuits through the same three exits: hop 1 and hop 2 each open one
     link to their next hop and carry both circuits on it (their own circuit ids); one
     circuit ending leaves the other working on the same links; the link's end (the tail
-    killed) ends the other circuit at its client and closes hop 1's link."""
+    killed) ends the other circuit at its client, and hop 1's link to hop 2 (alive) stays
+    open, idle, for circuits to come."""
 
     async def scenario():
         exits = await start_exits(3)
@@ -184,9 +185,51 @@ def test_circuits_through_the_same_exits_share_their_links():
                 async with asyncio.timeout(15):
                     while True:
                         await second.recv_frames()
-            await until(lambda: not relays[0].hops and not relays[0].next_links)
+            await until(lambda: not relays[0].hops and not shared.hops)
+            assert relays[0].next_links == {shared.key: [shared]}
+            assert shared.link.close_reason is None and shared.idle is not None
         finally:
             await stop_all([x for x in exits if x not in killed])
+
+    run(scenario())
+
+
+def test_a_next_hop_link_outlives_its_last_circuit_for_a_while():
+    """Hop 1's link to hop 2 stays open after its only circuit ends: the next circuit
+    through the same hops is extended over it (no new link); with no circuit for the idle
+    time, it closes, and the next circuit opens a new one."""
+
+    async def scenario():
+        exits = await start_exits(3, next_link_idle_s=1.0)
+        relays = [x.relay for x in exits]
+        key = (exits[1].node_id, exits[1].url)
+        try:
+            first = await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
+            (shared,) = relays[0].next_links[key]
+            (onward,) = relays[1].next_links[(exits[2].node_id, exits[2].url)]
+            await first.close()
+            await until(lambda: not shared.hops and not relays[0].hops)
+            assert shared.link.close_reason is None and relays[0].next_links[key] == [shared]
+            second = await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
+            assert relays[0].next_links[key] == [shared] and len(shared.hops) == 1
+            assert [r.next_links_opened for r in relays] == [1, 1, 0]
+            await second.send_frames([tunnel_frame(ether(A, B, b"reused" * 20))])
+            await until(lambda: any(b"reused" in f for f in exits[2].tap.delivered()))
+            await second.close()
+            # 0.75-1.25 s with no circuit: closed, and no longer offered.
+            await until(lambda: None not in (shared.link.close_reason, onward.link.close_reason))
+            assert key not in relays[0].next_links and not relays[1].next_links
+            third = await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
+            assert [r.next_links_opened for r in relays] == [2, 2, 0]
+            await third.close()
+            await until(lambda: not relays[0].hops)
+            idle = [s for r in relays for links in r.next_links.values() for s in links]
+            assert len(idle) == 2 and all(s.link.close_reason is None for s in idle)
+        finally:
+            await stop_all(exits)
+        # Stopping an exit closes its idle links too: nothing is left open behind it.
+        await until(lambda: all(s.link.close_reason is not None for s in idle), timeout=5)
+        assert not any(r.next_links for r in relays)
 
     run(scenario())
 

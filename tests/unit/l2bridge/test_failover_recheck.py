@@ -18,6 +18,7 @@ from l2bridge.client.failover import DialSettings, ExitFinder
 from l2bridge.client.selection import SelectionPolicy, candidate_from
 from l2bridge.errors import NoExitAvailable
 from l2bridge.identity.keys import HybridSigningKey
+from l2bridge.protocol.handshake import ClientHello
 from l2bridge.transport.credentials import CredentialWallet
 from l2bridge.transport.token import Credential
 
@@ -163,3 +164,17 @@ def test_silent_rechecks_in_a_row_double_the_backoff(settings: DialSettings) -> 
             assert waits == [10.0, 20.0, 40.0]
 
     asyncio.run(asyncio.wait_for(body(), 30))
+
+
+def test_a_registry_dial_tells_the_exit_its_mtu(settings: DialSettings) -> None:
+    """The hello of a dial to a registry exit carries ``network.mtu`` as a pinned dial's
+    does, so the exit can warn about a device whose MTU differs from its own."""
+    cand = candidate_from(Record(EXIT_ID, "ws://127.0.0.1:9/ws"))
+    for mtu in (None, 1400):
+        finder = ExitFinder(
+            Registry(Record(EXIT_ID, cand.endpoint)),
+            replace(settings, mtu=mtu),
+            SelectionPolicy(min_reputation=500),
+        )
+        hs, _checker = finder._handshake(cand)
+        assert ClientHello.decode(hs.hello()).mtu == mtu
