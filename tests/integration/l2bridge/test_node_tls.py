@@ -148,8 +148,21 @@ def test_exit_refuses_half_or_unusable_tls_settings(tmp_path: Path) -> None:
     with pytest.raises(ExitConfigError, match="set both or neither"):
         ExitNode(nodes.config(nodes.edit(lab.exit_config, only_cert)), ExitOptions(status=False))
 
+    # A certificate where the key should be: refused by OpenSSL, naming the files.
+    (tmp_path / "not-a-key.pem").write_bytes((tmp_path / "ca.pem").read_bytes())
+    (tmp_path / "not-a-key.pem").chmod(0o600)
+
     def wrong_key(doc: dict[str, Any]) -> None:
-        doc["endpoints"].update(tls_cert="exit.pem", tls_key="ca.pem")
+        doc["endpoints"].update(tls_cert="exit.pem", tls_key="not-a-key.pem")
 
     with pytest.raises(ExitConfigError, match=r"endpoints\.tls_cert: cannot load"):
         ExitNode(nodes.config(nodes.edit(lab.exit_config, wrong_key)), ExitOptions(status=False))
+
+    # A key others may read: refused before it is used, naming the permissions.
+    (tmp_path / "exit.key").chmod(0o644)
+
+    def open_key(doc: dict[str, Any]) -> None:
+        doc["endpoints"].update(tls_cert="exit.pem", tls_key="exit.key")
+
+    with pytest.raises(ExitConfigError, match=r"exit\.key: permissions too open"):
+        ExitNode(nodes.config(nodes.edit(lab.exit_config, open_key)), ExitOptions(status=False))
