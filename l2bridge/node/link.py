@@ -525,8 +525,10 @@ class Link:
             self._end("text message")
             return
         try:
+            authentic = self.session.stats.records_received
             received = self.session.receive(message, self._clock())
-            self._last_heard = time.monotonic()  # only authenticated records count
+            if self.session.stats.records_received != authentic:
+                self._last_heard = time.monotonic()  # only authenticated records count
         except PeerError as exc:
             # Logged locally with its detail; the peer only sees the close (a revoked
             # device is told that much: its close code, so that it stops retrying).

@@ -19,13 +19,17 @@ API (stable; the transport and L2 code build on it)::
 
 Records that fail to open, repeat, go backwards, are too old, too large, or
 belong to an unknown or expired epoch are dropped and counted in
-``stats.drops[reason]``; ``receive`` never raises for them.  It raises a
-``PeerError`` only for a fatal protocol error (bad ClientFinish, a record
-before authentication, a rekey epoch that goes backwards or jumps past the
-exit's clock, an unexpected control record); the session is then closed and
-its keys wiped.  ``seal`` raises ``KeyExpired`` past the reject-after limits
-(time or record count) rather than use a stale key, and ``StateError`` when
-the session is closed or (on the exit) not yet authenticated.
+``stats.drops[reason]``; ``receive`` never raises for them, except that
+``MAX_FAILED_IN_A_ROW`` records in a row that fail authentication under a
+current key end the session (the transport is an ordered, reliable stream: a
+peer whose records keep failing is broken, or someone writes into the stream).
+It raises a ``PeerError`` only for that and for a fatal protocol error (bad
+ClientFinish, a record before authentication, a rekey epoch that goes
+backwards or jumps past the exit's clock, an unexpected control record); the
+session is then closed and its keys wiped.  ``seal`` raises ``KeyExpired``
+past the reject-after limits (time or record count) rather than use a stale
+key, and ``StateError`` when the session is closed or (on the exit) not yet
+authenticated.
 
 Rekey (client starts, ordered transport): REKEY_INIT carries the next key
 generation (the epoch id in record headers, always the current one plus one),
@@ -101,6 +105,10 @@ from l2bridge.protocol.keyslots import EpochKeys, KeySlots, derive
 from l2bridge.protocol.records import Buffer, data_plaintext_size, parse_header, split_frames
 
 FINISH_LABEL = b"client finish"
+# Records in a row that fail authentication before the session ends (one authentic record
+# starts the count again). A lone bad record is dropped, as DTLS does; a run of them ends
+# the session, as TLS's first bad record does.
+MAX_FAILED_IN_A_ROW = 32
 REKEY_INFO = b"shadowmesh v1 rekey "
 
 
@@ -291,6 +299,7 @@ class Session:
         # came, and node id), for the exit's log, also when the Authorizer then refuses.
         self.peer_label: str | None = None
         self.closed = False
+        self._failed_in_a_row = 0
         self._backend = backend
         self._keys = KeySlots(cipher, keys, 0, now, config.grace_seconds)
         self._finish = finish_check
@@ -500,10 +509,18 @@ class Session:
             plaintext = key.open(record, counter, cfg.strict_order)
         except RecordRejected as rejected:
             self.stats.drops[rejected.reason] += 1
+            if rejected.reason == "auth_failed":
+                self._failed_in_a_row += 1
+                if self._failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+                    self.close()
+                    raise ProtocolViolation(
+                        f"{self._failed_in_a_row} records in a row failed authentication"
+                    ) from None
             return Received()
         except PeerError:
             self.close()
             raise
+        self._failed_in_a_row = 0
         keys.confirm(key, now)
         st = self.stats
         st.records_received += 1

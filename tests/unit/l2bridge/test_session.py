@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,9 +19,10 @@ from l2bridge.constants import (
 from l2bridge.crypto.pq import default_backend
 from l2bridge.errors import KeyExpired, NotAuthorized, ProtocolViolation, StateError
 from l2bridge.identity.keys import AdminKey, HybridSigningKey
+from l2bridge.node.link import Link
 from l2bridge.protocol import kex
 from l2bridge.protocol.pair import SessionPair
-from l2bridge.protocol.session import Closed, RekeyCompleted, SessionConfig
+from l2bridge.protocol.session import MAX_FAILED_IN_A_ROW, Closed, RekeyCompleted, SessionConfig
 
 T0 = 1_000_000.0
 
@@ -304,6 +307,37 @@ def test_replayed_reordered_tampered_are_counted(keys) -> None:
     assert p.exit.stats.as_dict()["drop_replayed"] == 1
 
 
+def test_a_run_of_records_that_fail_authentication_ends_the_session(keys) -> None:
+    """A lone bad record is dropped; one short of the limit in a row, then an authentic
+    record, starts the count again; the limit in a row ends the session (keys wiped)."""
+    p = SessionPair.connect(T0, keys=keys)
+
+    def garbage() -> bytearray:
+        bad = bytearray(p.client.seal([b"payload"], T0))
+        bad[-1] ^= 1
+        return bad
+
+    for _ in range(2):
+        for _ in range(MAX_FAILED_IN_A_ROW - 1):
+            assert p.exit.receive(garbage(), T0).frames == []
+        assert p.exit.receive(p.client.seal([b"fine"], T0), T0).frames == [b"fine"]
+    assert p.exit.stats.drops["auth_failed"] == 2 * (MAX_FAILED_IN_A_ROW - 1)
+    for _ in range(MAX_FAILED_IN_A_ROW - 1):
+        p.exit.receive(garbage(), T0)
+    with pytest.raises(ProtocolViolation) as info:
+        p.exit.receive(garbage(), T0)
+    assert info.value.detail == f"{MAX_FAILED_IN_A_ROW} records in a row failed authentication"
+    assert p.exit.closed and p.exit._keys.send.wiped
+    # Other drops (replays, truncation) do not count toward it: the stream is not garbage.
+    q = SessionPair.connect(T0, keys=keys)
+    record = q.client.seal([b"once"], T0)
+    assert q.exit.receive(record, T0).frames
+    for _ in range(2 * MAX_FAILED_IN_A_ROW):
+        assert q.exit.receive(record, T0).frames == []
+        assert q.exit.receive(record[:10], T0).frames == []
+    assert not q.exit.closed
+
+
 def test_padding_hides_frame_sizes(keys) -> None:
     p = SessionPair.connect(T0, keys=keys, config=SessionConfig(pad_to=256))
     sizes = {len(p.client.seal([os.urandom(n)], T0)) for n in (1, 50, 200, 240)}
@@ -378,3 +412,26 @@ def test_reauthorize_asks_again_without_a_rekey(keys) -> None:
         p.exit.reauthorize(T0 + 2)
     with pytest.raises(StateError):
         p.client.reauthorize(T0 + 2)  # only the exit admitted anyone
+
+
+def test_a_link_counts_only_authentic_records_as_heard_and_ends_on_a_run_of_garbage() -> None:
+    """Liveness: garbage does not keep a link alive (only records that open count as
+    heard), and a run of ``MAX_FAILED_IN_A_ROW`` of it ends the link as a protocol error."""
+
+    async def body() -> None:
+        p = SessionPair.connect(T0)
+        link = Link(object(), p.client, is_client=True, clock=lambda: T0)  # type: ignore[arg-type]
+        link._last_heard = time.monotonic() - 100.0
+        bad = bytearray(p.exit.seal_cover(0, T0))
+        bad[-1] ^= 1
+        link._on_message(bad)
+        assert link.silent_for >= 100.0 and link.close_reason is None
+        link._on_message(p.exit.seal_cover(0, T0))
+        assert link.silent_for < 100.0
+        for _ in range(MAX_FAILED_IN_A_ROW):
+            bad = bytearray(p.exit.seal_cover(0, T0))
+            bad[-1] ^= 1
+            link._on_message(bad)
+        assert link.close_reason == "protocol error" and p.client.closed
+
+    asyncio.run(body())
