@@ -19,6 +19,7 @@ from l2bridge.identity.keys import (
     RevocationList,
     load_public,
     read_checked_file,
+    write_public_file,
 )
 
 CERT_LABEL = "DEVICE CERTIFICATE"
@@ -38,18 +39,8 @@ def _why(exc: Exception) -> str:
 
 
 def _write(path: PathLike, text: str) -> None:
-    """Replace ``path`` atomically with a 0644 file (never group/other-writable, whatever
-    the umask: ``load_allow_list`` refuses such a file)."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Replace ``path`` atomically with a 0644 file (``write_public_file``)."""
+    write_public_file(path, text)
 
 
 def save_certificate(cert: DeviceCertificate, path: PathLike) -> None:

@@ -340,8 +340,24 @@ def read_private_file(path: str | os.PathLike[str]) -> str:
         raise KeyFileError(f"{path}: not ASCII text") from None
 
 
+def write_public_file(path: str | os.PathLike[str], text: str) -> None:
+    """Replace ``path`` atomically with a 0644 file: never group- or other-writable,
+    whatever the umask (``read_checked_file`` refuses such a file)."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def save_public(public: HybridPublicKey, path: str | os.PathLike[str]) -> None:
-    Path(path).write_text(codec.armor("PUBLIC KEY", public.encode()), encoding="ascii")
+    write_public_file(path, codec.armor("PUBLIC KEY", public.encode()))
 
 
 def load_public(path: str | os.PathLike[str]) -> HybridPublicKey:

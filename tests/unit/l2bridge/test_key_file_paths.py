@@ -151,3 +151,17 @@ def test_a_bad_tls_key_names_the_file_not_its_contents(home: Path, pki) -> None:
     assert "garbage.pem" in str(info.value) and secret not in str(info.value)
     with pytest.raises(TlsError, match="No such file"):
         server_context(cert, home / "missing.pem")
+
+
+def test_public_files_are_written_so_that_they_load_whatever_the_umask(home: Path) -> None:
+    admin = AdminKey(HybridSigningKey.generate())
+    old = os.umask(0o002)  # a desktop user's umask: files group-writable by default
+    try:
+        save_public(admin.public, home / "admin.pub")
+        save_revocations(admin.revoke(None, bytes(CERT_SERIAL_SIZE), "lost", NOW), home / "r.crl")
+    finally:
+        os.umask(old)
+    for name in ("admin.pub", "r.crl"):
+        assert (home / name).stat().st_mode & 0o777 == 0o644
+    assert load_public(home / "admin.pub") == admin.public
+    load_revocations(home / "r.crl")
