@@ -104,3 +104,43 @@ def test_event_log_parser(data):
             eventlog.replay(events)
         except EventLogError:
             pass
+
+
+# Evidence that leaves the boot log out (the verifier kept it): flipping any byte of it
+# must still be refused, with the kept log standing in.
+_FIRST = _verify(VALID)
+assert _FIRST.state is not None
+_SHORT_NONCE = bytes(range(1, 33))
+SHORT = ATTESTER.evidence(
+    _SHORT_NONCE, NODE_ID, NOW, since=ev.Since(_FIRST.state.reset_count, _FIRST.state.ima.count)
+)
+
+
+def _verify_short(
+    data: bytes, previous: verifier.NodeState | None = _FIRST.state
+) -> verifier.Verdict:
+    return verifier.verify(
+        data,
+        nonce=_SHORT_NONCE,
+        node_id=NODE_ID,
+        trusted_ak=ATTESTER.ak_public,
+        policy=GOLDEN,
+        previous=previous,
+        now=NOW + 2,
+    )
+
+
+def test_evidence_without_its_boot_log_passes_only_with_the_kept_copy():
+    assert ev.decode(SHORT).event_log == b""
+    assert _verify_short(SHORT).ok
+    alone = _verify_short(SHORT, previous=None)  # no kept copy (nor the list's start)
+    assert "boot: event log left out, and none kept from an earlier quote of this boot" in (
+        alone.reasons
+    )
+
+
+def test_every_byte_flipped_of_evidence_without_its_boot_log_is_refused():
+    for pos in range(len(SHORT)):
+        data = SHORT[:pos] + bytes([SHORT[pos] ^ 0xFF]) + SHORT[pos + 1 :]
+        verdict = _verify_short(data)
+        assert not verdict.ok, pos
