@@ -328,6 +328,14 @@ class Relay:
         metrics.set_gauge("circuits", lambda: float(len(self._hops)))
         metrics.set_gauge("circuit_relayed_bytes", lambda: float(self.relayed_bytes))
         metrics.set_gauge("circuit_relayed_cells", lambda: float(self.relayed_cells))
+        metrics.set_gauge("relay_next_links", lambda: float(len(self._all_next_links())))
+        metrics.set_gauge(
+            "relay_next_links_idle",
+            lambda: float(sum(1 for s in self._all_next_links() if not s.hops)),
+        )
+
+    def _all_next_links(self) -> list[_NextLink]:
+        return [shared for links in self.next_links.values() for shared in links]
 
     @property
     def hops(self) -> list[_Hop]:
@@ -745,9 +753,8 @@ class Relay:
         """End every circuit through this exit and close every link to a next hop."""
         for hop in list(self._hops.values()):
             self.close_hop(hop, DestroyReason.NORMAL)
-        for links in list(self.next_links.values()):
-            for shared in list(links):
-                self._close_next(shared)
+        for shared in self._all_next_links():
+            self._close_next(shared)
 
 
 def registry_endpoints(config: Config) -> Callable[[bytes], str | None] | None:

@@ -210,8 +210,11 @@ def test_a_next_hop_link_outlives_its_last_circuit_for_a_while():
             await first.close()
             await until(lambda: not shared.hops and not relays[0].hops)
             assert shared.link.close_reason is None and relays[0].next_links[key] == [shared]
+            gauges = exits[0].metrics.snapshot()["gauges"]
+            assert (gauges["relay_next_links"], gauges["relay_next_links_idle"]) == (1.0, 1.0)
             second = await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
             assert relays[0].next_links[key] == [shared] and len(shared.hops) == 1
+            assert exits[0].metrics.snapshot()["gauges"]["relay_next_links_idle"] == 0.0
             assert [r.next_links_opened for r in relays] == [1, 1, 0]
             await second.send_frames([tunnel_frame(ether(A, B, b"reused" * 20))])
             await until(lambda: any(b"reused" in f for f in exits[2].tap.delivered()))
