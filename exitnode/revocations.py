@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from exitnode.constants import REAUTH_INTERVAL_S, REVOCATION_POLL_S
+from l2bridge.constants import CLOSE_REVOKED as RECORD_REVOKED
 from l2bridge.errors import AuthenticationFailed, KeyFileError, NotAuthorized, StateError
 from l2bridge.identity.keyfiles import load_allow_list, load_revocations
 from l2bridge.identity.keys import Authorization, Authorizer
@@ -115,7 +116,7 @@ class RevocationWatch:
 class AdmittedSession(Protocol):
     def reauthorize(self, now: float) -> Authorization: ...
 
-    def close(self) -> None: ...
+    def close(self, parting: int | None = None) -> None: ...
 
 
 class AdmittedLink(Protocol):
@@ -165,11 +166,13 @@ class LiveSessions:
             self._links.pop(link, None)
             self.refused += 1
             # Keys wiped now: nothing more is sealed or opened for this device, whatever
-            # the link still has queued. The close then ends the connection.
-            link.session.close()
-            # A revoked device is told so by the close code (and stops retrying); any
-            # other refusal (taken off the allow-list, expired) is a bare close.
-            task = asyncio.ensure_future(link.close(revoked=is_revoked(exc)))
+            # the link still has queued. The close then ends the connection. A revoked
+            # device is told so in one CLOSE record sealed first (and by the close code;
+            # it believes the record only) and stops retrying; any other refusal (taken
+            # off the allow-list, expired) is a bare close.
+            revoked = is_revoked(exc)
+            link.session.close(parting=RECORD_REVOKED if revoked else None)
+            task = asyncio.ensure_future(link.close(revoked=revoked))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
             return False

@@ -113,6 +113,7 @@ HANDSHAKE_WORKERS = 4
 CLOSE_INTERNAL_ERROR = 1011  # WebSocket close code; no reason text goes with it
 # The one refusal a client is told (no reason text either): its certificate is revoked, so
 # retrying cannot help. Only a holder of a live credential and of the certificate learns it.
+# Sent after the authenticated CLOSE record that says the same; clients act on the record only.
 CLOSE_REVOKED = 4403
 # A batch sent within this long after the previous record waits one loop iteration so
 # that what else arrives meanwhile joins its record: an idle link (a ping) sends at once,
@@ -492,7 +493,10 @@ class Link:
                     self._flush_pending()
                     if self._shaper is not None or self._chatter is not None:
                         self._shape((), closing=True)
-                    if self.session.established and self._ws.is_open:
+                    parting, self.session.parting = self.session.parting, None
+                    if parting is not None and self._ws.is_open:
+                        self._write(parting)  # sealed when the session was refused
+                    elif self.session.established and self._ws.is_open:
                         reason = RECORD_REVOKED if self._close_code == CLOSE_REVOKED else 0
                         self._write(self.session.close_notice(reason, now=self._clock()))
                     self.close_reason = self.close_reason or "closed"
@@ -680,7 +684,8 @@ class Link:
     async def _watch(self) -> None:
         """Notices the connection ending under us (peer gone, TCP reset)."""
         await self._ws.wait_closed()
-        self._end("revoked" if self._ws.close_code == CLOSE_REVOKED else "connection closed")
+        # Not "revoked" on the close code: only the authenticated CLOSE record says that.
+        self._end("connection closed")
 
 
 def _small(frames: Sequence[Buffer]) -> bool:
@@ -783,10 +788,9 @@ async def connect(
             session.close()
             raise
     except TransportClosed:
+        # A close code of CLOSE_REVOKED alone is not believed (anyone on a plain ws://
+        # path can forge one): only the exit's authenticated CLOSE record says revoked.
         await ws.close()
-        if ws.close_code == CLOSE_REVOKED:
-            revoked = "the exit refused this device: its certificate is revoked"
-            raise DeviceRevoked(revoked) from None
         raise TransportClosed("exit closed the connection during the handshake") from None
     except BaseException:
         await ws.close()
@@ -805,15 +809,17 @@ async def _admission(ws: TunnelSocket, session: Session, clock: Clock) -> None:
     """Client: wait for the exit's first record, its padding-only admission record.
 
     The exit learns who the client is only from the ClientFinish, so its refusals (not
-    authorised, revoked: close code CLOSE_REVOKED) come after the finish; waiting for
+    authorised, revoked: a CLOSE record saying so) come after the finish; waiting for
     the admission keeps them failures of ``connect`` (the caller fails over, or stops
     retrying when revoked) rather than a link that dies at once. Records that do not
-    open are dropped by the session and waited past; a CLOSE record or a closed
-    connection raise TransportClosed, a record with frames ProtocolViolation (the
-    admission is always the exit's first record)."""
+    open are dropped by the session and waited past; a CLOSE record saying revoked raises
+    DeviceRevoked, another CLOSE record or a closed connection TransportClosed, a record
+    with frames ProtocolViolation (the admission is always the exit's first record)."""
     while True:
         before = session.stats.records_received
         received = session.receive(await ws.next_message(), clock())
+        if any(isinstance(e, Closed) and e.reason == RECORD_REVOKED for e in received.events):
+            raise DeviceRevoked("the exit refused this device: its certificate is revoked")
         if session.closed or any(isinstance(e, Closed) for e in received.events):
             raise TransportClosed("closed")
         if received.frames:
@@ -930,6 +936,8 @@ async def serve(
             else:
                 log.debug("tunnel handshake failed: %s: %s", who, type(exc).__name__)
             if session is not None:
+                if is_revoked(exc) and session.parting is not None and ws.is_open:
+                    ws.write_binary(session.parting)  # the reason, authenticated
                 session.close()
             if is_revoked(exc):
                 await connection.close(code=CLOSE_REVOKED)

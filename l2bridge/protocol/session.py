@@ -58,6 +58,7 @@ from typing import TypeAlias
 from l2bridge.codec import Reader, u8, u32, var16
 from l2bridge.constants import (
     CLOSE_NORMAL,
+    CLOSE_REVOKED,
     FRAME_LENGTH_SIZE,
     MAX_CERTIFICATE_SIZE,
     MAX_EPOCH,
@@ -83,6 +84,7 @@ from l2bridge.crypto.pq import Backend
 from l2bridge.crypto.secret import equal, wipe
 from l2bridge.errors import (
     AuthenticationFailed,
+    CertificateRevoked,
     KeyExpired,
     MalformedMessage,
     NotAuthorized,
@@ -299,6 +301,9 @@ class Session:
         # came, and node id), for the exit's log, also when the Authorizer then refuses.
         self.peer_label: str | None = None
         self.closed = False
+        # Exit: the CLOSE record that tells a refused device why (revoked), to send before
+        # the connection closes; None when there is nothing to tell.
+        self.parting: bytearray | None = None
         self._failed_in_a_row = 0
         self._backend = backend
         self._keys = KeySlots(cipher, keys, 0, now, config.grace_seconds)
@@ -479,8 +484,13 @@ class Session:
         self.close()
         return record
 
-    def close(self) -> None:
-        """Wipe every key; later calls to seal raise ``StateError``."""
+    def close(self, parting: int | None = None) -> None:
+        """Wipe every key; later calls to seal raise ``StateError``. ``parting`` (exit,
+        refusing a live device): first seal one CLOSE record with this reason into
+        ``self.parting``, for the link to send before the connection closes."""
+        if parting is not None and not self.closed:
+            self.parting = self._keys.send.seal_body(RECORD_CLOSE, u8(parting))
+            self.stats.records_sent += 1
         self.closed = True
         self._keys.wipe()
         if self._pending is not None:
@@ -538,8 +548,12 @@ class Session:
                 st.frames_received += len(frames)
                 return Received(frames)
             return self._control(rtype, plaintext, now)
-        except PeerError:
-            self.close()
+        except PeerError as exc:
+            # A revoked device is told so in a CLOSE record it can authenticate: a WebSocket
+            # close code alone can be forged by anyone on a plain ws:// path, and a client
+            # that believed one would stop for good.
+            revoked = isinstance(exc, CertificateRevoked) and not self.is_client
+            self.close(parting=CLOSE_REVOKED if revoked else None)
             raise
 
     def _control(self, rtype: int, body: bytes, now: float) -> Received:

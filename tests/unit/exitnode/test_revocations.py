@@ -25,8 +25,9 @@ class FakeSession:
             raise StateError("session closed")
         return self.authorizer.authorize(self.key.public, None, now)
 
-    def close(self) -> None:
+    def close(self, parting: int | None = None) -> None:
         self.closed = True
+        self.parting = parting  # the CLOSE reason a real session would seal first
 
 
 class FakeLink:
@@ -81,6 +82,7 @@ def test_refused_sessions_are_wiped_and_closed_the_others_kept(device: HybridSig
         assert live.recheck(3.0) == 1
         await asyncio.sleep(0)
         assert gone.session.closed and gone.close_calls == 1
+        assert gone.session.parting is None and gone.revoked is False  # not revoked: bare
         assert not kept.session.closed and kept.close_calls == 0
         assert len(live) == 1 and live.refused == 1
         # A link admitted after the change is refused on the way in.
