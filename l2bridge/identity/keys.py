@@ -224,19 +224,26 @@ class HybridSigningKey:
         return key
 
 
-def write_private_file(path: str | os.PathLike[str], text: str, force: bool = False) -> None:
-    target = Path(path)
+def _replace_file(target: Path, text: str, mode: int, flags: int, encoding: str) -> None:
+    """Write ``text`` to a temporary file beside ``target`` with exactly ``mode`` (whatever
+    the umask), then rename it over ``target`` (readers see the old or the new file)."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    if target.exists() and not force:
-        raise KeyFileError(f"{target}: exists (use --force to replace)")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | flags, mode)
     try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding=encoding) as f:
             f.write(text)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_private_file(path: str | os.PathLike[str], text: str, force: bool = False) -> None:
+    target = Path(path)
+    if target.exists() and not force:
+        raise KeyFileError(f"{target}: exists (use --force to replace)")
+    _replace_file(target, text, 0o600, os.O_EXCL, "ascii")
 
 
 MAX_KEY_FILE_SIZE = 1 << 20  # far above any key, list or allow-list file
@@ -343,17 +350,7 @@ def read_private_file(path: str | os.PathLike[str]) -> str:
 def write_public_file(path: str | os.PathLike[str], text: str) -> None:
     """Replace ``path`` atomically with a 0644 file: never group- or other-writable,
     whatever the umask (``read_checked_file`` refuses such a file)."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _replace_file(Path(path), text, 0o644, os.O_TRUNC, "utf-8")
 
 
 def save_public(public: HybridPublicKey, path: str | os.PathLike[str]) -> None:

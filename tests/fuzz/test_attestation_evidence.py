@@ -29,15 +29,20 @@ GOLDEN = GoldenPolicy(
 VALID = ATTESTER.evidence(NONCE, NODE_ID, NOW)
 
 
-def _verify(data: bytes) -> verifier.Verdict:
+def _verify(
+    data: bytes,
+    nonce: bytes = NONCE,
+    previous: verifier.NodeState | None = None,
+    now: float = NOW + 1,
+) -> verifier.Verdict:
     return verifier.verify(
         data,
-        nonce=NONCE,
+        nonce=nonce,
         node_id=NODE_ID,
         trusted_ak=ATTESTER.ak_public,
         policy=GOLDEN,
-        previous=None,
-        now=NOW + 1,
+        previous=previous,
+        now=now,
     )
 
 
@@ -119,15 +124,7 @@ SHORT = ATTESTER.evidence(
 def _verify_short(
     data: bytes, previous: verifier.NodeState | None = _FIRST.state
 ) -> verifier.Verdict:
-    return verifier.verify(
-        data,
-        nonce=_SHORT_NONCE,
-        node_id=NODE_ID,
-        trusted_ak=ATTESTER.ak_public,
-        policy=GOLDEN,
-        previous=previous,
-        now=NOW + 2,
-    )
+    return _verify(data, _SHORT_NONCE, previous, NOW + 2)
 
 
 def test_evidence_without_its_boot_log_passes_only_with_the_kept_copy():
