@@ -38,13 +38,8 @@ def _why(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or "not a text file"
 
 
-def _write(path: PathLike, text: str) -> None:
-    """Replace ``path`` atomically with a 0644 file (``write_public_file``)."""
-    write_public_file(path, text)
-
-
 def save_certificate(cert: DeviceCertificate, path: PathLike) -> None:
-    _write(path, codec.armor(CERT_LABEL, cert.encode()))
+    write_public_file(path, codec.armor(CERT_LABEL, cert.encode()))
 
 
 def load_certificate(path: PathLike) -> DeviceCertificate:
@@ -55,7 +50,7 @@ def load_certificate(path: PathLike) -> DeviceCertificate:
 
 
 def save_revocations(rl: RevocationList, path: PathLike) -> None:
-    _write(path, codec.armor(CRL_LABEL, rl.encode()))
+    write_public_file(path, codec.armor(CRL_LABEL, rl.encode()))
 
 
 def load_revocations(path: PathLike) -> RevocationList:
@@ -72,7 +67,8 @@ def load_revocations(path: PathLike) -> RevocationList:
 
 
 def save_allow_list(allow: AllowList, path: PathLike) -> None:
-    _write(path, "# shadowmesh allow-list: <device node id (hex)> <name>\n" + allow.format())
+    header = "# shadowmesh allow-list: <device node id (hex)> <name>\n"
+    write_public_file(path, header + allow.format())
 
 
 def load_allow_list(path: PathLike) -> AllowList:

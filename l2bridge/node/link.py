@@ -535,7 +535,7 @@ class Link:
                 self._last_heard = time.monotonic()  # only authenticated records count
         except PeerError as exc:
             # Logged locally with its detail; the peer only sees the close (a revoked
-            # device is told that much: its close code, so that it stops retrying).
+            # device is told that much, in the CLOSE record the session sealed for it).
             if is_revoked(exc):
                 self._close_code = CLOSE_REVOKED
                 self._end("revoked")
@@ -936,8 +936,8 @@ async def serve(
             else:
                 log.debug("tunnel handshake failed: %s: %s", who, type(exc).__name__)
             if session is not None:
-                if is_revoked(exc) and session.parting is not None and ws.is_open:
-                    ws.write_binary(session.parting)  # the reason, authenticated
+                if session.parting is not None and ws.is_open:
+                    ws.write_binary(session.parting)  # revoked: the reason, authenticated
                 session.close()
             if is_revoked(exc):
                 await connection.close(code=CLOSE_REVOKED)
