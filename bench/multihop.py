@@ -1,24 +1,33 @@
 """Circuits through 1, 3 and 5 relaying exits on loopback: throughput, idle RTT, build time.
 
-Run (as root for the TCP part): ``python -m bench.multihop [--offload] [--processes]
-[--megabytes 20] [--builds 20] [--pings 50] [--tcp-seconds 5] [--hops 1,3,5]
-[--profile DIR]``.
+Run (as root for the TCP part): ``python -m bench.multihop [--offload] [--layouts nodes,one]
+[--node-cpu 0.25] [--megabytes 20] [--builds 20] [--pings 50] [--tcp-seconds 5]
+[--hops 1,3,5] [--profile DIR]``.
 
-``--profile DIR`` samples the circuit process (and with ``--processes`` its exits) with
-``py-spy record --native`` while iperf3 runs, one collapsed-stack file per hop count in DIR
-(``hops<n>.txt``): where the CPU of each relayed frame goes. ``cpu_us_per_64k``: CPU
-time (user + system, from /proc) of the circuit process(es) during the iperf3 run per
-64 KiB carried (bytes estimated as the rate times the run, the omitted first second
-included): a cost that the machine's other load changes far less than throughput.
+``--profile DIR`` samples the circuit process (and its exits' processes) with
+``py-spy record --native`` while iperf3 runs, one collapsed-stack file per layout and hop
+count in DIR (``<layout>/hops<n>.txt``): where the CPU of each relayed frame goes.
+``cpu_us_per_64k``: CPU time (user + system, from /proc) of the circuit process(es) during
+the iperf3 run per 64 KiB carried (bytes estimated as the rate times the run, the omitted
+first second included): a cost that the machine's other load changes far less than
+throughput.
 
 TCP part (root, namespaces; ``--tcp-seconds 0`` skips it): lan-a and lan-b hosts joined by
 ``python -m lab.circuitlab`` (real TAPs) through circuits of n = 1, 3, 5 relaying exits;
 iperf3 with one stream gives ``tcp1_gbps``, ping the RTT, and the same ping over a plain
-veth between the two LAN bridges the baseline for ``added_rtt_ms``. By default the client
-and all exits share ONE process and event loop (one core): a 5-hop circuit pays for five
-relays on the client's core, which exits on their own machines do not, so the figures are a
-floor for throughput and a ceiling for latency. ``--processes`` runs each exit in its own
-process (the machine's cores are then shared by all of them).
+veth between the two LAN bridges the baseline for ``added_rtt_ms``. Once per layout:
+
+* ``nodes`` (first by default, so its figures are the top-level ones): the client and each
+  exit in its own process, each held to ``--node-cpu`` of one core by the kernel
+  (``hardware.cpubudget``), as if every node ran on its own machine, all of equal speed: a
+  node cannot borrow the core another left idle. Throughput is then set by the busiest
+  node, as across real machines; ``node_throttled_s`` says, per node (client first), how
+  long the kernel held it back for want of budget during the iperf3 run, and
+  ``node_cpu_us_per_64k`` what each node spent per 64 KiB carried.
+* ``one``: the client and all exits share ONE process and event loop (one core): a 5-hop
+  circuit pays for five relays on the client's core, which exits on their own machines do
+  not, so its ratio is the whole circuit's CPU per byte at 1 hop over that at 3 or 5 hops.
+* ``processes``: one process per node, no budget (the machine's 2 cores shared by all).
 
 Frame part (always in one process, in-memory TAPs):
 
@@ -55,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.l2 import IPERF_PORT, iperf_gbps, ping_rtt_ms
 from exitnode.constants import NEXT_LINK_IDLE_S
 from hardware import netns
+from hardware.cpubudget import CpuBudget
 from hardware.netns import Lab
 from l2bridge.client.circuit import CircuitLink, build
 from lab import topology
@@ -171,7 +181,7 @@ async def run(megabytes: int, count: int, pings: int) -> dict[str, object]:
                 await x.kill()
     return {
         "bench": "multihop",
-        "where": "client and all hops in one process and event loop (one core), loopback",
+        "frame_where": "client and all hops in one process and event loop (one core), loopback",
         "frame_gbps": gbps,
         "frame_rtt_ms": rtt,
         "frame_ratio_3hop": round(gbps["3"] / gbps["1"], 3) if gbps.get("1") else None,
@@ -189,8 +199,8 @@ async def run(megabytes: int, count: int, pings: int) -> dict[str, object]:
     }
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its live descendants (``/proc``)."""
+def process_tree(pid: int) -> dict[int, float]:
+    """``pid`` and its live descendants (``/proc``), each with its user + system CPU seconds."""
     ticks = os.sysconf("SC_CLK_TCK")
     parent: dict[int, int] = {}
     cpu: dict[int, float] = {}
@@ -203,12 +213,13 @@ def tree_cpu_seconds(pid: int) -> float:
             continue  # gone meanwhile
         parent[int(entry)] = int(fields[1])
         cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
-    total, todo = 0.0, [pid]
+    tree: dict[int, float] = {}
+    todo = [pid]
     while todo:
         p = todo.pop()
-        total += cpu.get(p, 0.0)
+        tree[p] = cpu.get(p, 0.0)
         todo.extend(c for c, pp in parent.items() if pp == p)
-    return total
+    return tree
 
 
 def tcp_figures(
@@ -216,14 +227,22 @@ def tcp_figures(
     offload: bool,
     processes: bool,
     counts: tuple[int, ...] = (1, 3, 5),
+    *,
     profile: Path | None = None,
+    node_cpu: float | None = None,
 ) -> dict[str, object]:
-    """iperf3 (1 stream) and ping between two LANs joined by circuits of ``counts`` hops."""
+    """iperf3 (1 stream) and ping between two LANs joined by circuits of ``counts`` hops.
+
+    ``node_cpu`` (with ``processes``): every node, the client and each exit, held to that
+    share of one core (``hardware.cpubudget``), as if each ran on its own machine of equal
+    speed."""
     gbps: dict[str, float] = {}
     added: dict[str, float] = {}
     cpu_us: dict[str, float] = {}
+    throttled: dict[str, list[float]] = {}
+    node_cpu_us: dict[str, list[float]] = {}
     for n in counts:
-        with Lab() as lab:
+        with Lab() as lab, contextlib.ExitStack() as budgets:
             lan_a, mesh, lan_b = (lab.namespace(p) for p in ("lana", "mesh", "lanb"))
             for ns in (lan_a, mesh, lan_b):
                 topology.quiet(ns)
@@ -253,6 +272,15 @@ def tcp_figures(
             json.loads(proc.stdout.readline())  # the first {"path": ...}: circuit up
             if not netns.wait_for(lambda a=lan_a: topology.ping(a, topology.HOST_B, 1) == 1, 30):
                 raise RuntimeError(f"no path through {n} hops")
+            nodes: list[CpuBudget] = []
+            if node_cpu is not None:
+                # The client process first, then its exits in the order they were started.
+                for i, pid in enumerate(sorted(process_tree(proc.pid))):
+                    budget = budgets.enter_context(CpuBudget(f"smbench-node{i}", node_cpu))
+                    budget.add(pid)
+                    nodes.append(budget)
+                if len(nodes) != n + 1:
+                    raise RuntimeError(f"{len(nodes)} node processes for {n} hops")
             added[str(n)] = round(ping_rtt_ms(topo) - direct, 3)
             lab.spawn(lan_b, ["iperf3", "-s", "-p", str(IPERF_PORT)])
             time.sleep(0.5)
@@ -266,13 +294,23 @@ def tcp_figures(
                      *(["--subprocesses"] if processes else [])],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
-            cpu0 = tree_cpu_seconds(proc.pid)
+            tree0 = process_tree(proc.pid)
+            held0 = [b.throttled_s() for b in nodes]
             gbps[str(n)] = iperf_gbps(topo, 1, seconds)
-            cpu1 = tree_cpu_seconds(proc.pid)
+            tree1 = process_tree(proc.pid)
+            if nodes:
+                throttled[str(n)] = [
+                    round(b.throttled_s() - h, 2) for b, h in zip(nodes, held0, strict=True)
+                ]
             # iperf3 ran seconds + 1 (the omitted first second): bytes ~ rate x that time.
             carried = gbps[str(n)] * 1e9 / 8 * (seconds + 1) / 65536
             if carried:
-                cpu_us[str(n)] = round((cpu1 - cpu0) / carried * 1e6, 1)
+                used = {pid: tree1.get(pid, cpu) - cpu for pid, cpu in tree0.items()}
+                cpu_us[str(n)] = round(sum(used.values()) / carried * 1e6, 1)
+                if nodes:  # per node, the client first: which one sets the pace
+                    node_cpu_us[str(n)] = [
+                        round(used[pid] / carried * 1e6, 1) for pid in sorted(used)
+                    ]
             if spy is not None:
                 spy.wait(timeout=seconds + 30)
             lab.stop(proc)
@@ -283,7 +321,21 @@ def tcp_figures(
         "cpu_us_per_64k": cpu_us,
         "ratio_3hop": round(gbps["3"] / gbps["1"], 3) if gbps.get("1") and "3" in gbps else None,
         "ratio_5hop": round(gbps["5"] / gbps["1"], 3) if gbps.get("1") and "5" in gbps else None,
+        "node_throttled_s": throttled,
+        "node_cpu_us_per_64k": node_cpu_us,
     }
+
+
+LAYOUTS = {
+    "nodes": "each node (the client, every exit) its own process held to --node-cpu of a core:"
+    " one machine per node, all of equal speed",
+    "one": "the client and all exits in one process and event loop (one core): the whole"
+    " circuit's CPU per byte",
+    "processes": "each node its own process, no budget: the machine's cores shared by all",
+}
+# Six nodes (a 5-hop circuit and its client) at 0.25 of a core take 1.5 of this machine's 2
+# cores, leaving the rest to the LAN hosts' iperf3 and the kernel's forwarding.
+NODE_CPU = 0.25
 
 
 def main() -> None:
@@ -296,7 +348,16 @@ def main() -> None:
         "--offload", action="store_true", help="TCP part: TAPs with offloads (GSO), as exits"
     )
     parser.add_argument(
-        "--processes", action="store_true", help="TCP part: each exit in its own process"
+        "--layouts",
+        default="nodes,one",
+        help="TCP part: where the nodes run, comma-separated, the first gives the top-level"
+        " figures: " + "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items()),
+    )
+    parser.add_argument(
+        "--node-cpu",
+        type=float,
+        default=NODE_CPU,
+        help=f"TCP part, layout nodes: each node's share of one core ({NODE_CPU})",
     )
     parser.add_argument(
         "--hops", default="1,3,5", help="TCP part: circuit lengths, comma-separated (1,3,5)"
@@ -305,14 +366,21 @@ def main() -> None:
         "--profile", type=Path, help="TCP part: py-spy collapsed stacks per length into DIR"
     )
     args = parser.parse_args()
+    layouts = args.layouts.split(",")
+    if unknown := [x for x in layouts if x not in LAYOUTS]:
+        parser.error(f"unknown layouts {unknown}: choose from {', '.join(LAYOUTS)}")
     counts = tuple(int(h) for h in args.hops.split(","))
     result: dict[str, object] = {}
     if args.tcp_seconds > 0 and os.geteuid() == 0:
-        result.update(
-            tcp_figures(args.tcp_seconds, args.offload, args.processes, counts, args.profile),
-            tcp_offload=args.offload,
-            tcp_hop_processes=args.processes,
-        )
+        by_layout: dict[str, dict[str, object]] = {}
+        for layout in layouts:
+            budget = args.node_cpu if layout == "nodes" else None
+            by_layout[layout] = tcp_figures(
+                args.tcp_seconds, args.offload, layout != "one", counts,
+                profile=args.profile / layout if args.profile else None, node_cpu=budget,
+            )  # fmt: skip
+            by_layout[layout].update(layout=layout, where=LAYOUTS[layout], node_cpu=budget)
+        result.update(by_layout[layouts[0]], tcp_offload=args.offload, tcp_by_layout=by_layout)
     else:
         result.update(tcp1_gbps=None, added_rtt_ms=None, ratio_3hop=None, ratio_5hop=None)
     if args.megabytes > 0:  # 0: the TCP part only

@@ -1,0 +1,79 @@
+"""The kernel holds a busy process to its CpuBudget, and the budget leaves nothing behind.
+
+A real cgroup (v1 or v2, whichever holds the CPU controller here): a child spinning for a
+second of wall time inside a 0.2-core budget gets at most about 0.2 s of CPU, and the kernel
+reports the time it held it back; without the budget the same child gets most of a core."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hardware.cpubudget import CpuBudget
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for cgroups"),
+]
+
+SPIN = "import time\nend = time.monotonic() + 1.0\nwhile time.monotonic() < end: pass\n"
+START = "import sys\nsys.stdin.readline()\n" + SPIN
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spin(budget: CpuBudget | None) -> float:
+    """CPU seconds a child spinning for 1 s of wall time got (read before it is reaped)."""
+    with subprocess.Popen(
+        [sys.executable, "-c", START + "sys.stdout.write('done\\n'); sys.stdout.flush()\n"
+         "sys.stdin.readline()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    ) as child:  # fmt: skip
+        try:
+            assert child.stdin is not None and child.stdout is not None
+            if budget is not None:
+                budget.add(child.pid)
+                assert budget.pids() == [child.pid]
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline() == "done\n"
+            return cpu_seconds(child.pid)
+        finally:
+            child.kill()
+            child.wait(timeout=10)
+
+
+def test_a_busy_process_gets_no_more_than_its_budget() -> None:
+    with CpuBudget("smtest-budget", 0.2) as budget:
+        path = budget.path
+        held = spin(budget)
+        throttled = budget.throttled_s()
+    free = spin(None)
+    assert held <= 0.35, f"{held:.2f} s of CPU in 1 s under a 0.2-core budget"
+    assert throttled >= 0.3, f"the kernel held it back only {throttled:.2f} s"
+    assert free >= 2 * held, f"unbudgeted {free:.2f} s against {held:.2f} s"
+    assert not path.exists()
+
+
+def test_close_moves_a_live_process_out_and_removes_the_group() -> None:
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        budget = CpuBudget("smtest-budget", 0.5)
+        budget.add(sleeper.pid)
+        budget.close()
+        assert not budget.path.exists()
+        assert sleeper.poll() is None
+        time.sleep(0.05)
+        assert budget.pids() == []
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=10)
