@@ -1,0 +1,60 @@
+"""bench/l2.py's summary: each ratio against the better OpenVPN transport, and the harness's
+ceilings (the same load with no tunnel), so a goal the machine cannot show is told apart
+from one the tunnel misses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.l2 import summarize
+
+
+def fig(tcp1: float, tcp4: float, rtt: float, udp: float | None = None) -> dict[str, float]:
+    out = {"tcp1_gbps": tcp1, "tcp4_gbps": tcp4, "rtt_ms": rtt, "rtt_hot_ms": rtt / 2}
+    if udp is not None:
+        out["udp_gbps"] = udp
+    return out
+
+
+def results() -> dict[str, Any]:
+    return {
+        "direct": fig(9.0, 9.5, 0.05, udp=1.4),
+        "direct-plain-senders": fig(2.8, 3.0, 0.05),
+        "openvpn-tcp": fig(0.5, 0.55, 0.3, udp=0.4),
+        "openvpn-udp": fig(0.6, 0.5, 0.25, udp=0.6),
+        "openvpn-tcp-plain-senders": fig(0.45, 0.5, 0.3),
+        "openvpn-udp-plain-senders": fig(0.55, 0.45, 0.25),
+        "shadowmesh-offload": fig(4.0, 4.2, 0.95, udp=1.1),
+        "shadowmesh-gro": fig(1.65, 1.5, 0.9, udp=1.2),
+        "shadowmesh-plain": fig(1.0, 1.1, 0.9, udp=0.9),
+    }
+
+
+def test_ratios_use_the_better_openvpn_transport() -> None:
+    r = results()
+    summarize(r)
+    assert r["openvpn_best"]["udp_gbps"] == 0.6
+    assert r["ratio_udp"] == 2.0  # best ShadowMesh mode (gro, 1.2) over 0.6
+    assert r["ratio_throughput_plain"] == 3.0  # gro 1.65 over the same traffic's 0.55
+    assert r["added_rtt_ms"]["openvpn"] == 0.2
+
+
+def test_ceilings_say_what_the_harness_can_show() -> None:
+    r = results()
+    summarize(r)
+    assert r["udp_ceiling_gbps"] == 1.4
+    assert r["ratio_udp_ceiling"] == 2.33  # 1.4 / 0.6: a 3x goal cannot be shown here
+    assert r["udp_share_of_direct"] == 0.86
+    assert r["ratio_throughput_plain_ceiling"] == 5.09  # 2.8 / 0.55
+    assert r["plain_share_of_direct"] == 0.59
+
+
+def test_ceilings_absent_without_the_direct_runs() -> None:
+    r = results()
+    del r["direct-plain-senders"]
+    del r["direct"]["udp_gbps"]
+    summarize(r)
+    assert r["udp_ceiling_gbps"] is None
+    assert r["ratio_udp_ceiling"] is None
+    assert r["udp_share_of_direct"] is None
+    assert r["ratio_throughput_plain_ceiling"] is None
