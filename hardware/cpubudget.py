@@ -39,8 +39,8 @@ def _controller(root: Path) -> tuple[str, Path]:
 
 
 class CpuBudget:
-    """A cgroup holding its processes to ``cores`` of one core's time (0 < cores <= 1 or
-    more: 1.5 is one and a half cores)."""
+    """A cgroup holding its processes to ``cores`` of one core's time (above 0; 1.5 is one
+    and a half cores)."""
 
     def __init__(
         self, name: str, cores: float, *, root: Path = CGROUP_ROOT, period_us: int = PERIOD_US
