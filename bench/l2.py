@@ -1,6 +1,6 @@
 """Layer-2 tunnel benchmark: direct veth vs ShadowMesh vs OpenVPN 2.6 TAP, like for like.
 
-Run as root: ``python bench/l2.py [--seconds 4] [--udp-seconds 2] [--profile DIR]``.
+Run as root: ``python bench/l2.py [--seconds 4] [--udp-seconds 2] [--profile DIR] [--floor]``.
 
 One topology (lab.topology: lan-a, client, exit, lan-b). Each contender joins the
 client's and the exit's bridges in turn, and the same measurements run host to host
@@ -27,7 +27,10 @@ rate whose loss stays under 1 %, found by a bounded search):
                   ports, as a physical NIC has it by default (and as the client switches
                   it on for network.lan_interfaces): the kernel merges before the TAP;
 - shadowmesh-plain: TAPs without vnet_hdr: every 1500-byte frame crosses on its own, no
-                  merging (the per-frame cost itself, like for like with OpenVPN).
+                  merging (the per-frame cost itself, like for like with OpenVPN);
+- python-floor (``--floor``): bench/l2_floor.py, the least a Python tunnel does per frame
+                  (uvloop, a TAP read, AES-GCM, a TCP write; nothing else): its figures,
+                  under ``python_floor`` in the JSON, say what Python itself costs here.
 
 Then the exit's capacity: 1 and then 4 clients (each a ``shadowmesh client`` in its own
 namespace, plain TAPs by default) through one exit, iperf3 TCP from each at once
@@ -67,7 +70,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import l2_aggregate, l2_openvpn, l2_shadowmesh  # noqa: E402
+from bench import l2_aggregate, l2_floor, l2_openvpn, l2_shadowmesh  # noqa: E402
 from hardware import netns  # noqa: E402
 from hardware.netns import Lab  # noqa: E402
 from lab import topology  # noqa: E402
@@ -235,6 +238,10 @@ def contenders(args: argparse.Namespace) -> list[tuple[str, Runner, bool]]:
             for proto in ("tcp", "udp"):
                 tunnel = partial(_kernel_gro, partial(l2_openvpn.tunnel, proto=proto))
                 out.append((f"openvpn-{proto}-kernel-gro", partial(_plain_senders, tunnel), False))
+    if args.floor:
+        # The least a Python tunnel does per frame (bench/l2_floor.py): the floor under
+        # ShadowMesh's per-frame cost and added latency on this machine.
+        out.append(("python-floor", l2_floor.tunnel, True))
     for mode in args.modes:
         runner = partial(l2_shadowmesh.tunnel, mode=mode, profile=_profile_dir(args, mode))
         if mode == "kernel-gro":
@@ -352,6 +359,15 @@ def summarize(results: dict[str, Any]) -> None:
     )
     results["plain_share_of_direct"] = _ratio(gro.get("tcp1_gbps"), plain_direct.get("tcp1_gbps"))
     results["ratio_udp_nogro"] = _ratio(plain.get("udp_gbps"), best["udp_gbps"])
+    floor = results.get("python-floor")
+    if floor is not None:
+        results["python_floor"] = {
+            "added_rtt_ms": floor.get("added_rtt_ms"),
+            "added_rtt_hot_ms": floor.get("added_rtt_hot_ms"),
+            "ratio_throughput": _ratio(floor.get("tcp1_gbps"), best["tcp1_gbps"]),
+            "ratio_throughput_4": _ratio(floor.get("tcp4_gbps"), best["tcp4_gbps"]),
+            "ratio_udp": _ratio(floor.get("udp_gbps"), best["udp_gbps"]),
+        }
     results["added_rtt_ms"] = {
         "shadowmesh": offload.get("added_rtt_ms"),
         "shadowmesh_gro": gro.get("added_rtt_ms"),
@@ -379,6 +395,10 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--profile", type=Path, help="write py-spy profiles of both nodes here")
     parser.add_argument("--skip-openvpn", action="store_true")
+    parser.add_argument(
+        "--floor", action="store_true",
+        help="also run bench/l2_floor.py: the least a Python tunnel does per frame",
+    )  # fmt: skip
     args = parser.parse_args()
     for mode in args.modes:
         if mode not in MODES:

@@ -14,6 +14,8 @@ on one interface and on the next gives the hops:
 - exit TAP -> WAN: the exit reads the reply and sends it (just awake);
 - client WAN -> TAP: the client receives the reply and writes it to its TAP.
 
+``--floor`` measures ``bench/l2_floor.py`` too: the least a Python tunnel does per frame.
+
 Prints the median (min, max) of each hop in microseconds, then one line of JSON.
 """
 
@@ -34,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import l2, l2_openvpn, l2_shadowmesh  # noqa: E402
+from bench import l2, l2_floor, l2_openvpn, l2_shadowmesh  # noqa: E402
 from hardware.netns import Lab, Namespace  # noqa: E402
 from lab import provision, topology  # noqa: E402
 
@@ -47,6 +49,8 @@ HOPS = (
     "WAN exit -> client",
     "client WAN -> TAP",
 )
+# The hops a tunnel's processes do (the WAN transits and lan-b's answer are not theirs).
+TUNNEL_HOPS = ("client TAP -> WAN", "exit WAN -> TAP", "exit TAP -> WAN", "client WAN -> TAP")
 SETTLE_S = 1.0
 
 Runner = Callable[[Lab, topology.Topology, Path], AbstractContextManager[list[int]]]
@@ -153,6 +157,9 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.2)
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--skip-openvpn", action="store_true")
+    parser.add_argument(
+        "--floor", action="store_true", help="also the least a Python tunnel does (l2_floor)"
+    )
     args = parser.parse_args()
     # Records are the WAN packets with data (PSH); bare ACKs are not hops.
     sm_wan = ["tcp", "port", str(provision.EXIT_PORT), "and", "tcp[tcpflags] & tcp-push != 0"]
@@ -174,6 +181,14 @@ def main() -> int:
             ["udp", "port", str(l2_openvpn.PORT)],
             args,
         )
+    if args.floor:
+        floor_wan = ["tcp", "port", str(l2_floor.PORT), "and", "tcp[tcpflags] & tcp-push != 0"]
+        results["python_floor"] = measure(
+            "python-floor", l2_floor.tunnel, (l2_floor.TAP, l2_floor.TAP), floor_wan, args
+        )
+    for medians in list(results.values()):
+        if isinstance(medians, dict):
+            medians["tunnel_hops_us"] = round(sum(medians.get(h, 0.0) for h in TUNNEL_HOPS), 1)
     print(json.dumps(results, sort_keys=True))
     return 0
 

@@ -58,3 +58,20 @@ def test_ceilings_absent_without_the_direct_runs() -> None:
     assert r["ratio_udp_ceiling"] is None
     assert r["udp_share_of_direct"] is None
     assert r["ratio_throughput_plain_ceiling"] is None
+
+
+def test_python_floor_reported_beside_the_tunnels() -> None:
+    r = results()
+    r["python-floor"] = fig(1.2, 1.1, 0.65, udp=0.9)
+    summarize(r)
+    floor = r["python_floor"]
+    assert floor["added_rtt_ms"] == 0.6  # 0.65 - the direct path's 0.05
+    assert floor["ratio_throughput"] == 2.0  # 1.2 over OpenVPN's better 0.6
+    assert floor["ratio_udp"] == 1.5
+    assert r["added_rtt_ms"]["openvpn"] == 0.2
+
+
+def test_no_floor_figures_without_the_floor_run() -> None:
+    r = results()
+    summarize(r)
+    assert "python_floor" not in r
