@@ -35,7 +35,6 @@ import pytun
 import uvloop
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from hardware import netns
 from hardware.netns import Lab
 from lab import topology
 
@@ -148,11 +147,7 @@ def tunnel(lab: Lab, topo: topology.Topology, _tmp: Path) -> Iterator[list[int]]
     exit_ = lab.spawn(topo.exit, [*me, "--role", "exit", *common], env=env)
     client = lab.spawn(topo.client, [*me, "--role", "client", *common], env=env)
     try:
-        for ns in (topo.exit, topo.client):
-            if not netns.wait_for(lambda ns=ns: netns.link_exists(ns, TAP), 15.0, 0.1):
-                raise RuntimeError("floor: tap device did not appear")
-            netns.attach(ns, TAP, topology.BRIDGE)
-            ns.ip("link", "set", TAP, "up")
+        topology.join_taps(topo, TAP, "floor")
         yield [client.pid, exit_.pid]
     finally:
         lab.stop(client)

@@ -21,7 +21,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from hardware import netns
 from hardware.netns import Lab
 from lab import topology
 
@@ -108,11 +107,7 @@ def tunnel(
         ],
     )  # fmt: skip
     try:
-        for ns in (topo.exit, topo.client):
-            if not netns.wait_for(lambda ns=ns: netns.link_exists(ns, TAP), 15.0, 0.1):
-                raise RuntimeError("openvpn: tap device did not appear")
-            netns.attach(ns, TAP, topology.BRIDGE)
-            ns.ip("link", "set", TAP, "up")
+        topology.join_taps(topo, TAP, "openvpn")
         yield [client.pid, server.pid]
     finally:
         lab.stop(client)

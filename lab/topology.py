@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 
 from hardware import netns
 from hardware.netns import Lab, Namespace
@@ -60,6 +61,15 @@ def build(lab: Lab, mtu: int = 1500, *, extra_lan: bool = False) -> Topology:
     client.ip("addr", "add", f"{CLIENT_WAN}/{WAN_PREFIX}", "dev", "wan0")
     exit_.ip("addr", "add", f"{EXIT_WAN}/{WAN_PREFIX}", "dev", "wan0")
     return Topology(lan_a, client, exit_, lan_b, mtu)
+
+
+def join_taps(topo: Topology, tap: str, what: str, timeout_s: float = 15.0) -> None:
+    """A tunnel's two TAPs (client and exit namespaces) into their bridges, once they exist."""
+    for ns in (topo.exit, topo.client):
+        if not netns.wait_for(partial(netns.link_exists, ns, tap), timeout_s, 0.1):
+            raise RuntimeError(f"{what}: tap device did not appear")
+        netns.attach(ns, tap, BRIDGE)
+        ns.ip("link", "set", tap, "up")
 
 
 def plain_senders(topo: Topology, plain: bool) -> None:
