@@ -186,7 +186,7 @@ def main() -> int:
         results["python_floor"] = measure(
             "python-floor", l2_floor.tunnel, (l2_floor.TAP, l2_floor.TAP), floor_wan, args
         )
-    for medians in list(results.values()):
+    for medians in results.values():
         if isinstance(medians, dict):
             medians["tunnel_hops_us"] = round(sum(medians.get(h, 0.0) for h in TUNNEL_HOPS), 1)
     print(json.dumps(results, sort_keys=True))
