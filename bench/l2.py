@@ -28,6 +28,12 @@ rate whose loss stays under 1 %, found by a bounded search):
                   it on for network.lan_interfaces): the kernel merges before the TAP;
 - shadowmesh-plain: TAPs without vnet_hdr: every 1500-byte frame crosses on its own, no
                   merging (the per-frame cost itself, like for like with OpenVPN);
+- shadowmesh-gro-veth: the gro run's traffic and ports with ``network.gro: kernel``
+                  (hardware.gro_port): each node's TAP joins its bridge through a veth pair
+                  where Linux's GRO merges before the TAP;
+- shadowmesh-offload-veth: the offload run's traffic (hosts with TSO) with
+                  ``network.gro: kernel``: what that setting costs TSO traffic (the
+                  kernel cuts the super-frames and merges them again);
 - python-floor (``--floor``): bench/l2_floor.py, the least a Python tunnel does per frame
                   (uvloop, a TAP read, AES-GCM, a TCP write; nothing else): its figures,
                   under ``python_floor`` in the JSON, say what Python itself costs here.
@@ -49,7 +55,10 @@ kernel-gro mode, OpenVPN carries that traffic with the same LAN ports' GRO on
 (openvpn-tcp/udp-kernel-gro, TCP figures only; its TAP takes no super-frames, so its
 kernel cuts what GRO merged): ratio_throughput_plain_kernel_gro compares the two. That is
 a mode OpenVPN lacks (a TAP that takes merged frames), so it never replaces
-ratio_throughput_plain.
+ratio_throughput_plain. With the gro-veth mode, ratio_throughput_plain_gro_veth compares
+the gro run's traffic carried with ``network.gro: kernel`` against the same OpenVPN runs as
+ratio_throughput_plain (same traffic, same ports: a setting, not the default), and the
+offload-veth mode gives ratio_throughput_offload_veth.
 """
 
 from __future__ import annotations
@@ -89,7 +98,7 @@ UDP_BISECTIONS = 3
 # receiving iperf3 is sometimes off the CPU for tens of ms, and its default ~200 KiB buffer
 # would then drop datagrams the tunnel had delivered.
 UDP_SOCKET_BUFFER = "4M"
-MODES = ("offload", "gro", "kernel-gro", "plain")
+MODES = ("offload", "gro", "kernel-gro", "plain", "gro-veth", "offload-veth")
 
 
 def log(msg: str) -> None:
@@ -220,13 +229,14 @@ def contenders(args: argparse.Namespace) -> list[tuple[str, Runner, bool]]:
     # The direct path's UDP figure is the harness's ceiling: what iperf3 sends and receives
     # here with no tunnel at all.
     out: list[tuple[str, Runner, bool]] = [("direct", direct, True)]
-    if "gro" in args.modes:
+    plain_senders = "gro" in args.modes or "gro-veth" in args.modes
+    if plain_senders:
         # The gro run's traffic (hosts without TSO) with no tunnel: its TCP ceiling.
         out.append(("direct-plain-senders", partial(_plain_senders, direct), False))
     if not args.skip_openvpn:
         for proto in ("tcp", "udp"):
             out.append((f"openvpn-{proto}", partial(l2_openvpn.tunnel, proto=proto), True))
-        if "gro" in args.modes:
+        if plain_senders:
             # The gro run's traffic through OpenVPN too, over both its transports (TCP
             # figures only: datagrams are never segmented late, so UDP is the same traffic
             # either way).
@@ -246,7 +256,7 @@ def contenders(args: argparse.Namespace) -> list[tuple[str, Runner, bool]]:
         runner = partial(l2_shadowmesh.tunnel, mode=mode, profile=_profile_dir(args, mode))
         if mode == "kernel-gro":
             runner = partial(_kernel_gro, runner)
-        if mode in ("gro", "kernel-gro"):
+        if mode in ("gro", "kernel-gro", "gro-veth"):
             runner = partial(_plain_senders, runner)
         out.append((f"shadowmesh-{mode}", runner, True))
     return out
@@ -359,6 +369,23 @@ def summarize(results: dict[str, Any]) -> None:
     )
     results["plain_share_of_direct"] = _ratio(gro.get("tcp1_gbps"), plain_direct.get("tcp1_gbps"))
     results["ratio_udp_nogro"] = _ratio(plain.get("udp_gbps"), best["udp_gbps"])
+    # network.gro: kernel (a setting, not the default): the gro run's traffic against the
+    # same OpenVPN runs, and the offload run's traffic against the same as offload.
+    gro_veth = results.get("shadowmesh-gro-veth", {})
+    offload_veth = results.get("shadowmesh-offload-veth", {})
+    results["ratio_throughput_plain_gro_veth"] = _ratio(
+        gro_veth.get("tcp1_gbps"), same_best["tcp1_gbps"]
+    )
+    results["ratio_throughput_plain_gro_veth_4"] = _ratio(
+        gro_veth.get("tcp4_gbps"), same_best["tcp4_gbps"]
+    )
+    results["ratio_throughput_offload_veth"] = _ratio(
+        offload_veth.get("tcp1_gbps"), best["tcp1_gbps"]
+    )
+    results["ratio_throughput_offload_veth_4"] = _ratio(
+        offload_veth.get("tcp4_gbps"), best["tcp4_gbps"]
+    )
+    results["ratio_udp_gro_veth"] = _ratio(gro_veth.get("udp_gbps"), best["udp_gbps"])
     floor = results.get("python-floor")
     if floor is not None:
         results["python_floor"] = {
@@ -372,6 +399,8 @@ def summarize(results: dict[str, Any]) -> None:
         "shadowmesh": offload.get("added_rtt_ms"),
         "shadowmesh_gro": gro.get("added_rtt_ms"),
         "shadowmesh_plain": plain.get("added_rtt_ms"),
+        "shadowmesh_gro_veth": gro_veth.get("added_rtt_ms"),
+        "shadowmesh_offload_veth": offload_veth.get("added_rtt_ms"),
         "openvpn": best["added_rtt_ms"],
     }
 
@@ -385,7 +414,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="per iperf3 TCP run")
     parser.add_argument("--udp-seconds", type=float, default=2.0, help="per UDP trial; 0: none")
     parser.add_argument(
-        "--modes", type=lambda s: s.split(","), default=["offload", "gro", "kernel-gro", "plain"],
+        "--modes", type=lambda s: s.split(","), default=list(MODES),
         help=f"ShadowMesh modes to run (comma-separated, of {','.join(MODES)})",
     )  # fmt: skip
     parser.add_argument("--aggregate-mode", choices=["offload", "plain"], default="plain")

@@ -25,6 +25,7 @@ from pathlib import Path
 from exitnode.errors import HostSetupError
 from hardware import netns
 from hardware.announce import AnnounceError, addresses_of, announce, format_mac
+from hardware.gro_port import GroPort, GroPortError
 from hardware.tap import FrameDevice, TapConfig, TapError, open_tap
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class HostSetup:
         bridge: str | None,
         *,
         masquerade: Masquerade | None = None,
+        gro_port: bool = False,
     ) -> None:
         self._undo: list[list[str]] = []
         self._restore_forward: str | None = None
@@ -65,7 +67,7 @@ class HostSetup:
         self.announced = 0  # announcements sent at start
         try:
             if bridge is not None:
-                created = self._bridge(tap.name, bridge, tap.mtu)
+                created = self._bridge(tap.name, bridge, tap.mtu, gro_port)
                 if tap.mac is not None and (created or masquerade is not None):
                     # Ours (we made it, or it carries our gateway address): set explicitly,
                     # its MAC no longer follows its ports. An operator's own bridge keeps
@@ -76,7 +78,7 @@ class HostSetup:
                 if bridge is None:
                     raise HostSetupError("the internet exit needs a bridge for its address")
                 self._masquerade(bridge, masquerade)
-        except (HostSetupError, netns.NetnsError) as exc:
+        except (HostSetupError, netns.NetnsError, GroPortError) as exc:
             self.close()
             raise HostSetupError(str(exc)) from exc
         if bridge is not None and self.bridge_mac is not None:
@@ -93,13 +95,19 @@ class HostSetup:
                 "announced %d address(es) of %s at %s", self.announced, bridge, format_mac(mac)
             )
 
-    def _bridge(self, tap: str, bridge: str, mtu: int) -> bool:
-        """Put the TAP in ``bridge`` (created when missing); whether it was created."""
+    def _bridge(self, tap: str, bridge: str, mtu: int, gro_port: bool) -> bool:
+        """Put the TAP in ``bridge`` (created when missing), directly or through the merging
+        port (``hardware.gro_port``); whether the bridge was created."""
         created = not netns.link_exists(None, bridge)
         if created:
             netns.bridge(None, bridge, mtu=mtu)
             self._undo.append(["ip", "link", "del", bridge])
-        netns.attach(None, tap, bridge)
+        if gro_port:
+            port = GroPort(None, tap, bridge, mtu)
+            port.open()
+            self._undo.extend(port.teardown())
+        else:
+            netns.attach(None, tap, bridge)
         return created
 
     def _masquerade(self, bridge: str, m: Masquerade) -> None:

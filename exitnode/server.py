@@ -36,6 +36,7 @@ from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import Switchboard
 from hardware import ethernet
 from hardware.announce import stable_mac
+from hardware.gro_port import GroPortError, check_gro
 from hardware.tap import TapConfig
 from l2bridge.constants import Mode
 from l2bridge.crypto.pq import get_backend
@@ -242,8 +243,12 @@ class ExitNode:
         self.evidence_since_provider = evidence_since_provider
         # The same MAC at every start: the LAN's ARP entries for the gateway stay right.
         mac = net.mac or stable_mac(self.identity.node_id)
+        try:
+            check_gro(net.gro, net.vnet_hdr, net.bridge)
+        except GroPortError as exc:
+            raise ExitConfigError(str(exc)) from None
         self.tap_config = TapConfig(
-            name=net.tap, mtu=net.mtu, offload=net.vnet_hdr, mac=mac, coalesce=net.gro
+            name=net.tap, mtu=net.mtu, offload=net.vnet_hdr, mac=mac, coalesce=net.gro != "off"
         )
         self.default_policy = vlan_policy(net.vlan_allow)
         self.metrics = Metrics("exit")
@@ -559,7 +564,10 @@ class ExitNode:
         assert ep.listen is not None
         raise_open_files_limit()
         host = HostSetup(
-            self.tap_config, self.config.network.bridge, masquerade=self.options.masquerade
+            self.tap_config,
+            self.config.network.bridge,
+            masquerade=self.options.masquerade,
+            gro_port=self.config.network.gro == "kernel",
         )
         status: StatusServer | None = None
         metrics_only: StatusServer | None = None

@@ -32,8 +32,10 @@ class Lab:
     directory: Path
 
 
-def _network(tap: str, bridge: str, mtu: int, offload: bool) -> dict[str, object]:
-    return {"layer": 2, "mtu": mtu, "tap": tap, "bridge": bridge, "vnet_hdr": offload}
+def _network(tap: str, bridge: str, mtu: int, offload: bool, gro: str) -> dict[str, object]:
+    return {
+        "layer": 2, "mtu": mtu, "tap": tap, "bridge": bridge, "vnet_hdr": offload, "gro": gro,
+    }  # fmt: skip
 
 
 def provision(
@@ -43,6 +45,7 @@ def provision(
     clients: tuple[str, ...] = ("client",),
     mtu: int = 1500,
     offload: bool = True,
+    gro: str = "software",
     bridge: str = "br0",
     port: int = EXIT_PORT,
     mode: str = "hybrid",
@@ -63,7 +66,7 @@ def provision(
     exit_cfg = {
         "version": "1.0",
         "security": security,
-        "network": _network("smx0", bridge, mtu, offload),
+        "network": _network("smx0", bridge, mtu, offload, gro),
         "endpoints": {
             "listen": f"{exit_host}:{port}",
             "path": "/ws",
@@ -100,7 +103,7 @@ def provision(
         cfg = {
             "version": "1.0",
             "security": security,
-            "network": _network("smc0", bridge, mtu, offload),
+            "network": _network("smc0", bridge, mtu, offload, gro),
             "endpoints": {
                 "connect": f"ws://{exit_host}:{port}/ws",
                 "credential_file": f"{name}.credentials.json",

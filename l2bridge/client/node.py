@@ -15,6 +15,7 @@ import urllib.parse
 import yaml
 
 from hardware import netns
+from hardware.gro_port import GroPort, GroPortError, check_gro
 from hardware.tap import FrameDevice, TapConfig, TapError, open_tap
 from l2bridge.client.circuit import CircuitBuilder, CircuitLink, load_regions
 from l2bridge.client.failover import DialSettings
@@ -200,8 +201,13 @@ class ClientNode:
         if net.lan_interfaces and net.bridge is None:
             raise ConfigError("network.lan_interfaces: needs network.bridge (the bridge to join)")
         try:
+            check_gro(net.gro, net.vnet_hdr, net.bridge)
+        except GroPortError as exc:
+            raise ConfigError(str(exc)) from None
+        coalesce = net.gro != "off"
+        try:
             tap = open_tap(
-                TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr, coalesce=net.gro)
+                TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr, coalesce=coalesce)
             )
         except TapError as exc:
             raise ConfigError(f"network.tap: {exc}") from None
@@ -211,12 +217,17 @@ class ClientNode:
                 if not netns.link_exists(None, net.bridge):
                     netns.bridge(None, net.bridge, mtu=net.mtu)
                     undo.append(["ip", "link", "del", net.bridge])
-                netns.attach(None, tap.name, net.bridge)
+                if net.gro == "kernel":
+                    port = GroPort(None, tap.name, net.bridge, net.mtu)
+                    port.open()
+                    undo.extend(port.teardown())
+                else:
+                    netns.attach(None, tap.name, net.bridge)
                 if net.lan_interfaces:
-                    gro = net.gro and net.vnet_hdr
+                    gro = coalesce and net.vnet_hdr
                     lan = LanAttachment(net.bridge, net.lan_interfaces, gro=gro)
                     lan.attach()
-        except (netns.NetnsError, LanError) as exc:
+        except (netns.NetnsError, LanError, GroPortError) as exc:
             tap.close()
             for cmd in reversed(undo):
                 netns.run(cmd, check=False)

@@ -78,8 +78,10 @@ class Network:
     bridge: str | None = None
     vnet_hdr: bool = True
     # With vnet_hdr: merge runs of plain TCP/UDP frames read from the TAP into super-frames
-    # (software GRO, hardware.gro); the peer's TAP cuts them back.
-    gro: bool = True
+    # (software GRO, hardware.gro); the peer's TAP cuts them back. "kernel" also joins the
+    # TAP to its bridge through a veth pair where Linux's GRO merges them first
+    # (hardware.gro_port). YAML true is "software", false is "off".
+    gro: str = "software"
     vlan_allow: tuple[int, ...] = ()  # empty: every VLAN (and untagged) passes
     # Exit: addresses of the LAN's gateway(s); no client may claim them in ARP/ND.
     gateway_ips: tuple[str, ...] = ()
@@ -333,6 +335,19 @@ def _choice(*options: str) -> Callable[[object, str], str]:
     return parse
 
 
+GRO_MODES = ("software", "kernel", "off")
+
+
+def _gro(value: object, path: str) -> str:
+    if value is True:
+        return "software"
+    if value is False:
+        return "off"
+    if not isinstance(value, str) or value not in GRO_MODES:
+        raise _fail(path, "true, false or one of " + ", ".join(GRO_MODES), value)
+    return value
+
+
 def _text(value: object, path: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 4096 or "\x00" in value:
         raise _fail(path, "a non-empty string", value)
@@ -569,7 +584,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "tap": _ifname,
             "bridge": _optional(_ifname),
             "vnet_hdr": _bool,
-            "gro": _bool,
+            "gro": _gro,
             "vlan_allow": _vlans,
             "gateway_ips": _ip_list,
             "service_tags": _bool,

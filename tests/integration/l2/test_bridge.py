@@ -82,6 +82,38 @@ def test_crafted_frames_cross_byte_for_byte_only_when_allowed(lab: Lab, tmp_path
     assert drops.get("unknown_tpid") == 1  # the S-tag: 802.1ad is not configured
 
 
+@pytest.mark.timeout(180)
+def test_with_gro_kernel_plain_frames_cross_merged_by_linux_and_the_port_goes_at_stop(
+    lab: Lab, tmp_path: Path
+) -> None:
+    topo = topology.build(lab)
+    topology.plain_senders(topo, True)  # 1500-byte frames, as from a NIC without GRO
+    files = provision.provision(tmp_path, exit_host=topology.EXIT_WAN, gro="kernel")
+    exit_proc = h.node(lab, topo.exit, "exit", files.exit_config)
+    client = h.node(lab, topo.client, "client", files.client_configs["client"])
+    h.wait_up(topo)
+    for ns, tap in ((topo.client, "smc0"), (topo.exit, "smx0")):
+        assert ns.ip("-o", "link", "show", "master", f"{tap}-br").count(tap) >= 2  # TAP, -in
+        assert f"{tap}-out" in ns.ip("-o", "link", "show", "master", topology.BRIDGE)
+    size = 40 * 1000 * 1000
+    sent, received = h.transfer(lab, topo.lan_a, topo.lan_b, topology.HOST_B, size)
+    assert sent == received
+    doc = h.status(topo.client, h.CLIENT_STATUS)
+    frames, sent_bytes, gauges = doc["frames"], doc["bytes"], doc["gauges"]
+    assert isinstance(frames, dict) and isinstance(sent_bytes, dict) and isinstance(gauges, dict)
+    segments = size // 1448
+    # The client's frames out were super-frames Linux merged before its TAP: few frames, and
+    # next to nothing left for the client's own merging to do.
+    assert frames["out"] < segments // 4
+    assert sent_bytes["out"] / frames["out"] > 6000
+    assert gauges["tap_frames_coalesced"] < segments // 10
+    for proc in (client, exit_proc):
+        lab.stop(proc, signal.SIGTERM)
+    for ns, tap in ((topo.client, "smc0"), (topo.exit, "smx0")):
+        for dev in (tap, f"{tap}-out", f"{tap}-in", f"{tap}-br"):
+            assert not netns.link_exists(ns, dev)
+
+
 @pytest.mark.timeout(120)
 def test_two_clients_bridge_two_lans_through_one_exit(lab: Lab, tmp_path: Path) -> None:
     topo = topology.build(lab)

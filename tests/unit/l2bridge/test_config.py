@@ -88,6 +88,15 @@ def test_runnable_examples_start_and_resolve_paths():
     assert client_cfg.endpoints.credential_file == EXAMPLES / "keys/credentials.json"
 
 
+@pytest.mark.parametrize(
+    ("value", "mode"), [(True, "software"), (False, "off"), ("kernel", "kernel"), ("off", "off")]
+)
+def test_gro_takes_true_false_or_a_mode(value, mode):
+    assert config_from_mapping({"network": {"gro": value}}).network.gro == mode
+    env = {"SHADOWMESH_NETWORK__GRO": str(value).lower()}
+    assert config_from_mapping(None, env=env).network.gro == mode
+
+
 def test_defaults_and_environment_layer():
     assert config_from_mapping(None) == Config()
     config = config_from_mapping(
@@ -153,6 +162,8 @@ def test_defaults_and_environment_layer():
         ({"security": {"reauth_interval": "0s"}}, "security.reauth_interval"),
         ({"network": {"gateway_ips": ["10.0.0.300"]}}, r"network.gateway_ips\[0\]: expected an"),
         ({"network": {"gateway_ips": "10.0.0.1"}}, "network.gateway_ips: expected a list"),
+        ({"network": {"gro": "linux"}}, "network.gro: expected true, false or one of software"),
+        ({"network": {"gro": 1}}, "network.gro: expected true, false"),
         ({"bogus": {}}, "bogus: unknown section"),
         ({"version": 2}, "version: only configuration version 1"),
         ([1, 2], r"\(top level\): expected a mapping"),

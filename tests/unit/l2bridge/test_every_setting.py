@@ -176,6 +176,15 @@ def network_vnet_hdr(w: World) -> None:
 def network_gro(w: World) -> None:
     assert w.exit(network={}).tap_config.coalesce is True
     assert w.exit(network={"gro": False}).tap_config.coalesce is False
+    # kernel: the software merging stays on for what Linux leaves unmerged
+    assert w.exit(network={"gro": "kernel", "bridge": "br0"}).tap_config.coalesce is True
+    with pytest.raises(ExitConfigError, match=r"network\.gro: kernel needs network\.bridge"):
+        w.exit(network={"gro": "kernel", "bridge": None})
+    with pytest.raises(ExitConfigError, match=r"needs network\.vnet_hdr: true"):
+        w.exit(network={"gro": "kernel", "bridge": "br0", "vnet_hdr": False})
+    node = w.client(network={"gro": "kernel", "bridge": None})
+    with pytest.raises(ConfigError, match=r"network\.gro: kernel needs network\.bridge"):
+        node._open_tap()
 
 
 def network_vlan_allow(w: World) -> None:

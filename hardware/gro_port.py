@@ -1,0 +1,154 @@
+"""A TAP joined to its bridge through a veth pair whose inner end has Linux's GRO.
+
+A TAP has no receive path of its own in the kernel, so nothing merges the frames a bridge
+hands it: plain 1500-byte TCP segments (a bridged NIC without GRO, hosts that do not
+segment late) reach the node one ``read`` each, and the node's software GRO
+(``hardware.gro``) merges them in Python. With ``network.gro: kernel`` the node puts a
+veth pair between the bridge and its TAP instead::
+
+    bridge ── <tap>-out  ==veth==  <tap>-in ── <tap>-br ── TAP
+              TSO off              GRO on      (two ports:
+                                               a wire)
+
+``<tap>-out`` has TSO off, which makes the veth deliver every frame to ``<tap>-in``
+through NAPI, where Linux's GRO merges each flow's segments; the merged super-frames
+cross the two-port bridge ``<tap>-br`` to the TAP, which takes them whole (``vnet_hdr``).
+The price: TSO super-frames from the bridge (hosts that do segment late, the default) are
+cut by the kernel at ``<tap>-out`` and merged again at ``<tap>-in`` (measured in
+``bench/l2-results.md``). Frames the node writes to its TAP go the other way unchanged:
+``<tap>-in`` keeps TSO, so super-frames cross whole.
+
+``<tap>-br`` is made transparent: no STP, no multicast snooping, and link-local group
+frames (LLDP, 802.1X) are forwarded as far as Linux lets a bridge forward them.
+
+Everything is undone by ``close``; a leftover from a node that was killed (``kill -9``) is
+recognised by its names and kinds and replaced at the next ``open``. A device of one of
+those names that is not such a leftover is refused, never deleted.
+"""
+
+from __future__ import annotations
+
+import json
+
+from hardware import netns
+
+IFNAMSIZ = 15
+# Link-local group addresses 01:80:C2:00:00:0X a bridge may forward (bits 0-2: STP,
+# pause and bonding frames, are never forwarded by Linux).
+GROUP_FWD_MASK = "0xfff8"
+
+
+class GroPortError(Exception):
+    """The merging port cannot be built; the message says which device and why."""
+
+
+def names(tap: str) -> tuple[str, str, str]:
+    """(outer veth end, merging veth end, inner bridge) for ``tap``."""
+    out: list[str] = []
+    for suffix in ("-out", "-in", "-br"):
+        out.append(tap[: IFNAMSIZ - len(suffix)] + suffix)
+    return out[0], out[1], out[2]
+
+
+def check_gro(mode: str, vnet_hdr: bool, bridge: str | None) -> None:
+    """Refuse ``network.gro: kernel`` where it cannot work (``GroPortError``)."""
+    if mode != "kernel":
+        return
+    if not vnet_hdr:
+        raise GroPortError(
+            "network.gro: kernel needs network.vnet_hdr: true (the TAP must take super-frames)"
+        )
+    if bridge is None:
+        raise GroPortError("network.gro: kernel needs network.bridge (the bridge to join)")
+
+
+class GroPort:
+    """``open`` joins the TAP to ``bridge`` through the merging pair; ``close`` undoes it."""
+
+    def __init__(self, ns: netns.Namespace | None, tap: str, bridge: str, mtu: int) -> None:
+        self.ns = ns
+        self.tap = tap
+        self.bridge = bridge
+        self.mtu = mtu
+        self.outer, self.inner, self.inner_bridge = names(tap)
+        self._made = False
+
+    def _ip(self, *args: str, check: bool = True) -> str:
+        return netns.ip(self.ns, *args, check=check)
+
+    def _ethtool(self, *args: str, check: bool = True) -> None:
+        cmd = ["ethtool", *args]
+        if self.ns is not None:
+            self.ns.run(cmd, check=check)
+        else:
+            netns.run(cmd, check=check)
+
+    def _kind(self, dev: str) -> tuple[str, str] | None:
+        """(kind, veth peer's name or "") of ``dev``, or None when there is no such device."""
+        if not netns.link_exists(self.ns, dev):
+            return None
+        try:
+            doc = json.loads(self._ip("-j", "-d", "link", "show", "dev", dev))[0]
+        except (ValueError, IndexError, KeyError, TypeError):
+            return ("", "")
+        info = doc.get("linkinfo", {}) if isinstance(doc, dict) else {}
+        kind = info.get("info_kind", "") if isinstance(info, dict) else ""
+        peer = doc.get("link", "") if isinstance(doc, dict) else ""
+        return (str(kind), str(peer or ""))
+
+    def _clear_leftovers(self) -> None:
+        outer = self._kind(self.outer)
+        if outer is not None:
+            if outer != ("veth", self.inner):
+                raise GroPortError(
+                    f"{self.outer}: exists and is not this node's merging port; rename it or "
+                    "set network.gro to true"
+                )
+            self._ip("link", "del", self.outer)  # its peer goes with it
+        inner_bridge = self._kind(self.inner_bridge)
+        if inner_bridge is not None:
+            if inner_bridge[0] != "bridge":
+                raise GroPortError(
+                    f"{self.inner_bridge}: exists and is not this node's merging port's "
+                    "bridge; rename it or set network.gro to true"
+                )
+            self._ip("link", "del", self.inner_bridge)
+        if netns.link_exists(self.ns, self.inner):
+            raise GroPortError(f"{self.inner}: exists and is not this node's merging port")
+
+    def open(self) -> None:
+        self._clear_leftovers()
+        self._made = True
+        try:
+            mtu = str(self.mtu)
+            self._ip("link", "add", self.outer, "mtu", mtu, "type", "veth", "peer", "name",
+                     self.inner, "mtu", mtu)  # fmt: skip
+            self._ip("link", "add", self.inner_bridge, "mtu", mtu, "type", "bridge",
+                     "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0",
+                     "group_fwd_mask", GROUP_FWD_MASK)  # fmt: skip
+            # TSO off on the sending end is what makes the veth use NAPI (and so GRO) for
+            # forwarded frames; rx-udp-gro-forwarding (Linux 5.11) lets it merge UDP too.
+            self._ethtool("-K", self.outer, "tso", "off")
+            self._ethtool("-K", self.inner, "gro", "on")
+            self._ethtool("-K", self.inner, "rx-udp-gro-forwarding", "on", check=False)
+            netns.attach(self.ns, self.tap, self.inner_bridge)
+            netns.attach(self.ns, self.inner, self.inner_bridge)
+            netns.attach(self.ns, self.outer, self.bridge)
+            for dev in (self.inner_bridge, self.inner, self.outer):
+                self._ip("link", "set", dev, "up")
+        except netns.NetnsError as exc:
+            self.close()
+            raise GroPortError(f"network.gro: kernel: {exc}") from None
+
+    def teardown(self) -> list[list[str]]:
+        """The commands ``close`` runs, for an owner that keeps a list of undo commands."""
+        prefix = self.ns.prefix() if self.ns is not None else []
+        return [[*prefix, "ip", "link", "del", dev] for dev in (self.inner_bridge, self.outer)]
+
+    def close(self) -> None:
+        """Remove the pair and the inner bridge (the TAP is left to its owner)."""
+        if not self._made:
+            return
+        self._made = False
+        self._ip("link", "del", self.outer, check=False)
+        self._ip("link", "del", self.inner_bridge, check=False)
