@@ -76,12 +76,14 @@ class GroPort:
     def _ip(self, *args: str, check: bool = True) -> str:
         return netns.ip(self.ns, *args, check=check)
 
-    def _ethtool(self, *args: str, check: bool = True) -> None:
-        cmd = ["ethtool", *args]
+    def _run(self, cmd: list[str], check: bool = True) -> None:
         if self.ns is not None:
             self.ns.run(cmd, check=check)
         else:
             netns.run(cmd, check=check)
+
+    def _ethtool(self, *args: str, check: bool = True) -> None:
+        self._run(["ethtool", *args], check=check)
 
     def _kind(self, dev: str) -> tuple[str, str] | None:
         """(kind, veth peer's name or "") of ``dev``, or None when there is no such device."""
@@ -135,6 +137,10 @@ class GroPort:
             netns.attach(self.ns, self.inner, self.inner_bridge)
             netns.attach(self.ns, self.outer, self.bridge)
             for dev in (self.inner_bridge, self.inner, self.outer):
+                # Ports, not hosts: no IPv6 link-local address, router solicitations or MLD
+                # reports of their own leaking into the bridged LAN (as for the TAP).
+                self._run(["sysctl", "-q", "-w", f"net/ipv6/conf/{dev}/disable_ipv6=1"],
+                          check=False)  # fmt: skip
                 self._ip("link", "set", dev, "up")
         except netns.NetnsError as exc:
             self.close()

@@ -56,6 +56,9 @@ def test_the_tap_reaches_its_bridge_through_the_pair_and_close_takes_it_away(
     assert _feature(ns, "sm0-in", "generic-receive-offload") == "on"
     for dev in ("sm0-out", "sm0-in", "sm0-br"):
         assert json.loads(ns.ip("-j", "link", "show", "dev", dev))[0]["mtu"] == 1400
+        # ports, not hosts: nothing of their own (IPv6 link-local, MLD) into the LAN
+        assert ns.run(["cat", f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"]).strip() == "1"
+        assert "inet6" not in ns.ip("-o", "addr", "show", "dev", dev)
     port.close()
     for dev in ("sm0-out", "sm0-in", "sm0-br"):
         assert not netns.link_exists(ns, dev)
