@@ -27,7 +27,9 @@ from lab import provision
 class FakeHost:
     """Stands in for exitnode.host.HostSetup: the exit's LAN side is a FakeTap."""
 
-    def __init__(self, tap: Any, bridge: str | None, *, masquerade: Any = None) -> None:
+    def __init__(
+        self, tap: Any, bridge: str | None, *, masquerade: Any = None, gro_port: bool = False
+    ) -> None:
         self.tap = FakeTap()
 
     def close(self) -> None:
