@@ -115,10 +115,15 @@ def wait_up(
 
 
 def start_pair(
-    lab: Lab, topo: topology.Topology, workdir: Path, mode: str, *exit_args: str
+    lab: Lab,
+    topo: topology.Topology,
+    workdir: Path,
+    mode: str,
+    *exit_args: str,
+    gro: str = "software",
 ) -> provision.Lab:
     files = provision.provision(
-        workdir, exit_host=topology.EXIT_WAN, mtu=topo.mtu, offload=mode == "offload"
+        workdir, exit_host=topology.EXIT_WAN, mtu=topo.mtu, offload=mode == "offload", gro=gro
     )
     node(lab, topo.exit, "exit", files.exit_config, *exit_args)
     node(lab, topo.client, "client", files.client_configs["client"])

@@ -65,10 +65,14 @@ def crafted() -> dict[str, bytes]:
 
 
 @pytest.mark.timeout(120)
-def test_crafted_frames_cross_byte_for_byte_only_when_allowed(lab: Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("gro", ["software", "kernel"])
+def test_crafted_frames_cross_byte_for_byte_only_when_allowed(
+    lab: Lab, tmp_path: Path, gro: str
+) -> None:
     topo = topology.build(lab)
-    # The client may use untagged frames and VLAN 10, nothing else.
-    h.start_pair(lab, topo, tmp_path, "offload", "--device-vlans", "client=0,10")
+    # The client may use untagged frames and VLAN 10, nothing else. With gro "kernel" every
+    # frame also crosses each node's merging port (hardware.gro_port): it must change none.
+    h.start_pair(lab, topo, tmp_path, "offload", "--device-vlans", "client=0,10", gro=gro)
     frames = crafted()
     capture = h.Capture(lab, topo.lan_b, "eth0", 4.0)
     h.inject(topo.lan_a, "eth0", list(frames.values()))
