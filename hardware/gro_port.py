@@ -22,8 +22,10 @@ cut by the kernel at ``<tap>-out`` and merged again at ``<tap>-in`` (measured in
 frames (LLDP, 802.1X) are forwarded as far as Linux lets a bridge forward them.
 
 Everything is undone by ``close``; a leftover from a node that was killed (``kill -9``) is
-recognised by its names and kinds and replaced at the next ``open``. A device of one of
-those names that is not such a leftover is refused, never deleted.
+recognised and replaced at the next ``open``: a veth of the outer name whose peer has the
+inner name, a bridge of the inner bridge's name with exactly the settings ``open`` gives it
+and no port but the TAP. A device of one of those names that is not such a leftover is
+refused, never deleted.
 """
 
 from __future__ import annotations
@@ -85,31 +87,51 @@ class GroPort:
     def _ethtool(self, *args: str, check: bool = True) -> None:
         self._run(["ethtool", *args], check=check)
 
-    def _kind(self, dev: str) -> tuple[str, str] | None:
-        """(kind, veth peer's name or "") of ``dev``, or None when there is no such device."""
+    def _details(self, dev: str) -> dict[str, object] | None:
+        """``ip -d link`` of ``dev`` as a mapping ({} if unreadable), None if it is absent."""
         if not netns.link_exists(self.ns, dev):
             return None
         try:
             doc = json.loads(self._ip("-j", "-d", "link", "show", "dev", dev))[0]
         except (ValueError, IndexError, KeyError, TypeError):
-            return ("", "")
-        info = doc.get("linkinfo", {}) if isinstance(doc, dict) else {}
-        kind = info.get("info_kind", "") if isinstance(info, dict) else ""
-        peer = doc.get("link", "") if isinstance(doc, dict) else ""
-        return (str(kind), str(peer or ""))
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def _ours_outer(self, doc: dict[str, object]) -> bool:
+        """A veth whose peer bears the merging end's name."""
+        info = doc.get("linkinfo")
+        kind = info.get("info_kind") if isinstance(info, dict) else None
+        return kind == "veth" and doc.get("link") == self.inner
+
+    def _ours_bridge(self, doc: dict[str, object]) -> bool:
+        """A bridge set up as ``open`` sets it up, with no port but the TAP."""
+        info = doc.get("linkinfo")
+        data = info.get("info_data") if isinstance(info, dict) else None
+        if not isinstance(info, dict) or info.get("info_kind") != "bridge":
+            return False
+        if not isinstance(data, dict) or data.get("group_fwd_mask") != GROUP_FWD_MASK:
+            return False
+        if data.get("mcast_snooping") != 0:
+            return False
+        try:
+            ports = json.loads(self._ip("-j", "link", "show", "master", self.inner_bridge))
+            names = {p.get("ifname") for p in ports if isinstance(p, dict)}
+        except (ValueError, TypeError, AttributeError):
+            return False
+        return names <= {self.tap, self.inner}
 
     def _clear_leftovers(self) -> None:
-        outer = self._kind(self.outer)
+        outer = self._details(self.outer)
         if outer is not None:
-            if outer != ("veth", self.inner):
+            if not self._ours_outer(outer):
                 raise GroPortError(
                     f"{self.outer}: exists and is not this node's merging port; rename it or "
                     "set network.gro to true"
                 )
             self._ip("link", "del", self.outer)  # its peer goes with it
-        inner_bridge = self._kind(self.inner_bridge)
+        inner_bridge = self._details(self.inner_bridge)
         if inner_bridge is not None:
-            if inner_bridge[0] != "bridge":
+            if not self._ours_bridge(inner_bridge):
                 raise GroPortError(
                     f"{self.inner_bridge}: exists and is not this node's merging port's "
                     "bridge; rename it or set network.gro to true"

@@ -86,6 +86,23 @@ def test_a_device_of_the_same_name_that_is_not_ours_is_refused_and_left(
     assert _master(ns, "sm0") is None
 
 
+def test_an_operators_bridge_of_the_inner_bridges_name_is_refused_and_left(ns: Namespace) -> None:
+    ns.ip("link", "add", "sm0-br", "type", "bridge")  # default settings: not one we made
+    with pytest.raises(GroPortError, match="sm0-br"):
+        GroPort(ns, "sm0", "br0", 1500).open()
+    assert netns.link_exists(ns, "sm0-br")
+    # ours in every setting, but holding a port of someone else's: still refused
+    ns.ip("link", "del", "sm0-br")
+    port = GroPort(ns, "sm0", "br0", 1500)
+    port.open()
+    ns.ip("link", "del", "sm0-out")
+    ns.ip("tuntap", "add", "dev", "other0", "mode", "tap")
+    ns.ip("link", "set", "other0", "master", "sm0-br")
+    with pytest.raises(GroPortError, match="sm0-br"):
+        GroPort(ns, "sm0", "br0", 1500).open()
+    assert _master(ns, "other0") == "sm0-br"
+
+
 def test_a_failed_build_leaves_nothing_behind(ns: Namespace) -> None:
     with pytest.raises(GroPortError, match=r"network\.gro: kernel"):
         GroPort(ns, "sm0", "no-such-br", 1500).open()
