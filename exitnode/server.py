@@ -255,7 +255,9 @@ class ExitNode:
         self.clock: Callable[[], float] = time.time
         self.attested: AttestedExit | None = None
         self.metrics.set_info(
-            node_id=self.identity.node_id.hex(), listen=f"{ep.listen[0]}:{ep.listen[1]}"
+            node_id=self.identity.node_id.hex(),
+            listen=f"{ep.listen[0]}:{ep.listen[1]}",
+            gro=net.gro,  # "kernel": the TAP is behind the merging port
         )
         for reason in REASONS:  # tokens refused at the gate, by reason (never told)
             self.metrics.set_gauge(

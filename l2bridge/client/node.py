@@ -113,6 +113,7 @@ class ClientNode:
             node_id=self.identity.node_id.hex(),
             exit=ep.connect,
             exit_node_id=self.exit_node_id.hex(),
+            gro=config.network.gro,  # "kernel": the TAP is behind the merging port
         )
         self.client: Client | None = None
         self.link: tunnel.Link | CircuitLink | None = None

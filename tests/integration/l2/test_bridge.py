@@ -103,6 +103,9 @@ def test_with_gro_kernel_plain_frames_cross_merged_by_linux_and_the_port_goes_at
     sent, received = h.transfer(lab, topo.lan_a, topo.lan_b, topology.HOST_B, size)
     assert sent == received
     doc = h.status(topo.client, h.CLIENT_STATUS)
+    exit_info = h.status(topo.exit, h.EXIT_STATUS)["info"]
+    assert isinstance(doc["info"], dict) and isinstance(exit_info, dict)
+    assert doc["info"]["gro"] == exit_info["gro"] == "kernel"  # what status tells operators
     frames, sent_bytes, gauges = doc["frames"], doc["bytes"], doc["gauges"]
     assert isinstance(frames, dict) and isinstance(sent_bytes, dict) and isinstance(gauges, dict)
     segments = size // 1448
