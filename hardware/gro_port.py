@@ -121,22 +121,21 @@ class GroPort:
         return names <= {self.tap, self.inner}
 
     def _clear_leftovers(self) -> None:
-        outer = self._details(self.outer)
-        if outer is not None:
-            if not self._ours_outer(outer):
+        # The veth first: deleting it takes the merging end out of the bridge too.
+        checks = (
+            (self.outer, self._ours_outer, "merging port"),
+            (self.inner_bridge, self._ours_bridge, "merging port's bridge"),
+        )
+        for dev, ours, what in checks:
+            doc = self._details(dev)
+            if doc is None:
+                continue
+            if not ours(doc):
                 raise GroPortError(
-                    f"{self.outer}: exists and is not this node's merging port; rename it or "
-                    "set network.gro to true"
+                    f"{dev}: exists and is not this node's {what}; rename it or set "
+                    "network.gro to true"
                 )
-            self._ip("link", "del", self.outer)  # its peer goes with it
-        inner_bridge = self._details(self.inner_bridge)
-        if inner_bridge is not None:
-            if not self._ours_bridge(inner_bridge):
-                raise GroPortError(
-                    f"{self.inner_bridge}: exists and is not this node's merging port's "
-                    "bridge; rename it or set network.gro to true"
-                )
-            self._ip("link", "del", self.inner_bridge)
+            self._ip("link", "del", dev)
         if netns.link_exists(self.ns, self.inner):
             raise GroPortError(f"{self.inner}: exists and is not this node's merging port")
 
