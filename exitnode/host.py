@@ -25,7 +25,7 @@ from pathlib import Path
 from exitnode.errors import HostSetupError
 from hardware import netns
 from hardware.announce import AnnounceError, addresses_of, announce, format_mac
-from hardware.gro_port import GroPort, GroPortError
+from hardware.gro_port import GroPortError, join_bridge
 from hardware.tap import FrameDevice, TapConfig, TapError, open_tap
 
 log = logging.getLogger(__name__)
@@ -102,12 +102,7 @@ class HostSetup:
         if created:
             netns.bridge(None, bridge, mtu=mtu)
             self._undo.append(["ip", "link", "del", bridge])
-        if gro_port:
-            port = GroPort(None, tap, bridge, mtu)
-            port.open()
-            self._undo.extend(port.teardown())
-        else:
-            netns.attach(None, tap, bridge)
+        self._undo.extend(join_bridge(tap, bridge, mtu, merge=gro_port))
         return created
 
     def _masquerade(self, bridge: str, m: Masquerade) -> None:

@@ -46,10 +46,8 @@ class GroPortError(Exception):
 
 def names(tap: str) -> tuple[str, str, str]:
     """(outer veth end, merging veth end, inner bridge) for ``tap``."""
-    out: list[str] = []
-    for suffix in ("-out", "-in", "-br"):
-        out.append(tap[: IFNAMSIZ - len(suffix)] + suffix)
-    return out[0], out[1], out[2]
+    outer, inner, bridge = (tap[: IFNAMSIZ - len(end)] + end for end in ("-out", "-in", "-br"))
+    return outer, inner, bridge
 
 
 def check_gro(mode: str, vnet_hdr: bool, bridge: str | None) -> None:
@@ -62,6 +60,17 @@ def check_gro(mode: str, vnet_hdr: bool, bridge: str | None) -> None:
         )
     if bridge is None:
         raise GroPortError("network.gro: kernel needs network.bridge (the bridge to join)")
+
+
+def join_bridge(tap: str, bridge: str, mtu: int, *, merge: bool) -> list[list[str]]:
+    """Put ``tap`` in ``bridge`` (this namespace): directly, or with ``merge`` through the
+    merging port. Returns the commands that remove the port (none for a direct join)."""
+    if not merge:
+        netns.attach(None, tap, bridge)
+        return []
+    port = GroPort(None, tap, bridge, mtu)
+    port.open()
+    return port.teardown()
 
 
 class GroPort:
@@ -77,15 +86,6 @@ class GroPort:
 
     def _ip(self, *args: str, check: bool = True) -> str:
         return netns.ip(self.ns, *args, check=check)
-
-    def _run(self, cmd: list[str], check: bool = True) -> None:
-        if self.ns is not None:
-            self.ns.run(cmd, check=check)
-        else:
-            netns.run(cmd, check=check)
-
-    def _ethtool(self, *args: str, check: bool = True) -> None:
-        self._run(["ethtool", *args], check=check)
 
     def _details(self, dev: str) -> dict[str, object] | None:
         """``ip -d link`` of ``dev`` as a mapping ({} if unreadable), None if it is absent."""
@@ -151,31 +151,35 @@ class GroPort:
                      "group_fwd_mask", GROUP_FWD_MASK)  # fmt: skip
             # TSO off on the sending end is what makes the veth use NAPI (and so GRO) for
             # forwarded frames; rx-udp-gro-forwarding (Linux 5.11) lets it merge UDP too.
-            self._ethtool("-K", self.outer, "tso", "off")
-            self._ethtool("-K", self.inner, "gro", "on")
-            self._ethtool("-K", self.inner, "rx-udp-gro-forwarding", "on", check=False)
+            netns.ethtool(self.ns, "-K", self.outer, "tso", "off")
+            netns.ethtool(self.ns, "-K", self.inner, "gro", "on")
+            netns.ethtool(self.ns, "-K", self.inner, "rx-udp-gro-forwarding", "on", check=False)
             netns.attach(self.ns, self.tap, self.inner_bridge)
             netns.attach(self.ns, self.inner, self.inner_bridge)
             netns.attach(self.ns, self.outer, self.bridge)
             for dev in (self.inner_bridge, self.inner, self.outer):
                 # Ports, not hosts: no IPv6 link-local address, router solicitations or MLD
                 # reports of their own leaking into the bridged LAN (as for the TAP).
-                self._run(["sysctl", "-q", "-w", f"net/ipv6/conf/{dev}/disable_ipv6=1"],
-                          check=False)  # fmt: skip
+                sysctl = ["sysctl", "-q", "-w", f"net/ipv6/conf/{dev}/disable_ipv6=1"]
+                netns.run([*self._prefix(), *sysctl], check=False)
                 self._ip("link", "set", dev, "up")
         except netns.NetnsError as exc:
             self.close()
             raise GroPortError(f"network.gro: kernel: {exc}") from None
 
+    def _prefix(self) -> list[str]:
+        return self.ns.prefix() if self.ns is not None else []
+
     def teardown(self) -> list[list[str]]:
         """The commands ``close`` runs, for an owner that keeps a list of undo commands."""
-        prefix = self.ns.prefix() if self.ns is not None else []
-        return [[*prefix, "ip", "link", "del", dev] for dev in (self.inner_bridge, self.outer)]
+        return [
+            [*self._prefix(), "ip", "link", "del", dev] for dev in (self.inner_bridge, self.outer)
+        ]
 
     def close(self) -> None:
         """Remove the pair and the inner bridge (the TAP is left to its owner)."""
         if not self._made:
             return
         self._made = False
-        self._ip("link", "del", self.outer, check=False)
-        self._ip("link", "del", self.inner_bridge, check=False)
+        for cmd in self.teardown():
+            netns.run(cmd, check=False)

@@ -171,6 +171,12 @@ def ip(ns: Namespace | None, *args: str, check: bool = True) -> str:
     return ns.ip(*args, check=check)
 
 
+def ethtool(ns: Namespace | None, *args: str, check: bool = True) -> str:
+    """``ethtool`` in a namespace, or in the current one when ``ns`` is None."""
+    cmd = ["ethtool", *args]
+    return run(cmd, check=check) if ns is None else ns.run(cmd, check=check)
+
+
 def link_exists(ns: Namespace | None, dev: str) -> bool:
     return bool(ip(ns, "-o", "link", "show", "dev", dev, check=False).strip())
 

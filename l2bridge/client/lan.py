@@ -54,15 +54,10 @@ class _Saved:
     gro_was_off: bool = False  # we switched GRO on: switch it off again at restore
 
 
-def _ethtool(ns: netns.Namespace | None, *args: str, check: bool = True) -> str:
-    cmd = ["ethtool", *args]
-    return ns.run(cmd, check=check) if ns is not None else netns.run(cmd, check=check)
-
-
 def _gro_off(ns: netns.Namespace | None, name: str) -> bool:
     """Whether ``name`` has GRO off and could have it on (not "[fixed]")."""
     try:
-        out = _ethtool(ns, "-k", name)
+        out = netns.ethtool(ns, "-k", name)
     except netns.NetnsError:
         return False  # no ethtool, or no such feature: leave it as it is
     for line in out.splitlines():
@@ -186,7 +181,7 @@ class LanAttachment:
     def _gro_on(self, saved: _Saved) -> None:
         """Switch GRO on for the interface just attached; a refusal only costs speed."""
         try:
-            _ethtool(self.ns, "-K", saved.name, "gro", "on")
+            netns.ethtool(self.ns, "-K", saved.name, "gro", "on")
         except netns.NetnsError as exc:
             log.warning("LAN interface %s: GRO stays off (%s)", saved.name, exc)
             return
@@ -204,7 +199,7 @@ class LanAttachment:
                 netns.ip(self.ns, "addr", "del", addr.cidr, "dev", self.bridge, check=False)
                 netns.ip(self.ns, "addr", "replace", addr.cidr, "dev", name, check=False)
             if saved.gro_was_off:
-                _ethtool(self.ns, "-K", name, "gro", "off", check=False)
+                netns.ethtool(self.ns, "-K", name, "gro", "off", check=False)
             state = "up" if saved.was_up else "down"
             netns.ip(self.ns, "link", "set", name, state, check=False)
             log.info("LAN interface %s left %s", name, self.bridge)

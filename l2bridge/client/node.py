@@ -15,7 +15,7 @@ import urllib.parse
 import yaml
 
 from hardware import netns
-from hardware.gro_port import GroPort, GroPortError, check_gro
+from hardware.gro_port import GroPortError, check_gro, join_bridge
 from hardware.tap import FrameDevice, TapConfig, TapError, open_tap
 from l2bridge.client.circuit import CircuitBuilder, CircuitLink, load_regions
 from l2bridge.client.failover import DialSettings
@@ -218,12 +218,8 @@ class ClientNode:
                 if not netns.link_exists(None, net.bridge):
                     netns.bridge(None, net.bridge, mtu=net.mtu)
                     undo.append(["ip", "link", "del", net.bridge])
-                if net.gro == "kernel":
-                    port = GroPort(None, tap.name, net.bridge, net.mtu)
-                    port.open()
-                    undo.extend(port.teardown())
-                else:
-                    netns.attach(None, tap.name, net.bridge)
+                merge = net.gro == "kernel"
+                undo.extend(join_bridge(tap.name, net.bridge, net.mtu, merge=merge))
                 if net.lan_interfaces:
                     gro = coalesce and net.vnet_hdr
                     lan = LanAttachment(net.bridge, net.lan_interfaces, gro=gro)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -97,8 +98,11 @@ def test_with_gro_kernel_plain_frames_cross_merged_by_linux_and_the_port_goes_at
     client = h.node(lab, topo.client, "client", files.client_configs["client"])
     h.wait_up(topo)
     for ns, tap in ((topo.client, "smc0"), (topo.exit, "smx0")):
-        assert ns.ip("-o", "link", "show", "master", f"{tap}-br").count(tap) >= 2  # TAP, -in
-        assert f"{tap}-out" in ns.ip("-o", "link", "show", "master", topology.BRIDGE)
+        ports = json.loads(ns.ip("-j", "link", "show", "master", f"{tap}-br"))
+        assert {p["ifname"] for p in ports} == {tap, f"{tap}-in"}
+        lan_side = json.loads(ns.ip("-j", "link", "show", "master", topology.BRIDGE))
+        assert f"{tap}-out" in {p["ifname"] for p in lan_side}
+        assert tap not in {p["ifname"] for p in lan_side}
     size = 40 * 1000 * 1000
     sent, received = h.transfer(lab, topo.lan_a, topo.lan_b, topology.HOST_B, size)
     assert sent == received
