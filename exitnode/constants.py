@@ -54,6 +54,14 @@ DEPARTURE_GROUP = bytes.fromhex("03534d000001")  # locally administered multicas
 DEPARTURE_MAGIC = b"SMLEFT\x00\x01"
 DEPARTURE_MACS_PER_FRAME = 64
 DEPARTURE_IPS_PER_FRAME = 32
+# Holding notices (same format, another magic): what the exit's client ports hold, sent when
+# a client port learns a station or an address and again every HOLDING_REFRESH_S, so another
+# exit on the LAN refuses its own clients' claims to them even if none of their frames reach
+# it. An exit keeps a station named only by notices for HOLDING_TTL_S after the last one
+# (not MAC_AGEING_S: a client failing over from a crashed exit is refused no longer).
+HOLDING_MAGIC = b"SMHELD\x00\x01"
+HOLDING_REFRESH_S = 5.0
+HOLDING_TTL_S = 15.0
 # Circuit links one device (a client using us as hop 1, or a relaying exit) may hold at once:
 # a relaying exit shares a link among up to MAX_CIRCUITS_PER_LINK circuits and opens another
 # past that, so with circuits per link this bounds circuits per neighbour, not tunnels.

@@ -1,4 +1,4 @@
-"""Departure notices between exits bridging one LAN, sans-I/O.
+"""Departure and holding notices between exits bridging one LAN, sans-I/O.
 
 Several exits may bridge the same LAN (several circuit tails, or single-hop exits a client
 fails over between). Each exit's switch learns a client's stations on its LAN port when
@@ -17,9 +17,23 @@ client ports: ``forged_departure``); a notice is only obeyed from the LAN port, 
 entries on that port. A LAN host can forge notices, but a LAN host can already claim any
 station on its own LAN.
 
+Holding notices are the other half. A client's frames to the LAN's gateway are unicast: the
+LAN's switch never shows them to another exit, so that exit's switch has not learned the
+client's station on its LAN port and would let one of *its* clients claim the same MAC or
+address, whose frames then take the station over on the LAN (and the LAN taking it back
+locks the first client out at its exit). So an exit also announces what its client ports
+hold: when a client port learns a station or binds an address, and every
+``HOLDING_REFRESH_S`` for all of them. A switch takes a holding notice that arrives on its
+LAN port as if the stations named had just sent a frame there (addresses: claimed in ARP
+there), which is what they would be to it if their frames crossed the LAN, only kept for
+``HOLDING_TTL_S`` after the last notice rather than the whole ageing time, so a client whose
+exit crashed (and sent no departure) is refused elsewhere for no longer than that. A LAN host
+can forge a holding notice, but it gains nothing it could not get by sending from those MACs.
+
 Wire format: an untagged Ethernet frame to ``DEPARTURE_GROUP`` with EtherType
-``DEPARTURE_ETHERTYPE``, payload ``DEPARTURE_MAGIC`` (8) | MAC count (1) | IP count (1) |
-MACs: VLAN (2, big-endian) + MAC (6) | IPs: VLAN (2) + length (1: 4 or 16) + address.
+``DEPARTURE_ETHERTYPE``, payload ``DEPARTURE_MAGIC`` (a departure) or ``HOLDING_MAGIC`` (a
+holding) (8) | MAC count (1) | IP count (1) | MACs: VLAN (2, big-endian) + MAC (6) | IPs:
+VLAN (2) + length (1: 4 or 16) + address.
 """
 
 from __future__ import annotations
@@ -45,6 +59,7 @@ class BadNotice(ValueError):
 class Notice:
     macs: tuple[Key, ...]
     ips: tuple[Key, ...]
+    held: bool = False  # a holding notice; False: a departure
 
 
 def new_source() -> bytes:
@@ -61,15 +76,18 @@ def is_notice(header: ethernet.EthernetHeader) -> bool:
     )
 
 
-def encode(source: bytes, macs: Sequence[Key], ips: Sequence[Key]) -> list[bytes]:
-    """Tunnel frames (no offload) announcing ``macs`` and ``ips``; none when both are empty."""
+def encode(
+    source: bytes, macs: Sequence[Key], ips: Sequence[Key], *, held: bool = False
+) -> list[bytes]:
+    """Tunnel frames (no offload) announcing that ``macs`` and ``ips`` left (or, with
+    ``held``, are held here); none when both are empty."""
     out: list[bytes] = []
     head = (
         ethernet.NO_OFFLOAD
         + constants.DEPARTURE_GROUP
         + source
         + constants.DEPARTURE_ETHERTYPE.to_bytes(2, "big")
-        + constants.DEPARTURE_MAGIC
+        + (constants.HOLDING_MAGIC if held else constants.DEPARTURE_MAGIC)
     )
     per_mac, per_ip = constants.DEPARTURE_MACS_PER_FRAME, constants.DEPARTURE_IPS_PER_FRAME
     i = j = 0
@@ -91,8 +109,11 @@ def decode(frame: bytes | bytearray | memoryview, header: ethernet.EthernetHeade
     if header.vlan != ethernet.UNTAGGED:
         raise BadNotice("tagged")
     data = bytes(frame[header.l3 :])
-    magic = constants.DEPARTURE_MAGIC
-    if len(data) < len(magic) + 2 or not data.startswith(magic):
+    magic = data[: len(constants.DEPARTURE_MAGIC)]  # both magics are 8 bytes
+    if len(data) < len(constants.DEPARTURE_MAGIC) + 2 or magic not in (
+        constants.DEPARTURE_MAGIC,
+        constants.HOLDING_MAGIC,
+    ):
         raise BadNotice("magic")
     n_macs, n_ips = data[len(magic)], data[len(magic) + 1]
     if n_macs > constants.DEPARTURE_MACS_PER_FRAME or n_ips > constants.DEPARTURE_IPS_PER_FRAME:
@@ -119,4 +140,4 @@ def decode(frame: bytes | bytearray | memoryview, header: ethernet.EthernetHeade
         raise BadNotice("trailing bytes")
     if any(vlan > constants.VLAN_MAX for vlan, _ in macs + ips):
         raise BadNotice("vlan")
-    return Notice(tuple(macs), tuple(ips))
+    return Notice(tuple(macs), tuple(ips), magic == constants.HOLDING_MAGIC)

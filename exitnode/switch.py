@@ -16,7 +16,11 @@ client cannot reach into another client's traffic:
   forgotten and may then be learned anywhere. When a client port detaches, ``detach``
   returns a departure notice for the LAN naming the stations and addresses it held, and a
   notice arriving on the LAN port frees those entries there (``exitnode.departures``), so a
-  client whose traffic moves to another exit on the same LAN is not refused there;
+  client whose traffic moves to another exit on the same LAN is not refused there; and
+  when a client port learns a station or an address, and every ``HOLDING_REFRESH_S`` for
+  all of them (``holdings``), a holding notice tells the other exits on the LAN, whose
+  switches take it as those stations seen on their LAN port (kept ``holding_ttl_s``), so
+  their clients cannot take a station that only ever sent unicast to the gateway;
 - a device has at most ``max_tunnels_per_device`` ports and ``PortPolicy.max_macs`` MACs
   over all of them; past that, new source MACs are dropped (``mac_limit``). Every client
   port has ``reserved_macs`` table entries of its own; the rest of the table is shared,
@@ -139,6 +143,10 @@ class SwitchConfig:
     tag_tpids: frozenset[int] = frozenset({ethernet.TPID_8021Q})
     # Send departure notices to the protected ports when a client port detaches.
     announce_departures: bool = True
+    # Send holding notices to the protected ports (``forward``, ``holdings``).
+    announce_holdings: bool = True
+    # How long a station or address named only by holding notices stays on the LAN port.
+    holding_ttl_s: float = constants.HOLDING_TTL_S
 
     def __post_init__(self) -> None:
         if self.max_tunnels_per_device < 1 or self.reserved_macs < 0 or self.max_ports < 1:
@@ -171,6 +179,7 @@ class SwitchStats:
     aged: int = 0
     not_learned: int = 0  # table or device limit reached (enforce_max_macs off)
     departed: int = 0  # LAN entries freed by another exit's departure notice
+    held: int = 0  # stations put or kept on the LAN port by another exit's holding notice
     drops: Counter[str] = field(default_factory=Counter)
 
 
@@ -215,6 +224,9 @@ class Switch:
         self._clients = 0  # client (not protected) ports attached
         self._notice_source = departures.new_source()  # our notices' source MAC
         self._flows: dict[str, _Flow] = {}  # each port's last flow (``forward``)
+        # Stations and addresses client ports took during this ``forward`` (to announce).
+        self._new_macs: list[Key] = []
+        self._new_ips: list[Key] = []
 
     # -- ports ---------------------------------------------------------------------------
     def attach(self, port: str, policy: PortPolicy, now: float, device: str | None = None) -> None:
@@ -305,6 +317,28 @@ class Switch:
         self.stats.aged += len(stale)
         return len(stale)
 
+    def holdings(self, now: float) -> dict[str, list[Buffer]]:
+        """Holding notices naming every live station and address of the client ports, for
+        each protected port (the driver sends them every ``HOLDING_REFRESH_S``)."""
+        if not self.config.announce_holdings:
+            return {}
+        limit = now - self.config.ageing_s
+        clients = {name for name, p in self._ports.items() if not p.protected}
+        macs = [k for k, (p, seen) in self._table.items() if p in clients and seen >= limit]
+        ips = [k for k, (p, seen) in self._ips.items() if p in clients and seen >= limit]
+        notice = departures.encode(self._notice_source, macs, ips, held=True)
+        if not notice:
+            return {}
+        return {name: list(notice) for name, p in self._ports.items() if p.protected}
+
+    def _announce(self, out: dict[str, list[Buffer]]) -> None:
+        """Add a holding notice for what client ports took in this ``forward``."""
+        notice = departures.encode(self._notice_source, self._new_macs, self._new_ips, held=True)
+        self._new_macs, self._new_ips = [], []
+        for name, p in self._ports.items():
+            if p.protected:
+                out.setdefault(name, []).extend(notice)
+
     def __len__(self) -> int:
         return len(self._table)
 
@@ -334,8 +368,11 @@ class Switch:
             self.stats.not_learned += 1  # forwarded unlearned (replies flood)
             return None
         self._table[key] = (state.name, now)
-        if not state.protected and state.macs >= self.config.reserved_macs:
-            self._shared_used += 1
+        if not state.protected:
+            if state.macs >= self.config.reserved_macs:
+                self._shared_used += 1
+            if self.config.announce_holdings:
+                self._new_macs.append(key)
         state.macs += 1
         state.dev.macs += 1
         if entry is None:
@@ -411,6 +448,8 @@ class Switch:
             state.dev.ips += 1
         for ip in claim.addresses:
             self._ips[(vlan, ip)] = (state.name, now)
+        if fresh and not state.protected and self.config.announce_holdings:
+            self._new_ips.extend(fresh)
         return None
 
     def _ip_device(self, key: Key) -> _Device | None:
@@ -424,13 +463,19 @@ class Switch:
         if state is not None:
             state.dev.ips -= 1
 
-    def _departure(self, state: _Port, frame: Buffer, header: ethernet.EthernetHeader) -> None:
-        """Obey a departure notice that arrived on ``state`` (a protected port): forget the
-        stations and addresses it names that are held by that same port."""
+    def _notice(
+        self, state: _Port, frame: Buffer, header: ethernet.EthernetHeader, now: float
+    ) -> None:
+        """Obey a notice that arrived on ``state`` (a protected port). A departure: forget
+        the stations and addresses it names that are held by that same port. A holding:
+        see ``_hold``."""
         try:
             notice = departures.decode(frame, header)
         except departures.BadNotice:
             self.stats.drops[departures.DROP_MALFORMED] += 1
+            return
+        if notice.held:
+            self._hold(state, notice, now)
             return
         for key in notice.macs:
             entry = self._table.get(key)
@@ -441,6 +486,40 @@ class Switch:
             entry = self._ips.get(key)
             if entry is not None and entry[0] == state.name:
                 self._unbind(key, state.name)
+
+    def _hold(self, state: _Port, notice: departures.Notice, now: float) -> None:
+        """Take a holding notice as the stations it names sending a frame on ``state`` (a
+        protected port) and its addresses claimed there in ARP/ND: learned there (taken
+        from a client port of ours, as such a frame would), live ``holding_ttl_s`` from
+        ``now`` unless seen there later than that. An entry the port's own traffic keeps
+        live for longer keeps its time."""
+        ageing = self.config.ageing_s
+        seen = now - max(0.0, ageing - self.config.holding_ttl_s)
+        for key in notice.macs:
+            entry = self._table.get(key)
+            if entry is None or entry[0] != state.name or now - entry[1] > ageing:
+                self._learn(state, key, now)
+                entry = self._table.get(key)
+                if entry is None or entry[0] != state.name:
+                    continue  # the LAN's own limit: forwarded unlearned, as its frames are
+                self._table[key] = (state.name, seen)
+            elif entry[1] < seen:
+                self._table[key] = (state.name, seen)
+            self.stats.held += 1
+        by_vlan: dict[int, list[bytes]] = {}
+        for vlan, ip in notice.ips:
+            by_vlan.setdefault(vlan, []).append(ip)
+        for vlan, ips in by_vlan.items():
+            kept = {}
+            for ip in ips:
+                entry = self._ips.get((vlan, ip))
+                if entry is not None and entry[0] == state.name and now - entry[1] <= ageing:
+                    kept[ip] = entry[1]
+            self._claim(state, vlan, neighbors.Claim(tuple(ips)), now)
+            for ip in ips:
+                entry = self._ips.get((vlan, ip))
+                if entry is not None and entry[0] == state.name:
+                    self._ips[(vlan, ip)] = (state.name, max(seen, kept.get(ip, seen)))
 
     # -- forwarding ----------------------------------------------------------------------
     def forward(self, port: str, frames: Iterable[Buffer], now: float) -> dict[str, list[Buffer]]:
@@ -547,7 +626,7 @@ class Switch:
                 if departures.is_notice(header):
                     # Only the LAN speaks for stations leaving it; never flooded on.
                     if state.protected:
-                        self._departure(state, frame, header)
+                        self._notice(state, frame, header, now)
                     else:
                         drops[departures.DROP_FORGED] += 1
                     continue
@@ -577,6 +656,8 @@ class Switch:
                     flow = (flow_key, egress, key, (vlan, header.dst))
                     if self.flow_cache:
                         self._flows[port] = flow
+        if self._new_macs or self._new_ips:
+            self._announce(out)
         return out
 
     def _flood(self, ingress: str, vlan: int, frame: Buffer, out: dict[str, list[Buffer]]) -> None:

@@ -11,7 +11,8 @@ Everything runs on one asyncio loop, so the sans-I/O ``Switch`` needs no lock.
   stalls the other ports.
 - The local TAP port (in a Linux bridge, so an operator can add a NIC or an IP address):
   read in batches when readable, written to directly.
-- Every ``AGE_SWEEP_S`` the MAC table is aged.
+- Every ``AGE_SWEEP_S`` the MAC table is aged, and every ``HOLDING_REFRESH_S`` a holding
+  notice naming what the client ports hold goes out of the TAP (``exitnode.departures``).
 """
 
 from __future__ import annotations
@@ -131,11 +132,16 @@ class Switchboard:
             lan = PortPolicy(vlans=None, max_macs=constants.MAX_MACS, enforce_max_macs=False)
             self.switch.attach(constants.LOCAL_PORT, lan, self._clock())
             loop.add_reader(self.local.fileno(), self._local_readable)
+        next_holding = self._clock() + constants.HOLDING_REFRESH_S
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), constants.AGE_SWEEP_S)
-                self.switch.age(self._clock())
+                now = self._clock()
+                self.switch.age(now)
+                if now >= next_holding and not stop.is_set():
+                    next_holding = now + constants.HOLDING_REFRESH_S
+                    self._deliver(self.switch.holdings(now))
         finally:
             if self.local is not None:
                 loop.remove_reader(self.local.fileno())

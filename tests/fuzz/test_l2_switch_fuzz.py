@@ -6,6 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exitnode import constants, departures
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from hardware import ethernet
 from hardware.tap import FakeTap
@@ -15,6 +16,7 @@ DROP_REASONS = {
     "rate_limited", "same_port", "no_egress", "unknown_unicast_limited",
     "mac_spoof", "mac_limit", "mac_table_full", "unknown_tpid", "arp_malformed",
     "arp_mac_mismatch", "nd_malformed", "nd_mac_mismatch", "nd_router", "ip_spoof", "ip_limit",
+    "forged_departure",
 }  # fmt: skip
 
 # Frames near the interesting shapes: an offload header, two MACs, maybe 802.1Q tags.
@@ -60,7 +62,13 @@ def test_switch_never_raises_on_client_frames(batches: list[list[bytes]], vlans:
     for batch in batches:
         out = sw.forward("client", batch, now)
         assert set(out) <= {"local"}
-        assert all(f in batch for f in out.get("local", []))
+        for frame in out.get("local", []):
+            if frame in batch:
+                continue
+            # Else a holding notice, naming only stations the client holds now.
+            notice = departures.decode(frame, ethernet.parse(frame, 1518))
+            assert notice.held and notice.macs
+            assert all(sw.lookup(m, vlan, now) == "client" for vlan, m in notice.macs)
         now += 0.5
     assert set(sw.stats.drops) <= DROP_REASONS
     assert len(sw) <= 17  # 16 for the client, and the gateway
@@ -78,3 +86,38 @@ def test_plain_tap_writes_or_counts_every_frame(batch: list[bytes]) -> None:
         assert len(tap.delivered()) == written
     finally:
         tap.close()
+
+
+notice_head = (
+    ethernet.NO_OFFLOAD
+    + constants.DEPARTURE_GROUP
+    + bytes.fromhex("02000000aaaa")
+    + constants.DEPARTURE_ETHERTYPE.to_bytes(2, "big")
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    bodies=st.lists(
+        st.builds(
+            lambda magic, rest: magic + rest,
+            st.sampled_from([constants.DEPARTURE_MAGIC, constants.HOLDING_MAGIC, b"SMHELD"]),
+            st.binary(max_size=300),
+        ),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_notices_from_the_lan_are_obeyed_or_counted_never_raise(bodies: list[bytes]) -> None:
+    sw = Switch(SwitchConfig(max_macs=64, reserved_macs=0))
+    sw.attach("client", PortPolicy(max_macs=16), 0.0)
+    sw.attach("local", PortPolicy(vlans=None, max_macs=32, enforce_max_macs=False), 0.0)
+    client_mac = bytes.fromhex("02000000000c")
+    sw.forward(
+        "client", [ethernet.NO_OFFLOAD + GATEWAY + client_mac + b"\x08\x00" + bytes(46)], 0.0
+    )
+    out = sw.forward("local", [notice_head + body for body in bodies], 1.0)
+    assert out == {}  # never flooded on to a client
+    assert set(sw.stats.drops) <= {"bad_departure"}
+    assert len(sw) <= 32 + 1  # the LAN's own limit, and the client's station
+    assert sw.lookup(client_mac, 0, 1.0) in ("client", "local", None)

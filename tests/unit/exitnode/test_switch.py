@@ -24,6 +24,9 @@ def frame(src: int, dst: int | str, vlan: int | None = None, tag: bytes = b"") -
 
 
 def switch(*ports: str, policy: PortPolicy = TRUNK, **cfg: float) -> Switch:
+    # Switching alone: the holding notices a client port's first frame adds for the LAN
+    # are tested in test_departures.py.
+    cfg.setdefault("announce_holdings", False)
     sw = Switch(SwitchConfig(**cfg))  # type: ignore[arg-type]
     for p in ports:
         sw.attach(p, policy, now=0.0)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from exitnode import constants
-from exitnode.switch import PortPolicy, Switch
+from exitnode import constants, departures
+from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import Switchboard
 from hardware import ethernet
 from hardware.tap import FakeTap
@@ -30,10 +31,12 @@ def raw(src: str, dst: str, vlan: int | None = None, size: int = 10) -> bytes:
 
 
 class Bench:
-    def __init__(self) -> None:
+    def __init__(self, holdings: bool = False) -> None:
         self.tap = FakeTap()
         self.metrics = Metrics("exit")
-        self.board = Switchboard(Switch(), self.metrics, local=self.tap, queue_frames=16)
+        # Holding notices to the TAP only where a test asks for them (``holdings``).
+        config = SwitchConfig(announce_holdings=holdings)
+        self.board = Switchboard(Switch(config), self.metrics, local=self.tap, queue_frames=16)
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -48,9 +51,9 @@ class Bench:
                 await asyncio.sleep(0.005)
 
 
-def run(coro_fn: Callable[[Bench], object]) -> None:
+def run(coro_fn: Callable[[Bench], object], *, holdings: bool = False) -> None:
     async def main() -> None:
-        b = Bench()
+        b = Bench(holdings)
         runner = asyncio.ensure_future(b.board.run(b.stop))
         await asyncio.sleep(0)
         try:
@@ -186,3 +189,42 @@ def test_a_device_over_its_tunnel_limit_is_closed_and_counted() -> None:
         assert not other.closed.is_set()
 
     run(body)
+
+
+def test_what_the_clients_hold_is_announced_on_the_tap_at_once_and_then_periodically(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Other exits on the LAN hear of a client's station when it is learned, and again
+    every HOLDING_REFRESH_S while the client holds it (exitnode.departures)."""
+    monkeypatch.setattr(constants, "AGE_SWEEP_S", 0.01)
+    monkeypatch.setattr(constants, "HOLDING_REFRESH_S", 0.05)
+
+    def held(frames: list[bytes]) -> list[tuple[int, bytes]]:
+        names = []
+        for frame in frames:
+            header = ethernet.parse(ethernet.NO_OFFLOAD + frame, 1518)
+            if departures.is_notice(header):
+                notice = departures.decode(ethernet.NO_OFFLOAD + frame, header)
+                assert notice.held
+                names += notice.macs
+        return names
+
+    async def body(b: Bench) -> None:
+        ca = b.client("a")
+        await b.until(lambda: len(b.board.clients) == 1)
+        frame = raw(A, H)
+        await ca.send_frames([ethernet.NO_OFFLOAD + frame])
+        await b.until(lambda: b.tap.stats.frames_written >= 2)
+        first = b.tap.delivered()
+        assert first[0] == frame  # the frame, then the notice naming its source
+        assert held(first[1:]) == [(0, bytes.fromhex(A.replace(":", "")))]
+        later: list[bytes] = []
+
+        def refreshed() -> bool:
+            later.extend(b.tap.delivered())  # delivered() hands each frame once
+            return len(held(later)) >= 2
+
+        await b.until(refreshed)  # unasked, within a few refresh periods
+        assert set(held(later)) == {(0, bytes.fromhex(A.replace(":", "")))}
+
+    run(body, holdings=True)
