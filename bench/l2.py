@@ -59,6 +59,11 @@ ratio_throughput_plain. With the gro-veth mode, ratio_throughput_plain_gro_veth 
 the gro run's traffic carried with ``network.gro: kernel`` against the same OpenVPN runs as
 ratio_throughput_plain (same traffic, same ports: a setting, not the default), and the
 offload-veth mode gives ratio_throughput_offload_veth.
+
+Each tunnel's figures include the CPU seconds its processes use per Gbit carried:
+tcp1_cpu_s_per_gbit in the 1-stream TCP run, udp_cpu_s_per_gbit in one more UDP trial
+at UDP_CPU_MBPS (a rate every tunnel here carries: the UDP search's own figure is often the
+load generator's limit, so the cost is what compares).
 """
 
 from __future__ import annotations
@@ -91,6 +96,9 @@ IPERF_PORT = 5201
 UP_TIMEOUT_S = 30.0
 UDP_DATAGRAM = 1400
 UDP_MAX_LOSS_PERCENT = 1.0
+# The offered rate of the UDP trial that measures the tunnel's CPU per Gbit: below what
+# any tunnel here carries without loss (OpenVPN's UDP figure has been 0.36-0.74 Gbit/s).
+UDP_CPU_MBPS = 300
 UDP_START_MBPS = 200.0
 UDP_MAX_MBPS = 6400.0  # the search never offers more than this
 UDP_BISECTIONS = 3
@@ -198,6 +206,14 @@ def measure(
     figures["tcp4_gbps"] = iperf_gbps(topo, 4, seconds)
     if udp_seconds:
         figures["udp_gbps"] = udp_gbps(topo, udp_seconds)
+        if pids:
+            # The UDP figure is often the load generator's limit, not the tunnel's (see
+            # udp_ceiling_gbps): at one rate every tunnel carries, the CPU it costs compares.
+            before = l2_aggregate.cpu_seconds(pids)
+            got, _loss = udp_trial(topo, UDP_CPU_MBPS, udp_seconds)
+            used = l2_aggregate.cpu_seconds(pids) - before
+            if got:
+                figures["udp_cpu_s_per_gbit"] = round(used / (got * udp_seconds), 3)
     log(f"{name:>18}: {figures}")
     return figures
 
