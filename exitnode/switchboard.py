@@ -117,6 +117,10 @@ class Switchboard:
         metrics.set_gauge("clients", lambda: float(len(self._outboxes)))
         metrics.set_gauge("mac_entries", lambda: float(len(self.switch)))
         metrics.set_gauge("ip_bindings", lambda: float(self.switch.bindings))
+        # Other exits on the LAN heard: stations their notices put or kept on our LAN port,
+        # and entries their departures freed (exitnode.departures). Both only ever grow.
+        metrics.set_gauge("lan_notice_held", lambda: float(self.switch.stats.held))
+        metrics.set_gauge("lan_notice_departed", lambda: float(self.switch.stats.departed))
 
     @property
     def clients(self) -> list[str]:

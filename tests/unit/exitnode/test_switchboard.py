@@ -226,5 +226,16 @@ def test_what_the_clients_hold_is_announced_on_the_tap_at_once_and_then_periodic
 
         await b.until(refreshed)  # unasked, within a few refresh periods
         assert set(held(later)) == {(0, bytes.fromhex(A.replace(":", "")))}
+        # Another exit's notice arriving on the TAP shows in the metrics.
+        gauges = b.metrics.gauges
+        assert gauges["lan_notice_held"]() == gauges["lan_notice_departed"]() == 0.0
+        station = (0, bytes.fromhex("020000000077"))
+        other = bytes.fromhex("02000000aaaa")
+        for notice in departures.encode(other, [station], [], held=True):
+            b.tap.inject(notice[ethernet.OFFLOAD_HEADER_LEN :])
+        await b.until(lambda: gauges["lan_notice_held"]() == 1.0)
+        for notice in departures.encode(other, [station], []):
+            b.tap.inject(notice[ethernet.OFFLOAD_HEADER_LEN :])
+        await b.until(lambda: gauges["lan_notice_departed"]() == 1.0)
 
     run(body, holdings=True)
