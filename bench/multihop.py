@@ -97,7 +97,7 @@ async def throughput(cl: CircuitLink, tail: RelayExit, megabytes: int) -> float:
     async def drain() -> None:
         nonlocal delivered
         while delivered < total:
-            delivered += len(tail.tap.delivered())
+            delivered += len(tail.lan_frames())
             await asyncio.sleep(0.001)
 
     reader = asyncio.ensure_future(drain())
@@ -119,7 +119,7 @@ async def idle_rtt(cl: CircuitLink, tail: RelayExit, pings: int) -> float:
         tag = i.to_bytes(4, "big")
         start = time.perf_counter()
         await cl.send_frames([frame(A, B, 98, tag)])
-        while not any(f[14:18] == tag for f in tail.tap.delivered()):
+        while not any(f[14:18] == tag for f in tail.lan_frames()):
             await asyncio.sleep(0)
         tail.tap.inject(frame(B, A, 98, tag)[10:])
         while True:

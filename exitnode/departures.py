@@ -76,6 +76,14 @@ def is_notice(header: ethernet.EthernetHeader) -> bool:
     )
 
 
+def is_notice_frame(frame: bytes | bytearray | memoryview) -> bool:
+    """Whether ``frame``, as a host on the LAN receives it (no offload header), is a notice."""
+    return (
+        bytes(frame[:6]) == constants.DEPARTURE_GROUP
+        and bytes(frame[12:14]) == constants.DEPARTURE_ETHERTYPE.to_bytes(2, "big")
+    )
+
+
 def encode(
     source: bytes, macs: Sequence[Key], ips: Sequence[Key], *, held: bool = False
 ) -> list[bytes]:

@@ -32,6 +32,7 @@ from websockets.asyncio.server import Server
 from attestation.eventlog import BootPolicy
 from attestation.policy import GoldenPolicy
 from attestation.runtime_policy import RuntimePolicy
+from exitnode import departures
 from exitnode.constants import NEXT_LINK_IDLE_S
 from exitnode.relay import Relay
 from exitnode.switch import PortPolicy, Switch
@@ -124,6 +125,12 @@ class RelayExit:
         )
         self.url = f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/ws"
         return self
+
+    def lan_frames(self) -> list[bytes]:
+        """What this exit put on its LAN (an in-memory TAP) since the last call, less its
+        notices to other exits on the LAN (``exitnode.departures``)."""
+        assert isinstance(self.tap, FakeTap)
+        return [f for f in self.tap.delivered() if not departures.is_notice_frame(f)]
 
     async def kill(self) -> None:
         """Stop serving and drop every link, as a crashed exit does."""

@@ -210,7 +210,7 @@ def test_three_hop_circuit_skips_bad_evidence_and_shared_operators_and_survives_
             await circuit.send_frames([bytes(10) + f])  # tunnel frames: virtio-net header
         got5: list[bytes] = []
         for _ in range(400):
-            got5.extend(nodes[5].relay.tap.delivered())
+            got5.extend(nodes[5].relay.lan_frames())
             if len(got5) >= len(frames5):
                 break
             await asyncio.sleep(0.02)
@@ -258,7 +258,7 @@ def test_three_hop_circuit_skips_bad_evidence_and_shared_operators_and_survives_
                     tap.inject(f)
                     await asyncio.sleep(0.001)
                 for _ in range(400):
-                    got.extend(f for f in at.tap.delivered() if f[14:16] == b"T1")
+                    got.extend(f for f in at.lan_frames() if f[14:16] == b"T1")
                     if len(got) >= len(batch):
                         return
                     await asyncio.sleep(0.02)

@@ -76,7 +76,7 @@ def test_frames_cross_the_circuit_with_equal_sha256(n):
             for i in range(0, len(chunks), 16):
                 await cl.send_frames([tunnel_frame(ether(A, B, c)) for c in chunks[i : i + 16]])
             got: list[bytes] = []
-            await until(lambda: got.extend(tail.tap.delivered()) or len(got) >= len(chunks), 30)
+            await until(lambda: got.extend(tail.lan_frames()) or len(got) >= len(chunks), 30)
             assert hashlib.sha256(b"".join(f[14:] for f in got)).digest() == (
                 hashlib.sha256(blob).digest()
             )
@@ -91,7 +91,7 @@ def test_frames_cross_the_circuit_with_equal_sha256(n):
             assert received == [tunnel_frame(f) for f in back]
             # Only the tail switched anything; hop 1 and the middle hops relayed ciphertext.
             for x in exits[:-1]:
-                assert x.tap.delivered() == []
+                assert x.lan_frames() == []
                 assert x.relay is not None and x.relay.relayed_bytes > 0
             await cl.close()
         finally:
@@ -109,7 +109,7 @@ def test_pqc_only_circuit_of_five_hops():
                 mode=Mode.PQC_ONLY,
             )  # fmt: skip
             await cl.send_frames([tunnel_frame(ether(A, B, b"pq" * 100))])
-            await until(lambda: bool(exits[-1].tap.delivered()))
+            await until(lambda: bool(exits[-1].lan_frames()))
             await cl.close()
         finally:
             await stop_all(exits)
@@ -129,14 +129,14 @@ def test_hop_one_sees_only_ciphertext_and_fixed_sizes():
                 assert cell.kind is CellKind.RELAY
                 assert b"TOP-SECRET" not in bytes(cell.body)
             await cl.link.send_frames(cells)
-            await until(lambda: bool(exits[-1].tap.delivered()))
+            await until(lambda: bool(exits[-1].lan_frames()))
             # A cell changed on the way is dropped by the hop whose layer fails, and counted
             # in that exit's metrics (the status page's drops).
             forged = bytearray(cl.circuit.seal_frames([tunnel_frame(ether(A, B, b"z" * 50))])[0])
             forged[-1] ^= 1
             await cl.link.send_frames([bytes(forged)])
             await until(lambda: exits[0].metrics.counters.drops["bad_tag"] == 1)
-            assert not exits[-1].tap.delivered()
+            assert not exits[-1].lan_frames()
             await cl.close()
         finally:
             await stop_all(exits)
@@ -157,7 +157,7 @@ def test_circuits_through_the_same_exits_share_their_links():
         seen: set[bytes] = set()
 
         def tail_saw(payload: bytes) -> bool:
-            seen.update(f[14:] for f in exits[2].tap.delivered())
+            seen.update(f[14:] for f in exits[2].lan_frames())
             return payload in seen
 
         try:
@@ -217,7 +217,7 @@ def test_a_next_hop_link_outlives_its_last_circuit_for_a_while():
             assert exits[0].metrics.snapshot()["gauges"]["relay_next_links_idle"] == 0.0
             assert [r.next_links_opened for r in relays] == [1, 1, 0]
             await second.send_frames([tunnel_frame(ether(A, B, b"reused" * 20))])
-            await until(lambda: any(b"reused" in f for f in exits[2].tap.delivered()))
+            await until(lambda: any(b"reused" in f for f in exits[2].lan_frames()))
             await second.close()
             # 0.75-1.25 s with no circuit: closed, and no longer offered.
             await until(lambda: None not in (shared.link.close_reason, onward.link.close_reason))
@@ -243,7 +243,7 @@ def test_killing_a_middle_hop_ends_the_circuit_at_the_client():
         try:
             cl = await build([hop_of(x) for x in exits], dialer(), lambda h: fake_checker)
             await cl.send_frames([tunnel_frame(ether(A, B, b"x" * 100))])
-            await until(lambda: bool(exits[2].tap.delivered()))
+            await until(lambda: bool(exits[2].lan_frames()))
             await exits[1].kill()
             with pytest.raises(TransportClosed):
                 async with asyncio.timeout(15):
@@ -258,7 +258,7 @@ def test_killing_a_middle_hop_ends_the_circuit_at_the_client():
                 [hop_of(exits[0]), hop_of(exits[2])], dialer(), lambda h: fake_checker
             )
             await again.send_frames([tunnel_frame(ether(A, B, b"y" * 100))])
-            await until(lambda: any(b"y" * 100 in f for f in exits[2].tap.delivered()))
+            await until(lambda: any(b"y" * 100 in f for f in exits[2].lan_frames()))
             await again.close()
             await cl.close()
         finally:
