@@ -51,6 +51,9 @@ DROP_FORGED = "forged_departure"  # a notice from a client port
 DROP_MALFORMED = "bad_departure"  # a notice from the LAN that does not parse
 
 
+_ETHERTYPE = constants.DEPARTURE_ETHERTYPE.to_bytes(2, "big")
+
+
 class BadNotice(ValueError):
     """A departure notice that does not parse."""
 
@@ -78,10 +81,8 @@ def is_notice(header: ethernet.EthernetHeader) -> bool:
 
 def is_notice_frame(frame: bytes | bytearray | memoryview) -> bool:
     """Whether ``frame``, as a host on the LAN receives it (no offload header), is a notice."""
-    return (
-        bytes(frame[:6]) == constants.DEPARTURE_GROUP
-        and bytes(frame[12:14]) == constants.DEPARTURE_ETHERTYPE.to_bytes(2, "big")
-    )
+    dst, ethertype = bytes(frame[:6]), bytes(frame[12:14])
+    return dst == constants.DEPARTURE_GROUP and ethertype == _ETHERTYPE
 
 
 def encode(

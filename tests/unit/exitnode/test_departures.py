@@ -331,3 +331,11 @@ def test_two_exits_clients_claiming_one_station_at_once_both_lose_it_for_the_ttl
         assert sw.stats.drops["mac_spoof"] == 1
     later = 1.01 + constants.HOLDING_TTL_S + 0.1
     assert len(data(lan.a.forward("ca", [raw(GW_MAC, CLIENT)], later))[LAN]) == 1
+
+
+def test_a_lan_host_tells_notices_from_other_frames() -> None:
+    for held in (False, True):
+        notice = departures.encode(mac("02:00:00:00:00:99"), [(0, mac(CLIENT))], [], held=held)
+        assert departures.is_notice_frame(notice[0][ethernet.OFFLOAD_HEADER_LEN :])
+    assert not departures.is_notice_frame(raw(BCAST, CLIENT)[ethernet.OFFLOAD_HEADER_LEN :])
+    assert not departures.is_notice_frame(b"\x03SM")
