@@ -95,7 +95,7 @@ def encode(
         ethernet.NO_OFFLOAD
         + constants.DEPARTURE_GROUP
         + source
-        + constants.DEPARTURE_ETHERTYPE.to_bytes(2, "big")
+        + _ETHERTYPE
         + (constants.HOLDING_MAGIC if held else constants.DEPARTURE_MAGIC)
     )
     per_mac, per_ip = constants.DEPARTURE_MACS_PER_FRAME, constants.DEPARTURE_IPS_PER_FRAME

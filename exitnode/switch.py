@@ -279,10 +279,7 @@ class Switch:
             del self._devices[state.device]
         if state.protected or not self.config.announce_departures:
             return {}
-        notice = departures.encode(self._notice_source, macs, ips)
-        if not notice:
-            return {}
-        return {name: list(notice) for name, p in self._ports.items() if p.protected}
+        return self._to_lan(departures.encode(self._notice_source, macs, ips))
 
     @property
     def ports(self) -> list[str]:
@@ -326,18 +323,20 @@ class Switch:
         clients = {name for name, p in self._ports.items() if not p.protected}
         macs = [k for k, (p, seen) in self._table.items() if p in clients and seen >= limit]
         ips = [k for k, (p, seen) in self._ips.items() if p in clients and seen >= limit]
-        notice = departures.encode(self._notice_source, macs, ips, held=True)
-        if not notice:
-            return {}
-        return {name: list(notice) for name, p in self._ports.items() if p.protected}
+        return self._to_lan(departures.encode(self._notice_source, macs, ips, held=True))
 
     def _announce(self, out: dict[str, list[Buffer]]) -> None:
         """Add a holding notice for what client ports took in this ``forward``."""
         notice = departures.encode(self._notice_source, self._new_macs, self._new_ips, held=True)
         self._new_macs, self._new_ips = [], []
-        for name, p in self._ports.items():
-            if p.protected:
-                out.setdefault(name, []).extend(notice)
+        for name, frames in self._to_lan(notice).items():
+            out.setdefault(name, []).extend(frames)
+
+    def _to_lan(self, notice: list[bytes]) -> dict[str, list[Buffer]]:
+        """``notice``'s frames for each protected port; nothing when there are none."""
+        if not notice:
+            return {}
+        return {name: list(notice) for name, p in self._ports.items() if p.protected}
 
     def __len__(self) -> int:
         return len(self._table)
