@@ -1,9 +1,10 @@
-"""Per-device policy (the ``devices`` section): VLANs, rate, broadcast rate, hours.
+"""Per-device policy (the ``devices`` section): VLANs, rate, broadcast rate, hours, DHCP.
 
 Mapped onto what the exit already enforces rather than into the switch:
 
 - ``vlans`` and ``broadcast_rate`` become the device's ``PortPolicy`` (exitnode.switch), the
-  same allow-list and token bucket every port has;
+  same allow-list and token bucket every port has; ``dhcp_server: true`` lets its site's
+  DHCP server answer the other sites' hosts (``exitnode.dhcpguard``; off by default);
 - ``rate`` (bytes per second from the device) is a byte bucket in front of the switch:
   ``RateLimitedLink`` wraps the device's link and drops, counted as ``policy_rate``, what
   arrives faster (a bridge cannot slow a LAN down; TCP inside backs off on the losses);
@@ -34,12 +35,15 @@ DROP_POLICY_RATE = "policy_rate"
 
 
 def port_policy(device: DevicePolicy | None, default: PortPolicy) -> PortPolicy:
-    """The switch port policy for a device: its VLANs and broadcast rate over the default."""
+    """The switch port policy for a device: its VLANs, broadcast rate and DHCP trust over
+    the default."""
     if device is None:
         return default
     policy = default
     if device.vlans is not None:
         policy = dataclasses.replace(policy, vlans=frozenset(device.vlans))
+    if device.dhcp_server:
+        policy = dataclasses.replace(policy, dhcp_server=True)
     if device.broadcast_rate is not None:
         policy = dataclasses.replace(
             policy,

@@ -31,6 +31,9 @@ client cannot reach into another client's traffic:
   device has at most ``max_ips`` of them, the LAN's addresses and
   ``SwitchConfig.protected_ips`` (the gateway) can only be claimed by the LAN, link-layer
   addresses inside must be the frame's source, and clients send no Router Advertisements;
+- a client port whose policy does not say ``dhcp_server`` sends no DHCP/DHCPv6 server
+  message (``exitnode.dhcpguard``; dropped as ``dhcp_server``, and its port named once in
+  ``refusals`` for the driver to log), the flow fast path included;
 - broadcast, multicast and unknown unicast are flooded to every other port allowed on the
   frame's VLAN; each *device* has two token buckets (shared by all its tunnels), one for
   broadcast + multicast and one for unknown-unicast floods;
@@ -49,7 +52,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from exitnode import constants, departures, neighbors
+from exitnode import constants, departures, dhcpguard, neighbors
 from exitnode.errors import PortRefused, SwitchError
 from exitnode.ratelimit import TokenBucket
 from hardware import ethernet
@@ -57,6 +60,12 @@ from hardware import ethernet
 # The flow fast path's key: the offload header and dst, src and EtherType.
 FLOW_KEY_LEN = ethernet.OFFLOAD_HEADER_LEN + ethernet.ETH_HEADER_LEN
 _UNTAGGED_L3 = FLOW_KEY_LEN  # where L3 starts in a frame without a VLAN tag
+_PROTO_AT = _UNTAGGED_L3 + 9  # an untagged IPv4 packet's protocol byte
+_UDP = bytes([dhcpguard.UDP])
+_IPV4_TYPE = ethernet.ETHERTYPE_IPV4.to_bytes(2, "big")
+# EtherTypes a DHCP server's message may be behind (a C-tag inside an S-tag included).
+_MAY_CARRY_DHCP = (ethernet.ETHERTYPE_IPV4, ethernet.ETHERTYPE_IPV6, ethernet.TPID_8021Q)
+
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 Key: TypeAlias = tuple[int, bytes]  # (vlan, MAC or IP address)
@@ -76,6 +85,14 @@ DROP_IP_LIMIT = "ip_limit"  # a device claiming more than max_ips addresses
 DROP_IP_TABLE_FULL = "ip_table_full"
 DROP_TUNNEL_LIMIT = "tunnel_limit"  # a port refused: the device has max tunnels already
 DROP_SWITCH_FULL = "switch_full"  # a port refused: max_ports client ports attached
+
+
+def _dhcp(frame: Buffer) -> bool:
+    """For a fast-path frame carrying UDP at the IPv4 offset: whether it is an untagged
+    IPv4 DHCP server message (the flow key holds the EtherType)."""
+    return frame[FLOW_KEY_LEN - 2 : FLOW_KEY_LEN] == _IPV4_TYPE and dhcpguard.ipv4_server(
+        frame, _UNTAGGED_L3
+    )
 
 
 def _bucket_ok(rate: float, burst: float) -> bool:
@@ -104,6 +121,9 @@ class PortPolicy:
     # enforce_max_macs: past max_macs (or the table's room), frames from new source MACs
     # are dropped; off, they are forwarded unlearned (their replies flood).
     enforce_max_macs: bool = True
+    # dhcp_server: the port may answer DHCP/DHCPv6 (exitnode.dhcpguard); off, a client's
+    # server messages are dropped. Protected ports (the LAN) always may.
+    dhcp_server: bool = False
 
     def __post_init__(self) -> None:
         if self.vlans is not None:
@@ -190,6 +210,7 @@ class _Device:
     ports: set[str]
     macs: int = 0
     ips: int = 0
+    dhcp_refused: bool = False  # told the driver once (``Switch.refusals``)
 
 
 @dataclass(slots=True)
@@ -227,6 +248,9 @@ class Switch:
         # Stations and addresses client ports took during this ``forward`` (to announce).
         self._new_macs: list[Key] = []
         self._new_ips: list[Key] = []
+        # (port, drop reason) the driver should tell the operator about, once per device
+        # while it stays attached (a DHCP server at a site not trusted to run one).
+        self.refusals: list[tuple[str, str]] = []
 
     # -- ports ---------------------------------------------------------------------------
     def attach(self, port: str, policy: PortPolicy, now: float, device: str | None = None) -> None:
@@ -550,10 +574,14 @@ class Switch:
         # port at ``now`` (the entries and the ageing the full path checks; the policies
         # are the ports', and a detached port's flow is dropped). The source's entry is
         # refreshed as the full path refreshes it.
+        #
+        # A flow's frames share their Ethernet header, not what is inside: on a port that
+        # may not answer DHCP, an IPv4 UDP frame of the flow is still looked at (``_dhcp``).
         flow_key: bytes | None = None
         flow_out: list[Buffer] = []
         flow: _Flow | None = self._flows.get(port) if self.flow_cache else None
         ageing = self.config.ageing_s
+        guard = not state.protected and not state.policy.dhcp_server
         for frame in frames:
             stats.frames_in += 1
             if flow_key is not None:
@@ -561,6 +589,9 @@ class Switch:
                     frame[:FLOW_KEY_LEN] == flow_key
                     and len(frame) - ethernet.OFFLOAD_HEADER_LEN <= max_plain
                 ):
+                    if guard and frame[_PROTO_AT : _PROTO_AT + 1] == _UDP and _dhcp(frame):
+                        self._refuse_dhcp(state)
+                        continue
                     flow_out.append(frame)
                     stats.forwarded += 1
                     continue
@@ -579,6 +610,9 @@ class Switch:
                     and dst_entry[0] == flow[1]
                     and now - dst_entry[1] <= ageing
                 ):
+                    if guard and frame[_PROTO_AT : _PROTO_AT + 1] == _UDP and _dhcp(frame):
+                        self._refuse_dhcp(state)
+                        continue
                     table[flow[2]] = (port, now)
                     flow_key = flow[0]
                     flow_out = out.setdefault(flow[1], [])
@@ -597,6 +631,13 @@ class Switch:
                 continue
             if ethernet.is_group(header.src):
                 drops[DROP_BAD_SOURCE] += 1
+                continue
+            if (
+                guard
+                and header.ethertype in _MAY_CARRY_DHCP
+                and dhcpguard.server_message(frame, header)
+            ):
+                self._refuse_dhcp(state)
                 continue
             key = (vlan, header.src)
             known = table.get(key)
@@ -658,6 +699,14 @@ class Switch:
         if self._new_macs or self._new_ips:
             self._announce(out)
         return out
+
+    def _refuse_dhcp(self, state: _Port) -> None:
+        """Drop a DHCP server's frame from ``state``; the first time for its device, tell the
+        driver (``refusals``), so the operator learns why the site's hosts get no lease."""
+        self.stats.drops[dhcpguard.DROP_DHCP_SERVER] += 1
+        if not state.dev.dhcp_refused:
+            state.dev.dhcp_refused = True
+            self.refusals.append((state.name, dhcpguard.DROP_DHCP_SERVER))
 
     def _flood(self, ingress: str, vlan: int, frame: Buffer, out: dict[str, list[Buffer]]) -> None:
         sent = False

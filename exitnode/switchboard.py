@@ -27,9 +27,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from exitnode import constants
+from exitnode.dhcpguard import DROP_DHCP_SERVER
 from exitnode.errors import PortRefused
 from exitnode.switch import PortPolicy, Switch
 from hardware.tap import FrameDevice
+from l2bridge.node.audit import audit
 from l2bridge.node.metrics import Metrics
 from l2bridge.transport.errors import TransportClosed
 
@@ -203,11 +205,27 @@ class Switchboard:
             counters.frames_in += len(frames)
             counters.bytes_in += sum(map(len, frames))
             self._deliver(self.switch.forward(port, frames, self._clock()))
+            if self.switch.refusals:
+                self._tell_refusals()
 
         if isinstance(link, DirectPortLink):
             link.deliver_to(switch_frames)
         while True:  # with a direct link this only waits for its end
             switch_frames(await link.recv_frames())
+
+    def _tell_refusals(self) -> None:
+        """Say once per device (while attached) what the switch keeps refusing it."""
+        for port, reason in self.switch.refusals:
+            device = port.rpartition("#")[0] or port
+            if reason == DROP_DHCP_SERVER:
+                log.warning(
+                    "device %s sends DHCP server replies: dropped, so its DHCP server serves "
+                    "no host beyond its own site (counted as %s; if it is the server the "
+                    "sites share, set devices.%s.dhcp_server: true)",
+                    device, reason, device,
+                )  # fmt: skip
+                audit("dhcp_server_refused", device=device, port=port)
+        self.switch.refusals.clear()
 
     async def _send_loop(self, link: PortLink, outbox: _Outbox) -> None:
         counters = self.metrics.counters

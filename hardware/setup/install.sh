@@ -19,6 +19,8 @@ APT_PACKAGES=(
   nodejs npm ca-certificates
   # the reference web server the front-door tests compare the exit with (1.22 on bookworm)
   nginx-light
+  # a real DHCP server and client for the DHCP guard's tests
+  dnsmasq-base busybox
 )
 
 missing=()

@@ -242,6 +242,7 @@ class DevicePolicy:
     rate: float | None = None  # bytes per second from this device
     broadcast_rate: float | None = None  # broadcast + multicast frames per second
     hours: tuple[int, int] | None = None  # allowed minutes of the day (UTC), may wrap
+    dhcp_server: bool = False  # its site may answer DHCP for the others (exitnode.dhcpguard)
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,8 +509,8 @@ def _devices(value: object, path: str) -> tuple[DevicePolicy, ...]:
         if not isinstance(name, str) or not name or len(name) > 255:
             raise _fail(path, "device names as keys", name)
         if not isinstance(raw, dict):
-            raise _fail(where, "a mapping (vlans, rate, broadcast_rate, hours)", raw)
-        known = {"vlans", "rate", "broadcast_rate", "hours"}
+            raise _fail(where, "a mapping (vlans, rate, broadcast_rate, hours, dhcp_server)", raw)
+        known = {"vlans", "rate", "broadcast_rate", "hours", "dhcp_server"}
         for key in raw:
             if key not in known:
                 raise ConfigError(
@@ -529,6 +530,7 @@ def _devices(value: object, path: str) -> tuple[DevicePolicy, ...]:
                 None if raw.get("broadcast_rate") is None
                 else float(_int_range(1, 100000)(raw["broadcast_rate"], f"{where}.broadcast_rate")),
                 None if raw.get("hours") is None else _hours(raw["hours"], f"{where}.hours"),
+                _bool(raw.get("dhcp_server", False), f"{where}.dhcp_server"),
             )
         )  # fmt: skip
     return tuple(out)

@@ -16,7 +16,7 @@ DROP_REASONS = {
     "rate_limited", "same_port", "no_egress", "unknown_unicast_limited",
     "mac_spoof", "mac_limit", "mac_table_full", "unknown_tpid", "arp_malformed",
     "arp_mac_mismatch", "nd_malformed", "nd_mac_mismatch", "nd_router", "ip_spoof", "ip_limit",
-    "forged_departure",
+    "forged_departure", "dhcp_server",
 }  # fmt: skip
 
 # Frames near the interesting shapes: an offload header, two MACs, maybe 802.1Q tags.
@@ -121,3 +121,65 @@ def test_notices_from_the_lan_are_obeyed_or_counted_never_raise(bodies: list[byt
     assert set(sw.stats.drops) <= {"bad_departure"}
     assert len(sw) <= 32 + 1  # the LAN's own limit, and the client's station
     assert sw.lookup(client_mac, 0, 1.0) in ("client", "local", None)
+
+
+# UDP frames around the DHCP guard: IPv4 (with options and fragments) or IPv6 (with
+# extension headers), tagged or not, to the DHCP ports or others, after a flow of frames
+# with the same Ethernet header (the switch's fast path), from a client that may not answer
+# DHCP. What a server would send must never leave the switch; everything else may.
+ROGUE, HOST = bytes.fromhex("02000000000e"), bytes.fromhex("02000000000a")
+
+
+@st.composite
+def udp_frame(draw: st.DrawFn) -> tuple[bytes, bool]:
+    """A frame and whether it is a DHCP/DHCPv6 server's message (known by construction)."""
+    dport = draw(st.sampled_from([67, 68, 546, 547, 53, 9]))
+    first = draw(st.sampled_from([1, 2, 12, 13, 0]))  # BOOTP op / DHCPv6 msg-type
+    body = bytes([first]) + draw(st.binary(max_size=40))
+    udp = draw(st.integers(0, 0xFFFF)).to_bytes(2, "big") + dport.to_bytes(2, "big")
+    udp += (8 + len(body)).to_bytes(2, "big") + b"\x00\x00" + body
+    later = draw(st.booleans()) and draw(st.booleans())  # a fragment that is not the first
+    if draw(st.booleans()):
+        options = draw(st.integers(0, 10))
+        ip = bytes([0x45 + options, 0]) + (20 + 4 * options + len(udp)).to_bytes(2, "big")
+        ip += b"\x00\x01" + (b"\x00\x05" if later else b"\x20\x00") + b"\x40\x11\x00\x00"
+        ip += bytes(8) + bytes(4 * options)
+        packet, ethertype = ip + (udp if not later else udp[4:]), b"\x08\x00"
+        server = not later and (dport == 68 or (dport == 67 and first == 2))
+    else:
+        chain = draw(st.lists(st.sampled_from([0, 60]), max_size=3))
+        headers, nexts = b"", [*chain, *([44] if later or draw(st.booleans()) else [])]
+        for i, kind in enumerate(nexts):
+            nxt = nexts[i + 1] if i + 1 < len(nexts) else 17
+            if kind == 44:
+                headers += bytes([nxt, 0]) + (b"\x00\x10" if later else b"\x00\x01") + bytes(4)
+            else:
+                headers += bytes([nxt, 0]) + bytes(6)
+        ip = b"\x60" + bytes(3) + (len(headers) + len(udp)).to_bytes(2, "big")
+        ip += bytes([nexts[0] if nexts else 17, 64]) + bytes(32)
+        packet, ethertype = ip + headers + udp, b"\x86\xdd"
+        server = not later and (dport == 546 or (dport == 547 and first == 13))
+    tags = b"\x81\x00\x00\x0a" if draw(st.booleans()) else b""
+    frame = ethernet.NO_OFFLOAD + HOST + ROGUE + tags + ethertype + packet
+    return frame, server
+
+
+@settings(max_examples=400, deadline=None)
+@given(batches=st.lists(st.lists(udp_frame(), max_size=12), min_size=1, max_size=3))
+def test_no_dhcp_server_message_from_an_untrusted_client_leaves_the_switch(
+    batches: list[list[tuple[bytes, bool]]],
+) -> None:
+    sw = Switch(SwitchConfig(announce_holdings=False))
+    sw.attach("local", PortPolicy(vlans=None), 0.0)
+    sw.attach("client", PortPolicy(vlans=None), 0.0)
+    # The host is on the LAN: unicast to it takes the fast path once the flow is known.
+    sw.forward("local", [ethernet.NO_OFFLOAD + b"\xff" * 6 + HOST + b"\x08\x06" + bytes(28)], 0)
+    flow = ethernet.NO_OFFLOAD + HOST + ROGUE + b"\x08\x00" + bytes.fromhex("4500001c") + bytes(24)
+    sent = 0
+    for n, batch in enumerate(batches):
+        frames = [flow, *[f for f, _ in batch]]
+        out = sw.forward("client", frames, 1.0 + n)
+        servers = {f for f, server in batch if server}
+        assert not servers & set(out.get("local", []))
+        sent += len(servers)
+    assert sw.stats.drops["dhcp_server"] >= sent

@@ -41,6 +41,7 @@ def test_devices_section_parses_and_names_bad_values(tmp_path: Path) -> None:
         ({"hours": "25:00-06:00"}, r"devices\.lan-a\.hours"),
         ({"broadcast_rate": 0}, r"devices\.lan-a\.broadcast_rate"),
         ({"bandwidth": 1}, r"devices\.lan-a\.bandwidth: unknown setting"),
+        ({"dhcp_server": "yes"}, r"devices\.lan-a\.dhcp_server"),
     ):
         with pytest.raises(ConfigError, match=field):
             config_from_mapping({"devices": {"lan-a": raw_policy}}, base_dir=tmp_path)
@@ -51,6 +52,18 @@ def test_port_policy_maps_vlans_and_broadcast_rate() -> None:
     policy = port_policy(DevicePolicy("x", vlans=(0, 10), broadcast_rate=5.0), DEFAULT)
     assert policy.vlans == frozenset({0, 10}) and policy.broadcast_rate == 5.0
     assert port_policy(DevicePolicy("x", rate=100.0), DEFAULT) == DEFAULT
+
+
+def test_a_device_may_be_trusted_to_answer_dhcp_and_no_device_is_by_default(
+    tmp_path: Path,
+) -> None:
+    cfg = config_from_mapping(
+        {"devices": {"office": {"dhcp_server": True}, "laptop": {"vlans": [0]}}},
+        base_dir=tmp_path,
+    )
+    assert port_policy(cfg.device("office"), DEFAULT).dhcp_server
+    assert not port_policy(cfg.device("laptop"), DEFAULT).dhcp_server
+    assert not port_policy(None, DEFAULT).dhcp_server
 
 
 def test_hours_window_including_one_that_wraps_midnight() -> None:

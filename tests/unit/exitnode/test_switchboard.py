@@ -239,3 +239,30 @@ def test_what_the_clients_hold_is_announced_on_the_tap_at_once_and_then_periodic
         await b.until(lambda: gauges["lan_notice_departed"]() == 1.0)
 
     run(body, holdings=True)
+
+
+def test_a_client_whose_dhcp_server_is_refused_is_named_once_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    offer = bytes(
+        Ether(src=A, dst=BCAST)
+        / IP(src="10.0.0.1", dst="255.255.255.255")
+        / UDP(sport=67, dport=68)
+        / (b"\x02" + bytes(299))
+    )
+
+    async def body(b: Bench) -> None:
+        rogue, other = b.client("rogue", PortPolicy()), b.client("other", PortPolicy())
+        await b.until(lambda: len(b.board.clients) == 2)
+        with caplog.at_level("WARNING", logger="exitnode.switchboard"):
+            for _ in range(3):
+                await rogue.send_frames([ethernet.NO_OFFLOAD + offer] * 2)
+            await b.until(lambda: b.metrics.counters.drops["dhcp_server"] == 6)
+        assert other.inbox.empty()
+        assert b.tap.delivered() == []
+        warned = [r.getMessage() for r in caplog.records if "DHCP server" in r.getMessage()]
+        assert len(warned) == 1
+        assert "device rogue " in warned[0]
+        assert "devices.rogue.dhcp_server: true" in warned[0]
+
+    run(body)
