@@ -61,8 +61,9 @@ from hardware import ethernet
 FLOW_KEY_LEN = ethernet.OFFLOAD_HEADER_LEN + ethernet.ETH_HEADER_LEN
 _UNTAGGED_L3 = FLOW_KEY_LEN  # where L3 starts in a frame without a VLAN tag
 _PROTO_AT = _UNTAGGED_L3 + 9  # an untagged IPv4 packet's protocol byte
-_UDP = bytes([dhcpguard.UDP])
+_UDP = dhcpguard.UDP
 _IPV4_TYPE = ethernet.ETHERTYPE_IPV4.to_bytes(2, "big")
+_DHCP_V4_PORTS = (b"\x00\x43", b"\x00\x44")  # 67, 68
 # EtherTypes a DHCP server's message may be behind (a C-tag inside an S-tag included).
 _MAY_CARRY_DHCP = (ethernet.ETHERTYPE_IPV4, ethernet.ETHERTYPE_IPV6, ethernet.TPID_8021Q)
 
@@ -89,9 +90,14 @@ DROP_SWITCH_FULL = "switch_full"  # a port refused: max_ports client ports attac
 
 def _dhcp(frame: Buffer) -> bool:
     """For a fast-path frame carrying UDP at the IPv4 offset: whether it is an untagged
-    IPv4 DHCP server message (the flow key holds the EtherType)."""
-    return frame[FLOW_KEY_LEN - 2 : FLOW_KEY_LEN] == _IPV4_TYPE and dhcpguard.ipv4_server(
-        frame, _UNTAGGED_L3
+    IPv4 DHCP server message (the flow key holds the EtherType). Most UDP is to other ports
+    and is let go after one look at the destination port (where the receiver reads it: a
+    packet too short to have one there is dropped by the receiver itself)."""
+    at = _UNTAGGED_L3 + (frame[_UNTAGGED_L3] & 0x0F) * 4 + 2
+    return (
+        frame[at : at + 2] in _DHCP_V4_PORTS
+        and frame[FLOW_KEY_LEN - 2 : FLOW_KEY_LEN] == _IPV4_TYPE
+        and dhcpguard.ipv4_server(frame, _UNTAGGED_L3)
     )
 
 
@@ -589,7 +595,12 @@ class Switch:
                     frame[:FLOW_KEY_LEN] == flow_key
                     and len(frame) - ethernet.OFFLOAD_HEADER_LEN <= max_plain
                 ):
-                    if guard and frame[_PROTO_AT : _PROTO_AT + 1] == _UDP and _dhcp(frame):
+                    if (
+                        guard
+                        and len(frame) > _PROTO_AT
+                        and frame[_PROTO_AT] == _UDP
+                        and _dhcp(frame)
+                    ):
                         self._refuse_dhcp(state)
                         continue
                     flow_out.append(frame)
@@ -610,7 +621,12 @@ class Switch:
                     and dst_entry[0] == flow[1]
                     and now - dst_entry[1] <= ageing
                 ):
-                    if guard and frame[_PROTO_AT : _PROTO_AT + 1] == _UDP and _dhcp(frame):
+                    if (
+                        guard
+                        and len(frame) > _PROTO_AT
+                        and frame[_PROTO_AT] == _UDP
+                        and _dhcp(frame)
+                    ):
                         self._refuse_dhcp(state)
                         continue
                     table[flow[2]] = (port, now)
