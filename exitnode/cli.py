@@ -12,6 +12,7 @@ from exitnode.attested import AttestedExit
 from exitnode.errors import ExitError
 from exitnode.host import Masquerade
 from exitnode.server import ExitNode, ExitOptions
+from exitnode.workers import Supervisor, WorkersMetrics
 from l2bridge.commands.common import (
     add_network_overrides,
     apply_overrides,
@@ -103,6 +104,14 @@ def main(ns: argparse.Namespace) -> int:
             mac_ageing_s=ns.mac_ageing,
             config_path=ns.config,
         )
+        workers = config.network.workers
+        if workers > 1:
+            # Every core: worker processes on the tunnel port, this one supervising them.
+            node = ExitNode(config, options, metrics=WorkersMetrics())
+            supervisor = Supervisor(node, workers)
+            node.attach(attested_layers(config, node, ns))
+            run_node(supervisor.run)
+            return 0
         node = ExitNode(config, options)
         node.attach(attested_layers(config, node, ns))
         run_node(node.run)

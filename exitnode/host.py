@@ -56,18 +56,24 @@ class HostSetup:
         *,
         masquerade: Masquerade | None = None,
         gro_port: bool = False,
+        open_device: bool = True,
     ) -> None:
+        """``open_device`` False: the bridge (with ``tap``'s MAC and MTU) and masquerading
+        only; the workers of ``exitnode.workers`` bring TAPs of their own."""
         self._undo: list[list[str]] = []
         self._restore_forward: str | None = None
-        try:
-            self.tap: FrameDevice = open_tap(tap)
-        except TapError as exc:
-            raise HostSetupError(str(exc)) from exc
+        self.tap: FrameDevice | None = None
+        if open_device:
+            try:
+                self.tap = open_tap(tap)
+            except TapError as exc:
+                raise HostSetupError(str(exc)) from exc
         self.bridge_mac: bytes | None = None
         self.announced = 0  # announcements sent at start
         try:
             if bridge is not None:
-                created = self._bridge(tap.name, bridge, tap.mtu, gro_port)
+                created = self._bridge(tap.name if open_device else None, bridge, tap.mtu,
+                                       gro_port)  # fmt: skip
                 if tap.mac is not None and (created or masquerade is not None):
                     # Ours (we made it, or it carries our gateway address): set explicitly,
                     # its MAC no longer follows its ports. An operator's own bridge keeps
@@ -95,14 +101,15 @@ class HostSetup:
                 "announced %d address(es) of %s at %s", self.announced, bridge, format_mac(mac)
             )
 
-    def _bridge(self, tap: str, bridge: str, mtu: int, gro_port: bool) -> bool:
+    def _bridge(self, tap: str | None, bridge: str, mtu: int, gro_port: bool) -> bool:
         """Put the TAP in ``bridge`` (created when missing), directly or through the merging
         port (``hardware.gro_port``); whether the bridge was created."""
         created = not netns.link_exists(None, bridge)
         if created:
             netns.bridge(None, bridge, mtu=mtu)
             self._undo.append(["ip", "link", "del", bridge])
-        self._undo.extend(join_bridge(tap, bridge, mtu, merge=gro_port))
+        if tap is not None:
+            self._undo.extend(join_bridge(tap, bridge, mtu, merge=gro_port))
         return created
 
     def _masquerade(self, bridge: str, m: Masquerade) -> None:

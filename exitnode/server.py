@@ -19,7 +19,7 @@ import logging
 import resource
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,7 @@ class ExitNode:
         *,
         evidence_provider: EvidenceProvider | None = None,
         evidence_since_provider: EvidenceSinceProvider | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.options = options or ExitOptions()
@@ -251,7 +252,7 @@ class ExitNode:
             name=net.tap, mtu=net.mtu, offload=net.vnet_hdr, mac=mac, coalesce=net.gro != "off"
         )
         self.default_policy = vlan_policy(net.vlan_allow)
-        self.metrics = Metrics("exit")
+        self.metrics = metrics or Metrics("exit")
         self.clock: Callable[[], float] = time.time
         self.attested: AttestedExit | None = None
         self.metrics.set_info(
@@ -285,6 +286,11 @@ class ExitNode:
         self.screening = screening_summary()
         # Duplicate hellos and the per-device TPM-quote quota, shared by every connection.
         self.hello_guard = HelloGuard(quotes_per_minute=self.config.tpm.quotes_per_device)
+        # A worker of a multi-process exit (exitnode.workers) listens with SO_REUSEPORT and
+        # has its device admissions confirmed by the supervisor (``claim`` / ``release``).
+        self.reuse_port = False
+        self.claim: Callable[[Peer], Awaitable[None]] | None = None
+        self.release: Callable[[Peer], None] | None = None
 
     def tunnel_health(self) -> dict[str, object]:
         """The tunnel port for a status page (plain JSON values): listening, devices
@@ -556,10 +562,14 @@ class ExitNode:
                 if device is not None and device.rate is not None:
                     port = RateLimitedLink(admitted, device.rate, self.metrics)
             await self._one_tunnel_per_device(peer)
+            if self.claim is not None:
+                await self.claim(peer)  # the device's tunnels at the other workers end
             await self.board.serve_link(port, name, policy, owner=auth.device_id.hex())
         finally:
             self.peers.remove(peer)
             self.sessions.discard(link)
+            if self.release is not None:
+                self.release(peer)
 
     async def run(self, stop: asyncio.Event) -> None:
         ep = self.config.endpoints
@@ -575,6 +585,7 @@ class ExitNode:
         metrics_only: StatusServer | None = None
         server = None
         try:
+            assert host.tap is not None
             switch = Switch(self.switch_config())
             self.board = Switchboard(switch, self.metrics, local=host.tap)
             self.metrics.watch_tap(host.tap.stats)
@@ -604,6 +615,7 @@ class ExitNode:
                     backlog=ep.listen_backlog,
                     summary=self.screening,
                     hello_guard=self.hello_guard,
+                    reuse_port=self.reuse_port,
                 )
             self.metrics.set_gauge("tunnel_listening", lambda: 1.0 if server.is_serving() else 0.0)
             if self.options.status:

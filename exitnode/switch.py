@@ -355,6 +355,16 @@ class Switch:
         ips = [k for k, (p, seen) in self._ips.items() if p in clients and seen >= limit]
         return self._to_lan(departures.encode(self._notice_source, macs, ips, held=True))
 
+    def farewell(self) -> list[bytes]:
+        """The departure notice naming every station and address the client ports hold,
+        without offload header: what the LAN should hear if this switch's process died
+        (``exitnode.workers``: the supervisor sends it into the bridge for a dead worker)."""
+        clients = {name for name, p in self._ports.items() if not p.protected}
+        macs = [k for k, (p, _) in self._table.items() if p in clients]
+        ips = [k for k, (p, _) in self._ips.items() if p in clients]
+        cut = ethernet.OFFLOAD_HEADER_LEN
+        return [frame[cut:] for frame in departures.encode(self._notice_source, macs, ips)]
+
     def _announce(self, out: dict[str, list[Buffer]]) -> None:
         """Add a holding notice for what client ports took in this ``forward``."""
         notice = departures.encode(self._notice_source, self._new_macs, self._new_ips, held=True)

@@ -90,6 +90,9 @@ class Network:
     mac: bytes | None = None  # exit: TAP and bridge MAC (None: derived from the nodeId)
     # client: LAN interfaces put into ``bridge`` at start and given back at stop
     lan_interfaces: tuple[str, ...] = ()
+    # exit: processes serving tunnels, each with a TAP of its own in ``bridge`` and all on
+    # the tunnel port (exitnode.workers); 1 is the single-process exit.
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -592,6 +595,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "service_tags": _bool,
             "mac": _optional(_mac),
             "lan_interfaces": _ifnames,
+            "workers": _int_range(1, 64),
         },
     ),
     "exit_nodes": (
@@ -923,7 +927,7 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     **{f"network.{k}": BOTH for k in ("layer", "mtu", "tap", "bridge", "vnet_hdr", "gro")},
     "network.vlan_allow": ("exit",),
     "network.lan_interfaces": ("client",),
-    **{f"network.{k}": ("exit",) for k in ("gateway_ips", "service_tags", "mac")},
+    **{f"network.{k}": ("exit",) for k in ("gateway_ips", "service_tags", "mac", "workers")},
     "exit_nodes.multi_hop": BOTH,
     "exit_nodes.hops": BOTH,
     "exit_nodes.regions_file": ("client",),

@@ -68,8 +68,18 @@ class Metrics(Collector):
         with self._lock:
             self.info.update(facts)
 
+    def totals(self) -> Counters:
+        """The counters to report (a supervisor adds its workers' here)."""
+        return self.counters
+
+    def gauge_values(self) -> dict[str, float | None]:
+        """Every gauge's current value (None: unknown)."""
+        with self._lock:
+            gauges = list(self.gauges.items())
+        return {name: _safe_read(read) for name, read in gauges}
+
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        c = self.counters
+        c = self.totals()
         frames = CounterMetricFamily(
             "shadowmesh_frames", "Ethernet frames carried", labels=["role", "direction"]
         )
@@ -93,10 +103,7 @@ class Metrics(Collector):
         )
         rekeys.add_metric([self.role], c.rekeys)
         yield rekeys
-        with self._lock:
-            gauges = list(self.gauges.items())
-        for name, read in gauges:
-            value = _safe_read(read)
+        for name, value in self.gauge_values().items():
             if value is None:
                 continue
             g = GaugeMetricFamily(f"shadowmesh_{name}", name.replace("_", " "), labels=["role"])
@@ -108,9 +115,9 @@ class Metrics(Collector):
 
     def snapshot(self) -> dict[str, Any]:
         """The JSON document served at ``/status`` and printed by ``shadowmesh status``."""
-        c = self.counters
+        c = self.totals()
+        gauges = self.gauge_values()
         with self._lock:
-            gauges = {name: _safe_read(read) for name, read in self.gauges.items()}
             info = dict(self.info)
         return {
             "role": self.role,

@@ -69,18 +69,27 @@ class HelloGuard:
     def check(self, data: bytes, *, quota_key: QuotaKey, now: float) -> ClientHello:
         """Parse ``data`` and refuse it when it is a duplicate or over its quota."""
         hello = ClientHello.decode(data)
+        refused = self.judge(hello.random, hello.nonce is not None, quota_key, now)
+        if refused is not None:
+            self.refused[refused] += 1
+            raise HelloRefused(refused)
+        return hello
+
+    def judge(self, random: bytes, attested: bool, quota_key: QuotaKey, now: float) -> str | None:
+        """The decision on a parsed hello (its ``random``, whether it asks for evidence):
+        ``REFUSED_DUPLICATE``, ``REFUSED_QUOTA`` or None (remembered and charged). Apart
+        from ``check`` so that one guard can judge for several processes
+        (``exitnode.workers``)."""
         self._expire(now)
-        if hello.random in self._seen:
-            self.refused[REFUSED_DUPLICATE] += 1
-            raise HelloRefused(REFUSED_DUPLICATE)
+        if random in self._seen:
+            return REFUSED_DUPLICATE
         if len(self._seen) >= self._capacity:
             del self._seen[next(iter(self._seen))]
             self.forgotten += 1
-        self._seen[hello.random] = now
-        if hello.nonce is not None and not self._take(quota_key, now):
-            self.refused[REFUSED_QUOTA] += 1
-            raise HelloRefused(REFUSED_QUOTA)
-        return hello
+        self._seen[random] = now
+        if attested and not self._take(quota_key, now):
+            return REFUSED_QUOTA
+        return None
 
     def _expire(self, now: float) -> None:
         seen = self._seen

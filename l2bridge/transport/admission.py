@@ -38,6 +38,7 @@ from __future__ import annotations
 import hmac as std_hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from l2bridge.transport.constants import (
     DEFAULT_HANDSHAKES_PER_DEVICE,
@@ -124,6 +125,65 @@ class Quota:
         return len(self._buckets)
 
 
+# What a quota refusal of a genuine token tells the operator (``on_device_refused``).
+_REPORTED = {
+    "device quota": "over endpoints.handshakes_per_device",
+    "source quota": "its address is over endpoints.handshakes_per_source",
+}
+
+
+class Ledger(Protocol):
+    def admit(
+        self, window: int, nonce: bytes, device: bytes, source: str, *, now: float, current: int
+    ) -> str | None: ...
+
+    def cached_nonces(self) -> int: ...
+
+
+class AdmissionLedger:
+    """Steps 5-7 of a check, for a token whose MAC verified: the nonce not seen before (in
+    the window it was minted for), room in that window's cache, and the device's and the
+    source's quotas. ``admit`` returns the refusal reason or None (then it is admitted:
+    nonce cached, quotas charged). ``current`` is the current window: older windows past
+    the slack are forgotten."""
+
+    def __init__(
+        self,
+        *,
+        cache_per_window: int = REPLAY_CACHE_PER_WINDOW,
+        per_device: int = DEFAULT_HANDSHAKES_PER_DEVICE,
+        per_source: int = DEFAULT_HANDSHAKES_PER_SOURCE,
+    ) -> None:
+        self._cache_per_window = cache_per_window
+        self._seen: dict[int, set[bytes]] = {}
+        self.device_quota = Quota(per_device)
+        self.source_quota = Quota(per_source)
+
+    def admit(
+        self, window: int, nonce: bytes, device: bytes, source: str, *, now: float, current: int
+    ) -> str | None:
+        for old in [w for w in self._seen if w < current - TOKEN_WINDOW_SLACK]:
+            del self._seen[old]
+        # A nonce is remembered under the window it was minted for, which stays live for
+        # as long as the token could verify.
+        seen = self._seen.setdefault(window, set())
+        if nonce in seen:
+            return "replay"
+        if len(seen) >= self._cache_per_window:
+            return "full"
+        if not self.device_quota.available(device, now):
+            return "device quota"
+        if not self.source_quota.available(source, now):
+            return "source quota"
+        self.device_quota.take(device, now)
+        self.source_quota.take(source, now)
+        seen.add(nonce)
+        return None
+
+    def cached_nonces(self) -> int:
+        return sum(len(s) for s in self._seen.values())
+
+
 class TokenVerifier:
     """The exit's side: admits each valid token of a live credential once.
 
@@ -150,27 +210,24 @@ class TokenVerifier:
         self._hide = hide_key(master, node_id)
         self.table = table
         self._window_s = window_s
-        self._cache_per_window = cache_per_window
         self._revoked_serials = revoked_serials
-        self._seen: dict[int, set[bytes]] = {}
+        # Steps 5-7: single-use nonces and the quotas (one ledger per exit, however many
+        # processes verify tokens for it: ``exitnode.workers`` shares the supervisor's).
+        self.ledger: Ledger = AdmissionLedger(
+            cache_per_window=cache_per_window, per_device=per_device, per_source=per_source
+        )
         # Derived credential secrets by handle (HKDF costs more than the MAC); only for
         # handles in the table, and forgotten once more than a table's worth were kept.
         self._secrets: dict[bytes, bytes] = {}
         # window -> (tag -> handle) for the live windows, and which table they were made of.
         self._tags: dict[int, dict[bytes, bytes]] = {}
         self._tags_of: tuple[CredentialTable | None, int] = (None, -1)
-        self.device_quota = Quota(per_device)
-        self.source_quota = Quota(per_source)
         self.rejected: dict[str, int] = dict.fromkeys(REASONS, 0)
         self._on_device_refused = on_device_refused
         self._reported: dict[bytes, float] = {}  # device -> when last reported
 
-    def _prune(self, current: int) -> None:
-        for window in [w for w in self._seen if w < current - TOKEN_WINDOW_SLACK]:
-            del self._seen[window]
-
     def cached_nonces(self) -> int:
-        return sum(len(s) for s in self._seen.values())
+        return self.ledger.cached_nonces()
 
     def _secret(self, handle: bytes) -> bytes:
         secret = self._secrets.get(handle)
@@ -233,7 +290,6 @@ class TokenVerifier:
             self._refuse("malformed")
             return None
         windows = self._live_windows(now)
-        self._prune(windows[0])
         self._refresh_tags(windows)
         found = self._find(seal_handle(self._hide, parts.nonce, parts.sealed), windows)
         entry = None if found is None else self.table.get(found[0])
@@ -249,24 +305,13 @@ class TokenVerifier:
         if not self._mac_ok(handle, window, parts):
             self._refuse("mac")
             return None
-        # A nonce is remembered under the window it was minted for, which stays live for
-        # as long as the token could verify.
-        seen = self._seen.setdefault(window, set())
-        if parts.nonce in seen:
-            self._refuse("replay")
+        refused = self.ledger.admit(
+            window, parts.nonce, entry.device, source, now=now, current=windows[0]
+        )
+        if refused is not None:
+            self._refuse(refused)
+            report = _REPORTED.get(refused)
+            if report is not None:
+                self._report(entry, report, now)
             return None
-        if len(seen) >= self._cache_per_window:
-            self._refuse("full")
-            return None
-        if not self.device_quota.available(entry.device, now):
-            self._refuse("device quota")
-            self._report(entry, "over endpoints.handshakes_per_device", now)
-            return None
-        if not self.source_quota.available(source, now):
-            self._refuse("source quota")
-            self._report(entry, "its address is over endpoints.handshakes_per_source", now)
-            return None
-        self.device_quota.take(entry.device, now)
-        self.source_quota.take(source, now)
-        seen.add(parts.nonce)
         return Admission(text, entry.device, handle, entry.name)

@@ -590,6 +590,7 @@ async def serve_exit(
     direct: bool = False,
     backlog: int = DEFAULT_BACKLOG,
     summary: Summary | None = None,
+    reuse_port: bool = False,
 ) -> ExitServer:
     """Listen for tunnel clients behind the decoy site (or the fallback web server).
 
@@ -598,6 +599,8 @@ async def serve_exit(
     server; close it with ``close()`` + ``await wait_closed()``. With ``direct`` the
     connections deliver messages synchronously (``transport.direct``), not via ``recv()``.
     ``summary`` counts how connections were screened (a new one per server by default).
+    ``reuse_port``: several processes listen on the port (``SO_REUSEPORT``; the kernel
+    spreads the connections; ``exitnode.workers``).
     """
     if ssl is not None:
         settings = _with_tls(settings, ssl)
@@ -628,6 +631,7 @@ async def serve_exit(
         create_connection=connection_class,
         logger=_QuietPerConnection(logging.getLogger("websockets.server")),
         backlog=backlog,
+        reuse_port=reuse_port or None,
     )
     # websockets builds its Server itself; this subclass only adds to close().
     server.__class__ = ExitServer

@@ -1,0 +1,519 @@
+"""An exit on every core (``network.workers``): worker processes and their supervisor.
+
+Each worker is an exit's whole data path in a process of its own: a TAP in the exit's bridge
+(``<tap>-<n>``), a switch, and the tunnel port, on which every worker listens with
+``SO_REUSEPORT`` (the kernel spreads the connections over them). Frames between clients of
+two workers cross the kernel bridge, as between exits bridging one LAN, so each worker's
+switch keeps the other workers' clients' stations and addresses from its own clients with
+the holding and departure notices of ``exitnode.departures``.
+
+What must be one, however many processes serve, stays with the supervisor (this process),
+which the workers ask over a Unix socket in a directory only root may enter, each
+connection authenticated with a key only the supervisor and its workers hold
+(``multiprocessing.connection``):
+
+- the gate's memory (``TokenVerifier.ledger``): a token one worker admitted is a replay at
+  every other, and the per-device and per-source handshake quotas are the exit's;
+- the hello guard: duplicate hellos and the per-device quote quota, over all workers;
+- the TPM: evidence is quoted by the supervisor's lifecycle (one TPM, one budget), and the
+  registry upkeep runs here;
+- devices: ``security.tunnels_per_device`` counts a device's tunnels at every worker (a
+  device that comes back at another worker ends its tunnel at the first);
+- the management API and the metrics (``status.listen``): peers, disconnections, reloads
+  and revocations go to every worker; counters and gauges are summed;
+- the clock: workers read this one's (its atomic sources) as an offset to their own.
+
+The bridge (and the internet exit's masquerading) is set up here. A worker that dies is
+started again (its clients reconnect, to any worker); a worker whose supervisor is gone
+stops. ``endpoints.relay`` is refused with workers (a circuit's hops would need the relay's
+per-device bounds shared too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection, Listener
+from pathlib import Path
+from typing import Any
+
+from attestation.evidence import Since
+from exitnode.errors import ExitConfigError
+from exitnode.host import HostSetup
+from exitnode.peers import ExitManagement
+from exitnode.server import ExitNode, raise_open_files_limit
+from exitnode.worker import WorkerSpec
+from exitnode.worker import main as worker_main
+from l2bridge.node.health import components
+from l2bridge.node.metrics import Counters, Metrics
+from l2bridge.node.status import StatusServer, read_token
+from l2bridge.protocol.helloguard import HelloGuard, QuotaKey
+from l2bridge.transport.admission import AdmissionLedger
+from l2bridge.transport.errors import TransportClosed
+
+log = logging.getLogger(__name__)
+
+STATS_S = 1.0  # how often the supervisor reads its workers' counters and checks them
+COMMAND_TIMEOUT_S = 20.0  # a worker that does not answer a command within this is killed
+RESTART_S = 2.0  # at most one start of a worker per this long
+STOP_S = 10.0  # a stopping worker's time to close its tunnels and its TAP
+# Gauges that are the same fact at every worker (not to be summed): the largest is shown.
+SAME_AT_EVERY_WORKER = frozenset({"credentials", "tunnel_listening"})
+
+
+# -- the decisions the workers share ------------------------------------------------------
+
+
+@dataclass
+class Shared:
+    """The gate's ledger, the hello guard and the devices' tunnels, for every worker.
+    Thread-safe (one lock): each worker connection is served on a thread of its own."""
+
+    ledger: AdmissionLedger
+    guard: HelloGuard
+    tunnels_per_device: int
+    # device -> its tunnels: (worker, token), oldest first
+    tunnels: dict[bytes, list[tuple[int, int]]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def admit_token(
+        self, window: int, nonce: bytes, device: bytes, source: str, *, now: float, current: int
+    ) -> str | None:
+        with self._lock:
+            return self.ledger.admit(window, nonce, device, source, now=now, current=current)
+
+    def judge_hello(
+        self, random: bytes, attested: bool, quota_key: QuotaKey, now: float
+    ) -> str | None:
+        with self._lock:
+            return self.guard.judge(random, attested, quota_key, now)
+
+    def claim(self, device: bytes, worker: int, token: int) -> list[tuple[int, int]]:
+        """Record a tunnel of ``device`` at ``worker``; return the tunnels at other workers
+        to end (the oldest first) so the device has at most ``tunnels_per_device``. The
+        claiming worker has ended its own excess tunnels itself."""
+        with self._lock:
+            held = self.tunnels.setdefault(device, [])
+            held.append((worker, token))
+            others = [t for t in held if t[0] != worker]
+            ended = others[: max(0, len(held) - self.tunnels_per_device)]
+            for tunnel in ended:
+                held.remove(tunnel)
+            return ended
+
+    def release(self, device: bytes, worker: int, token: int) -> None:
+        with self._lock:
+            held = self.tunnels.get(device, [])
+            with contextlib.suppress(ValueError):
+                held.remove((worker, token))
+            if not held:
+                self.tunnels.pop(device, None)
+
+    def forget_worker(self, worker: int) -> None:
+        """A worker died: its tunnels are gone with it."""
+        with self._lock:
+            for device in list(self.tunnels):
+                held = [t for t in self.tunnels[device] if t[0] != worker]
+                if held:
+                    self.tunnels[device] = held
+                else:
+                    del self.tunnels[device]
+
+
+# -- metrics over the workers ---------------------------------------------------------------
+
+
+class WorkersMetrics(Metrics):
+    """The supervisor's metrics: its own (TPM, registry, clock) plus its workers' counters
+    and gauges, read every ``STATS_S`` (``parts``). A worker that is restarted keeps what
+    it counted (``retired``), so the exit's counters only grow."""
+
+    def __init__(self, role: str = "exit") -> None:
+        super().__init__(role)
+        self.parts: dict[int, dict[str, Any]] = {}
+        self.retired = Counters()
+
+    def retire(self, index: int) -> None:
+        part = self.parts.pop(index, None)
+        if part is not None:
+            _add(self.retired, part)
+
+    def totals(self) -> Counters:
+        out = Counters()
+        for counters in (self.counters, self.retired):
+            out.frames_in += counters.frames_in
+            out.frames_out += counters.frames_out
+            out.bytes_in += counters.bytes_in
+            out.bytes_out += counters.bytes_out
+            out.rekeys += counters.rekeys
+            out.drops.update(counters.drops)
+        for part in list(self.parts.values()):
+            _add(out, part)
+        return out
+
+    def gauge_values(self) -> dict[str, float | None]:
+        values = super().gauge_values()
+        for part in list(self.parts.values()):
+            for name, value in part.get("gauges", {}).items():
+                if not isinstance(value, int | float):
+                    continue
+                mine = values.get(name)
+                if mine is None:
+                    values[name] = float(value)
+                elif name in SAME_AT_EVERY_WORKER:
+                    values[name] = max(mine, float(value))
+                else:
+                    values[name] = mine + float(value)
+        return values
+
+
+def _add(counters: Counters, snapshot: dict[str, Any]) -> None:
+    counters.frames_in += int(snapshot["frames"]["in"])
+    counters.frames_out += int(snapshot["frames"]["out"])
+    counters.bytes_in += int(snapshot["bytes"]["in"])
+    counters.bytes_out += int(snapshot["bytes"]["out"])
+    counters.rekeys += int(snapshot["rekeys"])
+    counters.drops.update({k: int(v) for k, v in snapshot["drops"].items()})
+
+
+# -- the supervisor ---------------------------------------------------------------------------
+
+
+class WorkerFailed(RuntimeError):
+    """A worker did not answer a command (it is then stopped and started again)."""
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: Any = None  # multiprocessing.Process
+    commands: Connection | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    started: float = 0.0
+    # Its last departure notice for all its clients' stations (``Switch.farewell``),
+    # sent into the bridge by the supervisor if the worker dies.
+    farewell: list[bytes] = field(default_factory=list)
+
+
+class Supervisor:
+    """Runs ``node`` (built, attached, never run itself) as ``workers`` processes."""
+
+    def __init__(self, node: ExitNode, workers: int) -> None:
+        config = node.config
+        if workers < 2:
+            raise ExitConfigError("network.workers: a supervisor needs at least 2 workers")
+        if config.network.bridge is None:
+            raise ExitConfigError(
+                "network.workers: each worker has a TAP of its own, joined in network.bridge; "
+                "set network.bridge"
+            )
+        if config.endpoints.relay:
+            raise ExitConfigError("network.workers: not with endpoints.relay (yet): set 1")
+        self.node = node
+        self.metrics = node.metrics
+        self.shared = Shared(
+            node.verifier.ledger,  # type: ignore[arg-type]
+            node.hello_guard,
+            config.security.tunnels_per_device,
+        )
+        self.workers = [_Worker(i) for i in range(workers)]
+        self._authkey = secrets.token_bytes(32)
+        self._dir = ""
+        self._listener: Listener | None = None
+        self._context = multiprocessing.get_context("spawn")
+        self.metrics.set_info(workers=workers)
+        self.metrics.set_gauge("workers_running", self._running)
+
+    def _running(self) -> float:
+        return float(sum(1 for w in self.workers if w.process is not None and w.process.is_alive()))
+
+    # -- what the workers ask ------------------------------------------------------------
+    def _accept(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        while True:
+            try:
+                conn = listener.accept()
+            except OSError:
+                return  # closed at stop
+            except Exception as exc:  # a failed authentication: not one of ours
+                log.warning("worker socket: connection refused (%s)", type(exc).__name__)
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: Connection) -> None:
+        try:
+            kind, index = conn.recv()
+            if not (isinstance(index, int) and 0 <= index < len(self.workers)):
+                conn.close()
+                return
+            if kind == "commands":
+                worker = self.workers[index]
+                with worker.lock:
+                    if worker.commands is not None:
+                        worker.commands.close()
+                    worker.commands = conn
+                return
+            while True:
+                op, args = conn.recv()
+                try:
+                    conn.send(("ok", self._answer(index, op, args)))
+                except TransportClosed:
+                    conn.send(("busy", None))
+        except (EOFError, OSError, ValueError, TypeError):
+            conn.close()
+
+    def _answer(self, index: int, op: str, args: tuple[Any, ...]) -> Any:
+        node = self.node
+        if op == "gate":
+            window, nonce, device, source, now, current = args
+            return self.shared.admit_token(window, nonce, device, source, now=now, current=current)
+        if op == "hello":
+            return self.shared.judge_hello(*args)
+        if op == "evidence":
+            nonce, node_id, since = args
+            if since is not None and node.evidence_since_provider is not None:
+                reset_count, ima_count = since
+                lifecycle = node.attested.lifecycle if node.attested is not None else None
+                if lifecycle is not None:
+                    return lifecycle.evidence(nonce, node_id, Since(reset_count, ima_count))
+            if node.evidence_provider is None:
+                return b""
+            return node.evidence_provider(nonce, node_id)
+        if op == "claim":
+            device, token = args
+            for worker, old in self.shared.claim(device, index, token):
+                with contextlib.suppress(WorkerFailed):  # else killed: its tunnels are gone
+                    self.command(worker, "end", device, old)
+            return None
+        if op == "release":
+            self.shared.release(args[0], index, args[1])
+            return None
+        if op == "clock":
+            return node.clock() - time.time()
+        raise ValueError(op)
+
+    # -- what the supervisor asks ----------------------------------------------------------
+    def command(self, index: int, op: str, *args: Any) -> Any:
+        """Ask worker ``index`` (blocking; call it off the loop). Raises WorkerFailed."""
+        worker = self.workers[index]
+        with worker.lock:
+            conn = worker.commands
+            if conn is None:
+                raise WorkerFailed(f"worker {index} is not connected")
+            try:
+                conn.send((op, args))
+                if not conn.poll(COMMAND_TIMEOUT_S):
+                    raise TimeoutError
+                status, value = conn.recv()
+            except (EOFError, OSError, TimeoutError) as exc:
+                worker.commands = None
+                conn.close()
+                if isinstance(exc, TimeoutError) and worker.process is not None:
+                    log.error("worker %d did not answer %r: stopped, to be started again",
+                              index, op)  # fmt: skip
+                    worker.process.kill()
+                raise WorkerFailed(f"worker {index}: {type(exc).__name__}") from None
+        if status != "ok":
+            raise WorkerFailed(f"worker {index}: {op} failed ({value})")
+        return value
+
+    async def each(self, op: str, *args: Any) -> list[tuple[int, Any]]:
+        """``op`` at every connected worker: (worker, answer) of those that gave one."""
+        calls = [asyncio.to_thread(self.command, w.index, op, *args) for w in self.workers]
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        out = []
+        for worker, answer in zip(self.workers, answers, strict=True):
+            if isinstance(answer, BaseException):
+                log.info("worker %d left out: %s", worker.index, answer)
+            else:
+                out.append((worker.index, answer))
+        return out
+
+    # -- processes -----------------------------------------------------------------------
+    def _spec(self, index: int) -> WorkerSpec:
+        options = replace(self.node.options, masquerade=None, status=False)
+        return WorkerSpec(
+            index, self.node.config, options, self._address(), self._authkey,
+            attested=self.node.evidence_provider is not None,
+        )  # fmt: skip
+
+    def _address(self) -> str:
+        return str(Path(self._dir) / "supervisor.sock")
+
+    def _start(self, worker: _Worker) -> None:
+        worker.process = self._context.Process(
+            target=worker_main, args=(self._spec(worker.index),),
+            name=f"shadowmesh-exit-worker-{worker.index}",
+        )  # fmt: skip
+        worker.process.start()
+        worker.started = time.monotonic()
+        log.info("worker %d started (pid %d)", worker.index, worker.process.pid)
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        """Read the workers' counters; start again a worker that died."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), STATS_S)
+                return
+            for worker in self.workers:
+                process = worker.process
+                if process is not None and not process.is_alive():
+                    log.error("worker %d ended (exit status %s); its clients reconnect",
+                              worker.index, process.exitcode)  # fmt: skip
+                    self.shared.forget_worker(worker.index)
+                    self._send_farewell(worker)
+                    if isinstance(self.metrics, WorkersMetrics):
+                        self.metrics.retire(worker.index)
+                    with worker.lock:
+                        if worker.commands is not None:
+                            worker.commands.close()
+                            worker.commands = None
+                    worker.process = None
+                if worker.process is None and time.monotonic() - worker.started >= RESTART_S:
+                    self._start(worker)
+            snapshots = await asyncio.gather(
+                *(asyncio.to_thread(self.command, w.index, "snapshot") for w in self.workers),
+                return_exceptions=True,
+            )
+            if isinstance(self.metrics, WorkersMetrics):
+                for worker, snap in zip(self.workers, snapshots, strict=True):
+                    if isinstance(snap, dict):
+                        self.metrics.parts[worker.index] = snap
+            farewells = await asyncio.gather(
+                *(asyncio.to_thread(self.command, w.index, "farewell") for w in self.workers),
+                return_exceptions=True,
+            )
+            for worker, frames in zip(self.workers, farewells, strict=True):
+                if isinstance(frames, list):
+                    worker.farewell = frames
+
+    def _send_farewell(self, worker: _Worker) -> None:
+        """Tell the other workers (and other exits on the LAN) that a dead worker's clients
+        left: its last departure notice, sent out of the bridge. Without it they would keep
+        refusing those stations until they age out (their frames crossed the bridge, so
+        they were learned there), while the clients come back at another worker."""
+        frames, worker.farewell = worker.farewell, []
+        bridge = self.node.config.network.bridge
+        if not frames or bridge is None:
+            return
+        try:
+            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
+                raw.bind((bridge, 0))
+                for frame in frames:
+                    raw.send(frame)
+        except OSError as exc:
+            log.warning("worker %d's departure notice not sent: %s", worker.index, exc.strerror)
+
+    def _stop_workers(self) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.is_alive():
+                worker.process.terminate()  # SIGTERM: the worker closes tunnels and its TAP
+        deadline = time.monotonic() + STOP_S
+        for worker in self.workers:
+            if worker.process is None:
+                continue
+            worker.process.join(max(0.1, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                log.error("worker %d did not stop in %.0f s: killed", worker.index, STOP_S)
+                worker.process.kill()
+                worker.process.join(2.0)
+            if worker.commands is not None:
+                worker.commands.close()
+
+    # -- status ----------------------------------------------------------------------------
+    def _status_server(self) -> StatusServer:
+        node = self.node
+        cfg = node.config.status
+        token = read_token(cfg.admin_token_file) if cfg.admin_token_file else None
+        atomic = bool(node.config.atomic_time.enabled)
+        return StatusServer(
+            self.metrics, *cfg.listen, token=token, api=WorkersManagement(self),
+            api_loop=asyncio.get_running_loop(),
+            health=lambda: components(self.metrics.snapshot(), atomic_time=atomic),
+        ).start()  # fmt: skip
+
+    async def run(self, stop: asyncio.Event) -> None:
+        node = self.node
+        raise_open_files_limit()
+        host = HostSetup(
+            node.tap_config,
+            node.config.network.bridge,
+            masquerade=node.options.masquerade,
+            open_device=False,
+        )
+        self._dir = tempfile.mkdtemp(prefix="shadowmesh-exit-")
+        os.chmod(self._dir, 0o700)
+        status: StatusServer | None = None
+        try:
+            self._listener = Listener(self._address(), family="AF_UNIX", authkey=self._authkey)
+            threading.Thread(target=self._accept, daemon=True).start()
+            for worker in self.workers:
+                self._start(worker)
+            if node.options.status:
+                status = self._status_server()
+            ep = node.config.endpoints
+            assert ep.listen is not None
+            log.info("exit listening on %s:%d with %d workers", *ep.listen, len(self.workers))
+            jobs = [self._watch(stop), node.revocations.run(stop, node.sessions, node.clock)]
+            if node.attested is not None:
+                jobs.append(node.attested.run(stop))
+            await asyncio.gather(*jobs)
+        finally:
+            await asyncio.to_thread(self._stop_workers)
+            if status is not None:
+                status.stop()
+            if self._listener is not None:
+                self._listener.close()
+            shutil.rmtree(self._dir, ignore_errors=True)
+            host.close()
+            node.identity.wipe()
+
+
+class WorkersManagement:
+    """The management API of an exit with workers: each call goes to every worker."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        node = supervisor.node
+        # Verifies, installs and saves a revocation list once, here; the workers then
+        # reload it and end the tunnels it revokes.
+        self._local = ExitManagement(
+            node.peers, node.authorizer, node.config.keys.revocations,
+            cancel_credentials=node.cancel_credentials,
+        )  # fmt: skip
+
+    async def peers(self) -> list[dict[str, Any]]:
+        """Every worker's peers, each with ``worker``: the one serving its tunnel."""
+        return [
+            {**peer, "worker": index}
+            for index, answer in await self.supervisor.each("peers")
+            for peer in answer
+        ]
+
+    async def disconnect(self, name: str, *, revoked: bool = False) -> int:
+        return sum(count for _, count in await self.supervisor.each("disconnect", name, revoked))
+
+    async def install_revocations(self, armored: str) -> dict[str, Any]:
+        result = await self._local.install_revocations(armored)
+        ended = await self.supervisor.each("revocations")
+        result["disconnected"] = sorted({name for _, names in ended for name in names})
+        return result
+
+    async def reload(self) -> dict[str, Any]:
+        out = await self.supervisor.node.reload()
+        for _, answer in await self.supervisor.each("reload"):
+            for key in ("credential_revoked", "policy_changed"):
+                if key in answer:
+                    out[key] = sorted({*out.get(key, []), *answer[key]})
+        return out
