@@ -34,13 +34,16 @@ from l2bridge.transport.errors import TransportClosed
 log = logging.getLogger(__name__)
 
 CLOCK_REFRESH_S = 1.0
+WORKER_TAP_LEN = 11
 COMMAND_RUN_S = 15.0  # a command's coroutine; the supervisor waits a little longer
 
 
 def worker_tap(tap: str, index: int) -> str:
-    """Worker ``index``'s TAP name: ``<tap>-<n>``, shortened to Linux's 15 characters."""
+    """Worker ``index``'s TAP name: ``<tap>-<n>``, shortened to 11 characters so that the
+    merging port's devices (``hardware.gro_port``: ``-out``, ``-in``, ``-br`` appended)
+    stay within Linux's 15 and distinct per worker."""
     suffix = f"-{index}"
-    return tap[: 15 - len(suffix)] + suffix
+    return tap[: WORKER_TAP_LEN - len(suffix)] + suffix
 
 
 @dataclass(frozen=True, slots=True)

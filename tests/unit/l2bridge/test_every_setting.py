@@ -49,6 +49,7 @@ from l2bridge.node.metrics import Metrics
 from l2bridge.node.rotation import TunnelClock
 from l2bridge.protocol.handshake import ClientHandshake, ClientHello
 from l2bridge.protocol.helloguard import HelloGuard
+from l2bridge.transport.admission import AdmissionLedger
 from l2bridge.transport.credentials import CredentialTable
 from l2bridge.transport.token import MasterKey
 from lab import provision
@@ -340,7 +341,9 @@ def exit_node_id(w: World) -> None:
 
 def handshake_quotas(w: World) -> None:
     verifier = w.exit(endpoints={"handshakes_per_device": 7, "handshakes_per_source": 9}).verifier
-    assert (verifier.device_quota.per_minute, verifier.source_quota.per_minute) == (7, 9)
+    ledger = verifier.ledger
+    assert isinstance(ledger, AdmissionLedger)
+    assert (ledger.device_quota.per_minute, ledger.source_quota.per_minute) == (7, 9)
 
 
 def credentials_table(w: World) -> None:
@@ -586,6 +589,8 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "test_getting_started_runs_as_written",
     "network.vnet_hdr": network_vnet_hdr,
     "network.gro": network_gro,
+    "network.workers": "tests/integration/l2/test_exit_workers.py::"
+    "test_clients_at_two_workers_switch_through_the_bridge_and_a_dead_worker_comes_back",
     "network.vlan_allow": network_vlan_allow,
     "network.gateway_ips": gateway_ips,
     "network.service_tags": service_tags,

@@ -1,0 +1,243 @@
+"""The multi-process exit's shared decisions, metrics and supervisor socket, in process.
+
+The whole exit with worker processes, real nodes and a real bridge is tried in
+``tests/integration/l2/test_exit_workers.py``; here each piece alone: what the supervisor
+decides for every worker (replays, hellos, a device's tunnels), how its counters add up,
+and the authenticated socket the workers ask it over, failing closed when it is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import threading
+import time
+import types
+from collections.abc import Iterator
+from multiprocessing.connection import AuthenticationError, Client, Listener
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exitnode import workers
+from exitnode.errors import ExitConfigError
+from exitnode.worker import (
+    RemoteHelloGuard,
+    RemoteLedger,
+    SupervisorLink,
+    _evidence,
+    worker_tap,
+)
+from exitnode.workers import Shared, Supervisor, WorkerFailed, WorkersMetrics
+from l2bridge.node.config import Config, Endpoints, Network
+from l2bridge.protocol.handshake import EvidenceSince
+from l2bridge.protocol.helloguard import REFUSED_DUPLICATE, REFUSED_QUOTA, HelloGuard
+from l2bridge.transport.admission import AdmissionLedger
+from l2bridge.transport.errors import TransportClosed
+
+DEVICE, OTHER = b"\xd1" * 32, b"\xd2" * 32
+
+
+def shared(tunnels: int = 1) -> Shared:
+    return Shared(AdmissionLedger(), HelloGuard(quotes_per_minute=2), tunnels)
+
+
+# -- names --------------------------------------------------------------------------------
+
+
+def test_worker_taps_and_their_merging_ports_fit_linux_and_stay_distinct() -> None:
+    for tap in ("sm0", "smx0", "shadowmesh0", "a" * 15):
+        names = [worker_tap(tap, i) for i in range(64)]
+        assert len(set(names)) == 64
+        ports = {name + end for name in names for end in ("-out", "-in", "-br")}
+        assert len(ports) == 3 * 64 and all(len(p) <= 15 for p in ports)
+
+
+# -- what the supervisor decides for every worker --------------------------------------------
+
+
+def test_a_token_admitted_at_one_worker_is_a_replay_at_another() -> None:
+    s = shared()
+    args = (7, b"n" * 16, DEVICE, "10.0.0.1")
+    assert s.admit_token(*args, now=100.0, current=7) is None  # worker 0
+    assert s.admit_token(*args, now=100.5, current=7) == "replay"  # worker 1, same token
+
+
+def test_duplicate_hellos_and_the_quote_quota_count_over_every_worker() -> None:
+    s = shared()
+    assert s.judge_hello(b"r1", True, DEVICE, 0.0) is None
+    assert s.judge_hello(b"r1", True, DEVICE, 0.1) == REFUSED_DUPLICATE
+    assert s.judge_hello(b"r2", True, DEVICE, 0.2) is None
+    assert s.judge_hello(b"r3", True, DEVICE, 0.3) == REFUSED_QUOTA  # 2 a minute, anywhere
+    assert s.judge_hello(b"r4", True, OTHER, 0.4) is None  # another device's own quota
+
+
+def test_a_devices_tunnels_are_counted_over_workers_the_oldest_elsewhere_ending() -> None:
+    s = shared(tunnels=1)
+    assert s.claim(DEVICE, 0, 11) == []
+    assert s.claim(OTHER, 0, 12) == []
+    assert s.claim(DEVICE, 1, 21) == [(0, 11)]  # back at worker 1: worker 0's ends
+    assert s.tunnels == {DEVICE: [(1, 21)], OTHER: [(0, 12)]}
+    # Its own older tunnel the claiming worker ends itself; never one twice.
+    assert s.claim(DEVICE, 1, 22) == []
+    s.release(DEVICE, 1, 21)
+    s.release(DEVICE, 1, 21)  # twice: nothing
+    assert s.tunnels[DEVICE] == [(1, 22)]
+    s.forget_worker(0)
+    assert OTHER not in s.tunnels
+    s.release(DEVICE, 1, 22)
+    assert s.tunnels == {}
+
+
+def test_with_two_tunnels_per_device_the_third_ends_the_oldest() -> None:
+    s = shared(tunnels=2)
+    assert s.claim(DEVICE, 0, 1) == []
+    assert s.claim(DEVICE, 1, 2) == []
+    assert s.claim(DEVICE, 1, 3) == [(0, 1)]
+
+
+# -- counters over the workers ---------------------------------------------------------------
+
+
+def snap(frames: int, drops: dict[str, int], gauges: dict[str, float]) -> dict[str, Any]:
+    return {
+        "frames": {"in": frames, "out": frames}, "bytes": {"in": 10 * frames, "out": 0},
+        "rekeys": 1, "drops": drops, "gauges": gauges,
+    }  # fmt: skip
+
+
+def test_counters_and_gauges_add_up_and_a_restarted_worker_keeps_its_count() -> None:
+    m = WorkersMetrics()
+    m.set_gauge("tpm_ok", lambda: 1.0)
+    m.set_gauge("credentials", lambda: 3.0)
+    m.parts[0] = snap(5, {"mac_spoof": 2}, {"clients": 2.0, "credentials": 3.0})
+    m.parts[1] = snap(7, {"mac_spoof": 1, "dhcp_server": 4}, {"clients": 1.0, "credentials": 3.0,
+                                                             "tunnel_listening": 1.0})  # fmt: skip
+    doc = m.snapshot()
+    assert doc["frames"] == {"in": 12, "out": 12} and doc["rekeys"] == 2
+    assert doc["drops"] == {"dhcp_server": 4, "mac_spoof": 3}
+    assert doc["gauges"]["clients"] == 3.0
+    assert doc["gauges"]["credentials"] == 3.0  # the same table everywhere: not tripled
+    assert doc["gauges"]["tpm_ok"] == 1.0 and doc["gauges"]["tunnel_listening"] == 1.0
+    m.retire(1)  # worker 1 died: what it counted stays
+    m.parts[1] = snap(1, {}, {"clients": 0.0})
+    assert m.snapshot()["frames"]["in"] == 13
+    assert b'shadowmesh_drops_total{reason="mac_spoof",role="exit"} 3.0' in m.prometheus_text()
+
+
+# -- the supervisor's refusals ----------------------------------------------------------------
+
+
+def stub_node(config: Config) -> Any:
+    return types.SimpleNamespace(
+        config=config, metrics=WorkersMetrics(),
+        verifier=types.SimpleNamespace(ledger=AdmissionLedger()),
+        hello_guard=HelloGuard(), evidence_provider=None, evidence_since_provider=None,
+        attested=None, clock=time.time,
+    )  # fmt: skip
+
+
+def test_workers_need_a_bridge_and_are_refused_with_a_relay() -> None:
+    bridged = Config(network=Network(bridge="br0", workers=2))
+    with pytest.raises(ExitConfigError, match=r"network\.bridge"):
+        Supervisor(stub_node(Config(network=Network(workers=2))), 2)
+    relay = dataclasses.replace(bridged, endpoints=Endpoints(relay=True))
+    with pytest.raises(ExitConfigError, match=r"endpoints\.relay"):
+        Supervisor(stub_node(relay), 2)
+    assert len(Supervisor(stub_node(bridged), 2).workers) == 2
+
+
+# -- the socket ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def supervisor() -> Iterator[Supervisor]:
+    sup = Supervisor(stub_node(Config(network=Network(bridge="br0", workers=2))), 2)
+    sup._dir = tempfile.mkdtemp()
+    sup._listener = Listener(sup._address(), family="AF_UNIX", authkey=sup._authkey)
+    threading.Thread(target=sup._accept, daemon=True).start()
+    try:
+        yield sup
+    finally:
+        sup._listener.close()
+        Path(sup._address()).unlink(missing_ok=True)
+        os.rmdir(sup._dir)
+
+
+def link(sup: Supervisor, index: int = 0) -> SupervisorLink:
+    return SupervisorLink(sup._address(), sup._authkey, index)
+
+
+def test_workers_share_the_supervisors_ledger_and_guard_over_the_socket(
+    supervisor: Supervisor,
+) -> None:
+    a, b = RemoteLedger(link(supervisor, 0)), RemoteLedger(link(supervisor, 1))
+    assert a.admit(3, b"x" * 16, DEVICE, "s", now=1.0, current=3) is None
+    assert b.admit(3, b"x" * 16, DEVICE, "s", now=1.0, current=3) == "replay"
+    guard = RemoteHelloGuard(link(supervisor, 1), quotes_per_minute=2)
+    assert guard.judge(b"r", False, DEVICE, 1.0) is None
+    assert RemoteHelloGuard(link(supervisor, 0), 2).judge(b"r", False, DEVICE, 1.1) == (
+        REFUSED_DUPLICATE
+    )
+    assert abs(float(link(supervisor).call("clock"))) < 1.0
+
+
+def test_evidence_comes_from_the_supervisor_and_busy_stays_busy(supervisor: Supervisor) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+
+    def provider(nonce: bytes, node_id: bytes) -> bytes:
+        calls.append((nonce, node_id))
+        if nonce == b"busy":
+            raise TransportClosed("attestation busy")
+        return b"evidence for " + nonce
+
+    supervisor.node.evidence_provider = provider
+    provide, provide_since = _evidence(link(supervisor))
+    assert provide(b"n1", b"id") == b"evidence for n1"
+    with pytest.raises(TransportClosed):
+        provide(b"busy", b"id")
+    # No since-provider at the supervisor: the whole evidence.
+    assert provide_since(b"n2", b"id", EvidenceSince(1, 5)) == b"evidence for n2"
+    assert calls == [(b"n1", b"id"), (b"busy", b"id"), (b"n2", b"id")]
+
+
+def test_a_connection_without_the_key_gets_nothing(supervisor: Supervisor) -> None:
+    with pytest.raises(AuthenticationError):
+        Client(supervisor._address(), family="AF_UNIX", authkey=b"not the key" * 3)
+    # The supervisor still serves its workers afterwards.
+    assert RemoteLedger(link(supervisor)).admit(1, b"y" * 16, DEVICE, "", now=1, current=1) is None
+
+
+def test_without_the_supervisor_a_worker_fails_closed(tmp_path: Path) -> None:
+    gone = SupervisorLink(str(tmp_path / "nothing.sock"), b"k" * 32, 0)
+    assert RemoteLedger(gone).admit(1, b"z" * 16, DEVICE, "", now=1.0, current=1) == "full"
+    assert RemoteHelloGuard(gone, 2).judge(b"r", True, DEVICE, 1.0) == REFUSED_QUOTA
+    provide, _ = _evidence(gone)
+    with pytest.raises(TransportClosed):
+        provide(b"n", b"id")
+
+
+def test_commands_reach_a_worker_and_a_silent_one_is_given_up(
+    supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = link(supervisor, 1).connect("commands")
+
+    def answer() -> None:
+        op, args = conn.recv()
+        conn.send(("ok", [op, *args]))
+        conn.recv()  # the next one is never answered
+
+    threading.Thread(target=answer, daemon=True).start()
+    deadline = time.monotonic() + 5
+    while supervisor.workers[1].commands is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert supervisor.command(1, "peers", "x") == ["peers", "x"]
+    monkeypatch.setattr(workers, "COMMAND_TIMEOUT_S", 0.2)
+    with pytest.raises(WorkerFailed):
+        supervisor.command(1, "snapshot")
+    assert supervisor.workers[1].commands is None  # given up: started again by the watch
+    with pytest.raises(WorkerFailed, match="not connected"):
+        supervisor.command(0, "snapshot")
+    conn.close()
