@@ -40,7 +40,8 @@ rate whose loss stays under 1 %, found by a bounded search):
 
 Then the exit's capacity: 1 and then 4 clients (each a ``shadowmesh client`` in its own
 namespace, plain TAPs by default) through one exit, iperf3 TCP from each at once
-(bench/l2_aggregate.py).
+(bench/l2_aggregate.py); and 4 clients again through an exit with ``--aggregate-workers``
+worker processes (``network.workers``, default 2): exit_aggregate_gbps_workers.
 
 Prints each figure as it goes, then exactly one line of JSON with every figure and
 ratio_throughput_plain (plain frames on the wire, default config: the gro run),
@@ -438,6 +439,11 @@ def main() -> int:
         "--aggregate-clients", type=_counts, default=[1, 4],
         help="client counts for exit_aggregate_gbps (comma-separated; '' for none)",
     )  # fmt: skip
+    parser.add_argument(
+        "--aggregate-workers", type=int, default=2,
+        help="also run the largest client count with an exit of this many worker processes "
+        "(network.workers; 1: not)",
+    )  # fmt: skip
     parser.add_argument("--profile", type=Path, help="write py-spy profiles of both nodes here")
     parser.add_argument("--skip-openvpn", action="store_true")
     parser.add_argument(
@@ -474,6 +480,19 @@ def main() -> int:
     results["exit_aggregate_gbps"] = aggregate
     results["exit_aggregate_cores"] = cores
     results["exit_aggregate_mode"] = args.aggregate_mode
+    if args.aggregate_workers > 1 and args.aggregate_clients:
+        # The same run with the exit's work in worker processes (exitnode.workers).
+        clients = max(args.aggregate_clients)
+        with tempfile.TemporaryDirectory(prefix="bench-l2-agw-") as tmp, Lab() as lab:
+            got = l2_aggregate.aggregate(
+                lab, Path(tmp), clients, mode=args.aggregate_mode, seconds=args.seconds,
+                workers=args.aggregate_workers,
+            )  # fmt: skip
+        results["exit_aggregate_workers"] = args.aggregate_workers
+        results["exit_aggregate_gbps_workers"] = {str(clients): got.pop("gbps")}
+        results["exit_aggregate_cores_workers"] = {str(clients): got}
+        log(f"{'aggregate':>18}: {clients} client(s), {args.aggregate_workers} workers "
+            f"{results['exit_aggregate_gbps_workers'][str(clients)]} Gbit/s, {got}")  # fmt: skip
     if args.profile is not None:
         results["profile"] = {}
         for mode in args.modes:

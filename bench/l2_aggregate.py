@@ -15,6 +15,7 @@ say so next to the figure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,6 +25,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import yaml
 
 from hardware import netns
 from hardware.netns import Lab, Namespace
@@ -47,7 +50,7 @@ def _client_wan(i: int) -> str:
 
 @contextmanager
 def world(
-    lab: Lab, tmp: Path, clients: int, *, mode: str
+    lab: Lab, tmp: Path, clients: int, *, mode: str, workers: int = 1
 ) -> Iterator[tuple[list[Namespace], int, list[int]]]:
     """Build the topology with ``clients`` running clients; yields the hosts in front,
     the exit's pid and the clients' pids."""
@@ -69,6 +72,10 @@ def world(
         offload=mode == "offload",
         bridge=topology.BRIDGE,
     )
+    if workers > 1:  # network.workers: the exit's processes (exitnode.workers)
+        doc = yaml.safe_load(files.exit_config.read_text())
+        doc["network"]["workers"] = workers
+        files.exit_config.write_text(yaml.safe_dump(doc, sort_keys=False))
     hosts: list[Namespace] = []
     client_ns: list[Namespace] = []
     for i in range(clients):
@@ -111,11 +118,25 @@ def world(
             lab.stop(server)
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (an exit's worker processes)."""
+    out = [pid]
+    for p in out:
+        with contextlib.suppress(OSError):
+            out.extend(int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split())
+    return out
+
+
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes (all their threads) so far."""
+    """User + system CPU time of these processes (all their threads) so far; a process
+    gone meanwhile counts nothing."""
     ticks = 0
     for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
 
@@ -130,17 +151,20 @@ def machine_seconds() -> tuple[float, float]:
     return (user + nice + system + irq + softirq) / tick, (idle + iowait) / tick
 
 
-def aggregate(lab: Lab, tmp: Path, clients: int, *, mode: str, seconds: float) -> dict[str, float]:
+def aggregate(
+    lab: Lab, tmp: Path, clients: int, *, mode: str, seconds: float, workers: int = 1
+) -> dict[str, float]:
     """Sum of iperf3 TCP (one stream per client, all at once) received behind the exit,
     and the cores the exit, the clients and the whole machine (everything: iperf3, the
     kernel's forwarding, the nodes) used meanwhile, and the machine's idle cores (CPU
     seconds / wall seconds), and from them the machine's ceiling for this traffic: the
     figure scaled to every core busy at the same cost per bit. No arrangement of the
     exit's work (workers, threads) can carry more than that ceiling on this machine."""
-    with world(lab, tmp, clients, mode=mode) as (hosts, exit_pid, client_pids):
+    with world(lab, tmp, clients, mode=mode, workers=workers) as (hosts, exit_pid, client_pids):
         runs = []
         started = time.monotonic()
-        exit_before, clients_before = cpu_seconds([exit_pid]), cpu_seconds(client_pids)
+        exit_pids = tree(exit_pid)  # with workers: the supervisor and its workers
+        exit_before, clients_before = cpu_seconds(exit_pids), cpu_seconds(client_pids)
         busy_before, idle_before = machine_seconds()
         for i, host in enumerate(hosts):
             cmd = ["iperf3", "-c", SINK, "-p", str(BASE_PORT + i), "-J", "-t", str(seconds)]
@@ -156,7 +180,7 @@ def aggregate(lab: Lab, tmp: Path, clients: int, *, mode: str, seconds: float) -
                 raise RuntimeError(f"aggregate: iperf3 failed ({proc.returncode})")
             total += json.loads(out)["end"]["sum_received"]["bits_per_second"]
         wall = time.monotonic() - started
-        exit_cores = (cpu_seconds([exit_pid]) - exit_before) / wall
+        exit_cores = (cpu_seconds(exit_pids) - exit_before) / wall
         clients_cores = (cpu_seconds(client_pids) - clients_before) / wall
         busy_after, idle_after = machine_seconds()
     busy = (busy_after - busy_before) / wall

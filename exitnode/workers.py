@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from attestation.evidence import Since
-from exitnode.errors import ExitConfigError
+from exitnode.errors import ExitConfigError, ExitError
 from exitnode.host import HostSetup
 from exitnode.peers import ExitManagement
 from exitnode.server import ExitNode, raise_open_files_limit
@@ -67,6 +67,8 @@ STATS_S = 1.0  # how often the supervisor reads its workers' counters and checks
 COMMAND_TIMEOUT_S = 20.0  # a worker that does not answer a command within this is killed
 RESTART_S = 2.0  # at most one start of a worker per this long
 STOP_S = 10.0  # a stopping worker's time to close its tunnels and its TAP
+STARTUP_S = 10.0  # a worker that dies sooner than this after its start died starting
+EARLY_DEATHS = 5  # so many in a row and the exit stops: the fault is not passing
 # Gauges that are the same fact at every worker (not to be summed): the largest is shown.
 SAME_AT_EVERY_WORKER = frozenset({"credentials", "tunnel_listening"})
 
@@ -203,6 +205,7 @@ class _Worker:
     # Its last departure notice for all its clients' stations (``Switch.farewell``),
     # sent into the bridge by the supervisor if the worker dies.
     farewell: list[bytes] = field(default_factory=list)
+    early_deaths: int = 0  # in a row, each within STARTUP_S of its start
 
 
 class Supervisor:
@@ -371,6 +374,13 @@ class Supervisor:
                 if process is not None and not process.is_alive():
                     log.error("worker %d ended (exit status %s); its clients reconnect",
                               worker.index, process.exitcode)  # fmt: skip
+                    early = time.monotonic() - worker.started < STARTUP_S
+                    worker.early_deaths = worker.early_deaths + 1 if early else 0
+                    if worker.early_deaths >= EARLY_DEATHS:
+                        raise ExitError(
+                            f"worker {worker.index} ended within {STARTUP_S:.0f} s of its "
+                            f"start {EARLY_DEATHS} times in a row (its log says why)"
+                        )
                     self.shared.forget_worker(worker.index)
                     self._send_farewell(worker)
                     if isinstance(self.metrics, WorkersMetrics):
@@ -455,6 +465,7 @@ class Supervisor:
         self._dir = tempfile.mkdtemp(prefix="shadowmesh-exit-")
         os.chmod(self._dir, 0o700)
         status: StatusServer | None = None
+        metrics_only: StatusServer | None = None
         try:
             self._listener = Listener(self._address(), family="AF_UNIX", authkey=self._authkey)
             threading.Thread(target=self._accept, daemon=True).start()
@@ -462,6 +473,7 @@ class Supervisor:
                 self._start(worker)
             if node.options.status:
                 status = self._status_server()
+                metrics_only = node._metrics_server()  # status.metrics_listen, if set
             ep = node.config.endpoints
             assert ep.listen is not None
             log.info("exit listening on %s:%d with %d workers", *ep.listen, len(self.workers))
@@ -471,8 +483,9 @@ class Supervisor:
             await asyncio.gather(*jobs)
         finally:
             await asyncio.to_thread(self._stop_workers)
-            if status is not None:
-                status.stop()
+            for listener in (status, metrics_only):
+                if listener is not None:
+                    listener.stop()
             if self._listener is not None:
                 self._listener.close()
             shutil.rmtree(self._dir, ignore_errors=True)

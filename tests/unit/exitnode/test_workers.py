@@ -241,3 +241,32 @@ def test_commands_reach_a_worker_and_a_silent_one_is_given_up(
     with pytest.raises(WorkerFailed, match="not connected"):
         supervisor.command(0, "snapshot")
     conn.close()
+
+
+def test_a_worker_that_keeps_dying_at_start_stops_the_exit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fault that does not pass (its TAP cannot be made, say) must not become a restart
+    # loop for ever: after EARLY_DEATHS quick deaths in a row the exit stops, saying why.
+    import asyncio
+
+    sup = Supervisor(stub_node(Config(network=Network(bridge="br0", workers=2))), 2)
+    monkeypatch.setattr(workers, "STATS_S", 0.01)
+    monkeypatch.setattr(workers, "RESTART_S", 0.0)
+    starts: list[int] = []
+
+    def start(worker: Any) -> None:
+        starts.append(worker.index)
+        alive = worker.index == 0  # worker 1 dies at once, every time
+        worker.process = types.SimpleNamespace(
+            is_alive=lambda: alive, exitcode=None if alive else 1, pid=0
+        )
+        worker.started = time.monotonic()
+
+    monkeypatch.setattr(sup, "_start", start)
+    for worker in sup.workers:
+        start(worker)
+    with pytest.raises(workers.ExitError, match="worker 1 ended"):
+        asyncio.run(asyncio.wait_for(sup._watch(asyncio.Event()), 10))
+    assert starts.count(1) == workers.EARLY_DEATHS
+    assert starts.count(0) == 1
