@@ -31,6 +31,10 @@ client cannot reach into another client's traffic:
   device has at most ``max_ips`` of them, the LAN's addresses and
   ``SwitchConfig.protected_ips`` (the gateway) can only be claimed by the LAN, link-layer
   addresses inside must be the frame's source, and clients send no Router Advertisements;
+- a client port sends no IPv4/IPv6 packet from an address bound (ARP/ND, live) to a port of
+  the LAN or of another device, nor from ``protected_ips`` (IP source guard: dropped as
+  ``ip_spoof``); an address nobody holds may be used (routers at the sites), the flow fast
+  path included;
 - a client port whose policy does not say ``dhcp_server`` sends no DHCP/DHCPv6 server
   message (``exitnode.dhcpguard``; dropped as ``dhcp_server``, and its port named once in
   ``refusals`` for the driver to log), the flow fast path included;
@@ -61,6 +65,7 @@ from hardware import ethernet
 FLOW_KEY_LEN = ethernet.OFFLOAD_HEADER_LEN + ethernet.ETH_HEADER_LEN
 _UNTAGGED_L3 = FLOW_KEY_LEN  # where L3 starts in a frame without a VLAN tag
 _PROTO_AT = _UNTAGGED_L3 + 9  # an untagged IPv4 packet's protocol byte
+_SRC_AT = _UNTAGGED_L3 + 12  # an untagged IPv4 packet's source address
 _UDP = dhcpguard.UDP
 _IPV4_TYPE = ethernet.ETHERTYPE_IPV4.to_bytes(2, "big")
 _DHCP_V4_PORTS = (b"\x00\x43", b"\x00\x44")  # 67, 68
@@ -99,6 +104,17 @@ def _dhcp(frame: Buffer) -> bool:
         and frame[FLOW_KEY_LEN - 2 : FLOW_KEY_LEN] == _IPV4_TYPE
         and dhcpguard.ipv4_server(frame, _UNTAGGED_L3)
     )
+
+
+_IP_TYPES = (ethernet.ETHERTYPE_IPV4, ethernet.ETHERTYPE_IPV6)
+
+
+def _source_address(frame: Buffer, header: ethernet.EthernetHeader) -> bytes | None:
+    """An IPv4 or IPv6 packet's source address (None: too short to have one)."""
+    at = header.l3
+    if header.ethertype == ethernet.ETHERTYPE_IPV4:
+        return bytes(frame[at + 12 : at + 16]) if len(frame) >= at + 20 else None
+    return bytes(frame[at + 8 : at + 24]) if len(frame) >= at + 40 else None
 
 
 def _bucket_ok(rate: float, burst: float) -> bool:
@@ -230,8 +246,9 @@ class _Port:
 
 
 # A port's last flow, kept between calls to ``forward``: (flow key, egress port, source
-# key, destination key).
-_Flow: TypeAlias = tuple[bytes, str, Key, Key]
+# key, destination key, the IPv4 source address its frames were let through with (None:
+# not IPv4, or from a protected port) and the address bindings' generation then).
+_Flow: TypeAlias = tuple[bytes, str, Key, Key, bytes | None, int]
 
 
 class Switch:
@@ -254,6 +271,9 @@ class Switch:
         # Stations and addresses client ports took during this ``forward`` (to announce).
         self._new_macs: list[Key] = []
         self._new_ips: list[Key] = []
+        # Bumped whenever an address is bound to another port or unbound: a flow's
+        # source-address verdict (IP source guard) holds while it is unchanged.
+        self._ip_generation = 0
         # (port, drop reason) the driver should tell the operator about, once per device
         # while it stays attached (a DHCP server at a site not trusted to run one).
         self.refusals: list[tuple[str, str]] = []
@@ -487,6 +507,8 @@ class Switch:
             state.dev.ips += 1
         for ip in claim.addresses:
             self._ips[(vlan, ip)] = (state.name, now)
+        if fresh:
+            self._ip_generation += 1
         if fresh and not state.protected and self.config.announce_holdings:
             self._new_ips.extend(fresh)
         return None
@@ -498,6 +520,7 @@ class Switch:
 
     def _unbind(self, key: Key, port: str) -> None:
         del self._ips[key]
+        self._ip_generation += 1
         state = self._ports.get(port)
         if state is not None:
             state.dev.ips -= 1
@@ -593,7 +616,12 @@ class Switch:
         #
         # A flow's frames share their Ethernet header, not what is inside: on a port that
         # may not answer DHCP, an IPv4 UDP frame of the flow is still looked at (``_dhcp``).
+        #
+        # So is an IPv4 frame's source address from a client port (IP source guard): the
+        # flow keeps the address its frames were let through with, and a frame from another
+        # address, or after any address was bound elsewhere or unbound, takes the full path.
         flow_key: bytes | None = None
+        flow_src: bytes | None = None
         flow_out: list[Buffer] = []
         flow: _Flow | None = self._flows.get(port) if self.flow_cache else None
         ageing = self.config.ageing_s
@@ -604,6 +632,7 @@ class Switch:
                 if (
                     frame[:FLOW_KEY_LEN] == flow_key
                     and len(frame) - ethernet.OFFLOAD_HEADER_LEN <= max_plain
+                    and (flow_src is None or frame[_SRC_AT : _SRC_AT + 4] == flow_src)
                 ):
                     if (
                         guard
@@ -620,6 +649,10 @@ class Switch:
                 flow is not None
                 and frame[:FLOW_KEY_LEN] == flow[0]
                 and len(frame) - ethernet.OFFLOAD_HEADER_LEN <= max_plain
+                and (
+                    flow[4] is None
+                    or (flow[5] == self._ip_generation and frame[_SRC_AT : _SRC_AT + 4] == flow[4])
+                )
             ):
                 src_entry = table.get(flow[2])
                 dst_entry = table.get(flow[3])
@@ -640,7 +673,7 @@ class Switch:
                         self._refuse_dhcp(state)
                         continue
                     table[flow[2]] = (port, now)
-                    flow_key = flow[0]
+                    flow_key, flow_src = flow[0], flow[4]
                     flow_out = out.setdefault(flow[1], [])
                     flow_out.append(frame)
                     stats.forwarded += 1
@@ -688,6 +721,12 @@ class Switch:
                     if refused is not None:
                         drops[refused] += 1
                         continue
+            source = None
+            if not state.protected and header.ethertype in _IP_TYPES:
+                source = _source_address(frame, header)
+                if source is not None and self._not_theirs(state, vlan, source, now):
+                    drops[DROP_IP_SPOOF] += 1
+                    continue
             if ethernet.is_group(header.dst):
                 if departures.is_notice(header):
                     # Only the LAN speaks for stations leaving it; never flooded on.
@@ -719,12 +758,30 @@ class Switch:
                     and frame[: ethernet.OFFLOAD_HEADER_LEN] == ethernet.NO_OFFLOAD
                 ):
                     flow_key = bytes(frame[:FLOW_KEY_LEN])
-                    flow = (flow_key, egress, key, (vlan, header.dst))
+                    flow_src = source if header.ethertype == ethernet.ETHERTYPE_IPV4 else None
+                    if flow_src is None and not state.protected and header.ethertype in _IP_TYPES:
+                        flow_key = None  # an IPv4 packet too short to have a source: no flow
+                        continue
+                    flow = (flow_key, egress, key, (vlan, header.dst), flow_src,
+                            self._ip_generation)  # fmt: skip
                     if self.flow_cache:
                         self._flows[port] = flow
         if self._new_macs or self._new_ips:
             self._announce(out)
         return out
+
+    def _not_theirs(self, state: _Port, vlan: int, source: bytes, now: float) -> bool:
+        """IP source guard: whether ``source`` is an address a client on ``state`` may not
+        send from: one of ``protected_ips``, or one bound (ARP/ND, live) to a port of the
+        LAN or of another device. An address nobody holds may be used (a router at the
+        client's site forwards packets from anywhere)."""
+        if source in self.config.protected_ips:
+            return True
+        entry = self._ips.get((vlan, source))
+        if entry is None or entry[0] == state.name or now - entry[1] > self.config.ageing_s:
+            return False
+        owner = self._ports.get(entry[0])
+        return owner is not None and (owner.protected or owner.device != state.device)
 
     def _refuse_dhcp(self, state: _Port) -> None:
         """Drop a DHCP server's frame from ``state``; the first time for its device, tell the

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -22,10 +23,12 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import Client, Connection
 from typing import Any
 
+from exitnode.errors import ExitError
 from exitnode.peers import ExitManagement, Peer
 from exitnode.server import ExitNode, ExitOptions
 from hardware.announce import stable_mac
 from l2bridge.commands.common import run_node, setup_logging
+from l2bridge.errors import L2BridgeError
 from l2bridge.node.config import Config
 from l2bridge.protocol.handshake import EvidenceSince
 from l2bridge.protocol.helloguard import REFUSED_QUOTA, HelloGuard, QuotaKey
@@ -198,14 +201,22 @@ class Worker:
         )  # fmt: skip
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._numbers = itertools.count(1)
+        self._tokens: dict[int, int] = {}  # id(peer) -> its number, while it is claimed
 
     async def _claim(self, peer: Peer) -> None:
-        await asyncio.to_thread(self.link.call, "claim", peer.authorization.device_id, id(peer))
+        # A number of its own per tunnel (not id(): a later peer may reuse a freed one
+        # while the supervisor still hears about the earlier).
+        token = self._tokens[id(peer)] = next(self._numbers)
+        await asyncio.to_thread(self.link.call, "claim", peer.authorization.device_id, token)
 
     def _release(self, peer: Peer) -> None:
+        token = self._tokens.pop(id(peer), None)
+        if token is None:
+            return  # never claimed (it ended before)
         assert self._loop is not None
         done = self._loop.run_in_executor(
-            None, self.link.call, "release", peer.authorization.device_id, id(peer)
+            None, self.link.call, "release", peer.authorization.device_id, token
         )
         done.add_done_callback(lambda f: f.exception())  # a gone supervisor: nothing to do
 
@@ -217,7 +228,7 @@ class Worker:
             return node.board.switch.farewell() if node.board is not None else []
         if op == "end":
             device, token = args
-            ended = [p for p in node.peers.of_device(device) if id(p) == token]
+            ended = [p for p in node.peers.of_device(device) if self._tokens.get(id(p)) == token]
             for peer in ended:
                 log.warning("device %s: a newer tunnel at another worker replaces the one "
                             "from %s", peer.name, peer.link.remote_address)  # fmt: skip
@@ -276,7 +287,7 @@ def main(spec: WorkerSpec) -> None:
     setup_logging(spec.config.logging.level, audit=spec.config.logging.audit)
     try:
         worker = Worker(spec)
-    except Exception as exc:
-        log.error("worker %d cannot start: %s", spec.index, exc)
+        run_node(worker.run)
+    except (ExitError, L2BridgeError) as exc:
+        log.error("worker %d: %s", spec.index, exc)
         raise SystemExit(1) from None
-    run_node(worker.run)

@@ -183,3 +183,62 @@ def test_no_dhcp_server_message_from_an_untrusted_client_leaves_the_switch(
         assert not servers & set(out.get("local", []))
         sent += len(servers)
     assert sw.stats.drops["dhcp_server"] >= sent
+
+
+# IP source guard: the attacker sends IPv4 from its own address, a free one or the
+# victim's, in flows the fast path carries, while the victim claims and the table ages
+# addresses; a frame from an address the victim holds at that moment never leaves.
+VICTIM_MAC, EVIL_MAC = bytes.fromhex("02000000000a"), bytes.fromhex("02000000000e")
+GW_MAC = bytes.fromhex("0200000000fe")
+ADDRESSES = [bytes([10, 0, 0, n]) for n in (10, 14, 77, 78)]
+SOURCE = slice(ethernet.OFFLOAD_HEADER_LEN + 26, ethernet.OFFLOAD_HEADER_LEN + 30)
+
+
+def _arp(mac: bytes, ip: bytes) -> bytes:
+    body = bytes.fromhex("0001080006040002") + mac + ip + bytes(6) + ip
+    return ethernet.NO_OFFLOAD + b"\xff" * 6 + mac + b"\x08\x06" + body
+
+
+def _ipv4(mac: bytes, ip: bytes) -> bytes:
+    header = bytes.fromhex("4500001c0001400040110000") + ip + bytes([10, 0, 0, 99])
+    return ethernet.NO_OFFLOAD + GW_MAC + mac + b"\x08\x00" + header + bytes(8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["claim", "send", "age"]),
+            st.sampled_from(ADDRESSES),
+            st.lists(st.sampled_from(ADDRESSES), min_size=1, max_size=6),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_no_frame_from_an_address_the_victim_holds_leaves_from_the_attacker(
+    steps: list[tuple[str, bytes, list[bytes]]],
+) -> None:
+    sw = Switch(SwitchConfig(announce_holdings=False, ageing_s=5.0))
+    sw.attach("local", PortPolicy(vlans=None), 0.0)
+    sw.attach("victim", PortPolicy(), 0.0)
+    sw.attach("evil", PortPolicy(), 0.0)
+    sw.forward("local", [_arp(GW_MAC, bytes([10, 0, 0, 1]))], 0.0)
+    now = 0.0
+    for kind, address, sources in steps:
+        now += 0.5
+        if kind == "claim":
+            sw.forward("victim", [_arp(VICTIM_MAC, address)], now)
+        elif kind == "age":
+            now += 3.0
+            sw.age(now)
+            sw.forward("local", [_arp(GW_MAC, bytes([10, 0, 0, 1]))], now)
+        else:
+            frames = [_ipv4(EVIL_MAC, ip) for ip in sources]
+            out = sw.forward("evil", frames, now)
+            held = {ip for ip in ADDRESSES if sw.owner(ip, 0, now) == "victim"}
+            for frame in out.get("local", []):
+                assert (
+                    frame[ethernet.OFFLOAD_HEADER_LEN + 26 : ethernet.OFFLOAD_HEADER_LEN + 30]
+                    not in held
+                )

@@ -306,3 +306,57 @@ def test_one_device_cannot_fill_the_address_table() -> None:
     sw.age(2.0 + constants.MAC_AGEING_S + 1)
     assert sw.owner(bytes([10, 0, 1, 1]), 0, 400.0) is None
     assert sw.forward("evil#1", claims[4:], 400.0)  # room again
+
+
+def ipv4(src: str, dst: str, ip_src: str, ip_dst: str = "10.0.0.99") -> bytes:
+    return pkt(Ether(src=src, dst=dst) / IP(src=ip_src, dst=ip_dst) / UDP(dport=53) / b"q")
+
+
+def test_a_client_cannot_send_from_the_gateways_the_lans_or_another_clients_address() -> None:
+    # IP source guard: the address another port holds (ARP/ND) is not a client's to send
+    # from; a forged DNS answer "from the gateway" to another site's host is dropped.
+    sw = lan_with_gateway(protected_ips=frozenset({bytes([10, 0, 0, 1])}))
+    sw.attach("victim", PortPolicy(), 0.0)
+    sw.attach("evil", PortPolicy(), 0.0)
+    sw.forward("victim", [arp_reply(VICTIM, "10.0.0.10")], 0.5)
+    lan_host = "02:00:00:00:00:33"
+    sw.forward(LAN, [arp_reply(lan_host, "10.0.0.33")], 0.5)
+    sw.forward("evil", [arp_reply(EVIL, "10.0.0.14")], 0.5)
+    for forged in ("10.0.0.1", "10.0.0.33", "10.0.0.10"):
+        assert sw.forward("evil", [ipv4(EVIL, VICTIM, forged)], 1.0) == {}
+    assert sw.stats.drops["ip_spoof"] == 3
+    # Its own address, and one nobody holds (a router at its site forwards from anywhere).
+    own, routed = ipv4(EVIL, GW_MAC, "10.0.0.14"), ipv4(EVIL, GW_MAC, "192.0.2.7")
+    assert sw.forward("evil", [own, routed], 1.1) == {LAN: [own, routed]}
+    # The victim and the LAN send from their own addresses as before.
+    mine = ipv4(VICTIM, GW_MAC, "10.0.0.10")
+    assert sw.forward("victim", [mine], 1.2) == {LAN: [mine]}
+    reply = ipv4(GW_MAC, VICTIM, "10.0.0.1")
+    assert sw.forward(LAN, [reply], 1.3) == {"victim": [reply]}
+    # IPv6: the victim's address (claimed in ND) is not the attacker's either.
+    sw.forward("victim", [pkt(Ether(src=VICTIM, dst="33:33:00:00:00:01") / IPv6(src="fe80::a",
+               dst="ff02::1") / ICMPv6ND_NA(tgt="fe80::a") / ICMPv6NDOptDstLLAddr(lladdr=VICTIM))],
+               1.4)  # fmt: skip
+    forged6 = pkt(Ether(src=EVIL, dst=VICTIM) / IPv6(src="fe80::a", dst="fe80::b") / UDP())
+    assert sw.forward("evil", [forged6], 1.5) == {}
+    assert sw.stats.drops["ip_spoof"] == 4
+
+
+def test_a_flow_cannot_carry_a_forged_source_past_the_guard() -> None:
+    # The fast path takes a frame on its Ethernet header: a flow of the attacker's own
+    # packets, then one from the victim's address with the same header, in one batch and
+    # the next; and a flow whose source another device binds afterwards.
+    sw = lan_with_gateway()
+    sw.attach("victim", PortPolicy(), 0.0)
+    sw.attach("evil", PortPolicy(), 0.0)
+    sw.forward("victim", [arp_reply(VICTIM, "10.0.0.10")], 0.5)
+    own, forged = ipv4(EVIL, GW_MAC, "10.0.0.14"), ipv4(EVIL, GW_MAC, "10.0.0.10")
+    assert sw.forward("evil", [own, own, forged, own], 1.0) == {LAN: [own, own, own]}
+    assert sw.forward("evil", [forged, own], 1.1) == {LAN: [own]}
+    assert sw.stats.drops["ip_spoof"] == 2
+    # The attacker's flow from an address nobody held, which the victim then claims.
+    free = ipv4(EVIL, GW_MAC, "10.0.0.77")
+    assert sw.forward("evil", [free, free], 1.2) == {LAN: [free, free]}
+    sw.forward("victim", [arp_reply(VICTIM, "10.0.0.77")], 1.3)
+    assert sw.forward("evil", [free], 1.4) == {}
+    assert sw.stats.drops["ip_spoof"] == 3
