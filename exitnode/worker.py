@@ -95,6 +95,8 @@ class SupervisorLink:
             raise SupervisorGone(str(exc)) from None
         if status == "busy":
             raise TransportClosed("attestation busy")
+        if status != "ok":
+            raise SupervisorGone(f"the supervisor could not answer {op!r}")
         return value
 
 

@@ -270,9 +270,14 @@ class Supervisor:
             while True:
                 op, args = conn.recv()
                 try:
-                    conn.send(("ok", self._answer(index, op, args)))
+                    reply: tuple[str, Any] = ("ok", self._answer(index, op, args))
                 except TransportClosed:
-                    conn.send(("busy", None))
+                    reply = ("busy", None)
+                except Exception as exc:  # a bug here must not leave a worker waiting
+                    log.error("worker %d's %r failed: %s: %s", index, op,
+                              type(exc).__name__, exc)  # fmt: skip
+                    reply = ("error", None)
+                conn.send(reply)
         except (EOFError, OSError, ValueError, TypeError):
             conn.close()
 

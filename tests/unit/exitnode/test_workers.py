@@ -270,3 +270,18 @@ def test_a_worker_that_keeps_dying_at_start_stops_the_exit(
         asyncio.run(asyncio.wait_for(sup._watch(asyncio.Event()), 10))
     assert starts.count(1) == workers.EARLY_DEATHS
     assert starts.count(0) == 1
+
+
+def test_a_failing_request_is_answered_and_the_connection_stays_usable(
+    supervisor: Supervisor,
+) -> None:
+    # A fault in the supervisor's answer must never leave a worker waiting on its socket
+    # (the loop's connection carries the gate: a worker would stall).
+    from exitnode.worker import SupervisorGone
+
+    calls = link(supervisor)
+    with pytest.raises(SupervisorGone):
+        calls.call("no such request")
+    with pytest.raises(SupervisorGone):
+        calls.call("gate", "not", "enough")
+    assert calls.call("clock") is not None
