@@ -28,12 +28,19 @@ class FakeHost:
     """Stands in for exitnode.host.HostSetup: the exit's LAN side is a FakeTap."""
 
     def __init__(
-        self, tap: Any, bridge: str | None, *, masquerade: Any = None, gro_port: bool = False
+        self,
+        tap: Any,
+        bridge: str | None,
+        *,
+        masquerade: Any = None,
+        gro_port: bool = False,
+        open_device: bool = True,
     ) -> None:
-        self.tap = FakeTap()
+        self.tap: FakeTap | None = FakeTap() if open_device else None
 
     def close(self) -> None:
-        self.tap.close()
+        if self.tap is not None:
+            self.tap.close()
 
 
 def use_fake_host(monkeypatch: pytest.MonkeyPatch) -> None:
