@@ -38,7 +38,6 @@ import multiprocessing
 import os
 import secrets
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -54,6 +53,7 @@ from exitnode.peers import ExitManagement
 from exitnode.server import ExitNode, raise_open_files_limit
 from exitnode.worker import WorkerSpec
 from exitnode.worker import main as worker_main
+from hardware.announce import AnnounceError, send_frames
 from l2bridge.node.health import components
 from l2bridge.node.metrics import Counters, Metrics
 from l2bridge.node.status import StatusServer, read_token
@@ -423,12 +423,9 @@ class Supervisor:
         if not frames or bridge is None:
             return
         try:
-            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
-                raw.bind((bridge, 0))
-                for frame in frames:
-                    raw.send(frame)
-        except OSError as exc:
-            log.warning("worker %d's departure notice not sent: %s", worker.index, exc.strerror)
+            send_frames(bridge, frames)
+        except AnnounceError as exc:
+            log.warning("worker %d's departure notice not sent: %s", worker.index, exc)
 
     def _stop_workers(self) -> None:
         for worker in self.workers:

@@ -120,7 +120,13 @@ def announce(ifname: str, mac: bytes, addresses: list[Address], *, router: bool 
 
     Raises AnnounceError when the interface cannot be written.
     """
-    frames = frames_for(mac, addresses, router=router)
+    return send_frames(ifname, frames_for(mac, addresses, router=router))
+
+
+def send_frames(ifname: str, frames: list[bytes]) -> int:
+    """Send Ethernet frames out of ``ifname`` as they are (a packet socket); how many.
+
+    Raises AnnounceError when the interface cannot be written."""
     if not frames:
         return 0
     try:
@@ -129,5 +135,5 @@ def announce(ifname: str, mac: bytes, addresses: list[Address], *, router: bool 
             for frame in frames:
                 sock.send(frame)
     except OSError as exc:
-        raise AnnounceError(f"cannot announce on {ifname}: {exc.strerror or exc}") from None
+        raise AnnounceError(f"cannot send on {ifname}: {exc.strerror or exc}") from None
     return len(frames)
