@@ -56,6 +56,7 @@ from l2bridge.node.credfiles import (
 )
 from l2bridge.node.health import components
 from l2bridge.node.metrics import Metrics
+from l2bridge.node.rotation import RekeyTally
 from l2bridge.node.status import StatusServer, read_token
 from l2bridge.protocol.handshake import EvidenceProvider, EvidenceSinceProvider, ServerHandshake
 from l2bridge.protocol.helloguard import HelloGuard
@@ -291,6 +292,8 @@ class ExitNode:
         self.reuse_port = False
         self.claim: Callable[[Peer], Awaitable[None]] | None = None
         self.release: Callable[[Peer], None] | None = None
+        # Completed rekeys into the metrics without the attested layers (a worker's).
+        self.tally: RekeyTally | None = None
 
     def tunnel_health(self) -> dict[str, object]:
         """The tunnel port for a status page (plain JSON values): listening, devices
@@ -532,6 +535,8 @@ class ExitNode:
         name = auth.name or auth.device_id.hex()[:16]
         if self.attested is not None:
             self.attested.tally.track(link)
+        elif self.tally is not None:
+            self.tally.track(link)  # a worker's (exitnode.worker)
         device = self.config.device(auth.name)
         if not within_hours(device, time.time()):
             assert device is not None

@@ -30,6 +30,7 @@ from hardware.announce import stable_mac
 from l2bridge.commands.common import run_node, setup_logging
 from l2bridge.errors import L2BridgeError
 from l2bridge.node.config import Config
+from l2bridge.node.rotation import RekeyTally
 from l2bridge.protocol.handshake import EvidenceSince
 from l2bridge.protocol.helloguard import REFUSED_QUOTA, HelloGuard, QuotaKey
 from l2bridge.transport.errors import TransportClosed
@@ -195,6 +196,7 @@ class Worker:
         node.clock = self.clock.now
         node.claim = self._claim
         node.release = self._release
+        node.tally = self.tally = RekeyTally(node.metrics.counters)
         node.metrics.set_info(worker=spec.index)
         self.node = node
         self.api = ExitManagement(
@@ -276,11 +278,15 @@ class Worker:
         self._loop, self._stop = asyncio.get_running_loop(), stop
         commands = self.link.connect("commands")
         threading.Thread(target=self._serve_commands, args=(commands,), daemon=True).start()
-        clock = asyncio.ensure_future(self.clock.run(stop))
+        helpers = [
+            asyncio.ensure_future(self.clock.run(stop)),
+            asyncio.ensure_future(self.tally.run(stop)),
+        ]
         try:
             await self.node.run(stop)
         finally:
-            clock.cancel()
+            for task in helpers:
+                task.cancel()
             commands.close()
 
 

@@ -250,6 +250,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     window = "registry attestation window = the clients' re-check interval (full demo)"
     parser.add_argument("--window", type=int, default=8, metavar="S", help=window)
     parser.add_argument("--verbose", action="store_true", help="show the nodes' logs")
+    parser.add_argument(
+        "--exit-workers", type=int, default=1, metavar="N",
+        help="run each exit as N worker processes (network.workers; full demo)",
+    )  # fmt: skip
     parser.set_defaults(func=main)
 
 
@@ -285,7 +289,9 @@ def main(ns: argparse.Namespace) -> int:
         else:
             from lab.demo_world import Settings  # noqa: PLC0415
 
-            settings = Settings(ns.rotation, ns.window, ns.size_mib, ns.mode, ns.verbose)
+            settings = Settings(
+                ns.rotation, ns.window, ns.size_mib, ns.mode, ns.verbose, ns.exit_workers
+            )
             results, facts = run_full(settings, Path(tmp))
     summary(results, facts)
     failed = [r for r in results if not r[1]]

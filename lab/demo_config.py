@@ -104,13 +104,16 @@ def exit_config(
     mtu: int = 1500,
     offload: bool = True,
     kernel_logs: Path | None = None,
+    workers: int = 1,
 ) -> Path:
     """``kernel_logs``: where the IMA harness writes this exit's boot log and IMA list
-    (default: the kernel's own files)."""
+    (default: the kernel's own files). ``workers``: its ``network.workers``."""
     tpm: dict[str, str] = {"tcti": tcti}
     if kernel_logs is not None:
         tpm |= {"ima_list": str(kernel_logs / IMA_LIST), "event_log": str(kernel_logs / EVENT_LOG)}
     doc = _common("smx0", mtu, offload)
+    if workers > 1:
+        doc["network"]["workers"] = workers  # type: ignore[index]
     doc.update(
         {
             "security": {

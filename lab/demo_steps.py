@@ -196,6 +196,7 @@ def step_keys(w: World) -> str:
             rpc_url=w.rpc_url, contract=w.contract, clock_device=w.clocks[site.name],
             voucher=state_dir(w, site.name) / VOUCHER, timers=timers, mtu=w.settings.mtu,
             offload=offload, kernel_logs=kernel_logs(w, site.name),
+            workers=w.settings.exit_workers,
         )  # fmt: skip
     for site in w.mesh.clients:
         w.configs[site.name] = demo_config.client_config(

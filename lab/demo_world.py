@@ -41,6 +41,7 @@ class Settings:
     size_mib: int = 20  # the SHA-256-checked file transfer
     mode: str = "offload"  # offload | plain | jumbo
     verbose: bool = False
+    exit_workers: int = 1  # network.workers of both exits
 
     @property
     def upkeep_s(self) -> float:
