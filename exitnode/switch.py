@@ -71,7 +71,7 @@ _IPV4_TYPE = ethernet.ETHERTYPE_IPV4.to_bytes(2, "big")
 _DHCP_V4_PORTS = (b"\x00\x43", b"\x00\x44")  # 67, 68
 # EtherTypes a DHCP server's message may be behind (a C-tag inside an S-tag included).
 _MAY_CARRY_DHCP = (ethernet.ETHERTYPE_IPV4, ethernet.ETHERTYPE_IPV6, ethernet.TPID_8021Q)
-
+_IP_TYPES = (ethernet.ETHERTYPE_IPV4, ethernet.ETHERTYPE_IPV6)
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 Key: TypeAlias = tuple[int, bytes]  # (vlan, MAC or IP address)
@@ -104,9 +104,6 @@ def _dhcp(frame: Buffer) -> bool:
         and frame[FLOW_KEY_LEN - 2 : FLOW_KEY_LEN] == _IPV4_TYPE
         and dhcpguard.ipv4_server(frame, _UNTAGGED_L3)
     )
-
-
-_IP_TYPES = (ethernet.ETHERTYPE_IPV4, ethernet.ETHERTYPE_IPV6)
 
 
 def _source_address(frame: Buffer, header: ethernet.EthernetHeader) -> bytes | None:
@@ -756,12 +753,11 @@ class Switch:
                     header.l3 == _UNTAGGED_L3
                     and header.ethertype not in inspected
                     and frame[: ethernet.OFFLOAD_HEADER_LEN] == ethernet.NO_OFFLOAD
+                    # A client's IPv4 packet too short to have a source starts no flow.
+                    and (source is not None or state.protected or header.ethertype not in _IP_TYPES)
                 ):
                     flow_key = bytes(frame[:FLOW_KEY_LEN])
-                    flow_src = source if header.ethertype == ethernet.ETHERTYPE_IPV4 else None
-                    if flow_src is None and not state.protected and header.ethertype in _IP_TYPES:
-                        flow_key = None  # an IPv4 packet too short to have a source: no flow
-                        continue
+                    flow_src = source  # None from the LAN, and for anything but IPv4
                     flow = (flow_key, egress, key, (vlan, header.dst), flow_src,
                             self._ip_generation)  # fmt: skip
                     if self.flow_cache:

@@ -117,9 +117,6 @@ class RemoteLedger:
             return "full"  # cannot tell whether it is a replay: refused
         return refused
 
-    def cached_nonces(self) -> int:
-        return 0  # kept by the supervisor
-
 
 class RemoteHelloGuard(HelloGuard):
     """The hello guard of a worker: the supervisor's guard judges (duplicates and quotas
@@ -226,10 +223,9 @@ class Worker:
 
     async def _command(self, op: str, args: tuple[Any, ...]) -> Any:
         node = self.node
-        if op == "snapshot":
-            return node.metrics.snapshot()
-        if op == "farewell":
-            return node.board.switch.farewell() if node.board is not None else []
+        if op == "report":  # every STATS_S: the counters, and what to say if this one dies
+            farewell = node.board.switch.farewell() if node.board is not None else []
+            return node.metrics.snapshot(), farewell
         if op == "end":
             device, token = args
             ended = [p for p in node.peers.of_device(device) if self._tokens.get(id(p)) == token]

@@ -46,7 +46,6 @@ from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 from typing import Any
 
-from attestation.evidence import Since
 from exitnode.errors import ExitConfigError, ExitError
 from exitnode.host import HostSetup
 from exitnode.peers import ExitManagement
@@ -57,6 +56,7 @@ from hardware.announce import AnnounceError, send_frames
 from l2bridge.node.health import components
 from l2bridge.node.metrics import Counters, Metrics
 from l2bridge.node.status import StatusServer, read_token
+from l2bridge.protocol.handshake import EvidenceSince
 from l2bridge.protocol.helloguard import HelloGuard, QuotaKey
 from l2bridge.transport.admission import AdmissionLedger
 from l2bridge.transport.errors import TransportClosed
@@ -148,19 +148,14 @@ class WorkersMetrics(Metrics):
     def retire(self, index: int) -> None:
         part = self.parts.pop(index, None)
         if part is not None:
-            _add(self.retired, part)
+            self.retired.add(Counters.of_snapshot(part))
 
     def totals(self) -> Counters:
         out = Counters()
         for counters in (self.counters, self.retired):
-            out.frames_in += counters.frames_in
-            out.frames_out += counters.frames_out
-            out.bytes_in += counters.bytes_in
-            out.bytes_out += counters.bytes_out
-            out.rekeys += counters.rekeys
-            out.drops.update(counters.drops)
+            out.add(counters)
         for part in list(self.parts.values()):
-            _add(out, part)
+            out.add(Counters.of_snapshot(part))
         return out
 
     def gauge_values(self) -> dict[str, float | None]:
@@ -177,15 +172,6 @@ class WorkersMetrics(Metrics):
                 else:
                     values[name] = mine + float(value)
         return values
-
-
-def _add(counters: Counters, snapshot: dict[str, Any]) -> None:
-    counters.frames_in += int(snapshot["frames"]["in"])
-    counters.frames_out += int(snapshot["frames"]["out"])
-    counters.bytes_in += int(snapshot["bytes"]["in"])
-    counters.bytes_out += int(snapshot["bytes"]["out"])
-    counters.rekeys += int(snapshot["rekeys"])
-    counters.drops.update({k: int(v) for k, v in snapshot["drops"].items()})
 
 
 # -- the supervisor ---------------------------------------------------------------------------
@@ -291,10 +277,7 @@ class Supervisor:
         if op == "evidence":
             nonce, node_id, since = args
             if since is not None and node.evidence_since_provider is not None:
-                reset_count, ima_count = since
-                lifecycle = node.attested.lifecycle if node.attested is not None else None
-                if lifecycle is not None:
-                    return lifecycle.evidence(nonce, node_id, Since(reset_count, ima_count))
+                return node.evidence_since_provider(nonce, node_id, EvidenceSince(*since))
             if node.evidence_provider is None:
                 return b""
             return node.evidence_provider(nonce, node_id)
@@ -397,21 +380,16 @@ class Supervisor:
                     worker.process = None
                 if worker.process is None and time.monotonic() - worker.started >= RESTART_S:
                     self._start(worker)
-            snapshots = await asyncio.gather(
-                *(asyncio.to_thread(self.command, w.index, "snapshot") for w in self.workers),
+            reports = await asyncio.gather(
+                *(asyncio.to_thread(self.command, w.index, "report") for w in self.workers),
                 return_exceptions=True,
             )
-            if isinstance(self.metrics, WorkersMetrics):
-                for worker, snap in zip(self.workers, snapshots, strict=True):
-                    if isinstance(snap, dict):
-                        self.metrics.parts[worker.index] = snap
-            farewells = await asyncio.gather(
-                *(asyncio.to_thread(self.command, w.index, "farewell") for w in self.workers),
-                return_exceptions=True,
-            )
-            for worker, frames in zip(self.workers, farewells, strict=True):
-                if isinstance(frames, list):
-                    worker.farewell = frames
+            for worker, report in zip(self.workers, reports, strict=True):
+                if isinstance(report, BaseException):
+                    continue  # not connected yet, or given up (restarted above next round)
+                snapshot, worker.farewell = report
+                if isinstance(self.metrics, WorkersMetrics):
+                    self.metrics.parts[worker.index] = snapshot
 
     def _send_farewell(self, worker: _Worker) -> None:
         """Tell the other workers (and other exits on the LAN) that a dead worker's clients

@@ -36,6 +36,25 @@ class Counters:
     def drop(self, reason: str, count: int = 1) -> None:
         self.drops[reason] += count
 
+    def add(self, other: Counters) -> None:
+        """Count ``other``'s counts here too (a supervisor summing its workers)."""
+        self.frames_in += other.frames_in
+        self.frames_out += other.frames_out
+        self.bytes_in += other.bytes_in
+        self.bytes_out += other.bytes_out
+        self.rekeys += other.rekeys
+        self.drops.update(other.drops)
+
+    @classmethod
+    def of_snapshot(cls, snapshot: dict[str, Any]) -> Counters:
+        """The counters a ``Metrics.snapshot()`` shows."""
+        return cls(
+            int(snapshot["frames"]["in"]), int(snapshot["frames"]["out"]),
+            int(snapshot["bytes"]["in"]), int(snapshot["bytes"]["out"]),
+            int(snapshot["rekeys"]),
+            Counter({k: int(v) for k, v in snapshot["drops"].items()}),
+        )  # fmt: skip
+
 
 class Metrics(Collector):
     """The metrics of one node (``role`` is ``client`` or ``exit``).

@@ -137,8 +137,6 @@ class Ledger(Protocol):
         self, window: int, nonce: bytes, device: bytes, source: str, *, now: float, current: int
     ) -> str | None: ...
 
-    def cached_nonces(self) -> int: ...
-
 
 class AdmissionLedger:
     """Steps 5-7 of a check, for a token whose MAC verified: the nonce not seen before (in
@@ -225,9 +223,6 @@ class TokenVerifier:
         self.rejected: dict[str, int] = dict.fromkeys(REASONS, 0)
         self._on_device_refused = on_device_refused
         self._reported: dict[bytes, float] = {}  # device -> when last reported
-
-    def cached_nonces(self) -> int:
-        return self.ledger.cached_nonces()
 
     def _secret(self, handle: bytes) -> bytes:
         secret = self._secrets.get(handle)
