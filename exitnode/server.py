@@ -17,6 +17,7 @@ import dataclasses
 import ipaddress
 import logging
 import resource
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,6 +28,7 @@ from typing import Any
 from exitnode import constants
 from exitnode.attested import AttestedExit
 from exitnode.errors import ExitConfigError
+from exitnode.handoff import Intake
 from exitnode.host import HostSetup, Masquerade
 from exitnode.peers import ExitManagement, Peer, PeerTable
 from exitnode.policy import HOURS_CHECK_S, RateLimitedLink, hours_text, port_policy, within_hours
@@ -287,9 +289,11 @@ class ExitNode:
         self.screening = screening_summary()
         # Duplicate hellos and the per-device TPM-quote quota, shared by every connection.
         self.hello_guard = HelloGuard(quotes_per_minute=self.config.tpm.quotes_per_device)
-        # A worker of a multi-process exit (exitnode.workers) listens with SO_REUSEPORT and
-        # has its device admissions confirmed by the supervisor (``claim`` / ``release``).
-        self.reuse_port = False
+        # A worker of a multi-process exit (exitnode.workers) listens on no socket of its
+        # own: its supervisor hands it connections over this channel (exitnode.handoff);
+        # and it has its device admissions confirmed by the supervisor (``claim`` /
+        # ``release``).
+        self.handoff: socket.socket | None = None
         self.claim: Callable[[Peer], Awaitable[None]] | None = None
         self.release: Callable[[Peer], None] | None = None
         # Completed rekeys into the metrics without the attested layers (a worker's).
@@ -589,6 +593,7 @@ class ExitNode:
         status: StatusServer | None = None
         metrics_only: StatusServer | None = None
         server = None
+        intake: Intake | None = None
         try:
             assert host.tap is not None
             switch = Switch(self.switch_config())
@@ -620,9 +625,14 @@ class ExitNode:
                     backlog=ep.listen_backlog,
                     summary=self.screening,
                     hello_guard=self.hello_guard,
-                    reuse_port=self.reuse_port,
+                    listen=self.handoff is None,
                 )
+            if self.handoff is not None:
+                intake = Intake(self.handoff, server.adopt, on_gone=stop.set)
+                intake.start()
             self.metrics.set_gauge("tunnel_listening", lambda: 1.0 if server.is_serving() else 0.0)
+            front = server.front
+            self.metrics.set_gauge("connections_open", lambda: float(front.caps.open_count))
             if self.options.status:
                 status = self._status_server()
                 metrics_only = self._metrics_server()
@@ -640,6 +650,8 @@ class ExitNode:
                 jobs.append(self.relay.run(stop))
             await asyncio.gather(*jobs)
         finally:
+            if intake is not None:
+                intake.close()
             if server is not None:
                 server.close()
                 with contextlib.suppress(TimeoutError):

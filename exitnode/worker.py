@@ -1,7 +1,8 @@
 """One worker process of an exit with ``network.workers`` (see ``exitnode.workers``).
 
-The worker is an ``ExitNode`` with a TAP of its own in the exit's bridge, listening on the
-tunnel port with ``SO_REUSEPORT``, whose shared decisions are the supervisor's: the gate's
+The worker is an ``ExitNode`` with a TAP of its own in the exit's bridge, serving the
+tunnel connections its supervisor accepted and handed to it (``exitnode.handoff``), whose
+shared decisions are the supervisor's: the gate's
 ledger (``RemoteLedger``), the hello guard (``RemoteHelloGuard``), evidence, the device's
 tunnels at other workers (``claim`` / ``release``) and the clock (``RemoteClock``). A call
 that cannot reach the supervisor fails closed: the token or hello is refused, evidence is
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -60,6 +62,7 @@ class WorkerSpec:
     address: str
     authkey: bytes
     attested: bool  # the supervisor serves evidence: ask it in handshakes
+    handoff: socket.socket  # its end of the channel connections come in on
 
 
 class SupervisorGone(ConnectionError):
@@ -184,7 +187,7 @@ class Worker:
         node.tap_config = replace(
             node.tap_config, name=worker_tap(node.tap_config.name, spec.index), mac=mac
         )
-        node.reuse_port = True
+        node.handoff = spec.handoff
         node.verifier.ledger = RemoteLedger(self.link)
         node.hello_guard = RemoteHelloGuard(self.link, spec.config.tpm.quotes_per_device)
         if spec.attested:

@@ -1,11 +1,12 @@
 """An exit on every core (``network.workers``): worker processes and their supervisor.
 
 Each worker is an exit's whole data path in a process of its own: a TAP in the exit's bridge
-(``<tap>-<n>``), a switch, and the tunnel port, on which every worker listens with
-``SO_REUSEPORT`` (the kernel spreads the connections over them). Frames between clients of
-two workers cross the kernel bridge, as between exits bridging one LAN, so each worker's
-switch keeps the other workers' clients' stations and addresses from its own clients with
-the holding and departure notices of ``exitnode.departures``.
+(``<tap>-<n>``), a switch, and the tunnels of the connections the supervisor accepts on
+the tunnel port and hands to the worker with the fewest open (``exitnode.handoff``; the
+kernel's ``SO_REUSEPORT`` hash would put two clients at one worker half the time). Frames
+between clients of two workers cross the kernel bridge, as between exits bridging one LAN,
+so each worker's switch keeps the other workers' clients' stations and addresses from its
+own clients with the holding and departure notices of ``exitnode.departures``.
 
 What must be one, however many processes serve, stays with the supervisor (this process),
 which the workers ask over a Unix socket in a directory only root may enter, each
@@ -38,6 +39,7 @@ import multiprocessing
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -47,12 +49,14 @@ from pathlib import Path
 from typing import Any
 
 from exitnode.errors import ExitConfigError, ExitError
+from exitnode.handoff import Dispatcher, channel_pair, listen
 from exitnode.host import HostSetup
 from exitnode.peers import ExitManagement
 from exitnode.server import ExitNode, raise_open_files_limit
 from exitnode.worker import WorkerSpec
 from exitnode.worker import main as worker_main
 from hardware.announce import AnnounceError, send_frames
+from l2bridge.node.config import naming
 from l2bridge.node.health import components
 from l2bridge.node.metrics import Counters, Metrics
 from l2bridge.node.status import StatusServer, read_token
@@ -220,6 +224,7 @@ class Supervisor:
         self._dir = ""
         self._listener: Listener | None = None
         self._context = multiprocessing.get_context("spawn")
+        self.dispatcher: Dispatcher | None = None
         self.metrics.set_info(workers=workers)
         self.metrics.set_gauge("workers_running", self._running)
 
@@ -332,23 +337,34 @@ class Supervisor:
         return out
 
     # -- processes -----------------------------------------------------------------------
-    def _spec(self, index: int) -> WorkerSpec:
+    def _spec(self, index: int, handoff: socket.socket) -> WorkerSpec:
         options = replace(self.node.options, masquerade=None, status=False)
         return WorkerSpec(
             index, self.node.config, options, self._address(), self._authkey,
-            attested=self.node.evidence_provider is not None,
+            attested=self.node.evidence_provider is not None, handoff=handoff,
         )  # fmt: skip
 
     def _address(self) -> str:
         return str(Path(self._dir) / "supervisor.sock")
 
     def _start(self, worker: _Worker) -> None:
-        worker.process = self._context.Process(
-            target=worker_main, args=(self._spec(worker.index),),
-            name=f"shadowmesh-exit-worker-{worker.index}",
-        )  # fmt: skip
-        worker.process.start()
+        mine, theirs = channel_pair()
+        try:
+            worker.process = self._context.Process(
+                target=worker_main, args=(self._spec(worker.index, theirs),),
+                name=f"shadowmesh-exit-worker-{worker.index}",
+            )  # fmt: skip
+            worker.process.start()
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()  # the worker has its own copy
         worker.started = time.monotonic()
+        if self.dispatcher is not None:  # connections once it answers its first report
+            self.dispatcher.attach(worker.index, mine)
+        else:
+            mine.close()
         log.info("worker %d started (pid %d)", worker.index, worker.process.pid)
 
     async def _watch(self, stop: asyncio.Event) -> None:
@@ -370,6 +386,8 @@ class Supervisor:
                             f"start {EARLY_DEATHS} times in a row (its log says why)"
                         )
                     self.shared.forget_worker(worker.index)
+                    if self.dispatcher is not None:
+                        self.dispatcher.lost(worker.index)
                     self._send_farewell(worker)
                     if isinstance(self.metrics, WorkersMetrics):
                         self.metrics.retire(worker.index)
@@ -380,16 +398,35 @@ class Supervisor:
                     worker.process = None
                 if worker.process is None and time.monotonic() - worker.started >= RESTART_S:
                     self._start(worker)
+            marks = [self._mark(w.index) for w in self.workers]
             reports = await asyncio.gather(
                 *(asyncio.to_thread(self.command, w.index, "report") for w in self.workers),
                 return_exceptions=True,
             )
-            for worker, report in zip(self.workers, reports, strict=True):
+            for worker, mark, report in zip(self.workers, marks, reports, strict=True):
                 if isinstance(report, BaseException):
                     continue  # not connected yet, or given up (restarted above next round)
                 snapshot, worker.farewell = report
                 if isinstance(self.metrics, WorkersMetrics):
                     self.metrics.parts[worker.index] = snapshot
+                self._balance(worker.index, snapshot, mark)
+
+    def _mark(self, index: int) -> int:
+        return self.dispatcher.mark(index) if self.dispatcher is not None else 0
+
+    def _balance(self, index: int, snapshot: dict[str, Any], mark: int) -> None:
+        """A worker answered its report: once it serves (its tunnel server is up) it takes
+        connections, weighed by those it has open."""
+        if self.dispatcher is None:
+            return
+        gauges = snapshot.get("gauges", {})
+        if not self.dispatcher.is_ready(index):
+            if gauges.get("tunnel_listening") == 1.0:
+                self.dispatcher.ready(index)
+            return
+        open_now = gauges.get("connections_open")
+        if isinstance(open_now, int | float):
+            self.dispatcher.report(index, int(open_now), mark)
 
     def _send_farewell(self, worker: _Worker) -> None:
         """Tell the other workers (and other exits on the LAN) that a dead worker's clients
@@ -447,6 +484,12 @@ class Supervisor:
         status: StatusServer | None = None
         metrics_only: StatusServer | None = None
         try:
+            ep = node.config.endpoints
+            assert ep.listen is not None
+            with naming(f"endpoints.listen ({ep.listen[0]}:{ep.listen[1]})"):
+                listeners = listen(ep.listen[0], ep.listen[1], ep.listen_backlog)
+            self.dispatcher = Dispatcher(listeners, len(self.workers))
+            self.dispatcher.start()
             self._listener = Listener(self._address(), family="AF_UNIX", authkey=self._authkey)
             threading.Thread(target=self._accept, daemon=True).start()
             for worker in self.workers:
@@ -454,14 +497,14 @@ class Supervisor:
             if node.options.status:
                 status = self._status_server()
                 metrics_only = node._metrics_server()  # status.metrics_listen, if set
-            ep = node.config.endpoints
-            assert ep.listen is not None
             log.info("exit listening on %s:%d with %d workers", *ep.listen, len(self.workers))
             jobs = [self._watch(stop), node.revocations.run(stop, node.sessions, node.clock)]
             if node.attested is not None:
                 jobs.append(node.attested.run(stop))
             await asyncio.gather(*jobs)
         finally:
+            if self.dispatcher is not None:
+                self.dispatcher.close()  # no new connections while the workers stop
             await asyncio.to_thread(self._stop_workers)
             for listener in (status, metrics_only):
                 if listener is not None:

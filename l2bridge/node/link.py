@@ -95,7 +95,7 @@ from l2bridge.transport.client import default_origin, open_transport
 from l2bridge.transport.direct import DirectMessages
 from l2bridge.transport.errors import TransportClosed, UpgradeRefused
 from l2bridge.transport.impersonate import open_impersonated
-from l2bridge.transport.server import ServerSettings, serve_exit
+from l2bridge.transport.server import ExitServer, ServerSettings, serve_exit
 from l2bridge.transport.token import Credential, mint_token
 
 log = logging.getLogger(__name__)
@@ -844,7 +844,7 @@ async def serve(
     hello_guard: HelloGuard | None = None,
     shaping: ShapingPlan | None = None,
     **transport_kwargs: object,
-) -> Server:
+) -> ExitServer:
     """Serve tunnels behind the decoy site; ``on_link`` runs per tunnel.
 
     The link is closed when ``on_link`` returns. A client whose handshake fails

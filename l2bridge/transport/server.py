@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import socket
 import ssl as ssl_module
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -569,11 +570,31 @@ def _browser_like_101(
 
 class ExitServer(Server):
     """The websockets Server, whose ``close`` also drops connections that are not tunnels
-    (a kept-alive decoy visitor would otherwise hold ``wait_closed`` for a minute)."""
+    (a kept-alive decoy visitor would otherwise hold ``wait_closed`` for a minute), and
+    which, made with ``serve_exit(listen=False)``, serves connections accepted elsewhere."""
 
     front: FrontDoor
+    factory: Callable[[], ServerConnection] | None = None
+    adopting = False  # takes connections through ``adopt`` (until closed)
+
+    def is_serving(self) -> bool:
+        # websockets refuses upgrades (503) once its server is not serving.
+        return self.adopting or super().is_serving()
+
+    async def adopt(self, sock: socket.socket) -> None:
+        """Serve ``sock``, a TCP connection accepted by another process, exactly as one
+        this server accepted (the front door first); closed at once if the server is not
+        adopting (closed, or listening itself)."""
+        if not self.adopting or self.factory is None:
+            sock.close()
+            return
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(self.factory, sock)
+        except OSError:
+            sock.close()  # reset before it was served
 
     def close(self, *args: Any, **kwargs: Any) -> None:
+        self.adopting = False
         self.front.close_all()
         super().close(*args, **kwargs)
 
@@ -590,7 +611,7 @@ async def serve_exit(
     direct: bool = False,
     backlog: int = DEFAULT_BACKLOG,
     summary: Summary | None = None,
-    reuse_port: bool = False,
+    listen: bool = True,
 ) -> ExitServer:
     """Listen for tunnel clients behind the decoy site (or the fallback web server).
 
@@ -599,8 +620,9 @@ async def serve_exit(
     server; close it with ``close()`` + ``await wait_closed()``. With ``direct`` the
     connections deliver messages synchronously (``transport.direct``), not via ``recv()``.
     ``summary`` counts how connections were screened (a new one per server by default).
-    ``reuse_port``: several processes listen on the port (``SO_REUSEPORT``; the kernel
-    spreads the connections; ``exitnode.workers``).
+    Without ``listen`` the server has no socket of its own: connections accepted elsewhere
+    (a worker's, handed over by its supervisor: ``exitnode.handoff``) come in through
+    ``ExitServer.adopt``, and ``host`` and ``port`` are not used.
     """
     if ssl is not None:
         settings = _with_tls(settings, ssl)
@@ -610,10 +632,11 @@ async def serve_exit(
         (GuardedConnection,),
         {"front": front, "direct_messages": direct},
     )
+    where: dict[str, Any] = {"host": host, "port": port}
+    if not listen:  # a socket never bound nor listened on: asyncio's server needs one
+        where = {"sock": socket.socket(socket.AF_INET, socket.SOCK_STREAM), "start_serving": False}
     server = await serve(
         handler,
-        host,
-        port,
         compression=None,
         select_subprotocol=_select_subprotocol,
         process_response=_browser_like_101(settings.site.server),
@@ -631,13 +654,32 @@ async def serve_exit(
         create_connection=connection_class,
         logger=_QuietPerConnection(logging.getLogger("websockets.server")),
         backlog=backlog,
-        reuse_port=reuse_port or None,
+        **where,
     )
-    # websockets builds its Server itself; this subclass only adds to close().
+    # websockets builds its Server itself; this subclass adds to close() and adopts.
     server.__class__ = ExitServer
     assert isinstance(server, ExitServer)
     server.front = front
+    if not listen:
+        server.factory = _connection_factory(server)
+        server.adopting = True
     return server
+
+
+def _connection_factory(server: Server) -> Callable[[], ServerConnection]:
+    """The function websockets' ``serve`` made to build each connection (the protocol
+    factory it gives asyncio), taken from the server it returned: a connection made with
+    it is the library's own, handshake, handler and bookkeeping included."""
+    make = server.create_server
+    code = getattr(make, "__code__", None)
+    if code is not None and "protocol_factory" in code.co_freevars and make.__closure__:
+        factory = make.__closure__[code.co_freevars.index("protocol_factory")].cell_contents
+        if callable(factory):
+            return cast(Callable[[], ServerConnection], factory)
+    raise RuntimeError(
+        "this websockets version builds its server differently: adopting connections "
+        "(network.workers) needs websockets' serve() to keep its protocol_factory"
+    )
 
 
 def _with_tls(settings: ServerSettings, context: ssl_module.SSLContext) -> ServerSettings:

@@ -1,12 +1,14 @@
 """An exit with worker processes (``network.workers: 2``), real nodes in the lab's namespaces.
 
-- Two clients served by different workers reach each other and the exit's LAN: their frames
-  cross between the workers' TAPs in the kernel bridge.
-- A worker killed with SIGKILL is started again by the supervisor, and its client comes back.
+- Two clients are served by different workers (the supervisor hands each connection to the
+  worker with the fewest) and reach each other and the exit's LAN: their frames cross
+  between the workers' TAPs in the kernel bridge.
+- A worker killed with SIGKILL is started again by the supervisor, and its client comes back
+  to it (not to the other worker, which would then carry both).
 - A token one worker admitted is a replay at the other (the supervisor's gate ledger): of
-  eleven identical upgrade requests, spread by the kernel over both workers, one is upgraded.
-- A device that comes back at the other worker while its old tunnel still stands (its
-  client killed, so nothing told the exit) ends that tunnel: one tunnel per device.
+  eleven identical upgrade requests, handed to both workers in turn, one is upgraded.
+- A device's second tunnel (its old one still standing: nothing told the exit) goes to the
+  other worker, the less busy, and ends the first there: one tunnel per device.
 - At stop, every worker's TAP and process is gone.
 """
 
@@ -41,7 +43,6 @@ pytestmark = [
 ]
 
 HOST_C = "10.77.0.3"
-TRIES = 12  # restarts of a client until the kernel puts it at the other worker (1/2 each)
 
 # Runs in a namespace: send the same upgrade request over N fresh connections; print the
 # status line of each answer.
@@ -129,13 +130,8 @@ def test_clients_at_two_workers_switch_through_the_bridge_and_a_dead_worker_come
     sites = TwoSites(lab, tmp_path)
     topo = sites.topo
     sites.wait_peers({"client": 1, "client2": 1})
-    for _ in range(TRIES):
-        if sites.workers_of("client") != sites.workers_of("client2"):
-            break
-        sites.restart("client2")
-        sites.wait_peers({"client": 1, "client2": 1})
     (first,), (second,) = sites.workers_of("client"), sites.workers_of("client2")
-    assert first != second, "the kernel put both clients at one worker every time"
+    assert first != second, "both clients were handed to one worker"
     assert reachable(topo.lan_a, HOST_C)  # client to client, across the two workers
     assert reachable(sites.lan_c, topology.HOST_B)  # to the exit's own LAN
     assert topology.ping(topo.lan_a, HOST_C, count=5, interval=0.1) == 5
@@ -146,9 +142,10 @@ def test_clients_at_two_workers_switch_through_the_bridge_and_a_dead_worker_come
     names = json.loads(topo.exit.ip("-j", "link", "show", "master", topology.BRIDGE))
     assert {"smx0-0", "smx0-1"} <= {link["ifname"] for link in names}
 
-    # Kill the worker serving client2: the supervisor starts it again, client2 reconnects
-    # (to either worker). Past one read of the workers' farewells (every STATS_S), the
-    # supervisor knows which stations the dead worker's clients held and tells the other.
+    # Kill the worker serving client2: the supervisor starts it again, client2 reconnects,
+    # and waits for it rather than joining client at the other. Past one read of the
+    # workers' farewells (every STATS_S), the supervisor knows which stations the dead
+    # worker's clients held and tells the other.
     time.sleep(workers_module.STATS_S * 2.5)
     workers = _workers(sites.exit.pid)
     assert len(workers) == 2
@@ -157,6 +154,8 @@ def test_clients_at_two_workers_switch_through_the_bridge_and_a_dead_worker_come
     assert reachable(topo.lan_a, HOST_C)
     assert netns.wait_for(lambda: len(_workers(sites.exit.pid)) == 2, 20, 0.5)
     running = _workers(sites.exit.pid)
+    sites.wait_peers({"client": 1, "client2": 1})
+    assert (sites.workers_of("client"), sites.workers_of("client2")) == ([first], [second])
 
     # Stop: every worker and its TAP go.
     lab.stop(sites.exit)
@@ -244,36 +243,32 @@ def test_a_second_tunnel_of_a_device_at_the_other_worker_ends_the_first(
     lab: Lab, tmp_path: Path
 ) -> None:
     # The device opens a second tunnel (a network change: the first still stands at the
-    # exit, nothing closed it) and the kernel puts it at the other worker: the supervisor
+    # exit, nothing closed it), handed to the other worker (it has none): the supervisor
     # ends the first there (security.tunnels_per_device: 1). Without it both would stand
     # until the first's liveness ran out, and the first worker's holding notices would keep
     # the device's stations from the second.
     sites = TwoSites(lab, tmp_path)
     topo = sites.topo
     config = sites.files.client_configs["client"]
-    sites.wait_peers({"client": 1})
-    for _ in range(TRIES):
-        sites.wait_peers({"client": 1})
-        (first,) = [p for p in sites.peers() if p["device"] == "client"]
-        second = lab.spawn(topo.client, [sys.executable, "-c", HOLD, str(config)],
-                           stdout=subprocess.PIPE)  # fmt: skip
-        assert second.stdout is not None
-        with second.stdout:
-            assert second.stdout.readline().strip() == b"up"
+    lab.stop(sites.clients["client2"])  # so that the other worker serves nobody
+    sites.wait_peers({"client": 1, "client2": 0})
+    time.sleep(workers_module.STATS_S * 2.5)  # the workers' open connections reported
+    (first,) = [p for p in sites.peers() if p["device"] == "client"]
+    second = lab.spawn(topo.client, [sys.executable, "-c", HOLD, str(config)],
+                       stdout=subprocess.PIPE)  # fmt: skip
+    assert second.stdout is not None
+    with second.stdout:
+        assert second.stdout.readline().strip() == b"up"
 
-        def newer(first: dict[str, object] = first) -> list[dict[str, object]]:
-            return [
-                p for p in sites.peers()
-                if p["device"] == "client" and p["address"] != first["address"]
-            ]  # fmt: skip
+    def newer() -> list[dict[str, object]]:
+        return [
+            p for p in sites.peers()
+            if p["device"] == "client" and p["address"] != first["address"]
+        ]  # fmt: skip
 
-        assert netns.wait_for(lambda: bool(newer()), 10.0, 0.1)
-        others = newer()
-        if others[0]["worker"] != first["worker"]:
-            break
-        lab.stop(second)
-    else:
-        pytest.fail("the kernel put the second tunnel at the same worker every time")
+    assert netns.wait_for(lambda: bool(newer()), 10.0, 0.1)
+    others = newer()
+    assert others[0]["worker"] != first["worker"], "handed to the busier worker"
     # At once (well inside the first tunnel's 15 s liveness): only the second is left.
     assert netns.wait_for(
         lambda: [p["address"] for p in sites.peers() if p["device"] == "client"]

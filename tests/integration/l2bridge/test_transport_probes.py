@@ -2,8 +2,10 @@
 
 A real nginx 1.22 from Debian (``server_tokens off``) and the exit serve the same static
 directory on loopback, with the same (shortened) timeouts. Every probe is sent to nginx,
-to the exit with its built-in decoy, and to the exit in fallback mode (refused
-connections spliced to that same nginx). The answers must match: the bytes up to the
+to the exit with its built-in decoy, to the exit in fallback mode (refused
+connections spliced to that same nginx), and to the decoy as a worker of an exit with
+``network.workers`` serves it (each connection accepted by the supervisor's dispatcher and
+handed over a Unix socket: ``exitnode.handoff``). The answers must match: the bytes up to the
 close (Date removed, the port in a redirect's Location masked), and how the connection
 ended (closed or still open), closing within 0.5 s of each other. A client with a valid
 token still gets its WebSocket, over plain TCP and over TLS.
@@ -32,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from exitnode.handoff import Dispatcher, Intake, channel_pair, listen
 from l2bridge.logsummary import Summary
 from l2bridge.transport.client import open_transport
 from l2bridge.transport.constants import DEFAULT_BACKLOG
@@ -226,15 +229,36 @@ def probes(
 
 
 @contextlib.asynccontextmanager
-async def exit_server(settings: ServerSettings, ssl_ctx=None):
+async def exit_server(settings: ServerSettings, ssl_ctx=None, *, handed: bool = False):
+    """The exit's server on loopback; ``handed``: as a worker of an exit with
+    ``network.workers`` serves, every connection accepted by a dispatcher (the
+    supervisor's) and handed over a Unix socket pair to the server's intake."""
+
     async def handler(ws):
         async for message in ws:
             await ws.send(message)
 
-    server = await serve_exit(handler, settings, host="127.0.0.1", port=0, ssl=ssl_ctx)
+    if not handed:
+        server = await serve_exit(handler, settings, host="127.0.0.1", port=0, ssl=ssl_ctx)
+        try:
+            yield server.sockets[0].getsockname()[1]
+        finally:
+            server.close()
+            await asyncio.wait_for(server.wait_closed(), 10)
+        return
+    server = await serve_exit(handler, settings, host="", port=0, ssl=ssl_ctx, listen=False)
+    dispatcher = Dispatcher(listen("127.0.0.1", 0, DEFAULT_BACKLOG), 1)
+    mine, theirs = channel_pair()
+    dispatcher.attach(0, mine)
+    dispatcher.ready(0)
+    intake = Intake(theirs, server.adopt)
+    intake.start()
+    dispatcher.start()
     try:
-        yield server.sockets[0].getsockname()[1]
+        yield dispatcher.listeners[0].getsockname()[1]
     finally:
+        dispatcher.close()
+        intake.close()
         server.close()
         await asyncio.wait_for(server.wait_closed(), 10)
 
@@ -278,7 +302,7 @@ def site(certificate):
 
 
 @pytest.mark.parametrize("transport", ["plain", "tls"])
-@pytest.mark.parametrize("mode", ["decoy", "fallback"])
+@pytest.mark.parametrize("mode", ["decoy", "fallback", "decoy-handed"])
 def test_probers_see_nginx(site, certificate, mode, transport):
     asyncio.run(asyncio.wait_for(_probers_see_nginx(site, certificate, mode, transport), 60))
 
@@ -290,7 +314,9 @@ async def _probers_see_nginx(site, certificate, mode, transport):
     nginx_port = site.tls_port if transport == "tls" else site.port
     verifier = key.verifier(per_device=1)
     settings = settings_for(site.root, key, fallback=fallback, verifier=verifier)
-    async with exit_server(settings, ssl_ctx=server_ctx) as exit_port:
+    async with exit_server(
+        settings, ssl_ctx=server_ctx, handed=mode.endswith("-handed")
+    ) as exit_port:
         used = mint(key, time.time())
         scheme = "wss" if client_ctx else "ws"
         ws = await open_transport(

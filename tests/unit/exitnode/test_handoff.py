@@ -1,0 +1,218 @@
+"""The supervisor's hand-over of tunnel connections to its workers (exitnode.handoff), with
+real sockets: a listening TCP socket on loopback, the Unix socket pairs the descriptors
+travel over, and a worker's intake on an event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from exitnode.handoff import Balance, Dispatcher, Intake, channel_pair, listen
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_least_loaded_worker_goes_first_and_ties_take_turns() -> None:
+    balance = Balance(3)
+    for i in range(3):
+        balance.ready(i)
+    got = []
+    for _ in range(6):
+        first = balance.order()[0]
+        balance.took(first)
+        got.append(first)
+    assert got == [0, 1, 2, 0, 1, 2]
+    # Worker 1 says it holds 5 open connections (its clients stayed, others' left).
+    mark = balance.mark(1)
+    balance.report(1, 5, mark)
+    assert balance.load(1) == 5
+    assert balance.order()[-1] == 1
+    # Those handed after the report was asked count on top of what it reported.
+    mark = balance.mark(0)
+    balance.took(0)
+    balance.report(0, 1, mark)
+    assert balance.load(0) == 2
+    balance.gone(2)
+    assert 2 not in balance.order()
+
+
+def test_a_worker_starting_again_begins_with_nothing_open() -> None:
+    balance = Balance(2)
+    balance.ready(0)
+    balance.ready(1)
+    for _ in range(4):
+        balance.took(0)
+    balance.took(1)
+    balance.gone(0)
+    assert balance.order() == [1]
+    balance.ready(0)
+    assert balance.load(0) == 0 and balance.order()[0] == 0
+
+
+@contextlib.contextmanager
+def dispatcher(
+    workers: int, clock: Clock | None = None
+) -> Iterator[tuple[Dispatcher, int, list[socket.socket]]]:
+    listeners = listen("127.0.0.1", 0, 16)
+    port = listeners[0].getsockname()[1]
+    d = Dispatcher(listeners, workers, hold_s=5.0, monotonic=clock or Clock())
+    theirs = []
+    for i in range(workers):
+        mine, their = channel_pair()
+        d.attach(i, mine)
+        theirs.append(their)
+    try:
+        yield d, port, theirs
+    finally:
+        d.close()
+        for sock in theirs:
+            sock.close()
+
+
+def received(channel: socket.socket) -> socket.socket:
+    channel.settimeout(2)
+    message, fds, _, _ = socket.recv_fds(channel, 1, 8)
+    assert message == b"c" and len(fds) == 1
+    return socket.socket(fileno=fds[0])
+
+
+def test_connections_are_spread_evenly_and_each_worker_gets_the_real_connection() -> None:
+    with dispatcher(2) as (d, port, theirs):
+        d.ready(0)
+        d.ready(1)
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        d.start()
+        served = [
+            received(theirs[0]),
+            received(theirs[1]),
+            received(theirs[0]),
+            received(theirs[1]),
+        ]
+        peers = sorted(s.getpeername() for s in served)
+        assert peers == sorted(c.getsockname() for c in clients)
+        # What a client sends arrives at the worker that got its connection, and back.
+        for s in served:
+            for c in clients:
+                if c.getsockname() == s.getpeername():
+                    c.sendall(b"hello")
+                    s.settimeout(2)
+                    assert s.recv(5) == b"hello"
+                    s.sendall(b"back")
+                    c.settimeout(2)
+                    assert c.recv(4) == b"back"
+        for sock in (*served, *clients):
+            sock.close()
+
+
+def test_a_busy_worker_gets_none_until_the_others_catch_up() -> None:
+    with dispatcher(2) as (d, _, _theirs):
+        d.ready(0)
+        d.ready(1)
+        d.report(0, 3, d.mark(0))  # worker 0 already serves three
+        a, b = socket.socketpair()
+        with a, b:
+            assert [d.hand(a) for _ in range(4)] == [1, 1, 1, 0]
+
+
+def test_connections_wait_for_a_worker_that_is_starting_then_for_one_that_died() -> None:
+    clock = Clock()
+    with dispatcher(2, clock) as (d, _, _theirs):
+        assert d.holding()  # nobody serves yet
+        d.ready(0)
+        assert d.holding()  # worker 1 is still starting
+        clock.now += 5.0
+        assert not d.holding()  # not forever: it is late, the others serve
+        d.ready(1)
+        assert not d.holding()
+        d.lost(1)  # it died and will start again: its clients are to come back to it
+        assert d.holding()
+        mine, their = channel_pair()
+        with their:
+            d.attach(1, mine)
+            clock.now += 1.0
+            assert d.holding()
+            d.ready(1)
+            assert not d.holding()
+
+
+def test_a_dead_or_stuck_worker_is_passed_over_and_with_none_left_the_connection_closes() -> None:
+    with dispatcher(2) as (d, port, theirs):
+        d.ready(0)
+        d.ready(1)
+        theirs[0].close()  # worker 0's process is gone
+        a, b = socket.socketpair()
+        with a, b:
+            assert d.hand(a) == 1
+            assert d.hand(a) == 1
+            # Worker 1 stops reading: once its channel is full it is passed over too.
+            for _ in range(10_000):
+                if d.hand(a) is None:
+                    break
+            else:
+                pytest.fail("the channel never filled")
+        # Through the accepting thread, a client whose connection nobody can take is closed.
+        client = socket.create_connection(("127.0.0.1", port))
+        d.start()
+        client.settimeout(5)
+        with client:
+            assert client.recv(1) == b""
+
+
+def test_the_accepting_thread_stops_and_the_port_is_closed() -> None:
+    with dispatcher(1) as (d, port, _):
+        d.ready(0)
+        d.start()
+        d.close()
+        assert d._thread is not None and not d._thread.is_alive()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+def test_listen_names_the_address_it_cannot_take() -> None:
+    with contextlib.ExitStack() as stack:
+        taken = listen("127.0.0.1", 0, 4)
+        for sock in taken:
+            stack.callback(sock.close)
+        with pytest.raises(OSError):
+            listen("127.0.0.1", taken[0].getsockname()[1], 4)
+
+
+def test_the_intake_adopts_each_connection_and_notices_a_gone_supervisor() -> None:
+    async def main() -> None:
+        mine, theirs = channel_pair()
+        adopted: list[socket.socket] = []
+        gone = asyncio.Event()
+
+        async def adopt(sock: socket.socket) -> None:
+            adopted.append(sock)
+
+        intake = Intake(theirs, adopt, on_gone=gone.set)
+        intake.start()
+        a, b = socket.socketpair()
+        with a, b:
+            socket.send_fds(mine, [b"c"], [a.fileno()])
+            socket.send_fds(mine, [b"c"], [a.fileno()])
+            deadline = time.monotonic() + 2
+            while len(adopted) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert len(adopted) == 2
+            adopted[0].sendall(b"x")
+            assert b.recv(1) == b"x"  # the very connection, not a copy of its bytes
+            mine.close()
+            await asyncio.wait_for(gone.wait(), 2)
+        for sock in adopted:
+            sock.close()
+        assert theirs.fileno() == -1
+
+    asyncio.run(main())
