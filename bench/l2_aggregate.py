@@ -11,6 +11,13 @@ Each client is a real ``shadowmesh client`` process in its own namespace, the ex
 same time, and the figure is the sum of what lan-b received. On a machine whose cores also
 run the clients and iperf3 this measures the whole system, not the exit alone: the notes
 say so next to the figure.
+
+``exit_core``: each of the exit's processes (the one process, or each worker of
+``network.workers``; the supervisor shares the first worker's) is held by the kernel to that
+fraction of one core (``hardware.cpubudget``). That stands in for an exit with cores of its
+own, each that fast, while the clients, iperf3 and the kernel's forwarding keep the rest of
+the machine: a process can use one core at a time, a budget of ``exit_core`` each, so an
+exit of one process is held to one such core and one of N workers to N of them.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from hardware import netns
+from hardware.cpubudget import CpuBudget
 from hardware.netns import Lab, Namespace
 from lab import provision, topology
 
@@ -118,6 +126,37 @@ def world(
             lab.stop(server)
 
 
+def _workers(pid: int) -> list[int]:
+    """The exit's worker processes (children started by multiprocessing's spawn)."""
+    found = []
+    for child in tree(pid)[1:]:
+        with contextlib.suppress(OSError):
+            if b"multiprocessing.spawn" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+    return sorted(found)
+
+
+@contextmanager
+def budgets(exit_pid: int, exit_core: float | None) -> Iterator[list[CpuBudget]]:
+    """Each exit process held to ``exit_core`` of a core (None: no budgets): the first
+    budget has the supervisor (and anything else it runs) and the first worker."""
+    if exit_core is None:
+        yield []
+        return
+    workers = _workers(exit_pid)
+    held = [CpuBudget(f"agx{i}", exit_core) for i in range(max(1, len(workers)))]
+    try:
+        for pid in tree(exit_pid):
+            if pid not in workers:
+                held[0].add(pid)
+        for budget, pid in zip(held, workers, strict=False):
+            budget.add(pid)
+        yield held
+    finally:
+        for budget in held:
+            budget.close()
+
+
 def tree(pid: int) -> list[int]:
     """``pid`` and its descendants (an exit's worker processes)."""
     out = [pid]
@@ -152,15 +191,28 @@ def machine_seconds() -> tuple[float, float]:
 
 
 def aggregate(
-    lab: Lab, tmp: Path, clients: int, *, mode: str, seconds: float, workers: int = 1
+    lab: Lab,
+    tmp: Path,
+    clients: int,
+    *,
+    mode: str,
+    seconds: float,
+    workers: int = 1,
+    exit_core: float | None = None,
 ) -> dict[str, float]:
     """Sum of iperf3 TCP (one stream per client, all at once) received behind the exit,
     and the cores the exit, the clients and the whole machine (everything: iperf3, the
     kernel's forwarding, the nodes) used meanwhile, and the machine's idle cores (CPU
     seconds / wall seconds), and from them the machine's ceiling for this traffic: the
     figure scaled to every core busy at the same cost per bit. No arrangement of the
-    exit's work (workers, threads) can carry more than that ceiling on this machine."""
-    with world(lab, tmp, clients, mode=mode, workers=workers) as (hosts, exit_pid, client_pids):
+    exit's work (workers, threads) can carry more than that ceiling on this machine.
+    With ``exit_core`` (see the module's text) also the budgets and how long the kernel
+    held the exit back for want of them."""
+    with (
+        world(lab, tmp, clients, mode=mode, workers=workers) as (hosts, exit_pid, client_pids),
+        budgets(exit_pid, exit_core) as held,
+    ):
+        throttled_before = sum(b.throttled_s() for b in held)
         runs = []
         started = time.monotonic()
         exit_pids = tree(exit_pid)  # with workers: the supervisor and its workers
@@ -183,8 +235,17 @@ def aggregate(
         exit_cores = (cpu_seconds(exit_pids) - exit_before) / wall
         clients_cores = (cpu_seconds(client_pids) - clients_before) / wall
         busy_after, idle_after = machine_seconds()
+        throttled = sum(b.throttled_s() for b in held) - throttled_before
     busy = (busy_after - busy_before) / wall
+    budget = {}
+    if exit_core is not None:
+        budget = {
+            "exit_core_budget": exit_core,
+            "exit_budgets": len(held),
+            "exit_throttled_s_per_s": round(throttled / wall, 2),
+        }
     return {
+        **budget,
         "gbps": round(total / 1e9, 3),
         "exit_cores": round(exit_cores, 2),
         "clients_cores": round(clients_cores, 2),

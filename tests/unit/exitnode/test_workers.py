@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -23,6 +24,7 @@ import pytest
 
 from exitnode import workers
 from exitnode.errors import ExitConfigError
+from exitnode.handoff import Dispatcher, channel_pair
 from exitnode.worker import (
     RemoteHelloGuard,
     RemoteLedger,
@@ -147,6 +149,35 @@ def test_workers_need_a_bridge_and_are_refused_with_a_relay() -> None:
     with pytest.raises(ExitConfigError, match=r"endpoints\.relay"):
         Supervisor(stub_node(relay), 2)
     assert len(Supervisor(stub_node(bridged), 2).workers) == 2
+
+
+def test_a_worker_gets_connections_once_it_serves_weighed_by_what_it_reports() -> None:
+    sup = Supervisor(stub_node(Config(network=Network(bridge="br0", workers=2))), 2)
+    sup.dispatcher = Dispatcher([], 2, hold_s=0.0)
+    ends = [channel_pair() for _ in range(2)]
+    try:
+        for i, (mine, _) in enumerate(ends):
+            sup.dispatcher.attach(i, mine)
+
+        def report(index: int, listening: float, open_now: int) -> None:
+            gauges = {"tunnel_listening": listening, "connections_open": open_now}
+            sup._balance(index, {"gauges": gauges}, sup._mark(index))
+
+        report(0, 0.0, 0)  # still starting: its tunnel server is not up
+        report(1, 1.0, 0)
+        assert not sup.dispatcher.is_ready(0) and sup.dispatcher.is_ready(1)
+        report(0, 1.0, 0)
+        report(1, 1.0, 4)  # four clients stayed at worker 1
+        a, b = socket.socketpair()
+        with a, b:
+            # Worker 0 until both have four, then in turn.
+            assert [sup.dispatcher.hand(a) for _ in range(6)] == [0, 0, 0, 0, 1, 0]
+            report(0, 1.0, 7)  # its connections' worth and two more (from the worker)
+            assert [sup.dispatcher.hand(a) for _ in range(2)] == [1, 1]
+    finally:
+        sup.dispatcher.close()
+        for _, theirs in ends:
+            theirs.close()
 
 
 # -- the socket ---------------------------------------------------------------------------
