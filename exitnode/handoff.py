@@ -6,8 +6,11 @@ eighth of the time, and that worker then carries every tunnel on one core while 
 idle. An exit bridging a handful of LANs is exactly that case. So the supervisor holds the
 only listening socket and hands every accepted connection, as a file descriptor over a
 private Unix socket pair (``SCM_RIGHTS``), to the worker with the fewest open connections;
-the worker serves it as if it had accepted it (``ExitServer.adopt``). Nothing of the
-connection is read before the hand-over: a prober meets the same front door at any worker.
+the worker serves it as if it had accepted it (``ExitServer.adopt``) and says, over the same
+pair, when it is gone. Nothing of the connection is read before the hand-over: a prober
+meets the same front door at any worker. Knowing every open connection, the supervisor also
+holds ``endpoints.max_connections`` and ``max_connections_per_source`` for the whole exit
+(over a cap a connection is closed unread, as a worker's front door would).
 
 - ``Balance``: which worker gets the next connection (sans-I/O).
 - ``Dispatcher``: the supervisor's accepting thread.
@@ -19,15 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from l2bridge.logsummary import Summary
+from l2bridge.transport.caps import ConnectionCaps, source_key
 
 log = logging.getLogger(__name__)
 
@@ -35,29 +41,28 @@ MAX_FDS = 8  # descriptors read per message (one is sent per message)
 SELECT_S = 0.2  # how soon the accepting thread sees that it is to stop
 OUT_OF_FILES_PAUSE_S = 0.1  # accept failed for want of descriptors: let some close first
 HOLD_S = 5.0  # the longest connections wait for a worker that is (re)starting
+_ID = struct.Struct("!Q")  # a handed connection's number, both ways
+CLOSED_BATCH = 256  # close messages read per channel per round
 
 
 class Balance:
-    """Which ready worker takes the next connection: the fewest open connections, counting
-    those handed to it since its last report; ties in turn. Workers report their open
-    connections every second or so (``report``), which corrects for connections that ended."""
+    """Which ready worker takes the next connection: the fewest open connections, ties in
+    turn. The dispatcher counts each connection from its hand-over until the worker says
+    it is gone, so the count is exact."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self.handed = [0] * workers  # connections handed to each, ever
-        self._base = [0] * workers  # open connections at its last report
-        self._mark = [0] * workers  # ``handed`` when that report was asked for
+        self.open = [0] * workers
         self._ready: set[int] = set()
         self._next = 0
 
     def ready(self, index: int) -> None:
-        """Worker ``index`` takes connections (from a fresh start: nothing open)."""
-        self._base[index] = 0
-        self._mark[index] = self.handed[index]
         self._ready.add(index)
 
     def gone(self, index: int) -> None:
+        """Worker ``index`` stopped (its connections went with it)."""
         self._ready.discard(index)
+        self.open[index] = 0
 
     def is_ready(self, index: int) -> bool:
         return index in self._ready
@@ -66,27 +71,17 @@ class Balance:
     def any_ready(self) -> bool:
         return bool(self._ready)
 
-    def mark(self, index: int) -> int:
-        """Take before asking worker ``index`` for its report; give back to ``report``."""
-        return self.handed[index]
-
-    def report(self, index: int, open_connections: int, mark: int) -> None:
-        """Worker ``index`` had ``open_connections`` when asked (``mark`` from ``mark``):
-        those handed since count on top."""
-        self._base[index] = max(0, open_connections)
-        self._mark[index] = mark
-
-    def load(self, index: int) -> int:
-        return self._base[index] + self.handed[index] - self._mark[index]
-
     def order(self) -> list[int]:
         """Ready workers, the one to try first first."""
         n = self.workers
-        return sorted(self._ready, key=lambda i: (self.load(i), (i - self._next) % n))
+        return sorted(self._ready, key=lambda i: (self.open[i], (i - self._next) % n))
 
     def took(self, index: int) -> None:
-        self.handed[index] += 1
+        self.open[index] += 1
         self._next = (index + 1) % self.workers
+
+    def closed(self, index: int) -> None:
+        self.open[index] = max(0, self.open[index] - 1)
 
 
 def listen(host: str, port: int, backlog: int) -> list[socket.socket]:
@@ -128,22 +123,30 @@ class Dispatcher:
     start or loss: a worker that comes back gets its share of the clients that reconnect,
     instead of their all landing at the others and staying there. A worker whose channel is
     full (it stopped reading) or closed (it died) is passed over; with nowhere to go the
-    connection is closed, as a server out of workers would."""
+    connection is closed, as a server out of workers would. ``caps`` (if given) bound the
+    open connections of the whole exit, in total and per source; ``summary`` counts those
+    refused (as the front door counts its own)."""
 
     def __init__(
         self,
         listeners: list[socket.socket],
         workers: int,
         *,
+        caps: ConnectionCaps | None = None,
+        summary: Summary | None = None,
         hold_s: float = HOLD_S,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.listeners = listeners
         self.balance = Balance(workers)
+        self.caps = caps
+        self.summary = summary
         self.hold_s = hold_s
         self._monotonic = monotonic
         self._channels: dict[int, socket.socket] = {}
         self._starting: dict[int, float] = {}  # worker -> since when it is expected
+        self._open: dict[int, tuple[int, str]] = {}  # connection -> (worker, source)
+        self._numbers = itertools.count(1)
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
@@ -155,7 +158,7 @@ class Dispatcher:
         """Worker ``index`` is starting, with ``channel`` its end of the hand-over."""
         with self._lock:
             old = self._channels.pop(index, None)
-            self.balance.gone(index)
+            self._forget(index)
             self._channels[index] = channel
             self._starting.setdefault(index, self._monotonic())
         if old is not None:
@@ -169,26 +172,32 @@ class Dispatcher:
                 self._starting.pop(index, None)
 
     def lost(self, index: int) -> None:
-        """Worker ``index`` died; it is to start again (``attach``)."""
+        """Worker ``index`` died (its connections with it); it is to start again."""
         with self._lock:
             channel = self._channels.pop(index, None)
-            self.balance.gone(index)
+            self._forget(index)
             self._starting[index] = self._monotonic()
         if channel is not None:
             channel.close()
 
-    def mark(self, index: int) -> int:
-        with self._lock:
-            return self.balance.mark(index)
-
-    def report(self, index: int, open_connections: int, mark: int) -> None:
-        with self._lock:
-            if self.balance.is_ready(index):
-                self.balance.report(index, open_connections, mark)
+    def _forget(self, index: int) -> None:
+        """Worker ``index``'s connections are gone (lock held)."""
+        self.balance.gone(index)
+        for number, (worker, source) in list(self._open.items()):
+            if worker == index:
+                del self._open[number]
+                if self.caps is not None:
+                    self.caps.close(source)
 
     def is_ready(self, index: int) -> bool:
         with self._lock:
             return self.balance.is_ready(index)
+
+    def open_connections(self) -> dict[int, int]:
+        """Open connections by worker (after reading what the workers said)."""
+        with self._lock:
+            self._read_closed()
+            return {i: self.balance.open[i] for i in sorted(self._channels)}
 
     def holding(self) -> bool:
         """Whether connections are to wait: no worker serves, or one is (re)starting and
@@ -208,6 +217,8 @@ class Dispatcher:
             for listener in self.listeners:
                 selector.register(listener, selectors.EVENT_READ)
             while not self._closed.is_set():
+                with self._lock:
+                    self._read_closed()
                 if self.holding():
                     self._closed.wait(SELECT_S)
                     continue
@@ -216,7 +227,7 @@ class Dispatcher:
 
     def _accept(self, listener: socket.socket) -> None:
         try:
-            conn, _ = listener.accept()
+            conn, peer = listener.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
         except OSError as exc:
@@ -225,23 +236,54 @@ class Dispatcher:
                 time.sleep(OUT_OF_FILES_PAUSE_S)
             return
         with conn:
-            self.hand(conn)
+            self.hand(conn, source_key(str(peer[0])) if isinstance(peer, tuple) else str(peer))
 
-    def hand(self, conn: socket.socket) -> int | None:
-        """Send ``conn`` to the first worker that takes it (the caller closes its copy);
-        the worker's index, or None."""
+    def hand(self, conn: socket.socket, source: str = "") -> int | None:
+        """Send ``conn`` (from ``source``, a ``source_key``) to the first worker that takes
+        it; the caller closes its copy. The worker's index, or None: over a cap, or no
+        worker could take it."""
         with self._lock:
+            self._read_closed()
+            if self.caps is not None and not self.caps.open(source):
+                if self.summary is not None:
+                    self.summary.note("over a connection cap")
+                return None
+            number = next(self._numbers)
             for index in self.balance.order():
                 try:
                     socket.send_fds(
-                        self._channels[index], [b"c"], [conn.fileno()], socket.MSG_DONTWAIT
-                    )
+                        self._channels[index], [_ID.pack(number)], [conn.fileno()],
+                        socket.MSG_DONTWAIT,
+                    )  # fmt: skip
                 except OSError:  # full (EAGAIN), or its process is gone (EPIPE)
                     continue
                 self.balance.took(index)
+                self._open[number] = (index, source)
                 return index
+            if self.caps is not None:
+                self.caps.close(source)
         self.dropped.note("every worker busy or gone")
         return None
+
+    def _read_closed(self) -> None:
+        """Take in what the workers said of their connections' ends (lock held)."""
+        for channel in self._channels.values():
+            for _ in range(CLOSED_BATCH):
+                try:
+                    message = channel.recv(_ID.size)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break  # its worker is gone: ``lost`` forgets its connections
+                if len(message) != _ID.size:
+                    break  # end of file (the worker is gone), or not ours
+                held = self._open.pop(_ID.unpack(message)[0], None)
+                if held is None:
+                    continue
+                worker, source = held
+                self.balance.closed(worker)
+                if self.caps is not None:
+                    self.caps.close(source)
 
     def close(self) -> None:
         self._closed.set()
@@ -253,13 +295,13 @@ class Dispatcher:
             sock.close()
 
 
-Adopt = Callable[[socket.socket], Coroutine[Any, Any, None]]
+Adopt = Callable[[socket.socket, Callable[[], None]], Coroutine[Any, Any, None]]
 
 
 class Intake:
     """A worker's end of the channel: each connection the supervisor sends is ``adopt``-ed
-    (``ExitServer.adopt``) on the running loop. ``on_gone`` runs once if the supervisor's
-    end closes."""
+    (``ExitServer.adopt``) on the running loop, and its end told back. ``on_gone`` runs
+    once if the supervisor's end closes."""
 
     def __init__(
         self, channel: socket.socket, adopt: Adopt, on_gone: Callable[[], None] | None = None
@@ -278,7 +320,7 @@ class Intake:
     def _read(self) -> None:
         while True:
             try:
-                message, fds, _, _ = socket.recv_fds(self.channel, 1, MAX_FDS)
+                message, fds, _, _ = socket.recv_fds(self.channel, _ID.size, MAX_FDS)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -288,16 +330,27 @@ class Intake:
                 if self._on_gone is not None:
                     self._on_gone()
                 return
+            socks = []
             for fd in fds:
                 try:
-                    sock = socket.socket(fileno=fd)
+                    socks.append(socket.socket(fileno=fd))
                 except OSError:
                     with contextlib.suppress(OSError):
                         socket.close(fd)
-                    continue
-                task = asyncio.ensure_future(self._adopt(sock))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            if len(message) != _ID.size or len(socks) != 1:
+                for sock in socks:  # not what a supervisor sends
+                    sock.close()
+                continue
+            task = asyncio.ensure_future(self._adopt(socks[0], self._closed_by(message)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _closed_by(self, number: bytes) -> Callable[[], None]:
+        def closed() -> None:
+            with contextlib.suppress(OSError):  # the supervisor is gone, or not reading
+                self.channel.send(number, socket.MSG_DONTWAIT)
+
+        return closed
 
     def close(self) -> None:
         if self._loop is not None and self.channel.fileno() >= 0:

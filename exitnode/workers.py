@@ -63,6 +63,7 @@ from l2bridge.node.status import StatusServer, read_token
 from l2bridge.protocol.handshake import EvidenceSince
 from l2bridge.protocol.helloguard import HelloGuard, QuotaKey
 from l2bridge.transport.admission import AdmissionLedger
+from l2bridge.transport.caps import ConnectionCaps
 from l2bridge.transport.errors import TransportClosed
 
 log = logging.getLogger(__name__)
@@ -398,35 +399,24 @@ class Supervisor:
                     worker.process = None
                 if worker.process is None and time.monotonic() - worker.started >= RESTART_S:
                     self._start(worker)
-            marks = [self._mark(w.index) for w in self.workers]
             reports = await asyncio.gather(
                 *(asyncio.to_thread(self.command, w.index, "report") for w in self.workers),
                 return_exceptions=True,
             )
-            for worker, mark, report in zip(self.workers, marks, reports, strict=True):
+            for worker, report in zip(self.workers, reports, strict=True):
                 if isinstance(report, BaseException):
                     continue  # not connected yet, or given up (restarted above next round)
                 snapshot, worker.farewell = report
                 if isinstance(self.metrics, WorkersMetrics):
                     self.metrics.parts[worker.index] = snapshot
-                self._balance(worker.index, snapshot, mark)
+                self._serving(worker.index, snapshot)
 
-    def _mark(self, index: int) -> int:
-        return self.dispatcher.mark(index) if self.dispatcher is not None else 0
-
-    def _balance(self, index: int, snapshot: dict[str, Any], mark: int) -> None:
-        """A worker answered its report: once it serves (its tunnel server is up) it takes
-        connections, weighed by those it has open."""
-        if self.dispatcher is None:
+    def _serving(self, index: int, snapshot: dict[str, Any]) -> None:
+        """A worker answered its report: once its tunnel server is up it takes connections."""
+        if self.dispatcher is None or self.dispatcher.is_ready(index):
             return
-        gauges = snapshot.get("gauges", {})
-        if not self.dispatcher.is_ready(index):
-            if gauges.get("tunnel_listening") == 1.0:
-                self.dispatcher.ready(index)
-            return
-        open_now = gauges.get("connections_open")
-        if isinstance(open_now, int | float):
-            self.dispatcher.report(index, int(open_now), mark)
+        if snapshot.get("gauges", {}).get("tunnel_listening") == 1.0:
+            self.dispatcher.ready(index)
 
     def _send_farewell(self, worker: _Worker) -> None:
         """Tell the other workers (and other exits on the LAN) that a dead worker's clients
@@ -488,7 +478,10 @@ class Supervisor:
             assert ep.listen is not None
             with naming(f"endpoints.listen ({ep.listen[0]}:{ep.listen[1]})"):
                 listeners = listen(ep.listen[0], ep.listen[1], ep.listen_backlog)
-            self.dispatcher = Dispatcher(listeners, len(self.workers))
+            caps = ConnectionCaps(ep.max_connections, ep.max_connections_per_source)
+            self.dispatcher = Dispatcher(
+                listeners, len(self.workers), caps=caps, summary=node.screening
+            )
             self.dispatcher.start()
             self._listener = Listener(self._address(), family="AF_UNIX", authkey=self._authkey)
             threading.Thread(target=self._accept, daemon=True).start()

@@ -319,6 +319,8 @@ class GuardedConnection(DirectMessages, ServerConnection):
         self.token: str | None = None
         # The device the admitted token names (its handshake must prove to be it).
         self.admission: Admission | None = None
+        # Told once when the connection is gone (a worker tells its supervisor: handoff).
+        self.on_lost: Callable[[], None] | None = None
 
     # --- opening: caps, then TLS -------------------------------------------------------
 
@@ -515,8 +517,13 @@ class GuardedConnection(DirectMessages, ServerConnection):
         if self._splice is not None:
             self._splice.client_lost()
         self._finish()
-        if began:
-            super().connection_lost(exc)
+        try:
+            if began:
+                super().connection_lost(exc)
+        finally:
+            if self.on_lost is not None:
+                on_lost, self.on_lost = self.on_lost, None
+                on_lost()
 
     def _finish(self) -> None:
         if self._mode is not _Mode.WEBSOCKET:
@@ -581,17 +588,36 @@ class ExitServer(Server):
         # websockets refuses upgrades (503) once its server is not serving.
         return self.adopting or super().is_serving()
 
-    async def adopt(self, sock: socket.socket) -> None:
+    async def adopt(self, sock: socket.socket, on_lost: Callable[[], None] | None = None) -> None:
         """Serve ``sock``, a TCP connection accepted by another process, exactly as one
         this server accepted (the front door first); closed at once if the server is not
-        adopting (closed, or listening itself)."""
-        if not self.adopting or self.factory is None:
+        adopting (closed, or listening itself). ``on_lost`` runs once when it is gone,
+        however it ended."""
+        told = on_lost is None
+
+        def lost() -> None:
+            nonlocal told
+            if not told:
+                told = True
+                on_lost()  # type: ignore[misc]
+
+        make = self.factory
+        if not self.adopting or make is None:
             sock.close()
+            lost()
             return
+
+        def connection() -> ServerConnection:
+            conn = make()
+            if isinstance(conn, GuardedConnection):
+                conn.on_lost = lost
+            return conn
+
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(self.factory, sock)
+            await asyncio.get_running_loop().connect_accepted_socket(connection, sock)
         except OSError:
             sock.close()  # reset before it was served
+            lost()
 
     def close(self, *args: Any, **kwargs: Any) -> None:
         self.adopting = False

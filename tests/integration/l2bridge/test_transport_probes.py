@@ -36,6 +36,7 @@ from cryptography.x509.oid import NameOID
 
 from exitnode.handoff import Dispatcher, Intake, channel_pair, listen
 from l2bridge.logsummary import Summary
+from l2bridge.transport.caps import ConnectionCaps
 from l2bridge.transport.client import open_transport
 from l2bridge.transport.constants import DEFAULT_BACKLOG
 from l2bridge.transport.decoy import DecoySite
@@ -246,21 +247,29 @@ async def exit_server(settings: ServerSettings, ssl_ctx=None, *, handed: bool = 
             server.close()
             await asyncio.wait_for(server.wait_closed(), 10)
         return
-    server = await serve_exit(handler, settings, host="", port=0, ssl=ssl_ctx, listen=False)
-    dispatcher = Dispatcher(listen("127.0.0.1", 0, DEFAULT_BACKLOG), 1)
-    mine, theirs = channel_pair()
-    dispatcher.attach(0, mine)
-    dispatcher.ready(0)
-    intake = Intake(theirs, server.adopt)
-    intake.start()
+    # Two workers, each a server (front door, caps) of its own; the dispatcher holds the
+    # connection caps for both.
+    caps = ConnectionCaps(settings.max_connections, settings.max_connections_per_source)
+    dispatcher = Dispatcher(listen("127.0.0.1", 0, DEFAULT_BACKLOG), 2, caps=caps)
+    servers, intakes = [], []
+    for index in range(2):
+        server = await serve_exit(handler, settings, host="", port=0, ssl=ssl_ctx, listen=False)
+        mine, theirs = channel_pair()
+        dispatcher.attach(index, mine)
+        dispatcher.ready(index)
+        intake = Intake(theirs, server.adopt)
+        intake.start()
+        servers.append(server)
+        intakes.append(intake)
     dispatcher.start()
     try:
         yield dispatcher.listeners[0].getsockname()[1]
     finally:
         dispatcher.close()
-        intake.close()
-        server.close()
-        await asyncio.wait_for(server.wait_closed(), 10)
+        for intake, server in zip(intakes, servers, strict=True):
+            intake.close()
+            server.close()
+            await asyncio.wait_for(server.wait_closed(), 10)
 
 
 def mint(key: ExitCredentials, now: float, device: bytes = DEVICE) -> str:
@@ -490,14 +499,16 @@ async def _tls_exit(tmp_path, site):
             assert outcome.ending == "eof"
 
 
-def test_connection_caps(site):
-    asyncio.run(asyncio.wait_for(_caps(site), 30))
+@pytest.mark.parametrize("handed", [False, True], ids=["listening", "handed"])
+def test_connection_caps(site, handed):
+    """Handed: two workers would each take two from a source; the exit takes two in all."""
+    asyncio.run(asyncio.wait_for(_caps(site, handed), 30))
 
 
-async def _caps(site):
+async def _caps(site, handed):
     key = ExitCredentials(NODE)
     settings = settings_for(site.root, key, max_connections=3, max_connections_per_source=2)
-    async with exit_server(settings) as port:
+    async with exit_server(settings, handed=handed) as port:
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         await asyncio.sleep(0.1)
         # Over the per-source cap: closed before anything is read or written.
@@ -602,15 +613,16 @@ async def _stop_with_visitors(site):
         silent[1].close()
 
 
-def test_caps_are_given_back_however_connections_end(site, certificate):
-    asyncio.run(asyncio.wait_for(_caps_given_back(site, certificate), 30))
+@pytest.mark.parametrize("handed", [False, True], ids=["listening", "handed"])
+def test_caps_are_given_back_however_connections_end(site, certificate, handed):
+    asyncio.run(asyncio.wait_for(_caps_given_back(site, certificate, handed), 30))
 
 
-async def _caps_given_back(site, certificate):
+async def _caps_given_back(site, certificate, handed):
     server_ctx, client_ctx = _contexts(*certificate)
     key = ExitCredentials(NODE)
     settings = settings_for(site.root, key, max_connections_per_source=2)
-    async with exit_server(settings, ssl_ctx=server_ctx) as port:
+    async with exit_server(settings, ssl_ctx=server_ctx, handed=handed) as port:
         for _ in range(3):  # failed handshakes, plain garbage, a closed tunnel, a 400
             failed = await probe(port, [b"GET / HTTP/1.1\r\n\r\n"])  # not TLS at all
             assert failed.ending in ("eof", "reset")

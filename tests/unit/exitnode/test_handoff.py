@@ -8,11 +8,12 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from exitnode.handoff import Balance, Dispatcher, Intake, channel_pair, listen
+from l2bridge.transport.caps import ConnectionCaps
 
 
 class Clock:
@@ -23,7 +24,7 @@ class Clock:
         return self.now
 
 
-def test_the_least_loaded_worker_goes_first_and_ties_take_turns() -> None:
+def test_the_worker_with_fewest_open_goes_first_and_ties_take_turns() -> None:
     balance = Balance(3)
     for i in range(3):
         balance.ready(i)
@@ -33,40 +34,20 @@ def test_the_least_loaded_worker_goes_first_and_ties_take_turns() -> None:
         balance.took(first)
         got.append(first)
     assert got == [0, 1, 2, 0, 1, 2]
-    # Worker 1 says it holds 5 open connections (its clients stayed, others' left).
-    mark = balance.mark(1)
-    balance.report(1, 5, mark)
-    assert balance.load(1) == 5
-    assert balance.order()[-1] == 1
-    # Those handed after the report was asked count on top of what it reported.
-    mark = balance.mark(0)
-    balance.took(0)
-    balance.report(0, 1, mark)
-    assert balance.load(0) == 2
-    balance.gone(2)
-    assert 2 not in balance.order()
-
-
-def test_a_worker_starting_again_begins_with_nothing_open() -> None:
-    balance = Balance(2)
-    balance.ready(0)
-    balance.ready(1)
-    for _ in range(4):
-        balance.took(0)
-    balance.took(1)
-    balance.gone(0)
-    assert balance.order() == [1]
-    balance.ready(0)
-    assert balance.load(0) == 0 and balance.order()[0] == 0
+    balance.closed(1)
+    balance.closed(1)
+    assert balance.order()[0] == 1 and balance.open == [2, 0, 2]
+    balance.gone(2)  # it died: its connections went with it, and it gets none
+    assert balance.order() == [1, 0] and balance.open[2] == 0
 
 
 @contextlib.contextmanager
 def dispatcher(
-    workers: int, clock: Clock | None = None
+    workers: int, clock: Clock | None = None, caps: ConnectionCaps | None = None
 ) -> Iterator[tuple[Dispatcher, int, list[socket.socket]]]:
     listeners = listen("127.0.0.1", 0, 16)
     port = listeners[0].getsockname()[1]
-    d = Dispatcher(listeners, workers, hold_s=5.0, monotonic=clock or Clock())
+    d = Dispatcher(listeners, workers, caps=caps, hold_s=5.0, monotonic=clock or Clock())
     theirs = []
     for i in range(workers):
         mine, their = channel_pair()
@@ -81,10 +62,15 @@ def dispatcher(
 
 
 def received(channel: socket.socket) -> socket.socket:
+    return handed(channel)[1]
+
+
+def handed(channel: socket.socket) -> tuple[bytes, socket.socket]:
+    """(the connection's number, the connection) as a worker receives them."""
     channel.settimeout(2)
-    message, fds, _, _ = socket.recv_fds(channel, 1, 8)
-    assert message == b"c" and len(fds) == 1
-    return socket.socket(fileno=fds[0])
+    message, fds, _, _ = socket.recv_fds(channel, 8, 8)
+    assert len(message) == 8 and len(fds) == 1
+    return message, socket.socket(fileno=fds[0])
 
 
 def test_connections_are_spread_evenly_and_each_worker_gets_the_real_connection() -> None:
@@ -115,14 +101,42 @@ def test_connections_are_spread_evenly_and_each_worker_gets_the_real_connection(
             sock.close()
 
 
-def test_a_busy_worker_gets_none_until_the_others_catch_up() -> None:
-    with dispatcher(2) as (d, _, _theirs):
+def test_a_busy_worker_gets_none_until_the_others_catch_up_and_ends_count() -> None:
+    with dispatcher(2) as (d, _, theirs):
         d.ready(0)
-        d.ready(1)
-        d.report(0, 3, d.mark(0))  # worker 0 already serves three
         a, b = socket.socketpair()
         with a, b:
+            assert [d.hand(a) for _ in range(3)] == [0, 0, 0]  # worker 1 was not up
+            d.ready(1)
             assert [d.hand(a) for _ in range(4)] == [1, 1, 1, 0]
+            # Worker 0 says two of its connections ended: it is the less busy again.
+            for _ in range(2):
+                number, conn = handed(theirs[0])
+                conn.close()
+                theirs[0].send(number)
+            assert d.open_connections() == {0: 2, 1: 3}
+            assert d.hand(a) == 0
+
+
+def test_the_caps_hold_for_the_whole_exit_over_every_worker() -> None:
+    # Per worker each would take two from a source; the exit takes two in all.
+    with dispatcher(2, caps=ConnectionCaps(3, 2)) as (d, _, theirs):
+        d.ready(0)
+        d.ready(1)
+        a, b = socket.socketpair()
+        with a, b:
+            assert [d.hand(a, "198.51.100.7") for _ in range(2)] == [0, 1]
+            assert d.hand(a, "198.51.100.7") is None  # over the per-source cap
+            assert d.hand(a, "203.0.113.9") == 0
+            assert d.hand(a, "203.0.113.10") is None  # over the total
+            # One of the source's connections ends at its worker: its slot is free.
+            number, conn = handed(theirs[0])
+            conn.close()
+            theirs[0].send(number)
+            assert d.hand(a, "198.51.100.7") is not None
+            # A worker that dies takes its connections' slots with it.
+            d.lost(1)
+            assert d.hand(a, "203.0.113.10") == 0
 
 
 def test_connections_wait_for_a_worker_that_is_starting_then_for_one_that_died() -> None:
@@ -191,27 +205,32 @@ def test_listen_names_the_address_it_cannot_take() -> None:
 def test_the_intake_adopts_each_connection_and_notices_a_gone_supervisor() -> None:
     async def main() -> None:
         mine, theirs = channel_pair()
-        adopted: list[socket.socket] = []
+        adopted: list[tuple[socket.socket, Callable[[], None]]] = []
         gone = asyncio.Event()
 
-        async def adopt(sock: socket.socket) -> None:
-            adopted.append(sock)
+        async def adopt(sock: socket.socket, closed: Callable[[], None]) -> None:
+            adopted.append((sock, closed))
 
         intake = Intake(theirs, adopt, on_gone=gone.set)
         intake.start()
         a, b = socket.socketpair()
         with a, b:
-            socket.send_fds(mine, [b"c"], [a.fileno()])
-            socket.send_fds(mine, [b"c"], [a.fileno()])
+            socket.send_fds(mine, [(1).to_bytes(8, "big")], [a.fileno()])
+            socket.send_fds(mine, [(2).to_bytes(8, "big")], [a.fileno()])
+            socket.send_fds(mine, [b"nonsense"[:3]], [a.fileno()])  # not a supervisor's
             deadline = time.monotonic() + 2
             while len(adopted) < 2 and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
             assert len(adopted) == 2
-            adopted[0].sendall(b"x")
+            adopted[0][0].sendall(b"x")
             assert b.recv(1) == b"x"  # the very connection, not a copy of its bytes
+            adopted[1][1]()  # the second one ended: the supervisor hears its number
+            mine.settimeout(2)
+            assert mine.recv(8) == (2).to_bytes(8, "big")
             mine.close()
             await asyncio.wait_for(gone.wait(), 2)
-        for sock in adopted:
+        for sock, _ in adopted:
             sock.close()
         assert theirs.fileno() == -1
 

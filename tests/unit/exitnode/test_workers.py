@@ -151,29 +151,21 @@ def test_workers_need_a_bridge_and_are_refused_with_a_relay() -> None:
     assert len(Supervisor(stub_node(bridged), 2).workers) == 2
 
 
-def test_a_worker_gets_connections_once_it_serves_weighed_by_what_it_reports() -> None:
+def test_a_worker_gets_connections_once_its_tunnel_server_is_up() -> None:
     sup = Supervisor(stub_node(Config(network=Network(bridge="br0", workers=2))), 2)
     sup.dispatcher = Dispatcher([], 2, hold_s=0.0)
     ends = [channel_pair() for _ in range(2)]
     try:
         for i, (mine, _) in enumerate(ends):
             sup.dispatcher.attach(i, mine)
-
-        def report(index: int, listening: float, open_now: int) -> None:
-            gauges = {"tunnel_listening": listening, "connections_open": open_now}
-            sup._balance(index, {"gauges": gauges}, sup._mark(index))
-
-        report(0, 0.0, 0)  # still starting: its tunnel server is not up
-        report(1, 1.0, 0)
+        sup._serving(0, {"gauges": {"tunnel_listening": 0.0}})  # still starting
+        sup._serving(1, {"gauges": {"tunnel_listening": 1.0}})
         assert not sup.dispatcher.is_ready(0) and sup.dispatcher.is_ready(1)
-        report(0, 1.0, 0)
-        report(1, 1.0, 4)  # four clients stayed at worker 1
         a, b = socket.socketpair()
         with a, b:
-            # Worker 0 until both have four, then in turn.
-            assert [sup.dispatcher.hand(a) for _ in range(6)] == [0, 0, 0, 0, 1, 0]
-            report(0, 1.0, 7)  # its connections' worth and two more (from the worker)
             assert [sup.dispatcher.hand(a) for _ in range(2)] == [1, 1]
+            sup._serving(0, {"gauges": {"tunnel_listening": 1.0}})
+            assert [sup.dispatcher.hand(a) for _ in range(3)] == [0, 0, 1]
     finally:
         sup.dispatcher.close()
         for _, theirs in ends:
