@@ -212,18 +212,30 @@ class Dispatcher:
         self._thread = threading.Thread(target=self.run, name="tunnel-accept", daemon=True)
         self._thread.start()
 
+    @property
+    def accepting(self) -> bool:
+        """Whether the accepting thread runs (the exit's tunnel port is served)."""
+        return self._thread is not None and self._thread.is_alive() and not self._closed.is_set()
+
     def run(self) -> None:
         with selectors.DefaultSelector() as selector:
             for listener in self.listeners:
                 selector.register(listener, selectors.EVENT_READ)
             while not self._closed.is_set():
-                with self._lock:
-                    self._read_closed()
-                if self.holding():
+                try:
+                    self._round(selector)
+                except Exception:  # a bug here must not leave the port unserved
+                    log.exception("tunnel port: accepting failed; going on")
                     self._closed.wait(SELECT_S)
-                    continue
-                for key, _ in selector.select(SELECT_S):
-                    self._accept(key.fileobj)  # type: ignore[arg-type]
+
+    def _round(self, selector: selectors.BaseSelector) -> None:
+        with self._lock:
+            self._read_closed()
+        if self.holding():
+            self._closed.wait(SELECT_S)
+            return
+        for key, _ in selector.select(SELECT_S):
+            self._accept(key.fileobj)  # type: ignore[arg-type]
 
     def _accept(self, listener: socket.socket) -> None:
         try:

@@ -76,6 +76,9 @@ STARTUP_S = 10.0  # a worker that dies sooner than this after its start died sta
 EARLY_DEATHS = 5  # so many in a row and the exit stops: the fault is not passing
 # Gauges that are the same fact at every worker (not to be summed): the largest is shown.
 SAME_AT_EVERY_WORKER = frozenset({"credentials", "tunnel_listening"})
+# Gauges the supervisor knows better than any worker: its own value, when it has one, is shown
+# (the tunnel port listens where the supervisor accepts, whatever the workers say).
+THE_SUPERVISORS = frozenset({"tunnel_listening"})
 
 
 # -- the decisions the workers share ------------------------------------------------------
@@ -165,9 +168,10 @@ class WorkersMetrics(Metrics):
 
     def gauge_values(self) -> dict[str, float | None]:
         values = super().gauge_values()
+        own = {name for name in THE_SUPERVISORS if values.get(name) is not None}
         for part in list(self.parts.values()):
             for name, value in part.get("gauges", {}).items():
-                if not isinstance(value, int | float):
+                if not isinstance(value, int | float) or name in own:
                     continue
                 mine = values.get(name)
                 if mine is None:
@@ -228,6 +232,13 @@ class Supervisor:
         self.dispatcher: Dispatcher | None = None
         self.metrics.set_info(workers=workers)
         self.metrics.set_gauge("workers_running", self._running)
+        self.metrics.set_gauge("tunnel_listening", self._accepting)
+
+    def _accepting(self) -> float | None:
+        """1 while the tunnel port accepts (None before the supervisor runs)."""
+        if self.dispatcher is None:
+            return None
+        return 1.0 if self.dispatcher.accepting else 0.0
 
     def _running(self) -> float:
         return float(sum(1 for w in self.workers if w.process is not None and w.process.is_alive()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import selectors
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -183,12 +184,37 @@ def test_a_dead_or_stuck_worker_is_passed_over_and_with_none_left_the_connection
             assert client.recv(1) == b""
 
 
+def test_a_failing_round_does_not_stop_the_accepting_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with dispatcher(1) as (d, port, theirs):
+        d.ready(0)
+        real = d._round
+        failures = []
+
+        def round_once_broken(selector: selectors.BaseSelector) -> None:
+            if not failures:
+                failures.append(1)
+                raise RuntimeError("a bug")
+            real(selector)
+
+        monkeypatch.setattr(d, "_round", round_once_broken)
+        d.start()
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            served = received(theirs[0])
+            assert served.getpeername() == client.getsockname()
+            served.close()
+        assert failures and d.accepting
+
+
 def test_the_accepting_thread_stops_and_the_port_is_closed() -> None:
     with dispatcher(1) as (d, port, _):
         d.ready(0)
+        assert not d.accepting
         d.start()
+        assert d.accepting
         d.close()
-        assert d._thread is not None and not d._thread.is_alive()
+        assert not d.accepting
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2)
 

@@ -172,6 +172,20 @@ def test_a_worker_gets_connections_once_its_tunnel_server_is_up() -> None:
             theirs.close()
 
 
+def test_the_port_listens_where_the_supervisor_accepts_whatever_the_workers_say() -> None:
+    sup = Supervisor(stub_node(Config(network=Network(bridge="br0", workers=2))), 2)
+    sup.metrics.parts[0] = snap(0, {}, {"tunnel_listening": 1.0})
+    assert sup.metrics.snapshot()["gauges"]["tunnel_listening"] == 1.0  # not started: theirs
+    sup.dispatcher = Dispatcher([], 2)
+    assert sup.metrics.snapshot()["gauges"]["tunnel_listening"] == 0.0  # nothing accepts
+    sup.dispatcher.start()
+    try:
+        assert sup.metrics.snapshot()["gauges"]["tunnel_listening"] == 1.0
+    finally:
+        sup.dispatcher.close()
+    assert sup.metrics.snapshot()["gauges"]["tunnel_listening"] == 0.0
+
+
 # -- the socket ---------------------------------------------------------------------------
 
 
