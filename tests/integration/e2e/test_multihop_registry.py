@@ -55,7 +55,9 @@ from lab.circuitlab import CLIENT, CLIENT_WALLET, RelayExit
 from lab.imaharness import EVENT_LOG, IMA_LIST, Kernel
 from tests.integration.measured import accounts, boot, load, pcr_digest_of
 
-pytestmark = pytest.mark.integration
+# About 15 s when it passes; a failing run used to hang in the event loop's close until
+# pytest's 600 s default, which nearly doubled CI.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 ETHER = 10**18
 INTERVAL = 120  # the registry's attestation window (s)
