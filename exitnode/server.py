@@ -631,8 +631,6 @@ class ExitNode:
                 intake = Intake(self.handoff, server.adopt, on_gone=stop.set)
                 intake.start()
             self.metrics.set_gauge("tunnel_listening", lambda: 1.0 if server.is_serving() else 0.0)
-            front = server.front
-            self.metrics.set_gauge("connections_open", lambda: float(front.caps.open_count))
             if self.options.status:
                 status = self._status_server()
                 metrics_only = self._metrics_server()

@@ -373,7 +373,7 @@ class Supervisor:
         finally:
             theirs.close()  # the worker has its own copy
         worker.started = time.monotonic()
-        if self.dispatcher is not None:  # connections once it answers its first report
+        if self.dispatcher is not None:  # connections once its tunnel server is up
             self.dispatcher.attach(worker.index, mine)
         else:
             mine.close()

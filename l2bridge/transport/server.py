@@ -593,13 +593,12 @@ class ExitServer(Server):
         this server accepted (the front door first); closed at once if the server is not
         adopting (closed, or listening itself). ``on_lost`` runs once when it is gone,
         however it ended."""
-        told = on_lost is None
 
-        def lost() -> None:
-            nonlocal told
-            if not told:
-                told = True
-                on_lost()  # type: ignore[misc]
+        def lost() -> None:  # once: the connection's own end and a failed adoption
+            nonlocal on_lost
+            if on_lost is not None:
+                tell, on_lost = on_lost, None
+                tell()
 
         make = self.factory
         if not self.adopting or make is None:
