@@ -125,7 +125,7 @@ class Dispatcher:
     full (it stopped reading) or closed (it died) is passed over; with nowhere to go the
     connection is closed, as a server out of workers would. ``caps`` (if given) bound the
     open connections of the whole exit, in total and per source; ``summary`` counts those
-    refused (as the front door counts its own)."""
+    refused (as the front door counts its own), and its totals those closed unserved too."""
 
     def __init__(
         self,
@@ -151,8 +151,9 @@ class Dispatcher:
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         self.dropped = Summary(
-            log, "connections closed unserved (no worker could take them)", level=logging.WARNING
-        )
+            log, "connections closed unserved (no worker could take them)",
+            level=logging.WARNING, total=None if summary is None else summary.total,
+        )  # fmt: skip
 
     def attach(self, index: int, channel: socket.socket) -> None:
         """Worker ``index`` is starting, with ``channel`` its end of the hand-over."""

@@ -30,6 +30,7 @@ class Summary:
         interval_s: float = SUMMARY_INTERVAL_S,
         level: int = logging.INFO,
         monotonic: Callable[[], float] = time.monotonic,
+        total: Counter[str] | None = None,
     ) -> None:
         self._log = logger
         self._what = what
@@ -38,7 +39,9 @@ class Summary:
         self._monotonic = monotonic
         self._counts: Counter[str] = Counter()
         self._since = monotonic()
-        self.total: Counter[str] = Counter()  # since start, for status pages
+        # Since start, for status pages and metrics; ``total`` lets summaries logged at
+        # different levels count into one tally.
+        self.total: Counter[str] = Counter() if total is None else total
 
     def note(self, kind: str) -> None:
         self._counts[kind] += 1

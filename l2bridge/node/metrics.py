@@ -32,6 +32,9 @@ class Counters:
     bytes_out: int = 0
     rekeys: int = 0
     drops: Counter[str] = field(default_factory=Counter)
+    # An exit's tunnel-port connections by what became of them ("admitted", "answered as
+    # the decoy", "over a connection cap", ...): its screening ``Summary``'s totals.
+    connections: Counter[str] = field(default_factory=Counter)
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.drops[reason] += count
@@ -43,7 +46,9 @@ class Counters:
         self.bytes_in += other.bytes_in
         self.bytes_out += other.bytes_out
         self.rekeys += other.rekeys
-        self.drops.update(other.drops)
+        # Copied first (one C-level step): another thread may count a new kind meanwhile.
+        self.drops.update(dict(other.drops))
+        self.connections.update(dict(other.connections))
 
     @classmethod
     def of_snapshot(cls, snapshot: dict[str, Any]) -> Counters:
@@ -53,6 +58,7 @@ class Counters:
             int(snapshot["bytes"]["in"]), int(snapshot["bytes"]["out"]),
             int(snapshot["rekeys"]),
             Counter({k: int(v) for k, v in snapshot["drops"].items()}),
+            Counter({k: int(v) for k, v in snapshot.get("connections", {}).items()}),
         )  # fmt: skip
 
 
@@ -122,6 +128,15 @@ class Metrics(Collector):
         )
         rekeys.add_metric([self.role], c.rekeys)
         yield rekeys
+        if c.connections:
+            connections = CounterMetricFamily(
+                "shadowmesh_connections",
+                "Connections to the tunnel port, by what became of them",
+                labels=["role", "outcome"],
+            )
+            for outcome, n in sorted(c.connections.items()):
+                connections.add_metric([self.role, outcome], n)
+            yield connections
         for name, value in self.gauge_values().items():
             if value is None:
                 continue
@@ -145,6 +160,7 @@ class Metrics(Collector):
             "bytes": {"in": c.bytes_in, "out": c.bytes_out},
             "rekeys": c.rekeys,
             "drops": dict(sorted(c.drops.items())),
+            "connections": dict(sorted(c.connections.items())),
             "gauges": gauges,
             "info": info,
         }

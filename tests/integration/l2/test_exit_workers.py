@@ -219,6 +219,11 @@ def test_a_token_one_worker_admitted_is_a_replay_at_the_other(lab: Lab, tmp_path
 
     # The workers' counters reach the status page within a read (every STATS_S).
     assert netns.wait_for(lambda: refused() == 10, 10, 0.3), refused()
+    # And so do both workers' screenings, summed: one upgraded, ten answered as a web
+    # server would answer them.
+    connections = h.status(topo.exit, h.EXIT_STATUS)["connections"]
+    assert isinstance(connections, dict)
+    assert (connections["admitted"], connections["answered as the decoy"]) == (1, 10), connections
 
 
 def _listening(ns: Namespace, port: int) -> bool:

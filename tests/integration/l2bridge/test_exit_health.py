@@ -30,6 +30,13 @@ def test_tunnel_health_counts_devices_and_screening(tmp_path: Path, fake_host: N
             health = node.tunnel_health()
             assert health["ok"] is True and health["devices"] == 1
             assert health["screened"] == {"admitted": 1, "answered as the decoy": 1}
+            # The same counts reach the metrics an operator scrapes.
+            assert node.metrics.snapshot()["connections"] == health["screened"]
+            text = node.metrics.prometheus_text()
+            assert (
+                b'shadowmesh_connections_total{outcome="answered as the decoy",role="exit"} 1.0'
+                in text
+            )
             await link.close()
         assert node.tunnel_health()["ok"] is False  # stopped
 

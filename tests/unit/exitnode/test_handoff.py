@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import selectors
 import socket
 import time
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from exitnode.handoff import Balance, Dispatcher, Intake, channel_pair, listen
+from l2bridge.logsummary import Summary
 from l2bridge.transport.caps import ConnectionCaps
 
 
@@ -44,11 +46,16 @@ def test_the_worker_with_fewest_open_goes_first_and_ties_take_turns() -> None:
 
 @contextlib.contextmanager
 def dispatcher(
-    workers: int, clock: Clock | None = None, caps: ConnectionCaps | None = None
+    workers: int,
+    clock: Clock | None = None,
+    caps: ConnectionCaps | None = None,
+    summary: Summary | None = None,
 ) -> Iterator[tuple[Dispatcher, int, list[socket.socket]]]:
     listeners = listen("127.0.0.1", 0, 16)
     port = listeners[0].getsockname()[1]
-    d = Dispatcher(listeners, workers, caps=caps, hold_s=5.0, monotonic=clock or Clock())
+    d = Dispatcher(
+        listeners, workers, caps=caps, summary=summary, hold_s=5.0, monotonic=clock or Clock()
+    )
     theirs = []
     for i in range(workers):
         mine, their = channel_pair()
@@ -121,7 +128,8 @@ def test_a_busy_worker_gets_none_until_the_others_catch_up_and_ends_count() -> N
 
 def test_the_caps_hold_for_the_whole_exit_over_every_worker() -> None:
     # Per worker each would take two from a source; the exit takes two in all.
-    with dispatcher(2, caps=ConnectionCaps(3, 2)) as (d, _, theirs):
+    screening = Summary(logging.getLogger("test"), "screened")
+    with dispatcher(2, caps=ConnectionCaps(3, 2), summary=screening) as (d, _, theirs):
         d.ready(0)
         d.ready(1)
         a, b = socket.socketpair()
@@ -138,6 +146,8 @@ def test_the_caps_hold_for_the_whole_exit_over_every_worker() -> None:
             # A worker that dies takes its connections' slots with it.
             d.lost(1)
             assert d.hand(a, "203.0.113.10") == 0
+    # The refusals are counted where the exit's metrics read them.
+    assert screening.total == {"over a connection cap": 2}
 
 
 def test_connections_wait_for_a_worker_that_is_starting_then_for_one_that_died() -> None:
@@ -162,7 +172,8 @@ def test_connections_wait_for_a_worker_that_is_starting_then_for_one_that_died()
 
 
 def test_a_dead_or_stuck_worker_is_passed_over_and_with_none_left_the_connection_closes() -> None:
-    with dispatcher(2) as (d, port, theirs):
+    screening = Summary(logging.getLogger("test"), "screened")
+    with dispatcher(2, summary=screening) as (d, port, theirs):
         d.ready(0)
         d.ready(1)
         theirs[0].close()  # worker 0's process is gone
@@ -182,6 +193,8 @@ def test_a_dead_or_stuck_worker_is_passed_over_and_with_none_left_the_connection
         client.settimeout(5)
         with client:
             assert client.recv(1) == b""
+    # Each connection closed unserved is counted with the screening's (for the metrics).
+    assert screening.total["every worker busy or gone"] == 2
 
 
 def test_a_failing_round_does_not_stop_the_accepting_thread(

@@ -103,10 +103,13 @@ def test_with_two_tunnels_per_device_the_third_ends_the_oldest() -> None:
 # -- counters over the workers ---------------------------------------------------------------
 
 
-def snap(frames: int, drops: dict[str, int], gauges: dict[str, float]) -> dict[str, Any]:
+def snap(
+    frames: int, drops: dict[str, int], gauges: dict[str, float], admitted: int = 0
+) -> dict[str, Any]:
     return {
         "frames": {"in": frames, "out": frames}, "bytes": {"in": 10 * frames, "out": 0},
         "rekeys": 1, "drops": drops, "gauges": gauges,
+        "connections": {"admitted": admitted} if admitted else {},
     }  # fmt: skip
 
 
@@ -114,19 +117,23 @@ def test_counters_and_gauges_add_up_and_a_restarted_worker_keeps_its_count() -> 
     m = WorkersMetrics()
     m.set_gauge("tpm_ok", lambda: 1.0)
     m.set_gauge("credentials", lambda: 3.0)
-    m.parts[0] = snap(5, {"mac_spoof": 2}, {"clients": 2.0, "credentials": 3.0})
-    m.parts[1] = snap(7, {"mac_spoof": 1, "dhcp_server": 4}, {"clients": 1.0, "credentials": 3.0,
-                                                             "tunnel_listening": 1.0})  # fmt: skip
+    m.counters.connections["over a connection cap"] = 1  # the supervisor's own refusal
+    m.parts[0] = snap(5, {"mac_spoof": 2}, {"clients": 2.0, "credentials": 3.0}, admitted=2)
+    gauges = {"clients": 1.0, "credentials": 3.0, "tunnel_listening": 1.0}
+    m.parts[1] = snap(7, {"mac_spoof": 1, "dhcp_server": 4}, gauges, admitted=1)
     doc = m.snapshot()
     assert doc["frames"] == {"in": 12, "out": 12} and doc["rekeys"] == 2
     assert doc["drops"] == {"dhcp_server": 4, "mac_spoof": 3}
+    assert doc["connections"] == {"admitted": 3, "over a connection cap": 1}
     assert doc["gauges"]["clients"] == 3.0
     assert doc["gauges"]["credentials"] == 3.0  # the same table everywhere: not tripled
     assert doc["gauges"]["tpm_ok"] == 1.0 and doc["gauges"]["tunnel_listening"] == 1.0
     m.retire(1)  # worker 1 died: what it counted stays
     m.parts[1] = snap(1, {}, {"clients": 0.0})
     assert m.snapshot()["frames"]["in"] == 13
-    assert b'shadowmesh_drops_total{reason="mac_spoof",role="exit"} 3.0' in m.prometheus_text()
+    text = m.prometheus_text()
+    assert b'shadowmesh_drops_total{reason="mac_spoof",role="exit"} 3.0' in text
+    assert b'shadowmesh_connections_total{outcome="admitted",role="exit"} 3.0' in text
 
 
 # -- the supervisor's refusals ----------------------------------------------------------------
