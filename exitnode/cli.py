@@ -12,7 +12,7 @@ from exitnode.attested import AttestedExit
 from exitnode.errors import ExitError
 from exitnode.host import Masquerade
 from exitnode.server import ExitNode, ExitOptions
-from exitnode.workers import Supervisor, WorkersMetrics
+from exitnode.workers import Supervisor, WorkersMetrics, worker_count
 from l2bridge.commands.common import (
     add_network_overrides,
     apply_overrides,
@@ -104,7 +104,7 @@ def main(ns: argparse.Namespace) -> int:
             mac_ageing_s=ns.mac_ageing,
             config_path=ns.config,
         )
-        workers = config.network.workers
+        workers = worker_count(config)
         if workers > 1:
             # Every core: worker processes on the tunnel port, this one supervising them.
             node = ExitNode(config, options, metrics=WorkersMetrics())

@@ -56,7 +56,8 @@ from exitnode.server import ExitNode, raise_open_files_limit
 from exitnode.worker import WorkerSpec
 from exitnode.worker import main as worker_main
 from hardware.announce import AnnounceError, send_frames
-from l2bridge.node.config import naming
+from hardware.cpubudget import cores_allowed
+from l2bridge.node.config import MAX_WORKERS, Config, naming
 from l2bridge.node.health import components
 from l2bridge.node.metrics import Counters, Metrics
 from l2bridge.node.status import StatusServer, read_token
@@ -201,6 +202,28 @@ class _Worker:
     # sent into the bridge by the supervisor if the worker dies.
     farewell: list[bytes] = field(default_factory=list)
     early_deaths: int = 0  # in a row, each within STARTUP_S of its start
+
+
+def worker_count(config: Config, cores: int | None = None) -> int:
+    """``network.workers`` as a number. ``auto`` is one per core the exit may keep busy
+    (``cores``, by default its CPU affinity under any cgroup quota) where an exit can have
+    workers, else 1: on one core, without ``network.bridge`` or with ``endpoints.relay``
+    (the log says which)."""
+    wanted = config.network.workers
+    if wanted != "auto":
+        return wanted
+    n = min(cores_allowed() if cores is None else cores, MAX_WORKERS)
+    if n < 2:
+        why = "one core"
+    elif config.network.bridge is None:
+        why = "no network.bridge to join their TAPs in"
+    elif config.endpoints.relay:
+        why = "endpoints.relay is on"
+    else:
+        log.info("network.workers: auto: %d worker processes (one per core)", n)
+        return n
+    log.info("network.workers: auto: one process (%s)", why)
+    return 1
 
 
 class Supervisor:

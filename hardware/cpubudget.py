@@ -1,4 +1,5 @@
-"""CPU budgets: a process held to a fraction of one core (the kernel's cgroup CPU controller).
+"""CPU budgets: a process held to a fraction of one core (the kernel's cgroup CPU controller),
+and how many cores a process may keep busy (``cores_allowed``).
 
 The multi-hop bench gives every node of a circuit (the client and each relaying exit, each
 its own process) the same budget, so that one small machine stands in for several machines
@@ -36,6 +37,61 @@ def _controller(root: Path) -> tuple[str, Path]:
     if (v1 / "cpu.cfs_quota_us").exists():
         return "v1", v1
     raise CpuBudgetError(f"no cgroup CPU controller under {root}")
+
+
+def cores_allowed(
+    *,
+    root: Path = CGROUP_ROOT,
+    membership: Path = Path("/proc/self/cgroup"),
+    affinity: int | None = None,
+) -> int:
+    """How many cores this process can keep busy: the CPUs it may run on (``affinity``,
+    read when not given), fewer where a cgroup quota holds it to less (a container started
+    with two CPUs' worth on a large host): v2 ``cpu.max`` of its group and of every group
+    above it, v1 ``cpu.cfs_quota_us``. A quota of 1.5 cores counts as 1. At least 1;
+    files that cannot be read or parsed limit nothing."""
+    cores = affinity if affinity is not None else len(os.sched_getaffinity(0))
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        files: tuple[str, ...]
+        if hierarchy == "0" and not controllers:  # v2, the unified hierarchy
+            base, files = root, ("cpu.max",)
+        elif "cpu" in controllers.split(","):  # v1, the group holding the CPU controller
+            base, files = root / "cpu", ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+        else:
+            continue
+        group = Path(os.path.normpath(base / path.lstrip("/")))
+        if base != group and base not in group.parents:
+            continue  # ".." in the path: not a group under the mount
+        while True:
+            quota = _quota(group, files)
+            if quota is not None:
+                cores = min(cores, int(quota))
+            if group in (base, group.parent):
+                break
+            group = group.parent
+    return max(1, cores)
+
+
+def _quota(group: Path, files: tuple[str, ...]) -> float | None:
+    """The group's CPU quota in cores, or None (no limit, or nothing readable)."""
+    try:
+        if len(files) == 1:  # v2: "max 100000" or "200000 100000"
+            quota, _, period = (group / files[0]).read_text().strip().partition(" ")
+        else:  # v1: the quota (-1: none) and the period, in two files
+            quota = (group / files[0]).read_text().strip()
+            period = (group / files[1]).read_text().strip()
+        if quota in ("max", "-1"):
+            return None
+        value, every = int(quota), int(period)
+    except (OSError, ValueError):
+        return None
+    return value / every if value > 0 and every > 0 else None
 
 
 class CpuBudget:

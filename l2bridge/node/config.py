@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -53,6 +53,7 @@ class CoverTraffic(Enum):
 
 
 PQ_MODES = ("hybrid", "pqc_only", "classical")
+MAX_WORKERS = 64  # network.workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +92,9 @@ class Network:
     # client: LAN interfaces put into ``bridge`` at start and given back at stop
     lan_interfaces: tuple[str, ...] = ()
     # exit: processes serving tunnels, each with a TAP of its own in ``bridge`` and all on
-    # the tunnel port (exitnode.workers); 1 is the single-process exit.
-    workers: int = 1
+    # the tunnel port (exitnode.workers); 1 is the single-process exit; "auto" is one per
+    # core the exit may use (``exitnode.workers.worker_count``).
+    workers: int | Literal["auto"] = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +342,14 @@ def _choice(*options: str) -> Callable[[object, str], str]:
 
 
 GRO_MODES = ("software", "kernel", "off")
+
+
+def _workers(value: object, path: str) -> int | Literal["auto"]:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(path, f"an integer from 1 to {MAX_WORKERS} or auto", value)
+    return _int_range(1, MAX_WORKERS)(value, path)
 
 
 def _gro(value: object, path: str) -> str:
@@ -595,7 +605,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "service_tags": _bool,
             "mac": _optional(_mac),
             "lan_interfaces": _ifnames,
-            "workers": _int_range(1, 64),
+            "workers": _workers,
         },
     ),
     "exit_nodes": (

@@ -10,10 +10,11 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from hardware.cpubudget import CpuBudget
+from hardware.cpubudget import CpuBudget, cores_allowed
 
 pytestmark = [
     pytest.mark.integration,
@@ -77,3 +78,22 @@ def test_close_moves_a_live_process_out_and_removes_the_group() -> None:
     finally:
         sleeper.kill()
         sleeper.wait(timeout=10)
+
+
+def test_a_process_in_a_budget_counts_the_cores_it_is_allowed() -> None:
+    # What network.workers: auto reads: a process held to one core counts one, whatever
+    # the machine has; a process in no budget of ours counts what it may run on.
+    ask = "import sys\nsys.stdin.readline()\nfrom hardware.cpubudget import cores_allowed\n"
+    ask += "print(cores_allowed(), flush=True)\n"
+    root = Path(__file__).resolve().parents[3]
+    with CpuBudget("smtest-cores", 1.0) as budget, subprocess.Popen(
+        [sys.executable, "-c", ask], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    ) as child:  # fmt: skip
+        assert child.stdin is not None and child.stdout is not None
+        budget.add(child.pid)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "1\n"
+        assert child.wait(timeout=30) == 0
+    assert 1 <= cores_allowed() <= len(os.sched_getaffinity(0))

@@ -184,13 +184,17 @@ def _workers(supervisor: int) -> dict[str, int]:
     return found
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs for two workers")
 def test_a_token_one_worker_admitted_is_a_replay_at_the_other(lab: Lab, tmp_path: Path) -> None:
     topo = topology.build(lab)
     files = provision.provision(tmp_path, exit_host=topology.EXIT_WAN)
     doc = yaml.safe_load(files.exit_config.read_text())
-    doc["network"]["workers"] = 2
+    # One worker per core, on an exit allowed two of the machine's CPUs.
+    doc["network"]["workers"] = "auto"
     files.exit_config.write_text(yaml.safe_dump(doc, sort_keys=False))
-    h.node(lab, topo.exit, "exit", files.exit_config)
+    two = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0))[:2])
+    lab.spawn(topo.exit, ["taskset", "-c", two, sys.executable, "-m", "l2bridge", "exit",
+                          "--config", str(files.exit_config)])  # fmt: skip
     client_doc = yaml.safe_load(files.client_configs["client"].read_text())
     wallet = load_wallet(
         files.client_configs["client"].parent / client_doc["endpoints"]["credential_file"]
@@ -219,6 +223,8 @@ def test_a_token_one_worker_admitted_is_a_replay_at_the_other(lab: Lab, tmp_path
 
     # The workers' counters reach the status page within a read (every STATS_S).
     assert netns.wait_for(lambda: refused() == 10, 10, 0.3), refused()
+    gauges = h.status(topo.exit, h.EXIT_STATUS)["gauges"]
+    assert isinstance(gauges, dict) and gauges["workers_running"] == 2
     # And so do both workers' screenings, summed: one upgraded, ten answered as a web
     # server would answer them.
     connections = h.status(topo.exit, h.EXIT_STATUS)["connections"]

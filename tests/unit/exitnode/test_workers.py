@@ -32,7 +32,7 @@ from exitnode.worker import (
     _evidence,
     worker_tap,
 )
-from exitnode.workers import Shared, Supervisor, WorkerFailed, WorkersMetrics
+from exitnode.workers import Shared, Supervisor, WorkerFailed, WorkersMetrics, worker_count
 from l2bridge.node.config import Config, Endpoints, Network
 from l2bridge.protocol.handshake import EvidenceSince
 from l2bridge.protocol.helloguard import REFUSED_DUPLICATE, REFUSED_QUOTA, HelloGuard
@@ -156,6 +156,18 @@ def test_workers_need_a_bridge_and_are_refused_with_a_relay() -> None:
     with pytest.raises(ExitConfigError, match=r"endpoints\.relay"):
         Supervisor(stub_node(relay), 2)
     assert len(Supervisor(stub_node(bridged), 2).workers) == 2
+
+
+def test_auto_is_one_worker_per_core_where_an_exit_can_have_workers() -> None:
+    bridged = Config(network=Network(bridge="br0", workers="auto"))
+    assert worker_count(bridged, cores=4) == 4
+    assert worker_count(bridged, cores=1) == 1  # one core: the single-process exit
+    assert worker_count(bridged, cores=500) == 64
+    assert worker_count(Config(network=Network(workers="auto")), cores=4) == 1  # no bridge
+    relay = dataclasses.replace(bridged, endpoints=Endpoints(relay=True))
+    assert worker_count(relay, cores=4) == 1
+    assert worker_count(Config(network=Network(bridge="br0", workers=3)), cores=1) == 3
+    assert 1 <= worker_count(bridged) <= 64  # this machine's own count
 
 
 def test_a_worker_gets_connections_once_its_tunnel_server_is_up() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hardware.cpubudget import CpuBudget, CpuBudgetError
+from hardware.cpubudget import CpuBudget, CpuBudgetError, cores_allowed
 
 
 def v1_tree(root: Path) -> Path:
@@ -92,3 +92,55 @@ def test_throttled_time_read_in_both_versions(tmp_path: Path) -> None:
     two = CpuBudget("node", 0.5, root=tmp_path / "b")
     (two.path / "cpu.stat").write_text("usage_usec 9\nthrottled_usec 250000\n")
     assert two.throttled_s() == 0.25
+
+
+def membership(tmp: Path, text: str) -> Path:
+    path = tmp / "cgroup"
+    path.write_text(text)
+    return path
+
+
+def test_cores_allowed_takes_the_tightest_quota_of_the_group_and_those_above(
+    tmp_path: Path,
+) -> None:
+    root = v2_tree(tmp_path / "sys")
+    leaf = root / "system.slice" / "shadowmesh.service"
+    leaf.mkdir(parents=True)
+    (leaf / "cpu.max").write_text("max 100000\n")  # the service itself: no limit
+    (root / "system.slice" / "cpu.max").write_text("250000 100000\n")  # its slice: 2.5
+    where = membership(tmp_path, "0::/system.slice/shadowmesh.service\n")
+    assert cores_allowed(root=root, membership=where, affinity=8) == 2
+    assert cores_allowed(root=root, membership=where, affinity=1) == 1  # fewer CPUs still
+    (root / "system.slice" / "cpu.max").write_text("max 100000\n")
+    assert cores_allowed(root=root, membership=where, affinity=8) == 8
+    # A container: its own group is the mount's root, quota 1.5 cores (counts as 1).
+    (root / "cpu.max").write_text("150000 100000\n")
+    assert cores_allowed(root=root, membership=membership(tmp_path, "0::/\n"), affinity=8) == 1
+
+
+def test_cores_allowed_reads_cgroup_v1(tmp_path: Path) -> None:
+    cpu = v1_tree(tmp_path / "sys")
+    group = cpu / "docker" / "abc"
+    group.mkdir(parents=True)
+    (group / "cpu.cfs_quota_us").write_text("300000\n")
+    (group / "cpu.cfs_period_us").write_text("100000\n")
+    where = membership(tmp_path, "12:cpu,cpuacct:/docker/abc\n11:memory:/docker/abc\n")
+    assert cores_allowed(root=tmp_path / "sys", membership=where, affinity=16) == 3
+    (group / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cores_allowed(root=tmp_path / "sys", membership=where, affinity=16) == 16
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "garbage\n", "0::/../etc\n", "0::/missing/group\n", "0::/bad\n"],
+)
+def test_cores_allowed_is_not_limited_by_what_it_cannot_read(tmp_path: Path, text: str) -> None:
+    root = v2_tree(tmp_path / "sys")
+    (root / "bad").mkdir()
+    (root / "bad" / "cpu.max").write_text("lots 100000\n")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "cpu.max").write_text("100000 100000\n")  # outside the mount
+    where = membership(tmp_path, text)
+    assert cores_allowed(root=root, membership=where, affinity=4) == 4
+    assert cores_allowed(root=root, membership=tmp_path / "absent", affinity=4) == 4
+    assert cores_allowed(root=root, membership=where, affinity=0) == 1  # never below one

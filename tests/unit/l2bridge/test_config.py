@@ -164,6 +164,9 @@ def test_defaults_and_environment_layer():
         ({"network": {"gateway_ips": "10.0.0.1"}}, "network.gateway_ips: expected a list"),
         ({"network": {"gro": "linux"}}, "network.gro: expected true, false or one of software"),
         ({"network": {"gro": 1}}, "network.gro: expected true, false"),
+        ({"network": {"workers": "many"}}, "network.workers: expected an integer from 1 to 64 or"),
+        ({"network": {"workers": 0}}, "network.workers: must be from 1 to 64"),
+        ({"network": {"workers": True}}, "network.workers: expected an integer"),
         ({"bogus": {}}, "bogus: unknown section"),
         ({"version": 2}, "version: only configuration version 1"),
         ([1, 2], r"\(top level\): expected a mapping"),
@@ -172,6 +175,13 @@ def test_defaults_and_environment_layer():
 def test_invalid_values_name_field_and_reason(data, message):
     with pytest.raises(ConfigError, match=message):
         config_from_mapping(data)
+
+
+def test_workers_may_be_left_to_the_cores():
+    assert config_from_mapping({"network": {"workers": "auto"}}).network.workers == "auto"
+    env = {"SHADOWMESH_NETWORK__WORKERS": "auto"}
+    assert config_from_mapping({}, env=env).network.workers == "auto"
+    assert config_from_mapping({"network": {"workers": 3}}).network.workers == 3
 
 
 def test_environment_errors_name_the_variable():
