@@ -21,6 +21,7 @@ KEYS = [
     "connect",
     "path",
     "vlan_allow",
+    "workers",
 ]
 scalars = st.one_of(
     st.none(),
