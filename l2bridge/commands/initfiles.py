@@ -130,6 +130,8 @@ network:
   tap: {plan.tap}
   # The exit's own segment: the clients' LANs meet here. Add a NIC to it to bridge a site.
   bridge: {plan.bridge}
+  # Serve tunnels in one process per core (each a TAP in the bridge) instead of one:
+  # workers: auto
 
 endpoints:
   listen: {plan.listen}
