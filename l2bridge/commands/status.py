@@ -145,6 +145,9 @@ def render(doc: dict[str, Any], health: dict[str, Any] | None = None,
     lines.append(
         "drops       " + (", ".join(f"{k}={int(v)}" for k, v in drops.items()) if drops else "none")
     )
+    connections = doc.get("connections", {})
+    if connections:  # an exit's tunnel port: what became of the connections to it
+        lines.append("connections " + ", ".join(f"{k}={int(v)}" for k, v in connections.items()))
     for key, value in sorted(doc.get("gauges", {}).items()):
         lines.append(f"{key:<25} {_number(value)}")
     if peers is not None:

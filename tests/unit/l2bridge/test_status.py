@@ -63,6 +63,7 @@ def test_status_endpoint_serves_snapshot_metrics_and_cli(
     m.counters.bytes_in += 180
     m.counters.drop("replay", 2)
     m.counters.rekeys += 1
+    m.counters.connections.update({"admitted": 1, "answered as the decoy": 4})
     m.set_gauge("attestation_age_seconds", lambda: 12.5)
     m.set_gauge("clock_offset_seconds", lambda: None)  # unknown: left out of the scrape
     m.set_gauge("broken", lambda: 1 / 0)  # a failing reader must not break anything
@@ -86,6 +87,7 @@ def test_status_endpoint_serves_snapshot_metrics_and_cli(
         assert main(["status", "--url", server.url]) == 0
         out = capsys.readouterr().out
         assert "role        exit" in out and "replay=2" in out
+        assert "connections admitted=1, answered as the decoy=4\n" in out
         assert "clients                   2\n" in out  # an integer, not 2.0
         assert "bytes in 180 B" in out
         assert "last error" in out and "the chain is unreachable" in out
