@@ -287,8 +287,7 @@ class ExitNode:
         self.listening = asyncio.Event()
         # How connections to the tunnel port were screened (counts by kind, for status
         # and the metrics' ``shadowmesh_connections_total``).
-        self.screening = screening_summary()
-        self.metrics.counters.connections = self.screening.total
+        self.screening = screening_summary(total=self.metrics.counters.connections)
         # Duplicate hellos and the per-device TPM-quote quota, shared by every connection.
         self.hello_guard = HelloGuard(quotes_per_minute=self.config.tpm.quotes_per_device)
         # A worker of a multi-process exit (exitnode.workers) listens on no socket of its

@@ -33,6 +33,7 @@ import logging
 import socket
 import ssl as ssl_module
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
@@ -81,8 +82,9 @@ class _QuietPerConnection(logging.LoggerAdapter):  # type: ignore[type-arg]
         super().log(logging.DEBUG if level == logging.INFO else level, msg, *args, **kwargs)  # type: ignore[arg-type]
 
 
-def screening_summary() -> Summary:
-    return Summary(log, "connections screened")
+def screening_summary(total: Counter[str] | None = None) -> Summary:
+    """How connections were screened; ``total`` (if given) is the tally it counts into."""
+    return Summary(log, "connections screened", total=total)
 
 
 @dataclass(frozen=True, slots=True)
