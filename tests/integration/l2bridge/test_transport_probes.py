@@ -143,15 +143,17 @@ async def probe(port: int, steps: list[bytes | float], *, ssl_ctx=None) -> Outco
     return Outcome(normalise(b"".join(chunks)), ending, after)
 
 
+def closed_alike(expected: Outcome, got: Outcome) -> bool:
+    """Whether both closed within ``CLOSE_SLACK_S`` of each other (or either stayed open)."""
+    if expected.closed_after is None or got.closed_after is None:
+        return True
+    return abs(got.closed_after - expected.closed_after) <= CLOSE_SLACK_S
+
+
 def assert_same(name: str, expected: Outcome, got: Outcome) -> None:
     assert got.data == expected.data, name
     assert got.ending == expected.ending, name
-    if expected.closed_after is not None and got.closed_after is not None:
-        assert abs(got.closed_after - expected.closed_after) <= CLOSE_SLACK_S, (
-            name,
-            expected.closed_after,
-            got.closed_after,
-        )
+    assert closed_alike(expected, got), (name, expected.closed_after, got.closed_after)
 
 
 def probes(
@@ -356,8 +358,17 @@ async def _probers_see_nginx(site, certificate, mode, transport):
             )
         )
         assert len(table) >= 20
-        for name, (from_nginx, from_exit) in zip(table, results, strict=True):
-            assert_same(name, from_nginx, from_exit)
+        for name, first in zip(table, results, strict=True):
+            pair = first
+            if not closed_alike(*first):
+                # Over 40 probes at once share this process's loop with the exit's timers;
+                # one that fired late under that load is measured again, alone. A real
+                # difference in when the exit closes shows again.
+                pair = await asyncio.gather(
+                    probe(nginx_port, table[name], ssl_ctx=client_ctx),
+                    probe(exit_port, table[name], ssl_ctx=client_ctx),
+                )
+            assert_same(name, *pair)
         answers = {name: r[0] for name, r in zip(table, results, strict=True)}
         # The comparison is only worth something if the probes reached these answers.
         assert answers["http11_get"].data.startswith(b"HTTP/1.1 200 OK")
