@@ -41,7 +41,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
@@ -270,6 +270,34 @@ class _Prepended:
         await self._link.close()
 
 
+class DeviceLinks:
+    """Circuit links held per device, at most ``limit`` each at once
+    (``MAX_CIRCUIT_LINKS_PER_DEVICE``): a device that opens more is refused, whichever
+    process of the exit serves them (a worker's are counted by its supervisor:
+    ``exitnode.worker.RemoteDeviceLinks``)."""
+
+    def __init__(self, limit: int = constants.MAX_CIRCUIT_LINKS_PER_DEVICE) -> None:
+        self.limit = limit
+        self.held: Counter[bytes] = Counter()
+
+    def take_now(self, device: bytes) -> bool:
+        if self.held[device] >= self.limit:
+            return False
+        self.held[device] += 1
+        return True
+
+    async def take(self, device: bytes) -> bool:
+        """One more circuit link of ``device``, if it is within its bound."""
+        return self.take_now(device)
+
+    def give_back(self, device: bytes) -> None:
+        """A link ``take`` allowed has ended."""
+        if self.held[device] <= 1:
+            self.held.pop(device, None)
+        else:
+            self.held[device] -= 1
+
+
 class Relay:
     """The relay role of one exit."""
 
@@ -291,9 +319,12 @@ class Relay:
         credentials: CredentialWallet | None = None,
         token_window: int = DEFAULT_TOKEN_WINDOW_S,
         next_link_idle_s: float = constants.NEXT_LINK_IDLE_S,
+        device_links: DeviceLinks | None = None,
     ) -> None:
         """``next_link_idle_s``: how long a link to a next hop stays open without circuits
-        (times a random factor of 0.75-1.25; 0 closes it with its last circuit)."""
+        (times a random factor of 0.75-1.25; 0 closes it with its last circuit).
+        ``device_links``: the bound on circuit links per device (by default this
+        process's own)."""
         self.identity = identity
         self.next_link_idle_s = next_link_idle_s
         # This exit's credentials for the hops it extends to (endpoints.credential_file).
@@ -318,6 +349,7 @@ class Relay:
         # Circuit links being served, by the device that opened them (a relaying exit opens
         # one per circuit it extends here; bounded per device instead of tunnels_per_device).
         self.circuit_links: dict[tunnel.Link, bytes] = {}
+        self.device_links = device_links if device_links is not None else DeviceLinks()
         # Links this exit opened to next hops, by (nodeId, endpoint); shared by circuits.
         self.next_links: dict[tuple[bytes, str], list[_NextLink]] = {}
         self._next_locks: dict[tuple[bytes, str], asyncio.Lock] = {}
@@ -362,8 +394,7 @@ class Relay:
         already holding ``MAX_CIRCUIT_LINKS_PER_DEVICE`` circuit links gets no more."""
         auth = link.session.authorization
         device = auth.device_id if auth is not None else b""
-        held = sum(1 for d in self.circuit_links.values() if d == device)
-        if held >= constants.MAX_CIRCUIT_LINKS_PER_DEVICE:
+        if not await self.device_links.take(device):
             self.metrics.counters.drop("circuit_links_per_device")
             await link.close()
             return
@@ -372,6 +403,7 @@ class Relay:
             await self._serve(link, first)
         finally:
             self.circuit_links.pop(link, None)
+            self.device_links.give_back(device)
 
     async def _serve(self, link: tunnel.Link, first: list[memoryview]) -> None:
         assemblers: dict[int, HandshakeAssembler] = {}

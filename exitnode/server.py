@@ -32,7 +32,7 @@ from exitnode.handoff import Intake
 from exitnode.host import HostSetup, Masquerade
 from exitnode.peers import ExitManagement, Peer, PeerTable
 from exitnode.policy import HOURS_CHECK_S, RateLimitedLink, hours_text, port_policy, within_hours
-from exitnode.relay import Relay, registry_endpoints
+from exitnode.relay import DeviceLinks, Relay, registry_endpoints
 from exitnode.revocations import LiveSessions, RevocationWatch
 from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import Switchboard
@@ -297,6 +297,8 @@ class ExitNode:
         self.handoff: socket.socket | None = None
         self.claim: Callable[[Peer], Awaitable[None]] | None = None
         self.release: Callable[[Peer], None] | None = None
+        # A worker's bound on circuit links per device is its supervisor's (over all workers).
+        self.device_links: DeviceLinks | None = None
         # Completed rekeys into the metrics without the attested layers (a worker's).
         self.tally: RekeyTally | None = None
 
@@ -608,7 +610,7 @@ class ExitNode:
                     board=self.board, policy=self.default_policy, clock=self.clock,
                     endpoint_of=registry_endpoints(self.config),
                     credentials=self.relay_credentials,
-                    token_window=int(ep.token_window),
+                    token_window=int(ep.token_window), device_links=self.device_links,
                 )  # fmt: skip
             with naming(f"endpoints.listen ({ep.listen[0]}:{ep.listen[1]})"):
                 server = await tunnel.serve(

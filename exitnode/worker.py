@@ -4,9 +4,10 @@ The worker is an ``ExitNode`` with a TAP of its own in the exit's bridge, servin
 tunnel connections its supervisor accepted and handed to it (``exitnode.handoff``), whose
 shared decisions are the supervisor's: the gate's
 ledger (``RemoteLedger``), the hello guard (``RemoteHelloGuard``), evidence, the device's
-tunnels at other workers (``claim`` / ``release``) and the clock (``RemoteClock``). A call
-that cannot reach the supervisor fails closed: the token or hello is refused, evidence is
-"busy" (the client tries another exit). The supervisor's commands (peers, disconnect,
+tunnels at other workers (``claim`` / ``release``), its circuit links at every worker
+(``RemoteDeviceLinks``, with ``endpoints.relay``) and the clock (``RemoteClock``). A call
+that cannot reach the supervisor fails closed: the token, hello or circuit link is refused,
+evidence is "busy" (the client tries another exit). The supervisor's commands (peers, disconnect,
 reload, revocations, counters, end a device's tunnel) arrive on a connection of their own,
 read by a thread and run on the worker's loop; when that connection ends (the supervisor
 is gone) the worker stops.
@@ -27,6 +28,7 @@ from typing import Any
 
 from exitnode.errors import ExitError
 from exitnode.peers import ExitManagement, Peer
+from exitnode.relay import DeviceLinks
 from exitnode.server import ExitNode, ExitOptions
 from hardware.announce import stable_mac
 from l2bridge.commands.common import run_node, setup_logging
@@ -137,6 +139,29 @@ class RemoteHelloGuard(HelloGuard):
         return refused
 
 
+class RemoteDeviceLinks(DeviceLinks):
+    """A worker's bound on circuit links per device: the supervisor counts every worker's
+    (``Shared.take_circuit_link``), so a device holds at most the limit over the exit."""
+
+    def __init__(self, link: SupervisorLink) -> None:
+        super().__init__()
+        self._link = link
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def take(self, device: bytes) -> bool:
+        self._loop = asyncio.get_running_loop()
+        try:
+            allowed = await asyncio.to_thread(self._link.call, "circuit_link", device)
+        except SupervisorGone:
+            return False  # cannot count it: refused
+        return bool(allowed)
+
+    def give_back(self, device: bytes) -> None:
+        assert self._loop is not None  # given back only what take allowed
+        done = self._loop.run_in_executor(None, self._link.call, "circuit_link_end", device)
+        done.add_done_callback(lambda f: f.exception())  # a gone supervisor: nothing to do
+
+
 class RemoteClock:
     """The supervisor's clock (its atomic sources, if any) as an offset to this one's."""
 
@@ -196,6 +221,7 @@ class Worker:
         node.clock = self.clock.now
         node.claim = self._claim
         node.release = self._release
+        node.device_links = RemoteDeviceLinks(self.link)
         node.tally = self.tally = RekeyTally(node.metrics.counters)
         node.metrics.set_info(worker=spec.index)
         self.node = node

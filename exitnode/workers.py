@@ -19,15 +19,22 @@ connection authenticated with a key only the supervisor and its workers hold
 - the TPM: evidence is quoted by the supervisor's lifecycle (one TPM, one budget), and the
   registry upkeep runs here;
 - devices: ``security.tunnels_per_device`` counts a device's tunnels at every worker (a
-  device that comes back at another worker ends its tunnel at the first);
+  device that comes back at another worker ends its tunnel at the first), and a device's
+  circuit links are bounded over every worker;
 - the management API and the metrics (``status.listen``): peers, disconnections, reloads
   and revocations go to every worker; counters and gauges are summed;
 - the clock: workers read this one's (its atomic sources) as an offset to their own.
 
 The bridge (and the internet exit's masquerading) is set up here. A worker that dies is
 started again (its clients reconnect, to any worker); a worker whose supervisor is gone
-stops. ``endpoints.relay`` is refused with workers (a circuit's hops would need the relay's
-per-device bounds shared too).
+stops.
+
+With ``endpoints.relay`` each worker relays the circuits of the links it serves: it answers
+their CREATEs with the supervisor's evidence, opens its own links to next hops (circuits
+share a link to a next hop within one worker, so two exits may carry up to one link per
+worker between them), and switches a tail circuit's frames into its own TAP. How many
+circuit links one device holds at once (``MAX_CIRCUIT_LINKS_PER_DEVICE``) is counted here,
+over all workers.
 """
 
 from __future__ import annotations
@@ -43,11 +50,13 @@ import socket
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 from typing import Any
 
+from exitnode import constants
 from exitnode.errors import ExitConfigError, ExitError
 from exitnode.handoff import Dispatcher, channel_pair, listen
 from exitnode.host import HostSetup
@@ -95,6 +104,9 @@ class Shared:
     tunnels_per_device: int
     # device -> its tunnels: (worker, token), oldest first
     tunnels: dict[bytes, list[tuple[int, int]]] = field(default_factory=dict)
+    # endpoints.relay: circuit links held at once per device, over every worker
+    circuit_link_limit: int = constants.MAX_CIRCUIT_LINKS_PER_DEVICE
+    circuit_links: dict[int, Counter[bytes]] = field(default_factory=dict)  # worker -> counts
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def admit_token(
@@ -130,9 +142,28 @@ class Shared:
             if not held:
                 self.tunnels.pop(device, None)
 
-    def forget_worker(self, worker: int) -> None:
-        """A worker died: its tunnels are gone with it."""
+    def take_circuit_link(self, device: bytes, worker: int) -> bool:
+        """One more circuit link of ``device`` at ``worker``, if the device holds fewer
+        than ``circuit_link_limit`` at all workers together."""
         with self._lock:
+            if sum(c[device] for c in self.circuit_links.values()) >= self.circuit_link_limit:
+                return False
+            self.circuit_links.setdefault(worker, Counter())[device] += 1
+            return True
+
+    def end_circuit_link(self, device: bytes, worker: int) -> None:
+        with self._lock:
+            held = self.circuit_links.get(worker)
+            if held is None or held[device] <= 0:
+                return
+            held[device] -= 1
+            if held[device] == 0:
+                del held[device]
+
+    def forget_worker(self, worker: int) -> None:
+        """A worker died: its tunnels and circuit links are gone with it."""
+        with self._lock:
+            self.circuit_links.pop(worker, None)
             for device in list(self.tunnels):
                 held = [t for t in self.tunnels[device] if t[0] != worker]
                 if held:
@@ -207,8 +238,7 @@ class _Worker:
 def worker_count(config: Config, cores: int | None = None) -> int:
     """``network.workers`` as a number. ``auto`` is one per core the exit may keep busy
     (``cores``, by default its CPU affinity under any cgroup quota) where an exit can have
-    workers, else 1: on one core, without ``network.bridge`` or with ``endpoints.relay``
-    (the log says which)."""
+    workers, else 1: on one core or without ``network.bridge`` (the log says which)."""
     wanted = config.network.workers
     if wanted != "auto":
         return wanted
@@ -217,8 +247,6 @@ def worker_count(config: Config, cores: int | None = None) -> int:
         why = "one core"
     elif config.network.bridge is None:
         why = "no network.bridge to join their TAPs in"
-    elif config.endpoints.relay:
-        why = "endpoints.relay is on"
     else:
         log.info("network.workers: auto: %d worker processes (one per core)", n)
         return n
@@ -238,8 +266,6 @@ class Supervisor:
                 "network.workers: each worker has a TAP of its own, joined in network.bridge; "
                 "set network.bridge"
             )
-        if config.endpoints.relay:
-            raise ExitConfigError("network.workers: not with endpoints.relay (yet): set 1")
         self.node = node
         self.metrics = node.metrics
         self.shared = Shared(
@@ -329,6 +355,11 @@ class Supervisor:
             return None
         if op == "release":
             self.shared.release(args[0], index, args[1])
+            return None
+        if op == "circuit_link":
+            return self.shared.take_circuit_link(args[0], index)
+        if op == "circuit_link_end":
+            self.shared.end_circuit_link(args[0], index)
             return None
         if op == "clock":
             return node.clock() - time.time()

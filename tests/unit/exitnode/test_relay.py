@@ -1,12 +1,14 @@
-"""The relay's per-circuit queues are bounded: a stalled link costs drops, never memory."""
+"""The relay's bounds: a stalled link costs drops, never memory; a device holds a bounded
+number of circuit links."""
 
 from __future__ import annotations
 
 import asyncio
 
 from exitnode import constants
-from exitnode.relay import DROP_QUEUE_FULL, _Batch, _Prepended, _Queue
+from exitnode.relay import DROP_QUEUE_FULL, DeviceLinks, Relay, _Batch, _Prepended, _Queue
 from l2bridge.node.metrics import Metrics
+from l2bridge.transport.errors import TransportClosed
 
 
 class StalledLink:
@@ -101,5 +103,55 @@ def test_a_received_batch_leaves_in_one_send_per_queue_in_order():
         assert batch.cells == {} and batch.frames == {}  # a flushed batch starts empty
         qa.stop()
         qb.stop()
+
+    asyncio.run(scenario())
+
+
+class CircuitLink:
+    """A circuit link from ``device``: open until ``close``."""
+
+    def __init__(self, device: bytes) -> None:
+        self.session = type("S", (), {"authorization": type("A", (), {"device_id": device})})()
+        self.closed = asyncio.Event()
+        self.close_reason = None
+
+    def deliver_to(self, sink):
+        pass
+
+    async def recv_frames(self):
+        await self.closed.wait()
+        raise TransportClosed("closed")
+
+    async def close(self):
+        self.close_reason = "closed"
+        self.closed.set()
+
+
+def test_a_device_holds_at_most_the_bound_of_circuit_links_at_once():
+    async def scenario():
+        metrics = Metrics("exit")
+        relay = Relay(None, metrics, device_links=DeviceLinks(limit=2))  # type: ignore[arg-type]
+        a = [CircuitLink(b"A") for _ in range(3)]
+        served = [asyncio.ensure_future(relay.serve(x, [])) for x in a]  # type: ignore[arg-type]
+        other = CircuitLink(b"B")
+        served.append(asyncio.ensure_future(relay.serve(other, [])))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        # The third of A's links was closed at once and counted; B's is served.
+        assert a[2].close_reason == "closed" and served[2].done()
+        assert metrics.counters.drops["circuit_links_per_device"] == 1
+        assert not served[0].done() and not served[1].done() and not served[3].done()
+        assert set(relay.circuit_links.values()) == {b"A", b"B"}
+        # One of A's ends: A may open another.
+        await a[0].close()
+        await served[0]
+        again = CircuitLink(b"A")
+        served.append(asyncio.ensure_future(relay.serve(again, [])))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert again.close_reason is None and not served[-1].done()
+        assert metrics.counters.drops["circuit_links_per_device"] == 1
+        for x in (a[1], other, again):
+            await x.close()
+        await asyncio.gather(*served)
+        assert relay.circuit_links == {} and relay.device_links.held == {}
 
     asyncio.run(scenario())

@@ -26,6 +26,7 @@ from exitnode import workers
 from exitnode.errors import ExitConfigError
 from exitnode.handoff import Dispatcher, channel_pair
 from exitnode.worker import (
+    RemoteDeviceLinks,
     RemoteHelloGuard,
     RemoteLedger,
     SupervisorLink,
@@ -148,14 +149,36 @@ def stub_node(config: Config) -> Any:
     )  # fmt: skip
 
 
-def test_workers_need_a_bridge_and_are_refused_with_a_relay() -> None:
+def test_workers_need_a_bridge_and_may_relay() -> None:
     bridged = Config(network=Network(bridge="br0", workers=2))
     with pytest.raises(ExitConfigError, match=r"network\.bridge"):
         Supervisor(stub_node(Config(network=Network(workers=2))), 2)
     relay = dataclasses.replace(bridged, endpoints=Endpoints(relay=True))
-    with pytest.raises(ExitConfigError, match=r"endpoints\.relay"):
-        Supervisor(stub_node(relay), 2)
+    assert len(Supervisor(stub_node(relay), 2).workers) == 2
     assert len(Supervisor(stub_node(bridged), 2).workers) == 2
+
+
+def test_a_devices_circuit_links_are_bounded_over_every_worker() -> None:
+    # A relaying exit (or a client using us as hop 1) holds at most the limit at once,
+    # however the links were spread over the workers; another device is not affected.
+    s = shared()
+    s.circuit_link_limit = 3
+    assert s.take_circuit_link(DEVICE, 0) and s.take_circuit_link(DEVICE, 1)
+    assert s.take_circuit_link(DEVICE, 1)
+    assert not s.take_circuit_link(DEVICE, 0)  # 3 held: 1 at worker 0, 2 at worker 1
+    assert not s.take_circuit_link(DEVICE, 1)
+    assert s.take_circuit_link(OTHER, 0)
+    s.end_circuit_link(DEVICE, 1)
+    assert s.take_circuit_link(DEVICE, 0)  # one ended: one more allowed
+    assert not s.take_circuit_link(DEVICE, 0)
+    s.end_circuit_link(DEVICE, 1)
+    s.end_circuit_link(DEVICE, 1)  # more ends than takes at a worker: nothing below zero
+    s.end_circuit_link(DEVICE, 7)
+    assert s.take_circuit_link(DEVICE, 1) and not s.take_circuit_link(DEVICE, 1)
+    s.forget_worker(0)  # worker 0 died: its two links went with it
+    assert s.take_circuit_link(DEVICE, 1) and s.take_circuit_link(DEVICE, 1)
+    assert not s.take_circuit_link(DEVICE, 0)
+    assert s.take_circuit_link(OTHER, 1)  # OTHER's link at worker 0 is gone too
 
 
 def test_auto_is_one_worker_per_core_where_an_exit_can_have_workers() -> None:
@@ -165,7 +188,7 @@ def test_auto_is_one_worker_per_core_where_an_exit_can_have_workers() -> None:
     assert worker_count(bridged, cores=500) == 64
     assert worker_count(Config(network=Network(workers="auto")), cores=4) == 1  # no bridge
     relay = dataclasses.replace(bridged, endpoints=Endpoints(relay=True))
-    assert worker_count(relay, cores=4) == 1
+    assert worker_count(relay, cores=4) == 4  # a relay too
     assert worker_count(Config(network=Network(bridge="br0", workers=3)), cores=1) == 3
     assert 1 <= worker_count(bridged) <= 64  # this machine's own count
 
@@ -240,6 +263,26 @@ def test_workers_share_the_supervisors_ledger_and_guard_over_the_socket(
     assert abs(float(link(supervisor).call("clock"))) < 1.0
 
 
+def test_workers_circuit_links_are_counted_at_the_supervisor(supervisor: Supervisor) -> None:
+    import asyncio
+
+    supervisor.shared.circuit_link_limit = 2
+
+    async def scenario() -> None:
+        a, b = RemoteDeviceLinks(link(supervisor, 0)), RemoteDeviceLinks(link(supervisor, 1))
+        assert await a.take(DEVICE) and await b.take(DEVICE)
+        assert not await a.take(DEVICE) and not await b.take(DEVICE)
+        assert await b.take(OTHER)
+        a.give_back(DEVICE)  # sent off the loop: wait until the supervisor has it
+        for _ in range(500):
+            if sum(c[DEVICE] for c in supervisor.shared.circuit_links.values()) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert await b.take(DEVICE) and not await a.take(DEVICE)
+
+    asyncio.run(scenario())
+
+
 def test_evidence_comes_from_the_supervisor_and_busy_stays_busy(supervisor: Supervisor) -> None:
     calls: list[tuple[bytes, bytes]] = []
 
@@ -273,6 +316,9 @@ def test_without_the_supervisor_a_worker_fails_closed(tmp_path: Path) -> None:
     provide, _ = _evidence(gone)
     with pytest.raises(TransportClosed):
         provide(b"n", b"id")
+    import asyncio
+
+    assert asyncio.run(RemoteDeviceLinks(gone).take(DEVICE)) is False  # no circuit link
 
 
 def test_commands_reach_a_worker_and_a_silent_one_is_given_up(
