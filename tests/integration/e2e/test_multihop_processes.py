@@ -9,7 +9,8 @@ exit`` under the IMA harness, registering and attesting on chain) and with the r
 ``shadowmesh client`` processes with ``exit_nodes.multi_hop: true, hops: 3``: each builds a
 circuit through all three exits from the registry (distinct operators, each hop's evidence
 checked against the golden policy), and the two circuits end at the same tail, where lan-a and
-lan-b meet in its switch. A file crosses lan-a -> lan-b with an equal SHA-256.
+lan-b meet in its switch. A file crosses lan-a -> lan-b with an equal SHA-256. The 3-hop case
+runs once more with every exit in two worker processes (``network.workers: 2``).
 
 The 5-hop case runs the spec's ultra-secure client configuration (``security``,
 ``exit_nodes`` and ``obfuscation`` of ``l2bridge/examples/ultra-secure.yaml``: pqc_only,
@@ -178,6 +179,8 @@ def step_relayed(w: World) -> str:
         doc = w.status(name)
         if doc is None:
             raise StepFailed(f"{name}: no status")
+        if doc["info"].get("workers", 1) != w.settings.exit_workers:
+            raise StepFailed(f"{name} runs {doc['info'].get('workers', 1)} worker processes")
         relayed[name] = _gauge(doc, "circuit_relayed_bytes")
         circuits[name] = _gauge(doc, "circuits")
         if doc["info"]["node_id"].startswith(tail):
@@ -223,8 +226,14 @@ STEPS: list[tuple[str, Callable[[World], str]]] = [
 ]
 
 
-@pytest.mark.parametrize("n", [3, 5], ids=["3-hops", "5-hops-ultra-secure"])
-def test_real_processes_bridge_two_lans_through_circuits(tmp_path: Path, n: int) -> None:
+@pytest.mark.parametrize(
+    ("n", "workers"),
+    [(3, 1), (5, 1), (3, 2)],
+    ids=["3-hops", "5-hops-ultra-secure", "3-hops-two-worker-exits"],
+)
+def test_real_processes_bridge_two_lans_through_circuits(
+    tmp_path: Path, n: int, workers: int
+) -> None:
     # The ultra-secure configuration asks for MTU 9000: the demo's jumbo mode gives every
     # node and LAN that MTU (without offloads).
     mode = "jumbo" if n == 5 else "offload"
@@ -232,7 +241,9 @@ def test_real_processes_bridge_two_lans_through_circuits(tmp_path: Path, n: int)
     # its own interval (a rekey states the client's, and the exit counts in it).
     ultra = yaml.safe_load(ULTRA.read_text())["security"]["key_rotation_interval"]
     assert parse_duration(ultra, "security.key_rotation_interval") != 3.0
-    settings = Settings(rotation_s=3.0, window_s=30, size_mib=8, mode=mode)
+    # workers: every exit relays in network.workers processes (the supervisor quotes for
+    # them and bounds each device's circuit links over all of them).
+    settings = Settings(rotation_s=3.0, window_s=30, size_mib=8, mode=mode, exit_workers=workers)
     done: list[str] = []
     with Lab() as lab:
         world = World(lab, tmp_path, settings)
