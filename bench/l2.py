@@ -135,6 +135,11 @@ def ping_rtt_ms(topo: topology.Topology, interval: float = PING_INTERVAL_S) -> f
 
 
 def iperf_gbps(topo: topology.Topology, streams: int, seconds: float) -> float:
+    return iperf_tcp(topo, streams, seconds)[0]
+
+
+def iperf_tcp(topo: topology.Topology, streams: int, seconds: float) -> tuple[float, int]:
+    """(Gbit/s received, segments the senders retransmitted: loss or reordering)."""
     out = topo.lan_a.run(
         [
             "iperf3", "-c", topology.HOST_B, "-p", str(IPERF_PORT), "-J",
@@ -143,7 +148,9 @@ def iperf_gbps(topo: topology.Topology, streams: int, seconds: float) -> float:
         timeout=seconds + 30,
     )  # fmt: skip
     result = json.loads(out)
-    return round(float(result["end"]["sum_received"]["bits_per_second"]) / 1e9, 3)
+    end = result["end"]
+    retransmits = int(end.get("sum_sent", {}).get("retransmits", 0))
+    return round(float(end["sum_received"]["bits_per_second"]) / 1e9, 3), retransmits
 
 
 def udp_trial(topo: topology.Topology, mbps: float, seconds: float) -> tuple[float, float]:
@@ -207,11 +214,11 @@ def measure(
         "rtt_hot_ms": round(ping_rtt_ms(topo, PING_HOT_INTERVAL_S), 4),
     }
     before = l2_aggregate.cpu_seconds(pids) if pids else 0.0
-    figures["tcp1_gbps"] = iperf_gbps(topo, 1, seconds)
+    figures["tcp1_gbps"], figures["tcp1_retransmits"] = iperf_tcp(topo, 1, seconds)
     if pids and figures["tcp1_gbps"]:
         used = l2_aggregate.cpu_seconds(pids) - before
         figures["tcp1_cpu_s_per_gbit"] = round(used / (figures["tcp1_gbps"] * seconds), 3)
-    figures["tcp4_gbps"] = iperf_gbps(topo, 4, seconds)
+    figures["tcp4_gbps"], figures["tcp4_retransmits"] = iperf_tcp(topo, 4, seconds)
     if udp_seconds:
         figures["udp_gbps"] = udp_gbps(topo, udp_seconds)
         if pids:

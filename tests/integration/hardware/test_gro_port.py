@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from hardware import ethernet, gro, netns
-from hardware.gro_port import GRO_FLUSH_TIMEOUT_NS, GroPort, GroPortError
+from hardware.gro_port import GRO_FLUSH_TIMEOUT_NS, GroPort, GroPortError, longer_than
 from hardware.netns import Lab, Namespace, unique
 from hardware.tap import LinuxTap, TapConfig
 
@@ -61,6 +61,10 @@ def test_the_tap_reaches_its_bridge_through_the_pair_and_close_takes_it_away(
     assert _feature(ns, "sm0-in", "rx-udp-gro-forwarding") == "on"
     flush = ns.run(["cat", "/sys/class/net/sm0-in/gro_flush_timeout"]).strip()
     assert flush == str(GRO_FLUSH_TIMEOUT_NS)
+    # Frames longer than any single frame (super-frames) go around the pair to the TAP.
+    shown = ns.run(["tc", "filter", "show", "dev", "sm0-out", "egress"])
+    assert f"bytecode '{longer_than(1400 + 22)}'" in shown
+    assert "Egress Redirect to device sm0)" in shown
     for dev in ("sm0-out", "sm0-in", "sm0-br"):
         assert json.loads(ns.ip("-j", "link", "show", "dev", dev))[0]["mtu"] == 1400
         # ports, not hosts: nothing of their own (IPv6 link-local, MLD) into the LAN
