@@ -175,3 +175,24 @@ def test_credentials_command_issues_lists_and_revokes(
     assert [e.revoked for e in verifier.table if e.name == "lan-a"] == [False]
     assert main(["credentials", "revoke", "--config", str(d / "exit.yaml"),
                  "--name", "nobody"]) == 1  # fmt: skip
+
+
+def test_the_commented_choices_load_when_uncommented(tmp_path: Path) -> None:
+    # What the files offer in comments (``# workers: auto``, ``# gro: kernel``) must load
+    # as written once an operator removes the ``#``.
+    d = _init_exit(tmp_path)
+    c = tmp_path / "a"
+    assert main(["init", "client", "--dir", str(c), "--join", str(d / "join/lan-a.join")]) == 0
+    for path, offered in ((d / "exit.yaml", {"workers", "gro"}), (c / "client.yaml", {"gro"})):
+        text = path.read_text()
+        found = set()
+        for key in offered:
+            line = f"  # {key}: "
+            assert line in text, (path.name, key)
+            text = text.replace(line, f"  {key}: ")
+            found.add(key)
+        path.write_text(text)
+        cfg = load_config(path, env={})
+        assert cfg.network.gro == "kernel"
+        if "workers" in found:
+            assert cfg.network.workers == "auto"
