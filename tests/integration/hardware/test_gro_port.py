@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -119,6 +121,24 @@ def test_a_failed_build_leaves_nothing_behind(ns: Namespace) -> None:
         GroPort(ns, "sm0", "no-such-br", 1500).open()
     for dev in ("sm0-out", "sm0-in", "sm0-br"):
         assert not netns.link_exists(ns, dev)
+
+
+def test_without_tc_the_build_fails_saying_so_and_leaves_nothing_behind(
+    ns: Namespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The redirect for super-frames is the last step: the devices exist and the TAP is in
+    # the inner bridge when it fails; all of that must go, and the error name the tool.
+    for tool in ("ip", "ethtool", "sysctl", "tee"):
+        found = shutil.which(tool)
+        assert found is not None
+        (tmp_path / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(GroPortError, match=r"network\.gro: kernel: .*\btc\b.*No such file"):
+        GroPort(ns, "sm0", "br0", 1500).open()
+    monkeypatch.undo()
+    for dev in ("sm0-out", "sm0-in", "sm0-br"):
+        assert not netns.link_exists(ns, dev)
+    assert netns.link_exists(ns, "sm0") and _master(ns, "sm0") is None
 
 
 SEND_UDP = """
