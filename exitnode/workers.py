@@ -56,11 +56,11 @@ from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 from typing import Any
 
-from exitnode import constants
 from exitnode.errors import ExitConfigError, ExitError
 from exitnode.handoff import Dispatcher, channel_pair, listen
 from exitnode.host import HostSetup
 from exitnode.peers import ExitManagement
+from exitnode.relay import DeviceLinks
 from exitnode.server import ExitNode, raise_open_files_limit
 from exitnode.worker import WorkerSpec
 from exitnode.worker import main as worker_main
@@ -104,9 +104,10 @@ class Shared:
     tunnels_per_device: int
     # device -> its tunnels: (worker, token), oldest first
     tunnels: dict[bytes, list[tuple[int, int]]] = field(default_factory=dict)
-    # endpoints.relay: circuit links held at once per device, over every worker
-    circuit_link_limit: int = constants.MAX_CIRCUIT_LINKS_PER_DEVICE
-    circuit_links: dict[int, Counter[bytes]] = field(default_factory=dict)  # worker -> counts
+    # endpoints.relay: circuit links held at once per device over every worker (the bound),
+    # and at each worker (what a worker that dies gives back)
+    circuit_links: DeviceLinks = field(default_factory=DeviceLinks)
+    circuit_links_at: dict[int, Counter[bytes]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def admit_token(
@@ -143,27 +144,28 @@ class Shared:
                 self.tunnels.pop(device, None)
 
     def take_circuit_link(self, device: bytes, worker: int) -> bool:
-        """One more circuit link of ``device`` at ``worker``, if the device holds fewer
-        than ``circuit_link_limit`` at all workers together."""
+        """One more circuit link of ``device`` at ``worker``, if the device is within its
+        bound at all workers together."""
         with self._lock:
-            if sum(c[device] for c in self.circuit_links.values()) >= self.circuit_link_limit:
+            if not self.circuit_links.take_now(device):
                 return False
-            self.circuit_links.setdefault(worker, Counter())[device] += 1
+            self.circuit_links_at.setdefault(worker, Counter())[device] += 1
             return True
 
     def end_circuit_link(self, device: bytes, worker: int) -> None:
         with self._lock:
-            held = self.circuit_links.get(worker)
+            held = self.circuit_links_at.get(worker)
             if held is None or held[device] <= 0:
-                return
+                return  # not one this worker took
             held[device] -= 1
-            if held[device] == 0:
-                del held[device]
+            self.circuit_links.give_back(device)
 
     def forget_worker(self, worker: int) -> None:
         """A worker died: its tunnels and circuit links are gone with it."""
         with self._lock:
-            self.circuit_links.pop(worker, None)
+            for device, count in self.circuit_links_at.pop(worker, Counter()).items():
+                for _ in range(count):
+                    self.circuit_links.give_back(device)
             for device in list(self.tunnels):
                 held = [t for t in self.tunnels[device] if t[0] != worker]
                 if held:

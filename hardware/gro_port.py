@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 
-from hardware import netns
+from hardware import ethernet, netns
 
 IFNAMSIZ = 15
 # How long the merging end's GRO may hold packets for more of their flow (the device's
@@ -51,7 +51,7 @@ GRO_FLUSH_TIMEOUT_NS = 20_000
 # pause and bonding frames, are never forwarded by Linux).
 GROUP_FWD_MASK = "0xfff8"
 # Longest frame that is not a super-frame: the MTU plus an Ethernet header and two VLAN tags.
-FRAME_OVERHEAD = 14 + 2 * 4
+FRAME_OVERHEAD = ethernet.ETH_HEADER_LEN + 2 * ethernet.VLAN_TAG_LEN
 # Classic BPF (``linux/filter.h``) for ``tc ... bpf bytecode``: "is the packet longer than N".
 BPF_LD_W_LEN = 0x80  # BPF_LD | BPF_W | BPF_LEN: A = skb->len
 BPF_JMP_JGT_K = 0x25  # BPF_JMP | BPF_JGT | BPF_K: A > k ? jt : jf

@@ -162,7 +162,7 @@ def test_a_devices_circuit_links_are_bounded_over_every_worker() -> None:
     # A relaying exit (or a client using us as hop 1) holds at most the limit at once,
     # however the links were spread over the workers; another device is not affected.
     s = shared()
-    s.circuit_link_limit = 3
+    s.circuit_links.limit = 3
     assert s.take_circuit_link(DEVICE, 0) and s.take_circuit_link(DEVICE, 1)
     assert s.take_circuit_link(DEVICE, 1)
     assert not s.take_circuit_link(DEVICE, 0)  # 3 held: 1 at worker 0, 2 at worker 1
@@ -266,7 +266,7 @@ def test_workers_share_the_supervisors_ledger_and_guard_over_the_socket(
 def test_workers_circuit_links_are_counted_at_the_supervisor(supervisor: Supervisor) -> None:
     import asyncio
 
-    supervisor.shared.circuit_link_limit = 2
+    supervisor.shared.circuit_links.limit = 2
 
     async def scenario() -> None:
         a, b = RemoteDeviceLinks(link(supervisor, 0)), RemoteDeviceLinks(link(supervisor, 1))
@@ -275,7 +275,7 @@ def test_workers_circuit_links_are_counted_at_the_supervisor(supervisor: Supervi
         assert await b.take(OTHER)
         a.give_back(DEVICE)  # sent off the loop: wait until the supervisor has it
         for _ in range(500):
-            if sum(c[DEVICE] for c in supervisor.shared.circuit_links.values()) == 1:
+            if supervisor.shared.circuit_links.held[DEVICE] == 1:
                 break
             await asyncio.sleep(0.01)
         assert await b.take(DEVICE) and not await a.take(DEVICE)
