@@ -48,7 +48,7 @@ COMMAND_RUN_S = 15.0  # a command's coroutine; the supervisor waits a little lon
 
 def worker_tap(tap: str, index: int) -> str:
     """Worker ``index``'s TAP name: ``<tap>-<n>``, shortened to 11 characters so that the
-    merging port's devices (``hardware.gro_port``: ``-out``, ``-in``, ``-br`` appended)
+    merging port's devices (``hardware.gro_port``: ``-out``, ``-in`` appended)
     stay within Linux's 15 and distinct per worker."""
     suffix = f"-{index}"
     return tap[: WORKER_TAP_LEN - len(suffix)] + suffix

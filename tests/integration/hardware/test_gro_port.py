@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from hardware import ethernet, gro, netns
-from hardware.gro_port import GRO_FLUSH_TIMEOUT_NS, GroPort, GroPortError, longer_than
+from hardware.gro_port import (
+    GRO_FLUSH_TIMEOUT_NS,
+    GroPort,
+    GroPortError,
+    join_bridge,
+    longer_than,
+)
 from hardware.netns import Lab, Namespace, unique
 from hardware.tap import LinuxTap, TapConfig
 
@@ -54,9 +60,16 @@ def test_the_tap_reaches_its_bridge_through_the_pair_and_close_takes_it_away(
 ) -> None:
     port = GroPort(ns, "sm0", "br0", 1400)
     port.open()
-    assert _master(ns, "sm0") == "sm0-br"
-    assert _master(ns, "sm0-in") == "sm0-br"
     assert _master(ns, "sm0-out") == "br0"
+    # Between the merging end and the TAP: tc both ways, no bridge (nothing learns or
+    # filters there, and netfilter never sees the frames a second time).
+    assert _master(ns, "sm0") is None and _master(ns, "sm0-in") is None
+    assert "Egress Redirect to device sm0)" in ns.run(
+        ["tc", "filter", "show", "dev", "sm0-in", "ingress"]
+    )
+    assert "Egress Redirect to device sm0-in)" in ns.run(
+        ["tc", "filter", "show", "dev", "sm0", "ingress"]
+    )
     # TSO off on the sending end is what sends every frame through the merging end's GRO.
     assert _feature(ns, "sm0-out", "tcp-segmentation-offload") == "off"
     assert _feature(ns, "sm0-in", "generic-receive-offload") == "on"
@@ -67,28 +80,32 @@ def test_the_tap_reaches_its_bridge_through_the_pair_and_close_takes_it_away(
     shown = ns.run(["tc", "filter", "show", "dev", "sm0-out", "egress"])
     assert f"bytecode '{longer_than(1400 + 22)}'" in shown
     assert "Egress Redirect to device sm0)" in shown
-    for dev in ("sm0-out", "sm0-in", "sm0-br"):
+    for dev in ("sm0-out", "sm0-in"):
         assert json.loads(ns.ip("-j", "link", "show", "dev", dev))[0]["mtu"] == 1400
         # ports, not hosts: nothing of their own (IPv6 link-local, MLD) into the LAN
         assert ns.run(["cat", f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"]).strip() == "1"
         assert "inet6" not in ns.ip("-o", "addr", "show", "dev", dev)
     port.close()
-    for dev in ("sm0-out", "sm0-in", "sm0-br"):
+    for dev in ("sm0-out", "sm0-in"):
         assert not netns.link_exists(ns, dev)
     assert netns.link_exists(ns, "sm0") and _master(ns, "sm0") is None
+    assert "clsact" not in ns.run(["tc", "qdisc", "show", "dev", "sm0"])
 
 
 def test_a_killed_nodes_port_is_replaced_at_the_next_start(ns: Namespace) -> None:
     GroPort(ns, "sm0", "br0", 1500).open()  # never closed: the node was killed
     again = GroPort(ns, "sm0", "br0", 1500)
     again.open()
-    assert _master(ns, "sm0-out") == "br0" and _master(ns, "sm0") == "sm0-br"
+    assert _master(ns, "sm0-out") == "br0"
+    # one redirect from the TAP, not one per start
+    shown = ns.run(["tc", "filter", "show", "dev", "sm0", "ingress"])
+    assert shown.count("Egress Redirect to device sm0-in)") == 1
     for cmd in again.teardown():
         netns.run(cmd)
-    assert not netns.link_exists(ns, "sm0-out") and not netns.link_exists(ns, "sm0-br")
+    assert not netns.link_exists(ns, "sm0-out") and not netns.link_exists(ns, "sm0-in")
 
 
-@pytest.mark.parametrize("name", ["sm0-out", "sm0-br", "sm0-in"])
+@pytest.mark.parametrize("name", ["sm0-out", "sm0-in"])
 def test_a_device_of_the_same_name_that_is_not_ours_is_refused_and_left(
     ns: Namespace, name: str
 ) -> None:
@@ -99,28 +116,20 @@ def test_a_device_of_the_same_name_that_is_not_ours_is_refused_and_left(
     assert _master(ns, "sm0") is None
 
 
-def test_an_operators_bridge_of_the_inner_bridges_name_is_refused_and_left(ns: Namespace) -> None:
-    ns.ip("link", "add", "sm0-br", "type", "bridge")  # default settings: not one we made
-    with pytest.raises(GroPortError, match="sm0-br"):
-        GroPort(ns, "sm0", "br0", 1500).open()
-    assert netns.link_exists(ns, "sm0-br")
-    # ours in every setting, but holding a port of someone else's: still refused
-    ns.ip("link", "del", "sm0-br")
-    port = GroPort(ns, "sm0", "br0", 1500)
-    port.open()
-    ns.ip("link", "del", "sm0-out")
-    ns.ip("tuntap", "add", "dev", "other0", "mode", "tap")
-    ns.ip("link", "set", "other0", "master", "sm0-br")
-    with pytest.raises(GroPortError, match="sm0-br"):
-        GroPort(ns, "sm0", "br0", 1500).open()
-    assert _master(ns, "other0") == "sm0-br"
-
-
 def test_a_failed_build_leaves_nothing_behind(ns: Namespace) -> None:
     with pytest.raises(GroPortError, match=r"network\.gro: kernel"):
         GroPort(ns, "sm0", "no-such-br", 1500).open()
-    for dev in ("sm0-out", "sm0-in", "sm0-br"):
+    for dev in ("sm0-out", "sm0-in"):
         assert not netns.link_exists(ns, dev)
+    assert "clsact" not in ns.run(["tc", "qdisc", "show", "dev", "sm0"])
+
+
+def _without_tc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for tool in ("ip", "ethtool", "sysctl", "tee"):
+        found = shutil.which(tool)
+        assert found is not None
+        (tmp_path / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(tmp_path))
 
 
 def test_without_tc_the_build_fails_saying_so_and_leaves_nothing_behind(
@@ -128,17 +137,61 @@ def test_without_tc_the_build_fails_saying_so_and_leaves_nothing_behind(
 ) -> None:
     # The redirect for super-frames is the last step: the devices exist and the TAP is in
     # the inner bridge when it fails; all of that must go, and the error name the tool.
-    for tool in ("ip", "ethtool", "sysctl", "tee"):
-        found = shutil.which(tool)
-        assert found is not None
-        (tmp_path / tool).symlink_to(found)
-    monkeypatch.setenv("PATH", str(tmp_path))
+    _without_tc(tmp_path, monkeypatch)
     with pytest.raises(GroPortError, match=r"network\.gro: kernel: .*\btc\b.*No such file"):
         GroPort(ns, "sm0", "br0", 1500).open()
     monkeypatch.undo()
-    for dev in ("sm0-out", "sm0-in", "sm0-br"):
+    for dev in ("sm0-out", "sm0-in"):
         assert not netns.link_exists(ns, dev)
     assert netns.link_exists(ns, "sm0") and _master(ns, "sm0") is None
+
+
+def test_auto_joins_through_the_port_where_it_can_be_built(ns: Namespace) -> None:
+    undo, mode = join_bridge("sm0", "br0", 1500, gro="kernel", fallback=True, ns=ns)
+    assert mode == "kernel"
+    assert _master(ns, "sm0-out") == "br0" and _master(ns, "sm0") is None
+    for cmd in undo:
+        netns.run(cmd)
+    assert not netns.link_exists(ns, "sm0-out") and not netns.link_exists(ns, "sm0-in")
+
+
+def test_auto_falls_back_to_a_direct_join_when_the_port_cannot_be_built(
+    ns: Namespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # network.gro: auto on a host without tc: the node still starts, its TAP in the bridge
+    # with software GRO, the log saying why; nothing of the port is left.
+    _without_tc(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING", logger="hardware.gro_port"):
+        undo, mode = join_bridge("sm0", "br0", 1500, gro="kernel", fallback=True, ns=ns)
+    monkeypatch.undo()
+    assert (undo, mode) == ([], "software")
+    assert _master(ns, "sm0") == "br0"
+    for dev in ("sm0-out", "sm0-in"):
+        assert not netns.link_exists(ns, dev)
+    # the TAP's own frames are not redirected to a pair that is not there
+    assert "clsact" not in ns.run(["tc", "qdisc", "show", "dev", "sm0"])
+    assert "auto merges in software instead" in caplog.text and "tc" in caplog.text
+
+
+def test_an_explicit_kernel_does_not_fall_back(
+    ns: Namespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # network.gro: kernel is the operator's choice: a port that cannot be built stops the
+    # node rather than running it without what was asked for.
+    _without_tc(tmp_path, monkeypatch)
+    with pytest.raises(GroPortError, match=r"\btc\b"):
+        join_bridge("sm0", "br0", 1500, gro="kernel", ns=ns)
+    monkeypatch.undo()
+    assert _master(ns, "sm0") is None
+
+
+def test_auto_does_not_delete_a_device_that_is_not_ours(ns: Namespace) -> None:
+    # A device of the port's name that is not a leftover of ours: refused and left, and the
+    # TAP joins directly.
+    ns.ip("link", "add", "sm0-in", "type", "bridge")
+    undo, mode = join_bridge("sm0", "br0", 1500, gro="kernel", fallback=True, ns=ns)
+    assert (undo, mode) == ([], "software")
+    assert _master(ns, "sm0") == "br0" and netns.link_exists(ns, "sm0-in")
 
 
 SEND_UDP = """
