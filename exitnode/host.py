@@ -55,11 +55,16 @@ class HostSetup:
         bridge: str | None,
         *,
         masquerade: Masquerade | None = None,
-        gro_port: bool = False,
+        gro: str = "software",
+        gro_fallback: bool = False,
         open_device: bool = True,
     ) -> None:
         """``open_device`` False: the bridge (with ``tap``'s MAC and MTU) and masquerading
-        only; the workers of ``exitnode.workers`` bring TAPs of their own."""
+        only; the workers of ``exitnode.workers`` bring TAPs of their own. ``gro`` "kernel":
+        the TAP joins the bridge through the merging port (``hardware.gro_port``), or with
+        ``gro_fallback`` directly where the port cannot be built; ``self.gro`` is the
+        merging in effect."""
+        self.gro = gro
         self._undo: list[list[str]] = []
         self._restore_forward: str | None = None
         self.tap: FrameDevice | None = None
@@ -73,7 +78,7 @@ class HostSetup:
         try:
             if bridge is not None:
                 created = self._bridge(tap.name if open_device else None, bridge, tap.mtu,
-                                       gro_port)  # fmt: skip
+                                       gro_fallback)  # fmt: skip
                 if tap.mac is not None and (created or masquerade is not None):
                     # Ours (we made it, or it carries our gateway address): set explicitly,
                     # its MAC no longer follows its ports. An operator's own bridge keeps
@@ -101,7 +106,7 @@ class HostSetup:
                 "announced %d address(es) of %s at %s", self.announced, bridge, format_mac(mac)
             )
 
-    def _bridge(self, tap: str | None, bridge: str, mtu: int, gro_port: bool) -> bool:
+    def _bridge(self, tap: str | None, bridge: str, mtu: int, fallback: bool) -> bool:
         """Put the TAP in ``bridge`` (created when missing), directly or through the merging
         port (``hardware.gro_port``); whether the bridge was created."""
         created = not netns.link_exists(None, bridge)
@@ -109,7 +114,8 @@ class HostSetup:
             netns.bridge(None, bridge, mtu=mtu)
             self._undo.append(["ip", "link", "del", bridge])
         if tap is not None:
-            self._undo.extend(join_bridge(tap, bridge, mtu, merge=gro_port))
+            undo, self.gro = join_bridge(tap, bridge, mtu, gro=self.gro, fallback=fallback)
+            self._undo.extend(undo)
         return created
 
     def _masquerade(self, bridge: str, m: Masquerade) -> None:

@@ -38,7 +38,7 @@ from exitnode.switch import PortPolicy, Switch, SwitchConfig
 from exitnode.switchboard import Switchboard
 from hardware import ethernet
 from hardware.announce import stable_mac
-from hardware.gro_port import GroPortError, check_gro
+from hardware.gro_port import GroPortError, plan
 from hardware.tap import TapConfig
 from l2bridge.constants import Mode
 from l2bridge.crypto.pq import get_backend
@@ -248,11 +248,13 @@ class ExitNode:
         # The same MAC at every start: the LAN's ARP entries for the gateway stay right.
         mac = net.mac or stable_mac(self.identity.node_id)
         try:
-            check_gro(net.gro, net.vnet_hdr, net.bridge)
+            # What network.gro asks for here ("auto": kernel where it can work); a port that
+            # cannot be built at run() falls back to software under auto.
+            self.gro = plan(net.gro, net.tap, net.vnet_hdr, net.bridge)
         except GroPortError as exc:
             raise ExitConfigError(str(exc)) from None
         self.tap_config = TapConfig(
-            name=net.tap, mtu=net.mtu, offload=net.vnet_hdr, mac=mac, coalesce=net.gro != "off"
+            name=net.tap, mtu=net.mtu, offload=net.vnet_hdr, mac=mac, coalesce=self.gro != "off"
         )
         self.default_policy = vlan_policy(net.vlan_allow)
         self.metrics = metrics or Metrics("exit")
@@ -261,7 +263,7 @@ class ExitNode:
         self.metrics.set_info(
             node_id=self.identity.node_id.hex(),
             listen=f"{ep.listen[0]}:{ep.listen[1]}",
-            gro=net.gro,  # "kernel": the TAP is behind the merging port
+            gro=self.gro,  # "kernel": the TAP is behind the merging port (set again at run)
         )
         for reason in REASONS:  # tokens refused at the gate, by reason (never told)
             self.metrics.set_gauge(
@@ -591,8 +593,10 @@ class ExitNode:
             self.tap_config,
             self.config.network.bridge,
             masquerade=self.options.masquerade,
-            gro_port=self.config.network.gro == "kernel",
+            gro=self.gro,
+            gro_fallback=self.config.network.gro == "auto",
         )
+        self.metrics.set_info(gro=host.gro)  # in effect: auto may have fallen back
         status: StatusServer | None = None
         metrics_only: StatusServer | None = None
         server = None

@@ -32,10 +32,14 @@ class Lab:
     directory: Path
 
 
-def _network(tap: str, bridge: str, mtu: int, offload: bool, gro: str) -> dict[str, object]:
-    return {
-        "layer": 2, "mtu": mtu, "tap": tap, "bridge": bridge, "vnet_hdr": offload, "gro": gro,
+def _network(tap: str, bridge: str, mtu: int, offload: bool, gro: str | None) -> dict[str, object]:
+    """``gro`` None: the key is left out, so the node runs its default (``auto``)."""
+    net: dict[str, object] = {
+        "layer": 2, "mtu": mtu, "tap": tap, "bridge": bridge, "vnet_hdr": offload,
     }  # fmt: skip
+    if gro is not None:
+        net["gro"] = gro
+    return net
 
 
 def provision(
@@ -45,7 +49,7 @@ def provision(
     clients: tuple[str, ...] = ("client",),
     mtu: int = 1500,
     offload: bool = True,
-    gro: str = "software",
+    gro: str | None = None,
     bridge: str = "br0",
     port: int = EXIT_PORT,
     mode: str = "hybrid",

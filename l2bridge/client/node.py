@@ -15,7 +15,7 @@ import urllib.parse
 import yaml
 
 from hardware import netns
-from hardware.gro_port import GroPortError, check_gro, join_bridge
+from hardware.gro_port import GroPortError, join_bridge, plan
 from hardware.tap import FrameDevice, TapConfig, TapError, open_tap
 from l2bridge.client.circuit import CircuitBuilder, CircuitLink, load_regions
 from l2bridge.client.failover import DialSettings
@@ -113,7 +113,7 @@ class ClientNode:
             node_id=self.identity.node_id.hex(),
             exit=ep.connect,
             exit_node_id=self.exit_node_id.hex(),
-            gro=config.network.gro,  # "kernel": the TAP is behind the merging port
+            gro=config.network.gro,  # what is in effect once the TAP is open (_open_tap)
         )
         self.client: Client | None = None
         self.link: tunnel.Link | CircuitLink | None = None
@@ -202,10 +202,10 @@ class ClientNode:
         if net.lan_interfaces and net.bridge is None:
             raise ConfigError("network.lan_interfaces: needs network.bridge (the bridge to join)")
         try:
-            check_gro(net.gro, net.vnet_hdr, net.bridge)
+            gro = plan(net.gro, net.tap, net.vnet_hdr, net.bridge)
         except GroPortError as exc:
             raise ConfigError(str(exc)) from None
-        coalesce = net.gro != "off"
+        coalesce = gro != "off"
         try:
             tap = open_tap(
                 TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr, coalesce=coalesce)
@@ -218,11 +218,13 @@ class ClientNode:
                 if not netns.link_exists(None, net.bridge):
                     netns.bridge(None, net.bridge, mtu=net.mtu)
                     undo.append(["ip", "link", "del", net.bridge])
-                merge = net.gro == "kernel"
-                undo.extend(join_bridge(tap.name, net.bridge, net.mtu, merge=merge))
+                port, gro = join_bridge(
+                    tap.name, net.bridge, net.mtu, gro=gro, fallback=net.gro == "auto"
+                )
+                undo.extend(port)
                 if net.lan_interfaces:
-                    gro = coalesce and net.vnet_hdr
-                    lan = LanAttachment(net.bridge, net.lan_interfaces, gro=gro)
+                    lan_gro = coalesce and net.vnet_hdr
+                    lan = LanAttachment(net.bridge, net.lan_interfaces, gro=lan_gro)
                     lan.attach()
         except (netns.NetnsError, LanError, GroPortError) as exc:
             tap.close()
@@ -230,6 +232,8 @@ class ClientNode:
                 netns.run(cmd, check=False)
             what = "network.bridge: " if isinstance(exc, netns.NetnsError) else ""
             raise ConfigError(f"{what}{exc}") from None
+        # "kernel": the TAP is behind the merging port ("auto" may have fallen back)
+        self.metrics.set_info(gro=gro)
         return tap, undo, lan
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -81,8 +81,10 @@ class Network:
     # With vnet_hdr: merge runs of plain TCP/UDP frames read from the TAP into super-frames
     # (software GRO, hardware.gro); the peer's TAP cuts them back. "kernel" also joins the
     # TAP to its bridge through a veth pair where Linux's GRO merges them first
-    # (hardware.gro_port). YAML true is "software", false is "off".
-    gro: str = "software"
+    # (hardware.gro_port). "auto": kernel where it can work (vnet_hdr, a bridge, a TAP name
+    # of at most 11 characters) and can be built, software elsewhere
+    # (hardware.gro_port.plan). YAML true is "software", false is "off".
+    gro: str = "auto"
     vlan_allow: tuple[int, ...] = ()  # empty: every VLAN (and untagged) passes
     # Exit: addresses of the LAN's gateway(s); no client may claim them in ARP/ND.
     gateway_ips: tuple[str, ...] = ()
@@ -341,7 +343,7 @@ def _choice(*options: str) -> Callable[[object, str], str]:
     return parse
 
 
-GRO_MODES = ("software", "kernel", "off")
+GRO_MODES = ("auto", "software", "kernel", "off")
 
 
 def _workers(value: object, path: str) -> int | Literal["auto"]:

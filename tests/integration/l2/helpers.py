@@ -120,7 +120,7 @@ def start_pair(
     workdir: Path,
     mode: str,
     *exit_args: str,
-    gro: str = "software",
+    gro: str | None = None,
 ) -> provision.Lab:
     files = provision.provision(
         workdir, exit_host=topology.EXIT_WAN, mtu=topo.mtu, offload=mode == "offload", gro=gro

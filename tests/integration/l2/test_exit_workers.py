@@ -166,7 +166,7 @@ def test_clients_at_two_workers_switch_through_the_bridge_and_a_dead_worker_come
     # Stop: every worker and its TAP go.
     lab.stop(sites.exit)
     left = {link["ifname"] for link in json.loads(topo.exit.ip("-j", "link"))}
-    assert not {f"smx0-{i}{end}" for i in (0, 1) for end in ("", "-out", "-in", "-br")} & left
+    assert not {f"smx0-{i}{end}" for i in (0, 1) for end in ("", "-out", "-in")} & left
     assert not any(Path(f"/proc/{pid}").exists() for pid in running.values())
 
 

@@ -33,10 +33,12 @@ class FakeHost:
         bridge: str | None,
         *,
         masquerade: Any = None,
-        gro_port: bool = False,
+        gro: str = "software",
+        gro_fallback: bool = False,
         open_device: bool = True,
     ) -> None:
         self.tap: FakeTap | None = FakeTap() if open_device else None
+        self.gro = gro
 
     def close(self) -> None:
         if self.tap is not None:

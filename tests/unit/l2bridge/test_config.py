@@ -89,9 +89,11 @@ def test_runnable_examples_start_and_resolve_paths():
 
 
 @pytest.mark.parametrize(
-    ("value", "mode"), [(True, "software"), (False, "off"), ("kernel", "kernel"), ("off", "off")]
+    ("value", "mode"),
+    [(True, "software"), (False, "off"), ("kernel", "kernel"), ("off", "off"), ("auto", "auto")],
 )
 def test_gro_takes_true_false_or_a_mode(value, mode):
+    assert config_from_mapping(None).network.gro == "auto"  # the default
     assert config_from_mapping({"network": {"gro": value}}).network.gro == mode
     env = {"SHADOWMESH_NETWORK__GRO": str(value).lower()}
     assert config_from_mapping(None, env=env).network.gro == mode
@@ -162,7 +164,10 @@ def test_defaults_and_environment_layer():
         ({"security": {"reauth_interval": "0s"}}, "security.reauth_interval"),
         ({"network": {"gateway_ips": ["10.0.0.300"]}}, r"network.gateway_ips\[0\]: expected an"),
         ({"network": {"gateway_ips": "10.0.0.1"}}, "network.gateway_ips: expected a list"),
-        ({"network": {"gro": "linux"}}, "network.gro: expected true, false or one of software"),
+        (
+            {"network": {"gro": "linux"}},
+            "network.gro: expected true, false or one of auto, software",
+        ),
         ({"network": {"gro": 1}}, "network.gro: expected true, false"),
         ({"network": {"workers": "many"}}, "network.workers: expected an integer from 1 to 64 or"),
         ({"network": {"workers": 0}}, "network.workers: must be from 1 to 64"),

@@ -186,6 +186,13 @@ def network_gro(w: World) -> None:
     node = w.client(network={"gro": "kernel", "bridge": None})
     with pytest.raises(ConfigError, match=r"network\.gro: kernel needs network\.bridge"):
         node._open_tap()
+    # auto (the default): the merging port wherever it can work, software GRO elsewhere
+    assert w.exit(network={"bridge": "br0"}).gro == "kernel"
+    assert w.exit(network={"bridge": None}).gro == "software"
+    assert w.exit(network={"bridge": "br0", "vnet_hdr": False}).gro == "software"
+    assert w.exit(network={"bridge": "br0", "tap": "shadowmesh-lan"}).gro == "software"
+    assert w.exit(network={"bridge": "br0", "gro": True}).gro == "software"
+    assert w.exit(network={"bridge": "br0", "gro": False}).gro == "off"
 
 
 def network_vlan_allow(w: World) -> None:
