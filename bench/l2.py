@@ -18,22 +18,25 @@ rate whose loss stays under 1 %, found by a bounded search):
 - openvpn-tcp/udp: OpenVPN 2.6 p2p, ``--dev tap``, TLS with pinned self-signed
                   certificates, AES-256-GCM, over TCP and over UDP (its best TAP
                   configurations; each ratio uses the better of the two for that figure);
-- shadowmesh-offload: ``shadowmesh exit`` + ``shadowmesh client``, TAPs with vnet_hdr
-                  and TSO (the default): TCP crosses as 64 KiB super-frames;
+- shadowmesh-offload: ``shadowmesh exit`` + ``shadowmesh client`` with the default
+                  config: TAPs with vnet_hdr and TSO, TCP crossing as 64 KiB super-frames,
+                  each TAP in its bridge through the merging port (``network.gro: auto``,
+                  which is ``kernel`` here: hardware.gro_port);
 - shadowmesh-gro:  the default config again, but the LAN hosts send plain 1500-byte
                   frames (TSO/GSO off: what a bridged NIC without GRO gives, and what
-                  UDP always is): the nodes' software GRO (hardware.gro) merges them;
+                  UDP always is): Linux's GRO in each node's merging port merges them, and
+                  the nodes' software GRO (hardware.gro) what is left;
 - shadowmesh-kernel-gro: the gro run with Linux's GRO switched on on the bridges' LAN
                   ports, as a physical NIC has it by default (and as the client switches
                   it on for network.lan_interfaces): the kernel merges before the TAP;
 - shadowmesh-plain: TAPs without vnet_hdr: every 1500-byte frame crosses on its own, no
                   merging (the per-frame cost itself, like for like with OpenVPN);
-- shadowmesh-gro-veth: the gro run's traffic and ports with ``network.gro: kernel``
-                  (hardware.gro_port): each node's TAP joins its bridge through a veth pair
-                  where Linux's GRO merges before the TAP;
-- shadowmesh-offload-veth: the offload run's traffic (hosts with TSO) with
-                  ``network.gro: kernel``: what that setting costs TSO traffic (the
-                  kernel cuts the super-frames and merges them again);
+- shadowmesh-gro-software: the gro run's traffic and ports with ``network.gro:
+                  software`` (the default before the merging port was): each TAP joins its
+                  bridge directly and only the nodes' software GRO merges, as where the
+                  port cannot be built;
+- shadowmesh-offload-software: the offload run's traffic (hosts with TSO) with
+                  ``network.gro: software``: what the port costs TSO traffic;
 - python-floor (``--floor``): bench/l2_floor.py, the least a Python tunnel does per frame
                   (uvloop, a TAP read, AES-GCM, a TCP write; nothing else): its figures,
                   under ``python_floor`` in the JSON, say what Python itself costs here.
@@ -63,10 +66,10 @@ kernel-gro mode, OpenVPN carries that traffic with the same LAN ports' GRO on
 (openvpn-tcp/udp-kernel-gro, TCP figures only; its TAP takes no super-frames, so its
 kernel cuts what GRO merged): ratio_throughput_plain_kernel_gro compares the two. That is
 a mode OpenVPN lacks (a TAP that takes merged frames), so it never replaces
-ratio_throughput_plain. With the gro-veth mode, ratio_throughput_plain_gro_veth compares
-the gro run's traffic carried with ``network.gro: kernel`` against the same OpenVPN runs as
-ratio_throughput_plain (same traffic, same ports: a setting, not the default), and the
-offload-veth mode gives ratio_throughput_offload_veth.
+ratio_throughput_plain. With the gro-software mode, ratio_throughput_plain_gro_software
+compares the gro run's traffic carried with ``network.gro: software`` against the same
+OpenVPN runs as ratio_throughput_plain (same traffic, same ports), and the offload-software
+mode gives ratio_throughput_offload_software.
 
 Each tunnel's figures include the CPU seconds its processes use per Gbit carried:
 tcp1_cpu_s_per_gbit in the 1-stream TCP run, udp_cpu_s_per_gbit in one more UDP trial
@@ -114,7 +117,7 @@ UDP_BISECTIONS = 3
 # receiving iperf3 is sometimes off the CPU for tens of ms, and its default ~200 KiB buffer
 # would then drop datagrams the tunnel had delivered.
 UDP_SOCKET_BUFFER = "4M"
-MODES = ("offload", "gro", "kernel-gro", "plain", "gro-veth", "offload-veth")
+MODES = ("offload", "gro", "kernel-gro", "plain", "gro-software", "offload-software")
 
 
 def log(msg: str) -> None:
@@ -260,7 +263,7 @@ def contenders(args: argparse.Namespace) -> list[tuple[str, Runner, bool]]:
     # The direct path's UDP figure is the harness's ceiling: what iperf3 sends and receives
     # here with no tunnel at all.
     out: list[tuple[str, Runner, bool]] = [("direct", direct, True)]
-    plain_senders = "gro" in args.modes or "gro-veth" in args.modes
+    plain_senders = "gro" in args.modes or "gro-software" in args.modes
     if plain_senders:
         # The gro run's traffic (hosts without TSO) with no tunnel: its TCP ceiling.
         out.append(("direct-plain-senders", partial(_plain_senders, direct), False))
@@ -287,7 +290,7 @@ def contenders(args: argparse.Namespace) -> list[tuple[str, Runner, bool]]:
         runner = partial(l2_shadowmesh.tunnel, mode=mode, profile=_profile_dir(args, mode))
         if mode == "kernel-gro":
             runner = partial(_kernel_gro, runner)
-        if mode in ("gro", "kernel-gro", "gro-veth"):
+        if mode in ("gro", "kernel-gro", "gro-software"):
             runner = partial(_plain_senders, runner)
         out.append((f"shadowmesh-{mode}", runner, True))
     return out
@@ -400,23 +403,23 @@ def summarize(results: dict[str, Any]) -> None:
     )
     results["plain_share_of_direct"] = _ratio(gro.get("tcp1_gbps"), plain_direct.get("tcp1_gbps"))
     results["ratio_udp_nogro"] = _ratio(plain.get("udp_gbps"), best["udp_gbps"])
-    # network.gro: kernel (a setting, not the default): the gro run's traffic against the
-    # same OpenVPN runs, and the offload run's traffic against the same as offload.
-    gro_veth = results.get("shadowmesh-gro-veth", {})
-    offload_veth = results.get("shadowmesh-offload-veth", {})
-    results["ratio_throughput_plain_gro_veth"] = _ratio(
-        gro_veth.get("tcp1_gbps"), same_best["tcp1_gbps"]
+    # network.gro: software (where the merging port cannot be built): the gro run's traffic
+    # against the same OpenVPN runs, and the offload run's traffic against the same as offload.
+    gro_software = results.get("shadowmesh-gro-software", {})
+    offload_software = results.get("shadowmesh-offload-software", {})
+    results["ratio_throughput_plain_gro_software"] = _ratio(
+        gro_software.get("tcp1_gbps"), same_best["tcp1_gbps"]
     )
-    results["ratio_throughput_plain_gro_veth_4"] = _ratio(
-        gro_veth.get("tcp4_gbps"), same_best["tcp4_gbps"]
+    results["ratio_throughput_plain_gro_software_4"] = _ratio(
+        gro_software.get("tcp4_gbps"), same_best["tcp4_gbps"]
     )
-    results["ratio_throughput_offload_veth"] = _ratio(
-        offload_veth.get("tcp1_gbps"), best["tcp1_gbps"]
+    results["ratio_throughput_offload_software"] = _ratio(
+        offload_software.get("tcp1_gbps"), best["tcp1_gbps"]
     )
-    results["ratio_throughput_offload_veth_4"] = _ratio(
-        offload_veth.get("tcp4_gbps"), best["tcp4_gbps"]
+    results["ratio_throughput_offload_software_4"] = _ratio(
+        offload_software.get("tcp4_gbps"), best["tcp4_gbps"]
     )
-    results["ratio_udp_gro_veth"] = _ratio(gro_veth.get("udp_gbps"), best["udp_gbps"])
+    results["ratio_udp_gro_software"] = _ratio(gro_software.get("udp_gbps"), best["udp_gbps"])
     floor = results.get("python-floor")
     if floor is not None:
         results["python_floor"] = {
@@ -430,8 +433,8 @@ def summarize(results: dict[str, Any]) -> None:
         "shadowmesh": offload.get("added_rtt_ms"),
         "shadowmesh_gro": gro.get("added_rtt_ms"),
         "shadowmesh_plain": plain.get("added_rtt_ms"),
-        "shadowmesh_gro_veth": gro_veth.get("added_rtt_ms"),
-        "shadowmesh_offload_veth": offload_veth.get("added_rtt_ms"),
+        "shadowmesh_gro_software": gro_software.get("added_rtt_ms"),
+        "shadowmesh_offload_software": offload_software.get("added_rtt_ms"),
         "openvpn": best["added_rtt_ms"],
     }
 

@@ -84,7 +84,7 @@ def tunnel(
         exit_host=topology.EXIT_WAN,
         mtu=topo.mtu,
         offload=mode != "plain",  # "gro": the default config, with plain frames sent to it
-        gro="kernel" if mode.endswith("-veth") else "software",
+        gro="software" if mode.endswith("-software") else None,  # None: the default, auto
         bridge=topology.BRIDGE,
     )
     if profile is not None:

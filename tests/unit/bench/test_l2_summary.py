@@ -79,20 +79,20 @@ def test_no_floor_figures_without_the_floor_run() -> None:
 
 def test_gro_kernel_runs_compare_with_the_same_openvpn_runs_and_never_replace_the_default() -> None:
     r = results()
-    r["shadowmesh-gro-veth"] = fig(2.2, 1.8, 0.95, udp=1.0)
-    r["shadowmesh-offload-veth"] = fig(3.0, 3.3, 0.97, udp=1.0)
+    r["shadowmesh-gro-software"] = fig(2.2, 1.8, 0.95, udp=1.0)
+    r["shadowmesh-offload-software"] = fig(3.0, 3.3, 0.97, udp=1.0)
     summarize(r)
-    assert r["ratio_throughput_plain_gro_veth"] == 4.0  # 2.2 over the same traffic's 0.55
-    assert r["ratio_throughput_plain_gro_veth_4"] == 3.6  # 1.8 over 0.5
-    assert r["ratio_throughput_offload_veth"] == 5.0  # 3.0 over the better OpenVPN's 0.6
+    assert r["ratio_throughput_plain_gro_software"] == 4.0  # 2.2 over the same traffic's 0.55
+    assert r["ratio_throughput_plain_gro_software_4"] == 3.6  # 1.8 over 0.5
+    assert r["ratio_throughput_offload_software"] == 5.0  # 3.0 over the better OpenVPN's 0.6
     assert r["ratio_throughput_plain"] == 3.0  # still the default config's gro run
     assert r["ratio_udp"] == 2.0  # the setting's UDP is reported apart
-    assert r["ratio_udp_gro_veth"] == 1.67
-    assert r["added_rtt_ms"]["shadowmesh_gro_veth"] == 0.9
+    assert r["ratio_udp_gro_software"] == 1.67
+    assert r["added_rtt_ms"]["shadowmesh_gro_software"] == 0.9
 
 
 def test_no_gro_kernel_figures_without_those_runs() -> None:
     r = results()
     summarize(r)
-    assert r["ratio_throughput_plain_gro_veth"] is None
-    assert r["ratio_throughput_offload_veth"] is None
+    assert r["ratio_throughput_plain_gro_software"] is None
+    assert r["ratio_throughput_offload_software"] is None
