@@ -133,9 +133,10 @@ network:
   # Serve tunnels in one process per core (each a TAP in the bridge) instead of one:
   # workers: auto
   # Frames that reach the bridge unmerged (VMs, containers, a NIC without GRO, QUIC and
-  # other UDP): let Linux merge them before the TAP, about twice the throughput for them
-  # (three devices and a tc filter; docs/configuration.md, network.gro):
-  # gro: kernel
+  # other UDP) are merged by Linux before the TAP, about twice the throughput for them
+  # (the default, network.gro: auto: a veth pair and tc filters beside the TAP, named
+  # after it; docs/configuration.md). To join the TAP to the bridge directly instead:
+  # gro: software
 
 endpoints:
   listen: {plan.listen}
@@ -215,9 +216,10 @@ network:
   # Put into the bridge at start and given back (with their addresses) at stop.
   lan_interfaces: [{lans}]
   # Frames that reach the bridge unmerged (VMs, containers, a NIC without GRO, QUIC and
-  # other UDP): let Linux merge them before the TAP, about twice the throughput for them
-  # (three devices and a tc filter; docs/configuration.md, network.gro):
-  # gro: kernel
+  # other UDP) are merged by Linux before the TAP, about twice the throughput for them
+  # (the default, network.gro: auto: a veth pair and tc filters beside the TAP, named
+  # after it; docs/configuration.md). To join the TAP to the bridge directly instead:
+  # gro: software
 
 endpoints:
   connect: {plan.url}

@@ -178,12 +178,13 @@ def test_credentials_command_issues_lists_and_revokes(
 
 
 def test_the_commented_choices_load_when_uncommented(tmp_path: Path) -> None:
-    # What the files offer in comments (``# workers: auto``, ``# gro: kernel``) must load
+    # What the files offer in comments (``# workers: auto``, ``# gro: software``) must load
     # as written once an operator removes the ``#``.
     d = _init_exit(tmp_path)
     c = tmp_path / "a"
     assert main(["init", "client", "--dir", str(c), "--join", str(d / "join/lan-a.join")]) == 0
     for path, offered in ((d / "exit.yaml", {"workers", "gro"}), (c / "client.yaml", {"gro"})):
+        assert load_config(path, env={}).network.gro == "auto"  # as written: the default
         text = path.read_text()
         found = set()
         for key in offered:
@@ -193,6 +194,6 @@ def test_the_commented_choices_load_when_uncommented(tmp_path: Path) -> None:
             found.add(key)
         path.write_text(text)
         cfg = load_config(path, env={})
-        assert cfg.network.gro == "kernel"
+        assert cfg.network.gro == "software"
         if "workers" in found:
             assert cfg.network.workers == "auto"
