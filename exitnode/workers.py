@@ -62,10 +62,11 @@ from exitnode.host import HostSetup
 from exitnode.peers import ExitManagement
 from exitnode.relay import DeviceLinks
 from exitnode.server import ExitNode, raise_open_files_limit
-from exitnode.worker import WorkerSpec
+from exitnode.worker import WorkerSpec, worker_tap
 from exitnode.worker import main as worker_main
 from hardware.announce import AnnounceError, send_frames
 from hardware.cpubudget import cores_allowed
+from hardware.gro_port import plan
 from l2bridge.node.config import MAX_WORKERS, Config, naming
 from l2bridge.node.health import components
 from l2bridge.node.metrics import Counters, Metrics
@@ -281,7 +282,10 @@ class Supervisor:
         self._listener: Listener | None = None
         self._context = multiprocessing.get_context("spawn")
         self.dispatcher: Dispatcher | None = None
-        self.metrics.set_info(workers=workers)
+        net = config.network
+        # Each worker decides for its own TAP (its log says when auto fell back).
+        gro = plan(net.gro, worker_tap(net.tap, workers - 1), net.vnet_hdr, net.bridge)
+        self.metrics.set_info(workers=workers, gro=gro)
         self.metrics.set_gauge("workers_running", self._running)
         self.metrics.set_gauge("tunnel_listening", self._accepting)
 

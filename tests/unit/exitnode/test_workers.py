@@ -158,6 +158,16 @@ def test_workers_need_a_bridge_and_may_relay() -> None:
     assert len(Supervisor(stub_node(bridged), 2).workers) == 2
 
 
+def test_the_supervisor_reports_the_merging_its_workers_taps_get() -> None:
+    # gro: auto is decided per worker TAP (<tap>-<n>, at most 11 characters), not by the
+    # supervisor's own TAP name, which may be too long for the merging port.
+    net = Network(bridge="br0", workers=2, tap="shadowmesh-lan")
+    sup = Supervisor(stub_node(Config(network=net)), 2)
+    assert sup.metrics.info["gro"] == "kernel"
+    off = dataclasses.replace(net, vnet_hdr=False)
+    assert Supervisor(stub_node(Config(network=off)), 2).metrics.info["gro"] == "software"
+
+
 def test_a_devices_circuit_links_are_bounded_over_every_worker() -> None:
     # A relaying exit (or a client using us as hop 1) holds at most the limit at once,
     # however the links were spread over the workers; another device is not affected.
