@@ -4,9 +4,10 @@ from one the tunnel misses."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from bench.l2 import summarize
+from bench.l2 import summarize, udp_result
 
 
 def fig(tcp1: float, tcp4: float, rtt: float, udp: float | None = None) -> dict[str, float]:
@@ -96,3 +97,38 @@ def test_no_gro_kernel_figures_without_those_runs() -> None:
     summarize(r)
     assert r["ratio_throughput_plain_gro_software"] is None
     assert r["ratio_throughput_offload_software"] is None
+
+
+def test_udp_over_several_senders_compares_like_for_like() -> None:
+    r = results()
+    r["direct"]["udp_senders_gbps"] = 2.4
+    r["openvpn-tcp"]["udp_senders_gbps"] = 0.5
+    r["openvpn-udp"]["udp_senders_gbps"] = 0.8
+    r["shadowmesh-gro"]["udp_senders_gbps"] = 2.0
+    summarize(r)
+    assert r["ratio_udp_senders"] == 2.5  # 2.0 over the better OpenVPN's 0.8
+    assert r["ratio_udp_senders_ceiling"] == 3.0
+    assert r["ratio_udp"] == 2.0  # the one-sender figure is kept as it was
+
+
+def test_no_several_senders_figures_without_those_runs() -> None:
+    r = results()
+    summarize(r)
+    assert r["ratio_udp_senders"] is None and r["ratio_udp_senders_ceiling"] is None
+
+
+def report(bps: float, packets: int, received: int) -> str:
+    lost = 100.0 * (packets - received) / packets
+    end = {
+        "sum": {"lost_percent": lost, "packets": packets},
+        "sum_sent": {"packets": packets, "bits_per_second": bps},
+        "sum_received": {"packets": received, "bits_per_second": bps * received / packets},
+    }
+    return json.dumps({"end": end})
+
+
+def test_udp_loss_over_several_senders_weighs_each_by_what_it_sent() -> None:
+    gbps, lost = udp_result([report(1e9, 1000, 1000), report(1e9, 1000, 960)])
+    assert round(gbps, 3) == 1.96
+    assert round(lost, 6) == 2.0  # 40 of 2000: one sender's 4 % loss is not hidden by the other
+    assert [round(x, 6) for x in udp_result([report(5e8, 100, 99)])] == [0.495, 1.0]
