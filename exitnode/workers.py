@@ -159,6 +159,8 @@ class Shared:
             if held is None or held[device] <= 0:
                 return  # not one this worker took
             held[device] -= 1
+            if held[device] == 0:
+                del held[device]  # no entry kept for every device a worker ever served
             self.circuit_links.give_back(device)
 
     def forget_worker(self, worker: int) -> None:

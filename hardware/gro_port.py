@@ -195,7 +195,7 @@ class GroPort:
         if netns.link_exists(self.ns, self.inner):
             raise GroPortError(f"{self.inner}: exists and is not this node's merging port")
         # A redirect left on a TAP that outlived its node (a persistent one).
-        netns.run([*self._prefix(), "tc", "qdisc", "del", "dev", self.tap, "clsact"], check=False)
+        netns.run(self._tap_redirect_removal(), check=False)
 
     def open(self) -> None:
         self._clear_leftovers()
@@ -253,10 +253,10 @@ class GroPort:
     def teardown(self) -> list[list[str]]:
         """The commands ``close`` runs, for an owner that keeps a list of undo commands: the
         TAP's redirect (gone with the TAP when that is closed first) and the pair."""
-        return [
-            [*self._prefix(), "tc", "qdisc", "del", "dev", self.tap, "clsact"],
-            [*self._prefix(), "ip", "link", "del", self.outer],
-        ]
+        return [self._tap_redirect_removal(), [*self._prefix(), "ip", "link", "del", self.outer]]
+
+    def _tap_redirect_removal(self) -> list[str]:
+        return [*self._prefix(), "tc", "qdisc", "del", "dev", self.tap, "clsact"]
 
     def close(self) -> None:
         """Remove the pair and the TAP's redirect (the TAP is left to its owner)."""

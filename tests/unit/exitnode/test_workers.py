@@ -189,6 +189,11 @@ def test_a_devices_circuit_links_are_bounded_over_every_worker() -> None:
     assert s.take_circuit_link(DEVICE, 1) and s.take_circuit_link(DEVICE, 1)
     assert not s.take_circuit_link(DEVICE, 0)
     assert s.take_circuit_link(OTHER, 1)  # OTHER's link at worker 0 is gone too
+    # Every link ended: nothing kept for the devices a worker once served.
+    t = shared()
+    assert t.take_circuit_link(DEVICE, 0)
+    t.end_circuit_link(DEVICE, 0)
+    assert not any(t.circuit_links_at.values()) and not t.circuit_links.held
 
 
 def test_auto_is_one_worker_per_core_where_an_exit_can_have_workers() -> None:
