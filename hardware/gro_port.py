@@ -33,7 +33,10 @@ bridge would rewrite them).
 Everything is undone by ``close``; a leftover from a node that was killed (``kill -9``) is
 recognised and replaced at the next ``open``: a veth of the outer name whose peer has the
 inner name. A device of one of those names that is not such a leftover is refused, never
-deleted.
+deleted. The bridge ``<tap>-br`` that earlier versions put between the merging end and the
+TAP is removed too where one was left, if it is recognisably theirs (a bridge with their
+settings and no port but the TAP); a device of that name that is not is left alone (the
+port no longer uses the name).
 """
 
 from __future__ import annotations
@@ -64,6 +67,10 @@ BPF_LD_W_LEN = 0x80  # BPF_LD | BPF_W | BPF_LEN: A = skb->len
 BPF_JMP_JGT_K = 0x25  # BPF_JMP | BPF_JGT | BPF_K: A > k ? jt : jf
 BPF_RET_K = 0x06  # BPF_RET | BPF_K
 BPF_MATCH = 0xFFFFFFFF  # cls_bpf: -1 is a match (with the filter's own class)
+# What earlier versions set on their inner bridge ``<tap>-br`` (forward every link-local
+# group Linux lets a bridge forward): how a leftover of theirs is told from a bridge of the
+# same name that is not.
+OLD_BRIDGE_GROUP_FWD_MASK = 0xFFF8
 
 
 def _bytecode(program: list[tuple[int, int, int, int]]) -> str:
@@ -183,7 +190,36 @@ class GroPort:
         kind = info.get("info_kind") if isinstance(info, dict) else None
         return kind == "veth" and doc.get("link") == self.inner
 
+    def _old_bridge_leftover(self) -> str | None:
+        """The name of an inner bridge an earlier version left (see the module's
+        docstring), if there is one and it is recognisably its."""
+        name = self.tap[: IFNAMSIZ - len("-br")] + "-br"
+        doc = self._details(name)
+        if not doc:
+            return None
+        info = doc.get("linkinfo")
+        data = info.get("info_data") if isinstance(info, dict) else None
+        if not isinstance(info, dict) or info.get("info_kind") != "bridge":
+            return None
+        if not isinstance(data, dict) or data.get("mcast_snooping") != 0:
+            return None
+        mask = data.get("group_fwd_mask")
+        try:
+            if int(str(mask), 0) != OLD_BRIDGE_GROUP_FWD_MASK:
+                return None
+            ports = json.loads(self._ip("-j", "link", "show", "master", name))
+        except (ValueError, TypeError, netns.NetnsError):
+            return None
+        if not isinstance(ports, list):
+            return None
+        names = {p.get("ifname") if isinstance(p, dict) else None for p in ports}
+        return name if names <= {self.tap, self.inner} else None
+
     def _clear_leftovers(self) -> None:
+        old_bridge = self._old_bridge_leftover()
+        if old_bridge is not None:
+            log.info("%s: removing the merging port's bridge an earlier version left", old_bridge)
+            self._ip("link", "del", old_bridge, check=False)
         doc = self._details(self.outer)
         if doc is not None:
             if not self._ours_outer(doc):

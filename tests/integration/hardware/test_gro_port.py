@@ -105,6 +105,41 @@ def test_a_killed_nodes_port_is_replaced_at_the_next_start(ns: Namespace) -> Non
     assert not netns.link_exists(ns, "sm0-out") and not netns.link_exists(ns, "sm0-in")
 
 
+def _old_inner_bridge(ns: Namespace, *ports: str) -> None:
+    """The inner bridge earlier versions put between the merging end and the TAP."""
+    ns.ip("link", "add", "sm0-br", "type", "bridge", "stp_state", "0", "forward_delay", "0",
+          "mcast_snooping", "0", "group_fwd_mask", "0xfff8")  # fmt: skip
+    for port in ports:
+        ns.ip("link", "set", port, "master", "sm0-br")
+
+
+@pytest.mark.parametrize("with_tap", [False, True])
+def test_the_bridge_an_earlier_version_left_is_removed(ns: Namespace, with_tap: bool) -> None:
+    # A node of the earlier version killed: its bridge stays, empty, or holding a
+    # persistent TAP (which must not stay in a bridge the port no longer uses).
+    _old_inner_bridge(ns, *(["sm0"] if with_tap else []))
+    port = GroPort(ns, "sm0", "br0", 1500)
+    port.open()
+    assert not netns.link_exists(ns, "sm0-br")
+    assert _master(ns, "sm0") is None and _master(ns, "sm0-out") == "br0"
+    port.close()
+
+
+def test_a_bridge_of_the_old_name_that_is_not_a_leftover_is_left(ns: Namespace) -> None:
+    # Another port in it: somebody's bridge, whatever its settings.
+    ns.ip("tuntap", "add", "dev", "other0", "mode", "tap")
+    _old_inner_bridge(ns, "other0")
+    # A plain bridge of that name.
+    ns.ip("link", "add", "sm1-br", "type", "bridge")
+    ns.ip("tuntap", "add", "dev", "sm1", "mode", "tap")
+    for tap in ("sm0", "sm1"):
+        port = GroPort(ns, tap, "br0", 1500)
+        port.open()
+        port.close()
+    assert _master(ns, "other0") == "sm0-br"
+    assert netns.link_exists(ns, "sm1-br")
+
+
 @pytest.mark.parametrize("name", ["sm0-out", "sm0-in"])
 def test_a_device_of_the_same_name_that_is_not_ours_is_refused_and_left(
     ns: Namespace, name: str
