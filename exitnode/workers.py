@@ -238,6 +238,7 @@ class _Worker:
     # sent into the bridge by the supervisor if the worker dies.
     farewell: list[bytes] = field(default_factory=list)
     early_deaths: int = 0  # in a row, each within STARTUP_S of its start
+    gro: str | None = None  # the merging in effect at its TAP, as its last report said
 
 
 def worker_count(config: Config, cores: int | None = None) -> int:
@@ -285,7 +286,8 @@ class Supervisor:
         self._context = multiprocessing.get_context("spawn")
         self.dispatcher: Dispatcher | None = None
         net = config.network
-        # Each worker decides for its own TAP (its log says when auto fell back).
+        # Each worker decides for its own TAP: what their TAPs' names plan for until they
+        # report what they have (an auto that fell back says so in its log and report).
         gro = plan(net.gro, worker_tap(net.tap, workers - 1), net.vnet_hdr, net.bridge)
         self.metrics.set_info(workers=workers, gro=gro)
         self.metrics.set_gauge("workers_running", self._running)
@@ -483,6 +485,28 @@ class Supervisor:
                 if isinstance(self.metrics, WorkersMetrics):
                     self.metrics.parts[worker.index] = snapshot
                 self._serving(worker.index, snapshot)
+                info = snapshot.get("info") if isinstance(snapshot, dict) else None
+                if isinstance(info, dict) and isinstance(info.get("gro"), str):
+                    worker.gro = info["gro"]
+            self._note_gro()
+
+    def _note_gro(self) -> None:
+        """The merging in effect, as the workers report it: one mode where they agree, else
+        each mode with its workers (a worker whose port could not be built runs software)."""
+        modes: dict[str, list[int]] = {}
+        for worker in self.workers:
+            if worker.gro is not None:
+                modes.setdefault(worker.gro, []).append(worker.index)
+        if not modes:
+            return
+        if len(modes) == 1:
+            self.metrics.set_info(gro=next(iter(modes)))
+            return
+        parts = []
+        for mode, indices in sorted(modes.items()):
+            which = "worker" if len(indices) == 1 else "workers"
+            parts.append(f"{mode} at {which} {', '.join(map(str, indices))}")
+        self.metrics.set_info(gro="; ".join(parts))
 
     def _serving(self, index: int, snapshot: dict[str, Any]) -> None:
         """A worker answered its report: once its tunnel server is up it takes connections."""

@@ -168,6 +168,41 @@ def test_the_supervisor_reports_the_merging_its_workers_taps_get() -> None:
     assert Supervisor(stub_node(Config(network=off)), 2).metrics.info["gro"] == "software"
 
 
+def test_the_supervisor_learns_the_merging_its_workers_have(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A worker whose merging port could not be built runs software GRO and says so in its
+    # report: the exit's status must not go on claiming what the names planned for.
+    import asyncio
+
+    net = Network(bridge="br0", workers=2)
+    sup = Supervisor(stub_node(Config(network=net)), 2)
+    assert sup.metrics.info["gro"] == "kernel"
+    monkeypatch.setattr(workers, "STATS_S", 0.01)
+    reported = {0: "kernel", 1: "software"}
+    for worker in sup.workers:
+        worker.process = types.SimpleNamespace(is_alive=lambda: True, exitcode=None, pid=0)
+        worker.started = time.monotonic()
+
+    def command(index: int, op: str, *args: Any) -> Any:
+        assert op == "report"
+        return {**snap(0, {}, {}), "info": {"gro": reported[index]}}, []
+
+    monkeypatch.setattr(sup, "command", command)
+
+    async def watch_a_little() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.2, stop.set)
+        await sup._watch(stop)
+
+    asyncio.run(watch_a_little())
+    assert sup.metrics.info["gro"] == "kernel at worker 0; software at worker 1"
+    assert sup.metrics.snapshot()["info"]["gro"] == "kernel at worker 0; software at worker 1"
+    reported[1] = "kernel"  # restarted where the port could be built
+    asyncio.run(watch_a_little())
+    assert sup.metrics.info["gro"] == "kernel"
+
+
 def test_a_devices_circuit_links_are_bounded_over_every_worker() -> None:
     # A relaying exit (or a client using us as hop 1) holds at most the limit at once,
     # however the links were spread over the workers; another device is not affected.
