@@ -13,8 +13,11 @@ It is a measuring stick, not a tunnel to use: the key is handed over in the envi
 (``FLOOR_KEY``, hex) by the bench that starts both ends in namespaces it made, and a
 frame that fails to open ends the process.
 
+``--io threads`` is the same tunnel with no event loop: a thread per direction, blocked in
+its read (``bench/l2_hops.py --floor-threads``): whether a loop's wake-up is what costs.
+
 Run by ``bench/l2_hops.py --floor`` and ``bench/l2.py --floor``; on its own (one end):
-``python -m bench.l2_floor --role exit|client --tap NAME --host IP --port N``.
+``python -m bench.l2_floor --role exit|client --tap NAME --host IP --port N [--io threads]``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import secrets
 import socket
 import struct
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -139,12 +144,70 @@ async def run(role: str, *, tap_name: str, host: str, port: int, mtu: int, key: 
     await done
 
 
+def run_threads(role: str, *, tap_name: str, host: str, port: int, mtu: int, key: bytes) -> None:
+    """The same tunnel with no event loop (``--io threads``): see ``pump_threads``."""
+    tap = open_tap(tap_name, mtu)
+    os.set_blocking(tap.fileno(), True)
+    if role == "exit":
+        with socket.create_server((host, port)) as server:
+            sock, _ = server.accept()
+    else:
+        for _ in range(CONNECT_TRIES):
+            try:
+                sock = socket.create_connection((host, port))
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise SystemExit(f"floor: cannot reach {host}:{port}")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    pump_threads(tap.fileno(), sock, AESGCM(key), role)
+
+
+def pump_threads(fd: int, sock: socket.socket, aead: AESGCM, role: str) -> None:
+    """A thread per direction, each blocked in its read: a frame wakes the one thread
+    waiting for it straight from its system call (no epoll, no loop iteration, no
+    callback); the blocking calls release the GIL, so one runs while the other waits.
+    Returns when the stream ends (the sending thread ends at the TAP's end of file)."""
+    send_prefix = DIRECTION[role]
+    recv_prefix = DIRECTION["exit" if role == "client" else "client"]
+
+    def out() -> None:
+        sent = 0
+        while frame := os.read(fd, READ_SIZE):
+            sent += 1
+            sealed = aead.encrypt(send_prefix + sent.to_bytes(8), frame, None)
+            try:
+                sock.sendall(HEADER.pack(len(sealed), sent) + sealed)
+            except OSError:
+                return
+
+    threading.Thread(target=out, daemon=True).start()
+    buf = bytearray()
+    while data := sock.recv(READ_SIZE):
+        buf += data
+        at = 0
+        with memoryview(buf) as view:
+            while len(buf) - at >= HEADER.size:
+                size, counter = HEADER.unpack_from(buf, at)
+                end = at + HEADER.size + size
+                if len(buf) < end:
+                    break
+                nonce = recv_prefix + counter.to_bytes(8)
+                os.write(fd, aead.decrypt(nonce, view[at + HEADER.size : end], None))
+                at = end
+        del buf[:at]
+
+
 @contextmanager
-def tunnel(lab: Lab, topo: topology.Topology, _tmp: Path) -> Iterator[list[int]]:
-    """Both ends in their namespaces; yields their pids once both TAPs are in the bridges."""
+def tunnel(
+    lab: Lab, topo: topology.Topology, _tmp: Path, io: str = "uvloop"
+) -> Iterator[list[int]]:
+    """Both ends in their namespaces (``io``: ``uvloop`` or ``threads``); yields their pids
+    once both TAPs are in the bridges."""
     env = {**os.environ, KEY_ENV: secrets.token_hex(32)}
     common = ["--tap", TAP, "--host", topology.EXIT_WAN, "--port", str(PORT)]
-    common += ["--mtu", str(topo.mtu)]
+    common += ["--mtu", str(topo.mtu), "--io", io]
     me = [sys.executable, "-m", "bench.l2_floor"]
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -165,12 +228,17 @@ def main() -> int:
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, default=PORT)
     parser.add_argument("--mtu", type=int, default=1500)
+    parser.add_argument("--io", choices=("uvloop", "threads"), default="uvloop")
     args = parser.parse_args()
     key_hex = os.environ.get(KEY_ENV, "")
     if len(key_hex) != 64:
         print(f"floor: {KEY_ENV} must hold a 32-byte key in hex", file=sys.stderr)
         return 2
     key = bytes.fromhex(key_hex)
+    if args.io == "threads":
+        run_threads(args.role, tap_name=args.tap, host=args.host, port=args.port, mtu=args.mtu,
+                    key=key)  # fmt: skip
+        return 0
     uvloop.run(
         run(args.role, tap_name=args.tap, host=args.host, port=args.port, mtu=args.mtu, key=key)
     )

@@ -160,6 +160,11 @@ def main() -> int:
     parser.add_argument(
         "--floor", action="store_true", help="also the least a Python tunnel does (l2_floor)"
     )
+    parser.add_argument(
+        "--floor-threads",
+        action="store_true",
+        help="also the floor with a blocked thread per direction instead of an event loop",
+    )
     args = parser.parse_args()
     # Records are the WAN packets with data (PSH); bare ACKs are not hops.
     sm_wan = ["tcp", "port", str(provision.EXIT_PORT), "and", "tcp[tcpflags] & tcp-push != 0"]
@@ -186,6 +191,12 @@ def main() -> int:
         results["python_floor"] = measure(
             "python-floor", l2_floor.tunnel, (l2_floor.TAP, l2_floor.TAP), floor_wan, args
         )
+    if args.floor_threads:
+        floor_wan = ["tcp", "port", str(l2_floor.PORT), "and", "tcp[tcpflags] & tcp-push != 0"]
+        results["python_floor_threads"] = measure(
+            "python-floor-threads", partial(l2_floor.tunnel, io="threads"),
+            (l2_floor.TAP, l2_floor.TAP), floor_wan, args,
+        )  # fmt: skip
     for medians in results.values():
         if isinstance(medians, dict):
             medians["tunnel_hops_us"] = round(sum(medians.get(h, 0.0) for h in TUNNEL_HOPS), 1)

@@ -7,6 +7,7 @@ import asyncio
 import os
 import random
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bench.l2_floor import Relay
+from bench.l2_floor import Relay, pump_threads
 
 
 class Wire:
@@ -91,3 +92,37 @@ def test_a_record_sealed_for_the_other_direction_does_not_open(opened: list[Any]
     # A client's own record fed back to a client (a reflection) fails: nonces differ.
     with pytest.raises(InvalidTag):
         other_client.data_received(bytes(client_wire.data))
+
+
+def test_the_threaded_floor_carries_frames_both_ways_and_ends_with_its_stream() -> None:
+    key = os.urandom(32)
+    c_tap, c_lan = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    x_tap, x_lan = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    c_sock, x_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    socks = [c_tap, c_lan, x_tap, x_lan, c_sock, x_sock]
+    for sock in (c_lan, x_lan):
+        sock.settimeout(10)
+    pumps = [
+        threading.Thread(target=pump_threads, args=(c_tap.fileno(), c_sock, AESGCM(key), "client")),
+        threading.Thread(target=pump_threads, args=(x_tap.fileno(), x_sock, AESGCM(key), "exit")),
+    ]
+    try:
+        for pump in pumps:
+            pump.start()
+        rng = random.Random(7)
+        sent = [rng.randbytes(rng.randint(60, 1514)) for _ in range(40)]
+        for frame in sent:
+            c_lan.send(frame)
+        assert [x_lan.recv(65536) for _ in sent] == sent
+        x_lan.send(b"reply" * 20)
+        assert c_lan.recv(65536) == b"reply" * 20
+    finally:
+        for sock in (c_lan, x_lan):  # the sending threads end at the TAP's end of file
+            sock.shutdown(socket.SHUT_RDWR)
+        for sock in (c_sock, x_sock):  # the receiving ones at the stream's end
+            sock.shutdown(socket.SHUT_RDWR)
+        for pump in pumps:
+            pump.join(10)
+        assert not any(pump.is_alive() for pump in pumps)
+        for sock in socks:
+            sock.close()
