@@ -1,6 +1,7 @@
 """Where an idle ping's time goes, hop by hop: tcpdump timestamps on each interface.
 
-Run as root: ``python bench/l2_hops.py [--interval 0.2] [--count 20] [--skip-openvpn]``.
+Run as root: ``python bench/l2_hops.py [--interval 0.2] [--count 20] [--skip-openvpn]
+[--floor] [--floor-threads]``.
 
 The bench/l2.py topology with ShadowMesh (plain TAPs) and then OpenVPN (TAP over UDP) in
 turn; tcpdump on the client's TAP and WAN and on the exit's WAN and TAP while lan-a pings
@@ -14,7 +15,8 @@ on one interface and on the next gives the hops:
 - exit TAP -> WAN: the exit reads the reply and sends it (just awake);
 - client WAN -> TAP: the client receives the reply and writes it to its TAP.
 
-``--floor`` measures ``bench/l2_floor.py`` too: the least a Python tunnel does per frame.
+``--floor`` measures ``bench/l2_floor.py`` too: the least a Python tunnel does per frame;
+``--floor-threads`` the same floor with a blocked thread per direction and no event loop.
 
 Prints the median (min, max) of each hop in microseconds, then one line of JSON.
 """
