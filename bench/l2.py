@@ -38,6 +38,9 @@ rate whose loss stays under 1 %, found by a bounded search):
                   port cannot be built;
 - shadowmesh-offload-software: the offload run's traffic (hosts with TSO) with
                   ``network.gro: software``: what the port costs TSO traffic;
+- shadowmesh-gro-rps, shadowmesh-offload-rps: the gro and offload runs with
+                  ``network.rps: true`` on both nodes (the kernel's work on the frames
+                  they write spread over the CPUs);
 - python-floor (``--floor``): bench/l2_floor.py, the least a Python tunnel does per frame
                   (uvloop, a TAP read, AES-GCM, a TCP write; nothing else): its figures,
                   under ``python_floor`` in the JSON, say what Python itself costs here.
@@ -70,7 +73,9 @@ a mode OpenVPN lacks (a TAP that takes merged frames), so it never replaces
 ratio_throughput_plain. With the gro-software mode, ratio_throughput_plain_gro_software
 compares the gro run's traffic carried with ``network.gro: software`` against the same
 OpenVPN runs as ratio_throughput_plain (same traffic, same ports), and the offload-software
-mode gives ratio_throughput_offload_software.
+mode gives ratio_throughput_offload_software. The gro-rps and offload-rps modes give
+ratio_throughput_plain_rps, ratio_throughput_offload_rps, ratio_udp_rps and
+ratio_udp_senders_rps the same way.
 
 With ``--udp-senders N`` each contender's UDP search runs again with the load split over N
 iperf3 senders at once (udp_senders_gbps): one sender is the harness's limit here, and
@@ -124,7 +129,10 @@ UDP_BISECTIONS = 3
 # receiving iperf3 is sometimes off the CPU for tens of ms, and its default ~200 KiB buffer
 # would then drop datagrams the tunnel had delivered.
 UDP_SOCKET_BUFFER = "4M"
-MODES = ("offload", "gro", "kernel-gro", "plain", "gro-software", "offload-software")
+MODES = (
+    "offload", "gro", "kernel-gro", "plain", "gro-software", "offload-software", "gro-rps",
+    "offload-rps",
+)  # fmt: skip
 
 
 def log(msg: str) -> None:
@@ -308,7 +316,7 @@ def contenders(args: argparse.Namespace) -> list[tuple[str, Runner, bool]]:
     # The direct path's UDP figure is the harness's ceiling: what iperf3 sends and receives
     # here with no tunnel at all.
     out: list[tuple[str, Runner, bool]] = [("direct", direct, True)]
-    plain_senders = "gro" in args.modes or "gro-software" in args.modes
+    plain_senders = any(m in args.modes for m in ("gro", "gro-software", "gro-rps"))
     if plain_senders:
         # The gro run's traffic (hosts without TSO) with no tunnel: its TCP ceiling.
         out.append(("direct-plain-senders", partial(_plain_senders, direct), False))
@@ -335,7 +343,7 @@ def contenders(args: argparse.Namespace) -> list[tuple[str, Runner, bool]]:
         runner = partial(l2_shadowmesh.tunnel, mode=mode, profile=_profile_dir(args, mode))
         if mode == "kernel-gro":
             runner = partial(_kernel_gro, runner)
-        if mode in ("gro", "kernel-gro", "gro-software"):
+        if mode in ("gro", "kernel-gro", "gro-software", "gro-rps"):
             runner = partial(_plain_senders, runner)
         out.append((f"shadowmesh-{mode}", runner, True))
     return out
@@ -473,6 +481,23 @@ def summarize(results: dict[str, Any]) -> None:
         offload_software.get("tcp4_gbps"), best["tcp4_gbps"]
     )
     results["ratio_udp_gro_software"] = _ratio(gro_software.get("udp_gbps"), best["udp_gbps"])
+    # network.rps: true on both nodes: the gro and offload runs' traffic again.
+    gro_rps = results.get("shadowmesh-gro-rps", {})
+    offload_rps = results.get("shadowmesh-offload-rps", {})
+    results["ratio_throughput_plain_rps"] = _ratio(gro_rps.get("tcp1_gbps"), same_best["tcp1_gbps"])
+    results["ratio_throughput_plain_rps_4"] = _ratio(
+        gro_rps.get("tcp4_gbps"), same_best["tcp4_gbps"]
+    )
+    results["ratio_throughput_offload_rps"] = _ratio(
+        offload_rps.get("tcp1_gbps"), best["tcp1_gbps"]
+    )
+    results["ratio_throughput_offload_rps_4"] = _ratio(
+        offload_rps.get("tcp4_gbps"), best["tcp4_gbps"]
+    )
+    rps_udp = max(f.get("udp_gbps", 0.0) for f in (gro_rps, offload_rps)) or None
+    results["ratio_udp_rps"] = _ratio(rps_udp, best["udp_gbps"])
+    rps_senders = max(f.get("udp_senders_gbps", 0.0) for f in (gro_rps, offload_rps)) or None
+    results["ratio_udp_senders_rps"] = _ratio(rps_senders, best["udp_senders_gbps"])
     floor = results.get("python-floor")
     if floor is not None:
         results["python_floor"] = {
@@ -488,6 +513,8 @@ def summarize(results: dict[str, Any]) -> None:
         "shadowmesh_plain": plain.get("added_rtt_ms"),
         "shadowmesh_gro_software": gro_software.get("added_rtt_ms"),
         "shadowmesh_offload_software": offload_software.get("added_rtt_ms"),
+        "shadowmesh_gro_rps": gro_rps.get("added_rtt_ms"),
+        "shadowmesh_offload_rps": offload_rps.get("added_rtt_ms"),
         "openvpn": best["added_rtt_ms"],
     }
 

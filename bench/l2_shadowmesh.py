@@ -85,6 +85,7 @@ def tunnel(
         mtu=topo.mtu,
         offload=mode != "plain",  # "gro": the default config, with plain frames sent to it
         gro="software" if mode.endswith("-software") else None,  # None: the default, auto
+        rps=mode.endswith("-rps"),  # network.rps: true on both nodes
         bridge=topology.BRIDGE,
     )
     if profile is not None:

@@ -254,7 +254,12 @@ class ExitNode:
         except GroPortError as exc:
             raise ExitConfigError(str(exc)) from None
         self.tap_config = TapConfig(
-            name=net.tap, mtu=net.mtu, offload=net.vnet_hdr, mac=mac, coalesce=self.gro != "off"
+            name=net.tap,
+            mtu=net.mtu,
+            offload=net.vnet_hdr,
+            mac=mac,
+            coalesce=self.gro != "off",
+            rps=net.rps,
         )
         self.default_policy = vlan_policy(net.vlan_allow)
         self.metrics = metrics or Metrics("exit")

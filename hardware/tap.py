@@ -35,6 +35,7 @@ import pytun
 
 from hardware import ethernet, gro
 
+SYSFS_NET = Path("/sys/class/net")
 # linux/if_tun.h
 TUNSETOFFLOAD = 0x400454D0
 TUN_F_CSUM = 0x01
@@ -68,6 +69,9 @@ class TapConfig:
     offload: bool = False
     mac: bytes | None = None  # None: the kernel's random one (a new one every open)
     coalesce: bool = False  # software GRO on reads (hardware.gro); offload TAPs only
+    # Spread the kernel's work on the frames the node writes over every CPU it may run on
+    # (Receive Packet Steering: ``spread_receive``).
+    rps: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < len(self.name) < 16:
@@ -276,6 +280,15 @@ class LinuxTap(FrameDevice):
             raise TapError(f"cannot configure tap {config.name}: {exc}") from exc
         self._dev = dev
         super().__init__(fd, dev.name, config.mtu, config.offload, config.coalesce)
+        if config.rps:
+            try:
+                spread_receive(dev.name)
+            except OSError as exc:
+                self.close()
+                raise TapError(
+                    f"tap {config.name}: network.rps: cannot set its receive CPUs: "
+                    f"{exc.strerror or exc}"
+                ) from None
         # A TAP is a bridge port, not a host: no IPv6 link-local address, router
         # solicitations or MLD reports of its own leaking into the bridged LAN.
         with contextlib.suppress(OSError):
@@ -289,6 +302,40 @@ class LinuxTap(FrameDevice):
         super().close()
         with contextlib.suppress(Exception):
             self._dev.close()
+
+
+def cpu_mask(cpus: Iterable[int]) -> str:
+    """``cpus`` as a Linux CPU mask (``rps_cpus``' format): hex in 32-bit groups, the
+    highest first, separated by commas."""
+    bits = 0
+    for cpu in cpus:
+        if cpu < 0:
+            raise ValueError(f"cpu {cpu}: not a CPU number")
+        bits |= 1 << cpu
+    groups = [f"{bits & 0xFFFFFFFF:08x}"]
+    while bits > 0xFFFFFFFF:
+        bits >>= 32
+        groups.append(f"{bits & 0xFFFFFFFF:08x}")
+    return ",".join(reversed(groups))
+
+
+def spread_receive(
+    name: str, cpus: Iterable[int] | None = None, sysfs: Path = SYSFS_NET
+) -> str | None:
+    """Receive Packet Steering for the TAP ``name``: every frame the node writes to a TAP
+    is "received" by the kernel, which then runs the bridge, netfilter, forwarding and the
+    delivery to the LAN's sockets, by default in the writer's own system call, on the core
+    the node's event loop needs. With the TAP's ``rps_cpus`` set to ``cpus`` (by default
+    every CPU this process may run on), each flow's share of that work goes to a CPU chosen
+    by its hash, so it runs beside the node's loop instead of in it. Returns the mask
+    written; None (nothing written) where fewer than two CPUs are allowed. Raises OSError
+    where the kernel has no RPS or the device is not there."""
+    allowed = sorted(os.sched_getaffinity(0) if cpus is None else set(cpus))
+    if len(allowed) < 2:
+        return None
+    mask = cpu_mask(allowed)
+    (sysfs / name / "queues" / "rx-0" / "rps_cpus").write_text(mask + "\n")
+    return mask
 
 
 def open_tap(config: TapConfig) -> LinuxTap:

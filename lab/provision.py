@@ -32,13 +32,18 @@ class Lab:
     directory: Path
 
 
-def _network(tap: str, bridge: str, mtu: int, offload: bool, gro: str | None) -> dict[str, object]:
-    """``gro`` None: the key is left out, so the node runs its default (``auto``)."""
+def _network(
+    tap: str, bridge: str, mtu: int, offload: bool, gro: str | None, *, rps: bool
+) -> dict[str, object]:
+    """``gro`` None: the key is left out, so the node runs its default (``auto``); so is
+    ``rps`` unless it is True."""
     net: dict[str, object] = {
         "layer": 2, "mtu": mtu, "tap": tap, "bridge": bridge, "vnet_hdr": offload,
     }  # fmt: skip
     if gro is not None:
         net["gro"] = gro
+    if rps:
+        net["rps"] = True
     return net
 
 
@@ -50,6 +55,7 @@ def provision(
     mtu: int = 1500,
     offload: bool = True,
     gro: str | None = None,
+    rps: bool = False,
     bridge: str = "br0",
     port: int = EXIT_PORT,
     mode: str = "hybrid",
@@ -70,7 +76,7 @@ def provision(
     exit_cfg = {
         "version": "1.0",
         "security": security,
-        "network": _network("smx0", bridge, mtu, offload, gro),
+        "network": _network("smx0", bridge, mtu, offload, gro, rps=rps),
         "endpoints": {
             "listen": f"{exit_host}:{port}",
             "path": "/ws",
@@ -107,7 +113,7 @@ def provision(
         cfg = {
             "version": "1.0",
             "security": security,
-            "network": _network("smc0", bridge, mtu, offload, gro),
+            "network": _network("smc0", bridge, mtu, offload, gro, rps=rps),
             "endpoints": {
                 "connect": f"ws://{exit_host}:{port}/ws",
                 "credential_file": f"{name}.credentials.json",

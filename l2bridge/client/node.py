@@ -207,9 +207,10 @@ class ClientNode:
             raise ConfigError(str(exc)) from None
         coalesce = gro != "off"
         try:
-            tap = open_tap(
-                TapConfig(name=net.tap, mtu=net.mtu, offload=net.vnet_hdr, coalesce=coalesce)
+            tap_config = TapConfig(
+                name=net.tap, mtu=net.mtu, offload=net.vnet_hdr, coalesce=coalesce, rps=net.rps
             )
+            tap = open_tap(tap_config)
         except TapError as exc:
             raise ConfigError(f"network.tap: {exc}") from None
         lan = None

@@ -85,6 +85,9 @@ class Network:
     # of at most 11 characters) and can be built, software elsewhere
     # (hardware.gro_port.plan). YAML true is "software", false is "off".
     gro: str = "auto"
+    # Spread the kernel's work on frames written to the TAP over every CPU the node may use
+    # (Receive Packet Steering, hardware.tap.spread_receive).
+    rps: bool = False
     vlan_allow: tuple[int, ...] = ()  # empty: every VLAN (and untagged) passes
     # Exit: addresses of the LAN's gateway(s); no client may claim them in ARP/ND.
     gateway_ips: tuple[str, ...] = ()
@@ -602,6 +605,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Parser | str]]] = {
             "bridge": _optional(_ifname),
             "vnet_hdr": _bool,
             "gro": _gro,
+            "rps": _bool,
             "vlan_allow": _vlans,
             "gateway_ips": _ip_list,
             "service_tags": _bool,
@@ -936,7 +940,7 @@ FIELD_ROLES: dict[str, tuple[str, ...]] = {
     "security.tunnels_per_device": ("exit",),
     "security.pq_backend": BOTH,
     "security.reauth_interval": ("exit",),
-    **{f"network.{k}": BOTH for k in ("layer", "mtu", "tap", "bridge", "vnet_hdr", "gro")},
+    **{f"network.{k}": BOTH for k in ("layer", "mtu", "tap", "bridge", "vnet_hdr", "gro", "rps")},
     "network.vlan_allow": ("exit",),
     "network.lan_interfaces": ("client",),
     **{f"network.{k}": ("exit",) for k in ("gateway_ips", "service_tags", "mac", "workers")},

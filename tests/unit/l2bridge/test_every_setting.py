@@ -195,6 +195,22 @@ def network_gro(w: World) -> None:
     assert w.exit(network={"bridge": "br0", "gro": False}).gro == "off"
 
 
+def network_rps(w: World) -> None:
+    assert w.exit().tap_config.rps is False
+    assert w.exit(network={"rps": True}).tap_config.rps is True
+    opened: list[Any] = []
+
+    def open_tap(config: Any) -> Any:
+        opened.append(config)
+        raise client_node.TapError("not here")
+
+    w.mp.setattr(client_node, "open_tap", open_tap)
+    with pytest.raises(ConfigError, match="not here"):
+        w.client(network={"rps": True, "bridge": None})._open_tap()
+    assert opened[0].rps is True
+    refused(w, "network", "rps", "yes", "network.rps")
+
+
 def network_vlan_allow(w: World) -> None:
     assert w.exit(network={"vlan_allow": [10, 20]}).default_policy.vlans == frozenset({10, 20})
     assert w.exit().default_policy.vlans is None
@@ -596,6 +612,7 @@ CHECKS: dict[str, Callable[[World], None] | str] = {
     "test_getting_started_runs_as_written",
     "network.vnet_hdr": network_vnet_hdr,
     "network.gro": network_gro,
+    "network.rps": network_rps,
     "network.workers": "tests/integration/l2/test_exit_workers.py::"
     "test_clients_at_two_workers_switch_through_the_bridge_and_a_dead_worker_comes_back",
     "network.vlan_allow": network_vlan_allow,
