@@ -121,10 +121,12 @@ def start_pair(
     mode: str,
     *exit_args: str,
     gro: str | None = None,
+    rps: bool = False,
 ) -> provision.Lab:
     files = provision.provision(
-        workdir, exit_host=topology.EXIT_WAN, mtu=topo.mtu, offload=mode == "offload", gro=gro
-    )
+        workdir, exit_host=topology.EXIT_WAN, mtu=topo.mtu, offload=mode == "offload", gro=gro,
+        rps=rps,
+    )  # fmt: skip
     node(lab, topo.exit, "exit", files.exit_config, *exit_args)
     node(lab, topo.client, "client", files.client_configs["client"])
     wait_up(topo)

@@ -169,6 +169,26 @@ def test_where_the_merging_port_cannot_be_built_the_default_runs_without_it(
     assert netns.link_exists(topo.exit, "smx0-in")  # not ours: never deleted
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_with_rps_both_taps_spread_their_receive_work_and_carry_everything(
+    lab: Lab, tmp_path: Path
+) -> None:
+    # network.rps: true on both nodes: each one's TAP steers the kernel's work on the frames
+    # the node writes over every CPU, and a transfer both ways still arrives whole.
+    topo = topology.build(lab)
+    h.start_pair(lab, topo, tmp_path, "offload", rps=True)
+    allowed = 0
+    for cpu in os.sched_getaffinity(0):
+        allowed |= 1 << cpu
+    for ns, tap in ((topo.client, "smc0"), (topo.exit, "smx0")):
+        mask = ns.run(["cat", f"/sys/class/net/{tap}/queues/rx-0/rps_cpus"]).strip()
+        assert int(mask.replace(",", ""), 16) == allowed
+    for src, dst, host in ((topo.lan_a, topo.lan_b, topology.HOST_B),
+                           (topo.lan_b, topo.lan_a, topology.HOST_A)):  # fmt: skip
+        sent, received = h.transfer(lab, src, dst, host, 8_000_000)
+        assert sent == received
+
+
 @pytest.mark.timeout(120)
 def test_two_clients_bridge_two_lans_through_one_exit(lab: Lab, tmp_path: Path) -> None:
     topo = topology.build(lab)
