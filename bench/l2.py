@@ -468,32 +468,16 @@ def summarize(results: dict[str, Any]) -> None:
     # against the same OpenVPN runs, and the offload run's traffic against the same as offload.
     gro_software = results.get("shadowmesh-gro-software", {})
     offload_software = results.get("shadowmesh-offload-software", {})
-    results["ratio_throughput_plain_gro_software"] = _ratio(
-        gro_software.get("tcp1_gbps"), same_best["tcp1_gbps"]
-    )
-    results["ratio_throughput_plain_gro_software_4"] = _ratio(
-        gro_software.get("tcp4_gbps"), same_best["tcp4_gbps"]
-    )
-    results["ratio_throughput_offload_software"] = _ratio(
-        offload_software.get("tcp1_gbps"), best["tcp1_gbps"]
-    )
-    results["ratio_throughput_offload_software_4"] = _ratio(
-        offload_software.get("tcp4_gbps"), best["tcp4_gbps"]
+    _variant_ratios(
+        results,
+        ("plain_gro_software", gro_software, same_best),
+        ("offload_software", offload_software, best),
     )
     results["ratio_udp_gro_software"] = _ratio(gro_software.get("udp_gbps"), best["udp_gbps"])
     # network.rps: true on both nodes: the gro and offload runs' traffic again.
     gro_rps = results.get("shadowmesh-gro-rps", {})
     offload_rps = results.get("shadowmesh-offload-rps", {})
-    results["ratio_throughput_plain_rps"] = _ratio(gro_rps.get("tcp1_gbps"), same_best["tcp1_gbps"])
-    results["ratio_throughput_plain_rps_4"] = _ratio(
-        gro_rps.get("tcp4_gbps"), same_best["tcp4_gbps"]
-    )
-    results["ratio_throughput_offload_rps"] = _ratio(
-        offload_rps.get("tcp1_gbps"), best["tcp1_gbps"]
-    )
-    results["ratio_throughput_offload_rps_4"] = _ratio(
-        offload_rps.get("tcp4_gbps"), best["tcp4_gbps"]
-    )
+    _variant_ratios(results, ("plain_rps", gro_rps, same_best), ("offload_rps", offload_rps, best))
     rps_udp = max(f.get("udp_gbps", 0.0) for f in (gro_rps, offload_rps)) or None
     results["ratio_udp_rps"] = _ratio(rps_udp, best["udp_gbps"])
     rps_senders = max(f.get("udp_senders_gbps", 0.0) for f in (gro_rps, offload_rps)) or None
@@ -517,6 +501,19 @@ def summarize(results: dict[str, Any]) -> None:
         "shadowmesh_offload_rps": offload_rps.get("added_rtt_ms"),
         "openvpn": best["added_rtt_ms"],
     }
+
+
+def _variant_ratios(
+    results: dict[str, Any], *runs: tuple[str, dict[str, Any], dict[str, Any]]
+) -> None:
+    """TCP ratios of variants of the default config's runs: each run is (name, its figures,
+    the OpenVPN figures it compares with: the same traffic's for the gro run's, the best
+    for the offload run's)."""
+    for name, figures, against in runs:
+        results[f"ratio_throughput_{name}"] = _ratio(figures.get("tcp1_gbps"), against["tcp1_gbps"])
+        results[f"ratio_throughput_{name}_4"] = _ratio(
+            figures.get("tcp4_gbps"), against["tcp4_gbps"]
+        )
 
 
 def budgeted(args: argparse.Namespace) -> dict[str, Any]:

@@ -56,7 +56,9 @@ DIRECTION = {"client": b"\x01\x00\x00\x00", "exit": b"\x02\x00\x00\x00"}
 class Relay(asyncio.Protocol):
     """One end: TAP frames out as sealed records, records in as TAP frames."""
 
-    def __init__(self, tap_fd: int, aead: AESGCM, role: str, done: asyncio.Future[None]):
+    def __init__(
+        self, tap_fd: int, aead: AESGCM, role: str, done: asyncio.Future[None] | None = None
+    ):
         self.fd = tap_fd
         self.aead = aead
         self.send_prefix = DIRECTION[role]
@@ -106,7 +108,7 @@ class Relay(asyncio.Protocol):
         del buf[:at]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
+        if self.done is not None and not self.done.done():
             self.done.set_result(None)
 
 
@@ -170,7 +172,6 @@ def pump_threads(fd: int, sock: socket.socket, aead: AESGCM, role: str) -> None:
     callback); the blocking calls release the GIL, so one runs while the other waits.
     Returns when the stream ends (the sending thread ends at the TAP's end of file)."""
     send_prefix = DIRECTION[role]
-    recv_prefix = DIRECTION["exit" if role == "client" else "client"]
 
     def out() -> None:
         sent = 0
@@ -183,20 +184,9 @@ def pump_threads(fd: int, sock: socket.socket, aead: AESGCM, role: str) -> None:
                 return
 
     threading.Thread(target=out, daemon=True).start()
-    buf = bytearray()
+    receiver = Relay(fd, aead, role)  # its record parsing only (the TAP fd blocks here)
     while data := sock.recv(READ_SIZE):
-        buf += data
-        at = 0
-        with memoryview(buf) as view:
-            while len(buf) - at >= HEADER.size:
-                size, counter = HEADER.unpack_from(buf, at)
-                end = at + HEADER.size + size
-                if len(buf) < end:
-                    break
-                nonce = recv_prefix + counter.to_bytes(8)
-                os.write(fd, aead.decrypt(nonce, view[at + HEADER.size : end], None))
-                at = end
-        del buf[:at]
+        receiver.data_received(data)
 
 
 @contextmanager

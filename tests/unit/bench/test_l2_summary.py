@@ -92,11 +92,30 @@ def test_gro_kernel_runs_compare_with_the_same_openvpn_runs_and_never_replace_th
     assert r["added_rtt_ms"]["shadowmesh_gro_software"] == 0.9
 
 
+def test_rps_runs_compare_like_their_default_runs_and_never_replace_them() -> None:
+    r = results()
+    r["shadowmesh-gro-rps"] = fig(2.2, 1.8, 0.95, udp=1.0)
+    r["shadowmesh-offload-rps"] = fig(3.0, 3.3, 0.97, udp=1.2)
+    r["shadowmesh-offload-rps"]["udp_senders_gbps"] = 1.6
+    r["openvpn-udp"]["udp_senders_gbps"] = 0.8
+    summarize(r)
+    assert r["ratio_throughput_plain_rps"] == 4.0  # over the same traffic's 0.55
+    assert r["ratio_throughput_plain_rps_4"] == 3.6
+    assert r["ratio_throughput_offload_rps"] == 5.0  # over the better OpenVPN's 0.6
+    assert r["ratio_udp_rps"] == 2.0  # the better of its two runs, 1.2 over 0.6
+    assert r["ratio_udp_senders_rps"] == 2.0
+    assert r["ratio_throughput_plain"] == 3.0  # still the default config's runs
+    assert r["ratio_udp"] == 2.0
+    assert r["added_rtt_ms"]["shadowmesh_gro_rps"] == 0.9
+
+
 def test_no_gro_kernel_figures_without_those_runs() -> None:
     r = results()
     summarize(r)
     assert r["ratio_throughput_plain_gro_software"] is None
     assert r["ratio_throughput_offload_software"] is None
+    assert r["ratio_throughput_plain_rps"] is None
+    assert r["ratio_udp_rps"] is None
 
 
 def test_udp_over_several_senders_compares_like_for_like() -> None:
