@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import socket
 import struct
@@ -34,6 +35,8 @@ from pathlib import Path
 import pytun
 
 from hardware import ethernet, gro
+
+log = logging.getLogger(__name__)
 
 SYSFS_NET = Path("/sys/class/net")
 # linux/if_tun.h
@@ -282,13 +285,18 @@ class LinuxTap(FrameDevice):
         super().__init__(fd, dev.name, config.mtu, config.offload, config.coalesce)
         if config.rps:
             try:
-                spread_receive(dev.name)
+                mask = spread_receive(dev.name)
             except OSError as exc:
                 self.close()
                 raise TapError(
                     f"tap {config.name}: network.rps: cannot set its receive CPUs: "
                     f"{exc.strerror or exc}"
                 ) from None
+            if mask is None:
+                log.warning("tap %s: network.rps: this node may use one CPU only; nothing to "
+                            "spread", dev.name)  # fmt: skip
+            else:
+                log.info("tap %s: receive work spread over CPUs %s (network.rps)", dev.name, mask)
         # A TAP is a bridge port, not a host: no IPv6 link-local address, router
         # solicitations or MLD reports of its own leaking into the bridged LAN.
         with contextlib.suppress(OSError):
