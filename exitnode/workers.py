@@ -238,7 +238,6 @@ class _Worker:
     # sent into the bridge by the supervisor if the worker dies.
     farewell: list[bytes] = field(default_factory=list)
     early_deaths: int = 0  # in a row, each within STARTUP_S of its start
-    gro: str | None = None  # the merging in effect at its TAP, as its last report said
 
 
 def worker_count(config: Config, cores: int | None = None) -> int:
@@ -485,18 +484,20 @@ class Supervisor:
                 if isinstance(self.metrics, WorkersMetrics):
                     self.metrics.parts[worker.index] = snapshot
                 self._serving(worker.index, snapshot)
-                info = snapshot.get("info") if isinstance(snapshot, dict) else None
-                if isinstance(info, dict) and isinstance(info.get("gro"), str):
-                    worker.gro = info["gro"]
             self._note_gro()
 
     def _note_gro(self) -> None:
-        """The merging in effect, as the workers report it: one mode where they agree, else
-        each mode with its workers (a worker whose port could not be built runs software)."""
+        """The merging in effect, as the running workers' last reports say: one mode where
+        they agree, else each mode with its workers (a worker whose port could not be built
+        runs software)."""
+        if not isinstance(self.metrics, WorkersMetrics):
+            return
         modes: dict[str, list[int]] = {}
-        for worker in self.workers:
-            if worker.gro is not None:
-                modes.setdefault(worker.gro, []).append(worker.index)
+        for index, part in sorted(self.metrics.parts.items()):
+            info = part.get("info")
+            gro = info.get("gro") if isinstance(info, dict) else None
+            if isinstance(gro, str):
+                modes.setdefault(gro, []).append(index)
         if not modes:
             return
         if len(modes) == 1:
